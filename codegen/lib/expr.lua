@@ -1,0 +1,944 @@
+-- expr.lua: the one implementation of the decode expression language of quant contracts
+-- (docs/DEVELOPING.md): parser, type/bounds checker, reference interpreter and dialect-driven emitters.
+--
+-- API: parse(src) -> ast | nil, msg, col;  check_quant(q) -> {{path, col, msg}...};
+--      decode_block(q, bytes, block_index) -> {f32 values};  emit(q, dialect) -> text;
+--      dialects.c / dialects.cuda / dialects.glsl (see docs/quant.md for the dialect table fields).
+local M = {}
+
+-- ---------------------------------------------------------------------------------------------------
+-- Field types: size in bytes and the expression type they read as.
+M.FIELD_TYPES = {
+  u8 = { size = 1, ty = "int" },  i8 = { size = 1, ty = "int" },
+  u16 = { size = 2, ty = "int" }, i16 = { size = 2, ty = "int" },
+  f16 = { size = 2, ty = "float" }, bf16 = { size = 2, ty = "float" }, f32 = { size = 4, ty = "float" },
+}
+
+local INT_MIN, INT_MAX = -2147483648, 2147483647
+
+-- f32 rounding of a Lua number (double): string.pack converts with a C cast, i.e. round to nearest even.
+-- Values beyond the f32 range become ±inf (C cast behaviour on IEEE hosts).
+local function f32(x)
+  if x ~= x then return x end
+  if x > 3.4028235677973366e38 or x < -3.4028235677973366e38 then
+    -- Round-to-nearest: anything at or above max + half ulp overflows.
+    if x >= 3.4028235677973366e38 + 2^103 then return math.huge end
+    if x <= -(3.4028235677973366e38 + 2^103) then return -math.huge end
+  end
+  return (string.unpack("<f", string.pack("<f", x)))
+end
+M.f32 = f32
+
+local function f16_to_number(h)
+  local s = (h >> 15) & 1
+  local e = (h >> 10) & 0x1F
+  local m = h & 0x3FF
+  local v
+  if e == 0 then v = m * 2.0 ^ -24
+  elseif e == 31 then v = (m == 0) and math.huge or (0 / 0)
+  else v = (1024 + m) * 2.0 ^ (e - 25) end
+  if s == 1 then v = -v end
+  return v
+end
+M.f16_to_number = f16_to_number
+
+local function bf16_to_number(h)
+  return (string.unpack("<f", string.pack("<I4", h << 16)))
+end
+
+-- ---------------------------------------------------------------------------------------------------
+-- Lexer
+
+local OPS3 = {}
+local OPS2 = { ["||"] = true, ["&&"] = true, ["=="] = true, ["!="] = true, ["<="] = true, [">="] = true,
+               ["<<"] = true, [">>"] = true }
+local OPS1 = "?:|^&<>+-*/%~!()[]"
+
+local function lex(src)
+  local toks, pos, n = {}, 1, #src
+  while true do
+    local s = src:match("^[ \t\r\n]*()", pos)
+    pos = s
+    if pos > n then break end
+    local c = src:sub(pos, pos)
+    if c:match("[%a_]") then
+      local id = src:match("^[%a_][%w_]*", pos)
+      toks[#toks + 1] = { t = "ident", v = id, col = pos }
+      pos = pos + #id
+    elseif c:match("%d") or (c == "." and src:sub(pos + 1, pos + 1):match("%d")) then
+      local hex = src:match("^0[xX]%x+", pos)
+      if hex then
+        local after = src:sub(pos + #hex, pos + #hex)
+        if after:match("[%w_%.]") then return nil, "malformed number", pos end
+        local v = tonumber(hex:sub(3), 16)
+        if v > INT_MAX then return nil, "integer literal " .. hex .. " does not fit in 32-bit int", pos end
+        toks[#toks + 1] = { t = "int", v = v, col = pos }
+        pos = pos + #hex
+      else
+        local num = src:match("^%d*%.?%d*", pos)
+        local exp = src:match("^[eE][+-]?%d+", pos + #num)
+        local text = num .. (exp or "")
+        local after = src:sub(pos + #text, pos + #text)
+        if after:match("[%w_%.]") then return nil, "malformed number", pos end
+        if num:find(".", 1, true) then
+          toks[#toks + 1] = { t = "float", v = f32(tonumber(text)), col = pos, text = text }
+        elseif exp then
+          return nil, "float literal '" .. text .. "' needs a '.'", pos
+        else
+          local v = math.tointeger(tonumber(num))
+          if not v or v > INT_MAX then return nil, "integer literal " .. num .. " does not fit in 32-bit int", pos end
+          toks[#toks + 1] = { t = "int", v = v, col = pos }
+        end
+        pos = pos + #text
+      end
+    else
+      local two = src:sub(pos, pos + 1)
+      if OPS2[two] then
+        toks[#toks + 1] = { t = "op", v = two, col = pos }
+        pos = pos + 2
+      elseif OPS1:find(c, 1, true) then
+        toks[#toks + 1] = { t = "op", v = c, col = pos }
+        pos = pos + 1
+      else
+        return nil, "unexpected character '" .. c .. "'", pos
+      end
+    end
+  end
+  toks[#toks + 1] = { t = "eof", v = "end of expression", col = n + 1 }
+  return toks
+end
+local _ = OPS3
+
+-- ---------------------------------------------------------------------------------------------------
+-- Parser (precedence climbing over the grammar's binary levels, lowest first)
+
+local LEVELS = {
+  { "||" }, { "&&" }, { "|" }, { "^" }, { "&" }, { "==", "!=" }, { "<", "<=", ">", ">=" },
+  { "<<", ">>" }, { "+", "-" }, { "*", "/", "%" },
+}
+local LEVEL_OF = {}
+for lv, ops in ipairs(LEVELS) do for _, op in ipairs(ops) do LEVEL_OF[op] = lv end end
+
+local ParseError = {}
+
+local function parse_tokens(toks)
+  local p = 1
+  local function peek() return toks[p] end
+  local function fail(msg, col) error(setmetatable({ msg = msg, col = col }, ParseError), 0) end
+  local function describe(t)
+    if t.t == "eof" then return "end of expression" end
+    return "'" .. tostring(t.text or t.v) .. "'"
+  end
+  local function expect(op)
+    local t = peek()
+    if t.t ~= "op" or t.v ~= op then fail("expected '" .. op .. "' but found " .. describe(t), t.col) end
+    p = p + 1
+    return t
+  end
+  local parse_expr, parse_binary
+
+  local function parse_primary()
+    local t = peek()
+    if t.t == "int" then p = p + 1 return { k = "int", v = t.v, col = t.col } end
+    if t.t == "float" then p = p + 1 return { k = "float", v = t.v, col = t.col, text = t.text } end
+    if t.t == "ident" then
+      p = p + 1
+      local nt = peek()
+      if nt.t == "op" and nt.v == "(" then
+        p = p + 1
+        local a = parse_expr()
+        expect(")")
+        return { k = "call", fn = t.v, a = a, col = t.col }
+      end
+      return { k = "name", name = t.v, col = t.col }
+    end
+    if t.t == "op" and t.v == "(" then
+      p = p + 1
+      local e = parse_expr()
+      expect(")")
+      return e
+    end
+    fail("expected a number, a name or '(' but found " .. describe(t), t.col)
+  end
+
+  local function parse_postfix()
+    local e = parse_primary()
+    local t = peek()
+    if t.t == "op" and t.v == "[" then
+      p = p + 1
+      local idx = parse_expr()
+      expect("]")
+      if e.k ~= "name" then fail("only a field name can be indexed", t.col) end
+      e = { k = "index", name = e.name, idx = idx, col = e.col }
+      local t2 = peek()
+      if t2.t == "op" and t2.v == "[" then fail("a field has one dimension; only one index allowed", t2.col) end
+    end
+    return e
+  end
+
+  local function parse_unary()
+    local t = peek()
+    if t.t == "op" and (t.v == "-" or t.v == "~" or t.v == "!") then
+      p = p + 1
+      return { k = "un", op = t.v, a = parse_unary(), col = t.col }
+    end
+    return parse_postfix()
+  end
+
+  function parse_binary(lv)
+    if lv > #LEVELS then return parse_unary() end
+    local a = parse_binary(lv + 1)
+    while true do
+      local t = peek()
+      if t.t == "op" and LEVEL_OF[t.v] == lv then
+        p = p + 1
+        local b = parse_binary(lv + 1)
+        a = { k = "bin", op = t.v, a = a, b = b, col = t.col }
+      else
+        return a
+      end
+    end
+  end
+
+  -- cond := or ("?" expr ":" cond)?
+  local function parse_cond()
+    local c = parse_binary(1)
+    local t = peek()
+    if t.t == "op" and t.v == "?" then
+      p = p + 1
+      local a = parse_expr()
+      expect(":")
+      local b = parse_cond()
+      return { k = "cond", c = c, a = a, b = b, col = t.col }
+    end
+    return c
+  end
+  parse_expr = parse_cond
+
+  local e = parse_expr()
+  local t = peek()
+  if t.t ~= "eof" then fail("unexpected " .. describe(t) .. " after a complete expression", t.col) end
+  return e
+end
+
+-- parse(src) -> ast | nil, msg, col (1-based column in src)
+function M.parse(src)
+  if type(src) ~= "string" then return nil, "expression must be a string", 1 end
+  local toks, msg, col = lex(src)
+  if not toks then return nil, msg, col end
+  local ok, res = pcall(parse_tokens, toks)
+  if ok then return res end
+  if getmetatable(res) == ParseError then return nil, res.msg, res.col end
+  error(res, 0)
+end
+
+-- ---------------------------------------------------------------------------------------------------
+-- Type checking. env: name -> {kind = "i"|"field"|"let", ty = "int"|"float", field = f, pure = bool}
+-- annotates each node with .ty (and .pure: depends only on i and pure lets).
+
+local CheckError = {}
+local function cfail(msg, col) error(setmetatable({ msg = msg, col = col }, CheckError), 0) end
+
+local INT_ONLY = { ["%"] = true, ["<<"] = true, [">>"] = true, ["&"] = true, ["|"] = true, ["^"] = true,
+                   ["&&"] = true, ["||"] = true }
+local CMP = { ["=="] = true, ["!="] = true, ["<"] = true, ["<="] = true, [">"] = true, [">="] = true }
+
+local function typecheck(node, env)
+  local k = node.k
+  if k == "int" then node.ty, node.pure = "int", true
+  elseif k == "float" then node.ty, node.pure = "float", true
+  elseif k == "name" then
+    local b = env[node.name]
+    if not b then cfail("unknown name '" .. node.name .. "'", node.col) end
+    if b.kind == "field" and b.field.count ~= 1 then
+      cfail("field '" .. node.name .. "' is an array of " .. b.field.count .. "; index it: " .. node.name .. "[...]", node.col)
+    end
+    node.ty, node.pure, node.bind = b.ty, b.pure, b
+  elseif k == "index" then
+    local b = env[node.name]
+    if not b then cfail("unknown name '" .. node.name .. "'", node.col) end
+    if b.kind ~= "field" then cfail("'" .. node.name .. "' is not a field and cannot be indexed", node.col) end
+    if b.field.count == 1 then cfail("field '" .. node.name .. "' is a scalar (count 1); do not index it", node.col) end
+    typecheck(node.idx, env)
+    if node.idx.ty ~= "int" then cfail("index of '" .. node.name .. "' must be int, not float", node.idx.col) end
+    if not node.idx.pure then
+      cfail("index of '" .. node.name .. "' depends on block data; indexes may use only i and lets computed from i",
+            node.idx.col)
+    end
+    node.ty, node.pure, node.bind = b.ty, false, b
+  elseif k == "call" then
+    if node.fn ~= "float" and node.fn ~= "int" then
+      cfail("unknown function '" .. node.fn .. "' (only float(x) and int(x) exist)", node.col)
+    end
+    typecheck(node.a, env)
+    node.ty, node.pure = node.fn, node.a.pure
+  elseif k == "un" then
+    typecheck(node.a, env)
+    if (node.op == "~" or node.op == "!") and node.a.ty ~= "int" then
+      cfail("operator '" .. node.op .. "' takes an int, not a float", node.col)
+    end
+    node.ty, node.pure = node.a.ty, node.a.pure
+  elseif k == "bin" then
+    typecheck(node.a, env)
+    typecheck(node.b, env)
+    local op = node.op
+    if INT_ONLY[op] and (node.a.ty ~= "int" or node.b.ty ~= "int") then
+      cfail("operator '" .. op .. "' takes ints; use int(x) to convert a float", node.col)
+    end
+    if CMP[op] or op == "&&" or op == "||" then node.ty = "int"
+    elseif node.a.ty == "float" or node.b.ty == "float" then node.ty = "float"
+    else node.ty = "int" end
+    node.pure = node.a.pure and node.b.pure
+  elseif k == "cond" then
+    typecheck(node.c, env)
+    typecheck(node.a, env)
+    typecheck(node.b, env)
+    if node.c.ty ~= "int" then cfail("condition of '?:' must be int (use a comparison)", node.c.col) end
+    node.ty = (node.a.ty == "float" or node.b.ty == "float") and "float" or "int"
+    node.pure = node.c.pure and node.a.pure and node.b.pure
+  else
+    error("expr: unknown node kind " .. tostring(k))
+  end
+  return node.ty
+end
+
+-- ---------------------------------------------------------------------------------------------------
+-- Evaluation. ctx = {env values: name -> value, read = function(field, index) -> value | nil}
+-- A value read of nil means "unknown" (abstract evaluation for bounds checks); ints are Lua integers,
+-- floats Lua floats holding f32 values.
+
+local EvalError = {}
+local function efail(msg, col) error(setmetatable({ msg = msg, col = col }, EvalError), 0) end
+
+local function int_result(v, col, what)
+  if v < INT_MIN or v > INT_MAX then efail("int overflow in " .. what .. " (result " .. v .. ")", col) end
+  return v
+end
+
+local function tofloat(v) if math.type(v) == "integer" then return f32(v + 0.0) end return v end
+
+local function cdiv(a, b, col)
+  if b == 0 then efail("integer division by zero", col) end
+  local q = a // b
+  if q < 0 and q * b ~= a then q = q + 1 end -- truncate toward zero, as C
+  return q
+end
+
+local eval
+-- Evaluates NODE; returns the value, or nil when it depends on unknown data (abstract mode).
+-- on_index(node, index_value) is called for each index evaluated (bounds checks).
+function eval(node, ctx)
+  local k = node.k
+  if k == "int" or k == "float" then return node.v end
+  if k == "name" then
+    local b = node.bind
+    if b.kind == "field" then return ctx.read(b.field, 0, node) end
+    return ctx.vals[node.name]
+  end
+  if k == "index" then
+    local idx = eval(node.idx, ctx)
+    if idx == nil then efail("index of '" .. node.name .. "' is unknown", node.idx.col) end
+    if idx < 0 or idx >= node.bind.field.count then
+      efail(string.format("index %d of '%s' is out of range 0..%d", idx, node.name, node.bind.field.count - 1), node.idx.col)
+    end
+    return ctx.read(node.bind.field, idx, node)
+  end
+  if k == "call" then
+    local a = eval(node.a, ctx)
+    if a == nil then return nil end
+    if node.fn == "float" then return tofloat(a) end
+    if math.type(a) == "integer" then return a end
+    if a ~= a or a >= 2147483648.0 or a <= -2147483649.0 then efail("int(" .. tostring(a) .. ") is out of int range", node.col) end
+    local t = a >= 0 and math.floor(a) or math.ceil(a)
+    return math.tointeger(t)
+  end
+  if k == "un" then
+    local a = eval(node.a, ctx)
+    if a == nil then return nil end
+    if node.op == "-" then
+      if node.ty == "int" then return int_result(-a, node.col, "negation") end
+      return -a
+    elseif node.op == "~" then return ~a
+    else return (a == 0) and 1 or 0 end
+  end
+  if k == "cond" then
+    local c = eval(node.c, ctx)
+    if c == nil then
+      -- Unknown condition: both branches may run; evaluate both for their checks.
+      eval(node.a, ctx)
+      eval(node.b, ctx)
+      return nil
+    end
+    local v = eval(c ~= 0 and node.a or node.b, ctx)
+    if v ~= nil and node.ty == "float" then v = tofloat(v) end
+    return v
+  end
+  -- binary
+  local op = node.op
+  if op == "&&" or op == "||" then
+    local a = eval(node.a, ctx)
+    if a == nil then eval(node.b, ctx) return nil end
+    if op == "&&" and a == 0 then return 0 end
+    if op == "||" and a ~= 0 then return 1 end
+    local b = eval(node.b, ctx)
+    if b == nil then return nil end
+    return (b ~= 0) and 1 or 0
+  end
+  local a = eval(node.a, ctx)
+  local b = eval(node.b, ctx)
+  if a == nil or b == nil then return nil end
+  local fl = node.a.ty == "float" or node.b.ty == "float"
+  if CMP[op] then
+    if fl then a, b = tofloat(a), tofloat(b) end
+    local r
+    if op == "==" then r = a == b elseif op == "!=" then r = a ~= b
+    elseif op == "<" then r = a < b elseif op == "<=" then r = a <= b
+    elseif op == ">" then r = a > b else r = a >= b end
+    return r and 1 or 0
+  end
+  if fl then
+    a, b = tofloat(a), tofloat(b)
+    -- One f32 rounding per operation; double then round is exact for + - * / (53 >= 2·24 + 2).
+    if op == "+" then return f32(a + b) elseif op == "-" then return f32(a - b)
+    elseif op == "*" then return f32(a * b) else return f32(a / b) end
+  end
+  if op == "+" then return int_result(a + b, node.col, "'+'")
+  elseif op == "-" then return int_result(a - b, node.col, "'-'")
+  elseif op == "*" then return int_result(a * b, node.col, "'*'")
+  elseif op == "/" then return int_result(cdiv(a, b, node.col), node.col, "'/'")
+  elseif op == "%" then local q = cdiv(a, b, node.col) return a - q * b
+  elseif op == "&" then return a & b
+  elseif op == "|" then return a | b
+  elseif op == "^" then return a ~ b
+  elseif op == "<<" or op == ">>" then
+    if b < 0 or b > 31 then efail("shift count " .. b .. " is outside 0..31", node.col) end
+    if op == "<<" then
+      if a < 0 then efail("left shift of a negative int", node.col) end
+      return int_result(a << b, node.col, "'<<'")
+    end
+    return a >> b | ((a < 0) and ~(-1 >> b) or 0) -- arithmetic shift, as C compilers do for int
+  end
+  error("expr: unknown operator " .. op)
+end
+
+-- ---------------------------------------------------------------------------------------------------
+-- Contract checks
+
+local function fields_of(q) return type(q.fields) == "table" and q.fields or {} end
+local function lets_of(q) return (type(q.decode) == "table" and type(q.decode.let) == "table") and q.decode.let or {} end
+
+-- Builds the checked program of a contract: {lets = {{name, ast}}, value = ast, env}. Appends errors.
+local function compile(q, errs)
+  local function add(path, col, msg) errs[#errs + 1] = { path = path, col = col, msg = msg } end
+  local env = { i = { kind = "i", ty = "int", pure = true } }
+  local ok = true
+  for fi, f in ipairs(fields_of(q)) do
+    local path = "fields[" .. fi .. "]"
+    local ft = M.FIELD_TYPES[f.type]
+    if type(f.name) ~= "string" or not f.name:match("^[%a_][%w_]*$") then
+      add(path .. ".name", nil, "field name must be an identifier") ok = false
+    elseif env[f.name] then
+      add(path .. ".name", nil, "field '" .. f.name .. "' is defined twice (or shadows 'i')") ok = false
+    end
+    if not ft then
+      local names = {}
+      for n in pairs(M.FIELD_TYPES) do names[#names + 1] = n end
+      table.sort(names)
+      add(path .. ".type", nil, "unknown field type '" .. tostring(f.type) .. "' (one of " .. table.concat(names, ", ") .. ")")
+      ok = false
+    end
+    if math.type(f.count) ~= "integer" or f.count < 1 then add(path .. ".count", nil, "count must be an integer >= 1") ok = false end
+    if math.type(f.offset) ~= "integer" or f.offset < 0 then add(path .. ".offset", nil, "offset must be an integer >= 0") ok = false end
+    if ft and math.type(f.count) == "integer" and math.type(f.offset) == "integer" and math.type(q.block_bytes) == "integer"
+       and f.offset + f.count * ft.size > q.block_bytes then
+      add(path, nil, string.format("field '%s' (bytes %d..%d) extends past block_bytes %d", tostring(f.name), f.offset,
+          f.offset + f.count * ft.size - 1, q.block_bytes))
+      ok = false
+    end
+    if type(f.name) == "string" and ft and not env[f.name] then
+      env[f.name] = { kind = "field", ty = ft.ty, field = f, pure = false }
+    end
+  end
+  if math.type(q.block_elements) ~= "integer" or q.block_elements < 1 then
+    add("block_elements", nil, "block_elements must be an integer >= 1") ok = false
+  end
+  if math.type(q.block_bytes) ~= "integer" or q.block_bytes < 1 then
+    add("block_bytes", nil, "block_bytes must be an integer >= 1") ok = false
+  end
+  local prog = { lets = {}, env = env }
+  for li, l in ipairs(lets_of(q)) do
+    local path = "decode.let[" .. li .. "]"
+    if type(l.name) ~= "string" or not l.name:match("^[%a_][%w_]*$") then
+      add(path .. ".name", nil, "let name must be an identifier") ok = false
+    elseif l.name == "float" or l.name == "int" then
+      add(path .. ".name", nil, "'" .. l.name .. "' is a cast and cannot be a let name") ok = false
+    elseif env[l.name] then
+      local b = env[l.name]
+      add(path .. ".name", nil, "let '" .. l.name .. "' shadows " ..
+          (b.kind == "i" and "the element index i" or (b.kind == "field" and "a field" or "an earlier let")) .. "; rename it")
+      ok = false
+    end
+    local ast, msg, col = M.parse(l.expr)
+    if not ast then
+      add(path .. ".expr", col, msg) ok = false
+    else
+      local tok, terr = pcall(typecheck, ast, env)
+      if not tok then
+        if getmetatable(terr) ~= CheckError then error(terr, 0) end
+        add(path .. ".expr", terr.col, terr.msg) ok = false
+      elseif type(l.name) == "string" and not env[l.name] then
+        env[l.name] = { kind = "let", ty = ast.ty, pure = ast.pure }
+        prog.lets[#prog.lets + 1] = { name = l.name, ast = ast, path = path .. ".expr" }
+      end
+    end
+  end
+  local vsrc = type(q.decode) == "table" and q.decode.value or nil
+  if vsrc == nil then
+    add("decode.value", nil, "decode.value is missing") ok = false
+  else
+    local ast, msg, col = M.parse(vsrc)
+    if not ast then add("decode.value", col, msg) ok = false
+    else
+      local tok, terr = pcall(typecheck, ast, env)
+      if not tok then
+        if getmetatable(terr) ~= CheckError then error(terr, 0) end
+        add("decode.value", terr.col, terr.msg) ok = false
+      elseif ast.ty ~= "float" then
+        add("decode.value", 1, "value must be float (use float(x) to convert an int)") ok = false
+      else
+        prog.value = ast
+      end
+    end
+  end
+  return ok and prog or nil
+end
+
+-- Reads element IDX of field F from BYTES at block byte offset BASE (0-based).
+local function read_field(bytes, base, f, idx)
+  local off = base + f.offset + idx * M.FIELD_TYPES[f.type].size + 1
+  local t = f.type
+  if t == "u8" then return (string.unpack("<I1", bytes, off))
+  elseif t == "i8" then return (string.unpack("<i1", bytes, off))
+  elseif t == "u16" then return (string.unpack("<I2", bytes, off))
+  elseif t == "i16" then return (string.unpack("<i2", bytes, off))
+  elseif t == "f16" then return f16_to_number(string.unpack("<I2", bytes, off))
+  elseif t == "bf16" then return bf16_to_number(string.unpack("<I2", bytes, off))
+  else return (string.unpack("<f", bytes, off)) end
+end
+
+-- Runs lets and value for element I. READ supplies field values (nil = unknown). Returns value or nil.
+local function run_element(prog, i, read)
+  local ctx = { vals = { i = i }, read = read }
+  for _, l in ipairs(prog.lets) do
+    ctx.where = l.path
+    local v = eval(l.ast, ctx)
+    if v ~= nil and l.ast.ty == "float" then v = tofloat(v) end
+    ctx.vals[l.name] = v
+  end
+  ctx.where = "decode.value"
+  local v = eval(prog.value, ctx)
+  if v ~= nil then v = tofloat(v) end
+  return v, ctx
+end
+
+local function unhex(s)
+  if type(s) ~= "string" then return nil, "bytes must be a hex string" end
+  s = s:gsub("%s", "")
+  if #s % 2 ~= 0 then return nil, "hex string has an odd number of digits" end
+  local bad = s:find("[^%x]")
+  if bad then return nil, "non-hex character '" .. s:sub(bad, bad) .. "' at digit " .. bad end
+  return (s:gsub("%x%x", function(h) return string.char(tonumber(h, 16)) end))
+end
+M.unhex = unhex
+
+local function f32_bits(x) return (string.unpack("<I4", string.pack("<f", x))) end
+
+local function fmt_f32(x)
+  return string.format("%.9g (0x%08x)", x, f32_bits(x))
+end
+
+-- check_quant(q) -> list of {path, col, msg}; empty when the contract's decode rule is valid.
+function M.check_quant(q)
+  local errs = {}
+  local function add(path, col, msg) errs[#errs + 1] = { path = path, col = col, msg = msg } end
+  local prog = compile(q, errs)
+  if not prog then return errs end
+  -- Bounds and evaluation checks for every i, with unknown block data.
+  local function unknown_read() return nil end
+  local where_of = {}
+  for _, l in ipairs(prog.lets) do where_of[l.ast] = l.path end
+  where_of[prog.value] = "decode.value"
+  local reported = {}
+  for i = 0, q.block_elements - 1 do
+    local ctx = { vals = { i = i }, read = unknown_read }
+    local items = {}
+    for _, l in ipairs(prog.lets) do items[#items + 1] = { l.ast, l.path, l.name } end
+    items[#items + 1] = { prog.value, "decode.value" }
+    for _, it in ipairs(items) do
+      if not reported[it[2]] then
+        local ok, v = pcall(eval, it[1], ctx)
+        if not ok then
+          if getmetatable(v) ~= EvalError then error(v, 0) end
+          reported[it[2]] = true
+          add(it[2], v.col, v.msg .. " at i = " .. i)
+          v = nil
+        end
+        if it[3] then
+          if v ~= nil and it[1].ty == "float" then v = tofloat(v) end
+          ctx.vals[it[3]] = v
+        end
+      end
+    end
+    if next(reported) then break end
+  end
+  if next(reported) then return errs end
+  -- Test vectors decode to exactly the listed f32 values.
+  local tvs = q.test_vectors
+  if tvs ~= nil and type(tvs) ~= "table" then add("test_vectors", nil, "test_vectors must be a list") return errs end
+  for ti, tv in ipairs(tvs or {}) do
+    local path = "test_vectors[" .. ti .. "]"
+    local bytes, herr = unhex(tv.bytes)
+    if not bytes then add(path .. ".bytes", nil, herr)
+    elseif #bytes == 0 or #bytes % q.block_bytes ~= 0 then
+      add(path .. ".bytes", nil, string.format("%d bytes is not a whole number of %d-byte blocks", #bytes, q.block_bytes))
+    elseif type(tv.values) ~= "table" then
+      add(path .. ".values", nil, "values must be a list of numbers")
+    else
+      local nb = #bytes // q.block_bytes
+      if #tv.values ~= nb * q.block_elements then
+        add(path .. ".values", nil, string.format("%d values listed; %d block(s) of %d elements decode to %d",
+            #tv.values, nb, q.block_elements, nb * q.block_elements))
+      else
+        local ok, res = pcall(M.decode_block, q, bytes, 0, nb, prog)
+        if not ok then
+          if type(res) == "table" and res.msg then add(res.path or "decode.value", res.col, res.msg)
+          else error(res, 0) end
+        else
+          for vi, want in ipairs(tv.values) do
+            if type(want) ~= "number" then
+              add(path .. ".values[" .. vi .. "]", nil, "value must be a number") break
+            end
+            local w = (math.type(want) == "integer") and f32(want + 0.0) or f32(want)
+            local got = res[vi]
+            local same = (got ~= got and w ~= w) or (got == w and f32_bits(got) == f32_bits(w))
+            if not same then
+              add(path .. ".values[" .. vi .. "]", nil, string.format(
+                "decodes to %s but the vector lists %s (element %d of block %d)", fmt_f32(got), fmt_f32(w),
+                (vi - 1) % q.block_elements, (vi - 1) // q.block_elements))
+              break
+            end
+          end
+        end
+      end
+    end
+  end
+  return errs
+end
+
+-- decode_block(q, bytes, block_index [, nblocks]) -> array of f32 values (Lua numbers) of block(s)
+-- block_index (0-based) .. +nblocks-1 of BYTES. Raises {path, col, msg} tables on evaluation errors and
+-- a string error when the contract is invalid.
+function M.decode_block(q, bytes, block_index, nblocks, prog)
+  if not prog then
+    local errs = {}
+    prog = compile(q, errs)
+    if not prog then
+      local e = errs[1]
+      error(string.format("%s: %s: %s", tostring(q.name), e.path, e.msg), 0)
+    end
+  end
+  nblocks = nblocks or 1
+  local out = {}
+  for blk = block_index, block_index + nblocks - 1 do
+    local base = blk * q.block_bytes
+    if base + q.block_bytes > #bytes then
+      error(string.format("block %d needs bytes %d..%d but only %d bytes given", blk, base, base + q.block_bytes - 1, #bytes), 0)
+    end
+    local function read(f, idx) return read_field(bytes, base, f, idx) end
+    for i = 0, q.block_elements - 1 do
+      local ok, v, ctx = pcall(run_element, prog, i, read)
+      if not ok then
+        if getmetatable(v) == EvalError then
+          error({ path = "decode.value", col = v.col, msg = v.msg .. string.format(" at i = %d of block %d", i, blk) }, 0)
+        end
+        error(v, 0)
+      end
+      local _ = ctx
+      out[#out + 1] = v
+    end
+  end
+  return out
+end
+
+-- ---------------------------------------------------------------------------------------------------
+-- Emitters
+
+local function hexfloat(x)
+  if x == 0 then return (1 / x < 0) and "-0.0" or "0.0" end
+  return string.format("%a", x)
+end
+
+-- Dialects. See docs/quant.md for the meaning of each field.
+M.dialects = {}
+
+local C_LOADS = {
+  u8 = "(int)%s[%s]",
+  i8 = "(int)(int8_t)%s[%s]",
+  u16 = "(int)qmoe_q_rd_u16(%s + %s)",
+  i16 = "(int)(int16_t)qmoe_q_rd_u16(%s + %s)",
+  f16 = "qmoe_q_f16(qmoe_q_rd_u16(%s + %s))",
+  bf16 = "qmoe_q_bf16(qmoe_q_rd_u16(%s + %s))",
+  f32 = "qmoe_q_rd_f32(%s + %s)",
+}
+
+local C_PRELUDE = [[
+#include <stdint.h>
+#include <string.h>
+/* Little-endian loads from a byte-addressed block and exact f16/bf16 -> f32 conversions. */
+static inline uint32_t qmoe_q_rd_u16(const uint8_t *p) { return (uint32_t)p[0] | (uint32_t)p[1] << 8; }
+static inline float qmoe_q_rd_f32(const uint8_t *p) {
+  uint32_t u = (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24;
+  float f;
+  memcpy(&f, &u, 4);
+  return f;
+}
+static inline float qmoe_q_bits_f32(uint32_t u) { float f; memcpy(&f, &u, 4); return f; }
+static inline float qmoe_q_f16(uint32_t h) {
+  uint32_t s = (h & 0x8000u) << 16, e = (h >> 10) & 0x1Fu, m = h & 0x3FFu;
+  if (e == 0x1Fu) return qmoe_q_bits_f32(s | 0x7F800000u | m << 13);   /* inf / nan */
+  if (e == 0) {                                                          /* zero / subnormal: m * 2^-24 */
+    float v = (float)m * 0x1p-24f;                                       /* exact: m < 2^10 */
+    return s ? -v : v;
+  }
+  return qmoe_q_bits_f32(s | (e + 112u) << 23 | m << 13);
+}
+static inline float qmoe_q_bf16(uint32_t h) { return qmoe_q_bits_f32(h << 16); }
+]]
+
+M.dialects.c = {
+  name = "c",
+  prelude = C_PRELUDE,
+  fn_prefix = "static inline",
+  block_type = "const uint8_t *",
+  block_param = "b",
+  int_t = "int", float_t = "float",
+  load = function(ftype, byte_off) return string.format(C_LOADS[ftype], "b", byte_off) end,
+  fmul = function(a, b) return "(" .. a .. " * " .. b .. ")" end,
+  fadd = function(a, b) return "(" .. a .. " + " .. b .. ")" end,
+  fsub = function(a, b) return "(" .. a .. " - " .. b .. ")" end,
+  fdiv = function(a, b) return "(" .. a .. " / " .. b .. ")" end,
+  to_float = function(x) return "(float)" .. x end,
+  to_int = function(x) return "(int)" .. x end,
+  float_lit = function(v) return hexfloat(v) .. "f" end,
+  truth = function(x) return x end,          -- int expression -> condition
+  from_bool = function(x) return x end,      -- comparison/logical -> int
+  decl_int = "const int", decl_float = "const float",
+}
+
+-- CUDA: C's loads (the prelude is valid CUDA with __device__ added) and round-to-nearest intrinsics,
+-- which nvcc/NVRTC never contract into FMAs.
+M.dialects.cuda = {
+  name = "cuda",
+  prelude = (C_PRELUDE:gsub("#include <stdint.h>\n#include <string.h>\n", "")
+                      :gsub("static inline", "static __device__ __forceinline__")
+                      :gsub("float f;\n  memcpy%(&f, &u, 4%);\n  return f;", "return __uint_as_float(u);")
+                      :gsub("{ float f; memcpy%(&f, &u, 4%); return f; }", "{ return __uint_as_float(u); }")),
+  fn_prefix = "static __device__ __forceinline__",
+  block_type = "const uint8_t *",
+  block_param = "b",
+  int_t = "int", float_t = "float",
+  load = M.dialects.c.load,
+  fmul = function(a, b) return "__fmul_rn(" .. a .. ", " .. b .. ")" end,
+  fadd = function(a, b) return "__fadd_rn(" .. a .. ", " .. b .. ")" end,
+  fsub = function(a, b) return "__fsub_rn(" .. a .. ", " .. b .. ")" end,
+  fdiv = function(a, b) return "__fdiv_rn(" .. a .. ", " .. b .. ")" end,
+  to_float = function(x) return "(float)" .. x end,
+  to_int = function(x) return "(int)" .. x end,
+  float_lit = function(v) return hexfloat(v) .. "f" end,
+  truth = function(x) return x end,
+  from_bool = function(x) return x end,
+  decl_int = "const int", decl_float = "const float",
+}
+
+-- GLSL: the block lives in a uint[] buffer (dialect.buffer, default "qw") at byte offset `base`.
+local GLSL_LOADS = {
+  u8 = "qmoe_q_u8(%s)", i8 = "((int(qmoe_q_u8(%s)) << 24) >> 24)",
+  u16 = "qmoe_q_u16(%s)", i16 = "((int(qmoe_q_u16(%s)) << 16) >> 16)",
+  f16 = "unpackHalf2x16(uint(qmoe_q_u16(%s))).x", bf16 = "uintBitsToFloat(uint(qmoe_q_u16(%s)) << 16)",
+  f32 = "uintBitsToFloat(uint(qmoe_q_u16(%s)) | (uint(qmoe_q_u16(%s + 2u)) << 16))",
+}
+function M.glsl_dialect(buffer)
+  buffer = buffer or "qw"
+  local prelude = string.format([[
+// Little-endian loads of bytes and 16-bit words at byte offset o of the uint buffer %s.
+int qmoe_q_u8(uint o) { return int((%s[o >> 2] >> ((o & 3u) * 8u)) & 0xFFu); }
+int qmoe_q_u16(uint o) { return qmoe_q_u8(o) | (qmoe_q_u8(o + 1u) << 8); }
+]], buffer, buffer)
+  return {
+    name = "glsl",
+    prelude = prelude,
+    fn_prefix = "",
+    block_type = "uint ",
+    block_param = "base",
+    int_t = "int", float_t = "float",
+    load = function(ftype, byte_off)
+      local o = "base + uint(" .. byte_off .. ")"
+      local pat = GLSL_LOADS[ftype]
+      if ftype == "f32" then return string.format(pat, o, o) end
+      if ftype == "u8" or ftype == "u16" then return string.format(pat, o) end
+      return string.format(pat, o)
+    end,
+    fmul = function(a, b) return "(" .. a .. " * " .. b .. ")" end,
+    fadd = function(a, b) return "(" .. a .. " + " .. b .. ")" end,
+    fsub = function(a, b) return "(" .. a .. " - " .. b .. ")" end,
+    fdiv = function(a, b) return "(" .. a .. " / " .. b .. ")" end,
+    to_float = function(x) return "float(" .. x .. ")" end,
+    to_int = function(x) return "int(" .. x .. ")" end,
+    float_lit = function(v)
+      if v == 0 then return (1 / v < 0) and "-0.0" or "0.0" end
+      local s = string.format("%.9g", v)
+      if not s:find("[%.e]") then s = s .. ".0" end
+      return s
+    end,
+    truth = function(x) return "(" .. x .. " != 0)" end,
+    from_bool = function(x) return "int" .. x end,
+    -- `precise` keeps each float operation feeding the variable exact: no contraction, no reordering.
+    decl_int = "int", decl_float = "precise float",
+    -- decode_block in GLSL writes into a caller array; GLSL has no pointers.
+    no_block_fn = true,
+  }
+end
+M.dialects.glsl = M.glsl_dialect("qw")
+
+local function paren(s) return "(" .. s .. ")" end
+
+-- Emits NODE as text in dialect D. vars: name -> emitted local name.
+-- raw_bool: the caller wants a condition; comparisons and logical operators return it unconverted.
+local function emit_node(node, D, vars, raw_bool)
+  local function as_float(n)
+    local s = emit_node(n, D, vars)
+    if n.ty == "int" then
+      if n.k == "int" then return D.float_lit(n.v + 0.0) end
+      return D.to_float(s)
+    end
+    return s
+  end
+  local function as_bool(n)
+    if (n.k == "bin" and (CMP[n.op] or n.op == "&&" or n.op == "||")) or (n.k == "un" and n.op == "!") then
+      return emit_node(n, D, vars, true)
+    end
+    return D.truth(emit_node(n, D, vars))
+  end
+  local function logical(text) return raw_bool and text or D.from_bool(text) end
+  local k = node.k
+  local s
+  if k == "int" then s = tostring(node.v)
+  elseif k == "float" then s = D.float_lit(node.v)
+  elseif k == "name" then s = vars[node.name]
+  elseif k == "index" then
+    local f = node.bind.field
+    local size = M.FIELD_TYPES[f.type].size
+    local idx = emit_node(node.idx, D, vars)
+    local off
+    if node.idx.k == "int" then off = tostring(f.offset + node.idx.v * size)
+    elseif size == 1 then off = (f.offset == 0) and idx or (f.offset .. " + " .. idx)
+    else off = (f.offset == 0 and "" or (f.offset .. " + ")) .. size .. " * " .. paren(idx) end
+    s = D.load(f.type, off)
+  elseif k == "call" then
+    if node.fn == "float" then s = as_float(node.a)
+    elseif node.a.ty == "int" then s = emit_node(node.a, D, vars)
+    else s = D.to_int(paren(emit_node(node.a, D, vars))) end
+  elseif k == "un" then
+    if node.op == "!" then
+      s = logical("(!" .. as_bool(node.a) .. ")")
+    else
+      s = "(" .. node.op .. emit_node(node.a, D, vars) .. ")"
+    end
+  elseif k == "cond" then
+    local fl = node.ty == "float"
+    local a = fl and as_float(node.a) or emit_node(node.a, D, vars)
+    local b = fl and as_float(node.b) or emit_node(node.b, D, vars)
+    s = "(" .. as_bool(node.c) .. " ? " .. a .. " : " .. b .. ")"
+  else
+    local op = node.op
+    local fl = node.a.ty == "float" or node.b.ty == "float"
+    if op == "&&" or op == "||" then
+      s = logical("(" .. as_bool(node.a) .. " " .. op .. " " .. as_bool(node.b) .. ")")
+    elseif CMP[op] then
+      local a = fl and as_float(node.a) or emit_node(node.a, D, vars)
+      local b = fl and as_float(node.b) or emit_node(node.b, D, vars)
+      s = logical("(" .. a .. " " .. op .. " " .. b .. ")")
+    elseif fl then
+      local a, b = as_float(node.a), as_float(node.b)
+      if op == "*" then s = D.fmul(a, b) elseif op == "+" then s = D.fadd(a, b)
+      elseif op == "-" then s = D.fsub(a, b) else s = D.fdiv(a, b) end
+    else
+      s = "(" .. emit_node(node.a, D, vars) .. " " .. op .. " " .. emit_node(node.b, D, vars) .. ")"
+    end
+  end
+  return s
+end
+
+-- Checked program of a contract (raises with the first error when invalid).
+function M.compile(q)
+  local errs = {}
+  local prog = compile(q, errs)
+  if not prog then
+    local e = errs[1]
+    error(string.format("%s: %s%s: %s", tostring(q.__file or q.name), e.path, e.col and (":" .. e.col) or "", e.msg), 0)
+  end
+  return prog
+end
+
+-- emit(q, dialect [, prefix]) -> text of `float <prefix>_decode(<block>, int i)` and, unless the dialect
+-- sets no_block_fn, `void <prefix>_decode_block(<block>, float *y)`. prefix defaults to "qmoe_<name>".
+-- The dialect's prelude (helpers) is NOT included: emit it once per file with expr.prelude(dialect).
+function M.emit(q, D, prefix)
+  if type(D) == "string" then D = assert(M.dialects[D], "unknown dialect " .. D) end
+  local prog = M.compile(q)
+  prefix = prefix or ("qmoe_" .. q.name)
+  local vars = { i = "i" }
+  local lines = {}
+  local head = (D.fn_prefix ~= "" and (D.fn_prefix .. " ") or "")
+  lines[#lines + 1] = string.format("%sfloat %s_decode(%s%s, int i) {", head, prefix, D.block_type, D.block_param)
+  -- Scalar fields used anywhere become locals read once.
+  local used = {}
+  local function scan(n)
+    if not n then return end
+    if n.k == "name" and n.bind and n.bind.kind == "field" then used[n.name] = n.bind.field end
+    scan(n.a) scan(n.b) scan(n.c) scan(n.idx)
+  end
+  for _, l in ipairs(prog.lets) do scan(l.ast) end
+  scan(prog.value)
+  for _, f in ipairs(fields_of(q)) do
+    if used[f.name] then
+      local ty = M.FIELD_TYPES[f.type].ty
+      local decl = ty == "int" and D.decl_int or D.decl_float
+      lines[#lines + 1] = string.format("  %s f_%s = %s;", decl, f.name, D.load(f.type, tostring(f.offset)))
+      vars[f.name] = "f_" .. f.name
+    end
+  end
+  for _, l in ipairs(prog.lets) do
+    local decl = l.ast.ty == "int" and D.decl_int or D.decl_float
+    lines[#lines + 1] = string.format("  %s v_%s = %s;", decl, l.name, emit_node(l.ast, D, vars))
+    vars[l.name] = "v_" .. l.name
+  end
+  local v = emit_node(prog.value, D, vars)
+  lines[#lines + 1] = string.format("  %s r = %s;", D.decl_float, v)
+  lines[#lines + 1] = "  return r;"
+  lines[#lines + 1] = "}"
+  if not D.no_block_fn then
+    lines[#lines + 1] = ""
+    lines[#lines + 1] = string.format("%svoid %s_decode_block(%s%s, float *y) {", head, prefix, D.block_type, D.block_param)
+    lines[#lines + 1] = string.format("  for (int i = 0; i < %d; i++) y[i] = %s_decode(%s, i);", q.block_elements, prefix, D.block_param)
+    lines[#lines + 1] = "}"
+  end
+  return table.concat(lines, "\n") .. "\n"
+end
+
+function M.prelude(D)
+  if type(D) == "string" then D = assert(M.dialects[D], "unknown dialect " .. D) end
+  return D.prelude
+end
+
+return M
