@@ -27,13 +27,13 @@ typedef int (*qmoe_dequant_row_fn)(const void *src, float *dst, int64_t n);     
 typedef float (*qmoe_dot_f32_fn)(const void *row, const float *x, int64_t n);   /* f32 accumulation */
 typedef double (*qmoe_dot_f64_fn)(const void *row, const float *x, int64_t n);  /* Σ (double)w·(double)x */
 typedef int (*qmoe_quantize_row_fn)(const float *src, void *dst, int64_t n);    /* 0 or QMOE_E* */
-enum { QMOE_ACC_F32 = 1u << 0, QMOE_ACC_F64 = 1u << 1 }; /* bits of qmoe_qtype_info.acc_mask */
+enum { QMOE_ACC_BIT_F32 = 1u << 0, QMOE_ACC_BIT_F64 = 1u << 1 }; /* bits of acc_mask (QMOE_ACC_F32/F64 are backend.h's qmoe_acc) */
 typedef struct {
   const char *name;      /* contract name: "q6_k" */
   int ggml_type;         /* GGUF/ggml type id */
   int block_elements;
   int block_bytes;
-  unsigned acc_mask;     /* QMOE_ACC_* the contract lists */
+  unsigned acc_mask;     /* QMOE_ACC_BIT_* the contract lists */
   qmoe_dequant_row_fn dequant_row;
   qmoe_dot_f32_fn dot_f32;       /* n not a multiple of block_elements: returns NAN, sets the error */
   qmoe_dot_f64_fn dot_f64;
