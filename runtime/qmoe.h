@@ -20,7 +20,7 @@ const char *qmoe_last_error(void);
 void qmoe_set_error(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 
 
-/* ---- quant formats (owner: quant codec; contracts/quant/*.yaml -> generated/c/qtypes.c) ---------- */
+/* ---- quant formats (owner: quant codec; contracts/quant/<q>.yaml -> generated/c/qtypes.c) -------- */
 /* Rows are n elements, n a multiple of the qtype's block_elements, stored as n / block_elements blocks
  * of block_bytes raw GGUF bytes. Decoded values are exactly those the quant contract defines. */
 typedef int (*qmoe_dequant_row_fn)(const void *src, float *dst, int64_t n);          /* 0 or QMOE_EINVAL */
