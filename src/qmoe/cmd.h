@@ -1,0 +1,51 @@
+/* cmd.h: the `qmoe` command's subcommand table and the helpers its subcommands share (messages, row
+ * ranges, near-match suggestions, progress on stderr). */
+#ifndef QMOE_CMD_H
+#define QMOE_CMD_H
+#include <stdint.h>
+#include <stdio.h>
+#include "qmoe.h"
+
+typedef struct {
+  const char *name;
+  const char *summary; /* one line for `qmoe --help` */
+  const char *usage;   /* the text of `qmoe NAME --help`; its first line starts "usage: " */
+  int (*run)(int argc, char **argv); /* argv[0] is the subcommand name; returns 0 ok, 1 error, 2 usage */
+} qmoe_command;
+
+/* The subcommands, in `qmoe --help` order. To add one, write src/qmoe/cmd_NAME.c defining
+ * `const qmoe_command cmd_NAME = { "NAME", ... };` and add X(NAME) to this list. */
+#define QMOE_COMMANDS(X) X(inspect) X(dump) X(extract) X(quantize)
+
+#define QMOE_DECLARE_COMMAND(name) extern const qmoe_command cmd_##name;
+QMOE_COMMANDS(QMOE_DECLARE_COMMAND)
+#undef QMOE_DECLARE_COMMAND
+
+/* "qmoe CMD: error: MESSAGE" on stderr; returns 1 (the exit status for a failed command). */
+int cli_error(const char *cmd, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+/* "qmoe CMD: MESSAGE" and the usage line on stderr; returns 2. */
+int cli_usage_error(const qmoe_command *c, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+/* Parses a non-negative decimal integer (the whole string); 0 or -1. */
+int cli_parse_i64(const char *s, int64_t *out);
+/* Parses a row range: "A..B" (rows A to B-1), "A" (row A), "A.." (A to the end), "..B" (0 to B-1), against
+ * n_rows. On error writes a message to why and returns -1. */
+int cli_parse_rows(const char *s, int64_t n_rows, int64_t *first, int64_t *end, char *why, size_t cap);
+/* "no tensor 'x' in FILE; did you mean: a, b?" (or the tensor count when nothing is near). */
+void cli_tensor_not_found(const qmoe_gguf *f, const char *name, char *msg, size_t cap);
+
+/* Progress on stderr: a redrawn bar when stderr is a terminal, else a line every 10% (or 30 s). */
+typedef struct {
+  const char *cmd;
+  int tty;
+  uint64_t total;
+  int last_pct;
+  double last_time, start_time;
+} cli_progress;
+void cli_progress_start(cli_progress *p, const char *cmd, uint64_t total);
+void cli_progress_update(cli_progress *p, uint64_t done, const char *label);
+void cli_progress_end(cli_progress *p);
+
+/* Writes n floats little-endian; 0 or -1 (errno set). */
+int cli_write_f32le(FILE *fp, const float *x, int64_t n);
+
+#endif

@@ -1,0 +1,185 @@
+/* cmd_inspect.c: `qmoe inspect FILE.gguf`: the header, the metadata (long arrays and strings abbreviated)
+ * and the tensor table (name, type, shape, bytes, offset), like gguf-dump; --json for other programs. */
+#include <inttypes.h>
+#include <math.h>
+#include <string.h>
+#include "cmd.h"
+
+static const char usage[] =
+  "usage: qmoe inspect FILE.gguf [--full] [--json]\n"
+  "Shows a GGUF file's header, its metadata (key, type, value) and its tensor table (name, type, shape,\n"
+  "bytes, absolute file offset). Opening the file validates all of it: a malformed file gives an error\n"
+  "naming the byte offset and the key or tensor, and exit status 1.\n"
+  "  --full   print whole strings and every array element (default: abbreviated)\n"
+  "  --json   print one JSON object instead: {\"file\", \"version\", \"alignment\", \"data_offset\", \"size\",\n"
+  "           \"metadata\": [{\"key\", \"type\", \"elem_type\"?, \"value\"}], \"tensors\": [{\"name\", \"type\",\n"
+  "           \"type_id\", \"shape\", \"offset\", \"file_offset\", \"bytes\"}]} (strings are UTF-8 passed through,\n"
+  "           non-finite floats as NaN/Infinity)\n"
+  "example: qmoe inspect model.gguf\n";
+
+enum { SHORT_STRING = 64, SHORT_ARRAY = 8 };
+
+/* A string with C-style escapes for quotes, backslashes and control bytes; bytes >= 0x80 pass through. */
+static void print_string(FILE *fp, const char *s, uint64_t len, uint64_t max, int json) {
+  uint64_t n = len < max ? len : max;
+  fputc('"', fp);
+  for (uint64_t i = 0; i < n; i++) {
+    unsigned char c = (unsigned char)s[i];
+    if (c == '"' || c == '\\') fprintf(fp, "\\%c", c);
+    else if (c == '\n') fputs("\\n", fp);
+    else if (c == '\t') fputs("\\t", fp);
+    else if (c == '\r') fputs("\\r", fp);
+    else if (c < 0x20 || c == 0x7f) fprintf(fp, json ? "\\u%04x" : "\\x%02x", c);
+    else fputc(c, fp);
+  }
+  fputc('"', fp);
+  if (n < len) fprintf(fp, "... (%" PRIu64 " bytes)", len);
+}
+
+static void print_float(FILE *fp, double x, int is_f32, int json) {
+  if (isnan(x)) fputs(json ? "NaN" : "nan", fp);
+  else if (isinf(x)) fputs(x > 0 ? (json ? "Infinity" : "inf") : (json ? "-Infinity" : "-inf"), fp);
+  else fprintf(fp, is_f32 ? "%.9g" : "%.17g", x);
+}
+
+static void print_value(FILE *fp, const qmoe_gguf_value *v, int full, int json) {
+  switch (v->type) {
+  case QMOE_GGUF_U8: case QMOE_GGUF_U16: case QMOE_GGUF_U32: case QMOE_GGUF_U64: {
+    uint64_t u = 0;
+    qmoe_gguf_value_u64(v, &u);
+    fprintf(fp, "%" PRIu64, u);
+    break;
+  }
+  case QMOE_GGUF_I8: case QMOE_GGUF_I16: case QMOE_GGUF_I32: case QMOE_GGUF_I64: {
+    int64_t i = 0;
+    qmoe_gguf_value_i64(v, &i);
+    fprintf(fp, "%" PRId64, i);
+    break;
+  }
+  case QMOE_GGUF_F32: case QMOE_GGUF_F64: {
+    double d = 0;
+    qmoe_gguf_value_f64(v, &d);
+    print_float(fp, d, v->type == QMOE_GGUF_F32, json);
+    break;
+  }
+  case QMOE_GGUF_BOOL: fputs(((const unsigned char *)v->data)[0] ? "true" : "false", fp); break;
+  case QMOE_GGUF_STRING: print_string(fp, v->data, v->count, full ? UINT64_MAX : SHORT_STRING, json); break;
+  case QMOE_GGUF_ARRAY: {
+    qmoe_gguf_iter it;
+    qmoe_gguf_value e;
+    uint64_t shown = full ? v->count : (v->count < SHORT_ARRAY ? v->count : SHORT_ARRAY);
+    fputc('[', fp);
+    qmoe_gguf_iter_init(&it, v);
+    for (uint64_t i = 0; i < shown && qmoe_gguf_iter_next(&it, &e); i++) {
+      if (i) fputs(", ", fp);
+      print_value(fp, &e, full, json);
+    }
+    if (shown < v->count) fprintf(fp, ", ... (%" PRIu64 " more)", v->count - shown);
+    fputc(']', fp);
+    break;
+  }
+  default: fputs("?", fp);
+  }
+}
+
+static void print_shape(FILE *fp, const qmoe_gguf_tensor *t, char *buf, size_t cap) {
+  int n = snprintf(buf, cap, "[");
+  for (int d = 0; d < t->n_dims && n > 0 && (size_t)n < cap; d++)
+    n += snprintf(buf + n, cap - (size_t)n, "%s%" PRId64, d ? ", " : "", t->ne[d]);
+  if (n > 0 && (size_t)n < cap) snprintf(buf + n, cap - (size_t)n, "]");
+  if (fp) fputs(buf, fp);
+}
+
+static void inspect_json(FILE *fp, const qmoe_gguf *f) {
+  fputs("{\"file\": ", fp);
+  print_string(fp, qmoe_gguf_path(f), strlen(qmoe_gguf_path(f)), UINT64_MAX, 1);
+  fprintf(fp, ", \"version\": %u, \"alignment\": %" PRIu64 ", \"data_offset\": %" PRIu64 ", \"size\": %" PRIu64 ",\n",
+          qmoe_gguf_version(f), qmoe_gguf_alignment(f), qmoe_gguf_data_offset(f), qmoe_gguf_file_size(f));
+  fputs(" \"metadata\": [", fp);
+  for (int64_t i = 0; i < qmoe_gguf_kv_count(f); i++) {
+    const qmoe_gguf_value *v = qmoe_gguf_kv_value(f, i);
+    const char *k = qmoe_gguf_kv_key(f, i);
+    fputs(i ? ",\n  {\"key\": " : "\n  {\"key\": ", fp);
+    print_string(fp, k, strlen(k), UINT64_MAX, 1);
+    fprintf(fp, ", \"type\": \"%s\", ", qmoe_gguf_type_name_of_value(v->type));
+    if (v->type == QMOE_GGUF_ARRAY) fprintf(fp, "\"elem_type\": \"%s\", ", qmoe_gguf_type_name_of_value(v->elem_type));
+    fputs("\"value\": ", fp);
+    print_value(fp, v, 1, 1);
+    fputc('}', fp);
+  }
+  fputs("],\n \"tensors\": [", fp);
+  for (int64_t i = 0; i < qmoe_gguf_tensor_count(f); i++) {
+    const qmoe_gguf_tensor *t = qmoe_gguf_tensor_at(f, i);
+    char shape[128];
+    fputs(i ? ",\n  {\"name\": " : "\n  {\"name\": ", fp);
+    print_string(fp, t->name, strlen(t->name), UINT64_MAX, 1);
+    fprintf(fp, ", \"type\": \"%s\", \"type_id\": %d, \"shape\": ", t->type_name, t->type);
+    print_shape(fp, t, shape, sizeof shape);
+    fprintf(fp, ", \"offset\": %" PRIu64 ", \"file_offset\": %" PRIu64 ", \"bytes\": %" PRIu64 "}", t->offset,
+            t->file_offset, t->nbytes);
+  }
+  fputs("]}\n", fp);
+}
+
+static void inspect_text(FILE *fp, const qmoe_gguf *f, int full) {
+  fprintf(fp, "%s: GGUF v%u, %" PRIu64 " bytes, alignment %" PRIu64 ", tensor data at offset %" PRIu64 "\n",
+          qmoe_gguf_path(f), qmoe_gguf_version(f), qmoe_gguf_file_size(f), qmoe_gguf_alignment(f),
+          qmoe_gguf_data_offset(f));
+  int64_t nkv = qmoe_gguf_kv_count(f), nt = qmoe_gguf_tensor_count(f);
+  int kw = 10;
+  for (int64_t i = 0; i < nkv; i++) {
+    int l = (int)strlen(qmoe_gguf_kv_key(f, i));
+    if (l > kw) kw = l < 60 ? l : 60;
+  }
+  fprintf(fp, "\nmetadata: %" PRId64 " key%s\n", nkv, nkv == 1 ? "" : "s");
+  for (int64_t i = 0; i < nkv; i++) {
+    const qmoe_gguf_value *v = qmoe_gguf_kv_value(f, i);
+    char type[48];
+    if (v->type == QMOE_GGUF_ARRAY)
+      snprintf(type, sizeof type, "[%s; %" PRIu64 "]", qmoe_gguf_type_name_of_value(v->elem_type), v->count);
+    else
+      snprintf(type, sizeof type, "%s", qmoe_gguf_type_name_of_value(v->type));
+    fprintf(fp, "%5" PRId64 "  %-*s  %-18s ", i, kw, qmoe_gguf_kv_key(f, i), type);
+    print_value(fp, v, full, 0);
+    fputc('\n', fp);
+  }
+  int nw = 4;
+  uint64_t total = 0;
+  for (int64_t i = 0; i < nt; i++) {
+    const qmoe_gguf_tensor *t = qmoe_gguf_tensor_at(f, i);
+    int l = (int)strlen(t->name);
+    if (l > nw) nw = l < 60 ? l : 60;
+    total += t->nbytes;
+  }
+  fprintf(fp, "\ntensors: %" PRId64 " (%" PRIu64 " bytes of data)\n", nt, total);
+  fprintf(fp, "%5s  %-*s  %-7s  %-22s  %12s  %12s\n", "#", nw, "name", "type", "shape", "bytes", "offset");
+  for (int64_t i = 0; i < nt; i++) {
+    const qmoe_gguf_tensor *t = qmoe_gguf_tensor_at(f, i);
+    char shape[128];
+    print_shape(NULL, t, shape, sizeof shape);
+    fprintf(fp, "%5" PRId64 "  %-*s  %-7s  %-22s  %12" PRIu64 "  %12" PRIu64 "\n", i, nw, t->name, t->type_name, shape,
+            t->nbytes, t->file_offset);
+  }
+}
+
+static int run(int argc, char **argv) {
+  const char *path = NULL;
+  int full = 0, json = 0;
+  for (int i = 1; i < argc; i++) {
+    if (!strcmp(argv[i], "--full")) full = 1;
+    else if (!strcmp(argv[i], "--json")) json = 1;
+    else if (argv[i][0] == '-' && argv[i][1]) return cli_usage_error(&cmd_inspect, "unknown option '%s'", argv[i]);
+    else if (!path) path = argv[i];
+    else return cli_usage_error(&cmd_inspect, "one FILE.gguf only ('%s' is a second)", argv[i]);
+  }
+  if (!path) return cli_usage_error(&cmd_inspect, "missing FILE.gguf");
+  qmoe_gguf *f;
+  if (qmoe_gguf_open(path, &f) != 0) return cli_error("inspect", "%s", qmoe_last_error());
+  if (json) inspect_json(stdout, f);
+  else inspect_text(stdout, f, full);
+  qmoe_gguf_close(f);
+  if (fflush(stdout) != 0) return cli_error("inspect", "writing the output failed");
+  return 0;
+}
+
+const qmoe_command cmd_inspect = { "inspect", "show a GGUF file's metadata and tensor table", usage, run };

@@ -1,0 +1,242 @@
+/* cmd_quantize.c: `qmoe quantize IN.gguf OUT.gguf TYPE`: re-encodes a model's tensors as one qtype or by
+ * the Q4_K_M recipe (docs/gguf.md), with qmoe's generated codecs: every source tensor is decoded to f32
+ * and quantized again, unless it already has its target type (then its bytes are copied). */
+#include <stdlib.h>
+#include <string.h>
+#include "cmd.h"
+
+static const char usage[] =
+  "usage: qmoe quantize IN.gguf OUT.gguf TYPE\n"
+  "Writes OUT with IN's metadata and every tensor re-encoded. TYPE is a qtype with a quantizer (q4_0, q8_0,\n"
+  "q4_k, q5_k, q6_k, f16, bf16, f32; spelled q6k, q6_k or Q6_K) or q4_k_m, llama.cpp's recipe:\n"
+  "  blk.i.ffn_down_exps / ffn_down / attn_v: Q6_K when i < n/8, i >= 7n/8 or (i - n/8) % 3 == 2, else Q4_K\n"
+  "  output.weight: Q6_K; every other matrix (token_embd, attn_q/k/output, ffn_gate/up_exps, ...): Q4_K\n"
+  "(n = <arch>.block_count). 1-D tensors (norms) and the MoE router ffn_gate_inp always stay F32. The recipe\n"
+  "is qwen3moe's; for another architecture it is applied by tensor name, and a note says so.\n"
+  "Source tensors of any type qmoe can decode are decoded to f32 first; a tensor that already has its\n"
+  "target type is copied unchanged. A tensor whose rows the target type cannot hold (row length not a\n"
+  "multiple of its block size) stops the command before anything is written. Sets general.file_type and\n"
+  "general.quantization_version. Progress goes to stderr.\n"
+  "example: qmoe quantize model-f16.gguf model-q4_k_m.gguf q4_k_m\n";
+
+/* llama.cpp's general.file_type values (enum llama_ftype) for what this command writes. */
+static int file_type_of(int ggml_type) {
+  static const int map[][2] = { { 0, 0 }, { 1, 1 }, { 2, 2 }, { 8, 7 }, { 6, 8 }, { 12, 14 }, { 13, 16 }, { 14, 18 }, { 30, 32 } };
+  for (size_t i = 0; i < sizeof map / sizeof map[0]; i++)
+    if (map[i][0] == ggml_type) return map[i][1];
+  return -1;
+}
+enum { FTYPE_MOSTLY_Q4_K_M = 15 };
+
+/* llama.cpp's use_more_bits: which layers of n get the larger type in the *_M recipes. */
+static int use_more_bits(int64_t i, int64_t n) { return i < n / 8 || i >= 7 * n / 8 || (i - n / 8) % 3 == 2; }
+
+/* "blk.N.REST" -> N and REST; -1 if the name is not a layer tensor. */
+static int64_t layer_of(const char *name, const char **rest) {
+  if (strncmp(name, "blk.", 4)) return -1;
+  int64_t n = 0;
+  const char *p = name + 4;
+  if (*p < '0' || *p > '9') return -1;
+  while (*p >= '0' && *p <= '9') {
+    if (n > 100000000) return -1;
+    n = n * 10 + (*p++ - '0');
+  }
+  if (*p != '.') return -1;
+  *rest = p + 1;
+  return n;
+}
+
+static int is_router(const char *name) {
+  const char *rest;
+  return layer_of(name, &rest) >= 0 && !strncmp(rest, "ffn_gate_inp.", 13);
+}
+
+typedef struct {
+  const qmoe_gguf_tensor *t;
+  const qmoe_qtype_info *src, *dst;
+} plan;
+
+static int run(int argc, char **argv) {
+  const char *in = NULL, *out = NULL, *type = NULL;
+  for (int i = 1; i < argc; i++) {
+    if (argv[i][0] == '-' && argv[i][1]) return cli_usage_error(&cmd_quantize, "unknown option '%s'", argv[i]);
+    if (!in) in = argv[i];
+    else if (!out) out = argv[i];
+    else if (!type) type = argv[i];
+    else return cli_usage_error(&cmd_quantize, "unexpected argument '%s'", argv[i]);
+  }
+  if (!type) return cli_usage_error(&cmd_quantize, "need IN.gguf OUT.gguf TYPE");
+  const qmoe_qtype_info *f32 = qmoe_qtype_by_name("f32"), *q4k = qmoe_qtype_by_name("q4_k"),
+                        *q6k = qmoe_qtype_by_name("q6_k"), *single = NULL;
+  int recipe = 0;
+  char lower[16];
+  size_t tl = strlen(type);
+  for (size_t i = 0; i < tl && i + 1 < sizeof lower; i++) lower[i] = (char)(type[i] >= 'A' && type[i] <= 'Z' ? type[i] + 32 : type[i]);
+  lower[tl < sizeof lower ? tl : sizeof lower - 1] = 0;
+  if (!strcmp(lower, "q4_k_m") || !strcmp(lower, "q4km")) {
+    recipe = 1;
+    if (!q4k || !q6k || !q4k->quantize_row || !q6k->quantize_row)
+      return cli_error("quantize", "q4_k_m needs the q4_k and q6_k codecs, which this build lacks");
+  } else {
+    single = qmoe_qtype_by_name(type);
+    if (!single || !single->quantize_row) {
+      char known[512];
+      int n = 0;
+      known[0] = 0;
+      for (size_t i = 0; i < qmoe_qtype_count() && n >= 0 && (size_t)n < sizeof known; i++)
+        if (qmoe_qtype_at(i)->quantize_row) n += snprintf(known + n, sizeof known - (size_t)n, "%s ", qmoe_qtype_at(i)->name);
+      return cli_usage_error(&cmd_quantize, "TYPE '%s' is not a qtype qmoe can quantize to; choose one of: %sq4_k_m", type, known);
+    }
+  }
+  if (!f32 || !f32->quantize_row) return cli_error("quantize", "this build has no f32 codec");
+
+  qmoe_gguf *f;
+  if (qmoe_gguf_open(in, &f) != 0) return cli_error("quantize", "%s", qmoe_last_error());
+  int rc = 1;
+  qmoe_gguf_writer *w = NULL;
+  float *row = NULL;
+  void *src_buf = NULL, *dst_buf = NULL;
+  int64_t nt = qmoe_gguf_tensor_count(f);
+  plan *plans = calloc((size_t)(nt ? nt : 1), sizeof *plans);
+  if (!plans) {
+    cli_error("quantize", "out of memory");
+    goto done;
+  }
+
+  /* The recipe needs the layer count: <arch>.block_count, else the highest blk.N + 1. */
+  int64_t n_layers = 0;
+  const char *arch = NULL;
+  uint64_t arch_len = 0;
+  int is_qwen3moe = 0;
+  if (qmoe_gguf_get_str(f, "general.architecture", &arch, &arch_len) == 0) {
+    char key[160];
+    uint64_t bc;
+    is_qwen3moe = arch_len == 8 && !memcmp(arch, "qwen3moe", 8);
+    snprintf(key, sizeof key, "%.*s.block_count", (int)(arch_len < 100 ? arch_len : 100), arch);
+    if (qmoe_gguf_get_u64(f, key, &bc) == 0 && bc < 100000000) n_layers = (int64_t)bc;
+  }
+  if (n_layers == 0) {
+    for (int64_t i = 0; i < nt; i++) {
+      const char *rest;
+      int64_t l = layer_of(qmoe_gguf_tensor_at(f, i)->name, &rest);
+      if (l + 1 > n_layers) n_layers = l + 1;
+    }
+  }
+
+  /* Plan every tensor first: any problem stops the command before a byte is written. */
+  uint64_t total = 0;
+  for (int64_t i = 0; i < nt; i++) {
+    const qmoe_gguf_tensor *t = qmoe_gguf_tensor_at(f, i);
+    plan *p = &plans[i];
+    p->t = t;
+    const char *rest = "";
+    int64_t layer = layer_of(t->name, &rest);
+    if (t->n_dims == 1 || is_router(t->name)) p->dst = f32;
+    else if (single) p->dst = single;
+    else if (!strcmp(t->name, "output.weight")) p->dst = q6k;
+    else if (layer >= 0 && (!strncmp(rest, "ffn_down_exps.", 14) || !strncmp(rest, "ffn_down.", 9) || !strncmp(rest, "attn_v.", 7)))
+      p->dst = use_more_bits(layer, n_layers) ? q6k : q4k;
+    else p->dst = q4k;
+    if (t->type == p->dst->ggml_type) continue; /* copied as it is */
+    p->src = qmoe_qtype_by_id(t->type);
+    if (!p->src || !p->src->dequant_row) {
+      cli_error("quantize", "tensor '%s' is %s, which qmoe cannot decode (no contract for it in contracts/quant)", t->name,
+                t->type_name);
+      goto done;
+    }
+    if (t->ne[0] % p->dst->block_elements) {
+      cli_error("quantize", "tensor '%s' has rows of %lld elements, not a multiple of the %s block size %d: %s cannot hold it",
+                t->name, (long long)t->ne[0], p->dst->name, p->dst->block_elements, p->dst->name);
+      goto done;
+    }
+    total += t->nbytes;
+  }
+  if (recipe && !is_qwen3moe)
+    fprintf(stderr, "qmoe quantize: note: architecture '%.*s' is not qwen3moe: the Q4_K_M recipe was applied by tensor "
+                    "name (attn_v and ffn_down[_exps] per layer of %lld, output.weight Q6_K, other matrices Q4_K, 1-D "
+                    "tensors F32)\n", (int)(arch ? (arch_len < 60 ? arch_len : 60) : 7), arch ? arch : "unknown",
+            (long long)n_layers);
+
+  w = qmoe_gguf_writer_new();
+  for (int64_t i = 0; i < qmoe_gguf_kv_count(f); i++) {
+    if (qmoe_gguf_writer_set_value(w, qmoe_gguf_kv_key(f, i), qmoe_gguf_kv_value(f, i)) != 0) {
+      cli_error("quantize", "%s", qmoe_last_error());
+      goto done;
+    }
+  }
+  int ftype = recipe ? FTYPE_MOSTLY_Q4_K_M : file_type_of(single->ggml_type);
+  if (ftype >= 0) qmoe_gguf_writer_set_u32(w, "general.file_type", (uint32_t)ftype);
+  else qmoe_gguf_writer_remove(w, "general.file_type"); /* llama.cpp has no file type for it */
+  qmoe_gguf_writer_set_u32(w, "general.quantization_version", 2);
+  int64_t max_row = 1;
+  uint64_t max_src = 1, max_dst = 1;
+  for (int64_t i = 0; i < nt; i++) {
+    const qmoe_gguf_tensor *t = plans[i].t;
+    if (qmoe_gguf_writer_add_tensor(w, t->name, plans[i].dst->ggml_type, t->n_dims, t->ne, NULL) != 0) {
+      cli_error("quantize", "%s", qmoe_last_error());
+      goto done;
+    }
+    if (t->ne[0] > max_row) max_row = t->ne[0];
+    if (t->row_bytes > max_src) max_src = t->row_bytes;
+    int64_t db = qmoe_qtype_row_bytes(plans[i].dst, t->ne[0]);
+    if ((uint64_t)db > max_dst) max_dst = (uint64_t)db;
+  }
+  row = malloc(sizeof(float) * (size_t)max_row);
+  src_buf = malloc((size_t)max_src);
+  dst_buf = malloc((size_t)max_dst);
+  if (!row || !src_buf || !dst_buf) {
+    cli_error("quantize", "out of memory for rows of %lld elements", (long long)max_row);
+    goto done;
+  }
+  if (qmoe_gguf_writer_begin(w, out) != 0) {
+    cli_error("quantize", "%s", qmoe_last_error());
+    goto done;
+  }
+  cli_progress prog;
+  cli_progress_start(&prog, "quantize", total);
+  uint64_t done_bytes = 0;
+  for (int64_t i = 0; i < nt; i++) {
+    const plan *p = &plans[i];
+    const qmoe_gguf_tensor *t = p->t;
+    char label[160];
+    snprintf(label, sizeof label, "%lld/%lld %s -> %s", (long long)i + 1, (long long)nt, t->name, p->dst->name);
+    if (!p->src) {
+      if (qmoe_gguf_writer_append(w, t->data, t->nbytes) != 0) {
+        cli_error("quantize", "%s", qmoe_last_error());
+        goto done;
+      }
+      continue;
+    }
+    uint64_t dst_row = (uint64_t)qmoe_qtype_row_bytes(p->dst, t->ne[0]);
+    for (int64_t r = 0; r < t->n_rows; r++) {
+      memcpy(src_buf, (const unsigned char *)t->data + (uint64_t)r * t->row_bytes, (size_t)t->row_bytes);
+      if (p->src->dequant_row(src_buf, row, t->ne[0]) != 0 || p->dst->quantize_row(row, dst_buf, t->ne[0]) != 0) {
+        cli_error("quantize", "tensor '%s' row %lld: %s", t->name, (long long)r, qmoe_last_error());
+        goto done;
+      }
+      if (qmoe_gguf_writer_append(w, dst_buf, dst_row) != 0) {
+        cli_error("quantize", "%s", qmoe_last_error());
+        goto done;
+      }
+      done_bytes += t->row_bytes;
+      if ((r & 63) == 63 || r + 1 == t->n_rows) cli_progress_update(&prog, done_bytes, label);
+    }
+  }
+  if (qmoe_gguf_writer_finish(w) != 0) {
+    cli_error("quantize", "%s", qmoe_last_error());
+    goto done;
+  }
+  cli_progress_end(&prog);
+  rc = 0;
+done:
+  qmoe_gguf_writer_free(w); /* removes the temp file if the output was not completed */
+  qmoe_gguf_close(f);
+  free(plans);
+  free(row);
+  free(src_buf);
+  free(dst_buf);
+  return rc;
+}
+
+const qmoe_command cmd_quantize = { "quantize", "re-encode a model's tensors as one qtype or by the q4_k_m recipe",
+                                    usage, run };
