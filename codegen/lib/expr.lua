@@ -929,8 +929,12 @@ function M.emit(q, D, prefix)
   lines[#lines + 1] = "}"
   if not D.no_block_fn then
     lines[#lines + 1] = ""
+    -- Decoding into a local array first: its stores cannot alias the block, so the compiler may hoist
+    -- the per-block loads (scales) out of the loop.
     lines[#lines + 1] = string.format("%svoid %s_decode_block(%s%s, float *y) {", head, prefix, D.block_type, D.block_param)
-    lines[#lines + 1] = string.format("  for (int i = 0; i < %d; i++) y[i] = %s_decode(%s, i);", q.block_elements, prefix, D.block_param)
+    lines[#lines + 1] = string.format("  float t[%d];", q.block_elements)
+    lines[#lines + 1] = string.format("  for (int i = 0; i < %d; i++) t[i] = %s_decode(%s, i);", q.block_elements, prefix, D.block_param)
+    lines[#lines + 1] = string.format("  for (int i = 0; i < %d; i++) y[i] = t[i];", q.block_elements)
     lines[#lines + 1] = "}"
   end
   return table.concat(lines, "\n") .. "\n"
