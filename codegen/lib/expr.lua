@@ -237,6 +237,12 @@ end
 -- annotates each node with .ty (and .pure: depends only on i and pure lets).
 
 local CheckError = {}
+-- Column where the text of NODE begins (a binary node's own col is its operator's).
+local function start_col(node)
+  if node.k == "bin" then return start_col(node.a) end
+  if node.k == "cond" then return start_col(node.c) end
+  return node.col
+end
 local function cfail(msg, col) error(setmetatable({ msg = msg, col = col }, CheckError), 0) end
 
 local INT_ONLY = { ["%"] = true, ["<<"] = true, [">>"] = true, ["&"] = true, ["|"] = true, ["^"] = true,
@@ -260,10 +266,10 @@ local function typecheck(node, env)
     if b.kind ~= "field" then cfail("'" .. node.name .. "' is not a field and cannot be indexed", node.col) end
     if b.field.count == 1 then cfail("field '" .. node.name .. "' is a scalar (count 1); do not index it", node.col) end
     typecheck(node.idx, env)
-    if node.idx.ty ~= "int" then cfail("index of '" .. node.name .. "' must be int, not float", node.idx.col) end
+    if node.idx.ty ~= "int" then cfail("index of '" .. node.name .. "' must be int, not float", start_col(node.idx)) end
     if not node.idx.pure then
       cfail("index of '" .. node.name .. "' depends on block data; indexes may use only i and lets computed from i",
-            node.idx.col)
+            start_col(node.idx))
     end
     node.ty, node.pure, node.bind = b.ty, false, b
   elseif k == "call" then
@@ -293,7 +299,7 @@ local function typecheck(node, env)
     typecheck(node.c, env)
     typecheck(node.a, env)
     typecheck(node.b, env)
-    if node.c.ty ~= "int" then cfail("condition of '?:' must be int (use a comparison)", node.c.col) end
+    if node.c.ty ~= "int" then cfail("condition of '?:' must be int (use a comparison)", start_col(node.c)) end
     node.ty = (node.a.ty == "float" or node.b.ty == "float") and "float" or "int"
     node.pure = node.c.pure and node.a.pure and node.b.pure
   else
@@ -337,9 +343,9 @@ function eval(node, ctx)
   end
   if k == "index" then
     local idx = eval(node.idx, ctx)
-    if idx == nil then efail("index of '" .. node.name .. "' is unknown", node.idx.col) end
+    if idx == nil then efail("index of '" .. node.name .. "' is unknown", start_col(node.idx)) end
     if idx < 0 or idx >= node.bind.field.count then
-      efail(string.format("index %d of '%s' is out of range 0..%d", idx, node.name, node.bind.field.count - 1), node.idx.col)
+      efail(string.format("index %d of '%s' is out of range 0..%d", idx, node.name, node.bind.field.count - 1), start_col(node.idx))
     end
     return ctx.read(node.bind.field, idx, node)
   end
@@ -527,15 +533,16 @@ local function read_field(bytes, base, f, idx)
 end
 
 -- Runs lets and value for element I. READ supplies field values (nil = unknown). Returns value or nil.
+local run_where -- path of the let (or value) run_element is evaluating, for error messages
 local function run_element(prog, i, read)
   local ctx = { vals = { i = i }, read = read }
   for _, l in ipairs(prog.lets) do
-    ctx.where = l.path
+    run_where = l.path
     local v = eval(l.ast, ctx)
     if v ~= nil and l.ast.ty == "float" then v = tofloat(v) end
     ctx.vals[l.name] = v
   end
-  ctx.where = "decode.value"
+  run_where = "decode.value"
   local v = eval(prog.value, ctx)
   if v ~= nil then v = tofloat(v) end
   return v, ctx
@@ -659,7 +666,7 @@ function M.decode_block(q, bytes, block_index, nblocks, prog)
       local ok, v, ctx = pcall(run_element, prog, i, read)
       if not ok then
         if getmetatable(v) == EvalError then
-          error({ path = "decode.value", col = v.col, msg = v.msg .. string.format(" at i = %d of block %d", i, blk) }, 0)
+          error({ path = run_where, col = v.col, msg = v.msg .. string.format(" at i = %d of block %d", i, blk) }, 0)
         end
         error(v, 0)
       end

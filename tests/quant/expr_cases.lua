@@ -1,0 +1,179 @@
+-- expr_cases.lua: tests of codegen/lib/expr.lua — parser (precedence, columns, errors), type and bounds
+-- checks with their paths, the f32 interpreter, and the emitters. Run by check_expr.sh under build/qmoe-lua.
+local expr = require("expr")
+local failed = 0
+local function ok(cond, name, why)
+  if cond then print("ok " .. name) else failed = failed + 1 print("not ok " .. name .. ": " .. tostring(why)) end
+end
+
+local function f32(x) return (string.unpack("<f", string.pack("<f", x))) end
+local function bits(x) return (string.unpack("<I4", string.pack("<f", x))) end
+
+-- A one-element quant whose value is SRC; decode_block evaluates it (i = 0).
+local function const_q(src, extra_lets)
+  return { name = "t", ggml_type = 999, block_elements = 1, block_bytes = 4,
+           fields = { { name = "x", type = "f32", count = 1, offset = 0 } },
+           decode = { let = extra_lets or {}, value = src } }
+end
+local ZERO4 = string.pack("<f", 0)
+local function eval(src)
+  local q = const_q("float(" .. src .. ")")
+  local errs = expr.check_quant(q)
+  if #errs > 0 then return nil, errs[1].path .. ": " .. errs[1].msg end
+  return expr.decode_block(q, ZERO4, 0)[1]
+end
+local function evalf(src)
+  local q = const_q(src)
+  local errs = expr.check_quant(q)
+  if #errs > 0 then return nil, errs[1].msg end
+  return expr.decode_block(q, ZERO4, 0)[1]
+end
+
+-- Precedence and integer semantics (C's).
+local int_cases = {
+  { "1 + 2 * 3", 7 }, { "(1 + 2) * 3", 9 }, { "1 << 2 + 1", 8 }, { "6 & 3 == 3", 0 }, { "(6 & 3) == 2", 1 },
+  { "1 | 2 ^ 3 & 4", 3 }, { "-2 * 3", -6 }, { "~0", -1 }, { "!0", 1 }, { "!5", 0 }, { "7 / 2", 3 }, { "-7 / 2", -3 },
+  { "-7 % 2", -1 }, { "7 % -2", 1 }, { "1 ? 2 : 3", 2 }, { "0 ? 1 : 0 ? 2 : 3", 3 }, { "0x10 + 0XfF", 271 },
+  { "1 < 2 == 1", 1 }, { "3 > 2 > 1", 0 }, { "2 <= 2 && 3 >= 4 || 1", 1 }, { "0 && 1 / 0", 0 }, { "1 || 1 / 0", 1 },
+  { "-16 >> 2", -4 }, { "int(2.9)", 2 }, { "int(-2.9)", -2 }, { "10 - 3 - 2", 5 }, { "64 / 4 / 2", 8 },
+  { "1 != 2", 1 }, { "2147483647", 2147483647 }, { "5 - -3", 8 }, { "16777217", 16777217 },
+}
+for _, c in ipairs(int_cases) do
+  local v, err = eval(c[1])
+  ok(v == f32(c[2] + 0.0), "int: " .. c[1] .. " = " .. c[2], v == nil and err or ("got " .. tostring(v)))
+end
+
+-- f32 arithmetic: one rounding per operation, left to right, no reassociation.
+local float_cases = {
+  { "16777216.0 + 1.0", 16777216.0 }, { "(1.0 + 16777216.0) - 16777216.0", 0.0 },
+  { "1.0 + (16777216.0 - 16777216.0)", 1.0 }, { "1.0 / 3.0", f32(f32(1.0) / f32(3.0)) },
+  { "0.1 + 0.2", f32(f32(0.1) + f32(0.2)) }, { "0.1 * 3", f32(f32(0.1) * 3) }, { "float(7) / 2", 3.5 },
+  { "1.5e3 * 2.0", 3000.0 }, { "3 > 2 ? 1.5 : 2", 1.5 }, { "0 ? 1.5 : 2", 2.0 }, { "-(0.0)", -0.0 },
+  { "16777217.0", 16777216.0 }, { "0.1", f32(0.1) }, { ".5 + 1", 1.5 },
+}
+for _, c in ipairs(float_cases) do
+  local v, err = evalf(c[1])
+  ok(v ~= nil and bits(v) == bits(c[2]), "f32: " .. c[1], v == nil and err or string.format("got %.9g want %.9g", v, c[2]))
+end
+-- The interpreter rounds products to f32 before adding (no FMA): (a*b)+c differs from the fused result.
+do
+  local a, b, c = 1 + 2 ^ -12, 1 + 2 ^ -12, -(1 + 2 ^ -11)
+  local v = evalf(string.format("%.17g * %.17g + %.17g", a, b, c):gsub("(%d)e", "%1.0e"))
+  ok(v == 0.0, "f32: product rounded before the add (no contraction)", v)
+end
+
+-- Parse errors: message and 1-based column.
+local parse_cases = {
+  { "1 +", 4, "expected a number" }, { "1 $ 2", 3, "unexpected character" }, { "(1 + 2", 7, "expected ')'" },
+  { "qs[1][2]", 6, "one index" }, { "1 2", 3, "after a complete expression" }, { "1e3", 1, "needs a '.'" },
+  { "2147483648", 1, "does not fit" }, { "a ? b", 6, "expected ':'" }, { "3[1]", 2, "only a field name" },
+  { "0x", 1, "malformed" }, { "1.2.3", 1, "malformed" },
+}
+for _, c in ipairs(parse_cases) do
+  local ast, msg, col = expr.parse(c[1])
+  ok(ast == nil and col == c[2] and msg:find(c[3], 1, true), "parse error: " .. c[1],
+     string.format("got %s col %s", tostring(msg), tostring(col)))
+end
+ok(expr.parse("j < 4 ? scales[j] & 63 : (scales[j + 4] & 15) | ((scales[j - 4] >> 6) << 4)") ~= nil, "parse: q4_k scale rule")
+
+-- Contract checks: each mutation of a valid contract gives one error at the stated path (and column).
+local q4k = assert(yaml.load("contracts/quant/q4_k.yaml"))
+local function copy(t)
+  if type(t) ~= "table" then return t end
+  local r = {}
+  for k, v in pairs(t) do r[k] = copy(v) end
+  return r
+end
+local errs = expr.check_quant(q4k)
+ok(#errs == 0, "check: q4_k is valid", errs[1] and (errs[1].path .. ": " .. errs[1].msg))
+local function let_index(q, name)
+  for k, l in ipairs(q.decode.let) do if l.name == name then return k end end
+end
+local function mutate(name, f, path, col, msg_part)
+  local q = copy(q4k)
+  f(q)
+  local es = expr.check_quant(q)
+  local e = es[1]
+  ok(e and e.path == path and (col == nil or e.col == col) and e.msg:find(msg_part, 1, true), "check: " .. name,
+     e and string.format("%s col %s: %s (%d errors)", e.path, tostring(e.col), e.msg, #es) or "no error reported")
+end
+local kq = let_index(q4k, "q")
+mutate("let parse error", function(q) q.decode.let[kq].expr = "(qs[i % 32] >> 4" end, "decode.let[" .. kq .. "].expr", 17, "expected ')'")
+mutate("unknown name", function(q) q.decode.let[kq].expr = "qs[i % 32] >> zz" end, "decode.let[" .. kq .. "].expr", 15, "unknown name 'zz'")
+mutate("later let is not visible", function(q) q.decode.let[1].expr = "q + 1" end, "decode.let[1].expr", 1, "unknown name 'q'")
+mutate("let shadows a field", function(q) q.decode.let[1].name = "d" end, "decode.let[1].name", nil, "shadows a field")
+mutate("let shadows i", function(q) q.decode.let[1].name = "i" end, "decode.let[1].name", nil, "element index")
+mutate("let shadows a let", function(q) q.decode.let[2].name = "j" end, "decode.let[2].name", nil, "earlier let")
+mutate("value is int", function(q) q.decode.value = "sc * q" end, "decode.value", nil, "must be float")
+mutate("array field not indexed", function(q) q.decode.value = "d * qs" end, "decode.value", 5, "index it")
+mutate("scalar field indexed", function(q) q.decode.value = "d[0] * q" end, "decode.value", 1, "scalar")
+mutate("data-dependent index", function(q) q.decode.let[kq].expr = "qs[scales[0]]" end, "decode.let[" .. kq .. "].expr", 4, "depends on block data")
+mutate("index via a data let", function(q) q.decode.let[kq].expr = "qs[sc]" end, "decode.let[" .. kq .. "].expr", 4, "depends on block data")
+mutate("index out of range, first i", function(q) q.decode.let[kq].expr = "qs[i] & 15" end, "decode.let[" .. kq .. "].expr", 4, "index 128 of 'qs' is out of range 0..127 at i = 128")
+mutate("negative index", function(q) q.decode.let[kq].expr = "qs[i - 1] & 15" end, "decode.let[" .. kq .. "].expr", 4, "index -1 of 'qs' is out of range 0..127 at i = 0")
+mutate("float index", function(q) q.decode.let[kq].expr = "qs[1.0]" end, "decode.let[" .. kq .. "].expr", 4, "must be int")
+mutate("int-only operator on float", function(q) q.decode.value = "d % 2" end, "decode.value", 3, "takes ints")
+mutate("float condition", function(q) q.decode.value = "d ? 1.0 : 2.0" end, "decode.value", 1, "condition")
+mutate("unknown function", function(q) q.decode.value = "abs(d)" end, "decode.value", 1, "unknown function 'abs'")
+mutate("division by zero in an index", function(q) q.decode.let[kq].expr = "qs[i / (i - i)]" end, "decode.let[" .. kq .. "].expr", nil, "division by zero")
+mutate("unknown field type", function(q) q.fields[1].type = "f8" end, "fields[1].type", nil, "unknown field type 'f8'")
+mutate("field past block end", function(q) q.fields[4].count = 129 end, "fields[4]", nil, "extends past block_bytes")
+mutate("test vector value differs", function(q) q.test_vectors[1].values[17] = q.test_vectors[1].values[17] * 2 + 1 end,
+       "test_vectors[1].values[17]", nil, "decodes to")
+mutate("test vector -0 vs +0", function(q)
+  for k, v in ipairs(q.test_vectors[2].values) do if v == 0 then q.test_vectors[2].values[k] = (1 / v < 0) and 0.0 or -0.0 return end end
+  q.test_vectors[2].values[1] = -0.0 -- no zero in this vector: any nonzero value mismatches as well
+end, "test_vectors[2].values[" .. (function()
+  for k, v in ipairs(q4k.test_vectors[2].values) do if v == 0 then return k end end
+  return 1
+end)() .. "]", nil, "decodes to")
+mutate("test vector short bytes", function(q) q.test_vectors[3].bytes = q.test_vectors[3].bytes:sub(1, -3) end,
+       "test_vectors[3].bytes", nil, "not a whole number")
+mutate("test vector bad hex", function(q) q.test_vectors[3].bytes = "zz" .. q.test_vectors[3].bytes:sub(3) end,
+       "test_vectors[3].bytes", nil, "non-hex")
+mutate("test vector value count", function(q) table.remove(q.test_vectors[1].values) end, "test_vectors[1].values", nil, "255 values")
+mutate("int overflow", function(q) q.decode.let[kq].expr = "(qs[0] + 1) << 30" end, "decode.let[" .. kq .. "].expr", 13, "int overflow")
+
+-- Every contract in the tree is valid and its vectors decode (through check_quant).
+local util = require("util")
+for _, name in ipairs(util.list("contracts/quant", "%.ya?ml$")) do
+  local q = assert(yaml.load("contracts/quant/" .. name))
+  local es = expr.check_quant(q)
+  ok(#es == 0 and #(q.test_vectors or {}) >= 2, "check: contracts/quant/" .. name .. " valid with >= 2 vectors",
+     es[1] and (es[1].path .. ": " .. es[1].msg) or "fewer than 2 test vectors")
+end
+
+-- decode_block reads the requested block of a multi-block buffer.
+do
+  local q = assert(yaml.load("contracts/quant/q8_0.yaml"))
+  local b1, b2 = expr.unhex(q.test_vectors[1].bytes), expr.unhex(q.test_vectors[2].bytes)
+  local y = expr.decode_block(q, b1 .. b2, 1)
+  local same = #y == 32
+  for k = 1, 32 do same = same and bits(y[k]) == bits(q.test_vectors[2].values[k]) end
+  ok(same, "decode_block: second block of a buffer")
+  ok(not pcall(expr.decode_block, q, b1, 1), "decode_block: a block past the end is an error")
+end
+
+-- Emitters: dialect-specific float operations, every let and the decode functions.
+do
+  local c = expr.emit(q4k, "c")
+  local cu = expr.emit(q4k, "cuda")
+  local gl = expr.emit(q4k, "glsl")
+  ok(c:find("static inline float qmoe_q4_k_decode(const uint8_t *b, int i)", 1, true) and c:find("qmoe_q4_k_decode_block", 1, true),
+     "emit c: decode and decode_block")
+  ok(cu:find("__fsub_rn(__fmul_rn(__fmul_rn(f_d, (float)v_sc), (float)v_q), __fmul_rn(f_dmin, (float)v_m))", 1, true)
+     and cu:find("__device__", 1, true), "emit cuda: rounded intrinsics in source order", cu)
+  ok(gl:find("precise float r = ", 1, true) and gl:find("float qmoe_q4_k_decode(uint base, int i)", 1, true)
+     and not gl:find("decode_block", 1, true) and gl:find("(v_j < 4) ?", 1, true), "emit glsl: precise, bool conditions", gl)
+  for _, l in ipairs(q4k.decode.let) do
+    ok(c:find("v_" .. l.name .. " = ", 1, true), "emit c: let " .. l.name)
+  end
+  ok(expr.prelude("cuda"):find("__uint_as_float", 1, true) and not expr.prelude("cuda"):find("memcpy", 1, true),
+     "emit cuda: prelude without memcpy")
+  local custom = expr.glsl_dialect("weights")
+  ok(custom.prelude:find("weights[o >> 2]", 1, true), "emit glsl: buffer name from glsl_dialect()")
+  ok(not pcall(expr.emit, const_q("1"), "c"), "emit: an invalid contract raises")
+end
+
+print(string.format("# expr_cases: %d failed", failed))
+os.exit(failed == 0 and 0 or 1)
