@@ -203,6 +203,7 @@ int luaenv_dofile(lua_State *L, const char *path, int argc, char **argv) {
     lua_settop(L, base - 1);
     return -1;
   }
+  luaL_checkstack(L, argc + 1, "too many arguments"); /* C code gets only LUA_MINSTACK (20) free slots */
   for (int i = 0; i < argc; i++) lua_pushstring(L, argv[i]);
   if (lua_pcall(L, argc, 0, base) != LUA_OK) {
     fprintf(stderr, "%s\n", lua_tostring(L, -1));
