@@ -1,5 +1,6 @@
 /* luaenv.c: Lua state with embedded codegen modules and a `yaml` binding over yaml_tree. */
 #include "luaenv.h"
+#include "pv.h"
 #include <errno.h>
 #include <lauxlib.h>
 #include <lualib.h>
@@ -178,6 +179,7 @@ lua_State *luaenv_new(void) {
   lua_pushvalue(L, -3);
   lua_setfield(L, -2, "yaml");
   lua_pop(L, 3);
+  pv_register_lua(L); /* require("pv"): generators validate contracts with the same checks as `pv validate` */
   return L;
 }
 
