@@ -1,0 +1,704 @@
+-- gen_cuda.lua: writes generated/cuda/<stage>[__<qtype>][__<acc>].cu, one NVRTC-compiled kernel per file, for
+-- every variant the stage contracts (contracts/stages/*.yaml, normalized by gen_stages.lua) list: qtype
+-- stages × the qtypes they name × accumulators; decoding comes from expr.emit(q, expr.dialects.cuda).
+-- Usage: qmoe-lua codegen/gen_cuda.lua [--contracts DIR] --stage NAME [--qtype NAME] [--acc f32|f64] --out FILE
+--
+-- Each file starts with the banner and one metadata line the runtime (runtime/cuda.c) reads:
+--   // qmoe-cuda: stage=S qtype=Q ggml_type=N acc=A entry=E block_elements=BE block_bytes=BB threads=T rows_per_block=R
+-- (qtype=- ggml_type=-1 for stages that do not vary by qtype, acc=- for those that do not vary by accumulator).
+-- Kernels take one argument, `const qmoe_args a`: buffer addresses (base + offset) in contract order, int
+-- params, float params — bound to the contract's names at the top of each kernel.
+local util = require("util")
+local expr = require("expr")
+local M = {}
+local USAGE = "usage: qmoe-lua codegen/gen_cuda.lua [--contracts DIR] --stage NAME [--qtype NAME] [--acc f32|f64] --out FILE"
+local SCRIPT = "codegen/gen_cuda.lua"
+
+local WARPS = 4          -- warps per block of the row kernels (one block = 128 threads)
+local STAGE_BYTES = 2048 -- bytes of one row staged in shared memory per chunk (rounded to whole blocks)
+
+local function stages_module()
+  return dofile("codegen/gen_stages.lua")
+end
+
+-- Substitutes ${NAME} in TPL from VARS; an unknown name is an error (a template typo fails the build).
+local function fill(tpl, vars)
+  return (tpl:gsub("%${([%w_]+)}", function(k)
+    local v = vars[k]
+    if v == nil then error("gen_cuda.lua: template variable ${" .. k .. "} is not set", 0) end
+    return tostring(v)
+  end))
+end
+
+-- ---------------------------------------------------------------------------------------------------
+-- CUDA text shared by every file.
+
+local PRELUDE = [==[
+// Fixed-width types (NVRTC compiles without the host's headers; these are the LP64 glibc definitions, so
+// nvcc, which includes them, accepts the file too).
+typedef unsigned char uint8_t;
+typedef signed char int8_t;
+typedef unsigned short uint16_t;
+typedef short int16_t;
+typedef unsigned int uint32_t;
+typedef int int32_t;
+typedef unsigned long uint64_t;
+typedef long int64_t;
+
+// The one kernel argument: buffer addresses (base + offset), int params, float params, in contract order.
+struct qmoe_args {
+  uint64_t buf[8];
+  int64_t p[8];
+  double f[4];
+};
+
+typedef ${ACC_T} acc_t; // ${ACC_NOTE}
+
+#define QMOE_FULL 0xffffffffu
+#define QMOE_I64_MAX 0x7fffffffffffffffL
+#define QMOE_NEG_INF (-(acc_t)__int_as_float(0x7f800000))
+__device__ __forceinline__ float qmoe_warp_sum(float v) {
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(QMOE_FULL, v, o);
+  return v;
+}
+__device__ __forceinline__ double qmoe_warp_sum(double v) {
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(QMOE_FULL, v, o);
+  return v;
+}
+__device__ __forceinline__ float qmoe_exp(float v) { return expf(v); }
+__device__ __forceinline__ double qmoe_exp(double v) { return exp(v); }
+__device__ __forceinline__ float qmoe_sqrt(float v) { return sqrtf(v); }
+__device__ __forceinline__ double qmoe_sqrt(double v) { return sqrt(v); }
+// acc + w·x with the product formed in acc_t (exact in double: two f32 factors).
+__device__ __forceinline__ float qmoe_fma(float w, float x, float acc) { return fmaf(w, x, acc); }
+__device__ __forceinline__ double qmoe_fma(float w, float x, double acc) { return fma((double)w, (double)x, acc); }
+
+// Sum over the block in a fixed order (warp trees, then warps 0..n-1): deterministic. SH holds 32 acc_t.
+__device__ __forceinline__ acc_t qmoe_block_sum(acc_t v, acc_t *sh) {
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nw = (blockDim.x + 31) >> 5;
+  v = qmoe_warp_sum(v);
+  if (lane == 0) sh[warp] = v;
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    acc_t t = 0;
+    for (int w = 0; w < nw; w++) t += sh[w];
+    sh[0] = t;
+  }
+  __syncthreads();
+  const acc_t r = sh[0];
+  __syncthreads();
+  return r;
+}
+]==]
+
+-- Quantized rows: staging into shared memory with 16-byte loads, and the warp's dot products.
+local QROWS = [==[
+// ---- ${QNAME} rows: ${BE} elements in ${BB} bytes per block ----
+#define QB_ELEMS ${BE}
+#define QB_BYTES ${BB}
+#define CH_BLOCKS ${CH}                             // blocks of one row staged per chunk
+#define STAGE_VECS ((CH_BLOCKS * QB_BYTES + 15) / 16 + 1) // 16-byte vectors covering a chunk at any alignment
+#define STAGE_U ((STAGE_VECS + 31) / 32)             // vectors per lane
+#define UNROLL ${UNROLL}                             // elements per lane per step (32·UNROLL per warp)
+
+// Copies blocks [b0, b0+nb) of R rows into the warp's shared buffer SH (R × STAGE_VECS vectors) with coalesced
+// 16-byte asynchronous copies (cp.async: global -> shared without registers), all in flight before the one
+// wait. The aligned span may start up to 15 bytes before a row chunk and end up to 15 bytes after it;
+// buffers are 256-byte aligned with sizes rounded up to 256 bytes (backend_cuda.c), so the span never leaves
+// the allocation. OFF[r] is where row r's bytes start in its slice of SH.
+template <int R>
+static __device__ __forceinline__ void qmoe_stage_rows(const uint8_t *const *rows, int64_t b0, int nb, uint4 *sh,
+                                                       int lane, int *off) {
+#pragma unroll
+  for (int r = 0; r < R; r++) {
+    const uint64_t p = (uint64_t)(rows[r] + b0 * QB_BYTES);
+    const uint64_t a0 = p & ~(uint64_t)15;
+    off[r] = (int)(p - a0);
+    const int n16 = (off[r] + nb * QB_BYTES + 15) >> 4;
+    const uint4 *src = (const uint4 *)a0;
+    const uint32_t dst = (uint32_t)__cvta_generic_to_shared(sh + r * STAGE_VECS);
+#pragma unroll
+    for (int u = 0; u < STAGE_U; u++) {
+      const int j = lane + 32 * u;
+      if (j < n16) asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(dst + 16 * j), "l"(src + j) : "memory");
+    }
+  }
+  asm volatile("cp.async.commit_group;\ncp.async.wait_group 0;\n" ::: "memory");
+  __syncwarp();
+}
+
+// acc[r] += Σ_e decode(row r)[e] · x[e] over the NBLOCKS blocks of R rows (per-lane partial sums; the caller
+// reduces across the warp). Weights are decoded from shared memory by the contract's decode function.
+template <int R>
+static __device__ __forceinline__ void qmoe_row_dots(const uint8_t *const *rows, const float *x, int64_t nblocks,
+                                                     uint4 *sh, int lane, acc_t *acc) {
+  for (int64_t b0 = 0; b0 < nblocks; b0 += CH_BLOCKS) {
+    const int nb = (int)(nblocks - b0 < CH_BLOCKS ? nblocks - b0 : CH_BLOCKS);
+    int off[R];
+    qmoe_stage_rows<R>(rows, b0, nb, sh, lane, off);
+    const float *xc = x + b0 * QB_ELEMS;
+    const int ne = nb * QB_ELEMS;
+    for (int e0 = 0; e0 < ne; e0 += 32 * UNROLL) {
+#pragma unroll
+      for (int t = 0; t < UNROLL; t++) {
+        const int e = e0 + 32 * t + lane;
+        ${GUARD_OPEN}
+        const float xv = __ldg(xc + e);
+#pragma unroll
+        for (int r = 0; r < R; r++) {
+          const uint8_t *blk = (const uint8_t *)(sh + r * STAGE_VECS) + off[r] + (e / QB_ELEMS) * QB_BYTES;
+          acc[r] = qmoe_fma(${DECODE}(blk, e % QB_ELEMS), xv, acc[r]);
+        }
+        ${GUARD_CLOSE}
+      }
+    }
+    __syncwarp(); // the next chunk overwrites the buffer
+  }
+}
+]==]
+
+-- ---------------------------------------------------------------------------------------------------
+-- Kernel bodies, one per stage. Each gets the binding of the contract's names (${BIND}) first.
+
+local KERNELS = {}
+
+KERNELS.matvec = { qtype = true, threads = WARPS * 32, rows_per_block = WARPS * 2, body = [==[
+// y = W·x: each warp computes 2 rows (x is loaded once for both), ${WARPS} warps per block.
+extern "C" __global__ void __launch_bounds__(${THREADS}, ${MIN_BLOCKS}) ${ENTRY}(const qmoe_args a) {
+${BIND}
+  __shared__ uint4 sh[${WARPS}][2 * STAGE_VECS];
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  const int64_t r0 = ((int64_t)blockIdx.x * ${WARPS} + warp) * 2;
+  if (r0 >= rows) return;
+  const int64_t row_bytes = cols / QB_ELEMS * QB_BYTES;
+  const int64_t r1 = r0 + 1 < rows ? r0 + 1 : r0;
+  const uint8_t *rp[2] = { W + r0 * row_bytes, W + r1 * row_bytes };
+  acc_t acc[2] = { 0, 0 };
+  qmoe_row_dots<2>(rp, x, cols / QB_ELEMS, sh[warp], lane, acc);
+  const acc_t s0 = qmoe_warp_sum(acc[0]), s1 = qmoe_warp_sum(acc[1]);
+  if (lane == 0) {
+    y[r0] = (float)s0;
+    if (r0 + 1 < rows) y[r0 + 1] = (float)s1;
+  }
+}
+]==] }
+
+KERNELS.moe_gate_up_swiglu = { qtype = true, threads = WARPS * 32, rows_per_block = WARPS, body = [==[
+// h[k][f] = silu(Wg[ids[k]]·x)[f] · (Wu[ids[k]]·x)[f] for all K chosen experts in one launch: grid.y = K, the
+// expert id is read on the device. Each warp computes gate row f and up row f together (x loaded once);
+// SwiGLU is evaluated in acc_t. An id outside [0, E) yields NaN in its outputs (never a wrong expert).
+extern "C" __global__ void __launch_bounds__(${THREADS}, ${MIN_BLOCKS}) ${ENTRY}(const qmoe_args a) {
+${BIND}
+  __shared__ uint4 sh[${WARPS}][2 * STAGE_VECS];
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  const int64_t f = (int64_t)blockIdx.x * ${WARPS} + warp, k = blockIdx.y;
+  if (f >= F || k >= K) return;
+  const int e = ids[k];
+  if (e < 0 || e >= E) {
+    if (lane == 0) h[k * F + f] = __int_as_float(0x7fc00000);
+    return;
+  }
+  const int64_t row_bytes = H / QB_ELEMS * QB_BYTES;
+  const int64_t at = ((int64_t)e * F + f) * row_bytes;
+  const uint8_t *rp[2] = { Wg + at, Wu + at };
+  acc_t acc[2] = { 0, 0 };
+  qmoe_row_dots<2>(rp, x, H / QB_ELEMS, sh[warp], lane, acc);
+  const acc_t g = qmoe_warp_sum(acc[0]), u = qmoe_warp_sum(acc[1]);
+  if (lane == 0) {
+    const acc_t silu = g / ((acc_t)1 + qmoe_exp(-g));
+    h[k * F + f] = (float)(silu * u);
+  }
+}
+]==] }
+
+KERNELS.moe_down = { qtype = true, threads = WARPS * 32, rows_per_block = 2, max_k = 64, body = [==[
+// y[r] = Σ_k w[k] · (Wd[ids[k]]·h[k])[r]: each block computes 2 output rows; its warps take the experts
+// k = warp, warp + ${WARPS}, ... and leave each dot product in shared memory; then one thread per row sums
+// over k in order 0..K-1 in acc_t. No atomics: the result does not depend on scheduling. K <= ${MAX_K}.
+extern "C" __global__ void __launch_bounds__(${THREADS}, ${MIN_BLOCKS}) ${ENTRY}(const qmoe_args a) {
+${BIND}
+  __shared__ uint4 sh[${WARPS}][2 * STAGE_VECS];
+  __shared__ acc_t part[${MAX_K}][2];
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  const int64_t r0 = (int64_t)blockIdx.x * 2;
+  const int64_t r1 = r0 + 1 < H ? r0 + 1 : r0;
+  const int64_t row_bytes = F / QB_ELEMS * QB_BYTES;
+  for (int k = warp; k < K; k += ${WARPS}) {
+    const int e = ids[k];
+    if (e < 0 || e >= E) {
+      if (lane == 0) part[k][0] = part[k][1] = (acc_t)__int_as_float(0x7fc00000);
+      continue;
+    }
+    const uint8_t *base = Wd + (int64_t)e * H * row_bytes;
+    const uint8_t *rp[2] = { base + r0 * row_bytes, base + r1 * row_bytes };
+    acc_t acc[2] = { 0, 0 };
+    qmoe_row_dots<2>(rp, h + (int64_t)k * F, F / QB_ELEMS, sh[warp], lane, acc);
+    const acc_t s0 = qmoe_warp_sum(acc[0]), s1 = qmoe_warp_sum(acc[1]);
+    if (lane == 0) {
+      part[k][0] = s0;
+      part[k][1] = s1;
+    }
+  }
+  __syncthreads();
+  if (threadIdx.x < 2 && r0 + threadIdx.x < H) {
+    acc_t s = 0;
+    for (int k = 0; k < K; k++) s += (acc_t)w[k] * part[k][threadIdx.x];
+    y[r0 + threadIdx.x] = (float)s;
+  }
+}
+]==] }
+
+KERNELS.router_topk = { acc = true, threads = 256, rows_per_block = 8, min_blocks = 1, max_e = 4096, max_k = 64, body = [==[
+// Router: logits = Wr·x (one warp per expert, 8 per block, many blocks); the last block to finish (a
+// counter in device memory, self-resetting via atomicInc) runs softmax over E and top-K by logit (ties: the
+// lower index), then w = p / Σ p over the chosen, all in acc_t. E <= ${MAX_E}, K <= ${MAX_K}.
+__device__ acc_t qmoe_router_logits[${MAX_E}];
+__device__ unsigned int qmoe_router_done;
+
+extern "C" __global__ void __launch_bounds__(${THREADS}, ${MIN_BLOCKS}) ${ENTRY}(const qmoe_args a) {
+${BIND}
+  __shared__ acc_t prob[${MAX_E}];
+  __shared__ acc_t red[32];
+  __shared__ acc_t best_v[8];
+  __shared__ int best_i[8];
+  __shared__ int sel[${MAX_K}];
+  __shared__ unsigned char taken[${MAX_E}];
+  __shared__ int last;
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  const int64_t ex = (int64_t)blockIdx.x * 8 + warp;
+  if (ex < E) {
+    const float *row = Wr + ex * H;
+    acc_t s = 0;
+    if ((((uint64_t)row | (uint64_t)x) & 15) == 0 && (H & 3) == 0) {
+      const float4 *r4 = (const float4 *)row, *x4 = (const float4 *)x;
+      for (int64_t i = lane; i < H / 4; i += 32) {
+        const float4 wv = __ldg(r4 + i), xv = __ldg(x4 + i);
+        s = qmoe_fma(wv.x, xv.x, s);
+        s = qmoe_fma(wv.y, xv.y, s);
+        s = qmoe_fma(wv.z, xv.z, s);
+        s = qmoe_fma(wv.w, xv.w, s);
+      }
+    } else {
+      for (int64_t i = lane; i < H; i += 32) s = qmoe_fma(__ldg(row + i), __ldg(x + i), s);
+    }
+    s = qmoe_warp_sum(s);
+    if (lane == 0) qmoe_router_logits[ex] = s;
+  }
+  __threadfence();
+  __syncthreads();
+  if (threadIdx.x == 0) last = atomicInc(&qmoe_router_done, gridDim.x - 1) == gridDim.x - 1;
+  __syncthreads();
+  if (!last) return;
+  __threadfence();
+  // softmax over all E (max, exp, sum in acc_t)
+  acc_t mx = QMOE_NEG_INF;
+  for (int i = threadIdx.x; i < E; i += blockDim.x) {
+    const acc_t l = __ldcg(qmoe_router_logits + i);
+    prob[i] = l;
+    mx = l > mx ? l : mx;
+  }
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) {
+    const acc_t other = __shfl_xor_sync(QMOE_FULL, mx, o);
+    mx = other > mx ? other : mx;
+  }
+  if (lane == 0) red[warp] = mx;
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    acc_t m = red[0];
+    for (int i = 1; i < (int)(blockDim.x >> 5); i++) m = red[i] > m ? red[i] : m;
+    red[0] = m;
+  }
+  __syncthreads();
+  mx = red[0];
+  __syncthreads();
+  // top-K by logit, ties to the lower index
+  for (int i = threadIdx.x; i < E; i += blockDim.x) taken[i] = 0;
+  __syncthreads();
+  for (int k = 0; k < K; k++) {
+    acc_t bv = QMOE_NEG_INF;
+    int bi = -1;
+    for (int i = threadIdx.x; i < E; i += blockDim.x) {
+      const acc_t v = prob[i];
+      if (!taken[i] && (bi < 0 || v > bv)) { bv = v; bi = i; }
+    }
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) {
+      const acc_t ov = __shfl_xor_sync(QMOE_FULL, bv, o);
+      const int oi = __shfl_xor_sync(QMOE_FULL, bi, o);
+      if (oi >= 0 && (bi < 0 || ov > bv || (ov == bv && oi < bi))) { bv = ov; bi = oi; }
+    }
+    if (lane == 0) { best_v[warp] = bv; best_i[warp] = bi; }
+    __syncthreads();
+    if (threadIdx.x == 0) {
+      acc_t v = best_v[0];
+      int i = best_i[0];
+      for (int w = 1; w < (int)(blockDim.x >> 5); w++)
+        if (best_i[w] >= 0 && (i < 0 || best_v[w] > v || (best_v[w] == v && best_i[w] < i))) { v = best_v[w]; i = best_i[w]; }
+      sel[k] = i;
+      taken[i] = 1;
+    }
+    __syncthreads();
+  }
+  // p_e = exp(l_e - max) / Σ exp: only the sum over all E and the chosen p are needed
+  acc_t s = 0;
+  for (int i = threadIdx.x; i < E; i += blockDim.x) s += qmoe_exp(__ldcg(qmoe_router_logits + i) - mx);
+  s = qmoe_block_sum(s, red);
+  if (threadIdx.x == 0) {
+    acc_t chosen = 0;
+    for (int k = 0; k < K; k++) chosen += qmoe_exp(__ldcg(qmoe_router_logits + sel[k]) - mx) / s;
+    for (int k = 0; k < K; k++) {
+      ids[k] = sel[k];
+      w[k] = (float)((qmoe_exp(__ldcg(qmoe_router_logits + sel[k]) - mx) / s) / chosen);
+    }
+  }
+}
+]==] }
+
+KERNELS.rmsnorm = { acc = true, threads = 256, rows_per_block = 1, body = [==[
+// y = x · (1/sqrt(mean(x²) + eps)) · w in one block: sum of squares in acc_t, fixed-order reduction.
+extern "C" __global__ void __launch_bounds__(${THREADS}, ${MIN_BLOCKS}) ${ENTRY}(const qmoe_args a) {
+${BIND}
+  __shared__ acc_t red[32];
+  acc_t ss = 0;
+  for (int64_t i = threadIdx.x; i < n; i += blockDim.x) {
+    const acc_t v = (acc_t)x[i];
+    ss += v * v;
+  }
+  ss = qmoe_block_sum(ss, red);
+  const acc_t r = (acc_t)1 / qmoe_sqrt(ss / (acc_t)n + (acc_t)eps);
+  for (int64_t i = threadIdx.x; i < n; i += blockDim.x) y[i] = (float)((acc_t)x[i] * r * (acc_t)w[i]);
+}
+]==] }
+
+KERNELS.qk_norm = { acc = true, threads = 128, rows_per_block = 1, body = [==[
+// RMSNorm of each of nh heads of D with the shared weight w: one block per head.
+extern "C" __global__ void __launch_bounds__(${THREADS}, ${MIN_BLOCKS}) ${ENTRY}(const qmoe_args a) {
+${BIND}
+  __shared__ acc_t red[32];
+  const int64_t base = (int64_t)blockIdx.x * D;
+  if (blockIdx.x >= nh) return;
+  acc_t ss = 0;
+  for (int64_t i = threadIdx.x; i < D; i += blockDim.x) {
+    const acc_t v = (acc_t)x[base + i];
+    ss += v * v;
+  }
+  ss = qmoe_block_sum(ss, red);
+  const acc_t r = (acc_t)1 / qmoe_sqrt(ss / (acc_t)D + (acc_t)eps);
+  for (int64_t i = threadIdx.x; i < D; i += blockDim.x) y[base + i] = (float)((acc_t)x[base + i] * r * (acc_t)w[i]);
+}
+]==] }
+
+KERNELS.rope_neox = { acc = true, threads = 64, rows_per_block = 1, body = [==[
+// NEOX RoPE, one block per head: dims i and i + D/2 rotate by a = pos·theta^(−2i/D). The angle and its cos/sin
+// are computed in double in every variant (an f32 angle at large pos is an error, not a precision choice);
+// the rotation is done in acc_t. Each thread owns its pairs, so y may be x.
+extern "C" __global__ void __launch_bounds__(${THREADS}, ${MIN_BLOCKS}) ${ENTRY}(const qmoe_args a) {
+${BIND}
+  if (blockIdx.x >= nh) return;
+  const int64_t half = D / 2, base = (int64_t)blockIdx.x * D;
+  for (int64_t i = threadIdx.x; i < half; i += blockDim.x) {
+    const double ang = (double)pos * pow(theta, -(double)(2 * i) / (double)D);
+    const acc_t c = (acc_t)cos(ang), s = (acc_t)sin(ang);
+    const acc_t x0 = (acc_t)x[base + i], x1 = (acc_t)x[base + i + half];
+    const acc_t y0 = x0 * c - x1 * s, y1 = x0 * s + x1 * c;
+    y[base + i] = (float)y0;
+    y[base + i + half] = (float)y1;
+  }
+}
+]==] }
+
+KERNELS.kv_store = { threads = 256, rows_per_block = 0, body = [==[
+// Kc[pos], Vc[pos] (rows of nkv·D) = k, v.
+extern "C" __global__ void __launch_bounds__(${THREADS}, ${MIN_BLOCKS}) ${ENTRY}(const qmoe_args a) {
+${BIND}
+  const int64_t n = nkv * D;
+  const int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
+  if (i < n) {
+    Kc[pos * n + i] = k[i];
+    Vc[pos * n + i] = v[i];
+  }
+}
+]==] }
+
+KERNELS.attention = { acc = true, threads = 128, rows_per_block = 1, max_d = 256, body = [==[
+// Decode attention with GQA, one block per query head h (kv head h / (nh / nkv)): each warp runs an online
+// softmax over positions t = warp, warp + ${WARPS}, ... (scores · 1/sqrt(D), running max, sum and weighted V in
+// acc_t); the ${WARPS} partial results are merged in warp order. D <= ${MAX_D}.
+#define AT_U ${AT_U}
+extern "C" __global__ void __launch_bounds__(${THREADS}, ${MIN_BLOCKS}) ${ENTRY}(const qmoe_args a) {
+${BIND}
+  __shared__ acc_t sm_m[${WARPS}], sm_l[${WARPS}];
+  __shared__ acc_t sm_o[${WARPS}][${MAX_D}];
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  const int64_t hq = blockIdx.x;
+  if (hq >= nh) return;
+  const int64_t g = hq / (nh / nkv);
+  const acc_t scale = (acc_t)1 / qmoe_sqrt((acc_t)D);
+  acc_t qv[AT_U], o[AT_U];
+#pragma unroll
+  for (int u = 0; u < AT_U; u++) {
+    const int d = lane + 32 * u;
+    qv[u] = d < D ? (acc_t)q[hq * D + d] : (acc_t)0;
+    o[u] = 0;
+  }
+  acc_t m = QMOE_NEG_INF, l = 0;
+  for (int64_t t = warp; t < n_kv; t += ${WARPS}) {
+    const float *kr = Kc + (t * nkv + g) * D, *vr = Vc + (t * nkv + g) * D;
+    float kv[AT_U], vv[AT_U];
+#pragma unroll
+    for (int u = 0; u < AT_U; u++) {
+      const int d = lane + 32 * u;
+      kv[u] = d < D ? kr[d] : 0.0f;
+      vv[u] = d < D ? vr[d] : 0.0f;
+    }
+    acc_t s = 0;
+#pragma unroll
+    for (int u = 0; u < AT_U; u++) s += qv[u] * (acc_t)kv[u];
+    s = qmoe_warp_sum(s) * scale;
+    const acc_t mn = s > m ? s : m;
+    const acc_t corr = qmoe_exp(m - mn), pe = qmoe_exp(s - mn);
+    l = l * corr + pe;
+#pragma unroll
+    for (int u = 0; u < AT_U; u++) o[u] = o[u] * corr + pe * (acc_t)vv[u];
+    m = mn;
+  }
+  if (lane == 0) { sm_m[warp] = m; sm_l[warp] = l; }
+#pragma unroll
+  for (int u = 0; u < AT_U; u++) {
+    const int d = lane + 32 * u;
+    if (d < D) sm_o[warp][d] = o[u];
+  }
+  __syncthreads();
+  acc_t M = sm_m[0];
+  for (int w = 1; w < ${WARPS}; w++) M = sm_m[w] > M ? sm_m[w] : M;
+  acc_t L = 0, f[${WARPS}];
+  for (int w = 0; w < ${WARPS}; w++) {
+    f[w] = sm_m[w] == QMOE_NEG_INF ? (acc_t)0 : qmoe_exp(sm_m[w] - M);
+    L += sm_l[w] * f[w];
+  }
+  for (int64_t d = threadIdx.x; d < D; d += blockDim.x) {
+    acc_t acc = 0;
+    for (int w = 0; w < ${WARPS}; w++) acc += sm_o[w][d] * f[w];
+    o_out[hq * D + d] = (float)(acc / L);
+  }
+}
+]==] }
+
+KERNELS.add = { threads = 256, rows_per_block = 0, body = [==[
+// y = a + b (y may be a).
+extern "C" __global__ void __launch_bounds__(${THREADS}, ${MIN_BLOCKS}) ${ENTRY}(const qmoe_args a_) {
+${BIND}
+  for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)gridDim.x * blockDim.x)
+    y[i] = a[i] + b[i];
+}
+]==] }
+
+KERNELS.argmax = { threads = 256, rows_per_block = 0, max_blocks = 1024, body = [==[
+// Index of the largest x (ties: the lowest index; NaN is never chosen). Blocks scan contiguous slices and
+// leave (value, index) in device memory; the last block to finish (self-resetting counter) merges them in
+// block order.
+__device__ float qmoe_argmax_val[${MAX_BLOCKS}];
+__device__ int qmoe_argmax_idx[${MAX_BLOCKS}];
+__device__ unsigned int qmoe_argmax_done;
+
+static __device__ __forceinline__ void qmoe_better(float &bv, int64_t &bi, float v, int64_t i) {
+  if (v > bv || (v == bv && i < bi)) { bv = v; bi = i; }
+}
+
+extern "C" __global__ void __launch_bounds__(${THREADS}, ${MIN_BLOCKS}) ${ENTRY}(const qmoe_args a) {
+${BIND}
+  __shared__ float sv[32];
+  __shared__ int64_t si[32];
+  __shared__ int last;
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nw = blockDim.x >> 5;
+  const int64_t per = (n + gridDim.x - 1) / gridDim.x;
+  const int64_t lo = (int64_t)blockIdx.x * per, hi = lo + per < n ? lo + per : n;
+  float bv = -__int_as_float(0x7f800000);
+  int64_t bi = QMOE_I64_MAX;
+  for (int64_t i = lo + threadIdx.x; i < hi; i += blockDim.x) qmoe_better(bv, bi, __ldg(x + i), i);
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) qmoe_better(bv, bi, __shfl_xor_sync(QMOE_FULL, bv, o), __shfl_xor_sync(QMOE_FULL, bi, o));
+  if (lane == 0) { sv[warp] = bv; si[warp] = bi; }
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    for (int w = 1; w < nw; w++) qmoe_better(bv, bi, sv[w], si[w]);
+    qmoe_argmax_val[blockIdx.x] = bv;
+    qmoe_argmax_idx[blockIdx.x] = (int)(bi == QMOE_I64_MAX ? -1 : bi);
+    __threadfence();
+    last = atomicInc(&qmoe_argmax_done, gridDim.x - 1) == gridDim.x - 1;
+  }
+  __syncthreads();
+  if (!last || threadIdx.x != 0) return;
+  __threadfence();
+  float v = -__int_as_float(0x7f800000);
+  int64_t best = QMOE_I64_MAX;
+  for (unsigned b = 0; b < gridDim.x; b++) {
+    const int i = __ldcg(qmoe_argmax_idx + b);
+    if (i >= 0) qmoe_better(v, best, __ldcg(qmoe_argmax_val + b), i);
+  }
+  idx[0] = best == QMOE_I64_MAX ? 0 : (int)best;
+}
+]==] }
+
+M.KERNELS = KERNELS
+
+-- ---------------------------------------------------------------------------------------------------
+-- Variants
+
+local function stem(st, q, acc)
+  local s = st.name
+  if q then s = s .. "__" .. q.name end
+  if acc then s = s .. "__" .. acc end
+  return s
+end
+
+local function has(list, x)
+  for _, v in ipairs(list or {}) do if v == x then return true end end
+  return false
+end
+
+-- Every variant of every stage contract: { stage = record, q = quant contract or nil, acc = "f32"/"f64"/nil,
+-- stem, file, entry }. A stage contract without a kernel here, or a kernel whose qtype/acc shape disagrees
+-- with its contract, is an error.
+function M.variants(ctx)
+  local recs = stages_module().stages(ctx)
+  local errs, out = {}, {}
+  for _, st in ipairs(recs) do
+    local kd = KERNELS[st.name]
+    if not kd then
+      errs[#errs + 1] = st.file .. ": stage '" .. st.name .. "' has no CUDA kernel in codegen/gen_cuda.lua"
+    else
+      if (kd.qtype or false) ~= st.by_qtype then
+        errs[#errs + 1] = st.file .. ": stage '" .. st.name .. "' varies_by qtype = " .. tostring(st.by_qtype) ..
+                          " but its CUDA kernel " .. (kd.qtype and "does" or "does not")
+      end
+      local by_acc = (kd.acc or kd.qtype) and true or false
+      if by_acc ~= st.by_acc then
+        errs[#errs + 1] = st.file .. ": stage '" .. st.name .. "' varies_by acc = " .. tostring(st.by_acc) ..
+                          " but its CUDA kernel " .. (by_acc and "does" or "does not")
+      end
+      local qs = st.by_qtype and st.qtypes or { false }
+      for _, q in ipairs(qs) do
+        local accs = st.by_acc and st.accs or { false }
+        for _, acc in ipairs(accs) do
+          if not q or not acc or has(q.accumulators, acc) then
+            local s = stem(st, q or nil, acc or nil)
+            out[#out + 1] = { stage = st, q = q or nil, acc = acc or nil, stem = s,
+                              file = "generated/cuda/" .. s .. ".cu", entry = "qmoe_" .. s, kernel = kd }
+          end
+        end
+      end
+    end
+  end
+  if #errs > 0 then error(table.concat(errs, "\n"), 0) end
+  return out
+end
+
+function M.plan(ctx)
+  local jobs = {}
+  for _, v in ipairs(M.variants(ctx)) do
+    local inputs = { v.stage.file }
+    if v.q then inputs[#inputs + 1] = v.q.__file end
+    inputs[#inputs + 1] = "codegen/gen_stages.lua"
+    local args = "--stage " .. v.stage.name .. (v.q and (" --qtype " .. v.q.name) or "") ..
+                 (v.acc and (" --acc " .. v.acc) or "") .. " --out " .. v.file
+    jobs[#jobs + 1] = { outputs = { v.file }, inputs = inputs, args = args, desc = v.file }
+  end
+  return jobs
+end
+
+-- ---------------------------------------------------------------------------------------------------
+-- Emission
+
+local CTYPE = { f32 = "float", i32 = "int32_t", qtype = "uint8_t" }
+
+-- Binds the contract's buffers and params to local names (the kernel bodies use the contract's names).
+-- A name that is not a C identifier, or clashes, fails here with the contract named.
+local function binding(st, argname, rename)
+  local lines = {}
+  for i, b in ipairs(st.bufs) do
+    local ty = CTYPE[b.dtype] or error(st.file .. ": buffer '" .. b.name .. "' has dtype " .. tostring(b.dtype), 0)
+    local name = rename[b.name] or b.name
+    if not name:match("^[%a_][%w_]*$") then error(st.file .. ": buffer name '" .. name .. "' is not a C identifier", 0) end
+    local const = b.__kind == "inputs" and "const " or ""
+    lines[#lines + 1] = string.format("  %s%s *const %s = (%s%s *)%s.buf[%d];", const, ty, name, const, ty, argname, i - 1)
+  end
+  for i, p in ipairs(st.ints) do
+    lines[#lines + 1] = string.format("  const int64_t %s = %s.p[%d];", rename[p] or p, argname, i - 1)
+  end
+  for i, p in ipairs(st.floats) do
+    lines[#lines + 1] = string.format("  const double %s = %s.f[%d];", rename[p] or p, argname, i - 1)
+  end
+  local used = {}
+  for _, b in ipairs(st.bufs) do used[#used + 1] = "(void)" .. (rename[b.name] or b.name) end
+  for _, p in ipairs(st.ints) do used[#used + 1] = "(void)" .. (rename[p] or p) end
+  for _, p in ipairs(st.floats) do used[#used + 1] = "(void)" .. (rename[p] or p) end
+  lines[#lines + 1] = "  " .. table.concat(used, ", ") .. "; // not every kernel reads every contract name"
+  return table.concat(lines, "\n")
+end
+
+local function emit_variant(v, sources)
+  local kd, st, q = v.kernel, v.stage, v.q
+  local acc = v.acc or "f32"
+  local vars = {
+    ACC_T = acc == "f64" and "double" or "float",
+    ACC_NOTE = v.acc and ("accumulator " .. v.acc) or "this stage does not vary by accumulator",
+    ENTRY = v.entry, THREADS = kd.threads, WARPS = WARPS, MIN_BLOCKS = kd.min_blocks or 4,
+    MAX_K = kd.max_k or 0, MAX_E = kd.max_e or 0, MAX_D = kd.max_d or 0, MAX_BLOCKS = kd.max_blocks or 0,
+    AT_U = kd.max_d and (kd.max_d // 32) or 0,
+  }
+  -- The attention output is `o` in the contract; `o` is also the natural loop name, so bind it as o_out.
+  -- `add` has a buffer named `a`, which is also the kernel argument's name, so the argument is a_ there.
+  local rename, argname = {}, "a"
+  if st.name == "attention" then rename.o = "o_out" end
+  if st.name == "add" then argname = "a_" end
+  vars.BIND = binding(st, argname, rename)
+  local meta = string.format("// qmoe-cuda: stage=%s qtype=%s ggml_type=%d acc=%s entry=%s block_elements=%d block_bytes=%d threads=%d rows_per_block=%d",
+                             st.name, q and q.name or "-", q and q.ggml_type or -1, v.acc or "-", v.entry,
+                             q and q.block_elements or 0, q and q.block_bytes or 0, kd.threads, kd.rows_per_block)
+  local parts = { util.banner("cuda", SCRIPT, sources), meta, fill(PRELUDE, vars) }
+  if q then
+    local be, bb = q.block_elements, q.block_bytes
+    local ch = math.max(1, STAGE_BYTES // bb)
+    -- Elements per lane per step: whole blocks when a block has 32·k elements, so a step never straddles
+    -- blocks unevenly; a guard only where 32·UNROLL does not divide the block.
+    local unroll = be >= 32 and math.min(8, be // 32) or 8
+    local guard = (be % (32 * unroll)) ~= 0
+    vars.QNAME, vars.BE, vars.BB, vars.CH, vars.UNROLL = q.name, be, bb, ch, unroll
+    vars.GUARD_OPEN = guard and "if (e < ne) {" or "{"
+    vars.GUARD_CLOSE = "}"
+    vars.DECODE = "qmoe_" .. q.name .. "_decode"
+    parts[#parts + 1] = "// ---- decoding, from " .. q.__file .. " via codegen/lib/expr.lua (CUDA dialect) ----"
+    -- expr's helpers are a fixed set, not all used by every format: no "declared but never referenced" noise.
+    parts[#parts + 1] = "#pragma nv_diag_suppress 177"
+    parts[#parts + 1] = expr.prelude(expr.dialects.cuda)
+    parts[#parts + 1] = expr.emit(q, expr.dialects.cuda)
+    parts[#parts + 1] = "#pragma nv_diag_default 177"
+    parts[#parts + 1] = fill(QROWS, vars)
+  end
+  parts[#parts + 1] = fill(kd.body, vars)
+  return table.concat(parts, "\n")
+end
+
+local function main(argv)
+  local o = util.parse_args(argv, { contracts = "contracts", stage = "", qtype = "", acc = "", out = "" }, USAGE)
+  if o.stage == "" or o.out == "" then error(USAGE, 0) end
+  local ctx = require("contracts").load_all(o.contracts)
+  for _, v in ipairs(M.variants(ctx)) do
+    if v.stage.name == o.stage and (v.q and v.q.name or "") == o.qtype and (v.acc or "") == o.acc then
+      local sources = { v.stage.file }
+      if v.q then sources[#sources + 1] = v.q.__file end
+      util.write_if_changed(o.out, emit_variant(v, sources))
+      return
+    end
+  end
+  error(string.format("gen_cuda.lua: no variant stage=%s qtype=%s acc=%s in the contracts", o.stage,
+                      o.qtype ~= "" and o.qtype or "-", o.acc ~= "" and o.acc or "-"), 0)
+end
+
+M.emit_variant = emit_variant
+if arg and arg[0] and arg[0]:match("gen_cuda%.lua$") then main(arg) end
+return M
