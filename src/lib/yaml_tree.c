@@ -110,6 +110,14 @@ static int load(yaml_parser_t *parser, const char *name, qy_node **out, diag_lis
     if (!yaml_parser_parse(parser, &ev)) {
       const yaml_mark_t *m = parser->problem_mark.line || parser->problem_mark.column ? &parser->problem_mark
                                                                                         : &parser->context_mark;
+      yaml_mark_t rm = { 0, 0, 0 }; /* reader errors (bad UTF-8) carry a byte offset, not a mark */
+      if (parser->error == YAML_READER_ERROR && parser->input.string.start) {
+        const unsigned char *p = parser->input.string.start, *end = p + parser->problem_offset;
+        for (; p < end && p < parser->input.string.end; p++) {
+          if (*p == '\n') { rm.line++; rm.column = 0; } else if ((*p & 0xC0) != 0x80) rm.column++;
+        }
+        m = &rm;
+      }
       diag_add(diag, DIAG_ERROR, name, (int)m->line + 1, (int)m->column + 1, "Y001", "malformed YAML: %s%s%s",
                parser->problem ? parser->problem : "syntax error", parser->context ? " " : "",
                parser->context ? parser->context : "");
