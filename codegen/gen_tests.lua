@@ -12,9 +12,10 @@ local TEMPLATE -- the C template, at the end of this file
 
 -- What differs between the backends' files; everything else is the one template below.
 local BACKENDS = {
-  { name = "cpu", nodev = "no CPU backend", label = "" },
-  { name = "vulkan", nodev = "no Vulkan device", label = "" },
-  { name = "cuda", nodev = "no CUDA device", label = " * qmoe-test: needs CUDA (skips here; run on the device tool with QMOE_TEST_REQUIRE_BACKEND=1)\n" },
+  { name = "cpu", nodev = "no CPU backend", label = "", is_reference = 1 },
+  { name = "vulkan", nodev = "no Vulkan device", label = "", is_reference = 0 },
+  { name = "cuda", nodev = "no CUDA device", label = " * qmoe-test: needs CUDA (skips here; run on the device tool with QMOE_TEST_REQUIRE_BACKEND=1)\n",
+    is_reference = 0 },
 }
 
 -- The falsifiers the template enforces, by id; `metric` is what the check must measure.
@@ -164,6 +165,7 @@ local function emit_test(backend, recs, th, model, sources)
     BACKEND = backend.name,
     NODEV = backend.nodev,
     LABEL = backend.label,
+    ISREF = tostring(backend.is_reference),
     THRESHOLDS = table.concat(consts, "\n"),
     CASES = table.concat(rows, "\n"),
   }
@@ -209,6 +211,9 @@ TEMPLATE = [==[
 
 #define BACKEND_NAME "@BACKEND@"
 #define NO_DEVICE "@NODEV@"
+/* 1 when the backend runs the CPU reference itself: FALSIFY-QTYPE-DISPATCH then demands bitwise equality
+ * with the reference's path for the same accumulator (metric `equal`), not just the parity thresholds. */
+#define BACKEND_IS_REFERENCE @ISREF@
 
 /* ---- thresholds, from the model contract's falsifiers ---- */
 @THRESHOLDS@
@@ -447,16 +452,20 @@ static int run_backend(prepared *pr, unsigned char *out[QMOE_STAGE_MAX_BUFS], ch
 
 /* Runs the CPU reference on copies of the host buffers: f32 variants against the reference's f32 path,
  * f64 variants against the long-double oracle. */
-static int run_reference(prepared *pr, unsigned char *out[QMOE_STAGE_MAX_BUFS], char *why, size_t whylen) {
+static int run_reference_prec(prepared *pr, qmoe_ref_prec prec, unsigned char *out[QMOE_STAGE_MAX_BUFS], char *why,
+                              size_t whylen) {
   void *ptr[QMOE_STAGE_MAX_BUFS] = {0};
   for (int i = 0; i < pr->nbuf; i++) {
     out[i] = malloc(pr->size[i] ? pr->size[i] : 1);
     memcpy(out[i], pr->host[i], pr->size[i]);
     ptr[i] = out[i];
   }
-  int rc = qmoe_ref_run(&pr->call, pr->call.acc == QMOE_ACC_F64 ? QMOE_REF_LDBL : QMOE_REF_F32, ptr, pr->size);
+  int rc = qmoe_ref_run(&pr->call, prec, ptr, pr->size);
   if (rc) snprintf(why, whylen, "CPU reference failed (%d): %s", rc, qmoe_last_error());
   return rc;
+}
+static int run_reference(prepared *pr, unsigned char *out[QMOE_STAGE_MAX_BUFS], char *why, size_t whylen) {
+  return run_reference_prec(pr, pr->call.acc == QMOE_ACC_F64 ? QMOE_REF_LDBL : QMOE_REF_F32, out, why, whylen);
 }
 
 static void free_outs(unsigned char *out[QMOE_STAGE_MAX_BUFS]) {
@@ -640,6 +649,18 @@ static void test_mixed_qtype(void) {
     } else {
       measures m = {0, 0};
       compare_f32("y", y, (const float *)ref_down[dn_y], down.size[dn_y] / 4, &pc, &m);
+      if (BACKEND_IS_REFERENCE) { /* the same precision path of the reference, bit for bit */
+        unsigned char *same_up[QMOE_STAGE_MAX_BUFS] = {0}, *same_down[QMOE_STAGE_MAX_BUFS] = {0};
+        qmoe_ref_prec prec = qmoe_ref_prec_of(mixed_acc);
+        if (!run_reference_prec(&up, prec, same_up, why, sizeof why)) {
+          memcpy(down.host[dn_h], same_up[up_h], up.size[up_h]);
+          if (!run_reference_prec(&down, prec, same_down, why, sizeof why))
+            CHECK(!memcmp(y, same_down[dn_y], down.size[dn_y]), "FALSIFY-QTYPE-DISPATCH: y differs from the reference's "
+                  "own %s path", mixed_acc == QMOE_ACC_F64 ? "f64" : "f32");
+        }
+        free_outs(same_up);
+        free_outs(same_down);
+      }
       size_t len = strlen(case_name);
       snprintf(case_name + len, sizeof case_name - len, " nmse=%.1e maxrel=%.1e", m.nmse, m.maxrel);
     }
