@@ -633,8 +633,8 @@ static void check_unused(pv_set *set) {
     for (size_t i = 0; i < m->implementation_stages.n; i++)
       for (size_t j = 0; j < im[i].falsifiers.n; j++) ns_add(&discharged, (const pv_str *)im[i].falsifiers.items + j);
   }
-  qsort(tested.v, tested.n, sizeof *tested.v, cmp_cstr);
-  qsort(discharged.v, discharged.n, sizeof *discharged.v, cmp_cstr);
+  if (tested.n) qsort(tested.v, tested.n, sizeof *tested.v, cmp_cstr);
+  if (discharged.n) qsort(discharged.v, discharged.n, sizeof *discharged.v, cmp_cstr);
   for (size_t k = 0; k < set->n; k++) {
     pv_file *f = set->files[k];
     if (!f->loaded || !f->given || f->kind != PV_KIND_MODEL) continue;

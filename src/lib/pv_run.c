@@ -116,7 +116,8 @@ typedef struct {
   pv_set set;
   pv_result *res;
   strvec given_real;  /* realpaths of given files, sorted after collection */
-  strvec roots;       /* contract roots for reference-only loading */
+  strvec roots;       /* contract roots for reference-only loading, as written (messages name them) */
+  strvec roots_real;  /* their realpaths, to load each root once */
 } run;
 
 static pv_file *add_file(run *r, const char *path, pv_kind kind, int given) {
@@ -159,7 +160,7 @@ static int walk_dir(run *r, const char *dir, int depth, strvec *out, int report)
   while ((e = readdir(d)) != NULL)
     if (e->d_name[0] != '.') sv_push(&names, xstrdup(e->d_name));
   closedir(d);
-  qsort(names.v, names.n, sizeof *names.v, cmp_cstr);
+  if (names.n) qsort(names.v, names.n, sizeof *names.v, cmp_cstr);
   for (size_t i = 0; i < names.n; i++) {
     char *p = join(dir, names.v[i]);
     struct stat st;
@@ -182,12 +183,13 @@ static int walk_dir(run *r, const char *dir, int depth, strvec *out, int report)
 static void add_root(run *r, const char *root) {
   char *real = realpath(root, NULL);
   if (!real) return;
-  for (size_t i = 0; i < r->roots.n; i++)
-    if (!strcmp(r->roots.v[i], real)) {
+  for (size_t i = 0; i < r->roots_real.n; i++)
+    if (!strcmp(r->roots_real.v[i], real)) {
       free(real);
       return;
     }
-  sv_push(&r->roots, real);
+  sv_push(&r->roots_real, real);
+  sv_push(&r->roots, xstrdup(root));
 }
 
 static void collect_given(run *r, const char *const *paths, size_t npaths, const pv_options *opt) {
@@ -238,7 +240,7 @@ static void collect_given(run *r, const char *const *paths, size_t npaths, const
     }
     free(root);
   }
-  qsort(r->given_real.v, r->given_real.n, sizeof *r->given_real.v, cmp_cstr);
+  if (r->given_real.n) qsort(r->given_real.v, r->given_real.n, sizeof *r->given_real.v, cmp_cstr);
 }
 
 static void collect_refs(run *r, const pv_options *opt) {
@@ -438,6 +440,7 @@ int pv_validate(const char *const *paths, size_t npaths, const pv_options *opt, 
   diag_free(&r.set.scratch);
   sv_free(&r.given_real);
   sv_free(&r.roots);
+  sv_free(&r.roots_real);
   return finish(res);
 }
 

@@ -585,7 +585,7 @@ void pv_walk_record(pv_walk_ctx *c, const qy_node *map, const pv_record *r, void
   for (size_t j = 0; j < r->nkeys; j++) {
     const pv_key *k = &r->keys[j];
     if ((k->flags & PV_REQ) && !pv_get(map, k->name))
-      diag_add(c->diag, DIAG_ERROR, c->file, map->line, map->col, "E102", "missing required key '%s' in %s (%s)",
+      diag_add(c->diag, DIAG_ERROR, c->file, map->line, map->col, "E102", "missing required key '%s' in %s: %s",
                k->name, r->name, k->doc ? k->doc : "");
   }
 }
