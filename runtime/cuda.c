@@ -384,7 +384,7 @@ static void mkdir_p(const char *dir) {
 }
 
 /* Reads a cached CUBIN; NULL when absent or damaged (a damaged file is removed). */
-static void *cache_read(const char *path, size_t *size) {
+void *qmoe_cuda_cache_read(const char *path, size_t *size) {
   FILE *f = fopen(path, "rb");
   if (!f) return NULL;
   unsigned char hdr[24];
@@ -410,7 +410,7 @@ static void *cache_read(const char *path, size_t *size) {
 }
 
 /* Writes atomically (temporary file + rename); a cache that cannot be written is only a missed speed-up. */
-static void cache_write(const char *dir, const char *path, const void *bin, size_t size) {
+void qmoe_cuda_cache_write(const char *dir, const char *path, const void *bin, size_t size) {
   mkdir_p(dir);
   char tmp[1200];
   snprintf(tmp, sizeof tmp, "%s.%ld.tmp", path, (long)getpid());
@@ -510,7 +510,7 @@ int qmoe_cuda_module_load(qmoe_cuda_ctx *c, const char *src, const char *kernel,
   if (c->cache_dir[0]) {
     qmoe_cuda_cache_key(src, arch, n->major, n->minor, c->driver_version, key);
     snprintf(path, sizeof path, "%s/%s-%s.cubin", c->cache_dir, kernel, key);
-    bin = cache_read(path, &size);
+    bin = qmoe_cuda_cache_read(path, &size);
     if (bin) {
       CUresult r = c->d->ModuleLoadData(out, bin);
       free(bin);
@@ -521,7 +521,7 @@ int qmoe_cuda_module_load(qmoe_cuda_ctx *c, const char *src, const char *kernel,
   }
   if ((rc = qmoe_cuda_compile(src, kernel, arch, NULL, 0, &bin, &size, NULL))) return rc;
   rc = qmoe_cuda_check(c->d, c->d->ModuleLoadData(out, bin), "cuModuleLoadData", kernel);
-  if (rc == 0 && path[0]) cache_write(c->cache_dir, path, bin, size);
+  if (rc == 0 && path[0]) qmoe_cuda_cache_write(c->cache_dir, path, bin, size);
   free(bin);
   return rc;
 }

@@ -142,6 +142,12 @@ void qmoe_cuda_cache_dir(char *buf, size_t n);
 void qmoe_cuda_cache_key(const char *src, int arch, int nvrtc_major, int nvrtc_minor, int driver_version,
                          char out[33]);
 
+/* One cache file (DIR/<kernel>-<key>.cubin): a header (magic, size, checksum) and the CUBIN. Reading returns
+ * NULL (and removes the file) when it is absent, truncated or damaged; writing is atomic (tmp + rename) and
+ * silently does nothing when DIR cannot be written. */
+void *qmoe_cuda_cache_read(const char *path, size_t *size);
+void qmoe_cuda_cache_write(const char *dir, const char *path, const void *bin, size_t size);
+
 /* Device events, for benchmarks. */
 int qmoe_cuda_event_create(qmoe_cuda_ctx *c, CUevent *out);
 int qmoe_cuda_event_record(qmoe_cuda_ctx *c, CUevent e);
@@ -166,5 +172,9 @@ typedef struct {
 
 /* Parses the metadata line of one embedded source. */
 int qmoe_cuda_variant_parse(const char *file, const char *src, qmoe_cuda_variant *v);
+
+/* The device context of an open "cuda" backend (for events and benchmarks on its stream); NULL for others. */
+struct qmoe_backend;
+qmoe_cuda_ctx *qmoe_backend_cuda_ctx(struct qmoe_backend *be);
 
 #endif
