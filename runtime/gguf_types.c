@@ -16,8 +16,7 @@ typedef struct {
 /* From ggml's type traits (ggml.h ids; block_elements, sizeof(block)). Ids 4, 5, 31-33 and 36-38 were
  * removed from ggml and are unknown here too. Q8_1 is 36 bytes (two halves d, s and 32 int8). */
 static const gguf_type_row other_types[] = {
-  { 3, "Q4_1", 32, 20 },       { 7, "Q5_1", 32, 24 },       { 9, "Q8_1", 32, 36 },
-  { 6, "Q5_0", 32, 22 }, /* until contracts/quant/q5_0.yaml lands: then delete this row (the test says so) */
+  { 7, "Q5_1", 32, 24 },       { 9, "Q8_1", 32, 36 },
   { 10, "Q2_K", 256, 84 },     { 11, "Q3_K", 256, 110 },    { 16, "IQ2_XXS", 256, 66 },
   { 17, "IQ2_XS", 256, 74 },   { 18, "IQ3_XXS", 256, 98 },  { 19, "IQ1_S", 256, 50 },
   { 20, "IQ4_NL", 32, 18 },    { 21, "IQ3_S", 256, 110 },   { 22, "IQ2_S", 256, 82 },

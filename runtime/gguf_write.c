@@ -292,8 +292,9 @@ int qmoe_gguf_writer_add_tensor(qmoe_gguf_writer *w, const char *name, int ggml_
                    (long long)t.ne[0], tname, (long long)be);
     return QMOE_EINVAL;
   }
-  if (rows == UINT64_MAX || __builtin_mul_overflow((uint64_t)(t.ne[0] / be) * (uint64_t)bb, rows, &t.nbytes) ||
-      t.nbytes > (uint64_t)INT64_MAX) {
+  uint64_t row_bytes;
+  if (rows == UINT64_MAX || __builtin_mul_overflow((uint64_t)(t.ne[0] / be), (uint64_t)bb, &row_bytes) ||
+      __builtin_mul_overflow(row_bytes, rows, &t.nbytes) || t.nbytes > (uint64_t)INT64_MAX) {
     qmoe_set_error("GGUF writer: tensor '%s': size overflows", name);
     return QMOE_EINVAL;
   }

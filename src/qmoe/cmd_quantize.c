@@ -7,8 +7,8 @@
 
 static const char usage[] =
   "usage: qmoe quantize IN.gguf OUT.gguf TYPE\n"
-  "Writes OUT with IN's metadata and every tensor re-encoded. TYPE is a qtype with a quantizer (q4_0, q8_0,\n"
-  "q4_k, q5_k, q6_k, f16, bf16, f32; spelled q6k, q6_k or Q6_K) or q4_k_m, llama.cpp's recipe:\n"
+  "Writes OUT with IN's metadata and every tensor re-encoded. TYPE is a qtype with a quantizer (f32, f16,\n"
+  "bf16, q4_0, q4_1, q5_0, q8_0, q4_k, q5_k, q6_k, ...; spelled q6k, q6_k or Q6_K) or q4_k_m, llama.cpp's recipe:\n"
   "  blk.i.ffn_down_exps / ffn_down / attn_v: Q6_K when i < n/8, i >= 7n/8 or (i - n/8) % 3 == 2, else Q4_K\n"
   "  output.weight: Q6_K; every other matrix (token_embd, attn_q/k/output, ffn_gate/up_exps, ...): Q4_K\n"
   "(n = <arch>.block_count). 1-D tensors (norms) and the MoE router ffn_gate_inp always stay F32. The recipe\n"
@@ -21,7 +21,7 @@ static const char usage[] =
 
 /* llama.cpp's general.file_type values (enum llama_ftype) for what this command writes. */
 static int file_type_of(int ggml_type) {
-  static const int map[][2] = { { 0, 0 }, { 1, 1 }, { 2, 2 }, { 8, 7 }, { 6, 8 }, { 12, 14 }, { 13, 16 }, { 14, 18 }, { 30, 32 } };
+  static const int map[][2] = { { 0, 0 }, { 1, 1 }, { 2, 2 }, { 3, 3 }, { 8, 7 }, { 6, 8 }, { 12, 14 }, { 13, 16 }, { 14, 18 }, { 30, 32 } };
   for (size_t i = 0; i < sizeof map / sizeof map[0]; i++)
     if (map[i][0] == ggml_type) return map[i][1];
   return -1;

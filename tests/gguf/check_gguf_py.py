@@ -203,8 +203,9 @@ def check_quantized(src_path, out_path, label, want_type, want_ftype, max_nmse):
 
 
 # Round-trip error bounds for real weights (NMSE = sum (a-b)^2 / sum a^2): far above what a correct
-# quantizer gives (Q8_0 ~1e-5, Q6_K ~1e-4, Q4_K ~5e-3), far below what a broken one does (~1).
-MAX_NMSE = {"F32": 0.0, "F16": 1e-6, "Q8_0": 1e-4, "Q6_K": 1e-3, "Q5_K": 5e-3, "Q4_K": 2e-2, "Q4_0": 3e-2}
+# quantizer gives (Q8_0 ~3e-5, Q6_K ~3e-4, Q5_0 ~4e-3, Q4_K ~5e-3, Q4_0 ~2e-2), far below what a broken one does (~1).
+MAX_NMSE = {"F32": 0.0, "F16": 1e-6, "BF16": 1e-4, "Q8_0": 1e-4, "Q6_K": 1e-3, "Q5_K": 5e-3, "Q5_0": 1e-2,
+            "Q4_K": 2e-2, "Q4_1": 2e-2, "Q4_0": 3e-2}
 
 
 def check_files():
@@ -235,14 +236,16 @@ def check_files():
     report(not problems, "gguf-py file with every value type, copied by qmoe, reads back identical", f"differ: {problems}")
     compare_views(src, "a gguf-py-written file with every value type")
 
-    # Quantize the real fixture to Q8_0 (every row length there is a multiple of 32).
-    q8 = tmp("q8.gguf")
-    p = qmoe("quantize", FIXTURE, q8, "q8_0", check=False)
-    if p.returncode != 0:
-        report(False, "qmoe quantize fixture q8_0", p.stderr.decode(errors="replace").strip())
-    else:
-        check_quantized(FIXTURE, q8, "fixture quantized to q8_0",
-                        lambda t: "F32" if len(t.shape) == 1 else "Q8_0", 7, MAX_NMSE)
+    # Quantize the real fixture to each 32-element-block type (every row length there is a multiple of 32).
+    for qt, want, ftype in (("q8_0", "Q8_0", 7), ("Q5_0", "Q5_0", 8), ("q4_0", "Q4_0", 2), ("q41", "Q4_1", 3),
+                            ("f16", "F16", 1), ("BF16", "BF16", 32)):
+        out = tmp(f"fixture-{qt}.gguf")
+        p = qmoe("quantize", FIXTURE, out, qt, check=False)
+        if p.returncode != 0:
+            report(False, f"qmoe quantize fixture {qt}", p.stderr.decode(errors="replace").strip())
+            continue
+        check_quantized(FIXTURE, out, f"fixture quantized to {qt}", lambda t, w=want: "F32" if len(t.shape) == 1 else w,
+                        ftype, MAX_NMSE)
 
     # Q4_K cannot hold 640-element rows: refused, naming a tensor, nothing written.
     bad = tmp("refused.gguf")
