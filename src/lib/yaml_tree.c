@@ -201,8 +201,9 @@ static int load(yaml_parser_t *parser, const char *name, qy_node **out, diag_lis
     if (done) break;
   }
   if (failed) {
-    /* A mapping cut short may hold a key whose value never came: free it, it is not counted in n. */
-    for (int i = 0; i < depth; i++)
+    /* A mapping cut short may hold a key whose value never came: free it, it is not counted in n. Deepest
+     * first: a non-scalar key is itself an open frame above its mapping, and must be finished first. */
+    for (int i = depth - 1; i >= 0; i--)
       if (stack[i].node->kind == QY_MAP && stack[i].pending_key) qy_free(stack[i].node->items[2 * stack[i].node->n]);
     qy_free(root);
     return -1;
