@@ -154,6 +154,8 @@ struct pv_record {
 };
 
 extern const pv_record pv_quant_record, pv_stage_record, pv_model_record;
+/* The key tables as Markdown (`pv schema`; docs/contracts.md holds a copy a test keeps current). */
+void pv_print_schema(FILE *out);
 
 typedef struct { int line, col; } pv_pos;
 typedef struct {

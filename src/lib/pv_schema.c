@@ -609,3 +609,70 @@ static void free_value(const pv_key *k, pv_type t, void *v) {
 void pv_free_record(const pv_record *r, void *rec) {
   for (size_t j = 0; j < r->nkeys; j++) free_value(&r->keys[j], r->keys[j].type, (char *)rec + r->keys[j].off);
 }
+
+/* ---- The schema as documentation (pv schema) ------------------------------------------------------ */
+
+static void type_text(char *buf, size_t size, const pv_key *k, pv_type t) {
+  switch (t) {
+  case PV_T_INT: snprintf(buf, size, "int"); return;
+  case PV_T_NUM: snprintf(buf, size, "float"); return;
+  case PV_T_STR: snprintf(buf, size, "string"); return;
+  case PV_T_SYM: snprintf(buf, size, "name or int"); return;
+  case PV_T_REC: snprintf(buf, size, "mapping (%s)", k->rec->name); return;
+  case PV_T_LIST:
+  case PV_T_ALL_OR_LIST: {
+    char el[128];
+    type_text(el, sizeof el, k, k->elem);
+    snprintf(buf, size, "%slist of %s", t == PV_T_ALL_OR_LIST ? "`all` or " : "", el);
+    return;
+  }
+  }
+  snprintf(buf, size, "?");
+}
+
+/* Markdown text: escapes the characters a table cell would read as emphasis or a column break. */
+static void md(FILE *out, const char *s) {
+  for (; *s; s++) {
+    if (*s == '*' || *s == '_' || *s == '|') fputc('\\', out);
+    fputc(*s, out);
+  }
+}
+
+static void print_record(FILE *out, const pv_record *r, const pv_record **done, size_t *ndone) {
+  for (size_t i = 0; i < *ndone; i++)
+    if (done[i] == r) return;
+  done[(*ndone)++] = r;
+  fprintf(out, "\n**%s**\n\n| key | type | required | values | meaning |\n|---|---|---|---|---|\n", r->name);
+  for (size_t j = 0; j < r->nkeys; j++) {
+    const pv_key *k = &r->keys[j];
+    char type[160], values[512] = "";
+    type_text(type, sizeof type, k, k->type);
+    size_t o = 0;
+    if (k->enums) {
+      for (size_t e = 0; k->enums[e] && o < sizeof values - 64; e++)
+        o += (size_t)snprintf(values + o, sizeof values - o, "%s`%s`", e ? ", " : "", k->enums[e]);
+    } else if (k->pat != PV_PAT_NONE) {
+      o += (size_t)snprintf(values + o, sizeof values - o, "%s", pv_pattern_hint(k->pat));
+    }
+    const char *range = k->range == PV_R_GE1 ? ">= 1" : k->range == PV_R_GE0 ? ">= 0" : k->range == PV_R_GT0 ? "> 0" : "";
+    if (*range) o += (size_t)snprintf(values + o, sizeof values - o, "%s%s", o ? "; " : "", range);
+    if (k->max) o += (size_t)snprintf(values + o, sizeof values - o, "%s<= %lld", o ? ", " : "", (long long)k->max);
+    if (k->flags & PV_NONEMPTY) o += (size_t)snprintf(values + o, sizeof values - o, "%snot empty", o ? "; " : "");
+    if (k->flags & PV_UNIQUE) o += (size_t)snprintf(values + o, sizeof values - o, "%sno repeats", o ? "; " : "");
+    fprintf(out, "| `%s` | %s | %s | ", k->name, type, (k->flags & PV_REQ) ? "yes" : "no");
+    if (k->enums) fputs(values, out); /* backquoted already */
+    else md(out, values);
+    fputs(" | ", out);
+    md(out, k->doc ? k->doc : "");
+    fputs(" |\n", out);
+  }
+  for (size_t j = 0; j < r->nkeys; j++)
+    if (r->keys[j].rec) print_record(out, r->keys[j].rec, done, ndone);
+}
+
+void pv_print_schema(FILE *out) {
+  const pv_record *done[64];
+  size_t ndone = 0;
+  const pv_record *tops[] = { &pv_quant_record, &pv_stage_record, &pv_model_record };
+  for (size_t i = 0; i < 3; i++) print_record(out, tops[i], done, &ndone);
+}

@@ -9,6 +9,7 @@
 
 static const char USAGE[] =
   "usage: pv validate [--format text|json] [--refs DIR | --no-refs] [PATH...]\n"
+  "       pv schema            (the contract key tables, as Markdown)\n"
   "       pv --version | --help\n"
   "Validates contracts: each PATH is a contract file or a directory searched for *.yaml / *.yml\n"
   "(default: contracts/). The kind comes from the quant/, stages/ or models/ directory a file is in.\n"
@@ -86,5 +87,10 @@ int main(int argc, char **argv) {
     return 0;
   }
   if (!strcmp(cmd, "validate")) return cmd_validate(argc - 2, argv + 2);
+  if (!strcmp(cmd, "schema")) {
+    if (argc > 2) return usage_error("schema takes no arguments (got '%s')", argv[2]);
+    pv_print_schema(stdout);
+    return fflush(stdout) == 0 ? 0 : 2;
+  }
   return usage_error(cmd[0] == '-' ? "unknown option '%s'" : "unknown command '%s'", cmd);
 }

@@ -145,11 +145,21 @@ expect empty-directory 2 "$TMP/gen/empty: error[P002]: no contract files (*.yaml
 expect refs-missing 2 "$TMP/nosuch: error[P001]: --refs: cannot read the directory: No such file or directory" \
   --refs "$TMP/nosuch" tests/pv/valid/base/quant/q8s.yaml
 
+# --- docs/contracts.md carries the current key tables -------------------------------------------------
+"$PV" schema | sed '/^$/d' >"$TMP/schema"
+sed -n '/^<!-- pv schema begin -->$/,/^<!-- pv schema end -->$/p' docs/contracts.md | sed '1d;$d;/^$/d' >"$TMP/doc"
+if [ -s "$TMP/schema" ] && cmp -s "$TMP/schema" "$TMP/doc"; then
+  ok docs-schema-current
+else
+  bad docs-schema-current "docs/contracts.md's key tables differ from 'pv schema'; paste its output between the markers"
+fi
+
 # --- Command line ---------------------------------------------------------------------------------------
 "$PV" --help >"$TMP/out" 2>&1 && grep -q '^usage: pv validate' "$TMP/out" && ok cli-help || bad cli-help "$(cat "$TMP/out")"
 "$PV" validate --help >"$TMP/out" 2>&1 && grep -q '^usage: pv validate' "$TMP/out" && ok cli-validate-help || bad cli-validate-help "$(cat "$TMP/out")"
+"$PV" schema | grep -q '^| `block_bytes` | int | yes |' && ok cli-schema || bad cli-schema "pv schema prints no key table"
 "$PV" --version >"$TMP/out" 2>&1 && grep -qE '^pv \(qmoe\) [0-9]+\.[0-9]+\.[0-9]+$' "$TMP/out" && ok cli-version || bad cli-version "$(cat "$TMP/out")"
-for args in "" "frobnicate" "validate --bogus" "validate --format xml" "validate --format" "validate --refs" \
+for args in "" "frobnicate" "schema extra" "validate --bogus" "validate --format xml" "validate --format" "validate --refs" \
             "validate --refs x --no-refs"; do
   # shellcheck disable=SC2086
   "$PV" $args >"$TMP/out" 2>"$TMP/err"
