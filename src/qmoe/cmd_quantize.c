@@ -145,8 +145,10 @@ static int run(int argc, char **argv) {
       goto done;
     }
     if (t->ne[0] % p->dst->block_elements) {
+      const char *dn = p->dst->name;
+      qmoe_gguf_type_size(p->dst->ggml_type, &dn, NULL, NULL); /* its GGUF spelling, "Q4_K" */
       cli_error("quantize", "tensor '%s' has rows of %lld elements, not a multiple of the %s block size %d: %s cannot hold it",
-                t->name, (long long)t->ne[0], p->dst->name, p->dst->block_elements, p->dst->name);
+                t->name, (long long)t->ne[0], dn, p->dst->block_elements, dn);
       goto done;
     }
     total += t->nbytes;
@@ -199,7 +201,9 @@ static int run(int argc, char **argv) {
     const plan *p = &plans[i];
     const qmoe_gguf_tensor *t = p->t;
     char label[160];
-    snprintf(label, sizeof label, "%lld/%lld %s -> %s", (long long)i + 1, (long long)nt, t->name, p->dst->name);
+    const char *dn = p->dst->name;
+    qmoe_gguf_type_size(p->dst->ggml_type, &dn, NULL, NULL);
+    snprintf(label, sizeof label, "%lld/%lld %s -> %s", (long long)i + 1, (long long)nt, t->name, dn);
     if (!p->src) {
       if (qmoe_gguf_writer_append(w, t->data, t->nbytes) != 0) {
         cli_error("quantize", "%s", qmoe_last_error());
