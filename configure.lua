@@ -130,6 +130,13 @@ local function probe(o)
     die("shaderc (shaderc_combined) not found; install the Debian package 'libshaderc-dev'")
   end
   note("shaderc (static)", true, cfg.shaderc_libs)
+  -- Debian/Ubuntu's shaderc_combined holds shaderc alone: glslang and SPIRV-Tools are their own static libraries.
+  local parts = { cfg.shaderc_libs }
+  for _, l in ipairs({ "glslang", "SPIRV", "MachineIndependent", "GenericCodeGen", "OSDependent", "OGLCompiler",
+                       "glslang-default-resource-limits", "SPIRV-Tools-opt", "SPIRV-Tools" }) do
+    if exists(libdir .. "/lib" .. l .. ".a") then parts[#parts + 1] = libdir .. "/lib" .. l .. ".a" end
+  end
+  cfg.shaderc_libs = "-Wl,--start-group " .. table.concat(parts, " ") .. " -Wl,--end-group -static-libstdc++ -static-libgcc"
   for _, tool in ipairs({ { "glslc", "glslc" }, { "spirv-val", "spirv-tools" } }) do
     local found = sh("command -v " .. tool[1])
     if not found then die(tool[1] .. " not found; install the Debian package '" .. tool[2] .. "'") end
