@@ -143,7 +143,8 @@ typedef struct {
   const char *const *enums;   /* NULL-terminated: a string (or each list item) must be one of these */
   pv_pattern pat;             /* format of a string (or each list item) */
   pv_range range;             /* numbers (or each list item) */
-  int64_t max;                /* ints: upper bound when non-zero */
+  int64_t max;                /* ints (or a list's int items): upper bound when non-zero */
+  size_t max_len;             /* strings: most bytes; lists: most items (0: no limit beyond yaml_tree's) */
   const char *doc;            /* one line for docs/contracts.md */
 } pv_key;
 struct pv_record {

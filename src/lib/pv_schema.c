@@ -20,7 +20,9 @@ static const char *const RUNS_ON[] = { "ci", "gpu", NULL };
 static const char *const IMPL_STATUS[] = { "PENDING", "SHIPPED", "PARTIALLY_DISCHARGED", "DISCHARGED", NULL };
 static const char *const AMEND_KINDS[] = { "initial", "addition", "change", "fix", "removal", NULL };
 
-enum { BLOCK_MAX = 65536, DIM_MAX = 2147483647 };
+/* Bounds that real formats stay far inside, and that keep the expression checker's work per file small
+ * (it evaluates every let for every element of a block). */
+enum { BLOCK_ELEMENTS_MAX = 1024, BLOCK_MAX = 4096, DIM_MAX = 2147483647, EXPR_MAX = 1024 };
 
 #define NKEYS(a) (sizeof(a) / sizeof((a)[0]))
 
@@ -42,15 +44,15 @@ static const pv_key QUANT_LET_KEYS[] = {
   { .name = "name", .type = PV_T_STR, .flags = PV_REQ, .off = offsetof(pv_quant_let, name), .pat = PV_PAT_IDENT,
     .doc = "name later expressions use" },
   { .name = "expr", .type = PV_T_STR, .flags = PV_REQ, .off = offsetof(pv_quant_let, expr), .pat = PV_PAT_NONBLANK,
-    .doc = "decode expression (docs/DEVELOPING.md)" },
+    .max_len = EXPR_MAX, .doc = "decode expression (docs/DEVELOPING.md)" },
 };
 static const pv_record QUANT_LET = { "decode.let entry", sizeof(pv_quant_let), QUANT_LET_KEYS, NKEYS(QUANT_LET_KEYS) };
 
 static const pv_key QUANT_DECODE_KEYS[] = {
   { .name = "let", .type = PV_T_LIST, .off = offsetof(pv_quant_decode, let), .elem = PV_T_REC, .rec = &QUANT_LET,
-    .doc = "named intermediate values, in order (default: none)" },
+    .max_len = 64, .doc = "named intermediate values, in order (default: none)" },
   { .name = "value", .type = PV_T_STR, .flags = PV_REQ, .off = offsetof(pv_quant_decode, value), .pat = PV_PAT_NONBLANK,
-    .doc = "float expression: the decoded value of element i" },
+    .max_len = EXPR_MAX, .doc = "float expression: the decoded value of element i" },
 };
 static const pv_record QUANT_DECODE = { "decode", sizeof(pv_quant_decode), QUANT_DECODE_KEYS, NKEYS(QUANT_DECODE_KEYS) };
 
@@ -58,7 +60,7 @@ static const pv_key QUANT_VECTOR_KEYS[] = {
   { .name = "bytes", .type = PV_T_STR, .flags = PV_REQ, .off = offsetof(pv_quant_vector, bytes),
     .doc = "hex of n whole blocks (whitespace ignored)" },
   { .name = "values", .type = PV_T_LIST, .flags = PV_REQ | PV_NONEMPTY, .off = offsetof(pv_quant_vector, values),
-    .elem = PV_T_NUM, .doc = "the n x block_elements f32 values they decode to" },
+    .elem = PV_T_NUM, .max_len = 65536, .doc = "the n x block_elements f32 values they decode to" },
   { .name = "source", .type = PV_T_STR, .off = offsetof(pv_quant_vector, source), .pat = PV_PAT_NONBLANK,
     .doc = "where the vector comes from" },
 };
@@ -79,22 +81,22 @@ static const pv_key QUANT_KEYS[] = {
   { .name = "description", .type = PV_T_STR, .off = offsetof(pv_quant, description), .pat = PV_PAT_NONBLANK,
     .doc = "what the format is" },
   { .name = "block_elements", .type = PV_T_INT, .flags = PV_REQ, .off = offsetof(pv_quant, block_elements),
-    .range = PV_R_GE1, .max = BLOCK_MAX, .doc = "weights per block" },
+    .range = PV_R_GE1, .max = BLOCK_ELEMENTS_MAX, .doc = "weights per block" },
   { .name = "block_bytes", .type = PV_T_INT, .flags = PV_REQ, .off = offsetof(pv_quant, block_bytes),
     .range = PV_R_GE1, .max = BLOCK_MAX, .doc = "bytes per block; the fields tile it exactly" },
   { .name = "accumulators", .type = PV_T_LIST, .flags = PV_REQ | PV_NONEMPTY | PV_UNIQUE,
     .off = offsetof(pv_quant, accumulators), .elem = PV_T_STR, .enums = ACCS,
-    .doc = "accumulator precisions kernels are generated for" },
+    .max_len = 2, .doc = "accumulator precisions kernels are generated for" },
   { .name = "fields", .type = PV_T_LIST, .flags = PV_REQ | PV_NONEMPTY, .off = offsetof(pv_quant, fields),
-    .elem = PV_T_REC, .rec = &QUANT_FIELD, .doc = "the block layout" },
+    .elem = PV_T_REC, .rec = &QUANT_FIELD, .max_len = 256, .doc = "the block layout" },
   { .name = "decode", .type = PV_T_REC, .flags = PV_REQ, .off = offsetof(pv_quant, decode), .rec = &QUANT_DECODE,
     .doc = "how element i of a block decodes" },
   { .name = "test_vectors", .type = PV_T_LIST, .off = offsetof(pv_quant, test_vectors), .elem = PV_T_REC,
-    .rec = &QUANT_VECTOR, .doc = "blocks with their decoded values (default: none)" },
+    .rec = &QUANT_VECTOR, .max_len = 64, .doc = "blocks with their decoded values (default: none)" },
   { .name = "quantizer", .type = PV_T_REC, .off = offsetof(pv_quant, quantizer), .rec = &QUANT_QUANTIZER,
     .doc = "reserved for quantizer contracts" },
   { .name = "aliases", .type = PV_T_LIST, .flags = PV_UNIQUE, .off = offsetof(pv_quant, aliases), .elem = PV_T_STR,
-    .pat = PV_PAT_NONBLANK, .doc = "other names of the format (e.g. Q4_K); unique across quant contracts" },
+    .pat = PV_PAT_NONBLANK, .max_len = 16, .doc = "other names of the format (e.g. Q4_K); unique across quant contracts" },
 };
 const pv_record pv_quant_record = { "quant contract", sizeof(pv_quant), QUANT_KEYS, NKEYS(QUANT_KEYS) };
 
@@ -117,7 +119,7 @@ static const pv_key STAGE_BUFFER_KEYS[] = {
     .doc = "element type; qtype: raw quantized blocks of the stage's qtype" },
   { .name = "shape", .type = PV_T_LIST, .flags = PV_REQ | PV_NONEMPTY, .off = offsetof(pv_stage_buffer, shape),
     .elem = PV_T_SYM, .range = PV_R_GE1, .max = DIM_MAX,
-    .doc = "dimensions, outermost first: int params of the stage or ints >= 1" },
+    .max_len = 8, .doc = "dimensions, outermost first: int params of the stage or ints >= 1" },
   { .name = "doc", .type = PV_T_STR, .flags = PV_REQ, .off = offsetof(pv_stage_buffer, doc), .pat = PV_PAT_NONBLANK,
     .doc = "what it holds" },
   { .name = "may_alias", .type = PV_T_STR, .off = offsetof(pv_stage_buffer, may_alias), .pat = PV_PAT_IDENT,
@@ -133,20 +135,20 @@ static const pv_key STAGE_KEYS[] = {
   { .name = "description", .type = PV_T_STR, .flags = PV_REQ, .off = offsetof(pv_stage, description),
     .pat = PV_PAT_NONBLANK, .doc = "what the stage computes" },
   { .name = "varies_by", .type = PV_T_LIST, .flags = PV_REQ | PV_UNIQUE, .off = offsetof(pv_stage, varies_by),
-    .elem = PV_T_STR, .enums = VARIES, .doc = "variant axes: a subset of [qtype, acc], may be empty" },
+    .elem = PV_T_STR, .enums = VARIES, .max_len = 2, .doc = "variant axes: a subset of [qtype, acc], may be empty" },
   { .name = "qtypes", .type = PV_T_ALL_OR_LIST, .flags = PV_NONEMPTY | PV_UNIQUE, .off = offsetof(pv_stage, qtypes),
-    .elem = PV_T_STR, .pat = PV_PAT_NAME, .doc = "when qtype varies: `all` or a list of quant names" },
+    .elem = PV_T_STR, .pat = PV_PAT_NAME, .max_len = 256, .doc = "when qtype varies: `all` or a list of quant names" },
   { .name = "accumulators", .type = PV_T_LIST, .flags = PV_NONEMPTY | PV_UNIQUE,
     .off = offsetof(pv_stage, accumulators), .elem = PV_T_STR, .enums = ACCS,
     .doc = "when acc varies: the accumulator precisions" },
   { .name = "params", .type = PV_T_LIST, .flags = PV_REQ | PV_NONEMPTY, .off = offsetof(pv_stage, params),
-    .elem = PV_T_REC, .rec = &STAGE_PARAM, .doc = "scalar parameters, in call order" },
+    .elem = PV_T_REC, .rec = &STAGE_PARAM, .max_len = 64, .doc = "scalar parameters, in call order" },
   { .name = "inputs", .type = PV_T_LIST, .flags = PV_REQ | PV_NONEMPTY, .off = offsetof(pv_stage, inputs),
-    .elem = PV_T_REC, .rec = &STAGE_BUFFER, .doc = "input buffers, in call order" },
+    .elem = PV_T_REC, .rec = &STAGE_BUFFER, .max_len = 64, .doc = "input buffers, in call order" },
   { .name = "outputs", .type = PV_T_LIST, .flags = PV_REQ | PV_NONEMPTY, .off = offsetof(pv_stage, outputs),
-    .elem = PV_T_REC, .rec = &STAGE_BUFFER, .doc = "output buffers, in call order after the inputs" },
+    .elem = PV_T_REC, .rec = &STAGE_BUFFER, .max_len = 64, .doc = "output buffers, in call order after the inputs" },
   { .name = "falsifiers", .type = PV_T_LIST, .flags = PV_REQ | PV_UNIQUE, .off = offsetof(pv_stage, falsifiers),
-    .elem = PV_T_STR, .pat = PV_PAT_FALSIFY, .doc = "falsification tests (model contracts) that hold it to account" },
+    .elem = PV_T_STR, .pat = PV_PAT_FALSIFY, .max_len = 256, .doc = "falsification tests (model contracts) that hold it to account" },
   { .name = "order", .type = PV_T_INT, .off = offsetof(pv_stage, order), .range = PV_R_GE0, .max = 1000,
     .doc = "its qmoe_stage enum value (runtime/backend.h); unique" },
 };
@@ -166,7 +168,7 @@ static const pv_key MODEL_META_KEYS[] = {
   { .name = "description", .type = PV_T_STR, .off = offsetof(pv_model_meta, description), .pat = PV_PAT_NONBLANK,
     .doc = "a paragraph" },
   { .name = "references", .type = PV_T_LIST, .flags = PV_REQ, .off = offsetof(pv_model_meta, references),
-    .elem = PV_T_STR, .pat = PV_PAT_NONBLANK, .doc = "sources of the facts (papers, URLs, files)" },
+    .elem = PV_T_STR, .pat = PV_PAT_NONBLANK, .max_len = 256, .doc = "sources of the facts (papers, URLs, files)" },
 };
 static const pv_record MODEL_META = { "metadata", sizeof(pv_model_meta), MODEL_META_KEYS, NKEYS(MODEL_META_KEYS) };
 
@@ -197,7 +199,7 @@ static const pv_key EQUATION_KEYS[] = {
   { .name = "formula", .type = PV_T_STR, .flags = PV_REQ, .off = offsetof(pv_equation, formula),
     .pat = PV_PAT_NONBLANK, .doc = "the equation" },
   { .name = "invariants", .type = PV_T_LIST, .flags = PV_REQ, .off = offsetof(pv_equation, invariants),
-    .elem = PV_T_STR, .pat = PV_PAT_NONBLANK, .doc = "properties any implementation keeps" },
+    .elem = PV_T_STR, .pat = PV_PAT_NONBLANK, .max_len = 256, .doc = "properties any implementation keeps" },
 };
 static const pv_record EQUATION = { "equation", sizeof(pv_equation), EQUATION_KEYS, NKEYS(EQUATION_KEYS) };
 
@@ -222,7 +224,7 @@ static const pv_key CHECK_KEYS[] = {
   { .name = "runs_on", .type = PV_T_STR, .flags = PV_REQ, .off = offsetof(pv_check, runs_on), .enums = RUNS_ON,
     .doc = "ci (any machine) or gpu (needs a GPU)" },
   { .name = "stages", .type = PV_T_LIST, .flags = PV_UNIQUE, .off = offsetof(pv_check, stages), .elem = PV_T_STR,
-    .pat = PV_PAT_NAME, .doc = "the stage contracts it applies to (default: all)" },
+    .pat = PV_PAT_NAME, .max_len = 256, .doc = "the stage contracts it applies to (default: all)" },
   { .name = "acc", .type = PV_T_STR, .off = offsetof(pv_check, acc), .enums = ACCS,
     .doc = "only this accumulator precision (default: each)" },
 };
@@ -239,7 +241,7 @@ static const pv_key FALSIFIER_KEYS[] = {
     .pat = PV_PAT_NONBLANK, .doc = "what to suspect when it does not" },
   { .name = "criteria", .type = PV_T_LIST, .flags = PV_REQ | PV_NONEMPTY | PV_UNIQUE,
     .off = offsetof(pv_falsifier, criteria), .elem = PV_T_STR, .pat = PV_PAT_AC,
-    .doc = "acceptance criteria it tests" },
+    .max_len = 256, .doc = "acceptance criteria it tests" },
   { .name = "check", .type = PV_T_REC, .flags = PV_REQ, .off = offsetof(pv_falsifier, check), .rec = &CHECK,
     .doc = "the measurement" },
 };
@@ -254,7 +256,7 @@ static const pv_key IMPL_KEYS[] = {
   { .name = "status", .type = PV_T_STR, .flags = PV_REQ, .off = offsetof(pv_impl_stage, status),
     .enums = IMPL_STATUS, .doc = "progress" },
   { .name = "falsifiers", .type = PV_T_LIST, .flags = PV_REQ | PV_UNIQUE, .off = offsetof(pv_impl_stage, falsifiers),
-    .elem = PV_T_STR, .pat = PV_PAT_FALSIFY, .doc = "falsification tests that discharge it" },
+    .elem = PV_T_STR, .pat = PV_PAT_FALSIFY, .max_len = 4096, .doc = "falsification tests that discharge it" },
   { .name = "notes", .type = PV_T_STR, .off = offsetof(pv_impl_stage, notes), .pat = PV_PAT_NONBLANK,
     .doc = "free text" },
 };
@@ -280,19 +282,19 @@ static const pv_key MODEL_KEYS[] = {
   { .name = "dims", .type = PV_T_REC, .flags = PV_REQ, .off = offsetof(pv_model, dims), .rec = &MODEL_DIMS,
     .doc = "model dimensions" },
   { .name = "equations", .type = PV_T_LIST, .flags = PV_REQ | PV_NONEMPTY, .off = offsetof(pv_model, equations),
-    .elem = PV_T_REC, .rec = &EQUATION, .doc = "the math the stages implement" },
+    .elem = PV_T_REC, .rec = &EQUATION, .max_len = 4096, .doc = "the math the stages implement" },
   { .name = "acceptance_criteria", .type = PV_T_LIST, .flags = PV_REQ | PV_NONEMPTY,
     .off = offsetof(pv_model, acceptance_criteria), .elem = PV_T_REC, .rec = &CRITERION,
-    .doc = "what must hold" },
+    .max_len = 4096, .doc = "what must hold" },
   { .name = "falsification_tests", .type = PV_T_LIST, .flags = PV_REQ | PV_NONEMPTY,
     .off = offsetof(pv_model, falsification_tests), .elem = PV_T_REC, .rec = &FALSIFIER,
-    .doc = "measurements that would show a criterion false" },
+    .max_len = 4096, .doc = "measurements that would show a criterion false" },
   { .name = "implementation_stages", .type = PV_T_LIST, .flags = PV_REQ,
     .off = offsetof(pv_model, implementation_stages), .elem = PV_T_REC, .rec = &IMPL,
-    .doc = "delivery steps and the falsifiers that discharge them" },
+    .max_len = 4096, .doc = "delivery steps and the falsifiers that discharge them" },
   { .name = "amendment_history", .type = PV_T_LIST, .flags = PV_REQ | PV_NONEMPTY,
     .off = offsetof(pv_model, amendment_history), .elem = PV_T_REC, .rec = &AMEND,
-    .doc = "every version, oldest first" },
+    .max_len = 4096, .doc = "every version, oldest first" },
 };
 const pv_record pv_model_record = { "model contract", sizeof(pv_model), MODEL_KEYS, NKEYS(MODEL_KEYS) };
 
@@ -448,6 +450,11 @@ static void walk_value(pv_walk_ctx *c, const char *what, const pv_key *k, pv_typ
   }
   case PV_T_STR: {
     if (sc != PV_SC_STR) { wrong_type(c, what, want, n, sc); return; }
+    if (k->max_len && n->len > k->max_len && k->type == PV_T_STR) {
+      diag_add(c->diag, DIAG_ERROR, c->file, n->line, n->col, "E106", "'%s' is %zu bytes long; at most %zu", what,
+               n->len, k->max_len);
+      return;
+    }
     if (!check_string(c, what, k, n)) return;
     pv_str *o = out;
     o->node = n;
@@ -508,6 +515,11 @@ static int cmp_str_node(const void *a, const void *b) {
 
 static void walk_list(pv_walk_ctx *c, const char *what, const pv_key *k, const qy_node *n, pv_list *out) {
   size_t es = elem_size(k);
+  if (k->max_len && n->n > k->max_len) {
+    diag_add(c->diag, DIAG_ERROR, c->file, n->line, n->col, "E106", "'%s' has %zu items; at most %zu", what, n->n,
+             k->max_len);
+    return;
+  }
   out->node = n;
   out->n = n->n;
   out->items = n->n && es ? xcalloc(n->n, es) : NULL;
@@ -657,6 +669,9 @@ static void print_record(FILE *out, const pv_record *r, const pv_record **done, 
     const char *range = k->range == PV_R_GE1 ? ">= 1" : k->range == PV_R_GE0 ? ">= 0" : k->range == PV_R_GT0 ? "> 0" : "";
     if (*range) o += (size_t)snprintf(values + o, sizeof values - o, "%s%s", o ? "; " : "", range);
     if (k->max) o += (size_t)snprintf(values + o, sizeof values - o, "%s<= %lld", o ? ", " : "", (long long)k->max);
+    if (k->max_len)
+      o += (size_t)snprintf(values + o, sizeof values - o, "%sat most %zu %s", o ? "; " : "", k->max_len,
+                            k->type == PV_T_STR ? "bytes" : "items");
     if (k->flags & PV_NONEMPTY) o += (size_t)snprintf(values + o, sizeof values - o, "%snot empty", o ? "; " : "");
     if (k->flags & PV_UNIQUE) o += (size_t)snprintf(values + o, sizeof values - o, "%sno repeats", o ? "; " : "");
     fprintf(out, "| `%s` | %s | %s | ", k->name, type, (k->flags & PV_REQ) ? "yes" : "no");
