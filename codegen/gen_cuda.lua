@@ -335,8 +335,8 @@ ${BIND}
     if (threadIdx.x == 0) {
       acc_t v = best_v[0];
       int i = best_i[0];
-      for (int w = 1; w < (int)(blockDim.x >> 5); w++)
-        if (best_i[w] >= 0 && (i < 0 || best_v[w] > v || (best_v[w] == v && best_i[w] < i))) { v = best_v[w]; i = best_i[w]; }
+      for (int wi = 1; wi < (int)(blockDim.x >> 5); wi++)
+        if (best_i[wi] >= 0 && (i < 0 || best_v[wi] > v || (best_v[wi] == v && best_i[wi] < i))) { v = best_v[wi]; i = best_i[wi]; }
       sel[k] = i;
       taken[i] = 1;
     }
@@ -663,9 +663,10 @@ local function emit_variant(v, sources)
   if q then
     local be, bb = q.block_elements, q.block_bytes
     local ch = math.max(1, STAGE_BYTES // bb)
-    -- Elements per lane per step: whole blocks when a block has 32·k elements, so a step never straddles
-    -- blocks unevenly; a guard only where 32·UNROLL does not divide the block.
-    local unroll = be >= 32 and math.min(8, be // 32) or 8
+    -- 8 elements per lane per step (256 per warp): decodes and x loads of a step are independent, so they
+    -- overlap. A chunk holds whole blocks, so the step needs a bounds guard only when 256 does not divide
+    -- the block (then the chunk's element count may not be a multiple of 256).
+    local unroll = 8
     local guard = (be % (32 * unroll)) ~= 0
     vars.QNAME, vars.BE, vars.BB, vars.CH, vars.UNROLL = q.name, be, bb, ch, unroll
     vars.GUARD_OPEN = guard and "if (e < ne) {" or "{"

@@ -98,7 +98,7 @@ static __device__ __forceinline__ void qmoe_q8_0_decode_block(const uint8_t *b, 
 #define CH_BLOCKS 60                             // blocks of one row staged per chunk
 #define STAGE_VECS ((CH_BLOCKS * QB_BYTES + 15) / 16 + 1) // 16-byte vectors covering a chunk at any alignment
 #define STAGE_U ((STAGE_VECS + 31) / 32)             // vectors per lane
-#define UNROLL 1                             // elements per lane per step (32·UNROLL per warp)
+#define UNROLL 8                             // elements per lane per step (32·UNROLL per warp)
 
 // Copies blocks [b0, b0+nb) of R rows into the warp's shared buffer SH (R × STAGE_VECS vectors) with coalesced
 // 16-byte asynchronous copies (cp.async: global -> shared without registers), all in flight before the one
@@ -141,7 +141,7 @@ static __device__ __forceinline__ void qmoe_row_dots(const uint8_t *const *rows,
 #pragma unroll
       for (int t = 0; t < UNROLL; t++) {
         const int e = e0 + 32 * t + lane;
-        {
+        if (e < ne) {
         const float xv = __ldg(xc + e);
 #pragma unroll
         for (int r = 0; r < R; r++) {

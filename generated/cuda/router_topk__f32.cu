@@ -150,8 +150,8 @@ extern "C" __global__ void __launch_bounds__(256, 1) qmoe_router_topk__f32(const
     if (threadIdx.x == 0) {
       acc_t v = best_v[0];
       int i = best_i[0];
-      for (int w = 1; w < (int)(blockDim.x >> 5); w++)
-        if (best_i[w] >= 0 && (i < 0 || best_v[w] > v || (best_v[w] == v && best_i[w] < i))) { v = best_v[w]; i = best_i[w]; }
+      for (int wi = 1; wi < (int)(blockDim.x >> 5); wi++)
+        if (best_i[wi] >= 0 && (i < 0 || best_v[wi] > v || (best_v[wi] == v && best_i[wi] < i))) { v = best_v[wi]; i = best_i[wi]; }
       sel[k] = i;
       taken[i] = 1;
     }
