@@ -82,6 +82,15 @@ static void print_value(FILE *fp, const qmoe_gguf_value *v, int full, int json) 
   }
 }
 
+/* A key or tensor name for the text table: control bytes shown as '?' so a hostile name cannot drive the
+ * terminal; at most cap-1 bytes. */
+static const char *shown(const char *name, char *buf, size_t cap) {
+  size_t i = 0;
+  for (; name[i] && i + 1 < cap; i++) buf[i] = ((unsigned char)name[i] < 0x20 || name[i] == 0x7f) ? '?' : name[i];
+  buf[i] = 0;
+  return buf;
+}
+
 static void print_shape(FILE *fp, const qmoe_gguf_tensor *t, char *buf, size_t cap) {
   int n = snprintf(buf, cap, "[");
   for (int d = 0; d < t->n_dims && n > 0 && (size_t)n < cap; d++)
@@ -139,7 +148,8 @@ static void inspect_text(FILE *fp, const qmoe_gguf *f, int full) {
       snprintf(type, sizeof type, "[%s; %" PRIu64 "]", qmoe_gguf_type_name_of_value(v->elem_type), v->count);
     else
       snprintf(type, sizeof type, "%s", qmoe_gguf_type_name_of_value(v->type));
-    fprintf(fp, "%5" PRId64 "  %-*s  %-18s ", i, kw, qmoe_gguf_kv_key(f, i), type);
+    char name[256];
+    fprintf(fp, "%5" PRId64 "  %-*s  %-18s ", i, kw, shown(qmoe_gguf_kv_key(f, i), name, sizeof name), type);
     print_value(fp, v, full, 0);
     fputc('\n', fp);
   }
@@ -155,9 +165,10 @@ static void inspect_text(FILE *fp, const qmoe_gguf *f, int full) {
   fprintf(fp, "%5s  %-*s  %-7s  %-22s  %12s  %12s\n", "#", nw, "name", "type", "shape", "bytes", "offset");
   for (int64_t i = 0; i < nt; i++) {
     const qmoe_gguf_tensor *t = qmoe_gguf_tensor_at(f, i);
-    char shape[128];
+    char shape[128], name[256];
     print_shape(NULL, t, shape, sizeof shape);
-    fprintf(fp, "%5" PRId64 "  %-*s  %-7s  %-22s  %12" PRIu64 "  %12" PRIu64 "\n", i, nw, t->name, t->type_name, shape,
+    fprintf(fp, "%5" PRId64 "  %-*s  %-7s  %-22s  %12" PRIu64 "  %12" PRIu64 "\n", i, nw, shown(t->name, name, sizeof name),
+            t->type_name, shape,
             t->nbytes, t->file_offset);
   }
 }
