@@ -22,7 +22,7 @@ static const char *const AMEND_KINDS[] = { "initial", "addition", "change", "fix
 
 /* Bounds that real formats stay far inside, and that keep the expression checker's work per file small
  * (it evaluates every let for every element of a block). */
-enum { BLOCK_ELEMENTS_MAX = 1024, BLOCK_MAX = 4096, DIM_MAX = 2147483647, EXPR_MAX = 1024 };
+enum { BLOCK_ELEMENTS_MAX = 1024, BLOCK_MAX = 4096, DIM_MAX = 2147483647, EXPR_MAX = 512 };
 
 #define NKEYS(a) (sizeof(a) / sizeof((a)[0]))
 
@@ -50,7 +50,7 @@ static const pv_record QUANT_LET = { "decode.let entry", sizeof(pv_quant_let), Q
 
 static const pv_key QUANT_DECODE_KEYS[] = {
   { .name = "let", .type = PV_T_LIST, .off = offsetof(pv_quant_decode, let), .elem = PV_T_REC, .rec = &QUANT_LET,
-    .max_len = 64, .doc = "named intermediate values, in order (default: none)" },
+    .max_len = 32, .doc = "named intermediate values, in order (default: none)" },
   { .name = "value", .type = PV_T_STR, .flags = PV_REQ, .off = offsetof(pv_quant_decode, value), .pat = PV_PAT_NONBLANK,
     .max_len = EXPR_MAX, .doc = "float expression: the decoded value of element i" },
 };
