@@ -17,7 +17,8 @@ struct qmoe_buffer {
 
 typedef struct {
   qmoe_vk *vk;
-  qmoe_vk_buf scratch; /* router logits, attention partial results, argmax partial results */
+  qmoe_vk_buf scratch;  /* router logits, attention partial results, argmax partial results */
+  uint32_t max_groups;  /* QMOE_VK_MAX_GROUPS (tests): fewer workgroups, so the kernels' strided loops run */
 } vk_backend;
 
 /* The push constants every shader declares (codegen/gen_glsl.lua's PUSH): 128 bytes. */
@@ -116,8 +117,10 @@ static int lookup(const qmoe_stage_call *c, const qmoe_stage_info *si, const qmo
 
 static uint32_t cdiv(uint64_t a, uint64_t b) { return (uint32_t)((a + b - 1) / b); }
 
-static uint32_t cap(qmoe_vk *vk, uint32_t groups, int dim) {
-  uint32_t m = qmoe_vk_limits(vk)->maxComputeWorkGroupCount[dim];
+/* Workgroups for a kernel that strides over its work: at most the device's limit (or QMOE_VK_MAX_GROUPS). */
+static uint32_t cap(const vk_backend *vb, uint32_t groups, int dim) {
+  uint32_t m = qmoe_vk_limits(vb->vk)->maxComputeWorkGroupCount[dim];
+  if (vb->max_groups && vb->max_groups < m) m = vb->max_groups;
   return groups > m ? m : groups < 1 ? 1 : groups;
 }
 
@@ -206,22 +209,22 @@ static int vkb_run(qmoe_backend *be, const qmoe_stage_call *c) {
   int nb = nbuf;
   switch (c->stage) {
   case QMOE_STAGE_MATVEC: /* rows, cols */
-    return qmoe_vk_dispatch(vk, pipe[0], bind, nb, &pc, sizeof pc, cap(vk, cdiv((uint64_t)p[0], v->rows), 0), 1, 1);
+    return qmoe_vk_dispatch(vk, pipe[0], bind, nb, &pc, sizeof pc, cap(vb, cdiv((uint64_t)p[0], v->rows), 0), 1, 1);
   case QMOE_STAGE_MOE_GATE_UP_SWIGLU: /* H, F, E, K: grid.y = k */
     if ((uint64_t)p[3] > qmoe_vk_limits(vk)->maxComputeWorkGroupCount[1]) {
       qmoe_set_error("vulkan: moe_gate_up_swiglu: K = %lld exceeds the device's maxComputeWorkGroupCount[1]",
                      (long long)p[3]);
       return QMOE_EUNSUPPORTED;
     }
-    return qmoe_vk_dispatch(vk, pipe[0], bind, nb, &pc, sizeof pc, cap(vk, cdiv((uint64_t)p[1], v->rows), 0),
+    return qmoe_vk_dispatch(vk, pipe[0], bind, nb, &pc, sizeof pc, cap(vb, cdiv((uint64_t)p[1], v->rows), 0),
                             (uint32_t)p[3], 1);
   case QMOE_STAGE_MOE_DOWN: /* H, F, E, K */
-    return qmoe_vk_dispatch(vk, pipe[0], bind, nb, &pc, sizeof pc, cap(vk, cdiv((uint64_t)p[0], v->rows), 0), 1, 1);
+    return qmoe_vk_dispatch(vk, pipe[0], bind, nb, &pc, sizeof pc, cap(vb, cdiv((uint64_t)p[0], v->rows), 0), 1, 1);
   case QMOE_STAGE_ROUTER_TOPK: { /* H, E, K: logits into scratch, then one workgroup selects */
     size_t acc_b = c->acc == QMOE_ACC_F64 ? 8 : 4;
     if ((rc = ensure_scratch(vb, (size_t)p[1] * acc_b))) return rc;
     bind[nb++] = (qmoe_vk_binding){.buf = &vb->scratch, .off = 0};
-    if ((rc = qmoe_vk_dispatch(vk, pipe[0], bind, nb, &pc, sizeof pc, cap(vk, (uint32_t)p[1], 0), 1, 1))) return rc;
+    if ((rc = qmoe_vk_dispatch(vk, pipe[0], bind, nb, &pc, sizeof pc, cap(vb, (uint32_t)p[1], 0), 1, 1))) return rc;
     return qmoe_vk_dispatch(vk, pipe[1], bind, nb, &pc, sizeof pc, 1, 1, 1);
   }
   case QMOE_STAGE_RMSNORM:
@@ -234,9 +237,9 @@ static int vkb_run(qmoe_backend *be, const qmoe_stage_call *c) {
     return qmoe_vk_dispatch(vk, pipe[0], bind, nb, &pc, sizeof pc, (uint32_t)p[0], 1, 1);
   case QMOE_STAGE_ROPE_NEOX: /* nh, D, pos */
     return qmoe_vk_dispatch(vk, pipe[0], bind, nb, &pc, sizeof pc,
-                            cap(vk, cdiv((uint64_t)p[0] * (uint64_t)(p[1] / 2), wg0), 0), 1, 1);
+                            cap(vb, cdiv((uint64_t)p[0] * (uint64_t)(p[1] / 2), wg0), 0), 1, 1);
   case QMOE_STAGE_KV_STORE: /* nkv, D, pos, ctx */
-    return qmoe_vk_dispatch(vk, pipe[0], bind, nb, &pc, sizeof pc, cap(vk, cdiv((uint64_t)p[0] * (uint64_t)p[1], wg0), 0),
+    return qmoe_vk_dispatch(vk, pipe[0], bind, nb, &pc, sizeof pc, cap(vb, cdiv((uint64_t)p[0] * (uint64_t)p[1], wg0), 0),
                             1, 1);
   case QMOE_STAGE_ATTENTION: { /* nh, nkv, D, n_kv, ctx: splits of wg0 positions, then one combine per head */
     const VkPhysicalDeviceLimits *L = qmoe_vk_limits(vk);
@@ -254,9 +257,9 @@ static int vkb_run(qmoe_backend *be, const qmoe_stage_call *c) {
     return qmoe_vk_dispatch(vk, pipe[1], bind, nb, &pc, sizeof pc, (uint32_t)p[0], 1, 1);
   }
   case QMOE_STAGE_ADD: /* n */
-    return qmoe_vk_dispatch(vk, pipe[0], bind, nb, &pc, sizeof pc, cap(vk, cdiv((uint64_t)p[0], wg0), 0), 1, 1);
+    return qmoe_vk_dispatch(vk, pipe[0], bind, nb, &pc, sizeof pc, cap(vb, cdiv((uint64_t)p[0], wg0), 0), 1, 1);
   case QMOE_STAGE_ARGMAX: { /* n: chunks reduced to (value, index) pairs, then one workgroup */
-    uint64_t n = (uint64_t)p[0], maxg = qmoe_vk_limits(vk)->maxComputeWorkGroupCount[0];
+    uint64_t n = (uint64_t)p[0], maxg = cap(vb, UINT32_MAX, 0);
     uint64_t chunk = (uint64_t)wg0 * 16;
     if (cdiv(n, chunk) > maxg) chunk = ((n + maxg - 1) / maxg + wg0 - 1) / wg0 * wg0;
     uint32_t ng = cdiv(n, chunk);
@@ -308,6 +311,8 @@ int qmoe_backend_vulkan_open(qmoe_backend **out) {
     free(vb);
     return rc;
   }
+  const char *mg = getenv("QMOE_VK_MAX_GROUPS");
+  vb->max_groups = mg ? (uint32_t)strtoul(mg, NULL, 10) : 0;
   be->name = "vulkan";
   be->alloc = vkb_alloc;
   be->free_buf = vkb_free_buf;

@@ -3,6 +3,7 @@
  * from the embedded SPIR-V and command recording with one submit per sync. See vk_internal.h. */
 #include <ctype.h>
 #include <dlfcn.h>
+#include <link.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -281,6 +282,52 @@ int qmoe_vk_check_validation(qmoe_vk *vk, const char *call) {
 
 int qmoe_vk_validation_count(const qmoe_vk *vk) { return vk->val_count; }
 
+/* ---- keeping the driver libraries loaded ---- */
+
+typedef struct {
+  char **names;
+  size_t n, cap;
+} so_list;
+
+static int collect_so(struct dl_phdr_info *info, size_t size, void *data) {
+  (void)size;
+  so_list *l = data;
+  if (!info->dlpi_name || !info->dlpi_name[0]) return 0;
+  if (l->n == l->cap) {
+    l->cap = l->cap ? 2 * l->cap : 64;
+    char **grown = realloc(l->names, l->cap * sizeof *grown);
+    if (!grown) {
+      fprintf(stderr, "qmoe: out of memory in the Vulkan runtime\n");
+      abort();
+    }
+    l->names = grown;
+  }
+  size_t len = strlen(info->dlpi_name) + 1;
+  l->names[l->n] = vk_xcalloc(len, 1);
+  memcpy(l->names[l->n++], info->dlpi_name, len);
+  return 0;
+}
+
+static void so_list_free(so_list *l) {
+  for (size_t i = 0; i < l->n; i++) free(l->names[i]);
+  free(l->names);
+  memset(l, 0, sizeof *l);
+}
+
+/* Marks every shared object loaded since BEFORE (the loader, drivers, layers) RTLD_NODELETE, so it stays
+ * mapped for the life of the process: drivers are not made to be unloaded and loaded again, and with them
+ * mapped LeakSanitizer sees what their globals still point to (and can name their frames). */
+static void pin_new_objects(const so_list *before) {
+  so_list now = {0};
+  dl_iterate_phdr(collect_so, &now);
+  for (size_t i = 0; i < now.n; i++) {
+    int seen = 0;
+    for (size_t j = 0; j < before->n && !seen; j++) seen = strcmp(now.names[i], before->names[j]) == 0;
+    if (!seen) (void)dlopen(now.names[i], RTLD_NOW | RTLD_NOLOAD | RTLD_NODELETE);
+  }
+  so_list_free(&now);
+}
+
 /* ---- instance ---- */
 
 static int env_is(const char *name, const char *value) {
@@ -445,6 +492,10 @@ static int has_device_ext(qmoe_vk *vk, VkPhysicalDevice pd, const char *ext) {
 static int select_device(qmoe_vk *vk) {
   uint32_t n = 0;
   VkResult r = vk->f.vkEnumeratePhysicalDevices(vk->instance, &n, NULL);
+  if (r == VK_ERROR_INITIALIZATION_FAILED) { /* the loader's answer when no driver finds a device */
+    qmoe_set_error("no Vulkan device found (vkEnumeratePhysicalDevices: VK_ERROR_INITIALIZATION_FAILED)");
+    return QMOE_ENODEV;
+  }
   if (r != VK_SUCCESS && r != VK_INCOMPLETE) return vk_fail(r, "vkEnumeratePhysicalDevices");
   if (n == 0) {
     qmoe_set_error("no Vulkan device found (the loader sees no driver with a device)");
@@ -627,9 +678,13 @@ static int create_objects(qmoe_vk *vk) {
 int qmoe_vk_open(qmoe_vk **out) {
   *out = NULL;
   qmoe_vk *vk = vk_xcalloc(1, sizeof *vk);
+  so_list before = {0};
+  dl_iterate_phdr(collect_so, &before);
   int rc = load_loader(vk);
   if (!rc) rc = create_instance(vk);
   if (!rc) rc = select_device(vk);
+  pin_new_objects(&before); /* the drivers the loader opened for this instance */
+  so_list_free(&before);
   if (!rc) rc = create_device(vk);
   if (!rc) rc = create_objects(vk);
   if (!rc) rc = qmoe_vk_check_validation(vk, "opening the device");
@@ -1005,4 +1060,14 @@ int qmoe_vk_update(qmoe_vk *vk, qmoe_vk_buf *b, size_t off, const void *data, si
   vk->f.vkCmdUpdateBuffer(vk->cmd, b->buf, off, n, data);
   vk->ncmds++;
   return 0;
+}
+
+int qmoe_vk_provoke_validation_message(qmoe_vk *vk) {
+  if (!vk->validation) return 0;
+  /* usage 0 breaks VUID-VkBufferCreateInfo-usage-requiredbitmask; drivers create the buffer anyway. */
+  VkBufferCreateInfo bci = {.sType = VK_STRUCTURE_TYPE_BUFFER_CREATE_INFO, .size = 256, .usage = 0,
+                            .sharingMode = VK_SHARING_MODE_EXCLUSIVE};
+  VkBuffer b = VK_NULL_HANDLE;
+  if (vk->f.vkCreateBuffer(vk->device, &bci, NULL, &b) == VK_SUCCESS && b) vk->f.vkDestroyBuffer(vk->device, b, NULL);
+  return 1;
 }
