@@ -1,12 +1,14 @@
 /* cmd_quantize.c: `qmoe quantize IN.gguf OUT.gguf TYPE`: re-encodes a model's tensors as one qtype or by
  * the Q4_K_M recipe (docs/gguf.md), with qmoe's generated codecs: every source tensor is decoded to f32
  * and quantized again, unless it already has its target type (then its bytes are copied). */
+#include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 #include "cmd.h"
 
 static const char usage[] =
-  "usage: qmoe quantize IN.gguf OUT.gguf TYPE\n"
+  "usage: qmoe quantize IN.gguf OUT.gguf TYPE [--threads N]\n"
   "Writes OUT with IN's metadata and every tensor re-encoded. TYPE is a qtype with a quantizer (f32, f16,\n"
   "bf16, q4_0, q4_1, q5_0, q8_0, q4_k, q5_k, q6_k, ...; spelled q6k, q6_k or Q6_K) or q4_k_m, llama.cpp's recipe:\n"
   "  blk.i.ffn_down_exps / ffn_down / attn_v: Q6_K when i < n/8, i >= 7n/8 or (i - n/8) % 3 == 2, else Q4_K\n"
@@ -17,6 +19,7 @@ static const char usage[] =
   "target type is copied unchanged. A tensor whose rows the target type cannot hold (row length not a\n"
   "multiple of its block size) stops the command before anything is written. Sets general.file_type and\n"
   "general.quantization_version. Progress goes to stderr.\n"
+  "  --threads N, -j N  quantize with N threads (default: the online CPUs); the output does not depend on N\n"
   "example: qmoe quantize model-f16.gguf model-q4_k_m.gguf q4_k_m\n";
 
 /* llama.cpp's general.file_type values (enum llama_ftype) for what this command writes. */
@@ -56,9 +59,49 @@ typedef struct {
   const qmoe_qtype_info *src, *dst;
 } plan;
 
+/* Rows [r0, r1) of one tensor, decoded and re-encoded by one thread into out (row r at (r - r0)·dst_row). Rows
+ * are independent, so the output does not depend on how many threads share a batch. */
+typedef struct {
+  const plan *p;
+  int64_t r0, r1;
+  uint64_t dst_row;
+  unsigned char *out;
+  float *row;
+  void *src;
+  int rc;
+  int64_t bad_row;
+  char err[512];
+} job;
+
+static void *run_job(void *arg) {
+  job *j = arg;
+  const qmoe_gguf_tensor *t = j->p->t;
+  for (int64_t r = j->r0; r < j->r1; r++) {
+    memcpy(j->src, (const unsigned char *)t->data + (uint64_t)r * t->row_bytes, (size_t)t->row_bytes);
+    if (j->p->src->dequant_row(j->src, j->row, t->ne[0]) != 0 ||
+        j->p->dst->quantize_row(j->row, j->out + (uint64_t)(r - j->r0) * j->dst_row, t->ne[0]) != 0) {
+      j->rc = -1;
+      j->bad_row = r;
+      snprintf(j->err, sizeof j->err, "%s", qmoe_last_error()); /* the error is thread-local */
+      return NULL;
+    }
+  }
+  return NULL;
+}
+
+enum { MAX_THREADS = 64, BATCH_ELEMENTS = 1 << 22 };
+
 static int run(int argc, char **argv) {
   const char *in = NULL, *out = NULL, *type = NULL;
+  long ncpu = sysconf(_SC_NPROCESSORS_ONLN);
+  int64_t n_threads = ncpu < 1 ? 1 : ncpu > MAX_THREADS ? MAX_THREADS : ncpu;
   for (int i = 1; i < argc; i++) {
+    if (!strcmp(argv[i], "--threads") || !strcmp(argv[i], "-j")) {
+      if (i + 1 >= argc || cli_parse_i64(argv[i + 1], &n_threads) || n_threads < 1 || n_threads > MAX_THREADS)
+        return cli_usage_error(&cmd_quantize, "%s needs a number of threads from 1 to %d", argv[i], MAX_THREADS);
+      i++;
+      continue;
+    }
     if (argv[i][0] == '-' && argv[i][1]) return cli_usage_error(&cmd_quantize, "unknown option '%s'", argv[i]);
     if (!in) in = argv[i];
     else if (!out) out = argv[i];
@@ -94,8 +137,9 @@ static int run(int argc, char **argv) {
   if (qmoe_gguf_open(in, &f) != 0) return cli_error("quantize", "%s", qmoe_last_error());
   int rc = 1;
   qmoe_gguf_writer *w = NULL;
-  float *row = NULL;
-  void *src_buf = NULL, *dst_buf = NULL;
+  float *rows[MAX_THREADS] = { 0 };
+  void *srcs[MAX_THREADS] = { 0 };
+  unsigned char *batch = NULL;
   int64_t nt = qmoe_gguf_tensor_count(f);
   plan *plans = calloc((size_t)(nt ? nt : 1), sizeof *plans);
   if (!plans) {
@@ -183,11 +227,19 @@ static int run(int argc, char **argv) {
     int64_t db = qmoe_qtype_row_bytes(plans[i].dst, t->ne[0]);
     if ((uint64_t)db > max_dst) max_dst = (uint64_t)db;
   }
-  row = malloc(sizeof(float) * (size_t)max_row);
-  src_buf = malloc((size_t)max_src);
-  dst_buf = malloc((size_t)max_dst);
-  if (!row || !src_buf || !dst_buf) {
-    cli_error("quantize", "out of memory for rows of %lld elements", (long long)max_row);
+  /* A batch of rows is split among the threads, then appended in order. */
+  int64_t batch_rows = BATCH_ELEMENTS / max_row > 0 ? BATCH_ELEMENTS / max_row : 1;
+  for (int k = 0; k < n_threads; k++) {
+    rows[k] = malloc(sizeof(float) * (size_t)max_row);
+    srcs[k] = malloc((size_t)max_src);
+    if (!rows[k] || !srcs[k]) {
+      cli_error("quantize", "out of memory for rows of %lld elements", (long long)max_row);
+      goto done;
+    }
+  }
+  batch = malloc((size_t)(max_dst * (uint64_t)batch_rows));
+  if (!batch) {
+    cli_error("quantize", "out of memory for a batch of %lld rows", (long long)batch_rows);
     goto done;
   }
   if (qmoe_gguf_writer_begin(w, out) != 0) {
@@ -212,18 +264,34 @@ static int run(int argc, char **argv) {
       continue;
     }
     uint64_t dst_row = (uint64_t)qmoe_qtype_row_bytes(p->dst, t->ne[0]);
-    for (int64_t r = 0; r < t->n_rows; r++) {
-      memcpy(src_buf, (const unsigned char *)t->data + (uint64_t)r * t->row_bytes, (size_t)t->row_bytes);
-      if (p->src->dequant_row(src_buf, row, t->ne[0]) != 0 || p->dst->quantize_row(row, dst_buf, t->ne[0]) != 0) {
-        cli_error("quantize", "tensor '%s' row %lld: %s", t->name, (long long)r, qmoe_last_error());
-        goto done;
+    for (int64_t b0 = 0; b0 < t->n_rows; b0 += batch_rows) {
+      int64_t b1 = b0 + batch_rows < t->n_rows ? b0 + batch_rows : t->n_rows;
+      int64_t nj = n_threads < b1 - b0 ? n_threads : b1 - b0;
+      job jobs[MAX_THREADS];
+      pthread_t tids[MAX_THREADS];
+      int started[MAX_THREADS] = { 0 };
+      for (int64_t k = 0; k < nj; k++) {
+        int64_t r0 = b0 + (b1 - b0) * k / nj, r1 = b0 + (b1 - b0) * (k + 1) / nj;
+        jobs[k] = (job){ p, r0, r1, dst_row, batch + (uint64_t)(r0 - b0) * dst_row, rows[k], srcs[k], 0, -1, "" };
+        /* The last job runs on this thread; so does any a thread could not be started for. */
+        started[k] = k + 1 < nj && pthread_create(&tids[k], NULL, run_job, &jobs[k]) == 0;
       }
-      if (qmoe_gguf_writer_append(w, dst_buf, dst_row) != 0) {
+      for (int64_t k = 0; k < nj; k++) {
+        if (started[k]) pthread_join(tids[k], NULL);
+        else run_job(&jobs[k]);
+      }
+      for (int64_t k = 0; k < nj; k++) {
+        if (jobs[k].rc) {
+          cli_error("quantize", "tensor '%s' row %lld: %s", t->name, (long long)jobs[k].bad_row, jobs[k].err);
+          goto done;
+        }
+      }
+      if (qmoe_gguf_writer_append(w, batch, (uint64_t)(b1 - b0) * dst_row) != 0) {
         cli_error("quantize", "%s", qmoe_last_error());
         goto done;
       }
-      done_bytes += t->row_bytes;
-      if ((r & 63) == 63 || r + 1 == t->n_rows) cli_progress_update(&prog, done_bytes, label);
+      done_bytes += (uint64_t)(b1 - b0) * t->row_bytes;
+      cli_progress_update(&prog, done_bytes, label);
     }
   }
   if (qmoe_gguf_writer_finish(w) != 0) {
@@ -236,9 +304,8 @@ done:
   qmoe_gguf_writer_free(w); /* removes the temp file if the output was not completed */
   qmoe_gguf_close(f);
   free(plans);
-  free(row);
-  free(src_buf);
-  free(dst_buf);
+  for (int k = 0; k < MAX_THREADS; k++) free(rows[k]), free(srcs[k]);
+  free(batch);
   return rc;
 }
 

@@ -75,6 +75,11 @@ if cmp -s "$T/a" "$T/b" && [ -s "$T/a" ]; then echo "ok extract row slice"; else
 expect "extract shapes a slice [ne0, rows]" 0 '"shape": [2048, 10]' -- "$Q" inspect --json "$T/e.gguf"
 expect "extract an unknown tensor" 1 "no tensor 'nope' in" -- "$Q" extract "$FIX" "$T/f.gguf" --tensor nope
 expect "extract needs tensors" 2 "give --tensor" -- "$Q" extract "$FIX" "$T/f.gguf"
+# The output of quantize does not depend on the thread count.
+"$Q" quantize "$FIX" "$T/j1.gguf" q8_0 -j 1 >"$T/out" 2>&1 && "$Q" quantize "$FIX" "$T/j3.gguf" q8_0 --threads 3 >>"$T/out" 2>&1
+if cmp -s "$T/j1.gguf" "$T/j3.gguf" && [ -s "$T/j1.gguf" ]; then echo "ok quantize -j 1 and -j 3 write the same file"
+else echo "not ok quantize -j 1 and -j 3 write the same file: $(head -c 300 "$T/out")"; failed=1; fi
+expect "quantize rejects -j 0" 2 "needs a number of threads" -- "$Q" quantize "$FIX" "$T/q.gguf" q8_0 -j 0
 expect "quantize an unknown type" 2 "TYPE 'q3_x' is not a qtype" -- "$Q" quantize "$FIX" "$T/q.gguf" q3_x
 [ -e "$T/f.gguf" ] || [ -e "$T/q.gguf" ] && { echo "not ok failed commands leave no output"; failed=1; } || echo "ok failed commands leave no output"
 exit $failed
