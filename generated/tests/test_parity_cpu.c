@@ -196,31 +196,57 @@ static void distinct_ids(int32_t *ids, int64_t K, int64_t E) {
   }
 }
 
-/* Quantizes rows of Gaussian weights (sd 1/sqrt(row length), like trained weights) with the qtype's
- * reference quantizer, so block scales are realistic. */
-static int fill_quantized(prepared *pr, int buf, char *why, size_t whylen) {
-  const qmoe_qtype_info *q = qmoe_qtype_by_id(pr->call.qtype);
-  const qmoe_stage_buf *b = &pr->si->bufs[buf];
-  if (!q) { snprintf(why, whylen, "no codec for ggml type %d: %s", pr->call.qtype, qmoe_last_error()); return -1; }
-  const qmoe_stage_dim *last = &b->dims[b->n_dims - 1];
-  int64_t cols = last->param >= 0 ? pr->call.p[last->param] : last->value;
-  int64_t row_bytes = qmoe_qtype_row_bytes(q, cols);
-  if (row_bytes <= 0 || pr->size[buf] % (size_t)row_bytes) {
-    snprintf(why, whylen, "%s: row of %lld elements is not whole %s blocks", b->name, (long long)cols, q->name);
+/* Quantized weights: Gaussian values (sd 1/sqrt(512), like trained weights) through the qtype's reference
+ * quantizer, so block scales are realistic. Quantizing is the slow part of a run, so each qtype gets one pool
+ * per run of POOL_UNITS units of 256 elements (whole blocks in every format: blocks are independent, so any
+ * run of units is a valid matrix of any row length that is a multiple of 256). A weight buffer is the pool
+ * read cyclically from a random unit. POOL_UNITS is prime, so two places of one buffer hold the same bytes
+ * only when their distance is a multiple of POOL_UNITS units: reading the wrong expert or row (an address
+ * off by anything else) reads other numbers. The second weight buffer of a call (Wu) starts elsewhere. */
+enum { POOL_UNITS = 1021, POOL_QTYPES = 64 };
+static unsigned char *pool[POOL_QTYPES];
+
+static int make_pool(const qmoe_qtype_info *q, char *why, size_t whylen) {
+  if (q->ggml_type < 0 || q->ggml_type >= POOL_QTYPES || 256 % q->block_elements) {
+    snprintf(why, whylen, "%s (ggml type %d): the test's weight pool takes ids < %d and blocks dividing 256", q->name,
+             q->ggml_type, POOL_QTYPES);
     return -1;
   }
-  int64_t rows = (int64_t)(pr->size[buf] / (size_t)row_bytes);
-  float *src = malloc((size_t)cols * sizeof(float));
-  for (int64_t r = 0; r < rows; r++) {
-    fill_normal(src, (size_t)cols, 1.0 / sqrt((double)cols));
-    int rc = qmoe_quantize_row(pr->call.qtype, src, pr->host[buf] + (size_t)r * (size_t)row_bytes, cols);
+  if (pool[q->ggml_type]) return 0;
+  size_t unit = (size_t)qmoe_qtype_row_bytes(q, 256);
+  unsigned char *bytes = malloc(POOL_UNITS * unit);
+  float src[256];
+  for (size_t u = 0; u < POOL_UNITS; u++) {
+    fill_normal(src, 256, 1.0 / sqrt(512.0));
+    int rc = qmoe_quantize_row(q->ggml_type, src, bytes + u * unit, 256);
     if (rc) {
       snprintf(why, whylen, "qmoe_quantize_row(%s) failed (%d): %s", q->name, rc, qmoe_last_error());
-      free(src);
+      free(bytes);
       return -1;
     }
   }
-  free(src);
+  pool[q->ggml_type] = bytes;
+  return 0;
+}
+
+static size_t pool_first; /* unit where the current call's first weight buffer starts */
+
+static int fill_quantized(prepared *pr, int buf, char *why, size_t whylen) {
+  const qmoe_qtype_info *q = qmoe_qtype_by_id(pr->call.qtype);
+  if (!q) { snprintf(why, whylen, "no codec for ggml type %d: %s", pr->call.qtype, qmoe_last_error()); return -1; }
+  if (make_pool(q, why, whylen)) return -1;
+  size_t unit = (size_t)qmoe_qtype_row_bytes(q, 256), need = pr->size[buf];
+  if (need % unit) {
+    snprintf(why, whylen, "%s: %zu bytes are not whole units of 256 %s elements", pr->si->bufs[buf].name, need, q->name);
+    return -1;
+  }
+  int first = 1;
+  for (int i = 0; i < buf; i++) first &= pr->si->bufs[i].dtype != QMOE_DTYPE_QTYPE;
+  size_t start = (size_t)rand_int(0, POOL_UNITS - 1);
+  if (first) pool_first = start;
+  else if (start == pool_first) start = (start + 1) % POOL_UNITS;
+  for (size_t u = 0; u < need / unit; u++)
+    memcpy(pr->host[buf] + u * unit, pool[q->ggml_type] + ((start + u) % POOL_UNITS) * unit, unit);
   return 0;
 }
 
@@ -644,5 +670,6 @@ int main(void) {
     RUN_NAMED(case_name, test_unsupported_qtype);
   }
   if (be) be->close(be);
+  for (int i = 0; i < POOL_QTYPES; i++) free(pool[i]);
   return T_DONE();
 }
