@@ -343,10 +343,10 @@ int qmoe_ref_run(const qmoe_stage_call *c, qmoe_ref_prec prec, void *const ptr[Q
   }
   case QMOE_STAGE_ARGMAX: {
     const float *x = b[0];
-    int64_t best = 0;
-    for (int64_t i = 1; i < p[0]; i++)
-      if (x[i] > x[best]) best = i; /* strict: ties keep the lowest index */
-    *(int32_t *)b[1] = (int32_t)best;
+    int64_t best = -1;
+    for (int64_t i = 0; i < p[0]; i++)
+      if (!isnan(x[i]) && (best < 0 || x[i] > x[best])) best = i; /* strict: ties keep the lowest index */
+    *(int32_t *)b[1] = (int32_t)(best < 0 ? 0 : best);             /* NaN never wins; all NaN gives 0 */
     break;
   }
   default:

@@ -415,7 +415,7 @@ static void test_attention_known(void) {
 }
 
 /* kv_store writes row pos of both caches and nothing else; add is elementwise (in place too); argmax
- * breaks ties to the lowest index. */
+ * breaks ties to the lowest index and never picks a NaN. */
 static void test_copy_add_argmax(void) {
   host_call h;
   int64_t nkv = 2, D = 8, ctx = 6, pos = 4, p[4] = {nkv, D, pos, ctx};
@@ -451,6 +451,10 @@ static void test_copy_add_argmax(void) {
   F(&h, 0)[700] = 100.0f;
   REQUIRE(host_run(&h, QMOE_REF_F32) == 0, "%s", qmoe_last_error());
   CHECK(I(&h, 1)[0] == 123, "argmax with ties at 123, 500, 700 gave %d", (int)I(&h, 1)[0]);
+  F(&h, 0)[0] = NAN; /* NaN never wins, wherever it is */
+  F(&h, 0)[124] = NAN;
+  REQUIRE(host_run(&h, QMOE_REF_F32) == 0, "%s", qmoe_last_error());
+  CHECK(I(&h, 1)[0] == 123, "argmax with NaN at 0 and 124 gave %d", (int)I(&h, 1)[0]);
   host_free(&h);
 }
 
