@@ -131,6 +131,7 @@ static int l_yaml_load(lua_State *L) {
 /* yaml.pos(tbl [, key]) -> line, col (of the table, or of the value under KEY) */
 static int l_yaml_pos(lua_State *L) {
   luaL_checktype(L, 1, LUA_TTABLE);
+  lua_settop(L, 2); /* KEY absent reads as nil: index 2 must not alias the registry table pushed below */
   lua_rawgetp(L, LUA_REGISTRYINDEX, &POS_KEY);
   lua_pushvalue(L, 1);
   lua_gettable(L, -2);
