@@ -510,7 +510,7 @@ static void report_dups(pv_set *set, def_table *t) {
     while (j < t->n && t->v[j].ns == t->v[i].ns && !strcmp(key_of(&t->v[j]), key_of(&t->v[i]))) j++;
     if (j - i > 1) {
       size_t given = 0;
-      for (size_t k = i; k < j; k++) given += t->v[k].file->given;
+      for (size_t k = i; k < j; k++) given += t->v[k].file->given ? 1u : 0u;
       for (size_t k = i; k < j; k++) {
         const pv_def *d = &t->v[k];
         if (!d->file->given) continue;

@@ -362,11 +362,8 @@ static void load_parsed(pv_set *set, pv_file *f) {
   const pv_record *rec = f->kind == PV_KIND_QUANT ? &pv_quant_record
                        : f->kind == PV_KIND_STAGE ? &pv_stage_record : &pv_model_record;
   pv_walk_ctx c = { d, f->path, f->poison, f->npoison };
-  if (f->root->kind != QY_MAP) {
-    pv_walk_record(&c, f->root, rec, &f->rec, NULL);
-    return;
-  }
-  pv_walk_record(&c, f->root, rec, &f->rec, NULL);
+  pv_walk_record(&c, f->root, rec, &f->rec, NULL); /* reports a root that is not a mapping */
+  if (f->root->kind != QY_MAP) return;
   f->loaded = 1;
   pv_check_file(set, f);
 }
