@@ -257,13 +257,16 @@ local function qgeom(q, nm, acc)
   return g
 end
 
--- `T item_dot(uint base, uint xk, uint nb)`: sum of decode(item) * xs over the item's nb valid blocks (1..G).
+-- `T item_dot(uint slot, uint start, uint xk, uint nb)`: sum of decode(item) * xs over the nb valid blocks
+-- (1..G) of the item in shared slot SLOT, whose global byte offset is START.
 -- The body is unrolled over chunks of up to UNROLL elements in which the element index `i` (small blocks)
 -- or its offset from a multiple of the chunk (large blocks) is a literal, so the compiler folds the
 -- contract's index arithmetic; the loops around the chunks stay loops, which keeps the SPIR-V small.
 local UNROLL = 32
 local function item_dot(g, T)
-  local L = { fmt("%s item_dot(uint base, uint xk, uint nb) {", T), fmt("  %s a = %s(0);", T, T) }
+  local L = { fmt("%s item_dot(uint slot, uint start, uint xk, uint nb) {", T),
+              "  const uint base = slot * SW * 4u + (start & 15u);",
+              fmt("  %s a = %s(0);", T, T) }
   local BE, BB = g.BE, g.BB
   if BE <= UNROLL then
     local UB = (UNROLL % BE == 0) and math.min(UNROLL // BE, g.G) or 1 -- blocks per unrolled chunk
@@ -284,11 +287,12 @@ local function item_dot(g, T)
   else
     local C = UNROLL
     while BE % C ~= 0 do C = C - 1 end -- the largest divisor of BE not above UNROLL
+    -- i = j*C + c with c < C a literal: for C a power of two the driver sees i/C = j, i%C = c.
     L[#L + 1] = "  for (uint b = 0u; b < nb; b++) {"
-    L[#L + 1] = fmt("    for (uint j = 0u; j < %du; j += %du) {", BE, C)
+    L[#L + 1] = fmt("    for (uint j = 0u; j < %du; j++) {", BE // C)
     for c = 0, C - 1 do
-      L[#L + 1] = fmt("      a += %s(dq_decode(base + b * %du, int(j + %du))) * %s(xs[xk + b * %du + j + %du]);",
-                      T, BB, c, T, BE, c)
+      L[#L + 1] = fmt("      a += %s(dq_decode(base + b * %du, int(j * %du + %du))) * %s(xs[xk + b * %du + j * %du + %du]);",
+                      T, BB, C, c, T, BE, C, c)
     end
     L[#L + 1] = "    }"
     L[#L + 1] = "  }"
@@ -349,7 +353,7 @@ void main() {
       uint row = rg * R + rl, item = t0 + ks;
       if (row < rows && item < nitem) {
         uint start = woff + row * row_bytes + item * IB;
-        acc += item_dot(tid * SW * 4u + (start & 15u), ks * XS, min(G, nblk - item * G));
+        acc += item_dot(tid, start, ks * XS, min(G, nblk - item * G));
       }
       barrier();
     }
@@ -408,8 +412,8 @@ void main() {
       if (f < F && item < nitem) {
         uint rel = (e * F + f) * row_bytes + item * IB;
         uint nb = min(G, nblk - item * G);
-        ag += item_dot(tid * SW * 4u + ((goff + rel) & 15u), ks * XS, nb);
-        au += item_dot((WG + tid) * SW * 4u + ((uoff + rel) & 15u), ks * XS, nb);
+        ag += item_dot(tid, goff + rel, ks * XS, nb);
+        au += item_dot(WG + tid, uoff + rel, ks * XS, nb);
       }
       barrier();
     }
@@ -476,7 +480,7 @@ void main() {
       if (r < H && j < total) {
         uint k = j / nitem, item = j - k * nitem;
         uint start = woff + (uint(IDS[ioff + k]) * H + r) * row_bytes + item * IB;
-        acc += $T(WK[wkoff + k]) * item_dot(tid * SW * 4u + (start & 15u), ks * XS, min(G, nblk - item * G));
+        acc += $T(WK[wkoff + k]) * item_dot(tid, start, ks * XS, min(G, nblk - item * G));
       }
       barrier();
     }

@@ -39,7 +39,8 @@ float dq_decode(uint base, int i) {
   return r;
 }
 
-float item_dot(uint base, uint xk, uint nb) {
+float item_dot(uint slot, uint start, uint xk, uint nb) {
+  const uint base = slot * SW * 4u + (start & 15u);
   float a = float(0);
   for (uint b0 = 0u; b0 < nb; b0 += 1u) {
     a += float(dq_decode(base + (b0 + 0u) * 18u, 0)) * float(xs[xk + (b0 + 0u) * 32u + 0u]);
@@ -105,7 +106,7 @@ void main() {
       uint row = rg * R + rl, item = t0 + ks;
       if (row < rows && item < nitem) {
         uint start = woff + row * row_bytes + item * IB;
-        acc += item_dot(tid * SW * 4u + (start & 15u), ks * XS, min(G, nblk - item * G));
+        acc += item_dot(tid, start, ks * XS, min(G, nblk - item * G));
       }
       barrier();
     }

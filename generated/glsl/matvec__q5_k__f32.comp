@@ -46,42 +46,43 @@ float dq_decode(uint base, int i) {
   return r;
 }
 
-float item_dot(uint base, uint xk, uint nb) {
+float item_dot(uint slot, uint start, uint xk, uint nb) {
+  const uint base = slot * SW * 4u + (start & 15u);
   float a = float(0);
   for (uint b = 0u; b < nb; b++) {
-    for (uint j = 0u; j < 256u; j += 32u) {
-      a += float(dq_decode(base + b * 176u, int(j + 0u))) * float(xs[xk + b * 256u + j + 0u]);
-      a += float(dq_decode(base + b * 176u, int(j + 1u))) * float(xs[xk + b * 256u + j + 1u]);
-      a += float(dq_decode(base + b * 176u, int(j + 2u))) * float(xs[xk + b * 256u + j + 2u]);
-      a += float(dq_decode(base + b * 176u, int(j + 3u))) * float(xs[xk + b * 256u + j + 3u]);
-      a += float(dq_decode(base + b * 176u, int(j + 4u))) * float(xs[xk + b * 256u + j + 4u]);
-      a += float(dq_decode(base + b * 176u, int(j + 5u))) * float(xs[xk + b * 256u + j + 5u]);
-      a += float(dq_decode(base + b * 176u, int(j + 6u))) * float(xs[xk + b * 256u + j + 6u]);
-      a += float(dq_decode(base + b * 176u, int(j + 7u))) * float(xs[xk + b * 256u + j + 7u]);
-      a += float(dq_decode(base + b * 176u, int(j + 8u))) * float(xs[xk + b * 256u + j + 8u]);
-      a += float(dq_decode(base + b * 176u, int(j + 9u))) * float(xs[xk + b * 256u + j + 9u]);
-      a += float(dq_decode(base + b * 176u, int(j + 10u))) * float(xs[xk + b * 256u + j + 10u]);
-      a += float(dq_decode(base + b * 176u, int(j + 11u))) * float(xs[xk + b * 256u + j + 11u]);
-      a += float(dq_decode(base + b * 176u, int(j + 12u))) * float(xs[xk + b * 256u + j + 12u]);
-      a += float(dq_decode(base + b * 176u, int(j + 13u))) * float(xs[xk + b * 256u + j + 13u]);
-      a += float(dq_decode(base + b * 176u, int(j + 14u))) * float(xs[xk + b * 256u + j + 14u]);
-      a += float(dq_decode(base + b * 176u, int(j + 15u))) * float(xs[xk + b * 256u + j + 15u]);
-      a += float(dq_decode(base + b * 176u, int(j + 16u))) * float(xs[xk + b * 256u + j + 16u]);
-      a += float(dq_decode(base + b * 176u, int(j + 17u))) * float(xs[xk + b * 256u + j + 17u]);
-      a += float(dq_decode(base + b * 176u, int(j + 18u))) * float(xs[xk + b * 256u + j + 18u]);
-      a += float(dq_decode(base + b * 176u, int(j + 19u))) * float(xs[xk + b * 256u + j + 19u]);
-      a += float(dq_decode(base + b * 176u, int(j + 20u))) * float(xs[xk + b * 256u + j + 20u]);
-      a += float(dq_decode(base + b * 176u, int(j + 21u))) * float(xs[xk + b * 256u + j + 21u]);
-      a += float(dq_decode(base + b * 176u, int(j + 22u))) * float(xs[xk + b * 256u + j + 22u]);
-      a += float(dq_decode(base + b * 176u, int(j + 23u))) * float(xs[xk + b * 256u + j + 23u]);
-      a += float(dq_decode(base + b * 176u, int(j + 24u))) * float(xs[xk + b * 256u + j + 24u]);
-      a += float(dq_decode(base + b * 176u, int(j + 25u))) * float(xs[xk + b * 256u + j + 25u]);
-      a += float(dq_decode(base + b * 176u, int(j + 26u))) * float(xs[xk + b * 256u + j + 26u]);
-      a += float(dq_decode(base + b * 176u, int(j + 27u))) * float(xs[xk + b * 256u + j + 27u]);
-      a += float(dq_decode(base + b * 176u, int(j + 28u))) * float(xs[xk + b * 256u + j + 28u]);
-      a += float(dq_decode(base + b * 176u, int(j + 29u))) * float(xs[xk + b * 256u + j + 29u]);
-      a += float(dq_decode(base + b * 176u, int(j + 30u))) * float(xs[xk + b * 256u + j + 30u]);
-      a += float(dq_decode(base + b * 176u, int(j + 31u))) * float(xs[xk + b * 256u + j + 31u]);
+    for (uint j = 0u; j < 8u; j++) {
+      a += float(dq_decode(base + b * 176u, int(j * 32u + 0u))) * float(xs[xk + b * 256u + j * 32u + 0u]);
+      a += float(dq_decode(base + b * 176u, int(j * 32u + 1u))) * float(xs[xk + b * 256u + j * 32u + 1u]);
+      a += float(dq_decode(base + b * 176u, int(j * 32u + 2u))) * float(xs[xk + b * 256u + j * 32u + 2u]);
+      a += float(dq_decode(base + b * 176u, int(j * 32u + 3u))) * float(xs[xk + b * 256u + j * 32u + 3u]);
+      a += float(dq_decode(base + b * 176u, int(j * 32u + 4u))) * float(xs[xk + b * 256u + j * 32u + 4u]);
+      a += float(dq_decode(base + b * 176u, int(j * 32u + 5u))) * float(xs[xk + b * 256u + j * 32u + 5u]);
+      a += float(dq_decode(base + b * 176u, int(j * 32u + 6u))) * float(xs[xk + b * 256u + j * 32u + 6u]);
+      a += float(dq_decode(base + b * 176u, int(j * 32u + 7u))) * float(xs[xk + b * 256u + j * 32u + 7u]);
+      a += float(dq_decode(base + b * 176u, int(j * 32u + 8u))) * float(xs[xk + b * 256u + j * 32u + 8u]);
+      a += float(dq_decode(base + b * 176u, int(j * 32u + 9u))) * float(xs[xk + b * 256u + j * 32u + 9u]);
+      a += float(dq_decode(base + b * 176u, int(j * 32u + 10u))) * float(xs[xk + b * 256u + j * 32u + 10u]);
+      a += float(dq_decode(base + b * 176u, int(j * 32u + 11u))) * float(xs[xk + b * 256u + j * 32u + 11u]);
+      a += float(dq_decode(base + b * 176u, int(j * 32u + 12u))) * float(xs[xk + b * 256u + j * 32u + 12u]);
+      a += float(dq_decode(base + b * 176u, int(j * 32u + 13u))) * float(xs[xk + b * 256u + j * 32u + 13u]);
+      a += float(dq_decode(base + b * 176u, int(j * 32u + 14u))) * float(xs[xk + b * 256u + j * 32u + 14u]);
+      a += float(dq_decode(base + b * 176u, int(j * 32u + 15u))) * float(xs[xk + b * 256u + j * 32u + 15u]);
+      a += float(dq_decode(base + b * 176u, int(j * 32u + 16u))) * float(xs[xk + b * 256u + j * 32u + 16u]);
+      a += float(dq_decode(base + b * 176u, int(j * 32u + 17u))) * float(xs[xk + b * 256u + j * 32u + 17u]);
+      a += float(dq_decode(base + b * 176u, int(j * 32u + 18u))) * float(xs[xk + b * 256u + j * 32u + 18u]);
+      a += float(dq_decode(base + b * 176u, int(j * 32u + 19u))) * float(xs[xk + b * 256u + j * 32u + 19u]);
+      a += float(dq_decode(base + b * 176u, int(j * 32u + 20u))) * float(xs[xk + b * 256u + j * 32u + 20u]);
+      a += float(dq_decode(base + b * 176u, int(j * 32u + 21u))) * float(xs[xk + b * 256u + j * 32u + 21u]);
+      a += float(dq_decode(base + b * 176u, int(j * 32u + 22u))) * float(xs[xk + b * 256u + j * 32u + 22u]);
+      a += float(dq_decode(base + b * 176u, int(j * 32u + 23u))) * float(xs[xk + b * 256u + j * 32u + 23u]);
+      a += float(dq_decode(base + b * 176u, int(j * 32u + 24u))) * float(xs[xk + b * 256u + j * 32u + 24u]);
+      a += float(dq_decode(base + b * 176u, int(j * 32u + 25u))) * float(xs[xk + b * 256u + j * 32u + 25u]);
+      a += float(dq_decode(base + b * 176u, int(j * 32u + 26u))) * float(xs[xk + b * 256u + j * 32u + 26u]);
+      a += float(dq_decode(base + b * 176u, int(j * 32u + 27u))) * float(xs[xk + b * 256u + j * 32u + 27u]);
+      a += float(dq_decode(base + b * 176u, int(j * 32u + 28u))) * float(xs[xk + b * 256u + j * 32u + 28u]);
+      a += float(dq_decode(base + b * 176u, int(j * 32u + 29u))) * float(xs[xk + b * 256u + j * 32u + 29u]);
+      a += float(dq_decode(base + b * 176u, int(j * 32u + 30u))) * float(xs[xk + b * 256u + j * 32u + 30u]);
+      a += float(dq_decode(base + b * 176u, int(j * 32u + 31u))) * float(xs[xk + b * 256u + j * 32u + 31u]);
     }
   }
   return a;
@@ -114,7 +115,7 @@ void main() {
       uint row = rg * R + rl, item = t0 + ks;
       if (row < rows && item < nitem) {
         uint start = woff + row * row_bytes + item * IB;
-        acc += item_dot(tid * SW * 4u + (start & 15u), ks * XS, min(G, nblk - item * G));
+        acc += item_dot(tid, start, ks * XS, min(G, nblk - item * G));
       }
       barrier();
     }

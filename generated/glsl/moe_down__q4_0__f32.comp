@@ -41,7 +41,8 @@ float dq_decode(uint base, int i) {
   return r;
 }
 
-float item_dot(uint base, uint xk, uint nb) {
+float item_dot(uint slot, uint start, uint xk, uint nb) {
+  const uint base = slot * SW * 4u + (start & 15u);
   float a = float(0);
   for (uint b0 = 0u; b0 < nb; b0 += 1u) {
     a += float(dq_decode(base + (b0 + 0u) * 18u, 0)) * float(xs[xk + (b0 + 0u) * 32u + 0u]);
@@ -119,7 +120,7 @@ void main() {
       if (r < H && j < total) {
         uint k = j / nitem, item = j - k * nitem;
         uint start = woff + (uint(IDS[ioff + k]) * H + r) * row_bytes + item * IB;
-        acc += float(WK[wkoff + k]) * item_dot(tid * SW * 4u + (start & 15u), ks * XS, min(G, nblk - item * G));
+        acc += float(WK[wkoff + k]) * item_dot(tid, start, ks * XS, min(G, nblk - item * G));
       }
       barrier();
     }

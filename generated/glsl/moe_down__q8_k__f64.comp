@@ -40,42 +40,43 @@ float dq_decode(uint base, int i) {
   return r;
 }
 
-double item_dot(uint base, uint xk, uint nb) {
+double item_dot(uint slot, uint start, uint xk, uint nb) {
+  const uint base = slot * SW * 4u + (start & 15u);
   double a = double(0);
   for (uint b = 0u; b < nb; b++) {
-    for (uint j = 0u; j < 256u; j += 32u) {
-      a += double(dq_decode(base + b * 292u, int(j + 0u))) * double(xs[xk + b * 256u + j + 0u]);
-      a += double(dq_decode(base + b * 292u, int(j + 1u))) * double(xs[xk + b * 256u + j + 1u]);
-      a += double(dq_decode(base + b * 292u, int(j + 2u))) * double(xs[xk + b * 256u + j + 2u]);
-      a += double(dq_decode(base + b * 292u, int(j + 3u))) * double(xs[xk + b * 256u + j + 3u]);
-      a += double(dq_decode(base + b * 292u, int(j + 4u))) * double(xs[xk + b * 256u + j + 4u]);
-      a += double(dq_decode(base + b * 292u, int(j + 5u))) * double(xs[xk + b * 256u + j + 5u]);
-      a += double(dq_decode(base + b * 292u, int(j + 6u))) * double(xs[xk + b * 256u + j + 6u]);
-      a += double(dq_decode(base + b * 292u, int(j + 7u))) * double(xs[xk + b * 256u + j + 7u]);
-      a += double(dq_decode(base + b * 292u, int(j + 8u))) * double(xs[xk + b * 256u + j + 8u]);
-      a += double(dq_decode(base + b * 292u, int(j + 9u))) * double(xs[xk + b * 256u + j + 9u]);
-      a += double(dq_decode(base + b * 292u, int(j + 10u))) * double(xs[xk + b * 256u + j + 10u]);
-      a += double(dq_decode(base + b * 292u, int(j + 11u))) * double(xs[xk + b * 256u + j + 11u]);
-      a += double(dq_decode(base + b * 292u, int(j + 12u))) * double(xs[xk + b * 256u + j + 12u]);
-      a += double(dq_decode(base + b * 292u, int(j + 13u))) * double(xs[xk + b * 256u + j + 13u]);
-      a += double(dq_decode(base + b * 292u, int(j + 14u))) * double(xs[xk + b * 256u + j + 14u]);
-      a += double(dq_decode(base + b * 292u, int(j + 15u))) * double(xs[xk + b * 256u + j + 15u]);
-      a += double(dq_decode(base + b * 292u, int(j + 16u))) * double(xs[xk + b * 256u + j + 16u]);
-      a += double(dq_decode(base + b * 292u, int(j + 17u))) * double(xs[xk + b * 256u + j + 17u]);
-      a += double(dq_decode(base + b * 292u, int(j + 18u))) * double(xs[xk + b * 256u + j + 18u]);
-      a += double(dq_decode(base + b * 292u, int(j + 19u))) * double(xs[xk + b * 256u + j + 19u]);
-      a += double(dq_decode(base + b * 292u, int(j + 20u))) * double(xs[xk + b * 256u + j + 20u]);
-      a += double(dq_decode(base + b * 292u, int(j + 21u))) * double(xs[xk + b * 256u + j + 21u]);
-      a += double(dq_decode(base + b * 292u, int(j + 22u))) * double(xs[xk + b * 256u + j + 22u]);
-      a += double(dq_decode(base + b * 292u, int(j + 23u))) * double(xs[xk + b * 256u + j + 23u]);
-      a += double(dq_decode(base + b * 292u, int(j + 24u))) * double(xs[xk + b * 256u + j + 24u]);
-      a += double(dq_decode(base + b * 292u, int(j + 25u))) * double(xs[xk + b * 256u + j + 25u]);
-      a += double(dq_decode(base + b * 292u, int(j + 26u))) * double(xs[xk + b * 256u + j + 26u]);
-      a += double(dq_decode(base + b * 292u, int(j + 27u))) * double(xs[xk + b * 256u + j + 27u]);
-      a += double(dq_decode(base + b * 292u, int(j + 28u))) * double(xs[xk + b * 256u + j + 28u]);
-      a += double(dq_decode(base + b * 292u, int(j + 29u))) * double(xs[xk + b * 256u + j + 29u]);
-      a += double(dq_decode(base + b * 292u, int(j + 30u))) * double(xs[xk + b * 256u + j + 30u]);
-      a += double(dq_decode(base + b * 292u, int(j + 31u))) * double(xs[xk + b * 256u + j + 31u]);
+    for (uint j = 0u; j < 8u; j++) {
+      a += double(dq_decode(base + b * 292u, int(j * 32u + 0u))) * double(xs[xk + b * 256u + j * 32u + 0u]);
+      a += double(dq_decode(base + b * 292u, int(j * 32u + 1u))) * double(xs[xk + b * 256u + j * 32u + 1u]);
+      a += double(dq_decode(base + b * 292u, int(j * 32u + 2u))) * double(xs[xk + b * 256u + j * 32u + 2u]);
+      a += double(dq_decode(base + b * 292u, int(j * 32u + 3u))) * double(xs[xk + b * 256u + j * 32u + 3u]);
+      a += double(dq_decode(base + b * 292u, int(j * 32u + 4u))) * double(xs[xk + b * 256u + j * 32u + 4u]);
+      a += double(dq_decode(base + b * 292u, int(j * 32u + 5u))) * double(xs[xk + b * 256u + j * 32u + 5u]);
+      a += double(dq_decode(base + b * 292u, int(j * 32u + 6u))) * double(xs[xk + b * 256u + j * 32u + 6u]);
+      a += double(dq_decode(base + b * 292u, int(j * 32u + 7u))) * double(xs[xk + b * 256u + j * 32u + 7u]);
+      a += double(dq_decode(base + b * 292u, int(j * 32u + 8u))) * double(xs[xk + b * 256u + j * 32u + 8u]);
+      a += double(dq_decode(base + b * 292u, int(j * 32u + 9u))) * double(xs[xk + b * 256u + j * 32u + 9u]);
+      a += double(dq_decode(base + b * 292u, int(j * 32u + 10u))) * double(xs[xk + b * 256u + j * 32u + 10u]);
+      a += double(dq_decode(base + b * 292u, int(j * 32u + 11u))) * double(xs[xk + b * 256u + j * 32u + 11u]);
+      a += double(dq_decode(base + b * 292u, int(j * 32u + 12u))) * double(xs[xk + b * 256u + j * 32u + 12u]);
+      a += double(dq_decode(base + b * 292u, int(j * 32u + 13u))) * double(xs[xk + b * 256u + j * 32u + 13u]);
+      a += double(dq_decode(base + b * 292u, int(j * 32u + 14u))) * double(xs[xk + b * 256u + j * 32u + 14u]);
+      a += double(dq_decode(base + b * 292u, int(j * 32u + 15u))) * double(xs[xk + b * 256u + j * 32u + 15u]);
+      a += double(dq_decode(base + b * 292u, int(j * 32u + 16u))) * double(xs[xk + b * 256u + j * 32u + 16u]);
+      a += double(dq_decode(base + b * 292u, int(j * 32u + 17u))) * double(xs[xk + b * 256u + j * 32u + 17u]);
+      a += double(dq_decode(base + b * 292u, int(j * 32u + 18u))) * double(xs[xk + b * 256u + j * 32u + 18u]);
+      a += double(dq_decode(base + b * 292u, int(j * 32u + 19u))) * double(xs[xk + b * 256u + j * 32u + 19u]);
+      a += double(dq_decode(base + b * 292u, int(j * 32u + 20u))) * double(xs[xk + b * 256u + j * 32u + 20u]);
+      a += double(dq_decode(base + b * 292u, int(j * 32u + 21u))) * double(xs[xk + b * 256u + j * 32u + 21u]);
+      a += double(dq_decode(base + b * 292u, int(j * 32u + 22u))) * double(xs[xk + b * 256u + j * 32u + 22u]);
+      a += double(dq_decode(base + b * 292u, int(j * 32u + 23u))) * double(xs[xk + b * 256u + j * 32u + 23u]);
+      a += double(dq_decode(base + b * 292u, int(j * 32u + 24u))) * double(xs[xk + b * 256u + j * 32u + 24u]);
+      a += double(dq_decode(base + b * 292u, int(j * 32u + 25u))) * double(xs[xk + b * 256u + j * 32u + 25u]);
+      a += double(dq_decode(base + b * 292u, int(j * 32u + 26u))) * double(xs[xk + b * 256u + j * 32u + 26u]);
+      a += double(dq_decode(base + b * 292u, int(j * 32u + 27u))) * double(xs[xk + b * 256u + j * 32u + 27u]);
+      a += double(dq_decode(base + b * 292u, int(j * 32u + 28u))) * double(xs[xk + b * 256u + j * 32u + 28u]);
+      a += double(dq_decode(base + b * 292u, int(j * 32u + 29u))) * double(xs[xk + b * 256u + j * 32u + 29u]);
+      a += double(dq_decode(base + b * 292u, int(j * 32u + 30u))) * double(xs[xk + b * 256u + j * 32u + 30u]);
+      a += double(dq_decode(base + b * 292u, int(j * 32u + 31u))) * double(xs[xk + b * 256u + j * 32u + 31u]);
     }
   }
   return a;
@@ -120,7 +121,7 @@ void main() {
       if (r < H && j < total) {
         uint k = j / nitem, item = j - k * nitem;
         uint start = woff + (uint(IDS[ioff + k]) * H + r) * row_bytes + item * IB;
-        acc += double(WK[wkoff + k]) * item_dot(tid * SW * 4u + (start & 15u), ks * XS, min(G, nblk - item * G));
+        acc += double(WK[wkoff + k]) * item_dot(tid, start, ks * XS, min(G, nblk - item * G));
       }
       barrier();
     }

@@ -68,7 +68,8 @@ float dq_decode(uint base, int i) {
   return r;
 }
 
-double item_dot(uint base, uint xk, uint nb) {
+double item_dot(uint slot, uint start, uint xk, uint nb) {
+  const uint base = slot * SW * 4u + (start & 15u);
   double a = double(0);
   for (uint b0 = 0u; b0 < nb; b0 += 1u) {
     a += double(dq_decode(base + (b0 + 0u) * 18u, 0)) * double(xs[xk + (b0 + 0u) * 32u + 0u]);
@@ -141,8 +142,8 @@ void main() {
       if (f < F && item < nitem) {
         uint rel = (e * F + f) * row_bytes + item * IB;
         uint nb = min(G, nblk - item * G);
-        ag += item_dot(tid * SW * 4u + ((goff + rel) & 15u), ks * XS, nb);
-        au += item_dot((WG + tid) * SW * 4u + ((uoff + rel) & 15u), ks * XS, nb);
+        ag += item_dot(tid, goff + rel, ks * XS, nb);
+        au += item_dot(WG + tid, uoff + rel, ks * XS, nb);
       }
       barrier();
     }

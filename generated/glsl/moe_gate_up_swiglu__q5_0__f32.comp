@@ -43,7 +43,8 @@ float dq_decode(uint base, int i) {
   return r;
 }
 
-float item_dot(uint base, uint xk, uint nb) {
+float item_dot(uint slot, uint start, uint xk, uint nb) {
+  const uint base = slot * SW * 4u + (start & 15u);
   float a = float(0);
   for (uint b0 = 0u; b0 < nb; b0 += 1u) {
     a += float(dq_decode(base + (b0 + 0u) * 22u, 0)) * float(xs[xk + (b0 + 0u) * 32u + 0u]);
@@ -116,8 +117,8 @@ void main() {
       if (f < F && item < nitem) {
         uint rel = (e * F + f) * row_bytes + item * IB;
         uint nb = min(G, nblk - item * G);
-        ag += item_dot(tid * SW * 4u + ((goff + rel) & 15u), ks * XS, nb);
-        au += item_dot((WG + tid) * SW * 4u + ((uoff + rel) & 15u), ks * XS, nb);
+        ag += item_dot(tid, goff + rel, ks * XS, nb);
+        au += item_dot(WG + tid, uoff + rel, ks * XS, nb);
       }
       barrier();
     }
