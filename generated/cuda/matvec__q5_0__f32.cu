@@ -42,6 +42,18 @@ __device__ __forceinline__ double qmoe_sqrt(double v) { return sqrt(v); }
 __device__ __forceinline__ float qmoe_fma(float w, float x, float acc) { return fmaf(w, x, acc); }
 __device__ __forceinline__ double qmoe_fma(float w, float x, double acc) { return fma((double)w, (double)x, acc); }
 
+// 16-byte global -> shared copies that bypass registers (cp.async, sm_80+), and the wait for this thread's.
+// tests/cuda-emu supplies host versions of these two (QMOE_HOST_EMU), the only inline PTX in the kernels.
+#ifndef QMOE_HOST_EMU
+__device__ __forceinline__ void qmoe_cp_async16(uint4 *smem, const uint4 *gmem) {
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"((uint32_t)__cvta_generic_to_shared(smem)), "l"(gmem)
+               : "memory");
+}
+__device__ __forceinline__ void qmoe_cp_async_wait_all() {
+  asm volatile("cp.async.commit_group;\ncp.async.wait_group 0;\n" ::: "memory");
+}
+#endif
+
 // Sum over the block in a fixed order (warp trees, then warps 0..n-1): deterministic. SH holds 32 acc_t.
 __device__ __forceinline__ acc_t qmoe_block_sum(acc_t v, acc_t *sh) {
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nw = (blockDim.x + 31) >> 5;
@@ -117,14 +129,14 @@ static __device__ __forceinline__ void qmoe_stage_rows(const uint8_t *const *row
     off[r] = (int)(p - a0);
     const int n16 = (off[r] + nb * QB_BYTES + 15) >> 4;
     const uint4 *src = (const uint4 *)a0;
-    const uint32_t dst = (uint32_t)__cvta_generic_to_shared(sh + r * STAGE_VECS);
+    uint4 *dst = sh + r * STAGE_VECS;
 #pragma unroll
     for (int u = 0; u < STAGE_U; u++) {
       const int j = lane + 32 * u;
-      if (j < n16) asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(dst + 16 * j), "l"(src + j) : "memory");
+      if (j < n16) qmoe_cp_async16(dst + j, src + j);
     }
   }
-  asm volatile("cp.async.commit_group;\ncp.async.wait_group 0;\n" ::: "memory");
+  qmoe_cp_async_wait_all();
   __syncwarp();
 }
 

@@ -42,6 +42,18 @@ __device__ __forceinline__ double qmoe_sqrt(double v) { return sqrt(v); }
 __device__ __forceinline__ float qmoe_fma(float w, float x, float acc) { return fmaf(w, x, acc); }
 __device__ __forceinline__ double qmoe_fma(float w, float x, double acc) { return fma((double)w, (double)x, acc); }
 
+// 16-byte global -> shared copies that bypass registers (cp.async, sm_80+), and the wait for this thread's.
+// tests/cuda-emu supplies host versions of these two (QMOE_HOST_EMU), the only inline PTX in the kernels.
+#ifndef QMOE_HOST_EMU
+__device__ __forceinline__ void qmoe_cp_async16(uint4 *smem, const uint4 *gmem) {
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"((uint32_t)__cvta_generic_to_shared(smem)), "l"(gmem)
+               : "memory");
+}
+__device__ __forceinline__ void qmoe_cp_async_wait_all() {
+  asm volatile("cp.async.commit_group;\ncp.async.wait_group 0;\n" ::: "memory");
+}
+#endif
+
 // Sum over the block in a fixed order (warp trees, then warps 0..n-1): deterministic. SH holds 32 acc_t.
 __device__ __forceinline__ acc_t qmoe_block_sum(acc_t v, acc_t *sh) {
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nw = (blockDim.x + 31) >> 5;

@@ -442,6 +442,7 @@ static const bench_case *cur_bench;
 
 static void test_bench(void) {
   if (!need_backend()) return;
+  if (strstr(qmoe_backend_cuda_ctx(be)->name, "emulator")) SKIP("bandwidth needs a real GPU (device: %s)", qmoe_backend_cuda_ctx(be)->name);
   const bench_case *bc = cur_bench;
   const qmoe_qtype_info *q = qmoe_qtype_by_name(bc->qtype);
   tcall t;
