@@ -262,12 +262,15 @@ int qmoe_vk_pick_device(const qmoe_vk_devinfo *devs, int n, const char *want, ch
 static VKAPI_ATTR VkBool32 VKAPI_CALL debug_cb(VkDebugUtilsMessageSeverityFlagBitsEXT sev,
                                                VkDebugUtilsMessageTypeFlagsEXT types,
                                                const VkDebugUtilsMessengerCallbackDataEXT *data, void *user) {
-  (void)types;
   qmoe_vk *vk = user;
   if (sev < VK_DEBUG_UTILS_MESSAGE_SEVERITY_WARNING_BIT_EXT) return VK_FALSE;
   const char *msg = data && data->pMessage ? data->pMessage : "(no message)";
-  fprintf(stderr, "qmoe: Vulkan validation %s: %s\n",
+  int validation = (types & VK_DEBUG_UTILS_MESSAGE_TYPE_VALIDATION_BIT_EXT) != 0;
+  fprintf(stderr, "qmoe: Vulkan %s %s: %s\n", validation ? "validation" : "loader/driver",
           sev >= VK_DEBUG_UTILS_MESSAGE_SEVERITY_ERROR_BIT_EXT ? "error" : "warning", msg);
+  /* Only the layer's findings about qmoe's use of Vulkan count; the loader's notes on the machine's
+   * drivers (say, an ICD manifest naming a missing library) are printed but do not fail anything. */
+  if (!validation) return VK_FALSE;
   vk->val_count++;
   if (!vk->val_pending++) snprintf(vk->val_msg, sizeof vk->val_msg, "%s", msg);
   return VK_FALSE;

@@ -30,7 +30,9 @@ static int setup(void) {
   setenv("QMOE_VK_VALIDATION", "0", 0);
   int rc = qmoe_backend_vulkan_open(&be);
   if (rc == QMOE_ENODEV) {
-    t_skip("no Vulkan device: %s", qmoe_last_error());
+    const char *req = getenv("QMOE_TEST_REQUIRE_BACKEND");
+    if (req && *req) t_fail(__FILE__, __LINE__, "no Vulkan device: %s (QMOE_TEST_REQUIRE_BACKEND is set)", qmoe_last_error());
+    else t_skip("no Vulkan device: %s", qmoe_last_error());
     return 0;
   }
   if (rc) {
@@ -172,6 +174,34 @@ static void matvec_case(int qt, int64_t rows, int64_t cols, int iters, const cha
   free(x);
   be->free_buf(be, W);
   be->free_buf(be, xb);
+  be->free_buf(be, y);
+}
+
+/* The device's streaming bandwidth as the add kernel sees it (reads 2n, writes n floats): the yardstick for
+ * the GB/s of the mat-vecs. */
+static void test_add_bandwidth(void) {
+  if (!perf_device()) return;
+  size_t n = scale_down ? (1u << 20) : (64u << 20);
+  float *ha;
+  qmoe_buffer *a = f32_buf(n, &ha), *b = f32_buf(n, NULL), *y = f32_buf(n, NULL);
+  REQUIRE(a && b && y, "buffers: %s", qmoe_last_error());
+  qmoe_stage_call c;
+  memset(&c, 0, sizeof c);
+  c.stage = QMOE_STAGE_ADD;
+  c.qtype = -1;
+  c.p[0] = (int64_t)n;
+  c.buf[0] = a, c.buf[1] = a, c.buf[2] = y;
+  double s = time_calls(&c, scale_down ? 2 : 20, 3);
+  REQUIRE(s > 0, "add: %s", qmoe_last_error());
+  char what[96];
+  snprintf(what, sizeof what, "add %zu floats (y = a + a)", n);
+  report(what, s, 12.0 * (double)n);
+  float got[4];
+  REQUIRE(be->download(be, y, (n - 4) * 4, got, sizeof got) == 0, "download");
+  for (int i = 0; i < 4; i++) CHECK(got[i] == ha[n - 4 + i] * 2, "y[%zu] = %g, expected %g", n - 4 + i, got[i], ha[n - 4 + i] * 2);
+  free(ha);
+  be->free_buf(be, a);
+  be->free_buf(be, b);
   be->free_buf(be, y);
 }
 
@@ -324,6 +354,7 @@ static void test_layer(void) {
 
 int main(void) {
   t_seed();
+  RUN(test_add_bandwidth);
   RUN(test_matvec_attn_q);
   RUN(test_matvec_attn_out);
   RUN(test_matvec_lm_head);

@@ -20,11 +20,18 @@ static void set_env(const char *name, const char *value) {
   else unsetenv(name);
 }
 
+/* No device: the case skips, or fails when QMOE_TEST_REQUIRE_BACKEND is set (the GPU machine). */
+static void no_device(void) {
+  const char *req = getenv("QMOE_TEST_REQUIRE_BACKEND");
+  if (req && *req) t_fail(__FILE__, __LINE__, "no Vulkan device: %s (QMOE_TEST_REQUIRE_BACKEND is set)", qmoe_last_error());
+  else t_skip("no Vulkan device: %s", qmoe_last_error());
+}
+
 /* Opens the Vulkan backend; 1 = opened, 0 = no device (the case is skipped). */
 static int open_backend(qmoe_backend **be) {
   int rc = qmoe_backend_vulkan_open(be);
   if (rc == QMOE_ENODEV) {
-    t_skip("no Vulkan device: %s", qmoe_last_error());
+    no_device();
     return 0;
   }
   if (rc) {
@@ -37,7 +44,7 @@ static int open_backend(qmoe_backend **be) {
 static int open_runtime(qmoe_vk **vk) {
   int rc = qmoe_vk_open(vk);
   if (rc == QMOE_ENODEV) {
-    t_skip("no Vulkan device: %s", qmoe_last_error());
+    no_device();
     return 0;
   }
   if (rc) {
@@ -293,7 +300,10 @@ static void test_validation_catches(void) {
   int rc = qmoe_vk_open(&vk);
   set_env("QMOE_VK_VALIDATION", NULL);
   if (rc == QMOE_ENODEV && strstr(qmoe_last_error(), "not installed")) SKIP("%s", qmoe_last_error());
-  if (rc == QMOE_ENODEV) SKIP("no Vulkan device: %s", qmoe_last_error());
+  if (rc == QMOE_ENODEV) {
+    no_device();
+    return;
+  }
   REQUIRE(rc == 0, "open with QMOE_VK_VALIDATION=1: %s", qmoe_last_error());
   CHECK(qmoe_vk_validation_enabled(vk), "validation is not enabled");
   int before = qmoe_vk_validation_count(vk);
