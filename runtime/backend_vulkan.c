@@ -13,10 +13,12 @@
 
 struct qmoe_buffer {
   qmoe_vk_buf b;
+  qmoe_buffer *prev, *next; /* the backend's live buffers, freed at close if the caller did not */
 };
 
 typedef struct {
   qmoe_vk *vk;
+  qmoe_buffer *live;
   qmoe_vk_buf scratch;  /* router logits, attention partial results, argmax partial results */
   uint32_t max_groups;  /* QMOE_VK_MAX_GROUPS (tests): fewer workgroups, so the kernels' strided loops run */
 } vk_backend;
@@ -44,18 +46,26 @@ static int vkb_alloc(qmoe_backend *be, size_t bytes, qmoe_buffer **out) {
     qmoe_set_error("vulkan backend: out of host memory");
     return QMOE_EINVAL;
   }
-  int rc = qmoe_vk_buf_create(impl(be)->vk, bytes, &b->b);
+  vk_backend *vb = impl(be);
+  int rc = qmoe_vk_buf_create(vb->vk, bytes, &b->b);
   if (rc) {
     free(b);
     return rc;
   }
+  b->next = vb->live;
+  if (vb->live) vb->live->prev = b;
+  vb->live = b;
   *out = b;
   return 0;
 }
 
 static void vkb_free_buf(qmoe_backend *be, qmoe_buffer *b) {
   if (!b) return;
-  qmoe_vk_buf_destroy(impl(be)->vk, &b->b);
+  vk_backend *vb = impl(be);
+  if (b->prev) b->prev->next = b->next;
+  else vb->live = b->next;
+  if (b->next) b->next->prev = b->prev;
+  qmoe_vk_buf_destroy(vb->vk, &b->b);
   free(b);
 }
 
@@ -283,6 +293,7 @@ static void vkb_close(qmoe_backend *be) {
   vk_backend *vb = impl(be);
   if (vb) {
     if (vb->vk) {
+      while (vb->live) vkb_free_buf(be, vb->live);
       qmoe_vk_buf_destroy(vb->vk, &vb->scratch);
       qmoe_vk_close(vb->vk);
     }

@@ -155,6 +155,8 @@ const VkPhysicalDeviceLimits *qmoe_vk_limits(const qmoe_vk *vk);
 int qmoe_vk_check_validation(qmoe_vk *vk, const char *call);
 /* Test hook: the number of validation messages seen so far (warnings and errors). */
 int qmoe_vk_validation_count(const qmoe_vk *vk);
+/* Test hook: validation messages reported while closing devices, over the whole process. */
+int qmoe_vk_teardown_validation_count(void);
 /* Test hook: makes one call the validation layer reports (a buffer created with usage 0), so a test can
  * see that messages are caught. Returns 0 (and does nothing) when validation is off. */
 int qmoe_vk_provoke_validation_message(qmoe_vk *vk);

@@ -322,6 +322,27 @@ static void test_validation_catches(void) {
   qmoe_vk_close(vk);
 }
 
+/* Closing is clean: buffers the caller did not free are freed, and the layer reports nothing at teardown
+ * (close cannot return an error, so the runtime counts what it sees then). Run last: it checks the whole
+ * process. */
+static void test_teardown_clean(void) {
+  qmoe_backend *be;
+  if (!open_backend(&be)) return;
+  qmoe_buffer *b = make_buf(be, 1000, NULL), *b2 = make_buf(be, 5000, NULL);
+  REQUIRE(b && b2, "buffers: %s", qmoe_last_error());
+  qmoe_stage_call c;
+  memset(&c, 0, sizeof c);
+  c.stage = QMOE_STAGE_ADD;
+  c.qtype = -1;
+  c.p[0] = 200;
+  c.buf[0] = b, c.buf[1] = b2, c.buf[2] = b2;
+  CHECK(be->run(be, &c) == 0, "%s", qmoe_last_error()); /* recorded, never synced */
+  be->free_buf(be, b);
+  be->close(be); /* b2 and the recorded work are left to close */
+  CHECK(qmoe_vk_teardown_validation_count() == 0, "%d validation messages while closing (see stderr)",
+        qmoe_vk_teardown_validation_count());
+}
+
 /* ---- stages through the backend, against the CPU backend ---- */
 
 /* Runs CALL (whose buffers are indices into vk_bufs/cpu_bufs via slot numbers) on both backends. */
@@ -772,5 +793,6 @@ int main(void) {
   RUN(test_chain_dependencies);
   RUN(test_recorded_chain);
   RUN(test_strided_grids);
+  RUN(test_teardown_clean);
   return T_DONE();
 }
