@@ -759,33 +759,46 @@ local function emit_argmax(v, pass)
 end
 
 local ATTN_PART = [[
-shared $T e[$WG];
-// Pass 1: grid (nh, ns); split sp covers cache positions sp*CH .. sp*CH+CH-1 (CH = the workgroup size).
-// Writes S[(h*ns + sp)*(D+2) ..] = m (max score), l (sum of e^(score-m)), o[D] (sum of e^(score-m) * V).
-// p: nh, nkv, D, n_kv, ctx; x[0]: ns.
+const uint GB = $GBu, CH = $WGu;
+shared $T e[GB * CH];
+// Pass 1: grid (nkv * ceil(G/GB), ns), G = nh/nkv query heads per kv head. A workgroup takes up to GB query
+// heads of one kv head and one split of CH cache positions (sp*CH ..), so each K and V row is read from
+// memory once for all of them. Writes S[(h*ns + sp)*(D+2) ..] = m (max score), l (sum of e^(score-m)),
+// o[D] (sum of e^(score-m) * V). p: nh, nkv, D, n_kv, ctx; x[0]: ns.
 void main() {
   const uint nh = pc.p[0], nkv = pc.p[1], D = pc.p[2], n_kv = pc.p[3], ns = pc.x[0];
-  const uint h = gl_WorkGroupID.x, sp = gl_WorkGroupID.y, tid = gl_LocalInvocationIndex, CH = $WGu;
-  const uint kvh = h / (nh / nkv);
-  const uint qo = (pc.o[0] >> 2) + h * D, ko = pc.o[1] >> 2, vo = pc.o[2] >> 2;
+  const uint G = nh / nkv, nhb = (G + GB - 1u) / GB;
+  const uint kvh = gl_WorkGroupID.x / nhb, hb = gl_WorkGroupID.x - kvh * nhb, sp = gl_WorkGroupID.y;
+  const uint tid = gl_LocalInvocationIndex, h0 = kvh * G + hb * GB, nu = min(GB, G - hb * GB);
+  const uint qo = pc.o[0] >> 2, ko = pc.o[1] >> 2, vo = pc.o[2] >> 2;
   const $T scale = $T(1) / sqrt($T(D));
   const uint cnt = min(CH, n_kv - sp * CH);
-  $T sc = $T(0);
-  if (tid < cnt) {
-    const uint kr = ko + ((sp * CH + tid) * nkv + kvh) * D;
-    for (uint d = 0u; d < D; d++) sc += $T(Q[qo + d]) * $T(Kc[kr + d]);
-    sc *= scale;
+  const uint kr = ko + ((sp * CH + tid) * nkv + kvh) * D;
+  for (uint u = 0u; u < nu; u++) {   // the same count in every invocation: the reductions stay uniform
+    $T sc = $T(0);
+    if (tid < cnt) {
+      const uint qr = qo + (h0 + u) * D;
+      for (uint d = 0u; d < D; d++) sc += $T(Q[qr + d]) * $T(Kc[kr + d]);
+      sc *= scale;
+    }
+    $T m = wg_max(tid < cnt ? sc : $T(-1.0 / 0.0));
+    $T ev = tid < cnt ? $EXP(sc - m) : $T(0);
+    e[u * CH + tid] = ev;
+    $T l = wg_sum(ev);   // its barriers also publish e[]
+    if (tid == 0u) {
+      const uint so = ((h0 + u) * ns + sp) * (D + 2u);
+      S[so] = m;
+      S[so + 1u] = l;
+    }
   }
-  $T m = wg_max(tid < cnt ? sc : $T(-1.0 / 0.0));
-  $T ev = tid < cnt ? $EXP(sc - m) : $T(0);
-  e[tid] = ev;
-  $T l = wg_sum(ev);   // its barriers also publish e[]
-  const uint so = (h * ns + sp) * (D + 2u);
-  if (tid == 0u) { S[so] = m; S[so + 1u] = l; }
   for (uint d = tid; d < D; d += CH) {
-    $T o = $T(0);
-    for (uint t = 0u; t < cnt; t++) o += e[t] * $T(Vc[vo + ((sp * CH + t) * nkv + kvh) * D + d]);
-    S[so + 2u + d] = o;
+    $T o[GB];
+$OINIT
+    for (uint t = 0u; t < cnt; t++) {
+      const $T vv = $T(Vc[vo + ((sp * CH + t) * nkv + kvh) * D + d]);
+$OACC
+    }
+$OSTORE
   }
 }
 ]]
@@ -811,16 +824,27 @@ void main() {
 -- Decode attention split over the cache (flash-decoding): pass "part" per (head, split), pass "combine" per
 -- head. GQA: head h reads kv head h / (nh / nkv).
 local function emit_attention(v, pass)
-  local T, WG, ab = acc_type(v.acc), 64, acc_bytes(v.acc)
+  local T, WG, ab, GB = acc_type(v.acc), 64, acc_bytes(v.acc), 8
   local f64 = v.acc == "f64" and F64_EXP or ""
-  local passes = { { shader = v.name .. ".part", wg = WG, shared = 2 * WG * ab }, { shader = v.name .. ".combine", wg = WG, shared = 0 } }
+  local passes = { { shader = v.name .. ".part", wg = WG, shared = (GB + 1) * WG * ab },
+                   { shader = v.name .. ".combine", wg = WG, shared = 0 } }
+  local geo = { rows = GB } -- query heads per workgroup of the part pass
   if pass == "part" then
+    local vars = svars(v, WG)
+    vars.GB = GB
+    local init, accl, store = {}, {}, {}
+    for u = 0, GB - 1 do
+      init[#init + 1] = fmt("    o[%d] = %s(0);", u, T)
+      accl[#accl + 1] = fmt("      o[%d] += e[%du * CH + t] * vv;", u, u)
+      store[#store + 1] = fmt("    if (%du < nu) S[((h0 + %du) * ns + sp) * (D + 2u) + 2u + d] = o[%d];", u, u, u)
+    end
+    vars.OINIT, vars.OACC, vars.OSTORE = table.concat(init, "\n"), table.concat(accl, "\n"), table.concat(store, "\n")
     return table.concat({ header(v, "part", WG), buf(0, "readonly ", "float", "Q"), buf(1, "readonly ", "float", "Kc"),
                           buf(2, "readonly ", "float", "Vc"), buf(4, "", T, "S"), f64, reducers(T, WG),
-                          tpl(ATTN_PART, svars(v, WG)) }, "\n"), passes, {}
+                          tpl(ATTN_PART, vars) }, "\n"), passes, geo
   end
   return table.concat({ header(v, "combine", WG), buf(3, "", "float", "O"), buf(4, "readonly ", T, "S"), f64,
-                        tpl(ATTN_COMBINE, svars(v, WG)) }, "\n"), passes, {}
+                        tpl(ATTN_COMBINE, svars(v, WG)) }, "\n"), passes, geo
 end
 
 -- Stage name -> { passes = {names} or nil, emit(v, pass) -> text, pass list, geometry }.

@@ -251,9 +251,11 @@ static int vkb_run(qmoe_backend *be, const qmoe_stage_call *c) {
   case QMOE_STAGE_KV_STORE: /* nkv, D, pos, ctx */
     return qmoe_vk_dispatch(vk, pipe[0], bind, nb, &pc, sizeof pc, cap(vb, cdiv((uint64_t)p[0] * (uint64_t)p[1], wg0), 0),
                             1, 1);
-  case QMOE_STAGE_ATTENTION: { /* nh, nkv, D, n_kv, ctx: splits of wg0 positions, then one combine per head */
+  case QMOE_STAGE_ATTENTION: { /* nh, nkv, D, n_kv, ctx: (kv head, block of v->rows query heads, split of wg0
+                                 * positions), then one combine per head */
     const VkPhysicalDeviceLimits *L = qmoe_vk_limits(vk);
     uint32_t ns = cdiv((uint64_t)p[3], wg0);
+    uint32_t gx = (uint32_t)p[1] * cdiv((uint64_t)(p[0] / p[1]), v->rows);
     if ((uint64_t)p[0] > L->maxComputeWorkGroupCount[0] || ns > L->maxComputeWorkGroupCount[1]) {
       qmoe_set_error("vulkan: attention: nh = %lld heads x %u splits exceed the device's maxComputeWorkGroupCount",
                      (long long)p[0], ns);
@@ -263,7 +265,7 @@ static int vkb_run(qmoe_backend *be, const qmoe_stage_call *c) {
     if ((rc = ensure_scratch(vb, (size_t)p[0] * ns * (size_t)(p[2] + 2) * acc_b))) return rc;
     bind[nb++] = (qmoe_vk_binding){.buf = &vb->scratch, .off = 0};
     pc.x[0] = ns;
-    if ((rc = qmoe_vk_dispatch(vk, pipe[0], bind, nb, &pc, sizeof pc, (uint32_t)p[0], ns, 1))) return rc;
+    if ((rc = qmoe_vk_dispatch(vk, pipe[0], bind, nb, &pc, sizeof pc, gx, ns, 1))) return rc;
     return qmoe_vk_dispatch(vk, pipe[1], bind, nb, &pc, sizeof pc, (uint32_t)p[0], 1, 1);
   }
   case QMOE_STAGE_ADD: /* n */

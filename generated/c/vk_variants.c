@@ -81,8 +81,8 @@ const qmoe_vk_variant qmoe_vk_variants[] = {
     {"rope_neox__f32", "rope_neox/f32", QMOE_STAGE_ROPE_NEOX, -1, QMOE_ACC_F32, 1, {{"rope_neox__f32", 256, 0}}, 0},
     {"rope_neox__f64", "rope_neox/f64", QMOE_STAGE_ROPE_NEOX, -1, QMOE_ACC_F64, 1, {{"rope_neox__f64", 256, 0}}, 0},
     {"kv_store", "kv_store", QMOE_STAGE_KV_STORE, -1, -1, 1, {{"kv_store", 256, 0}}, 0},
-    {"attention__f32", "attention/f32", QMOE_STAGE_ATTENTION, -1, QMOE_ACC_F32, 2, {{"attention__f32.part", 64, 512}, {"attention__f32.combine", 64, 0}}, 0},
-    {"attention__f64", "attention/f64", QMOE_STAGE_ATTENTION, -1, QMOE_ACC_F64, 2, {{"attention__f64.part", 64, 1024}, {"attention__f64.combine", 64, 0}}, 0},
+    {"attention__f32", "attention/f32", QMOE_STAGE_ATTENTION, -1, QMOE_ACC_F32, 2, {{"attention__f32.part", 64, 2304}, {"attention__f32.combine", 64, 0}}, 8},
+    {"attention__f64", "attention/f64", QMOE_STAGE_ATTENTION, -1, QMOE_ACC_F64, 2, {{"attention__f64.part", 64, 4608}, {"attention__f64.combine", 64, 0}}, 8},
     {"add", "add", QMOE_STAGE_ADD, -1, -1, 1, {{"add", 256, 0}}, 0},
     {"argmax", "argmax", QMOE_STAGE_ARGMAX, -1, -1, 2, {{"argmax.part", 256, 2048}, {"argmax.final", 256, 2048}}, 0},
 };

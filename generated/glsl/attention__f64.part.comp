@@ -64,32 +64,66 @@ double wg_max(double v) {
   return s;
 }
 
-shared double e[64];
-// Pass 1: grid (nh, ns); split sp covers cache positions sp*CH .. sp*CH+CH-1 (CH = the workgroup size).
-// Writes S[(h*ns + sp)*(D+2) ..] = m (max score), l (sum of e^(score-m)), o[D] (sum of e^(score-m) * V).
-// p: nh, nkv, D, n_kv, ctx; x[0]: ns.
+const uint GB = 8u, CH = 64u;
+shared double e[GB * CH];
+// Pass 1: grid (nkv * ceil(G/GB), ns), G = nh/nkv query heads per kv head. A workgroup takes up to GB query
+// heads of one kv head and one split of CH cache positions (sp*CH ..), so each K and V row is read from
+// memory once for all of them. Writes S[(h*ns + sp)*(D+2) ..] = m (max score), l (sum of e^(score-m)),
+// o[D] (sum of e^(score-m) * V). p: nh, nkv, D, n_kv, ctx; x[0]: ns.
 void main() {
   const uint nh = pc.p[0], nkv = pc.p[1], D = pc.p[2], n_kv = pc.p[3], ns = pc.x[0];
-  const uint h = gl_WorkGroupID.x, sp = gl_WorkGroupID.y, tid = gl_LocalInvocationIndex, CH = 64u;
-  const uint kvh = h / (nh / nkv);
-  const uint qo = (pc.o[0] >> 2) + h * D, ko = pc.o[1] >> 2, vo = pc.o[2] >> 2;
+  const uint G = nh / nkv, nhb = (G + GB - 1u) / GB;
+  const uint kvh = gl_WorkGroupID.x / nhb, hb = gl_WorkGroupID.x - kvh * nhb, sp = gl_WorkGroupID.y;
+  const uint tid = gl_LocalInvocationIndex, h0 = kvh * G + hb * GB, nu = min(GB, G - hb * GB);
+  const uint qo = pc.o[0] >> 2, ko = pc.o[1] >> 2, vo = pc.o[2] >> 2;
   const double scale = double(1) / sqrt(double(D));
   const uint cnt = min(CH, n_kv - sp * CH);
-  double sc = double(0);
-  if (tid < cnt) {
-    const uint kr = ko + ((sp * CH + tid) * nkv + kvh) * D;
-    for (uint d = 0u; d < D; d++) sc += double(Q[qo + d]) * double(Kc[kr + d]);
-    sc *= scale;
+  const uint kr = ko + ((sp * CH + tid) * nkv + kvh) * D;
+  for (uint u = 0u; u < nu; u++) {   // the same count in every invocation: the reductions stay uniform
+    double sc = double(0);
+    if (tid < cnt) {
+      const uint qr = qo + (h0 + u) * D;
+      for (uint d = 0u; d < D; d++) sc += double(Q[qr + d]) * double(Kc[kr + d]);
+      sc *= scale;
+    }
+    double m = wg_max(tid < cnt ? sc : double(-1.0 / 0.0));
+    double ev = tid < cnt ? qmoe_exp(sc - m) : double(0);
+    e[u * CH + tid] = ev;
+    double l = wg_sum(ev);   // its barriers also publish e[]
+    if (tid == 0u) {
+      const uint so = ((h0 + u) * ns + sp) * (D + 2u);
+      S[so] = m;
+      S[so + 1u] = l;
+    }
   }
-  double m = wg_max(tid < cnt ? sc : double(-1.0 / 0.0));
-  double ev = tid < cnt ? qmoe_exp(sc - m) : double(0);
-  e[tid] = ev;
-  double l = wg_sum(ev);   // its barriers also publish e[]
-  const uint so = (h * ns + sp) * (D + 2u);
-  if (tid == 0u) { S[so] = m; S[so + 1u] = l; }
   for (uint d = tid; d < D; d += CH) {
-    double o = double(0);
-    for (uint t = 0u; t < cnt; t++) o += e[t] * double(Vc[vo + ((sp * CH + t) * nkv + kvh) * D + d]);
-    S[so + 2u + d] = o;
+    double o[GB];
+    o[0] = double(0);
+    o[1] = double(0);
+    o[2] = double(0);
+    o[3] = double(0);
+    o[4] = double(0);
+    o[5] = double(0);
+    o[6] = double(0);
+    o[7] = double(0);
+    for (uint t = 0u; t < cnt; t++) {
+      const double vv = double(Vc[vo + ((sp * CH + t) * nkv + kvh) * D + d]);
+      o[0] += e[0u * CH + t] * vv;
+      o[1] += e[1u * CH + t] * vv;
+      o[2] += e[2u * CH + t] * vv;
+      o[3] += e[3u * CH + t] * vv;
+      o[4] += e[4u * CH + t] * vv;
+      o[5] += e[5u * CH + t] * vv;
+      o[6] += e[6u * CH + t] * vv;
+      o[7] += e[7u * CH + t] * vv;
+    }
+    if (0u < nu) S[((h0 + 0u) * ns + sp) * (D + 2u) + 2u + d] = o[0];
+    if (1u < nu) S[((h0 + 1u) * ns + sp) * (D + 2u) + 2u + d] = o[1];
+    if (2u < nu) S[((h0 + 2u) * ns + sp) * (D + 2u) + 2u + d] = o[2];
+    if (3u < nu) S[((h0 + 3u) * ns + sp) * (D + 2u) + 2u + d] = o[3];
+    if (4u < nu) S[((h0 + 4u) * ns + sp) * (D + 2u) + 2u + d] = o[4];
+    if (5u < nu) S[((h0 + 5u) * ns + sp) * (D + 2u) + 2u + d] = o[5];
+    if (6u < nu) S[((h0 + 6u) * ns + sp) * (D + 2u) + 2u + d] = o[6];
+    if (7u < nu) S[((h0 + 7u) * ns + sp) * (D + 2u) + 2u + d] = o[7];
   }
 }

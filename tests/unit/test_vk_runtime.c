@@ -611,6 +611,87 @@ static void test_strided_grids(void) {
   pair_close(&p);
 }
 
+/* Shapes the parity test's small ones do not reach: several tiles per row and a partial last item in the
+ * mat-vec family (k-quant rows longer than 8 blocks), MoE down over several tiles of (expert, item) work,
+ * attention over several splits and over more than one block of query heads per kv head. */
+typedef struct {
+  qmoe_stage stage;
+  int qtype;
+  int64_t p[5];
+} shape;
+
+static void run_shape(const shape *sh, qmoe_acc acc) {
+  pair pr;
+  if (!pair_open(&pr)) return;
+  qmoe_stage_call c = call(sh->stage, sh->qtype, acc);
+  memcpy(c.p, sh->p, sizeof sh->p);
+  size_t need[QMOE_STAGE_MAX_BUFS];
+  REQUIRE(qmoe_ref_check(&c, need) == 0, "shape: %s", qmoe_last_error());
+  const qmoe_stage_info *si = qmoe_stage_info_get(sh->stage);
+  int nbuf = si->n_inputs + si->n_outputs;
+  char what[128];
+  snprintf(what, sizeof what, "%s/%s/%s p=%lld,%lld,%lld,%lld,%lld", si->name,
+           sh->qtype >= 0 ? qmoe_qtype_by_id(sh->qtype)->name : "-", acc == QMOE_ACC_F64 ? "f64" : "f32",
+           (long long)sh->p[0], (long long)sh->p[1], (long long)sh->p[2], (long long)sh->p[3], (long long)sh->p[4]);
+  for (int i = 0; i < nbuf; i++) {
+    unsigned char *host = NULL;
+    if (si->bufs[i].dtype == QMOE_DTYPE_QTYPE) {
+      const qmoe_qtype_info *q = qmoe_qtype_by_id(sh->qtype);
+      int64_t cols = si->bufs[i].dims[si->bufs[i].n_dims - 1].param >= 0 ? c.p[si->bufs[i].dims[si->bufs[i].n_dims - 1].param]
+                                                                       : si->bufs[i].dims[si->bufs[i].n_dims - 1].value;
+      size_t bytes;
+      host = quant_matrix(sh->qtype, (int64_t)(need[i] / (size_t)qmoe_qtype_row_bytes(q, cols)), cols, 0, &bytes);
+      REQUIRE(host && bytes == need[i], "%s: weights", what);
+    } else if (si->bufs[i].dtype == QMOE_DTYPE_I32 && !si->bufs[i].is_output) {
+      int32_t *ids = malloc(need[i]);
+      int64_t E = sh->p[2], K = (int64_t)(need[i] / 4); /* MoE: ids of K distinct experts of E */
+      for (int64_t k = 0; k < K; k++) ids[k] = (int32_t)((E - 1 - k * 2) % E + E) % (int32_t)E;
+      host = (unsigned char *)ids;
+    } else if (!si->bufs[i].is_output) {
+      float *f = malloc(need[i]);
+      fill_normal(f, need[i] / 4, 1.0);
+      if (!strcmp(si->buf_names[i], "w")) /* router weights of the MoE down projection */
+        for (size_t k = 0; k < need[i] / 4; k++) f[k] = (float)(0.1 + 0.8 * t_rand_unit());
+      host = (unsigned char *)f;
+    }
+    if (!pair_buf(&pr, i, need[i], host)) {
+      free(host);
+      pair_close(&pr);
+      return;
+    }
+    free(host);
+    c.buf[i] = SLOT(i);
+  }
+  if (pair_run(&pr, &c)) {
+    CHECK(pr.vk->sync(pr.vk) == 0, "%s: sync: %s", what, qmoe_last_error());
+    for (int i = si->n_inputs; i < nbuf; i++)
+      pair_compare(&pr, i, 0, need[i] / 4, acc == QMOE_ACC_F64 ? 3e-7 : 3e-5, what);
+  }
+  pair_close(&pr);
+}
+
+static void test_larger_shapes(void) {
+  static const shape shapes[] = {
+      {QMOE_STAGE_MATVEC, Q4_K, {50, 4096 + 256}},      /* 17 items: 3 tiles */
+      {QMOE_STAGE_MATVEC, Q6_K, {21, 2048 + 512}},      /* 10 items, unaligned item starts */
+      {QMOE_STAGE_MATVEC, Q8_0, {19, 32 * 133}},        /* 34 items, the last one holds 1 of 4 blocks */
+      {QMOE_STAGE_MATVEC, 0, {13, 1000}},               /* f32: 16 items of 64, the last holds 40 */
+      {QMOE_STAGE_MOE_GATE_UP_SWIGLU, Q4_K, {4096, 40, 3, 2}},
+      {QMOE_STAGE_MOE_DOWN, Q6_K, {33, 768, 4, 3}},     /* 9 (expert, item) pieces per row: 2 tiles */
+      {QMOE_STAGE_MOE_DOWN, Q8_0, {17, 96 * 7, 5, 5}},  /* partial items of 4 blocks */
+      {QMOE_STAGE_ATTENTION, -1, {24, 2, 64, 200, 210}},  /* 12 heads per kv head: 2 blocks; 4 splits */
+      {QMOE_STAGE_ATTENTION, -1, {32, 4, 128, 130, 130}}, /* Qwen's GQA 8:1; 3 splits, the last of 2 */
+      {QMOE_STAGE_ROUTER_TOPK, -1, {300, 77, 9}},
+      {QMOE_STAGE_ARGMAX, -1, {100003}},
+  };
+  for (size_t i = 0; i < sizeof shapes / sizeof shapes[0]; i++) {
+    const qmoe_stage_info *si = qmoe_stage_info_get(shapes[i].stage);
+    run_shape(&shapes[i], QMOE_ACC_F32);
+    if (si->varies_by_acc) run_shape(&shapes[i], QMOE_ACC_F64);
+    if (t_case_skipped) return;
+  }
+}
+
 /* ---- errors ---- */
 
 static void test_unsupported_variant(void) {
@@ -793,6 +874,7 @@ int main(void) {
   RUN(test_chain_dependencies);
   RUN(test_recorded_chain);
   RUN(test_strided_grids);
+  RUN(test_larger_shapes);
   RUN(test_teardown_clean);
   return T_DONE();
 }
