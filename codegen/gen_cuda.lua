@@ -263,18 +263,15 @@ ${BIND}
 ]==] }
 
 KERNELS.router_topk = { acc = true, threads = 256, rows_per_block = 8, min_blocks = 1, max_e = 4096, max_k = 64, body = [==[
-// Router: logits = Wr·x (one warp per expert, 8 per block, many blocks); the last block to finish (a
-// counter in device memory, self-resetting via atomicInc) runs softmax over E and top-K by logit (ties: the
-// lower index), then w = p / Σ p over the chosen, all in acc_t. E <= ${MAX_E}, K <= ${MAX_K}.
+// Router: logits = Wr·x (one warp per expert, 8 per block, many blocks); the first warp of the last block to
+// finish (a counter in device memory, self-resetting via atomicInc) runs softmax over E and top-K by logit
+// (ties: the lower index), then w = p / Σ p over the chosen, all in acc_t. E <= ${MAX_E}, K <= ${MAX_K}.
 __device__ acc_t qmoe_router_logits[${MAX_E}];
 __device__ unsigned int qmoe_router_done;
 
 extern "C" __global__ void __launch_bounds__(${THREADS}, ${MIN_BLOCKS}) ${ENTRY}(const qmoe_args a) {
 ${BIND}
   __shared__ acc_t prob[${MAX_E}];
-  __shared__ acc_t red[32];
-  __shared__ acc_t best_v[8];
-  __shared__ int best_i[8];
   __shared__ int sel[${MAX_K}];
   __shared__ unsigned char taken[${MAX_E}];
   __shared__ int last;
@@ -302,13 +299,15 @@ ${BIND}
   __syncthreads();
   if (threadIdx.x == 0) last = atomicInc(&qmoe_router_done, gridDim.x - 1) == gridDim.x - 1;
   __syncthreads();
-  if (!last) return;
+  if (!last || warp != 0) return;
   __threadfence();
-  // softmax over all E (max, exp, sum in acc_t)
+  // One warp finishes (no block barriers): lane i holds logits i, i + 32, ... Softmax sum over all E, then top-K
+  // by logit (ties: the lower index), then w = p / Σ p over the chosen, all in acc_t.
   acc_t mx = QMOE_NEG_INF;
-  for (int i = threadIdx.x; i < E; i += blockDim.x) {
+  for (int i = lane; i < E; i += 32) {
     const acc_t l = __ldcg(qmoe_router_logits + i);
     prob[i] = l;
+    taken[i] = 0;
     mx = l > mx ? l : mx;
   }
 #pragma unroll
@@ -316,54 +315,35 @@ ${BIND}
     const acc_t other = __shfl_xor_sync(QMOE_FULL, mx, o);
     mx = other > mx ? other : mx;
   }
-  if (lane == 0) red[warp] = mx;
-  __syncthreads();
-  if (threadIdx.x == 0) {
-    acc_t m = red[0];
-    for (int i = 1; i < (int)(blockDim.x >> 5); i++) m = red[i] > m ? red[i] : m;
-    red[0] = m;
-  }
-  __syncthreads();
-  mx = red[0];
-  __syncthreads();
-  // top-K by logit, ties to the lower index
-  for (int i = threadIdx.x; i < E; i += blockDim.x) taken[i] = 0;
-  __syncthreads();
+  acc_t s = 0;
+  for (int i = lane; i < E; i += 32) s += qmoe_exp(prob[i] - mx);
+  s = qmoe_warp_sum(s);
+  __syncwarp();
   for (int k = 0; k < K; k++) {
     acc_t bv = QMOE_NEG_INF;
     int bi = -1;
-    for (int i = threadIdx.x; i < E; i += blockDim.x) {
+    for (int i = lane; i < E; i += 32) {
       const acc_t v = prob[i];
       if (!taken[i] && (bi < 0 || v > bv)) { bv = v; bi = i; }
     }
 #pragma unroll
-    for (int o = 16; o > 0; o >>= 1) {
+    for (int o = 16; o > 0; o >>= 1) { // every lane ends with the same winner
       const acc_t ov = __shfl_xor_sync(QMOE_FULL, bv, o);
       const int oi = __shfl_xor_sync(QMOE_FULL, bi, o);
       if (oi >= 0 && (bi < 0 || ov > bv || (ov == bv && oi < bi))) { bv = ov; bi = oi; }
     }
-    if (lane == 0) { best_v[warp] = bv; best_i[warp] = bi; }
-    __syncthreads();
-    if (threadIdx.x == 0) {
-      acc_t v = best_v[0];
-      int i = best_i[0];
-      for (int wi = 1; wi < (int)(blockDim.x >> 5); wi++)
-        if (best_i[wi] >= 0 && (i < 0 || best_v[wi] > v || (best_v[wi] == v && best_i[wi] < i))) { v = best_v[wi]; i = best_i[wi]; }
-      sel[k] = i;
-      taken[i] = 1;
+    if (lane == 0) {
+      sel[k] = bi;
+      taken[bi] = 1;
     }
-    __syncthreads();
+    __syncwarp();
   }
-  // p_e = exp(l_e - max) / Σ exp: only the sum over all E and the chosen p are needed
-  acc_t s = 0;
-  for (int i = threadIdx.x; i < E; i += blockDim.x) s += qmoe_exp(__ldcg(qmoe_router_logits + i) - mx);
-  s = qmoe_block_sum(s, red);
-  if (threadIdx.x == 0) {
+  if (lane == 0) {
     acc_t chosen = 0;
-    for (int k = 0; k < K; k++) chosen += qmoe_exp(__ldcg(qmoe_router_logits + sel[k]) - mx) / s;
+    for (int k = 0; k < K; k++) chosen += qmoe_exp(prob[sel[k]] - mx) / s;
     for (int k = 0; k < K; k++) {
       ids[k] = sel[k];
-      w[k] = (float)((qmoe_exp(__ldcg(qmoe_router_logits + sel[k]) - mx) / s) / chosen);
+      w[k] = (float)((qmoe_exp(prob[sel[k]] - mx) / s) / chosen);
     }
   }
 }
@@ -435,19 +415,27 @@ ${BIND}
 }
 ]==] }
 
-KERNELS.attention = { acc = true, threads = 128, rows_per_block = 1, max_d = 256, body = [==[
-// Decode attention with GQA, one block per query head h (kv head h / (nh / nkv)): each warp runs an online
-// softmax over positions t = warp, warp + ${WARPS}, ... (scores · 1/sqrt(D), running max, sum and weighted V in
-// acc_t); the ${WARPS} partial results are merged in warp order. D <= ${MAX_D}.
+KERNELS.attention = { acc = true, threads = 128, rows_per_block = 1, min_blocks = 2, max_d = 256, max_splits = 64,
+                      split_positions = 64, body = [==[
+// Decode attention with GQA: query head h reads kv head h / (nh / nkv). The positions are cut into S = gridDim.y
+// splits (backend: about 64 positions each, S <= ${MAX_SPLITS}); block (h, s) runs an online softmax over its
+// split — each warp takes 4 consecutive positions at a time (their K rows loaded together, 4 interleaved warp
+// reductions, then their V rows), running max, sum and weighted V in acc_t — and merges its 4 warps in order.
+// With S > 1 each block leaves (max, sum, V[D]) in the backend's workspace (args.buf[7]); the last block of a
+// head to finish (a self-resetting per-head counter after the partials) merges the S partials in split order,
+// so the result does not depend on scheduling. D <= ${MAX_D}.
 #define AT_U ${AT_U}
+#define AT_PB 4
 extern "C" __global__ void __launch_bounds__(${THREADS}, ${MIN_BLOCKS}) ${ENTRY}(const qmoe_args a) {
 ${BIND}
   __shared__ acc_t sm_m[${WARPS}], sm_l[${WARPS}];
   __shared__ acc_t sm_o[${WARPS}][${MAX_D}];
+  __shared__ int last;
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-  const int64_t hq = blockIdx.x;
+  const int64_t hq = blockIdx.x, S = gridDim.y, sp = blockIdx.y;
   if (hq >= nh) return;
   const int64_t g = hq / (nh / nkv);
+  const int64_t per = (n_kv + S - 1) / S, lo = sp * per, hi = lo + per < n_kv ? lo + per : n_kv;
   const acc_t scale = (acc_t)1 / qmoe_sqrt((acc_t)D);
   acc_t qv[AT_U], o[AT_U];
 #pragma unroll
@@ -457,24 +445,46 @@ ${BIND}
     o[u] = 0;
   }
   acc_t m = QMOE_NEG_INF, l = 0;
-  for (int64_t t = warp; t < n_kv; t += ${WARPS}) {
-    const float *kr = Kc + (t * nkv + g) * D, *vr = Vc + (t * nkv + g) * D;
-    float kv[AT_U], vv[AT_U];
+  for (int64_t t0 = lo + (int64_t)warp * AT_PB; t0 < hi; t0 += ${WARPS} * AT_PB) {
+    acc_t s[AT_PB];
 #pragma unroll
-    for (int u = 0; u < AT_U; u++) {
-      const int d = lane + 32 * u;
-      kv[u] = d < D ? kr[d] : 0.0f;
-      vv[u] = d < D ? vr[d] : 0.0f;
+    for (int j = 0; j < AT_PB; j++) {
+      const int64_t t = t0 + j < hi ? t0 + j : t0; /* a position past the split repeats t0; masked below */
+      const float *kr = Kc + (t * nkv + g) * D;
+      acc_t dot = 0;
+#pragma unroll
+      for (int u = 0; u < AT_U; u++) {
+        const int d = lane + 32 * u;
+        if (d < D) dot += qv[u] * (acc_t)__ldg(kr + d);
+      }
+      s[j] = dot;
     }
-    acc_t s = 0;
 #pragma unroll
-    for (int u = 0; u < AT_U; u++) s += qv[u] * (acc_t)kv[u];
-    s = qmoe_warp_sum(s) * scale;
-    const acc_t mn = s > m ? s : m;
-    const acc_t corr = qmoe_exp(m - mn), pe = qmoe_exp(s - mn);
-    l = l * corr + pe;
+    for (int j = 0; j < AT_PB; j++) s[j] = qmoe_warp_sum(s[j]) * scale;
+    acc_t mn = m;
 #pragma unroll
-    for (int u = 0; u < AT_U; u++) o[u] = o[u] * corr + pe * (acc_t)vv[u];
+    for (int j = 0; j < AT_PB; j++)
+      if (t0 + j < hi && s[j] > mn) mn = s[j];
+    const acc_t corr = qmoe_exp(m - mn);
+    acc_t pe[AT_PB];
+    l *= corr;
+#pragma unroll
+    for (int j = 0; j < AT_PB; j++) {
+      pe[j] = t0 + j < hi ? qmoe_exp(s[j] - mn) : (acc_t)0;
+      l += pe[j];
+    }
+#pragma unroll
+    for (int u = 0; u < AT_U; u++) o[u] *= corr;
+#pragma unroll
+    for (int j = 0; j < AT_PB; j++) {
+      const int64_t t = t0 + j < hi ? t0 + j : t0;
+      const float *vr = Vc + (t * nkv + g) * D;
+#pragma unroll
+      for (int u = 0; u < AT_U; u++) {
+        const int d = lane + 32 * u;
+        if (d < D) o[u] += pe[j] * (acc_t)__ldg(vr + d);
+      }
+    }
     m = mn;
   }
   if (lane == 0) { sm_m[warp] = m; sm_l[warp] = l; }
@@ -491,10 +501,49 @@ ${BIND}
     f[w] = sm_m[w] == QMOE_NEG_INF ? (acc_t)0 : qmoe_exp(sm_m[w] - M);
     L += sm_l[w] * f[w];
   }
+  if (S == 1) {
+    for (int64_t d = threadIdx.x; d < D; d += blockDim.x) {
+      acc_t acc = 0;
+      for (int w = 0; w < ${WARPS}; w++) acc += sm_o[w][d] * f[w];
+      o_out[hq * D + d] = (float)(acc / L);
+    }
+    return;
+  }
+  /* workspace: unsigned counters[nh] (at the start whatever acc_t is, so every variant finds them reset),
+   * then from byte (nh·4 rounded up to 256) acc_t part[nh][S][D + 2]: max, sum, V */
+  unsigned *done = (unsigned *)a.buf[7];
+  acc_t *ws = (acc_t *)(a.buf[7] + (uint64_t)((nh * 4 + 255) / 256 * 256));
+  acc_t *mine = ws + (hq * S + sp) * (D + 2);
   for (int64_t d = threadIdx.x; d < D; d += blockDim.x) {
     acc_t acc = 0;
     for (int w = 0; w < ${WARPS}; w++) acc += sm_o[w][d] * f[w];
-    o_out[hq * D + d] = (float)(acc / L);
+    mine[2 + d] = acc;
+  }
+  if (threadIdx.x == 0) { mine[0] = M; mine[1] = L; }
+  __threadfence();
+  __syncthreads();
+  if (threadIdx.x == 0) last = atomicInc(done + hq, (unsigned)S - 1) == (unsigned)S - 1;
+  __syncthreads();
+  if (!last) return;
+  __threadfence();
+  const acc_t *part = ws + hq * S * (D + 2);
+  acc_t MM = QMOE_NEG_INF;
+  for (int64_t k = 0; k < S; k++) {
+    const acc_t mk = __ldcg(part + k * (D + 2));
+    MM = mk > MM ? mk : MM;
+  }
+  acc_t LL = 0;
+  for (int64_t k = 0; k < S; k++) {
+    const acc_t mk = __ldcg(part + k * (D + 2));
+    if (mk != QMOE_NEG_INF) LL += __ldcg(part + k * (D + 2) + 1) * qmoe_exp(mk - MM);
+  }
+  for (int64_t d = threadIdx.x; d < D; d += blockDim.x) {
+    acc_t acc = 0;
+    for (int64_t k = 0; k < S; k++) {
+      const acc_t mk = __ldcg(part + k * (D + 2));
+      if (mk != QMOE_NEG_INF) acc += __ldcg(part + k * (D + 2) + 2 + d) * qmoe_exp(mk - MM);
+    }
+    o_out[hq * D + d] = (float)(acc / LL);
   }
 }
 ]==] }
@@ -660,6 +709,7 @@ local function emit_variant(v, sources)
     ACC_NOTE = v.acc and ("accumulator " .. v.acc) or "this stage does not vary by accumulator",
     ENTRY = v.entry, THREADS = kd.threads, WARPS = WARPS, MIN_BLOCKS = kd.min_blocks or 4,
     MAX_K = kd.max_k or 0, MAX_E = kd.max_e or 0, MAX_D = kd.max_d or 0, MAX_BLOCKS = kd.max_blocks or 0,
+    MAX_SPLITS = kd.max_splits or 0,
     AT_U = kd.max_d and (kd.max_d // 32) or 0,
   }
   -- The attention output is `o` in the contract; `o` is also the natural loop name, so bind it as o_out.

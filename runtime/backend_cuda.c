@@ -26,6 +26,8 @@ typedef struct {
   CUmodule *mods;  /* per variant, NULL until first use */
   CUfunction *fns;
   const char *last_kernel; /* entry of the last launch, for errors reported by a later sync */
+  CUdeviceptr ws;          /* workspace of split attention (args.buf[7]); zeroed when (re)allocated */
+  size_t ws_size;
   int sync_each;           /* QMOE_CUDA_SYNC=1: synchronize after every launch (names a faulting kernel) */
 } cuda_impl;
 
@@ -193,8 +195,34 @@ typedef struct {
 
 static int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
-/* Limits of the kernels' fixed-size shared arrays (gen_cuda.lua: max_k, max_e, max_d, max_blocks). */
-enum { MAX_K = 64, MAX_E = 4096, MAX_D = 256, ARGMAX_MAX_BLOCKS = 1024 };
+/* Limits of the kernels' fixed-size shared arrays and splits (gen_cuda.lua: max_k, max_e, max_d, max_blocks,
+ * max_splits, split_positions). */
+enum { MAX_K = 64, MAX_E = 4096, MAX_D = 256, ARGMAX_MAX_BLOCKS = 1024, ATT_MAX_SPLITS = 64, ATT_SPLIT_POS = 64 };
+
+/* A workspace of at least N bytes at args.buf[7], zeroed when it is (re)allocated (the kernels' counters start
+ * at 0 and reset themselves). */
+static int workspace(cuda_impl *im, size_t n, uint64_t *out) {
+  const qmoe_cuda_driver *d = im->ctx.d;
+  if (n > im->ws_size) {
+    int rc;
+    if (im->ws) {
+      if ((rc = stream_sync(im, "workspace"))) return rc;
+      d->MemFree(im->ws);
+      im->ws = 0;
+      im->ws_size = 0;
+    }
+    size_t sz = (n + 4095) / 4096 * 4096;
+    char what[96];
+    snprintf(what, sizeof what, "cuMemAlloc(%zu bytes, attention workspace)", sz);
+    if ((rc = qmoe_cuda_check(d, d->MemAlloc(&im->ws, sz), what, NULL))) return rc;
+    im->ws_size = sz;
+    if ((rc = qmoe_cuda_check(d, d->MemsetD8Async(im->ws, 0, sz, im->ctx.stream), "cuMemsetD8Async (workspace)",
+                              NULL)))
+      return rc;
+  }
+  *out = (uint64_t)im->ws;
+  return 0;
+}
 
 static int limit(const qmoe_stage_info *si, const char *what, int64_t v, int64_t max) {
   if (v <= max) return 0;
@@ -266,9 +294,17 @@ static int cu_run(qmoe_backend *be, const qmoe_stage_call *c) {
   case QMOE_STAGE_QK_NORM: gx = p[0]; break;
   case QMOE_STAGE_ROPE_NEOX: gx = p[0]; break;
   case QMOE_STAGE_KV_STORE: gx = ceil_div(p[0] * p[1], v->threads); break;
-  case QMOE_STAGE_ATTENTION: /* nh, nkv, D, n_kv, ctx */
+  case QMOE_STAGE_ATTENTION: /* nh, nkv, D, n_kv, ctx: grid (nh, splits of the positions) */
     if ((rc = limit(si, "D", p[2], MAX_D))) return rc;
     gx = p[0];
+    gy = ceil_div(p[3], ATT_SPLIT_POS);
+    if (gy > ATT_MAX_SPLITS) gy = ATT_MAX_SPLITS;
+    if (gy > 1) {
+      if ((rc = qmoe_cuda_ctx_use(&im->ctx)) ||
+          (rc = workspace(im, (size_t)((p[0] * 4 + 255) / 256 * 256) + (size_t)(p[0] * gy * (p[2] + 2)) * sizeof(double),
+                          &args.buf[QMOE_STAGE_MAX_BUFS - 1]))) /* counters[nh], then partials (gen_cuda.lua) */
+        return rc;
+    }
     break;
   case QMOE_STAGE_ADD: {
     int64_t cap = (int64_t)(im->ctx.sm_count > 0 ? im->ctx.sm_count : 1) * 16;
@@ -312,6 +348,7 @@ static void cu_close(qmoe_backend *be) {
       im->ctx.d->StreamSynchronize(im->ctx.stream);
       for (size_t i = 0; i < im->nvar; i++)
         if (im->mods[i]) im->ctx.d->ModuleUnload(im->mods[i]);
+      if (im->ws) im->ctx.d->MemFree(im->ws);
     }
     qmoe_cuda_ctx_close(&im->ctx);
     free(im->vars);

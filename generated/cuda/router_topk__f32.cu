@@ -71,9 +71,9 @@ __device__ __forceinline__ acc_t qmoe_block_sum(acc_t v, acc_t *sh) {
   return r;
 }
 
-// Router: logits = Wr·x (one warp per expert, 8 per block, many blocks); the last block to finish (a
-// counter in device memory, self-resetting via atomicInc) runs softmax over E and top-K by logit (ties: the
-// lower index), then w = p / Σ p over the chosen, all in acc_t. E <= 4096, K <= 64.
+// Router: logits = Wr·x (one warp per expert, 8 per block, many blocks); the first warp of the last block to
+// finish (a counter in device memory, self-resetting via atomicInc) runs softmax over E and top-K by logit
+// (ties: the lower index), then w = p / Σ p over the chosen, all in acc_t. E <= 4096, K <= 64.
 __device__ acc_t qmoe_router_logits[4096];
 __device__ unsigned int qmoe_router_done;
 
@@ -87,9 +87,6 @@ extern "C" __global__ void __launch_bounds__(256, 1) qmoe_router_topk__f32(const
   const int64_t K = a.p[2];
   (void)Wr, (void)x, (void)ids, (void)w, (void)H, (void)E, (void)K; // not every kernel reads every contract name
   __shared__ acc_t prob[4096];
-  __shared__ acc_t red[32];
-  __shared__ acc_t best_v[8];
-  __shared__ int best_i[8];
   __shared__ int sel[64];
   __shared__ unsigned char taken[4096];
   __shared__ int last;
@@ -117,13 +114,15 @@ extern "C" __global__ void __launch_bounds__(256, 1) qmoe_router_topk__f32(const
   __syncthreads();
   if (threadIdx.x == 0) last = atomicInc(&qmoe_router_done, gridDim.x - 1) == gridDim.x - 1;
   __syncthreads();
-  if (!last) return;
+  if (!last || warp != 0) return;
   __threadfence();
-  // softmax over all E (max, exp, sum in acc_t)
+  // One warp finishes (no block barriers): lane i holds logits i, i + 32, ... Softmax sum over all E, then top-K
+  // by logit (ties: the lower index), then w = p / Σ p over the chosen, all in acc_t.
   acc_t mx = QMOE_NEG_INF;
-  for (int i = threadIdx.x; i < E; i += blockDim.x) {
+  for (int i = lane; i < E; i += 32) {
     const acc_t l = __ldcg(qmoe_router_logits + i);
     prob[i] = l;
+    taken[i] = 0;
     mx = l > mx ? l : mx;
   }
 #pragma unroll
@@ -131,54 +130,35 @@ extern "C" __global__ void __launch_bounds__(256, 1) qmoe_router_topk__f32(const
     const acc_t other = __shfl_xor_sync(QMOE_FULL, mx, o);
     mx = other > mx ? other : mx;
   }
-  if (lane == 0) red[warp] = mx;
-  __syncthreads();
-  if (threadIdx.x == 0) {
-    acc_t m = red[0];
-    for (int i = 1; i < (int)(blockDim.x >> 5); i++) m = red[i] > m ? red[i] : m;
-    red[0] = m;
-  }
-  __syncthreads();
-  mx = red[0];
-  __syncthreads();
-  // top-K by logit, ties to the lower index
-  for (int i = threadIdx.x; i < E; i += blockDim.x) taken[i] = 0;
-  __syncthreads();
+  acc_t s = 0;
+  for (int i = lane; i < E; i += 32) s += qmoe_exp(prob[i] - mx);
+  s = qmoe_warp_sum(s);
+  __syncwarp();
   for (int k = 0; k < K; k++) {
     acc_t bv = QMOE_NEG_INF;
     int bi = -1;
-    for (int i = threadIdx.x; i < E; i += blockDim.x) {
+    for (int i = lane; i < E; i += 32) {
       const acc_t v = prob[i];
       if (!taken[i] && (bi < 0 || v > bv)) { bv = v; bi = i; }
     }
 #pragma unroll
-    for (int o = 16; o > 0; o >>= 1) {
+    for (int o = 16; o > 0; o >>= 1) { // every lane ends with the same winner
       const acc_t ov = __shfl_xor_sync(QMOE_FULL, bv, o);
       const int oi = __shfl_xor_sync(QMOE_FULL, bi, o);
       if (oi >= 0 && (bi < 0 || ov > bv || (ov == bv && oi < bi))) { bv = ov; bi = oi; }
     }
-    if (lane == 0) { best_v[warp] = bv; best_i[warp] = bi; }
-    __syncthreads();
-    if (threadIdx.x == 0) {
-      acc_t v = best_v[0];
-      int i = best_i[0];
-      for (int wi = 1; wi < (int)(blockDim.x >> 5); wi++)
-        if (best_i[wi] >= 0 && (i < 0 || best_v[wi] > v || (best_v[wi] == v && best_i[wi] < i))) { v = best_v[wi]; i = best_i[wi]; }
-      sel[k] = i;
-      taken[i] = 1;
+    if (lane == 0) {
+      sel[k] = bi;
+      taken[bi] = 1;
     }
-    __syncthreads();
+    __syncwarp();
   }
-  // p_e = exp(l_e - max) / Σ exp: only the sum over all E and the chosen p are needed
-  acc_t s = 0;
-  for (int i = threadIdx.x; i < E; i += blockDim.x) s += qmoe_exp(__ldcg(qmoe_router_logits + i) - mx);
-  s = qmoe_block_sum(s, red);
-  if (threadIdx.x == 0) {
+  if (lane == 0) {
     acc_t chosen = 0;
-    for (int k = 0; k < K; k++) chosen += qmoe_exp(__ldcg(qmoe_router_logits + sel[k]) - mx) / s;
+    for (int k = 0; k < K; k++) chosen += qmoe_exp(prob[sel[k]] - mx) / s;
     for (int k = 0; k < K; k++) {
       ids[k] = sel[k];
-      w[k] = (float)((qmoe_exp(__ldcg(qmoe_router_logits + sel[k]) - mx) / s) / chosen);
+      w[k] = (float)((qmoe_exp(prob[sel[k]] - mx) / s) / chosen);
     }
   }
 }
