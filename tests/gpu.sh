@@ -6,6 +6,8 @@
 # binaries (build/tests/*) link those statically and need only libc, libm and libdl.
 #
 # Usage: tests/gpu.sh [--no-vulkan]        (from the repo root, after ./configure && ninja on any machine)
+#        tests/gpu.sh --pack [DIR]          copy just the programs it runs into DIR/tests (default .gpu-build,
+#                                           git-ignored through .git/info/exclude), to carry to the GPU machine
 # Environment:
 #   QMOE_BUILD_DIR   where the binaries are (default: build; only $QMOE_BUILD_DIR/tests/ is needed)
 #   QMOE_GL_DEBS     a directory of .deb files holding libvulkan1 & co. (default: .gl when present); unpacked
@@ -19,10 +21,27 @@ LOGDIR=${OUT:-.}
 LOG="$LOGDIR/gpu-tests.log"
 TMO=${QMOE_GPU_TIMEOUT:-600}
 vulkan=1
+cuda_tests="test_parity_cuda test_cuda_backend test_cuda_runtime test_cuda_compile"
+vk_tests="test_parity_vulkan"
+if [ "${1:-}" = "--pack" ]; then
+  dst=${2:-.gpu-build}
+  mkdir -p "$dst/tests" || exit 1
+  for t in $cuda_tests $vk_tests; do
+    [ -x "$B/tests/$t" ] || { echo "gpu.sh --pack: $B/tests/$t is missing (./configure && ninja first)" >&2; exit 1; }
+    cp "$B/tests/$t" "$dst/tests/$t" || exit 1
+  done
+  case "$dst" in
+    /*|../*) ;;
+    *) gd=$(git rev-parse --git-dir 2>/dev/null) && mkdir -p "$gd/info" &&
+         { grep -qx "/${dst#./}/" "$gd/info/exclude" 2>/dev/null || echo "/${dst#./}/" >>"$gd/info/exclude"; } ;;
+  esac
+  echo "packed $(du -sh "$dst" | cut -f1) into $dst; on the GPU machine: QMOE_BUILD_DIR=$dst bash tests/gpu.sh"
+  exit 0
+fi
 for a in "$@"; do
   case "$a" in
     --no-vulkan) vulkan=0 ;;
-    -h|--help) sed -n '2,18p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,20p' "$0"; exit 0 ;;
     *) echo "gpu.sh: unknown argument '$a' (try --help)" >&2; exit 2 ;;
   esac
 done
@@ -39,8 +58,6 @@ else
 fi
 
 # The build must be there already, and must not need libraries this machine lacks.
-cuda_tests="test_parity_cuda test_cuda_backend test_cuda_runtime test_cuda_compile"
-vk_tests="test_parity_vulkan"
 missing=""
 for t in $cuda_tests $vk_tests; do [ -x "$B/tests/$t" ] || missing="$missing $t"; done
 if [ -n "$missing" ]; then
