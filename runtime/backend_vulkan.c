@@ -189,7 +189,7 @@ static int vkb_run(qmoe_backend *be, const qmoe_stage_call *c) {
                      (unsigned long long)max_range);
       return QMOE_EUNSUPPORTED;
     }
-    bind[i] = (qmoe_vk_binding){.buf = b, .off = base};
+    bind[i] = (qmoe_vk_binding){.buf = b, .off = base, .writes = i >= si->n_inputs};
     pc.o[i] = (uint32_t)rem;
   }
   for (int i = 0; i < si->n_params; i++) pc.p[i] = (uint32_t)c->p[i]; /* qmoe_ref_check: 0..INT32_MAX */
@@ -233,7 +233,7 @@ static int vkb_run(qmoe_backend *be, const qmoe_stage_call *c) {
   case QMOE_STAGE_ROUTER_TOPK: { /* H, E, K: logits into scratch, then one workgroup selects */
     size_t acc_b = c->acc == QMOE_ACC_F64 ? 8 : 4;
     if ((rc = ensure_scratch(vb, (size_t)p[1] * acc_b))) return rc;
-    bind[nb++] = (qmoe_vk_binding){.buf = &vb->scratch, .off = 0};
+    bind[nb++] = (qmoe_vk_binding){.buf = &vb->scratch, .off = 0, .writes = 1};
     if ((rc = qmoe_vk_dispatch(vk, pipe[0], bind, nb, &pc, sizeof pc, cap(vb, (uint32_t)p[1], 0), 1, 1))) return rc;
     return qmoe_vk_dispatch(vk, pipe[1], bind, nb, &pc, sizeof pc, 1, 1, 1);
   }
@@ -263,7 +263,7 @@ static int vkb_run(qmoe_backend *be, const qmoe_stage_call *c) {
     }
     size_t acc_b = c->acc == QMOE_ACC_F64 ? 8 : 4;
     if ((rc = ensure_scratch(vb, (size_t)p[0] * ns * (size_t)(p[2] + 2) * acc_b))) return rc;
-    bind[nb++] = (qmoe_vk_binding){.buf = &vb->scratch, .off = 0};
+    bind[nb++] = (qmoe_vk_binding){.buf = &vb->scratch, .off = 0, .writes = 1};
     pc.x[0] = ns;
     if ((rc = qmoe_vk_dispatch(vk, pipe[0], bind, nb, &pc, sizeof pc, gx, ns, 1))) return rc;
     return qmoe_vk_dispatch(vk, pipe[1], bind, nb, &pc, sizeof pc, (uint32_t)p[0], 1, 1);
@@ -276,7 +276,7 @@ static int vkb_run(qmoe_backend *be, const qmoe_stage_call *c) {
     if (cdiv(n, chunk) > maxg) chunk = ((n + maxg - 1) / maxg + wg0 - 1) / wg0 * wg0;
     uint32_t ng = cdiv(n, chunk);
     if ((rc = ensure_scratch(vb, (size_t)ng * 8))) return rc;
-    bind[nb++] = (qmoe_vk_binding){.buf = &vb->scratch, .off = 0};
+    bind[nb++] = (qmoe_vk_binding){.buf = &vb->scratch, .off = 0, .writes = 1};
     pc.x[0] = (uint32_t)chunk;
     pc.x[1] = ng;
     if ((rc = qmoe_vk_dispatch(vk, pipe[0], bind, nb, &pc, sizeof pc, ng, 1, 1))) return rc;

@@ -131,6 +131,7 @@ typedef struct {
 typedef struct {
   const qmoe_vk_buf *buf;
   VkDeviceSize off;      /* must be a multiple of qmoe_vk_offset_align() */
+  int writes;            /* the shader may write it (decides which barriers the dispatch needs) */
 } qmoe_vk_binding;
 
 /* Opens the loader, an instance and the selected device (env: QMOE_VK_DEVICE, QMOE_VK_VALIDATION,
@@ -201,7 +202,8 @@ extern const size_t qmoe_vk_variant_count;
 int qmoe_vk_pipeline(qmoe_vk *vk, const char *shader, const char *what, uint32_t shared_bytes, uint32_t local_size,
                      VkPipeline *out);
 
-/* Records one dispatch (a barrier orders it after everything recorded before). PC is at most
+/* Records one dispatch, after a barrier when it touches a buffer an unbarriered earlier command wrote, or
+ * writes one such a command read (dispatches with no dependency between them may overlap). PC is at most
  * QMOE_VK_PUSH_BYTES bytes of push constants. Group counts must be within maxComputeWorkGroupCount. */
 enum { QMOE_VK_PUSH_BYTES = 128, QMOE_VK_MAX_BINDINGS = 8 };
 int qmoe_vk_dispatch(qmoe_vk *vk, VkPipeline pipe, const qmoe_vk_binding *b, int nb, const void *pc, size_t pc_size,
