@@ -290,6 +290,10 @@ static int vkb_run(qmoe_backend *be, const qmoe_stage_call *c) {
 
 static int vkb_sync(qmoe_backend *be) { return qmoe_vk_sync(impl(be)->vk); }
 
+qmoe_vk *qmoe_backend_vulkan_vk(qmoe_backend *be) {
+  return be && be->run == vkb_run ? impl(be)->vk : NULL;
+}
+
 static void vkb_close(qmoe_backend *be) {
   if (!be) return;
   vk_backend *vb = impl(be);

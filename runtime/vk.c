@@ -58,6 +58,8 @@ struct qmoe_vk {
    * barrier only when it reads or writes one written there, or writes one read there. */
   VkBuffer read[TRACK_MAX], written[TRACK_MAX];
   int nread, nwritten;
+  VkQueryPool timer; /* two timestamps, created on first use */
+  uint32_t timestamp_bits;
 };
 
 /* Out of memory aborts with a message (the library's one allocation policy). */
@@ -637,6 +639,14 @@ static int create_device(qmoe_vk *vk) {
   QMOE_VK_DEVICE_FNS(LOAD_DEVICE)
 #undef LOAD_DEVICE
   vk->f.vkGetDeviceQueue(vk->device, vk->queue_family, 0, &vk->queue);
+  {
+    uint32_t nq = 0;
+    vk->f.vkGetPhysicalDeviceQueueFamilyProperties(vk->phys, &nq, NULL);
+    VkQueueFamilyProperties *qf = vk_xcalloc(nq, sizeof *qf);
+    vk->f.vkGetPhysicalDeviceQueueFamilyProperties(vk->phys, &nq, qf);
+    vk->timestamp_bits = vk->queue_family < nq ? qf[vk->queue_family].timestampValidBits : 0;
+    free(qf);
+  }
   vk->f.vkGetPhysicalDeviceMemoryProperties(vk->phys, &vk->mem);
   return 0;
 }
@@ -742,6 +752,7 @@ void qmoe_vk_close(qmoe_vk *vk) {
       if (vk->modules[i]) vk->f.vkDestroyShaderModule(vk->device, vk->modules[i], NULL);
     }
     if (vk->fence) vk->f.vkDestroyFence(vk->device, vk->fence, NULL);
+    if (vk->timer) vk->f.vkDestroyQueryPool(vk->device, vk->timer, NULL);
     if (vk->pool) vk->f.vkDestroyCommandPool(vk->device, vk->pool, NULL);
     if (vk->layout) vk->f.vkDestroyPipelineLayout(vk->device, vk->layout, NULL);
     if (vk->dsl) vk->f.vkDestroyDescriptorSetLayout(vk->device, vk->dsl, NULL);
@@ -1114,4 +1125,48 @@ int qmoe_vk_provoke_validation_message(qmoe_vk *vk) {
   VkBuffer b = VK_NULL_HANDLE;
   if (vk->f.vkCreateBuffer(vk->device, &bci, NULL, &b) == VK_SUCCESS && b) vk->f.vkDestroyBuffer(vk->device, b, NULL);
   return 1;
+}
+
+/* ---- GPU timer ---- */
+
+int qmoe_vk_timer_start(qmoe_vk *vk) {
+  if (!vk->timestamp_bits) {
+    qmoe_set_error("device '%s': its compute queue has no timestamps", vk->props.deviceName);
+    return QMOE_EUNSUPPORTED;
+  }
+  if (!vk->timer) {
+    VkQueryPoolCreateInfo qi = {.sType = VK_STRUCTURE_TYPE_QUERY_POOL_CREATE_INFO, .queryType = VK_QUERY_TYPE_TIMESTAMP,
+                                .queryCount = 2};
+    VkResult r = vk->f.vkCreateQueryPool(vk->device, &qi, NULL, &vk->timer);
+    if (r != VK_SUCCESS) return vk_fail(r, "vkCreateQueryPool");
+  }
+  int rc = 0;
+  begin_if_needed(vk, &rc);
+  if (rc) return rc;
+  vk->f.vkCmdResetQueryPool(vk->cmd, vk->timer, 0, 2);
+  vk->f.vkCmdWriteTimestamp(vk->cmd, VK_PIPELINE_STAGE_BOTTOM_OF_PIPE_BIT, vk->timer, 0);
+  return 0;
+}
+
+int qmoe_vk_timer_stop(qmoe_vk *vk) {
+  if (!vk->timer || !vk->recording) {
+    qmoe_set_error("qmoe_vk_timer_stop: no timer started in the work being recorded");
+    return QMOE_EINVAL;
+  }
+  vk->f.vkCmdWriteTimestamp(vk->cmd, VK_PIPELINE_STAGE_BOTTOM_OF_PIPE_BIT, vk->timer, 1);
+  return 0;
+}
+
+int qmoe_vk_timer_read(qmoe_vk *vk, double *us) {
+  uint64_t t[2];
+  if (!vk->timer) {
+    qmoe_set_error("qmoe_vk_timer_read: no timer was started");
+    return QMOE_EINVAL;
+  }
+  VkResult r = vk->f.vkGetQueryPoolResults(vk->device, vk->timer, 0, 2, sizeof t, t, sizeof t[0],
+                                           VK_QUERY_RESULT_64_BIT | VK_QUERY_RESULT_WAIT_BIT);
+  if (r != VK_SUCCESS) return vk_fail(r, "vkGetQueryPoolResults");
+  uint64_t mask = vk->timestamp_bits >= 64 ? ~0ull : (1ull << vk->timestamp_bits) - 1;
+  *us = (double)((t[1] - t[0]) & mask) * (double)vk->props.limits.timestampPeriod * 1e-3;
+  return 0;
 }

@@ -63,7 +63,12 @@
   X(vkDestroyFence)                                                                                              \
   X(vkWaitForFences)                                                                                             \
   X(vkResetFences)                                                                                               \
-  X(vkQueueSubmit)
+  X(vkQueueSubmit)                                                                                               \
+  X(vkCreateQueryPool)                                                                                           \
+  X(vkDestroyQueryPool)                                                                                          \
+  X(vkCmdResetQueryPool)                                                                                         \
+  X(vkCmdWriteTimestamp)                                                                                         \
+  X(vkGetQueryPoolResults)
 
 #define QMOE_VK_DECLARE_FN(name) PFN_##name name;
 typedef struct {
@@ -214,5 +219,15 @@ int qmoe_vk_update(qmoe_vk *vk, qmoe_vk_buf *b, size_t off, const void *data, si
 int qmoe_vk_sync(qmoe_vk *vk);
 /* Number of dispatches recorded and not yet submitted. */
 int qmoe_vk_pending(const qmoe_vk *vk);
+
+/* GPU timer (for benchmarks): start and stop record timestamps around what is recorded between them; after
+ * sync, read gives the device time between them in microseconds. QMOE_EUNSUPPORTED when the queue has no
+ * timestamps. */
+int qmoe_vk_timer_start(qmoe_vk *vk);
+int qmoe_vk_timer_stop(qmoe_vk *vk);
+int qmoe_vk_timer_read(qmoe_vk *vk, double *us);
+
+/* The runtime under a backend opened by qmoe_backend_vulkan_open (NULL for any other backend). */
+qmoe_vk *qmoe_backend_vulkan_vk(qmoe_backend *be);
 
 #endif
