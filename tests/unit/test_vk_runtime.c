@@ -730,6 +730,38 @@ static void test_larger_shapes(void) {
   }
 }
 
+/* The GPU timer: device time around recorded work, and misuse refused. */
+static void test_timer(void) {
+  qmoe_backend *be;
+  if (!open_backend(&be)) return;
+  qmoe_vk *vk = qmoe_backend_vulkan_vk(be);
+  REQUIRE(vk, "qmoe_backend_vulkan_vk");
+  qmoe_backend *cpu = NULL;
+  CHECK(qmoe_backend_cpu_open(&cpu) == 0 && qmoe_backend_vulkan_vk(cpu) == NULL, "not a Vulkan backend");
+  if (cpu) cpu->close(cpu);
+  CHECK(qmoe_vk_timer_stop(vk) == QMOE_EINVAL, "stop before start");
+  const size_t n = 1 << 16;
+  qmoe_buffer *a = make_buf(be, n * 4, NULL), *y = make_buf(be, n * 4, NULL);
+  REQUIRE(a && y, "buffers");
+  int rc = qmoe_vk_timer_start(vk);
+  if (rc == QMOE_EUNSUPPORTED) {
+    be->free_buf(be, a), be->free_buf(be, y), be->close(be);
+    SKIP("%s", qmoe_last_error());
+  }
+  CHECK(rc == 0, "start: %s", qmoe_last_error());
+  qmoe_stage_call c = call(QMOE_STAGE_ADD, -1, QMOE_ACC_F32);
+  c.p[0] = (int64_t)n;
+  c.buf[0] = a, c.buf[1] = a, c.buf[2] = y;
+  for (int i = 0; i < 10; i++) CHECK(be->run(be, &c) == 0, "%s", qmoe_last_error());
+  CHECK(qmoe_vk_timer_stop(vk) == 0, "stop: %s", qmoe_last_error());
+  CHECK(be->sync(be) == 0, "%s", qmoe_last_error());
+  double us = -1;
+  CHECK(qmoe_vk_timer_read(vk, &us) == 0 && us > 0 && us < 60e6, "read: %g us (%s)", us, qmoe_last_error());
+  be->free_buf(be, a);
+  be->free_buf(be, y);
+  be->close(be);
+}
+
 /* ---- errors ---- */
 
 static void test_unsupported_variant(void) {
@@ -914,6 +946,7 @@ int main(void) {
   RUN(test_recorded_chain);
   RUN(test_strided_grids);
   RUN(test_larger_shapes);
+  RUN(test_timer);
   RUN(test_teardown_clean);
   return T_DONE();
 }
