@@ -213,7 +213,12 @@ $T wg_max($T v) {
 ]], { T = T, WG = WG })
 end
 
-local function ascii(s) return (s:gsub("[\128-\255]+", "-")) end
+-- Contract text in GLSL comments, in ASCII: the common symbols spelled out, anything else as '?'.
+local ASCII = { ["·"] = "*", ["×"] = "x", ["—"] = "-", ["–"] = "-", ["²"] = "^2", ["≤"] = "<=", ["≥"] = ">=",
+                ["Σ"] = "sum", ["−"] = "-", ["→"] = "->", ["⊙"] = "*" }
+local function ascii(s)
+  return (s:gsub("[\192-\255][\128-\191]*", function(ch) return ASCII[ch] or "?" end))
+end
 
 local function header(v, pass, WG)
   local desc = v.stage.description and ascii(v.stage.description):gsub("%s+", " "):gsub(" $", "") or v.stage.name
