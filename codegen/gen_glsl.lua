@@ -255,7 +255,7 @@ local function qgeom(q, nm, acc)
   local g = { BE = BE, BB = BB, G = G, IE = G * BE, IB = G * BB, KS = 8, NM = nm }
   g.U = (g.IB + 15 + 15) // 16          -- uvec4 loads per item (it may start anywhere in a 16-byte line)
   g.SW = g.U * 4 + 1                    -- words per slot (odd, so neighbouring slots start in other banks)
-  local function shared(wg) return nm * wg * g.SW * 4 + g.KS * (g.IE + 1) * 4 + nm * wg * acc_bytes(acc) end
+  local function shared(wg) return nm * wg * g.SW * 4 + g.KS * (g.IE + 4) * 4 + nm * wg * acc_bytes(acc) end
   local WG = 64
   while shared(WG) > SHARED_BUDGET and WG > g.KS do WG = WG // 2 end
   g.WG, g.R, g.shared = WG, WG // g.KS, shared(WG)
@@ -316,9 +316,9 @@ local function qcommon(v, g)
   local D = expr.glsl_dialect("sw")
   return table.concat({ tpl([[
 const uint BE = $BEu, BB = $BBu, G = $Gu, IE = $IEu, IB = $IBu, U = $Uu, SW = $SWu;
-const uint KS = $KSu, R = $Ru, WG = $WGu, NM = $NMu, XS = IE + 1u;
+const uint KS = $KSu, R = $Ru, WG = $WGu, NM = $NMu, XS = IE + 4u;
 shared uint sw[NM * WG * SW];   // weight slots: an item's bytes, starting (its byte offset & 15) into the slot
-shared float xs[KS * XS];       // activations of the tile's KS items, padded against bank conflicts
+shared float xs[KS * XS];       // activations of the tile's KS items; rows 16-byte aligned, 4 banks apart
 shared $T part[NM * WG];        // per-invocation partial sums, reduced per row in a fixed order
 
 void put_slot(uint s, uint u, uvec4 v) {

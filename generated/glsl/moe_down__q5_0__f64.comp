@@ -19,9 +19,9 @@ layout(std430, binding = 2) readonly buffer BIDS { int IDS[]; };
 layout(std430, binding = 3) readonly buffer BWK { float WK[]; };
 layout(std430, binding = 4) buffer BY { float Y[]; };
 const uint BE = 32u, BB = 22u, G = 8u, IE = 256u, IB = 176u, U = 12u, SW = 49u;
-const uint KS = 8u, R = 8u, WG = 64u, NM = 1u, XS = IE + 1u;
+const uint KS = 8u, R = 8u, WG = 64u, NM = 1u, XS = IE + 4u;
 shared uint sw[NM * WG * SW];   // weight slots: an item's bytes, starting (its byte offset & 15) into the slot
-shared float xs[KS * XS];       // activations of the tile's KS items, padded against bank conflicts
+shared float xs[KS * XS];       // activations of the tile's KS items; rows 16-byte aligned, 4 banks apart
 shared double part[NM * WG];        // per-invocation partial sums, reduced per row in a fixed order
 
 void put_slot(uint s, uint u, uvec4 v) {

@@ -46,9 +46,9 @@ double qmoe_exp(double x) {
 }
 
 const uint BE = 256u, BB = 144u, G = 1u, IE = 256u, IB = 144u, U = 10u, SW = 41u;
-const uint KS = 8u, R = 4u, WG = 32u, NM = 2u, XS = IE + 1u;
+const uint KS = 8u, R = 4u, WG = 32u, NM = 2u, XS = IE + 4u;
 shared uint sw[NM * WG * SW];   // weight slots: an item's bytes, starting (its byte offset & 15) into the slot
-shared float xs[KS * XS];       // activations of the tile's KS items, padded against bank conflicts
+shared float xs[KS * XS];       // activations of the tile's KS items; rows 16-byte aligned, 4 banks apart
 shared double part[NM * WG];        // per-invocation partial sums, reduced per row in a fixed order
 
 void put_slot(uint s, uint u, uvec4 v) {
