@@ -30,6 +30,18 @@ local function fill(tpl, vars)
   end))
 end
 
+-- The decode dialect: expr's CUDA dialect (its loads, __fmul_rn & co.), except that f16 fields convert with the
+-- hardware instruction (cvt.f32.f16: exact, as the contract requires, and branch-free, so the compiler can
+-- share one block's scale conversions between the elements a lane decodes) instead of the portable bit
+-- manipulation with its branches for subnormals and inf/NaN.
+local DIALECT = setmetatable({
+  select = function(c, a, b) return "qmoe_sel(" .. c .. ", " .. a .. ", " .. b .. ")" end,
+  load = function(ftype, off)
+    if ftype == "f16" then return "qmoe_cu_f16(qmoe_q_rd_u16(b + " .. off .. "))" end
+    return expr.dialects.cuda.load(ftype, off)
+  end,
+}, { __index = expr.dialects.cuda })
+
 -- ---------------------------------------------------------------------------------------------------
 -- CUDA text shared by every file.
 
@@ -75,9 +87,19 @@ __device__ __forceinline__ double qmoe_sqrt(double v) { return sqrt(v); }
 __device__ __forceinline__ float qmoe_fma(float w, float x, float acc) { return fmaf(w, x, acc); }
 __device__ __forceinline__ double qmoe_fma(float w, float x, double acc) { return fma((double)w, (double)x, acc); }
 
-// 16-byte global -> shared copies that bypass registers (cp.async, sm_80+), and the wait for this thread's.
-// tests/cuda-emu supplies host versions of these two (QMOE_HOST_EMU), the only inline PTX in the kernels.
+// 16-byte global -> shared copies that bypass registers (cp.async, sm_80+), and the wait for this thread's;
+// f16 bits -> f32 (exact). tests/cuda-emu supplies host versions of these three (QMOE_HOST_EMU); the copies are
+// the only inline PTX in the kernels.
 #ifndef QMOE_HOST_EMU
+// Exact and branch-free, without inline asm (which would stop the compiler from sharing a block's scale
+// reads between elements): the f16 bits moved into an f32's place, scaled by 2^112 (exact for normal and
+// subnormal halves: no flush-to-zero here), inf/NaN and the sign patched in by bits.
+__device__ __forceinline__ float qmoe_cu_f16(uint32_t h) {
+  const uint32_t u = h & 0x7fffu;
+  float f = __fmul_rn(__uint_as_float(u << 13), 0x1p112f);
+  f = u >= 0x7c00u ? __uint_as_float((u << 13) | 0x7f800000u) : f;
+  return __uint_as_float(__float_as_uint(f) | ((h & 0x8000u) << 16));
+}
 __device__ __forceinline__ void qmoe_cp_async16(uint4 *smem, const uint4 *gmem) {
   asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"((uint32_t)__cvta_generic_to_shared(smem)), "l"(gmem)
                : "memory");
@@ -86,6 +108,11 @@ __device__ __forceinline__ void qmoe_cp_async_wait_all() {
   asm volatile("cp.async.commit_group;\ncp.async.wait_group 0;\n" ::: "memory");
 }
 #endif
+
+// `c ? a : b` of the decode expressions with both arms evaluated (their reads stay inside the staged block,
+// see STAGE_PAD): straight-line code, so the decode of a lane's elements shares its common subexpressions.
+__device__ __forceinline__ int qmoe_sel(bool c, int a, int b) { return c ? a : b; }
+__device__ __forceinline__ float qmoe_sel(bool c, float a, float b) { return c ? a : b; }
 
 // Sum over the block in a fixed order (warp trees, then warps 0..n-1): deterministic. SH holds 32 acc_t.
 __device__ __forceinline__ acc_t qmoe_block_sum(acc_t v, acc_t *sh) {
@@ -141,6 +168,29 @@ static __device__ __forceinline__ void qmoe_stage_rows(const uint8_t *const *row
   __syncwarp();
 }
 
+// acc[r] += Σ decode(row r)[e] · x[e] over the NE elements of one staged chunk, 256 per step (see the generator
+// for which elements a lane takes). G: the last step may be partial (only where NE need not be a multiple of
+// 256, i.e. rows that end inside a step).
+template <int R, bool G>
+static __device__ __forceinline__ void qmoe_dot_chunk(const uint4 *sh, const int *off, const float *xc, int ne,
+                                                      int lane, acc_t *acc) {
+  for (int e0 = 0; e0 < ne; e0 += 32 * UNROLL) {
+    // the lane's x and block, addressed once per step
+    const float *xl = xc + e0 + ${XLANE};
+    const uint8_t *bl[R];
+#pragma unroll
+    for (int r = 0; r < R; r++) bl[r] = (const uint8_t *)(sh + r * STAGE_VECS) + off[r] + ${STEPBLK} * QB_BYTES;
+#pragma unroll
+    for (int t = 0; t < UNROLL; t++) {
+      ${E_DECL}
+      if (G && ${EXPR} >= ne) continue;
+      const float xv = __ldg(xl + ${XT});
+#pragma unroll
+      for (int r = 0; r < R; r++) acc[r] = qmoe_fma(${DECODE}(bl[r] + ${TBLK} * QB_BYTES, ${IDX}), xv, acc[r]);
+    }
+  }
+}
+
 // acc[r] += Σ_e decode(row r)[e] · x[e] over the NBLOCKS blocks of R rows (per-lane partial sums; the caller
 // reduces across the warp). Weights are decoded from shared memory by the contract's decode function.
 template <int R>
@@ -152,20 +202,8 @@ static __device__ __forceinline__ void qmoe_row_dots(const uint8_t *const *rows,
     qmoe_stage_rows<R>(rows, b0, nb, sh, lane, off);
     const float *xc = x + b0 * QB_ELEMS;
     const int ne = nb * QB_ELEMS;
-    for (int e0 = 0; e0 < ne; e0 += 32 * UNROLL) {
-#pragma unroll
-      for (int t = 0; t < UNROLL; t++) {
-        const int e = e0 + 32 * t + lane;
-        ${GUARD_OPEN}
-        const float xv = __ldg(xc + e);
-#pragma unroll
-        for (int r = 0; r < R; r++) {
-          const uint8_t *blk = (const uint8_t *)(sh + r * STAGE_VECS) + off[r] + (e / QB_ELEMS) * QB_BYTES;
-          acc[r] = qmoe_fma(${DECODE}(blk, e % QB_ELEMS), xv, acc[r]);
-        }
-        ${GUARD_CLOSE}
-      }
-    }
+    if (${MAY_BE_PARTIAL} && ne % (32 * UNROLL)) qmoe_dot_chunk<R, true>(sh, off, xc, ne, lane, acc);
+    else qmoe_dot_chunk<R, false>(sh, off, xc, ne, lane, acc);
     __syncwarp(); // the next chunk overwrites the buffer
   }
 }
@@ -725,20 +763,49 @@ local function emit_variant(v, sources)
   if q then
     local be, bb = q.block_elements, q.block_bytes
     local ch = math.max(1, STAGE_BYTES // bb)
+    -- whole steps of 256 elements per chunk where blocks are smaller (only a row's last chunk may end mid-step)
+    if be < 256 and 256 % be == 0 and ch > 256 // be then ch = ch - ch % (256 // be) end
     -- 8 elements per lane per step (256 per warp): decodes and x loads of a step are independent, so they
     -- overlap. A chunk holds whole blocks, so the step needs a bounds guard only when 256 does not divide
     -- the block (then the chunk's element count may not be a multiple of 256).
     local unroll = 8
     local guard = (be % (32 * unroll)) ~= 0
     vars.QNAME, vars.BE, vars.BB, vars.CH, vars.UNROLL = q.name, be, bb, ch, unroll
-    vars.GUARD_OPEN = guard and "if (e < ne) {" or "{"
-    vars.GUARD_CLOSE = "}"
+    -- Which elements a lane takes in a step of 256 (e0 a multiple of 256), and how the compiler is shown it:
+    --  * blocks of 256·k (k-quants): element e0 + lane + 32·t, one block for the whole step, i = lane | 32·t,
+    --    so everything that depends on i / 32 (sub-block scales, bit positions) is a constant per unrolled t,
+    --    and x loads are coalesced (on the SASS: 14 to 20 instructions per element for q4_k..q6_k, against 19
+    --    to 24 with 8 consecutive elements per lane);
+    --  * smaller blocks dividing 256 (32-element formats): 8 consecutive elements per lane, all in one block,
+    --    i = (offset in block) | t, so the block's scale is read and converted once per lane and step;
+    --  * one-element blocks (f32, f16, bf16): 8 consecutive elements per lane.
+    -- STEPBLK: the lane's block at the start of the step; TBLK: blocks further on for element t.
+    if be % 256 == 0 then
+      vars.STEPBLK, vars.TBLK = "(e0 / QB_ELEMS)", "0"
+      vars.IDX = be == 256 and "(lane | (32 * t))" or "((e0 % QB_ELEMS) | lane | (32 * t))"
+      vars.XLANE, vars.XT, vars.EXPR = "lane", "32 * t", "e0 + lane + 32 * t"
+    elseif be >= 8 and 256 % be == 0 then
+      vars.STEPBLK, vars.TBLK = "((e0 + UNROLL * lane) / QB_ELEMS)", "0"
+      -- `| t`, not `+ t` (the same: the rest is a multiple of 8 and t < 8), so that i / 8 and above are seen
+      -- not to depend on t
+      vars.IDX = "(((e0 + UNROLL * lane) % QB_ELEMS) | t)"
+      vars.XLANE, vars.XT, vars.EXPR = "UNROLL * lane", "t", "e0 + UNROLL * lane + t"
+    elseif be == 1 then
+      vars.STEPBLK, vars.TBLK, vars.IDX = "(e0 + UNROLL * lane)", "t", "0"
+      vars.XLANE, vars.XT, vars.EXPR = "UNROLL * lane", "t", "e0 + UNROLL * lane + t"
+    else
+      vars.STEPBLK, vars.TBLK, vars.IDX = "0", "(e / QB_ELEMS)", "(e % QB_ELEMS)"
+      vars.XLANE, vars.XT, vars.EXPR = "UNROLL * lane", "t", "e0 + UNROLL * lane + t"
+    end
+    vars.E_DECL = (vars.TBLK:find("e") or vars.IDX:find("%f[%w]e%f[^%w]")) and
+                  ("const int e = " .. vars.EXPR .. ";") or ("// element " .. vars.EXPR)
+    vars.MAY_BE_PARTIAL = guard and "true" or "false"
     vars.DECODE = "qmoe_" .. q.name .. "_decode"
-    parts[#parts + 1] = "// ---- decoding, from " .. q.__file .. " via codegen/lib/expr.lua (CUDA dialect) ----"
+    parts[#parts + 1] = "// ---- decoding, from " .. q.__file .. " via codegen/lib/expr.lua (CUDA dialect, f16 by cvt.f32.f16) ----"
     -- expr's helpers are a fixed set, not all used by every format: no "declared but never referenced" noise.
     parts[#parts + 1] = "#pragma nv_diag_suppress 177"
-    parts[#parts + 1] = expr.prelude(expr.dialects.cuda)
-    parts[#parts + 1] = expr.emit(q, expr.dialects.cuda)
+    parts[#parts + 1] = expr.prelude(DIALECT)
+    parts[#parts + 1] = expr.emit(q, DIALECT)
     parts[#parts + 1] = "#pragma nv_diag_default 177"
     parts[#parts + 1] = fill(QROWS, vars)
   end

@@ -865,7 +865,8 @@ local function emit_node(node, D, vars, raw_bool)
     local fl = node.ty == "float"
     local a = fl and as_float(node.a) or emit_node(node.a, D, vars)
     local b = fl and as_float(node.b) or emit_node(node.b, D, vars)
-    s = "(" .. as_bool(node.c) .. " ? " .. a .. " : " .. b .. ")"
+    -- D.select (optional): a dialect that evaluates both arms, e.g. branch-free for GPUs.
+    s = D.select and D.select(as_bool(node.c), a, b) or ("(" .. as_bool(node.c) .. " ? " .. a .. " : " .. b .. ")")
   else
     local op = node.op
     local fl = node.a.ty == "float" or node.b.ty == "float"

@@ -42,9 +42,19 @@ __device__ __forceinline__ double qmoe_sqrt(double v) { return sqrt(v); }
 __device__ __forceinline__ float qmoe_fma(float w, float x, float acc) { return fmaf(w, x, acc); }
 __device__ __forceinline__ double qmoe_fma(float w, float x, double acc) { return fma((double)w, (double)x, acc); }
 
-// 16-byte global -> shared copies that bypass registers (cp.async, sm_80+), and the wait for this thread's.
-// tests/cuda-emu supplies host versions of these two (QMOE_HOST_EMU), the only inline PTX in the kernels.
+// 16-byte global -> shared copies that bypass registers (cp.async, sm_80+), and the wait for this thread's;
+// f16 bits -> f32 (exact). tests/cuda-emu supplies host versions of these three (QMOE_HOST_EMU); the copies are
+// the only inline PTX in the kernels.
 #ifndef QMOE_HOST_EMU
+// Exact and branch-free, without inline asm (which would stop the compiler from sharing a block's scale
+// reads between elements): the f16 bits moved into an f32's place, scaled by 2^112 (exact for normal and
+// subnormal halves: no flush-to-zero here), inf/NaN and the sign patched in by bits.
+__device__ __forceinline__ float qmoe_cu_f16(uint32_t h) {
+  const uint32_t u = h & 0x7fffu;
+  float f = __fmul_rn(__uint_as_float(u << 13), 0x1p112f);
+  f = u >= 0x7c00u ? __uint_as_float((u << 13) | 0x7f800000u) : f;
+  return __uint_as_float(__float_as_uint(f) | ((h & 0x8000u) << 16));
+}
 __device__ __forceinline__ void qmoe_cp_async16(uint4 *smem, const uint4 *gmem) {
   asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"((uint32_t)__cvta_generic_to_shared(smem)), "l"(gmem)
                : "memory");
@@ -53,6 +63,11 @@ __device__ __forceinline__ void qmoe_cp_async_wait_all() {
   asm volatile("cp.async.commit_group;\ncp.async.wait_group 0;\n" ::: "memory");
 }
 #endif
+
+// `c ? a : b` of the decode expressions with both arms evaluated (their reads stay inside the staged block,
+// see STAGE_PAD): straight-line code, so the decode of a lane's elements shares its common subexpressions.
+__device__ __forceinline__ int qmoe_sel(bool c, int a, int b) { return c ? a : b; }
+__device__ __forceinline__ float qmoe_sel(bool c, float a, float b) { return c ? a : b; }
 
 // Sum over the block in a fixed order (warp trees, then warps 0..n-1): deterministic. SH holds 32 acc_t.
 __device__ __forceinline__ acc_t qmoe_block_sum(acc_t v, acc_t *sh) {

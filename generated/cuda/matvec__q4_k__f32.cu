@@ -42,9 +42,19 @@ __device__ __forceinline__ double qmoe_sqrt(double v) { return sqrt(v); }
 __device__ __forceinline__ float qmoe_fma(float w, float x, float acc) { return fmaf(w, x, acc); }
 __device__ __forceinline__ double qmoe_fma(float w, float x, double acc) { return fma((double)w, (double)x, acc); }
 
-// 16-byte global -> shared copies that bypass registers (cp.async, sm_80+), and the wait for this thread's.
-// tests/cuda-emu supplies host versions of these two (QMOE_HOST_EMU), the only inline PTX in the kernels.
+// 16-byte global -> shared copies that bypass registers (cp.async, sm_80+), and the wait for this thread's;
+// f16 bits -> f32 (exact). tests/cuda-emu supplies host versions of these three (QMOE_HOST_EMU); the copies are
+// the only inline PTX in the kernels.
 #ifndef QMOE_HOST_EMU
+// Exact and branch-free, without inline asm (which would stop the compiler from sharing a block's scale
+// reads between elements): the f16 bits moved into an f32's place, scaled by 2^112 (exact for normal and
+// subnormal halves: no flush-to-zero here), inf/NaN and the sign patched in by bits.
+__device__ __forceinline__ float qmoe_cu_f16(uint32_t h) {
+  const uint32_t u = h & 0x7fffu;
+  float f = __fmul_rn(__uint_as_float(u << 13), 0x1p112f);
+  f = u >= 0x7c00u ? __uint_as_float((u << 13) | 0x7f800000u) : f;
+  return __uint_as_float(__float_as_uint(f) | ((h & 0x8000u) << 16));
+}
 __device__ __forceinline__ void qmoe_cp_async16(uint4 *smem, const uint4 *gmem) {
   asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"((uint32_t)__cvta_generic_to_shared(smem)), "l"(gmem)
                : "memory");
@@ -53,6 +63,11 @@ __device__ __forceinline__ void qmoe_cp_async_wait_all() {
   asm volatile("cp.async.commit_group;\ncp.async.wait_group 0;\n" ::: "memory");
 }
 #endif
+
+// `c ? a : b` of the decode expressions with both arms evaluated (their reads stay inside the staged block,
+// see STAGE_PAD): straight-line code, so the decode of a lane's elements shares its common subexpressions.
+__device__ __forceinline__ int qmoe_sel(bool c, int a, int b) { return c ? a : b; }
+__device__ __forceinline__ float qmoe_sel(bool c, float a, float b) { return c ? a : b; }
 
 // Sum over the block in a fixed order (warp trees, then warps 0..n-1): deterministic. SH holds 32 acc_t.
 __device__ __forceinline__ acc_t qmoe_block_sum(acc_t v, acc_t *sh) {
@@ -71,7 +86,7 @@ __device__ __forceinline__ acc_t qmoe_block_sum(acc_t v, acc_t *sh) {
   return r;
 }
 
-// ---- decoding, from contracts/quant/q4_k.yaml via codegen/lib/expr.lua (CUDA dialect) ----
+// ---- decoding, from contracts/quant/q4_k.yaml via codegen/lib/expr.lua (CUDA dialect, f16 by cvt.f32.f16) ----
 #pragma nv_diag_suppress 177
 /* Little-endian loads from a byte-addressed block and exact f16/bf16 -> f32 conversions. */
 static __device__ __forceinline__ uint32_t qmoe_q_rd_u16(const uint8_t *p) { return (uint32_t)p[0] | (uint32_t)p[1] << 8; }
@@ -92,13 +107,13 @@ static __device__ __forceinline__ float qmoe_q_f16(uint32_t h) {
 static __device__ __forceinline__ float qmoe_q_bf16(uint32_t h) { return qmoe_q_bits_f32(h << 16); }
 
 static __device__ __forceinline__ float qmoe_q4_k_decode(const uint8_t *b, int i) {
-  const float f_d = qmoe_q_f16(qmoe_q_rd_u16(b + 0));
-  const float f_dmin = qmoe_q_f16(qmoe_q_rd_u16(b + 2));
+  const float f_d = qmoe_cu_f16(qmoe_q_rd_u16(b + 0));
+  const float f_dmin = qmoe_cu_f16(qmoe_q_rd_u16(b + 2));
   const int v_j = (i / 32);
   const int v_c = (i / 64);
   const int v_hi = ((i / 32) % 2);
-  const int v_sc = ((v_j < 4) ? ((int)b[4 + v_j] & 63) : (((int)b[4 + (v_j + 4)] & 15) | (((int)b[4 + (v_j - 4)] >> 6) << 4)));
-  const int v_m = ((v_j < 4) ? ((int)b[4 + (v_j + 4)] & 63) : (((int)b[4 + (v_j + 4)] >> 4) | (((int)b[4 + v_j] >> 6) << 4)));
+  const int v_sc = qmoe_sel((v_j < 4), ((int)b[4 + v_j] & 63), (((int)b[4 + (v_j + 4)] & 15) | (((int)b[4 + (v_j - 4)] >> 6) << 4)));
+  const int v_m = qmoe_sel((v_j < 4), ((int)b[4 + (v_j + 4)] & 63), (((int)b[4 + (v_j + 4)] >> 4) | (((int)b[4 + v_j] >> 6) << 4)));
   const int v_q = (((int)b[16 + ((32 * v_c) + (i % 32))] >> (4 * v_hi)) & 15);
   const float r = __fsub_rn(__fmul_rn(__fmul_rn(f_d, (float)v_sc), (float)v_q), __fmul_rn(f_dmin, (float)v_m));
   return r;
@@ -145,6 +160,29 @@ static __device__ __forceinline__ void qmoe_stage_rows(const uint8_t *const *row
   __syncwarp();
 }
 
+// acc[r] += Σ decode(row r)[e] · x[e] over the NE elements of one staged chunk, 256 per step (see the generator
+// for which elements a lane takes). G: the last step may be partial (only where NE need not be a multiple of
+// 256, i.e. rows that end inside a step).
+template <int R, bool G>
+static __device__ __forceinline__ void qmoe_dot_chunk(const uint4 *sh, const int *off, const float *xc, int ne,
+                                                      int lane, acc_t *acc) {
+  for (int e0 = 0; e0 < ne; e0 += 32 * UNROLL) {
+    // the lane's x and block, addressed once per step
+    const float *xl = xc + e0 + lane;
+    const uint8_t *bl[R];
+#pragma unroll
+    for (int r = 0; r < R; r++) bl[r] = (const uint8_t *)(sh + r * STAGE_VECS) + off[r] + (e0 / QB_ELEMS) * QB_BYTES;
+#pragma unroll
+    for (int t = 0; t < UNROLL; t++) {
+      // element e0 + lane + 32 * t
+      if (G && e0 + lane + 32 * t >= ne) continue;
+      const float xv = __ldg(xl + 32 * t);
+#pragma unroll
+      for (int r = 0; r < R; r++) acc[r] = qmoe_fma(qmoe_q4_k_decode(bl[r] + 0 * QB_BYTES, (lane | (32 * t))), xv, acc[r]);
+    }
+  }
+}
+
 // acc[r] += Σ_e decode(row r)[e] · x[e] over the NBLOCKS blocks of R rows (per-lane partial sums; the caller
 // reduces across the warp). Weights are decoded from shared memory by the contract's decode function.
 template <int R>
@@ -156,20 +194,8 @@ static __device__ __forceinline__ void qmoe_row_dots(const uint8_t *const *rows,
     qmoe_stage_rows<R>(rows, b0, nb, sh, lane, off);
     const float *xc = x + b0 * QB_ELEMS;
     const int ne = nb * QB_ELEMS;
-    for (int e0 = 0; e0 < ne; e0 += 32 * UNROLL) {
-#pragma unroll
-      for (int t = 0; t < UNROLL; t++) {
-        const int e = e0 + 32 * t + lane;
-        {
-        const float xv = __ldg(xc + e);
-#pragma unroll
-        for (int r = 0; r < R; r++) {
-          const uint8_t *blk = (const uint8_t *)(sh + r * STAGE_VECS) + off[r] + (e / QB_ELEMS) * QB_BYTES;
-          acc[r] = qmoe_fma(qmoe_q4_k_decode(blk, e % QB_ELEMS), xv, acc[r]);
-        }
-        }
-      }
-    }
+    if (false && ne % (32 * UNROLL)) qmoe_dot_chunk<R, true>(sh, off, xc, ne, lane, acc);
+    else qmoe_dot_chunk<R, false>(sh, off, xc, ne, lane, acc);
     __syncwarp(); // the next chunk overwrites the buffer
   }
 }

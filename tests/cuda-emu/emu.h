@@ -133,6 +133,18 @@ using std::sin;
 using std::sqrt;
 
 static inline void qmoe_cp_async16(uint4 *smem, const uint4 *gmem) { std::memcpy(smem, gmem, 16); }
+/* cvt.f32.f16 is exact; the host does the same conversion from the bits. */
+static inline float qmoe_cu_f16(uint32_t h) {
+  uint32_t s = (h & 0x8000u) << 16, e = (h >> 10) & 0x1Fu, m = h & 0x3FFu, u;
+  if (e == 0x1Fu) u = s | 0x7F800000u | m << 13;
+  else if (e == 0) {
+    float v = (float)m * 0x1p-24f;
+    return s ? -v : v;
+  } else u = s | (e + 112u) << 23 | m << 13;
+  float f;
+  std::memcpy(&f, &u, 4);
+  return f;
+}
 static inline void qmoe_cp_async_wait_all() {}
 
 /* ---- the launcher, called by the fake driver ------------------------------------------------------- */

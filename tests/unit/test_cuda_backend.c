@@ -260,6 +260,8 @@ static const shape_case shapes[] = {
   { "matvec", "q6_k", { 16384, 2048 }, 2, {0}, {0}, "lm_head slice" },
   { "matvec", "q6_k", { 333, 768 }, 2, {0}, { 3, 20, 12 }, "630-byte rows, odd W offset, odd row count" },
   { "matvec", "q8_0", { 1000, 2080 }, 2, {0}, { 2, 8, 4 }, "Q8_0, row not a whole chunk" },
+  { "matvec", "f16", { 77, 300 }, 2, {0}, { 6, 4, 0 }, "F16, rows ending mid-step" },
+  { "matvec", "q4_0", { 5, 32 }, 2, {0}, { 1, 0, 0 }, "one block per row" },
   { "moe_gate_up_swiglu", "q4_k", { 2048, 768, 128, 8 }, 4, {0}, {0}, "ffn_gate/up_exps" },
   { "moe_down", "q6_k", { 2048, 768, 128, 8 }, 4, {0}, {0}, "ffn_down_exps (Q6_K, 630-byte rows)" },
   { "moe_down", "q4_k", { 2048, 768, 128, 8 }, 4, {0}, { 18, 0, 0, 0, 0 }, "ffn_down_exps (Q4_K), odd offset" },
