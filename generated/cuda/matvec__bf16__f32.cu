@@ -64,8 +64,9 @@ __device__ __forceinline__ void qmoe_cp_async_wait_all() {
 }
 #endif
 
-// `c ? a : b` of the decode expressions with both arms evaluated (their reads stay inside the staged block,
-// see STAGE_PAD): straight-line code, so the decode of a lane's elements shares its common subexpressions.
+// `c ? a : b` of the decode expressions with both arms evaluated (an arm not taken may index outside its field,
+// as q4_k's scales[j - 4] for j < 4 does; its read stays within the 64-byte pads around each staged row, see
+// STAGE_PAD): straight-line code, so the decode of a lane's elements shares its common subexpressions.
 __device__ __forceinline__ int qmoe_sel(bool c, int a, int b) { return c ? a : b; }
 __device__ __forceinline__ float qmoe_sel(bool c, float a, float b) { return c ? a : b; }
 
@@ -123,11 +124,14 @@ static __device__ __forceinline__ void qmoe_bf16_decode_block(const uint8_t *b, 
 #define QB_ELEMS 1
 #define QB_BYTES 2
 #define CH_BLOCKS 1024                             // blocks of one row staged per chunk
-#define STAGE_VECS ((CH_BLOCKS * QB_BYTES + 15) / 16 + 1) // 16-byte vectors covering a chunk at any alignment
-#define STAGE_U ((STAGE_VECS + 31) / 32)             // vectors per lane
+#define STAGE_DATA ((CH_BLOCKS * QB_BYTES + 15) / 16 + 1) // 16-byte vectors covering a chunk at any alignment
+#define STAGE_PAD 4                                  // 64 bytes before and after each row's chunk, so the
+                                                     // arms of a decode's ?: that are not taken read in bounds
+#define STAGE_VECS (STAGE_PAD + STAGE_DATA + STAGE_PAD) // one row's slice of the warp's buffer
+#define STAGE_U ((STAGE_DATA + 31) / 32)             // vectors per lane
 #define UNROLL 8                             // elements per lane per step (32·UNROLL per warp)
 
-// Copies blocks [b0, b0+nb) of R rows into the warp's shared buffer SH (R × STAGE_VECS vectors) with coalesced
+// Copies blocks [b0, b0+nb) of R rows into the warp's shared buffer SH (R slices of STAGE_VECS) with coalesced
 // 16-byte asynchronous copies (cp.async: global -> shared without registers), all in flight before the one
 // wait. The aligned span may start up to 15 bytes before a row chunk and end up to 15 bytes after it;
 // buffers are 256-byte aligned with sizes rounded up to 256 bytes (backend_cuda.c), so the span never leaves
@@ -142,7 +146,7 @@ static __device__ __forceinline__ void qmoe_stage_rows(const uint8_t *const *row
     off[r] = (int)(p - a0);
     const int n16 = (off[r] + nb * QB_BYTES + 15) >> 4;
     const uint4 *src = (const uint4 *)a0;
-    uint4 *dst = sh + r * STAGE_VECS;
+    uint4 *dst = sh + r * STAGE_VECS + STAGE_PAD;
 #pragma unroll
     for (int u = 0; u < STAGE_U; u++) {
       const int j = lane + 32 * u;
@@ -164,7 +168,7 @@ static __device__ __forceinline__ void qmoe_dot_chunk(const uint4 *sh, const int
     const float *xl = xc + e0 + UNROLL * lane;
     const uint8_t *bl[R];
 #pragma unroll
-    for (int r = 0; r < R; r++) bl[r] = (const uint8_t *)(sh + r * STAGE_VECS) + off[r] + (e0 + UNROLL * lane) * QB_BYTES;
+    for (int r = 0; r < R; r++) bl[r] = (const uint8_t *)(sh + r * STAGE_VECS + STAGE_PAD) + off[r] + (e0 + UNROLL * lane) * QB_BYTES;
 #pragma unroll
     for (int t = 0; t < UNROLL; t++) {
       // element e0 + UNROLL * lane + t

@@ -64,8 +64,9 @@ __device__ __forceinline__ void qmoe_cp_async_wait_all() {
 }
 #endif
 
-// `c ? a : b` of the decode expressions with both arms evaluated (their reads stay inside the staged block,
-// see STAGE_PAD): straight-line code, so the decode of a lane's elements shares its common subexpressions.
+// `c ? a : b` of the decode expressions with both arms evaluated (an arm not taken may index outside its field,
+// as q4_k's scales[j - 4] for j < 4 does; its read stays within the 64-byte pads around each staged row, see
+// STAGE_PAD): straight-line code, so the decode of a lane's elements shares its common subexpressions.
 __device__ __forceinline__ int qmoe_sel(bool c, int a, int b) { return c ? a : b; }
 __device__ __forceinline__ float qmoe_sel(bool c, float a, float b) { return c ? a : b; }
 
