@@ -778,7 +778,7 @@ local function emit_variant(v, sources)
     -- Which elements a lane takes in a step of 256 (e0 a multiple of 256), and how the compiler is shown it:
     --  * blocks of 256·k (k-quants): element e0 + lane + 32·t, one block for the whole step, i = lane | 32·t,
     --    so everything that depends on i / 32 (sub-block scales, bit positions) is a constant per unrolled t,
-    --    and x loads are coalesced (on the SASS: 14 to 20 instructions per element for q4_k..q6_k, against 19
+    --    and x loads are coalesced (on the SASS: 14 (q6_k) to 21 (q5_k) instructions per element, against 19
     --    to 24 with 8 consecutive elements per lane);
     --  * smaller blocks dividing 256 (32-element formats): 8 consecutive elements per lane, all in one block,
     --    i = (offset in block) | t, so the block's scale is read and converted once per lane and step;
