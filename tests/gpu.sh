@@ -22,7 +22,7 @@ LOG="$LOGDIR/gpu-tests.log"
 TMO=${QMOE_GPU_TIMEOUT:-600}
 vulkan=1
 cuda_tests="test_parity_cuda test_cuda_backend test_cuda_runtime test_cuda_compile"
-vk_tests="test_parity_vulkan"
+vk_tests="test_parity_vulkan test_vk_runtime test_vk_perf"
 if [ "${1:-}" = "--pack" ]; then
   dst=${2:-.gpu-build}
   mkdir -p "$dst/tests" || exit 1
