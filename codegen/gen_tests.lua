@@ -1,14 +1,15 @@
--- gen_tests.lua: writes generated/tests/test_parity_<backend>.c (cpu, vulkan, cuda) from one C template:
+-- gen_tests.lua: writes generated/tests/parity_body.h (the one parity test, from the C template below) and a
+-- thin generated/tests/test_parity_<backend>.c per backend (cpu, vulkan, cuda) that names it and includes it:
 -- every stage × qtype × accumulator of contracts/stages/*.yaml (qtypes resolved against contracts/quant),
 -- run on the backend and on the CPU reference, judged with the thresholds of the model contract's
 -- falsifiers (contracts/models/*.yaml, emitted as constants naming the falsifier id and file:line).
--- Usage: qmoe-lua codegen/gen_tests.lua [--contracts DIR] --backend cpu|vulkan|cuda --out FILE
+-- Usage: qmoe-lua codegen/gen_tests.lua [--contracts DIR] --out-dir DIR
 local util = require("util")
 local stages_gen = dofile("codegen/gen_stages.lua")
 local M = {}
-local USAGE = "usage: qmoe-lua codegen/gen_tests.lua [--contracts DIR] --backend cpu|vulkan|cuda --out FILE"
+local USAGE = "usage: qmoe-lua codegen/gen_tests.lua [--contracts DIR] --out-dir DIR"
 local SCRIPT = "codegen/gen_tests.lua"
-local TEMPLATE -- the C template, at the end of this file
+local TEMPLATE, BACKEND_TEMPLATE -- the C templates, at the end of this file
 
 -- What differs between the backends' files; everything else is the one template below.
 local BACKENDS = {
@@ -46,13 +47,9 @@ function M.plan(ctx)
   local inputs = { model.__file }
   for _, s in ipairs(ctx.stages.list) do inputs[#inputs + 1] = s.__file end
   for _, q in ipairs(ctx.quant.list) do inputs[#inputs + 1] = q.__file end
-  local jobs = {}
-  for _, b in ipairs(BACKENDS) do
-    local out = "generated/tests/test_parity_" .. b.name .. ".c"
-    jobs[#jobs + 1] = { outputs = { out }, inputs = inputs, desc = out,
-                        args = "--backend " .. b.name .. " --out " .. out }
-  end
-  return jobs
+  local outputs = { "generated/tests/parity_body.h" }
+  for _, b in ipairs(BACKENDS) do outputs[#outputs + 1] = "generated/tests/test_parity_" .. b.name .. ".c" end
+  return { { outputs = outputs, inputs = inputs, desc = "generated/tests/test_parity_*", args = "--out-dir generated/tests" } }
 end
 
 -- The template checks measure <= threshold; a contract asking for another comparison fails generation.
@@ -143,7 +140,20 @@ local function fmt_num(v)
   return string.format("%.17g", v)
 end
 
-local function emit_test(backend, recs, th, model, sources)
+local function fill(template, subst)
+  return (template:gsub("@(%u+)@", function(k)
+    if subst[k] == nil then error("template placeholder @" .. k .. "@ has no value", 0) end
+    return subst[k]
+  end))
+end
+
+-- The thin per-backend file: what differs between backends, then the shared body.
+local function emit_backend(backend, sources)
+  return fill(BACKEND_TEMPLATE, { BANNER = util.banner("c", SCRIPT, sources), BACKEND = backend.name,
+                                  NODEV = backend.nodev, LABEL = backend.label, ISREF = tostring(backend.is_reference) })
+end
+
+local function emit_body(recs, th, model, sources)
   local consts = {}
   for _, want in ipairs(FALSIFIERS) do
     local t = th[want.id]
@@ -159,44 +169,48 @@ local function emit_test(backend, recs, th, model, sources)
     rows[#rows + 1] = string.format('  { "%s", %d, "%s", QMOE_ACC_%s, "%s", %s, %s },', c.stage, c.qtype, c.qname,
                                     c.acc:upper(), c.acc_name, c.nmse, c.maxrel)
   end
-  local text = TEMPLATE
-  local subst = {
-    BANNER = util.banner("c", SCRIPT, sources),
-    BACKEND = backend.name,
-    NODEV = backend.nodev,
-    LABEL = backend.label,
-    ISREF = tostring(backend.is_reference),
-    THRESHOLDS = table.concat(consts, "\n"),
-    CASES = table.concat(rows, "\n"),
-  }
-  text = text:gsub("@(%u+)@", function(k)
-    if subst[k] == nil then error("template placeholder @" .. k .. "@ has no value", 0) end
-    return subst[k]
-  end)
-  return text
+  return fill(TEMPLATE, { BANNER = util.banner("c", SCRIPT, sources), THRESHOLDS = table.concat(consts, "\n"),
+                          CASES = table.concat(rows, "\n") })
 end
 
 local function main(argv)
-  local o = util.parse_args(argv, { contracts = "contracts", backend = "", out = "" }, USAGE)
-  local backend
-  for _, b in ipairs(BACKENDS) do if b.name == o.backend then backend = b end end
-  if not backend or o.out == "" then error(USAGE, 0) end
+  local o = util.parse_args(argv, { contracts = "contracts", out_dir = "" }, USAGE)
+  if o.out_dir == "" then error(USAGE, 0) end
   local ctx = require("contracts").load_all(o.contracts)
   local model = model_contract(ctx)
   if not model then error(o.contracts .. "/models: no model contract defines FALSIFY-STAGE-PARITY-F32", 0) end
   local recs = stages_gen.stages(ctx)
   local th = thresholds(model)
   local sources = { model.__file, o.contracts .. "/stages/*.yaml", o.contracts .. "/quant/*.yaml" }
-  util.write_if_changed(o.out, emit_test(backend, recs, th, model, sources))
+  util.write_if_changed(o.out_dir .. "/parity_body.h", emit_body(recs, th, model, sources))
+  for _, b in ipairs(BACKENDS) do
+    util.write_if_changed(o.out_dir .. "/test_parity_" .. b.name .. ".c", emit_backend(b, sources))
+  end
 end
 
-TEMPLATE = [==[
+BACKEND_TEMPLATE = [==[
 @BANNER@/* test_parity_@BACKEND@.c: backend "@BACKEND@" against the CPU reference for every stage × qtype × accumulator
- * of contracts/stages (f32 variants against the reference's f32 path, f64 variants against its long-double
- * oracle), plus the mixed-qtype MoE layer, a call with a qtype that has no variant, and bitwise determinism.
-@LABEL@ * Inputs are fresh random data each run (seed printed); outputs are poisoned with NaN before each run.
+ * of contracts/stages; the test itself is parity_body.h, shared by every backend.
+@LABEL@ */
+#define BACKEND_NAME "@BACKEND@"
+#define NO_DEVICE "@NODEV@"
+/* 1 when the backend runs the CPU reference itself: FALSIFY-QTYPE-DISPATCH then demands bitwise equality
+ * with the reference's path for the same accumulator (metric `equal`), not just the parity thresholds. */
+#define BACKEND_IS_REFERENCE @ISREF@
+#include "parity_body.h"
+]==]
+
+TEMPLATE = [==[
+@BANNER@/* parity_body.h: the parity test of one backend (named by the including test_parity_<backend>.c) against
+ * the CPU reference for every stage × qtype × accumulator of contracts/stages (f32 variants against the
+ * reference's f32 path, f64 variants against its long-double oracle), plus the mixed-qtype MoE layer, a call
+ * with a qtype that has no variant, and bitwise determinism.
+ * Inputs are fresh random data each run (seed printed); outputs are poisoned with NaN before each run.
  * A backend that cannot be opened skips every case (set QMOE_TEST_REQUIRE_BACKEND=1 to make that a
  * failure); one that opens and then fails a stage fails. */
+#if !defined(BACKEND_NAME) || !defined(NO_DEVICE) || !defined(BACKEND_IS_REFERENCE)
+#error "parity_body.h is included by a test_parity_<backend>.c that defines the backend"
+#endif
 #include <float.h>
 #include <math.h>
 #include <stdint.h>
@@ -208,12 +222,6 @@ TEMPLATE = [==[
 #include "qmoe.h"
 #include "ref_internal.h"
 #include "stage_table.h"
-
-#define BACKEND_NAME "@BACKEND@"
-#define NO_DEVICE "@NODEV@"
-/* 1 when the backend runs the CPU reference itself: FALSIFY-QTYPE-DISPATCH then demands bitwise equality
- * with the reference's path for the same accumulator (metric `equal`), not just the parity thresholds. */
-#define BACKEND_IS_REFERENCE @ISREF@
 
 /* ---- thresholds, from the model contract's falsifiers ---- */
 @THRESHOLDS@
