@@ -7,13 +7,15 @@
 #include "cmd.h"
 
 static const char usage[] =
-  "usage: qmoe inspect FILE.gguf [--full] [--json]\n"
+  "usage: qmoe inspect FILE.gguf [--full] [--json] [--model]\n"
   "Shows a GGUF file's header, its metadata (key, type, value) and its tensor table (name, type, shape,\n"
   "bytes, absolute file offset). Opening the file validates all of it: a malformed file gives an error\n"
   "naming the byte offset and the key or tensor, and exit status 1. A file with general.architecture is\n"
   "checked as a model too: a count it needs (block_count, head counts, expert counts, widths, context\n"
-  "length) that is missing, zero, negative, huge or not an integer is reported after the listing (and in\n"
-  "\"problems\" with --json), with exit status 1.\n"
+  "length) that is missing, zero, negative, huge or not an integer is reported after the listing as a\n"
+  "warning (and in \"problems\" with --json); a model loader refuses such a file.\n"
+  "  --model  the file must be a usable model: check it even without general.architecture, and exit 1\n"
+  "           when there is a problem\n"
   "  --full   print whole strings and every array element (default: abbreviated)\n"
   "  --json   print one JSON object instead: {\"file\", \"version\", \"alignment\", \"data_offset\", \"size\",\n"
   "           \"metadata\": [{\"key\", \"type\", \"elem_type\"?, \"value\"}], \"tensors\": [{\"name\", \"type\",\n"
@@ -232,8 +234,8 @@ static void add_problem(void *ctx, const char *msg) {
 }
 
 static int run(int argc, char **argv) {
-  const char *path = NULL, *seen_full = NULL, *seen_json = NULL;
-  int full = 0, json = 0;
+  const char *path = NULL, *seen_full = NULL, *seen_json = NULL, *seen_model = NULL;
+  int full = 0, json = 0, as_model = 0;
   for (int i = 1; i < argc; i++) {
     if (!strcmp(argv[i], "--full")) {
       if (cli_once(&cmd_inspect, &seen_full, "--full")) return 2;
@@ -241,6 +243,9 @@ static int run(int argc, char **argv) {
     } else if (!strcmp(argv[i], "--json")) {
       if (cli_once(&cmd_inspect, &seen_json, "--json")) return 2;
       json = 1;
+    } else if (!strcmp(argv[i], "--model")) {
+      if (cli_once(&cmd_inspect, &seen_model, "--model")) return 2;
+      as_model = 1;
     } else if (argv[i][0] == '-' && argv[i][1]) return cli_usage_error(&cmd_inspect, "unknown option '%s'", argv[i]);
     else if (!path) path = argv[i];
     else return cli_usage_error(&cmd_inspect, "one FILE.gguf only ('%s' is a second)", argv[i]);
@@ -250,7 +255,7 @@ static int run(int argc, char **argv) {
   if (qmoe_gguf_open(path, &f) != 0) return cli_error("inspect", "%s", qmoe_last_error());
   /* A file with an architecture is a model: the counts a model needs are checked and problems reported. */
   problem_list problems = { 0 };
-  if (qmoe_gguf_find_key(f, "general.architecture") >= 0) {
+  if (as_model || qmoe_gguf_find_key(f, "general.architecture") >= 0) {
     qmoe_hparams hp;
     qmoe_hparams_read(f, &hp, add_problem, &problems);
   }
@@ -264,7 +269,8 @@ static int run(int argc, char **argv) {
   int rc = 0;
   for (const char *p = problems.text; p && *p;) {
     const char *nl = strchr(p, '\n');
-    rc = cli_error("inspect", "%.*s", (int)(nl - p), p);
+    if (as_model) rc = cli_error("inspect", "%.*s", (int)(nl - p), p);
+    else fprintf(stderr, "qmoe inspect: warning: %.*s\n", (int)(nl - p), p);
     p = nl + 1;
   }
   free(problems.text);
