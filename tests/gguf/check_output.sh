@@ -71,7 +71,8 @@ ln -s target.gguf "$T/tlink.gguf"
 rm -f "$T/target.gguf" "$T/tlink.gguf" "$T/file.f32" "$T/stdout.f32"
 
 # --- device outputs ------------------------------------------------------------------------------------
-if [ "$(id -u)" = 0 ] && mknod "$T/null" c 1 3 2>/dev/null && mknod "$T/full" c 1 7 2>/dev/null; then
+if [ "$(id -u)" = 0 ] && mknod "$T/null" c 1 3 2>/dev/null && mknod "$T/full" c 1 7 2>/dev/null &&
+   (echo x >"$T/null") 2>/dev/null; then
   for cmd in dump extract quantize; do
     for dev in null full; do
       case $cmd in
@@ -93,7 +94,7 @@ if [ "$(id -u)" = 0 ] && mknod "$T/null" c 1 3 2>/dev/null && mknod "$T/full" c 
   done
   grep -q "No space left on device" "$T/out" && ok "a full device names the error" || bad "a full device names the error" "$(head -c 200 "$T/out")"
 else
-  echo "skip device outputs: not root or mknod refused (device nodes cannot be made here)"
+  echo "skip device outputs: not root, mknod refused or a nodev file system (device nodes cannot be used here)"
 fi
 
 # --- a full disk ---------------------------------------------------------------------------------------
