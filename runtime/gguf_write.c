@@ -64,7 +64,7 @@ qmoe_gguf_writer *qmoe_gguf_writer_new(void) {
   return w;
 }
 
-static int check_building_(qmoe_gguf_writer *w);
+static int check_building(qmoe_gguf_writer *w, const char *what);
 static void abandon(qmoe_gguf_writer *w) {
   qmoe_out_abort(w->out);
   w->out = NULL;
@@ -72,7 +72,7 @@ static void abandon(qmoe_gguf_writer *w) {
 }
 
 int qmoe_gguf_writer_add_input(qmoe_gguf_writer *w, const char *path) {
-  int rc = check_building_(w);
+  int rc = check_building(w, "adding an input");
   if (rc) return rc;
   w->inputs = qmoe_gguf__xrealloc(w->inputs, (w->n_inputs + 1) * sizeof *w->inputs);
   w->inputs[w->n_inputs++] = qmoe_gguf__xstrndup(path, strlen(path));
@@ -123,7 +123,6 @@ static int check_building(qmoe_gguf_writer *w, const char *what) {
   }
   return 0;
 }
-static int check_building_(qmoe_gguf_writer *w) { return check_building(w, "adding an input"); }
 
 /* Stores an encoded value under key (replacing an earlier one); takes ownership of enc. */
 static int set_kv(qmoe_gguf_writer *w, const char *key, buf *enc) {
