@@ -144,8 +144,7 @@ static size_t piece_end(const unsigned char *s, size_t n, size_t i) {
   if (c.cp == '\'' && (e = contraction_end(s, n, i))) return e;
   /* [^\r\n\p{L}\p{N}]?\p{L}+ */
   if (c.cls == QMOE_UC_LETTER) return run_end(s, n, i, QMOE_UC_LETTER);
-  if (c.cp != '\r' && c.cp != '\n' && c.cls != QMOE_UC_NUMBER && char_at(s, n, i + c.len).cls == QMOE_UC_LETTER &&
-      i + c.len < n)
+  if (c.cp != '\r' && c.cp != '\n' && c.cls != QMOE_UC_NUMBER && char_at(s, n, i + c.len).cls == QMOE_UC_LETTER)
     return run_end(s, n, i + c.len, QMOE_UC_LETTER);
   /* \p{N} */
   if (c.cls == QMOE_UC_NUMBER) return i + c.len;
@@ -627,6 +626,10 @@ int qmoe_tokenizer_encode(const qmoe_tokenizer *t, const char *text, size_t len,
   *n = 0;
   if (!text && len) {
     qmoe_set_error("qmoe_tokenizer_encode: text is NULL");
+    return QMOE_EINVAL;
+  }
+  if (len > INT32_MAX) { /* symbol positions are int32 */
+    qmoe_set_error("%s: the text to encode has %zu bytes; at most %d at a time", t->path, len, INT32_MAX);
     return QMOE_EINVAL;
   }
   /* User-defined tokens are always matched; control tokens (<|im_start|>, ...) only when parse_special. */

@@ -185,7 +185,7 @@ static void test_bpe_matches_naive(void) {
       size_t best = SIZE_MAX, at = 0;
       for (size_t i = 0; i + 1 < ns; i++) {
         char pair[1030];
-        snprintf(pair, sizeof pair, "%s %s", sym[i], sym[i + 1]);
+        snprintf(pair, sizeof pair, "%.511s %.511s", sym[i], sym[i + 1]);
         for (size_t m = 0; m < nm && m < best; m++)
           if (!strcmp(merges[m], pair)) best = m, at = i;
       }
