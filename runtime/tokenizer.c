@@ -819,6 +819,9 @@ static void synth_add(synth_vocab *v, const char *s, size_t n) {
 
 static size_t synth_len(const synth_vocab *v, size_t i) { return v->off[i + 1] - v->off[i] - 1; }
 
+/* Merged tokens stay at most this many bytes of byte-level text (Qwen's vocabulary averages under 7). */
+#define SYNTH_MAX_LEN 16
+
 int qmoe_tokenizer_write_synthetic(qmoe_gguf_writer *w, int64_t n_vocab, uint64_t seed) {
   static const char *const specials[] = { "<|endoftext|>", "<|im_start|>", "<|im_end|>" };
   enum { N_SPECIALS = 3 };
@@ -864,7 +867,7 @@ int qmoe_tokenizer_write_synthetic(qmoe_gguf_writer *w, int64_t n_vocab, uint64_
       if (la + lb > cat_cap) cat = xrealloc(cat, cat_cap = 2 * (la + lb));
       memcpy(cat, v.arena + v.off[a], la);
       memcpy(cat + la, v.arena + v.off[b], lb);
-      int clash = synth_has(&v, cat, la + lb);
+      int clash = la + lb > SYNTH_MAX_LEN || synth_has(&v, cat, la + lb);
       for (int i = 0; i < N_SPECIALS && !clash; i++) clash = la + lb == strlen(specials[i]) && !memcmp(cat, specials[i], la + lb);
       if (!clash) break;
     }
@@ -875,8 +878,8 @@ int qmoe_tokenizer_write_synthetic(qmoe_gguf_writer *w, int64_t n_vocab, uint64_
     merge_strs[m][la + lb + 1] = 0;
     size_t id = v.n;
     synth_add(&v, cat, la + lb);
-    if ((a == ' ' || is_word[a]) && is_tail[b]) words[n_words++] = id, is_word[id] = 1;
-    if (is_tail[a] && is_tail[b]) tails[n_tails++] = id, is_tail[id] = 1;
+    if (la + lb < SYNTH_MAX_LEN && (a == ' ' || is_word[a]) && is_tail[b]) words[n_words++] = id, is_word[id] = 1;
+    if (la + lb < SYNTH_MAX_LEN && is_tail[a] && is_tail[b]) tails[n_tails++] = id, is_tail[id] = 1;
   }
   free(is_word);
   free(is_tail);
