@@ -26,6 +26,8 @@ const qmoe_vk_variant qmoe_vk_variants[] = {
     {"matvec__q6_k__f64", "matvec/q6_k/f64", QMOE_STAGE_MATVEC, 14, QMOE_ACC_F64, 1, {{"matvec__q6_k__f64", 64, 24448}}, 8},
     {"matvec__q8_k__f32", "matvec/q8_k/f32", QMOE_STAGE_MATVEC, 15, QMOE_ACC_F32, 1, {{"matvec__q8_k__f32", 32, 18816}}, 4},
     {"matvec__q8_k__f64", "matvec/q8_k/f64", QMOE_STAGE_MATVEC, 15, QMOE_ACC_F64, 1, {{"matvec__q8_k__f64", 32, 18944}}, 4},
+    {"matvec__iq4_nl__f32", "matvec/iq4_nl/f32", QMOE_STAGE_MATVEC, 20, QMOE_ACC_F32, 1, {{"matvec__iq4_nl__f32", 64, 19072}}, 8},
+    {"matvec__iq4_nl__f64", "matvec/iq4_nl/f64", QMOE_STAGE_MATVEC, 20, QMOE_ACC_F64, 1, {{"matvec__iq4_nl__f64", 64, 19328}}, 8},
     {"matvec__bf16__f32", "matvec/bf16/f32", QMOE_STAGE_MATVEC, 30, QMOE_ACC_F32, 1, {{"matvec__bf16__f32", 64, 22144}}, 8},
     {"matvec__bf16__f64", "matvec/bf16/f64", QMOE_STAGE_MATVEC, 30, QMOE_ACC_F64, 1, {{"matvec__bf16__f64", 64, 22400}}, 8},
     {"moe_gate_up_swiglu__f32__f32", "moe_gate_up_swiglu/f32/f32", QMOE_STAGE_MOE_GATE_UP_SWIGLU, 0, QMOE_ACC_F32, 1, {{"moe_gate_up_swiglu__f32__f32", 32, 20096}}, 4},
@@ -48,6 +50,8 @@ const qmoe_vk_variant qmoe_vk_variants[] = {
     {"moe_gate_up_swiglu__q6_k__f64", "moe_gate_up_swiglu/q6_k/f64", QMOE_STAGE_MOE_GATE_UP_SWIGLU, 14, QMOE_ACC_F64, 1, {{"moe_gate_up_swiglu__q6_k__f64", 32, 24448}}, 4},
     {"moe_gate_up_swiglu__q8_k__f32", "moe_gate_up_swiglu/q8_k/f32", QMOE_STAGE_MOE_GATE_UP_SWIGLU, 15, QMOE_ACC_F32, 1, {{"moe_gate_up_swiglu__q8_k__f32", 16, 18816}}, 2},
     {"moe_gate_up_swiglu__q8_k__f64", "moe_gate_up_swiglu/q8_k/f64", QMOE_STAGE_MOE_GATE_UP_SWIGLU, 15, QMOE_ACC_F64, 1, {{"moe_gate_up_swiglu__q8_k__f64", 16, 18944}}, 2},
+    {"moe_gate_up_swiglu__iq4_nl__f32", "moe_gate_up_swiglu/iq4_nl/f32", QMOE_STAGE_MOE_GATE_UP_SWIGLU, 20, QMOE_ACC_F32, 1, {{"moe_gate_up_swiglu__iq4_nl__f32", 32, 19072}}, 4},
+    {"moe_gate_up_swiglu__iq4_nl__f64", "moe_gate_up_swiglu/iq4_nl/f64", QMOE_STAGE_MOE_GATE_UP_SWIGLU, 20, QMOE_ACC_F64, 1, {{"moe_gate_up_swiglu__iq4_nl__f64", 32, 19328}}, 4},
     {"moe_gate_up_swiglu__bf16__f32", "moe_gate_up_swiglu/bf16/f32", QMOE_STAGE_MOE_GATE_UP_SWIGLU, 30, QMOE_ACC_F32, 1, {{"moe_gate_up_swiglu__bf16__f32", 32, 22144}}, 4},
     {"moe_gate_up_swiglu__bf16__f64", "moe_gate_up_swiglu/bf16/f64", QMOE_STAGE_MOE_GATE_UP_SWIGLU, 30, QMOE_ACC_F64, 1, {{"moe_gate_up_swiglu__bf16__f64", 32, 22400}}, 4},
     {"moe_down__f32__f32", "moe_down/f32/f32", QMOE_STAGE_MOE_DOWN, 0, QMOE_ACC_F32, 1, {{"moe_down__f32__f32", 64, 20096}}, 8},
@@ -70,6 +74,8 @@ const qmoe_vk_variant qmoe_vk_variants[] = {
     {"moe_down__q6_k__f64", "moe_down/q6_k/f64", QMOE_STAGE_MOE_DOWN, 14, QMOE_ACC_F64, 1, {{"moe_down__q6_k__f64", 64, 24448}}, 8},
     {"moe_down__q8_k__f32", "moe_down/q8_k/f32", QMOE_STAGE_MOE_DOWN, 15, QMOE_ACC_F32, 1, {{"moe_down__q8_k__f32", 32, 18816}}, 4},
     {"moe_down__q8_k__f64", "moe_down/q8_k/f64", QMOE_STAGE_MOE_DOWN, 15, QMOE_ACC_F64, 1, {{"moe_down__q8_k__f64", 32, 18944}}, 4},
+    {"moe_down__iq4_nl__f32", "moe_down/iq4_nl/f32", QMOE_STAGE_MOE_DOWN, 20, QMOE_ACC_F32, 1, {{"moe_down__iq4_nl__f32", 64, 19072}}, 8},
+    {"moe_down__iq4_nl__f64", "moe_down/iq4_nl/f64", QMOE_STAGE_MOE_DOWN, 20, QMOE_ACC_F64, 1, {{"moe_down__iq4_nl__f64", 64, 19328}}, 8},
     {"moe_down__bf16__f32", "moe_down/bf16/f32", QMOE_STAGE_MOE_DOWN, 30, QMOE_ACC_F32, 1, {{"moe_down__bf16__f32", 64, 22144}}, 8},
     {"moe_down__bf16__f64", "moe_down/bf16/f64", QMOE_STAGE_MOE_DOWN, 30, QMOE_ACC_F64, 1, {{"moe_down__bf16__f64", 64, 22400}}, 8},
     {"router_topk__f32", "router_topk/f32", QMOE_STAGE_ROUTER_TOPK, -1, QMOE_ACC_F32, 2, {{"router_topk__f32.logits", 64, 256}, {"router_topk__f32.select", 64, 768}}, 0},
@@ -86,4 +92,4 @@ const qmoe_vk_variant qmoe_vk_variants[] = {
     {"add", "add", QMOE_STAGE_ADD, -1, -1, 1, {{"add", 256, 0}}, 0},
     {"argmax", "argmax", QMOE_STAGE_ARGMAX, -1, -1, 2, {{"argmax.part", 256, 2048}, {"argmax.final", 256, 2048}}, 0},
 };
-const size_t qmoe_vk_variant_count = 79;
+const size_t qmoe_vk_variant_count = 85;
