@@ -18,6 +18,8 @@ const qmoe_vk_variant qmoe_vk_variants[] = {
     {"matvec__q5_0__f64", "matvec/q5_0/f64", QMOE_STAGE_MATVEC, 6, QMOE_ACC_F64, 1, {{"matvec__q5_0__f64", 64, 21376}}, 8},
     {"matvec__q8_0__f32", "matvec/q8_0/f32", QMOE_STAGE_MATVEC, 8, QMOE_ACC_F32, 1, {{"matvec__q8_0__f32", 64, 14976}}, 8},
     {"matvec__q8_0__f64", "matvec/q8_0/f64", QMOE_STAGE_MATVEC, 8, QMOE_ACC_F64, 1, {{"matvec__q8_0__f64", 64, 15232}}, 8},
+    {"matvec__q2_k__f32", "matvec/q2_k/f32", QMOE_STAGE_MATVEC, 10, QMOE_ACC_F32, 1, {{"matvec__q2_k__f32", 64, 16000}}, 8},
+    {"matvec__q2_k__f64", "matvec/q2_k/f64", QMOE_STAGE_MATVEC, 10, QMOE_ACC_F64, 1, {{"matvec__q2_k__f64", 64, 16256}}, 8},
     {"matvec__q4_k__f32", "matvec/q4_k/f32", QMOE_STAGE_MATVEC, 12, QMOE_ACC_F32, 1, {{"matvec__q4_k__f32", 64, 19072}}, 8},
     {"matvec__q4_k__f64", "matvec/q4_k/f64", QMOE_STAGE_MATVEC, 12, QMOE_ACC_F64, 1, {{"matvec__q4_k__f64", 64, 19328}}, 8},
     {"matvec__q5_k__f32", "matvec/q5_k/f32", QMOE_STAGE_MATVEC, 13, QMOE_ACC_F32, 1, {{"matvec__q5_k__f32", 64, 21120}}, 8},
@@ -42,6 +44,8 @@ const qmoe_vk_variant qmoe_vk_variants[] = {
     {"moe_gate_up_swiglu__q5_0__f64", "moe_gate_up_swiglu/q5_0/f64", QMOE_STAGE_MOE_GATE_UP_SWIGLU, 6, QMOE_ACC_F64, 1, {{"moe_gate_up_swiglu__q5_0__f64", 32, 21376}}, 4},
     {"moe_gate_up_swiglu__q8_0__f32", "moe_gate_up_swiglu/q8_0/f32", QMOE_STAGE_MOE_GATE_UP_SWIGLU, 8, QMOE_ACC_F32, 1, {{"moe_gate_up_swiglu__q8_0__f32", 32, 14976}}, 4},
     {"moe_gate_up_swiglu__q8_0__f64", "moe_gate_up_swiglu/q8_0/f64", QMOE_STAGE_MOE_GATE_UP_SWIGLU, 8, QMOE_ACC_F64, 1, {{"moe_gate_up_swiglu__q8_0__f64", 32, 15232}}, 4},
+    {"moe_gate_up_swiglu__q2_k__f32", "moe_gate_up_swiglu/q2_k/f32", QMOE_STAGE_MOE_GATE_UP_SWIGLU, 10, QMOE_ACC_F32, 1, {{"moe_gate_up_swiglu__q2_k__f32", 64, 23680}}, 8},
+    {"moe_gate_up_swiglu__q2_k__f64", "moe_gate_up_swiglu/q2_k/f64", QMOE_STAGE_MOE_GATE_UP_SWIGLU, 10, QMOE_ACC_F64, 1, {{"moe_gate_up_swiglu__q2_k__f64", 64, 24192}}, 8},
     {"moe_gate_up_swiglu__q4_k__f32", "moe_gate_up_swiglu/q4_k/f32", QMOE_STAGE_MOE_GATE_UP_SWIGLU, 12, QMOE_ACC_F32, 1, {{"moe_gate_up_swiglu__q4_k__f32", 32, 19072}}, 4},
     {"moe_gate_up_swiglu__q4_k__f64", "moe_gate_up_swiglu/q4_k/f64", QMOE_STAGE_MOE_GATE_UP_SWIGLU, 12, QMOE_ACC_F64, 1, {{"moe_gate_up_swiglu__q4_k__f64", 32, 19328}}, 4},
     {"moe_gate_up_swiglu__q5_k__f32", "moe_gate_up_swiglu/q5_k/f32", QMOE_STAGE_MOE_GATE_UP_SWIGLU, 13, QMOE_ACC_F32, 1, {{"moe_gate_up_swiglu__q5_k__f32", 32, 21120}}, 4},
@@ -66,6 +70,8 @@ const qmoe_vk_variant qmoe_vk_variants[] = {
     {"moe_down__q5_0__f64", "moe_down/q5_0/f64", QMOE_STAGE_MOE_DOWN, 6, QMOE_ACC_F64, 1, {{"moe_down__q5_0__f64", 64, 21376}}, 8},
     {"moe_down__q8_0__f32", "moe_down/q8_0/f32", QMOE_STAGE_MOE_DOWN, 8, QMOE_ACC_F32, 1, {{"moe_down__q8_0__f32", 64, 14976}}, 8},
     {"moe_down__q8_0__f64", "moe_down/q8_0/f64", QMOE_STAGE_MOE_DOWN, 8, QMOE_ACC_F64, 1, {{"moe_down__q8_0__f64", 64, 15232}}, 8},
+    {"moe_down__q2_k__f32", "moe_down/q2_k/f32", QMOE_STAGE_MOE_DOWN, 10, QMOE_ACC_F32, 1, {{"moe_down__q2_k__f32", 64, 16000}}, 8},
+    {"moe_down__q2_k__f64", "moe_down/q2_k/f64", QMOE_STAGE_MOE_DOWN, 10, QMOE_ACC_F64, 1, {{"moe_down__q2_k__f64", 64, 16256}}, 8},
     {"moe_down__q4_k__f32", "moe_down/q4_k/f32", QMOE_STAGE_MOE_DOWN, 12, QMOE_ACC_F32, 1, {{"moe_down__q4_k__f32", 64, 19072}}, 8},
     {"moe_down__q4_k__f64", "moe_down/q4_k/f64", QMOE_STAGE_MOE_DOWN, 12, QMOE_ACC_F64, 1, {{"moe_down__q4_k__f64", 64, 19328}}, 8},
     {"moe_down__q5_k__f32", "moe_down/q5_k/f32", QMOE_STAGE_MOE_DOWN, 13, QMOE_ACC_F32, 1, {{"moe_down__q5_k__f32", 64, 21120}}, 8},
@@ -92,4 +98,4 @@ const qmoe_vk_variant qmoe_vk_variants[] = {
     {"add", "add", QMOE_STAGE_ADD, -1, -1, 1, {{"add", 256, 0}}, 0},
     {"argmax", "argmax", QMOE_STAGE_ARGMAX, -1, -1, 2, {{"argmax.part", 256, 2048}, {"argmax.final", 256, 2048}}, 0},
 };
-const size_t qmoe_vk_variant_count = 85;
+const size_t qmoe_vk_variant_count = 91;
