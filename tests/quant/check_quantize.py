@@ -90,6 +90,27 @@ def main():
         report(e <= factor * ref[base], "quantize_rmse_%s" % name,
                "qmoe %.5f (decoded by gguf-py) vs %.2f x gguf-py %s %.5f" % (e, factor, base, ref[base]))
 
+    # Every contract format: qmoe's blocks decoded by gguf-py (independently of qmoe's decoder) stay within
+    # the contract's quantizer.rmse_max (the bound test_quant checks with qmoe's own decoder).
+    import yaml
+    for name in have:
+        q = yaml.safe_load(open("contracts/quant/%s.yaml" % name))
+        bound = (q.get("quantizer") or {}).get("rmse_max")
+        if bound is None:
+            report(False, "quantize_contract_bound_%s" % name, "contract states no quantizer.rmse_max")
+            continue
+        qt = T(q["ggml_type"])
+        ours = qmoe_quantize(name, x.reshape(-1))
+        try:
+            y = dequantize(ours.reshape(ROWS, -1), qt)
+        except NotImplementedError:
+            print("skip quantize_contract_bound_%s: gguf-py cannot decode %s (test_quant checks the bound with qmoe's "
+                  "decoder, test_quant_vectors the decoder against independent vectors)" % (name, qt.name))
+            continue
+        e = rel_rmse(x, y.reshape(x.shape))
+        report(e <= bound, "quantize_contract_bound_%s" % name,
+               "qmoe %.5f (decoded by gguf-py) vs the contract's rmse_max %g" % (e, bound))
+
 
 try:
     main()
