@@ -6,6 +6,7 @@
 #include <string.h>
 #include <unistd.h>
 #include "cmd.h"
+#include "recipe.h"
 
 static const char usage[] =
   "usage: qmoe quantize IN.gguf OUT.gguf TYPE [--threads N]\n"
@@ -31,27 +32,9 @@ static int file_type_of(int ggml_type) {
 }
 enum { FTYPE_MOSTLY_Q4_K_M = 15 };
 
-/* llama.cpp's use_more_bits: which layers of n get the larger type in the *_M recipes. */
-static int use_more_bits(int64_t i, int64_t n) { return i < n / 8 || i >= 7 * n / 8 || (i - n / 8) % 3 == 2; }
-
-/* "blk.N.REST" -> N and REST; -1 if the name is not a layer tensor. */
-static int64_t layer_of(const char *name, const char **rest) {
-  if (strncmp(name, "blk.", 4)) return -1;
-  int64_t n = 0;
-  const char *p = name + 4;
-  if (*p < '0' || *p > '9') return -1;
-  while (*p >= '0' && *p <= '9') {
-    if (n > 100000000) return -1;
-    n = n * 10 + (*p++ - '0');
-  }
-  if (*p != '.') return -1;
-  *rest = p + 1;
-  return n;
-}
-
 static int is_router(const char *name) {
   const char *rest;
-  return layer_of(name, &rest) >= 0 && !strncmp(rest, "ffn_gate_inp.", 13);
+  return cli_layer_of(name, &rest) >= 0 && !strncmp(rest, "ffn_gate_inp.", 13);
 }
 
 typedef struct {
@@ -162,7 +145,7 @@ static int run(int argc, char **argv) {
   if (n_layers == 0) {
     for (int64_t i = 0; i < nt; i++) {
       const char *rest;
-      int64_t l = layer_of(qmoe_gguf_tensor_at(f, i)->name, &rest);
+      int64_t l = cli_layer_of(qmoe_gguf_tensor_at(f, i)->name, &rest);
       if (l + 1 > n_layers) n_layers = l + 1;
     }
   }
@@ -173,14 +156,9 @@ static int run(int argc, char **argv) {
     const qmoe_gguf_tensor *t = qmoe_gguf_tensor_at(f, i);
     plan *p = &plans[i];
     p->t = t;
-    const char *rest = "";
-    int64_t layer = layer_of(t->name, &rest);
     if (t->n_dims == 1 || is_router(t->name)) p->dst = f32;
     else if (single) p->dst = single;
-    else if (!strcmp(t->name, "output.weight")) p->dst = q6k;
-    else if (layer >= 0 && (!strncmp(rest, "ffn_down_exps.", 14) || !strncmp(rest, "ffn_down.", 9) || !strncmp(rest, "attn_v.", 7)))
-      p->dst = use_more_bits(layer, n_layers) ? q6k : q4k;
-    else p->dst = q4k;
+    else p->dst = qmoe_qtype_by_id(cli_recipe_q4_k_m(t->name, t->n_dims, n_layers)); /* recipe.c */
     if (t->type == p->dst->ggml_type) continue; /* copied as it is */
     p->src = qmoe_qtype_by_id(t->type);
     if (!p->src || !p->src->dequant_row) {
