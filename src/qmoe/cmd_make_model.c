@@ -12,7 +12,7 @@
 
 static const char usage[] =
   "usage: qmoe make-model --preset tiny|small|qwen3-30b-a3b -o FILE [--ftype q4_k_m|q8_0|f16|f32] [--seed N]\n"
-  "                       [--layers N] [--threads N]\n"
+  "                       [--layers N] [--threads N] [--dry-run]\n"
   "Writes a qwen3moe GGUF with llama.cpp's tensor names and metadata keys, a byte-level BPE tokenizer with\n"
   "ChatML specials, and seeded random weights: the same options give the same bytes.\n"
   "presets (hidden, layers, experts/used, expert FF, heads/KV heads x head dim, vocab):\n"
@@ -24,6 +24,7 @@ static const char usage[] =
   "  --seed N     random seed (default 1)\n"
   "  --layers N   override the preset's layer count (the recipe's per-layer types follow N)\n"
   "  --threads N, -j N  generate with N threads (default: the online CPUs); the bytes do not depend on N\n"
+  "  --dry-run    print the tensor table (name, type, shape, bytes) and the totals; write nothing (-o optional)\n"
   "Weights: quantized tensors are written as random valid blocks (random quants, scales chosen for the\n"
   "tensor's value scale), so no quantizer runs; scales keep the residual stream's RMS near 1 across layers,\n"
   "give router rows distinct norms (top-k is rarely a near-tie) and logits a spread of a few units.\n"
@@ -74,7 +75,7 @@ static double rng_unit(rng *r) { return (double)(rng_next(r) >> 11) * (1.0 / 900
 static float rng_normal(rng *r) {
   uint64_t v = rng_next(r);
   double s = (double)(v & 0xFFFF) + (double)((v >> 16) & 0xFFFF) + (double)((v >> 32) & 0xFFFF) + (double)(v >> 48);
-  return (float)((s - 2.0 * 65535.0) * (1.7320508075688772 / (2.0 * 65536.0)));
+  return (float)((s - 2.0 * 65535.0) * (1.7320508075688772 / 65536.0)); /* sd of each draw: 65536/sqrt(12) */
 }
 
 static uint16_t to_f16(float x) {
@@ -227,8 +228,13 @@ static int set_meta(qmoe_gguf_writer *w, const preset *p, int64_t layers, int ft
 static int run(int argc, char **argv) {
   const char *preset_name = NULL, *out = NULL, *ftype_name = NULL;
   int64_t seed = -1, layers = -1, n_threads = -1;
+  int dry_run = 0;
   for (int i = 1; i < argc; i++) {
     const char *a = argv[i];
+    if (!strcmp(a, "--dry-run")) {
+      if (dry_run++) return cli_usage_error(&cmd_make_model, "--dry-run given twice");
+      continue;
+    }
     const char **sopt = !strcmp(a, "--preset") ? &preset_name : !strcmp(a, "-o") || !strcmp(a, "--output") ? &out
                       : !strcmp(a, "--ftype") ? &ftype_name : NULL;
     int64_t *iopt = !strcmp(a, "--seed") ? &seed : !strcmp(a, "--layers") ? &layers
@@ -248,7 +254,7 @@ static int run(int argc, char **argv) {
     }
   }
   if (!preset_name) return cli_usage_error(&cmd_make_model, "missing --preset tiny|small|qwen3-30b-a3b");
-  if (!out) return cli_usage_error(&cmd_make_model, "missing -o FILE");
+  if (!out && !dry_run) return cli_usage_error(&cmd_make_model, "missing -o FILE");
   const preset *p = NULL;
   for (size_t i = 0; i < sizeof presets / sizeof presets[0]; i++)
     if (!strcmp(presets[i].name, preset_name)) p = &presets[i];
@@ -321,6 +327,31 @@ static int run(int argc, char **argv) {
       cli_error("make-model", "%s", qmoe_last_error());
       goto done;
     }
+  }
+  if (dry_run) {
+    int64_t by_type[64] = { 0 };
+    printf("%-28s %-6s %-22s %s\n", "tensor", "type", "shape", "bytes");
+    for (int64_t i = 0; i < nt; i++) {
+      const tensor_plan *t = &ts[i];
+      const char *tn = "?";
+      char shape[64];
+      qmoe_gguf_type_size(t->type, &tn, NULL, NULL);
+      if (t->n_dims == 1) snprintf(shape, sizeof shape, "[%lld]", (long long)t->ne[0]);
+      else if (t->n_dims == 2) snprintf(shape, sizeof shape, "[%lld, %lld]", (long long)t->ne[0], (long long)t->ne[1]);
+      else snprintf(shape, sizeof shape, "[%lld, %lld, %lld]", (long long)t->ne[0], (long long)t->ne[1], (long long)t->ne[2]);
+      printf("%-28s %-6s %-22s %llu\n", t->name, tn, shape, (unsigned long long)t->nbytes);
+      if (t->type >= 0 && t->type < 64) by_type[t->type]++;
+    }
+    printf("total: %lld tensors (", (long long)nt);
+    for (int ty = 0, k = 0; ty < 64; ty++) {
+      const char *tn = "?";
+      if (!by_type[ty]) continue;
+      qmoe_gguf_type_size(ty, &tn, NULL, NULL);
+      printf("%s%lld %s", k++ ? ", " : "", (long long)by_type[ty], tn);
+    }
+    printf("), %llu bytes of tensor data (%.2f GiB)\n", (unsigned long long)total, (double)total / (1024.0 * 1024.0 * 1024.0));
+    rc = fflush(stdout) != 0;
+    goto done;
   }
   if (set_meta(w, p, layers, ftype, (uint64_t)seed, ftype_name) != 0 ||
       cli_synth_tokenizer(w, p->vocab, (uint64_t)seed) != 0) {
