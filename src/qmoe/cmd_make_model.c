@@ -366,6 +366,7 @@ static int run(int argc, char **argv) {
     goto done;
   }
   cli_progress prog;
+  int show = total >= (64u << 20); /* a model built in a blink (tiny, in the build) needs no progress lines */
   cli_progress_start(&prog, "make-model", total);
   uint64_t done_bytes = 0;
   for (int64_t i = 0; i < nt; i++) {
@@ -399,14 +400,14 @@ static int run(int argc, char **argv) {
         goto done;
       }
       done_bytes += (uint64_t)(b1 - b0) * t->row_bytes;
-      cli_progress_update(&prog, done_bytes, label);
+      if (show) cli_progress_update(&prog, done_bytes, label);
     }
   }
   if (qmoe_gguf_writer_finish(w) != 0) {
     cli_error("make-model", "%s", qmoe_last_error());
     goto done;
   }
-  cli_progress_end(&prog);
+  if (show) cli_progress_end(&prog);
   rc = 0;
 done:
   qmoe_gguf_writer_free(w); /* removes the temp file when the output was not completed */
