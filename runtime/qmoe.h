@@ -178,4 +178,60 @@ int qmoe_gguf_writer_append(qmoe_gguf_writer *w, const void *bytes, uint64_t n);
 int qmoe_gguf_writer_finish(qmoe_gguf_writer *w);
 /* ==== end GGUF I/O ================================================================================ */
 
+/* ==== tokenizer (runtime/tokenizer.c; docs/tokenizer.md) ========================================== */
+/* The byte-level BPE tokenizer stored in a GGUF file: tokenizer.ggml.model "gpt2" with the pre-tokenizer
+ * "qwen2" (Qwen2/Qwen3's split regex), tokens, token_type and merges as llama.cpp's converter writes them.
+ * It copies what it needs: the file may be closed after loading. */
+typedef struct qmoe_tokenizer qmoe_tokenizer;
+/* QMOE_EFORMAT naming the file and key for a missing, mistyped or inconsistent key (unknown merge parts,
+ * duplicate or empty tokens, a byte with no token, ...); QMOE_EUNSUPPORTED for another model or pre. */
+int qmoe_tokenizer_load(const qmoe_gguf *f, qmoe_tokenizer **out);
+void qmoe_tokenizer_free(qmoe_tokenizer *t);
+int64_t qmoe_tokenizer_n_vocab(const qmoe_tokenizer *t);
+int32_t qmoe_tokenizer_eos(const qmoe_tokenizer *t);    /* tokenizer.ggml.eos_token_id, or -1 if none */
+const char *qmoe_tokenizer_path(const qmoe_tokenizer *t);  /* the file it came from (for messages) */
+/* The GGUF token type of id (1 normal, 2 unknown, 3 control, 4 user-defined, 5 unused, 6 byte); -1 if
+ * id is outside the vocabulary. */
+int qmoe_tokenizer_token_type(const qmoe_tokenizer *t, int32_t id);
+/* The id of the token whose stored string is exactly text[0..len) ("<|im_end|>"), or -1. */
+int32_t qmoe_tokenizer_find(const qmoe_tokenizer *t, const char *text, size_t len);
+/* Encodes text[0..len) (UTF-8; an invalid byte is a character of its own and round-trips). User-defined
+ * tokens (type 4) are always matched in the text; control tokens (type 3, "<|im_start|>") only when
+ * parse_special is non-zero, else they are split like any text. *ids is malloc'd (free it; never NULL on
+ * success, even for n = 0). Ids equal Hugging Face tokenizers' encode(text, add_special_tokens=False). */
+int qmoe_tokenizer_encode(const qmoe_tokenizer *t, const char *text, size_t len, int parse_special, int32_t **ids,
+                          size_t *n);
+/* The bytes of one token: the byte-level mapping undone for normal tokens (maybe part of a UTF-8
+ * sequence), the literal text for control and user-defined ones. They live as long as t. */
+int qmoe_tokenizer_token_bytes(const qmoe_tokenizer *t, int32_t id, const char **bytes, size_t *len);
+/* Decodes ids into malloc'd bytes (NUL-terminated; *len excludes the NUL). special = 0 leaves control
+ * tokens out. QMOE_EINVAL for an id outside the vocabulary. */
+int qmoe_tokenizer_decode(const qmoe_tokenizer *t, const int32_t *ids, size_t n, int special, char **text, size_t *len);
+/* Streaming decoder for generated tokens: push appends a token's bytes and returns the text that became
+ * complete (the longest prefix with no cut UTF-8 sequence at its end, not returned before); bytes that can
+ * never become valid UTF-8 are passed through, not held. The returned pointer lives until the next call.
+ * flush returns what is still held (an unfinished sequence at the end of the stream). Fields are private. */
+typedef struct qmoe_detok {
+  const qmoe_tokenizer *t;
+  char *buf;
+  size_t len, cap, done;
+} qmoe_detok;
+void qmoe_detok_init(qmoe_detok *d, const qmoe_tokenizer *t);
+int qmoe_detok_push(qmoe_detok *d, int32_t id, const char **text, size_t *len);
+void qmoe_detok_flush(qmoe_detok *d, const char **text, size_t *len);
+void qmoe_detok_free(qmoe_detok *d);
+/* Chat: when the file's tokenizer.chat_template is ChatML (contains "<|im_start|>"), *text (malloc'd) is
+ * "<|im_start|>system\n{system}<|im_end|>\n" (only when system is not NULL) followed by
+ * "<|im_start|>user\n{user}<|im_end|>\n<|im_start|>assistant\n", to encode with parse_special = 1. Any
+ * other template, none, or no <|im_start|>/<|im_end|> control tokens: QMOE_EUNSUPPORTED naming the file. */
+int qmoe_tokenizer_apply_chat(const qmoe_tokenizer *t, const char *system, const char *user, char **text);
+/* For make-model: sets the tokenizer.ggml.* keys (model gpt2, pre qwen2, tokens, token_type, merges,
+ * eos = <|im_end|>, padding = bos = <|endoftext|>, add_bos_token false) and a ChatML
+ * tokenizer.chat_template, for a synthetic byte-level BPE vocabulary of exactly n_vocab tokens: the 256
+ * byte tokens, n_vocab - 259 merged tokens (every merge's parts and result are tokens), then the control
+ * tokens <|endoftext|>, <|im_start|>, <|im_end|> (the last three ids). Deterministic for a seed.
+ * QMOE_EINVAL when n_vocab < 259. */
+int qmoe_tokenizer_write_synthetic(qmoe_gguf_writer *w, int64_t n_vocab, uint64_t seed);
+/* ==== end tokenizer =============================================================================== */
+
 #endif
