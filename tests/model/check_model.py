@@ -1,7 +1,7 @@
 # check_model.py: the Qwen3-MoE model end to end on a tiny random qwen3moe GGUF (tests/model/tinymodel.py):
 # the CPU forward against an independent float64 NumPy forward, Vulkan against CPU, determinism, the trace
 # file format (read back with gguf-py), `run --json`, `bench --json`, the command-line errors.
-import json, os, subprocess, sys, tempfile
+import json, os, shutil, subprocess, sys, tempfile
 import numpy as np
 import gguf
 
@@ -49,6 +49,13 @@ def cosine(a, b):
 
 def main():
     tmp = tempfile.mkdtemp(prefix="qmoe-model-")
+    try:
+        return checks(tmp)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def checks(tmp):
     model = os.path.join(tmp, "tiny.gguf")
     tens = tm.tensors()
     tm.write(model, tens=tens)
