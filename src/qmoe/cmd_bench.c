@@ -1,0 +1,154 @@
+/* cmd_bench.c: `qmoe bench`: prefill and decode tokens/s of a qwen3moe model on a backend (median of repeats
+ * after a warm-up), the weight bytes a decoded token reads, and the fraction of a copy bandwidth measured on
+ * the same backend with the `add` stage. */
+#include <stdlib.h>
+#include <string.h>
+#include "backend.h"
+#include "cmd.h"
+#include "stage_calls_tmp.h" /* TEMPORARY: the generated qmoe_call_<stage> builders replace it (issue 8) */
+
+static const char usage[] =
+  "usage: qmoe bench -m FILE --backend B [-p 512] [-n 128] [--acc f32|f64] [--repeats R] [--ctx N] [--json]\n"
+  "Times a prefill of -p tokens and a greedy decode of -n tokens, R times after one warm-up, and reports the\n"
+  "median tokens/s of each. Timing: the host's monotonic clock around synchronized work (each decoded token\n"
+  "waits for its argmax download), so it includes the per-token host synchronization. Also reports the\n"
+  "weight bytes one decoded token reads, and the copy bandwidth of the backend measured with the `add`\n"
+  "stage over 64 MiB vectors (bytes read + written / time, median of 5), and decode bytes/s as a fraction\n"
+  "of it. The prompt is -p pseudo-random token ids (fixed seed).\n"
+  "example: qmoe bench -m build/models/tiny.gguf --backend vulkan -p 64 -n 32 --repeats 3\n";
+
+enum { O_M, O_BACKEND, O_P, O_N, O_ACC, O_REP, O_CTX, O_JSON, O_N_ };
+
+static int cmp_double(const void *a, const void *b) {
+  double x = *(const double *)a, y = *(const double *)b;
+  return (x > y) - (x < y);
+}
+
+static double median(double *v, int n) {
+  qsort(v, (size_t)n, sizeof *v, cmp_double);
+  return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
+}
+
+/* One prefill of P tokens and N decoded tokens; seconds of each. */
+static int once(qmoe_model *m, const int32_t *prompt, int64_t P, int64_t N, double *tp, double *td) {
+  double t0 = cli_now();
+  int32_t next = 0;
+  for (int64_t i = 0; i < P; i++)
+    if (qmoe_model_step(m, prompt[i], i, i + 1 == P ? &next : NULL, NULL)) return -1;
+  double t1 = cli_now();
+  for (int64_t i = 0; i < N; i++)
+    if (qmoe_model_step(m, next, P + i, &next, NULL)) return -1;
+  *tp = t1 - t0, *td = cli_now() - t1;
+  return 0;
+}
+
+/* Copy bandwidth: y = a + b over 64 MiB f32 vectors reads 2 and writes 1 vector. */
+static int copy_bandwidth(qmoe_backend *be, double *gbs) {
+  const size_t n = (size_t)16 << 20, bytes = n * 4;
+  qmoe_buffer *a = NULL, *b = NULL;
+  float *host = calloc(n, 4);
+  int rc = host ? 0 : -1;
+  if (!rc) for (size_t i = 0; i < n; i++) host[i] = (float)(i % 1000) * 1e-3f;
+  if (!rc) rc = be->alloc(be, bytes, &a);
+  if (!rc) rc = be->alloc(be, bytes, &b);
+  if (!rc) rc = be->upload(be, a, 0, host, bytes);
+  if (!rc) rc = be->upload(be, b, 0, host, bytes);
+  double t[6];
+  for (int r = 0; !rc && r < 6; r++) {
+    qmoe_stage_call c;
+    qmoe_call_add(&c, (int64_t)n, a, b, a);
+    double t0 = cli_now();
+    rc = be->run(be, &c);
+    if (!rc) rc = be->sync(be);
+    t[r] = cli_now() - t0;
+  }
+  if (!rc) *gbs = 3.0 * (double)bytes / median(t + 1, 5) * 1e-9;
+  if (a) be->free_buf(be, a);
+  if (b) be->free_buf(be, b);
+  free(host);
+  return rc;
+}
+
+static int run(int argc, char **argv) {
+  cli_opt o[O_N_] = {
+    [O_M] = { "-m", "--model", 1 }, [O_BACKEND] = { "--backend", NULL, 1 }, [O_P] = { "-p", NULL, 1 },
+    [O_N] = { "-n", NULL, 1 }, [O_ACC] = { "--acc", NULL, 1 }, [O_REP] = { "--repeats", NULL, 1 },
+    [O_CTX] = { "--ctx", NULL, 1 }, [O_JSON] = { "--json", NULL, 0 },
+  };
+  int rc = cli_parse_opts(&cmd_bench, argc, argv, o, O_N_);
+  if (rc) return rc;
+  if (!o[O_M].value) return cli_usage_error(&cmd_bench, "missing -m FILE");
+  const char *path = o[O_M].value, *backend = o[O_BACKEND].value ? o[O_BACKEND].value : "cpu";
+  int64_t P = 512, N = 128, R = 3, n_ctx = 0;
+  int acc;
+  if (cli_parse_acc("bench", o[O_ACC].value, &acc)) return 1;
+  if ((o[O_P].value && cli_parse_count("bench", "-p", o[O_P].value, 1, 1 << 20, &P)) ||
+      (o[O_N].value && cli_parse_count("bench", "-n", o[O_N].value, 1, 1 << 20, &N)) ||
+      (o[O_REP].value && cli_parse_count("bench", "--repeats", o[O_REP].value, 1, 1000, &R)) ||
+      (o[O_CTX].value && cli_parse_count("bench", "--ctx", o[O_CTX].value, 1, 1 << 24, &n_ctx)))
+    return 1;
+  qmoe_backend *be = NULL;
+  qmoe_model *m = NULL;
+  int32_t *prompt = NULL;
+  double *tp = NULL, *td = NULL;
+  rc = 1;
+  if (cli_open_model("bench", path, backend, n_ctx, P + N, acc, o[O_JSON].value != NULL, &be, &m)) goto done;
+  const qmoe_model_config *c = qmoe_model_config_of(m);
+  prompt = malloc((size_t)P * sizeof *prompt);
+  tp = malloc((size_t)R * sizeof *tp), td = malloc((size_t)R * sizeof *td);
+  if (!prompt || !tp || !td) {
+    cli_error("bench", "out of memory");
+    goto done;
+  }
+  uint64_t s = 88172645463325252ull;
+  for (int64_t i = 0; i < P; i++) {
+    s ^= s << 13, s ^= s >> 7, s ^= s << 17;
+    prompt[i] = (int32_t)(s % (uint64_t)c->n_vocab);
+  }
+  double w0, w1;
+  if (once(m, prompt, P < 8 ? P : 8, 2, &w0, &w1)) goto fail; /* warm-up: pipelines, caches */
+  for (int64_t r = 0; r < R; r++) {
+    if (once(m, prompt, P, N, &tp[r], &td[r])) goto fail;
+    if (!o[O_JSON].value) fprintf(stderr, "qmoe bench: repeat %lld/%lld: prefill %.3f s, decode %.3f s\n",
+                                  (long long)r + 1, (long long)R, tp[r], td[r]);
+  }
+  double prefill = (double)P / median(tp, (int)R), decode = (double)N / median(td, (int)R), gbs = 0;
+  if (copy_bandwidth(be, &gbs)) goto fail;
+  uint64_t bpt = qmoe_model_bytes_per_token(m);
+  double frac = decode * (double)bpt * 1e-9 / gbs;
+  qmoe_model_memory mem;
+  qmoe_model_memory_of(m, &mem);
+  const char *timer = "host monotonic clock, synchronized";
+  if (o[O_JSON].value) {
+    printf("{\"model\":\"%s\",\"backend\":\"%s\",\"acc\":\"%s\",\"prompt_tokens\":%lld,\"decode_tokens\":%lld,"
+           "\"repeats\":%lld,\"prefill_tokens_per_s\":%.6g,\"decode_tokens_per_s\":%.6g,"
+           "\"weight_bytes_per_token\":%llu,\"copy_gb_per_s\":%.6g,\"fraction_of_copy_bandwidth\":%.6g,"
+           "\"memory\":{\"weights\":%llu,\"kv_cache\":%llu,\"workspace\":%llu},\"timer\":\"%s\","
+           "\"copy_measured\":\"add stage, 64 MiB f32 vectors, (2 reads + 1 write) / time, median of 5\"}\n",
+           path, backend, acc == QMOE_ACC_F64 ? "f64" : "f32", (long long)P, (long long)N, (long long)R, prefill,
+           decode, (unsigned long long)bpt, gbs, frac, (unsigned long long)mem.weights,
+           (unsigned long long)mem.kv_cache, (unsigned long long)mem.workspace, timer);
+  } else {
+    printf("model %s on %s (acc %s), median of %lld after a warm-up (%s)\n", path, backend,
+           acc == QMOE_ACC_F64 ? "f64" : "f32", (long long)R, timer);
+    printf("  prefill  %lld tokens: %.2f tokens/s (one position at a time)\n", (long long)P, prefill);
+    printf("  decode   %lld tokens: %.2f tokens/s\n", (long long)N, decode);
+    printf("  weights read per decoded token: %.3f MiB\n", (double)bpt / (1 << 20));
+    printf("  copy bandwidth (add stage, 64 MiB vectors, 2 reads + 1 write): %.2f GB/s\n", gbs);
+    printf("  decode weight traffic: %.2f GB/s = %.1f%% of the copy bandwidth\n", decode * (double)bpt * 1e-9,
+           100 * frac);
+  }
+  rc = 0;
+  goto done;
+fail:
+  cli_error("bench", "%s", qmoe_last_error());
+done:
+  free(prompt);
+  free(tp);
+  free(td);
+  cli_close_model(be, m);
+  return rc;
+}
+
+const qmoe_command cmd_bench = { "bench", "measures prefill/decode tokens/s and the fraction of copy bandwidth", usage,
+                                 run };
