@@ -799,7 +799,7 @@ static int synth_has(const synth_vocab *v, const char *s, size_t n) {
   for (size_t h = hash_bytes(s, n) & mask;; h = (h + 1) & mask) {
     uint32_t x = v->set[h];
     if (!x) return 0;
-    if (v->off[x] - v->off[x - 1] == n && !memcmp(v->arena + v->off[x - 1], s, n)) return 1;
+    if (v->off[x] - v->off[x - 1] - 1 == n && !memcmp(v->arena + v->off[x - 1], s, n)) return 1; /* spans hold the NUL */
   }
 }
 

@@ -8,7 +8,6 @@
 #include "cmd.h"
 #include "diag.h"
 #include "recipe.h"
-#include "synth_tokenizer.h"
 
 static const char usage[] =
   "usage: qmoe make-model --preset tiny|small|qwen3-30b-a3b -o FILE [--ftype q4_k_m|q8_0|f16|f32] [--seed N]\n"
@@ -354,7 +353,7 @@ static int run(int argc, char **argv) {
     goto done;
   }
   if (set_meta(w, p, layers, ftype, (uint64_t)seed, ftype_name) != 0 ||
-      cli_synth_tokenizer(w, p->vocab, (uint64_t)seed) != 0) {
+      qmoe_tokenizer_write_synthetic(w, p->vocab, (uint64_t)seed) != 0) {
     cli_error("make-model", "%s", qmoe_last_error());
     goto done;
   }
