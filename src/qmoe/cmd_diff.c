@@ -6,11 +6,13 @@
 #include <string.h>
 #include <sys/stat.h>
 #include <unistd.h>
+#include "backend.h"
 #include "cmd.h"
 #include "diag.h"
 #include "falsifiers.h"
 #include "recipe.h"
 #include "trace_points.h"
+#include "trace_record.h"
 
 static const char usage[] =
   "usage: qmoe diff A.gguf B.gguf [--json] [--plot FILE.svg] [--threshold-from-contract | --cosine-min X]\n"
@@ -277,9 +279,20 @@ static const char *layer_label(const row *r, char *buf, size_t cap) {
   return buf;
 }
 
+/* A cell's colour for score s = -log10(1 - cosine) (0..12): green for Match, darker the closer to 1; red for
+ * Diverge, lighter the nearer to the threshold's score t. */
+static const char *cell_color(double s, int match, double t, char *buf, size_t cap) {
+  double u = match ? (s - t) / (12 - t) : t > 0 ? s / t : 0;
+  u = u < 0 ? 0 : u > 1 ? 1 : u;
+  if (match) snprintf(buf, cap, "#%02x%02x%02x", (int)(166 - 140 * u), (int)(217 - 67 * u), (int)(106 - 65 * u));
+  else snprintf(buf, cap, "#%02x%02x%02x", (int)(215 + 38 * u), (int)(25 + 149 * u), (int)(28 + 69 * u));
+  return buf;
+}
+
 /* The heat map: one row per layer (and one for the model points before and after the layers), one
  * column per point name in forward order. */
-static void write_svg(FILE *fp, const row *rows, int64_t nr, double cos_min, const trace *a, const trace *b, int64_t first) {
+static void write_svg(FILE *fp, const row *rows, int64_t nr, double cos_min, const trace *a, const trace *b, int64_t first,
+                      const char *const label[2]) {
   const char *cols[QMOE_TP_COUNT + 64];
   int ncols = 0;
   for (int64_t i = 0; i < nr; i++) { /* columns: distinct point names, by table order then name */
@@ -297,8 +310,8 @@ static void write_svg(FILE *fp, const row *rows, int64_t nr, double cos_min, con
   int64_t n_layers = a->n_layers;
   int64_t nrows = n_layers + 1; /* last row: model points */
   const int cw = 44, ch = 18, left = 70, top = 150, legend = 60;
-  int width = left + cw * (ncols > 0 ? ncols : 1) + 20, height = top + ch * (int)nrows + legend;
-  if (width < 520) width = 520;
+  int width = left + cw * (ncols > 0 ? ncols : 1) + 20, height = top + ch * (int)nrows + legend + 30;
+  if (width < 740) width = 740;
   double tscore = -log10(1 - cos_min > 1e-12 ? 1 - cos_min : 1e-12);
   fprintf(fp, "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"%d\" height=\"%d\" "
               "font-family=\"monospace\" font-size=\"11\">\n<rect width=\"100%%\" height=\"100%%\" fill=\"white\"/>\n", width, height);
@@ -335,19 +348,7 @@ static void write_svg(FILE *fp, const row *rows, int64_t nr, double cos_min, con
     if (r->verdict == V_MISSING) fill = "#b0b0b0";
     else if (r->verdict == V_NANA || r->verdict == V_NANB || r->verdict == V_NANBOTH) fill = "#8000a0";
     else if (r->is_ids) fill = r->verdict == V_MATCH ? "#1a9641" : "#d7191c";
-    else {
-      double s = -log10(1 - r->cosine > 1e-12 ? 1 - r->cosine : 1e-12); /* 0 .. 12 */
-      if (r->verdict == V_MATCH) { /* green, darker the closer to 1 */
-        double u = (s - tscore) / (12 - tscore);
-        u = u < 0 ? 0 : u > 1 ? 1 : u;
-        snprintf(buf, sizeof buf, "#%02x%02x%02x", (int)(166 - 140 * u), (int)(217 - 67 * u), (int)(106 - 65 * u));
-      } else { /* red, lighter the nearer to the threshold */
-        double u = tscore > 0 ? s / tscore : 0;
-        u = u < 0 ? 0 : u > 1 ? 1 : u;
-        snprintf(buf, sizeof buf, "#%02x%02x%02x", (int)(215 + 38 * u), (int)(25 + 149 * u), (int)(28 + 69 * u));
-      }
-      fill = buf;
-    }
+    else fill = cell_color(-log10(1 - r->cosine > 1e-12 ? 1 - r->cosine : 1e-12), r->verdict == V_MATCH, tscore, buf, sizeof buf);
     fprintf(fp, "<rect x=\"%d\" y=\"%d\" width=\"%d\" height=\"%d\" fill=\"%s\" stroke=\"white\"><title>", x, y, cw, ch, fill);
     char lb[32];
     fprintf(fp, "layer %s ", layer_label(r, lb, sizeof lb));
@@ -361,13 +362,25 @@ static void write_svg(FILE *fp, const row *rows, int64_t nr, double cos_min, con
     if (i == first)
       fprintf(fp, "<rect x=\"%d\" y=\"%d\" width=\"%d\" height=\"%d\" fill=\"none\" stroke=\"black\" stroke-width=\"3\"/>\n", x, y, cw, ch);
   }
-  int ly = top + (int)nrows * ch + 20;
+  /* the colour scale, as 1 - cosine */
+  int sy = top + (int)nrows * ch + 8, sx = 8;
+  const double marks[] = { 0, 1, 1.99, 2, 4, 6, 9, 12 };
+  for (size_t k = 0; k < sizeof marks / sizeof marks[0]; k++) {
+    double sc = marks[k] < 2 ? marks[k] * tscore / 2 : tscore + (marks[k] - 2) * (12 - tscore) / 10;
+    char cb[16];
+    cell_color(sc, sc >= tscore, tscore, cb, sizeof cb);
+    fprintf(fp, "<rect x=\"%d\" y=\"%d\" width=\"14\" height=\"12\" fill=\"%s\"/><text x=\"%d\" y=\"%d\">%.0e</text>\n", sx, sy, cb,
+            sx + 17, sy + 10, pow(10, -sc));
+    sx += 78;
+  }
+  fprintf(fp, "<text x=\"%d\" y=\"%d\">(1 - cosine)</text>\n", sx, sy + 10);
+  int ly = sy + 34;
   fprintf(fp, "<text x=\"8\" y=\"%d\">A: ", ly);
-  xml_str(fp, a->path);
+  xml_str(fp, label ? label[0] : a->path);
   fprintf(fp, " (model ");
   xml_str(fp, a->model);
   fprintf(fp, ")</text>\n<text x=\"8\" y=\"%d\">B: ", ly + 16);
-  xml_str(fp, b->path);
+  xml_str(fp, label ? label[1] : b->path);
   fprintf(fp, " (model ");
   xml_str(fp, b->model);
   fprintf(fp, ")</text>\n</svg>\n");
@@ -375,13 +388,13 @@ static void write_svg(FILE *fp, const row *rows, int64_t nr, double cos_min, con
 
 /* Writes FILE through a temp file in its directory and a rename, so it appears only complete and never
  * replaces one of the inputs. */
-static int write_plot(const char *path, const char *in_a, const char *in_b, const row *rows, int64_t nr, double cos_min,
-                      const trace *a, const trace *b, int64_t first) {
+static int write_plot(const char *path, const char *const inputs[3], const row *rows, int64_t nr, double cos_min,
+                      const trace *a, const trace *b, int64_t first, const char *const label[2]) {
   struct stat so, si;
   if (stat(path, &so) == 0)
-    for (int k = 0; k < 2; k++)
-      if (stat(k ? in_b : in_a, &si) == 0 && si.st_dev == so.st_dev && si.st_ino == so.st_ino)
-        return cli_error("diff", "--plot %s is the input %s; refusing to overwrite it", path, k ? in_b : in_a);
+    for (int k = 0; k < 3; k++)
+      if (inputs[k] && stat(inputs[k], &si) == 0 && si.st_dev == so.st_dev && si.st_ino == so.st_ino)
+        return cli_error("diff", "--plot %s is the input %s; refusing to overwrite it", path, inputs[k]);
   size_t n = strlen(path);
   char *tmp = xmalloc(n + 16);
   snprintf(tmp, n + 16, "%s.tmp.XXXXXX", path);
@@ -392,7 +405,7 @@ static int write_plot(const char *path, const char *in_a, const char *in_b, cons
     return 1;
   }
   FILE *fp = fdopen(fd, "w");
-  write_svg(fp, rows, nr, cos_min, a, b, first);
+  write_svg(fp, rows, nr, cos_min, a, b, first, label);
   int bad = fflush(fp) != 0 || fsync(fileno(fp)) != 0;
   bad |= fclose(fp) != 0;
   if (bad || rename(tmp, path) != 0) {
@@ -414,41 +427,11 @@ static int same_i32_array(const qmoe_gguf_value *x, const qmoe_gguf_value *y, ui
   return 1;
 }
 
-static int run(int argc, char **argv) {
-  const char *in[2] = { NULL, NULL }, *plot = NULL;
-  int json = 0, from_contract = 0, have_min = 0;
-  double cos_min = 0;
-  for (int i = 1; i < argc; i++) {
-    const char *a = argv[i];
-    if (!strcmp(a, "--json")) {
-      if (json++) return cli_usage_error(&cmd_diff, "--json given twice");
-    } else if (!strcmp(a, "--threshold-from-contract")) {
-      if (from_contract++) return cli_usage_error(&cmd_diff, "--threshold-from-contract given twice");
-    } else if (!strcmp(a, "--plot")) {
-      if (plot) return cli_usage_error(&cmd_diff, "--plot given twice");
-      if (i + 1 >= argc) return cli_usage_error(&cmd_diff, "--plot needs a FILE.svg");
-      plot = argv[++i];
-    } else if (!strcmp(a, "--cosine-min")) {
-      if (have_min++) return cli_usage_error(&cmd_diff, "--cosine-min given twice");
-      char *end;
-      if (i + 1 >= argc || (cos_min = strtod(argv[i + 1], &end), *end || end == argv[i + 1]) || !(cos_min >= -1 && cos_min <= 1))
-        return cli_usage_error(&cmd_diff, "--cosine-min needs a number from -1 to 1");
-      i++;
-    } else if (a[0] == '-' && a[1]) {
-      return cli_usage_error(&cmd_diff, "unknown option '%s'", a);
-    } else if (!in[0]) in[0] = a;
-    else if (!in[1]) in[1] = a;
-    else return cli_usage_error(&cmd_diff, "unexpected argument '%s'", a);
-  }
-  if (!in[1]) return cli_usage_error(&cmd_diff, "need two trace files A.gguf B.gguf");
-  if (from_contract && have_min) return cli_usage_error(&cmd_diff, "--threshold-from-contract and --cosine-min exclude each other");
-  const qmoe_falsifier *fz = qmoe_falsifier_find("FALSIFY-LAYER-COSINE");
-  if (!have_min) {
-    if (!fz || strcmp(fz->metric, "cosine") || strcmp(fz->comparator, ">="))
-      return cli_error("diff", "the model contract has no FALSIFY-LAYER-COSINE check of the form cosine >= X (generated/c/falsifiers.c)"), 2;
-    cos_min = fz->threshold;
-  }
-
+/* Compares the trace files in[0] and in[1] and reports (text or JSON on stdout, the plot to PLOT); PROTECT
+ * (or NULL) is one more input the plot must not replace; LABEL (or NULL) names A and B in the report instead
+ * of their paths (the run mode's temporary files). Returns the exit status: 0, 1 or 2. */
+static int diff_files(const char *const in[2], int json, const char *plot, int have_min, double cos_min,
+                      const qmoe_falsifier *fz, const char *protect, const char *const label[2]) {
   trace t[2];
   memset(t, 0, sizeof t);
   char err[1024];
@@ -531,13 +514,13 @@ static int run(int argc, char **argv) {
   char lb[32];
   if (json) {
     fprintf(o, "{\n  \"a\": {\"path\": ");
-    json_str(o, in[0]);
+    json_str(o, label ? label[0] : in[0]);
     fprintf(o, ", \"source\": ");
     json_str(o, t[0].source);
     fprintf(o, ", \"model\": ");
     json_str(o, t[0].model);
     fprintf(o, "},\n  \"b\": {\"path\": ");
-    json_str(o, in[1]);
+    json_str(o, label ? label[1] : in[1]);
     fprintf(o, ", \"source\": ");
     json_str(o, t[1].source);
     fprintf(o, ", \"model\": ");
@@ -590,8 +573,8 @@ static int run(int argc, char **argv) {
     for (int v = 0; v < 6; v++) fprintf(o, "%s\"%s\": %lld", v ? ", " : "", verdict_name[v], (long long)counts[v]);
     fprintf(o, "},\n  \"status\": %d\n}\n", status);
   } else {
-    fprintf(o, "A: %s (source %s, model %s)\nB: %s (source %s, model %s)\n", in[0], t[0].source, t[0].model, in[1], t[1].source,
-            t[1].model);
+    fprintf(o, "A: %s (source %s, model %s)\nB: %s (source %s, model %s)\n", label ? label[0] : in[0], t[0].source, t[0].model,
+            label ? label[1] : in[1], t[1].source, t[1].model);
     fprintf(o, "%lld tokens, %lld positions stored, %lld layers; Match: %s\n\n", (long long)t[0].n_tokens, (long long)t[0].n_pos,
             (long long)t[0].n_layers, thr);
     fprintf(o, "%5s  %-18s %-13s %-10s %-10s %-8s %s\n", "layer", "point", "cosine", "nmse", "max-abs", "worst@", "verdict");
@@ -639,13 +622,177 @@ static int run(int argc, char **argv) {
     status = 2;
     goto done;
   }
-  if (plot && write_plot(plot, in[0], in[1], rows, nr, cos_min, &t[0], &t[1], first) != 0) status = 2;
+  const char *inputs[3] = { in[0], in[1], protect };
+  if (plot && write_plot(plot, inputs, rows, nr, cos_min, &t[0], &t[1], first, label) != 0) status = 2;
 done:
   for (int k = 0; k < 2; k++) close_trace(&t[k]);
   for (int64_t i = 0; i < n_diffs; i++) free(diffs[i].only_a), free(diffs[i].only_b);
   free(diffs);
   free(rows);
   return status;
+}
+
+/* Run mode: traces the prompt on two backends in-process (temp files), then compares them. */
+static int run_backends(const char *model, const char *backends, const char *prompt, const char *tokens, const char *accs,
+                        const char *stages, const char *layers, const char *ctx, int json, const char *plot, int have_min,
+                        double cos_min, const qmoe_falsifier *fz) {
+  char be[2][32];
+  const char *comma = strchr(backends, ',');
+  if (!comma || strchr(comma + 1, ',') || comma == backends || !comma[1] || (size_t)(comma - backends) >= sizeof be[0] ||
+      strlen(comma + 1) >= sizeof be[1])
+    return cli_usage_error(&cmd_diff, "--backends needs two backends A,B (e.g. cpu,vulkan), not '%s'", backends);
+  snprintf(be[0], sizeof be[0], "%.*s", (int)(comma - backends), backends);
+  snprintf(be[1], sizeof be[1], "%s", comma + 1);
+  int acc[2];
+  const char *ac = accs ? strchr(accs, ',') : NULL;
+  char acc_a[16];
+  if (ac) {
+    snprintf(acc_a, sizeof acc_a, "%.*s", (int)(ac - accs < 15 ? ac - accs : 15), accs);
+    if (cli_parse_acc("diff", acc_a, &acc[0]) || cli_parse_acc("diff", ac + 1, &acc[1])) return 2;
+  } else if (cli_parse_acc("diff", accs, &acc[0])) return 2;
+  else acc[1] = acc[0];
+  unsigned char points[QMOE_TP_COUNT];
+  if (cli_trace_parse_points("diff", stages ? stages : "all", points)) return 2;
+  int64_t n_ctx = 0;
+  if (ctx && cli_parse_count("diff", "--ctx", ctx, 1, 1 << 24, &n_ctx)) return 2;
+
+  /* The tokens: given, or the prompt encoded with the model's tokenizer. The model is checked first. */
+  qmoe_gguf *f;
+  if (qmoe_gguf_open(model, &f)) return cli_error("diff", "%s", qmoe_last_error()), 2;
+  qmoe_model_config c;
+  if (qmoe_model_check(f, &c)) {
+    cli_error("diff", "%s", qmoe_last_error());
+    qmoe_gguf_close(f);
+    return 2;
+  }
+  int32_t *ids = NULL;
+  size_t n_ids = 0;
+  int status = 2;
+  if (tokens) {
+    if (cli_parse_ids("diff", tokens, &ids, &n_ids)) {
+      qmoe_gguf_close(f);
+      return 2;
+    }
+  } else {
+    qmoe_tokenizer *tk;
+    if (qmoe_tokenizer_load(f, &tk)) {
+      cli_error("diff", "-p needs the model's tokenizer: %s (or give --tokens IDS)", qmoe_last_error());
+      qmoe_gguf_close(f);
+      return 2;
+    }
+    int e = qmoe_tokenizer_encode(tk, prompt, strlen(prompt), 1, &ids, &n_ids);
+    qmoe_tokenizer_free(tk);
+    if (e) {
+      cli_error("diff", "%s", qmoe_last_error());
+      qmoe_gguf_close(f);
+      return 2;
+    }
+  }
+  qmoe_gguf_close(f);
+  int64_t first = 0, end = -1;
+  if (n_ids == 0) {
+    cli_error("diff", "the prompt has no tokens");
+    goto done;
+  }
+  if (layers && strcmp(layers, "all")) {
+    char why[256];
+    if (cli_parse_rows(layers, c.n_layers, &first, &end, why, sizeof why)) {
+      cli_error("diff", "--layers: %s (the model has layers 0..%lld)", why, (long long)c.n_layers);
+      goto done;
+    }
+  }
+  const char *tmp = getenv("TMPDIR");
+  char dir[4096];
+  snprintf(dir, sizeof dir, "%s/qmoe-diff-XXXXXX", tmp && *tmp ? tmp : "/tmp");
+  if (!mkdtemp(dir)) {
+    cli_error("diff", "cannot make a temporary directory %s: %s", dir, strerror(errno));
+    goto done;
+  }
+  char path[2][4200];
+  for (int k = 0; k < 2; k++) {
+    snprintf(path[k], sizeof path[k], "%s/%c-%s.trace.gguf", dir, 'a' + k, be[k]);
+    fprintf(stderr, "qmoe diff: tracing %zu tokens on %s (%s)\n", n_ids, be[k], acc[k] == QMOE_ACC_F64 ? "f64" : "f32");
+    if (cli_trace_record("diff", model, be[k], acc[k], n_ctx, points, first, end, ids, n_ids, path[k])) {
+      status = 2;
+      break;
+    }
+    status = 0;
+  }
+  if (status == 0) {
+    const char *in[2] = { path[0], path[1] };
+    char lab[2][160];
+    for (int k = 0; k < 2; k++) snprintf(lab[k], sizeof lab[k], "%s %s", be[k], acc[k] == QMOE_ACC_F64 ? "f64" : "f32");
+    const char *label[2] = { lab[0], lab[1] };
+    status = diff_files(in, json, plot, have_min, cos_min, fz, model, label);
+  }
+  for (int k = 0; k < 2; k++) unlink(path[k]);
+  rmdir(dir);
+done:
+  free(ids);
+  return status;
+}
+
+static int run(int argc, char **argv) {
+  enum { O_JSON, O_CONTRACT, O_PLOT, O_MIN, O_M, O_BACKENDS, O_P, O_TOKENS, O_ACC, O_STAGES, O_LAYERS, O_CTX, O_N_ };
+  cli_opt o[O_N_] = {
+    [O_JSON] = { "--json", NULL, 0 }, [O_CONTRACT] = { "--threshold-from-contract", NULL, 0 },
+    [O_PLOT] = { "--plot", NULL, 1 }, [O_MIN] = { "--cosine-min", NULL, 1 }, [O_M] = { "-m", "--model", 1 },
+    [O_BACKENDS] = { "--backends", NULL, 1 }, [O_P] = { "-p", "--prompt", 1 }, [O_TOKENS] = { "--tokens", NULL, 1 },
+    [O_ACC] = { "--acc", NULL, 1 }, [O_STAGES] = { "--stages", NULL, 1 }, [O_LAYERS] = { "--layers", NULL, 1 },
+    [O_CTX] = { "--ctx", NULL, 1 },
+  };
+  /* Positional trace files are taken out first; the rest goes through the option table. */
+  const char *in[2] = { NULL, NULL };
+  char **rest = xmalloc(sizeof *rest * (size_t)(argc + 1));
+  int nrest = 0;
+  rest[nrest++] = argv[0];
+  for (int i = 1; i < argc; i++) {
+    const char *a = argv[i];
+    int takes = 0;
+    for (int k = 0; k < O_N_; k++)
+      if (!strcmp(a, o[k].name) || (o[k].alt && !strcmp(a, o[k].alt))) takes = o[k].takes_value;
+    if (a[0] == '-' && a[1]) {
+      rest[nrest++] = argv[i];
+      if (takes && i + 1 < argc) rest[nrest++] = argv[++i];
+    } else if (!in[0]) in[0] = a;
+    else if (!in[1]) in[1] = a;
+    else {
+      free(rest);
+      return cli_usage_error(&cmd_diff, "unexpected argument '%s'", a);
+    }
+  }
+  int rc = cli_parse_opts(&cmd_diff, nrest, rest, o, O_N_);
+  free(rest);
+  if (rc) return rc;
+  int have_min = o[O_MIN].value != NULL;
+  double cos_min = 0;
+  if (o[O_CONTRACT].value && have_min) return cli_usage_error(&cmd_diff, "--threshold-from-contract and --cosine-min exclude each other");
+  if (have_min) {
+    char *end;
+    cos_min = strtod(o[O_MIN].value, &end);
+    if (*end || end == o[O_MIN].value || !(cos_min >= -1 && cos_min <= 1))
+      return cli_usage_error(&cmd_diff, "--cosine-min needs a number from -1 to 1, not '%s'", o[O_MIN].value);
+  }
+  const qmoe_falsifier *fz = qmoe_falsifier_find("FALSIFY-LAYER-COSINE");
+  if (!have_min) {
+    if (!fz || strcmp(fz->metric, "cosine") || strcmp(fz->comparator, ">="))
+      return cli_error("diff", "the model contract has no FALSIFY-LAYER-COSINE check of the form cosine >= X (generated/c/falsifiers.c)"), 2;
+    cos_min = fz->threshold;
+  }
+  int json = o[O_JSON].value != NULL;
+  const char *plot = o[O_PLOT].value;
+  int run_mode = o[O_M].value || o[O_BACKENDS].value;
+  if (run_mode) {
+    if (in[0]) return cli_usage_error(&cmd_diff, "give two trace files or -m MODEL --backends A,B, not both");
+    if (!o[O_M].value || !o[O_BACKENDS].value) return cli_usage_error(&cmd_diff, "the run mode needs -m MODEL and --backends A,B");
+    if (!o[O_P].value == !o[O_TOKENS].value) return cli_usage_error(&cmd_diff, "the run mode needs -p TEXT or --tokens IDS");
+    return run_backends(o[O_M].value, o[O_BACKENDS].value, o[O_P].value, o[O_TOKENS].value, o[O_ACC].value,
+                        o[O_STAGES].value, o[O_LAYERS].value, o[O_CTX].value, json, plot, have_min, cos_min, fz);
+  }
+  for (int k = O_P; k < O_N_; k++)
+    if (o[k].value) return cli_usage_error(&cmd_diff, "%s belongs to the run mode (-m MODEL --backends A,B)", o[k].name);
+  if (!in[1]) return cli_usage_error(&cmd_diff, "need two trace files A.gguf B.gguf (or -m MODEL --backends A,B)");
+  return diff_files(in, json, plot, have_min, cos_min, fz, NULL, NULL);
 }
 
 const qmoe_command cmd_diff = { "diff", "compare two trace files layer by layer: cosine, NMSE, first divergence", usage, run };

@@ -227,6 +227,40 @@ report("--json twice is a usage error", rc == 2 and "given twice" in out, out[-2
 rc, out = diff(A)
 report("one file is a usage error", rc == 2 and "need two trace files" in out, out[-200:])
 
+# Run mode: the tiny synthetic model traced in-process on two backends (or two accumulators) and compared.
+model = os.path.join(TMP, "tiny.gguf")
+subprocess.run([Q, "make-model", "--preset", "tiny", "-o", model], check=True, capture_output=True)
+p = subprocess.run([Q, "diff", "-m", model, "--backends", "cpu,cpu", "--acc", "f32,f64", "--tokens", "3,1,4,1,5,9,2,6", "--json"],
+                   capture_output=True, text=True)
+rc, out = p.returncode, p.stdout
+try:
+    j = json.loads(out)
+    pts = {(r["layer"], r["point"]) for r in j["rows"]}
+    report("run mode cpu f32 vs cpu f64: every layer and point Match", rc == 0 and j["counts"]["Match"] == len(j["rows"]) and
+           (3, "ffn_moe_topk") in pts and (None, "result_output") in pts and j["a"]["path"] == "cpu f32" and j["b"]["path"] == "cpu f64",
+           f"exit {rc}: {j['counts']}")
+except Exception as e:
+    report("run mode cpu f32 vs cpu f64: every layer and point Match", False, f"{e}: exit {rc}: {out[-300:]}")
+rc, out = diff("-m", model, "--backends", "cpu,vulkan", "-p", "Hello <|im_start|>world 123", "--stages", "l_out,ffn_moe_topk,result_output")
+if rc == 2 and ("no Vulkan" in out or "Vulkan loader" in out or "no vulkan" in out.lower()):
+    print("skip run mode cpu vs vulkan: no Vulkan device (" + out.strip().splitlines()[-1] + ")")
+else:
+    report("run mode cpu vs vulkan (-p TEXT through the tokenizer): all Match", rc == 0 and "every point Match" in out and
+           "A: cpu f32" in out and "B: vulkan f32" in out, f"exit {rc}: {out[-400:]}")
+before = open(model, "rb").read()
+rc, out = diff("-m", model, "--backends", "cpu,cpu", "--tokens", "1,2", "--plot", model)
+report("run mode: --plot onto the model is refused", rc == 2 and "refusing" in out and open(model, "rb").read() == before, out[-200:])
+rc, out = diff("-m", model, "--backends", "cpu", "--tokens", "1")
+report("run mode: one backend is a usage error", rc == 2 and "--backends needs two backends" in out, out[-200:])
+rc, out = diff("-m", model, "--backends", "cpu,cpu", "--tokens", "1", "--stages", "l_outt")
+report("run mode: unknown stage named", rc == 2 and "unknown trace point 'l_outt'" in out, out[-200:])
+rc, out = diff("-m", model, "--backends", "cpu,cpu", "--tokens", "1,99999")
+report("run mode: token outside the vocabulary", rc == 2 and "outside the vocabulary" in out, out[-200:])
+rc, out = diff(A, B, "--tokens", "1")
+report("run-mode options with trace files are a usage error", rc == 2 and "belongs to the run mode" in out, out[-200:])
+rc, out = diff("-m", A, "--backends", "cpu,cpu", "--tokens", "1")
+report("run mode: a trace file is not a model", rc == 2 and "a.gguf" in out, out[-200:])
+
 if os.environ.get("KEEP"): print(TMP)
 else: subprocess.run(["rm", "-rf", TMP])
 sys.exit(1 if failed else 0)
