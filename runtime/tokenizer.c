@@ -858,6 +858,9 @@ int qmoe_tokenizer_write_synthetic(qmoe_gguf_writer *w, int64_t n_vocab, uint64_
       else if (kind < 8) a = ' ', b = words[y % n_words];
       else a = x % v.n, b = y % v.n;
       la = synth_len(&v, a), lb = synth_len(&v, b);
+      /* Real vocabularies' tokens are short; joining random long tokens would grow them without bound
+       * (a 151936-token vocabulary reached 450 MB). */
+      if (la + lb > 48 && tries < 1000000) continue;
       if (la + lb > cat_cap) cat = xrealloc(cat, cat_cap = 2 * (la + lb));
       memcpy(cat, v.arena + v.off[a], la);
       memcpy(cat + la, v.arena + v.off[b], lb);
