@@ -222,6 +222,18 @@ data = open(B, "rb").read()
 tr = os.path.join(TMP, "trunc.gguf")
 open(tr, "wb").write(data[: len(data) // 2])
 expect_error("truncated trace", [A, tr], "trunc.gguf")
+# Random corruptions of a valid trace: an error (2) or a comparison (0/1), never a crash or a sanitizer report.
+bad = []
+for i in range(40):
+    d = bytearray(data)
+    for _ in range(int(rng.integers(1, 6))):
+        d[int(rng.integers(0, len(d)))] = int(rng.integers(0, 256))
+    cp = os.path.join(TMP, "corrupt.gguf")
+    open(cp, "wb").write(bytes(d))
+    rc, out = diff(A, cp, "--json")
+    if rc not in (0, 1, 2): bad.append((rc, out[-200:]))
+report("40 random corruptions: exit 0, 1 or 2, never a crash", not bad, bad[:2])
+
 rc, out = diff(A, B, "--json", "--json")
 report("--json twice is a usage error", rc == 2 and "given twice" in out, out[-200:])
 rc, out = diff(A)
