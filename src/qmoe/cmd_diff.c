@@ -60,10 +60,25 @@ typedef struct {
   int n_a, n_b;
 } topk_diff;
 
+/* Replaces control characters and bytes that are not well-formed UTF-8 by '?' in place, so names and
+ * strings from a file print as valid text, JSON and XML. */
+static void sanitize(char *s) {
+  unsigned char *p = (unsigned char *)s;
+  while (*p) {
+    int n = *p < 0x80 ? 1 : (*p & 0xE0) == 0xC0 && *p >= 0xC2 ? 2 : (*p & 0xF0) == 0xE0 ? 3 : (*p & 0xF8) == 0xF0 && *p <= 0xF4 ? 4 : 0;
+    for (int k = 1; k < n; k++)
+      if ((p[k] & 0xC0) != 0x80) n = 0;
+    if (n == 1 && (*p < 0x20 || *p == 0x7F)) n = 0;
+    if (n == 0) *p++ = '?';
+    else p += n;
+  }
+}
+
 static char *dup_str(const char *s, uint64_t n) {
   char *p = xmalloc((size_t)n + 1);
   memcpy(p, s, (size_t)n);
   p[n] = 0;
+  sanitize(p);
   return p;
 }
 
@@ -135,6 +150,7 @@ static int classify(const trace *t, const qmoe_gguf_tensor *x, row *r, char *err
     return snprintf(err, cap, "%s: tensor '%s' has shape [%lld, %lld%s]; a trace tensor is [elements, %lld positions]", t->path,
                     x->name, (long long)x->ne[0], (long long)x->ne[1], x->n_dims > 2 ? ", ..." : "", (long long)t->n_pos), -1;
   snprintf(r->point, sizeof r->point, "%s", point);
+  sanitize(r->point);
   r->layer = layer;
   int tp = qmoe_trace_point_find(point);
   r->order = tp >= 0 ? tp : QMOE_TP_COUNT;
