@@ -144,8 +144,7 @@ static size_t piece_end(const unsigned char *s, size_t n, size_t i) {
   if (c.cp == '\'' && (e = contraction_end(s, n, i))) return e;
   /* [^\r\n\p{L}\p{N}]?\p{L}+ */
   if (c.cls == QMOE_UC_LETTER) return run_end(s, n, i, QMOE_UC_LETTER);
-  if (c.cp != '\r' && c.cp != '\n' && c.cls != QMOE_UC_NUMBER && char_at(s, n, i + c.len).cls == QMOE_UC_LETTER &&
-      i + c.len < n)
+  if (c.cp != '\r' && c.cp != '\n' && c.cls != QMOE_UC_NUMBER && char_at(s, n, i + c.len).cls == QMOE_UC_LETTER)
     return run_end(s, n, i + c.len, QMOE_UC_LETTER);
   /* \p{N} */
   if (c.cls == QMOE_UC_NUMBER) return i + c.len;
@@ -629,6 +628,10 @@ int qmoe_tokenizer_encode(const qmoe_tokenizer *t, const char *text, size_t len,
     qmoe_set_error("qmoe_tokenizer_encode: text is NULL");
     return QMOE_EINVAL;
   }
+  if (len > INT32_MAX) { /* symbol positions are int32 */
+    qmoe_set_error("%s: the text to encode has %zu bytes; at most %d at a time", t->path, len, INT32_MAX);
+    return QMOE_EINVAL;
+  }
   /* User-defined tokens are always matched; control tokens (<|im_start|>, ...) only when parse_special. */
   size_t start = 0;
   for (size_t i = 0; i < len && t->n_specials;) {
@@ -799,7 +802,7 @@ static int synth_has(const synth_vocab *v, const char *s, size_t n) {
   for (size_t h = hash_bytes(s, n) & mask;; h = (h + 1) & mask) {
     uint32_t x = v->set[h];
     if (!x) return 0;
-    if (v->off[x] - v->off[x - 1] - 1 == n && !memcmp(v->arena + v->off[x - 1], s, n)) return 1; /* spans hold the NUL */
+    if (v->off[x] - v->off[x - 1] == n + 1 && !memcmp(v->arena + v->off[x - 1], s, n)) return 1;
   }
 }
 
@@ -815,6 +818,9 @@ static void synth_add(synth_vocab *v, const char *s, size_t n) {
 }
 
 static size_t synth_len(const synth_vocab *v, size_t i) { return v->off[i + 1] - v->off[i] - 1; }
+
+/* Merged tokens stay at most this many bytes of byte-level text (Qwen's vocabulary averages under 7). */
+#define SYNTH_MAX_LEN 16
 
 int qmoe_tokenizer_write_synthetic(qmoe_gguf_writer *w, int64_t n_vocab, uint64_t seed) {
   static const char *const specials[] = { "<|endoftext|>", "<|im_start|>", "<|im_end|>" };
@@ -858,13 +864,10 @@ int qmoe_tokenizer_write_synthetic(qmoe_gguf_writer *w, int64_t n_vocab, uint64_
       else if (kind < 8) a = ' ', b = words[y % n_words];
       else a = x % v.n, b = y % v.n;
       la = synth_len(&v, a), lb = synth_len(&v, b);
-      /* Real vocabularies' tokens are short; joining random long tokens would grow them without bound
-       * (a 151936-token vocabulary reached 450 MB). */
-      if (la + lb > 48 && tries < 1000000) continue;
       if (la + lb > cat_cap) cat = xrealloc(cat, cat_cap = 2 * (la + lb));
       memcpy(cat, v.arena + v.off[a], la);
       memcpy(cat + la, v.arena + v.off[b], lb);
-      int clash = synth_has(&v, cat, la + lb);
+      int clash = la + lb > SYNTH_MAX_LEN || synth_has(&v, cat, la + lb);
       for (int i = 0; i < N_SPECIALS && !clash; i++) clash = la + lb == strlen(specials[i]) && !memcmp(cat, specials[i], la + lb);
       if (!clash) break;
     }
@@ -875,8 +878,8 @@ int qmoe_tokenizer_write_synthetic(qmoe_gguf_writer *w, int64_t n_vocab, uint64_
     merge_strs[m][la + lb + 1] = 0;
     size_t id = v.n;
     synth_add(&v, cat, la + lb);
-    if ((a == ' ' || is_word[a]) && is_tail[b]) words[n_words++] = id, is_word[id] = 1;
-    if (is_tail[a] && is_tail[b]) tails[n_tails++] = id, is_tail[id] = 1;
+    if (la + lb < SYNTH_MAX_LEN && (a == ' ' || is_word[a]) && is_tail[b]) words[n_words++] = id, is_word[id] = 1;
+    if (la + lb < SYNTH_MAX_LEN && is_tail[a] && is_tail[b]) tails[n_tails++] = id, is_tail[id] = 1;
   }
   free(is_word);
   free(is_tail);
