@@ -38,6 +38,10 @@ typedef struct {
   qmoe_dot_f32_fn dot_f32;       /* n not a multiple of block_elements: returns NAN, sets the error */
   qmoe_dot_f64_fn dot_f64;
   qmoe_quantize_row_fn quantize_row;
+  const char *quantizer; /* contract quantizer.strategy: "generic" (derived from the decoder) or a named search */
+  double rmse_max;       /* contract quantizer.rmse_max: round-trip RMSE / RMS(x) bound on N(0,1) rows of 4096 */
+  double total_error_max; /* contract quantizer.total_error_max: llama.cpp test-quantize-fns bound */
+  int file_type;         /* contract file_type: llama.cpp general.file_type of a file in this type; -1: none */
 } qmoe_qtype_info;
 const qmoe_qtype_info *qmoe_qtype_by_id(int ggml_type);         /* NULL if unknown (error set) */
 const qmoe_qtype_info *qmoe_qtype_by_name(const char *name);    /* "q6k", "q6_k", "Q6_K"; NULL if unknown */
@@ -46,7 +50,22 @@ const qmoe_qtype_info *qmoe_qtype_at(size_t i);                 /* NULL if i >= 
 int64_t qmoe_qtype_row_bytes(const qmoe_qtype_info *qt, int64_t n); /* -1 if n not a multiple of block_elements */
 /* Reference quantizer (round-to-nearest-even for f32/f16/bf16; llama.cpp-like searches for k-quants). */
 int qmoe_quantize_row(int ggml_type, const float *src, void *dst, int64_t n);
+/* N_ELEMENTS (a multiple of block_elements) worth of random valid blocks of a qtype: random bits with
+ * moderate finite float fields, each block decoding to finite values not all zero; the same SEED gives the
+ * same bytes. For tests that need inputs independent of a quantizer. 0 or QMOE_E*. */
+int qmoe_quant_random_blocks(int ggml_type, uint64_t seed, void *dst, int64_t n_elements);
 /* ---- end quant formats ---------------------------------------------------------------------------- */
+
+/* ---- quantization recipes (contracts/recipes/<name>.yaml -> generated/c/recipes.c; runtime/recipe.c) -- */
+typedef struct qmoe_recipe qmoe_recipe;
+size_t qmoe_recipe_count(void);
+const qmoe_recipe *qmoe_recipe_at(size_t i);                     /* NULL if i >= count */
+const qmoe_recipe *qmoe_recipe_by_name(const char *name);        /* "q4_k_m", "Q4_K_M", "q4km"; NULL if unknown */
+const char *qmoe_recipe_name(const qmoe_recipe *r);
+int qmoe_recipe_file_type(const qmoe_recipe *r);                 /* llama.cpp general.file_type */
+/* The quant contract name the recipe gives tensor NAME of N_DIMS dims in a model of N_LAYERS layers (the first
+ * matching rule's); NULL, error set, when no rule matches. */
+const char *qmoe_recipe_qtype(const qmoe_recipe *r, const char *name, int n_dims, int64_t n_layers);
 
 /* ==== GGUF I/O (runtime/gguf*.c; docs/gguf.md) ==================================================== */
 /* Metadata value types, as numbered by the GGUF spec. */

@@ -84,18 +84,46 @@ static const qmoe_qlayout layouts[] = {
   { 30, 1, fields_bf16 },
 };
 
+/* The GGUF spec's types no quant contract lists (codegen/lib/ggml_types.lua): read past and copied, not decoded. */
+const qmoe_ggml_type_row qmoe_ggml_other_types[] = {
+  { 7, "Q5_1", 32, 24 },
+  { 9, "Q8_1", 32, 36 },
+  { 10, "Q2_K", 256, 84 },
+  { 11, "Q3_K", 256, 110 },
+  { 16, "IQ2_XXS", 256, 66 },
+  { 17, "IQ2_XS", 256, 74 },
+  { 18, "IQ3_XXS", 256, 98 },
+  { 19, "IQ1_S", 256, 50 },
+  { 20, "IQ4_NL", 32, 18 },
+  { 21, "IQ3_S", 256, 110 },
+  { 22, "IQ2_S", 256, 82 },
+  { 23, "IQ4_XS", 256, 136 },
+  { 24, "I8", 1, 1 },
+  { 25, "I16", 1, 2 },
+  { 26, "I32", 1, 4 },
+  { 27, "I64", 1, 8 },
+  { 28, "F64", 1, 8 },
+  { 29, "IQ1_M", 256, 56 },
+  { 34, "TQ1_0", 256, 54 },
+  { 35, "TQ2_0", 256, 66 },
+  { 39, "MXFP4", 32, 17 },
+  { 40, "NVFP4", 64, 36 },
+  { 41, "Q1_0", 128, 18 },
+};
+const int qmoe_ggml_other_type_count = 23;
+
 static const qmoe_qtype_info table[] = {
-  { "f32", 0, 1, 4, QMOE_ACC_BIT_F32 | QMOE_ACC_BIT_F64, qmoe_f32_dequant_row, qmoe_f32_dot_f32, qmoe_f32_dot_f64, quantize_f32 },
-  { "f16", 1, 1, 2, QMOE_ACC_BIT_F32 | QMOE_ACC_BIT_F64, qmoe_f16_dequant_row, qmoe_f16_dot_f32, qmoe_f16_dot_f64, quantize_f16 },
-  { "q4_0", 2, 32, 18, QMOE_ACC_BIT_F32 | QMOE_ACC_BIT_F64, qmoe_q4_0_dequant_row, qmoe_q4_0_dot_f32, qmoe_q4_0_dot_f64, quantize_q4_0 },
-  { "q4_1", 3, 32, 20, QMOE_ACC_BIT_F32 | QMOE_ACC_BIT_F64, qmoe_q4_1_dequant_row, qmoe_q4_1_dot_f32, qmoe_q4_1_dot_f64, quantize_q4_1 },
-  { "q5_0", 6, 32, 22, QMOE_ACC_BIT_F32 | QMOE_ACC_BIT_F64, qmoe_q5_0_dequant_row, qmoe_q5_0_dot_f32, qmoe_q5_0_dot_f64, quantize_q5_0 },
-  { "q8_0", 8, 32, 34, QMOE_ACC_BIT_F32 | QMOE_ACC_BIT_F64, qmoe_q8_0_dequant_row, qmoe_q8_0_dot_f32, qmoe_q8_0_dot_f64, quantize_q8_0 },
-  { "q4_k", 12, 256, 144, QMOE_ACC_BIT_F32 | QMOE_ACC_BIT_F64, qmoe_q4_k_dequant_row, qmoe_q4_k_dot_f32, qmoe_q4_k_dot_f64, quantize_q4_k },
-  { "q5_k", 13, 256, 176, QMOE_ACC_BIT_F32 | QMOE_ACC_BIT_F64, qmoe_q5_k_dequant_row, qmoe_q5_k_dot_f32, qmoe_q5_k_dot_f64, quantize_q5_k },
-  { "q6_k", 14, 256, 210, QMOE_ACC_BIT_F32 | QMOE_ACC_BIT_F64, qmoe_q6_k_dequant_row, qmoe_q6_k_dot_f32, qmoe_q6_k_dot_f64, quantize_q6_k },
-  { "q8_k", 15, 256, 292, QMOE_ACC_BIT_F32 | QMOE_ACC_BIT_F64, qmoe_q8_k_dequant_row, qmoe_q8_k_dot_f32, qmoe_q8_k_dot_f64, quantize_q8_k },
-  { "bf16", 30, 1, 2, QMOE_ACC_BIT_F32 | QMOE_ACC_BIT_F64, qmoe_bf16_dequant_row, qmoe_bf16_dot_f32, qmoe_bf16_dot_f64, quantize_bf16 },
+  { "f32", 0, 1, 4, QMOE_ACC_BIT_F32 | QMOE_ACC_BIT_F64, qmoe_f32_dequant_row, qmoe_f32_dot_f32, qmoe_f32_dot_f64, quantize_f32, "generic", 1.0000000000000001e-30, 0.002, 0 },
+  { "f16", 1, 1, 2, QMOE_ACC_BIT_F32 | QMOE_ACC_BIT_F64, qmoe_f16_dequant_row, qmoe_f16_dot_f32, qmoe_f16_dot_f64, quantize_f16, "generic", 0.00022900000000000001, 0.002, 1 },
+  { "q4_0", 2, 32, 18, QMOE_ACC_BIT_F32 | QMOE_ACC_BIT_F64, qmoe_q4_0_dequant_row, qmoe_q4_0_dot_f32, qmoe_q4_0_dot_f64, quantize_q4_0, "generic", 0.094899999999999998, 0.002, 2 },
+  { "q4_1", 3, 32, 20, QMOE_ACC_BIT_F32 | QMOE_ACC_BIT_F64, qmoe_q4_1_dequant_row, qmoe_q4_1_dot_f32, qmoe_q4_1_dot_f64, quantize_q4_1, "generic", 0.085999999999999993, 0.002, 3 },
+  { "q5_0", 6, 32, 22, QMOE_ACC_BIT_F32 | QMOE_ACC_BIT_F64, qmoe_q5_0_dequant_row, qmoe_q5_0_dot_f32, qmoe_q5_0_dot_f64, quantize_q5_0, "generic", 0.047100000000000003, 0.002, 8 },
+  { "q8_0", 8, 32, 34, QMOE_ACC_BIT_F32 | QMOE_ACC_BIT_F64, qmoe_q8_0_dequant_row, qmoe_q8_0_dot_f32, qmoe_q8_0_dot_f64, quantize_q8_0, "ggml_q8_0", 0.0058700000000000002, 0.002, 7 },
+  { "q4_k", 12, 256, 144, QMOE_ACC_BIT_F32 | QMOE_ACC_BIT_F64, qmoe_q4_k_dequant_row, qmoe_q4_k_dot_f32, qmoe_q4_k_dot_f64, quantize_q4_k, "kquant_q4_k", 0.086300000000000002, 0.002, 14 },
+  { "q5_k", 13, 256, 176, QMOE_ACC_BIT_F32 | QMOE_ACC_BIT_F64, qmoe_q5_k_dequant_row, qmoe_q5_k_dot_f32, qmoe_q5_k_dot_f64, quantize_q5_k, "kquant_q5_k", 0.042799999999999998, 0.002, 16 },
+  { "q6_k", 14, 256, 210, QMOE_ACC_BIT_F32 | QMOE_ACC_BIT_F64, qmoe_q6_k_dequant_row, qmoe_q6_k_dot_f32, qmoe_q6_k_dot_f64, quantize_q6_k, "kquant_q6_k", 0.021399999999999999, 0.002, 18 },
+  { "q8_k", 15, 256, 292, QMOE_ACC_BIT_F32 | QMOE_ACC_BIT_F64, qmoe_q8_k_dequant_row, qmoe_q8_k_dot_f32, qmoe_q8_k_dot_f64, quantize_q8_k, "ggml_q8_k", 0.0080000000000000002, 0.002, -1 },
+  { "bf16", 30, 1, 2, QMOE_ACC_BIT_F32 | QMOE_ACC_BIT_F64, qmoe_bf16_dequant_row, qmoe_bf16_dot_f32, qmoe_bf16_dot_f64, quantize_bf16, "generic", 0.00183, 0.002, 32 },
 };
 #define NTYPES (sizeof table / sizeof table[0])
 

@@ -10,6 +10,10 @@
 enum { QMOE_QF_U8, QMOE_QF_I8, QMOE_QF_U16, QMOE_QF_I16, QMOE_QF_F16, QMOE_QF_BF16, QMOE_QF_F32 };
 typedef struct { const char *name; int type; int count; int offset; } qmoe_qfield;
 typedef struct { int ggml_type; int nfields; const qmoe_qfield *fields; } qmoe_qlayout;
+/* The GGUF spec's types that no contract lists (name as GGUF writes it, ggml's block size). */
+typedef struct { int id; const char *name; int64_t block_elements, block_bytes; } qmoe_ggml_type_row;
+extern const qmoe_ggml_type_row qmoe_ggml_other_types[];
+extern const int qmoe_ggml_other_type_count;
 /* The block layout of a qtype, NULL if unknown. */
 const qmoe_qlayout *qmoe_qlayout_by_id(int ggml_type);
 

@@ -10,7 +10,6 @@
 #include "cmd.h"
 #include "diag.h"
 #include "falsifiers.h"
-#include "recipe.h"
 #include "trace_points.h"
 #include "trace_record.h"
 
@@ -134,10 +133,25 @@ static void close_trace(trace *t) {
   free((void *)t->model);
 }
 
+/* "blk.N.REST" -> N and *rest = REST; -1 if the name is not a per-layer one. */
+static int64_t layer_of(const char *name, const char **rest) {
+  if (strncmp(name, "blk.", 4)) return -1;
+  int64_t n = 0;
+  const char *p = name + 4;
+  if (*p < '0' || *p > '9') return -1;
+  while (*p >= '0' && *p <= '9') {
+    if (n > 100000000) return -1;
+    n = n * 10 + (*p++ - '0');
+  }
+  if (*p != '.') return -1;
+  *rest = p + 1;
+  return n;
+}
+
 /* Splits a tensor name into (group, layer, order, point) and checks its shape and type. */
 static int classify(const trace *t, const qmoe_gguf_tensor *x, row *r, char *err, size_t cap) {
   const char *rest = NULL;
-  int64_t layer = cli_layer_of(x->name, &rest);
+  int64_t layer = layer_of(x->name, &rest);
   const char *point = layer >= 0 ? rest : x->name;
   if (layer >= t->n_layers)
     return snprintf(err, cap, "%s: tensor '%s' is for layer %lld, but qmoe.trace.n_layers is %lld", t->path, x->name,

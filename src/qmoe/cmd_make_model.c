@@ -7,7 +7,6 @@
 #include <unistd.h>
 #include "cmd.h"
 #include "diag.h"
-#include "recipe.h"
 
 static const char usage[] =
   "usage: qmoe make-model --preset tiny|small|qwen3-30b-a3b -o FILE [--ftype q4_k_m|q8_0|f16|f32] [--seed N]\n"
@@ -18,7 +17,8 @@ static const char usage[] =
   "  tiny           256,  4,   8/2,  256,  4/2 x 64,    1024   (about 3 MB; CI tests, the README's `qmoe run`)\n"
   "  small          1024, 8,  32/4,  512, 16/4 x 64,   32000   (about 300 MB in q4_k_m; local benchmarks)\n"
   "  qwen3-30b-a3b  2048, 48, 128/8, 768, 32/4 x 128, 151936   (Qwen3-30B-A3B's shape, 17.3 GiB in q4_k_m)\n"
-  "  --ftype T    q4_k_m (default: llama.cpp's recipe, as `qmoe quantize` applies it), q8_0, f16 or f32;\n"
+  "  --ftype T    q4_k_m (default: llama.cpp's recipe, contracts/recipes/q4_k_m.yaml, as `qmoe quantize`\n"
+  "               applies it), q8_0, f16 or f32;\n"
   "               router and norms are F32 in every type\n"
   "  --seed N     random seed (default 1)\n"
   "  --layers N   override the preset's layer count (the recipe's per-layer types follow N)\n"
@@ -217,10 +217,10 @@ static int set_meta(qmoe_gguf_writer *w, const preset *p, int64_t layers, int ft
   rc |= qmoe_gguf_writer_set_u32(w, "qwen3moe.expert_used_count", (uint32_t)p->used);
   rc |= qmoe_gguf_writer_set_u32(w, "qwen3moe.attention.key_length", (uint32_t)p->head_dim);
   rc |= qmoe_gguf_writer_set_u32(w, "qwen3moe.attention.value_length", (uint32_t)p->head_dim);
-  rc |= qmoe_gguf_writer_set_u32(w, "general.file_type", (uint32_t)ftype);
+  if (ftype >= 0) rc |= qmoe_gguf_writer_set_u32(w, "general.file_type", (uint32_t)ftype);
   rc |= qmoe_gguf_writer_set_u32(w, "qwen3moe.expert_count", (uint32_t)p->experts);
   rc |= qmoe_gguf_writer_set_u32(w, "qwen3moe.expert_feed_forward_length", (uint32_t)p->expert_ff);
-  if (ftype != 0 && ftype != 1) rc |= qmoe_gguf_writer_set_u32(w, "general.quantization_version", 2);
+  if (ftype != 0 && ftype != 1) rc |= qmoe_gguf_writer_set_u32(w, "general.quantization_version", 2); /* quantized */
   return rc ? -1 : 0;
 }
 
@@ -266,13 +266,17 @@ static int run(int argc, char **argv) {
     long ncpu = sysconf(_SC_NPROCESSORS_ONLN);
     n_threads = ncpu < 1 ? 1 : ncpu > MAX_THREADS ? MAX_THREADS : ncpu;
   }
-  /* ftype -> (llama.cpp general.file_type, the type of matrices; q4_k_m: the recipe decides) */
-  int ftype, mat_type;
-  if (!ftype_name || !strcmp(ftype_name, "q4_k_m")) ftype = 15, mat_type = -1, ftype_name = "q4_k_m";
-  else if (!strcmp(ftype_name, "q8_0")) ftype = 7, mat_type = 8;
-  else if (!strcmp(ftype_name, "f16")) ftype = 1, mat_type = 1;
-  else if (!strcmp(ftype_name, "f32")) ftype = 0, mat_type = 0;
+  /* --ftype: the recipe (contracts/recipes/q4_k_m.yaml, as `qmoe quantize` applies it) or one qtype for every
+   * matrix; general.file_type comes from the recipe's or the quant contract's file_type. */
+  if (!ftype_name) ftype_name = "q4_k_m";
+  const qmoe_recipe *recipe = NULL;
+  const qmoe_qtype_info *mat = NULL;
+  if (!strcmp(ftype_name, "q4_k_m")) recipe = qmoe_recipe_by_name("q4_k_m");
+  else if (!strcmp(ftype_name, "q8_0") || !strcmp(ftype_name, "f16") || !strcmp(ftype_name, "f32")) mat = qmoe_qtype_by_name(ftype_name);
   else return cli_usage_error(&cmd_make_model, "unknown --ftype '%s'; choose q4_k_m, q8_0, f16 or f32", ftype_name);
+  if (!recipe && !mat) return cli_error("make-model", "this build has no contract for '%s'", ftype_name);
+  int ftype = recipe ? qmoe_recipe_file_type(recipe) : mat->file_type;
+  int mat_type = mat ? mat->ggml_type : -1;
 
   /* The tensors, in llama.cpp's order, with the value scale each gets (see usage: realistic activations). */
   const int64_t H = p->hidden, E = p->experts, F = p->expert_ff, QD = p->heads * p->head_dim, KD = p->kv_heads * p->head_dim;
@@ -311,7 +315,16 @@ static int run(int argc, char **argv) {
     tensor_plan *t = &ts[i];
     if (t->n_dims == 1 || t->kind == KIND_ROUTER) t->type = 0; /* norms and the router stay F32 */
     else if (mat_type >= 0) t->type = mat_type;
-    else t->type = cli_recipe_q4_k_m(t->name, t->n_dims, layers);
+    else {
+      const char *qn = qmoe_recipe_qtype(recipe, t->name, t->n_dims, layers);
+      const qmoe_qtype_info *q = qn ? qmoe_qtype_by_name(qn) : NULL;
+      if (!q || (q->ggml_type != 0 && q->ggml_type != 12 && q->ggml_type != 14)) {
+        cli_error("make-model", "tensor '%s': the %s recipe gives %s; make-model writes f32, q4_k and q6_k in it", t->name,
+                  ftype_name, qn ? qn : qmoe_last_error());
+        goto done;
+      }
+      t->type = q->ggml_type;
+    }
     const qmoe_qtype_info *qt = qmoe_qtype_by_id(t->type);
     int64_t rb = qt ? qmoe_qtype_row_bytes(qt, t->ne[0]) : -1;
     if (rb < 0) {
