@@ -52,7 +52,8 @@ static int parse_number(lua_State *L, const qy_node *n) {
   errno = 0;
   long long v = strtoll(s, &end, 0);
   if (*end == 0 && errno == 0 && (s[0] != '0' || s[1] == 0 || s[1] == 'x' || s[1] == 'X')) {
-    lua_pushinteger(L, v);
+    if (n->tag == QY_TAG_FLOAT) lua_pushnumber(L, (lua_Number)v); /* !!float 128: the float 128.0 */
+    else lua_pushinteger(L, v);
     return 1;
   }
   double d = strtod(s, &end);

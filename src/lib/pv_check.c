@@ -386,6 +386,9 @@ static void check_model(pv_set *set, pv_file *f) {
   if (d->heads.node && d->kv_heads.node && d->heads.v % d->kv_heads.v)
     ERR(d->kv_heads.node, "E240", "kv_heads %lld does not divide heads %lld (grouped-query attention)",
         (long long)d->kv_heads.v, (long long)d->heads.v);
+  if (d->head_dim.node && d->head_dim.v % 2)
+    ERR(d->head_dim.node, "E240", "head_dim %lld is odd: NEOX RoPE (stage rope_neox) rotates dimension i with i + "
+        "head_dim/2, so head_dim must be even", (long long)d->head_dim.v);
   const pv_falsifier *fs = m->falsification_tests.items;
   for (size_t i = 0; i < m->falsification_tests.n; i++)
     if (fs[i].node) check_threshold(set, f, &fs[i].check);

@@ -4,7 +4,6 @@
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/stat.h>
 #include <unistd.h>
 #include "backend.h"
 #include "cmd.h"
@@ -64,9 +63,7 @@ typedef struct {
 static void sanitize(char *s) {
   unsigned char *p = (unsigned char *)s;
   while (*p) {
-    int n = *p < 0x80 ? 1 : (*p & 0xE0) == 0xC0 && *p >= 0xC2 ? 2 : (*p & 0xF0) == 0xE0 ? 3 : (*p & 0xF8) == 0xF0 && *p <= 0xF4 ? 4 : 0;
-    for (int k = 1; k < n; k++)
-      if ((p[k] & 0xC0) != 0x80) n = 0;
+    size_t n = qmoe_utf8_seq_len(p, strlen((const char *)p));
     if (n == 1 && (*p < 0x20 || *p == 0x7F)) n = 0;
     if (n == 0) *p++ = '?';
     else p += n;
@@ -416,35 +413,35 @@ static void write_svg(FILE *fp, const row *rows, int64_t nr, double cos_min, con
   fprintf(fp, ")</text>\n</svg>\n");
 }
 
-/* Writes FILE through a temp file in its directory and a rename, so it appears only complete and never
- * replaces one of the inputs. */
-static int write_plot(const char *path, const char *const inputs[3], const row *rows, int64_t nr, double cos_min,
-                      const trace *a, const trace *b, int64_t first, const char *const label[2]) {
-  struct stat so, si;
-  if (stat(path, &so) == 0)
-    for (int k = 0; k < 3; k++)
-      if (inputs[k] && stat(inputs[k], &si) == 0 && si.st_dev == so.st_dev && si.st_ino == so.st_ino)
-        return cli_error("diff", "--plot %s is the input %s; refusing to overwrite it", path, inputs[k]);
-  size_t n = strlen(path);
-  char *tmp = xmalloc(n + 16);
-  snprintf(tmp, n + 16, "%s.tmp.XXXXXX", path);
-  int fd = mkstemp(tmp);
-  if (fd < 0) {
-    cli_error("diff", "cannot write %s: %s", path, strerror(errno));
-    free(tmp);
-    return 1;
+/* Opens the plot's output through qmoe_out (a temp file beside it, renamed into place at commit; refused when
+ * it is one of the inputs), before any work. 0 or 2 (error printed). */
+static int open_plot(const char *path, const char *const inputs[3], qmoe_out **o) {
+  const char *in[3];
+  size_t n_in = 0;
+  for (int k = 0; k < 3; k++)
+    if (inputs[k]) in[n_in++] = inputs[k];
+  if (qmoe_out_open(path, in, n_in, 0, o)) return cli_error("diff", "--plot: %s", qmoe_last_error()), 2;
+  return 0;
+}
+
+/* Writes the SVG to O and commits it (or aborts O on error). 0 or 1 (error printed). */
+static int write_plot(qmoe_out *o, const row *rows, int64_t nr, double cos_min, const trace *a, const trace *b,
+                      int64_t first, const char *const label[2]) {
+  char *text = NULL;
+  size_t len = 0;
+  FILE *mem = open_memstream(&text, &len);
+  if (!mem) return qmoe_out_abort(o), cli_error("diff", "out of memory for the plot");
+  write_svg(mem, rows, nr, cos_min, a, b, first, label);
+  if (fclose(mem) != 0) {
+    free(text);
+    qmoe_out_abort(o);
+    return cli_error("diff", "out of memory for the plot");
   }
-  FILE *fp = fdopen(fd, "w");
-  write_svg(fp, rows, nr, cos_min, a, b, first, label);
-  int bad = fflush(fp) != 0 || fsync(fileno(fp)) != 0;
-  bad |= fclose(fp) != 0;
-  if (bad || rename(tmp, path) != 0) {
-    cli_error("diff", "cannot write %s: %s", path, strerror(errno));
-    unlink(tmp);
-    free(tmp);
-    return 1;
-  }
-  free(tmp);
+  int rc = qmoe_out_write(o, text, len);
+  if (rc) qmoe_out_abort(o);
+  else rc = qmoe_out_commit(o);
+  free(text);
+  if (rc) return cli_error("diff", "--plot: %s", qmoe_last_error());
   return 0;
 }
 
@@ -462,6 +459,9 @@ static int same_i32_array(const qmoe_gguf_value *x, const qmoe_gguf_value *y, ui
  * of their paths (the run mode's temporary files). Returns the exit status: 0, 1 or 2. */
 static int diff_files(const char *const in[2], int json, const char *plot, int have_min, double cos_min,
                       const qmoe_falsifier *fz, const char *protect, const char *const label[2]) {
+  qmoe_out *plot_out = NULL;
+  const char *inputs[3] = { in[0], in[1], protect };
+  if (plot && open_plot(plot, inputs, &plot_out)) return 2;
   trace t[2];
   memset(t, 0, sizeof t);
   char err[1024];
@@ -652,9 +652,12 @@ static int diff_files(const char *const in[2], int json, const char *plot, int h
     status = 2;
     goto done;
   }
-  const char *inputs[3] = { in[0], in[1], protect };
-  if (plot && write_plot(plot, inputs, rows, nr, cos_min, &t[0], &t[1], first, label) != 0) status = 2;
+  if (plot_out) {
+    status = write_plot(plot_out, rows, nr, cos_min, &t[0], &t[1], first, label) != 0 ? 2 : status;
+    plot_out = NULL;
+  }
 done:
+  if (plot_out) qmoe_out_abort(plot_out);
   for (int k = 0; k < 2; k++) close_trace(&t[k]);
   for (int64_t i = 0; i < n_diffs; i++) free(diffs[i].only_a), free(diffs[i].only_b);
   free(diffs);
@@ -730,6 +733,12 @@ static int run_backends(const char *model, const char *backends, const char *pro
       cli_error("diff", "--layers: %s (the model has layers 0..%lld)", why, (long long)c.n_layers);
       goto done;
     }
+  }
+  if (plot) { /* refuse a bad plot path before any tracing */
+    qmoe_out *o;
+    const char *inputs[3] = { model, NULL, NULL };
+    if (open_plot(plot, inputs, &o)) goto done;
+    qmoe_out_abort(o);
   }
   const char *tmp = getenv("TMPDIR");
   char dir[4096];
