@@ -153,7 +153,7 @@ def checks(tmp):
         report("cuda_f32/greedy_vs_cpu", gcu == run_json(model)["ids"], f"cuda {gcu}")
 
     # bench --json
-    rc, so, se = qmoe("bench", "-m", model, "-p", "4", "-n", "4", "--repeats", "1", "--json")
+    rc, so, se = qmoe("bench", "-m", model, "-p", "4", "-n", "4", "--repeats", "1", "--copy-mib", "4", "--json")
     try:
         b = json.loads(so)
         ok = rc == 0 and b["decode_tokens_per_s"] > 0 and b["prefill_tokens_per_s"] > 0 and \
