@@ -35,8 +35,7 @@ static double median(double *v, int n) {
 static int once(qmoe_model *m, const int32_t *prompt, int64_t P, int64_t N, double *tp, double *td) {
   double t0 = cli_now();
   int32_t next = 0;
-  for (int64_t i = 0; i < P; i++)
-    if (qmoe_model_step(m, prompt[i], i, i + 1 == P ? &next : NULL, NULL)) return -1;
+  if (qmoe_model_prefill(m, prompt, P, 0, &next, NULL)) return -1;
   double t1 = cli_now();
   for (int64_t i = 0; i < N; i++)
     if (qmoe_model_step(m, next, P + i, &next, NULL)) return -1;

@@ -114,6 +114,13 @@ def checks(tmp):
     _, t32b = trace(model, os.path.join(tmp, "cpu32b.gguf"), stages="l_out,result_output")
     report("cpu/determinism_bitwise", all(t32[k].tobytes() == t32b[k].tobytes() for k in t32), "two runs differ")
 
+    # A prompt longer than one upload chunk of embeddings (64 positions).
+    long_prompt = [(7 * i + 3) % c["V"] for i in range(70)]
+    rc, so, se = qmoe("run", "-m", model, "--acc", "f64", "--tokens", ",".join(map(str, long_prompt)), "-n", "2",
+                      "--ignore-eos", "--json")
+    want_ids = ref.greedy(long_prompt, 2)
+    report("cpu_f64/long_prompt_vs_numpy", rc == 0 and json.loads(so)["ids"] == want_ids, f"{so} {se} numpy {want_ids}")
+
     # (e) run --json round trip and sampling.
     j = run_json(model)
     ok = (j["prompt_ids"] == PROMPT and len(j["ids"]) == N_GEN and j["text"] == "" and
@@ -172,7 +179,7 @@ def checks(tmp):
     report("cli/trace_never_overwrites_model", rc != 0 and open(model, "rb").read() == before, se)
     rc, so, se = qmoe("run", "-m", model, "--tokens", "1,2,3", "-n", "10", "--ctx", "8")
     report("cli/context_too_long", rc == 1 and "KV cache" in se, se)
-    rc, so, se = qmoe("run", "-m", model, "--tokens", "1", "--ctx", "65")
+    rc, so, se = qmoe("run", "-m", model, "--tokens", "1", "--ctx", "129")
     report("cli/ctx_beyond_model", rc == 1 and "context_length" in se, se)
     rc, so, se = qmoe("run", "-m", model, "--tokens", "300")
     report("cli/token_outside_vocab", rc == 1 and "vocabulary" in se, se)

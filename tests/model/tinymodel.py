@@ -5,7 +5,7 @@ import numpy as np
 import gguf
 
 Q = gguf.GGMLQuantizationType
-CFG = dict(H=256, nh=4, nkv=2, D=64, E=8, K=2, F=256, V=300, L=3, ctx=64, theta=10000.0, eps=1e-6)
+CFG = dict(H=256, nh=4, nkv=2, D=64, E=8, K=2, F=256, V=300, L=3, ctx=128, theta=10000.0, eps=1e-6)
 
 # Per-layer qtypes: every k-quant and Q8_0 appears in attention, gate/up and down; layer 2 has an F32 matrix.
 LAYER_TYPES = [
