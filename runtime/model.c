@@ -224,9 +224,12 @@ static int check_tensors(const qmoe_gguf *f, const qmoe_model_config *c, weight_
         (rc = WANT(k_norm, "attn_k_norm", "(key_length)", W_F32, D)) ||
         (rc = WANT(ffn_norm, "ffn_norm", "(embedding_length)", W_F32, H)) ||
         (rc = WANT(router, "ffn_gate_inp", "(embedding_length, expert_count)", W_F32, H, E)) ||
-        (rc = WANT(gate, "ffn_gate_exps", "(embedding_length, expert_feed_forward_length, expert_count)", W_EXPERT_GATE_UP, H, F, E)) ||
-        (rc = WANT(up, "ffn_up_exps", "(embedding_length, expert_feed_forward_length, expert_count)", W_EXPERT_GATE_UP, H, F, E)) ||
-        (rc = WANT(down, "ffn_down_exps", "(expert_feed_forward_length, embedding_length, expert_count)", W_EXPERT_DOWN, F, H, E)))
+        (rc = WANT(gate, "ffn_gate_exps", "(embedding_length, expert_feed_forward_length, expert_count)",
+                   W_EXPERT_GATE_UP, H, F, E)) ||
+        (rc = WANT(up, "ffn_up_exps", "(embedding_length, expert_feed_forward_length, expert_count)",
+                   W_EXPERT_GATE_UP, H, F, E)) ||
+        (rc = WANT(down, "ffn_down_exps", "(expert_feed_forward_length, embedding_length, expert_count)",
+                   W_EXPERT_DOWN, F, H, E)))
       return rc;
 #undef WANT
     if (L->up.t->type != L->gate.t->type) {

@@ -26,7 +26,9 @@ typedef struct {
   void **data; /* [point][layer or 0]: n_pos * elems values */
 } trace_store;
 
-static void **slot(trace_store *s, int p, int64_t l) { return &s->data[(size_t)p * (size_t)s->n_layers + (size_t)(l < 0 ? 0 : l)]; }
+static void **slot(trace_store *s, int p, int64_t l) {
+  return &s->data[(size_t)p * (size_t)s->n_layers + (size_t)(l < 0 ? 0 : l)];
+}
 
 static int on_trace(void *user, int point, int64_t layer, int64_t pos, const void *data, int64_t n) {
   trace_store *s = user;
