@@ -121,6 +121,24 @@ def checks(tmp):
     want_ids = ref.greedy(long_prompt, 2)
     report("cpu_f64/long_prompt_vs_numpy", rc == 0 and json.loads(so)["ids"] == want_ids, f"{so} {se} numpy {want_ids}")
 
+    # A file made by `qmoe quantize ... q4_k_m` (the real quantizer and the recipe's per-layer types) from
+    # the same weights in F32, against NumPy on what gguf-py decodes from it.
+    f32 = {n: (tm.dq(a, qt).astype(np.float32), gguf.GGMLQuantizationType.F32) for n, (a, qt) in tens.items()}
+    src, q4km = os.path.join(tmp, "f32.gguf"), os.path.join(tmp, "q4km.gguf")
+    tm.write(src, tens=f32)
+    rc, so, se = qmoe("quantize", src, q4km, "q4_k_m")
+    if rc:
+        report("q4_k_m/quantize", False, se)
+    else:
+        rq = gguf.GGUFReader(q4km)
+        qt_types = {t.tensor_type.name for t in rq.tensors}
+        qtens = {t.name: (np.array(t.data), t.tensor_type) for t in rq.tensors}
+        rc, so, se = qmoe("run", "-m", q4km, "--acc", "f64", "--tokens", ",".join(map(str, PROMPT)), "-n", "6",
+                          "--ignore-eos", "--json")
+        want_ids = tm.Reference(qtens).greedy(PROMPT, 6)
+        ok = rc == 0 and json.loads(so)["ids"] == want_ids and {"Q4_K", "Q6_K", "F32"} <= qt_types
+        report("q4_k_m/greedy_vs_numpy", ok, f"{so} {se} numpy {want_ids} types {sorted(qt_types)}")
+
     # (e) run --json round trip and sampling.
     j = run_json(model)
     ok = (j["prompt_ids"] == PROMPT and len(j["ids"]) == N_GEN and j["text"] == "" and
