@@ -5,14 +5,16 @@
 #include <string.h>
 #include "backend.h"
 #include "cmd.h"
+#include "bench_timers.h"
 #include "stage_calls_tmp.h" /* TEMPORARY: the generated qmoe_call_<stage> builders replace it (issue 8) */
 
 static const char usage[] =
   "usage: qmoe bench -m FILE --backend B [-p 512] [-n 128] [--acc f32|f64] [--repeats R] [--ctx N]\n"
   "                  [--copy-mib M] [--json]\n"
   "Times a prefill of -p tokens and a greedy decode of -n tokens, R times after one warm-up, and reports the\n"
-  "median tokens/s of each. Timing: the host's monotonic clock around synchronized work (each decoded token\n"
-  "waits for its argmax download), so it includes the per-token host synchronization. Also reports the\n"
+  "median tokens/s of each. Timing: device timers where the backend has them (Vulkan timestamps, CUDA\n"
+  "events), else the host's monotonic clock around synchronized work; either way the span includes each\n"
+  "token's host synchronization (its argmax download). The output names the timer. Also reports the\n"
   "weight bytes one decoded token reads, and the copy bandwidth of the backend measured the same way with\n"
   "the `add` stage: y = a + b over M MiB f32 vectors (--copy-mib, default 256), 8 calls between two\n"
   "synchronizations, (2 reads + 1 write) · 8 / time, median of 5 after a warm-up; then decode weight\n"
@@ -20,6 +22,63 @@ static const char usage[] =
   "example: qmoe bench -m build/models/tiny.gguf --backend vulkan -p 64 -n 32 --repeats 3\n";
 
 enum { O_M, O_BACKEND, O_P, O_N, O_ACC, O_REP, O_CTX, O_COPY, O_JSON, O_N_ };
+
+/* A timer over work enqueued on the backend: Vulkan timestamps, CUDA events, or the host clock after a
+ * synchronization. Vulkan's stop timestamp needs recorded work after the last synchronization, so a
+ * one-element add marks the end. */
+typedef struct {
+  qmoe_backend *be;
+  int vk;                 /* Vulkan timestamps */
+  bench_cuda_timer *cu;   /* CUDA events */
+  qmoe_buffer *mark;
+  double t0;
+  const char *what;
+} btimer;
+
+/* Vulkan's end timestamp goes into the work recorded since the last synchronization: a one-element add. */
+static int mark_end(btimer *t) {
+  qmoe_stage_call c;
+  qmoe_call_add(&c, 1, t->mark, t->mark, t->mark);
+  return t->be->run(t->be, &c);
+}
+
+static void timer_open(btimer *t, qmoe_backend *be) {
+  memset(t, 0, sizeof *t);
+  t->be = be;
+  t->what = "host monotonic clock around synchronized work";
+  if (bench_vk_is(be)) {
+    double s;
+    if (be->alloc(be, 16, &t->mark) == 0 && be->upload(be, t->mark, 0, (float[4]){0}, 16) == 0 &&
+        bench_vk_start(be) == 0 && mark_end(t) == 0 && bench_vk_stop(be, &s) == 0) {
+      t->vk = 1;
+      t->what = "Vulkan timestamps";
+    }
+    be->sync(be);
+  } else if ((t->cu = bench_cuda_new(be))) {
+    t->what = "CUDA events";
+  }
+}
+
+static void timer_close(btimer *t) {
+  if (t->mark) t->be->free_buf(t->be, t->mark);
+  bench_cuda_free(t->cu);
+}
+
+static int timer_start(btimer *t) {
+  t->t0 = cli_now();
+  if (t->vk) return bench_vk_start(t->be);
+  if (t->cu) return bench_cuda_start(t->cu);
+  return 0;
+}
+
+static int timer_stop(btimer *t, double *secs) {
+  int rc;
+  if (t->vk) return (rc = mark_end(t)) ? rc : bench_vk_stop(t->be, secs);
+  if (t->cu) return bench_cuda_stop(t->cu, secs);
+  if ((rc = t->be->sync(t->be))) return rc;
+  *secs = cli_now() - t->t0;
+  return 0;
+}
 
 static int cmp_double(const void *a, const void *b) {
   double x = *(const double *)a, y = *(const double *)b;
@@ -32,19 +91,17 @@ static double median(double *v, int n) {
 }
 
 /* One prefill of P tokens and N decoded tokens; seconds of each. */
-static int once(qmoe_model *m, const int32_t *prompt, int64_t P, int64_t N, double *tp, double *td) {
-  double t0 = cli_now();
+static int once(btimer *t, qmoe_model *m, const int32_t *prompt, int64_t P, int64_t N, double *tp, double *td) {
   int32_t next = 0;
-  if (qmoe_model_prefill(m, prompt, P, 0, &next, NULL)) return -1;
-  double t1 = cli_now();
+  if (timer_start(t) || qmoe_model_prefill(m, prompt, P, 0, &next, NULL) || timer_stop(t, tp)) return -1;
+  if (timer_start(t)) return -1;
   for (int64_t i = 0; i < N; i++)
     if (qmoe_model_step(m, next, P + i, &next, NULL)) return -1;
-  *tp = t1 - t0, *td = cli_now() - t1;
-  return 0;
+  return timer_stop(t, td) ? -1 : 0;
 }
 
 /* Copy bandwidth: y = a + b over MIB MiB f32 vectors reads 2 and writes 1 vector; 8 calls per timing. */
-static int copy_bandwidth(qmoe_backend *be, int64_t mib, double *gbs) {
+static int copy_bandwidth(btimer *tm, qmoe_backend *be, int64_t mib, double *gbs) {
   const size_t n = (size_t)mib << 18, bytes = n * 4;
   enum { CALLS = 8 };
   qmoe_buffer *a = NULL, *b = NULL;
@@ -59,10 +116,9 @@ static int copy_bandwidth(qmoe_backend *be, int64_t mib, double *gbs) {
   for (int r = 0; !rc && r < 6; r++) {
     qmoe_stage_call c;
     qmoe_call_add(&c, (int64_t)n, a, b, a);
-    double t0 = cli_now();
+    rc = timer_start(tm);
     for (int k = 0; !rc && k < CALLS; k++) rc = be->run(be, &c);
-    if (!rc) rc = be->sync(be);
-    t[r] = cli_now() - t0;
+    if (!rc) rc = timer_stop(tm, &t[r]);
   }
   if (!rc) *gbs = 3.0 * CALLS * (double)bytes / median(t + 1, 5) * 1e-9;
   if (a) be->free_buf(be, a);
@@ -92,6 +148,7 @@ static int run(int argc, char **argv) {
     return 1;
   qmoe_backend *be = NULL;
   qmoe_model *m = NULL;
+  btimer tm = {0};
   int32_t *prompt = NULL;
   double *tp = NULL, *td = NULL;
   rc = 1;
@@ -109,19 +166,20 @@ static int run(int argc, char **argv) {
     prompt[i] = (int32_t)(s % (uint64_t)c->n_vocab);
   }
   double w0, w1;
-  if (once(m, prompt, P < 8 ? P : 8, 2, &w0, &w1)) goto fail; /* warm-up: pipelines, caches */
+  timer_open(&tm, be);
+  if (once(&tm, m, prompt, P < 8 ? P : 8, 2, &w0, &w1)) goto fail; /* warm-up: pipelines, caches */
   for (int64_t r = 0; r < R; r++) {
-    if (once(m, prompt, P, N, &tp[r], &td[r])) goto fail;
+    if (once(&tm, m, prompt, P, N, &tp[r], &td[r])) goto fail;
     if (!o[O_JSON].value) fprintf(stderr, "qmoe bench: repeat %lld/%lld: prefill %.3f s, decode %.3f s\n",
                                   (long long)r + 1, (long long)R, tp[r], td[r]);
   }
   double prefill = (double)P / median(tp, (int)R), decode = (double)N / median(td, (int)R), gbs = 0;
-  if (copy_bandwidth(be, copy_mib, &gbs)) goto fail;
+  if (copy_bandwidth(&tm, be, copy_mib, &gbs)) goto fail;
   uint64_t bpt = qmoe_model_bytes_per_token(m);
   double frac = decode * (double)bpt * 1e-9 / gbs;
   qmoe_model_memory mem;
   qmoe_model_memory_of(m, &mem);
-  const char *timer = "host monotonic clock, synchronized";
+  const char *timer = tm.what;
   if (o[O_JSON].value) {
     printf("{\"model\":\"%s\",\"backend\":\"%s\",\"acc\":\"%s\",\"prompt_tokens\":%lld,\"decode_tokens\":%lld,"
            "\"repeats\":%lld,\"prefill_tokens_per_s\":%.6g,\"decode_tokens_per_s\":%.6g,"
@@ -148,6 +206,7 @@ static int run(int argc, char **argv) {
 fail:
   cli_error("bench", "%s", qmoe_last_error());
 done:
+  if (tm.be) timer_close(&tm);
   free(prompt);
   free(tp);
   free(td);

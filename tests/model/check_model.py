@@ -166,6 +166,14 @@ def checks(tmp):
         report("vulkan_f64/topk_vs_cpu", same, "router top-k differs")
         err = np.abs(v64["result_output"] - lg).max() / np.abs(lg).max()
         report("vulkan_f64/logits_vs_cpu", err <= 1e-6, f"max-abs {err:.3g} x max|logit|")
+        rc, so, se = qmoe("bench", "-m", model, "--backend", "vulkan", "-p", "2", "-n", "2", "--repeats", "1",
+                          "--copy-mib", "1", "--json")
+        try:
+            b = json.loads(so)
+            ok = b["timer"] == "Vulkan timestamps" and b["decode_tokens_per_s"] > 0 and b["copy_gb_per_s"] > 0
+        except Exception as e:
+            ok, so = False, f"{so} {se} {e}"
+        report("vulkan/bench_device_timer", ok, so)
         _, v32b = trace(model, os.path.join(tmp, "vk32b.gguf"), backend="vulkan", stages="l_out,result_output")
         report("vulkan/determinism_bitwise", all(v32[k].tobytes() == v32b[k].tobytes() for k in v32), "two runs differ")
 
@@ -185,7 +193,7 @@ def checks(tmp):
             b["copy_gb_per_s"] > 0 and 0 < b["weight_bytes_per_token"] < os.path.getsize(model)
     except Exception as e:
         ok, so = False, f"{so} {se} {e}"
-    report("bench/json", ok, so)
+    report("bench/json", ok and b["timer"] == "host monotonic clock around synchronized work", so)
 
     # command-line errors
     rc, so, se = qmoe("run", "-m", model, "--tokens", "1", "--tokens", "2")

@@ -3,7 +3,7 @@
 # router top-k and greedy tokens against the CPU backend on the tiny model. Slow (kernels compile on first
 # use; the cache in build/cuda-emu/cache is shared with check_cuda_emu.sh), so a short prompt.
 # qmoe-test: normal-only (fibers switch stacks, which the sanitizers do not follow)
-import os, shutil, subprocess, sys, tempfile
+import json, os, shutil, subprocess, sys, tempfile
 import numpy as np
 import gguf
 
@@ -60,13 +60,21 @@ def main():
             p = subprocess.run([QMOE, "run", "-m", model, "--backend", be, "--tokens", "1,2", "-n", "3", "--ignore-eos",
                                 "--json"], capture_output=True, text=True, env=env)
             ids[be] = p.stdout.strip() if p.returncode == 0 else "error: " + p.stderr.strip()
-        import json
         try:
             a, b = json.loads(ids["cpu"])["ids"], json.loads(ids["cuda"])["ids"]
             ok = a == b and len(a) == 3
         except Exception:
             ok, a, b = False, ids["cpu"], ids["cuda"]
         print(("ok" if ok else "not ok") + " model-cuda-emu/greedy_vs_cpu" + ("" if ok else f": cpu {a} cuda {b}"))
+        failed += not ok
+        p = subprocess.run([QMOE, "bench", "-m", model, "--backend", "cuda", "-p", "2", "-n", "2", "--repeats", "1",
+                            "--copy-mib", "1", "--json"], capture_output=True, text=True, env=env)
+        try:
+            b = json.loads(p.stdout)
+            ok = b["timer"] == "CUDA events" and b["decode_tokens_per_s"] > 0 and b["copy_gb_per_s"] > 0
+        except Exception as e:
+            ok, b = False, f"{p.stdout} {p.stderr} {e}"
+        print(("ok" if ok else "not ok") + " model-cuda-emu/bench_cuda_events" + ("" if ok else f": {b}"))
         failed += not ok
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
