@@ -49,6 +49,7 @@ void cli_progress_end(cli_progress *p);
 int cli_write_f32le(FILE *fp, const float *x, int64_t n);
 
 /* ---- model commands (model_cli.c) ---- */
+#define QMOE_DEFAULT_MODEL "build/models/tiny.gguf" /* `ninja` builds it (qmoe make-model --preset tiny) */
 struct qmoe_backend;
 /* An option: NAME (and ALT, e.g. "-m"), with or without a value; value is NULL until given ("1" for a flag). */
 typedef struct { const char *name, *alt; int takes_value; const char *value; } cli_opt;

@@ -144,7 +144,7 @@ static int run(int argc, char **argv) {
       (o[O_N].value && cli_parse_count("bench", "-n", o[O_N].value, 1, 1 << 20, &N)) ||
       (o[O_REP].value && cli_parse_count("bench", "--repeats", o[O_REP].value, 1, 1000, &R)) ||
       (o[O_CTX].value && cli_parse_count("bench", "--ctx", o[O_CTX].value, 1, 1 << 24, &n_ctx)) ||
-      (o[O_COPY].value && cli_parse_count("bench", "--copy-mib", o[O_COPY].value, 1, 1 << 16, &copy_mib)))
+      (o[O_COPY].value && cli_parse_count("bench", "--copy-mib", o[O_COPY].value, 1, 4096, &copy_mib)))
     return 1;
   qmoe_backend *be = NULL;
   qmoe_model *m = NULL;

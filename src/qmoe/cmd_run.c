@@ -61,7 +61,7 @@ static int run(int argc, char **argv) {
   };
   int rc = cli_parse_opts(&cmd_run, argc, argv, o, O_N_);
   if (rc) return rc;
-  const char *path = o[O_M].value ? o[O_M].value : "build/models/tiny.gguf";
+  const char *path = o[O_M].value ? o[O_M].value : QMOE_DEFAULT_MODEL;
   const char *backend = o[O_BACKEND].value ? o[O_BACKEND].value : "cpu";
   int json = o[O_JSON].value != NULL, acc;
   int64_t n_gen = 32, n_ctx = 0, top_k = 0, seed = 1;
