@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # gpu.sh: runs every test that needs an NVIDIA GPU — the CUDA backend (parity with the CPU reference, unit tests,
-# the whole model forward against the CPU (test_model, which also runs Vulkan),
-# NVRTC compilation for the device) and the Vulkan backend on NVIDIA's driver — from an already built tree,
+# NVRTC compilation for the device), the whole model forward against the CPU (test_model, Vulkan included) and
+# the Vulkan backend on NVIDIA's driver — from an already built tree,
 # prints a summary and writes the whole log to ${OUT:-.}/gpu-tests.log. Exits non-zero on any failure.
 # It never configures or builds: the machine with the GPU may lack Lua, libyaml and shaderc; the test
 # binaries (build/tests/*) link those statically and need only libc, libm and libdl.
