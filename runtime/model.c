@@ -550,6 +550,7 @@ static int layer_forward(qmoe_model *m, int64_t l, int64_t pos) {
 #define TRACE(point, buf) if ((rc = trace(m, point, l, pos, buf))) return rc
   STEP(qmoe_call_rmsnorm(&s, H, c->rms_eps, m->h, L->attn_norm.buf, m->xn), NULL);
   TRACE(QMOE_TP_ATTN_NORM, m->xn);
+  /* o holds the raw q and k projections until attention writes its output there. */
   STEP(qmoe_call_matvec(&s, nh * D, H, L->q.buf, m->xn, m->o), &L->q);
   STEP(qmoe_call_qk_norm(&s, nh, D, c->rms_eps, m->o, L->q_norm.buf, m->q), NULL);
   STEP(qmoe_call_rope_neox(&s, nh, D, pos, c->rope_theta, m->q, m->q), NULL);
