@@ -117,7 +117,8 @@ static int run(int argc, char **argv) {
   if (lr && strcmp(lr, "all")) {
     char why[256];
     if (cli_parse_rows(lr, c->n_layers, &first, &end, why, sizeof why)) {
-      cli_error("trace", "--layers: %s (the model has layers 0..%lld)", why, (long long)c->n_layers);
+      cli_error("trace", "--layers '%s': expected A..B (layers A to B-1), A, A.., ..B or all, within the model's "
+                "%lld layers (0..%lld)", lr, (long long)c->n_layers, (long long)c->n_layers - 1);
       goto done;
     }
   }
