@@ -21,7 +21,7 @@ def report(name, ok, why=""):
 
 
 def qmoe(*args):
-    p = subprocess.run([QMOE, *map(str, args)], capture_output=True, text=True)
+    p = subprocess.run([QMOE, *map(str, args)], capture_output=True, text=True, errors="replace")
     return p.returncode, p.stdout, p.stderr
 
 
