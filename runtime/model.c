@@ -224,9 +224,12 @@ static int check_tensors(const qmoe_gguf *f, const qmoe_model_config *c, weight_
         (rc = WANT(k_norm, "attn_k_norm", "(key_length)", W_F32, D)) ||
         (rc = WANT(ffn_norm, "ffn_norm", "(embedding_length)", W_F32, H)) ||
         (rc = WANT(router, "ffn_gate_inp", "(embedding_length, expert_count)", W_F32, H, E)) ||
-        (rc = WANT(gate, "ffn_gate_exps", "(embedding_length, expert_feed_forward_length, expert_count)", W_EXPERT_GATE_UP, H, F, E)) ||
-        (rc = WANT(up, "ffn_up_exps", "(embedding_length, expert_feed_forward_length, expert_count)", W_EXPERT_GATE_UP, H, F, E)) ||
-        (rc = WANT(down, "ffn_down_exps", "(expert_feed_forward_length, embedding_length, expert_count)", W_EXPERT_DOWN, F, H, E)))
+        (rc = WANT(gate, "ffn_gate_exps", "(embedding_length, expert_feed_forward_length, expert_count)",
+                   W_EXPERT_GATE_UP, H, F, E)) ||
+        (rc = WANT(up, "ffn_up_exps", "(embedding_length, expert_feed_forward_length, expert_count)",
+                   W_EXPERT_GATE_UP, H, F, E)) ||
+        (rc = WANT(down, "ffn_down_exps", "(expert_feed_forward_length, embedding_length, expert_count)",
+                   W_EXPERT_DOWN, F, H, E)))
       return rc;
 #undef WANT
     if (L->up.t->type != L->gate.t->type) {
@@ -279,7 +282,11 @@ struct qmoe_model {
   /* run state: activations (f32 unless noted), allocated once */
   qmoe_buffer *h, *xn, *q, *k, *v, *o, *t, *ids /* i32 */, *w, *hb, *logits, *idx /* i32 */, *rlog;
   qmoe_buffer *kc, *vc; /* KV cache: [layer][ctx][kv_heads][head_dim] */
-  float *embd_row;      /* host row (until the embed_rows stage lands) */
+  /* Embedding rows of up to emb_cap positions, decoded on the host and uploaded together (one transfer per
+   * chunk of the prompt, until the embed_rows stage lands); `zero` is H zeros, so add(emb row, zero) -> h. */
+  qmoe_buffer *emb, *zero;
+  int64_t emb_cap;
+  float *emb_host;
   qmoe_model_memory mem;
   /* tracing */
   qmoe_trace_fn trace_fn;
@@ -311,6 +318,7 @@ static int plan_buffers(const qmoe_model *m, buf_plan *p) {
   PLAN(h, H * f); PLAN(xn, H * f); PLAN(q, nq * f); PLAN(k, nkv * f); PLAN(v, nkv * f); PLAN(o, nq * f);
   PLAN(t, H * f); PLAN(ids, K * 4); PLAN(w, K * f); PLAN(hb, K * (uint64_t)c->expert_ff * f);
   PLAN(logits, (uint64_t)c->n_vocab * f); PLAN(idx, 4); PLAN(rlog, (uint64_t)c->n_expert * f);
+  PLAN(emb, (uint64_t)m->emb_cap * H * f); PLAN(zero, H * f);
   PLAN(kc, kv); PLAN(vc, kv);
 #undef PLAN
   return n;
@@ -359,7 +367,7 @@ void qmoe_model_free(qmoe_model *m) {
   for (int i = 0; i < n; i++)
     if (*slot(m, &p[i])) m->be->free_buf(m->be, *slot(m, &p[i]));
   free(m->layers);
-  free(m->embd_row);
+  free(m->emb_host);
   free(m->trace_layers);
   free(m->trace_host);
   qmoe_gguf_close(m->file);
@@ -396,6 +404,7 @@ int qmoe_model_load(const char *path, qmoe_backend *be, int64_t n_ctx, qmoe_mode
     goto fail;
   }
   m->n_ctx = n_ctx;
+  m->emb_cap = n_ctx < 64 ? n_ctx : 64;
   m->acc = QMOE_ACC_F32;
   model_dims(&m->c, m->trace_dims);
   /* The memory plan, complete before the first allocation. */
@@ -411,10 +420,10 @@ int qmoe_model_load(const char *path, qmoe_backend *be, int64_t n_ctx, qmoe_mode
     uint64_t e = (uint64_t)qmoe_trace_point_elements(i, m->trace_dims) * 4;
     if (e > max_trace) max_trace = e;
   }
-  m->embd_row = malloc((size_t)m->c.n_embd * sizeof(float));
+  m->emb_host = calloc((size_t)(m->emb_cap * m->c.n_embd), sizeof(float));
   m->trace_host = malloc((size_t)max_trace);
   m->trace_layers = calloc((size_t)m->c.n_layers, 1);
-  if (!m->embd_row || !m->trace_host || !m->trace_layers) {
+  if (!m->emb_host || !m->trace_host || !m->trace_layers) {
     qmoe_set_error("out of host memory");
     rc = QMOE_EINVAL;
     goto fail;
@@ -429,6 +438,8 @@ int qmoe_model_load(const char *path, qmoe_backend *be, int64_t n_ctx, qmoe_mode
       goto fail;
     }
   }
+  /* emb_host is all zeros here: it clears the zero buffer. */
+  if ((rc = be->upload(be, m->zero, 0, m->emb_host, (size_t)m->c.n_embd * sizeof(float)))) goto fail;
   upload_state us = {0};
   for_each_weight(m, upload_weight, &us);
   if ((rc = us.rc)) goto fail;
@@ -506,14 +517,25 @@ static int run(qmoe_model *m, qmoe_stage_call *c, const qmoe_weight *w) {
   return m->be->run(m->be, c);
 }
 
-/* The token's embedding row into h. One function so the embed_rows stage replaces it in one line: until it
- * lands, the row is decoded on the host with the qtype table and uploaded. */
-static int embed(qmoe_model *m, int32_t token) {
+/* Token embeddings, in two steps so the embed_rows stage replaces them in two lines: until it lands,
+ * embed_upload decodes the rows of N tokens (N <= emb_cap) on the host with the qtype table and uploads them
+ * in one transfer, and embed_select copies row I into h on the device (h = emb[I] + 0). */
+static int embed_upload(qmoe_model *m, const int32_t *tokens, int64_t n) {
   const qmoe_qtype_info *qt = qmoe_qtype_by_id(m->embd_t->type);
-  const unsigned char *row = (const unsigned char *)m->embd_t->data + (uint64_t)token * m->embd_t->row_bytes;
-  int rc = qt->dequant_row(row, m->embd_row, m->c.n_embd);
-  if (rc) return rc;
-  return m->be->upload(m->be, m->h, 0, m->embd_row, (size_t)m->c.n_embd * sizeof(float));
+  int64_t H = m->c.n_embd;
+  for (int64_t i = 0; i < n; i++) {
+    const unsigned char *row = (const unsigned char *)m->embd_t->data + (uint64_t)tokens[i] * m->embd_t->row_bytes;
+    int rc = qt->dequant_row(row, m->emb_host + i * H, H);
+    if (rc) return rc;
+  }
+  return m->be->upload(m->be, m->emb, 0, m->emb_host, (size_t)(n * H) * sizeof(float));
+}
+
+static int embed_select(qmoe_model *m, int64_t i) {
+  qmoe_stage_call s;
+  qmoe_call_add(&s, m->c.n_embd, m->emb, m->zero, m->h);
+  s.off[QMOE_B_ADD_A] = (size_t)(i * m->c.n_embd) * sizeof(float);
+  return run(m, &s, NULL);
 }
 
 static int layer_forward(qmoe_model *m, int64_t l, int64_t pos) {
@@ -528,6 +550,7 @@ static int layer_forward(qmoe_model *m, int64_t l, int64_t pos) {
 #define TRACE(point, buf) if ((rc = trace(m, point, l, pos, buf))) return rc
   STEP(qmoe_call_rmsnorm(&s, H, c->rms_eps, m->h, L->attn_norm.buf, m->xn), NULL);
   TRACE(QMOE_TP_ATTN_NORM, m->xn);
+  /* o holds the raw q and k projections until attention writes its output there. */
   STEP(qmoe_call_matvec(&s, nh * D, H, L->q.buf, m->xn, m->o), &L->q);
   STEP(qmoe_call_qk_norm(&s, nh, D, c->rms_eps, m->o, L->q_norm.buf, m->q), NULL);
   STEP(qmoe_call_rope_neox(&s, nh, D, pos, c->rope_theta, m->q, m->q), NULL);
@@ -569,24 +592,13 @@ static int layer_forward(qmoe_model *m, int64_t l, int64_t pos) {
   return 0;
 }
 
-int qmoe_model_step(qmoe_model *m, int32_t token, int64_t pos, int32_t *argmax, float *logits) {
+/* The output norm and lm_head at the last position, and the requested outputs. */
+static int outputs(qmoe_model *m, int64_t pos, int32_t *argmax, float *logits) {
   const qmoe_model_config *c = &m->c;
-  if (token < 0 || token >= c->n_vocab) {
-    qmoe_set_error("token id %ld is outside the vocabulary (0..%lld)", (long)token, (long long)c->n_vocab - 1);
-    return QMOE_EINVAL;
-  }
-  if (pos < 0 || pos >= m->n_ctx) {
-    qmoe_set_error("position %lld is outside the KV cache of %lld tokens (--ctx)", (long long)pos,
-                   (long long)m->n_ctx);
-    return QMOE_EINVAL;
-  }
-  int rc = embed(m, token);
-  if (!rc) rc = trace(m, QMOE_TP_INP_EMBD, -1, pos, m->h);
-  for (int64_t l = 0; !rc && l < c->n_layers; l++) rc = layer_forward(m, l, pos);
-  if (rc) return rc;
   int need_out = argmax || logits || tracing(m, QMOE_TP_RESULT_NORM, -1) || tracing(m, QMOE_TP_RESULT_OUTPUT, -1);
   if (!need_out) return 0;
   qmoe_stage_call s;
+  int rc;
   qmoe_call_rmsnorm(&s, c->n_embd, c->rms_eps, m->h, m->out_norm.buf, m->xn);
   if ((rc = run(m, &s, NULL)) || (rc = trace(m, QMOE_TP_RESULT_NORM, -1, pos, m->xn))) return rc;
   qmoe_call_matvec(&s, c->n_vocab, c->n_embd, m->output.buf, m->xn, m->logits);
@@ -597,4 +609,38 @@ int qmoe_model_step(qmoe_model *m, int32_t token, int64_t pos, int32_t *argmax, 
   }
   if (logits && (rc = m->be->download(m->be, m->logits, 0, logits, (size_t)c->n_vocab * sizeof(float)))) return rc;
   return 0;
+}
+
+int qmoe_model_prefill(qmoe_model *m, const int32_t *tokens, int64_t n, int64_t pos0, int32_t *argmax,
+                       float *logits) {
+  const qmoe_model_config *c = &m->c;
+  if (n < 1 || pos0 < 0 || pos0 > m->n_ctx - n) {
+    qmoe_set_error("positions %lld..%lld are outside the KV cache of %lld tokens (--ctx)", (long long)pos0,
+                   (long long)(pos0 + n - 1), (long long)m->n_ctx);
+    return QMOE_EINVAL;
+  }
+  for (int64_t i = 0; i < n; i++)
+    if (tokens[i] < 0 || tokens[i] >= c->n_vocab) {
+      qmoe_set_error("token id %ld (position %lld) is outside the vocabulary (0..%lld)", (long)tokens[i],
+                     (long long)(pos0 + i), (long long)c->n_vocab - 1);
+      return QMOE_EINVAL;
+    }
+  int rc = 0;
+  for (int64_t i = 0; !rc && i < n; i++) {
+    int64_t pos = pos0 + i;
+    if (i % m->emb_cap == 0) {
+      int64_t k = n - i < m->emb_cap ? n - i : m->emb_cap;
+      if ((rc = embed_upload(m, tokens + i, k))) break;
+    }
+    rc = embed_select(m, i % m->emb_cap);
+    if (!rc) rc = trace(m, QMOE_TP_INP_EMBD, -1, pos, m->h);
+    for (int64_t l = 0; !rc && l < c->n_layers; l++) rc = layer_forward(m, l, pos);
+    if (!rc && i + 1 < n) rc = outputs(m, pos, NULL, NULL); /* only when result_* are traced */
+  }
+  if (rc) return rc;
+  return outputs(m, pos0 + n - 1, argmax, logits);
+}
+
+int qmoe_model_step(qmoe_model *m, int32_t token, int64_t pos, int32_t *argmax, float *logits) {
+  return qmoe_model_prefill(m, &token, 1, pos, argmax, logits);
 }

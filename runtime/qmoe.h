@@ -337,6 +337,11 @@ int qmoe_model_set_trace(qmoe_model *m, const unsigned char *points, const unsig
  * on the device, one download) and/or LOGITS (n_vocab floats, one download); both NULL (a prompt position
  * whose logits nobody needs): lm_head is skipped and nothing is waited for. */
 int qmoe_model_step(qmoe_model *m, int32_t token, int64_t pos, int32_t *argmax, float *logits);
+/* N tokens at positions pos0..pos0+N-1 through the same per-position path (the embeddings of up to 64
+ * positions go to the device in one transfer), outputs at the last position as in qmoe_model_step. Every
+ * token id and position is checked before any work. */
+int qmoe_model_prefill(qmoe_model *m, const int32_t *tokens, int64_t n, int64_t pos0, int32_t *argmax,
+                       float *logits);
 /* Waits for everything enqueued (for timing). */
 int qmoe_model_sync(qmoe_model *m);
 

@@ -55,6 +55,7 @@ int cli_writer_error(const char *cmd, const char *in);
 int cli_once(const qmoe_command *c, const char **seen, const char *opt);
 
 /* ---- model commands (model_cli.c) ---- */
+#define QMOE_DEFAULT_MODEL "build/models/tiny.gguf" /* `ninja` builds it (qmoe make-model --preset tiny) */
 struct qmoe_backend;
 /* An option: NAME (and ALT, e.g. "-m"), with or without a value; value is NULL until given ("1" for a flag). */
 typedef struct { const char *name, *alt; int takes_value; const char *value; } cli_opt;

@@ -61,7 +61,7 @@ static int run(int argc, char **argv) {
   };
   int rc = cli_parse_opts(&cmd_run, argc, argv, o, O_N_);
   if (rc) return rc;
-  const char *path = o[O_M].value ? o[O_M].value : "build/models/tiny.gguf";
+  const char *path = o[O_M].value ? o[O_M].value : QMOE_DEFAULT_MODEL;
   const char *backend = o[O_BACKEND].value ? o[O_BACKEND].value : "cpu";
   int json = o[O_JSON].value != NULL, acc;
   int64_t n_gen = 32, n_ctx = 0, top_k = 0, seed = 1;
@@ -106,15 +106,12 @@ static int run(int argc, char **argv) {
     cli_error("run", "out of memory");
     goto done;
   }
-  /* Prefill: every prompt position once; only the last one computes the logits. */
+  /* Prefill: every prompt position once, through the KV cache; only the last one computes the logits. */
   double t0 = cli_now();
   int32_t next = 0;
-  for (size_t i = 0; i < n_prompt; i++) {
-    int last = i + 1 == n_prompt;
-    if (qmoe_model_step(m, prompt[i], (int64_t)i, last && greedy ? &next : NULL, last && !greedy ? logits : NULL)) {
-      cli_error("run", "prefill at position %zu: %s", i, qmoe_last_error());
-      goto done;
-    }
+  if (qmoe_model_prefill(m, prompt, (int64_t)n_prompt, 0, greedy ? &next : NULL, greedy ? NULL : logits)) {
+    cli_error("run", "prefill: %s", qmoe_last_error());
+    goto done;
   }
   if (!greedy && qmoe_sample(&smp, logits, c->n_vocab, &rng, &next)) {
     cli_error("run", "%s", qmoe_last_error());

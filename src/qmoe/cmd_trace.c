@@ -26,7 +26,9 @@ typedef struct {
   void **data; /* [point][layer or 0]: n_pos * elems values */
 } trace_store;
 
-static void **slot(trace_store *s, int p, int64_t l) { return &s->data[(size_t)p * (size_t)s->n_layers + (size_t)(l < 0 ? 0 : l)]; }
+static void **slot(trace_store *s, int p, int64_t l) {
+  return &s->data[(size_t)p * (size_t)s->n_layers + (size_t)(l < 0 ? 0 : l)];
+}
 
 static int on_trace(void *user, int point, int64_t layer, int64_t pos, const void *data, int64_t n) {
   trace_store *s = user;
@@ -115,7 +117,8 @@ static int run(int argc, char **argv) {
   if (lr && strcmp(lr, "all")) {
     char why[256];
     if (cli_parse_rows(lr, c->n_layers, &first, &end, why, sizeof why)) {
-      cli_error("trace", "--layers: %s (the model has layers 0..%lld)", why, (long long)c->n_layers);
+      cli_error("trace", "--layers '%s': expected A..B (layers A to B-1), A, A.., ..B or all, within the model's "
+                "%lld layers (0..%lld)", lr, (long long)c->n_layers, (long long)c->n_layers - 1);
       goto done;
     }
   }
@@ -130,16 +133,9 @@ static int run(int argc, char **argv) {
   for (int64_t l = first; l < end; l++) layers[l] = 1;
   qmoe_model_set_trace(m, points, layers, on_trace, &ts);
   free(layers);
-  for (size_t i = 0; i < n_ids; i++) {
-    if (ids[i] < 0 || ids[i] >= c->n_vocab) {
-      cli_error("trace", "token %ld (position %zu) is outside the vocabulary (0..%lld)", (long)ids[i], i,
-                (long long)c->n_vocab - 1);
-      goto done;
-    }
-    if (qmoe_model_step(m, ids[i], (int64_t)i, NULL, NULL)) {
-      cli_error("trace", "position %zu: %s", i, qmoe_last_error());
-      goto done;
-    }
+  if (qmoe_model_prefill(m, ids, (int64_t)n_ids, 0, NULL, NULL)) {
+    cli_error("trace", "%s", qmoe_last_error());
+    goto done;
   }
   w = qmoe_gguf_writer_new();
   char source[128];

@@ -4,6 +4,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
 #include "backend.h"
 #include "cmd.h"
 
@@ -74,7 +75,11 @@ int cli_open_model(const char *cmd, const char *path, const char *backend, int64
   /* Check the file first: a bad model is reported before any device is opened. */
   qmoe_gguf *f;
   qmoe_model_config c;
-  if (qmoe_gguf_open(path, &f)) return cli_error(cmd, "%s", qmoe_last_error());
+  if (qmoe_gguf_open(path, &f)) {
+    if (!strcmp(path, QMOE_DEFAULT_MODEL) && access(path, F_OK) != 0)
+      return cli_error(cmd, "%s (the default model: `ninja` builds it, or give -m FILE)", qmoe_last_error());
+    return cli_error(cmd, "%s", qmoe_last_error());
+  }
   int rc = qmoe_model_check(f, &c);
   qmoe_gguf_close(f);
   if (rc) return cli_error(cmd, "%s", qmoe_last_error());

@@ -21,7 +21,7 @@ def report(name, ok, why=""):
 
 
 def qmoe(*args):
-    p = subprocess.run([QMOE, *map(str, args)], capture_output=True, text=True)
+    p = subprocess.run([QMOE, *map(str, args)], capture_output=True, text=True, errors="replace")
     return p.returncode, p.stdout, p.stderr
 
 
@@ -114,6 +114,31 @@ def checks(tmp):
     _, t32b = trace(model, os.path.join(tmp, "cpu32b.gguf"), stages="l_out,result_output")
     report("cpu/determinism_bitwise", all(t32[k].tobytes() == t32b[k].tobytes() for k in t32), "two runs differ")
 
+    # A prompt longer than one upload chunk of embeddings (64 positions).
+    long_prompt = [(7 * i + 3) % c["V"] for i in range(70)]
+    rc, so, se = qmoe("run", "-m", model, "--acc", "f64", "--tokens", ",".join(map(str, long_prompt)), "-n", "2",
+                      "--ignore-eos", "--json")
+    want_ids = ref.greedy(long_prompt, 2)
+    report("cpu_f64/long_prompt_vs_numpy", rc == 0 and json.loads(so)["ids"] == want_ids, f"{so} {se} numpy {want_ids}")
+
+    # A file made by `qmoe quantize ... q4_k_m` (the real quantizer and the recipe's per-layer types) from
+    # the same weights in F32, against NumPy on what gguf-py decodes from it.
+    f32 = {n: (tm.dq(a, qt).astype(np.float32), gguf.GGMLQuantizationType.F32) for n, (a, qt) in tens.items()}
+    src, q4km = os.path.join(tmp, "f32.gguf"), os.path.join(tmp, "q4km.gguf")
+    tm.write(src, tens=f32)
+    rc, so, se = qmoe("quantize", src, q4km, "q4_k_m")
+    if rc:
+        report("q4_k_m/quantize", False, se)
+    else:
+        rq = gguf.GGUFReader(q4km)
+        qt_types = {t.tensor_type.name for t in rq.tensors}
+        qtens = {t.name: (np.array(t.data), t.tensor_type) for t in rq.tensors}
+        rc, so, se = qmoe("run", "-m", q4km, "--acc", "f64", "--tokens", ",".join(map(str, PROMPT)), "-n", "6",
+                          "--ignore-eos", "--json")
+        want_ids = tm.Reference(qtens).greedy(PROMPT, 6)
+        ok = rc == 0 and json.loads(so)["ids"] == want_ids and {"Q4_K", "Q6_K", "F32"} <= qt_types
+        report("q4_k_m/greedy_vs_numpy", ok, f"{so} {se} numpy {want_ids} types {sorted(qt_types)}")
+
     # (e) run --json round trip and sampling.
     j = run_json(model)
     ok = (j["prompt_ids"] == PROMPT and len(j["ids"]) == N_GEN and j["text"] == "" and
@@ -141,6 +166,14 @@ def checks(tmp):
         report("vulkan_f64/topk_vs_cpu", same, "router top-k differs")
         err = np.abs(v64["result_output"] - lg).max() / np.abs(lg).max()
         report("vulkan_f64/logits_vs_cpu", err <= 1e-6, f"max-abs {err:.3g} x max|logit|")
+        rc, so, se = qmoe("bench", "-m", model, "--backend", "vulkan", "-p", "2", "-n", "2", "--repeats", "1",
+                          "--copy-mib", "1", "--json")
+        try:
+            b = json.loads(so)
+            ok = b["timer"] == "Vulkan timestamps" and b["decode_tokens_per_s"] > 0 and b["copy_gb_per_s"] > 0
+        except Exception as e:
+            ok, so = False, f"{so} {se} {e}"
+        report("vulkan/bench_device_timer", ok, so)
         _, v32b = trace(model, os.path.join(tmp, "vk32b.gguf"), backend="vulkan", stages="l_out,result_output")
         report("vulkan/determinism_bitwise", all(v32[k].tobytes() == v32b[k].tobytes() for k in v32), "two runs differ")
 
@@ -153,14 +186,14 @@ def checks(tmp):
         report("cuda_f32/greedy_vs_cpu", gcu == run_json(model)["ids"], f"cuda {gcu}")
 
     # bench --json
-    rc, so, se = qmoe("bench", "-m", model, "-p", "4", "-n", "4", "--repeats", "1", "--json")
+    rc, so, se = qmoe("bench", "-m", model, "-p", "4", "-n", "4", "--repeats", "1", "--copy-mib", "4", "--json")
     try:
         b = json.loads(so)
         ok = rc == 0 and b["decode_tokens_per_s"] > 0 and b["prefill_tokens_per_s"] > 0 and \
             b["copy_gb_per_s"] > 0 and 0 < b["weight_bytes_per_token"] < os.path.getsize(model)
     except Exception as e:
         ok, so = False, f"{so} {se} {e}"
-    report("bench/json", ok, so)
+    report("bench/json", ok and b["timer"] == "host monotonic clock around synchronized work", so)
 
     # command-line errors
     rc, so, se = qmoe("run", "-m", model, "--tokens", "1", "--tokens", "2")
@@ -172,7 +205,7 @@ def checks(tmp):
     report("cli/trace_never_overwrites_model", rc != 0 and open(model, "rb").read() == before, se)
     rc, so, se = qmoe("run", "-m", model, "--tokens", "1,2,3", "-n", "10", "--ctx", "8")
     report("cli/context_too_long", rc == 1 and "KV cache" in se, se)
-    rc, so, se = qmoe("run", "-m", model, "--tokens", "1", "--ctx", "65")
+    rc, so, se = qmoe("run", "-m", model, "--tokens", "1", "--ctx", "129")
     report("cli/ctx_beyond_model", rc == 1 and "context_length" in se, se)
     rc, so, se = qmoe("run", "-m", model, "--tokens", "300")
     report("cli/token_outside_vocab", rc == 1 and "vocabulary" in se, se)

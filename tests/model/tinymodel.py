@@ -5,7 +5,7 @@ import numpy as np
 import gguf
 
 Q = gguf.GGMLQuantizationType
-CFG = dict(H=256, nh=4, nkv=2, D=64, E=8, K=2, F=256, V=300, L=3, ctx=64, theta=10000.0, eps=1e-6)
+CFG = dict(H=256, nh=4, nkv=2, D=64, E=8, K=2, F=256, V=300, L=3, ctx=128, theta=10000.0, eps=1e-6)
 
 # Per-layer qtypes: every k-quant and Q8_0 appears in attention, gate/up and down; layer 2 has an F32 matrix.
 LAYER_TYPES = [
@@ -97,13 +97,67 @@ def metadata():
     ]
 
 
-def write(path, arch="qwen3moe", meta=None, tens=None):
-    """Writes the model (or a variant: META a list of (key, kind, value), TENS a name -> (array, qtype) dict)."""
+def byte_chars():
+    """GPT-2's byte-level mapping: byte -> the printable character a byte-level BPE vocabulary stores."""
+    keep = list(range(33, 127)) + list(range(161, 173)) + list(range(174, 256))
+    out, extra = {}, 0
+    for b in range(256):
+        if b in keep:
+            out[b] = chr(b)
+        else:
+            out[b] = chr(256 + extra)
+            extra += 1
+    return out
+
+
+def tokenizer_meta():
+    """A small byte-level BPE vocabulary of exactly V tokens (256 bytes, merges, 3 control tokens), ChatML."""
+    bc = byte_chars()
+    tokens = [bc[b] for b in range(256)]
+    merges = []
+    words = ["hello", "world", "the", "model", "expert", "token", "mixture", "router"]
+    for w_ in words:
+        cur = bc[ord(" ")] + w_
+        # left-to-right merges: ' '+'h' -> ' h', ' h'+'e' -> ' he', ...
+        acc = cur[0]
+        for ch in cur[1:]:
+            if acc + ch not in tokens and len(tokens) < CFG["V"] - 3:
+                merges.append(acc + " " + ch)
+                tokens.append(acc + ch)
+            acc = acc + ch
+    for i in range(100):  # fill up with merges of digit pairs
+        if len(tokens) == CFG["V"] - 3:
+            break
+        a, b = str(i % 10), str(i // 10)
+        if a + b not in tokens:
+            merges.append(a + " " + b)
+            tokens.append(a + b)
+    assert len(tokens) == CFG["V"] - 3
+    tokens += ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+    types = [1] * (CFG["V"] - 3) + [3, 3, 3]
+    tmpl = ("{% for message in messages %}{{'<|im_start|>' + message['role'] + '\\n' + message['content'] + "
+            "'<|im_end|>' + '\\n'}}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}")
+    return tokens, types, merges, tmpl
+
+
+def write(path, arch="qwen3moe", meta=None, tens=None, tokenizer=False):
+    """Writes the model (or a variant: META a list of (key, kind, value), TENS a name -> (array, qtype) dict);
+    TOKENIZER adds a small byte-level BPE tokenizer (tokenizer.ggml.*, ChatML template)."""
     meta = metadata() if meta is None else meta
     tens = tensors() if tens is None else tens
     w = gguf.GGUFWriter(path, arch)
     for k, kind, v in meta:
         {"u32": w.add_uint32, "i32": w.add_int32, "f32": w.add_float32, "str": w.add_string}[kind](k, v)
+    if tokenizer:
+        tokens, types, merges, tmpl = tokenizer_meta()
+        w.add_tokenizer_model("gpt2")
+        w.add_tokenizer_pre("qwen2")
+        w.add_token_list(tokens)
+        w.add_token_types(types)
+        w.add_token_merges(merges)
+        w.add_eos_token_id(len(tokens) - 1)
+        w.add_pad_token_id(len(tokens) - 3)
+        w.add_chat_template(tmpl)
     for name, (arr, qt) in tens.items():
         if qt in (Q.F32, Q.F16):
             w.add_tensor(name, arr.astype(np.float16 if qt == Q.F16 else np.float32))
