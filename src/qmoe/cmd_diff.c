@@ -14,6 +14,8 @@
 
 static const char usage[] =
   "usage: qmoe diff A.gguf B.gguf [--json] [--plot FILE.svg] [--threshold-from-contract | --cosine-min X]\n"
+  "       qmoe diff -m MODEL --backends A,B (-p TEXT | --tokens IDS) [--acc X[,Y]] [--stages LIST|all]\n"
+  "                 [--layers R] [--ctx N] [--json] [--plot FILE.svg] [--cosine-min X]\n"
   "Compares two trace files (as `qmoe trace` writes them; format in docs/diff.md) tensor by tensor in forward\n"
   "order (layer-major; within a layer, the model contract's trace point order; unknown names last):\n"
   "  f32 points: cosine, NMSE = sum (a-b)^2 / sum a^2 (A is the reference), max |a-b|, the worst position;\n"
@@ -25,8 +27,13 @@ static const char usage[] =
   "Different token lists, positions or shapes, or a malformed trace, are errors.\n"
   "  --json         the report as JSON on stdout (for tools)\n"
   "  --plot FILE    an SVG heat map, layers x points, of -log10(1 - cosine); divergent cells crossed\n"
+  "Run mode: traces the prompt on backends A and B (cpu, vulkan, cuda) in-process and compares the traces:\n"
+  "  -m MODEL       a qwen3moe GGUF;  -p TEXT  encoded with its tokenizer;  --tokens IDS  comma-separated ids\n"
+  "  --acc X[,Y]    accumulators, one for both or one per backend (f32, f64; default f32)\n"
+  "  --stages LIST  trace points to record (default all; `qmoe trace --stages list`); --layers A..B (default all)\n"
   "exit status: 0 every point Match, 1 some point is not Match, 2 error\n"
-  "example: qmoe diff cpu.trace.gguf vulkan.trace.gguf --plot diff.svg\n";
+  "examples: qmoe diff cpu.trace.gguf vulkan.trace.gguf --plot diff.svg\n"
+  "          qmoe diff -m build/models/tiny.gguf --backends cpu,vulkan -p \"Hello\" --json\n";
 
 enum { V_MATCH, V_DIVERGE, V_NANA, V_NANB, V_NANBOTH, V_MISSING };
 static const char *const verdict_name[] = { "Match", "Diverge", "NanA", "NanB", "NanBoth", "Missing" };
