@@ -71,15 +71,15 @@ int cli_trace_record(const char *cmd, const char *model_path, const char *backen
   }
   for (int64_t l = first; l < end; l++) layers[l] = 1;
   qmoe_model_set_trace(m, points, layers, on_trace, &ts);
-  for (size_t i = 0; i < n_ids; i++) {
+  for (size_t i = 0; i < n_ids; i++)
     if (ids[i] < 0 || ids[i] >= c->n_vocab) {
       cli_error(cmd, "token %ld (position %zu) is outside the vocabulary (0..%lld)", (long)ids[i], i, (long long)c->n_vocab - 1);
       goto done;
     }
-    if (qmoe_model_step(m, ids[i], (int64_t)i, NULL, NULL)) {
-      cli_error(cmd, "%s, position %zu: %s", backend, i, qmoe_last_error());
-      goto done;
-    }
+  /* the same prefill `qmoe trace` runs; traced result_* points make it run lm_head at every position */
+  if (qmoe_model_prefill(m, ids, (int64_t)n_ids, 0, NULL, NULL)) {
+    cli_error(cmd, "%s: %s", backend, qmoe_last_error());
+    goto done;
   }
   w = qmoe_gguf_writer_new();
   char source[128];
