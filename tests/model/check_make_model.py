@@ -142,55 +142,66 @@ def rope(x, pos):  # x [heads, D], NEOX pairs (i, i + D/2)
     a = pos * 1e6 ** (-np.arange(half) * 2 / D)
     c, s = np.cos(a), np.sin(a)
     return np.concatenate([x[:, :half] * c - x[:, half:] * s, x[:, :half] * s + x[:, half:] * c], axis=1)
-tokens = np.random.default_rng(seed).integers(0, V, 12)
-h = W["token_embd.weight"][tokens]  # [S, H]
-S = len(tokens)
-rms = [np.sqrt((h * h).mean())]
-upd = []
-margins, chosen = [], set()
-for l in range(L):
-    b = f"blk.{l}."
-    h0 = h
-    x = rmsnorm(h, W[b + "attn_norm.weight"])
-    q = (x @ W[b + "attn_q.weight"].T).reshape(S, NH, D)
-    k = (x @ W[b + "attn_k.weight"].T).reshape(S, NKV, D)
-    v = (x @ W[b + "attn_v.weight"].T).reshape(S, NKV, D)
-    q = np.stack([rope(rmsnorm(q[p], W[b + "attn_q_norm.weight"]), p) for p in range(S)])
-    k = np.stack([rope(rmsnorm(k[p], W[b + "attn_k_norm.weight"]), p) for p in range(S)])
-    att = np.zeros((S, NH, D))
-    for p in range(S):
-        for hh in range(NH):
-            g = hh // (NH // NKV)
-            sc = k[: p + 1, g] @ q[p, hh] / np.sqrt(D)
-            pr = np.exp(sc - sc.max()); pr /= pr.sum()
-            att[p, hh] = pr @ v[: p + 1, g]
-    h = h + att.reshape(S, NH * D) @ W[b + "attn_output.weight"].T
-    x = rmsnorm(h, W[b + "ffn_norm.weight"])
-    logits = x @ W[b + "ffn_gate_inp.weight"].T  # [S, E]
-    out = np.zeros_like(h)
-    for p in range(S):
-        order = np.argsort(-logits[p], kind="stable")
-        margins.append(logits[p, order[K - 1]] - logits[p, order[K]])
-        top = order[:K]
-        chosen.update(top.tolist())
-        pr = np.exp(logits[p] - logits[p].max()); pr /= pr.sum()
-        wts = pr[top] / pr[top].sum()
-        for e, wt in zip(top, wts):
-            gt = W[b + "ffn_gate_exps.weight"][e] @ x[p]
-            up = W[b + "ffn_up_exps.weight"][e] @ x[p]
-            out[p] += wt * (W[b + "ffn_down_exps.weight"][e] @ (gt / (1 + np.exp(-gt)) * up))
-    upd.append(np.sqrt(((h + out - h0) ** 2).mean()))
-    h = h + out
-    rms.append(np.sqrt((h * h).mean()))
-lg = rmsnorm(h, W["output_norm.weight"]) @ W["output.weight"].T
-rms = np.array(rms)
+def forward(W, n_layers, tokens):
+    """The qwen3moe forward of every position; returns residual RMS per layer boundary, per-layer update RMS,
+    router k-th/(k+1)-th margins, the experts chosen and the logits."""
+    h = W["token_embd.weight"][tokens]  # [S, H]
+    S = len(tokens)
+    rms = [np.sqrt((h * h).mean())]
+    upd = []
+    margins, chosen = [], set()
+    for l in range(n_layers):
+        b = f"blk.{l}."
+        h0 = h
+        x = rmsnorm(h, W[b + "attn_norm.weight"])
+        q = (x @ W[b + "attn_q.weight"].T).reshape(S, NH, D)
+        k = (x @ W[b + "attn_k.weight"].T).reshape(S, NKV, D)
+        v = (x @ W[b + "attn_v.weight"].T).reshape(S, NKV, D)
+        q = np.stack([rope(rmsnorm(q[p], W[b + "attn_q_norm.weight"]), p) for p in range(S)])
+        k = np.stack([rope(rmsnorm(k[p], W[b + "attn_k_norm.weight"]), p) for p in range(S)])
+        att = np.zeros((S, NH, D))
+        for p in range(S):
+            for hh in range(NH):
+                g = hh // (NH // NKV)
+                sc = k[: p + 1, g] @ q[p, hh] / np.sqrt(D)
+                pr = np.exp(sc - sc.max()); pr /= pr.sum()
+                att[p, hh] = pr @ v[: p + 1, g]
+        h = h + att.reshape(S, NH * D) @ W[b + "attn_output.weight"].T
+        x = rmsnorm(h, W[b + "ffn_norm.weight"])
+        logits = x @ W[b + "ffn_gate_inp.weight"].T  # [S, E]
+        out = np.zeros_like(h)
+        for p in range(S):
+            order = np.argsort(-logits[p], kind="stable")
+            margins.append(logits[p, order[K - 1]] - logits[p, order[K]])
+            top = order[:K]
+            chosen.update(top.tolist())
+            pr = np.exp(logits[p] - logits[p].max()); pr /= pr.sum()
+            wts = pr[top] / pr[top].sum()
+            for e, wt in zip(top, wts):
+                gt = W[b + "ffn_gate_exps.weight"][e] @ x[p]
+                up = W[b + "ffn_up_exps.weight"][e] @ x[p]
+                out[p] += wt * (W[b + "ffn_down_exps.weight"][e] @ (gt / (1 + np.exp(-gt)) * up))
+        upd.append(np.sqrt(((h + out - h0) ** 2).mean()))
+        h = h + out
+        rms.append(np.sqrt((h * h).mean()))
+    lg = rmsnorm(h, W["output_norm.weight"]) @ W["output.weight"].T
+    return np.array(rms), upd, np.array(margins), chosen, lg
+
+rms, upd, margins, chosen, lg = forward(W, L, np.random.default_rng(seed).integers(0, V, 12))
 report("forward: residual RMS stays within 0.8..1.25 of the embedding's", (rms / rms[0]).min() > 0.8 and (rms / rms[0]).max() < 1.25, rms)
 report("forward: every layer adds 0.05..0.4 RMS to the residual", all(0.05 < u < 0.4 for u in upd), upd)
 report("forward: logits spread (sd 1..10 at every position, argmax unique)",
        all(1 < s < 10 for s in lg.std(1)) and all(np.sort(r_)[-1] - np.sort(r_)[-2] > 1e-3 for r_ in lg), lg.std(1))
-margins = np.array(margins)
 report("forward: router top-k rarely a near-tie (gap < 1e-3 in < 5% of calls)", (margins < 1e-3).mean() < 0.05, np.sort(margins)[:5])
 report("forward: routing uses most experts", len(chosen) >= min(E, 2 * K) and len(chosen) > K, sorted(chosen))
+
+# A deep model (48 layers, the full shape's depth): the residual RMS stays within a factor of 2.
+r48 = gguf.GGUFReader(make("tiny48.gguf", "--preset", "tiny", "--layers", "48", "--ftype", "q8_0"))
+W48 = {t.name: dequantize(t.data, t.tensor_type).astype(np.float64).reshape([int(x) for x in reversed(t.shape)]) for t in r48.tensors}
+rms48, _, m48, _, lg48 = forward(W48, 48, np.random.default_rng(seed + 1).integers(0, V, 4))
+report("48 layers: residual RMS within 0.8..2 of the embedding's at every layer, logits spread",
+       (rms48 / rms48[0]).min() > 0.8 and (rms48 / rms48[0]).max() < 2 and all(1 < x < 10 for x in lg48.std(1)),
+       (rms48[::8] / rms48[0], lg48.std(1)))
 
 # Determinism: same seed -> same bytes whatever the threads; another seed -> other bytes.
 a = make("d1.gguf", "--preset", "tiny", "--seed", "7", "--threads", "1")
