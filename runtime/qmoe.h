@@ -306,4 +306,77 @@ int qmoe_tokenizer_apply_chat(const qmoe_tokenizer *t, const char *system, const
 int qmoe_tokenizer_write_synthetic(qmoe_gguf_writer *w, int64_t n_vocab, uint64_t seed);
 /* ==== end tokenizer =============================================================================== */
 
+/* ==== Qwen3-MoE model (runtime/model.c, runtime/sample.c; docs/model.md) ============================= */
+typedef struct qmoe_backend qmoe_backend; /* runtime/backend.h */
+
+/* The model's dimensions, read from the GGUF's qwen3moe.* keys (never defaulted) and its tensors. */
+typedef struct {
+  int64_t n_layers;      /* qwen3moe.block_count */
+  int64_t n_embd;        /* qwen3moe.embedding_length */
+  int64_t n_head;        /* qwen3moe.attention.head_count */
+  int64_t n_head_kv;     /* qwen3moe.attention.head_count_kv */
+  int64_t head_dim;      /* qwen3moe.attention.key_length (= value_length) */
+  int64_t n_expert;      /* qwen3moe.expert_count */
+  int64_t n_expert_used; /* qwen3moe.expert_used_count */
+  int64_t expert_ff;     /* qwen3moe.expert_feed_forward_length */
+  int64_t n_vocab;       /* rows of token_embd.weight (output.weight must agree) */
+  int64_t n_ctx_train;   /* qwen3moe.context_length: the largest KV cache qmoe allows */
+  double rope_theta;     /* qwen3moe.rope.freq_base */
+  double rms_eps;        /* qwen3moe.attention.layer_norm_rms_epsilon */
+} qmoe_model_config;
+
+/* Bytes the model holds on its backend: weights as stored in the file (uploaded once), the f32 KV cache
+ * (2 · layers · ctx · kv_heads · head_dim · 4) and the workspace (activation buffers, allocated once). */
+typedef struct { uint64_t weights, kv_cache, workspace; } qmoe_model_memory;
+
+typedef struct qmoe_model qmoe_model;
+
+/* Reads the config of a qwen3moe GGUF and checks every tensor's presence, shape and qtype against it
+ * (a MoE layer has the F32 router and the three expert tensors and no dense ffn_gate/up/down). Allocates
+ * nothing. QMOE_EFORMAT/QMOE_EUNSUPPORTED with a message naming the file and the key or tensor. */
+int qmoe_model_check(const qmoe_gguf *f, qmoe_model_config *cfg);
+/* Opens PATH, checks it (qmoe_model_check), plans a KV cache of n_ctx tokens (1 ≤ n_ctx ≤ n_ctx_train),
+ * then allocates on BE and uploads every weight once. Nothing is allocated before all checks pass; an
+ * allocation failure frees everything and names the buffer and the total needed. */
+int qmoe_model_load(const char *path, qmoe_backend *be, int64_t n_ctx, qmoe_model **out);
+void qmoe_model_free(qmoe_model *m);
+const qmoe_model_config *qmoe_model_config_of(const qmoe_model *m);
+const qmoe_gguf *qmoe_model_gguf(const qmoe_model *m);
+qmoe_backend *qmoe_model_backend(const qmoe_model *m);
+int64_t qmoe_model_n_ctx(const qmoe_model *m);
+void qmoe_model_memory_of(const qmoe_model *m, qmoe_model_memory *out);
+/* Weight bytes one decoded token reads: every layer's attention, norms and router, K experts' gate, up
+ * and down rows (each layer's own qtypes), the output norm, lm_head and one embedding row. */
+uint64_t qmoe_model_bytes_per_token(const qmoe_model *m);
+/* Accumulator of every stage that has variants (QMOE_ACC_F32 = 0, QMOE_ACC_F64 = 1; default f32). */
+int qmoe_model_set_acc(qmoe_model *m, int acc);
+
+/* Tracing: after each stage whose trace point (generated/c/trace_points.h) and layer are selected, its
+ * output is downloaded and handed to FN: DATA holds N f32 (or int32 for ids) values of position POS; LAYER
+ * is -1 for points outside the layers. POINTS: QMOE_TP_COUNT flags; LAYERS: n_layers flags; FN NULL: off. */
+typedef int (*qmoe_trace_fn)(void *user, int point, int64_t layer, int64_t pos, const void *data, int64_t n);
+int qmoe_model_set_trace(qmoe_model *m, const unsigned char *points, const unsigned char *layers, qmoe_trace_fn fn,
+                         void *user);
+
+/* One position of the forward: embeds TOKEN, runs every layer at POS (the KV cache must hold positions
+ * 0..pos-1 of this sequence), then the output norm and lm_head. Outputs: ARGMAX (the greedy token, computed
+ * on the device, one download) and/or LOGITS (n_vocab floats, one download); both NULL (a prompt position
+ * whose logits nobody needs): lm_head is skipped and nothing is waited for. */
+int qmoe_model_step(qmoe_model *m, int32_t token, int64_t pos, int32_t *argmax, float *logits);
+/* N tokens at positions pos0..pos0+N-1 through the same per-position path (the embeddings of up to 64
+ * positions go to the device in one transfer), outputs at the last position as in qmoe_model_step. Every
+ * token id and position is checked before any work. */
+int qmoe_model_prefill(qmoe_model *m, const int32_t *tokens, int64_t n, int64_t pos0, int32_t *argmax,
+                       float *logits);
+/* Waits for everything enqueued (for timing). */
+int qmoe_model_sync(qmoe_model *m);
+
+/* Sampling on the host from downloaded logits: temperature 0 is greedy (lowest index on ties); else
+ * softmax(logits / temperature), keep the top_k most likely (0: all), then the smallest prefix whose
+ * mass reaches top_p (1: all), renormalize and draw with the xorshift64* state *rng (seed it non-zero). */
+typedef struct { double temperature; int64_t top_k; double top_p; } qmoe_sampler;
+int qmoe_sample(const qmoe_sampler *s, const float *logits, int64_t n, uint64_t *rng, int32_t *out);
+/* ==== end Qwen3-MoE model ========================================================================= */
+
+
 #endif

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # gpu.sh: runs every test that needs an NVIDIA GPU — the CUDA backend (parity with the CPU reference, unit tests,
-# NVRTC compilation for the device) and the Vulkan backend on NVIDIA's driver — from an already built tree,
+# NVRTC compilation for the device), the whole model forward against the CPU (test_model, Vulkan included) and
+# the Vulkan backend on NVIDIA's driver — from an already built tree,
 # prints a summary and writes the whole log to ${OUT:-.}/gpu-tests.log. Exits non-zero on any failure.
 # It never configures or builds: the machine with the GPU may lack Lua, libyaml and shaderc; the test
 # binaries (build/tests/*) link those statically and need only libc, libm and libdl.
@@ -21,7 +22,7 @@ LOGDIR=${OUT:-.}
 LOG="$LOGDIR/gpu-tests.log"
 TMO=${QMOE_GPU_TIMEOUT:-600}
 vulkan=1
-cuda_tests="test_parity_cuda test_cuda_backend test_cuda_runtime test_cuda_compile"
+cuda_tests="test_parity_cuda test_cuda_backend test_cuda_runtime test_cuda_compile test_model"
 vk_tests="test_parity_vulkan test_vk_runtime test_vk_perf"
 if [ "${1:-}" = "--pack" ]; then
   dst=${2:-.gpu-build}

@@ -126,6 +126,8 @@ typedef struct {
 } pv_falsifier;
 typedef struct { const qy_node *node; pv_str id, name, status; pv_list falsifiers; pv_str notes; } pv_impl_stage;
 typedef struct { const qy_node *node; pv_str version, date, kind, title, description; } pv_amendment;
+/* A named point of the forward whose output `qmoe trace` can record (runtime: generated/c/trace_points.c). */
+typedef struct { const qy_node *node; pv_str name, scope, elements, dtype, doc; } pv_trace_point;
 typedef struct {
   const qy_node *node;
   pv_model_meta metadata;
@@ -135,6 +137,7 @@ typedef struct {
   pv_list falsification_tests;   /* pv_falsifier */
   pv_list implementation_stages; /* pv_impl_stage */
   pv_list amendment_history;     /* pv_amendment */
+  pv_list trace_points;          /* pv_trace_point, in forward order */
 } pv_model;
 
 /* ---- Schema tables (pv_schema.c) ------------------------------------------------------------------ */

@@ -18,6 +18,8 @@ static const char *const METRICS[] = { "nmse", "max_abs_rel", "cosine", "finite"
 static const char *const COMPARATORS[] = { "<=", "<", ">=", ">", "==", NULL };
 static const char *const RUNS_ON[] = { "ci", "gpu", NULL };
 static const char *const IMPL_STATUS[] = { "PENDING", "SHIPPED", "PARTIALLY_DISCHARGED", "DISCHARGED", NULL };
+static const char *const TRACE_SCOPES[] = { "layer", "model", NULL };
+static const char *const TRACE_DTYPES[] = { "f32", "i32", NULL };
 /* Quantizer strategies runtime/quant.c implements (test_quant checks each contract's choice runs). */
 static const char *const QUANT_STRATEGIES[] = { "generic", "ggml_q8_0", "ggml_q8_k", "kquant_q4_k", "kquant_q5_k",
                                                 "kquant_q6_k", NULL };
@@ -287,6 +289,21 @@ static const pv_key AMEND_KEYS[] = {
 };
 static const pv_record AMEND = { "amendment", sizeof(pv_amendment), AMEND_KEYS, NKEYS(AMEND_KEYS) };
 
+static const pv_key TRACE_POINT_KEYS[] = {
+  { .name = "name", .type = PV_T_STR, .flags = PV_REQ, .off = offsetof(pv_trace_point, name), .pat = PV_PAT_IDENT,
+    .doc = "trace name (unique): the tensor is blk.<L>.<name> (scope layer) or <name> (scope model)" },
+  { .name = "scope", .type = PV_T_STR, .flags = PV_REQ, .off = offsetof(pv_trace_point, scope), .enums = TRACE_SCOPES,
+    .doc = "layer: recorded per decoder layer; model: once per position" },
+  { .name = "elements", .type = PV_T_STR, .flags = PV_REQ, .off = offsetof(pv_trace_point, elements),
+    .pat = PV_PAT_NONBLANK, .doc = "elements per position: a dims key or a product of them (heads*head_dim)" },
+  { .name = "dtype", .type = PV_T_STR, .flags = PV_REQ, .off = offsetof(pv_trace_point, dtype), .enums = TRACE_DTYPES,
+    .doc = "element type of the recorded values" },
+  { .name = "doc", .type = PV_T_STR, .flags = PV_REQ, .off = offsetof(pv_trace_point, doc), .pat = PV_PAT_NONBLANK,
+    .doc = "which value of the forward it is" },
+};
+static const pv_record TRACE_POINT = { "trace point", sizeof(pv_trace_point), TRACE_POINT_KEYS,
+                                       NKEYS(TRACE_POINT_KEYS) };
+
 static const pv_key MODEL_KEYS[] = {
   { .name = "metadata", .type = PV_T_REC, .flags = PV_REQ, .off = offsetof(pv_model, metadata), .rec = &MODEL_META,
     .doc = "identity and status" },
@@ -306,6 +323,8 @@ static const pv_key MODEL_KEYS[] = {
   { .name = "amendment_history", .type = PV_T_LIST, .flags = PV_REQ | PV_NONEMPTY,
     .off = offsetof(pv_model, amendment_history), .elem = PV_T_REC, .rec = &AMEND,
     .max_len = 4096, .doc = "every version, oldest first" },
+  { .name = "trace_points", .type = PV_T_LIST, .off = offsetof(pv_model, trace_points), .elem = PV_T_REC,
+    .rec = &TRACE_POINT, .max_len = 256, .doc = "the forward's traceable values, in forward order" },
 };
 const pv_record pv_model_record = { "model contract", sizeof(pv_model), MODEL_KEYS, NKEYS(MODEL_KEYS) };
 

@@ -15,7 +15,8 @@ typedef struct {
 
 /* The subcommands, in `qmoe --help` order. To add one, write src/qmoe/cmd_NAME.c defining
  * `const qmoe_command cmd_NAME = { "NAME", ... };` and add X(NAME) to this list. */
-#define QMOE_COMMANDS(X) X(inspect) X(dump) X(extract) X(quantize) X(tokenize) X(detokenize)
+#define QMOE_COMMANDS(X) \
+  X(inspect) X(dump) X(extract) X(quantize) X(tokenize) X(detokenize) X(run) X(trace) X(bench) X(make_model) X(diff)
 
 #define QMOE_DECLARE_COMMAND(name) extern const qmoe_command cmd_##name;
 QMOE_COMMANDS(QMOE_DECLARE_COMMAND)
@@ -52,5 +53,24 @@ int cli_writer_error(const char *cmd, const char *in);
 /* A repeated option is an error: returns 2 (after the usage message) when *seen is set, else sets it to opt
  * and returns 0. Options that mean the same (-j, --threads) share one *seen. */
 int cli_once(const qmoe_command *c, const char **seen, const char *opt);
+
+/* ---- model commands (model_cli.c) ---- */
+#define QMOE_DEFAULT_MODEL "build/models/tiny.gguf" /* `ninja` builds it (qmoe make-model --preset tiny) */
+struct qmoe_backend;
+/* An option: NAME (and ALT, e.g. "-m"), with or without a value; value is NULL until given ("1" for a flag). */
+typedef struct { const char *name, *alt; int takes_value; const char *value; } cli_opt;
+/* Fills the table from argv[1..]; a repeated, unknown or valueless option is a usage error (returns 2). */
+int cli_parse_opts(const qmoe_command *c, int argc, char **argv, cli_opt *o, int n);
+/* "1,2,3" -> ids (malloc'd); 0 or 1 (error printed). */
+int cli_parse_ids(const char *cmd, const char *s, int32_t **ids, size_t *n);
+int cli_parse_acc(const char *cmd, const char *s, int *acc);                  /* NULL: f32 */
+int cli_parse_count(const char *cmd, const char *opt, const char *s, int64_t lo, int64_t hi, int64_t *out);
+/* Checks PATH (before opening any device), opens BACKEND and loads the model with a KV cache of N_CTX tokens
+ * (0: the smaller of 4096 and the model's context, grown to NEED_CTX when that fits); reports its memory on
+ * stderr unless QUIET. 0 or 1 (error printed). */
+int cli_open_model(const char *cmd, const char *path, const char *backend, int64_t n_ctx, int64_t need_ctx, int acc,
+                   int quiet, struct qmoe_backend **be, qmoe_model **m);
+void cli_close_model(struct qmoe_backend *be, qmoe_model *m);
+double cli_now(void); /* monotonic seconds */
 
 #endif

@@ -1,0 +1,646 @@
+/* model.c: the Qwen3-MoE model — GGUF qwen3moe metadata and tensors checked into a config and a weight
+ * table, a buffer plan allocated once, and the forward of one position as a loop of typed stage calls on any
+ * backend (the backend is an argument), with a named trace hook after each stage. docs/model.md. */
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include "backend.h"
+#include "qmoe.h"
+#include "stage_calls_tmp.h" /* TEMPORARY: the generated qmoe_call_<stage> builders replace it (issue 8) */
+#include "stage_table.h"
+#include "trace_points.h"
+
+#define ARCH "qwen3moe"
+
+/* ---- config ------------------------------------------------------------------------------------------ */
+
+/* A required positive integer key, at most MAX. */
+static int get_int(const qmoe_gguf *f, const char *key, int64_t max, int64_t *out) {
+  if (qmoe_gguf_find_key(f, key) < 0) {
+    qmoe_set_error("%s: metadata key '%s' is missing (a qwen3moe file must set it; qmoe never guesses it)",
+                   qmoe_gguf_path(f), key);
+    return QMOE_EFORMAT;
+  }
+  int64_t v;
+  if (qmoe_gguf_get_i64(f, key, &v)) return QMOE_EFORMAT; /* message names the file, key and types */
+  if (v < 1 || v > max) {
+    qmoe_set_error("%s: metadata key '%s' is %lld; expected 1..%lld", qmoe_gguf_path(f), key, (long long)v,
+                   (long long)max);
+    return QMOE_EFORMAT;
+  }
+  *out = v;
+  return 0;
+}
+
+/* A required finite float key in (lo, hi). */
+static int get_float(const qmoe_gguf *f, const char *key, double lo, double hi, double *out) {
+  if (qmoe_gguf_find_key(f, key) < 0) {
+    qmoe_set_error("%s: metadata key '%s' is missing (a qwen3moe file must set it; qmoe never guesses it)",
+                   qmoe_gguf_path(f), key);
+    return QMOE_EFORMAT;
+  }
+  double v;
+  if (qmoe_gguf_get_f64(f, key, &v)) return QMOE_EFORMAT;
+  if (!isfinite(v) || !(v > lo) || !(v < hi)) {
+    qmoe_set_error("%s: metadata key '%s' is %g; expected a finite value in (%g, %g)", qmoe_gguf_path(f), key, v,
+                   lo, hi);
+    return QMOE_EFORMAT;
+  }
+  *out = v;
+  return 0;
+}
+
+static int read_config(const qmoe_gguf *f, qmoe_model_config *c) {
+  const char *path = qmoe_gguf_path(f);
+  const char *arch;
+  uint64_t len;
+  if (qmoe_gguf_find_key(f, "general.architecture") < 0) {
+    qmoe_set_error("%s: metadata key 'general.architecture' is missing (expected \"" ARCH "\")", path);
+    return QMOE_EFORMAT;
+  }
+  if (qmoe_gguf_get_str(f, "general.architecture", &arch, &len)) return QMOE_EFORMAT;
+  if (len != strlen(ARCH) || memcmp(arch, ARCH, len)) {
+    qmoe_set_error("%s: general.architecture is \"%.*s\"; qmoe runs only \"" ARCH "\" (Qwen3-MoE) models", path,
+                   (int)(len > 64 ? 64 : len), arch);
+    return QMOE_EUNSUPPORTED;
+  }
+  memset(c, 0, sizeof *c);
+  int64_t key_len, val_len;
+  int rc;
+  if ((rc = get_int(f, ARCH ".block_count", 4096, &c->n_layers)) ||
+      (rc = get_int(f, ARCH ".context_length", (int64_t)1 << 24, &c->n_ctx_train)) ||
+      (rc = get_int(f, ARCH ".embedding_length", (int64_t)1 << 20, &c->n_embd)) ||
+      (rc = get_int(f, ARCH ".attention.head_count", 4096, &c->n_head)) ||
+      (rc = get_int(f, ARCH ".attention.head_count_kv", 4096, &c->n_head_kv)) ||
+      (rc = get_int(f, ARCH ".attention.key_length", 4096, &key_len)) ||
+      (rc = get_int(f, ARCH ".attention.value_length", 4096, &val_len)) ||
+      (rc = get_int(f, ARCH ".expert_count", 65536, &c->n_expert)) ||
+      (rc = get_int(f, ARCH ".expert_used_count", 65536, &c->n_expert_used)) ||
+      (rc = get_int(f, ARCH ".expert_feed_forward_length", (int64_t)1 << 20, &c->expert_ff)) ||
+      (rc = get_float(f, ARCH ".rope.freq_base", 1.0, 1e12, &c->rope_theta)) ||
+      (rc = get_float(f, ARCH ".attention.layer_norm_rms_epsilon", 0.0, 1.0, &c->rms_eps)))
+    return rc;
+  if (key_len != val_len) {
+    qmoe_set_error("%s: " ARCH ".attention.key_length (%lld) differs from value_length (%lld); the attention "
+                   "stage needs one head dimension", path, (long long)key_len, (long long)val_len);
+    return QMOE_EUNSUPPORTED;
+  }
+  if (key_len % 2) {
+    qmoe_set_error("%s: " ARCH ".attention.key_length is %lld; NEOX RoPE needs an even head dimension", path,
+                   (long long)key_len);
+    return QMOE_EFORMAT;
+  }
+  c->head_dim = key_len;
+  if (c->n_head % c->n_head_kv) {
+    qmoe_set_error("%s: " ARCH ".attention.head_count (%lld) is not a multiple of head_count_kv (%lld)", path,
+                   (long long)c->n_head, (long long)c->n_head_kv);
+    return QMOE_EFORMAT;
+  }
+  if (c->n_expert_used > c->n_expert) {
+    qmoe_set_error("%s: " ARCH ".expert_used_count (%lld) exceeds expert_count (%lld)", path,
+                   (long long)c->n_expert_used, (long long)c->n_expert);
+    return QMOE_EFORMAT;
+  }
+  const qmoe_gguf_tensor *emb = qmoe_gguf_find_tensor(f, "token_embd.weight");
+  if (!emb) {
+    qmoe_set_error("%s: tensor 'token_embd.weight' is missing (the vocabulary size is its row count)", path);
+    return QMOE_EFORMAT;
+  }
+  c->n_vocab = emb->n_dims == 2 ? emb->ne[1] : 0;
+  if (c->n_vocab < 1 || c->n_vocab > INT32_MAX) {
+    qmoe_set_error("%s: tensor 'token_embd.weight' must be 2-D [embedding_length, vocab] with 1..%d rows", path,
+                   INT32_MAX);
+    return QMOE_EFORMAT;
+  }
+  return 0;
+}
+
+/* ---- weight table ------------------------------------------------------------------------------------ */
+
+/* What a tensor's qtype must support: F32 only (norms, router), a matvec kernel, the MoE kernels, or a row
+ * decoder (the embedding, dequantized on the host until the embed_rows stage lands). */
+typedef enum { W_F32, W_MATVEC, W_EXPERT_GATE_UP, W_EXPERT_DOWN, W_EMBED } wkind;
+
+typedef struct {
+  const qmoe_gguf_tensor *t;
+  qmoe_buffer *buf;
+} qmoe_weight;
+
+typedef struct {
+  qmoe_weight attn_norm, q, k, v, o, q_norm, k_norm, ffn_norm, router, gate, up, down;
+} qmoe_layer;
+
+static const char *shape_str(int n, const int64_t *ne, char *buf, size_t cap) {
+  int k = snprintf(buf, cap, "[");
+  for (int i = 0; i < n && k > 0 && (size_t)k < cap; i++)
+    k += snprintf(buf + k, cap - (size_t)k, "%s%lld", i ? ", " : "", (long long)ne[i]);
+  if (k > 0 && (size_t)k < cap) snprintf(buf + k, cap - (size_t)k, "]");
+  return buf;
+}
+
+/* Finds NAME and checks its shape (N dims of NE, innermost first) and qtype (KIND). DIMS describes NE in
+ * words for the message. */
+static int want(const qmoe_gguf *f, const char *name, int n, const int64_t *ne, const char *dims, wkind kind,
+                const qmoe_gguf_tensor **out) {
+  const char *path = qmoe_gguf_path(f);
+  const qmoe_gguf_tensor *t = qmoe_gguf_find_tensor(f, name);
+  char a[96], b[96];
+  if (!t) {
+    qmoe_set_error("%s: tensor '%s' is missing; expected %s %s", path, name, shape_str(n, ne, a, sizeof a), dims);
+    return QMOE_EFORMAT;
+  }
+  int same = t->n_dims == n;
+  for (int i = 0; same && i < n; i++) same = t->ne[i] == ne[i];
+  if (!same) {
+    qmoe_set_error("%s: tensor '%s' has shape %s; expected %s %s", path, name, shape_str(t->n_dims, t->ne, a, sizeof a),
+                   shape_str(n, ne, b, sizeof b), dims);
+    return QMOE_EFORMAT;
+  }
+  const qmoe_qtype_info *qt = qmoe_qtype_by_id(t->type);
+  const char *need = NULL;
+  if (kind == W_F32) {
+    if (t->type != 0) need = "F32";
+  } else if (!qt || qmoe_qtype_row_bytes(qt, t->ne[0]) < 0) {
+    need = "a qtype qmoe decodes, whose block divides the row length";
+  } else {
+    qmoe_stage st = kind == W_MATVEC ? QMOE_STAGE_MATVEC
+                    : kind == W_EXPERT_GATE_UP ? QMOE_STAGE_MOE_GATE_UP_SWIGLU
+                    : kind == W_EXPERT_DOWN ? QMOE_STAGE_MOE_DOWN : QMOE_STAGE_COUNT;
+    if (st != QMOE_STAGE_COUNT && !qmoe_stage_has_qtype(qmoe_stage_info_get(st), t->type))
+      need = "a qtype the stage contracts list";
+  }
+  if (need) {
+    qmoe_set_error("%s: tensor '%s' has type %s; expected %s", path, name, t->type_name, need);
+    return kind == W_F32 ? QMOE_EFORMAT : QMOE_EUNSUPPORTED;
+  }
+  *out = t;
+  return 0;
+}
+
+/* A dense or shared-expert FFN tensor in a MoE layer is an error: its weights would be silently ignored. */
+static int forbid(const qmoe_gguf *f, int64_t l, const char *what) {
+  char name[96];
+  snprintf(name, sizeof name, "blk.%lld.%s.weight", (long long)l, what);
+  if (!qmoe_gguf_find_tensor(f, name)) return 0;
+  qmoe_set_error("%s: tensor '%s' is present, but every qwen3moe layer is a MoE layer (router ffn_gate_inp and "
+                 "experts ffn_*_exps) with no dense or shared-expert FFN; found a %s tensor in layer %lld",
+                 qmoe_gguf_path(f), name, what, (long long)l);
+  return QMOE_EFORMAT;
+}
+
+typedef struct {
+  const qmoe_gguf_tensor *embd, *out_norm, *output;
+  qmoe_layer *layers; /* n_layers, only .t set */
+} weight_table;
+
+static int check_tensors(const qmoe_gguf *f, const qmoe_model_config *c, weight_table *w) {
+  int64_t H = c->n_embd, D = c->head_dim, nq = c->n_head * D, nkv = c->n_head_kv * D, E = c->n_expert;
+  int64_t F = c->expert_ff, V = c->n_vocab;
+  int rc;
+  if ((rc = want(f, "token_embd.weight", 2, (int64_t[]){H, V}, "(embedding_length, vocab)", W_EMBED, &w->embd)) ||
+      (rc = want(f, "output_norm.weight", 1, (int64_t[]){H}, "(embedding_length)", W_F32, &w->out_norm)))
+    return rc;
+  if (!qmoe_gguf_find_tensor(f, "output.weight")) {
+    qmoe_set_error("%s: tensor 'output.weight' (lm_head) is missing; qwen3moe has untied embeddings",
+                   qmoe_gguf_path(f));
+    return QMOE_EFORMAT;
+  }
+  if ((rc = want(f, "output.weight", 2, (int64_t[]){H, V}, "(embedding_length, vocab)", W_MATVEC, &w->output)))
+    return rc;
+  for (int64_t l = 0; l < c->n_layers; l++) {
+    qmoe_layer *L = &w->layers[l];
+    char n[96];
+#define WANT(field, suffix, words, kind, ...)                                                        \
+  (snprintf(n, sizeof n, "blk.%lld." suffix ".weight", (long long)l),                              \
+   want(f, n, (int)(sizeof((int64_t[]){__VA_ARGS__}) / sizeof(int64_t)), (int64_t[]){__VA_ARGS__}, words, kind, \
+        &L->field.t))
+    if ((rc = WANT(attn_norm, "attn_norm", "(embedding_length)", W_F32, H)) ||
+        (rc = WANT(q, "attn_q", "(embedding_length, head_count*key_length)", W_MATVEC, H, nq)) ||
+        (rc = WANT(k, "attn_k", "(embedding_length, head_count_kv*key_length)", W_MATVEC, H, nkv)) ||
+        (rc = WANT(v, "attn_v", "(embedding_length, head_count_kv*value_length)", W_MATVEC, H, nkv)) ||
+        (rc = WANT(o, "attn_output", "(head_count*value_length, embedding_length)", W_MATVEC, nq, H)) ||
+        (rc = WANT(q_norm, "attn_q_norm", "(key_length)", W_F32, D)) ||
+        (rc = WANT(k_norm, "attn_k_norm", "(key_length)", W_F32, D)) ||
+        (rc = WANT(ffn_norm, "ffn_norm", "(embedding_length)", W_F32, H)) ||
+        (rc = WANT(router, "ffn_gate_inp", "(embedding_length, expert_count)", W_F32, H, E)) ||
+        (rc = WANT(gate, "ffn_gate_exps", "(embedding_length, expert_feed_forward_length, expert_count)",
+                   W_EXPERT_GATE_UP, H, F, E)) ||
+        (rc = WANT(up, "ffn_up_exps", "(embedding_length, expert_feed_forward_length, expert_count)",
+                   W_EXPERT_GATE_UP, H, F, E)) ||
+        (rc = WANT(down, "ffn_down_exps", "(expert_feed_forward_length, embedding_length, expert_count)",
+                   W_EXPERT_DOWN, F, H, E)))
+      return rc;
+#undef WANT
+    if (L->up.t->type != L->gate.t->type) {
+      qmoe_set_error("%s: tensor 'blk.%lld.ffn_up_exps.weight' has type %s but ffn_gate_exps is %s; the "
+                     "moe_gate_up_swiglu stage takes one qtype for both", qmoe_gguf_path(f), (long long)l,
+                     L->up.t->type_name, L->gate.t->type_name);
+      return QMOE_EUNSUPPORTED;
+    }
+    static const char *const dense[] = { "ffn_gate", "ffn_up", "ffn_down", "ffn_gate_shexp", "ffn_up_shexp",
+                                         "ffn_down_shexp" };
+    for (size_t i = 0; i < sizeof dense / sizeof dense[0]; i++)
+      if ((rc = forbid(f, l, dense[i]))) return rc;
+  }
+  char extra[64];
+  snprintf(extra, sizeof extra, "blk.%lld.attn_norm.weight", (long long)c->n_layers);
+  if (qmoe_gguf_find_tensor(f, extra)) {
+    qmoe_set_error("%s: tensor '%s' is present but " ARCH ".block_count is %lld", qmoe_gguf_path(f), extra,
+                   (long long)c->n_layers);
+    return QMOE_EFORMAT;
+  }
+  return 0;
+}
+
+int qmoe_model_check(const qmoe_gguf *f, qmoe_model_config *cfg) {
+  int rc = read_config(f, cfg);
+  if (rc) return rc;
+  weight_table w = {0};
+  w.layers = calloc((size_t)cfg->n_layers, sizeof *w.layers);
+  if (!w.layers) {
+    qmoe_set_error("out of host memory");
+    return QMOE_EINVAL;
+  }
+  rc = check_tensors(f, cfg, &w);
+  free(w.layers);
+  return rc;
+}
+
+/* ---- the model: config, weight table, buffer plan ---------------------------------------------------- */
+
+struct qmoe_model {
+  qmoe_gguf *file;
+  qmoe_backend *be;
+  qmoe_model_config c;
+  int64_t n_ctx;
+  qmoe_acc acc;
+  /* weights */
+  const qmoe_gguf_tensor *embd_t;
+  qmoe_weight out_norm, output;
+  qmoe_layer *layers;
+  /* run state: activations (f32 unless noted), allocated once */
+  qmoe_buffer *h, *xn, *q, *k, *v, *o, *t, *ids /* i32 */, *w, *hb, *logits, *idx /* i32 */, *rlog;
+  qmoe_buffer *kc, *vc; /* KV cache: [layer][ctx][kv_heads][head_dim] */
+  /* Embedding rows of up to emb_cap positions, decoded on the host and uploaded together (one transfer per
+   * chunk of the prompt, until the embed_rows stage lands); `zero` is H zeros, so add(emb row, zero) -> h. */
+  qmoe_buffer *emb, *zero;
+  int64_t emb_cap;
+  float *emb_host;
+  qmoe_model_memory mem;
+  /* tracing */
+  qmoe_trace_fn trace_fn;
+  void *trace_user;
+  unsigned char trace_points[QMOE_TP_COUNT];
+  unsigned char *trace_layers;
+  void *trace_host;
+  int64_t trace_dims[QMOE_TRACE_DIM_COUNT];
+};
+
+static void model_dims(const qmoe_model_config *c, int64_t *d) {
+  d[QMOE_TRACE_DIM_HIDDEN] = c->n_embd, d[QMOE_TRACE_DIM_HEADS] = c->n_head;
+  d[QMOE_TRACE_DIM_KV_HEADS] = c->n_head_kv, d[QMOE_TRACE_DIM_HEAD_DIM] = c->head_dim;
+  d[QMOE_TRACE_DIM_EXPERTS] = c->n_expert, d[QMOE_TRACE_DIM_EXPERTS_USED] = c->n_expert_used;
+  d[QMOE_TRACE_DIM_EXPERT_FF] = c->expert_ff, d[QMOE_TRACE_DIM_VOCAB] = c->n_vocab;
+}
+
+/* The activation buffers: name, where it lives in the model, bytes. One list drives the plan, the
+ * allocation and the report. */
+typedef struct { const char *name; size_t slot; uint64_t bytes; } buf_plan;
+
+static int plan_buffers(const qmoe_model *m, buf_plan *p) {
+  const qmoe_model_config *c = &m->c;
+  uint64_t f = 4, H = (uint64_t)c->n_embd, nq = (uint64_t)(c->n_head * c->head_dim);
+  uint64_t nkv = (uint64_t)(c->n_head_kv * c->head_dim), K = (uint64_t)c->n_expert_used;
+  uint64_t kv = (uint64_t)c->n_layers * (uint64_t)m->n_ctx * nkv * f;
+  int n = 0;
+#define PLAN(field, b) p[n++] = (buf_plan){ #field, offsetof(qmoe_model, field), (b) }
+  PLAN(h, H * f); PLAN(xn, H * f); PLAN(q, nq * f); PLAN(k, nkv * f); PLAN(v, nkv * f); PLAN(o, nq * f);
+  PLAN(t, H * f); PLAN(ids, K * 4); PLAN(w, K * f); PLAN(hb, K * (uint64_t)c->expert_ff * f);
+  PLAN(logits, (uint64_t)c->n_vocab * f); PLAN(idx, 4); PLAN(rlog, (uint64_t)c->n_expert * f);
+  PLAN(emb, (uint64_t)m->emb_cap * H * f); PLAN(zero, H * f);
+  PLAN(kc, kv); PLAN(vc, kv);
+#undef PLAN
+  return n;
+}
+
+static qmoe_buffer **slot(qmoe_model *m, const buf_plan *p) { return (qmoe_buffer **)((char *)m + p->slot); }
+
+static void for_each_weight(qmoe_model *m, void (*fn)(qmoe_model *, qmoe_weight *, void *), void *u) {
+  fn(m, &m->out_norm, u), fn(m, &m->output, u);
+  for (int64_t l = 0; l < m->c.n_layers; l++) {
+    qmoe_layer *L = &m->layers[l];
+    qmoe_weight *ws[] = { &L->attn_norm, &L->q, &L->k, &L->v, &L->o, &L->q_norm, &L->k_norm, &L->ffn_norm,
+                          &L->router, &L->gate, &L->up, &L->down };
+    for (size_t i = 0; i < sizeof ws / sizeof ws[0]; i++) fn(m, ws[i], u);
+  }
+}
+
+static void add_bytes(qmoe_model *m, qmoe_weight *w, void *u) { *(uint64_t *)u += w->t->nbytes; }
+static void free_weight(qmoe_model *m, qmoe_weight *w, void *u) {
+  if (w->buf) m->be->free_buf(m->be, w->buf);
+  w->buf = NULL;
+}
+
+typedef struct { int rc; uint64_t done; } upload_state;
+static void upload_weight(qmoe_model *m, qmoe_weight *w, void *u) {
+  upload_state *s = u;
+  if (s->rc) return;
+  if ((s->rc = m->be->alloc(m->be, (size_t)w->t->nbytes, &w->buf))) {
+    qmoe_set_error("%s: cannot allocate %llu bytes on %s for tensor '%s' (%llu of %llu weight bytes placed; the "
+                   "model needs weights %llu + KV cache %llu + workspace %llu bytes): %s",
+                   qmoe_gguf_path(m->file), (unsigned long long)w->t->nbytes, m->be->name, w->t->name,
+                   (unsigned long long)s->done, (unsigned long long)m->mem.weights,
+                   (unsigned long long)m->mem.weights, (unsigned long long)m->mem.kv_cache,
+                   (unsigned long long)m->mem.workspace, qmoe_last_error());
+    return;
+  }
+  if ((s->rc = m->be->upload(m->be, w->buf, 0, w->t->data, (size_t)w->t->nbytes))) return;
+  s->done += w->t->nbytes;
+}
+
+void qmoe_model_free(qmoe_model *m) {
+  if (!m) return;
+  if (m->layers) for_each_weight(m, free_weight, NULL);
+  buf_plan p[32];
+  int n = plan_buffers(m, p);
+  for (int i = 0; i < n; i++)
+    if (*slot(m, &p[i])) m->be->free_buf(m->be, *slot(m, &p[i]));
+  free(m->layers);
+  free(m->emb_host);
+  free(m->trace_layers);
+  free(m->trace_host);
+  qmoe_gguf_close(m->file);
+  free(m);
+}
+
+int qmoe_model_load(const char *path, qmoe_backend *be, int64_t n_ctx, qmoe_model **out) {
+  *out = NULL;
+  qmoe_model *m = calloc(1, sizeof *m);
+  if (!m) {
+    qmoe_set_error("out of host memory");
+    return QMOE_EINVAL;
+  }
+  m->be = be;
+  int rc = qmoe_gguf_open(path, &m->file);
+  if (rc) {
+    free(m);
+    return rc;
+  }
+  if ((rc = read_config(m->file, &m->c))) goto fail;
+  weight_table wt = { .layers = calloc((size_t)m->c.n_layers, sizeof(qmoe_layer)) };
+  m->layers = wt.layers;
+  if (!m->layers) {
+    qmoe_set_error("out of host memory");
+    rc = QMOE_EINVAL;
+    goto fail;
+  }
+  if ((rc = check_tensors(m->file, &m->c, &wt))) goto fail;
+  m->embd_t = wt.embd, m->out_norm.t = wt.out_norm, m->output.t = wt.output;
+  if (n_ctx < 1 || n_ctx > m->c.n_ctx_train) {
+    qmoe_set_error("%s: a context of %lld tokens is outside what the model allows (1..%lld, " ARCH
+                   ".context_length)", path, (long long)n_ctx, (long long)m->c.n_ctx_train);
+    rc = QMOE_EINVAL;
+    goto fail;
+  }
+  m->n_ctx = n_ctx;
+  m->emb_cap = n_ctx < 64 ? n_ctx : 64;
+  m->acc = QMOE_ACC_F32;
+  model_dims(&m->c, m->trace_dims);
+  /* The memory plan, complete before the first allocation. */
+  for_each_weight(m, add_bytes, &m->mem.weights);
+  buf_plan p[32];
+  int np = plan_buffers(m, p);
+  for (int i = 0; i < np; i++) {
+    if (!strcmp(p[i].name, "kc") || !strcmp(p[i].name, "vc")) m->mem.kv_cache += p[i].bytes;
+    else m->mem.workspace += p[i].bytes;
+  }
+  uint64_t max_trace = 0;
+  for (int i = 0; i < QMOE_TP_COUNT; i++) {
+    uint64_t e = (uint64_t)qmoe_trace_point_elements(i, m->trace_dims) * 4;
+    if (e > max_trace) max_trace = e;
+  }
+  m->emb_host = calloc((size_t)(m->emb_cap * m->c.n_embd), sizeof(float));
+  m->trace_host = malloc((size_t)max_trace);
+  m->trace_layers = calloc((size_t)m->c.n_layers, 1);
+  if (!m->emb_host || !m->trace_host || !m->trace_layers) {
+    qmoe_set_error("out of host memory");
+    rc = QMOE_EINVAL;
+    goto fail;
+  }
+  for (int i = 0; i < np; i++) {
+    if ((rc = be->alloc(be, (size_t)p[i].bytes, slot(m, &p[i])))) {
+      qmoe_set_error("%s: cannot allocate the %s buffer (%llu bytes) on %s; the model needs weights %llu + KV "
+                     "cache %llu (%lld tokens) + workspace %llu bytes: %s", path, p[i].name,
+                     (unsigned long long)p[i].bytes, be->name, (unsigned long long)m->mem.weights,
+                     (unsigned long long)m->mem.kv_cache, (long long)n_ctx, (unsigned long long)m->mem.workspace,
+                     qmoe_last_error());
+      goto fail;
+    }
+  }
+  /* emb_host is all zeros here: it clears the zero buffer. */
+  if ((rc = be->upload(be, m->zero, 0, m->emb_host, (size_t)m->c.n_embd * sizeof(float)))) goto fail;
+  upload_state us = {0};
+  for_each_weight(m, upload_weight, &us);
+  if ((rc = us.rc)) goto fail;
+  if ((rc = be->sync(be))) goto fail;
+  *out = m;
+  return 0;
+fail:
+  qmoe_model_free(m);
+  return rc;
+}
+
+const qmoe_model_config *qmoe_model_config_of(const qmoe_model *m) { return &m->c; }
+const qmoe_gguf *qmoe_model_gguf(const qmoe_model *m) { return m->file; }
+qmoe_backend *qmoe_model_backend(const qmoe_model *m) { return m->be; }
+int64_t qmoe_model_n_ctx(const qmoe_model *m) { return m->n_ctx; }
+void qmoe_model_memory_of(const qmoe_model *m, qmoe_model_memory *out) { *out = m->mem; }
+
+uint64_t qmoe_model_bytes_per_token(const qmoe_model *m) {
+  const qmoe_model_config *c = &m->c;
+  uint64_t b = m->out_norm.t->nbytes + m->output.t->nbytes + m->embd_t->row_bytes;
+  for (int64_t l = 0; l < c->n_layers; l++) {
+    const qmoe_layer *L = &m->layers[l];
+    b += L->attn_norm.t->nbytes + L->q.t->nbytes + L->k.t->nbytes + L->v.t->nbytes + L->o.t->nbytes +
+         L->q_norm.t->nbytes + L->k_norm.t->nbytes + L->ffn_norm.t->nbytes + L->router.t->nbytes;
+    /* One expert's slice of each stacked tensor, times the experts used. */
+    uint64_t per = (L->gate.t->nbytes + L->up.t->nbytes + L->down.t->nbytes) / (uint64_t)c->n_expert;
+    b += per * (uint64_t)c->n_expert_used;
+  }
+  return b;
+}
+
+int qmoe_model_set_acc(qmoe_model *m, int acc) {
+  if (acc != QMOE_ACC_F32 && acc != QMOE_ACC_F64) {
+    qmoe_set_error("accumulator %d is neither f32 (0) nor f64 (1)", acc);
+    return QMOE_EINVAL;
+  }
+  m->acc = (qmoe_acc)acc;
+  return 0;
+}
+
+int qmoe_model_set_trace(qmoe_model *m, const unsigned char *points, const unsigned char *layers, qmoe_trace_fn fn,
+                         void *user) {
+  m->trace_fn = fn;
+  m->trace_user = user;
+  memset(m->trace_points, 0, sizeof m->trace_points);
+  memset(m->trace_layers, 0, (size_t)m->c.n_layers);
+  if (fn) {
+    memcpy(m->trace_points, points, sizeof m->trace_points);
+    memcpy(m->trace_layers, layers, (size_t)m->c.n_layers);
+  }
+  return 0;
+}
+
+int qmoe_model_sync(qmoe_model *m) { return m->be->sync(m->be); }
+
+/* ---- the forward ------------------------------------------------------------------------------------- */
+
+static int tracing(const qmoe_model *m, int point, int64_t layer) {
+  return m->trace_fn && m->trace_points[point] && (layer < 0 || m->trace_layers[layer]);
+}
+
+/* The trace hook after a stage: when (POINT, LAYER) is selected, downloads BUF and hands it on. */
+static int trace(qmoe_model *m, int point, int64_t layer, int64_t pos, qmoe_buffer *buf) {
+  if (!tracing(m, point, layer)) return 0;
+  int64_t n = qmoe_trace_point_elements(point, m->trace_dims);
+  int rc = m->be->download(m->be, buf, 0, m->trace_host, (size_t)n * 4);
+  if (rc) return rc;
+  return m->trace_fn(m->trace_user, point, layer, pos, m->trace_host, n);
+}
+
+/* Runs one stage call with the model's accumulator and the weight's qtype and name. */
+static int run(qmoe_model *m, qmoe_stage_call *c, const qmoe_weight *w) {
+  c->acc = m->acc;
+  if (w) c->qtype = w->t->type, c->tensor = w->t->name;
+  return m->be->run(m->be, c);
+}
+
+/* Token embeddings, in two steps so the embed_rows stage replaces them in two lines: until it lands,
+ * embed_upload decodes the rows of N tokens (N <= emb_cap) on the host with the qtype table and uploads them
+ * in one transfer, and embed_select copies row I into h on the device (h = emb[I] + 0). */
+static int embed_upload(qmoe_model *m, const int32_t *tokens, int64_t n) {
+  const qmoe_qtype_info *qt = qmoe_qtype_by_id(m->embd_t->type);
+  int64_t H = m->c.n_embd;
+  for (int64_t i = 0; i < n; i++) {
+    const unsigned char *row = (const unsigned char *)m->embd_t->data + (uint64_t)tokens[i] * m->embd_t->row_bytes;
+    int rc = qt->dequant_row(row, m->emb_host + i * H, H);
+    if (rc) return rc;
+  }
+  return m->be->upload(m->be, m->emb, 0, m->emb_host, (size_t)(n * H) * sizeof(float));
+}
+
+static int embed_select(qmoe_model *m, int64_t i) {
+  qmoe_stage_call s;
+  qmoe_call_add(&s, m->c.n_embd, m->emb, m->zero, m->h);
+  s.off[QMOE_B_ADD_A] = (size_t)(i * m->c.n_embd) * sizeof(float);
+  return run(m, &s, NULL);
+}
+
+static int layer_forward(qmoe_model *m, int64_t l, int64_t pos) {
+  const qmoe_model_config *c = &m->c;
+  const qmoe_layer *L = &m->layers[l];
+  int64_t H = c->n_embd, nh = c->n_head, nkv = c->n_head_kv, D = c->head_dim, E = c->n_expert;
+  int64_t K = c->n_expert_used, F = c->expert_ff;
+  size_t cache_off = (size_t)l * (size_t)m->n_ctx * (size_t)(nkv * D) * sizeof(float);
+  qmoe_stage_call s;
+  int rc;
+#define STEP(call, w) if ((rc = (call, run(m, &s, w)))) return rc
+#define TRACE(point, buf) if ((rc = trace(m, point, l, pos, buf))) return rc
+  STEP(qmoe_call_rmsnorm(&s, H, c->rms_eps, m->h, L->attn_norm.buf, m->xn), NULL);
+  TRACE(QMOE_TP_ATTN_NORM, m->xn);
+  /* o holds the raw q and k projections until attention writes its output there. */
+  STEP(qmoe_call_matvec(&s, nh * D, H, L->q.buf, m->xn, m->o), &L->q);
+  STEP(qmoe_call_qk_norm(&s, nh, D, c->rms_eps, m->o, L->q_norm.buf, m->q), NULL);
+  STEP(qmoe_call_rope_neox(&s, nh, D, pos, c->rope_theta, m->q, m->q), NULL);
+  TRACE(QMOE_TP_QCUR, m->q);
+  STEP(qmoe_call_matvec(&s, nkv * D, H, L->k.buf, m->xn, m->o), &L->k);
+  STEP(qmoe_call_qk_norm(&s, nkv, D, c->rms_eps, m->o, L->k_norm.buf, m->k), NULL);
+  STEP(qmoe_call_rope_neox(&s, nkv, D, pos, c->rope_theta, m->k, m->k), NULL);
+  TRACE(QMOE_TP_KCUR, m->k);
+  STEP(qmoe_call_matvec(&s, nkv * D, H, L->v.buf, m->xn, m->v), &L->v);
+  TRACE(QMOE_TP_VCUR, m->v);
+  qmoe_call_kv_store(&s, nkv, D, pos, m->n_ctx, m->k, m->v, m->kc, m->vc);
+  s.off[QMOE_B_KV_STORE_KC] = s.off[QMOE_B_KV_STORE_VC] = cache_off;
+  if ((rc = run(m, &s, NULL))) return rc;
+  qmoe_call_attention(&s, nh, nkv, D, pos + 1, m->n_ctx, m->q, m->kc, m->vc, m->o);
+  s.off[QMOE_B_ATTENTION_KC] = s.off[QMOE_B_ATTENTION_VC] = cache_off;
+  if ((rc = run(m, &s, NULL))) return rc;
+  TRACE(QMOE_TP_ATTN_OUT, m->o);
+  STEP(qmoe_call_matvec(&s, H, nh * D, L->o.buf, m->o, m->t), &L->o);
+  TRACE(QMOE_TP_ATTN_PROJ, m->t);
+  STEP(qmoe_call_add(&s, H, m->h, m->t, m->h), NULL);
+  TRACE(QMOE_TP_FFN_INP, m->h);
+  STEP(qmoe_call_rmsnorm(&s, H, c->rms_eps, m->h, L->ffn_norm.buf, m->xn), NULL);
+  TRACE(QMOE_TP_FFN_NORM, m->xn);
+  if (tracing(m, QMOE_TP_MOE_ROUTER, l)) { /* the logits router_topk keeps to itself, only when traced */
+    STEP(qmoe_call_matvec(&s, E, H, L->router.buf, m->xn, m->rlog), &L->router);
+    TRACE(QMOE_TP_MOE_ROUTER, m->rlog);
+  }
+  STEP(qmoe_call_router_topk(&s, H, E, K, L->router.buf, m->xn, m->ids, m->w), NULL);
+  TRACE(QMOE_TP_FFN_MOE_TOPK, m->ids);
+  TRACE(QMOE_TP_FFN_MOE_WEIGHTS, m->w);
+  STEP(qmoe_call_moe_gate_up_swiglu(&s, H, F, E, K, L->gate.buf, L->up.buf, m->xn, m->ids, m->hb), &L->gate);
+  TRACE(QMOE_TP_FFN_MOE_SWIGLU, m->hb);
+  STEP(qmoe_call_moe_down(&s, H, F, E, K, L->down.buf, m->hb, m->ids, m->w, m->t), &L->down);
+  TRACE(QMOE_TP_FFN_MOE_OUT, m->t);
+  STEP(qmoe_call_add(&s, H, m->h, m->t, m->h), NULL);
+  TRACE(QMOE_TP_L_OUT, m->h);
+#undef STEP
+#undef TRACE
+  return 0;
+}
+
+/* The output norm and lm_head at the last position, and the requested outputs. */
+static int outputs(qmoe_model *m, int64_t pos, int32_t *argmax, float *logits) {
+  const qmoe_model_config *c = &m->c;
+  int need_out = argmax || logits || tracing(m, QMOE_TP_RESULT_NORM, -1) || tracing(m, QMOE_TP_RESULT_OUTPUT, -1);
+  if (!need_out) return 0;
+  qmoe_stage_call s;
+  int rc;
+  qmoe_call_rmsnorm(&s, c->n_embd, c->rms_eps, m->h, m->out_norm.buf, m->xn);
+  if ((rc = run(m, &s, NULL)) || (rc = trace(m, QMOE_TP_RESULT_NORM, -1, pos, m->xn))) return rc;
+  qmoe_call_matvec(&s, c->n_vocab, c->n_embd, m->output.buf, m->xn, m->logits);
+  if ((rc = run(m, &s, &m->output)) || (rc = trace(m, QMOE_TP_RESULT_OUTPUT, -1, pos, m->logits))) return rc;
+  if (argmax) {
+    qmoe_call_argmax(&s, c->n_vocab, m->logits, m->idx);
+    if ((rc = run(m, &s, NULL)) || (rc = m->be->download(m->be, m->idx, 0, argmax, sizeof *argmax))) return rc;
+  }
+  if (logits && (rc = m->be->download(m->be, m->logits, 0, logits, (size_t)c->n_vocab * sizeof(float)))) return rc;
+  return 0;
+}
+
+int qmoe_model_prefill(qmoe_model *m, const int32_t *tokens, int64_t n, int64_t pos0, int32_t *argmax,
+                       float *logits) {
+  const qmoe_model_config *c = &m->c;
+  if (n < 1 || pos0 < 0 || pos0 > m->n_ctx - n) {
+    qmoe_set_error("positions %lld..%lld are outside the KV cache of %lld tokens (--ctx)", (long long)pos0,
+                   (long long)(pos0 + n - 1), (long long)m->n_ctx);
+    return QMOE_EINVAL;
+  }
+  for (int64_t i = 0; i < n; i++)
+    if (tokens[i] < 0 || tokens[i] >= c->n_vocab) {
+      qmoe_set_error("token id %ld (position %lld) is outside the vocabulary (0..%lld)", (long)tokens[i],
+                     (long long)(pos0 + i), (long long)c->n_vocab - 1);
+      return QMOE_EINVAL;
+    }
+  int rc = 0;
+  for (int64_t i = 0; !rc && i < n; i++) {
+    int64_t pos = pos0 + i;
+    if (i % m->emb_cap == 0) {
+      int64_t k = n - i < m->emb_cap ? n - i : m->emb_cap;
+      if ((rc = embed_upload(m, tokens + i, k))) break;
+    }
+    rc = embed_select(m, i % m->emb_cap);
+    if (!rc) rc = trace(m, QMOE_TP_INP_EMBD, -1, pos, m->h);
+    for (int64_t l = 0; !rc && l < c->n_layers; l++) rc = layer_forward(m, l, pos);
+    if (!rc && i + 1 < n) rc = outputs(m, pos, NULL, NULL); /* only when result_* are traced */
+  }
+  if (rc) return rc;
+  return outputs(m, pos0 + n - 1, argmax, logits);
+}
+
+int qmoe_model_step(qmoe_model *m, int32_t token, int64_t pos, int32_t *argmax, float *logits) {
+  return qmoe_model_prefill(m, &token, 1, pos, argmax, logits);
+}
