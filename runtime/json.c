@@ -13,6 +13,8 @@ typedef struct {
   const char *name;
   const unsigned char *p, *end, *line_start;
   int line;
+  const unsigned char *col_at; /* a position on the current line whose column is col (columns are counted */
+  int col;                     /* forward from it, so a file on one long line stays linear) */
 } parser;
 
 static void *xrealloc(void *p, size_t n) {
@@ -24,14 +26,15 @@ static void *xrealloc(void *p, size_t n) {
   return q;
 }
 
-static int col_of(const parser *ps, const unsigned char *at) {
+static int col_of(parser *ps, const unsigned char *at) {
   /* Columns count UTF-8 characters (continuation bytes do not start one), 1-based. */
-  int c = 1;
-  for (const unsigned char *q = ps->line_start; q < at; q++) c += (*q & 0xC0) != 0x80;
-  return c;
+  if (ps->col_at < ps->line_start || ps->col_at > at) ps->col_at = ps->line_start, ps->col = 1;
+  for (const unsigned char *q = ps->col_at; q < at; q++) ps->col += (*q & 0xC0) != 0x80;
+  ps->col_at = at;
+  return ps->col;
 }
 
-static int fail_at(const parser *ps, const unsigned char *at, const char *fmt, const char *arg) {
+static int fail_at(parser *ps, const unsigned char *at, const char *fmt, const char *arg) {
   char msg[256];
   snprintf(msg, sizeof msg, fmt, arg ? arg : "");
   qmoe_set_error("%s:%d:%d: %s", ps->name, ps->line, col_of(ps, at), msg);
@@ -365,7 +368,7 @@ void qmoe_json_free(qmoe_json *v) {
 }
 
 int qmoe_json_parse(const void *text, size_t len, const char *name, qmoe_json **out) {
-  parser ps = { name ? name : "<json>", text, (const unsigned char *)text + len, text, 1 };
+  parser ps = { name ? name : "<json>", text, (const unsigned char *)text + len, text, 1, text, 1 };
   *out = NULL;
   qmoe_json *root = xrealloc(NULL, sizeof *root);
   memset(root, 0, sizeof *root);
