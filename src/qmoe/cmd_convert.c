@@ -335,6 +335,12 @@ static out_tensor *add(plan *p, int type, int n_dims, int64_t ne0, int64_t ne1, 
 
 static int build_plan(const hf_config *c, shards *s, int mtype, plan *p) {
   const int F32 = 0;
+  /* Before anything is sized from config.json: the checkpoint must hold at least the tensors it implies. */
+  int64_t have = 0, want = 2 + c->layers * (9 + 3 * c->experts);
+  for (int i = 0; i < s->n; i++) have += qmoe_safetensors_count(s->f[i]);
+  if (have < want)
+    return fail("config.json's %lld layers x %lld experts need at least %lld tensors, but the checkpoint holds %lld",
+                (long long)c->layers, (long long)c->experts, (long long)want, (long long)have);
   int64_t H = c->hidden, V = c->vocab, Q = c->heads * c->head_dim, KV = c->kv_heads * c->head_dim, FF = c->moe_ff;
   out_tensor *t;
   char n[160];
@@ -716,9 +722,10 @@ static int run(int argc, char **argv) {
     }
     mtype = c.dtype;
   }
-  if (read_tokenizer(dir, &c, &v)) goto done;
+  /* Weights first: their shapes confirm config.json's sizes before the vocabulary is allocated. */
   if (open_weights(dir, &s)) goto done;
   if (build_plan(&c, &s, mtype, &p)) goto done;
+  if (read_tokenizer(dir, &c, &v)) goto done;
 
   /* Never write over an input: the output is renamed into place, which would replace that file. */
   if (stat(out, &st) == 0) {

@@ -284,6 +284,9 @@ def run_all(tmp):
     c = hf.config()
     del c["num_experts"]
     case("no expert count", "missing key \"num_experts\" (or \"num_local_experts\")", cfg=c)
+    case("huge expert count", "need at least", cfg=hf.config(num_experts=1 << 30))
+    case("vocab_size disagrees with the embedding", "'model.embed_tokens.weight' in the checkpoint has shape [300, 256], expected [2000000000, 256]",
+         cfg=hf.config(vocab_size=2000000000))
     case("norm_topk_prob false", "norm_topk_prob must be true", cfg=hf.config(norm_topk_prob=False))
     case("string head count", "\"num_attention_heads\" must be a positive integer", cfg=hf.config(num_attention_heads="8"))
     nan = dict(src)
