@@ -209,7 +209,9 @@ def check_backend(model, b, meta, tmp):
         tag = f"oracle {b} prompt {k} ({len(ids)} tokens)"
         toks = ",".join(map(str, ids))
         # f64: greedy tokens.
-        p = sh("run", "-m", model, "--backend", b, "--tokens", toks, "-n", str(len(want)), "--acc", "f64", "--json")
+        # Hugging Face's greedy loop does not stop at the end-of-sequence token; neither may qmoe's.
+        eos = ["--ignore-eos"] if "--ignore-eos" in sh("run", "--help").stdout else []
+        p = sh("run", "-m", model, "--backend", b, "--tokens", toks, "-n", str(len(want)), "--acc", "f64", "--json", *eos)
         try:
             got = json.loads(p.stdout)["ids"]
         except (ValueError, KeyError, TypeError):
