@@ -676,16 +676,11 @@ static int convert_chunk(const out_tensor *o, const qmoe_st_tensor *src, int64_t
 
 enum { CHUNK = 1 << 20 };
 
-static int same_file(const char *a, const struct stat *sb) {
-  struct stat sa;
-  return stat(a, &sa) == 0 && sa.st_dev == sb->st_dev && sa.st_ino == sb->st_ino;
-}
-
 static int run(int argc, char **argv) {
   const char *dir = NULL, *out = NULL, *type = NULL;
   for (int i = 1; i < argc; i++) {
     if (!strcmp(argv[i], "--type")) {
-      if (type) return cli_usage_error(&cmd_convert, "--type given twice");
+      if (type) return cli_usage_error(&cmd_convert, "option --type given twice");
       if (i + 1 >= argc) return cli_usage_error(&cmd_convert, "--type needs f32, f16 or bf16");
       type = argv[++i];
       continue;
@@ -727,25 +722,18 @@ static int run(int argc, char **argv) {
   if (build_plan(&c, &s, mtype, &p)) goto done;
   if (read_tokenizer(dir, &c, &v)) goto done;
 
-  /* Never write over an input: the output is renamed into place, which would replace that file. */
-  if (stat(out, &st) == 0) {
+  w = qmoe_gguf_writer_new();
+  /* Never write over an input: the writer refuses an output that is one of these (through links too). */
+  {
     char path[4096];
-    const char *inputs[] = { "config.json", "tokenizer.json", "tokenizer_config.json", "model.safetensors.index.json", "chat_template.jinja" };
+    const char *inputs[] = { "config.json", "tokenizer.json", "tokenizer_config.json", "model.safetensors.index.json",
+                             "chat_template.jinja" };
     for (size_t i = 0; i < sizeof inputs / sizeof inputs[0]; i++) {
       snprintf(path, sizeof path, "%s/%s", dir, inputs[i]);
-      if (same_file(path, &st)) {
-        cli_error("convert", "the output %s is the input %s: choose another output path", out, path);
-        goto done;
-      }
+      if (stat(path, &st) == 0) qmoe_gguf_writer_add_input(w, path);
     }
-    for (int i = 0; i < s.n; i++)
-      if (same_file(qmoe_safetensors_path(s.f[i]), &st)) {
-        cli_error("convert", "the output %s is the input %s: choose another output path", out, qmoe_safetensors_path(s.f[i]));
-        goto done;
-      }
+    for (int i = 0; i < s.n; i++) qmoe_gguf_writer_add_input(w, qmoe_safetensors_path(s.f[i]));
   }
-
-  w = qmoe_gguf_writer_new();
   const char *slash = dir + strlen(dir);
   while (slash > dir && slash[-1] == '/') slash--;
   const char *base = slash;

@@ -328,7 +328,7 @@ def run_all(tmp):
            f"exit {p.returncode}: {p.stderr[-300:]}")
     # Usage errors.
     for args, want in (((good, "x.gguf", "--type", "q4_k"), "choose f32, f16 or bf16"),
-                       ((good, "x.gguf", "--type", "f32", "--type", "f16"), "--type given twice"),
+                       ((good, "x.gguf", "--type", "f32", "--type", "f16"), "option --type given twice"),
                        ((good,), "need HF_DIR and OUT.gguf"),
                        ((os.path.join(tmp, "nope"), os.path.join(tmp, "x.gguf")), "not a directory")):
         p = subprocess.run([QMOE, "convert", *args], capture_output=True, text=True)
