@@ -224,6 +224,56 @@ typedef struct {
 int qmoe_hparams_read(const qmoe_gguf *f, qmoe_hparams *hp, void (*report)(void *ctx, const char *msg), void *ctx);
 /* ==== end GGUF I/O ================================================================================ */
 
+/* ==== JSON and safetensors (runtime/json.c, runtime/safetensors.c; docs/convert.md) =============== */
+/* A strict RFC 8259 parser: no comments, trailing commas, NaN or duplicate keys; strings are validated
+ * UTF-8 and decoded (\u escapes, surrogate pairs). Errors are QMOE_EFORMAT "NAME:LINE:COL: what". */
+enum { QMOE_JSON_NULL, QMOE_JSON_FALSE, QMOE_JSON_TRUE, QMOE_JSON_NUMBER, QMOE_JSON_STRING, QMOE_JSON_ARRAY,
+       QMOE_JSON_OBJECT };
+typedef struct qmoe_json qmoe_json;
+struct qmoe_json {
+  int type;            /* QMOE_JSON_* */
+  int line, col;       /* where the value starts (1-based; columns count characters) */
+  char *key;           /* members of an object: the decoded key (NUL-terminated), else NULL */
+  size_t key_len;
+  char *string;        /* strings: decoded UTF-8, NUL-terminated (may hold NULs: use len) */
+  size_t len;
+  double number;       /* numbers */
+  int is_integer;      /* numbers written without fraction or exponent that fit int64 */
+  int64_t integer;
+  size_t count;        /* arrays and objects: the items (object members carry key), in file order */
+  qmoe_json *items;
+};
+int qmoe_json_parse(const void *text, size_t len, const char *name, qmoe_json **out);
+int qmoe_json_read_file(const char *path, qmoe_json **out);
+void qmoe_json_free(qmoe_json *root);
+const qmoe_json *qmoe_json_get(const qmoe_json *obj, const char *key); /* NULL if obj is not an object or lacks key */
+const char *qmoe_json_type_name(int type);                           /* "a string", "an object", ... */
+
+/* safetensors: an 8-byte little-endian header length, a JSON header {name: {dtype, shape, data_offsets},
+ * "__metadata__": {...}}, then the data. Opening maps the file and checks every entry: known dtype, shape,
+ * offsets inside the data, sizes that match dtype x shape, no two tensors overlapping. */
+enum { QMOE_ST_F64, QMOE_ST_F32, QMOE_ST_F16, QMOE_ST_BF16, QMOE_ST_I64, QMOE_ST_I32, QMOE_ST_I16, QMOE_ST_I8,
+       QMOE_ST_U64, QMOE_ST_U32, QMOE_ST_U16, QMOE_ST_U8, QMOE_ST_BOOL, QMOE_ST_F8_E4M3, QMOE_ST_F8_E5M2 };
+typedef struct {
+  const char *name;
+  int dtype;             /* QMOE_ST_* */
+  const char *dtype_name; /* "BF16" */
+  int n_dims;            /* 0..8, outermost first as in the file */
+  int64_t shape[8];
+  int64_t n_elements;
+  uint64_t nbytes;
+  uint64_t file_offset;  /* absolute */
+  const void *data;      /* in the mapping */
+} qmoe_st_tensor;
+typedef struct qmoe_safetensors qmoe_safetensors;
+int qmoe_safetensors_open(const char *path, qmoe_safetensors **out);
+void qmoe_safetensors_close(qmoe_safetensors *f);
+int64_t qmoe_safetensors_count(const qmoe_safetensors *f);
+const qmoe_st_tensor *qmoe_safetensors_at(const qmoe_safetensors *f, int64_t i);
+const qmoe_st_tensor *qmoe_safetensors_find(const qmoe_safetensors *f, const char *name); /* NULL if absent */
+const char *qmoe_safetensors_path(const qmoe_safetensors *f);
+/* ==== end JSON and safetensors ==================================================================== */
+
 /* ==== output files (runtime/output.c; docs/gguf.md "Output files") =============================== */
 /* Every command that writes a user's file goes through this. */
 typedef struct qmoe_out qmoe_out;
