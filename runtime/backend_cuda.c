@@ -151,17 +151,17 @@ static int find_variant(cuda_impl *im, const qmoe_stage_info *si, const qmoe_sta
   const char *tensor = c->tensor ? c->tensor : si->buf_names[0];
   if (!si->varies_by_qtype && c->qtype != -1) {
     qmoe_set_error("cuda backend: stage %s does not vary by qtype, but the call for tensor '%s' passes qtype %s; pass -1",
-                   si->name, tensor, qmoe_ref_qtype_name(c->qtype));
+                   si->name, tensor, qmoe_qtype_name(c->qtype));
     return QMOE_EINVAL;
   }
   if (acc_missing || !si->varies_by_qtype)
     qmoe_set_error("cuda backend: stage %s has no %s-accumulator CUDA kernel for tensor '%s' (qtype %s); it has: %s",
-                   si->name, acc_name(c->acc), tensor, si->varies_by_qtype ? qmoe_ref_qtype_name(c->qtype) : "-",
+                   si->name, acc_name(c->acc), tensor, si->varies_by_qtype ? qmoe_qtype_name(c->qtype) : "-",
                    have[0] ? have : "none");
   else
     qmoe_set_error("cuda backend: stage %s has no CUDA kernel for tensor '%s' of qtype %s (ggml type %d); kernels "
                    "exist for: %s",
-                   si->name, tensor, qmoe_ref_qtype_name(c->qtype), c->qtype, have[0] ? have : "none");
+                   si->name, tensor, qmoe_qtype_name(c->qtype), c->qtype, have[0] ? have : "none");
   return QMOE_EUNSUPPORTED;
 }
 
@@ -249,7 +249,7 @@ static int cu_run(qmoe_backend *be, const qmoe_stage_call *c) {
   const qmoe_cuda_variant *v = &im->vars[vi];
   /* Params and buffer sizes: the same checks (and the same messages) as the CPU reference. */
   size_t need[QMOE_STAGE_MAX_BUFS];
-  if ((rc = qmoe_ref_check(c, need))) return rc;
+  if ((rc = qmoe_stage_check(c, need))) return rc;
   kernel_args args;
   memset(&args, 0, sizeof args);
   for (int i = 0; i < si->n_inputs + si->n_outputs; i++) {

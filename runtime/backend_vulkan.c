@@ -115,7 +115,7 @@ static int lookup(const qmoe_stage_call *c, const qmoe_stage_info *si, const qmo
   if (si->varies_by_qtype)
     qmoe_set_error("vulkan: stage %s has no variant for tensor '%s' of qtype %s with %s accumulators "
                    "(Vulkan variants: %s)",
-                   si->name, c->tensor ? c->tensor : si->buf_names[0], qmoe_ref_qtype_name(c->qtype),
+                   si->name, c->tensor ? c->tensor : si->buf_names[0], qmoe_qtype_name(c->qtype),
                    acc_name(c->acc), list[0] ? list : "none");
   else
     qmoe_set_error("vulkan: stage %s has no variant with %s accumulators (Vulkan variants: %s)", si->name,
@@ -154,7 +154,7 @@ static int vkb_run(qmoe_backend *be, const qmoe_stage_call *c) {
   int rc = lookup(c, si, &v);
   if (rc) return rc;
   size_t need[QMOE_STAGE_MAX_BUFS];
-  if ((rc = qmoe_ref_check(c, need))) return rc; /* params, qtype and the bytes each buffer needs */
+  if ((rc = qmoe_stage_check(c, need))) return rc; /* params, qtype and the bytes each buffer needs */
 
   const int nbuf = si->n_inputs + si->n_outputs;
   const VkDeviceSize align = qmoe_vk_offset_align(vk);
@@ -192,7 +192,7 @@ static int vkb_run(qmoe_backend *be, const qmoe_stage_call *c) {
     bind[i] = (qmoe_vk_binding){.buf = b, .off = base, .writes = i >= si->n_inputs};
     pc.o[i] = (uint32_t)rem;
   }
-  for (int i = 0; i < si->n_params; i++) pc.p[i] = (uint32_t)c->p[i]; /* qmoe_ref_check: 0..INT32_MAX */
+  for (int i = 0; i < si->n_params; i++) pc.p[i] = (uint32_t)c->p[i]; /* qmoe_stage_check: 0..INT32_MAX */
   for (int i = 0; i < si->n_fparams && i < 4; i++) {
     double d = c->f[i];
     uint64_t bits;

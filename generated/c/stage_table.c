@@ -7,6 +7,7 @@
 static const int matvec_qtypes[] = { 0 /* f32 */, 1 /* f16 */, 2 /* q4_0 */, 3 /* q4_1 */, 6 /* q5_0 */, 8 /* q8_0 */, 12 /* q4_k */, 13 /* q5_k */, 14 /* q6_k */, 15 /* q8_k */, 30 /* bf16 */ };
 static const qmoe_acc matvec_accs[] = { QMOE_ACC_F32, QMOE_ACC_F64 };
 static const char *const matvec_params[] = { "rows", "cols" };
+static const int64_t matvec_param_min[] = { 1, 1 };
 static const qmoe_stage_dim matvec_dims0[] = { { 0, 0 } /* rows */, { 1, 0 } /* cols */ };
 static const qmoe_stage_dim matvec_dims1[] = { { 1, 0 } /* cols */ };
 static const qmoe_stage_dim matvec_dims2[] = { { 0, 0 } /* rows */ };
@@ -20,6 +21,15 @@ static const qmoe_stage_buf matvec_bufs[] = {
 static const int moe_gate_up_swiglu_qtypes[] = { 0 /* f32 */, 1 /* f16 */, 2 /* q4_0 */, 3 /* q4_1 */, 6 /* q5_0 */, 8 /* q8_0 */, 12 /* q4_k */, 13 /* q5_k */, 14 /* q6_k */, 15 /* q8_k */, 30 /* bf16 */ };
 static const qmoe_acc moe_gate_up_swiglu_accs[] = { QMOE_ACC_F32, QMOE_ACC_F64 };
 static const char *const moe_gate_up_swiglu_params[] = { "H", "F", "E", "K" };
+static const int64_t moe_gate_up_swiglu_param_min[] = { 1, 1, 1, 1 };
+static int moe_gate_up_swiglu_rules(const int64_t *p, const double *f) {
+  (void)p, (void)f;
+  if (!(p[3] <= p[2])) { /* K <= E */
+    qmoe_set_error("stage moe_gate_up_swiglu: K = %lld experts per token exceeds E = %lld", (long long)p[3], (long long)p[2]);
+    return QMOE_EINVAL;
+  }
+  return 0;
+}
 static const qmoe_stage_dim moe_gate_up_swiglu_dims0[] = { { 2, 0 } /* E */, { 1, 0 } /* F */, { 0, 0 } /* H */ };
 static const qmoe_stage_dim moe_gate_up_swiglu_dims1[] = { { 2, 0 } /* E */, { 1, 0 } /* F */, { 0, 0 } /* H */ };
 static const qmoe_stage_dim moe_gate_up_swiglu_dims2[] = { { 0, 0 } /* H */ };
@@ -37,6 +47,15 @@ static const qmoe_stage_buf moe_gate_up_swiglu_bufs[] = {
 static const int moe_down_qtypes[] = { 0 /* f32 */, 1 /* f16 */, 2 /* q4_0 */, 3 /* q4_1 */, 6 /* q5_0 */, 8 /* q8_0 */, 12 /* q4_k */, 13 /* q5_k */, 14 /* q6_k */, 15 /* q8_k */, 30 /* bf16 */ };
 static const qmoe_acc moe_down_accs[] = { QMOE_ACC_F32, QMOE_ACC_F64 };
 static const char *const moe_down_params[] = { "H", "F", "E", "K" };
+static const int64_t moe_down_param_min[] = { 1, 1, 1, 1 };
+static int moe_down_rules(const int64_t *p, const double *f) {
+  (void)p, (void)f;
+  if (!(p[3] <= p[2])) { /* K <= E */
+    qmoe_set_error("stage moe_down: K = %lld experts per token exceeds E = %lld", (long long)p[3], (long long)p[2]);
+    return QMOE_EINVAL;
+  }
+  return 0;
+}
 static const qmoe_stage_dim moe_down_dims0[] = { { 2, 0 } /* E */, { 0, 0 } /* H */, { 1, 0 } /* F */ };
 static const qmoe_stage_dim moe_down_dims1[] = { { 3, 0 } /* K */, { 1, 0 } /* F */ };
 static const qmoe_stage_dim moe_down_dims2[] = { { 3, 0 } /* K */ };
@@ -53,6 +72,15 @@ static const qmoe_stage_buf moe_down_bufs[] = {
 
 static const qmoe_acc router_topk_accs[] = { QMOE_ACC_F32, QMOE_ACC_F64 };
 static const char *const router_topk_params[] = { "H", "E", "K" };
+static const int64_t router_topk_param_min[] = { 1, 1, 1 };
+static int router_topk_rules(const int64_t *p, const double *f) {
+  (void)p, (void)f;
+  if (!(p[2] <= p[1])) { /* K <= E */
+    qmoe_set_error("stage router_topk: K = %lld experts per token exceeds E = %lld", (long long)p[2], (long long)p[1]);
+    return QMOE_EINVAL;
+  }
+  return 0;
+}
 static const qmoe_stage_dim router_topk_dims0[] = { { 1, 0 } /* E */, { 0, 0 } /* H */ };
 static const qmoe_stage_dim router_topk_dims1[] = { { 0, 0 } /* H */ };
 static const qmoe_stage_dim router_topk_dims2[] = { { 2, 0 } /* K */ };
@@ -67,6 +95,7 @@ static const qmoe_stage_buf router_topk_bufs[] = {
 
 static const qmoe_acc rmsnorm_accs[] = { QMOE_ACC_F32, QMOE_ACC_F64 };
 static const char *const rmsnorm_params[] = { "n" };
+static const int64_t rmsnorm_param_min[] = { 1 };
 static const char *const rmsnorm_fparams[] = { "eps" };
 static const qmoe_stage_dim rmsnorm_dims0[] = { { 0, 0 } /* n */ };
 static const qmoe_stage_dim rmsnorm_dims1[] = { { 0, 0 } /* n */ };
@@ -80,6 +109,7 @@ static const qmoe_stage_buf rmsnorm_bufs[] = {
 
 static const qmoe_acc qk_norm_accs[] = { QMOE_ACC_F32, QMOE_ACC_F64 };
 static const char *const qk_norm_params[] = { "nh", "D" };
+static const int64_t qk_norm_param_min[] = { 1, 1 };
 static const char *const qk_norm_fparams[] = { "eps" };
 static const qmoe_stage_dim qk_norm_dims0[] = { { 0, 0 } /* nh */, { 1, 0 } /* D */ };
 static const qmoe_stage_dim qk_norm_dims1[] = { { 1, 0 } /* D */ };
@@ -93,6 +123,19 @@ static const qmoe_stage_buf qk_norm_bufs[] = {
 
 static const qmoe_acc rope_neox_accs[] = { QMOE_ACC_F32, QMOE_ACC_F64 };
 static const char *const rope_neox_params[] = { "nh", "D", "pos" };
+static const int64_t rope_neox_param_min[] = { 1, 1, 0 };
+static int rope_neox_rules(const int64_t *p, const double *f) {
+  (void)p, (void)f;
+  if (!(p[1] % 2 == 0)) { /* D % 2 == 0 */
+    qmoe_set_error("stage rope_neox: head dim D = %lld must be even (dims i and i + D/2 are rotated together)", (long long)p[1]);
+    return QMOE_EINVAL;
+  }
+  if (!(f[0] > 0)) { /* theta > 0 */
+    qmoe_set_error("stage rope_neox: theta = %g must be positive (read rope.freq_base from the model)", f[0]);
+    return QMOE_EINVAL;
+  }
+  return 0;
+}
 static const char *const rope_neox_fparams[] = { "theta" };
 static const qmoe_stage_dim rope_neox_dims0[] = { { 0, 0 } /* nh */, { 1, 0 } /* D */ };
 static const qmoe_stage_dim rope_neox_dims1[] = { { 0, 0 } /* nh */, { 1, 0 } /* D */ };
@@ -103,6 +146,15 @@ static const qmoe_stage_buf rope_neox_bufs[] = {
 };
 
 static const char *const kv_store_params[] = { "nkv", "D", "pos", "ctx" };
+static const int64_t kv_store_param_min[] = { 1, 1, 0, 1 };
+static int kv_store_rules(const int64_t *p, const double *f) {
+  (void)p, (void)f;
+  if (!(p[2] < p[3])) { /* pos < ctx */
+    qmoe_set_error("stage kv_store: pos = %lld is outside the cache of ctx = %lld positions", (long long)p[2], (long long)p[3]);
+    return QMOE_EINVAL;
+  }
+  return 0;
+}
 static const qmoe_stage_dim kv_store_dims0[] = { { 0, 0 } /* nkv */, { 1, 0 } /* D */ };
 static const qmoe_stage_dim kv_store_dims1[] = { { 0, 0 } /* nkv */, { 1, 0 } /* D */ };
 static const qmoe_stage_dim kv_store_dims2[] = { { 3, 0 } /* ctx */, { 0, 0 } /* nkv */, { 1, 0 } /* D */ };
@@ -117,6 +169,19 @@ static const qmoe_stage_buf kv_store_bufs[] = {
 
 static const qmoe_acc attention_accs[] = { QMOE_ACC_F32, QMOE_ACC_F64 };
 static const char *const attention_params[] = { "nh", "nkv", "D", "n_kv", "ctx" };
+static const int64_t attention_param_min[] = { 1, 1, 1, 1, 1 };
+static int attention_rules(const int64_t *p, const double *f) {
+  (void)p, (void)f;
+  if (!(p[0] % p[1] == 0)) { /* nh % nkv == 0 */
+    qmoe_set_error("stage attention: nh = %lld query heads is not a multiple of nkv = %lld kv heads", (long long)p[0], (long long)p[1]);
+    return QMOE_EINVAL;
+  }
+  if (!(p[3] <= p[4])) { /* n_kv <= ctx */
+    qmoe_set_error("stage attention: n_kv = %lld positions exceed the cache of ctx = %lld", (long long)p[3], (long long)p[4]);
+    return QMOE_EINVAL;
+  }
+  return 0;
+}
 static const qmoe_stage_dim attention_dims0[] = { { 0, 0 } /* nh */, { 2, 0 } /* D */ };
 static const qmoe_stage_dim attention_dims1[] = { { 4, 0 } /* ctx */, { 1, 0 } /* nkv */, { 2, 0 } /* D */ };
 static const qmoe_stage_dim attention_dims2[] = { { 4, 0 } /* ctx */, { 1, 0 } /* nkv */, { 2, 0 } /* D */ };
@@ -130,6 +195,7 @@ static const qmoe_stage_buf attention_bufs[] = {
 };
 
 static const char *const add_params[] = { "n" };
+static const int64_t add_param_min[] = { 1 };
 static const qmoe_stage_dim add_dims0[] = { { 0, 0 } /* n */ };
 static const qmoe_stage_dim add_dims1[] = { { 0, 0 } /* n */ };
 static const qmoe_stage_dim add_dims2[] = { { 0, 0 } /* n */ };
@@ -141,6 +207,7 @@ static const qmoe_stage_buf add_bufs[] = {
 };
 
 static const char *const argmax_params[] = { "n" };
+static const int64_t argmax_param_min[] = { 1 };
 static const qmoe_stage_dim argmax_dims0[] = { { 0, 0 } /* n */ };
 static const qmoe_stage_dim argmax_dims1[] = { { -1, 1 } };
 static const char *const argmax_buf_names[] = { "x", "idx" };
@@ -150,17 +217,17 @@ static const qmoe_stage_buf argmax_bufs[] = {
 };
 
 static const qmoe_stage_info stages[QMOE_STAGE_TABLE_COUNT > 0 ? QMOE_STAGE_TABLE_COUNT : 1] = {
-  { "matvec", "mul_mat_vec", (qmoe_stage)0, "contracts/stages/matvec.yaml", 1, 1, 11, matvec_qtypes, 2, matvec_accs, 2, matvec_params, 0, NULL, 2, 1, matvec_buf_names, matvec_bufs },
-  { "moe_gate_up_swiglu", "ffn_moe_swiglu", (qmoe_stage)1, "contracts/stages/moe_gate_up_swiglu.yaml", 1, 1, 11, moe_gate_up_swiglu_qtypes, 2, moe_gate_up_swiglu_accs, 4, moe_gate_up_swiglu_params, 0, NULL, 4, 1, moe_gate_up_swiglu_buf_names, moe_gate_up_swiglu_bufs },
-  { "moe_down", "ffn_moe_down", (qmoe_stage)2, "contracts/stages/moe_down.yaml", 1, 1, 11, moe_down_qtypes, 2, moe_down_accs, 4, moe_down_params, 0, NULL, 4, 1, moe_down_buf_names, moe_down_bufs },
-  { "router_topk", "ffn_moe_topk", (qmoe_stage)3, "contracts/stages/router_topk.yaml", 0, 1, 0, NULL, 2, router_topk_accs, 3, router_topk_params, 0, NULL, 2, 2, router_topk_buf_names, router_topk_bufs },
-  { "rmsnorm", "norm", (qmoe_stage)4, "contracts/stages/rmsnorm.yaml", 0, 1, 0, NULL, 2, rmsnorm_accs, 1, rmsnorm_params, 1, rmsnorm_fparams, 2, 1, rmsnorm_buf_names, rmsnorm_bufs },
-  { "qk_norm", "qk_norm", (qmoe_stage)5, "contracts/stages/qk_norm.yaml", 0, 1, 0, NULL, 2, qk_norm_accs, 2, qk_norm_params, 1, qk_norm_fparams, 2, 1, qk_norm_buf_names, qk_norm_bufs },
-  { "rope_neox", "rope", (qmoe_stage)6, "contracts/stages/rope_neox.yaml", 0, 1, 0, NULL, 2, rope_neox_accs, 3, rope_neox_params, 1, rope_neox_fparams, 1, 1, rope_neox_buf_names, rope_neox_bufs },
-  { "kv_store", "kv_store", (qmoe_stage)7, "contracts/stages/kv_store.yaml", 0, 0, 0, NULL, 0, NULL, 4, kv_store_params, 0, NULL, 2, 2, kv_store_buf_names, kv_store_bufs },
-  { "attention", "attn_out", (qmoe_stage)8, "contracts/stages/attention.yaml", 0, 1, 0, NULL, 2, attention_accs, 5, attention_params, 0, NULL, 3, 1, attention_buf_names, attention_bufs },
-  { "add", "residual_add", (qmoe_stage)9, "contracts/stages/add.yaml", 0, 0, 0, NULL, 0, NULL, 1, add_params, 0, NULL, 2, 1, add_buf_names, add_bufs },
-  { "argmax", "argmax", (qmoe_stage)10, "contracts/stages/argmax.yaml", 0, 0, 0, NULL, 0, NULL, 1, argmax_params, 0, NULL, 1, 1, argmax_buf_names, argmax_bufs },
+  { "matvec", "mul_mat_vec", (qmoe_stage)0, "contracts/stages/matvec.yaml", 1, 1, 11, matvec_qtypes, 2, matvec_accs, 2, matvec_params, 0, NULL, 2, 1, matvec_buf_names, matvec_bufs, matvec_param_min, NULL },
+  { "moe_gate_up_swiglu", "ffn_moe_swiglu", (qmoe_stage)1, "contracts/stages/moe_gate_up_swiglu.yaml", 1, 1, 11, moe_gate_up_swiglu_qtypes, 2, moe_gate_up_swiglu_accs, 4, moe_gate_up_swiglu_params, 0, NULL, 4, 1, moe_gate_up_swiglu_buf_names, moe_gate_up_swiglu_bufs, moe_gate_up_swiglu_param_min, moe_gate_up_swiglu_rules },
+  { "moe_down", "ffn_moe_down", (qmoe_stage)2, "contracts/stages/moe_down.yaml", 1, 1, 11, moe_down_qtypes, 2, moe_down_accs, 4, moe_down_params, 0, NULL, 4, 1, moe_down_buf_names, moe_down_bufs, moe_down_param_min, moe_down_rules },
+  { "router_topk", "ffn_moe_topk", (qmoe_stage)3, "contracts/stages/router_topk.yaml", 0, 1, 0, NULL, 2, router_topk_accs, 3, router_topk_params, 0, NULL, 2, 2, router_topk_buf_names, router_topk_bufs, router_topk_param_min, router_topk_rules },
+  { "rmsnorm", "norm", (qmoe_stage)4, "contracts/stages/rmsnorm.yaml", 0, 1, 0, NULL, 2, rmsnorm_accs, 1, rmsnorm_params, 1, rmsnorm_fparams, 2, 1, rmsnorm_buf_names, rmsnorm_bufs, rmsnorm_param_min, NULL },
+  { "qk_norm", "qk_norm", (qmoe_stage)5, "contracts/stages/qk_norm.yaml", 0, 1, 0, NULL, 2, qk_norm_accs, 2, qk_norm_params, 1, qk_norm_fparams, 2, 1, qk_norm_buf_names, qk_norm_bufs, qk_norm_param_min, NULL },
+  { "rope_neox", "rope", (qmoe_stage)6, "contracts/stages/rope_neox.yaml", 0, 1, 0, NULL, 2, rope_neox_accs, 3, rope_neox_params, 1, rope_neox_fparams, 1, 1, rope_neox_buf_names, rope_neox_bufs, rope_neox_param_min, rope_neox_rules },
+  { "kv_store", "kv_store", (qmoe_stage)7, "contracts/stages/kv_store.yaml", 0, 0, 0, NULL, 0, NULL, 4, kv_store_params, 0, NULL, 2, 2, kv_store_buf_names, kv_store_bufs, kv_store_param_min, kv_store_rules },
+  { "attention", "attn_out", (qmoe_stage)8, "contracts/stages/attention.yaml", 0, 1, 0, NULL, 2, attention_accs, 5, attention_params, 0, NULL, 3, 1, attention_buf_names, attention_bufs, attention_param_min, attention_rules },
+  { "add", "residual_add", (qmoe_stage)9, "contracts/stages/add.yaml", 0, 0, 0, NULL, 0, NULL, 1, add_params, 0, NULL, 2, 1, add_buf_names, add_bufs, add_param_min, NULL },
+  { "argmax", "argmax", (qmoe_stage)10, "contracts/stages/argmax.yaml", 0, 0, 0, NULL, 0, NULL, 1, argmax_params, 0, NULL, 1, 1, argmax_buf_names, argmax_bufs, argmax_param_min, NULL },
 };
 
 static const size_t n_stages = QMOE_STAGE_TABLE_COUNT;

@@ -294,7 +294,7 @@ static int prepare(prepared *pr, const char *stage, int qtype, qmoe_acc acc, cha
   pr->call.acc = acc;
   pr->nbuf = pr->si->n_inputs + pr->si->n_outputs;
   if (choose_params(pr, stage, why, whylen)) return -1;
-  if (qmoe_ref_check(&pr->call, pr->size)) {
+  if (qmoe_stage_check(&pr->call, pr->size)) {
     snprintf(why, whylen, "the reference rejects the call: %s", qmoe_last_error());
     return -1;
   }
@@ -635,11 +635,11 @@ static void test_unsupported_qtype(void) {
     rc = be->run(be, &c);
     if (rc == 0) rc = be->sync(be);
     CHECK(rc == QMOE_EUNSUPPORTED, "FALSIFY-QTYPE-DISPATCH: %s with qtype %s returned %d, want QMOE_EUNSUPPORTED (%d)",
-          si->name, qmoe_ref_qtype_name(bad), rc, QMOE_EUNSUPPORTED);
+          si->name, qmoe_qtype_name(bad), rc, QMOE_EUNSUPPORTED);
     CHECK(strstr(qmoe_last_error(), tensor) != NULL, "FALSIFY-QTYPE-DISPATCH: the error does not name tensor %s: \"%s\"",
           tensor, qmoe_last_error());
     size_t len = strlen(case_name);
-    snprintf(case_name + len, sizeof case_name - len, " (qtype %s)", qmoe_ref_qtype_name(bad));
+    snprintf(case_name + len, sizeof case_name - len, " (qtype %s)", qmoe_qtype_name(bad));
   }
   for (int i = 0; i < pr.nbuf; i++) if (b[i]) be->free_buf(be, b[i]);
   prepared_free(&pr);

@@ -5,7 +5,6 @@
 #include <stdarg.h>
 #include <stdlib.h>
 #include <string.h>
-#include "backend.h" /* QMOE_STAGE_MAX_*: what one stage call can carry */
 
 static void report(pv_set *set, const pv_file *f, diag_severity sev, const qy_node *n, const char *code,
                    const char *fmt, ...) __attribute__((format(printf, 6, 7)));
@@ -291,15 +290,15 @@ static void check_stage(pv_set *set, pv_file *f) {
     if (str_eq(&ps[i].type, "int")) nint++;
     if (str_eq(&ps[i].type, "float")) nflt++;
   }
-  if (nint > QMOE_STAGE_MAX_PARAMS)
+  if (nint > PV_STAGE_MAX_PARAMS)
     ERR(s->params.node, "E234", "%zu int params; a stage call carries at most %d (QMOE_STAGE_MAX_PARAMS in "
-        "runtime/backend.h)", nint, QMOE_STAGE_MAX_PARAMS);
-  if (nflt > QMOE_STAGE_MAX_FPARAMS)
+        "runtime/backend.h)", nint, PV_STAGE_MAX_PARAMS);
+  if (nflt > PV_STAGE_MAX_FPARAMS)
     ERR(s->params.node, "E234", "%zu float params; a stage call carries at most %d (QMOE_STAGE_MAX_FPARAMS in "
-        "runtime/backend.h)", nflt, QMOE_STAGE_MAX_FPARAMS);
-  if (s->inputs.n + s->outputs.n > QMOE_STAGE_MAX_BUFS)
+        "runtime/backend.h)", nflt, PV_STAGE_MAX_FPARAMS);
+  if (s->inputs.n + s->outputs.n > PV_STAGE_MAX_BUFS)
     ERR(s->outputs.node ? s->outputs.node : s->node, "E234", "%zu buffers; a stage call carries at most %d "
-        "(QMOE_STAGE_MAX_BUFS in runtime/backend.h)", s->inputs.n + s->outputs.n, QMOE_STAGE_MAX_BUFS);
+        "(QMOE_STAGE_MAX_BUFS in runtime/backend.h)", s->inputs.n + s->outputs.n, PV_STAGE_MAX_BUFS);
 }
 
 /* ---- Model ---------------------------------------------------------------------------------------- */

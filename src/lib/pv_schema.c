@@ -109,6 +109,8 @@ static const pv_key STAGE_PARAM_KEYS[] = {
     .doc = "int (qmoe_stage_call.p[]) or float (.f[])" },
   { .name = "doc", .type = PV_T_STR, .flags = PV_REQ, .off = offsetof(pv_stage_param, doc), .pat = PV_PAT_NONBLANK,
     .doc = "what it means" },
+  { .name = "min", .type = PV_T_INT, .off = offsetof(pv_stage_param, min), .range = PV_R_GE0, .max = 1,
+    .doc = "int params: least valid value, 0 or 1 (default 1: a count)" },
 };
 static const pv_record STAGE_PARAM = { "param", sizeof(pv_stage_param), STAGE_PARAM_KEYS, NKEYS(STAGE_PARAM_KEYS) };
 
@@ -126,6 +128,14 @@ static const pv_key STAGE_BUFFER_KEYS[] = {
     .doc = "outputs only: an input of the same shape this output may be (in place)" },
 };
 static const pv_record STAGE_BUFFER = { "buffer", sizeof(pv_stage_buffer), STAGE_BUFFER_KEYS, NKEYS(STAGE_BUFFER_KEYS) };
+
+static const pv_key STAGE_RULE_KEYS[] = {
+  { .name = "check", .type = PV_T_STR, .flags = PV_REQ, .off = offsetof(pv_stage_rule, check), .pat = PV_PAT_NONBLANK,
+    .doc = "condition over the params every call must meet (C operators; see docs/stages.md)" },
+  { .name = "error", .type = PV_T_STR, .flags = PV_REQ, .off = offsetof(pv_stage_rule, error), .pat = PV_PAT_NONBLANK,
+    .doc = "message when it fails; {name} gives a param's value" },
+};
+static const pv_record STAGE_RULE = { "rule", sizeof(pv_stage_rule), STAGE_RULE_KEYS, NKEYS(STAGE_RULE_KEYS) };
 
 static const pv_key STAGE_KEYS[] = {
   { .name = "name", .type = PV_T_STR, .flags = PV_REQ, .off = offsetof(pv_stage, name), .pat = PV_PAT_NAME,
@@ -151,6 +161,8 @@ static const pv_key STAGE_KEYS[] = {
     .elem = PV_T_STR, .pat = PV_PAT_FALSIFY, .max_len = 256, .doc = "falsification tests (model contracts) that hold it to account" },
   { .name = "order", .type = PV_T_INT, .off = offsetof(pv_stage, order), .range = PV_R_GE0, .max = 1000,
     .doc = "its qmoe_stage enum value (runtime/backend.h); unique" },
+  { .name = "requires", .type = PV_T_LIST, .off = offsetof(pv_stage, requires), .elem = PV_T_REC, .rec = &STAGE_RULE,
+    .max_len = 64, .doc = "rules over the params, checked on every call (runtime/stage_check.c)" },
 };
 const pv_record pv_stage_record = { "stage contract", sizeof(pv_stage), STAGE_KEYS, NKEYS(STAGE_KEYS) };
 

@@ -30,7 +30,7 @@ static int host_make(host_call *h, qmoe_stage stage, int qtype, const int64_t *p
   h->c.acc = QMOE_ACC_F32;
   for (int i = 0; i < np; i++) h->c.p[i] = p[i];
   for (int i = 0; i < nf; i++) h->c.f[i] = f[i];
-  int rc = qmoe_ref_check(&h->c, h->size);
+  int rc = qmoe_stage_check(&h->c, h->size);
   if (rc) return rc;
   const qmoe_stage_info *si = qmoe_stage_info_get(stage);
   h->nbuf = si->n_inputs + si->n_outputs;
@@ -480,7 +480,7 @@ static void test_errors(void) {
   h.c.tensor = "blk.3.ffn_down_exps.weight";
   memcpy(h.c.p, p, sizeof p);
   size_t need[QMOE_STAGE_MAX_BUFS];
-  int rc = qmoe_ref_check(&h.c, need);
+  int rc = qmoe_stage_check(&h.c, need);
   CHECK(rc == QMOE_EUNSUPPORTED, "unlisted qtype gave %d", rc);
   CHECK(strstr(qmoe_last_error(), "blk.3.ffn_down_exps.weight") && strstr(qmoe_last_error(), "moe_down") &&
             strstr(qmoe_last_error(), badname), "message does not name stage, tensor and qtype: %s", qmoe_last_error());
@@ -589,7 +589,7 @@ int main(void) {
     for (int qi = 0; qi < nq; qi++) {
       cur_qtype = cur_stage->varies_by_qtype ? cur_stage->qtypes[qi] : -1;
       snprintf(names[nn], sizeof names[nn], "precisions/%s/%s", cur_stage->name,
-               cur_qtype >= 0 ? qmoe_ref_qtype_name(cur_qtype) : "-");
+               cur_qtype >= 0 ? qmoe_qtype_name(cur_qtype) : "-");
       RUN_NAMED(names[nn], test_precisions);
       nn++;
     }

@@ -664,7 +664,7 @@ static void run_shape(const shape *sh, qmoe_acc acc) {
   qmoe_stage_call c = call(sh->stage, sh->qtype, acc);
   memcpy(c.p, sh->p, sizeof sh->p);
   size_t need[QMOE_STAGE_MAX_BUFS];
-  REQUIRE(qmoe_ref_check(&c, need) == 0, "shape: %s", qmoe_last_error());
+  REQUIRE(qmoe_stage_check(&c, need) == 0, "shape: %s", qmoe_last_error());
   const qmoe_stage_info *si = qmoe_stage_info_get(sh->stage);
   int nbuf = si->n_inputs + si->n_outputs;
   char what[128];
@@ -785,7 +785,7 @@ static void test_unsupported_variant(void) {
   int rc = be->run(be, &c);
   char m[2048], qname[64];
   snprintf(m, sizeof m, "%s", qmoe_last_error());
-  snprintf(qname, sizeof qname, "%s", qmoe_ref_qtype_name(qt)); /* (sets the error: it is looked up) */
+  snprintf(qname, sizeof qname, "%s", qmoe_qtype_name(qt)); /* (sets the error: it is looked up) */
   CHECK(rc == QMOE_EUNSUPPORTED, "rc %d (%s)", rc, m);
   CHECK(strstr(m, "vulkan") && strstr(m, "matvec") && strstr(m, "blk.7.ffn_down_exps.weight") &&
             strstr(m, qname) && strstr(m, "q4_k/f32"),
