@@ -1,7 +1,8 @@
 -- gen_cuda.lua: writes generated/cuda/<stage>[__<qtype>][__<acc>].cu, one NVRTC-compiled kernel per file, for
 -- every variant the stage contracts (contracts/stages/*.yaml, normalized by gen_stages.lua) list: qtype
 -- stages × the qtypes they name × accumulators; decoding comes from expr.emit(q, expr.dialects.cuda).
--- Usage: qmoe-lua codegen/gen_cuda.lua [--contracts DIR] --stage NAME [--qtype NAME] [--acc f32|f64] --out FILE
+-- Usage: qmoe-lua codegen/gen_cuda.lua [--contracts DIR] (--stage NAME [--qtype NAME] [--acc f32|f64] | --launch) --out FILE
+-- (--launch writes generated/c/cuda_launch.c, the launch geometry of every stage: see LAUNCH below)
 --
 -- Each file starts with the banner and one metadata line the runtime (runtime/cuda.c) reads:
 --   // qmoe-cuda: stage=S qtype=Q ggml_type=N acc=A entry=E block_elements=BE block_bytes=BB threads=T rows_per_block=R
@@ -11,7 +12,7 @@
 local util = require("util")
 local expr = require("expr")
 local M = {}
-local USAGE = "usage: qmoe-lua codegen/gen_cuda.lua [--contracts DIR] --stage NAME [--qtype NAME] [--acc f32|f64] --out FILE"
+local USAGE = "usage: qmoe-lua codegen/gen_cuda.lua [--contracts DIR] (--stage NAME [--qtype NAME] [--acc f32|f64] | --launch) --out FILE"
 local SCRIPT = "codegen/gen_cuda.lua"
 
 local WARPS = 4          -- warps per block of the row kernels (one block = 128 threads)
@@ -649,6 +650,91 @@ ${BIND}
 M.KERNELS = KERNELS
 
 -- ---------------------------------------------------------------------------------------------------
+-- Launch geometry: per stage, C expressions over the contract's int params and the variant's constants
+-- (RPB: rows_per_block, THREADS, SM_COUNT: the device's multiprocessors, ACC_BYTES, and the kernel's MAX_*),
+-- emitted into generated/c/cuda_launch.c so runtime/backend_cuda.c launches any stage by table lookup.
+--   limits:    { param, bound }: the call is QMOE_EUNSUPPORTED when param > bound (fixed-size arrays)
+--   let:       { name, expr }: local values, in order
+--   grid:      { x, y }: blocks
+--   workspace: bytes of zeroed device memory passed as args.buf[7] (0 or absent: none)
+-- qmoe_cdiv(a, b) and qmoe_min(a, b) are available.
+local LAUNCH = {
+  matvec = { grid = { "qmoe_cdiv(rows, RPB)", "1" } },
+  moe_gate_up_swiglu = { grid = { "qmoe_cdiv(F, RPB)", "K" } },
+  moe_down = { limits = { { "K", "MAX_K" } }, grid = { "qmoe_cdiv(H, RPB)", "1" } },
+  router_topk = { limits = { { "E", "MAX_E" }, { "K", "MAX_K" } }, grid = { "qmoe_cdiv(E, RPB)", "1" } },
+  rmsnorm = { grid = { "1", "1" } },
+  qk_norm = { grid = { "nh", "1" } },
+  rope_neox = { grid = { "nh", "1" } },
+  kv_store = { grid = { "qmoe_cdiv(nkv * D, THREADS)", "1" } },
+  -- grid (heads, splits of SPLIT_POS positions); with more than one split, per-head counters (rounded to
+  -- 256 bytes) then (max, sum, V[D]) partials in f64 for each (head, split)
+  attention = { limits = { { "D", "MAX_D" } },
+                let = { { "splits", "qmoe_min(qmoe_cdiv(n_kv, SPLIT_POS), MAX_SPLITS)" } },
+                grid = { "nh", "splits" },
+                workspace = "splits > 1 ? (nh * 4 + 255) / 256 * 256 + nh * splits * (D + 2) * 8 : 0" },
+  add = { grid = { "qmoe_min(qmoe_cdiv(n, THREADS), SM_COUNT * 16)", "1" } }, -- grid-stride loop
+  argmax = { grid = { "qmoe_min(qmoe_cdiv(n, 4096), MAX_BLOCKS)", "1" } },
+}
+M.LAUNCH = LAUNCH
+
+-- generated/c/cuda_launch.c: one launch function per stage and the table indexed by qmoe_stage.
+local function emit_launch(recs)
+  local consts_of = function(kd)
+    return { MAX_K = kd.max_k, MAX_E = kd.max_e, MAX_D = kd.max_d, MAX_BLOCKS = kd.max_blocks,
+             MAX_SPLITS = kd.max_splits, SPLIT_POS = kd.split_positions }
+  end
+  local o = { util.banner("c", SCRIPT, "contracts/stages/*.yaml"),
+    "/* cuda_launch.c: the CUDA launch geometry of every stage (codegen/gen_cuda.lua's LAUNCH): grid, limits of",
+    " * the kernels' fixed-size arrays and workspace, as functions of the call's params. */",
+    "#include <stdint.h>", '#include "backend.h"', '#include "cuda_internal.h"', '#include "qmoe.h"', "",
+    "static inline int64_t qmoe_cdiv(int64_t a, int64_t b) { return (a + b - 1) / b; }",
+    "static inline int64_t qmoe_min(int64_t a, int64_t b) { return a < b ? a : b; }", "" }
+  local names = {}
+  for _, r in ipairs(recs) do
+    local kd, L = KERNELS[r.name], LAUNCH[r.name]
+    if not L then error(r.file .. ": stage '" .. r.name .. "' has no CUDA launch geometry in " .. SCRIPT .. "'s LAUNCH", 0) end
+    local consts = consts_of(kd)
+    local function cexpr(e)
+      return (e:gsub("[%a_][%w_]*", function(n)
+        if consts[n] ~= nil then return tostring(consts[n]) end
+        if n == "RPB" then return "env->rows_per_block" elseif n == "THREADS" then return "env->threads"
+        elseif n == "SM_COUNT" then return "env->sm_count" elseif n == "ACC_BYTES" then return "env->acc_bytes" end
+        if n:match("^MAX_") or n == "SPLIT_POS" then error(SCRIPT .. ": launch of " .. r.name .. " names " .. n .. ", which its kernel does not set", 0) end
+        return n
+      end))
+    end
+    o[#o + 1] = string.format("static int launch_%s(const qmoe_cuda_launch_env *env, const int64_t *p, qmoe_cuda_launch *l) {", r.name)
+    local used = {}
+    for i, n in ipairs(r.ints) do
+      o[#o + 1] = string.format("  const int64_t %s = p[%d];", n, i - 1)
+      used[#used + 1] = "(void)" .. n
+    end
+    if #used > 0 then o[#o + 1] = "  " .. table.concat(used, ", ") .. ";" end
+    o[#o + 1] = "  (void)env;"
+    for _, lim in ipairs(L.limits or {}) do
+      o[#o + 1] = string.format("  if (%s > %s) {", lim[1], cexpr(lim[2]))
+      o[#o + 1] = string.format('    qmoe_set_error("cuda backend: stage %s: %s = %%lld exceeds the CUDA kernel\'s limit of %%lld", (long long)%s, (long long)%s);',
+                                r.name, lim[1], lim[1], cexpr(lim[2]))
+      o[#o + 1] = "    return QMOE_EUNSUPPORTED;"
+      o[#o + 1] = "  }"
+    end
+    for _, lt in ipairs(L.let or {}) do o[#o + 1] = string.format("  const int64_t %s = %s;", lt[1], cexpr(lt[2])) end
+    o[#o + 1] = string.format("  l->grid[0] = %s;", cexpr(L.grid[1]))
+    o[#o + 1] = string.format("  l->grid[1] = %s;", cexpr(L.grid[2]))
+    o[#o + 1] = string.format("  l->workspace = (size_t)(%s);", L.workspace and cexpr(L.workspace) or "0")
+    o[#o + 1] = "  return 0;"
+    o[#o + 1] = "}"
+    o[#o + 1] = ""
+    names[#names + 1] = string.format("  [QMOE_STAGE_%s] = launch_%s,", r.name:upper():gsub("[^%w]", "_"), r.name)
+  end
+  o[#o + 1] = "const qmoe_cuda_launch_fn qmoe_cuda_launch_table[QMOE_STAGE_COUNT > 0 ? QMOE_STAGE_COUNT : 1] = {"
+  for _, l in ipairs(names) do o[#o + 1] = l end
+  o[#o + 1] = "};"
+  return table.concat(o, "\n") .. "\n"
+end
+
+-- ---------------------------------------------------------------------------------------------------
 -- Variants
 
 local function stem(st, q, acc)
@@ -700,8 +786,14 @@ function M.variants(ctx)
   return out
 end
 
+local LAUNCH_OUT = "generated/c/cuda_launch.c"
+
 function M.plan(ctx)
   local jobs = {}
+  local all = {}
+  for _, st in ipairs(ctx.stages.list) do all[#all + 1] = st.__file end
+  all[#all + 1] = "codegen/gen_stages.lua"
+  jobs[#jobs + 1] = { outputs = { LAUNCH_OUT }, inputs = all, args = "--launch --out " .. LAUNCH_OUT, desc = LAUNCH_OUT }
   for _, v in ipairs(M.variants(ctx)) do
     local inputs = { v.stage.file }
     if v.q then inputs[#inputs + 1] = v.q.__file end
@@ -818,9 +910,13 @@ local function emit_variant(v, sources)
 end
 
 local function main(argv)
-  local o = util.parse_args(argv, { contracts = "contracts", stage = "", qtype = "", acc = "", out = "" }, USAGE)
-  if o.stage == "" or o.out == "" then error(USAGE, 0) end
+  local o = util.parse_args(argv, { contracts = "contracts", stage = "", qtype = "", acc = "", out = "", launch = false }, USAGE)
+  if (o.stage == "") == (not o.launch) or o.out == "" then error(USAGE, 0) end
   local ctx = require("contracts").load_all(o.contracts)
+  if o.launch then
+    util.write_if_changed(o.out, emit_launch(stages_module().stages(ctx)))
+    return
+  end
   for _, v in ipairs(M.variants(ctx)) do
     if v.stage.name == o.stage and (v.q and v.q.name or "") == o.qtype and (v.acc or "") == o.acc then
       local sources = { v.stage.file }

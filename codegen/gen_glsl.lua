@@ -853,18 +853,39 @@ local function emit_attention(v, pass)
 end
 
 -- Stage name -> { passes = {names} or nil, emit(v, pass) -> text, pass list, geometry }.
+-- Each stage: its emitter, its passes, and its dispatch geometry as C expressions (emitted into
+-- generated/c/vk_variants.c, so runtime/backend_vulkan.c dispatches any stage by table lookup). Names: the
+-- contract's int params; ROWS (the variant's rows per workgroup), WG (pass 1's workgroup size), ACC_BYTES;
+-- MAXG0..2: the device's maxComputeWorkGroupCount (lowered by QMOE_VK_MAX_GROUPS), DEVG0..2: the device's;
+-- qmoe_cdiv(a, b), qmoe_min(a, b), qmoe_cap0(x): x clamped to [1, MAXG0] (kernels that stride over work).
+--   limits: { param-expression, bound }: QMOE_EUNSUPPORTED when it exceeds the bound
+--   let: { name, expr }; groups: per pass { x, y, z }; scratch: bytes of the shared scratch buffer, bound
+--   after the call's buffers (absent: none); x: push-constant extras x[0..3]
 local STAGES = {
-  matvec = { emit = emit_matvec },
-  moe_gate_up_swiglu = { emit = emit_gate_up },
-  moe_down = { emit = emit_down },
-  router_topk = { passes = { "logits", "select" }, emit = emit_router },
-  rmsnorm = { emit = function(v) return emit_norm(v, false) end },
-  qk_norm = { emit = function(v) return emit_norm(v, true) end },
-  rope_neox = { emit = emit_rope },
-  kv_store = { emit = emit_kv_store },
-  attention = { passes = { "part", "combine" }, emit = emit_attention },
-  add = { emit = emit_add },
-  argmax = { passes = { "part", "final" }, emit = emit_argmax },
+  matvec = { emit = emit_matvec, groups = { { "qmoe_cap0(qmoe_cdiv(rows, ROWS))", "1", "1" } } },
+  moe_gate_up_swiglu = { emit = emit_gate_up, limits = { { "K", "DEVG1" } },
+                         groups = { { "qmoe_cap0(qmoe_cdiv(F, ROWS))", "K", "1" } } },
+  moe_down = { emit = emit_down, groups = { { "qmoe_cap0(qmoe_cdiv(H, ROWS))", "1", "1" } } },
+  -- logits into scratch, then one workgroup selects
+  router_topk = { passes = { "logits", "select" }, emit = emit_router, scratch = "E * ACC_BYTES",
+                  groups = { { "qmoe_cap0(E)", "1", "1" }, { "1", "1", "1" } } },
+  rmsnorm = { emit = function(v) return emit_norm(v, false) end, groups = { { "1", "1", "1" } } },
+  qk_norm = { emit = function(v) return emit_norm(v, true) end, limits = { { "nh", "DEVG0" } }, -- a workgroup per head
+              groups = { { "nh", "1", "1" } } },
+  rope_neox = { emit = emit_rope, groups = { { "qmoe_cap0(qmoe_cdiv(nh * (D / 2), WG))", "1", "1" } } },
+  kv_store = { emit = emit_kv_store, groups = { { "qmoe_cap0(qmoe_cdiv(nkv * D, WG))", "1", "1" } } },
+  -- (kv head x block of ROWS query heads, split of WG positions) into scratch, then one combine per head
+  attention = { passes = { "part", "combine" }, emit = emit_attention,
+                let = { { "ns", "qmoe_cdiv(n_kv, WG)" } }, limits = { { "nh", "DEVG0" }, { "ns", "DEVG1" } },
+                scratch = "nh * ns * (D + 2) * ACC_BYTES", x = { "ns" },
+                groups = { { "nkv * qmoe_cdiv(nh / nkv, ROWS)", "ns", "1" }, { "nh", "1", "1" } } },
+  add = { emit = emit_add, groups = { { "qmoe_cap0(qmoe_cdiv(n, WG))", "1", "1" } } },
+  -- chunks of 16 workgroups' worth (more when that needs too many workgroups) reduced to (value, index)
+  -- pairs, then one workgroup
+  argmax = { passes = { "part", "final" }, emit = emit_argmax,
+             let = { { "chunk", "qmoe_cdiv(n, WG * 16) > MAXG0 ? qmoe_cdiv(qmoe_cdiv(n, MAXG0), WG) * WG : WG * 16" },
+                     { "ng", "qmoe_cdiv(n, chunk)" } },
+             scratch = "ng * 8", x = { "chunk", "ng" }, groups = { { "ng", "1", "1" }, { "1", "1", "1" } } },
 }
 
 local function stage_impl(v)
@@ -912,7 +933,8 @@ local function emit_table(ctx, vs)
               "/* The Vulkan variants: one row per stage x qtype x accumulator, naming the embedded shader of each",
               " * pass (generated/glsl/<shader>.comp), its workgroup size and shared memory, and the geometry the",
               " * backend needs to size its dispatches. */",
-              "#include \"vk_internal.h\"", "", "const qmoe_vk_variant qmoe_vk_variants[] = {" }
+              "#include <stdint.h>", "#include \"qmoe.h\"", "#include \"vk_internal.h\"", "",
+              "const qmoe_vk_variant qmoe_vk_variants[] = {" }
   for _, v in ipairs(vs) do
     local s = stage_impl(v)
     local _, passes, geo
@@ -929,6 +951,53 @@ local function emit_table(ctx, vs)
   end
   L[#L + 1] = "};"
   L[#L + 1] = fmt("const size_t qmoe_vk_variant_count = %d;", #vs)
+  L[#L + 1] = ""
+  L[#L + 1] = "/* Dispatch geometry of every stage (" .. SCRIPT .. "'s STAGES). */"
+  L[#L + 1] = "static inline int64_t qmoe_cdiv(int64_t a, int64_t b) { return (a + b - 1) / b; }"
+  L[#L + 1] = "static inline int64_t qmoe_min(int64_t a, int64_t b) { return a < b ? a : b; }"
+  L[#L + 1] = ""
+  local recs = dofile("codegen/gen_stages.lua").stages(ctx)
+  local tab = {}
+  for _, r in ipairs(recs) do
+    local s = STAGES[r.name] or error(r.file .. ": stage '" .. r.name .. "' has no GLSL kernel in " .. SCRIPT .. "; add one", 0)
+    local function cexpr(e)
+      return (e:gsub("[%a_][%w_]*", function(n)
+        local m = ({ ROWS = "e->rows", WG = "e->wg", ACC_BYTES = "e->acc_bytes", MAXG0 = "e->maxg[0]", MAXG1 = "e->maxg[1]",
+                     MAXG2 = "e->maxg[2]", DEVG0 = "e->devg[0]", DEVG1 = "e->devg[1]", DEVG2 = "e->devg[2]" })[n]
+        return m or n
+      end))
+    end
+    L[#L + 1] = fmt("static int launch_%s(const qmoe_vk_launch_env *e, const int64_t *p, qmoe_vk_launch *l) {", r.name)
+    local used = {}
+    for i, n in ipairs(r.ints) do
+      L[#L + 1] = fmt("  const int64_t %s = p[%d];", n, i - 1)
+      used[#used + 1] = "(void)" .. n
+    end
+    L[#L + 1] = "  " .. table.concat(used, ", ") .. ";"
+    L[#L + 1] = "#define qmoe_cap0(x) ((x) < 1 ? 1 : (x) > e->maxg[0] ? e->maxg[0] : (x))"
+    for _, lt in ipairs(s.let or {}) do L[#L + 1] = fmt("  const int64_t %s = %s;", lt[1], cexpr(lt[2])) end
+    for _, lim in ipairs(s.limits or {}) do
+      L[#L + 1] = fmt("  if (%s > %s) {", cexpr(lim[1]), cexpr(lim[2]))
+      L[#L + 1] = fmt('    qmoe_set_error("vulkan: stage %s: %s = %%lld exceeds the device\'s limit of %%lld workgroups (%s)", (long long)(%s), (long long)(%s));',
+                      r.name, lim[1], lim[2]:gsub("DEVG", "maxComputeWorkGroupCount "), cexpr(lim[1]), cexpr(lim[2]))
+      L[#L + 1] = "    return QMOE_EUNSUPPORTED;"
+      L[#L + 1] = "  }"
+    end
+    L[#L + 1] = fmt("  l->npass = %d;", #s.groups)
+    for pi, g in ipairs(s.groups) do
+      for d = 1, 3 do L[#L + 1] = fmt("  l->groups[%d][%d] = %s;", pi - 1, d - 1, cexpr(g[d])) end
+    end
+    L[#L + 1] = fmt("  l->scratch = %s;", s.scratch and fmt("(size_t)(%s)", cexpr(s.scratch)) or "0")
+    for xi, x in ipairs(s.x or {}) do L[#L + 1] = fmt("  l->x[%d] = %s;", xi - 1, cexpr(x)) end
+    L[#L + 1] = "#undef qmoe_cap0"
+    L[#L + 1] = "  return 0;"
+    L[#L + 1] = "}"
+    L[#L + 1] = ""
+    tab[#tab + 1] = fmt("  [%s] = launch_%s,", stage_enum(r.name), r.name)
+  end
+  L[#L + 1] = "const qmoe_vk_launch_fn qmoe_vk_launch_table[QMOE_STAGE_COUNT > 0 ? QMOE_STAGE_COUNT : 1] = {"
+  for _, t in ipairs(tab) do L[#L + 1] = t end
+  L[#L + 1] = "};"
   return table.concat(L, "\n") .. "\n"
 end
 
@@ -952,6 +1021,7 @@ function M.plan(ctx)
   for _, f in ipairs(ctx.files) do
     if f:match("/stages/") or f:match("/quant/") then all_inputs[#all_inputs + 1] = f end
   end
+  all_inputs[#all_inputs + 1] = "codegen/gen_stages.lua"
   jobs[#jobs + 1] = { outputs = { TABLE_OUT }, inputs = all_inputs, desc = TABLE_OUT, args = "--table --out " .. TABLE_OUT }
   return jobs
 end

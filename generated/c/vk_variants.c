@@ -3,6 +3,8 @@
 /* The Vulkan variants: one row per stage x qtype x accumulator, naming the embedded shader of each
  * pass (generated/glsl/<shader>.comp), its workgroup size and shared memory, and the geometry the
  * backend needs to size its dispatches. */
+#include <stdint.h>
+#include "qmoe.h"
 #include "vk_internal.h"
 
 const qmoe_vk_variant qmoe_vk_variants[] = {
@@ -87,3 +89,214 @@ const qmoe_vk_variant qmoe_vk_variants[] = {
     {"argmax", "argmax", QMOE_STAGE_ARGMAX, -1, -1, 2, {{"argmax.part", 256, 2048}, {"argmax.final", 256, 2048}}, 0},
 };
 const size_t qmoe_vk_variant_count = 79;
+
+/* Dispatch geometry of every stage (codegen/gen_glsl.lua's STAGES). */
+static inline int64_t qmoe_cdiv(int64_t a, int64_t b) { return (a + b - 1) / b; }
+static inline int64_t qmoe_min(int64_t a, int64_t b) { return a < b ? a : b; }
+
+static int launch_matvec(const qmoe_vk_launch_env *e, const int64_t *p, qmoe_vk_launch *l) {
+  const int64_t rows = p[0];
+  const int64_t cols = p[1];
+  (void)rows, (void)cols;
+#define qmoe_cap0(x) ((x) < 1 ? 1 : (x) > e->maxg[0] ? e->maxg[0] : (x))
+  l->npass = 1;
+  l->groups[0][0] = qmoe_cap0(qmoe_cdiv(rows, e->rows));
+  l->groups[0][1] = 1;
+  l->groups[0][2] = 1;
+  l->scratch = 0;
+#undef qmoe_cap0
+  return 0;
+}
+
+static int launch_moe_gate_up_swiglu(const qmoe_vk_launch_env *e, const int64_t *p, qmoe_vk_launch *l) {
+  const int64_t H = p[0];
+  const int64_t F = p[1];
+  const int64_t E = p[2];
+  const int64_t K = p[3];
+  (void)H, (void)F, (void)E, (void)K;
+#define qmoe_cap0(x) ((x) < 1 ? 1 : (x) > e->maxg[0] ? e->maxg[0] : (x))
+  if (K > e->devg[1]) {
+    qmoe_set_error("vulkan: stage moe_gate_up_swiglu: K = %lld exceeds the device's limit of %lld workgroups (maxComputeWorkGroupCount 1)", (long long)(K), (long long)(e->devg[1]));
+    return QMOE_EUNSUPPORTED;
+  }
+  l->npass = 1;
+  l->groups[0][0] = qmoe_cap0(qmoe_cdiv(F, e->rows));
+  l->groups[0][1] = K;
+  l->groups[0][2] = 1;
+  l->scratch = 0;
+#undef qmoe_cap0
+  return 0;
+}
+
+static int launch_moe_down(const qmoe_vk_launch_env *e, const int64_t *p, qmoe_vk_launch *l) {
+  const int64_t H = p[0];
+  const int64_t F = p[1];
+  const int64_t E = p[2];
+  const int64_t K = p[3];
+  (void)H, (void)F, (void)E, (void)K;
+#define qmoe_cap0(x) ((x) < 1 ? 1 : (x) > e->maxg[0] ? e->maxg[0] : (x))
+  l->npass = 1;
+  l->groups[0][0] = qmoe_cap0(qmoe_cdiv(H, e->rows));
+  l->groups[0][1] = 1;
+  l->groups[0][2] = 1;
+  l->scratch = 0;
+#undef qmoe_cap0
+  return 0;
+}
+
+static int launch_router_topk(const qmoe_vk_launch_env *e, const int64_t *p, qmoe_vk_launch *l) {
+  const int64_t H = p[0];
+  const int64_t E = p[1];
+  const int64_t K = p[2];
+  (void)H, (void)E, (void)K;
+#define qmoe_cap0(x) ((x) < 1 ? 1 : (x) > e->maxg[0] ? e->maxg[0] : (x))
+  l->npass = 2;
+  l->groups[0][0] = qmoe_cap0(E);
+  l->groups[0][1] = 1;
+  l->groups[0][2] = 1;
+  l->groups[1][0] = 1;
+  l->groups[1][1] = 1;
+  l->groups[1][2] = 1;
+  l->scratch = (size_t)(E * e->acc_bytes);
+#undef qmoe_cap0
+  return 0;
+}
+
+static int launch_rmsnorm(const qmoe_vk_launch_env *e, const int64_t *p, qmoe_vk_launch *l) {
+  const int64_t n = p[0];
+  (void)n;
+#define qmoe_cap0(x) ((x) < 1 ? 1 : (x) > e->maxg[0] ? e->maxg[0] : (x))
+  l->npass = 1;
+  l->groups[0][0] = 1;
+  l->groups[0][1] = 1;
+  l->groups[0][2] = 1;
+  l->scratch = 0;
+#undef qmoe_cap0
+  return 0;
+}
+
+static int launch_qk_norm(const qmoe_vk_launch_env *e, const int64_t *p, qmoe_vk_launch *l) {
+  const int64_t nh = p[0];
+  const int64_t D = p[1];
+  (void)nh, (void)D;
+#define qmoe_cap0(x) ((x) < 1 ? 1 : (x) > e->maxg[0] ? e->maxg[0] : (x))
+  if (nh > e->devg[0]) {
+    qmoe_set_error("vulkan: stage qk_norm: nh = %lld exceeds the device's limit of %lld workgroups (maxComputeWorkGroupCount 0)", (long long)(nh), (long long)(e->devg[0]));
+    return QMOE_EUNSUPPORTED;
+  }
+  l->npass = 1;
+  l->groups[0][0] = nh;
+  l->groups[0][1] = 1;
+  l->groups[0][2] = 1;
+  l->scratch = 0;
+#undef qmoe_cap0
+  return 0;
+}
+
+static int launch_rope_neox(const qmoe_vk_launch_env *e, const int64_t *p, qmoe_vk_launch *l) {
+  const int64_t nh = p[0];
+  const int64_t D = p[1];
+  const int64_t pos = p[2];
+  (void)nh, (void)D, (void)pos;
+#define qmoe_cap0(x) ((x) < 1 ? 1 : (x) > e->maxg[0] ? e->maxg[0] : (x))
+  l->npass = 1;
+  l->groups[0][0] = qmoe_cap0(qmoe_cdiv(nh * (D / 2), e->wg));
+  l->groups[0][1] = 1;
+  l->groups[0][2] = 1;
+  l->scratch = 0;
+#undef qmoe_cap0
+  return 0;
+}
+
+static int launch_kv_store(const qmoe_vk_launch_env *e, const int64_t *p, qmoe_vk_launch *l) {
+  const int64_t nkv = p[0];
+  const int64_t D = p[1];
+  const int64_t pos = p[2];
+  const int64_t ctx = p[3];
+  (void)nkv, (void)D, (void)pos, (void)ctx;
+#define qmoe_cap0(x) ((x) < 1 ? 1 : (x) > e->maxg[0] ? e->maxg[0] : (x))
+  l->npass = 1;
+  l->groups[0][0] = qmoe_cap0(qmoe_cdiv(nkv * D, e->wg));
+  l->groups[0][1] = 1;
+  l->groups[0][2] = 1;
+  l->scratch = 0;
+#undef qmoe_cap0
+  return 0;
+}
+
+static int launch_attention(const qmoe_vk_launch_env *e, const int64_t *p, qmoe_vk_launch *l) {
+  const int64_t nh = p[0];
+  const int64_t nkv = p[1];
+  const int64_t D = p[2];
+  const int64_t n_kv = p[3];
+  const int64_t ctx = p[4];
+  (void)nh, (void)nkv, (void)D, (void)n_kv, (void)ctx;
+#define qmoe_cap0(x) ((x) < 1 ? 1 : (x) > e->maxg[0] ? e->maxg[0] : (x))
+  const int64_t ns = qmoe_cdiv(n_kv, e->wg);
+  if (nh > e->devg[0]) {
+    qmoe_set_error("vulkan: stage attention: nh = %lld exceeds the device's limit of %lld workgroups (maxComputeWorkGroupCount 0)", (long long)(nh), (long long)(e->devg[0]));
+    return QMOE_EUNSUPPORTED;
+  }
+  if (ns > e->devg[1]) {
+    qmoe_set_error("vulkan: stage attention: ns = %lld exceeds the device's limit of %lld workgroups (maxComputeWorkGroupCount 1)", (long long)(ns), (long long)(e->devg[1]));
+    return QMOE_EUNSUPPORTED;
+  }
+  l->npass = 2;
+  l->groups[0][0] = nkv * qmoe_cdiv(nh / nkv, e->rows);
+  l->groups[0][1] = ns;
+  l->groups[0][2] = 1;
+  l->groups[1][0] = nh;
+  l->groups[1][1] = 1;
+  l->groups[1][2] = 1;
+  l->scratch = (size_t)(nh * ns * (D + 2) * e->acc_bytes);
+  l->x[0] = ns;
+#undef qmoe_cap0
+  return 0;
+}
+
+static int launch_add(const qmoe_vk_launch_env *e, const int64_t *p, qmoe_vk_launch *l) {
+  const int64_t n = p[0];
+  (void)n;
+#define qmoe_cap0(x) ((x) < 1 ? 1 : (x) > e->maxg[0] ? e->maxg[0] : (x))
+  l->npass = 1;
+  l->groups[0][0] = qmoe_cap0(qmoe_cdiv(n, e->wg));
+  l->groups[0][1] = 1;
+  l->groups[0][2] = 1;
+  l->scratch = 0;
+#undef qmoe_cap0
+  return 0;
+}
+
+static int launch_argmax(const qmoe_vk_launch_env *e, const int64_t *p, qmoe_vk_launch *l) {
+  const int64_t n = p[0];
+  (void)n;
+#define qmoe_cap0(x) ((x) < 1 ? 1 : (x) > e->maxg[0] ? e->maxg[0] : (x))
+  const int64_t chunk = qmoe_cdiv(n, e->wg * 16) > e->maxg[0] ? qmoe_cdiv(qmoe_cdiv(n, e->maxg[0]), e->wg) * e->wg : e->wg * 16;
+  const int64_t ng = qmoe_cdiv(n, chunk);
+  l->npass = 2;
+  l->groups[0][0] = ng;
+  l->groups[0][1] = 1;
+  l->groups[0][2] = 1;
+  l->groups[1][0] = 1;
+  l->groups[1][1] = 1;
+  l->groups[1][2] = 1;
+  l->scratch = (size_t)(ng * 8);
+  l->x[0] = chunk;
+  l->x[1] = ng;
+#undef qmoe_cap0
+  return 0;
+}
+
+const qmoe_vk_launch_fn qmoe_vk_launch_table[QMOE_STAGE_COUNT > 0 ? QMOE_STAGE_COUNT : 1] = {
+  [QMOE_STAGE_MATVEC] = launch_matvec,
+  [QMOE_STAGE_MOE_GATE_UP_SWIGLU] = launch_moe_gate_up_swiglu,
+  [QMOE_STAGE_MOE_DOWN] = launch_moe_down,
+  [QMOE_STAGE_ROUTER_TOPK] = launch_router_topk,
+  [QMOE_STAGE_RMSNORM] = launch_rmsnorm,
+  [QMOE_STAGE_QK_NORM] = launch_qk_norm,
+  [QMOE_STAGE_ROPE_NEOX] = launch_rope_neox,
+  [QMOE_STAGE_KV_STORE] = launch_kv_store,
+  [QMOE_STAGE_ATTENTION] = launch_attention,
+  [QMOE_STAGE_ADD] = launch_add,
+  [QMOE_STAGE_ARGMAX] = launch_argmax,
+};
