@@ -2,7 +2,7 @@
 -- every variant the stage contracts (contracts/stages/*.yaml, normalized by gen_stages.lua) list: qtype
 -- stages × the qtypes they name × accumulators; decoding comes from expr.emit(q, expr.dialects.cuda).
 -- Usage: qmoe-lua codegen/gen_cuda.lua [--contracts DIR] (--stage NAME [--qtype NAME] [--acc f32|f64] | --launch) --out FILE
--- (--launch writes generated/c/cuda_launch.c, the launch geometry of every stage: see LAUNCH below)
+-- (--launch writes generated/c/cuda_launch.c, the launch geometry of every stage, from the templates' headers)
 --
 -- Each file starts with the banner and one metadata line the runtime (runtime/cuda.c) reads:
 --   // qmoe-cuda: stage=S qtype=Q ggml_type=N acc=A entry=E block_elements=BE block_bytes=BB threads=T rows_per_block=R
@@ -39,78 +39,100 @@ local DIALECT = setmetatable({
 -- Kernels: the CUDA text is in codegen/templates/cuda/ (filled by codegen/lib/template.lua): _prelude.cu
 -- (types and helpers, every file), _qrows.cu (quantized rows staged in shared memory and the warp's dot
 -- products, qtype stages) and <stage>.cu, whose kernel gets the binding of the contract's names (${BIND})
--- first. Here: what the launch and the template need of each stage's kernel.
---   qtype / acc: the kernel varies by them; threads: per block; rows_per_block: rows (or items) a block
---   handles; min_blocks: __launch_bounds__; max_*: its fixed-size arrays (the launch checks calls against them)
-local KERNELS = {
-  matvec = { qtype = true, threads = WARPS * 32, rows_per_block = WARPS * 2 },
-  moe_gate_up_swiglu = { qtype = true, threads = WARPS * 32, rows_per_block = WARPS },
-  moe_down = { qtype = true, threads = WARPS * 32, rows_per_block = 2, max_k = 64 },
-  router_topk = { acc = true, threads = 256, rows_per_block = 8, min_blocks = 1, max_e = 4096, max_k = 64 },
-  rmsnorm = { acc = true, threads = 256, rows_per_block = 1 },
-  qk_norm = { acc = true, threads = 128, rows_per_block = 1 },
-  rope_neox = { acc = true, threads = 64, rows_per_block = 1 },
-  kv_store = { threads = 256, rows_per_block = 0 },
-  attention = { acc = true, threads = 128, rows_per_block = 1, min_blocks = 2, max_d = 256, max_splits = 64,
-                split_positions = 64 },
-  add = { threads = 256, rows_per_block = 0 },
-  argmax = { threads = 256, rows_per_block = 0, max_blocks = 1024 },
-}
+-- first. A stage template starts with its header (docs/stages.md):
+--   // qmoe-kernel: qtype=1 acc=1 threads=T rows_per_block=R [min_blocks=N] [max_x=N ...]
+--       qtype / acc: the kernel varies by them; threads per block; rows (or items) a block handles;
+--       __launch_bounds__' min blocks; other keys are constants of the kernel (its fixed-size arrays), which
+--       the text reads as ${MAX_X} and the launch as MAX_X
+--   // qmoe-limit: PARAM <= BOUND     the call is QMOE_EUNSUPPORTED past it (repeatable)
+--   // qmoe-let: NAME = EXPR          a local of the launch (repeatable, in order)
+--   // qmoe-grid: X, Y                blocks
+--   // qmoe-workspace: EXPR           bytes of zeroed device memory at args.buf[7] (default none)
+-- Launch expressions are C over the contract's int params, the kernel's constants, RPB (rows_per_block),
+-- THREADS, SM_COUNT (multiprocessors), ACC_BYTES, qmoe_cdiv(a, b) and qmoe_min(a, b); they are emitted into
+-- generated/c/cuda_launch.c, so runtime/backend_cuda.c launches any stage by table lookup.
 
-M.KERNELS = KERNELS
+-- Splits S at commas outside parentheses.
+local function split_top(s)
+  local out, depth, cur = {}, 0, {}
+  for ch in s:gmatch(".") do
+    if ch == "(" then depth = depth + 1 elseif ch == ")" then depth = depth - 1 end
+    if ch == "," and depth == 0 then out[#out + 1] = table.concat(cur):match("^%s*(.-)%s*$") cur = {}
+    else cur[#cur + 1] = ch end
+  end
+  out[#out + 1] = table.concat(cur):match("^%s*(.-)%s*$")
+  return out
+end
 
--- ---------------------------------------------------------------------------------------------------
--- Launch geometry: per stage, C expressions over the contract's int params and the variant's constants
--- (RPB: rows_per_block, THREADS, SM_COUNT: the device's multiprocessors, ACC_BYTES, and the kernel's MAX_*),
--- emitted into generated/c/cuda_launch.c so runtime/backend_cuda.c launches any stage by table lookup.
---   limits:    { param, bound }: the call is QMOE_EUNSUPPORTED when param > bound (fixed-size arrays)
---   let:       { name, expr }: local values, in order
---   grid:      { x, y }: blocks
---   workspace: bytes of zeroed device memory passed as args.buf[7] (0 or absent: none)
--- qmoe_cdiv(a, b) and qmoe_min(a, b) are available.
-local LAUNCH = {
-  matvec = { grid = { "qmoe_cdiv(rows, RPB)", "1" } },
-  moe_gate_up_swiglu = { grid = { "qmoe_cdiv(F, RPB)", "K" } },
-  moe_down = { limits = { { "K", "MAX_K" } }, grid = { "qmoe_cdiv(H, RPB)", "1" } },
-  router_topk = { limits = { { "E", "MAX_E" }, { "K", "MAX_K" } }, grid = { "qmoe_cdiv(E, RPB)", "1" } },
-  rmsnorm = { grid = { "1", "1" } },
-  qk_norm = { grid = { "nh", "1" } },
-  rope_neox = { grid = { "nh", "1" } },
-  kv_store = { grid = { "qmoe_cdiv(nkv * D, THREADS)", "1" } },
-  -- grid (heads, splits of SPLIT_POS positions); with more than one split, per-head counters (rounded to
-  -- 256 bytes) then (max, sum, V[D]) partials in f64 for each (head, split)
-  attention = { limits = { { "D", "MAX_D" } },
-                let = { { "splits", "qmoe_min(qmoe_cdiv(n_kv, SPLIT_POS), MAX_SPLITS)" } },
-                grid = { "nh", "splits" },
-                workspace = "splits > 1 ? (nh * 4 + 255) / 256 * 256 + nh * splits * (D + 2) * 8 : 0" },
-  add = { grid = { "qmoe_min(qmoe_cdiv(n, THREADS), SM_COUNT * 16)", "1" } }, -- grid-stride loop
-  argmax = { grid = { "qmoe_min(qmoe_cdiv(n, 4096), MAX_BLOCKS)", "1" } },
-}
-M.LAUNCH = LAUNCH
+-- The kernel of stage NAME, from its template's header: the kernel line's pairs, plus launch = { limits,
+-- let, grid, workspace }. nil when the stage has no template.
+local kernel_cache = {}
+local function kernel_of(name)
+  if kernel_cache[name] ~= nil then return kernel_cache[name] or nil end
+  local tname = "cuda/" .. name .. ".cu"
+  if not template.exists(tname) then kernel_cache[name] = false return nil end
+  local where = template.path(tname)
+  local meta = template.split(tname)
+  if not meta.kernel or #meta.kernel ~= 1 then error(where .. ": needs one '// qmoe-kernel:' header line", 0) end
+  local kd = template.pairs_of(meta.kernel[1], where)
+  kd.qtype, kd.acc = kd.qtype == 1, kd.acc == 1
+  if type(kd.threads) ~= "number" or type(kd.rows_per_block) ~= "number" then
+    error(where .. ": the kernel line needs threads=N and rows_per_block=N", 0)
+  end
+  if kd.qtype and kd.threads ~= WARPS * 32 then
+    error(where .. ": a qtype kernel runs " .. WARPS * 32 .. " threads (_qrows.cu's WARPS = " .. WARPS .. ")", 0)
+  end
+  local L = { limits = {}, let = {}, where = where }
+  for _, l in ipairs(meta.limit or {}) do
+    local a, b = l:match("^([%w_]+)%s*<=%s*(.+)$")
+    if not a then error(where .. ": qmoe-limit '" .. l .. "' is not PARAM <= BOUND", 0) end
+    L.limits[#L.limits + 1] = { a, b }
+  end
+  for _, l in ipairs(meta.let or {}) do
+    local a, b = l:match("^([%a_][%w_]*)%s*=%s*(.+)$")
+    if not a then error(where .. ": qmoe-let '" .. l .. "' is not NAME = EXPR", 0) end
+    L.let[#L.let + 1] = { a, b }
+  end
+  if not meta.grid or #meta.grid ~= 1 then error(where .. ": needs one '// qmoe-grid: X, Y' header line", 0) end
+  L.grid = split_top(meta.grid[1])
+  if #L.grid ~= 2 then error(where .. ": qmoe-grid needs two expressions (x, y)", 0) end
+  L.workspace = meta.workspace and meta.workspace[1] or nil
+  kd.launch = L
+  kernel_cache[name] = kd
+  return kd
+end
+M.kernel_of = kernel_of
+
 
 -- generated/c/cuda_launch.c: one launch function per stage and the table indexed by qmoe_stage.
 local function emit_launch(recs)
   local consts_of = function(kd)
-    return { MAX_K = kd.max_k, MAX_E = kd.max_e, MAX_D = kd.max_d, MAX_BLOCKS = kd.max_blocks,
-             MAX_SPLITS = kd.max_splits, SPLIT_POS = kd.split_positions }
+    local c = {}
+    for k, v in pairs(kd) do
+      if type(v) == "number" and k ~= "threads" and k ~= "rows_per_block" then c[k:upper()] = v end
+    end
+    return c
   end
   local o = { util.banner("c", SCRIPT, "contracts/stages/*.yaml"),
-    "/* cuda_launch.c: the CUDA launch geometry of every stage (codegen/gen_cuda.lua's LAUNCH): grid, limits of",
+    "/* cuda_launch.c: the CUDA launch geometry of every stage (the headers of codegen/templates/cuda/<stage>.cu): grid, limits of",
     " * the kernels' fixed-size arrays and workspace, as functions of the call's params. */",
     "#include <stdint.h>", '#include "backend.h"', '#include "cuda_internal.h"', '#include "qmoe.h"', "",
     "static inline int64_t qmoe_cdiv(int64_t a, int64_t b) { return (a + b - 1) / b; }",
     "static inline int64_t qmoe_min(int64_t a, int64_t b) { return a < b ? a : b; }", "" }
   local names = {}
   for _, r in ipairs(recs) do
-    local kd, L = KERNELS[r.name], LAUNCH[r.name]
-    if not L then error(r.file .. ": stage '" .. r.name .. "' has no CUDA launch geometry in " .. SCRIPT .. "'s LAUNCH", 0) end
+    local kd = kernel_of(r.name)
+    if not kd then error(r.file .. ": stage '" .. r.name .. "' has no CUDA kernel: add " .. template.path("cuda/" .. r.name .. ".cu"), 0) end
+    local L = kd.launch
     local consts = consts_of(kd)
     local function cexpr(e)
       return (e:gsub("[%a_][%w_]*", function(n)
         if consts[n] ~= nil then return tostring(consts[n]) end
         if n == "RPB" then return "env->rows_per_block" elseif n == "THREADS" then return "env->threads"
         elseif n == "SM_COUNT" then return "env->sm_count" elseif n == "ACC_BYTES" then return "env->acc_bytes" end
-        if n:match("^MAX_") or n == "SPLIT_POS" then error(SCRIPT .. ": launch of " .. r.name .. " names " .. n .. ", which its kernel does not set", 0) end
+        local is_param = false
+        for _, pn in ipairs(r.ints) do is_param = is_param or pn == n end
+        if not is_param and n:match("^%u[%u%d_]*$") then error(L.where .. ": the launch names " .. n .. ", which the kernel line does not set", 0) end
         return n
       end))
     end
@@ -166,10 +188,9 @@ function M.variants(ctx)
   local recs = stages_module().stages(ctx)
   local errs, out = {}, {}
   for _, st in ipairs(recs) do
-    local kd = KERNELS[st.name]
-    if not kd or not template.exists("cuda/" .. st.name .. ".cu") then
-      errs[#errs + 1] = st.file .. ": stage '" .. st.name .. "' has no CUDA kernel: add " ..
-                        template.path("cuda/" .. st.name .. ".cu") .. " and its entry in codegen/gen_cuda.lua's KERNELS"
+    local kd = kernel_of(st.name)
+    if not kd then
+      errs[#errs + 1] = st.file .. ": stage '" .. st.name .. "' has no CUDA kernel: add " .. template.path("cuda/" .. st.name .. ".cu")
     else
       if (kd.qtype or false) ~= st.by_qtype then
         errs[#errs + 1] = st.file .. ": stage '" .. st.name .. "' varies_by qtype = " .. tostring(st.by_qtype) ..
@@ -204,6 +225,9 @@ function M.plan(ctx)
   local all = {}
   for _, st in ipairs(ctx.stages.list) do all[#all + 1] = st.__file end
   all[#all + 1] = "codegen/gen_stages.lua"
+  for _, st in ipairs(ctx.stages.list) do
+    if template.exists("cuda/" .. st.name .. ".cu") then all[#all + 1] = template.path("cuda/" .. st.name .. ".cu") end
+  end
   jobs[#jobs + 1] = { outputs = { LAUNCH_OUT }, inputs = all, args = "--launch --out " .. LAUNCH_OUT, desc = LAUNCH_OUT }
   for _, v in ipairs(M.variants(ctx)) do
     local inputs = { v.stage.file }
@@ -256,10 +280,10 @@ local function emit_variant(v, sources)
     ACC_T = acc == "f64" and "double" or "float",
     ACC_NOTE = v.acc and ("accumulator " .. v.acc) or "this stage does not vary by accumulator",
     ENTRY = v.entry, THREADS = kd.threads, WARPS = WARPS, MIN_BLOCKS = kd.min_blocks or 4,
-    MAX_K = kd.max_k or 0, MAX_E = kd.max_e or 0, MAX_D = kd.max_d or 0, MAX_BLOCKS = kd.max_blocks or 0,
-    MAX_SPLITS = kd.max_splits or 0,
-    AT_U = kd.max_d and (kd.max_d // 32) or 0,
   }
+  for k, x in pairs(kd) do -- the kernel line's constants (max_k=64 -> ${MAX_K})
+    if type(x) == "number" and k ~= "threads" and k ~= "min_blocks" then vars[k:upper()] = x end
+  end
   -- The attention output is `o` in the contract; `o` is also the natural loop name, so bind it as o_out.
   -- `add` has a buffer named `a`, which is also the kernel argument's name, so the argument is a_ there.
   local rename, argname = {}, "a"
@@ -319,7 +343,7 @@ local function emit_variant(v, sources)
     parts[#parts + 1] = "#pragma nv_diag_default 177"
     parts[#parts + 1] = template.render("cuda/_qrows.cu", vars)
   end
-  parts[#parts + 1] = template.render("cuda/" .. st.name .. ".cu", vars)
+  parts[#parts + 1] = template.render_body("cuda/" .. st.name .. ".cu", vars)
   return table.concat(parts, "\n")
 end
 

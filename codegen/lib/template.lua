@@ -43,6 +43,36 @@ function M.fill(text, vars, where)
   end))
 end
 
+-- A template's header: its leading lines "// qmoe-KEY: VALUE" (what a generator needs to know about the kernel
+-- besides its text: sizes, launch geometry). Returns { KEY = { VALUE, ... } } (in order) and the text after
+-- the header, which is what gets filled.
+function M.split(name)
+  local text = M.load(name)
+  local meta, pos = {}, 1
+  while true do
+    local key, val, nxt = text:match("^// qmoe%-([%w_]+):[ \t]*([^\n]*)\n()", pos)
+    if not key then break end
+    meta[key] = meta[key] or {}
+    meta[key][#meta[key] + 1] = val
+    pos = nxt
+  end
+  return meta, text:sub(pos)
+end
+
+-- "a=1 b=x" -> { a = 1, b = "x" } (numbers converted); WHERE names the template in errors.
+function M.pairs_of(s, where)
+  local t = {}
+  for k, v in (s or ""):gmatch("([%w_]+)=(%S+)") do t[k] = tonumber(v) or v end
+  if s and s:gsub("[%w_]+=%S+", ""):match("%S") then error(where .. ": expected key=value pairs in '" .. s .. "'", 0) end
+  return t
+end
+
+-- Template NAME (its header removed) filled from VARS.
+function M.render_body(name, vars)
+  local _, body = M.split(name)
+  return M.fill(body, vars, M.path(name))
+end
+
 -- Template NAME filled from VARS.
 function M.render(name, vars) return M.fill(M.load(name), vars, M.path(name)) end
 

@@ -1,3 +1,5 @@
+// qmoe-kernel: threads=256 rows_per_block=0
+// qmoe-grid: qmoe_min(qmoe_cdiv(n, THREADS), SM_COUNT * 16), 1
 // y = a + b (y may be a).
 extern "C" __global__ void __launch_bounds__(${THREADS}, ${MIN_BLOCKS}) ${ENTRY}(const qmoe_args a_) {
 ${BIND}

@@ -1,3 +1,5 @@
+// qmoe-kernel: threads=256 rows_per_block=0 max_blocks=1024
+// qmoe-grid: qmoe_min(qmoe_cdiv(n, 4096), MAX_BLOCKS), 1
 // Index of the largest x (ties: the lowest index; NaN is never chosen). Blocks scan contiguous slices and
 // leave (value, index) in device memory; the last block to finish (self-resetting counter) merges them in
 // block order.

@@ -1,3 +1,8 @@
+// qmoe-kernel: acc=1 threads=128 rows_per_block=1 min_blocks=2 max_d=256 at_u=8 max_splits=64 split_positions=64
+// qmoe-limit: D <= MAX_D
+// qmoe-let: splits = qmoe_min(qmoe_cdiv(n_kv, SPLIT_POSITIONS), MAX_SPLITS)
+// qmoe-grid: nh, splits
+// qmoe-workspace: splits > 1 ? (nh * 4 + 255) / 256 * 256 + nh * splits * (D + 2) * 8 : 0
 // Decode attention with GQA: query head h reads kv head h / (nh / nkv). The positions are cut into S = gridDim.y
 // splits (backend: about 64 positions each, S <= ${MAX_SPLITS}); block (h, s) runs an online softmax over its
 // split — each warp takes 4 consecutive positions at a time (their K rows loaded together, 4 interleaved warp

@@ -1,3 +1,5 @@
+// qmoe-kernel: threads=256 rows_per_block=0
+// qmoe-grid: qmoe_cdiv(nkv * D, THREADS), 1
 // Kc[pos], Vc[pos] (rows of nkv·D) = k, v.
 extern "C" __global__ void __launch_bounds__(${THREADS}, ${MIN_BLOCKS}) ${ENTRY}(const qmoe_args a) {
 ${BIND}

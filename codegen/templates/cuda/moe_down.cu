@@ -1,3 +1,6 @@
+// qmoe-kernel: qtype=1 acc=1 threads=128 rows_per_block=2 max_k=64
+// qmoe-limit: K <= MAX_K
+// qmoe-grid: qmoe_cdiv(H, RPB), 1
 // y[r] = Σ_k w[k] · (Wd[ids[k]]·h[k])[r]: each block computes 2 output rows; its warps take the experts
 // k = warp, warp + ${WARPS}, ... and leave each dot product in shared memory; then one thread per row sums
 // over k in order 0..K-1 in acc_t. No atomics: the result does not depend on scheduling. K <= ${MAX_K}.

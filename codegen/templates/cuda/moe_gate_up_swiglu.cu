@@ -1,3 +1,5 @@
+// qmoe-kernel: qtype=1 acc=1 threads=128 rows_per_block=4
+// qmoe-grid: qmoe_cdiv(F, RPB), K
 // h[k][f] = silu(Wg[ids[k]]·x)[f] · (Wu[ids[k]]·x)[f] for all K chosen experts in one launch: grid.y = K, the
 // expert id is read on the device. Each warp computes gate row f and up row f together (x loaded once);
 // SwiGLU is evaluated in acc_t. An id outside [0, E) yields NaN in its outputs (never a wrong expert).

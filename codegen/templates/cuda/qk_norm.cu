@@ -1,3 +1,5 @@
+// qmoe-kernel: acc=1 threads=128 rows_per_block=1
+// qmoe-grid: nh, 1
 // RMSNorm of each of nh heads of D with the shared weight w: one block per head.
 extern "C" __global__ void __launch_bounds__(${THREADS}, ${MIN_BLOCKS}) ${ENTRY}(const qmoe_args a) {
 ${BIND}

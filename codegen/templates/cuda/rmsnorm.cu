@@ -1,3 +1,5 @@
+// qmoe-kernel: acc=1 threads=256 rows_per_block=1
+// qmoe-grid: 1, 1
 // y = x · (1/sqrt(mean(x²) + eps)) · w in one block: sum of squares in acc_t, fixed-order reduction.
 extern "C" __global__ void __launch_bounds__(${THREADS}, ${MIN_BLOCKS}) ${ENTRY}(const qmoe_args a) {
 ${BIND}

@@ -1,3 +1,5 @@
+// qmoe-kernel: acc=1 threads=64 rows_per_block=1
+// qmoe-grid: nh, 1
 // NEOX RoPE, one block per head: dims i and i + D/2 rotate by a = pos·theta^(−2i/D). The angle and its cos/sin
 // are computed in double in every variant (an f32 angle at large pos is an error, not a precision choice);
 // the rotation is done in acc_t. Each thread owns its pairs, so y may be x.

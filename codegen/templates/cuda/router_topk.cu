@@ -1,3 +1,7 @@
+// qmoe-kernel: acc=1 threads=256 rows_per_block=8 min_blocks=1 max_e=4096 max_k=64
+// qmoe-limit: E <= MAX_E
+// qmoe-limit: K <= MAX_K
+// qmoe-grid: qmoe_cdiv(E, RPB), 1
 // Router: logits = Wr·x (one warp per expert, 8 per block, many blocks); the first warp of the last block to
 // finish (a counter in device memory, self-resetting via atomicInc) runs softmax over E and top-K by logit
 // (ties: the lower index), then w = p / Σ p over the chosen, all in acc_t. E <= ${MAX_E}, K <= ${MAX_K}.
