@@ -47,6 +47,8 @@ end
 -- Every variant: { name, stage (contract), q (quant contract or nil), acc ("f32"/"f64"/nil), file }.
 local function variants(ctx)
   local out = {}
+  local recs = {}
+  for _, r in ipairs(dofile("codegen/gen_stages.lua").stages(ctx)) do recs[r.name] = r end
   local stages = {}
   for _, st in ipairs(ctx.stages.list) do stages[#stages + 1] = st end
   table.sort(stages, function(a, b) return (a.order or 0) < (b.order or 0) end)
@@ -61,7 +63,7 @@ local function variants(ctx)
           if q then parts[#parts + 1] = q.name end
           if acc then parts[#parts + 1] = acc end
           out[#out + 1] = { name = table.concat(parts, "__"), what = table.concat(parts, "/"), stage = st,
-                            q = q or nil, acc = acc or nil }
+                            rec = recs[st.name], q = q or nil, acc = acc or nil }
         end
       end
     end
@@ -368,12 +370,99 @@ local STAGES = {
              scratch = "ng * 8", x = { "chunk", "ng" }, groups = { { "ng", "1", "1" }, { "1", "1", "1" } } },
 }
 
-local function stage_impl(v)
-  local s = STAGES[v.stage.name]
-  if not s then
-    error(v.stage.__file .. ": stage '" .. v.stage.name .. "' has no GLSL kernel in " .. SCRIPT .. "; add one", 0)
+-- A stage with no entry above is generic: one pass, its shader codegen/templates/glsl/<stage>.comp, whose
+-- header gives what the table above gives the others:
+--   // qmoe-shader: wg=N [rows=N]      workgroup size; rows per workgroup (0 default)
+--   // qmoe-limit: EXPR <= BOUND       (repeatable)   // qmoe-let: NAME = EXPR   (repeatable)
+--   // qmoe-groups: X, Y, Z            workgroups     // qmoe-scratch: EXPR     // qmoe-x: EXPR, ...
+-- The shader gets the contract's buffers by their names (binding = contract order; a qtype buffer is uint
+-- words, f32 float, i32 int), each buffer's byte offset as <name>_off, the int params by name, float params by
+-- name in the accumulator type, the decode of a qtype stage as `float dq_decode(uint byte_offset, int i)`
+-- over its quantized buffer, and ${T} (accumulator type), ${WG}, ${BE}, ${BB}, ${NAN}.
+local function split_top(str)
+  local out, depth, cur = {}, 0, {}
+  for ch in str:gmatch(".") do
+    if ch == "(" then depth = depth + 1 elseif ch == ")" then depth = depth - 1 end
+    if ch == "," and depth == 0 then out[#out + 1] = table.concat(cur):match("^%s*(.-)%s*$") cur = {}
+    else cur[#cur + 1] = ch end
   end
-  if v.q and s.emit ~= emit_matvec and s.emit ~= emit_gate_up and s.emit ~= emit_down then
+  out[#out + 1] = table.concat(cur):match("^%s*(.-)%s*$")
+  return out
+end
+
+local GLSL_TYPE = { qtype = "uint", f32 = "float", i32 = "int" }
+
+local function generic_stage(name)
+  local tname = "glsl/" .. name .. ".comp"
+  if not template.exists(tname) then return nil end
+  local where = template.path(tname)
+  local meta = template.split(tname)
+  local sh = template.pairs_of(meta.shader and meta.shader[1], where)
+  if type(sh.wg) ~= "number" then error(where .. ": needs '// qmoe-shader: wg=N'", 0) end
+  local st = { wg = sh.wg, rows = sh.rows or 0, limits = {}, let = {}, where = where }
+  for _, l in ipairs(meta.limit or {}) do
+    local a, b = l:match("^(.-)%s*<=%s*(.+)$")
+    if not a then error(where .. ": qmoe-limit '" .. l .. "' is not EXPR <= BOUND", 0) end
+    st.limits[#st.limits + 1] = { a, b }
+  end
+  for _, l in ipairs(meta.let or {}) do
+    local a, b = l:match("^([%a_][%w_]*)%s*=%s*(.+)$")
+    if not a then error(where .. ": qmoe-let '" .. l .. "' is not NAME = EXPR", 0) end
+    st.let[#st.let + 1] = { a, b }
+  end
+  if not meta.groups or #meta.groups ~= 1 then error(where .. ": needs one '// qmoe-groups: X, Y, Z' line", 0) end
+  local g = split_top(meta.groups[1])
+  if #g ~= 3 then error(where .. ": qmoe-groups needs three expressions", 0) end
+  st.groups = { g }
+  st.scratch = meta.scratch and meta.scratch[1] or nil
+  st.x = meta.x and split_top(meta.x[1]) or nil
+  st.generic = true
+  st.emit = function(v)
+    local r = v.rec
+    local src = { header(v, nil, st.wg) }
+    local qbuf
+    for i, b in ipairs(r.bufs) do
+      if not b.name:match("^[%a][%w_]*$") then error(r.file .. ": buffer name '" .. b.name .. "' is not a GLSL identifier", 0) end
+      src[#src + 1] = buf(i - 1, b.__kind == "inputs" and "readonly " or "", GLSL_TYPE[b.dtype], b.name)
+      src[#src + 1] = fmt("#define %s_off pc.o[%d]", b.name, i - 1)
+      if b.dtype == "qtype" then qbuf = qbuf or b.name end
+    end
+    for i, n in ipairs(r.ints) do src[#src + 1] = fmt("#define %s pc.p[%d]", n, i - 1) end
+    for i, n in ipairs(r.floats) do
+      src[#src + 1] = v.acc == "f64" and fmt("#define %s packDouble2x32(pc.fd[%d])", n, i - 1)
+                      or fmt("#define %s pc.ff[%d]", n, i - 1)
+    end
+    local vars = { T = acc_type(v.acc), WG = st.wg, NAN = NAN }
+    if v.q then
+      local D = expr.glsl_dialect(qbuf)
+      vars.BE, vars.BB = v.q.block_elements, v.q.block_bytes
+      src[#src + 1] = fmt("// Decoding of %s, from %s by expr.emit (GLSL dialect over %s[]).", v.q.name, v.q.__file, qbuf)
+      src[#src + 1] = expr.prelude(D)
+      src[#src + 1] = expr.emit(v.q, D, "dq")
+    end
+    src[#src + 1] = template.render_body(tname, vars)
+    return table.concat(src, "\n"), { { shader = v.name, wg = st.wg, shared = 0 } }, { rows = st.rows }
+  end
+  return st
+end
+
+-- The implementation of stage NAME: its entry above, else the generic one from its template; nil if neither.
+local function stage_of(name)
+  local s = STAGES[name]
+  if not s then
+    s = generic_stage(name)
+    STAGES[name] = s
+  end
+  return s
+end
+
+local function stage_impl(v)
+  local s = stage_of(v.stage.name)
+  if not s then
+    error(v.stage.__file .. ": stage '" .. v.stage.name .. "' has no GLSL kernel: add " ..
+          template.path("glsl/" .. v.stage.name .. ".comp"), 0)
+  end
+  if v.q and not s.generic and s.emit ~= emit_matvec and s.emit ~= emit_gate_up and s.emit ~= emit_down then
     error(v.stage.__file .. ": stage '" .. v.stage.name .. "' varies by qtype, but " .. SCRIPT ..
           " has no quantized kernel for it; add one", 0)
   end
@@ -439,7 +528,8 @@ local function emit_table(ctx, vs)
   local recs = dofile("codegen/gen_stages.lua").stages(ctx)
   local tab = {}
   for _, r in ipairs(recs) do
-    local s = STAGES[r.name] or error(r.file .. ": stage '" .. r.name .. "' has no GLSL kernel in " .. SCRIPT .. "; add one", 0)
+    local s = stage_of(r.name) or error(r.file .. ": stage '" .. r.name .. "' has no GLSL kernel: add " ..
+                                          template.path("glsl/" .. r.name .. ".comp"), 0)
     local function cexpr(e)
       return (e:gsub("[%a_][%w_]*", function(n)
         local m = ({ ROWS = "e->rows", WG = "e->wg", ACC_BYTES = "e->acc_bytes", MAXG0 = "e->maxg[0]", MAXG1 = "e->maxg[1]",

@@ -155,6 +155,27 @@ local function stage_record(ctx, st, errs)
         else errs[#errs + 1] = where(b, "shape", st.__file) .. ": shape of '" .. tostring(b.name) .. "' names '" .. tostring(d) .. "', which is not an int param of the stage" end
       end
       b.__dims, b.__kind = dims, kind
+      b.__index_param = -1
+      if b.indexes then
+        if b.dtype ~= "i32" or kind ~= "inputs" or not param_index[b.indexes] then
+          errs[#errs + 1] = where(b, "indexes", st.__file) .. ": 'indexes' is for i32 inputs and names an int param; '" ..
+                            tostring(b.indexes) .. "' is not one"
+        else
+          b.__index_param = param_index[b.indexes]
+        end
+      end
+    end
+  end
+  r.exact = st.compare == "exact"
+  r.test_params = {}
+  for _, tp in ipairs(st.test_params or {}) do
+    if not param_index[tp.name] then
+      errs[#errs + 1] = where(tp, "name", st.__file) .. ": test param '" .. tostring(tp.name) .. "' is not an int param of the stage"
+    elseif tp.min > tp.max or (tp.step or 1) < 1 or tp.min < r.mins[tp.name] then
+      errs[#errs + 1] = where(tp, "min", st.__file) .. ": test param '" .. tp.name .. "' needs " .. r.mins[tp.name] ..
+                        " <= min <= max and step >= 1"
+    else
+      r.test_params[#r.test_params + 1] = { param = param_index[tp.name], name = tp.name, min = tp.min, max = tp.max, step = tp.step or 1 }
     end
   end
   r.rules = {}
@@ -303,7 +324,11 @@ local function emit_header(recs, sources)
     "  int n_dims;",
     "  const qmoe_stage_dim *dims; /* outermost first; a qtype buffer's last dim is its row length */",
     "  const char *may_alias;       /* input this output may share memory with, or NULL */",
+    "  int index_param;             /* i32 inputs: each value indexes one of p[index_param] items; else -1 */",
     "} qmoe_stage_buf;",
+    "",
+    "/* A shape the generic parity test draws: p[param] in [min, max], a multiple of step. */",
+    "typedef struct { int param; int64_t min, max, step; } qmoe_stage_test_param;",
     "",
     "typedef struct {",
     "  const char *name;            /* contract name (\"matvec\") */",
@@ -326,6 +351,9 @@ local function emit_header(recs, sources)
     "  /* The contract's `requires` rules over params already in range: 0, or QMOE_EINVAL with qmoe_set_error()",
     "   * naming the stage and the values. */",
     "  int (*rules)(const int64_t *p, const double *f);",
+    "  int exact;                   /* the contract's compare: exact: f32 outputs equal the reference bit for bit */",
+    "  int n_test_params;",
+    "  const qmoe_stage_test_param *test_params;",
     "} qmoe_stage_info;",
     "",
     string.format("enum { QMOE_STAGE_TABLE_COUNT = %d }; /* stage contracts; equals QMOE_STAGE_COUNT */", #recs),
@@ -372,6 +400,11 @@ local function emit_c(recs, sources)
       for _, n in ipairs(r.ints) do mins[#mins + 1] = tostring(r.mins[n]) end
       o[#o + 1] = string.format("static const int64_t %s_param_min[] = { %s };", r.name, table.concat(mins, ", "))
     end
+    if #r.test_params > 0 then
+      local t = {}
+      for _, tp in ipairs(r.test_params) do t[#t + 1] = string.format("{ %d, %d, %d, %d } /* %s */", tp.param, tp.min, tp.max, tp.step, tp.name) end
+      o[#o + 1] = string.format("static const qmoe_stage_test_param %s_test_params[] = { %s };", r.name, table.concat(t, ", "))
+    end
     if #r.rules > 0 then
       o[#o + 1] = string.format("static int %s_rules(const int64_t *p, const double *f) {", r.name)
       o[#o + 1] = "  (void)p, (void)f;"
@@ -395,9 +428,9 @@ local function emit_c(recs, sources)
       end
       o[#o + 1] = string.format("static const qmoe_stage_dim %s_dims%d[] = { %s };", r.name, i - 1,
                                 #dims > 0 and table.concat(dims, ", ") or "{ -1, 1 }")
-      bufs[#bufs + 1] = string.format("  { %s, %s, %d, %d, %s_dims%d, %s },", cstr(b.name), DTYPES[b.dtype],
+      bufs[#bufs + 1] = string.format("  { %s, %s, %d, %d, %s_dims%d, %s, %d },", cstr(b.name), DTYPES[b.dtype],
                                       b.__kind == "outputs" and 1 or 0, #b.__dims, r.name, i - 1,
-                                      b.may_alias and cstr(b.may_alias) or "NULL")
+                                      b.may_alias and cstr(b.may_alias) or "NULL", b.__index_param)
     end
     o[#o + 1] = string.format("static const char *const %s_buf_names[] = { %s };", r.name, table.concat(bnames, ", "))
     o[#o + 1] = string.format("static const qmoe_stage_buf %s_bufs[] = {", r.name)
@@ -409,14 +442,15 @@ local function emit_c(recs, sources)
   -- With no stage contracts yet the table has one zeroed slot that the lookups never return.
   o[#o + 1] = "static const qmoe_stage_info stages[QMOE_STAGE_TABLE_COUNT > 0 ? QMOE_STAGE_TABLE_COUNT : 1] = {"
   for _, r in ipairs(recs) do
-    o[#o + 1] = string.format("  { %s, %s, (qmoe_stage)%d, %s, %d, %d, %d, %s, %d, %s, %d, %s, %d, %s, %d, %d, %s_buf_names, %s_bufs, %s, %s },",
+    o[#o + 1] = string.format("  { %s, %s, (qmoe_stage)%d, %s, %d, %d, %d, %s, %d, %s, %d, %s, %d, %s, %d, %d, %s_buf_names, %s_bufs, %s, %s, %d, %d, %s },",
       cstr(r.name), cstr(r.trace), r.order, cstr(r.file), r.by_qtype and 1 or 0, r.by_acc and 1 or 0,
       #r.qtypes, #r.qtypes > 0 and (r.name .. "_qtypes") or "NULL",
       #r.accs, #r.accs > 0 and (r.name .. "_accs") or "NULL",
       #r.ints, #r.ints > 0 and (r.name .. "_params") or "NULL",
       #r.floats, #r.floats > 0 and (r.name .. "_fparams") or "NULL",
       r.n_inputs, #r.bufs - r.n_inputs, r.name, r.name, #r.ints > 0 and (r.name .. "_param_min") or "NULL",
-      #r.rules > 0 and (r.name .. "_rules") or "NULL")
+      #r.rules > 0 and (r.name .. "_rules") or "NULL", r.exact and 1 or 0, #r.test_params,
+      #r.test_params > 0 and (r.name .. "_test_params") or "NULL")
   end
   if #recs == 0 then o[#o + 1] = "  { 0 }" end
   o[#o + 1] = "};"

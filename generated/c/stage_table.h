@@ -20,7 +20,11 @@ typedef struct {
   int n_dims;
   const qmoe_stage_dim *dims; /* outermost first; a qtype buffer's last dim is its row length */
   const char *may_alias;       /* input this output may share memory with, or NULL */
+  int index_param;             /* i32 inputs: each value indexes one of p[index_param] items; else -1 */
 } qmoe_stage_buf;
+
+/* A shape the generic parity test draws: p[param] in [min, max], a multiple of step. */
+typedef struct { int param; int64_t min, max, step; } qmoe_stage_test_param;
 
 typedef struct {
   const char *name;            /* contract name ("matvec") */
@@ -43,6 +47,9 @@ typedef struct {
   /* The contract's `requires` rules over params already in range: 0, or QMOE_EINVAL with qmoe_set_error()
    * naming the stage and the values. */
   int (*rules)(const int64_t *p, const double *f);
+  int exact;                   /* the contract's compare: exact: f32 outputs equal the reference bit for bit */
+  int n_test_params;
+  const qmoe_stage_test_param *test_params;
 } qmoe_stage_info;
 
 enum { QMOE_STAGE_TABLE_COUNT = 11 }; /* stage contracts; equals QMOE_STAGE_COUNT */

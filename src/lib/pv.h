@@ -78,7 +78,8 @@ typedef struct {
 /* contracts/stages/<name>.yaml */
 typedef struct { const qy_node *node; pv_str name, type, doc; pv_int min; } pv_stage_param;
 typedef struct { const qy_node *node; pv_str check, error; } pv_stage_rule;
-typedef struct { const qy_node *node; pv_str name, dtype; pv_list shape; pv_str doc, may_alias; } pv_stage_buffer;
+typedef struct { const qy_node *node; pv_str name, dtype; pv_list shape; pv_str doc, may_alias, indexes; } pv_stage_buffer;
+typedef struct { const qy_node *node; pv_str name; pv_int min, max, step; } pv_stage_test_param;
 typedef struct {
   const qy_node *node;
   pv_str name, trace, description;
@@ -90,6 +91,8 @@ typedef struct {
   pv_list falsifiers;       /* pv_str */
   pv_int order;
   pv_list requires;         /* pv_stage_rule */
+  pv_str compare;           /* "tolerance" (default) or "exact" */
+  pv_list test_params;      /* pv_stage_test_param */
 } pv_stage;
 
 /* contracts/models/<id>.yaml */

@@ -126,6 +126,8 @@ static const pv_key STAGE_BUFFER_KEYS[] = {
     .doc = "what it holds" },
   { .name = "may_alias", .type = PV_T_STR, .off = offsetof(pv_stage_buffer, may_alias), .pat = PV_PAT_IDENT,
     .doc = "outputs only: an input of the same shape this output may be (in place)" },
+  { .name = "indexes", .type = PV_T_STR, .off = offsetof(pv_stage_buffer, indexes), .pat = PV_PAT_IDENT,
+    .doc = "i32 inputs: each value indexes one of this int param's items (tests draw values in [0, param))" },
 };
 static const pv_record STAGE_BUFFER = { "buffer", sizeof(pv_stage_buffer), STAGE_BUFFER_KEYS, NKEYS(STAGE_BUFFER_KEYS) };
 
@@ -136,6 +138,20 @@ static const pv_key STAGE_RULE_KEYS[] = {
     .doc = "message when it fails; {name} gives a param's value" },
 };
 static const pv_record STAGE_RULE = { "rule", sizeof(pv_stage_rule), STAGE_RULE_KEYS, NKEYS(STAGE_RULE_KEYS) };
+
+static const pv_key STAGE_TEST_PARAM_KEYS[] = {
+  { .name = "name", .type = PV_T_STR, .flags = PV_REQ, .off = offsetof(pv_stage_test_param, name), .pat = PV_PAT_IDENT,
+    .doc = "an int param of the stage" },
+  { .name = "min", .type = PV_T_INT, .flags = PV_REQ, .off = offsetof(pv_stage_test_param, min), .range = PV_R_GE0,
+    .doc = "least value the parity test draws" },
+  { .name = "max", .type = PV_T_INT, .flags = PV_REQ, .off = offsetof(pv_stage_test_param, max), .range = PV_R_GE0,
+    .doc = "largest value the parity test draws" },
+  { .name = "step", .type = PV_T_INT, .off = offsetof(pv_stage_test_param, step), .range = PV_R_GE0,
+    .doc = "drawn values are multiples of it (default 1)" },
+};
+static const pv_record STAGE_TEST_PARAM = { "test param", sizeof(pv_stage_test_param), STAGE_TEST_PARAM_KEYS,
+                                            NKEYS(STAGE_TEST_PARAM_KEYS) };
+static const char *const COMPARES[] = { "tolerance", "exact", NULL };
 
 static const pv_key STAGE_KEYS[] = {
   { .name = "name", .type = PV_T_STR, .flags = PV_REQ, .off = offsetof(pv_stage, name), .pat = PV_PAT_NAME,
@@ -163,6 +179,10 @@ static const pv_key STAGE_KEYS[] = {
     .doc = "its qmoe_stage enum value (runtime/backend.h); unique" },
   { .name = "requires", .type = PV_T_LIST, .off = offsetof(pv_stage, requires), .elem = PV_T_REC, .rec = &STAGE_RULE,
     .max_len = 64, .doc = "rules over the params, checked on every call (runtime/stage_check.c)" },
+  { .name = "compare", .type = PV_T_STR, .off = offsetof(pv_stage, compare), .enums = COMPARES,
+    .doc = "how parity tests judge f32 outputs: within the falsifiers' tolerance (default) or bit for bit" },
+  { .name = "test_params", .type = PV_T_LIST, .off = offsetof(pv_stage, test_params), .elem = PV_T_REC,
+    .rec = &STAGE_TEST_PARAM, .max_len = 8, .doc = "shapes the generic parity test draws (stages it has no recipe for)" },
 };
 const pv_record pv_stage_record = { "stage contract", sizeof(pv_stage), STAGE_KEYS, NKEYS(STAGE_KEYS) };
 

@@ -182,8 +182,14 @@ static int choose_params(prepared *pr, const char *stage, char *why, size_t whyl
     bad |= set_p(pr, "n", rand_int(256, 4096));
   } else if (!strcmp(stage, "argmax")) {
     bad |= set_p(pr, "n", rand_int(1, 8192));
+  } else if (pr->si->n_test_params > 0) { /* the contract's test_params */
+    for (int i = 0; i < pr->si->n_test_params; i++) {
+      const qmoe_stage_test_param *tp = &pr->si->test_params[i];
+      int64_t lo = (tp->min + tp->step - 1) / tp->step, hi = tp->max / tp->step;
+      pr->call.p[tp->param] = rand_int(lo, hi) * tp->step;
+    }
   } else {
-    snprintf(why, whylen, "the template has no input recipe for stage %s", stage);
+    snprintf(why, whylen, "no input recipe for stage %s: give its contract test_params", stage);
     return -1;
   }
   if (bad) snprintf(why, whylen, "contracts/stages/%s.yaml lacks a param the template sets (params changed?)", stage);
@@ -217,6 +223,8 @@ static int prepare(prepared *pr, const char *stage, int qtype, qmoe_acc acc, cha
       fill_normal(f32_of(pr, i), n4, 1.0);
     } else if (!strcmp(b->name, "ids")) {
       distinct_ids((int32_t *)pr->host[i], get_p(pr, "K"), get_p(pr, "E"));
+    } else if (b->index_param >= 0) { /* values index p[index_param] items */
+      for (size_t j = 0; j < n4; j++) ((int32_t *)pr->host[i])[j] = (int32_t)rand_int(0, pr->call.p[b->index_param] - 1);
     } else {
       snprintf(why, whylen, "the template cannot fill i32 input %s of %s", b->name, stage);
       return -1;
@@ -333,10 +341,11 @@ static void compare_f32(const char *name, const float *a, const float *b, size_t
   CHECK(maxrel <= pc->maxrel_max, "%s: %s max_abs_rel %.3g > %.3g", rel_id, name, maxrel, pc->maxrel_max);
 }
 
-/* Judges every output of a case; ids (i32) and copies (kv_store) must match exactly. */
+/* Judges every output of a case; ids (i32) and the outputs of stages whose contract says `compare: exact`
+ * (kv_store's copies, embed_rows' decodes) must match exactly. */
 static void compare_outputs(prepared *pr, unsigned char *got[], unsigned char *want[], const parity_case *pc,
                             measures *m) {
-  int exact = !strcmp(pr->si->name, "kv_store");
+  int exact = pr->si->exact;
   for (int i = 0; i < pr->nbuf; i++) {
     const qmoe_stage_buf *b = &pr->si->bufs[i];
     if (!b->is_output) continue;
@@ -350,7 +359,8 @@ static void compare_outputs(prepared *pr, unsigned char *got[], unsigned char *w
       const float *g = (const float *)got[i], *w = (const float *)want[i];
       for (size_t j = 0; j < n; j++) {
         if (memcmp(&g[j], &w[j], 4)) {
-          CHECK(0, "%s[%zu] = %g, reference %g (a copy must be exact)", b->name, j, (double)g[j], (double)w[j]);
+          CHECK(0, "%s[%zu] = %g, reference %g (contracts/stages/%s.yaml: compare: exact)", b->name, j, (double)g[j],
+                (double)w[j], pr->si->name);
           break;
         }
       }
