@@ -198,6 +198,20 @@ int qmoe_ref_argmax(const qmoe_stage_call *c, qmoe_ref_prec prec, const qmoe_qty
   return 0;
 }
 
+/* y = row id of W, decoded: the format's exact f32 values in every precision. An id outside [0, rows) is an
+ * error here (the GPU kernels, which cannot report one, write NaN and read nothing). */
+int qmoe_ref_embed_rows(const qmoe_stage_call *c, qmoe_ref_prec prec, const qmoe_qtype_info *q, void *const *b) {
+  const int64_t cols = c->p[QMOE_P_EMBED_ROWS_COLS], rows = c->p[QMOE_P_EMBED_ROWS_ROWS];
+  const int32_t id = *(const int32_t *)b[QMOE_B_EMBED_ROWS_ID];
+  if (id < 0 || id >= rows) {
+    qmoe_set_error("stage embed_rows: id = %d is outside [0, rows = %lld)%s%s", (int)id, (long long)rows,
+                   c->tensor ? " of tensor " : "", c->tensor ? c->tensor : "");
+    return QMOE_EINVAL;
+  }
+  decode_row(q, b[QMOE_B_EMBED_ROWS_W], id, cols, b[QMOE_B_EMBED_ROWS_Y]);
+  return 0;
+}
+
 #undef REF_DISPATCH
 
 #else /* ---- part 2: the stage bodies for one accumulator type REF_T (angles in REF_A) ---- */

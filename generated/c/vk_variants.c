@@ -87,8 +87,30 @@ const qmoe_vk_variant qmoe_vk_variants[] = {
     {"attention__f64", "attention/f64", QMOE_STAGE_ATTENTION, -1, QMOE_ACC_F64, 2, {{"attention__f64.part", 64, 4608}, {"attention__f64.combine", 64, 0}}, 8},
     {"add", "add", QMOE_STAGE_ADD, -1, -1, 1, {{"add", 256, 0}}, 0},
     {"argmax", "argmax", QMOE_STAGE_ARGMAX, -1, -1, 2, {{"argmax.part", 256, 2048}, {"argmax.final", 256, 2048}}, 0},
+    {"embed_rows__f32__f32", "embed_rows/f32/f32", QMOE_STAGE_EMBED_ROWS, 0, QMOE_ACC_F32, 1, {{"embed_rows__f32__f32", 64, 0}}, 0},
+    {"embed_rows__f32__f64", "embed_rows/f32/f64", QMOE_STAGE_EMBED_ROWS, 0, QMOE_ACC_F64, 1, {{"embed_rows__f32__f64", 64, 0}}, 0},
+    {"embed_rows__f16__f32", "embed_rows/f16/f32", QMOE_STAGE_EMBED_ROWS, 1, QMOE_ACC_F32, 1, {{"embed_rows__f16__f32", 64, 0}}, 0},
+    {"embed_rows__f16__f64", "embed_rows/f16/f64", QMOE_STAGE_EMBED_ROWS, 1, QMOE_ACC_F64, 1, {{"embed_rows__f16__f64", 64, 0}}, 0},
+    {"embed_rows__q4_0__f32", "embed_rows/q4_0/f32", QMOE_STAGE_EMBED_ROWS, 2, QMOE_ACC_F32, 1, {{"embed_rows__q4_0__f32", 64, 0}}, 0},
+    {"embed_rows__q4_0__f64", "embed_rows/q4_0/f64", QMOE_STAGE_EMBED_ROWS, 2, QMOE_ACC_F64, 1, {{"embed_rows__q4_0__f64", 64, 0}}, 0},
+    {"embed_rows__q4_1__f32", "embed_rows/q4_1/f32", QMOE_STAGE_EMBED_ROWS, 3, QMOE_ACC_F32, 1, {{"embed_rows__q4_1__f32", 64, 0}}, 0},
+    {"embed_rows__q4_1__f64", "embed_rows/q4_1/f64", QMOE_STAGE_EMBED_ROWS, 3, QMOE_ACC_F64, 1, {{"embed_rows__q4_1__f64", 64, 0}}, 0},
+    {"embed_rows__q5_0__f32", "embed_rows/q5_0/f32", QMOE_STAGE_EMBED_ROWS, 6, QMOE_ACC_F32, 1, {{"embed_rows__q5_0__f32", 64, 0}}, 0},
+    {"embed_rows__q5_0__f64", "embed_rows/q5_0/f64", QMOE_STAGE_EMBED_ROWS, 6, QMOE_ACC_F64, 1, {{"embed_rows__q5_0__f64", 64, 0}}, 0},
+    {"embed_rows__q8_0__f32", "embed_rows/q8_0/f32", QMOE_STAGE_EMBED_ROWS, 8, QMOE_ACC_F32, 1, {{"embed_rows__q8_0__f32", 64, 0}}, 0},
+    {"embed_rows__q8_0__f64", "embed_rows/q8_0/f64", QMOE_STAGE_EMBED_ROWS, 8, QMOE_ACC_F64, 1, {{"embed_rows__q8_0__f64", 64, 0}}, 0},
+    {"embed_rows__q4_k__f32", "embed_rows/q4_k/f32", QMOE_STAGE_EMBED_ROWS, 12, QMOE_ACC_F32, 1, {{"embed_rows__q4_k__f32", 64, 0}}, 0},
+    {"embed_rows__q4_k__f64", "embed_rows/q4_k/f64", QMOE_STAGE_EMBED_ROWS, 12, QMOE_ACC_F64, 1, {{"embed_rows__q4_k__f64", 64, 0}}, 0},
+    {"embed_rows__q5_k__f32", "embed_rows/q5_k/f32", QMOE_STAGE_EMBED_ROWS, 13, QMOE_ACC_F32, 1, {{"embed_rows__q5_k__f32", 64, 0}}, 0},
+    {"embed_rows__q5_k__f64", "embed_rows/q5_k/f64", QMOE_STAGE_EMBED_ROWS, 13, QMOE_ACC_F64, 1, {{"embed_rows__q5_k__f64", 64, 0}}, 0},
+    {"embed_rows__q6_k__f32", "embed_rows/q6_k/f32", QMOE_STAGE_EMBED_ROWS, 14, QMOE_ACC_F32, 1, {{"embed_rows__q6_k__f32", 64, 0}}, 0},
+    {"embed_rows__q6_k__f64", "embed_rows/q6_k/f64", QMOE_STAGE_EMBED_ROWS, 14, QMOE_ACC_F64, 1, {{"embed_rows__q6_k__f64", 64, 0}}, 0},
+    {"embed_rows__q8_k__f32", "embed_rows/q8_k/f32", QMOE_STAGE_EMBED_ROWS, 15, QMOE_ACC_F32, 1, {{"embed_rows__q8_k__f32", 64, 0}}, 0},
+    {"embed_rows__q8_k__f64", "embed_rows/q8_k/f64", QMOE_STAGE_EMBED_ROWS, 15, QMOE_ACC_F64, 1, {{"embed_rows__q8_k__f64", 64, 0}}, 0},
+    {"embed_rows__bf16__f32", "embed_rows/bf16/f32", QMOE_STAGE_EMBED_ROWS, 30, QMOE_ACC_F32, 1, {{"embed_rows__bf16__f32", 64, 0}}, 0},
+    {"embed_rows__bf16__f64", "embed_rows/bf16/f64", QMOE_STAGE_EMBED_ROWS, 30, QMOE_ACC_F64, 1, {{"embed_rows__bf16__f64", 64, 0}}, 0},
 };
-const size_t qmoe_vk_variant_count = 79;
+const size_t qmoe_vk_variant_count = 101;
 
 /* Dispatch geometry of every stage (codegen/gen_glsl.lua's STAGES). */
 static inline int64_t qmoe_cdiv(int64_t a, int64_t b) { return (a + b - 1) / b; }
@@ -287,6 +309,20 @@ static int launch_argmax(const qmoe_vk_launch_env *e, const int64_t *p, qmoe_vk_
   return 0;
 }
 
+static int launch_embed_rows(const qmoe_vk_launch_env *e, const int64_t *p, qmoe_vk_launch *l) {
+  const int64_t cols = p[0];
+  const int64_t rows = p[1];
+  (void)cols, (void)rows;
+#define qmoe_cap0(x) ((x) < 1 ? 1 : (x) > e->maxg[0] ? e->maxg[0] : (x))
+  l->npass = 1;
+  l->groups[0][0] = qmoe_cap0(qmoe_cdiv(cols, e->wg));
+  l->groups[0][1] = 1;
+  l->groups[0][2] = 1;
+  l->scratch = 0;
+#undef qmoe_cap0
+  return 0;
+}
+
 const qmoe_vk_launch_fn qmoe_vk_launch_table[QMOE_STAGE_COUNT > 0 ? QMOE_STAGE_COUNT : 1] = {
   [QMOE_STAGE_MATVEC] = launch_matvec,
   [QMOE_STAGE_MOE_GATE_UP_SWIGLU] = launch_moe_gate_up_swiglu,
@@ -299,4 +335,5 @@ const qmoe_vk_launch_fn qmoe_vk_launch_table[QMOE_STAGE_COUNT > 0 ? QMOE_STAGE_C
   [QMOE_STAGE_ATTENTION] = launch_attention,
   [QMOE_STAGE_ADD] = launch_add,
   [QMOE_STAGE_ARGMAX] = launch_argmax,
+  [QMOE_STAGE_EMBED_ROWS] = launch_embed_rows,
 };
