@@ -49,11 +49,8 @@ static int cu_alloc(qmoe_backend *be, size_t bytes, qmoe_buffer **out) {
   }
   size_t rounded = (bytes + ALLOC_ROUND - 1) / ALLOC_ROUND * ALLOC_ROUND;
   if (rounded == 0) rounded = ALLOC_ROUND;
-  qmoe_buffer *b = calloc(1, sizeof *b);
-  if (!b) {
-    fprintf(stderr, "qmoe: out of host memory\n");
-    abort();
-  }
+  qmoe_buffer *b = qmoe_alloc(sizeof *b, "cuda backend");
+  if (!b) return QMOE_ENOMEM;
   char what[96];
   snprintf(what, sizeof what, "cuMemAlloc(%zu bytes)", rounded);
   if ((rc = qmoe_cuda_check(im->ctx.d, im->ctx.d->MemAlloc(&b->ptr, rounded), what, NULL))) {
@@ -295,11 +292,11 @@ static void cu_close(qmoe_backend *be) {
 
 int qmoe_backend_cuda_open(qmoe_backend **out) {
   *out = NULL;
-  qmoe_backend *be = calloc(1, sizeof *be);
-  cuda_impl *im = calloc(1, sizeof *im);
-  if (!be || !im) {
-    fprintf(stderr, "qmoe: out of host memory\n");
-    abort();
+  qmoe_backend *be = qmoe_alloc(sizeof *be, "cuda backend");
+  cuda_impl *im = be ? qmoe_alloc(sizeof *im, "cuda backend") : NULL;
+  if (!im) {
+    free(be);
+    return QMOE_ENOMEM;
   }
   be->name = "cuda";
   be->impl = im;
@@ -314,12 +311,12 @@ int qmoe_backend_cuda_open(qmoe_backend **out) {
     qmoe_set_error("cuda backend: libqmoe embeds no CUDA kernels (generated/cuda/*.cu were not built in)");
     return QMOE_EUNSUPPORTED;
   }
-  im->vars = calloc(im->nvar, sizeof *im->vars);
-  im->mods = calloc(im->nvar, sizeof *im->mods);
-  im->fns = calloc(im->nvar, sizeof *im->fns);
+  im->vars = qmoe_alloc(im->nvar * sizeof *im->vars, "cuda backend");
+  im->mods = qmoe_alloc(im->nvar * sizeof *im->mods, "cuda backend");
+  im->fns = qmoe_alloc(im->nvar * sizeof *im->fns, "cuda backend");
   if (!im->vars || !im->mods || !im->fns) {
-    fprintf(stderr, "qmoe: out of host memory\n");
-    abort();
+    cu_close(be);
+    return QMOE_ENOMEM;
   }
   for (size_t i = 0; i < im->nvar; i++) {
     if ((rc = qmoe_cuda_variant_parse(qmoe_embedded_cuda[i].name, (const char *)qmoe_embedded_cuda[i].data,

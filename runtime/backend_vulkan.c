@@ -40,11 +40,8 @@ static const char *acc_name(int acc) { return acc == QMOE_ACC_F64 ? "f64" : acc 
 
 static int vkb_alloc(qmoe_backend *be, size_t bytes, qmoe_buffer **out) {
   *out = NULL;
-  qmoe_buffer *b = calloc(1, sizeof *b);
-  if (!b) {
-    qmoe_set_error("vulkan backend: out of host memory");
-    return QMOE_EINVAL;
-  }
+  qmoe_buffer *b = qmoe_alloc(sizeof *b, "vulkan backend");
+  if (!b) return QMOE_ENOMEM;
   vk_backend *vb = impl(be);
   int rc = qmoe_vk_buf_create(vb->vk, bytes, &b->b);
   if (rc) {
@@ -254,13 +251,11 @@ int qmoe_backend_vulkan_open(qmoe_backend **out) {
     return QMOE_EINVAL;
   }
   *out = NULL;
-  qmoe_backend *be = calloc(1, sizeof *be);
-  vk_backend *vb = calloc(1, sizeof *vb);
-  if (!be || !vb) {
+  qmoe_backend *be = qmoe_alloc(sizeof *be, "vulkan backend");
+  vk_backend *vb = be ? qmoe_alloc(sizeof *vb, "vulkan backend") : NULL;
+  if (!vb) {
     free(be);
-    free(vb);
-    qmoe_set_error("vulkan backend: out of host memory");
-    return QMOE_EINVAL;
+    return QMOE_ENOMEM;
   }
   int rc = qmoe_vk_open(&vb->vk);
   if (rc) {

@@ -27,15 +27,6 @@
 #include "ref_internal.h"
 #include "stage_table.h"
 
-/* Out of memory aborts with a message (the library's one allocation policy). */
-static void *ref_xmalloc(size_t n) {
-  void *p = malloc(n ? n : 1);
-  if (!p) {
-    fprintf(stderr, "qmoe: out of memory allocating %zu bytes in the CPU reference\n", n);
-    abort();
-  }
-  return p;
-}
 
 /* Decodes row r of a matrix of rows of COLS elements in qtype Q into dst[COLS]. */
 static void decode_row(const qmoe_qtype_info *q, const void *w, int64_t r, int64_t cols, float *dst) {
@@ -113,9 +104,8 @@ int qmoe_ref_run(const qmoe_stage_call *c, qmoe_ref_prec prec, void *const ptr[Q
   (prec == QMOE_REF_F32 ? fn##_f32(__VA_ARGS__) : prec == QMOE_REF_F64 ? fn##_f64(__VA_ARGS__) : fn##_ldbl(__VA_ARGS__))
 
 int qmoe_ref_matvec(const qmoe_stage_call *c, qmoe_ref_prec prec, const qmoe_qtype_info *q, void *const *b) {
-  REF_DISPATCH(ref_matvec, q, b[QMOE_B_MATVEC_W], b[QMOE_B_MATVEC_X], b[QMOE_B_MATVEC_Y], c->p[QMOE_P_MATVEC_ROWS],
+  return REF_DISPATCH(ref_matvec, q, b[QMOE_B_MATVEC_W], b[QMOE_B_MATVEC_X], b[QMOE_B_MATVEC_Y], c->p[QMOE_P_MATVEC_ROWS],
                c->p[QMOE_P_MATVEC_COLS]);
-  return 0;
 }
 
 int qmoe_ref_moe_gate_up_swiglu(const qmoe_stage_call *c, qmoe_ref_prec prec, const qmoe_qtype_info *q,
@@ -124,25 +114,22 @@ int qmoe_ref_moe_gate_up_swiglu(const qmoe_stage_call *c, qmoe_ref_prec prec, co
   int rc = check_ids(qmoe_stage_info_get(c->stage), b[QMOE_B_MOE_GATE_UP_SWIGLU_IDS], p[QMOE_P_MOE_GATE_UP_SWIGLU_K],
                      p[QMOE_P_MOE_GATE_UP_SWIGLU_E]);
   if (rc) return rc;
-  REF_DISPATCH(ref_moe_gate_up_swiglu, q, b[QMOE_B_MOE_GATE_UP_SWIGLU_WG], b[QMOE_B_MOE_GATE_UP_SWIGLU_WU],
+  return REF_DISPATCH(ref_moe_gate_up_swiglu, q, b[QMOE_B_MOE_GATE_UP_SWIGLU_WG], b[QMOE_B_MOE_GATE_UP_SWIGLU_WU],
                b[QMOE_B_MOE_GATE_UP_SWIGLU_X], b[QMOE_B_MOE_GATE_UP_SWIGLU_IDS], b[QMOE_B_MOE_GATE_UP_SWIGLU_H],
                p[QMOE_P_MOE_GATE_UP_SWIGLU_H], p[QMOE_P_MOE_GATE_UP_SWIGLU_F], p[QMOE_P_MOE_GATE_UP_SWIGLU_K]);
-  return 0;
 }
 
 int qmoe_ref_moe_down(const qmoe_stage_call *c, qmoe_ref_prec prec, const qmoe_qtype_info *q, void *const *b) {
   const int64_t *p = c->p;
   int rc = check_ids(qmoe_stage_info_get(c->stage), b[QMOE_B_MOE_DOWN_IDS], p[QMOE_P_MOE_DOWN_K], p[QMOE_P_MOE_DOWN_E]);
   if (rc) return rc;
-  REF_DISPATCH(ref_moe_down, q, b[QMOE_B_MOE_DOWN_WD], b[QMOE_B_MOE_DOWN_H], b[QMOE_B_MOE_DOWN_IDS],
+  return REF_DISPATCH(ref_moe_down, q, b[QMOE_B_MOE_DOWN_WD], b[QMOE_B_MOE_DOWN_H], b[QMOE_B_MOE_DOWN_IDS],
                b[QMOE_B_MOE_DOWN_W], b[QMOE_B_MOE_DOWN_Y], p[QMOE_P_MOE_DOWN_H], p[QMOE_P_MOE_DOWN_F], p[QMOE_P_MOE_DOWN_K]);
-  return 0;
 }
 
 int qmoe_ref_router_topk(const qmoe_stage_call *c, qmoe_ref_prec prec, const qmoe_qtype_info *q, void *const *b) {
-  REF_DISPATCH(ref_router_topk, b[QMOE_B_ROUTER_TOPK_WR], b[QMOE_B_ROUTER_TOPK_X], b[QMOE_B_ROUTER_TOPK_IDS],
+  return REF_DISPATCH(ref_router_topk, b[QMOE_B_ROUTER_TOPK_WR], b[QMOE_B_ROUTER_TOPK_X], b[QMOE_B_ROUTER_TOPK_IDS],
                b[QMOE_B_ROUTER_TOPK_W], c->p[QMOE_P_ROUTER_TOPK_H], c->p[QMOE_P_ROUTER_TOPK_E], c->p[QMOE_P_ROUTER_TOPK_K]);
-  return 0;
 }
 
 int qmoe_ref_rmsnorm(const qmoe_stage_call *c, qmoe_ref_prec prec, const qmoe_qtype_info *q, void *const *b) {
@@ -176,10 +163,9 @@ int qmoe_ref_kv_store(const qmoe_stage_call *c, qmoe_ref_prec prec, const qmoe_q
 
 int qmoe_ref_attention(const qmoe_stage_call *c, qmoe_ref_prec prec, const qmoe_qtype_info *q, void *const *b) {
   const int64_t *p = c->p;
-  REF_DISPATCH(ref_attention, b[QMOE_B_ATTENTION_Q], b[QMOE_B_ATTENTION_KC], b[QMOE_B_ATTENTION_VC],
+  return REF_DISPATCH(ref_attention, b[QMOE_B_ATTENTION_Q], b[QMOE_B_ATTENTION_KC], b[QMOE_B_ATTENTION_VC],
                b[QMOE_B_ATTENTION_O], p[QMOE_P_ATTENTION_NH], p[QMOE_P_ATTENTION_NKV], p[QMOE_P_ATTENTION_D],
                p[QMOE_P_ATTENTION_N_KV]);
-  return 0;
 }
 
 int qmoe_ref_add(const qmoe_stage_call *c, qmoe_ref_prec prec, const qmoe_qtype_info *q, void *const *b) {
@@ -224,20 +210,23 @@ static REF_T REF_FN(dot)(const float *w, const float *x, int64_t n) {
 }
 
 /* y[rows] = W[rows×cols] · x */
-static void REF_FN(ref_matvec)(const qmoe_qtype_info *q, const void *W, const float *x, float *y, int64_t rows,
+static int REF_FN(ref_matvec)(const qmoe_qtype_info *q, const void *W, const float *x, float *y, int64_t rows,
                                int64_t cols) {
-  float *row = ref_xmalloc((size_t)cols * sizeof(float));
+  float *row = qmoe_alloc((size_t)cols * sizeof(float), "stage matvec (CPU reference)");
+  if (!row) return QMOE_ENOMEM;
   for (int64_t r = 0; r < rows; r++) {
     decode_row(q, W, r, cols, row);
     y[r] = (float)REF_FN(dot)(row, x, cols);
   }
   free(row);
+  return 0;
 }
 
 /* h[k][f] = silu(Wg[ids_k]·x)[f] · (Wu[ids_k]·x)[f]; each expert is F rows of H. */
-static void REF_FN(ref_moe_gate_up_swiglu)(const qmoe_qtype_info *q, const void *Wg, const void *Wu, const float *x,
+static int REF_FN(ref_moe_gate_up_swiglu)(const qmoe_qtype_info *q, const void *Wg, const void *Wu, const float *x,
                                            const int32_t *ids, float *h, int64_t H, int64_t F, int64_t K) {
-  float *row = ref_xmalloc((size_t)H * sizeof(float));
+  float *row = qmoe_alloc((size_t)H * sizeof(float), "stage moe_gate_up_swiglu (CPU reference)");
+  if (!row) return QMOE_ENOMEM;
   for (int64_t k = 0; k < K; k++) {
     for (int64_t f = 0; f < F; f++) {
       int64_t r = (int64_t)ids[k] * F + f;
@@ -250,12 +239,14 @@ static void REF_FN(ref_moe_gate_up_swiglu)(const qmoe_qtype_info *q, const void 
     }
   }
   free(row);
+  return 0;
 }
 
 /* y[H] = Σ_k w_k · (Wd[ids_k]·h_k), k summed in order; each expert is H rows of F. */
-static void REF_FN(ref_moe_down)(const qmoe_qtype_info *q, const void *Wd, const float *h, const int32_t *ids,
+static int REF_FN(ref_moe_down)(const qmoe_qtype_info *q, const void *Wd, const float *h, const int32_t *ids,
                                  const float *w, float *y, int64_t H, int64_t F, int64_t K) {
-  float *row = ref_xmalloc((size_t)F * sizeof(float));
+  float *row = qmoe_alloc((size_t)F * sizeof(float), "stage moe_down (CPU reference)");
+  if (!row) return QMOE_ENOMEM;
   for (int64_t r = 0; r < H; r++) {
     REF_T acc = 0;
     for (int64_t k = 0; k < K; k++) {
@@ -265,13 +256,21 @@ static void REF_FN(ref_moe_down)(const qmoe_qtype_info *q, const void *Wd, const
     y[r] = (float)acc;
   }
   free(row);
+  return 0;
 }
 
 /* logits = Wr·x → softmax over all E → top K by logit (ties: lower index) → w = p / Σ p over the chosen. */
-static void REF_FN(ref_router_topk)(const float *Wr, const float *x, int32_t *ids, float *w, int64_t H, int64_t E,
+static int REF_FN(ref_router_topk)(const float *Wr, const float *x, int32_t *ids, float *w, int64_t H, int64_t E,
                                     int64_t K) {
-  REF_T *logit = ref_xmalloc((size_t)E * sizeof(REF_T)), *prob = ref_xmalloc((size_t)E * sizeof(REF_T));
-  unsigned char *taken = ref_xmalloc((size_t)E);
+  REF_T *logit = qmoe_alloc((size_t)E * sizeof(REF_T), "stage router_topk (CPU reference)");
+  REF_T *prob = qmoe_alloc((size_t)E * sizeof(REF_T), "stage router_topk (CPU reference)");
+  unsigned char *taken = qmoe_alloc((size_t)E, "stage router_topk (CPU reference)");
+  if (!logit || !prob || !taken) {
+    free(logit);
+    free(prob);
+    free(taken);
+    return QMOE_ENOMEM;
+  }
   REF_T max = 0, sum = 0;
   for (int64_t e = 0; e < E; e++) {
     logit[e] = REF_FN(dot)(Wr + e * H, x, H);
@@ -296,6 +295,7 @@ static void REF_FN(ref_router_topk)(const float *Wr, const float *x, int32_t *id
   free(logit);
   free(prob);
   free(taken);
+  return 0;
 }
 
 /* y[n] = x · (1/sqrt(mean(x²) + eps)) · w (y may be x: the sum is taken before any write). */
@@ -323,9 +323,10 @@ static void REF_FN(ref_rope_neox)(const float *x, float *y, int64_t nh, int64_t 
 
 /* GQA attention over the first n_kv cache positions: head h reads kv head h/(nh/nkv); scores·(1/sqrt(D)),
  * softmax, o = Σ_j e_j·V_j / Σ_j e_j. Cache row j of kv head g is at (j·nkv + g)·D. */
-static void REF_FN(ref_attention)(const float *q, const float *Kc, const float *Vc, float *o, int64_t nh, int64_t nkv,
+static int REF_FN(ref_attention)(const float *q, const float *Kc, const float *Vc, float *o, int64_t nh, int64_t nkv,
                                   int64_t D, int64_t n_kv) {
-  REF_T *e = ref_xmalloc((size_t)n_kv * sizeof(REF_T));
+  REF_T *e = qmoe_alloc((size_t)n_kv * sizeof(REF_T), "stage attention (CPU reference)");
+  if (!e) return QMOE_ENOMEM;
   REF_T scale = (REF_T)1 / sqrt((REF_T)D);
   int64_t group = nh / nkv;
   for (int64_t h = 0; h < nh; h++) {
@@ -346,6 +347,7 @@ static void REF_FN(ref_attention)(const float *q, const float *Kc, const float *
     }
   }
   free(e);
+  return 0;
 }
 
 #endif
