@@ -12,6 +12,7 @@
 local util = require("util")
 local expr = require("expr")
 local template = require("template")
+local variants = require("variants")
 local M = {}
 local USAGE = "usage: qmoe-lua codegen/gen_cuda.lua [--contracts DIR] (--stage NAME [--qtype NAME] [--acc f32|f64] | --launch) --out FILE"
 local SCRIPT = "codegen/gen_cuda.lua"
@@ -201,20 +202,13 @@ function M.variants(ctx)
         errs[#errs + 1] = st.file .. ": stage '" .. st.name .. "' varies_by acc = " .. tostring(st.by_acc) ..
                           " but its CUDA kernel " .. (by_acc and "does" or "does not")
       end
-      local qs = st.by_qtype and st.qtypes or { false }
-      for _, q in ipairs(qs) do
-        local accs = st.by_acc and st.accs or { false }
-        for _, acc in ipairs(accs) do
-          if not q or not acc or has(q.accumulators, acc) then
-            local s = stem(st, q or nil, acc or nil)
-            out[#out + 1] = { stage = st, q = q or nil, acc = acc or nil, stem = s,
-                              file = "generated/cuda/" .. s .. ".cu", entry = "qmoe_" .. s, kernel = kd }
-          end
-        end
-      end
     end
   end
   if #errs > 0 then error(table.concat(errs, "\n"), 0) end
+  for _, v in ipairs(variants.list(ctx, recs)) do
+    out[#out + 1] = { stage = v.rec, q = v.q, acc = v.acc, stem = v.stem, file = "generated/cuda/" .. v.stem .. ".cu",
+                      entry = "qmoe_" .. v.stem, kernel = kernel_of(v.rec.name) }
+  end
   return out
 end
 

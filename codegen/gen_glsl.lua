@@ -47,26 +47,8 @@ end
 -- Every variant: { name, stage (contract), q (quant contract or nil), acc ("f32"/"f64"/nil), file }.
 local function variants(ctx)
   local out = {}
-  local recs = {}
-  for _, r in ipairs(dofile("codegen/gen_stages.lua").stages(ctx)) do recs[r.name] = r end
-  local stages = {}
-  for _, st in ipairs(ctx.stages.list) do stages[#stages + 1] = st end
-  table.sort(stages, function(a, b) return (a.order or 0) < (b.order or 0) end)
-  for _, st in ipairs(stages) do
-    local by_q, by_acc = has(st.varies_by, "qtype"), has(st.varies_by, "acc")
-    local qs = by_q and qtypes_of(ctx, st) or { false }
-    local accs = by_acc and (st.accumulators or {}) or { false }
-    for _, q in ipairs(qs) do
-      for _, acc in ipairs(accs) do
-        if not q or not q.accumulators or not acc or has(q.accumulators, acc) then
-          local parts = { st.name }
-          if q then parts[#parts + 1] = q.name end
-          if acc then parts[#parts + 1] = acc end
-          out[#out + 1] = { name = table.concat(parts, "__"), what = table.concat(parts, "/"), stage = st,
-                            rec = recs[st.name], q = q or nil, acc = acc or nil }
-        end
-      end
-    end
+  for _, v in ipairs(require("variants").list(ctx, dofile("codegen/gen_stages.lua").stages(ctx))) do
+    out[#out + 1] = { name = v.stem, what = v.what, stage = v.stage, rec = v.rec, q = v.q, acc = v.acc }
   end
   return out
 end

@@ -101,35 +101,25 @@ local KNOWN = { matvec = true, moe_gate_up_swiglu = true, moe_down = true, route
                 qk_norm = true, rope_neox = true, kv_store = true, attention = true, add = true, argmax = true }
 
 -- Every case: stage × qtype (stage ∩ quant contract accumulators) × acc.
-local function cases(recs, th)
+local function cases(ctx, recs, th)
   local list, errs = {}, {}
   for _, r in ipairs(recs) do
     if not KNOWN[r.name] and #r.test_params == 0 then
       errs[#errs + 1] = r.file .. ": stage '" .. r.name .. "' has no input recipe in tests/parity/parity_body.h; give its contract test_params"
     end
-    local qts = r.by_qtype and r.qtypes or { false }
-    for _, q in ipairs(qts) do
-      local accs = r.by_acc and r.accs or { "f32" }
-      for _, acc in ipairs(accs) do
-        local qacc = true
-        if q and q.accumulators then
-          qacc = false
-          for _, a in ipairs(q.accumulators) do qacc = qacc or a == acc end
-        end
-        if qacc then
-          local nm = th[acc == "f64" and "FALSIFY-STAGE-PARITY-F64" or "FALSIFY-STAGE-PARITY-F32"]
-          local mr = th[acc == "f64" and "FALSIFY-STAGE-MAXREL-F64" or "FALSIFY-STAGE-MAXREL-F32"]
-          for _, t in ipairs({ nm, mr }) do
-            if t.stages and not t.stages[r.name] then
-              errs[#errs + 1] = t.at .. ": " .. t.id .. " lists check.stages without '" .. r.name .. "', so " ..
-                                r.name .. "/" .. acc .. " would go unchecked; add the stage"
-            end
-          end
-          list[#list + 1] = { stage = r.name, qtype = q and q.ggml_type or -1, qname = q and q.name or "-",
-                              acc = acc, acc_name = r.by_acc and acc or "-", nmse = nm.const, maxrel = mr.const }
-        end
+  end
+  for _, v in ipairs(require("variants").list(ctx, recs)) do
+    local r, acc = v.rec, v.acc or "f32"
+    local nm = th[acc == "f64" and "FALSIFY-STAGE-PARITY-F64" or "FALSIFY-STAGE-PARITY-F32"]
+    local mr = th[acc == "f64" and "FALSIFY-STAGE-MAXREL-F64" or "FALSIFY-STAGE-MAXREL-F32"]
+    for _, t in ipairs({ nm, mr }) do
+      if t.stages and not t.stages[r.name] then
+        errs[#errs + 1] = t.at .. ": " .. t.id .. " lists check.stages without '" .. r.name .. "', so " ..
+                          r.name .. "/" .. acc .. " would go unchecked; add the stage"
       end
     end
+    list[#list + 1] = { stage = r.name, qtype = v.q and v.q.ggml_type or -1, qname = v.q and v.q.name or "-",
+                        acc = acc, acc_name = v.acc or "-", nmse = nm.const, maxrel = mr.const }
   end
   if #errs > 0 then error(table.concat(errs, "\n"), 0) end
   return list
@@ -152,7 +142,7 @@ local function emit_backend(backend, sources)
                                              ISREF = tostring(backend.is_reference) })
 end
 
-local function emit_body(recs, th, model, sources)
+local function emit_body(ctx, recs, th, model, sources)
   local consts = {}
   for _, want in ipairs(FALSIFIERS) do
     local t = th[want.id]
@@ -164,7 +154,7 @@ local function emit_body(recs, th, model, sources)
     end
   end
   local rows = {}
-  for _, c in ipairs(cases(recs, th)) do
+  for _, c in ipairs(cases(ctx, recs, th)) do
     rows[#rows + 1] = string.format('  { "%s", %d, "%s", QMOE_ACC_%s, "%s", %s, %s },', c.stage, c.qtype, c.qname,
                                     c.acc:upper(), c.acc_name, c.nmse, c.maxrel)
   end
@@ -183,7 +173,7 @@ local function main(argv)
   local recs = stages_gen.stages(ctx)
   local th = thresholds(model)
   local sources = { model.__file, o.contracts .. "/stages/*.yaml", o.contracts .. "/quant/*.yaml" }
-  util.write_if_changed(o.out_dir .. "/parity_cases.h", emit_body(recs, th, model, sources))
+  util.write_if_changed(o.out_dir .. "/parity_cases.h", emit_body(ctx, recs, th, model, sources))
   for _, b in ipairs(BACKENDS) do
     util.write_if_changed(o.out_dir .. "/test_parity_" .. b.name .. ".c", emit_backend(b, sources))
   end
