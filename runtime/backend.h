@@ -5,22 +5,10 @@
 #include <stddef.h>
 #include <stdint.h>
 
-/* Stage ids: the order of contracts/stages/ is mirrored by generated/c/stage_table.c, and a test checks
- * that this enum and the contracts agree (name, param lists, buffer lists). */
-typedef enum {
-  QMOE_STAGE_MATVEC = 0,
-  QMOE_STAGE_MOE_GATE_UP_SWIGLU,
-  QMOE_STAGE_MOE_DOWN,
-  QMOE_STAGE_ROUTER_TOPK,
-  QMOE_STAGE_RMSNORM,
-  QMOE_STAGE_QK_NORM,
-  QMOE_STAGE_ROPE_NEOX,
-  QMOE_STAGE_KV_STORE,
-  QMOE_STAGE_ATTENTION,
-  QMOE_STAGE_ADD,
-  QMOE_STAGE_ARGMAX,
-  QMOE_STAGE_COUNT
-} qmoe_stage;
+/* The stages: the qmoe_stage enum (QMOE_STAGE_<NAME>, each contract's `order`) and the index names of each
+ * stage's params and buffers (QMOE_P_<STAGE>_<PARAM>, QMOE_F_<STAGE>_<FPARAM>, QMOE_B_<STAGE>_<BUF>), generated
+ * from contracts/stages/ by codegen/gen_stages.lua. */
+#include "stage_ids.h"
 
 typedef enum { QMOE_ACC_F32 = 0, QMOE_ACC_F64 = 1, QMOE_ACC_COUNT } qmoe_acc;
 
@@ -29,18 +17,9 @@ enum { QMOE_STAGE_MAX_PARAMS = 8, QMOE_STAGE_MAX_FPARAMS = 4, QMOE_STAGE_MAX_BUF
 typedef struct qmoe_buffer qmoe_buffer; /* backend-owned memory (device memory on GPUs) */
 
 /* One stage invocation. Integer params p[] and float params f[] are in the order the stage contract lists
- * them; buffers are the contract's inputs then outputs, in order (see docs/stages.md):
- *   matvec               p: rows, cols            buf: W, x, y
- *   moe_gate_up_swiglu   p: H, F, E, K            buf: Wg, Wu, x, ids, h
- *   moe_down             p: H, F, E, K            buf: Wd, h, ids, w, y
- *   router_topk          p: H, E, K               buf: Wr, x, ids, w
- *   rmsnorm              p: n        f: eps       buf: x, w, y
- *   qk_norm              p: nh, D    f: eps       buf: x, w, y
- *   rope_neox            p: nh, D, pos  f: theta  buf: x, y        (y may be x)
- *   kv_store             p: nkv, D, pos, ctx      buf: k, v, Kc, Vc
- *   attention            p: nh, nkv, D, n_kv, ctx buf: q, Kc, Vc, o
- *   add                  p: n                     buf: a, b, y     (y may be a)
- *   argmax               p: n                     buf: x, idx
+ * them; buffers are the contract's inputs then outputs, in order (docs/stages.md). Build one with the typed
+ * builder of its stage (stage_calls.h, below), e.g. qmoe_call_moe_down(&c, H, F, E, K, Wd, h, ids, w, y), then
+ * set qtype, acc, off[QMOE_B_...] and tensor where they apply.
  * qtype is the GGUF type id of the quantized weight (stages that vary by qtype), else -1. */
 typedef struct {
   qmoe_stage stage;
@@ -52,6 +31,27 @@ typedef struct {
   size_t off[QMOE_STAGE_MAX_BUFS]; /* byte offset into each buffer */
   const char *tensor;              /* name of the weight tensor, for error messages (may be NULL) */
 } qmoe_stage_call;
+
+/* The typed builders qmoe_call_<stage>(call, int params..., float params..., inputs..., outputs...). */
+#include "stage_calls.h"
+
+/* Checks a call against its stage contract, ignoring c->buf and c->off (runtime/stage_check.c): the stage id,
+ * the accumulator, the qtype (listed by the contract and known to qmoe), every int param within [min, 2^31-1],
+ * every float param finite, the contract's `requires` rules, and a qtype buffer's rows a whole number of
+ * blocks. Gives the bytes each buffer needs (SIZE_MAX when that overflows), in contract order; unused slots
+ * are 0. Returns 0, QMOE_EUNSUPPORTED for a qtype the stage has no variant for (the message names the stage,
+ * the tensor and the qtype) or QMOE_EINVAL. Every backend's run() calls it first. */
+int qmoe_stage_check(const qmoe_stage_call *c, size_t need[QMOE_STAGE_MAX_BUFS]);
+
+/* Checks the call's buffers against NEED (from qmoe_stage_check): each must be non-NULL, HAVE[i] (the bytes
+ * buffer i holds from c->off[i]; 0 when the offset is past its end) at least NEED[i], and an f32/i32 buffer's
+ * offset a multiple of 4. QMOE_EINVAL with a message that starts with WHO ("cuda backend"). */
+int qmoe_stage_check_buffers(const char *who, const qmoe_stage_call *c, const size_t need[QMOE_STAGE_MAX_BUFS],
+                             const size_t have[QMOE_STAGE_MAX_BUFS]);
+
+/* Name of a GGUF type id for messages ("q4_k", or "ggml type 7" when qmoe has no codec for it). The
+ * returned string is valid until the next call from this thread. */
+const char *qmoe_qtype_name(int ggml_type);
 
 typedef struct qmoe_backend qmoe_backend;
 struct qmoe_backend {

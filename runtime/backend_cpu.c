@@ -14,13 +14,11 @@ struct qmoe_buffer {
 
 static int cpu_alloc(qmoe_backend *be, size_t bytes, qmoe_buffer **out) {
   *out = NULL;
-  qmoe_buffer *b = malloc(sizeof *b);
-  unsigned char *data = malloc(bytes ? bytes : 1);
-  if (!b || !data) {
+  qmoe_buffer *b = qmoe_alloc(sizeof *b, "cpu backend");
+  unsigned char *data = b ? qmoe_alloc(bytes, "cpu backend: buffer") : NULL;
+  if (!data) {
     free(b);
-    free(data);
-    qmoe_set_error("cpu backend: cannot allocate a buffer of %zu bytes (out of host memory)", bytes);
-    return QMOE_EINVAL;
+    return QMOE_ENOMEM;
   }
   b->size = bytes;
   b->data = data;
@@ -93,11 +91,8 @@ static void cpu_close(qmoe_backend *be) { free(be); }
 
 int qmoe_backend_cpu_open(qmoe_backend **out) {
   *out = NULL;
-  qmoe_backend *be = calloc(1, sizeof *be);
-  if (!be) {
-    qmoe_set_error("cpu backend: out of host memory");
-    return QMOE_EINVAL;
-  }
+  qmoe_backend *be = qmoe_alloc(sizeof *be, "cpu backend");
+  if (!be) return QMOE_ENOMEM;
   be->name = "cpu";
   be->alloc = cpu_alloc;
   be->free_buf = cpu_free_buf;

@@ -7,7 +7,6 @@
 #include "backend.h"
 #include "cuda_internal.h"
 #include "qmoe.h"
-#include "ref_internal.h"
 #include "stage_table.h"
 
 /* Every allocation is rounded up to this, so the 16-byte loads of a row kernel, which may reach up to 15 bytes
@@ -50,11 +49,8 @@ static int cu_alloc(qmoe_backend *be, size_t bytes, qmoe_buffer **out) {
   }
   size_t rounded = (bytes + ALLOC_ROUND - 1) / ALLOC_ROUND * ALLOC_ROUND;
   if (rounded == 0) rounded = ALLOC_ROUND;
-  qmoe_buffer *b = calloc(1, sizeof *b);
-  if (!b) {
-    fprintf(stderr, "qmoe: out of host memory\n");
-    abort();
-  }
+  qmoe_buffer *b = qmoe_alloc(sizeof *b, "cuda backend");
+  if (!b) return QMOE_ENOMEM;
   char what[96];
   snprintf(what, sizeof what, "cuMemAlloc(%zu bytes)", rounded);
   if ((rc = qmoe_cuda_check(im->ctx.d, im->ctx.d->MemAlloc(&b->ptr, rounded), what, NULL))) {
@@ -151,17 +147,17 @@ static int find_variant(cuda_impl *im, const qmoe_stage_info *si, const qmoe_sta
   const char *tensor = c->tensor ? c->tensor : si->buf_names[0];
   if (!si->varies_by_qtype && c->qtype != -1) {
     qmoe_set_error("cuda backend: stage %s does not vary by qtype, but the call for tensor '%s' passes qtype %s; pass -1",
-                   si->name, tensor, qmoe_ref_qtype_name(c->qtype));
+                   si->name, tensor, qmoe_qtype_name(c->qtype));
     return QMOE_EINVAL;
   }
   if (acc_missing || !si->varies_by_qtype)
     qmoe_set_error("cuda backend: stage %s has no %s-accumulator CUDA kernel for tensor '%s' (qtype %s); it has: %s",
-                   si->name, acc_name(c->acc), tensor, si->varies_by_qtype ? qmoe_ref_qtype_name(c->qtype) : "-",
+                   si->name, acc_name(c->acc), tensor, si->varies_by_qtype ? qmoe_qtype_name(c->qtype) : "-",
                    have[0] ? have : "none");
   else
     qmoe_set_error("cuda backend: stage %s has no CUDA kernel for tensor '%s' of qtype %s (ggml type %d); kernels "
                    "exist for: %s",
-                   si->name, tensor, qmoe_ref_qtype_name(c->qtype), c->qtype, have[0] ? have : "none");
+                   si->name, tensor, qmoe_qtype_name(c->qtype), c->qtype, have[0] ? have : "none");
   return QMOE_EUNSUPPORTED;
 }
 
@@ -193,12 +189,6 @@ typedef struct {
   double f[QMOE_STAGE_MAX_FPARAMS];
 } kernel_args;
 
-static int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
-
-/* Limits of the kernels' fixed-size shared arrays and splits (gen_cuda.lua: max_k, max_e, max_d, max_blocks,
- * max_splits, split_positions). */
-enum { MAX_K = 64, MAX_E = 4096, MAX_D = 256, ARGMAX_MAX_BLOCKS = 1024, ATT_MAX_SPLITS = 64, ATT_SPLIT_POS = 64 };
-
 /* A workspace of at least N bytes at args.buf[7], zeroed when it is (re)allocated (the kernels' counters start
  * at 0 and reset themselves). */
 static int workspace(cuda_impl *im, size_t n, uint64_t *out) {
@@ -224,13 +214,6 @@ static int workspace(cuda_impl *im, size_t n, uint64_t *out) {
   return 0;
 }
 
-static int limit(const qmoe_stage_info *si, const char *what, int64_t v, int64_t max) {
-  if (v <= max) return 0;
-  qmoe_set_error("cuda backend: stage %s: %s = %lld exceeds the CUDA kernel's limit of %lld", si->name, what,
-                 (long long)v, (long long)max);
-  return QMOE_EUNSUPPORTED;
-}
-
 static int cu_run(qmoe_backend *be, const qmoe_stage_call *c) {
   cuda_impl *im = impl_of(be);
   const qmoe_stage_info *si = (unsigned)c->stage < QMOE_STAGE_COUNT ? qmoe_stage_info_get(c->stage) : NULL;
@@ -247,84 +230,32 @@ static int cu_run(qmoe_backend *be, const qmoe_stage_call *c) {
   int rc = find_variant(im, si, c, &vi);
   if (rc) return rc;
   const qmoe_cuda_variant *v = &im->vars[vi];
-  /* Params and buffer sizes: the same checks (and the same messages) as the CPU reference. */
-  size_t need[QMOE_STAGE_MAX_BUFS];
-  if ((rc = qmoe_ref_check(c, need))) return rc;
+  /* Params and buffer sizes: the stage contract's checks (runtime/stage_check.c). */
+  size_t need[QMOE_STAGE_MAX_BUFS], have[QMOE_STAGE_MAX_BUFS] = {0};
+  if ((rc = qmoe_stage_check(c, need))) return rc;
+  for (int i = 0; i < si->n_inputs + si->n_outputs; i++)
+    if (c->buf[i]) have[i] = c->off[i] > c->buf[i]->size ? 0 : c->buf[i]->size - c->off[i];
+  if ((rc = qmoe_stage_check_buffers("cuda backend", c, need, have))) return rc;
   kernel_args args;
   memset(&args, 0, sizeof args);
-  for (int i = 0; i < si->n_inputs + si->n_outputs; i++) {
-    const qmoe_buffer *b = c->buf[i];
-    if (!b) {
-      qmoe_set_error("cuda backend: stage %s: buffer %d (%s) is NULL", si->name, i, si->buf_names[i]);
-      return QMOE_EINVAL;
-    }
-    if (c->off[i] > b->size || need[i] > b->size - c->off[i]) {
-      qmoe_set_error("cuda backend: stage %s: buffer %d (%s%s%s) holds %zu bytes from offset %zu, the call needs %zu",
-                     si->name, i, si->buf_names[i], i == 0 && c->tensor ? ", tensor " : "",
-                     i == 0 && c->tensor ? c->tensor : "", c->off[i] > b->size ? 0 : b->size - c->off[i], c->off[i],
-                     need[i]);
-      return QMOE_EINVAL;
-    }
-    if (si->bufs[i].dtype != QMOE_DTYPE_QTYPE && c->off[i] % 4) {
-      qmoe_set_error("cuda backend: stage %s: offset %zu of buffer %d (%s) is not a multiple of 4 (f32/i32 elements)",
-                     si->name, c->off[i], i, si->buf_names[i]);
-      return QMOE_EINVAL;
-    }
-    args.buf[i] = (uint64_t)(b->ptr + c->off[i]);
-  }
+  for (int i = 0; i < si->n_inputs + si->n_outputs; i++) args.buf[i] = (uint64_t)(c->buf[i]->ptr + c->off[i]);
   memcpy(args.p, c->p, sizeof args.p);
   memcpy(args.f, c->f, sizeof args.f);
 
-  /* Grid: from the stage's shape and the variant's rows_per_block (gen_cuda.lua). */
-  const int64_t *p = c->p;
-  int64_t gx = 1, gy = 1;
-  const int64_t rpb = v->rows_per_block > 0 ? v->rows_per_block : 1;
-  switch (c->stage) {
-  case QMOE_STAGE_MATVEC: gx = ceil_div(p[0], rpb); break;                 /* rows, cols */
-  case QMOE_STAGE_MOE_GATE_UP_SWIGLU: gx = ceil_div(p[1], rpb); gy = p[3]; break; /* H, F, E, K */
-  case QMOE_STAGE_MOE_DOWN:                                                  /* H, F, E, K */
-    if ((rc = limit(si, "K", p[3], MAX_K))) return rc;
-    gx = ceil_div(p[0], rpb);
-    break;
-  case QMOE_STAGE_ROUTER_TOPK: /* H, E, K */
-    if ((rc = limit(si, "E", p[1], MAX_E)) || (rc = limit(si, "K", p[2], MAX_K))) return rc;
-    gx = ceil_div(p[1], rpb);
-    break;
-  case QMOE_STAGE_RMSNORM: gx = 1; break;
-  case QMOE_STAGE_QK_NORM: gx = p[0]; break;
-  case QMOE_STAGE_ROPE_NEOX: gx = p[0]; break;
-  case QMOE_STAGE_KV_STORE: gx = ceil_div(p[0] * p[1], v->threads); break;
-  case QMOE_STAGE_ATTENTION: /* nh, nkv, D, n_kv, ctx: grid (nh, splits of the positions) */
-    if ((rc = limit(si, "D", p[2], MAX_D))) return rc;
-    gx = p[0];
-    gy = ceil_div(p[3], ATT_SPLIT_POS);
-    if (gy > ATT_MAX_SPLITS) gy = ATT_MAX_SPLITS;
-    if (gy > 1) {
-      if ((rc = qmoe_cuda_ctx_use(&im->ctx)) ||
-          (rc = workspace(im, (size_t)((p[0] * 4 + 255) / 256 * 256) + (size_t)(p[0] * gy * (p[2] + 2)) * sizeof(double),
-                          &args.buf[QMOE_STAGE_MAX_BUFS - 1]))) /* counters[nh], then partials (gen_cuda.lua) */
-        return rc;
-    }
-    break;
-  case QMOE_STAGE_ADD: {
-    int64_t cap = (int64_t)(im->ctx.sm_count > 0 ? im->ctx.sm_count : 1) * 16;
-    gx = ceil_div(p[0], v->threads);
-    if (gx > cap) gx = cap; /* grid-stride loop */
-    break;
-  }
-  case QMOE_STAGE_ARGMAX:
-    gx = ceil_div(p[0], 4096);
-    if (gx > ARGMAX_MAX_BLOCKS) gx = ARGMAX_MAX_BLOCKS;
-    break;
-  default:
-    qmoe_set_error("cuda backend: stage %s has no launch rule in runtime/backend_cuda.c", si->name);
-    return QMOE_EUNSUPPORTED;
-  }
+  /* Grid and workspace: the stage's launch function (generated/c/cuda_launch.c). */
+  const qmoe_cuda_launch_env env = { v->rows_per_block > 0 ? v->rows_per_block : 1, v->threads,
+                                     im->ctx.sm_count > 0 ? im->ctx.sm_count : 1, c->acc == QMOE_ACC_F64 ? 8 : 4 };
+  qmoe_cuda_launch L;
+  if ((rc = qmoe_cuda_launch_table[c->stage](&env, c->p, &L))) return rc;
+  const int64_t gx = L.grid[0], gy = L.grid[1];
   if (gx < 1 || gx > INT32_MAX || gy < 1 || gy > 65535) {
     qmoe_set_error("cuda backend: stage %s: grid %lld × %lld is outside CUDA's limits", si->name, (long long)gx,
                    (long long)gy);
     return QMOE_EUNSUPPORTED;
   }
+  if (L.workspace > 0 && ((rc = qmoe_cuda_ctx_use(&im->ctx)) ||
+                          (rc = workspace(im, L.workspace, &args.buf[QMOE_STAGE_MAX_BUFS - 1]))))
+    return rc;
   if ((rc = qmoe_cuda_ctx_use(&im->ctx))) return rc;
   CUfunction fn;
   if ((rc = get_function(im, vi, &fn))) return rc;
@@ -361,11 +292,11 @@ static void cu_close(qmoe_backend *be) {
 
 int qmoe_backend_cuda_open(qmoe_backend **out) {
   *out = NULL;
-  qmoe_backend *be = calloc(1, sizeof *be);
-  cuda_impl *im = calloc(1, sizeof *im);
-  if (!be || !im) {
-    fprintf(stderr, "qmoe: out of host memory\n");
-    abort();
+  qmoe_backend *be = qmoe_alloc(sizeof *be, "cuda backend");
+  cuda_impl *im = be ? qmoe_alloc(sizeof *im, "cuda backend") : NULL;
+  if (!im) {
+    free(be);
+    return QMOE_ENOMEM;
   }
   be->name = "cuda";
   be->impl = im;
@@ -380,12 +311,12 @@ int qmoe_backend_cuda_open(qmoe_backend **out) {
     qmoe_set_error("cuda backend: libqmoe embeds no CUDA kernels (generated/cuda/*.cu were not built in)");
     return QMOE_EUNSUPPORTED;
   }
-  im->vars = calloc(im->nvar, sizeof *im->vars);
-  im->mods = calloc(im->nvar, sizeof *im->mods);
-  im->fns = calloc(im->nvar, sizeof *im->fns);
+  im->vars = qmoe_alloc(im->nvar * sizeof *im->vars, "cuda backend");
+  im->mods = qmoe_alloc(im->nvar * sizeof *im->mods, "cuda backend");
+  im->fns = qmoe_alloc(im->nvar * sizeof *im->fns, "cuda backend");
   if (!im->vars || !im->mods || !im->fns) {
-    fprintf(stderr, "qmoe: out of host memory\n");
-    abort();
+    cu_close(be);
+    return QMOE_ENOMEM;
   }
   for (size_t i = 0; i < im->nvar; i++) {
     if ((rc = qmoe_cuda_variant_parse(qmoe_embedded_cuda[i].name, (const char *)qmoe_embedded_cuda[i].data,

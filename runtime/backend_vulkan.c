@@ -7,7 +7,6 @@
 #include <string.h>
 #include "backend.h"
 #include "qmoe.h"
-#include "ref_internal.h"
 #include "stage_table.h"
 #include "vk_internal.h"
 
@@ -41,11 +40,8 @@ static const char *acc_name(int acc) { return acc == QMOE_ACC_F64 ? "f64" : acc 
 
 static int vkb_alloc(qmoe_backend *be, size_t bytes, qmoe_buffer **out) {
   *out = NULL;
-  qmoe_buffer *b = calloc(1, sizeof *b);
-  if (!b) {
-    qmoe_set_error("vulkan backend: out of host memory");
-    return QMOE_EINVAL;
-  }
+  qmoe_buffer *b = qmoe_alloc(sizeof *b, "vulkan backend");
+  if (!b) return QMOE_ENOMEM;
   vk_backend *vb = impl(be);
   int rc = qmoe_vk_buf_create(vb->vk, bytes, &b->b);
   if (rc) {
@@ -115,7 +111,7 @@ static int lookup(const qmoe_stage_call *c, const qmoe_stage_info *si, const qmo
   if (si->varies_by_qtype)
     qmoe_set_error("vulkan: stage %s has no variant for tensor '%s' of qtype %s with %s accumulators "
                    "(Vulkan variants: %s)",
-                   si->name, c->tensor ? c->tensor : si->buf_names[0], qmoe_ref_qtype_name(c->qtype),
+                   si->name, c->tensor ? c->tensor : si->buf_names[0], qmoe_qtype_name(c->qtype),
                    acc_name(c->acc), list[0] ? list : "none");
   else
     qmoe_set_error("vulkan: stage %s has no variant with %s accumulators (Vulkan variants: %s)", si->name,
@@ -124,15 +120,6 @@ static int lookup(const qmoe_stage_call *c, const qmoe_stage_info *si, const qmo
 }
 
 /* ---- one stage call ---- */
-
-static uint32_t cdiv(uint64_t a, uint64_t b) { return (uint32_t)((a + b - 1) / b); }
-
-/* Workgroups for a kernel that strides over its work: at most the device's limit (or QMOE_VK_MAX_GROUPS). */
-static uint32_t cap(const vk_backend *vb, uint32_t groups, int dim) {
-  uint32_t m = qmoe_vk_limits(vb->vk)->maxComputeWorkGroupCount[dim];
-  if (vb->max_groups && vb->max_groups < m) m = vb->max_groups;
-  return groups > m ? m : groups < 1 ? 1 : groups;
-}
 
 static int vkb_run(qmoe_backend *be, const qmoe_stage_call *c) {
   vk_backend *vb = impl(be);
@@ -153,35 +140,22 @@ static int vkb_run(qmoe_backend *be, const qmoe_stage_call *c) {
   const qmoe_vk_variant *v;
   int rc = lookup(c, si, &v);
   if (rc) return rc;
-  size_t need[QMOE_STAGE_MAX_BUFS];
-  if ((rc = qmoe_ref_check(c, need))) return rc; /* params, qtype and the bytes each buffer needs */
-
+  size_t need[QMOE_STAGE_MAX_BUFS], have[QMOE_STAGE_MAX_BUFS] = {0};
+  if ((rc = qmoe_stage_check(c, need))) return rc; /* params, qtype and the bytes each buffer needs */
   const int nbuf = si->n_inputs + si->n_outputs;
+  for (int i = 0; i < nbuf; i++)
+    if (c->buf[i]) have[i] = c->off[i] > c->buf[i]->b.size ? 0 : (size_t)(c->buf[i]->b.size - c->off[i]);
+  if ((rc = qmoe_stage_check_buffers("vulkan", c, need, have))) return rc;
+
   const VkDeviceSize align = qmoe_vk_offset_align(vk);
   const VkDeviceSize max_range = qmoe_vk_limits(vk)->maxStorageBufferRange & ~(VkDeviceSize)15;
   qmoe_vk_binding bind[QMOE_VK_MAX_BINDINGS];
   vk_push pc;
   memset(&pc, 0, sizeof pc);
   for (int i = 0; i < nbuf; i++) {
-    const char *bname = si->buf_names[i];
-    const char *tname = (i == 0 && c->tensor) ? c->tensor : bname;
-    if (!c->buf[i]) {
-      qmoe_set_error("vulkan: stage %s: buffer %d (%s) is NULL", si->name, i, bname);
-      return QMOE_EINVAL;
-    }
+    const char *tname = (si->bufs[i].dtype == QMOE_DTYPE_QTYPE && c->tensor) ? c->tensor : si->buf_names[i];
     const qmoe_vk_buf *b = &c->buf[i]->b;
-    if (c->off[i] > b->size || need[i] > b->size - c->off[i]) {
-      qmoe_set_error("vulkan: stage %s: buffer %d (%s, tensor '%s') holds %llu bytes from offset %zu, the call "
-                     "needs %zu", si->name, i, bname, tname,
-                     (unsigned long long)(c->off[i] > b->size ? 0 : b->size - c->off[i]), c->off[i], need[i]);
-      return QMOE_EINVAL;
-    }
     VkDeviceSize base = c->off[i] & ~(align - 1), rem = c->off[i] - base;
-    if (si->bufs[i].dtype != QMOE_DTYPE_QTYPE && rem % 4) {
-      qmoe_set_error("vulkan: stage %s: buffer %d (%s) offset %zu is not a multiple of 4", si->name, i, bname,
-                     c->off[i]);
-      return QMOE_EINVAL;
-    }
     if (rem + need[i] > max_range) {
       qmoe_set_error("vulkan: stage %s: tensor '%s' needs %llu bytes bound at once, device '%s' allows "
                      "maxStorageBufferRange = %llu",
@@ -192,7 +166,7 @@ static int vkb_run(qmoe_backend *be, const qmoe_stage_call *c) {
     bind[i] = (qmoe_vk_binding){.buf = b, .off = base, .writes = i >= si->n_inputs};
     pc.o[i] = (uint32_t)rem;
   }
-  for (int i = 0; i < si->n_params; i++) pc.p[i] = (uint32_t)c->p[i]; /* qmoe_ref_check: 0..INT32_MAX */
+  for (int i = 0; i < si->n_params; i++) pc.p[i] = (uint32_t)c->p[i]; /* qmoe_stage_check: 0..INT32_MAX */
   for (int i = 0; i < si->n_fparams && i < 4; i++) {
     double d = c->f[i];
     uint64_t bits;
@@ -202,7 +176,38 @@ static int vkb_run(qmoe_backend *be, const qmoe_stage_call *c) {
     pc.fd[i][1] = (uint32_t)(bits >> 32);
   }
 
-  VkPipeline pipe[QMOE_VK_MAX_PASSES];
+  /* Workgroups, scratch and extras: the stage's launch function (generated/c/vk_variants.c). */
+  const VkPhysicalDeviceLimits *lim = qmoe_vk_limits(vk);
+  qmoe_vk_launch_env env = { v->rows, v->pass[0].local_size, c->acc == QMOE_ACC_F64 ? 8 : 4, {0}, {0} };
+  for (int d = 0; d < 3; d++) {
+    env.devg[d] = lim->maxComputeWorkGroupCount[d];
+    env.maxg[d] = vb->max_groups && vb->max_groups < lim->maxComputeWorkGroupCount[d] ? vb->max_groups
+                                                                                      : lim->maxComputeWorkGroupCount[d];
+  }
+  qmoe_vk_launch L;
+  memset(&L, 0, sizeof L);
+  if ((rc = qmoe_vk_launch_table[c->stage](&env, c->p, &L))) return rc;
+  if (L.npass != v->npass) {
+    qmoe_set_error("vulkan: stage %s: the launch has %d passes, variant %s has %d", si->name, L.npass, v->what,
+                   v->npass);
+    return QMOE_EINVAL;
+  }
+  int nb = nbuf;
+  if (L.scratch > 0) {
+    if ((rc = ensure_scratch(vb, L.scratch))) return rc;
+    bind[nb++] = (qmoe_vk_binding){.buf = &vb->scratch, .off = 0, .writes = 1};
+  }
+  for (int i = 0; i < 4; i++) pc.x[i] = (uint32_t)L.x[i];
+  for (int i = 0; i < L.npass; i++) {
+    for (int d = 0; d < 3; d++) {
+      if (L.groups[i][d] < 1 || L.groups[i][d] > env.devg[d]) {
+        qmoe_set_error("vulkan: stage %s: pass %d needs %lld workgroups in dimension %d, the device allows %lld",
+                       si->name, i + 1, (long long)L.groups[i][d], d, (long long)env.devg[d]);
+        return QMOE_EUNSUPPORTED;
+      }
+    }
+  }
+  VkPipeline pipe[QMOE_VK_MAX_PASSES]; /* every pipeline before the first dispatch: a call records whole or not */
   for (int i = 0; i < v->npass; i++) {
     char what[160];
     if (v->npass > 1)
@@ -213,79 +218,11 @@ static int vkb_run(qmoe_backend *be, const qmoe_stage_call *c) {
                                &pipe[i])))
       return rc;
   }
-
-  const int64_t *p = c->p;
-  const uint32_t wg0 = v->pass[0].local_size;
-  int nb = nbuf;
-  switch (c->stage) {
-  case QMOE_STAGE_MATVEC: /* rows, cols */
-    return qmoe_vk_dispatch(vk, pipe[0], bind, nb, &pc, sizeof pc, cap(vb, cdiv((uint64_t)p[0], v->rows), 0), 1, 1);
-  case QMOE_STAGE_MOE_GATE_UP_SWIGLU: /* H, F, E, K: grid.y = k */
-    if ((uint64_t)p[3] > qmoe_vk_limits(vk)->maxComputeWorkGroupCount[1]) {
-      qmoe_set_error("vulkan: moe_gate_up_swiglu: K = %lld exceeds the device's maxComputeWorkGroupCount[1]",
-                     (long long)p[3]);
-      return QMOE_EUNSUPPORTED;
-    }
-    return qmoe_vk_dispatch(vk, pipe[0], bind, nb, &pc, sizeof pc, cap(vb, cdiv((uint64_t)p[1], v->rows), 0),
-                            (uint32_t)p[3], 1);
-  case QMOE_STAGE_MOE_DOWN: /* H, F, E, K */
-    return qmoe_vk_dispatch(vk, pipe[0], bind, nb, &pc, sizeof pc, cap(vb, cdiv((uint64_t)p[0], v->rows), 0), 1, 1);
-  case QMOE_STAGE_ROUTER_TOPK: { /* H, E, K: logits into scratch, then one workgroup selects */
-    size_t acc_b = c->acc == QMOE_ACC_F64 ? 8 : 4;
-    if ((rc = ensure_scratch(vb, (size_t)p[1] * acc_b))) return rc;
-    bind[nb++] = (qmoe_vk_binding){.buf = &vb->scratch, .off = 0, .writes = 1};
-    if ((rc = qmoe_vk_dispatch(vk, pipe[0], bind, nb, &pc, sizeof pc, cap(vb, (uint32_t)p[1], 0), 1, 1))) return rc;
-    return qmoe_vk_dispatch(vk, pipe[1], bind, nb, &pc, sizeof pc, 1, 1, 1);
-  }
-  case QMOE_STAGE_RMSNORM:
-    return qmoe_vk_dispatch(vk, pipe[0], bind, nb, &pc, sizeof pc, 1, 1, 1);
-  case QMOE_STAGE_QK_NORM: /* nh, D: one workgroup per head */
-    if ((uint64_t)p[0] > qmoe_vk_limits(vk)->maxComputeWorkGroupCount[0]) {
-      qmoe_set_error("vulkan: qk_norm: nh = %lld exceeds the device's maxComputeWorkGroupCount[0]", (long long)p[0]);
-      return QMOE_EUNSUPPORTED;
-    }
-    return qmoe_vk_dispatch(vk, pipe[0], bind, nb, &pc, sizeof pc, (uint32_t)p[0], 1, 1);
-  case QMOE_STAGE_ROPE_NEOX: /* nh, D, pos */
-    return qmoe_vk_dispatch(vk, pipe[0], bind, nb, &pc, sizeof pc,
-                            cap(vb, cdiv((uint64_t)p[0] * (uint64_t)(p[1] / 2), wg0), 0), 1, 1);
-  case QMOE_STAGE_KV_STORE: /* nkv, D, pos, ctx */
-    return qmoe_vk_dispatch(vk, pipe[0], bind, nb, &pc, sizeof pc, cap(vb, cdiv((uint64_t)p[0] * (uint64_t)p[1], wg0), 0),
-                            1, 1);
-  case QMOE_STAGE_ATTENTION: { /* nh, nkv, D, n_kv, ctx: (kv head, block of v->rows query heads, split of wg0
-                                 * positions), then one combine per head */
-    const VkPhysicalDeviceLimits *L = qmoe_vk_limits(vk);
-    uint32_t ns = cdiv((uint64_t)p[3], wg0);
-    uint32_t gx = (uint32_t)p[1] * cdiv((uint64_t)(p[0] / p[1]), v->rows);
-    if ((uint64_t)p[0] > L->maxComputeWorkGroupCount[0] || ns > L->maxComputeWorkGroupCount[1]) {
-      qmoe_set_error("vulkan: attention: nh = %lld heads x %u splits exceed the device's maxComputeWorkGroupCount",
-                     (long long)p[0], ns);
-      return QMOE_EUNSUPPORTED;
-    }
-    size_t acc_b = c->acc == QMOE_ACC_F64 ? 8 : 4;
-    if ((rc = ensure_scratch(vb, (size_t)p[0] * ns * (size_t)(p[2] + 2) * acc_b))) return rc;
-    bind[nb++] = (qmoe_vk_binding){.buf = &vb->scratch, .off = 0, .writes = 1};
-    pc.x[0] = ns;
-    if ((rc = qmoe_vk_dispatch(vk, pipe[0], bind, nb, &pc, sizeof pc, gx, ns, 1))) return rc;
-    return qmoe_vk_dispatch(vk, pipe[1], bind, nb, &pc, sizeof pc, (uint32_t)p[0], 1, 1);
-  }
-  case QMOE_STAGE_ADD: /* n */
-    return qmoe_vk_dispatch(vk, pipe[0], bind, nb, &pc, sizeof pc, cap(vb, cdiv((uint64_t)p[0], wg0), 0), 1, 1);
-  case QMOE_STAGE_ARGMAX: { /* n: chunks reduced to (value, index) pairs, then one workgroup */
-    uint64_t n = (uint64_t)p[0], maxg = cap(vb, UINT32_MAX, 0);
-    uint64_t chunk = (uint64_t)wg0 * 16;
-    if (cdiv(n, chunk) > maxg) chunk = ((n + maxg - 1) / maxg + wg0 - 1) / wg0 * wg0;
-    uint32_t ng = cdiv(n, chunk);
-    if ((rc = ensure_scratch(vb, (size_t)ng * 8))) return rc;
-    bind[nb++] = (qmoe_vk_binding){.buf = &vb->scratch, .off = 0, .writes = 1};
-    pc.x[0] = (uint32_t)chunk;
-    pc.x[1] = ng;
-    if ((rc = qmoe_vk_dispatch(vk, pipe[0], bind, nb, &pc, sizeof pc, ng, 1, 1))) return rc;
-    return qmoe_vk_dispatch(vk, pipe[1], bind, nb, &pc, sizeof pc, 1, 1, 1);
-  }
-  default:
-    qmoe_set_error("vulkan: stage %s has no dispatch rule in runtime/backend_vulkan.c", si->name);
-    return QMOE_EUNSUPPORTED;
-  }
+  for (int i = 0; i < L.npass; i++)
+    if ((rc = qmoe_vk_dispatch(vk, pipe[i], bind, nb, &pc, sizeof pc, (uint32_t)L.groups[i][0],
+                               (uint32_t)L.groups[i][1], (uint32_t)L.groups[i][2])))
+      return rc;
+  return 0;
 }
 
 static int vkb_sync(qmoe_backend *be) { return qmoe_vk_sync(impl(be)->vk); }
@@ -314,13 +251,11 @@ int qmoe_backend_vulkan_open(qmoe_backend **out) {
     return QMOE_EINVAL;
   }
   *out = NULL;
-  qmoe_backend *be = calloc(1, sizeof *be);
-  vk_backend *vb = calloc(1, sizeof *vb);
-  if (!be || !vb) {
+  qmoe_backend *be = qmoe_alloc(sizeof *be, "vulkan backend");
+  vk_backend *vb = be ? qmoe_alloc(sizeof *vb, "vulkan backend") : NULL;
+  if (!vb) {
     free(be);
-    free(vb);
-    qmoe_set_error("vulkan backend: out of host memory");
-    return QMOE_EINVAL;
+    return QMOE_ENOMEM;
   }
   int rc = qmoe_vk_open(&vb->vk);
   if (rc) {

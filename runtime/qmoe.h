@@ -13,11 +13,15 @@ enum {
   QMOE_EUNSUPPORTED = -4, /* a qtype, feature or device qmoe has no support for */
   QMOE_ENODEV = -5,    /* no driver or device for the requested backend */
   QMOE_EDEVICE = -6,   /* a driver/compiler call failed */
+  QMOE_ENOMEM = -7,    /* host memory ran out */
 };
 
 /* Last error message of this thread (never NULL). Set by every function that fails. */
 const char *qmoe_last_error(void);
 void qmoe_set_error(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+/* The library's host allocator: calloc(1, N) (at least 1 byte), or NULL with the error "WHO: out of host
+ * memory allocating N bytes" set, which the caller returns as QMOE_ENOMEM. The library never aborts. */
+void *qmoe_alloc(size_t n, const char *who);
 
 
 /* ---- quant formats (owner: quant codec; contracts/quant/<q>.yaml -> generated/c/qtypes.c) -------- */

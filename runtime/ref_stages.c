@@ -2,7 +2,8 @@
  * f32 and f64 accumulation (what the CPU backend runs) and a long-double oracle (what tests compare f64
  * variants with). Quantized weights are decoded with the generated codecs (qmoe_qtype_by_id()->dequant_row).
  *
- * Layout of this file: part 1 (shared code, validation, dispatch) includes this same file three times with
+ * Layout of this file: part 1 (shared code, one qmoe_ref_<stage>() per stage, which generated/c/ref_table.c
+ * lists by stage id) includes this same file three times with
  * REF_T = float, double, long double; part 2 (below `#else`) holds the stage bodies written once for REF_T,
  * so the three precisions cannot drift apart. What each precision means, per stage:
  *   - dot products, sums of squares, softmax sums and attention sums accumulate in REF_T, in index order;
@@ -26,23 +27,6 @@
 #include "ref_internal.h"
 #include "stage_table.h"
 
-/* Out of memory aborts with a message (the library's one allocation policy). */
-static void *ref_xmalloc(size_t n) {
-  void *p = malloc(n ? n : 1);
-  if (!p) {
-    fprintf(stderr, "qmoe: out of memory allocating %zu bytes in the CPU reference\n", n);
-    abort();
-  }
-  return p;
-}
-
-const char *qmoe_ref_qtype_name(int ggml_type) {
-  static _Thread_local char buf[32];
-  const qmoe_qtype_info *q = ggml_type >= 0 ? qmoe_qtype_by_id(ggml_type) : NULL;
-  if (q) return q->name;
-  snprintf(buf, sizeof buf, "ggml type %d", ggml_type);
-  return buf;
-}
 
 /* Decodes row r of a matrix of rows of COLS elements in qtype Q into dst[COLS]. */
 static void decode_row(const qmoe_qtype_info *q, const void *w, int64_t r, int64_t cols, float *dst) {
@@ -76,192 +60,6 @@ static void decode_row(const qmoe_qtype_info *q, const void *w, int64_t r, int64
 
 qmoe_ref_prec qmoe_ref_prec_of(qmoe_acc acc) { return acc == QMOE_ACC_F64 ? QMOE_REF_F64 : QMOE_REF_F32; }
 
-/* ---- validation ---- */
-
-/* Bytes of N elements of SIZE bytes each, or SIZE_MAX when it overflows. */
-static size_t bytes_of(int64_t n, size_t size) {
-  if (n < 0 || (uint64_t)n > SIZE_MAX / size) return SIZE_MAX;
-  return (size_t)n * size;
-}
-
-/* Product of the given dims (all already checked positive), SIZE_MAX/64 when it overflows, which no buffer
- * is ever that large, so the size check that follows fails with the right message. */
-static int64_t prod(int64_t a, int64_t b) {
-  int64_t r;
-  if (__builtin_mul_overflow(a, b, &r)) return INT64_MAX / 64;
-  return r;
-}
-
-static const char *tensor_of(const qmoe_stage_call *c, const qmoe_stage_info *si, int buf) {
-  return c->tensor ? c->tensor : si->buf_names[buf];
-}
-
-/* Resolves the qtype of a stage that varies by it: the stage must list it and qmoe must have its codec. */
-static int check_qtype(const qmoe_stage_call *c, const qmoe_stage_info *si, const qmoe_qtype_info **out) {
-  *out = NULL;
-  if (!si->varies_by_qtype) {
-    if (c->qtype != -1) {
-      qmoe_set_error("stage %s does not vary by qtype, but the call passes qtype %d (%s); pass -1", si->name,
-                     c->qtype, qmoe_ref_qtype_name(c->qtype));
-      return QMOE_EINVAL;
-    }
-    return 0;
-  }
-  int weight = 0; /* the quantized tensor is the stage's first buffer (W, Wg, Wd) */
-  int listed = 0;
-  for (int i = 0; i < si->n_qtypes; i++) listed |= si->qtypes[i] == c->qtype;
-  const qmoe_qtype_info *q = c->qtype >= 0 ? qmoe_qtype_by_id(c->qtype) : NULL;
-  if (!listed || !q) {
-    char supported[256] = "";
-    size_t len = 0;
-    for (int i = 0; i < si->n_qtypes && len < sizeof supported; i++)
-      len += (size_t)snprintf(supported + len, sizeof supported - len, "%s%s", i ? ", " : "",
-                              qmoe_ref_qtype_name(si->qtypes[i]));
-    qmoe_set_error("stage %s: tensor '%s' has qtype %s, which has no %s variant on the CPU reference "
-                   "(supported: %s); add the format to contracts/stages/%s.yaml's qtypes",
-                   si->name, tensor_of(c, si, weight), qmoe_ref_qtype_name(c->qtype), si->name,
-                   supported[0] ? supported : "none", si->name);
-    return QMOE_EUNSUPPORTED;
-  }
-  *out = q;
-  return 0;
-}
-
-/* Bytes of a quantized matrix of ROWS rows of COLS elements; COLS must be a whole number of blocks. */
-static int qmatrix_bytes(const qmoe_stage_call *c, const qmoe_stage_info *si, const qmoe_qtype_info *q,
-                         int64_t rows, int64_t cols, const char *cols_name, size_t *out) {
-  if (cols % q->block_elements) {
-    qmoe_set_error("stage %s: tensor '%s': %s = %lld is not a multiple of %s's block of %d elements", si->name,
-                   tensor_of(c, si, 0), cols_name, (long long)cols, q->name, (int)q->block_elements);
-    return QMOE_EINVAL;
-  }
-  *out = bytes_of(prod(rows, cols / q->block_elements), (size_t)q->block_bytes);
-  return 0;
-}
-
-int qmoe_ref_check(const qmoe_stage_call *c, size_t need[QMOE_STAGE_MAX_BUFS]) {
-  for (int i = 0; i < QMOE_STAGE_MAX_BUFS; i++) need[i] = 0;
-  const qmoe_stage_info *si = (unsigned)c->stage < QMOE_STAGE_COUNT ? qmoe_stage_info_get(c->stage) : NULL;
-  if (!si) {
-    qmoe_set_error("unknown stage id %d (valid: 0..%d)", (int)c->stage, QMOE_STAGE_COUNT - 1);
-    return QMOE_EINVAL;
-  }
-  if (c->acc != QMOE_ACC_F32 && c->acc != QMOE_ACC_F64) {
-    qmoe_set_error("stage %s: unknown accumulator %d (valid: QMOE_ACC_F32, QMOE_ACC_F64)", si->name, (int)c->acc);
-    return QMOE_EINVAL;
-  }
-  const qmoe_qtype_info *q;
-  int rc = check_qtype(c, si, &q);
-  if (rc) return rc;
-  /* Every integer param is a count or a position: non-negative, and counts (all but pos) positive. */
-  for (int i = 0; i < si->n_params; i++) {
-    int is_pos = strcmp(si->params[i], "pos") == 0;
-    if (c->p[i] < (is_pos ? 0 : 1) || c->p[i] > INT32_MAX) {
-      qmoe_set_error("stage %s: param %s = %lld is out of range (%s)", si->name, si->params[i], (long long)c->p[i],
-                     is_pos ? "0 <= pos <= 2^31-1" : "1 <= value <= 2^31-1");
-      return QMOE_EINVAL;
-    }
-  }
-  for (int i = 0; i < si->n_fparams; i++) {
-    if (!isfinite(c->f[i])) {
-      qmoe_set_error("stage %s: param %s = %g is not finite", si->name, si->fparams[i], c->f[i]);
-      return QMOE_EINVAL;
-    }
-  }
-  const int64_t *p = c->p;
-  const size_t f4 = sizeof(float);
-  switch (c->stage) {
-  case QMOE_STAGE_MATVEC: /* rows, cols; W, x, y */
-    if ((rc = qmatrix_bytes(c, si, q, p[0], p[1], "cols", &need[0]))) return rc;
-    need[1] = bytes_of(p[1], f4);
-    need[2] = bytes_of(p[0], f4);
-    break;
-  case QMOE_STAGE_MOE_GATE_UP_SWIGLU: /* H, F, E, K; Wg, Wu, x, ids, h */
-  case QMOE_STAGE_MOE_DOWN:           /* H, F, E, K; Wd, h, ids, w, y */
-  case QMOE_STAGE_ROUTER_TOPK:        /* H, E, K; Wr, x, ids, w */
-  {
-    int router = c->stage == QMOE_STAGE_ROUTER_TOPK;
-    int64_t E = router ? p[1] : p[2], K = router ? p[2] : p[3];
-    if (K > E) {
-      qmoe_set_error("stage %s: K = %lld experts per token exceeds E = %lld", si->name, (long long)K, (long long)E);
-      return QMOE_EINVAL;
-    }
-    if (c->stage == QMOE_STAGE_MOE_GATE_UP_SWIGLU) {
-      if ((rc = qmatrix_bytes(c, si, q, prod(p[2], p[1]), p[0], "H", &need[0]))) return rc;
-      need[1] = need[0];
-      need[2] = bytes_of(p[0], f4);
-      need[3] = bytes_of(K, f4);
-      need[4] = bytes_of(prod(K, p[1]), f4);
-    } else if (c->stage == QMOE_STAGE_MOE_DOWN) {
-      if ((rc = qmatrix_bytes(c, si, q, prod(p[2], p[0]), p[1], "F", &need[0]))) return rc;
-      need[1] = bytes_of(prod(K, p[1]), f4);
-      need[2] = bytes_of(K, f4);
-      need[3] = bytes_of(K, f4);
-      need[4] = bytes_of(p[0], f4);
-    } else {
-      need[0] = bytes_of(prod(E, p[0]), f4);
-      need[1] = bytes_of(p[0], f4);
-      need[2] = bytes_of(K, f4);
-      need[3] = bytes_of(K, f4);
-    }
-    break;
-  }
-  case QMOE_STAGE_RMSNORM: /* n, eps; x, w, y */
-    need[0] = need[1] = need[2] = bytes_of(p[0], f4);
-    break;
-  case QMOE_STAGE_QK_NORM: /* nh, D, eps; x, w, y */
-    need[0] = need[2] = bytes_of(prod(p[0], p[1]), f4);
-    need[1] = bytes_of(p[1], f4);
-    break;
-  case QMOE_STAGE_ROPE_NEOX: /* nh, D, pos, theta; x, y */
-    if (p[1] % 2) {
-      qmoe_set_error("stage rope_neox: head dim D = %lld must be even (dims i and i + D/2 are rotated together)",
-                     (long long)p[1]);
-      return QMOE_EINVAL;
-    }
-    if (!(c->f[0] > 0)) {
-      qmoe_set_error("stage rope_neox: theta = %g must be positive (read rope.freq_base from the model)", c->f[0]);
-      return QMOE_EINVAL;
-    }
-    need[0] = need[1] = bytes_of(prod(p[0], p[1]), f4);
-    break;
-  case QMOE_STAGE_KV_STORE: /* nkv, D, pos, ctx; k, v, Kc, Vc */
-    if (p[2] >= p[3]) {
-      qmoe_set_error("stage kv_store: pos = %lld is outside the cache of ctx = %lld positions", (long long)p[2],
-                     (long long)p[3]);
-      return QMOE_EINVAL;
-    }
-    need[0] = need[1] = bytes_of(prod(p[0], p[1]), f4);
-    need[2] = need[3] = bytes_of(prod(p[3], prod(p[0], p[1])), f4);
-    break;
-  case QMOE_STAGE_ATTENTION: /* nh, nkv, D, n_kv, ctx; q, Kc, Vc, o */
-    if (p[0] % p[1]) {
-      qmoe_set_error("stage attention: nh = %lld query heads is not a multiple of nkv = %lld kv heads",
-                     (long long)p[0], (long long)p[1]);
-      return QMOE_EINVAL;
-    }
-    if (p[3] > p[4]) {
-      qmoe_set_error("stage attention: n_kv = %lld positions exceed the cache of ctx = %lld", (long long)p[3],
-                     (long long)p[4]);
-      return QMOE_EINVAL;
-    }
-    need[0] = need[3] = bytes_of(prod(p[0], p[2]), f4);
-    need[1] = need[2] = bytes_of(prod(p[4], prod(p[1], p[2])), f4);
-    break;
-  case QMOE_STAGE_ADD: /* n; a, b, y */
-    need[0] = need[1] = need[2] = bytes_of(p[0], f4);
-    break;
-  case QMOE_STAGE_ARGMAX: /* n; x, idx */
-    need[0] = bytes_of(p[0], f4);
-    need[1] = f4;
-    break;
-  default:
-    qmoe_set_error("stage %s has no CPU reference", si->name);
-    return QMOE_EUNSUPPORTED;
-  }
-  return 0;
-}
-
 /* Expert ids must index one of the E experts (a GPU kernel would read out of bounds). */
 static int check_ids(const qmoe_stage_info *si, const int32_t *ids, int64_t K, int64_t E) {
   for (int64_t k = 0; k < K; k++) {
@@ -277,7 +75,7 @@ static int check_ids(const qmoe_stage_info *si, const int32_t *ids, int64_t K, i
 int qmoe_ref_run(const qmoe_stage_call *c, qmoe_ref_prec prec, void *const ptr[QMOE_STAGE_MAX_BUFS],
                  const size_t size[QMOE_STAGE_MAX_BUFS]) {
   size_t need[QMOE_STAGE_MAX_BUFS];
-  int rc = qmoe_ref_check(c, need);
+  int rc = qmoe_stage_check(c, need);
   if (rc) return rc;
   const qmoe_stage_info *si = qmoe_stage_info_get(c->stage);
   for (int i = 0; i < si->n_inputs + si->n_outputs; i++) {
@@ -297,65 +95,110 @@ int qmoe_ref_run(const qmoe_stage_call *c, qmoe_ref_prec prec, void *const ptr[Q
     return QMOE_EINVAL;
   }
   const qmoe_qtype_info *q = si->varies_by_qtype ? qmoe_qtype_by_id(c->qtype) : NULL;
-  const int64_t *p = c->p;
-  void *const *b = ptr;
+  return qmoe_ref_table[c->stage](c, prec, q, ptr);
+}
+
+/* ---- one function per stage (generated/c/ref_table.c lists them), params by their contract names ---- */
+
 #define REF_DISPATCH(fn, ...)                                                                                          \
   (prec == QMOE_REF_F32 ? fn##_f32(__VA_ARGS__) : prec == QMOE_REF_F64 ? fn##_f64(__VA_ARGS__) : fn##_ldbl(__VA_ARGS__))
-  switch (c->stage) {
-  case QMOE_STAGE_MATVEC:
-    REF_DISPATCH(ref_matvec, q, b[0], b[1], b[2], p[0], p[1]);
-    break;
-  case QMOE_STAGE_MOE_GATE_UP_SWIGLU:
-    if ((rc = check_ids(si, b[3], p[3], p[2]))) return rc;
-    REF_DISPATCH(ref_moe_gate_up_swiglu, q, b[0], b[1], b[2], b[3], b[4], p[0], p[1], p[3]);
-    break;
-  case QMOE_STAGE_MOE_DOWN:
-    if ((rc = check_ids(si, b[2], p[3], p[2]))) return rc;
-    REF_DISPATCH(ref_moe_down, q, b[0], b[1], b[2], b[3], b[4], p[0], p[1], p[3]);
-    break;
-  case QMOE_STAGE_ROUTER_TOPK:
-    REF_DISPATCH(ref_router_topk, b[0], b[1], b[2], b[3], p[0], p[1], p[2]);
-    break;
-  case QMOE_STAGE_RMSNORM:
-    REF_DISPATCH(ref_rmsnorm, b[0], b[1], b[2], p[0], c->f[0]);
-    break;
-  case QMOE_STAGE_QK_NORM:
-    for (int64_t h = 0; h < p[0]; h++)
-      REF_DISPATCH(ref_rmsnorm, (const float *)b[0] + h * p[1], b[1], (float *)b[2] + h * p[1], p[1], c->f[0]);
-    break;
-  case QMOE_STAGE_ROPE_NEOX:
-    REF_DISPATCH(ref_rope_neox, b[0], b[1], p[0], p[1], p[2], c->f[0]);
-    break;
-  case QMOE_STAGE_KV_STORE: {
-    size_t row = (size_t)(p[0] * p[1]) * sizeof(float), at = (size_t)p[2] * row;
-    memmove((unsigned char *)b[2] + at, b[0], row);
-    memmove((unsigned char *)b[3] + at, b[1], row);
-    break;
-  }
-  case QMOE_STAGE_ATTENTION:
-    REF_DISPATCH(ref_attention, b[0], b[1], b[2], b[3], p[0], p[1], p[2], p[3]);
-    break;
-  case QMOE_STAGE_ADD: {
-    const float *a = b[0], *bb = b[1];
-    float *y = b[2];
-    for (int64_t i = 0; i < p[0]; i++) y[i] = a[i] + bb[i];
-    break;
-  }
-  case QMOE_STAGE_ARGMAX: {
-    const float *x = b[0];
-    int64_t best = -1;
-    for (int64_t i = 0; i < p[0]; i++)
-      if (!isnan(x[i]) && (best < 0 || x[i] > x[best])) best = i; /* strict: ties keep the lowest index */
-    *(int32_t *)b[1] = (int32_t)(best < 0 ? 0 : best);             /* NaN never wins; all NaN gives 0 */
-    break;
-  }
-  default:
-    qmoe_set_error("stage %s has no CPU reference", si->name);
-    return QMOE_EUNSUPPORTED;
-  }
-#undef REF_DISPATCH
+
+int qmoe_ref_matvec(const qmoe_stage_call *c, qmoe_ref_prec prec, const qmoe_qtype_info *q, void *const *b) {
+  return REF_DISPATCH(ref_matvec, q, b[QMOE_B_MATVEC_W], b[QMOE_B_MATVEC_X], b[QMOE_B_MATVEC_Y], c->p[QMOE_P_MATVEC_ROWS],
+               c->p[QMOE_P_MATVEC_COLS]);
+}
+
+int qmoe_ref_moe_gate_up_swiglu(const qmoe_stage_call *c, qmoe_ref_prec prec, const qmoe_qtype_info *q,
+                                void *const *b) {
+  const int64_t *p = c->p;
+  int rc = check_ids(qmoe_stage_info_get(c->stage), b[QMOE_B_MOE_GATE_UP_SWIGLU_IDS], p[QMOE_P_MOE_GATE_UP_SWIGLU_K],
+                     p[QMOE_P_MOE_GATE_UP_SWIGLU_E]);
+  if (rc) return rc;
+  return REF_DISPATCH(ref_moe_gate_up_swiglu, q, b[QMOE_B_MOE_GATE_UP_SWIGLU_WG], b[QMOE_B_MOE_GATE_UP_SWIGLU_WU],
+               b[QMOE_B_MOE_GATE_UP_SWIGLU_X], b[QMOE_B_MOE_GATE_UP_SWIGLU_IDS], b[QMOE_B_MOE_GATE_UP_SWIGLU_H],
+               p[QMOE_P_MOE_GATE_UP_SWIGLU_H], p[QMOE_P_MOE_GATE_UP_SWIGLU_F], p[QMOE_P_MOE_GATE_UP_SWIGLU_K]);
+}
+
+int qmoe_ref_moe_down(const qmoe_stage_call *c, qmoe_ref_prec prec, const qmoe_qtype_info *q, void *const *b) {
+  const int64_t *p = c->p;
+  int rc = check_ids(qmoe_stage_info_get(c->stage), b[QMOE_B_MOE_DOWN_IDS], p[QMOE_P_MOE_DOWN_K], p[QMOE_P_MOE_DOWN_E]);
+  if (rc) return rc;
+  return REF_DISPATCH(ref_moe_down, q, b[QMOE_B_MOE_DOWN_WD], b[QMOE_B_MOE_DOWN_H], b[QMOE_B_MOE_DOWN_IDS],
+               b[QMOE_B_MOE_DOWN_W], b[QMOE_B_MOE_DOWN_Y], p[QMOE_P_MOE_DOWN_H], p[QMOE_P_MOE_DOWN_F], p[QMOE_P_MOE_DOWN_K]);
+}
+
+int qmoe_ref_router_topk(const qmoe_stage_call *c, qmoe_ref_prec prec, const qmoe_qtype_info *q, void *const *b) {
+  return REF_DISPATCH(ref_router_topk, b[QMOE_B_ROUTER_TOPK_WR], b[QMOE_B_ROUTER_TOPK_X], b[QMOE_B_ROUTER_TOPK_IDS],
+               b[QMOE_B_ROUTER_TOPK_W], c->p[QMOE_P_ROUTER_TOPK_H], c->p[QMOE_P_ROUTER_TOPK_E], c->p[QMOE_P_ROUTER_TOPK_K]);
+}
+
+int qmoe_ref_rmsnorm(const qmoe_stage_call *c, qmoe_ref_prec prec, const qmoe_qtype_info *q, void *const *b) {
+  REF_DISPATCH(ref_rmsnorm, b[QMOE_B_RMSNORM_X], b[QMOE_B_RMSNORM_W], b[QMOE_B_RMSNORM_Y], c->p[QMOE_P_RMSNORM_N],
+               c->f[QMOE_F_RMSNORM_EPS]);
   return 0;
 }
+
+int qmoe_ref_qk_norm(const qmoe_stage_call *c, qmoe_ref_prec prec, const qmoe_qtype_info *q, void *const *b) {
+  const int64_t nh = c->p[QMOE_P_QK_NORM_NH], D = c->p[QMOE_P_QK_NORM_D];
+  for (int64_t h = 0; h < nh; h++)
+    REF_DISPATCH(ref_rmsnorm, (const float *)b[QMOE_B_QK_NORM_X] + h * D, b[QMOE_B_QK_NORM_W],
+                 (float *)b[QMOE_B_QK_NORM_Y] + h * D, D, c->f[QMOE_F_QK_NORM_EPS]);
+  return 0;
+}
+
+int qmoe_ref_rope_neox(const qmoe_stage_call *c, qmoe_ref_prec prec, const qmoe_qtype_info *q, void *const *b) {
+  REF_DISPATCH(ref_rope_neox, b[QMOE_B_ROPE_NEOX_X], b[QMOE_B_ROPE_NEOX_Y], c->p[QMOE_P_ROPE_NEOX_NH],
+               c->p[QMOE_P_ROPE_NEOX_D], c->p[QMOE_P_ROPE_NEOX_POS], c->f[QMOE_F_ROPE_NEOX_THETA]);
+  return 0;
+}
+
+int qmoe_ref_kv_store(const qmoe_stage_call *c, qmoe_ref_prec prec, const qmoe_qtype_info *q, void *const *b) {
+  const int64_t *p = c->p;
+  size_t row = (size_t)(p[QMOE_P_KV_STORE_NKV] * p[QMOE_P_KV_STORE_D]) * sizeof(float);
+  size_t at = (size_t)p[QMOE_P_KV_STORE_POS] * row;
+  memmove((unsigned char *)b[QMOE_B_KV_STORE_KC] + at, b[QMOE_B_KV_STORE_K], row);
+  memmove((unsigned char *)b[QMOE_B_KV_STORE_VC] + at, b[QMOE_B_KV_STORE_V], row);
+  return 0;
+}
+
+int qmoe_ref_attention(const qmoe_stage_call *c, qmoe_ref_prec prec, const qmoe_qtype_info *q, void *const *b) {
+  const int64_t *p = c->p;
+  return REF_DISPATCH(ref_attention, b[QMOE_B_ATTENTION_Q], b[QMOE_B_ATTENTION_KC], b[QMOE_B_ATTENTION_VC],
+               b[QMOE_B_ATTENTION_O], p[QMOE_P_ATTENTION_NH], p[QMOE_P_ATTENTION_NKV], p[QMOE_P_ATTENTION_D],
+               p[QMOE_P_ATTENTION_N_KV]);
+}
+
+int qmoe_ref_add(const qmoe_stage_call *c, qmoe_ref_prec prec, const qmoe_qtype_info *q, void *const *b) {
+  const float *a = b[QMOE_B_ADD_A], *bb = b[QMOE_B_ADD_B];
+  float *y = b[QMOE_B_ADD_Y];
+  for (int64_t i = 0; i < c->p[QMOE_P_ADD_N]; i++) y[i] = a[i] + bb[i];
+  return 0;
+}
+
+int qmoe_ref_argmax(const qmoe_stage_call *c, qmoe_ref_prec prec, const qmoe_qtype_info *q, void *const *b) {
+  const float *x = b[QMOE_B_ARGMAX_X];
+  int64_t best = -1;
+  for (int64_t i = 0; i < c->p[QMOE_P_ARGMAX_N]; i++)
+    if (!isnan(x[i]) && (best < 0 || x[i] > x[best])) best = i; /* strict: ties keep the lowest index */
+  *(int32_t *)b[QMOE_B_ARGMAX_IDX] = (int32_t)(best < 0 ? 0 : best); /* NaN never wins; all NaN gives 0 */
+  return 0;
+}
+
+/* y = row id of W, decoded: the format's exact f32 values in every precision. An id outside [0, rows) is an
+ * error here (the GPU kernels, which cannot report one, write NaN and read nothing). */
+int qmoe_ref_embed_rows(const qmoe_stage_call *c, qmoe_ref_prec prec, const qmoe_qtype_info *q, void *const *b) {
+  const int64_t cols = c->p[QMOE_P_EMBED_ROWS_COLS], rows = c->p[QMOE_P_EMBED_ROWS_ROWS];
+  const int32_t id = *(const int32_t *)b[QMOE_B_EMBED_ROWS_ID];
+  if (id < 0 || id >= rows) {
+    qmoe_set_error("stage embed_rows: id = %d is outside [0, rows = %lld)%s%s", (int)id, (long long)rows,
+                   c->tensor ? " of tensor " : "", c->tensor ? c->tensor : "");
+    return QMOE_EINVAL;
+  }
+  decode_row(q, b[QMOE_B_EMBED_ROWS_W], id, cols, b[QMOE_B_EMBED_ROWS_Y]);
+  return 0;
+}
+
+#undef REF_DISPATCH
 
 #else /* ---- part 2: the stage bodies for one accumulator type REF_T (angles in REF_A) ---- */
 
@@ -367,20 +210,23 @@ static REF_T REF_FN(dot)(const float *w, const float *x, int64_t n) {
 }
 
 /* y[rows] = W[rows×cols] · x */
-static void REF_FN(ref_matvec)(const qmoe_qtype_info *q, const void *W, const float *x, float *y, int64_t rows,
+static int REF_FN(ref_matvec)(const qmoe_qtype_info *q, const void *W, const float *x, float *y, int64_t rows,
                                int64_t cols) {
-  float *row = ref_xmalloc((size_t)cols * sizeof(float));
+  float *row = qmoe_alloc((size_t)cols * sizeof(float), "stage matvec (CPU reference)");
+  if (!row) return QMOE_ENOMEM;
   for (int64_t r = 0; r < rows; r++) {
     decode_row(q, W, r, cols, row);
     y[r] = (float)REF_FN(dot)(row, x, cols);
   }
   free(row);
+  return 0;
 }
 
 /* h[k][f] = silu(Wg[ids_k]·x)[f] · (Wu[ids_k]·x)[f]; each expert is F rows of H. */
-static void REF_FN(ref_moe_gate_up_swiglu)(const qmoe_qtype_info *q, const void *Wg, const void *Wu, const float *x,
+static int REF_FN(ref_moe_gate_up_swiglu)(const qmoe_qtype_info *q, const void *Wg, const void *Wu, const float *x,
                                            const int32_t *ids, float *h, int64_t H, int64_t F, int64_t K) {
-  float *row = ref_xmalloc((size_t)H * sizeof(float));
+  float *row = qmoe_alloc((size_t)H * sizeof(float), "stage moe_gate_up_swiglu (CPU reference)");
+  if (!row) return QMOE_ENOMEM;
   for (int64_t k = 0; k < K; k++) {
     for (int64_t f = 0; f < F; f++) {
       int64_t r = (int64_t)ids[k] * F + f;
@@ -393,12 +239,14 @@ static void REF_FN(ref_moe_gate_up_swiglu)(const qmoe_qtype_info *q, const void 
     }
   }
   free(row);
+  return 0;
 }
 
 /* y[H] = Σ_k w_k · (Wd[ids_k]·h_k), k summed in order; each expert is H rows of F. */
-static void REF_FN(ref_moe_down)(const qmoe_qtype_info *q, const void *Wd, const float *h, const int32_t *ids,
+static int REF_FN(ref_moe_down)(const qmoe_qtype_info *q, const void *Wd, const float *h, const int32_t *ids,
                                  const float *w, float *y, int64_t H, int64_t F, int64_t K) {
-  float *row = ref_xmalloc((size_t)F * sizeof(float));
+  float *row = qmoe_alloc((size_t)F * sizeof(float), "stage moe_down (CPU reference)");
+  if (!row) return QMOE_ENOMEM;
   for (int64_t r = 0; r < H; r++) {
     REF_T acc = 0;
     for (int64_t k = 0; k < K; k++) {
@@ -408,13 +256,21 @@ static void REF_FN(ref_moe_down)(const qmoe_qtype_info *q, const void *Wd, const
     y[r] = (float)acc;
   }
   free(row);
+  return 0;
 }
 
 /* logits = Wr·x → softmax over all E → top K by logit (ties: lower index) → w = p / Σ p over the chosen. */
-static void REF_FN(ref_router_topk)(const float *Wr, const float *x, int32_t *ids, float *w, int64_t H, int64_t E,
+static int REF_FN(ref_router_topk)(const float *Wr, const float *x, int32_t *ids, float *w, int64_t H, int64_t E,
                                     int64_t K) {
-  REF_T *logit = ref_xmalloc((size_t)E * sizeof(REF_T)), *prob = ref_xmalloc((size_t)E * sizeof(REF_T));
-  unsigned char *taken = ref_xmalloc((size_t)E);
+  REF_T *logit = qmoe_alloc((size_t)E * sizeof(REF_T), "stage router_topk (CPU reference)");
+  REF_T *prob = qmoe_alloc((size_t)E * sizeof(REF_T), "stage router_topk (CPU reference)");
+  unsigned char *taken = qmoe_alloc((size_t)E, "stage router_topk (CPU reference)");
+  if (!logit || !prob || !taken) {
+    free(logit);
+    free(prob);
+    free(taken);
+    return QMOE_ENOMEM;
+  }
   REF_T max = 0, sum = 0;
   for (int64_t e = 0; e < E; e++) {
     logit[e] = REF_FN(dot)(Wr + e * H, x, H);
@@ -439,6 +295,7 @@ static void REF_FN(ref_router_topk)(const float *Wr, const float *x, int32_t *id
   free(logit);
   free(prob);
   free(taken);
+  return 0;
 }
 
 /* y[n] = x · (1/sqrt(mean(x²) + eps)) · w (y may be x: the sum is taken before any write). */
@@ -466,9 +323,10 @@ static void REF_FN(ref_rope_neox)(const float *x, float *y, int64_t nh, int64_t 
 
 /* GQA attention over the first n_kv cache positions: head h reads kv head h/(nh/nkv); scores·(1/sqrt(D)),
  * softmax, o = Σ_j e_j·V_j / Σ_j e_j. Cache row j of kv head g is at (j·nkv + g)·D. */
-static void REF_FN(ref_attention)(const float *q, const float *Kc, const float *Vc, float *o, int64_t nh, int64_t nkv,
+static int REF_FN(ref_attention)(const float *q, const float *Kc, const float *Vc, float *o, int64_t nh, int64_t nkv,
                                   int64_t D, int64_t n_kv) {
-  REF_T *e = ref_xmalloc((size_t)n_kv * sizeof(REF_T));
+  REF_T *e = qmoe_alloc((size_t)n_kv * sizeof(REF_T), "stage attention (CPU reference)");
+  if (!e) return QMOE_ENOMEM;
   REF_T scale = (REF_T)1 / sqrt((REF_T)D);
   int64_t group = nh / nkv;
   for (int64_t h = 0; h < nh; h++) {
@@ -489,6 +347,7 @@ static void REF_FN(ref_attention)(const float *q, const float *Kc, const float *
     }
   }
   free(e);
+  return 0;
 }
 
 #endif

@@ -201,6 +201,23 @@ typedef struct {
 extern const qmoe_vk_variant qmoe_vk_variants[];
 extern const size_t qmoe_vk_variant_count;
 
+/* Dispatch geometry of one stage call (generated/c/vk_variants.c, from codegen/gen_glsl.lua's STAGES): from the
+ * call's int params and the variant, the workgroups of each pass, the scratch bytes bound after the call's
+ * buffers (0: none) and the push-constant extras x[]. QMOE_EUNSUPPORTED when the device cannot run it. */
+typedef struct {
+  int64_t rows, wg, acc_bytes; /* the variant's rows per workgroup, pass 1's workgroup size, accumulator bytes */
+  int64_t maxg[3];             /* maxComputeWorkGroupCount, lowered by QMOE_VK_MAX_GROUPS */
+  int64_t devg[3];             /* maxComputeWorkGroupCount */
+} qmoe_vk_launch_env;
+typedef struct {
+  int npass;
+  int64_t groups[QMOE_VK_MAX_PASSES][3];
+  size_t scratch;
+  int64_t x[4];
+} qmoe_vk_launch;
+typedef int (*qmoe_vk_launch_fn)(const qmoe_vk_launch_env *e, const int64_t *p, qmoe_vk_launch *l);
+extern const qmoe_vk_launch_fn qmoe_vk_launch_table[];
+
 /* Pipeline of the embedded shader SHADER (created on first use and kept). WHAT names the variant for
  * messages ("matvec/q6_k/f64"); SHARED_BYTES and LOCAL_SIZE are checked against the device's limits, and
  * the features the module needs against the device's. A missing shader or feature: QMOE_EUNSUPPORTED. */

@@ -1,5 +1,5 @@
 -- contracts.lua: loads contracts/ for the generators. The same C validator that `pv validate` runs is
--- applied first (through the host's `pv` module when linked in), so generators only see valid data.
+-- applied first (the host's `pv` module), so generators only see valid data; a host without it is an error.
 local util = require("util")
 local M = {}
 
@@ -8,10 +8,12 @@ local KINDS = { "quant", "stages", "models", "recipes" }
 -- load_all(dir) -> { quant = {list, by_name}, stages = {...}, models = {...}, files = {...} }
 function M.load_all(dir)
   local ok_pv, pv = pcall(require, "pv")
-  if ok_pv and pv.validate then
-    local ok, report = pv.validate(dir)
-    if not ok then error("contracts are invalid (run `pv validate " .. dir .. "`):\n" .. report, 0) end
+  if not ok_pv or type(pv) ~= "table" or not pv.validate then
+    error("the contract validator is not available in this Lua host (require 'pv': " .. tostring(pv) ..
+          "); generators run only under build/qmoe-lua, which links it", 0)
   end
+  local ok, report = pv.validate(dir)
+  if not ok then error("contracts are invalid (run `pv validate " .. dir .. "`):\n" .. report, 0) end
   local ctx = { files = {} }
   for _, kind in ipairs(KINDS) do
     local list, by_name = {}, {}

@@ -3,6 +3,8 @@
 /* The Vulkan variants: one row per stage x qtype x accumulator, naming the embedded shader of each
  * pass (generated/glsl/<shader>.comp), its workgroup size and shared memory, and the geometry the
  * backend needs to size its dispatches. */
+#include <stdint.h>
+#include "qmoe.h"
 #include "vk_internal.h"
 
 const qmoe_vk_variant qmoe_vk_variants[] = {
@@ -18,8 +20,6 @@ const qmoe_vk_variant qmoe_vk_variants[] = {
     {"matvec__q5_0__f64", "matvec/q5_0/f64", QMOE_STAGE_MATVEC, 6, QMOE_ACC_F64, 1, {{"matvec__q5_0__f64", 64, 21376}}, 8},
     {"matvec__q8_0__f32", "matvec/q8_0/f32", QMOE_STAGE_MATVEC, 8, QMOE_ACC_F32, 1, {{"matvec__q8_0__f32", 64, 14976}}, 8},
     {"matvec__q8_0__f64", "matvec/q8_0/f64", QMOE_STAGE_MATVEC, 8, QMOE_ACC_F64, 1, {{"matvec__q8_0__f64", 64, 15232}}, 8},
-    {"matvec__q2_k__f32", "matvec/q2_k/f32", QMOE_STAGE_MATVEC, 10, QMOE_ACC_F32, 1, {{"matvec__q2_k__f32", 64, 16000}}, 8},
-    {"matvec__q2_k__f64", "matvec/q2_k/f64", QMOE_STAGE_MATVEC, 10, QMOE_ACC_F64, 1, {{"matvec__q2_k__f64", 64, 16256}}, 8},
     {"matvec__q4_k__f32", "matvec/q4_k/f32", QMOE_STAGE_MATVEC, 12, QMOE_ACC_F32, 1, {{"matvec__q4_k__f32", 64, 19072}}, 8},
     {"matvec__q4_k__f64", "matvec/q4_k/f64", QMOE_STAGE_MATVEC, 12, QMOE_ACC_F64, 1, {{"matvec__q4_k__f64", 64, 19328}}, 8},
     {"matvec__q5_k__f32", "matvec/q5_k/f32", QMOE_STAGE_MATVEC, 13, QMOE_ACC_F32, 1, {{"matvec__q5_k__f32", 64, 21120}}, 8},
@@ -28,8 +28,6 @@ const qmoe_vk_variant qmoe_vk_variants[] = {
     {"matvec__q6_k__f64", "matvec/q6_k/f64", QMOE_STAGE_MATVEC, 14, QMOE_ACC_F64, 1, {{"matvec__q6_k__f64", 64, 24448}}, 8},
     {"matvec__q8_k__f32", "matvec/q8_k/f32", QMOE_STAGE_MATVEC, 15, QMOE_ACC_F32, 1, {{"matvec__q8_k__f32", 32, 18816}}, 4},
     {"matvec__q8_k__f64", "matvec/q8_k/f64", QMOE_STAGE_MATVEC, 15, QMOE_ACC_F64, 1, {{"matvec__q8_k__f64", 32, 18944}}, 4},
-    {"matvec__iq4_nl__f32", "matvec/iq4_nl/f32", QMOE_STAGE_MATVEC, 20, QMOE_ACC_F32, 1, {{"matvec__iq4_nl__f32", 64, 19072}}, 8},
-    {"matvec__iq4_nl__f64", "matvec/iq4_nl/f64", QMOE_STAGE_MATVEC, 20, QMOE_ACC_F64, 1, {{"matvec__iq4_nl__f64", 64, 19328}}, 8},
     {"matvec__bf16__f32", "matvec/bf16/f32", QMOE_STAGE_MATVEC, 30, QMOE_ACC_F32, 1, {{"matvec__bf16__f32", 64, 22144}}, 8},
     {"matvec__bf16__f64", "matvec/bf16/f64", QMOE_STAGE_MATVEC, 30, QMOE_ACC_F64, 1, {{"matvec__bf16__f64", 64, 22400}}, 8},
     {"moe_gate_up_swiglu__f32__f32", "moe_gate_up_swiglu/f32/f32", QMOE_STAGE_MOE_GATE_UP_SWIGLU, 0, QMOE_ACC_F32, 1, {{"moe_gate_up_swiglu__f32__f32", 32, 20096}}, 4},
@@ -44,8 +42,6 @@ const qmoe_vk_variant qmoe_vk_variants[] = {
     {"moe_gate_up_swiglu__q5_0__f64", "moe_gate_up_swiglu/q5_0/f64", QMOE_STAGE_MOE_GATE_UP_SWIGLU, 6, QMOE_ACC_F64, 1, {{"moe_gate_up_swiglu__q5_0__f64", 32, 21376}}, 4},
     {"moe_gate_up_swiglu__q8_0__f32", "moe_gate_up_swiglu/q8_0/f32", QMOE_STAGE_MOE_GATE_UP_SWIGLU, 8, QMOE_ACC_F32, 1, {{"moe_gate_up_swiglu__q8_0__f32", 32, 14976}}, 4},
     {"moe_gate_up_swiglu__q8_0__f64", "moe_gate_up_swiglu/q8_0/f64", QMOE_STAGE_MOE_GATE_UP_SWIGLU, 8, QMOE_ACC_F64, 1, {{"moe_gate_up_swiglu__q8_0__f64", 32, 15232}}, 4},
-    {"moe_gate_up_swiglu__q2_k__f32", "moe_gate_up_swiglu/q2_k/f32", QMOE_STAGE_MOE_GATE_UP_SWIGLU, 10, QMOE_ACC_F32, 1, {{"moe_gate_up_swiglu__q2_k__f32", 64, 23680}}, 8},
-    {"moe_gate_up_swiglu__q2_k__f64", "moe_gate_up_swiglu/q2_k/f64", QMOE_STAGE_MOE_GATE_UP_SWIGLU, 10, QMOE_ACC_F64, 1, {{"moe_gate_up_swiglu__q2_k__f64", 64, 24192}}, 8},
     {"moe_gate_up_swiglu__q4_k__f32", "moe_gate_up_swiglu/q4_k/f32", QMOE_STAGE_MOE_GATE_UP_SWIGLU, 12, QMOE_ACC_F32, 1, {{"moe_gate_up_swiglu__q4_k__f32", 32, 19072}}, 4},
     {"moe_gate_up_swiglu__q4_k__f64", "moe_gate_up_swiglu/q4_k/f64", QMOE_STAGE_MOE_GATE_UP_SWIGLU, 12, QMOE_ACC_F64, 1, {{"moe_gate_up_swiglu__q4_k__f64", 32, 19328}}, 4},
     {"moe_gate_up_swiglu__q5_k__f32", "moe_gate_up_swiglu/q5_k/f32", QMOE_STAGE_MOE_GATE_UP_SWIGLU, 13, QMOE_ACC_F32, 1, {{"moe_gate_up_swiglu__q5_k__f32", 32, 21120}}, 4},
@@ -54,8 +50,6 @@ const qmoe_vk_variant qmoe_vk_variants[] = {
     {"moe_gate_up_swiglu__q6_k__f64", "moe_gate_up_swiglu/q6_k/f64", QMOE_STAGE_MOE_GATE_UP_SWIGLU, 14, QMOE_ACC_F64, 1, {{"moe_gate_up_swiglu__q6_k__f64", 32, 24448}}, 4},
     {"moe_gate_up_swiglu__q8_k__f32", "moe_gate_up_swiglu/q8_k/f32", QMOE_STAGE_MOE_GATE_UP_SWIGLU, 15, QMOE_ACC_F32, 1, {{"moe_gate_up_swiglu__q8_k__f32", 16, 18816}}, 2},
     {"moe_gate_up_swiglu__q8_k__f64", "moe_gate_up_swiglu/q8_k/f64", QMOE_STAGE_MOE_GATE_UP_SWIGLU, 15, QMOE_ACC_F64, 1, {{"moe_gate_up_swiglu__q8_k__f64", 16, 18944}}, 2},
-    {"moe_gate_up_swiglu__iq4_nl__f32", "moe_gate_up_swiglu/iq4_nl/f32", QMOE_STAGE_MOE_GATE_UP_SWIGLU, 20, QMOE_ACC_F32, 1, {{"moe_gate_up_swiglu__iq4_nl__f32", 32, 19072}}, 4},
-    {"moe_gate_up_swiglu__iq4_nl__f64", "moe_gate_up_swiglu/iq4_nl/f64", QMOE_STAGE_MOE_GATE_UP_SWIGLU, 20, QMOE_ACC_F64, 1, {{"moe_gate_up_swiglu__iq4_nl__f64", 32, 19328}}, 4},
     {"moe_gate_up_swiglu__bf16__f32", "moe_gate_up_swiglu/bf16/f32", QMOE_STAGE_MOE_GATE_UP_SWIGLU, 30, QMOE_ACC_F32, 1, {{"moe_gate_up_swiglu__bf16__f32", 32, 22144}}, 4},
     {"moe_gate_up_swiglu__bf16__f64", "moe_gate_up_swiglu/bf16/f64", QMOE_STAGE_MOE_GATE_UP_SWIGLU, 30, QMOE_ACC_F64, 1, {{"moe_gate_up_swiglu__bf16__f64", 32, 22400}}, 4},
     {"moe_down__f32__f32", "moe_down/f32/f32", QMOE_STAGE_MOE_DOWN, 0, QMOE_ACC_F32, 1, {{"moe_down__f32__f32", 64, 20096}}, 8},
@@ -70,8 +64,6 @@ const qmoe_vk_variant qmoe_vk_variants[] = {
     {"moe_down__q5_0__f64", "moe_down/q5_0/f64", QMOE_STAGE_MOE_DOWN, 6, QMOE_ACC_F64, 1, {{"moe_down__q5_0__f64", 64, 21376}}, 8},
     {"moe_down__q8_0__f32", "moe_down/q8_0/f32", QMOE_STAGE_MOE_DOWN, 8, QMOE_ACC_F32, 1, {{"moe_down__q8_0__f32", 64, 14976}}, 8},
     {"moe_down__q8_0__f64", "moe_down/q8_0/f64", QMOE_STAGE_MOE_DOWN, 8, QMOE_ACC_F64, 1, {{"moe_down__q8_0__f64", 64, 15232}}, 8},
-    {"moe_down__q2_k__f32", "moe_down/q2_k/f32", QMOE_STAGE_MOE_DOWN, 10, QMOE_ACC_F32, 1, {{"moe_down__q2_k__f32", 64, 16000}}, 8},
-    {"moe_down__q2_k__f64", "moe_down/q2_k/f64", QMOE_STAGE_MOE_DOWN, 10, QMOE_ACC_F64, 1, {{"moe_down__q2_k__f64", 64, 16256}}, 8},
     {"moe_down__q4_k__f32", "moe_down/q4_k/f32", QMOE_STAGE_MOE_DOWN, 12, QMOE_ACC_F32, 1, {{"moe_down__q4_k__f32", 64, 19072}}, 8},
     {"moe_down__q4_k__f64", "moe_down/q4_k/f64", QMOE_STAGE_MOE_DOWN, 12, QMOE_ACC_F64, 1, {{"moe_down__q4_k__f64", 64, 19328}}, 8},
     {"moe_down__q5_k__f32", "moe_down/q5_k/f32", QMOE_STAGE_MOE_DOWN, 13, QMOE_ACC_F32, 1, {{"moe_down__q5_k__f32", 64, 21120}}, 8},
@@ -80,8 +72,6 @@ const qmoe_vk_variant qmoe_vk_variants[] = {
     {"moe_down__q6_k__f64", "moe_down/q6_k/f64", QMOE_STAGE_MOE_DOWN, 14, QMOE_ACC_F64, 1, {{"moe_down__q6_k__f64", 64, 24448}}, 8},
     {"moe_down__q8_k__f32", "moe_down/q8_k/f32", QMOE_STAGE_MOE_DOWN, 15, QMOE_ACC_F32, 1, {{"moe_down__q8_k__f32", 32, 18816}}, 4},
     {"moe_down__q8_k__f64", "moe_down/q8_k/f64", QMOE_STAGE_MOE_DOWN, 15, QMOE_ACC_F64, 1, {{"moe_down__q8_k__f64", 32, 18944}}, 4},
-    {"moe_down__iq4_nl__f32", "moe_down/iq4_nl/f32", QMOE_STAGE_MOE_DOWN, 20, QMOE_ACC_F32, 1, {{"moe_down__iq4_nl__f32", 64, 19072}}, 8},
-    {"moe_down__iq4_nl__f64", "moe_down/iq4_nl/f64", QMOE_STAGE_MOE_DOWN, 20, QMOE_ACC_F64, 1, {{"moe_down__iq4_nl__f64", 64, 19328}}, 8},
     {"moe_down__bf16__f32", "moe_down/bf16/f32", QMOE_STAGE_MOE_DOWN, 30, QMOE_ACC_F32, 1, {{"moe_down__bf16__f32", 64, 22144}}, 8},
     {"moe_down__bf16__f64", "moe_down/bf16/f64", QMOE_STAGE_MOE_DOWN, 30, QMOE_ACC_F64, 1, {{"moe_down__bf16__f64", 64, 22400}}, 8},
     {"router_topk__f32", "router_topk/f32", QMOE_STAGE_ROUTER_TOPK, -1, QMOE_ACC_F32, 2, {{"router_topk__f32.logits", 64, 256}, {"router_topk__f32.select", 64, 768}}, 0},
@@ -97,5 +87,253 @@ const qmoe_vk_variant qmoe_vk_variants[] = {
     {"attention__f64", "attention/f64", QMOE_STAGE_ATTENTION, -1, QMOE_ACC_F64, 2, {{"attention__f64.part", 64, 4608}, {"attention__f64.combine", 64, 0}}, 8},
     {"add", "add", QMOE_STAGE_ADD, -1, -1, 1, {{"add", 256, 0}}, 0},
     {"argmax", "argmax", QMOE_STAGE_ARGMAX, -1, -1, 2, {{"argmax.part", 256, 2048}, {"argmax.final", 256, 2048}}, 0},
+    {"embed_rows__f32__f32", "embed_rows/f32/f32", QMOE_STAGE_EMBED_ROWS, 0, QMOE_ACC_F32, 1, {{"embed_rows__f32__f32", 64, 0}}, 0},
+    {"embed_rows__f32__f64", "embed_rows/f32/f64", QMOE_STAGE_EMBED_ROWS, 0, QMOE_ACC_F64, 1, {{"embed_rows__f32__f64", 64, 0}}, 0},
+    {"embed_rows__f16__f32", "embed_rows/f16/f32", QMOE_STAGE_EMBED_ROWS, 1, QMOE_ACC_F32, 1, {{"embed_rows__f16__f32", 64, 0}}, 0},
+    {"embed_rows__f16__f64", "embed_rows/f16/f64", QMOE_STAGE_EMBED_ROWS, 1, QMOE_ACC_F64, 1, {{"embed_rows__f16__f64", 64, 0}}, 0},
+    {"embed_rows__q4_0__f32", "embed_rows/q4_0/f32", QMOE_STAGE_EMBED_ROWS, 2, QMOE_ACC_F32, 1, {{"embed_rows__q4_0__f32", 64, 0}}, 0},
+    {"embed_rows__q4_0__f64", "embed_rows/q4_0/f64", QMOE_STAGE_EMBED_ROWS, 2, QMOE_ACC_F64, 1, {{"embed_rows__q4_0__f64", 64, 0}}, 0},
+    {"embed_rows__q4_1__f32", "embed_rows/q4_1/f32", QMOE_STAGE_EMBED_ROWS, 3, QMOE_ACC_F32, 1, {{"embed_rows__q4_1__f32", 64, 0}}, 0},
+    {"embed_rows__q4_1__f64", "embed_rows/q4_1/f64", QMOE_STAGE_EMBED_ROWS, 3, QMOE_ACC_F64, 1, {{"embed_rows__q4_1__f64", 64, 0}}, 0},
+    {"embed_rows__q5_0__f32", "embed_rows/q5_0/f32", QMOE_STAGE_EMBED_ROWS, 6, QMOE_ACC_F32, 1, {{"embed_rows__q5_0__f32", 64, 0}}, 0},
+    {"embed_rows__q5_0__f64", "embed_rows/q5_0/f64", QMOE_STAGE_EMBED_ROWS, 6, QMOE_ACC_F64, 1, {{"embed_rows__q5_0__f64", 64, 0}}, 0},
+    {"embed_rows__q8_0__f32", "embed_rows/q8_0/f32", QMOE_STAGE_EMBED_ROWS, 8, QMOE_ACC_F32, 1, {{"embed_rows__q8_0__f32", 64, 0}}, 0},
+    {"embed_rows__q8_0__f64", "embed_rows/q8_0/f64", QMOE_STAGE_EMBED_ROWS, 8, QMOE_ACC_F64, 1, {{"embed_rows__q8_0__f64", 64, 0}}, 0},
+    {"embed_rows__q4_k__f32", "embed_rows/q4_k/f32", QMOE_STAGE_EMBED_ROWS, 12, QMOE_ACC_F32, 1, {{"embed_rows__q4_k__f32", 64, 0}}, 0},
+    {"embed_rows__q4_k__f64", "embed_rows/q4_k/f64", QMOE_STAGE_EMBED_ROWS, 12, QMOE_ACC_F64, 1, {{"embed_rows__q4_k__f64", 64, 0}}, 0},
+    {"embed_rows__q5_k__f32", "embed_rows/q5_k/f32", QMOE_STAGE_EMBED_ROWS, 13, QMOE_ACC_F32, 1, {{"embed_rows__q5_k__f32", 64, 0}}, 0},
+    {"embed_rows__q5_k__f64", "embed_rows/q5_k/f64", QMOE_STAGE_EMBED_ROWS, 13, QMOE_ACC_F64, 1, {{"embed_rows__q5_k__f64", 64, 0}}, 0},
+    {"embed_rows__q6_k__f32", "embed_rows/q6_k/f32", QMOE_STAGE_EMBED_ROWS, 14, QMOE_ACC_F32, 1, {{"embed_rows__q6_k__f32", 64, 0}}, 0},
+    {"embed_rows__q6_k__f64", "embed_rows/q6_k/f64", QMOE_STAGE_EMBED_ROWS, 14, QMOE_ACC_F64, 1, {{"embed_rows__q6_k__f64", 64, 0}}, 0},
+    {"embed_rows__q8_k__f32", "embed_rows/q8_k/f32", QMOE_STAGE_EMBED_ROWS, 15, QMOE_ACC_F32, 1, {{"embed_rows__q8_k__f32", 64, 0}}, 0},
+    {"embed_rows__q8_k__f64", "embed_rows/q8_k/f64", QMOE_STAGE_EMBED_ROWS, 15, QMOE_ACC_F64, 1, {{"embed_rows__q8_k__f64", 64, 0}}, 0},
+    {"embed_rows__bf16__f32", "embed_rows/bf16/f32", QMOE_STAGE_EMBED_ROWS, 30, QMOE_ACC_F32, 1, {{"embed_rows__bf16__f32", 64, 0}}, 0},
+    {"embed_rows__bf16__f64", "embed_rows/bf16/f64", QMOE_STAGE_EMBED_ROWS, 30, QMOE_ACC_F64, 1, {{"embed_rows__bf16__f64", 64, 0}}, 0},
 };
-const size_t qmoe_vk_variant_count = 91;
+const size_t qmoe_vk_variant_count = 101;
+
+/* Dispatch geometry of every stage (codegen/gen_glsl.lua's STAGES). */
+static inline int64_t qmoe_cdiv(int64_t a, int64_t b) { return (a + b - 1) / b; }
+static inline int64_t qmoe_min(int64_t a, int64_t b) { return a < b ? a : b; }
+
+static int launch_matvec(const qmoe_vk_launch_env *e, const int64_t *p, qmoe_vk_launch *l) {
+  const int64_t rows = p[0];
+  const int64_t cols = p[1];
+  (void)rows, (void)cols;
+#define qmoe_cap0(x) ((x) < 1 ? 1 : (x) > e->maxg[0] ? e->maxg[0] : (x))
+  l->npass = 1;
+  l->groups[0][0] = qmoe_cap0(qmoe_cdiv(rows, e->rows));
+  l->groups[0][1] = 1;
+  l->groups[0][2] = 1;
+  l->scratch = 0;
+#undef qmoe_cap0
+  return 0;
+}
+
+static int launch_moe_gate_up_swiglu(const qmoe_vk_launch_env *e, const int64_t *p, qmoe_vk_launch *l) {
+  const int64_t H = p[0];
+  const int64_t F = p[1];
+  const int64_t E = p[2];
+  const int64_t K = p[3];
+  (void)H, (void)F, (void)E, (void)K;
+#define qmoe_cap0(x) ((x) < 1 ? 1 : (x) > e->maxg[0] ? e->maxg[0] : (x))
+  if (K > e->devg[1]) {
+    qmoe_set_error("vulkan: stage moe_gate_up_swiglu: K = %lld exceeds the device's limit of %lld workgroups (maxComputeWorkGroupCount 1)", (long long)(K), (long long)(e->devg[1]));
+    return QMOE_EUNSUPPORTED;
+  }
+  l->npass = 1;
+  l->groups[0][0] = qmoe_cap0(qmoe_cdiv(F, e->rows));
+  l->groups[0][1] = K;
+  l->groups[0][2] = 1;
+  l->scratch = 0;
+#undef qmoe_cap0
+  return 0;
+}
+
+static int launch_moe_down(const qmoe_vk_launch_env *e, const int64_t *p, qmoe_vk_launch *l) {
+  const int64_t H = p[0];
+  const int64_t F = p[1];
+  const int64_t E = p[2];
+  const int64_t K = p[3];
+  (void)H, (void)F, (void)E, (void)K;
+#define qmoe_cap0(x) ((x) < 1 ? 1 : (x) > e->maxg[0] ? e->maxg[0] : (x))
+  l->npass = 1;
+  l->groups[0][0] = qmoe_cap0(qmoe_cdiv(H, e->rows));
+  l->groups[0][1] = 1;
+  l->groups[0][2] = 1;
+  l->scratch = 0;
+#undef qmoe_cap0
+  return 0;
+}
+
+static int launch_router_topk(const qmoe_vk_launch_env *e, const int64_t *p, qmoe_vk_launch *l) {
+  const int64_t H = p[0];
+  const int64_t E = p[1];
+  const int64_t K = p[2];
+  (void)H, (void)E, (void)K;
+#define qmoe_cap0(x) ((x) < 1 ? 1 : (x) > e->maxg[0] ? e->maxg[0] : (x))
+  l->npass = 2;
+  l->groups[0][0] = qmoe_cap0(E);
+  l->groups[0][1] = 1;
+  l->groups[0][2] = 1;
+  l->groups[1][0] = 1;
+  l->groups[1][1] = 1;
+  l->groups[1][2] = 1;
+  l->scratch = (size_t)(E * e->acc_bytes);
+#undef qmoe_cap0
+  return 0;
+}
+
+static int launch_rmsnorm(const qmoe_vk_launch_env *e, const int64_t *p, qmoe_vk_launch *l) {
+  const int64_t n = p[0];
+  (void)n;
+#define qmoe_cap0(x) ((x) < 1 ? 1 : (x) > e->maxg[0] ? e->maxg[0] : (x))
+  l->npass = 1;
+  l->groups[0][0] = 1;
+  l->groups[0][1] = 1;
+  l->groups[0][2] = 1;
+  l->scratch = 0;
+#undef qmoe_cap0
+  return 0;
+}
+
+static int launch_qk_norm(const qmoe_vk_launch_env *e, const int64_t *p, qmoe_vk_launch *l) {
+  const int64_t nh = p[0];
+  const int64_t D = p[1];
+  (void)nh, (void)D;
+#define qmoe_cap0(x) ((x) < 1 ? 1 : (x) > e->maxg[0] ? e->maxg[0] : (x))
+  if (nh > e->devg[0]) {
+    qmoe_set_error("vulkan: stage qk_norm: nh = %lld exceeds the device's limit of %lld workgroups (maxComputeWorkGroupCount 0)", (long long)(nh), (long long)(e->devg[0]));
+    return QMOE_EUNSUPPORTED;
+  }
+  l->npass = 1;
+  l->groups[0][0] = nh;
+  l->groups[0][1] = 1;
+  l->groups[0][2] = 1;
+  l->scratch = 0;
+#undef qmoe_cap0
+  return 0;
+}
+
+static int launch_rope_neox(const qmoe_vk_launch_env *e, const int64_t *p, qmoe_vk_launch *l) {
+  const int64_t nh = p[0];
+  const int64_t D = p[1];
+  const int64_t pos = p[2];
+  (void)nh, (void)D, (void)pos;
+#define qmoe_cap0(x) ((x) < 1 ? 1 : (x) > e->maxg[0] ? e->maxg[0] : (x))
+  l->npass = 1;
+  l->groups[0][0] = qmoe_cap0(qmoe_cdiv(nh * (D / 2), e->wg));
+  l->groups[0][1] = 1;
+  l->groups[0][2] = 1;
+  l->scratch = 0;
+#undef qmoe_cap0
+  return 0;
+}
+
+static int launch_kv_store(const qmoe_vk_launch_env *e, const int64_t *p, qmoe_vk_launch *l) {
+  const int64_t nkv = p[0];
+  const int64_t D = p[1];
+  const int64_t pos = p[2];
+  const int64_t ctx = p[3];
+  (void)nkv, (void)D, (void)pos, (void)ctx;
+#define qmoe_cap0(x) ((x) < 1 ? 1 : (x) > e->maxg[0] ? e->maxg[0] : (x))
+  l->npass = 1;
+  l->groups[0][0] = qmoe_cap0(qmoe_cdiv(nkv * D, e->wg));
+  l->groups[0][1] = 1;
+  l->groups[0][2] = 1;
+  l->scratch = 0;
+#undef qmoe_cap0
+  return 0;
+}
+
+static int launch_attention(const qmoe_vk_launch_env *e, const int64_t *p, qmoe_vk_launch *l) {
+  const int64_t nh = p[0];
+  const int64_t nkv = p[1];
+  const int64_t D = p[2];
+  const int64_t n_kv = p[3];
+  const int64_t ctx = p[4];
+  (void)nh, (void)nkv, (void)D, (void)n_kv, (void)ctx;
+#define qmoe_cap0(x) ((x) < 1 ? 1 : (x) > e->maxg[0] ? e->maxg[0] : (x))
+  const int64_t ns = qmoe_cdiv(n_kv, e->wg);
+  if (nh > e->devg[0]) {
+    qmoe_set_error("vulkan: stage attention: nh = %lld exceeds the device's limit of %lld workgroups (maxComputeWorkGroupCount 0)", (long long)(nh), (long long)(e->devg[0]));
+    return QMOE_EUNSUPPORTED;
+  }
+  if (ns > e->devg[1]) {
+    qmoe_set_error("vulkan: stage attention: ns = %lld exceeds the device's limit of %lld workgroups (maxComputeWorkGroupCount 1)", (long long)(ns), (long long)(e->devg[1]));
+    return QMOE_EUNSUPPORTED;
+  }
+  l->npass = 2;
+  l->groups[0][0] = nkv * qmoe_cdiv(nh / nkv, e->rows);
+  l->groups[0][1] = ns;
+  l->groups[0][2] = 1;
+  l->groups[1][0] = nh;
+  l->groups[1][1] = 1;
+  l->groups[1][2] = 1;
+  l->scratch = (size_t)(nh * ns * (D + 2) * e->acc_bytes);
+  l->x[0] = ns;
+#undef qmoe_cap0
+  return 0;
+}
+
+static int launch_add(const qmoe_vk_launch_env *e, const int64_t *p, qmoe_vk_launch *l) {
+  const int64_t n = p[0];
+  (void)n;
+#define qmoe_cap0(x) ((x) < 1 ? 1 : (x) > e->maxg[0] ? e->maxg[0] : (x))
+  l->npass = 1;
+  l->groups[0][0] = qmoe_cap0(qmoe_cdiv(n, e->wg));
+  l->groups[0][1] = 1;
+  l->groups[0][2] = 1;
+  l->scratch = 0;
+#undef qmoe_cap0
+  return 0;
+}
+
+static int launch_argmax(const qmoe_vk_launch_env *e, const int64_t *p, qmoe_vk_launch *l) {
+  const int64_t n = p[0];
+  (void)n;
+#define qmoe_cap0(x) ((x) < 1 ? 1 : (x) > e->maxg[0] ? e->maxg[0] : (x))
+  const int64_t chunk = qmoe_cdiv(n, e->wg * 16) > e->maxg[0] ? qmoe_cdiv(qmoe_cdiv(n, e->maxg[0]), e->wg) * e->wg : e->wg * 16;
+  const int64_t ng = qmoe_cdiv(n, chunk);
+  l->npass = 2;
+  l->groups[0][0] = ng;
+  l->groups[0][1] = 1;
+  l->groups[0][2] = 1;
+  l->groups[1][0] = 1;
+  l->groups[1][1] = 1;
+  l->groups[1][2] = 1;
+  l->scratch = (size_t)(ng * 8);
+  l->x[0] = chunk;
+  l->x[1] = ng;
+#undef qmoe_cap0
+  return 0;
+}
+
+static int launch_embed_rows(const qmoe_vk_launch_env *e, const int64_t *p, qmoe_vk_launch *l) {
+  const int64_t cols = p[0];
+  const int64_t rows = p[1];
+  (void)cols, (void)rows;
+#define qmoe_cap0(x) ((x) < 1 ? 1 : (x) > e->maxg[0] ? e->maxg[0] : (x))
+  l->npass = 1;
+  l->groups[0][0] = qmoe_cap0(qmoe_cdiv(cols, e->wg));
+  l->groups[0][1] = 1;
+  l->groups[0][2] = 1;
+  l->scratch = 0;
+#undef qmoe_cap0
+  return 0;
+}
+
+const qmoe_vk_launch_fn qmoe_vk_launch_table[QMOE_STAGE_COUNT > 0 ? QMOE_STAGE_COUNT : 1] = {
+  [QMOE_STAGE_MATVEC] = launch_matvec,
+  [QMOE_STAGE_MOE_GATE_UP_SWIGLU] = launch_moe_gate_up_swiglu,
+  [QMOE_STAGE_MOE_DOWN] = launch_moe_down,
+  [QMOE_STAGE_ROUTER_TOPK] = launch_router_topk,
+  [QMOE_STAGE_RMSNORM] = launch_rmsnorm,
+  [QMOE_STAGE_QK_NORM] = launch_qk_norm,
+  [QMOE_STAGE_ROPE_NEOX] = launch_rope_neox,
+  [QMOE_STAGE_KV_STORE] = launch_kv_store,
+  [QMOE_STAGE_ATTENTION] = launch_attention,
+  [QMOE_STAGE_ADD] = launch_add,
+  [QMOE_STAGE_ARGMAX] = launch_argmax,
+  [QMOE_STAGE_EMBED_ROWS] = launch_embed_rows,
+};

@@ -8,4 +8,4 @@
 /* 1 when the backend runs the CPU reference itself: FALSIFY-QTYPE-DISPATCH then demands bitwise equality
  * with the reference's path for the same accumulator (metric `equal`), not just the parity thresholds. */
 #define BACKEND_IS_REFERENCE 0
-#include "parity_body.h"
+#include "../../tests/parity/parity_body.h"

@@ -55,6 +55,10 @@ typedef struct { const qy_node *node; const char *s; int64_t v; int is_int; } pv
 typedef struct { const qy_node *node; size_t n; void *items; } pv_list;
 typedef struct { const qy_node *node; int all; pv_list list; } pv_all_or_list; /* `all` or a list */
 
+/* What one qmoe_stage_call carries (QMOE_STAGE_MAX_* in runtime/backend.h, which the tools may not include;
+ * tests/unit/test_stage_table.c checks that the two agree). */
+enum { PV_STAGE_MAX_PARAMS = 8, PV_STAGE_MAX_FPARAMS = 4, PV_STAGE_MAX_BUFS = 8 };
+
 /* contracts/quant/<name>.yaml */
 typedef struct { const qy_node *node; pv_str name, type; pv_int count, offset; } pv_quant_field;
 typedef struct { const qy_node *node; pv_str name, expr; } pv_quant_let;
@@ -77,8 +81,10 @@ typedef struct {
 } pv_quant;
 
 /* contracts/stages/<name>.yaml */
-typedef struct { const qy_node *node; pv_str name, type, doc; } pv_stage_param;
-typedef struct { const qy_node *node; pv_str name, dtype; pv_list shape; pv_str doc, may_alias; } pv_stage_buffer;
+typedef struct { const qy_node *node; pv_str name, type, doc; pv_int min; } pv_stage_param;
+typedef struct { const qy_node *node; pv_str check, error; } pv_stage_rule;
+typedef struct { const qy_node *node; pv_str name, dtype; pv_list shape; pv_str doc, may_alias, indexes; } pv_stage_buffer;
+typedef struct { const qy_node *node; pv_str name; pv_int min, max, step; } pv_stage_test_param;
 typedef struct {
   const qy_node *node;
   pv_str name, trace, description;
@@ -89,6 +95,9 @@ typedef struct {
   pv_list inputs, outputs;  /* pv_stage_buffer (shape: pv_sym) */
   pv_list falsifiers;       /* pv_str */
   pv_int order;
+  pv_list requires;         /* pv_stage_rule */
+  pv_str compare;           /* "tolerance" (default) or "exact" */
+  pv_list test_params;      /* pv_stage_test_param */
 } pv_stage;
 
 /* contracts/recipes/<name>.yaml */

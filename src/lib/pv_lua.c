@@ -9,7 +9,7 @@
 
 struct pv_lua {
   lua_State *L;
-  int state;      /* 0: expr loaded; 1: module absent (checks skipped); 2: module failed to load */
+  int state;      /* 0: expr loaded; 2: module missing or failed to load (every quant contract is an error) */
   char *load_err; /* state 2: why */
   int ref;        /* registry reference to expr.check_quant */
   int ref_recipe; /* registry reference to expr.check_recipe */
@@ -24,13 +24,10 @@ pv_lua *pv_lua_open(void) {
   if (lua_pcall(L, 1, 1, 0) != LUA_OK) {
     const char *msg = lua_tostring(L, -1);
     msg = msg ? msg : "(error object is not a string)";
-    /* Absent until its author lands it: then there is nothing to check with. A module that is there but
-     * fails to load is an error, or broken expressions would pass unnoticed. */
-    if (strstr(msg, "module 'expr' not found")) p->state = 1;
-    else {
-      p->state = 2;
-      p->load_err = xstrdup(msg);
-    }
+    /* Missing or broken, the checker is an error, never a skip: unchecked expressions would pass unnoticed
+     * into every generated kernel. */
+    p->state = 2;
+    p->load_err = xstrdup(msg);
     lua_pop(L, 1);
     return p;
   }
@@ -154,7 +151,6 @@ void pv_lua_check_recipe(pv_lua *p, pv_set *set, pv_file *f) { run_check(p, set,
 
 /* Calls the checker REF on the file's tree and reports each {path, col, msg, code} it returns. */
 static void run_check(pv_lua *p, pv_set *set, pv_file *f, int ref) {
-  if (p->state == 1) return;
   if (p->state == 2) {
     diag_add(set->diag, DIAG_ERROR, f->path, 1, 1, "E399",
              "decode expressions cannot be checked: codegen/lib/expr.lua failed to load: %s", p->load_err);

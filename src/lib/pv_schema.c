@@ -122,6 +122,8 @@ static const pv_key STAGE_PARAM_KEYS[] = {
     .doc = "int (qmoe_stage_call.p[]) or float (.f[])" },
   { .name = "doc", .type = PV_T_STR, .flags = PV_REQ, .off = offsetof(pv_stage_param, doc), .pat = PV_PAT_NONBLANK,
     .doc = "what it means" },
+  { .name = "min", .type = PV_T_INT, .off = offsetof(pv_stage_param, min), .range = PV_R_GE0, .max = 1,
+    .doc = "int params: least valid value, 0 or 1 (default 1: a count)" },
 };
 static const pv_record STAGE_PARAM = { "param", sizeof(pv_stage_param), STAGE_PARAM_KEYS, NKEYS(STAGE_PARAM_KEYS) };
 
@@ -137,8 +139,32 @@ static const pv_key STAGE_BUFFER_KEYS[] = {
     .doc = "what it holds" },
   { .name = "may_alias", .type = PV_T_STR, .off = offsetof(pv_stage_buffer, may_alias), .pat = PV_PAT_IDENT,
     .doc = "outputs only: an input of the same shape this output may be (in place)" },
+  { .name = "indexes", .type = PV_T_STR, .off = offsetof(pv_stage_buffer, indexes), .pat = PV_PAT_IDENT,
+    .doc = "i32 inputs: each value indexes one of this int param's items (tests draw values in [0, param))" },
 };
 static const pv_record STAGE_BUFFER = { "buffer", sizeof(pv_stage_buffer), STAGE_BUFFER_KEYS, NKEYS(STAGE_BUFFER_KEYS) };
+
+static const pv_key STAGE_RULE_KEYS[] = {
+  { .name = "check", .type = PV_T_STR, .flags = PV_REQ, .off = offsetof(pv_stage_rule, check), .pat = PV_PAT_NONBLANK,
+    .doc = "condition over the params every call must meet (C operators; see docs/stages.md)" },
+  { .name = "error", .type = PV_T_STR, .flags = PV_REQ, .off = offsetof(pv_stage_rule, error), .pat = PV_PAT_NONBLANK,
+    .doc = "message when it fails; {name} gives a param's value" },
+};
+static const pv_record STAGE_RULE = { "rule", sizeof(pv_stage_rule), STAGE_RULE_KEYS, NKEYS(STAGE_RULE_KEYS) };
+
+static const pv_key STAGE_TEST_PARAM_KEYS[] = {
+  { .name = "name", .type = PV_T_STR, .flags = PV_REQ, .off = offsetof(pv_stage_test_param, name), .pat = PV_PAT_IDENT,
+    .doc = "an int param of the stage" },
+  { .name = "min", .type = PV_T_INT, .flags = PV_REQ, .off = offsetof(pv_stage_test_param, min), .range = PV_R_GE0,
+    .doc = "least value the parity test draws" },
+  { .name = "max", .type = PV_T_INT, .flags = PV_REQ, .off = offsetof(pv_stage_test_param, max), .range = PV_R_GE0,
+    .doc = "largest value the parity test draws" },
+  { .name = "step", .type = PV_T_INT, .off = offsetof(pv_stage_test_param, step), .range = PV_R_GE0,
+    .doc = "drawn values are multiples of it (default 1)" },
+};
+static const pv_record STAGE_TEST_PARAM = { "test param", sizeof(pv_stage_test_param), STAGE_TEST_PARAM_KEYS,
+                                            NKEYS(STAGE_TEST_PARAM_KEYS) };
+static const char *const COMPARES[] = { "tolerance", "exact", NULL };
 
 static const pv_key STAGE_KEYS[] = {
   { .name = "name", .type = PV_T_STR, .flags = PV_REQ, .off = offsetof(pv_stage, name), .pat = PV_PAT_NAME,
@@ -164,6 +190,12 @@ static const pv_key STAGE_KEYS[] = {
     .elem = PV_T_STR, .pat = PV_PAT_FALSIFY, .max_len = 256, .doc = "falsification tests (model contracts) that hold it to account" },
   { .name = "order", .type = PV_T_INT, .off = offsetof(pv_stage, order), .range = PV_R_GE0, .max = 1000,
     .doc = "its qmoe_stage enum value (runtime/backend.h); unique" },
+  { .name = "requires", .type = PV_T_LIST, .off = offsetof(pv_stage, requires), .elem = PV_T_REC, .rec = &STAGE_RULE,
+    .max_len = 64, .doc = "rules over the params, checked on every call (runtime/stage_check.c)" },
+  { .name = "compare", .type = PV_T_STR, .off = offsetof(pv_stage, compare), .enums = COMPARES,
+    .doc = "how parity tests judge f32 outputs: within the falsifiers' tolerance (default) or bit for bit" },
+  { .name = "test_params", .type = PV_T_LIST, .off = offsetof(pv_stage, test_params), .elem = PV_T_REC,
+    .rec = &STAGE_TEST_PARAM, .max_len = 8, .doc = "shapes the generic parity test draws (stages it has no recipe for)" },
 };
 const pv_record pv_stage_record = { "stage contract", sizeof(pv_stage), STAGE_KEYS, NKEYS(STAGE_KEYS) };
 

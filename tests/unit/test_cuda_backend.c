@@ -103,7 +103,7 @@ static int tcall_make(tcall *t, const char *stage, int qtype, qmoe_acc acc, cons
   for (int i = 0; i < np; i++) t->call.p[i] = p[i];
   for (int i = 0; i < t->si->n_fparams; i++) t->call.f[i] = f ? f[i] : 0;
   t->nbuf = t->si->n_inputs + t->si->n_outputs;
-  if (qmoe_ref_check(&t->call, t->need)) return -1;
+  if (qmoe_stage_check(&t->call, t->need)) return -1;
   for (int i = 0; i < t->nbuf; i++) {
     t->off[i] = offs ? offs[i] : 0;
     t->host[i] = calloc(1, t->need[i] + 4);

@@ -30,7 +30,7 @@ static int host_make(host_call *h, qmoe_stage stage, int qtype, const int64_t *p
   h->c.acc = QMOE_ACC_F32;
   for (int i = 0; i < np; i++) h->c.p[i] = p[i];
   for (int i = 0; i < nf; i++) h->c.f[i] = f[i];
-  int rc = qmoe_ref_check(&h->c, h->size);
+  int rc = qmoe_stage_check(&h->c, h->size);
   if (rc) return rc;
   const qmoe_stage_info *si = qmoe_stage_info_get(stage);
   h->nbuf = si->n_inputs + si->n_outputs;
@@ -121,14 +121,33 @@ static int make_stage(host_call *h, qmoe_stage s, int qtype) {
   case QMOE_STAGE_ATTENTION: p[0] = 8; p[1] = 2; p[2] = D; p[3] = rand_int(1, 33); p[4] = p[3] + rand_int(0, 8); np = 5; break;
   case QMOE_STAGE_ADD: p[0] = rand_int(256, 4096); np = 1; break;
   case QMOE_STAGE_ARGMAX: p[0] = rand_int(1, 8192); np = 1; break;
-  default: return -1;
+  default: { /* a stage without a recipe here: the shapes its contract's test_params give */
+    const qmoe_stage_info *g = qmoe_stage_info_get(s);
+    if (!g || g->n_test_params == 0 || g->n_fparams > 0) return -1;
+    for (int i = 0; i < g->n_test_params; i++) {
+      const qmoe_stage_test_param *tp = &g->test_params[i];
+      p[tp->param] = rand_int((tp->min + tp->step - 1) / tp->step, tp->max / tp->step) * tp->step;
+    }
+    np = g->n_params;
+    break;
+  }
   }
   int rc = host_make(h, s, qtype, p, np, f, nf);
   if (rc) return rc;
   const qmoe_stage_info *si = qmoe_stage_info_get(s);
   for (int i = 0; i < si->n_inputs; i++) {
-    if (si->bufs[i].dtype == QMOE_DTYPE_F32) fill_normal(F(h, i), h->size[i] / 4, 1.0);
-    else if (si->bufs[i].dtype == QMOE_DTYPE_I32) distinct_ids(I(h, i), h->size[i] / 4, p[2]);
+    const qmoe_stage_buf *b = &si->bufs[i];
+    if (b->dtype == QMOE_DTYPE_F32) fill_normal(F(h, i), h->size[i] / 4, 1.0);
+    else if (b->dtype == QMOE_DTYPE_I32 && b->index_param >= 0) /* values index p[index_param] items */
+      for (size_t j = 0; j < h->size[i] / 4; j++) I(h, i)[j] = (int32_t)rand_int(0, p[b->index_param] - 1);
+    else if (b->dtype == QMOE_DTYPE_I32) distinct_ids(I(h, i), h->size[i] / 4, p[2]);
+    else if (b->dtype == QMOE_DTYPE_QTYPE && s > QMOE_STAGE_ARGMAX && b->n_dims > 0) { /* rows of the last dim */
+      int64_t rows = 1;
+      for (int d = 0; d + 1 < b->n_dims; d++) rows *= b->dims[d].param >= 0 ? p[b->dims[d].param] : b->dims[d].value;
+      const qmoe_stage_dim *last = &b->dims[b->n_dims - 1];
+      rc = fill_quant(h->ptr[i], qtype, rows, last->param >= 0 ? p[last->param] : last->value);
+      if (rc) return rc;
+    }
   }
   if (s == QMOE_STAGE_MATVEC) rc = fill_quant(h->ptr[0], qtype, p[0], p[1]);
   if (s == QMOE_STAGE_MOE_GATE_UP_SWIGLU) {
@@ -480,7 +499,7 @@ static void test_errors(void) {
   h.c.tensor = "blk.3.ffn_down_exps.weight";
   memcpy(h.c.p, p, sizeof p);
   size_t need[QMOE_STAGE_MAX_BUFS];
-  int rc = qmoe_ref_check(&h.c, need);
+  int rc = qmoe_stage_check(&h.c, need);
   CHECK(rc == QMOE_EUNSUPPORTED, "unlisted qtype gave %d", rc);
   CHECK(strstr(qmoe_last_error(), "blk.3.ffn_down_exps.weight") && strstr(qmoe_last_error(), "moe_down") &&
             strstr(qmoe_last_error(), badname), "message does not name stage, tensor and qtype: %s", qmoe_last_error());
@@ -589,7 +608,7 @@ int main(void) {
     for (int qi = 0; qi < nq; qi++) {
       cur_qtype = cur_stage->varies_by_qtype ? cur_stage->qtypes[qi] : -1;
       snprintf(names[nn], sizeof names[nn], "precisions/%s/%s", cur_stage->name,
-               cur_qtype >= 0 ? qmoe_ref_qtype_name(cur_qtype) : "-");
+               cur_qtype >= 0 ? qmoe_qtype_name(cur_qtype) : "-");
       RUN_NAMED(names[nn], test_precisions);
       nn++;
     }

@@ -17,11 +17,12 @@ check() { # NAME COND MESSAGE
 
 # 1. A stage contract with no GLSL kernel rule: the generator fails, naming the file and what to do.
 mkdir -p "$TMP/a" && cp -r contracts/* "$TMP/a/"
-sed 's/^name: add/name: softcap/; s/^trace: .*/trace: softcap/; s/^order: .*/order: 11/' contracts/stages/add.yaml \
+next=$(ls contracts/stages/*.yaml | wc -l) # the next free order
+sed "s/^name: add/name: softcap/; s/^trace: .*/trace: softcap/; s/^order: .*/order: $next/" contracts/stages/add.yaml \
   > "$TMP/a/stages/softcap.yaml"
 out=$("$LUA" codegen/gen_glsl.lua --contracts "$TMP/a" --table --out "$TMP/a.c" 2>&1); rc=$?
 check unknown_stage_fails "$([ $rc != 0 ] && [ ! -e "$TMP/a.c" ] &&
-  printf '%s' "$out" | grep -q "softcap.yaml: stage 'softcap' has no GLSL kernel in codegen/gen_glsl.lua; add one" && echo 1)" \
+  printf '%s' "$out" | grep -q "softcap.yaml: stage 'softcap' has no GLSL kernel: add codegen/templates/glsl/softcap.comp" && echo 1)" \
   "exit $rc: $(printf '%s' "$out" | head -2)"
 
 # 2. An unknown shader name fails.

@@ -1,0 +1,85 @@
+// Fixed-width types (NVRTC compiles without the host's headers; these are the LP64 glibc definitions, so
+// nvcc, which includes them, accepts the file too).
+typedef unsigned char uint8_t;
+typedef signed char int8_t;
+typedef unsigned short uint16_t;
+typedef short int16_t;
+typedef unsigned int uint32_t;
+typedef int int32_t;
+typedef unsigned long uint64_t;
+typedef long int64_t;
+
+// The one kernel argument: buffer addresses (base + offset), int params, float params, in contract order.
+struct qmoe_args {
+  uint64_t buf[8];
+  int64_t p[8];
+  double f[4];
+};
+
+typedef ${ACC_T} acc_t; // ${ACC_NOTE}
+
+#define QMOE_FULL 0xffffffffu
+#define QMOE_I64_MAX 0x7fffffffffffffffL
+#define QMOE_NEG_INF (-(acc_t)__int_as_float(0x7f800000))
+__device__ __forceinline__ float qmoe_warp_sum(float v) {
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(QMOE_FULL, v, o);
+  return v;
+}
+__device__ __forceinline__ double qmoe_warp_sum(double v) {
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(QMOE_FULL, v, o);
+  return v;
+}
+__device__ __forceinline__ float qmoe_exp(float v) { return expf(v); }
+__device__ __forceinline__ double qmoe_exp(double v) { return exp(v); }
+__device__ __forceinline__ float qmoe_sqrt(float v) { return sqrtf(v); }
+__device__ __forceinline__ double qmoe_sqrt(double v) { return sqrt(v); }
+// acc + w·x with the product formed in acc_t (exact in double: two f32 factors).
+__device__ __forceinline__ float qmoe_fma(float w, float x, float acc) { return fmaf(w, x, acc); }
+__device__ __forceinline__ double qmoe_fma(float w, float x, double acc) { return fma((double)w, (double)x, acc); }
+
+// 16-byte global -> shared copies that bypass registers (cp.async, sm_80+), and the wait for this thread's;
+// f16 bits -> f32 (exact). tests/cuda-emu supplies host versions of these three (QMOE_HOST_EMU); the copies are
+// the only inline PTX in the kernels.
+#ifndef QMOE_HOST_EMU
+// Exact and branch-free, without inline asm (which would stop the compiler from sharing a block's scale
+// reads between elements): the f16 bits moved into an f32's place, scaled by 2^112 (exact for normal and
+// subnormal halves: no flush-to-zero here), inf/NaN and the sign patched in by bits.
+__device__ __forceinline__ float qmoe_cu_f16(uint32_t h) {
+  const uint32_t u = h & 0x7fffu;
+  float f = __fmul_rn(__uint_as_float(u << 13), 0x1p112f);
+  f = u >= 0x7c00u ? __uint_as_float((u << 13) | 0x7f800000u) : f;
+  return __uint_as_float(__float_as_uint(f) | ((h & 0x8000u) << 16));
+}
+__device__ __forceinline__ void qmoe_cp_async16(uint4 *smem, const uint4 *gmem) {
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"((uint32_t)__cvta_generic_to_shared(smem)), "l"(gmem)
+               : "memory");
+}
+__device__ __forceinline__ void qmoe_cp_async_wait_all() {
+  asm volatile("cp.async.commit_group;\ncp.async.wait_group 0;\n" ::: "memory");
+}
+#endif
+
+// `c ? a : b` of the decode expressions with both arms evaluated (an arm not taken may index outside its field,
+// as q4_k's scales[j - 4] for j < 4 does; its read stays within the 64-byte pads around each staged row, see
+// STAGE_PAD): straight-line code, so the decode of a lane's elements shares its common subexpressions.
+__device__ __forceinline__ int qmoe_sel(bool c, int a, int b) { return c ? a : b; }
+__device__ __forceinline__ float qmoe_sel(bool c, float a, float b) { return c ? a : b; }
+
+// Sum over the block in a fixed order (warp trees, then warps 0..n-1): deterministic. SH holds 32 acc_t.
+__device__ __forceinline__ acc_t qmoe_block_sum(acc_t v, acc_t *sh) {
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nw = (blockDim.x + 31) >> 5;
+  v = qmoe_warp_sum(v);
+  if (lane == 0) sh[warp] = v;
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    acc_t t = 0;
+    for (int w = 0; w < nw; w++) t += sh[w];
+    sh[0] = t;
+  }
+  __syncthreads();
+  const acc_t r = sh[0];
+  __syncthreads();
+  return r;
+}

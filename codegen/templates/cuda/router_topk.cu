@@ -1,0 +1,88 @@
+// qmoe-kernel: acc=1 threads=256 rows_per_block=8 min_blocks=1 max_e=4096 max_k=64
+// qmoe-limit: E <= MAX_E
+// qmoe-limit: K <= MAX_K
+// qmoe-grid: qmoe_cdiv(E, RPB), 1
+// Router: logits = Wr·x (one warp per expert, 8 per block, many blocks); the first warp of the last block to
+// finish (a counter in device memory, self-resetting via atomicInc) runs softmax over E and top-K by logit
+// (ties: the lower index), then w = p / Σ p over the chosen, all in acc_t. E <= ${MAX_E}, K <= ${MAX_K}.
+__device__ acc_t qmoe_router_logits[${MAX_E}];
+__device__ unsigned int qmoe_router_done;
+
+extern "C" __global__ void __launch_bounds__(${THREADS}, ${MIN_BLOCKS}) ${ENTRY}(const qmoe_args a) {
+${BIND}
+  __shared__ acc_t prob[${MAX_E}];
+  __shared__ int sel[${MAX_K}];
+  __shared__ unsigned char taken[${MAX_E}];
+  __shared__ int last;
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  const int64_t ex = (int64_t)blockIdx.x * 8 + warp;
+  if (ex < E) {
+    const float *row = Wr + ex * H;
+    acc_t s = 0;
+    if ((((uint64_t)row | (uint64_t)x) & 15) == 0 && (H & 3) == 0) {
+      const float4 *r4 = (const float4 *)row, *x4 = (const float4 *)x;
+      for (int64_t i = lane; i < H / 4; i += 32) {
+        const float4 wv = __ldg(r4 + i), xv = __ldg(x4 + i);
+        s = qmoe_fma(wv.x, xv.x, s);
+        s = qmoe_fma(wv.y, xv.y, s);
+        s = qmoe_fma(wv.z, xv.z, s);
+        s = qmoe_fma(wv.w, xv.w, s);
+      }
+    } else {
+      for (int64_t i = lane; i < H; i += 32) s = qmoe_fma(__ldg(row + i), __ldg(x + i), s);
+    }
+    s = qmoe_warp_sum(s);
+    if (lane == 0) qmoe_router_logits[ex] = s;
+  }
+  __threadfence();
+  __syncthreads();
+  if (threadIdx.x == 0) last = atomicInc(&qmoe_router_done, gridDim.x - 1) == gridDim.x - 1;
+  __syncthreads();
+  if (!last || warp != 0) return;
+  __threadfence();
+  // One warp finishes (no block barriers): lane i holds logits i, i + 32, ... Softmax sum over all E, then top-K
+  // by logit (ties: the lower index), then w = p / Σ p over the chosen, all in acc_t.
+  acc_t mx = QMOE_NEG_INF;
+  for (int i = lane; i < E; i += 32) {
+    const acc_t l = __ldcg(qmoe_router_logits + i);
+    prob[i] = l;
+    taken[i] = 0;
+    mx = l > mx ? l : mx;
+  }
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) {
+    const acc_t other = __shfl_xor_sync(QMOE_FULL, mx, o);
+    mx = other > mx ? other : mx;
+  }
+  acc_t s = 0;
+  for (int i = lane; i < E; i += 32) s += qmoe_exp(prob[i] - mx);
+  s = qmoe_warp_sum(s);
+  __syncwarp();
+  for (int k = 0; k < K; k++) {
+    acc_t bv = QMOE_NEG_INF;
+    int bi = -1;
+    for (int i = lane; i < E; i += 32) {
+      const acc_t v = prob[i];
+      if (!taken[i] && (bi < 0 || v > bv)) { bv = v; bi = i; }
+    }
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) { // every lane ends with the same winner
+      const acc_t ov = __shfl_xor_sync(QMOE_FULL, bv, o);
+      const int oi = __shfl_xor_sync(QMOE_FULL, bi, o);
+      if (oi >= 0 && (bi < 0 || ov > bv || (ov == bv && oi < bi))) { bv = ov; bi = oi; }
+    }
+    if (lane == 0) {
+      sel[k] = bi;
+      taken[bi] = 1;
+    }
+    __syncwarp();
+  }
+  if (lane == 0) {
+    acc_t chosen = 0;
+    for (int k = 0; k < K; k++) chosen += qmoe_exp(prob[sel[k]] - mx) / s;
+    for (int k = 0; k < K; k++) {
+      ids[k] = sel[k];
+      w[k] = (float)((qmoe_exp(prob[sel[k]] - mx) / s) / chosen);
+    }
+  }
+}
