@@ -7,7 +7,6 @@
 #include <string.h>
 #include "backend.h"
 #include "qmoe.h"
-#include "stage_calls_tmp.h" /* TEMPORARY: the generated qmoe_call_<stage> builders replace it (issue 8) */
 #include "stage_table.h"
 #include "trace_points.h"
 

@@ -6,7 +6,6 @@
 #include "backend.h"
 #include "cmd.h"
 #include "bench_timers.h"
-#include "stage_calls_tmp.h" /* TEMPORARY: the generated qmoe_call_<stage> builders replace it (issue 8) */
 
 static const char usage[] =
   "usage: qmoe bench -m FILE --backend B [-p 512] [-n 128] [--acc f32|f64] [--repeats R] [--ctx N]\n"
