@@ -4,7 +4,7 @@
 #include <string.h>
 #include "stage_table.h"
 
-static const int matvec_qtypes[] = { 0 /* f32 */, 1 /* f16 */, 2 /* q4_0 */, 3 /* q4_1 */, 6 /* q5_0 */, 8 /* q8_0 */, 12 /* q4_k */, 13 /* q5_k */, 14 /* q6_k */, 15 /* q8_k */, 30 /* bf16 */ };
+static const int matvec_qtypes[] = { 0 /* f32 */, 1 /* f16 */, 2 /* q4_0 */, 3 /* q4_1 */, 6 /* q5_0 */, 8 /* q8_0 */, 10 /* q2_k */, 12 /* q4_k */, 13 /* q5_k */, 14 /* q6_k */, 15 /* q8_k */, 20 /* iq4_nl */, 30 /* bf16 */ };
 static const qmoe_acc matvec_accs[] = { QMOE_ACC_F32, QMOE_ACC_F64 };
 static const char *const matvec_params[] = { "rows", "cols" };
 static const int64_t matvec_param_min[] = { 1, 1 };
@@ -18,7 +18,7 @@ static const qmoe_stage_buf matvec_bufs[] = {
   { "y", QMOE_DTYPE_F32, 1, 1, matvec_dims2, NULL, -1 },
 };
 
-static const int moe_gate_up_swiglu_qtypes[] = { 0 /* f32 */, 1 /* f16 */, 2 /* q4_0 */, 3 /* q4_1 */, 6 /* q5_0 */, 8 /* q8_0 */, 12 /* q4_k */, 13 /* q5_k */, 14 /* q6_k */, 15 /* q8_k */, 30 /* bf16 */ };
+static const int moe_gate_up_swiglu_qtypes[] = { 0 /* f32 */, 1 /* f16 */, 2 /* q4_0 */, 3 /* q4_1 */, 6 /* q5_0 */, 8 /* q8_0 */, 10 /* q2_k */, 12 /* q4_k */, 13 /* q5_k */, 14 /* q6_k */, 15 /* q8_k */, 20 /* iq4_nl */, 30 /* bf16 */ };
 static const qmoe_acc moe_gate_up_swiglu_accs[] = { QMOE_ACC_F32, QMOE_ACC_F64 };
 static const char *const moe_gate_up_swiglu_params[] = { "H", "F", "E", "K" };
 static const int64_t moe_gate_up_swiglu_param_min[] = { 1, 1, 1, 1 };
@@ -44,7 +44,7 @@ static const qmoe_stage_buf moe_gate_up_swiglu_bufs[] = {
   { "h", QMOE_DTYPE_F32, 1, 2, moe_gate_up_swiglu_dims4, NULL, -1 },
 };
 
-static const int moe_down_qtypes[] = { 0 /* f32 */, 1 /* f16 */, 2 /* q4_0 */, 3 /* q4_1 */, 6 /* q5_0 */, 8 /* q8_0 */, 12 /* q4_k */, 13 /* q5_k */, 14 /* q6_k */, 15 /* q8_k */, 30 /* bf16 */ };
+static const int moe_down_qtypes[] = { 0 /* f32 */, 1 /* f16 */, 2 /* q4_0 */, 3 /* q4_1 */, 6 /* q5_0 */, 8 /* q8_0 */, 10 /* q2_k */, 12 /* q4_k */, 13 /* q5_k */, 14 /* q6_k */, 15 /* q8_k */, 20 /* iq4_nl */, 30 /* bf16 */ };
 static const qmoe_acc moe_down_accs[] = { QMOE_ACC_F32, QMOE_ACC_F64 };
 static const char *const moe_down_params[] = { "H", "F", "E", "K" };
 static const int64_t moe_down_param_min[] = { 1, 1, 1, 1 };
@@ -216,7 +216,7 @@ static const qmoe_stage_buf argmax_bufs[] = {
   { "idx", QMOE_DTYPE_I32, 1, 1, argmax_dims1, NULL, -1 },
 };
 
-static const int embed_rows_qtypes[] = { 0 /* f32 */, 1 /* f16 */, 2 /* q4_0 */, 3 /* q4_1 */, 6 /* q5_0 */, 8 /* q8_0 */, 12 /* q4_k */, 13 /* q5_k */, 14 /* q6_k */, 15 /* q8_k */, 30 /* bf16 */ };
+static const int embed_rows_qtypes[] = { 0 /* f32 */, 1 /* f16 */, 2 /* q4_0 */, 3 /* q4_1 */, 6 /* q5_0 */, 8 /* q8_0 */, 10 /* q2_k */, 12 /* q4_k */, 13 /* q5_k */, 14 /* q6_k */, 15 /* q8_k */, 20 /* iq4_nl */, 30 /* bf16 */ };
 static const qmoe_acc embed_rows_accs[] = { QMOE_ACC_F32, QMOE_ACC_F64 };
 static const char *const embed_rows_params[] = { "cols", "rows" };
 static const int64_t embed_rows_param_min[] = { 1, 1 };
@@ -232,9 +232,9 @@ static const qmoe_stage_buf embed_rows_bufs[] = {
 };
 
 static const qmoe_stage_info stages[QMOE_STAGE_TABLE_COUNT > 0 ? QMOE_STAGE_TABLE_COUNT : 1] = {
-  { "matvec", "mul_mat_vec", (qmoe_stage)0, "contracts/stages/matvec.yaml", 1, 1, 11, matvec_qtypes, 2, matvec_accs, 2, matvec_params, 0, NULL, 2, 1, matvec_buf_names, matvec_bufs, matvec_param_min, NULL, 0, 0, NULL },
-  { "moe_gate_up_swiglu", "ffn_moe_swiglu", (qmoe_stage)1, "contracts/stages/moe_gate_up_swiglu.yaml", 1, 1, 11, moe_gate_up_swiglu_qtypes, 2, moe_gate_up_swiglu_accs, 4, moe_gate_up_swiglu_params, 0, NULL, 4, 1, moe_gate_up_swiglu_buf_names, moe_gate_up_swiglu_bufs, moe_gate_up_swiglu_param_min, moe_gate_up_swiglu_rules, 0, 0, NULL },
-  { "moe_down", "ffn_moe_down", (qmoe_stage)2, "contracts/stages/moe_down.yaml", 1, 1, 11, moe_down_qtypes, 2, moe_down_accs, 4, moe_down_params, 0, NULL, 4, 1, moe_down_buf_names, moe_down_bufs, moe_down_param_min, moe_down_rules, 0, 0, NULL },
+  { "matvec", "mul_mat_vec", (qmoe_stage)0, "contracts/stages/matvec.yaml", 1, 1, 13, matvec_qtypes, 2, matvec_accs, 2, matvec_params, 0, NULL, 2, 1, matvec_buf_names, matvec_bufs, matvec_param_min, NULL, 0, 0, NULL },
+  { "moe_gate_up_swiglu", "ffn_moe_swiglu", (qmoe_stage)1, "contracts/stages/moe_gate_up_swiglu.yaml", 1, 1, 13, moe_gate_up_swiglu_qtypes, 2, moe_gate_up_swiglu_accs, 4, moe_gate_up_swiglu_params, 0, NULL, 4, 1, moe_gate_up_swiglu_buf_names, moe_gate_up_swiglu_bufs, moe_gate_up_swiglu_param_min, moe_gate_up_swiglu_rules, 0, 0, NULL },
+  { "moe_down", "ffn_moe_down", (qmoe_stage)2, "contracts/stages/moe_down.yaml", 1, 1, 13, moe_down_qtypes, 2, moe_down_accs, 4, moe_down_params, 0, NULL, 4, 1, moe_down_buf_names, moe_down_bufs, moe_down_param_min, moe_down_rules, 0, 0, NULL },
   { "router_topk", "ffn_moe_topk", (qmoe_stage)3, "contracts/stages/router_topk.yaml", 0, 1, 0, NULL, 2, router_topk_accs, 3, router_topk_params, 0, NULL, 2, 2, router_topk_buf_names, router_topk_bufs, router_topk_param_min, router_topk_rules, 0, 0, NULL },
   { "rmsnorm", "norm", (qmoe_stage)4, "contracts/stages/rmsnorm.yaml", 0, 1, 0, NULL, 2, rmsnorm_accs, 1, rmsnorm_params, 1, rmsnorm_fparams, 2, 1, rmsnorm_buf_names, rmsnorm_bufs, rmsnorm_param_min, NULL, 0, 0, NULL },
   { "qk_norm", "qk_norm", (qmoe_stage)5, "contracts/stages/qk_norm.yaml", 0, 1, 0, NULL, 2, qk_norm_accs, 2, qk_norm_params, 1, qk_norm_fparams, 2, 1, qk_norm_buf_names, qk_norm_bufs, qk_norm_param_min, NULL, 0, 0, NULL },
@@ -243,7 +243,7 @@ static const qmoe_stage_info stages[QMOE_STAGE_TABLE_COUNT > 0 ? QMOE_STAGE_TABL
   { "attention", "attn_out", (qmoe_stage)8, "contracts/stages/attention.yaml", 0, 1, 0, NULL, 2, attention_accs, 5, attention_params, 0, NULL, 3, 1, attention_buf_names, attention_bufs, attention_param_min, attention_rules, 0, 0, NULL },
   { "add", "residual_add", (qmoe_stage)9, "contracts/stages/add.yaml", 0, 0, 0, NULL, 0, NULL, 1, add_params, 0, NULL, 2, 1, add_buf_names, add_bufs, add_param_min, NULL, 0, 0, NULL },
   { "argmax", "argmax", (qmoe_stage)10, "contracts/stages/argmax.yaml", 0, 0, 0, NULL, 0, NULL, 1, argmax_params, 0, NULL, 1, 1, argmax_buf_names, argmax_bufs, argmax_param_min, NULL, 0, 0, NULL },
-  { "embed_rows", "inp_embd", (qmoe_stage)11, "contracts/stages/embed_rows.yaml", 1, 1, 11, embed_rows_qtypes, 2, embed_rows_accs, 2, embed_rows_params, 0, NULL, 2, 1, embed_rows_buf_names, embed_rows_bufs, embed_rows_param_min, NULL, 1, 2, embed_rows_test_params },
+  { "embed_rows", "inp_embd", (qmoe_stage)11, "contracts/stages/embed_rows.yaml", 1, 1, 13, embed_rows_qtypes, 2, embed_rows_accs, 2, embed_rows_params, 0, NULL, 2, 1, embed_rows_buf_names, embed_rows_bufs, embed_rows_param_min, NULL, 1, 2, embed_rows_test_params },
 };
 
 static const size_t n_stages = QMOE_STAGE_TABLE_COUNT;
