@@ -161,12 +161,20 @@ local function probe(o)
   return cfg
 end
 
--- Embed codegen/lib/*.lua into every tool (pv checks expressions with the same module generators use).
+-- Embed the Lua modules into every tool: the tools' own (src/lib/lua/*.lua: the decode expression
+-- language, which pv checks with) and the generators' (codegen/lib/*.lua).
+local function lua_module_files()
+  local mods = {}
+  for _, d in ipairs({ "src/lib/lua", "codegen/lib" }) do
+    for _, f in ipairs(glob(d, "%.lua$")) do mods[#mods + 1] = f end
+  end
+  return mods
+end
 local function write_lua_modules()
-  local mods = glob("codegen/lib", "%.lua$")
-  local out = { "/* build/gen/lua_modules.c: written by configure.lua from codegen/lib/*.lua — do not edit */",
+  local mods = lua_module_files()
+  local out = { "/* build/gen/lua_modules.c: written by configure.lua from src/lib/lua/*.lua and codegen/lib/*.lua — do not edit */",
                 "#include <stddef.h>",
-                "struct qmoe_lua_module { const char *name; const char *src; size_t len; };",
+                "struct qmoe_lua_module { const char *name; const char *path; const char *src; size_t len; };",
                 "const struct qmoe_lua_module qmoe_lua_modules[] = {" }
   for _, path in ipairs(mods) do
     local f = assert(io.open(path, "rb"))
@@ -175,9 +183,9 @@ local function write_lua_modules()
     local esc = src:gsub("[^%w %.,;:_%-%+%*/=<>%(%)%[%]{}#!&|^~%%'@`$]", function(c)
       return string.format("\\%03o", c:byte())
     end)
-    out[#out + 1] = string.format('  { "%s", "%s", %d },', path:match("([^/]+)%.lua$"), esc, #src)
+    out[#out + 1] = string.format('  { "%s", "%s", "%s", %d },', path:match("([^/]+)%.lua$"), path, esc, #src)
   end
-  out[#out + 1] = "  { NULL, NULL, 0 } };"
+  out[#out + 1] = "  { NULL, NULL, NULL, 0 } };"
   out[#out + 1] = string.format("const size_t qmoe_lua_module_count = %d;", #mods)
   os.execute("mkdir -p build/gen")
   write_if_changed("build/gen/lua_modules.c", table.concat(out, "\n") .. "\n")
@@ -248,6 +256,7 @@ local function main(argv)
   -- Regeneration: build.ninja depends on configure.lua, the writer, the manifest and what it read.
   -- Directories count too: adding a source file or a contract changes what configure writes.
   local regen_inputs = { "configure.lua", "scripts/ninja.lua", "configure", "runtime", "codegen", "codegen/lib" }
+  if exists("src/lib/lua") then regen_inputs[#regen_inputs + 1] = "src/lib/lua" end
   for _, top in ipairs({ "contracts", "src", "tests" }) do
     regen_inputs[#regen_inputs + 1] = top
     for _, d in ipairs(dirs(top)) do regen_inputs[#regen_inputs + 1] = top .. "/" .. d end
@@ -272,7 +281,7 @@ local function main(argv)
 
   -- Code generation: one edge per generator invocation named by codegen/manifest.lua.
   local generated = {}
-  local codegen_libs = glob("codegen/lib", "%.lua$")
+  local codegen_libs = lua_module_files()
   for _, job in ipairs(manifest.jobs or {}) do
     local implicit = { "build/qmoe-lua", job.script }
     for _, f in ipairs(codegen_libs) do implicit[#implicit + 1] = f end

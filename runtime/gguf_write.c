@@ -1,6 +1,6 @@
 /* gguf_write.c: the GGUF v3 writer. Metadata is encoded as it is set; tensors are declared first and their
  * bytes written (whole or streamed) in declaration order, each at an aligned offset with zeroed padding.
- * The file appears at its path only when complete (written to a temp file, then renamed). */
+ * Output goes through qmoe_out (runtime/output.c): the file appears only when complete, never over an input. */
 #include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -48,8 +48,11 @@ struct qmoe_gguf_writer {
   wtensor *t;
   size_t n_t, cap_t;
   int state;
-  FILE *fp;
-  char *path, *tmp;
+  int verbatim;       /* copy keys and names that are not valid UTF-8 */
+  char **inputs;
+  size_t n_inputs;
+  qmoe_out *out;
+  char *path;
   size_t cur;         /* streaming: the tensor being written */
   uint64_t cur_done;  /* bytes of it written so far */
 };
@@ -61,13 +64,43 @@ qmoe_gguf_writer *qmoe_gguf_writer_new(void) {
   return w;
 }
 
+static int check_building(qmoe_gguf_writer *w, const char *what);
 static void abandon(qmoe_gguf_writer *w) {
-  if (w->fp) {
-    fclose(w->fp);
-    w->fp = NULL;
-  }
-  if (w->tmp) unlink(w->tmp);
+  qmoe_out_abort(w->out);
+  w->out = NULL;
   w->state = W_DONE;
+}
+
+int qmoe_gguf_writer_add_input(qmoe_gguf_writer *w, const char *path) {
+  int rc = check_building(w, "adding an input");
+  if (rc) return rc;
+  w->inputs = qmoe_gguf__xrealloc(w->inputs, (w->n_inputs + 1) * sizeof *w->inputs);
+  w->inputs[w->n_inputs++] = qmoe_gguf__xstrndup(path, strlen(path));
+  return 0;
+}
+
+void qmoe_gguf_writer_set_verbatim_names(qmoe_gguf_writer *w, int verbatim) { w->verbatim = verbatim != 0; }
+
+/* A name for a message: bytes outside printable ASCII as \xNN, at most about 200 bytes. */
+static const char *shown(const char *s, char *buf, size_t cap) {
+  size_t o = 0;
+  for (const unsigned char *p = (const unsigned char *)s; *p && o + 5 < cap; p++) {
+    if (*p >= 0x20 && *p < 0x7f && *p != '\\') buf[o++] = (char)*p;
+    else o += (size_t)snprintf(buf + o, cap - o, "\\x%02x", *p);
+  }
+  buf[o] = 0;
+  return buf;
+}
+
+/* QMOE_EINVAL unless name is valid UTF-8 or verbatim copying was asked for. */
+static int check_utf8(const qmoe_gguf_writer *w, const char *what, const char *name) {
+  if (w->verbatim) return 0;
+  int64_t bad = qmoe_utf8_check(name, strlen(name));
+  if (bad < 0) return 0;
+  char b[256];
+  qmoe_set_error("GGUF writer: %s \"%s\" is not valid UTF-8 (byte %lld); it is copied only when verbatim names are "
+                 "asked for", what, shown(name, b, sizeof b), (long long)bad);
+  return QMOE_EINVAL;
 }
 
 void qmoe_gguf_writer_free(qmoe_gguf_writer *w) {
@@ -75,10 +108,11 @@ void qmoe_gguf_writer_free(qmoe_gguf_writer *w) {
   if (w->state == W_STREAMING) abandon(w);
   for (size_t i = 0; i < w->n_kv; i++) free(w->kv[i].key), free(w->kv[i].enc.p);
   for (size_t i = 0; i < w->n_t; i++) free(w->t[i].name);
+  for (size_t i = 0; i < w->n_inputs; i++) free(w->inputs[i]);
+  free(w->inputs);
   free(w->kv);
   free(w->t);
   free(w->path);
-  free(w->tmp);
   free(w);
 }
 
@@ -97,6 +131,7 @@ static int set_kv(qmoe_gguf_writer *w, const char *key, buf *enc) {
     qmoe_set_error("GGUF writer: empty metadata key");
     rc = QMOE_EINVAL;
   }
+  if (!rc) rc = check_utf8(w, "key", key);
   if (!rc && !strcmp(key, "general.alignment")) {
     uint32_t a = enc->n == 8 ? gguf_ld32(enc->p + 4) : 0;
     if (gguf_ld32(enc->p) != QMOE_GGUF_U32) {
@@ -259,6 +294,8 @@ int qmoe_gguf_writer_add_tensor(qmoe_gguf_writer *w, const char *name, int ggml_
     qmoe_set_error("GGUF writer: empty tensor name");
     return QMOE_EINVAL;
   }
+  rc = check_utf8(w, "tensor name", name);
+  if (rc) return rc;
   for (size_t i = 0; i < w->n_t; i++) {
     if (!strcmp(w->t[i].name, name)) {
       qmoe_set_error("GGUF writer: tensor '%s' added twice", name);
@@ -308,14 +345,11 @@ int qmoe_gguf_writer_add_tensor(qmoe_gguf_writer *w, const char *name, int ggml_
   return 0;
 }
 
-static int io_error(qmoe_gguf_writer *w, const char *what) {
-  qmoe_set_error("%s: cannot %s: %s", w->tmp ? w->tmp : "GGUF writer", what, strerror(errno));
-  abandon(w);
-  return QMOE_EIO;
-}
-
 static int write_bytes(qmoe_gguf_writer *w, const void *p, size_t n) {
-  if (n && fwrite(p, 1, n, w->fp) != n) return io_error(w, "write");
+  if (n && qmoe_out_write(w->out, p, n) != 0) {
+    abandon(w);
+    return QMOE_EIO;
+  }
   return 0;
 }
 
@@ -367,18 +401,13 @@ int qmoe_gguf_writer_begin(qmoe_gguf_writer *w, const char *path) {
     put64(&h, t->offset);
   }
   free(w->path);
-  free(w->tmp);
   w->path = qmoe_gguf__xstrndup(path, strlen(path));
-  size_t n = strlen(path);
-  w->tmp = qmoe_gguf__xrealloc(NULL, n + 16);
-  snprintf(w->tmp, n + 16, "%s.tmp%d", path, (int)getpid() % 100000);
-  w->fp = fopen(w->tmp, "wb");
-  if (!w->fp) {
-    qmoe_set_error("%s: cannot create: %s", w->tmp, strerror(errno));
+  uint64_t total = h.n + pad_to(h.n, w->alignment) + off;
+  if (w->n_t) total += pad_to(w->t[w->n_t - 1].offset + w->t[w->n_t - 1].nbytes, w->alignment);
+  rc = qmoe_out_open(path, (const char *const *)w->inputs, w->n_inputs, total, &w->out);
+  if (rc) {
     free(h.p);
-    free(w->tmp);
-    w->tmp = NULL;
-    return QMOE_EIO;
+    return rc;
   }
   w->state = W_STREAMING;
   w->cur = 0;
@@ -429,17 +458,10 @@ int qmoe_gguf_writer_finish(qmoe_gguf_writer *w) {
     abandon(w);
     return QMOE_EINVAL;
   }
-  if (fflush(w->fp) != 0 || ferror(w->fp)) return io_error(w, "write");
-  int rc = fclose(w->fp);
-  w->fp = NULL;
-  if (rc != 0) return io_error(w, "close");
-  if (rename(w->tmp, w->path) != 0) {
-    qmoe_set_error("cannot rename %s to %s: %s", w->tmp, w->path, strerror(errno));
-    abandon(w);
-    return QMOE_EIO;
-  }
+  qmoe_out *o = w->out;
+  w->out = NULL;
   w->state = W_DONE;
-  return 0;
+  return qmoe_out_commit(o);
 }
 
 int qmoe_gguf_writer_write(qmoe_gguf_writer *w, const char *path) {

@@ -44,6 +44,11 @@ const qmoe_qtype_info *qmoe_qtype_by_name(const char *name);    /* "q6k", "q6_k"
 size_t qmoe_qtype_count(void);
 const qmoe_qtype_info *qmoe_qtype_at(size_t i);                 /* NULL if i >= count */
 int64_t qmoe_qtype_row_bytes(const qmoe_qtype_info *qt, int64_t n); /* -1 if n not a multiple of block_elements */
+/* Checks an encoded row against the n floats it was made from, decoding it with qt->dequant_row into
+ * scratch (n floats): QMOE_EINVAL, with a message naming the element and value, when an input is not
+ * finite, a decoded value is not finite, or the largest |x| of a block that matters (at least 1/4096 of the
+ * row's largest) decodes to zero or to less than half or more than 1.5 times itself. */
+int qmoe_qtype_check_row(const qmoe_qtype_info *qt, const float *src, const void *enc, int64_t n, float *scratch);
 /* Reference quantizer (round-to-nearest-even for f32/f16/bf16; llama.cpp-like searches for k-quants). */
 int qmoe_quantize_row(int ggml_type, const float *src, void *dst, int64_t n);
 /* ---- end quant formats ---------------------------------------------------------------------------- */
@@ -169,14 +174,62 @@ int qmoe_gguf_writer_remove(qmoe_gguf_writer *w, const char *key); /* 0 whether 
  * with qmoe_gguf_writer_append(); otherwise it must stay valid until qmoe_gguf_writer_write returns. */
 int qmoe_gguf_writer_add_tensor(qmoe_gguf_writer *w, const char *name, int ggml_type, int n_dims,
                                 const int64_t *ne, const void *data);
-/* Writes the whole file (every tensor declared with data) to path, atomically (temp file + rename). */
+/* Inputs the output must not be (refused, naming both, when writing begins: same device and inode, through
+ * symlinks and hard links). The path is copied. */
+int qmoe_gguf_writer_add_input(qmoe_gguf_writer *w, const char *path);
+/* Keys and tensor names must be valid UTF-8 (QMOE_EINVAL naming the byte otherwise) unless verbatim is set:
+ * then they are copied as they are (for copying a file that already has such names). */
+void qmoe_gguf_writer_set_verbatim_names(qmoe_gguf_writer *w, int verbatim);
+/* Writes the whole file (every tensor declared with data) to path through qmoe_out (below): atomically,
+ * never over one of its inputs. */
 int qmoe_gguf_writer_write(qmoe_gguf_writer *w, const char *path);
 /* Streaming: begin writes the header; append the tensors' bytes in declaration order, in chunks of any
  * size; finish checks every byte was given, pads, and renames the temp file into place. */
 int qmoe_gguf_writer_begin(qmoe_gguf_writer *w, const char *path);
 int qmoe_gguf_writer_append(qmoe_gguf_writer *w, const void *bytes, uint64_t n);
 int qmoe_gguf_writer_finish(qmoe_gguf_writer *w);
+/* Model hyperparameters: the counts a model needs, read from <arch>.* keys and checked before anything is
+ * sized with them. Every problem (general.architecture missing; a count missing, not an integer, zero,
+ * negative or larger than any real model's; head_count_kv not dividing head_count; expert_used_count >
+ * expert_count; a blk.N tensor at N >= block_count; for qwen3moe also an odd key_length (NEOX RoPE) and a
+ * missing or non-positive rope.freq_base / layer_norm_rms_epsilon) is a message naming the file, the key and
+ * its offset, passed to report (may be NULL); returns 0, or QMOE_EFORMAT with the first problem as the error.
+ * qwen3moe needs every field; other architectures need block_count, context_length, embedding_length and
+ * head_count (zero expert counts mean a dense model). The model loader must call this. */
+typedef struct {
+  char arch[64];
+  int64_t n_layer, n_ctx, n_embd, n_ff, n_head, n_head_kv, head_dim_k, head_dim_v;
+  int64_t n_expert, n_expert_used, n_ff_exp;
+  double rope_freq_base, rms_eps; /* qwen3moe only (0 for other architectures) */
+} qmoe_hparams;
+int qmoe_hparams_read(const qmoe_gguf *f, qmoe_hparams *hp, void (*report)(void *ctx, const char *msg), void *ctx);
 /* ==== end GGUF I/O ================================================================================ */
+
+/* ==== output files (runtime/output.c; docs/gguf.md "Output files") =============================== */
+/* Every command that writes a user's file goes through this. */
+typedef struct qmoe_out qmoe_out;
+/* Opens path for writing. Refuses (QMOE_EINVAL, message naming both) when path resolves to the same file
+ * (st_dev+st_ino, through symlinks and hard links) as any of inputs[0..n_inputs); "-" means stdout.
+ * Checks the target directory exists and is writable and, when size_hint > 0, that free space suffices
+ * (statvfs), before any work. Writes go to a temp file PATH.tmpPID in the target directory (a symlink at
+ * PATH is followed: the file it points to is replaced) created with O_EXCL (mode 0666 minus the umask),
+ * removed on any error, on qmoe_out_abort, and on SIGINT/SIGTERM/SIGHUP (then the signal is re-raised).
+ * An existing target that is not a regular file (a character device such as /dev/null, a FIFO) is
+ * written in place: never truncated, renamed over or removed. */
+int qmoe_out_open(const char *path, const char *const *inputs, size_t n_inputs, uint64_t size_hint, qmoe_out **out);
+/* Buffered; after an error only qmoe_out_abort is allowed. */
+int qmoe_out_write(qmoe_out *o, const void *buf, size_t n);
+/* Flush, fsync, rename over the target (only if the target is absent or a regular file), fsync the
+ * directory; frees o. On error the temp file is removed and the target left as it was. */
+int qmoe_out_commit(qmoe_out *o);
+void qmoe_out_abort(qmoe_out *o); /* removes the temp file; frees o; never touches the target */
+
+/* UTF-8: the length (1-4) of the valid UTF-8 sequence at s (n bytes available), or 0 if the bytes there are
+ * not one (overlong forms, surrogates and code points past U+10FFFF are invalid). */
+size_t qmoe_utf8_seq_len(const void *s, size_t n);
+/* -1 when s[0..n) is valid UTF-8, else the offset of the first invalid byte. */
+int64_t qmoe_utf8_check(const void *s, size_t n);
+/* ==== end output files ============================================================================ */
 
 /* ==== Qwen3-MoE model (runtime/model.c, runtime/sample.c; docs/model.md) ============================= */
 typedef struct qmoe_backend qmoe_backend; /* runtime/backend.h */

@@ -1,6 +1,5 @@
 /* luaenv.c: Lua state with embedded codegen modules and a `yaml` binding over yaml_tree. */
 #include "luaenv.h"
-#include "pv.h"
 #include <errno.h>
 #include <lauxlib.h>
 #include <lualib.h>
@@ -8,8 +7,8 @@
 #include <stdlib.h>
 #include <string.h>
 
-/* Written by configure.lua from codegen/lib/*.lua. */
-struct qmoe_lua_module { const char *name; const char *src; size_t len; };
+/* Written by configure.lua from src/lib/lua/*.lua and codegen/lib/*.lua. */
+struct qmoe_lua_module { const char *name; const char *path; const char *src; size_t len; };
 extern const struct qmoe_lua_module qmoe_lua_modules[];
 extern const size_t qmoe_lua_module_count;
 
@@ -18,7 +17,7 @@ static int searcher(lua_State *L) {
   for (size_t i = 0; i < qmoe_lua_module_count; i++) {
     if (strcmp(qmoe_lua_modules[i].name, name) == 0) {
       char chunk[256];
-      snprintf(chunk, sizeof chunk, "@codegen/lib/%s.lua", name);
+      snprintf(chunk, sizeof chunk, "@%s", qmoe_lua_modules[i].path);
       if (luaL_loadbuffer(L, qmoe_lua_modules[i].src, qmoe_lua_modules[i].len, chunk) != LUA_OK)
         return lua_error(L);
       lua_pushstring(L, chunk + 1);
@@ -52,7 +51,8 @@ static int parse_number(lua_State *L, const qy_node *n) {
   errno = 0;
   long long v = strtoll(s, &end, 0);
   if (*end == 0 && errno == 0 && (s[0] != '0' || s[1] == 0 || s[1] == 'x' || s[1] == 'X')) {
-    lua_pushinteger(L, v);
+    if (n->tag == QY_TAG_FLOAT) lua_pushnumber(L, (lua_Number)v); /* !!float 128: the float 128.0 */
+    else lua_pushinteger(L, v);
     return 1;
   }
   double d = strtod(s, &end);
@@ -180,7 +180,6 @@ lua_State *luaenv_new(void) {
   lua_pushvalue(L, -3);
   lua_setfield(L, -2, "yaml");
   lua_pop(L, 3);
-  pv_register_lua(L); /* require("pv"): generators validate contracts with the same checks as `pv validate` */
   return L;
 }
 

@@ -36,6 +36,10 @@ void pv_print_text(const pv_result *res, FILE *out);
  * message}, ...]} on one line per diagnostic. */
 void pv_print_json(const pv_result *res, FILE *out);
 
+/* What one stage call can carry (integer params, float params, buffers): the stage schema's limits. The
+ * runtime's qmoe_stage_call is sized from the contracts by the stage generator, which asserts these. */
+enum { PV_STAGE_MAX_PARAMS = 8, PV_STAGE_MAX_FPARAMS = 4, PV_STAGE_MAX_BUFS = 8 };
+
 /* Makes require("pv") return { validate = function(dir) -> ok, report_text }. */
 struct lua_State;
 void pv_register_lua(struct lua_State *L);

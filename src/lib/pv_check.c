@@ -5,7 +5,6 @@
 #include <stdarg.h>
 #include <stdlib.h>
 #include <string.h>
-#include "backend.h" /* QMOE_STAGE_MAX_*: what one stage call can carry */
 
 static void report(pv_set *set, const pv_file *f, diag_severity sev, const qy_node *n, const char *code,
                    const char *fmt, ...) __attribute__((format(printf, 6, 7)));
@@ -291,15 +290,15 @@ static void check_stage(pv_set *set, pv_file *f) {
     if (str_eq(&ps[i].type, "int")) nint++;
     if (str_eq(&ps[i].type, "float")) nflt++;
   }
-  if (nint > QMOE_STAGE_MAX_PARAMS)
-    ERR(s->params.node, "E234", "%zu int params; a stage call carries at most %d (QMOE_STAGE_MAX_PARAMS in "
-        "runtime/backend.h)", nint, QMOE_STAGE_MAX_PARAMS);
-  if (nflt > QMOE_STAGE_MAX_FPARAMS)
-    ERR(s->params.node, "E234", "%zu float params; a stage call carries at most %d (QMOE_STAGE_MAX_FPARAMS in "
-        "runtime/backend.h)", nflt, QMOE_STAGE_MAX_FPARAMS);
-  if (s->inputs.n + s->outputs.n > QMOE_STAGE_MAX_BUFS)
+  if (nint > PV_STAGE_MAX_PARAMS)
+    ERR(s->params.node, "E234", "%zu int params; a stage call carries at most %d (PV_STAGE_MAX_PARAMS: what one "
+        "stage call carries)", nint, PV_STAGE_MAX_PARAMS);
+  if (nflt > PV_STAGE_MAX_FPARAMS)
+    ERR(s->params.node, "E234", "%zu float params; a stage call carries at most %d (PV_STAGE_MAX_FPARAMS: what one "
+        "stage call carries)", nflt, PV_STAGE_MAX_FPARAMS);
+  if (s->inputs.n + s->outputs.n > PV_STAGE_MAX_BUFS)
     ERR(s->outputs.node ? s->outputs.node : s->node, "E234", "%zu buffers; a stage call carries at most %d "
-        "(QMOE_STAGE_MAX_BUFS in runtime/backend.h)", s->inputs.n + s->outputs.n, QMOE_STAGE_MAX_BUFS);
+        "(PV_STAGE_MAX_BUFS: what one stage call carries)", s->inputs.n + s->outputs.n, PV_STAGE_MAX_BUFS);
 }
 
 /* ---- Model ---------------------------------------------------------------------------------------- */
@@ -386,6 +385,9 @@ static void check_model(pv_set *set, pv_file *f) {
   if (d->heads.node && d->kv_heads.node && d->heads.v % d->kv_heads.v)
     ERR(d->kv_heads.node, "E240", "kv_heads %lld does not divide heads %lld (grouped-query attention)",
         (long long)d->kv_heads.v, (long long)d->heads.v);
+  if (d->head_dim.node && d->head_dim.v % 2)
+    ERR(d->head_dim.node, "E240", "head_dim %lld is odd: NEOX RoPE (stage rope_neox) rotates dimension i with i + "
+        "head_dim/2, so head_dim must be even", (long long)d->head_dim.v);
   const pv_falsifier *fs = m->falsification_tests.items;
   for (size_t i = 0; i < m->falsification_tests.n; i++)
     if (fs[i].node) check_threshold(set, f, &fs[i].check);

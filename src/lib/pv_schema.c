@@ -121,7 +121,7 @@ static const pv_key STAGE_BUFFER_KEYS[] = {
     .doc = "element type; qtype: raw quantized blocks of the stage's qtype" },
   { .name = "shape", .type = PV_T_LIST, .flags = PV_REQ | PV_NONEMPTY, .off = offsetof(pv_stage_buffer, shape),
     .elem = PV_T_SYM, .range = PV_R_GE1, .max = DIM_MAX,
-    .max_len = 8, .doc = "dimensions, outermost first: int params of the stage or ints >= 1" },
+    .max_len = 4, .doc = "dimensions, outermost first (at most 4, as GGUF): int params of the stage or ints >= 1" },
   { .name = "doc", .type = PV_T_STR, .flags = PV_REQ, .off = offsetof(pv_stage_buffer, doc), .pat = PV_PAT_NONBLANK,
     .doc = "what it holds" },
   { .name = "may_alias", .type = PV_T_STR, .off = offsetof(pv_stage_buffer, may_alias), .pat = PV_PAT_IDENT,
@@ -368,11 +368,12 @@ static void wrong_type(pv_walk_ctx *c, const char *what, pv_type want, const qy_
     qy_node plain = *n;
     plain.style = QY_PLAIN;
     pv_sclass unq = pv_classify(&plain, NULL, NULL);
-    if (unq == PV_SC_INT || (unq == PV_SC_FLOAT && want == PV_T_NUM)) hint = "; remove the quotes";
+    if (unq == PV_SC_INT || (unq == PV_SC_FLOAT && want == PV_T_NUM))
+      hint = n->tag == QY_TAG_STR ? "; remove the !!str tag" : "; remove the quotes";
   } else if (want == PV_T_STR && (got == PV_SC_INT || got == PV_SC_FLOAT || got == PV_SC_BOOL)) {
     hint = "; quote it if it is text";
   } else if (want == PV_T_INT && got == PV_SC_FLOAT) {
-    hint = "; write a whole number without a decimal point";
+    hint = n->tag == QY_TAG_FLOAT ? "; remove the !!float tag" : "; write a whole number without a decimal point";
   }
   if (got == PV_SC_BADNUM) {
     diag_add(c->diag, DIAG_ERROR, c->file, n->line, n->col, "E103",

@@ -76,7 +76,7 @@ pv_sclass pv_classify(const qy_node *n, int64_t *iv, double *dv) {
     if (errno == ERANGE || *end) return PV_SC_BADNUM;
     if (iv) *iv = v;
     if (dv) *dv = (double)v;
-    return PV_SC_INT;
+    return n->tag == QY_TAG_FLOAT ? PV_SC_FLOAT : PV_SC_INT; /* !!float 128 is the float 128.0 */
   }
   if (looks_float(s, len)) {
     errno = 0;

@@ -56,6 +56,64 @@ static qy_node *new_node(qy_kind kind, const yaml_mark_t *m) {
   return n;
 }
 
+static int is_digits(const char *s, int hex) {
+  if (!*s) return 0;
+  for (; *s; s++)
+    if (!(*s >= '0' && *s <= '9') && !(hex && ((*s >= 'a' && *s <= 'f') || (*s >= 'A' && *s <= 'F')))) return 0;
+  return 1;
+}
+
+/* The int and float syntax pv accepts (docs/contracts.md): decimal without leading zeros or 0x hex. */
+static int int_text(const char *s) {
+  if (*s == '-' || *s == '+') s++;
+  if (s[0] == '0' && (s[1] == 'x' || s[1] == 'X')) return is_digits(s + 2, 1);
+  return is_digits(s, 0) && (s[0] != '0' || s[1] == 0);
+}
+
+static int float_text(const char *s) {
+  if (int_text(s)) return 1;
+  char *end;
+  errno = 0;
+  double v = strtod(s, &end);
+  (void)v;
+  return end != s && !*end && errno != ERANGE && strpbrk(s, "0123456789") && !strpbrk(s, "iInN");
+}
+
+/* Applies the explicit tag of a node (see yaml_tree.h); reports a tag it cannot honor. */
+static void apply_tag(qy_node *n, const unsigned char *tag, const char *name, diag_list *diag) {
+  if (!tag) return;
+  const char *t = (const char *)tag, *core = "tag:yaml.org,2002:";
+  const char *short_name = !strncmp(t, core, strlen(core)) ? t + strlen(core) : NULL;
+  int ok = 1;
+  if (n->kind != QY_SCALAR) {
+    if (short_name && !strcmp(short_name, n->kind == QY_SEQ ? "seq" : "map")) n->tag = n->kind == QY_SEQ ? QY_TAG_SEQ : QY_TAG_MAP;
+    else if (strcmp(t, "!")) ok = 0;
+  } else if (!strcmp(t, "!") || (short_name && !strcmp(short_name, "str"))) {
+    n->tag = QY_TAG_STR;
+    if (n->style == QY_PLAIN) n->style = QY_QUOTED;
+  } else if (short_name && (!strcmp(short_name, "int") || !strcmp(short_name, "float") || !strcmp(short_name, "bool") ||
+                            !strcmp(short_name, "null"))) {
+    const char *s = n->str;
+    int match = 0;
+    if (short_name[0] == 'i') match = int_text(s), n->tag = QY_TAG_INT;
+    else if (short_name[0] == 'f') match = float_text(s), n->tag = QY_TAG_FLOAT;
+    else if (short_name[0] == 'b') match = !strcmp(s, "true") || !strcmp(s, "false"), n->tag = QY_TAG_BOOL;
+    else match = !*s || !strcmp(s, "~") || !strcmp(s, "null"), n->tag = QY_TAG_NULL;
+    if (!match || strlen(s) != n->len) {
+      char q[64];
+      snprintf(q, sizeof q, "%.48s%s", s, strlen(s) > 48 ? "..." : "");
+      diag_add(diag, DIAG_ERROR, name, n->line, n->col, "Y012", "'!!%s %s': the value does not match its tag", short_name, q);
+    }
+    n->style = QY_PLAIN;
+  } else {
+    ok = 0;
+  }
+  if (!ok)
+    diag_add(diag, DIAG_ERROR, name, n->line, n->col, "Y012",
+             "the tag '%s%.80s' is not supported on a %s (contracts use !!str, !!int, !!float, !!bool, !!null, !!seq, !!map or none)",
+             short_name ? "!!" : "", short_name ? short_name : t, qy_kind_name(n->kind));
+}
+
 /* Attach CHILD to the frame on top of the stack; checks keys. Returns 0, or -1 if CHILD was dropped. */
 static int attach(frame *top, qy_node *child, const char *name, diag_list *diag) {
   qy_node *p = top->node;
@@ -155,6 +213,7 @@ static int load(yaml_parser_t *parser, const char *name, qy_node **out, diag_lis
         node->style = st == YAML_PLAIN_SCALAR_STYLE ? QY_PLAIN
                     : (st == YAML_LITERAL_SCALAR_STYLE || st == YAML_FOLDED_SCALAR_STYLE) ? QY_BLOCK : QY_QUOTED;
       }
+      apply_tag(node, ev.data.scalar.tag, name, diag);
       if (ev.data.scalar.anchor) {
         diag_add(diag, DIAG_ERROR, name, node->line, node->col, "Y005", "anchors (&%s) are not supported in contracts",
                  (const char *)ev.data.scalar.anchor);
@@ -163,6 +222,8 @@ static int load(yaml_parser_t *parser, const char *name, qy_node **out, diag_lis
     case YAML_SEQUENCE_START_EVENT:
     case YAML_MAPPING_START_EVENT:
       node = new_node(ev.type == YAML_SEQUENCE_START_EVENT ? QY_SEQ : QY_MAP, &ev.start_mark);
+      apply_tag(node, ev.type == YAML_SEQUENCE_START_EVENT ? ev.data.sequence_start.tag : ev.data.mapping_start.tag, name,
+                diag);
       if (depth >= QY_MAX_DEPTH) {
         diag_add(diag, DIAG_ERROR, name, node->line, node->col, "Y003",
                  "nesting deeper than %d levels; contracts are shallow", QY_MAX_DEPTH);

@@ -7,12 +7,17 @@
 
 typedef enum { QY_SCALAR = 1, QY_SEQ = 2, QY_MAP = 3 } qy_kind;
 typedef enum { QY_PLAIN = 0, QY_QUOTED = 1, QY_BLOCK = 2 } qy_style;
+/* An explicit YAML tag, honored: !!str (and the non-specific !) makes a scalar a string (style QY_QUOTED);
+ * !!int, !!bool, !!null make it plain and must match its text; !!float makes an int-looking scalar a float.
+ * !!seq and !!map must match the node. Any other tag (!!binary, !!timestamp, !local, ...) is error Y012. */
+typedef enum { QY_TAG_NONE = 0, QY_TAG_STR, QY_TAG_INT, QY_TAG_FLOAT, QY_TAG_BOOL, QY_TAG_NULL, QY_TAG_SEQ, QY_TAG_MAP } qy_tag;
 
 typedef struct qy_node qy_node;
 struct qy_node {
   qy_kind kind;
   int line, col;      /* 1-based start of the node */
   qy_style style;     /* scalars only */
+  qy_tag tag;         /* explicit tag, if any */
   char *str;          /* scalar text, NUL-terminated (may contain NUL if quoted with \0) */
   size_t len;         /* scalar length in bytes */
   size_t n;           /* sequence: items; mapping: pairs */

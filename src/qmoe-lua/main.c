@@ -4,6 +4,7 @@
 #include <string.h>
 #include <lua.h>
 #include "luaenv.h"
+#include "pv.h"
 
 int main(int argc, char **argv) {
   if (argc < 2 || !strcmp(argv[1], "--help") || !strcmp(argv[1], "-h")) {
@@ -13,6 +14,7 @@ int main(int argc, char **argv) {
     return argc < 2 ? 2 : 0;
   }
   lua_State *L = luaenv_new();
+  pv_register_lua(L); /* require("pv"): generators validate contracts with the same checks as `pv validate` */
   int rc = luaenv_dofile(L, argv[1], argc - 2, argv + 2);
   lua_close(L);
   return rc == 0 ? 0 : 1;

@@ -29,6 +29,22 @@ int cli_usage_error(const qmoe_command *c, const char *fmt, ...) {
   return 2;
 }
 
+int cli_writer_error(const char *cmd, const char *in) {
+  const char *msg = qmoe_last_error();
+  return cli_error(cmd, "%s: %s%s", in, msg,
+                   strstr(msg, "not valid UTF-8") ? " (--verbatim-names copies such names as they are)" : "");
+}
+
+int cli_once(const qmoe_command *c, const char **seen, const char *opt) {
+  if (*seen) {
+    if (!strcmp(*seen, opt)) cli_usage_error(c, "option %s given twice", opt);
+    else cli_usage_error(c, "option %s given twice (as %s and %s)", opt, *seen, opt);
+    return 2;
+  }
+  *seen = opt;
+  return 0;
+}
+
 int cli_parse_i64(const char *s, int64_t *out) {
   if (!s || !*s) return -1;
   int64_t v = 0;
@@ -170,7 +186,7 @@ void cli_progress_end(cli_progress *p) {
   fprintf(stderr, "qmoe %s: done in %.1f s\n", p->cmd, t);
 }
 
-int cli_write_f32le(FILE *fp, const float *x, int64_t n) {
+int cli_write_f32le(qmoe_out *o, const float *x, int64_t n) {
   unsigned char buf[4096];
   int64_t i = 0;
   while (i < n) {
@@ -181,7 +197,7 @@ int cli_write_f32le(FILE *fp, const float *x, int64_t n) {
       buf[k] = (unsigned char)u, buf[k + 1] = (unsigned char)(u >> 8);
       buf[k + 2] = (unsigned char)(u >> 16), buf[k + 3] = (unsigned char)(u >> 24);
     }
-    if (fwrite(buf, 1, k, fp) != k) return -1;
+    if (qmoe_out_write(o, buf, k) != 0) return -1;
   }
   return 0;
 }

@@ -45,8 +45,13 @@ void cli_progress_start(cli_progress *p, const char *cmd, uint64_t total);
 void cli_progress_update(cli_progress *p, uint64_t done, const char *label);
 void cli_progress_end(cli_progress *p);
 
-/* Writes n floats little-endian; 0 or -1 (errno set). */
-int cli_write_f32le(FILE *fp, const float *x, int64_t n);
+/* Writes n floats little-endian; 0 or -1 (the error in qmoe_last_error()). */
+int cli_write_f32le(qmoe_out *o, const float *x, int64_t n);
+/* "qmoe CMD: error: IN: <the writer's message>", with a hint for names that are not UTF-8; returns 1. */
+int cli_writer_error(const char *cmd, const char *in);
+/* A repeated option is an error: returns 2 (after the usage message) when *seen is set, else sets it to opt
+ * and returns 0. Options that mean the same (-j, --threads) share one *seen. */
+int cli_once(const qmoe_command *c, const char **seen, const char *opt);
 
 /* ---- model commands (model_cli.c) ---- */
 #define QMOE_DEFAULT_MODEL "build/models/tiny.gguf" /* `ninja` builds it (qmoe make-model --preset tiny) */

@@ -6,13 +6,15 @@
 #include "cmd.h"
 
 static const char usage[] =
-  "usage: qmoe extract IN.gguf OUT.gguf (--tensor NAME[:ROWS] ... | --all) [--max-array N]\n"
+  "usage: qmoe extract IN.gguf OUT.gguf (--tensor NAME[:ROWS] ... | --all) [--max-array N] [--verbatim-names]\n"
   "Writes a GGUF v3 file with IN's metadata and the chosen tensors, in the order given. Tensor bytes are\n"
   "copied unchanged (same type). With :ROWS (A..B for rows A to B-1, A, A.., ..B) only those rows are\n"
-  "copied and the tensor becomes 2-D [ne0, rows]; without, the whole tensor keeps its shape.\n"
+  "copied and the tensor becomes 2-D [ne0, rows]; without, the whole tensor keeps its shape. OUT is written\n"
+  "to a temp file and renamed into place; it must not be IN (through links neither).\n"
   "  --tensor NAME[:ROWS]  a tensor to copy (repeatable)\n"
   "  --all                 copy every tensor whole\n"
   "  --max-array N         keep only the first N elements of longer metadata arrays (to make small fixtures)\n"
+  "  --verbatim-names      copy keys and tensor names that are not valid UTF-8 as they are (default: refuse)\n"
   "example: qmoe extract model.gguf slice.gguf --tensor blk.0.attn_q.weight:0..16 --tensor output_norm.weight\n";
 
 typedef struct {
@@ -24,7 +26,8 @@ typedef struct {
 static int run(int argc, char **argv) {
   const char *in = NULL, *out = NULL;
   const char **specs = calloc((size_t)argc, sizeof *specs);
-  int n_specs = 0, all = 0, rc = 1;
+  int n_specs = 0, all = 0, rc = 1, verbatim = 0;
+  const char *seen_all = NULL, *seen_max = NULL, *seen_verbatim = NULL;
   int64_t max_array = -1;
   qmoe_gguf *f = NULL;
   qmoe_gguf_writer *w = NULL;
@@ -37,11 +40,22 @@ static int run(int argc, char **argv) {
         goto done;
       }
       if (argv[i][2] == 't') specs[n_specs++] = argv[++i];
-      else if (cli_parse_i64(argv[++i], &max_array)) {
+      else if (cli_once(&cmd_extract, &seen_max, "--max-array")) {
+        rc = 2;
+        goto done;
+      } else if (cli_parse_i64(argv[++i], &max_array)) {
         rc = cli_usage_error(&cmd_extract, "--max-array needs a non-negative integer, not '%s'", argv[i]);
         goto done;
       }
-    } else if (!strcmp(argv[i], "--all")) all = 1;
+    } else if (!strcmp(argv[i], "--all") || !strcmp(argv[i], "--verbatim-names")) {
+      int is_all = argv[i][2] == 'a';
+      if (cli_once(&cmd_extract, is_all ? &seen_all : &seen_verbatim, argv[i])) {
+        rc = 2;
+        goto done;
+      }
+      if (is_all) all = 1;
+      else verbatim = 1;
+    }
     else if (argv[i][0] == '-' && argv[i][1]) {
       rc = cli_usage_error(&cmd_extract, "unknown option '%s'", argv[i]);
       goto done;
@@ -94,7 +108,7 @@ static int run(int argc, char **argv) {
       if (colon) {
         char why[256];
         if (cli_parse_rows(colon + 1, p->t->n_rows, &p->first, &p->end, why, sizeof why)) {
-          cli_error("extract", "tensor '%s': %s", name, why);
+          cli_error("extract", "%s: tensor '%s': %s", in, name, why);
           goto done;
         }
         p->sliced = 1;
@@ -104,6 +118,8 @@ static int run(int argc, char **argv) {
   }
 
   w = qmoe_gguf_writer_new();
+  qmoe_gguf_writer_add_input(w, in);
+  qmoe_gguf_writer_set_verbatim_names(w, verbatim);
   for (int64_t i = 0; i < qmoe_gguf_kv_count(f); i++) {
     const qmoe_gguf_value *v = qmoe_gguf_kv_value(f, i);
     qmoe_gguf_value cut = *v;
@@ -113,7 +129,7 @@ static int run(int argc, char **argv) {
       goto done;
     }
     if (qmoe_gguf_writer_set_value(w, qmoe_gguf_kv_key(f, i), &cut) != 0) {
-      cli_error("extract", "%s", qmoe_last_error());
+      cli_writer_error("extract", in);
       goto done;
     }
   }
@@ -124,7 +140,7 @@ static int run(int argc, char **argv) {
     int r = p->sliced ? qmoe_gguf_writer_add_tensor(w, p->t->name, p->t->type, 2, ne, data)
                       : qmoe_gguf_writer_add_tensor(w, p->t->name, p->t->type, p->t->n_dims, p->t->ne, data);
     if (r != 0) {
-      cli_error("extract", "%s", qmoe_last_error());
+      cli_writer_error("extract", in);
       goto done;
     }
   }

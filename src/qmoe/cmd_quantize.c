@@ -8,7 +8,7 @@
 #include "cmd.h"
 
 static const char usage[] =
-  "usage: qmoe quantize IN.gguf OUT.gguf TYPE [--threads N]\n"
+  "usage: qmoe quantize IN.gguf OUT.gguf TYPE [--threads N] [--verbatim-names]\n"
   "Writes OUT with IN's metadata and every tensor re-encoded. TYPE is a qtype with a quantizer (f32, f16,\n"
   "bf16, q4_0, q4_1, q5_0, q8_0, q4_k, q5_k, q6_k, ...; spelled q6k, q6_k or Q6_K) or q4_k_m, llama.cpp's recipe:\n"
   "  blk.i.ffn_down_exps / ffn_down / attn_v: Q6_K when i < n/8, i >= 7n/8 or (i - n/8) % 3 == 2, else Q4_K\n"
@@ -17,9 +17,13 @@ static const char usage[] =
   "is qwen3moe's; for another architecture it is applied by tensor name, and a note says so.\n"
   "Source tensors of any type qmoe can decode are decoded to f32 first; a tensor that already has its\n"
   "target type is copied unchanged. A tensor whose rows the target type cannot hold (row length not a\n"
-  "multiple of its block size) stops the command before anything is written. Sets general.file_type and\n"
-  "general.quantization_version. Progress goes to stderr.\n"
+  "multiple of its block size) stops the command before anything is written. Every encoded row is decoded\n"
+  "again and checked: a value the target cannot represent (not finite, out of its range, or collapsing to\n"
+  "zero) stops the command, naming the tensor, row and value, and no output is left. Sets general.file_type\n"
+  "and general.quantization_version. Progress goes to stderr. OUT is written to a temp file and renamed\n"
+  "into place; it must not be IN (through links neither).\n"
   "  --threads N, -j N  quantize with N threads (default: the online CPUs); the output does not depend on N\n"
+  "  --verbatim-names   copy keys and tensor names that are not valid UTF-8 as they are (default: refuse)\n"
   "example: qmoe quantize model-f16.gguf model-q4_k_m.gguf q4_k_m\n";
 
 /* llama.cpp's general.file_type values (enum llama_ftype) for what this command writes. */
@@ -66,7 +70,7 @@ typedef struct {
   int64_t r0, r1;
   uint64_t dst_row;
   unsigned char *out;
-  float *row;
+  float *row, *dec;
   void *src;
   int rc;
   int64_t bad_row;
@@ -78,8 +82,10 @@ static void *run_job(void *arg) {
   const qmoe_gguf_tensor *t = j->p->t;
   for (int64_t r = j->r0; r < j->r1; r++) {
     memcpy(j->src, (const unsigned char *)t->data + (uint64_t)r * t->row_bytes, (size_t)t->row_bytes);
+    unsigned char *enc = j->out + (uint64_t)(r - j->r0) * j->dst_row;
     if (j->p->src->dequant_row(j->src, j->row, t->ne[0]) != 0 ||
-        j->p->dst->quantize_row(j->row, j->out + (uint64_t)(r - j->r0) * j->dst_row, t->ne[0]) != 0) {
+        j->p->dst->quantize_row(j->row, enc, t->ne[0]) != 0 ||
+        qmoe_qtype_check_row(j->p->dst, j->row, enc, t->ne[0], j->dec) != 0) {
       j->rc = -1;
       j->bad_row = r;
       snprintf(j->err, sizeof j->err, "%s", qmoe_last_error()); /* the error is thread-local */
@@ -95,11 +101,20 @@ static int run(int argc, char **argv) {
   const char *in = NULL, *out = NULL, *type = NULL;
   long ncpu = sysconf(_SC_NPROCESSORS_ONLN);
   int64_t n_threads = ncpu < 1 ? 1 : ncpu > MAX_THREADS ? MAX_THREADS : ncpu;
+  const char *threads_opt = NULL;
+  int verbatim = 0;
   for (int i = 1; i < argc; i++) {
     if (!strcmp(argv[i], "--threads") || !strcmp(argv[i], "-j")) {
+      if (threads_opt) return cli_usage_error(&cmd_quantize, "%s given twice (%s was already given)", argv[i], threads_opt);
+      threads_opt = argv[i];
       if (i + 1 >= argc || cli_parse_i64(argv[i + 1], &n_threads) || n_threads < 1 || n_threads > MAX_THREADS)
         return cli_usage_error(&cmd_quantize, "%s needs a number of threads from 1 to %d", argv[i], MAX_THREADS);
       i++;
+      continue;
+    }
+    if (!strcmp(argv[i], "--verbatim-names")) {
+      if (verbatim) return cli_usage_error(&cmd_quantize, "--verbatim-names given twice");
+      verbatim = 1;
       continue;
     }
     if (argv[i][0] == '-' && argv[i][1]) return cli_usage_error(&cmd_quantize, "unknown option '%s'", argv[i]);
@@ -137,7 +152,7 @@ static int run(int argc, char **argv) {
   if (qmoe_gguf_open(in, &f) != 0) return cli_error("quantize", "%s", qmoe_last_error());
   int rc = 1;
   qmoe_gguf_writer *w = NULL;
-  float *rows[MAX_THREADS] = { 0 };
+  float *rows[MAX_THREADS] = { 0 }, *decs[MAX_THREADS] = { 0 };
   void *srcs[MAX_THREADS] = { 0 };
   unsigned char *batch = NULL;
   int64_t nt = qmoe_gguf_tensor_count(f);
@@ -184,15 +199,15 @@ static int run(int argc, char **argv) {
     if (t->type == p->dst->ggml_type) continue; /* copied as it is */
     p->src = qmoe_qtype_by_id(t->type);
     if (!p->src || !p->src->dequant_row) {
-      cli_error("quantize", "tensor '%s' is %s, which qmoe cannot decode (no contract for it in contracts/quant)", t->name,
-                t->type_name);
+      cli_error("quantize", "%s: tensor '%s' is %s, which qmoe cannot decode (no contract for it in contracts/quant)", in,
+                t->name, t->type_name);
       goto done;
     }
     if (t->ne[0] % p->dst->block_elements) {
       const char *dn = p->dst->name;
       qmoe_gguf_type_size(p->dst->ggml_type, &dn, NULL, NULL); /* its GGUF spelling, "Q4_K" */
-      cli_error("quantize", "tensor '%s' has rows of %lld elements, not a multiple of the %s block size %d: %s cannot hold it",
-                t->name, (long long)t->ne[0], dn, p->dst->block_elements, dn);
+      cli_error("quantize", "%s: tensor '%s' has rows of %lld elements, not a multiple of the %s block size %d: %s cannot hold it",
+                in, t->name, (long long)t->ne[0], dn, p->dst->block_elements, dn);
       goto done;
     }
     total += t->nbytes;
@@ -204,9 +219,11 @@ static int run(int argc, char **argv) {
             (long long)n_layers);
 
   w = qmoe_gguf_writer_new();
+  qmoe_gguf_writer_add_input(w, in);
+  qmoe_gguf_writer_set_verbatim_names(w, verbatim);
   for (int64_t i = 0; i < qmoe_gguf_kv_count(f); i++) {
     if (qmoe_gguf_writer_set_value(w, qmoe_gguf_kv_key(f, i), qmoe_gguf_kv_value(f, i)) != 0) {
-      cli_error("quantize", "%s", qmoe_last_error());
+      cli_writer_error("quantize", in);
       goto done;
     }
   }
@@ -219,7 +236,7 @@ static int run(int argc, char **argv) {
   for (int64_t i = 0; i < nt; i++) {
     const qmoe_gguf_tensor *t = plans[i].t;
     if (qmoe_gguf_writer_add_tensor(w, t->name, plans[i].dst->ggml_type, t->n_dims, t->ne, NULL) != 0) {
-      cli_error("quantize", "%s", qmoe_last_error());
+      cli_writer_error("quantize", in);
       goto done;
     }
     if (t->ne[0] > max_row) max_row = t->ne[0];
@@ -231,8 +248,9 @@ static int run(int argc, char **argv) {
   int64_t batch_rows = BATCH_ELEMENTS / max_row > 0 ? BATCH_ELEMENTS / max_row : 1;
   for (int k = 0; k < n_threads; k++) {
     rows[k] = malloc(sizeof(float) * (size_t)max_row);
+    decs[k] = malloc(sizeof(float) * (size_t)max_row);
     srcs[k] = malloc((size_t)max_src);
-    if (!rows[k] || !srcs[k]) {
+    if (!rows[k] || !decs[k] || !srcs[k]) {
       cli_error("quantize", "out of memory for rows of %lld elements", (long long)max_row);
       goto done;
     }
@@ -272,7 +290,7 @@ static int run(int argc, char **argv) {
       int started[MAX_THREADS] = { 0 };
       for (int64_t k = 0; k < nj; k++) {
         int64_t r0 = b0 + (b1 - b0) * k / nj, r1 = b0 + (b1 - b0) * (k + 1) / nj;
-        jobs[k] = (job){ p, r0, r1, dst_row, batch + (uint64_t)(r0 - b0) * dst_row, rows[k], srcs[k], 0, -1, "" };
+        jobs[k] = (job){ p, r0, r1, dst_row, batch + (uint64_t)(r0 - b0) * dst_row, rows[k], decs[k], srcs[k], 0, -1, "" };
         /* The last job runs on this thread; so does any a thread could not be started for. */
         started[k] = k + 1 < nj && pthread_create(&tids[k], NULL, run_job, &jobs[k]) == 0;
       }
@@ -282,7 +300,7 @@ static int run(int argc, char **argv) {
       }
       for (int64_t k = 0; k < nj; k++) {
         if (jobs[k].rc) {
-          cli_error("quantize", "tensor '%s' row %lld: %s", t->name, (long long)jobs[k].bad_row, jobs[k].err);
+          cli_error("quantize", "%s: tensor '%s' row %lld: %s", in, t->name, (long long)jobs[k].bad_row, jobs[k].err);
           goto done;
         }
       }
@@ -304,7 +322,7 @@ done:
   qmoe_gguf_writer_free(w); /* removes the temp file if the output was not completed */
   qmoe_gguf_close(f);
   free(plans);
-  for (int k = 0; k < MAX_THREADS; k++) free(rows[k]), free(srcs[k]);
+  for (int k = 0; k < MAX_THREADS; k++) free(rows[k]), free(decs[k]), free(srcs[k]);
   free(batch);
   return rc;
 }
