@@ -2,7 +2,6 @@
  * the chosen trace points (per layer and position) to a GGUF file in the trace format of docs/model.md. */
 #include <stdlib.h>
 #include <string.h>
-#include <sys/stat.h>
 #include "backend.h"
 #include "cmd.h"
 #include "trace_points.h"
@@ -75,10 +74,12 @@ static int run(int argc, char **argv) {
   int64_t n_ctx = 0;
   if (cli_parse_acc("trace", o[O_ACC].value, &acc)) return 1;
   if (o[O_CTX].value && cli_parse_count("trace", "--ctx", o[O_CTX].value, 1, 1 << 24, &n_ctx)) return 1;
-  /* The output must never be the model (or any existing input). */
-  struct stat sa, sb;
-  if (stat(path, &sa) == 0 && stat(out, &sb) == 0 && sa.st_dev == sb.st_dev && sa.st_ino == sb.st_ino)
-    return cli_error("trace", "-o %s is the model file itself; refusing to overwrite an input", out);
+  /* Refuse an output that is the model, or in a directory we cannot write, before any work (the writer
+   * checks again when it writes). */
+  qmoe_out *probe;
+  if (qmoe_out_open(out, (const char *const[]){ path }, 1, 0, &probe))
+    return cli_error("trace", "%s", qmoe_last_error());
+  qmoe_out_abort(probe);
   unsigned char points[QMOE_TP_COUNT] = {0};
   const char *st = o[O_STAGES].value ? o[O_STAGES].value : "all";
   if (!strcmp(st, "all")) memset(points, 1, sizeof points);
@@ -141,7 +142,8 @@ static int run(int argc, char **argv) {
   char source[128];
   snprintf(source, sizeof source, "qmoe %s %s", backend, acc == QMOE_ACC_F64 ? "f64" : "f32");
   const char *bn = base_name(path);
-  if (!w || qmoe_gguf_writer_set_u32(w, "qmoe.trace.version", 1) ||
+  /* The trace can never replace the model: the writer refuses an output that is one of its inputs. */
+  if (!w || qmoe_gguf_writer_add_input(w, path) || qmoe_gguf_writer_set_u32(w, "qmoe.trace.version", 1) ||
       qmoe_gguf_writer_set_str(w, "qmoe.trace.source", source, strlen(source)) ||
       qmoe_gguf_writer_set_str(w, "qmoe.trace.model", bn, strlen(bn)) ||
       qmoe_gguf_writer_set_u32(w, "qmoe.trace.n_layers", (uint32_t)c->n_layers) ||
