@@ -117,8 +117,8 @@ static int read_config(const qmoe_gguf *f, qmoe_model_config *c) {
 
 /* ---- weight table ------------------------------------------------------------------------------------ */
 
-/* What a tensor's qtype must support: F32 only (norms, router), a matvec kernel, the MoE kernels, or a row
- * decoder (the embedding, dequantized on the host until the embed_rows stage lands). */
+/* What a tensor's qtype must support: F32 only (norms, router), a matvec kernel, the MoE kernels, or the
+ * embed_rows kernel (the token embedding, read on the device). */
 typedef enum { W_F32, W_MATVEC, W_EXPERT_GATE_UP, W_EXPERT_DOWN, W_EMBED } wkind;
 
 typedef struct {
@@ -165,7 +165,8 @@ static int want(const qmoe_gguf *f, const char *name, int n, const int64_t *ne, 
   } else {
     qmoe_stage st = kind == W_MATVEC ? QMOE_STAGE_MATVEC
                     : kind == W_EXPERT_GATE_UP ? QMOE_STAGE_MOE_GATE_UP_SWIGLU
-                    : kind == W_EXPERT_DOWN ? QMOE_STAGE_MOE_DOWN : QMOE_STAGE_COUNT;
+                    : kind == W_EXPERT_DOWN ? QMOE_STAGE_MOE_DOWN
+                    : kind == W_EMBED ? QMOE_STAGE_EMBED_ROWS : QMOE_STAGE_COUNT;
     if (st != QMOE_STAGE_COUNT && !qmoe_stage_has_qtype(qmoe_stage_info_get(st), t->type))
       need = "a qtype the stage contracts list";
   }
@@ -275,17 +276,15 @@ struct qmoe_model {
   int64_t n_ctx;
   qmoe_acc acc;
   /* weights */
-  const qmoe_gguf_tensor *embd_t;
-  qmoe_weight out_norm, output;
+  qmoe_weight embd, out_norm, output;
   qmoe_layer *layers;
   /* run state: activations (f32 unless noted), allocated once */
   qmoe_buffer *h, *xn, *q, *k, *v, *o, *t, *ids /* i32 */, *w, *hb, *logits, *idx /* i32 */, *rlog;
   qmoe_buffer *kc, *vc; /* KV cache: [layer][ctx][kv_heads][head_dim] */
-  /* Embedding rows of up to emb_cap positions, decoded on the host and uploaded together (one transfer per
-   * chunk of the prompt, until the embed_rows stage lands); `zero` is H zeros, so add(emb row, zero) -> h. */
-  qmoe_buffer *emb, *zero;
-  int64_t emb_cap;
-  float *emb_host;
+  /* Token ids (i32, one per cache position): a prompt is uploaded in one transfer and embed_rows reads
+   * each id on the device; a decoded token is read from idx, where argmax left it (no upload). */
+  qmoe_buffer *tok;
+  int32_t idx_token; /* the token idx holds (-1: none) */
   qmoe_model_memory mem;
   /* tracing */
   qmoe_trace_fn trace_fn;
@@ -317,7 +316,7 @@ static int plan_buffers(const qmoe_model *m, buf_plan *p) {
   PLAN(h, H * f); PLAN(xn, H * f); PLAN(q, nq * f); PLAN(k, nkv * f); PLAN(v, nkv * f); PLAN(o, nq * f);
   PLAN(t, H * f); PLAN(ids, K * 4); PLAN(w, K * f); PLAN(hb, K * (uint64_t)c->expert_ff * f);
   PLAN(logits, (uint64_t)c->n_vocab * f); PLAN(idx, 4); PLAN(rlog, (uint64_t)c->n_expert * f);
-  PLAN(emb, (uint64_t)m->emb_cap * H * f); PLAN(zero, H * f);
+  PLAN(tok, (uint64_t)m->n_ctx * 4);
   PLAN(kc, kv); PLAN(vc, kv);
 #undef PLAN
   return n;
@@ -326,7 +325,7 @@ static int plan_buffers(const qmoe_model *m, buf_plan *p) {
 static qmoe_buffer **slot(qmoe_model *m, const buf_plan *p) { return (qmoe_buffer **)((char *)m + p->slot); }
 
 static void for_each_weight(qmoe_model *m, void (*fn)(qmoe_model *, qmoe_weight *, void *), void *u) {
-  fn(m, &m->out_norm, u), fn(m, &m->output, u);
+  fn(m, &m->embd, u), fn(m, &m->out_norm, u), fn(m, &m->output, u);
   for (int64_t l = 0; l < m->c.n_layers; l++) {
     qmoe_layer *L = &m->layers[l];
     qmoe_weight *ws[] = { &L->attn_norm, &L->q, &L->k, &L->v, &L->o, &L->q_norm, &L->k_norm, &L->ffn_norm,
@@ -366,7 +365,6 @@ void qmoe_model_free(qmoe_model *m) {
   for (int i = 0; i < n; i++)
     if (*slot(m, &p[i])) m->be->free_buf(m->be, *slot(m, &p[i]));
   free(m->layers);
-  free(m->emb_host);
   free(m->trace_layers);
   free(m->trace_host);
   qmoe_gguf_close(m->file);
@@ -395,7 +393,7 @@ int qmoe_model_load(const char *path, qmoe_backend *be, int64_t n_ctx, qmoe_mode
     goto fail;
   }
   if ((rc = check_tensors(m->file, &m->c, &wt))) goto fail;
-  m->embd_t = wt.embd, m->out_norm.t = wt.out_norm, m->output.t = wt.output;
+  m->embd.t = wt.embd, m->out_norm.t = wt.out_norm, m->output.t = wt.output;
   if (n_ctx < 1 || n_ctx > m->c.n_ctx_train) {
     qmoe_set_error("%s: a context of %lld tokens is outside what the model allows (1..%lld, " ARCH
                    ".context_length)", path, (long long)n_ctx, (long long)m->c.n_ctx_train);
@@ -403,7 +401,7 @@ int qmoe_model_load(const char *path, qmoe_backend *be, int64_t n_ctx, qmoe_mode
     goto fail;
   }
   m->n_ctx = n_ctx;
-  m->emb_cap = n_ctx < 64 ? n_ctx : 64;
+  m->idx_token = -1;
   m->acc = QMOE_ACC_F32;
   model_dims(&m->c, m->trace_dims);
   /* The memory plan, complete before the first allocation. */
@@ -419,10 +417,9 @@ int qmoe_model_load(const char *path, qmoe_backend *be, int64_t n_ctx, qmoe_mode
     uint64_t e = (uint64_t)qmoe_trace_point_elements(i, m->trace_dims) * 4;
     if (e > max_trace) max_trace = e;
   }
-  m->emb_host = calloc((size_t)(m->emb_cap * m->c.n_embd), sizeof(float));
   m->trace_host = malloc((size_t)max_trace);
   m->trace_layers = calloc((size_t)m->c.n_layers, 1);
-  if (!m->emb_host || !m->trace_host || !m->trace_layers) {
+  if (!m->trace_host || !m->trace_layers) {
     qmoe_set_error("out of host memory");
     rc = QMOE_EINVAL;
     goto fail;
@@ -437,8 +434,6 @@ int qmoe_model_load(const char *path, qmoe_backend *be, int64_t n_ctx, qmoe_mode
       goto fail;
     }
   }
-  /* emb_host is all zeros here: it clears the zero buffer. */
-  if ((rc = be->upload(be, m->zero, 0, m->emb_host, (size_t)m->c.n_embd * sizeof(float)))) goto fail;
   upload_state us = {0};
   for_each_weight(m, upload_weight, &us);
   if ((rc = us.rc)) goto fail;
@@ -458,7 +453,7 @@ void qmoe_model_memory_of(const qmoe_model *m, qmoe_model_memory *out) { *out = 
 
 uint64_t qmoe_model_bytes_per_token(const qmoe_model *m) {
   const qmoe_model_config *c = &m->c;
-  uint64_t b = m->out_norm.t->nbytes + m->output.t->nbytes + m->embd_t->row_bytes;
+  uint64_t b = m->out_norm.t->nbytes + m->output.t->nbytes + m->embd.t->row_bytes;
   for (int64_t l = 0; l < c->n_layers; l++) {
     const qmoe_layer *L = &m->layers[l];
     b += L->attn_norm.t->nbytes + L->q.t->nbytes + L->k.t->nbytes + L->v.t->nbytes + L->o.t->nbytes +
@@ -516,25 +511,13 @@ static int run(qmoe_model *m, qmoe_stage_call *c, const qmoe_weight *w) {
   return m->be->run(m->be, c);
 }
 
-/* Token embeddings, in two steps so the embed_rows stage replaces them in two lines: until it lands,
- * embed_upload decodes the rows of N tokens (N <= emb_cap) on the host with the qtype table and uploads them
- * in one transfer, and embed_select copies row I into h on the device (h = emb[I] + 0). */
-static int embed_upload(qmoe_model *m, const int32_t *tokens, int64_t n) {
-  const qmoe_qtype_info *qt = qmoe_qtype_by_id(m->embd_t->type);
-  int64_t H = m->c.n_embd;
-  for (int64_t i = 0; i < n; i++) {
-    const unsigned char *row = (const unsigned char *)m->embd_t->data + (uint64_t)tokens[i] * m->embd_t->row_bytes;
-    int rc = qt->dequant_row(row, m->emb_host + i * H, H);
-    if (rc) return rc;
-  }
-  return m->be->upload(m->be, m->emb, 0, m->emb_host, (size_t)(n * H) * sizeof(float));
-}
-
-static int embed_select(qmoe_model *m, int64_t i) {
+/* The embedding of the token whose id is the i32 at byte OFF of IDS: h = row id of token_embd, decoded on
+ * the device by embed_rows (the id never has to come back to the host). */
+static int embed(qmoe_model *m, qmoe_buffer *ids, size_t off) {
   qmoe_stage_call s;
-  qmoe_call_add(&s, m->c.n_embd, m->emb, m->zero, m->h);
-  s.off[QMOE_B_ADD_A] = (size_t)(i * m->c.n_embd) * sizeof(float);
-  return run(m, &s, NULL);
+  qmoe_call_embed_rows(&s, m->c.n_embd, m->c.n_vocab, m->embd.buf, ids, m->h);
+  s.off[QMOE_B_EMBED_ROWS_ID] = off;
+  return run(m, &s, &m->embd);
 }
 
 static int layer_forward(qmoe_model *m, int64_t l, int64_t pos) {
@@ -605,6 +588,7 @@ static int outputs(qmoe_model *m, int64_t pos, int32_t *argmax, float *logits) {
   if (argmax) {
     qmoe_call_argmax(&s, c->n_vocab, m->logits, m->idx);
     if ((rc = run(m, &s, NULL)) || (rc = m->be->download(m->be, m->idx, 0, argmax, sizeof *argmax))) return rc;
+    m->idx_token = *argmax;
   }
   if (logits && (rc = m->be->download(m->be, m->logits, 0, logits, (size_t)c->n_vocab * sizeof(float)))) return rc;
   return 0;
@@ -625,13 +609,13 @@ int qmoe_model_prefill(qmoe_model *m, const int32_t *tokens, int64_t n, int64_t 
       return QMOE_EINVAL;
     }
   int rc = 0;
+  /* A decoded token that argmax left in idx is read there; anything else is uploaded once, all of it. */
+  int from_idx = n == 1 && m->idx_token >= 0 && tokens[0] == m->idx_token;
+  if (!from_idx && (rc = m->be->upload(m->be, m->tok, (size_t)pos0 * 4, tokens, (size_t)n * 4))) return rc;
+  m->idx_token = -1;
   for (int64_t i = 0; !rc && i < n; i++) {
     int64_t pos = pos0 + i;
-    if (i % m->emb_cap == 0) {
-      int64_t k = n - i < m->emb_cap ? n - i : m->emb_cap;
-      if ((rc = embed_upload(m, tokens + i, k))) break;
-    }
-    rc = embed_select(m, i % m->emb_cap);
+    rc = from_idx ? embed(m, m->idx, 0) : embed(m, m->tok, (size_t)(pos0 + i) * 4);
     if (!rc) rc = trace(m, QMOE_TP_INP_EMBD, -1, pos, m->h);
     for (int64_t l = 0; !rc && l < c->n_layers; l++) rc = layer_forward(m, l, pos);
     if (!rc && i + 1 < n) rc = outputs(m, pos, NULL, NULL); /* only when result_* are traced */
