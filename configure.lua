@@ -198,7 +198,7 @@ local function bootstrap_host(o, cfg)
   for _, d in ipairs({ "src/lib", "src/qmoe-lua" }) do
     for _, f in ipairs(glob(d, "%.c$")) do srcs[#srcs + 1] = f end
   end
-  local cmd = string.format("%s -std=c11 -O1 -D_GNU_SOURCE -Isrc/lib -Iruntime %s -o build/qmoe-lua %s %s %s -lm -ldl",
+  local cmd = string.format("%s -std=c11 -O1 -D_GNU_SOURCE -Isrc/lib %s -o build/qmoe-lua %s %s %s -lm -ldl",
                             o.cc, cfg.lua_cflags, table.concat(srcs, " "), cfg.lua_libs, cfg.yaml_libs)
   if os.execute(cmd .. " 2>build/probe/host.log") ~= true then
     local f = io.open("build/probe/host.log")
@@ -233,7 +233,11 @@ local function main(argv)
   n:variable("cc", o.cc)
   n:variable("cxx", o.cxx)
   local base = "-std=c11 -g -D_GNU_SOURCE -Wall -Wextra -Wno-unused-parameter -ffp-contract=off -fno-strict-aliasing"
-  local incs = "-Iruntime -Isrc/lib -Igenerated/c -Ibuild/gen " .. cfg.lua_cflags ..
+  -- runtime/ is split by concern (core, gguf, hf, quant, stages, cpu, cuda, vulkan, model); each part is
+  -- on the include path, so a file names a header by its name alone.
+  local rt_incs = {}
+  for _, d in ipairs(dirs("runtime")) do rt_incs[#rt_incs + 1] = "-Iruntime/" .. d end
+  local incs = table.concat(rt_incs, " ") .. " -Isrc/lib -Igenerated/c -Ibuild/gen " .. cfg.lua_cflags ..
                (cfg.have_cuda_headers and (" -DQMOE_HAVE_CUDA_H -I" .. cfg.cuda_inc) or "")
   n:variable("cflags", base .. " -O2 " .. incs)
   n:variable("cflags_san", base .. " -O1 -fno-omit-frame-pointer -fsanitize=address,undefined -fno-sanitize-recover=all " .. incs)
@@ -256,6 +260,7 @@ local function main(argv)
   -- Regeneration: build.ninja depends on configure.lua, the writer, the manifest and what it read.
   -- Directories count too: adding a source file or a contract changes what configure writes.
   local regen_inputs = { "configure.lua", "scripts/ninja.lua", "configure", "runtime", "codegen", "codegen/lib" }
+  for _, d in ipairs(dirs("runtime")) do regen_inputs[#regen_inputs + 1] = "runtime/" .. d end
   if exists("src/lib/lua") then regen_inputs[#regen_inputs + 1] = "src/lib/lua" end
   for _, top in ipairs({ "contracts", "src", "tests" }) do
     regen_inputs[#regen_inputs + 1] = top
@@ -329,7 +334,10 @@ local function main(argv)
       end
       return objs
     end
-    local rt_srcs = glob("runtime", "%.c$")
+    local rt_srcs = {}
+    for _, d in ipairs(dirs("runtime")) do
+      for _, f in ipairs(glob("runtime/" .. d, "%.c$")) do rt_srcs[#rt_srcs + 1] = f end
+    end
     for _, f in ipairs(gen_c) do rt_srcs[#rt_srcs + 1] = f end
     rt_srcs[#rt_srcs + 1] = "build/gen/embedded_spirv.c"
     rt_srcs[#rt_srcs + 1] = "build/gen/embedded_cuda.c"

@@ -4,7 +4,7 @@
 -- Usage: qmoe-lua codegen/gen_cuda.lua [--contracts DIR] (--stage NAME [--qtype NAME] [--acc f32|f64] | --launch) --out FILE
 -- (--launch writes generated/c/cuda_launch.c, the launch geometry of every stage, from the templates' headers)
 --
--- Each file starts with the banner and one metadata line the runtime (runtime/cuda.c) reads:
+-- Each file starts with the banner and one metadata line the runtime (runtime/cuda/cuda.c) reads:
 --   // qmoe-cuda: stage=S qtype=Q ggml_type=N acc=A entry=E block_elements=BE block_bytes=BB threads=T rows_per_block=R
 -- (qtype=- ggml_type=-1 for stages that do not vary by qtype, acc=- for those that do not vary by accumulator).
 -- Kernels take one argument, `const qmoe_args a`: buffer addresses (base + offset) in contract order, int
@@ -51,7 +51,7 @@ local DIALECT = setmetatable({
 --   // qmoe-workspace: EXPR           bytes of zeroed device memory at args.buf[7] (default none)
 -- Launch expressions are C over the contract's int params, the kernel's constants, RPB (rows_per_block),
 -- THREADS, SM_COUNT (multiprocessors), ACC_BYTES, qmoe_cdiv(a, b) and qmoe_min(a, b); they are emitted into
--- generated/c/cuda_launch.c, so runtime/backend_cuda.c launches any stage by table lookup.
+-- generated/c/cuda_launch.c, so runtime/cuda/backend_cuda.c launches any stage by table lookup.
 
 -- Splits S at commas outside parentheses.
 local function split_top(s)
@@ -329,7 +329,7 @@ local function emit_variant(v, sources)
                   ("const int e = " .. vars.EXPR .. ";") or ("// element " .. vars.EXPR)
     vars.MAY_BE_PARTIAL = guard and "true" or "false"
     vars.DECODE = "qmoe_" .. q.name .. "_decode"
-    parts[#parts + 1] = "// ---- decoding, from " .. q.__file .. " via codegen/lib/expr.lua (CUDA dialect, f16 by cvt.f32.f16) ----"
+    parts[#parts + 1] = "// ---- decoding, from " .. q.__file .. " via src/lib/lua/expr.lua (CUDA dialect, f16 by cvt.f32.f16) ----"
     -- expr's helpers are a fixed set, not all used by every format: no "declared but never referenced" noise.
     parts[#parts + 1] = "#pragma nv_diag_suppress 177"
     parts[#parts + 1] = expr.prelude(DIALECT)

@@ -1,7 +1,7 @@
 -- gen_glsl.lua: writes the Vulkan compute shaders generated/glsl/<variant>[.<pass>].comp — one variant per
 -- stage × qtype × accumulator of contracts/stages/*.yaml (qtypes resolved against contracts/quant/*.yaml, whose
 -- decoding comes from expr.emit with the GLSL dialect) — and generated/c/vk_variants.c, the table the Vulkan
--- backend (runtime/backend_vulkan.c) dispatches from: variant, passes, workgroup size, shared memory, geometry.
+-- backend (runtime/vulkan/backend_vulkan.c) dispatches from: variant, passes, workgroup size, shared memory, geometry.
 -- Usage: qmoe-lua codegen/gen_glsl.lua [--contracts DIR] --shader NAME --out FILE
 --        qmoe-lua codegen/gen_glsl.lua [--contracts DIR] --table --out FILE
 -- Variant names: <stage>__<qtype>__<acc>, <stage>__<acc> or <stage>; a stage of several dispatches has one
@@ -57,7 +57,7 @@ end
 -- Shared GLSL pieces
 ---------------------------------------------------------------------------------------------------------------
 
--- Push constants, the same 128 bytes for every shader (runtime/backend_vulkan.c fills them):
+-- Push constants, the same 128 bytes for every shader (runtime/vulkan/backend_vulkan.c fills them):
 -- p: the stage's integer params in contract order; o: byte offset of each binding's data from the bound
 -- (aligned) offset; ff/fd: float params as f32 and as f64 bits; x: per-dispatch extras of the stage.
 
@@ -318,7 +318,7 @@ end
 
 -- Stage name -> { passes = {names} or nil, emit(v, pass) -> text, pass list, geometry }.
 -- Each stage: its emitter, its passes, and its dispatch geometry as C expressions (emitted into
--- generated/c/vk_variants.c, so runtime/backend_vulkan.c dispatches any stage by table lookup). Names: the
+-- generated/c/vk_variants.c, so runtime/vulkan/backend_vulkan.c dispatches any stage by table lookup). Names: the
 -- contract's int params; ROWS (the variant's rows per workgroup), WG (pass 1's workgroup size), ACC_BYTES;
 -- MAXG0..2: the device's maxComputeWorkGroupCount (lowered by QMOE_VK_MAX_GROUPS), DEVG0..2: the device's;
 -- qmoe_cdiv(a, b), qmoe_min(a, b), qmoe_cap0(x): x clamped to [1, MAXG0] (kernels that stride over work).

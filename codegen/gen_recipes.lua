@@ -1,6 +1,6 @@
 -- gen_recipes.lua: writes generated/c/recipes.{h,c} from contracts/recipes/*.yaml: each recipe's rules as a
 -- C table, each `when` condition (decode expression language over i = layer, n = layers) as a C function
--- emitted by expr.lua. runtime/recipe.c matches tensors against the table (qmoe_recipe_qtype).
+-- emitted by expr.lua. runtime/quant/recipe.c matches tensors against the table (qmoe_recipe_qtype).
 -- Usage: qmoe-lua codegen/gen_recipes.lua [--contracts DIR] --out-c FILE --out-h FILE
 local util = require("util")
 local expr = require("expr")
@@ -22,7 +22,7 @@ local function c_str(s) return '"' .. s:gsub('[\\"]', "\\%0") .. '"' end
 local function emit_header(sources)
   return table.concat({
     util.banner("c", SCRIPT, sources),
-    "/* recipes.h: the quantization recipes of contracts/recipes as data (matched by runtime/recipe.c). */",
+    "/* recipes.h: the quantization recipes of contracts/recipes as data (matched by runtime/quant/recipe.c). */",
     "#ifndef QMOE_RECIPES_H", "#define QMOE_RECIPES_H", "#include <stddef.h>", "",
     "typedef struct {",
     "  const char *const *tensors; /* name patterns; '*' matches any run of characters */",

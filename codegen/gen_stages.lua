@@ -295,7 +295,7 @@ end
 
 local function emit_ref_table(recs, sources)
   local o = { util.banner("c", SCRIPT, sources),
-    "/* ref_table.c: the CPU reference's dispatch table: stage -> qmoe_ref_<stage>() (runtime/ref_stages.c).",
+    "/* ref_table.c: the CPU reference's dispatch table: stage -> qmoe_ref_<stage>() (runtime/cpu/ref_stages.c).",
     " * A stage contract without its reference function fails to link, naming the function. */",
     '#include "ref_internal.h"', "" }
   for _, r in ipairs(recs) do o[#o + 1] = "qmoe_ref_stage_fn qmoe_ref_" .. r.name .. ";" end

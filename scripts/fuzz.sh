@@ -53,7 +53,7 @@ for t in "$@"; do
   # shellcheck disable=SC2086
   if ! "$CC" -std=c11 -g -O1 -D_GNU_SOURCE -ffp-contract=off -fno-omit-frame-pointer \
        -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=all \
-       -Iruntime -Isrc/lib -Igenerated/c -Ibuild/gen $LUA_CFLAGS \
+       $(for d in runtime/*/; do printf -- "-I%s " "${d%/}"; done) -Isrc/lib -Igenerated/c -Ibuild/gen $LUA_CFLAGS \
        -o "$out/$t" "$src" $srcs $libs -lm -ldl -lpthread 2>"$out/build.log"; then
     cat "$out/build.log" >&2
     echo "fuzz.sh: building $t failed" >&2

@@ -1,5 +1,5 @@
 -- ggml_types.lua: the GGUF spec's tensor type ids (ggml.h's enum ggml_type) with ggml's block sizes, as data.
--- gen_c.lua writes the ones no quant contract lists into generated/c/qtypes.c (runtime/gguf_types.c reads
+-- gen_c.lua writes the ones no quant contract lists into generated/c/qtypes.c (runtime/gguf/gguf_types.c reads
 -- past and copies tensors of those types) and checks every contract's block size against its row here.
 -- Ids 4, 5, 31-33 and 36-38 were removed from ggml and are absent. From ggml's type traits (block_elements,
 -- sizeof(block)); Q8_1 is 36 bytes (two halves d, s and 32 int8).

@@ -87,7 +87,7 @@ __device__ __forceinline__ acc_t qmoe_block_sum(acc_t v, acc_t *sh) {
   return r;
 }
 
-// ---- decoding, from contracts/quant/bf16.yaml via codegen/lib/expr.lua (CUDA dialect, f16 by cvt.f32.f16) ----
+// ---- decoding, from contracts/quant/bf16.yaml via src/lib/lua/expr.lua (CUDA dialect, f16 by cvt.f32.f16) ----
 #pragma nv_diag_suppress 177
 /* Little-endian loads from a byte-addressed block and exact f16/bf16 -> f32 conversions. */
 static __device__ __forceinline__ uint32_t qmoe_q_rd_u16(const uint8_t *p) { return (uint32_t)p[0] | (uint32_t)p[1] << 8; }

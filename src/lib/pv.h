@@ -51,7 +51,7 @@ typedef struct { const qy_node *node; const char *s; int64_t v; int is_int; } pv
 typedef struct { const qy_node *node; size_t n; void *items; } pv_list;
 typedef struct { const qy_node *node; int all; pv_list list; } pv_all_or_list; /* `all` or a list */
 
-/* What one qmoe_stage_call carries (QMOE_STAGE_MAX_* in runtime/backend.h, which the tools may not include;
+/* What one qmoe_stage_call carries (QMOE_STAGE_MAX_* in runtime/stages/backend.h, which the tools may not include;
  * tests/unit/test_stage_table.c checks that the two agree). */
 enum { PV_STAGE_MAX_PARAMS = 8, PV_STAGE_MAX_FPARAMS = 4, PV_STAGE_MAX_BUFS = 8 };
 

@@ -284,7 +284,7 @@ static void check_stage(pv_set *set, pv_file *f) {
   }
   if (by_qtype && !any_q && s->inputs.node)
     ERR(s->varies_by.node, "E232", "the stage varies by qtype but no input has dtype qtype");
-  /* What one qmoe_stage_call can carry (runtime/backend.h). */
+  /* What one qmoe_stage_call can carry (runtime/stages/backend.h). */
   size_t nint = 0, nflt = 0;
   for (size_t i = 0; i < s->params.n; i++) {
     if (str_eq(&ps[i].type, "int")) nint++;

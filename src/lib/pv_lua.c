@@ -1,5 +1,5 @@
 /* pv_lua.c: pv and Lua, both ways — decode expressions are checked by the embedded module `expr`
- * (codegen/lib/expr.lua), and require("pv") gives generators pv.validate(dir). */
+ * (src/lib/lua/expr.lua), and require("pv") gives generators pv.validate(dir). */
 #include "pv.h"
 #include <lauxlib.h>
 #include <lua.h>
@@ -153,7 +153,7 @@ void pv_lua_check_recipe(pv_lua *p, pv_set *set, pv_file *f) { run_check(p, set,
 static void run_check(pv_lua *p, pv_set *set, pv_file *f, int ref) {
   if (p->state == 2) {
     diag_add(set->diag, DIAG_ERROR, f->path, 1, 1, "E399",
-             "decode expressions cannot be checked: codegen/lib/expr.lua failed to load: %s", p->load_err);
+             "decode expressions cannot be checked: src/lib/lua/expr.lua failed to load: %s", p->load_err);
     return;
   }
   lua_State *L = p->L;

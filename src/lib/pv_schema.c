@@ -20,7 +20,7 @@ static const char *const RUNS_ON[] = { "ci", "gpu", NULL };
 static const char *const IMPL_STATUS[] = { "PENDING", "SHIPPED", "PARTIALLY_DISCHARGED", "DISCHARGED", NULL };
 static const char *const TRACE_SCOPES[] = { "layer", "model", NULL };
 static const char *const TRACE_DTYPES[] = { "f32", "i32", NULL };
-/* Quantizer strategies runtime/quant.c implements (test_quant checks each contract's choice runs). */
+/* Quantizer strategies runtime/quant/quant.c implements (test_quant checks each contract's choice runs). */
 static const char *const QUANT_STRATEGIES[] = { "generic", "ggml_q8_0", "ggml_q8_k", "kquant_q4_k", "kquant_q5_k",
                                                 "kquant_q6_k", NULL };
 static const char *const AMEND_KINDS[] = { "initial", "addition", "change", "fix", "removal", NULL };
@@ -73,7 +73,7 @@ static const pv_record QUANT_VECTOR = { "test vector", sizeof(pv_quant_vector), 
 
 static const pv_key QUANT_QUANTIZER_KEYS[] = {
   { .name = "strategy", .type = PV_T_STR, .off = offsetof(pv_quant_quantizer, strategy), .enums = QUANT_STRATEGIES,
-    .doc = "generic (derived from the decode rule; default) or a named search in runtime/quant.c" },
+    .doc = "generic (derived from the decode rule; default) or a named search in runtime/quant/quant.c" },
   { .name = "rmse_max", .type = PV_T_NUM, .flags = PV_REQ, .off = offsetof(pv_quant_quantizer, rmse_max),
     .range = PV_R_GT0, .doc = "round-trip RMSE / RMS(x) bound on N(0,1) rows of 4096, tested by test_quant" },
   { .name = "total_error_max", .type = PV_T_NUM, .off = offsetof(pv_quant_quantizer, total_error_max),
@@ -189,9 +189,9 @@ static const pv_key STAGE_KEYS[] = {
   { .name = "falsifiers", .type = PV_T_LIST, .flags = PV_REQ | PV_UNIQUE, .off = offsetof(pv_stage, falsifiers),
     .elem = PV_T_STR, .pat = PV_PAT_FALSIFY, .max_len = 256, .doc = "falsification tests (model contracts) that hold it to account" },
   { .name = "order", .type = PV_T_INT, .off = offsetof(pv_stage, order), .range = PV_R_GE0, .max = 1000,
-    .doc = "its qmoe_stage enum value (runtime/backend.h); unique" },
+    .doc = "its qmoe_stage enum value (runtime/stages/backend.h); unique" },
   { .name = "requires", .type = PV_T_LIST, .off = offsetof(pv_stage, requires), .elem = PV_T_REC, .rec = &STAGE_RULE,
-    .max_len = 64, .doc = "rules over the params, checked on every call (runtime/stage_check.c)" },
+    .max_len = 64, .doc = "rules over the params, checked on every call (runtime/stages/stage_check.c)" },
   { .name = "compare", .type = PV_T_STR, .off = offsetof(pv_stage, compare), .enums = COMPARES,
     .doc = "how parity tests judge f32 outputs: within the falsifiers' tolerance (default) or bit for bit" },
   { .name = "test_params", .type = PV_T_LIST, .off = offsetof(pv_stage, test_params), .elem = PV_T_REC,

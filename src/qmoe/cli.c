@@ -5,7 +5,7 @@
 #include <string.h>
 #include <time.h>
 #include <unistd.h>
-#include "cmd.h"
+#include "cli.h"
 
 int cli_error(const char *cmd, const char *fmt, ...) {
   va_list ap;

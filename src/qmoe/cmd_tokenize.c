@@ -1,5 +1,5 @@
 /* cmd_tokenize.c: `qmoe tokenize` (text -> token ids) and `qmoe detokenize` (ids -> text) with the
- * byte-level BPE tokenizer stored in a GGUF file (runtime/tokenizer.c). */
+ * byte-level BPE tokenizer stored in a GGUF file (runtime/model/tokenizer.c). */
 #include <errno.h>
 #include <stdlib.h>
 #include <string.h>

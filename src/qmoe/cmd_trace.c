@@ -34,7 +34,7 @@ static int on_trace(void *user, int point, int64_t layer, int64_t pos, const voi
   void **d = slot(s, point, layer);
   if (!*d && !(*d = calloc((size_t)(n * s->n_pos), 4))) {
     qmoe_set_error("trace: out of host memory");
-    return QMOE_EINVAL;
+    return QMOE_ENOMEM;
   }
   memcpy((char *)*d + (size_t)(pos * n) * 4, data, (size_t)n * 4);
   return 0;

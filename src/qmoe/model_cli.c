@@ -6,7 +6,7 @@
 #include <time.h>
 #include <unistd.h>
 #include "backend.h"
-#include "cmd.h"
+#include "cli.h"
 
 int cli_parse_opts(const qmoe_command *c, int argc, char **argv, cli_opt *o, int n) {
   for (int i = 1; i < argc; i++) {

@@ -2,7 +2,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include "backend.h"
-#include "cmd.h"
+#include "cli.h"
 #include "trace_record.h"
 
 typedef struct {

@@ -4,7 +4,7 @@
  * through every getter, every array element (nested too), the first and last row of every tensor decoded.
  * Build and run with scripts/fuzz.sh; the lines below tell it what to link and where seeds are. Crashers it
  * finds go to tests/gguf/hostile as crash-*.gguf with their expected message in EXPECT.fuzz. */
-// fuzz-sources: runtime/gguf*.c runtime/error.c runtime/quant.c generated/c/qtypes.c generated/c/quant_*.c
+// fuzz-sources: runtime/gguf/*.c runtime/core/error.c runtime/quant/quant.c generated/c/qtypes.c generated/c/quant_*.c
 // fuzz-libs: -lm -lpthread
 // fuzz-seeds: tests/fuzz/corpus_gguf tests/gguf/hostile tests/data
 // fuzz-dict: tests/fuzz/gguf.dict

@@ -1,7 +1,7 @@
 /* fuzz_json.c: libFuzzer target for the strict JSON parser `qmoe convert` reads config.json, tokenizer.json and
  * safetensors headers with: a refusal must be QMOE_EFORMAT naming "fuzz:LINE:COL"; an accepted document must be a
  * well-formed tree (valid UTF-8 strings of the stated length, keys on object members only). */
-// fuzz-sources: runtime/json.c runtime/error.c
+// fuzz-sources: runtime/hf/json.c runtime/core/error.c
 // fuzz-libs: -lm
 // fuzz-seeds: tests/fuzz/corpus_json tests/oracle/model
 #include <stddef.h>

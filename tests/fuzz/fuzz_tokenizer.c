@@ -3,7 +3,7 @@
  * fixed text exactly. Any other input is text for a fixed synthetic tokenizer: encoding (with and without
  * special tokens) must succeed, and decoding, whole or streamed, must give the input's bytes back.
  * Build and run with scripts/fuzz.sh; the lines below tell it what to link and where seeds are. */
-// fuzz-sources: runtime/tokenizer.c runtime/gguf*.c runtime/error.c runtime/quant.c generated/c/qtypes.c generated/c/quant_*.c
+// fuzz-sources: runtime/model/tokenizer.c runtime/gguf/*.c runtime/core/error.c runtime/quant/quant.c generated/c/qtypes.c generated/c/quant_*.c
 // fuzz-libs: -lm -lpthread
 // fuzz-seeds: tests/fuzz/corpus_tokenizer
 #include <stddef.h>

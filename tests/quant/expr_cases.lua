@@ -1,4 +1,4 @@
--- expr_cases.lua: tests of codegen/lib/expr.lua — parser (precedence, columns, errors), type and bounds
+-- expr_cases.lua: tests of src/lib/lua/expr.lua — parser (precedence, columns, errors), type and bounds
 -- checks with their paths, the f32 interpreter, and the emitters. Run by check_expr.sh under build/qmoe-lua.
 local expr = require("expr")
 local failed = 0

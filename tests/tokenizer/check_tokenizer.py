@@ -326,11 +326,11 @@ def main():
     report(not bad, "tokenizer/cli-errors", "; ".join(bad))
 
     # The committed Unicode tables are what the generator writes (checkable with the same Unicode version).
-    header = open("runtime/tokenizer_unicode.h").read()
+    header = open("runtime/model/tokenizer_unicode.h").read()
     if f'"{unicodedata.unidata_version}"' in header:
         gen = subprocess.run([sys.executable, "scripts/gen_unicode_tables.py"], stdout=subprocess.PIPE, check=True)
         report(gen.stdout.decode() == header, "tokenizer/unicode-tables-current",
-               "runtime/tokenizer_unicode.h differs from scripts/gen_unicode_tables.py's output")
+               "runtime/model/tokenizer_unicode.h differs from scripts/gen_unicode_tables.py's output")
     else:
         print(f"skip tokenizer/unicode-tables-current: this Python has Unicode {unicodedata.unidata_version}, "
               "the tables another version")

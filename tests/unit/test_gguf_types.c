@@ -1,4 +1,4 @@
-/* test_gguf_types.c: the GGML type table of runtime/gguf_types.c: it never repeats a contracted qtype (those
+/* test_gguf_types.c: the GGML type table of runtime/gguf/gguf_types.c: it never repeats a contracted qtype (those
  * come from generated/c), and together with the generated table it gives the GGUF spec's names and sizes. */
 #include <string.h>
 #include "../harness.h"

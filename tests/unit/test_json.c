@@ -1,4 +1,4 @@
-/* test_json.c: the strict JSON parser (runtime/json.c): decoding of strings, numbers and nesting against values
+/* test_json.c: the strict JSON parser (runtime/hf/json.c): decoding of strings, numbers and nesting against values
  * written out by hand, random documents against an independent encoder, and invalid input refused at the right
  * line:column. */
 #include <stdint.h>

@@ -1,4 +1,4 @@
-/* test_model.c: the whole Qwen3-MoE forward (runtime/model.c) on every GPU backend against the CPU backend,
+/* test_model.c: the whole Qwen3-MoE forward (runtime/model/model.c) on every GPU backend against the CPU backend,
  * on a tiny random qwen3moe written with qmoe's GGUF writer (Q4_K, Q6_K, Q8_0 and F32 matrices mixed per
  * layer, as a Q4_K_M file mixes them): per-layer cosine of the hidden states, greedy tokens, f64 router
  * top-k and logits, determinism. The NumPy reference comparison is tests/model/check_model.py; this one

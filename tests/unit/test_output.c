@@ -1,4 +1,4 @@
-/* test_output.c: runtime/output.c (same-file refusal, temp file and rename, abort, umask, devices), the GGUF
+/* test_output.c: runtime/core/output.c (same-file refusal, temp file and rename, abort, umask, devices), the GGUF
  * writer's inputs and UTF-8 name checks, qmoe_utf8_seq_len against hand-made cases, and
  * qmoe_qtype_check_row: no refusal of normal random rows of any scale for any qtype, refusal of the rest. */
 #include <math.h>

@@ -1,4 +1,4 @@
-/* test_recipe.c: the recipes of contracts/recipes as runtime/recipe.c applies them. q4_k_m against the facts
+/* test_recipe.c: the recipes of contracts/recipes as runtime/quant/recipe.c applies them. q4_k_m against the facts
  * of a real Qwen3-Coder-30B-A3B Q4_K_M file (shared reference: 241 F32, 289 Q4_K, 49 Q6_K tensors of 48
  * layers) and against llama.cpp's use_more_bits for every layer count up to 200. */
 #include <stdint.h>

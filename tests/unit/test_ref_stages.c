@@ -1,4 +1,4 @@
-/* test_ref_stages.c: checks the CPU reference itself (runtime/ref_stages.c), so the GPU parity tests do not
+/* test_ref_stages.c: checks the CPU reference itself (runtime/cpu/ref_stages.c), so the GPU parity tests do not
  * trust it blindly: its f32 and f64 paths against its long-double oracle on fresh random data, known
  * answers computed independently here (the codecs' own fused dot products, hand-built cases), error paths,
  * and the cpu backend and backend dispatcher around it. */

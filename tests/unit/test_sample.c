@@ -1,4 +1,4 @@
-/* test_sample.c: qmoe_sample (runtime/sample.c) — greedy ties, top-k and top-p truncation, the empirical
+/* test_sample.c: qmoe_sample (runtime/model/sample.c) — greedy ties, top-k and top-p truncation, the empirical
  * distribution against softmax(logits / T) computed independently here, seeding, and bad input. */
 #include "../harness.h"
 #include "qmoe.h"

@@ -1,4 +1,4 @@
-/* test_stage_table.c: the generated stage table (from contracts/stages) agrees with runtime/backend.h —
+/* test_stage_table.c: the generated stage table (from contracts/stages) agrees with runtime/stages/backend.h —
  * the qmoe_stage enum order, each stage's variants, int/float param lists and buffer lists as backend.h
  * documents them — and the contracts' buffer shapes give the sizes the CPU reference requires. A drifted
  * contract (or header) fails here. */

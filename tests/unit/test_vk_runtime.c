@@ -1,4 +1,4 @@
-/* test_vk_runtime.c: the Vulkan runtime (runtime/vk.c) and backend (runtime/backend_vulkan.c) — loader,
+/* test_vk_runtime.c: the Vulkan runtime (runtime/vulkan/vk.c) and backend (runtime/vulkan/backend_vulkan.c) — loader,
  * device selection and QMOE_VK_DEVICE, feature checks and their messages, buffers (mapped and staged),
  * validation, unsupported variants, recording of several stages per sync, offsets and strided grids.
  * Stage results are compared with the CPU backend; the full per-variant parity is test_parity_vulkan. */

@@ -186,7 +186,7 @@ int qmoe_vk_spirv_features(const unsigned char *spv, size_t size, const char *wh
       while (k < sizeof cap_features / sizeof cap_features[0] && cap_features[k].cap != cap) k++;
       if (k == sizeof cap_features / sizeof cap_features[0]) {
         qmoe_set_error("SPIR-V of %s needs capability %u, which the Vulkan runtime does not check; add it to "
-                       "cap_features in runtime/vk.c", what, cap);
+                       "cap_features in runtime/vulkan/vk.c", what, cap);
         return QMOE_EUNSUPPORTED;
       }
       *out |= cap_features[k].need;

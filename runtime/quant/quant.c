@@ -455,7 +455,7 @@ static int gen_build(gen_plan *p, const qmoe_qtype_info *qt) {
         }
       p->ngroups++;
       int (*rp)[GEN_MAX_REG_BITS] = realloc(p->regpos, sizeof *rp * (size_t)p->ngroups);
-      if (!rp) { rc = QMOE_EINVAL; qmoe_set_error("qmoe_quantize_row: out of memory"); goto out; }
+      if (!rp) { rc = QMOE_ENOMEM; qmoe_set_error("qmoe_quantize_row: out of memory"); goto out; }
       p->regpos = rp;
     }
     for (int i = 0; i < be; i++)
@@ -475,7 +475,7 @@ static int gen_build(gen_plan *p, const qmoe_qtype_info *qt) {
   int nreg = 1 << p->nrb, rref = nreg - 1;
   /* 3. Levels ℓ_k,i(c) of each float field alone (registers all ones), and which field is the scale. */
   float *lev = malloc(sizeof(float) * (size_t)p->nf * (size_t)be * (size_t)p->ncode);
-  if (!lev) { rc = QMOE_EINVAL; qmoe_set_error("qmoe_quantize_row: out of memory"); goto out; }
+  if (!lev) { rc = QMOE_ENOMEM; qmoe_set_error("qmoe_quantize_row: out of memory"); goto out; }
   for (int k = 0; k < p->nf; k++) {
     memcpy(blk, base, (size_t)bb);
     gen_floats(p, blk, k, 1.0f, 0.0f);
@@ -499,7 +499,7 @@ static int gen_build(gen_plan *p, const qmoe_qtype_info *qt) {
   if (p->ks < 0) { free(lev); rc = gen_unsupported(qt, "no float field scales the codes"); goto out; }
   p->lev_s = malloc(sizeof(float) * (size_t)be * (size_t)p->ncode);
   p->lev_m = calloc((size_t)be, sizeof(float));
-  if (!p->lev_s || !p->lev_m) { free(lev); rc = QMOE_EINVAL; qmoe_set_error("qmoe_quantize_row: out of memory"); goto out; }
+  if (!p->lev_s || !p->lev_m) { free(lev); rc = QMOE_ENOMEM; qmoe_set_error("qmoe_quantize_row: out of memory"); goto out; }
   memcpy(p->lev_s, lev + (size_t)p->ks * be * p->ncode, sizeof(float) * (size_t)be * (size_t)p->ncode);
   if (p->km >= 0)
     for (int i = 0; i < be; i++) p->lev_m[i] = lev[((size_t)p->km * be + i) * p->ncode];
@@ -519,7 +519,7 @@ static int gen_build(gen_plan *p, const qmoe_qtype_info *qt) {
     if (fabsf(p->lev_s[c]) > fabsf(p->lev_s[cref])) cref = c;
   p->sig_s = malloc(sizeof(float) * (size_t)(p->ngroups ? p->ngroups : 1) * (size_t)nreg);
   p->sig_m = malloc(sizeof(float) * (size_t)(p->ngroups ? p->ngroups : 1) * (size_t)nreg);
-  if (!p->sig_s || !p->sig_m) { rc = QMOE_EINVAL; qmoe_set_error("qmoe_quantize_row: out of memory"); goto out; }
+  if (!p->sig_s || !p->sig_m) { rc = QMOE_ENOMEM; qmoe_set_error("qmoe_quantize_row: out of memory"); goto out; }
   for (int g = 0; g < (p->ngroups ? p->ngroups : 1) * nreg; g++) p->sig_s[g] = p->sig_m[g] = 1.0f;
   for (int t = 0; t < 2 && p->ngroups; t++) {
     int k = t == 0 ? p->ks : p->km;
@@ -574,7 +574,7 @@ static int gen_build(gen_plan *p, const qmoe_qtype_info *qt) {
     int nl = ok ? p->lmax - p->lmin + 1 : 0;
     if (ok) {
       p->code_of = malloc(sizeof(int) * (size_t)be * (size_t)nl);
-      if (!p->code_of) { rc = QMOE_EINVAL; qmoe_set_error("qmoe_quantize_row: out of memory"); goto out; }
+      if (!p->code_of) { rc = QMOE_ENOMEM; qmoe_set_error("qmoe_quantize_row: out of memory"); goto out; }
       for (long k = 0; k < (long)be * nl; k++) p->code_of[k] = -1;
       for (int i = 0; i < be; i++)
         for (int c = 0; c < (1 << p->nbits[i]); c++) {

@@ -230,7 +230,7 @@ static int cu_run(qmoe_backend *be, const qmoe_stage_call *c) {
   int rc = find_variant(im, si, c, &vi);
   if (rc) return rc;
   const qmoe_cuda_variant *v = &im->vars[vi];
-  /* Params and buffer sizes: the stage contract's checks (runtime/stage_check.c). */
+  /* Params and buffer sizes: the stage contract's checks (runtime/stages/stage_check.c). */
   size_t need[QMOE_STAGE_MAX_BUFS], have[QMOE_STAGE_MAX_BUFS] = {0};
   if ((rc = qmoe_stage_check(c, need))) return rc;
   for (int i = 0; i < si->n_inputs + si->n_outputs; i++)

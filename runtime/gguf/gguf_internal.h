@@ -1,4 +1,4 @@
-/* gguf_internal.h: what runtime/gguf.c (reader), gguf_write.c (writer) and gguf_types.c (type sizes)
+/* gguf_internal.h: what runtime/gguf/gguf.c (reader), gguf_write.c (writer) and gguf_types.c (type sizes)
  * share: the open-file structure, little-endian byte helpers and the allocation policy. */
 #ifndef QMOE_GGUF_INTERNAL_H
 #define QMOE_GGUF_INTERNAL_H
@@ -60,7 +60,7 @@ static inline void gguf_st64(uint8_t *p, uint64_t v) { gguf_st32(p, (uint32_t)v)
 void *qmoe_gguf__xrealloc(void *p, size_t n);
 char *qmoe_gguf__xstrndup(const char *s, size_t n);
 
-/* The GGUF spec's types that have no qmoe contract (runtime/gguf_types.c), for the overlap test. */
+/* The GGUF spec's types that have no qmoe contract (runtime/gguf/gguf_types.c), for the overlap test. */
 int qmoe_gguf__other_type_count(void);
 int qmoe_gguf__other_type_id(int i);
 

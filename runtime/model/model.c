@@ -260,7 +260,7 @@ int qmoe_model_check(const qmoe_gguf *f, qmoe_model_config *cfg) {
   w.layers = calloc((size_t)cfg->n_layers, sizeof *w.layers);
   if (!w.layers) {
     qmoe_set_error("out of host memory");
-    return QMOE_EINVAL;
+    return QMOE_ENOMEM;
   }
   rc = check_tensors(f, cfg, &w);
   free(w.layers);
@@ -376,7 +376,7 @@ int qmoe_model_load(const char *path, qmoe_backend *be, int64_t n_ctx, qmoe_mode
   qmoe_model *m = calloc(1, sizeof *m);
   if (!m) {
     qmoe_set_error("out of host memory");
-    return QMOE_EINVAL;
+    return QMOE_ENOMEM;
   }
   m->be = be;
   int rc = qmoe_gguf_open(path, &m->file);
@@ -389,7 +389,7 @@ int qmoe_model_load(const char *path, qmoe_backend *be, int64_t n_ctx, qmoe_mode
   m->layers = wt.layers;
   if (!m->layers) {
     qmoe_set_error("out of host memory");
-    rc = QMOE_EINVAL;
+    rc = QMOE_ENOMEM;
     goto fail;
   }
   if ((rc = check_tensors(m->file, &m->c, &wt))) goto fail;
@@ -421,7 +421,7 @@ int qmoe_model_load(const char *path, qmoe_backend *be, int64_t n_ctx, qmoe_mode
   m->trace_layers = calloc((size_t)m->c.n_layers, 1);
   if (!m->trace_host || !m->trace_layers) {
     qmoe_set_error("out of host memory");
-    rc = QMOE_EINVAL;
+    rc = QMOE_ENOMEM;
     goto fail;
   }
   for (int i = 0; i < np; i++) {

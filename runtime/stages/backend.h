@@ -35,7 +35,7 @@ typedef struct {
 /* The typed builders qmoe_call_<stage>(call, int params..., float params..., inputs..., outputs...). */
 #include "stage_calls.h"
 
-/* Checks a call against its stage contract, ignoring c->buf and c->off (runtime/stage_check.c): the stage id,
+/* Checks a call against its stage contract, ignoring c->buf and c->off (runtime/stages/stage_check.c): the stage id,
  * the accumulator, the qtype (listed by the contract and known to qmoe), every int param within [min, 2^31-1],
  * every float param finite, the contract's `requires` rules, and a qtype buffer's rows a whole number of
  * blocks. Gives the bytes each buffer needs (SIZE_MAX when that overflows), in contract order; unused slots

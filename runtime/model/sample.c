@@ -45,7 +45,7 @@ int qmoe_sample(const qmoe_sampler *s, const float *logits, int64_t n, uint64_t 
   cand *c = malloc((size_t)n * sizeof *c);
   if (!c) {
     qmoe_set_error("sample: out of host memory");
-    return QMOE_EINVAL;
+    return QMOE_ENOMEM;
   }
   double mx = logits[best], sum = 0;
   for (int64_t i = 0; i < n; i++) {

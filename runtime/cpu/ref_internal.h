@@ -1,4 +1,4 @@
-/* ref_internal.h: the CPU reference of every stage of docs/stages.md (runtime/ref_stages.c), used by the
+/* ref_internal.h: the CPU reference of every stage of docs/stages.md (runtime/cpu/ref_stages.c), used by the
  * CPU backend (backend_cpu.c) and by the tests as the independent reference of the GPU backends. */
 #ifndef QMOE_REF_INTERNAL_H
 #define QMOE_REF_INTERNAL_H

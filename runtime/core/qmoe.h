@@ -65,7 +65,7 @@ int qmoe_quantize_row(int ggml_type, const float *src, void *dst, int64_t n);
 int qmoe_quant_random_blocks(int ggml_type, uint64_t seed, void *dst, int64_t n_elements);
 /* ---- end quant formats ---------------------------------------------------------------------------- */
 
-/* ---- quantization recipes (contracts/recipes/<name>.yaml -> generated/c/recipes.c; runtime/recipe.c) -- */
+/* ---- quantization recipes (contracts/recipes/<name>.yaml -> generated/c/recipes.c; runtime/quant/recipe.c) -- */
 typedef struct qmoe_recipe qmoe_recipe;
 size_t qmoe_recipe_count(void);
 const qmoe_recipe *qmoe_recipe_at(size_t i);                     /* NULL if i >= count */
@@ -76,7 +76,7 @@ int qmoe_recipe_file_type(const qmoe_recipe *r);                 /* llama.cpp ge
  * matching rule's); NULL, error set, when no rule matches. */
 const char *qmoe_recipe_qtype(const qmoe_recipe *r, const char *name, int n_dims, int64_t n_layers);
 
-/* ==== GGUF I/O (runtime/gguf*.c; docs/gguf.md) ==================================================== */
+/* ==== GGUF I/O (runtime/gguf/*.c; docs/gguf.md) ==================================================== */
 /* Metadata value types, as numbered by the GGUF spec. */
 enum {
   QMOE_GGUF_U8 = 0, QMOE_GGUF_I8 = 1, QMOE_GGUF_U16 = 2, QMOE_GGUF_I16 = 3, QMOE_GGUF_U32 = 4,
@@ -165,7 +165,7 @@ const qmoe_gguf_tensor *qmoe_gguf_tensor_at(const qmoe_gguf *f, int64_t i);
 const qmoe_gguf_tensor *qmoe_gguf_find_tensor(const qmoe_gguf *f, const char *name);
 
 /* GGML type ids: name and block size. Contracted formats come from the generated qtype table; the others
- * (types qmoe cannot decode) from runtime/gguf_types.c. 0, or QMOE_EUNSUPPORTED for an unknown id. */
+ * (types qmoe cannot decode) from runtime/gguf/gguf_types.c. 0, or QMOE_EUNSUPPORTED for an unknown id. */
 int qmoe_gguf_type_size(int ggml_type, const char **name, int64_t *block_elements, int64_t *block_bytes);
 /* GGML type id by GGUF name ("Q4_K", case-insensitive, '_' optional); -1 if unknown. */
 int qmoe_gguf_type_by_name(const char *name);
@@ -228,7 +228,7 @@ typedef struct {
 int qmoe_hparams_read(const qmoe_gguf *f, qmoe_hparams *hp, void (*report)(void *ctx, const char *msg), void *ctx);
 /* ==== end GGUF I/O ================================================================================ */
 
-/* ==== JSON and safetensors (runtime/json.c, runtime/safetensors.c; docs/convert.md) =============== */
+/* ==== JSON and safetensors (runtime/hf/json.c, runtime/hf/safetensors.c; docs/convert.md) =============== */
 /* A strict RFC 8259 parser: no comments, trailing commas, NaN or duplicate keys; strings are validated
  * UTF-8 and decoded (\u escapes, surrogate pairs). Errors are QMOE_EFORMAT "NAME:LINE:COL: what". */
 enum { QMOE_JSON_NULL, QMOE_JSON_FALSE, QMOE_JSON_TRUE, QMOE_JSON_NUMBER, QMOE_JSON_STRING, QMOE_JSON_ARRAY,
@@ -278,7 +278,7 @@ const qmoe_st_tensor *qmoe_safetensors_find(const qmoe_safetensors *f, const cha
 const char *qmoe_safetensors_path(const qmoe_safetensors *f);
 /* ==== end JSON and safetensors ==================================================================== */
 
-/* ==== output files (runtime/output.c; docs/gguf.md "Output files") =============================== */
+/* ==== output files (runtime/core/output.c; docs/gguf.md "Output files") =============================== */
 /* Every command that writes a user's file goes through this. */
 typedef struct qmoe_out qmoe_out;
 /* Opens path for writing. Refuses (QMOE_EINVAL, message naming both) when path resolves to the same file
@@ -304,7 +304,7 @@ size_t qmoe_utf8_seq_len(const void *s, size_t n);
 int64_t qmoe_utf8_check(const void *s, size_t n);
 /* ==== end output files ============================================================================ */
 
-/* ==== tokenizer (runtime/tokenizer.c; docs/tokenizer.md) ========================================== */
+/* ==== tokenizer (runtime/model/tokenizer.c; docs/tokenizer.md) ========================================== */
 /* The byte-level BPE tokenizer stored in a GGUF file: tokenizer.ggml.model "gpt2" with the pre-tokenizer
  * "qwen2" (Qwen2/Qwen3's split regex), tokens, token_type and merges as llama.cpp's converter writes them.
  * It copies what it needs: the file may be closed after loading. */
@@ -360,8 +360,8 @@ int qmoe_tokenizer_apply_chat(const qmoe_tokenizer *t, const char *system, const
 int qmoe_tokenizer_write_synthetic(qmoe_gguf_writer *w, int64_t n_vocab, uint64_t seed);
 /* ==== end tokenizer =============================================================================== */
 
-/* ==== Qwen3-MoE model (runtime/model.c, runtime/sample.c; docs/model.md) ============================= */
-typedef struct qmoe_backend qmoe_backend; /* runtime/backend.h */
+/* ==== Qwen3-MoE model (runtime/model/model.c, runtime/model/sample.c; docs/model.md) ============================= */
+typedef struct qmoe_backend qmoe_backend; /* runtime/stages/backend.h */
 
 /* The model's dimensions, read from the GGUF's qwen3moe.* keys (never defaulted) and its tensors. */
 typedef struct {

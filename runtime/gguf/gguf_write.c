@@ -1,6 +1,6 @@
 /* gguf_write.c: the GGUF v3 writer. Metadata is encoded as it is set; tensors are declared first and their
  * bytes written (whole or streamed) in declaration order, each at an aligned offset with zeroed padding.
- * Output goes through qmoe_out (runtime/output.c): the file appears only when complete, never over an input. */
+ * Output goes through qmoe_out (runtime/core/output.c): the file appears only when complete, never over an input. */
 #include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
