@@ -376,6 +376,10 @@ local function main(argv)
       end
     end
   end
+  -- The tiny synthetic model, so the README's `qmoe run` works on a fresh machine with no download.
+  n:rule("make_model", "build/qmoe make-model --preset $preset -o $out", { description = "MAKE-MODEL $out", restat = true })
+  n:build("build/models/tiny.gguf", "make_model", {}, { implicit = { "build/qmoe" }, vars = { preset = "tiny" } })
+  all[#all + 1] = "build/models/tiny.gguf"
   n:newline()
   n:build("all", "phony", all)
   n:build("test", "tests", {}, { implicit = all })

@@ -43,6 +43,16 @@ local function load_quants(dir)
     list[#list + 1] = q
   end
   table.sort(list, function(a, b) return a.ggml_type < b.ggml_type end)
+  -- A contract's ggml_type must be the GGUF spec's type of that block size (a wrong id would misread files).
+  local spec = {}
+  for _, t in ipairs(require("ggml_types")) do spec[t[1]] = t end
+  for _, q in ipairs(list) do
+    local t = spec[q.ggml_type]
+    if t and (t[3] ~= q.block_elements or t[4] ~= q.block_bytes) then
+      error(string.format("%s: ggml_type %d is the GGUF spec's %s, %d elements in %d bytes, not %d in %d", q.__file,
+                          q.ggml_type, t[2], t[3], t[4], q.block_elements, q.block_bytes), 0)
+    end
+  end
   for i = 2, #list do
     if list[i].ggml_type == list[i - 1].ggml_type then
       error(list[i].__file .. ": ggml_type " .. list[i].ggml_type .. " is also used by " .. list[i - 1].__file, 0)
@@ -125,6 +135,10 @@ local function emit_qtypes_h(list, sources)
     "enum { QMOE_QF_U8, QMOE_QF_I8, QMOE_QF_U16, QMOE_QF_I16, QMOE_QF_F16, QMOE_QF_BF16, QMOE_QF_F32 };",
     "typedef struct { const char *name; int type; int count; int offset; } qmoe_qfield;",
     "typedef struct { int ggml_type; int nfields; const qmoe_qfield *fields; } qmoe_qlayout;",
+    "/* The GGUF spec's types that no contract lists (name as GGUF writes it, ggml's block size). */",
+    "typedef struct { int id; const char *name; int64_t block_elements, block_bytes; } qmoe_ggml_type_row;",
+    "extern const qmoe_ggml_type_row qmoe_ggml_other_types[];",
+    "extern const int qmoe_ggml_other_type_count;",
     "/* The block layout of a qtype, NULL if unknown. */",
     "const qmoe_qlayout *qmoe_qlayout_by_id(int ggml_type);", "",
     "/* ggml type ids of the contracts. */",
@@ -143,6 +157,14 @@ local function emit_qtypes_h(list, sources)
   out[#out + 1] = ""
   out[#out + 1] = "#endif"
   return table.concat(out, "\n") .. "\n"
+end
+
+-- A contract number as a C double literal that reads back as the same double.
+local function num_lit(v)
+  if math.type(v) == "integer" then return tostring(v) .. ".0" end
+  local t = string.format("%.17g", v)
+  if not t:find("[%.eEn]") then t = t .. ".0" end
+  return t
 end
 
 local function emit_qtypes_c(list, sources)
@@ -170,6 +192,21 @@ local function emit_qtypes_c(list, sources)
   end
   out[#out + 1] = "};"
   out[#out + 1] = ""
+  -- The GGUF spec's other types: those no contract lists.
+  local have = {}
+  for _, q in ipairs(list) do have[q.ggml_type] = true end
+  out[#out + 1] = "/* The GGUF spec's types no quant contract lists (codegen/lib/ggml_types.lua): read past and copied, not decoded. */"
+  out[#out + 1] = "const qmoe_ggml_type_row qmoe_ggml_other_types[] = {"
+  local nother = 0
+  for _, t in ipairs(require("ggml_types")) do
+    if not have[t[1]] then
+      out[#out + 1] = string.format("  { %d, \"%s\", %d, %d },", t[1], t[2], t[3], t[4])
+      nother = nother + 1
+    end
+  end
+  out[#out + 1] = "};"
+  out[#out + 1] = string.format("const int qmoe_ggml_other_type_count = %d;", nother)
+  out[#out + 1] = ""
   out[#out + 1] = "static const qmoe_qtype_info table[] = {"
   for _, q in ipairs(list) do
     local accs = acc_list(q)
@@ -177,9 +214,12 @@ local function emit_qtypes_c(list, sources)
     if accs.f32 then mask[#mask + 1] = "QMOE_ACC_BIT_F32" end
     if accs.f64 then mask[#mask + 1] = "QMOE_ACC_BIT_F64" end
     local p = "qmoe_" .. q.name
-    out[#out + 1] = string.format("  { \"%s\", %d, %d, %d, %s, %s_dequant_row, %s, %s, quantize_%s },", q.name, q.ggml_type,
-                                  q.block_elements, q.block_bytes, #mask > 0 and table.concat(mask, " | ") or "0", p,
-                                  accs.f32 and (p .. "_dot_f32") or "NULL", accs.f64 and (p .. "_dot_f64") or "NULL", q.name)
+    local qz = q.quantizer or {}
+    out[#out + 1] = string.format("  { \"%s\", %d, %d, %d, %s, %s_dequant_row, %s, %s, quantize_%s, \"%s\", %s, %s, %d },", q.name,
+                                  q.ggml_type, q.block_elements, q.block_bytes, #mask > 0 and table.concat(mask, " | ") or "0", p,
+                                  accs.f32 and (p .. "_dot_f32") or "NULL", accs.f64 and (p .. "_dot_f64") or "NULL", q.name,
+                                  qz.strategy or "generic", num_lit(qz.rmse_max or -1), num_lit(qz.total_error_max or 0.002),
+                                  q.file_type or -1)
   end
   out[#out + 1] = "};"
   out[#out + 1] = [[

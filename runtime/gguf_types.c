@@ -1,31 +1,17 @@
 /* gguf_types.c: names and block sizes of GGML type ids, so the GGUF reader can size every tensor.
  * Contracted formats (the ones qmoe decodes) come from the generated qtype table in generated/c — their
- * numbers are never repeated here. The table below holds only the GGUF spec's other types, which qmoe
+ * numbers are never repeated here. The generated table of the GGUF spec's other types holds the ones qmoe
  * can read past and copy but not decode; tests/unit/test_gguf_types.c checks the two never overlap. */
 #include <ctype.h>
 #include <pthread.h>
 #include <string.h>
 #include "gguf_internal.h"
+#include "qtypes.h"
 
-typedef struct {
-  int id;
-  const char *name;
-  int64_t block_elements, block_bytes;
-} gguf_type_row;
-
-/* From ggml's type traits (ggml.h ids; block_elements, sizeof(block)). Ids 4, 5, 31-33 and 36-38 were
- * removed from ggml and are unknown here too. Q8_1 is 36 bytes (two halves d, s and 32 int8). */
-static const gguf_type_row other_types[] = {
-  { 7, "Q5_1", 32, 24 },       { 9, "Q8_1", 32, 36 },
-  { 10, "Q2_K", 256, 84 },     { 11, "Q3_K", 256, 110 },    { 16, "IQ2_XXS", 256, 66 },
-  { 17, "IQ2_XS", 256, 74 },   { 18, "IQ3_XXS", 256, 98 },  { 19, "IQ1_S", 256, 50 },
-  { 20, "IQ4_NL", 32, 18 },    { 21, "IQ3_S", 256, 110 },   { 22, "IQ2_S", 256, 82 },
-  { 23, "IQ4_XS", 256, 136 },  { 24, "I8", 1, 1 },          { 25, "I16", 1, 2 },
-  { 26, "I32", 1, 4 },         { 27, "I64", 1, 8 },         { 28, "F64", 1, 8 },
-  { 29, "IQ1_M", 256, 56 },    { 34, "TQ1_0", 256, 54 },    { 35, "TQ2_0", 256, 66 },
-  { 39, "MXFP4", 32, 17 },     { 40, "NVFP4", 64, 36 },     { 41, "Q1_0", 128, 18 },
-};
-#define N_OTHER ((int)(sizeof other_types / sizeof other_types[0]))
+/* The other GGUF types come generated (generated/c/qtypes.c, from codegen/lib/ggml_types.lua less every type
+ * a contract lists), so adding a contract needs no edit here. */
+#define N_OTHER qmoe_ggml_other_type_count
+#define other_types qmoe_ggml_other_types
 
 /* Upper-case GGUF spelling of the contracted qtypes' names ("q4_k" -> "Q4_K"), built once. */
 #define MAX_TYPE_ID 64

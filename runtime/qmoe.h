@@ -38,6 +38,10 @@ typedef struct {
   qmoe_dot_f32_fn dot_f32;       /* n not a multiple of block_elements: returns NAN, sets the error */
   qmoe_dot_f64_fn dot_f64;
   qmoe_quantize_row_fn quantize_row;
+  const char *quantizer; /* contract quantizer.strategy: "generic" (derived from the decoder) or a named search */
+  double rmse_max;       /* contract quantizer.rmse_max: round-trip RMSE / RMS(x) bound on N(0,1) rows of 4096 */
+  double total_error_max; /* contract quantizer.total_error_max: llama.cpp test-quantize-fns bound */
+  int file_type;         /* contract file_type: llama.cpp general.file_type of a file in this type; -1: none */
 } qmoe_qtype_info;
 const qmoe_qtype_info *qmoe_qtype_by_id(int ggml_type);         /* NULL if unknown (error set) */
 const qmoe_qtype_info *qmoe_qtype_by_name(const char *name);    /* "q6k", "q6_k", "Q6_K"; NULL if unknown */
@@ -51,7 +55,22 @@ int64_t qmoe_qtype_row_bytes(const qmoe_qtype_info *qt, int64_t n); /* -1 if n n
 int qmoe_qtype_check_row(const qmoe_qtype_info *qt, const float *src, const void *enc, int64_t n, float *scratch);
 /* Reference quantizer (round-to-nearest-even for f32/f16/bf16; llama.cpp-like searches for k-quants). */
 int qmoe_quantize_row(int ggml_type, const float *src, void *dst, int64_t n);
+/* N_ELEMENTS (a multiple of block_elements) worth of random valid blocks of a qtype: random bits with
+ * moderate finite float fields, each block decoding to finite values not all zero; the same SEED gives the
+ * same bytes. For tests that need inputs independent of a quantizer. 0 or QMOE_E*. */
+int qmoe_quant_random_blocks(int ggml_type, uint64_t seed, void *dst, int64_t n_elements);
 /* ---- end quant formats ---------------------------------------------------------------------------- */
+
+/* ---- quantization recipes (contracts/recipes/<name>.yaml -> generated/c/recipes.c; runtime/recipe.c) -- */
+typedef struct qmoe_recipe qmoe_recipe;
+size_t qmoe_recipe_count(void);
+const qmoe_recipe *qmoe_recipe_at(size_t i);                     /* NULL if i >= count */
+const qmoe_recipe *qmoe_recipe_by_name(const char *name);        /* "q4_k_m", "Q4_K_M", "q4km"; NULL if unknown */
+const char *qmoe_recipe_name(const qmoe_recipe *r);
+int qmoe_recipe_file_type(const qmoe_recipe *r);                 /* llama.cpp general.file_type */
+/* The quant contract name the recipe gives tensor NAME of N_DIMS dims in a model of N_LAYERS layers (the first
+ * matching rule's); NULL, error set, when no rule matches. */
+const char *qmoe_recipe_qtype(const qmoe_recipe *r, const char *name, int n_dims, int64_t n_layers);
 
 /* ==== GGUF I/O (runtime/gguf*.c; docs/gguf.md) ==================================================== */
 /* Metadata value types, as numbered by the GGUF spec. */
@@ -231,6 +250,62 @@ size_t qmoe_utf8_seq_len(const void *s, size_t n);
 int64_t qmoe_utf8_check(const void *s, size_t n);
 /* ==== end output files ============================================================================ */
 
+/* ==== tokenizer (runtime/tokenizer.c; docs/tokenizer.md) ========================================== */
+/* The byte-level BPE tokenizer stored in a GGUF file: tokenizer.ggml.model "gpt2" with the pre-tokenizer
+ * "qwen2" (Qwen2/Qwen3's split regex), tokens, token_type and merges as llama.cpp's converter writes them.
+ * It copies what it needs: the file may be closed after loading. */
+typedef struct qmoe_tokenizer qmoe_tokenizer;
+/* QMOE_EFORMAT naming the file and key for a missing, mistyped or inconsistent key (unknown merge parts,
+ * duplicate or empty tokens, a byte with no token, ...); QMOE_EUNSUPPORTED for another model or pre. */
+int qmoe_tokenizer_load(const qmoe_gguf *f, qmoe_tokenizer **out);
+void qmoe_tokenizer_free(qmoe_tokenizer *t);
+int64_t qmoe_tokenizer_n_vocab(const qmoe_tokenizer *t);
+int32_t qmoe_tokenizer_eos(const qmoe_tokenizer *t);    /* tokenizer.ggml.eos_token_id, or -1 if none */
+const char *qmoe_tokenizer_path(const qmoe_tokenizer *t);  /* the file it came from (for messages) */
+/* The GGUF token type of id (1 normal, 2 unknown, 3 control, 4 user-defined, 5 unused, 6 byte); -1 if
+ * id is outside the vocabulary. */
+int qmoe_tokenizer_token_type(const qmoe_tokenizer *t, int32_t id);
+/* The id of the token whose stored string is exactly text[0..len) ("<|im_end|>"), or -1. */
+int32_t qmoe_tokenizer_find(const qmoe_tokenizer *t, const char *text, size_t len);
+/* Encodes text[0..len) (UTF-8; an invalid byte is a character of its own and round-trips). User-defined
+ * tokens (type 4) are always matched in the text; control tokens (type 3, "<|im_start|>") only when
+ * parse_special is non-zero, else they are split like any text. *ids is malloc'd (free it; never NULL on
+ * success, even for n = 0). Ids equal Hugging Face tokenizers' encode(text, add_special_tokens=False). */
+int qmoe_tokenizer_encode(const qmoe_tokenizer *t, const char *text, size_t len, int parse_special, int32_t **ids,
+                          size_t *n);
+/* The bytes of one token: the byte-level mapping undone for normal tokens (maybe part of a UTF-8
+ * sequence), the literal text for control and user-defined ones. They live as long as t. */
+int qmoe_tokenizer_token_bytes(const qmoe_tokenizer *t, int32_t id, const char **bytes, size_t *len);
+/* Decodes ids into malloc'd bytes (NUL-terminated; *len excludes the NUL). special = 0 leaves control
+ * tokens out. QMOE_EINVAL for an id outside the vocabulary. */
+int qmoe_tokenizer_decode(const qmoe_tokenizer *t, const int32_t *ids, size_t n, int special, char **text, size_t *len);
+/* Streaming decoder for generated tokens: push appends a token's bytes and returns the text that became
+ * complete (the longest prefix with no cut UTF-8 sequence at its end, not returned before); bytes that can
+ * never become valid UTF-8 are passed through, not held. The returned pointer lives until the next call.
+ * flush returns what is still held (an unfinished sequence at the end of the stream). Fields are private. */
+typedef struct qmoe_detok {
+  const qmoe_tokenizer *t;
+  char *buf;
+  size_t len, cap, done;
+} qmoe_detok;
+void qmoe_detok_init(qmoe_detok *d, const qmoe_tokenizer *t);
+int qmoe_detok_push(qmoe_detok *d, int32_t id, const char **text, size_t *len);
+void qmoe_detok_flush(qmoe_detok *d, const char **text, size_t *len);
+void qmoe_detok_free(qmoe_detok *d);
+/* Chat: when the file's tokenizer.chat_template is ChatML (contains "<|im_start|>"), *text (malloc'd) is
+ * "<|im_start|>system\n{system}<|im_end|>\n" (only when system is not NULL) followed by
+ * "<|im_start|>user\n{user}<|im_end|>\n<|im_start|>assistant\n", to encode with parse_special = 1. Any
+ * other template, none, or no <|im_start|>/<|im_end|> control tokens: QMOE_EUNSUPPORTED naming the file. */
+int qmoe_tokenizer_apply_chat(const qmoe_tokenizer *t, const char *system, const char *user, char **text);
+/* For make-model: sets the tokenizer.ggml.* keys (model gpt2, pre qwen2, tokens, token_type, merges,
+ * eos = <|im_end|>, padding = bos = <|endoftext|>, add_bos_token false) and a ChatML
+ * tokenizer.chat_template, for a synthetic byte-level BPE vocabulary of exactly n_vocab tokens: the 256
+ * byte tokens, n_vocab - 259 merged tokens (every merge's parts and result are tokens), then the control
+ * tokens <|endoftext|>, <|im_start|>, <|im_end|> (the last three ids). Deterministic for a seed.
+ * QMOE_EINVAL when n_vocab < 259. */
+int qmoe_tokenizer_write_synthetic(qmoe_gguf_writer *w, int64_t n_vocab, uint64_t seed);
+/* ==== end tokenizer =============================================================================== */
+
 /* ==== Qwen3-MoE model (runtime/model.c, runtime/sample.c; docs/model.md) ============================= */
 typedef struct qmoe_backend qmoe_backend; /* runtime/backend.h */
 
@@ -302,5 +377,6 @@ int qmoe_model_sync(qmoe_model *m);
 typedef struct { double temperature; int64_t top_k; double top_p; } qmoe_sampler;
 int qmoe_sample(const qmoe_sampler *s, const float *logits, int64_t n, uint64_t *rng, int32_t *out);
 /* ==== end Qwen3-MoE model ========================================================================= */
+
 
 #endif

@@ -1,6 +1,7 @@
 /* quant.c: the reference quantizers behind qmoe_quantize_row. Encoding only: every value is decoded by
  * the code generated from contracts/quant/<q>.yaml (qmoe_qtype_info.dequant_row), never by hand here. */
 #include <math.h>
+#include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
 #include "qmoe.h"
@@ -79,7 +80,7 @@ static int field_size(const qmoe_qfield *f) {
   }
 }
 
-/* ---- Q8_0, Q8_K: ggml's reference rules (docs: shared/reference/quant-formats.md) ---------------- */
+/* ---- Q8_0, Q8_K: ggml's reference rules (ggml-quants.c quantize_row_q8_0_ref / _q8_K_ref) ---------- */
 
 static void quantize_q8_0_block(const float *x, uint8_t *b) {
   float amax;
@@ -291,171 +292,317 @@ static void quantize_q6_k_block(const float *x, uint8_t *b) {
     }
 }
 
-/* ---- Generic quantizer for "flat" formats, learned from the generated decoder ---------------------
- * A format is flat when every bit outside its float fields belongs to exactly one element (so each element
- * stores a small code), one scalar float field multiplies the code's level and at most one other adds a
- * constant: y = d·level(code) ± m. Probing the decoder finds the bits of each element, the role of each
- * float field and each code's level; no layout is written here. q4_0, q4_1, q5_0 and q5_1 are flat; the
- * rule then is ggml's (symmetric: d = max/level_min and codes trunc(x/d − level_min + 0.5); affine:
- * d = (max − min)/(levels − 1), m = min and codes trunc((x − min)/d + 0.5)), so the output is byte-identical
- * to llama.cpp's reference quantizers for those formats. One-element formats with a single float field
- * (f32, f16, bf16) are conversions. */
+/* ---- Generic quantizer, learned from the generated decoder ----------------------------------------
+ * Probing the decoder (qt->dequant_row) finds, with no layout written here:
+ *  - which bits each element owns alone (its code) and which bits several elements share (a register: the
+ *    sub-block scales of k-quants); elements whose values the same shared bits change form a group;
+ *  - the decode as a sum over the scalar float fields F_k: y_i = Σ_k F_k·σ_k(R_g)·ℓ_k,i(c_i), with σ the
+ *    register's factor (1 without a group) and ℓ the code's level (any table, e.g. iq4_nl's). One field
+ *    (the scale) has levels that vary with the code; at most one other (the offset) has constant ones.
+ * Quantizing a block: for each group, a least-squares fit of scale (and offset) over a grid of candidate
+ * scales with each element at its nearest level; then each float field from the largest fitted value and
+ * its extreme register factor, stored (rounded) and read back; then each group's register by a search over
+ * all its values; then every code as the level nearest x given the stored scales. Where there are no
+ * registers and the levels are consecutive integers (q4_0, q4_1, q5_0, q5_1) the rule is ggml's instead,
+ * byte-identical to llama.cpp's reference quantizers: symmetric d = (signed max)/(extreme level),
+ * code = trunc(x/d − level_min + 0.5); affine d = (max − min)/(levels − 1), offset min,
+ * code = trunc((x − min)/d + 0.5). One-element formats with one float field are conversions. */
 
-#define FLAT_MAX_BITS 8
+enum { GEN_MAX_CODE_BITS = 8, GEN_MAX_REG_BITS = 16, GEN_MAX_FLOATS = 4 };
+
 typedef struct {
   const qmoe_qtype_info *qt;
   const qmoe_qlayout *lay;
-  int conversion;                  /* one float field, one element: plain conversion */
-  const qmoe_qfield *mul, *add;    /* scale field and optional offset field */
-  float add_sign;                  /* +1 or −1: the offset's weight */
-  int lmin, lmax;                  /* code levels, contiguous */
-  int *nbits;                      /* [element] bits owned */
-  int (*bitpos)[FLAT_MAX_BITS];    /* [element][k] = byte * 8 + bit */
-  int *code_of;                    /* [element * nlevels + level − lmin] = code, −1 if unreachable */
-} flat_plan;
+  int conversion;
+  int nf;                             /* scalar float fields */
+  const qmoe_qfield *fl[GEN_MAX_FLOATS];
+  int ks, km;                         /* index in fl of the scale field, of the offset field (−1: none) */
+  int *nbits;                         /* [element] code bits */
+  int (*bitpos)[GEN_MAX_CODE_BITS];   /* [element][k] = byte·8 + bit */
+  int ncode;                          /* 1 << max nbits */
+  int *group;                         /* [element] group, −1: none */
+  int ngroups, nrb;                   /* groups, register bits of each (all groups alike) */
+  int (*regpos)[GEN_MAX_REG_BITS];    /* [group][k] */
+  float *lev_s;                       /* [element·ncode + c]: ℓ_s (code c ≥ 1 << nbits: unused) */
+  float *lev_m;                       /* [element]: ℓ_m (constant in the code) */
+  float *sig_s, *sig_m;               /* [group·nreg + R]: σ_s, σ_m; nreg = 1 << nrb */
+  int ggml_flat;                      /* no registers, consecutive integer levels: ggml's rule */
+  int lmin, lmax;                     /* ggml_flat: level range */
+  int *code_of;                       /* ggml_flat: [element·nlevels + level − lmin] */
+} gen_plan;
 
-static void flat_free(flat_plan *p) {
-  free(p->nbits);
-  free(p->bitpos);
-  free(p->code_of);
-}
-
-static void set_floats(uint8_t *blk, const qmoe_qlayout *lay, const qmoe_qfield *one, float v_one, float v_rest) {
-  for (int k = 0; k < lay->nfields; k++)
-    if (is_float_field(&lay->fields[k])) put_float_field(blk, &lay->fields[k], &lay->fields[k] == one ? v_one : v_rest);
-}
-
-static int flat_unsupported(const qmoe_qtype_info *qt, const char *why) {
-  qmoe_set_error("qmoe_quantize_row: no quantizer for %s: %s (the generic quantizer handles formats where each element "
-                 "owns its own bits under one f16/f32 scale and an optional offset)", qt->name, why);
+static int gen_unsupported(const qmoe_qtype_info *qt, const char *why) {
+  qmoe_set_error("qmoe_quantize_row: the generic quantizer cannot derive a rule for %s from its decoder: %s "
+                 "(name a strategy in its contract's quantizer section, or see docs/quant.md)", qt->name, why);
   return QMOE_EUNSUPPORTED;
 }
 
-static int flat_build(flat_plan *p, const qmoe_qtype_info *qt) {
+static void gen_free(gen_plan *p) {
+  free(p->nbits);
+  free(p->bitpos);
+  free(p->group);
+  free(p->regpos);
+  free(p->lev_s);
+  free(p->lev_m);
+  free(p->sig_s);
+  free(p->sig_m);
+  free(p->code_of);
+  memset(p, 0, sizeof *p);
+}
+
+static void set_bit(uint8_t *b, int pos, int v) {
+  if (v) b[pos / 8] |= (uint8_t)(1u << (pos % 8));
+  else b[pos / 8] &= (uint8_t)~(1u << (pos % 8));
+}
+static int get_bit(const uint8_t *b, int pos) { return (b[pos / 8] >> (pos % 8)) & 1; }
+
+/* Sets every float field: field FI to V1, the others to V0 (FI −1: all V0). */
+static void gen_floats(const gen_plan *p, uint8_t *b, int fi, float v1, float v0) {
+  for (int k = 0; k < p->nf; k++) put_float_field(b, p->fl[k], k == fi ? v1 : v0);
+}
+static void gen_codes(const gen_plan *p, uint8_t *b, int c) {
+  for (int i = 0; i < p->qt->block_elements; i++)
+    for (int j = 0; j < p->nbits[i]; j++) set_bit(b, p->bitpos[i][j], (c >> j) & 1);
+}
+static void gen_regs(const gen_plan *p, uint8_t *b, int r) {
+  for (int g = 0; g < p->ngroups; g++)
+    for (int j = 0; j < p->nrb; j++) set_bit(b, p->regpos[g][j], (r >> j) & 1);
+}
+
+/* Elements whose decoded value differs between Y0 and Y (bit patterns). */
+static int changed(const float *y0, const float *y, int n, int *first) {
+  int c = 0;
+  for (int i = 0; i < n; i++)
+    if (f32_bits(y0[i]) != f32_bits(y[i])) {
+      if (!c) *first = i;
+      c++;
+    }
+  return c;
+}
+
+static int gen_build(gen_plan *p, const qmoe_qtype_info *qt) {
   memset(p, 0, sizeof *p);
   p->qt = qt;
+  p->ks = p->km = -1;
   p->lay = qmoe_qlayout_by_id(qt->ggml_type);
-  if (!p->lay) return flat_unsupported(qt, "no block layout in the qtype table");
+  if (!p->lay) return gen_unsupported(qt, "no block layout in the qtype table");
   const qmoe_qlayout *lay = p->lay;
-  int nf = 0;
-  const qmoe_qfield *fl[2] = { NULL, NULL };
   for (int k = 0; k < lay->nfields; k++) {
     if (!is_float_field(&lay->fields[k])) continue;
-    if (lay->fields[k].count != 1) return flat_unsupported(qt, "a float field is an array");
-    if (nf == 2) return flat_unsupported(qt, "more than two float fields");
-    fl[nf++] = &lay->fields[k];
+    if (lay->fields[k].count != 1) return gen_unsupported(qt, "a float field is an array");
+    if (p->nf == GEN_MAX_FLOATS) return gen_unsupported(qt, "too many float fields");
+    p->fl[p->nf++] = &lay->fields[k];
   }
-  if (nf == 1 && lay->nfields == 1 && qt->block_elements == 1) {
+  if (p->nf == 1 && lay->nfields == 1 && qt->block_elements == 1) {
     p->conversion = 1;
-    p->mul = fl[0];
     return 0;
   }
-  if (nf == 0) return flat_unsupported(qt, "no float scale field");
-  int be = qt->block_elements, bb = qt->block_bytes;
-  uint8_t *blk = calloc((size_t)bb, 1);
+  if (p->nf == 0) return gen_unsupported(qt, "no float scale field");
+  int be = qt->block_elements, bb = qt->block_bytes, rc = 0;
+  uint8_t *blk = calloc((size_t)bb, 1), *base = calloc((size_t)bb, 1);
   float *y0 = malloc(sizeof(float) * (size_t)be), *y = malloc(sizeof(float) * (size_t)be);
+  int *infl_first = malloc(sizeof(int) * (size_t)bb * 8), *infl_n = calloc((size_t)bb * 8, sizeof(int));
   p->nbits = calloc((size_t)be, sizeof *p->nbits);
   p->bitpos = calloc((size_t)be, sizeof *p->bitpos);
-  int rc = 0;
-  if (!blk || !y0 || !y || !p->nbits || !p->bitpos) { rc = QMOE_EINVAL; qmoe_set_error("qmoe_quantize_row: out of memory"); goto out; }
-  /* 1. Bit ownership, with every float field 1. */
-  set_floats(blk, lay, NULL, 0, 1.0f);
-  qt->dequant_row(blk, y0, be);
-  for (int k = 0; k < lay->nfields && rc == 0; k++) {
+  p->group = malloc(sizeof(int) * (size_t)be);
+  if (!blk || !base || !y0 || !y || !infl_first || !infl_n || !p->nbits || !p->bitpos || !p->group) {
+    rc = QMOE_EINVAL;
+    qmoe_set_error("qmoe_quantize_row: out of memory");
+    goto out;
+  }
+  /* 1. What each bit outside the float fields changes, flipped from the all-ones state (every float field
+   *    1): scales and levels are then non-zero in every format qmoe knows. */
+  for (int k = 0; k < lay->nfields; k++)
+    if (!is_float_field(&lay->fields[k])) memset(base + lay->fields[k].offset, 0xFF, (size_t)(lay->fields[k].count * field_size(&lay->fields[k])));
+  gen_floats(p, base, -1, 0, 1.0f);
+  qt->dequant_row(base, y0, be);
+  for (int i = 0; i < be; i++) p->group[i] = -1;
+  for (int k = 0; k < lay->nfields; k++) {
     const qmoe_qfield *f = &lay->fields[k];
     if (is_float_field(f)) continue;
-    int nbytes = f->count * field_size(f);
-    for (int bit = 0; bit < nbytes * 8; bit++) {
-      int pos = (f->offset * 8) + bit;
-      blk[pos / 8] ^= (uint8_t)(1u << (pos % 8));
+    for (int bit = 0; bit < f->count * field_size(f) * 8; bit++) {
+      int pos = f->offset * 8 + bit;
+      memcpy(blk, base, (size_t)bb);
+      set_bit(blk, pos, !get_bit(base, pos));
       qt->dequant_row(blk, y, be);
-      blk[pos / 8] ^= (uint8_t)(1u << (pos % 8));
-      int owner = -1, owners = 0;
-      for (int i = 0; i < be; i++)
-        if (f32_bits(y[i]) != f32_bits(y0[i])) { owner = i; owners++; }
-      if (owners > 1) { rc = flat_unsupported(qt, "a bit outside the float fields changes several elements"); break; }
-      if (owners == 1) {
-        if (p->nbits[owner] == FLAT_MAX_BITS) { rc = flat_unsupported(qt, "an element owns more than 8 bits"); break; }
+      infl_n[pos] = changed(y0, y, be, &infl_first[pos]);
+      if (infl_n[pos] == 1) {
+        int owner = infl_first[pos];
+        if (p->nbits[owner] == GEN_MAX_CODE_BITS) { rc = gen_unsupported(qt, "an element owns more than 8 bits"); goto out; }
         p->bitpos[owner][p->nbits[owner]++] = pos;
       }
     }
   }
-  if (rc) goto out;
-  for (int i = 0; i < be; i++)
-    if (p->nbits[i] == 0) { rc = flat_unsupported(qt, "an element owns no bits"); goto out; }
-  /* 2. Roles of the float fields: the multiplier's contribution changes with the code. */
-  for (int k = 0; k < nf; k++) {
-    memset(blk, 0, (size_t)bb);
-    set_floats(blk, lay, fl[k], 1.0f, 0.0f);
-    qt->dequant_row(blk, y0, be);
-    for (int j = 0; j < p->nbits[0]; j++) blk[p->bitpos[0][j] / 8] |= (uint8_t)(1u << (p->bitpos[0][j] % 8));
+  int maxbits = 0;
+  for (int i = 0; i < be; i++) {
+    if (p->nbits[i] == 0) { rc = gen_unsupported(qt, "an element owns no bits"); goto out; }
+    if (p->nbits[i] > maxbits) maxbits = p->nbits[i];
+  }
+  p->ncode = 1 << maxbits;
+  /* 2. Shared bits: those changing the same set of elements form one group's register. */
+  for (int pos = 0; pos < bb * 8; pos++) {
+    if (infl_n[pos] < 2) continue;
+    memcpy(blk, base, (size_t)bb);
+    set_bit(blk, pos, !get_bit(base, pos));
     qt->dequant_row(blk, y, be);
-    if (y[0] != y0[0]) {
-      if (p->mul) { rc = flat_unsupported(qt, "two float fields both scale the codes"); goto out; }
-      p->mul = fl[k];
+    int g = p->group[infl_first[pos]];
+    if (g < 0) { /* a new group: its elements must not belong to another one */
+      g = p->ngroups;
+      for (int i = 0; i < be; i++)
+        if (f32_bits(y0[i]) != f32_bits(y[i])) {
+          if (p->group[i] >= 0) { rc = gen_unsupported(qt, "an element depends on two groups of shared bits"); goto out; }
+          p->group[i] = g;
+        }
+      p->ngroups++;
+      int (*rp)[GEN_MAX_REG_BITS] = realloc(p->regpos, sizeof *rp * (size_t)p->ngroups);
+      if (!rp) { rc = QMOE_EINVAL; qmoe_set_error("qmoe_quantize_row: out of memory"); goto out; }
+      p->regpos = rp;
+    }
+    for (int i = 0; i < be; i++)
+      if ((f32_bits(y0[i]) != f32_bits(y[i])) != (p->group[i] == g)) { rc = gen_unsupported(qt, "shared bits change overlapping sets of elements"); goto out; }
+    int nb = 0; /* this group's bits before POS */
+    for (int q = 0; q < pos; q++) if (infl_n[q] >= 2 && p->group[infl_first[q]] == g) nb++;
+    if (nb >= GEN_MAX_REG_BITS) { rc = gen_unsupported(qt, "a group has more than 16 shared bits"); goto out; }
+    p->regpos[g][nb] = pos;
+    if (g == 0) p->nrb = nb + 1;
+    else if (nb + 1 > p->nrb) { rc = gen_unsupported(qt, "groups have different numbers of shared bits"); goto out; }
+  }
+  for (int g = 1; g < p->ngroups; g++) { /* every group as many register bits as group 0 */
+    int nb = 0;
+    for (int q = 0; q < bb * 8; q++) if (infl_n[q] >= 2 && p->group[infl_first[q]] == g) nb++;
+    if (nb != p->nrb) { rc = gen_unsupported(qt, "groups have different numbers of shared bits"); goto out; }
+  }
+  int nreg = 1 << p->nrb, rref = nreg - 1;
+  /* 3. Levels ℓ_k,i(c) of each float field alone (registers all ones), and which field is the scale. */
+  float *lev = malloc(sizeof(float) * (size_t)p->nf * (size_t)be * (size_t)p->ncode);
+  if (!lev) { rc = QMOE_EINVAL; qmoe_set_error("qmoe_quantize_row: out of memory"); goto out; }
+  for (int k = 0; k < p->nf; k++) {
+    memcpy(blk, base, (size_t)bb);
+    gen_floats(p, blk, k, 1.0f, 0.0f);
+    for (int c = 0; c < p->ncode; c++) {
+      gen_codes(p, blk, c);
+      qt->dequant_row(blk, y, be);
+      for (int i = 0; i < be; i++) lev[((size_t)k * be + i) * p->ncode + c] = y[i];
+    }
+    int varies = 0;
+    for (int i = 0; i < be && !varies; i++)
+      for (int c = 1; c < (1 << p->nbits[i]); c++)
+        if (lev[((size_t)k * be + i) * p->ncode + c] != lev[((size_t)k * be + i) * p->ncode]) { varies = 1; break; }
+    if (varies) {
+      if (p->ks >= 0) { free(lev); rc = gen_unsupported(qt, "two float fields both scale the codes"); goto out; }
+      p->ks = k;
     } else {
-      if (y0[0] != 1.0f && y0[0] != -1.0f) { rc = flat_unsupported(qt, "the offset field has a weight other than ±1"); goto out; }
-      p->add = fl[k];
-      p->add_sign = y0[0];
+      if (p->km >= 0) { free(lev); rc = gen_unsupported(qt, "more than one offset field"); goto out; }
+      p->km = k;
     }
   }
-  if (!p->mul) { rc = flat_unsupported(qt, "no float field scales the codes"); goto out; }
-  /* 3. Levels of every code of every element (scale 1, offset 0). */
-  p->lmin = 1 << 30;
-  p->lmax = -(1 << 30);
-  memset(blk, 0, (size_t)bb);
-  set_floats(blk, lay, p->mul, 1.0f, 0.0f);
-  for (int pass = 0; pass < 2 && rc == 0; pass++) {
-    int nl = p->lmax - p->lmin + 1;
-    if (pass == 1) {
-      p->code_of = malloc(sizeof(int) * (size_t)be * (size_t)nl);
-      if (!p->code_of) { rc = QMOE_EINVAL; qmoe_set_error("qmoe_quantize_row: out of memory"); break; }
-      for (long k = 0; k < (long)be * nl; k++) p->code_of[k] = -1;
-    }
-    for (int i = 0; i < be && rc == 0; i++) {
-      for (int c = 0; c < (1 << p->nbits[i]); c++) {
-        uint8_t save[FLAT_MAX_BITS];
-        for (int j = 0; j < p->nbits[i]; j++) {
-          int pos = p->bitpos[i][j];
-          save[j] = blk[pos / 8];
-          if ((c >> j) & 1) blk[pos / 8] |= (uint8_t)(1u << (pos % 8));
-        }
-        qt->dequant_row(blk, y, be);
-        for (int j = p->nbits[i] - 1; j >= 0; j--) blk[p->bitpos[i][j] / 8] = save[j];
-        float v = y[i];
-        if (!(v == floorf(v)) || fabsf(v) > 4096) { rc = flat_unsupported(qt, "a code's level is not a small integer"); break; }
-        int lv = (int)v;
-        if (pass == 0) {
-          if (lv < p->lmin) p->lmin = lv;
-          if (lv > p->lmax) p->lmax = lv;
-        } else if (p->code_of[(long)i * nl + lv - p->lmin] < 0) {
-          p->code_of[(long)i * nl + lv - p->lmin] = c;
-        }
+  if (p->ks < 0) { free(lev); rc = gen_unsupported(qt, "no float field scales the codes"); goto out; }
+  p->lev_s = malloc(sizeof(float) * (size_t)be * (size_t)p->ncode);
+  p->lev_m = calloc((size_t)be, sizeof(float));
+  if (!p->lev_s || !p->lev_m) { free(lev); rc = QMOE_EINVAL; qmoe_set_error("qmoe_quantize_row: out of memory"); goto out; }
+  memcpy(p->lev_s, lev + (size_t)p->ks * be * p->ncode, sizeof(float) * (size_t)be * (size_t)p->ncode);
+  if (p->km >= 0)
+    for (int i = 0; i < be; i++) p->lev_m[i] = lev[((size_t)p->km * be + i) * p->ncode];
+  free(lev);
+  /* The decode must be the sum of the fields' terms: check both fields at once. */
+  if (p->km >= 0) {
+    memcpy(blk, base, (size_t)bb);
+    gen_floats(p, blk, -1, 0, 1.0f);
+    gen_codes(p, blk, 1);
+    qt->dequant_row(blk, y, be);
+    for (int i = 0; i < be; i++)
+      if (y[i] != p->lev_s[(size_t)i * p->ncode + 1] + p->lev_m[i]) { rc = gen_unsupported(qt, "the decode is not a sum of one term per float field"); goto out; }
+  }
+  /* 4. Register factors σ_k(R) = term(R) / term(all ones), with the code whose scale level is largest. */
+  int cref = 0;
+  for (int c = 0; c < (1 << p->nbits[0]); c++)
+    if (fabsf(p->lev_s[c]) > fabsf(p->lev_s[cref])) cref = c;
+  p->sig_s = malloc(sizeof(float) * (size_t)(p->ngroups ? p->ngroups : 1) * (size_t)nreg);
+  p->sig_m = malloc(sizeof(float) * (size_t)(p->ngroups ? p->ngroups : 1) * (size_t)nreg);
+  if (!p->sig_s || !p->sig_m) { rc = QMOE_EINVAL; qmoe_set_error("qmoe_quantize_row: out of memory"); goto out; }
+  for (int g = 0; g < (p->ngroups ? p->ngroups : 1) * nreg; g++) p->sig_s[g] = p->sig_m[g] = 1.0f;
+  for (int t = 0; t < 2 && p->ngroups; t++) {
+    int k = t == 0 ? p->ks : p->km;
+    if (k < 0) continue;
+    float *sig = t == 0 ? p->sig_s : p->sig_m;
+    memcpy(blk, base, (size_t)bb);
+    gen_floats(p, blk, k, 1.0f, 0.0f);
+    gen_codes(p, blk, cref);
+    for (int r = 0; r < nreg; r++) {
+      gen_regs(p, blk, r);
+      qt->dequant_row(blk, y, be);
+      for (int i = 0; i < be; i++) {
+        if (p->group[i] < 0) { rc = gen_unsupported(qt, "some elements have shared bits and some do not"); goto out; }
+        float ref = t == 0 ? p->lev_s[(size_t)i * p->ncode + (cref & ((1 << p->nbits[i]) - 1))] : p->lev_m[i];
+        if (ref == 0) { rc = gen_unsupported(qt, "a level is zero where the register is all ones"); goto out; }
+        float v = y[i] / ref;
+        float *slot = &sig[(size_t)p->group[i] * nreg + r];
+        if (r == rref && v != 1.0f) { rc = gen_unsupported(qt, "the register factor is not separable from the code's level"); goto out; }
+        *slot = v; /* every element of the group gives the same factor: checked on the codes below */
       }
     }
   }
-  if (rc == 0) {
-    int nl = p->lmax - p->lmin + 1;
-    for (long k = 0; k < (long)be * nl; k++)
-      if (p->code_of[k] < 0) { rc = flat_unsupported(qt, "the levels of an element are not contiguous"); break; }
+  /* Separability spot check: term(R, c) = σ(R)·ℓ(c) for a spread of registers and codes. */
+  for (int r = 0; r < nreg && p->ngroups; r += nreg > 16 ? nreg / 16 + 1 : 1) {
+    for (int c = 0; c < p->ncode; c += p->ncode > 8 ? p->ncode / 8 + 1 : 1) {
+      memcpy(blk, base, (size_t)bb);
+      gen_floats(p, blk, p->ks, 1.0f, 0.0f);
+      gen_codes(p, blk, c);
+      gen_regs(p, blk, r);
+      qt->dequant_row(blk, y, be);
+      for (int i = 0; i < be; i++) {
+        int ci = c & ((1 << p->nbits[i]) - 1);
+        float want = p->sig_s[(size_t)p->group[i] * nreg + r] * p->lev_s[(size_t)i * p->ncode + ci];
+        if (fabsf(y[i] - want) > 1e-6f * (fabsf(want) + 1)) { rc = gen_unsupported(qt, "the decode is not register factor × code level"); goto out; }
+      }
+    }
+  }
+  /* 5. ggml's rule applies where there are no registers and every element's levels are consecutive ints. */
+  if (p->ngroups == 0) {
+    int ok = 1;
+    p->lmin = 1 << 30;
+    p->lmax = -(1 << 30);
+    for (int i = 0; i < be && ok; i++)
+      for (int c = 0; c < (1 << p->nbits[i]); c++) {
+        float v = p->lev_s[(size_t)i * p->ncode + c];
+        if (!(v == floorf(v)) || fabsf(v) > 4096) { ok = 0; break; }
+        if ((int)v < p->lmin) p->lmin = (int)v;
+        if ((int)v > p->lmax) p->lmax = (int)v;
+      }
+    if (ok && p->km >= 0)
+      for (int i = 0; i < be; i++) if (p->lev_m[i] != 1.0f && p->lev_m[i] != -1.0f) ok = 0;
+    int nl = ok ? p->lmax - p->lmin + 1 : 0;
+    if (ok) {
+      p->code_of = malloc(sizeof(int) * (size_t)be * (size_t)nl);
+      if (!p->code_of) { rc = QMOE_EINVAL; qmoe_set_error("qmoe_quantize_row: out of memory"); goto out; }
+      for (long k = 0; k < (long)be * nl; k++) p->code_of[k] = -1;
+      for (int i = 0; i < be; i++)
+        for (int c = 0; c < (1 << p->nbits[i]); c++) {
+          int lv = (int)p->lev_s[(size_t)i * p->ncode + c];
+          if (p->code_of[(long)i * nl + lv - p->lmin] < 0) p->code_of[(long)i * nl + lv - p->lmin] = c;
+        }
+      for (long k = 0; k < (long)be * nl; k++)
+        if (p->code_of[k] < 0) { ok = 0; break; }
+    }
+    p->ggml_flat = ok;
   }
 out:
   free(blk);
+  free(base);
   free(y0);
   free(y);
-  if (rc) flat_free(p);
+  free(infl_first);
+  free(infl_n);
+  if (rc) gen_free(p);
   return rc;
 }
 
-static void flat_block(const flat_plan *p, const float *x, uint8_t *b) {
+/* ggml's rule for registerless formats with consecutive integer levels. */
+static void ggml_flat_block(const gen_plan *p, const float *x, uint8_t *b) {
   int be = p->qt->block_elements, nl = p->lmax - p->lmin + 1;
-  memset(b, 0, (size_t)p->qt->block_bytes);
-  if (p->conversion) {
-    put_float_field(b, p->mul, x[0]);
-    return;
-  }
+  const qmoe_qfield *mul = p->fl[p->ks], *add = p->km >= 0 ? p->fl[p->km] : NULL;
   float d, base, id;
-  if (!p->add) {
+  if (!add) {
     /* Symmetric: the largest |x| maps to the level of largest magnitude (ggml's q4_0/q5_0 rule). */
     float amax, max = signed_absmax(x, be, &amax);
     int lext = -p->lmin > p->lmax ? p->lmin : p->lmax;
@@ -463,7 +610,7 @@ static void flat_block(const flat_plan *p, const float *x, uint8_t *b) {
     if (-p->lmin == p->lmax) d = amax / (float)p->lmax;
     id = d != 0 ? 1.0f / d : 0.0f;
     base = 0;
-    put_float_field(b, p->mul, d);
+    put_float_field(b, mul, d);
   } else {
     /* Affine: min maps to the lowest level (ggml's q4_1/q5_1 rule). */
     float lo = x[0], hi = x[0];
@@ -474,21 +621,270 @@ static void flat_block(const flat_plan *p, const float *x, uint8_t *b) {
     d = (hi - lo) / (float)(nl - 1);
     id = d != 0 ? 1.0f / d : 0.0f;
     base = lo;
-    put_float_field(b, p->mul, d);
-    put_float_field(b, p->add, (lo - d * (float)p->lmin) * p->add_sign);
+    put_float_field(b, mul, d);
+    put_float_field(b, add, (lo - d * (float)p->lmin) * p->lev_m[0]);
   }
   for (int i = 0; i < be; i++) {
     /* k = trunc(t + 0.5) with t >= −0.5: round half up, computed in f32 as ggml does. */
-    float t = p->add ? (x[i] - base) * id : x[i] * id + (float)(-p->lmin);
+    float t = add ? (x[i] - base) * id : x[i] * id + (float)(-p->lmin);
     int k = (int)(t + 0.5f);
     k = k < 0 ? 0 : k > nl - 1 ? nl - 1 : k;
     int c = p->code_of[(long)i * nl + k];
     for (int j = 0; j < p->nbits[i]; j++)
-      if ((c >> j) & 1) b[p->bitpos[i][j] / 8] |= (uint8_t)(1u << (p->bitpos[i][j] % 8));
+      if ((c >> j) & 1) set_bit(b, p->bitpos[i][j], 1);
   }
 }
 
+/* The code of element I whose value a·ℓ(c) + m is nearest X. */
+static int nearest_code(const gen_plan *p, int i, float a, float m, float x) {
+  const float *l = p->lev_s + (size_t)i * p->ncode;
+  int best = 0;
+  float be = INFINITY;
+  for (int c = 0; c < (1 << p->nbits[i]); c++) {
+    float e = fabsf(a * l[c] + m - x);
+    if (e < be) { be = e; best = c; }
+  }
+  return best;
+}
+
+/* Least-squares fit of x[e] ≈ a·ℓ_e(c_e) + m·ℓm_e over the elements EL[0..n) (m only when OFFSET), codes at
+ * the nearest level, over a grid of candidate scales around the extreme ones. Returns the squared error. */
+static double fit_group(const gen_plan *p, const int *el, int n, const float *x, int offset, float *a_out, float *m_out) {
+  float lo = INFINITY, hi = -INFINITY, xlo = INFINITY, xhi = -INFINITY, amax = 0, xext = 0;
+  const float *l0 = p->lev_s + (size_t)el[0] * p->ncode;
+  for (int c = 0; c < (1 << p->nbits[el[0]]); c++) {
+    if (l0[c] < lo) lo = l0[c];
+    if (l0[c] > hi) hi = l0[c];
+  }
+  for (int e = 0; e < n; e++) {
+    float v = x[el[e]];
+    if (v < xlo) xlo = v;
+    if (v > xhi) xhi = v;
+    if (fabsf(v) > amax) { amax = fabsf(v); xext = v; }
+  }
+  *a_out = 0;
+  *m_out = 0;
+  double best = INFINITY;
+  if (amax == 0) return 0;
+  float span = hi - lo, step = span / (float)((1 << p->nbits[el[0]]) - 1);
+  for (int side = 0; side < 2; side++)
+    for (int k = -8; k <= 8; k++) {
+      float a, m = 0;
+      if (offset) { /* xlo maps to the lowest level, xhi near the highest */
+        float den = span + 0.1f * (float)k * step;
+        if (den <= 0 || xhi == xlo) continue;
+        a = (xhi - xlo) / den;
+        m = (xlo - a * lo) / p->lev_m[el[0]];
+        if (side) continue;
+      } else {
+        float lext = side ? lo : hi;
+        float den = lext + 0.1f * (float)k * step * (lext < 0 ? -1.0f : 1.0f);
+        if (den == 0) continue;
+        a = xext / den;
+      }
+      /* codes at this candidate, then the least-squares a (and m) for them */
+      double sl2 = 0, sxl = 0, sm2 = 0, slm = 0, sxm = 0;
+      for (int e = 0; e < n; e++) {
+        int i = el[e];
+        float lm = p->lev_m[i];
+        float l = p->lev_s[(size_t)i * p->ncode + nearest_code(p, i, a, m * lm, x[i])];
+        sl2 += (double)l * l, sxl += (double)x[i] * l;
+        sm2 += (double)lm * lm, slm += (double)l * lm, sxm += (double)x[i] * lm;
+      }
+      double fa, fm = 0;
+      if (offset) {
+        double D = sl2 * sm2 - slm * slm;
+        if (D <= 0) continue;
+        fa = (sxl * sm2 - sxm * slm) / D;
+        fm = (sl2 * sxm - slm * sxl) / D;
+      } else {
+        if (sl2 <= 0) continue;
+        fa = sxl / sl2;
+      }
+      double err = 0;
+      for (int e = 0; e < n; e++) {
+        int i = el[e];
+        float mm = (float)fm * p->lev_m[i];
+        float v = (float)fa * p->lev_s[(size_t)i * p->ncode + nearest_code(p, i, (float)fa, mm, x[i])] + mm;
+        err += ((double)v - x[i]) * ((double)v - x[i]);
+      }
+      if (err < best) {
+        best = err;
+        *a_out = (float)fa;
+        *m_out = (float)fm;
+      }
+    }
+  return best;
+}
+
+/* Stores float field F as V and returns the value the decoder reads back. */
+static float store_float(uint8_t *b, const qmoe_qfield *f, float v) {
+  put_float_field(b, f, v);
+  const uint8_t *q = b + f->offset;
+  if (f->type == QMOE_QF_F16) return f16_to_f32((uint16_t)(q[0] | q[1] << 8));
+  if (f->type == QMOE_QF_BF16) { uint32_t u = (uint32_t)(q[0] | q[1] << 8) << 16; float r; memcpy(&r, &u, 4); return r; }
+  return v;
+}
+
+/* The float field value that maps the largest target T_EXT onto the register factor of largest magnitude. */
+static float super_value(const float *sig, int nreg, float t_ext) {
+  float vext = 0;
+  for (int r = 0; r < nreg; r++)
+    if (fabsf(sig[r]) > fabsf(vext) || (fabsf(sig[r]) == fabsf(vext) && sig[r] > vext)) vext = sig[r];
+  return vext != 0 ? t_ext / vext : 0;
+}
+
+static void gen_block(const gen_plan *p, const float *x, uint8_t *b) {
+  int be = p->qt->block_elements;
+  memset(b, 0, (size_t)p->qt->block_bytes);
+  if (p->conversion) {
+    put_float_field(b, p->fl[0], x[0]);
+    return;
+  }
+  if (p->ggml_flat) {
+    ggml_flat_block(p, x, b);
+    return;
+  }
+  int ng = p->ngroups ? p->ngroups : 1, nreg = 1 << p->nrb, offset = p->km >= 0;
+  int el[1024];
+  float a[1024], m[1024], wa[1024], wm[1024];
+  for (int g = 0; g < ng; g++) { /* 1. per group: real-valued scale and offset */
+    int n = 0;
+    for (int i = 0; i < be; i++) if (p->ngroups == 0 || p->group[i] == g) el[n++] = i;
+    fit_group(p, el, n, x, offset, &a[g], &m[g]);
+    double sl2 = 0;
+    for (int e = 0; e < n; e++) { /* Σ over the elements of their mean square level: the weight of a scale error */
+      const float *l = p->lev_s + (size_t)el[e] * p->ncode;
+      for (int c = 0; c < (1 << p->nbits[el[e]]); c++) sl2 += (double)l[c] * l[c] / (1 << p->nbits[el[e]]);
+    }
+    wa[g] = (float)sl2;
+    wm[g] = (float)n;
+  }
+  /* 2. float fields from the extreme targets; 3. each group's register by search */
+  float ta = 0, tm = 0;
+  for (int g = 0; g < ng; g++) {
+    if (fabsf(a[g]) > fabsf(ta)) ta = a[g];
+    if (fabsf(m[g]) > fabsf(tm)) tm = m[g];
+  }
+  float fs = store_float(b, p->fl[p->ks], p->ngroups ? super_value(p->sig_s, nreg, ta) : ta);
+  float fm = offset ? store_float(b, p->fl[p->km], p->ngroups ? super_value(p->sig_m, nreg, tm) : tm) : 0;
+  int reg[1024];
+  for (int g = 0; g < p->ngroups; g++) {
+    const float *ss = p->sig_s + (size_t)g * nreg, *sm = p->sig_m + (size_t)g * nreg;
+    double best = INFINITY;
+    reg[g] = 0;
+    for (int r = 0; r < nreg; r++) {
+      double da = (double)fs * ss[r] - a[g], dm = offset ? (double)fm * sm[r] - m[g] : 0;
+      double e = wa[g] * da * da + wm[g] * dm * dm;
+      if (e < best) { best = e; reg[g] = r; }
+    }
+    for (int j = 0; j < p->nrb; j++) set_bit(b, p->regpos[g][j], (reg[g] >> j) & 1);
+  }
+  /* 4. codes against the stored values, as the decoder evaluates them (the register factors are exact). */
+  for (int i = 0; i < be; i++) {
+    int g = p->group[i];
+    float sa = p->ngroups ? fs * p->sig_s[(size_t)g * nreg + reg[g]] : fs;
+    float sm = offset ? (p->ngroups ? fm * p->sig_m[(size_t)g * nreg + reg[g]] : fm) * p->lev_m[i] : 0;
+    int c = nearest_code(p, i, sa, sm, x[i]);
+    for (int j = 0; j < p->nbits[i]; j++) set_bit(b, p->bitpos[i][j], (c >> j) & 1);
+  }
+}
+
+/* Plans are built once per qtype (probing takes thousands of decodes) and kept for the process. */
+static pthread_mutex_t plan_lock = PTHREAD_MUTEX_INITIALIZER;
+static struct { const qmoe_qtype_info *qt; gen_plan plan; } plan_cache[64];
+static int plan_count;
+
+static int gen_plan_for(const qmoe_qtype_info *qt, const gen_plan **out) {
+  pthread_mutex_lock(&plan_lock);
+  for (int k = 0; k < plan_count; k++)
+    if (plan_cache[k].qt == qt) {
+      *out = &plan_cache[k].plan;
+      pthread_mutex_unlock(&plan_lock);
+      return 0;
+    }
+  int rc = 0;
+  if (plan_count == (int)(sizeof plan_cache / sizeof plan_cache[0])) {
+    qmoe_set_error("qmoe_quantize_row: too many qtypes");
+    rc = QMOE_EINVAL;
+  } else if (qt->block_elements > 1024) {
+    rc = gen_unsupported(qt, "blocks of more than 1024 elements");
+  } else if ((rc = gen_build(&plan_cache[plan_count].plan, qt)) == 0) {
+    plan_cache[plan_count].qt = qt;
+    *out = &plan_cache[plan_count++].plan;
+  }
+  pthread_mutex_unlock(&plan_lock);
+  return rc;
+}
+
+/* ---- Random valid blocks --------------------------------------------------------------------------- */
+
+static uint64_t splitmix(uint64_t *s) {
+  uint64_t z = (*s += 0x9E3779B97F4A7C15ull);
+  z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+  z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+  return z ^ (z >> 31);
+}
+
+int qmoe_quant_random_blocks(int ggml_type, uint64_t seed, void *dst, int64_t n_elements) {
+  const qmoe_qtype_info *qt = qmoe_qtype_by_id(ggml_type);
+  if (!qt) return QMOE_EUNSUPPORTED;
+  const qmoe_qlayout *lay = qmoe_qlayout_by_id(ggml_type);
+  if (!dst || n_elements < 0 || n_elements % qt->block_elements != 0 || !lay || qt->block_elements > 4096) {
+    qmoe_set_error("qmoe_quant_random_blocks(%s): n = %lld must be a non-negative multiple of %d and dst non-NULL",
+                   qt->name, (long long)n_elements, qt->block_elements);
+    return QMOE_EINVAL;
+  }
+  float y[4096];
+  uint64_t s = seed;
+  for (int64_t k = 0; k < n_elements / qt->block_elements; k++) {
+    uint8_t *b = (uint8_t *)dst + k * qt->block_bytes;
+    int ok = 0;
+    for (int attempt = 0; attempt < 1000 && !ok; attempt++) {
+      for (int i = 0; i < qt->block_bytes; i++) b[i] = (uint8_t)splitmix(&s);
+      for (int f = 0; f < lay->nfields; f++) {
+        if (!is_float_field(&lay->fields[f])) continue;
+        for (int e = 0; e < lay->fields[f].count; e++) {
+          /* moderate: |v| in [2^-8, 1) for scales, [2^-4, 4) for plain values, either sign */
+          uint64_t r = splitmix(&s);
+          float v = ldexpf(1.0f + (float)(r & 0xFFFF) / 65536.0f, (int)((r >> 16) % 6) - (qt->block_elements == 1 ? 4 : 9));
+          if ((r >> 32) & 1) v = -v;
+          qmoe_qfield one = lay->fields[f];
+          one.offset += e * field_size(&one);
+          put_float_field(b, &one, v);
+        }
+      }
+      qt->dequant_row(b, y, qt->block_elements);
+      int finite = 1, nonzero = 0;
+      for (int i = 0; i < qt->block_elements; i++) {
+        if (!isfinite(y[i])) finite = 0;
+        if (y[i] != 0) nonzero = 1;
+      }
+      ok = finite && nonzero;
+    }
+    if (!ok) {
+      qmoe_set_error("qmoe_quant_random_blocks(%s): no random block decoded to finite values, not all zero", qt->name);
+      return QMOE_EUNSUPPORTED;
+    }
+  }
+  return 0;
+}
+
 /* ---- Entry point ---------------------------------------------------------------------------------- */
+
+typedef void (*block_fn)(const float *x, uint8_t *b);
+static void q4_k_block(const float *x, uint8_t *b) { quantize_q45_k_block(x, b, 15); }
+static void q5_k_block(const float *x, uint8_t *b) { quantize_q45_k_block(x, b, 31); }
+
+/* Named strategies a contract's quantizer.strategy may choose instead of "generic" (docs/quant.md). Each
+ * encodes blocks of the layout of the format it is named after; test_quant checks every contract's name. */
+static const struct { const char *name; int block_elements, block_bytes; block_fn fn; } STRATEGIES[] = {
+  { "ggml_q8_0", 32, 34, quantize_q8_0_block },
+  { "ggml_q8_k", 256, 292, quantize_q8_k_block },
+  { "kquant_q4_k", 256, 144, q4_k_block },
+  { "kquant_q5_k", 256, 176, q5_k_block },
+  { "kquant_q6_k", 256, 210, quantize_q6_k_block },
+};
 
 int qmoe_quantize_row(int ggml_type, const float *src, void *dst, int64_t n) {
   const qmoe_qtype_info *qt = qmoe_qtype_by_id(ggml_type);
@@ -508,29 +904,25 @@ int qmoe_quantize_row(int ggml_type, const float *src, void *dst, int64_t n) {
         return QMOE_EINVAL;
       }
   }
-  switch (ggml_type) {
-  case QMOE_GGML_Q8_0:
-    for (int64_t k = 0; k < nb; k++) quantize_q8_0_block(src + k * be, out + k * bb);
-    return 0;
-  case QMOE_GGML_Q8_K:
-    for (int64_t k = 0; k < nb; k++) quantize_q8_k_block(src + k * be, out + k * bb);
-    return 0;
-  case QMOE_GGML_Q4_K:
-    for (int64_t k = 0; k < nb; k++) quantize_q45_k_block(src + k * be, out + k * bb, 15);
-    return 0;
-  case QMOE_GGML_Q5_K:
-    for (int64_t k = 0; k < nb; k++) quantize_q45_k_block(src + k * be, out + k * bb, 31);
-    return 0;
-  case QMOE_GGML_Q6_K:
-    for (int64_t k = 0; k < nb; k++) quantize_q6_k_block(src + k * be, out + k * bb);
-    return 0;
-  default: {
-    flat_plan p;
-    int rc = flat_build(&p, qt);
-    if (rc) return rc;
-    for (int64_t k = 0; k < nb; k++) flat_block(&p, src + k * be, out + k * bb);
-    flat_free(&p);
-    return 0;
+  const char *strategy = qt->quantizer ? qt->quantizer : "generic";
+  if (strcmp(strategy, "generic") != 0) {
+    for (size_t k = 0; k < sizeof STRATEGIES / sizeof STRATEGIES[0]; k++) {
+      if (strcmp(STRATEGIES[k].name, strategy) != 0) continue;
+      if (STRATEGIES[k].block_elements != be || STRATEGIES[k].block_bytes != bb) {
+        qmoe_set_error("qmoe_quantize_row(%s): strategy %s encodes %d-element blocks of %d bytes, not %d of %d", qt->name,
+                       strategy, STRATEGIES[k].block_elements, STRATEGIES[k].block_bytes, be, bb);
+        return QMOE_EINVAL;
+      }
+      for (int64_t k2 = 0; k2 < nb; k2++) STRATEGIES[k].fn(src + k2 * be, out + k2 * bb);
+      return 0;
+    }
+    qmoe_set_error("qmoe_quantize_row(%s): unknown quantizer strategy '%s' (contracts/quant/%s.yaml)", qt->name, strategy,
+                   qt->name);
+    return QMOE_EUNSUPPORTED;
   }
-  }
+  const gen_plan *p;
+  int rc = gen_plan_for(qt, &p);
+  if (rc) return rc;
+  for (int64_t k = 0; k < nb; k++) gen_block(p, src + k * be, out + k * bb);
+  return 0;
 }

@@ -17,10 +17,11 @@ if [ -n "$missing" ]; then
 else
   echo "install-deps: Debian packages already present"
 fi
-# Python: llama.cpp's own GGUF reader (gguf-py) is the independent reference the tests compare with.
+# Python: llama.cpp's own GGUF reader (gguf-py) and Hugging Face's tokenizers are the independent
+# references the tests compare with.
 PY=${PYTHON:-python3}
-if ! $PY -c 'import gguf, numpy' 2>/dev/null; then
-  $PY -m pip install -q --disable-pip-version-check "gguf==0.19.0" "numpy>=1.24" ||
-    $PY -m pip install -q --disable-pip-version-check --break-system-packages "gguf==0.19.0" "numpy>=1.24"
+if ! $PY -c 'import gguf, numpy, tokenizers' 2>/dev/null; then
+  $PY -m pip install -q --disable-pip-version-check "gguf==0.19.0" "numpy>=1.24" "tokenizers==0.23.3" ||
+    $PY -m pip install -q --disable-pip-version-check --break-system-packages "gguf==0.19.0" "numpy>=1.24" "tokenizers==0.23.3"
 fi
 echo "install-deps: done"

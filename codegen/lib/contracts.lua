@@ -3,7 +3,7 @@
 local util = require("util")
 local M = {}
 
-local KINDS = { "quant", "stages", "models" }
+local KINDS = { "quant", "stages", "models", "recipes" }
 
 -- load_all(dir) -> { quant = {list, by_name}, stages = {...}, models = {...}, files = {...} }
 function M.load_all(dir)

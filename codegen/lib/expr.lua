@@ -52,7 +52,7 @@ end
 local OPS3 = {}
 local OPS2 = { ["||"] = true, ["&&"] = true, ["=="] = true, ["!="] = true, ["<="] = true, [">="] = true,
                ["<<"] = true, [">>"] = true }
-local OPS1 = "?:|^&<>+-*/%~!()[]"
+local OPS1 = "?:|^&<>+-*/%~!()[]{},"
 
 local function lex(src)
   local toks, pos, n = {}, 1, #src
@@ -120,6 +120,7 @@ local LEVEL_OF = {}
 for lv, ops in ipairs(LEVELS) do for _, op in ipairs(ops) do LEVEL_OF[op] = lv end end
 
 local ParseError = {}
+local TABLE_MAX = 256
 
 local function parse_tokens(toks)
   local p = 1
@@ -158,7 +159,35 @@ local function parse_tokens(toks)
       expect(")")
       return e
     end
-    fail("expected a number, a name or '(' but found " .. describe(t), t.col)
+    if t.t == "op" and t.v == "{" then
+      -- Table literal: {c0, c1, ...}[index], constants only (an optional '-' before each), always indexed.
+      p = p + 1
+      local items, fl = {}, false
+      repeat
+        local neg = false
+        local it = peek()
+        if it.t == "op" and it.v == "-" then neg = true p = p + 1 it = peek() end
+        if it.t ~= "int" and it.t ~= "float" then fail("a table holds number constants; found " .. describe(it), it.col) end
+        p = p + 1
+        local v = neg and -it.v or it.v
+        if it.t == "float" then fl = true end
+        if #items == TABLE_MAX then fail("a table holds at most " .. TABLE_MAX .. " numbers", it.col) end
+        items[#items + 1] = v
+        local sep = peek()
+        if sep.t == "op" and sep.v == "," then p = p + 1 elseif not (sep.t == "op" and sep.v == "}") then
+          fail("expected ',' or '}' but found " .. describe(sep), sep.col)
+        end
+      until peek().t == "op" and peek().v == "}"
+      p = p + 1
+      local ob = peek()
+      if not (ob.t == "op" and ob.v == "[") then fail("a table literal must be indexed: {...}[index]", ob.col) end
+      p = p + 1
+      local idx = parse_expr()
+      expect("]")
+      if fl then for k, v in ipairs(items) do items[k] = f32(v + 0.0) end end
+      return { k = "table", items = items, fl = fl, idx = idx, col = t.col }
+    end
+    fail("expected a number, a name, '(' or '{' but found " .. describe(t), t.col)
   end
 
   local function parse_postfix()
@@ -272,6 +301,10 @@ local function typecheck(node, env)
             start_col(node.idx))
     end
     node.ty, node.pure, node.bind = b.ty, false, b
+  elseif k == "table" then
+    typecheck(node.idx, env)
+    if node.idx.ty ~= "int" then cfail("index of a table must be int, not float", start_col(node.idx)) end
+    node.ty, node.pure = node.fl and "float" or "int", node.idx.pure
   elseif k == "call" then
     if node.fn ~= "float" and node.fn ~= "int" then
       cfail("unknown function '" .. node.fn .. "' (only float(x) and int(x) exist)", node.col)
@@ -349,6 +382,24 @@ function eval(node, ctx)
     end
     return ctx.read(node.bind.field, idx, node)
   end
+  if k == "table" then
+    local n = #node.items
+    local idx = eval(node.idx, ctx)
+    if idx == nil then
+      -- Data-dependent index (a code read from the block): prove its range instead.
+      local lo, hi = M.range_of(node.idx, ctx)
+      if lo < 0 or hi > n - 1 then
+        efail(string.format("index of the %d-entry table may be outside 0..%d: it can range over %s..%s", n, n - 1,
+                            lo == INT_MIN and "-2^31" or tostring(lo), hi == INT_MAX and "2^31-1" or tostring(hi)),
+              start_col(node.idx))
+      end
+      return nil
+    end
+    if idx < 0 or idx >= n then
+      efail(string.format("index %d of a %d-entry table is out of range 0..%d", idx, n, n - 1), start_col(node.idx))
+    end
+    return node.items[idx + 1]
+  end
   if k == "call" then
     local a = eval(node.a, ctx)
     if a == nil then return nil end
@@ -376,6 +427,17 @@ function eval(node, ctx)
       return nil
     end
     local v = eval(c ~= 0 and node.a or node.b, ctx)
+    if ctx.both_arms then
+      -- Checking: GPU kernels evaluate both arms (branch-free selects), so the arm not taken must be in
+      -- bounds and free of errors too.
+      local ok, err = pcall(eval, c ~= 0 and node.b or node.a, ctx)
+      if not ok then
+        if getmetatable(err) == EvalError then
+          efail(err.msg .. " (in the arm of '?:' not taken here; GPU kernels evaluate both arms)", err.col)
+        end
+        error(err, 0)
+      end
+    end
     if v ~= nil and node.ty == "float" then v = tofloat(v) end
     return v
   end
@@ -425,6 +487,106 @@ function eval(node, ctx)
     return a >> b | ((a < 0) and ~(-1 >> b) or 0) -- arithmetic shift, as C compilers do for int
   end
   error("expr: unknown operator " .. op)
+end
+
+-- ---------------------------------------------------------------------------------------------------
+-- Ranges of int expressions over all block data (interval arithmetic), to prove a data-dependent table
+-- index in bounds. ctx.vals holds known values (i, lets of i), ctx.ranges {lo, hi} of data-dependent int
+-- lets. Conservative: any doubt widens to the whole int range.
+
+local FIELD_RANGE = { u8 = { 0, 255 }, i8 = { -128, 127 }, u16 = { 0, 65535 }, i16 = { -32768, 32767 } }
+
+local function clamp_range(lo, hi)
+  if lo < INT_MIN or hi > INT_MAX then return INT_MIN, INT_MAX end
+  return lo, hi
+end
+
+local function bits_cover(v) -- smallest 2^k - 1 >= v (v >= 0)
+  local m = 0
+  while m < v do m = m * 2 + 1 end
+  return m
+end
+
+function M.range_of(node, ctx)
+  local k = node.k
+  if node.ty == "float" then return INT_MIN, INT_MAX end
+  if k == "int" then return node.v, node.v end
+  if k == "name" then
+    local b = node.bind
+    if b.kind == "field" then local r = FIELD_RANGE[b.field.type] return r[1], r[2] end
+    local v = ctx.vals[node.name]
+    if v ~= nil then return v, v end
+    local r = ctx.ranges and ctx.ranges[node.name]
+    if r then return r[1], r[2] end
+    return INT_MIN, INT_MAX
+  end
+  if k == "index" then local r = FIELD_RANGE[node.bind.field.type] return r[1], r[2] end
+  if k == "table" then
+    local lo, hi = math.huge, -math.huge
+    for _, v in ipairs(node.items) do lo, hi = math.min(lo, v), math.max(hi, v) end
+    return lo, hi
+  end
+  if k == "call" then
+    if node.a.ty == "int" then return M.range_of(node.a, ctx) end
+    return INT_MIN, INT_MAX
+  end
+  if k == "un" then
+    if node.op == "!" then return 0, 1 end
+    local lo, hi = M.range_of(node.a, ctx)
+    if node.op == "-" then return clamp_range(-hi, -lo) end
+    return ~hi, ~lo
+  end
+  if k == "cond" then
+    local alo, ahi = M.range_of(node.a, ctx)
+    local blo, bhi = M.range_of(node.b, ctx)
+    return math.min(alo, blo), math.max(ahi, bhi)
+  end
+  local op = node.op
+  if CMP[op] or op == "&&" or op == "||" then return 0, 1 end
+  local alo, ahi = M.range_of(node.a, ctx)
+  local blo, bhi = M.range_of(node.b, ctx)
+  if op == "+" then return clamp_range(alo + blo, ahi + bhi) end
+  if op == "-" then return clamp_range(alo - bhi, ahi - blo) end
+  if op == "*" or op == "/" then
+    if op == "/" and blo <= 0 and bhi >= 0 then return INT_MIN, INT_MAX end
+    local c = {}
+    for _, x in ipairs({ alo, ahi }) do
+      for _, y in ipairs({ blo, bhi }) do
+        if op == "*" then c[#c + 1] = x * y
+        else local q = x // y if q < 0 and q * y ~= x then q = q + 1 end c[#c + 1] = q end
+      end
+    end
+    return clamp_range(math.min(c[1], c[2], c[3], c[4]), math.max(c[1], c[2], c[3], c[4]))
+  end
+  if op == "%" then
+    if blo <= 0 and bhi >= 0 then return INT_MIN, INT_MAX end
+    local m = math.max(math.abs(blo), math.abs(bhi)) - 1
+    if alo >= 0 then return 0, math.min(ahi, m) end
+    if ahi <= 0 then return math.max(alo, -m), 0 end
+    return -m, m
+  end
+  if op == "&" then
+    if alo >= 0 and blo >= 0 then return 0, math.min(ahi, bhi) end
+    if alo >= 0 then return 0, ahi end
+    if blo >= 0 then return 0, bhi end
+    return INT_MIN, INT_MAX
+  end
+  if op == "|" or op == "^" then
+    if alo >= 0 and blo >= 0 then return 0, bits_cover(math.max(ahi, bhi)) end
+    return INT_MIN, INT_MAX
+  end
+  if op == "<<" then
+    if alo >= 0 and blo >= 0 and bhi <= 31 then return clamp_range(alo << blo, ahi << bhi) end
+    return INT_MIN, INT_MAX
+  end
+  if op == ">>" then
+    if blo >= 0 and bhi <= 31 then
+      local function sh(x, n) return x // (1 << n) end -- arithmetic shift
+      return math.min(sh(alo, blo), sh(alo, bhi)), math.max(sh(ahi, blo), sh(ahi, bhi))
+    end
+    return INT_MIN, INT_MAX
+  end
+  return INT_MIN, INT_MAX
 end
 
 -- ---------------------------------------------------------------------------------------------------
@@ -577,7 +739,7 @@ function M.check_quant(q)
   where_of[prog.value] = "decode.value"
   local reported = {}
   for i = 0, q.block_elements - 1 do
-    local ctx = { vals = { i = i }, read = unknown_read }
+    local ctx = { vals = { i = i }, ranges = {}, read = unknown_read, both_arms = true }
     local items = {}
     for _, l in ipairs(prog.lets) do items[#items + 1] = { l.ast, l.path, l.name } end
     items[#items + 1] = { prog.value, "decode.value" }
@@ -593,6 +755,7 @@ function M.check_quant(q)
         if it[3] then
           if v ~= nil and it[1].ty == "float" then v = tofloat(v) end
           ctx.vals[it[3]] = v
+          if v == nil and it[1].ty == "int" then ctx.ranges[it[3]] = { M.range_of(it[1], ctx) } end
         end
       end
     end
@@ -740,6 +903,7 @@ M.dialects.c = {
   truth = function(x) return x end,          -- int expression -> condition
   from_bool = function(x) return x end,      -- comparison/logical -> int
   decl_int = "const int", decl_float = "const float",
+  table_decl = function(name, ty, n, items) return string.format("static const %s %s[%d] = { %s };", ty, name, n, items) end,
 }
 
 -- CUDA: C's loads (the prelude is valid CUDA with __device__ added) and round-to-nearest intrinsics,
@@ -765,6 +929,9 @@ M.dialects.cuda = {
   truth = function(x) return x end,
   from_bool = function(x) return x end,
   decl_int = "const int", decl_float = "const float",
+  table_decl = function(name, ty, n, items)
+    return string.format("static __device__ const %s %s[%d] = { %s };", ty, name, n, items)
+  end,
 }
 
 -- GLSL: the block lives in a uint[] buffer (dialect.buffer, default "qw") at byte offset `base`.
@@ -811,6 +978,7 @@ int qmoe_q_u16(uint o) { return qmoe_q_u8(o) | (qmoe_q_u8(o + 1u) << 8); }
     from_bool = function(x) return "int" .. x end,
     -- `precise` keeps each float operation feeding the variable exact: no contraction, no reordering.
     decl_int = "int", decl_float = "precise float",
+    table_decl = function(name, ty, n, items) return string.format("const %s %s[%d] = %s[%d](%s);", ty, name, n, ty, n, items) end,
     -- decode_block in GLSL writes into a caller array; GLSL has no pointers.
     no_block_fn = true,
   }
@@ -818,6 +986,7 @@ end
 M.dialects.glsl = M.glsl_dialect("qw")
 
 local function paren(s) return "(" .. s .. ")" end
+local TABLES = {} -- key in emit_node's vars: the table literals met so far ({prefix, decls, by_key})
 
 -- Emits NODE as text in dialect D. vars: name -> emitted local name.
 -- raw_bool: the caller wants a condition; comparisons and logical operators return it unconverted.
@@ -851,6 +1020,19 @@ local function emit_node(node, D, vars, raw_bool)
     elseif size == 1 then off = (f.offset == 0) and idx or (f.offset .. " + " .. idx)
     else off = (f.offset == 0 and "" or (f.offset .. " + ")) .. size .. " * " .. paren(idx) end
     s = D.load(f.type, off)
+  elseif k == "table" then
+    -- One constant array per distinct table, declared by emit() before the functions (D.table_decl).
+    local reg = vars[TABLES]
+    local items = {}
+    for _, v in ipairs(node.items) do items[#items + 1] = node.fl and D.float_lit(v) or tostring(v) end
+    local key = node.ty .. ":" .. table.concat(items, ",")
+    local name = reg.by_key[key]
+    if not name then
+      name = reg.prefix .. "_tab" .. (#reg.decls + 1)
+      reg.by_key[key] = name
+      reg.decls[#reg.decls + 1] = D.table_decl(name, node.ty == "float" and D.float_t or D.int_t, #items, table.concat(items, ", "))
+    end
+    s = name .. "[" .. emit_node(node.idx, D, vars) .. "]"
   elseif k == "call" then
     if node.fn == "float" then s = as_float(node.a)
     elseif node.a.ty == "int" then s = emit_node(node.a, D, vars)
@@ -905,7 +1087,7 @@ function M.emit(q, D, prefix)
   if type(D) == "string" then D = assert(M.dialects[D], "unknown dialect " .. D) end
   local prog = M.compile(q)
   prefix = prefix or ("qmoe_" .. q.name)
-  local vars = { i = "i" }
+  local vars = { i = "i", [TABLES] = { prefix = prefix, decls = {}, by_key = {} } }
   local lines = {}
   local head = (D.fn_prefix ~= "" and (D.fn_prefix .. " ") or "")
   lines[#lines + 1] = string.format("%sfloat %s_decode(%s%s, int i) {", head, prefix, D.block_type, D.block_param)
@@ -945,7 +1127,65 @@ function M.emit(q, D, prefix)
     lines[#lines + 1] = string.format("  for (int i = 0; i < %d; i++) y[i] = t[i];", q.block_elements)
     lines[#lines + 1] = "}"
   end
+  local decls = vars[TABLES].decls
+  if #decls > 0 then return table.concat(decls, "\n") .. "\n" .. table.concat(lines, "\n") .. "\n" end
   return table.concat(lines, "\n") .. "\n"
+end
+
+-- ---------------------------------------------------------------------------------------------------
+-- Recipe rules (contracts/recipes): `when` conditions over the layer index i and the layer count n.
+
+local RULE_NAMES = { "i", "n" }
+local RULE_N_MAX = 256 -- conditions are evaluated for every n in 1..RULE_N_MAX and i in 0..n-1
+
+-- compile_rule(src) -> ast | nil, msg, col: a checked int condition over i and n.
+function M.compile_rule(src)
+  local ast, msg, col = M.parse(src)
+  if not ast then return nil, msg, col end
+  local env = {}
+  for _, nm in ipairs(RULE_NAMES) do env[nm] = { kind = "let", ty = "int", pure = true } end
+  local ok, err = pcall(typecheck, ast, env)
+  if not ok then
+    if getmetatable(err) ~= CheckError then error(err, 0) end
+    local hint = err.msg:find("^unknown name") and "; a condition knows i (the layer) and n (the layer count)" or ""
+    return nil, err.msg .. hint, err.col
+  end
+  if ast.ty ~= "int" then return nil, "a condition must be int (a comparison), not float", 1 end
+  for n = 1, RULE_N_MAX do
+    for i = 0, n - 1 do
+      local eok, e = pcall(eval, ast, { vals = { i = i, n = n }, both_arms = true })
+      if not eok then
+        if getmetatable(e) ~= EvalError then error(e, 0) end
+        return nil, string.format("%s at i = %d, n = %d", e.msg, i, n), e.col
+      end
+    end
+  end
+  return ast
+end
+
+-- eval_rule(ast, i, n) -> int: the condition's value (the reference the generated C is tested against).
+function M.eval_rule(ast, i, n) return eval(ast, { vals = { i = i, n = n } }) end
+
+-- emit_rule(ast, dialect, vars) -> text of the condition as an expression of D (vars: name -> C name).
+function M.emit_rule(ast, D, vars)
+  if type(D) == "string" then D = assert(M.dialects[D], "unknown dialect " .. D) end
+  local v = { [TABLES] = { prefix = "qmoe_rule", decls = {}, by_key = {} } }
+  for k, x in pairs(vars) do v[k] = x end
+  local text = emit_node(ast, D, v)
+  if #v[TABLES].decls > 0 then error("recipe conditions cannot use table literals", 0) end
+  return text
+end
+
+-- check_recipe(r) -> {{path, col, msg}...}: every rule's `when` parses, checks and evaluates without error.
+function M.check_recipe(r)
+  local errs = {}
+  for k, rule in ipairs(type(r.rules) == "table" and r.rules or {}) do
+    if type(rule) == "table" and rule.when ~= nil then
+      local ast, msg, col = M.compile_rule(rule.when)
+      if not ast then errs[#errs + 1] = { path = "rules[" .. k .. "].when", col = col, msg = msg } end
+    end
+  end
+  return errs
 end
 
 function M.prelude(D)

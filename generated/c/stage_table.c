@@ -4,7 +4,7 @@
 #include <string.h>
 #include "stage_table.h"
 
-static const int matvec_qtypes[] = { 0 /* f32 */, 1 /* f16 */, 2 /* q4_0 */, 3 /* q4_1 */, 6 /* q5_0 */, 8 /* q8_0 */, 12 /* q4_k */, 13 /* q5_k */, 14 /* q6_k */, 15 /* q8_k */, 30 /* bf16 */ };
+static const int matvec_qtypes[] = { 0 /* f32 */, 1 /* f16 */, 2 /* q4_0 */, 3 /* q4_1 */, 6 /* q5_0 */, 8 /* q8_0 */, 10 /* q2_k */, 12 /* q4_k */, 13 /* q5_k */, 14 /* q6_k */, 15 /* q8_k */, 20 /* iq4_nl */, 30 /* bf16 */ };
 static const qmoe_acc matvec_accs[] = { QMOE_ACC_F32, QMOE_ACC_F64 };
 static const char *const matvec_params[] = { "rows", "cols" };
 static const qmoe_stage_dim matvec_dims0[] = { { 0, 0 } /* rows */, { 1, 0 } /* cols */ };
@@ -17,7 +17,7 @@ static const qmoe_stage_buf matvec_bufs[] = {
   { "y", QMOE_DTYPE_F32, 1, 1, matvec_dims2, NULL },
 };
 
-static const int moe_gate_up_swiglu_qtypes[] = { 0 /* f32 */, 1 /* f16 */, 2 /* q4_0 */, 3 /* q4_1 */, 6 /* q5_0 */, 8 /* q8_0 */, 12 /* q4_k */, 13 /* q5_k */, 14 /* q6_k */, 15 /* q8_k */, 30 /* bf16 */ };
+static const int moe_gate_up_swiglu_qtypes[] = { 0 /* f32 */, 1 /* f16 */, 2 /* q4_0 */, 3 /* q4_1 */, 6 /* q5_0 */, 8 /* q8_0 */, 10 /* q2_k */, 12 /* q4_k */, 13 /* q5_k */, 14 /* q6_k */, 15 /* q8_k */, 20 /* iq4_nl */, 30 /* bf16 */ };
 static const qmoe_acc moe_gate_up_swiglu_accs[] = { QMOE_ACC_F32, QMOE_ACC_F64 };
 static const char *const moe_gate_up_swiglu_params[] = { "H", "F", "E", "K" };
 static const qmoe_stage_dim moe_gate_up_swiglu_dims0[] = { { 2, 0 } /* E */, { 1, 0 } /* F */, { 0, 0 } /* H */ };
@@ -34,7 +34,7 @@ static const qmoe_stage_buf moe_gate_up_swiglu_bufs[] = {
   { "h", QMOE_DTYPE_F32, 1, 2, moe_gate_up_swiglu_dims4, NULL },
 };
 
-static const int moe_down_qtypes[] = { 0 /* f32 */, 1 /* f16 */, 2 /* q4_0 */, 3 /* q4_1 */, 6 /* q5_0 */, 8 /* q8_0 */, 12 /* q4_k */, 13 /* q5_k */, 14 /* q6_k */, 15 /* q8_k */, 30 /* bf16 */ };
+static const int moe_down_qtypes[] = { 0 /* f32 */, 1 /* f16 */, 2 /* q4_0 */, 3 /* q4_1 */, 6 /* q5_0 */, 8 /* q8_0 */, 10 /* q2_k */, 12 /* q4_k */, 13 /* q5_k */, 14 /* q6_k */, 15 /* q8_k */, 20 /* iq4_nl */, 30 /* bf16 */ };
 static const qmoe_acc moe_down_accs[] = { QMOE_ACC_F32, QMOE_ACC_F64 };
 static const char *const moe_down_params[] = { "H", "F", "E", "K" };
 static const qmoe_stage_dim moe_down_dims0[] = { { 2, 0 } /* E */, { 0, 0 } /* H */, { 1, 0 } /* F */ };
@@ -150,9 +150,9 @@ static const qmoe_stage_buf argmax_bufs[] = {
 };
 
 static const qmoe_stage_info stages[QMOE_STAGE_TABLE_COUNT > 0 ? QMOE_STAGE_TABLE_COUNT : 1] = {
-  { "matvec", "mul_mat_vec", (qmoe_stage)0, "contracts/stages/matvec.yaml", 1, 1, 11, matvec_qtypes, 2, matvec_accs, 2, matvec_params, 0, NULL, 2, 1, matvec_buf_names, matvec_bufs },
-  { "moe_gate_up_swiglu", "ffn_moe_swiglu", (qmoe_stage)1, "contracts/stages/moe_gate_up_swiglu.yaml", 1, 1, 11, moe_gate_up_swiglu_qtypes, 2, moe_gate_up_swiglu_accs, 4, moe_gate_up_swiglu_params, 0, NULL, 4, 1, moe_gate_up_swiglu_buf_names, moe_gate_up_swiglu_bufs },
-  { "moe_down", "ffn_moe_down", (qmoe_stage)2, "contracts/stages/moe_down.yaml", 1, 1, 11, moe_down_qtypes, 2, moe_down_accs, 4, moe_down_params, 0, NULL, 4, 1, moe_down_buf_names, moe_down_bufs },
+  { "matvec", "mul_mat_vec", (qmoe_stage)0, "contracts/stages/matvec.yaml", 1, 1, 13, matvec_qtypes, 2, matvec_accs, 2, matvec_params, 0, NULL, 2, 1, matvec_buf_names, matvec_bufs },
+  { "moe_gate_up_swiglu", "ffn_moe_swiglu", (qmoe_stage)1, "contracts/stages/moe_gate_up_swiglu.yaml", 1, 1, 13, moe_gate_up_swiglu_qtypes, 2, moe_gate_up_swiglu_accs, 4, moe_gate_up_swiglu_params, 0, NULL, 4, 1, moe_gate_up_swiglu_buf_names, moe_gate_up_swiglu_bufs },
+  { "moe_down", "ffn_moe_down", (qmoe_stage)2, "contracts/stages/moe_down.yaml", 1, 1, 13, moe_down_qtypes, 2, moe_down_accs, 4, moe_down_params, 0, NULL, 4, 1, moe_down_buf_names, moe_down_bufs },
   { "router_topk", "ffn_moe_topk", (qmoe_stage)3, "contracts/stages/router_topk.yaml", 0, 1, 0, NULL, 2, router_topk_accs, 3, router_topk_params, 0, NULL, 2, 2, router_topk_buf_names, router_topk_bufs },
   { "rmsnorm", "norm", (qmoe_stage)4, "contracts/stages/rmsnorm.yaml", 0, 1, 0, NULL, 2, rmsnorm_accs, 1, rmsnorm_params, 1, rmsnorm_fparams, 2, 1, rmsnorm_buf_names, rmsnorm_bufs },
   { "qk_norm", "qk_norm", (qmoe_stage)5, "contracts/stages/qk_norm.yaml", 0, 1, 0, NULL, 2, qk_norm_accs, 2, qk_norm_params, 1, qk_norm_fparams, 2, 1, qk_norm_buf_names, qk_norm_bufs },

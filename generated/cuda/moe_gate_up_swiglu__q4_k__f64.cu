@@ -113,7 +113,7 @@ static __device__ __forceinline__ float qmoe_q4_k_decode(const uint8_t *b, int i
   const int v_j = (i / 32);
   const int v_c = (i / 64);
   const int v_hi = ((i / 32) % 2);
-  const int v_sc = qmoe_sel((v_j < 4), ((int)b[4 + v_j] & 63), (((int)b[4 + (v_j + 4)] & 15) | (((int)b[4 + (v_j - 4)] >> 6) << 4)));
+  const int v_sc = qmoe_sel((v_j < 4), ((int)b[4 + v_j] & 63), (((int)b[4 + (v_j + 4)] & 15) | (((int)b[4 + (v_j & 3)] >> 6) << 4)));
   const int v_m = qmoe_sel((v_j < 4), ((int)b[4 + (v_j + 4)] & 63), (((int)b[4 + (v_j + 4)] >> 4) | (((int)b[4 + v_j] >> 6) << 4)));
   const int v_q = (((int)b[16 + ((32 * v_c) + (i % 32))] >> (4 * v_hi)) & 15);
   const float r = __fsub_rn(__fmul_rn(__fmul_rn(f_d, (float)v_sc), (float)v_q), __fmul_rn(f_dmin, (float)v_m));

@@ -10,7 +10,7 @@
 
 /* ---- Running the validator ------------------------------------------------------------------------ */
 
-typedef enum { PV_KIND_NONE = 0, PV_KIND_QUANT, PV_KIND_STAGE, PV_KIND_MODEL } pv_kind;
+typedef enum { PV_KIND_NONE = 0, PV_KIND_QUANT, PV_KIND_STAGE, PV_KIND_MODEL, PV_KIND_RECIPE } pv_kind;
 
 typedef struct {
   const char *refs; /* contract root loaded for references only; NULL = the roots of the given paths */
@@ -60,7 +60,7 @@ typedef struct { const qy_node *node; pv_str name, type; pv_int count, offset; }
 typedef struct { const qy_node *node; pv_str name, expr; } pv_quant_let;
 typedef struct { const qy_node *node; pv_list let; pv_str value; } pv_quant_decode;
 typedef struct { const qy_node *node; pv_str bytes; pv_list values; pv_str source; } pv_quant_vector;
-typedef struct { const qy_node *node; pv_num rmse_max; } pv_quant_quantizer;
+typedef struct { const qy_node *node; pv_str strategy; pv_num rmse_max, total_error_max; pv_str source; } pv_quant_quantizer;
 typedef struct {
   const qy_node *node;
   pv_str name;
@@ -72,6 +72,7 @@ typedef struct {
   pv_quant_decode decode;
   pv_list test_vectors;  /* pv_quant_vector (values: pv_num) */
   pv_quant_quantizer quantizer;
+  pv_int file_type;
   pv_list aliases;       /* pv_str */
 } pv_quant;
 
@@ -89,6 +90,16 @@ typedef struct {
   pv_list falsifiers;       /* pv_str */
   pv_int order;
 } pv_stage;
+
+/* contracts/recipes/<name>.yaml */
+typedef struct { const qy_node *node; pv_list tensors; pv_int dims; pv_str when, qtype, doc; } pv_recipe_rule;
+typedef struct {
+  const qy_node *node;
+  pv_str name, description;
+  pv_int file_type;
+  pv_str source;
+  pv_list rules; /* pv_recipe_rule (tensors: pv_str) */
+} pv_recipe;
 
 /* contracts/models/<id>.yaml */
 typedef struct { const qy_node *node; pv_str id, version, status, title, description; pv_list references; } pv_model_meta;
@@ -161,7 +172,7 @@ struct pv_record {
   size_t nkeys;
 };
 
-extern const pv_record pv_quant_record, pv_stage_record, pv_model_record;
+extern const pv_record pv_quant_record, pv_stage_record, pv_model_record, pv_recipe_record;
 /* The key tables as Markdown (`pv schema`; docs/contracts.md holds a copy a test keeps current). */
 void pv_print_schema(FILE *out);
 
@@ -196,7 +207,7 @@ typedef struct {
   pv_pos *poison;
   size_t npoison;
   int loaded;      /* the record below was filled (the file parsed to a mapping) */
-  union { pv_quant quant; pv_stage stage; pv_model model; } rec;
+  union { pv_quant quant; pv_stage stage; pv_model model; pv_recipe recipe; } rec;
 } pv_file;
 
 typedef struct {
@@ -211,6 +222,7 @@ typedef struct {
 typedef struct pv_lua pv_lua;
 pv_lua *pv_lua_open(void);
 void pv_lua_check_quant(pv_lua *lua, pv_set *set, pv_file *f);
+void pv_lua_check_recipe(pv_lua *lua, pv_set *set, pv_file *f); /* rules[].when conditions */
 void pv_lua_close(pv_lua *lua);
 
 /* Checks within one file that need more than one key (pv_check.c). */

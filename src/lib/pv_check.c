@@ -394,9 +394,25 @@ static void check_model(pv_set *set, pv_file *f) {
   check_history(set, f, m);
 }
 
+/* ---- Recipe --------------------------------------------------------------------------------------- */
+
+static void check_recipe(pv_set *set, pv_file *f) {
+  const pv_recipe *r = &f->rec.recipe;
+  check_stem(set, f, &r->name, "recipe name");
+  const pv_recipe_rule *rs = r->rules.items;
+  for (size_t i = 0; i < r->rules.n; i++) {
+    const pv_str *ts = rs[i].tensors.items;
+    for (size_t j = 0; j < rs[i].tensors.n; j++)
+      if (ts[j].node && rs[i].when.node && strncmp(ts[j].s, "blk.", 4) != 0)
+        ERR(ts[j].node, "E241", "rules[%zu]: '%s' is not a layer tensor pattern (blk.*...), but the rule has a `when` "
+            "over the layer; split the rule", i + 1, ts[j].s);
+  }
+}
+
 void pv_check_file(pv_set *set, pv_file *f) {
   if (!f->loaded) return;
   switch (f->kind) {
+  case PV_KIND_RECIPE: check_recipe(set, f); break;
   case PV_KIND_QUANT: check_quant(set, f); break;
   case PV_KIND_STAGE: check_stage(set, f); break;
   case PV_KIND_MODEL: check_model(set, f); break;
@@ -580,7 +596,11 @@ static void check_stage_falsifier(pv_set *set, pv_file *f, const pv_stage *s, co
 }
 
 static void check_refs(pv_set *set, def_table *t, pv_file *f, size_t *budget) {
-  if (f->kind == PV_KIND_STAGE) {
+  if (f->kind == PV_KIND_RECIPE) {
+    const pv_recipe_rule *rs = f->rec.recipe.rules.items;
+    for (size_t i = 0; i < f->rec.recipe.rules.n; i++)
+      if (rs[i].qtype.node) check_ref(set, t, f, NS_QUANT, &rs[i].qtype, "qtype", budget);
+  } else if (f->kind == PV_KIND_STAGE) {
     const pv_stage *s = &f->rec.stage;
     const pv_str *qt = s->qtypes.list.items;
     for (size_t i = 0; i < s->qtypes.list.n; i++) check_ref(set, t, f, NS_QUANT, &qt[i], "qtype", budget);

@@ -12,6 +12,7 @@ struct pv_lua {
   int state;      /* 0: expr loaded; 1: module absent (checks skipped); 2: module failed to load */
   char *load_err; /* state 2: why */
   int ref;        /* registry reference to expr.check_quant */
+  int ref_recipe; /* registry reference to expr.check_recipe */
 };
 
 pv_lua *pv_lua_open(void) {
@@ -40,6 +41,13 @@ pv_lua *pv_lua_open(void) {
     return p;
   }
   p->ref = luaL_ref(L, LUA_REGISTRYINDEX);
+  if (lua_getfield(L, -1, "check_recipe") != LUA_TFUNCTION) {
+    p->state = 2;
+    p->load_err = xstrdup("the module has no function check_recipe");
+    lua_settop(L, 0);
+    return p;
+  }
+  p->ref_recipe = luaL_ref(L, LUA_REGISTRYINDEX);
   lua_settop(L, 0);
   return p;
 }
@@ -140,7 +148,12 @@ static void add_expr_diag(pv_set *set, pv_file *f, const char *path, int ecol, c
            msg, where);
 }
 
-void pv_lua_check_quant(pv_lua *p, pv_set *set, pv_file *f) {
+static void run_check(pv_lua *p, pv_set *set, pv_file *f, int ref);
+void pv_lua_check_quant(pv_lua *p, pv_set *set, pv_file *f) { run_check(p, set, f, p->ref); }
+void pv_lua_check_recipe(pv_lua *p, pv_set *set, pv_file *f) { run_check(p, set, f, p->ref_recipe); }
+
+/* Calls the checker REF on the file's tree and reports each {path, col, msg, code} it returns. */
+static void run_check(pv_lua *p, pv_set *set, pv_file *f, int ref) {
   if (p->state == 1) return;
   if (p->state == 2) {
     diag_add(set->diag, DIAG_ERROR, f->path, 1, 1, "E399",
@@ -148,7 +161,7 @@ void pv_lua_check_quant(pv_lua *p, pv_set *set, pv_file *f) {
     return;
   }
   lua_State *L = p->L;
-  lua_rawgeti(L, LUA_REGISTRYINDEX, p->ref);
+  lua_rawgeti(L, LUA_REGISTRYINDEX, ref);
   luaenv_push_node(L, f->root);
   if (lua_pcall(L, 1, 1, 0) != LUA_OK) {
     const char *msg = lua_tostring(L, -1);

@@ -48,11 +48,13 @@ static pv_kind kind_of_name(const char *s, size_t n) {
   if (n == 5 && !memcmp(s, "quant", 5)) return PV_KIND_QUANT;
   if (n == 6 && !memcmp(s, "stages", 6)) return PV_KIND_STAGE;
   if (n == 6 && !memcmp(s, "models", 6)) return PV_KIND_MODEL;
+  if (n == 7 && !memcmp(s, "recipes", 7)) return PV_KIND_RECIPE;
   return PV_KIND_NONE;
 }
 
 static const char *kind_dir(pv_kind k) {
-  return k == PV_KIND_QUANT ? "quant" : k == PV_KIND_STAGE ? "stages" : k == PV_KIND_MODEL ? "models" : "?";
+  return k == PV_KIND_QUANT ? "quant" : k == PV_KIND_STAGE ? "stages" : k == PV_KIND_MODEL ? "models"
+       : k == PV_KIND_RECIPE ? "recipes" : "?";
 }
 
 /* The kind named by the last quant/stages/models component of PATH's directories (the last component
@@ -229,7 +231,7 @@ static void collect_given(run *r, const char *const *paths, size_t npaths, const
         f->skip = kind == PV_KIND_NONE;
         if (kind == PV_KIND_NONE)
           diag_add(&r->res->diag, DIAG_ERROR, p, 0, 0, "P003",
-                   "cannot tell what kind of contract this is: its directory is not quant/, stages/ or models/; "
+                   "cannot tell what kind of contract this is: its directory is not quant/, stages/, models/ or recipes/; "
                    "move it into one of them (e.g. contracts/quant/)");
         if (real) sv_push(&r->given_real, xstrdup(real));
       }
@@ -259,7 +261,7 @@ static void collect_refs(run *r, const pv_options *opt) {
   }
   strvec seen = { 0 };
   for (size_t i = 0; i < r->roots.n; i++) {
-    for (pv_kind k = PV_KIND_QUANT; k <= PV_KIND_MODEL; k++) {
+    for (pv_kind k = PV_KIND_QUANT; k <= PV_KIND_RECIPE; k++) {
       char *dir = join(r->roots.v[i], kind_dir(k));
       struct stat st;
       if (stat(dir, &st) == 0 && S_ISDIR(st.st_mode)) {
@@ -326,10 +328,16 @@ static int read_text(pv_set *set, pv_file *f, int *io) {
   return 0;
 }
 
+static const pv_record *record_of(pv_kind k) {
+  return k == PV_KIND_QUANT ? &pv_quant_record : k == PV_KIND_STAGE ? &pv_stage_record
+       : k == PV_KIND_MODEL ? &pv_model_record : &pv_recipe_record;
+}
+
 static pv_kind kind_from_keys(const qy_node *root) {
   if (pv_get(root, "block_bytes") || pv_get(root, "ggml_type")) return PV_KIND_QUANT;
   if (pv_get(root, "trace") || pv_get(root, "varies_by")) return PV_KIND_STAGE;
   if (pv_get(root, "metadata") || pv_get(root, "falsification_tests")) return PV_KIND_MODEL;
+  if (pv_get(root, "rules")) return PV_KIND_RECIPE;
   return PV_KIND_NONE;
 }
 
@@ -351,16 +359,16 @@ static void load_parsed(pv_set *set, pv_file *f) {
     f->kind = kind_from_keys(f->root);
     if (f->kind == PV_KIND_NONE) {
       diag_add(d, DIAG_ERROR, f->path, 0, 0, "P003",
-               "cannot tell what kind of contract this is: it is not under quant/, stages/ or models/ and its keys "
+               "cannot tell what kind of contract this is: it is not under quant/, stages/, models/ or recipes/ and its keys "
                "are not those of one; move it into the right directory");
       return;
     }
     diag_add(d, DIAG_WARNING, f->path, 0, 0, "W101",
-             "not under quant/, stages/ or models/; read as a %s contract from its keys; move it into %s/",
-             f->kind == PV_KIND_QUANT ? "quant" : f->kind == PV_KIND_STAGE ? "stage" : "model", kind_dir(f->kind));
+             "not under quant/, stages/, models/ or recipes/; read as a %s contract from its keys; move it into %s/",
+             f->kind == PV_KIND_QUANT ? "quant" : f->kind == PV_KIND_STAGE ? "stage" : f->kind == PV_KIND_MODEL ? "model" : "recipe",
+             kind_dir(f->kind));
   }
-  const pv_record *rec = f->kind == PV_KIND_QUANT ? &pv_quant_record
-                       : f->kind == PV_KIND_STAGE ? &pv_stage_record : &pv_model_record;
+  const pv_record *rec = record_of(f->kind);
   pv_walk_ctx c = { d, f->path, f->poison, f->npoison };
   pv_walk_record(&c, f->root, rec, &f->rec, NULL); /* reports a root that is not a mapping */
   if (f->root->kind != QY_MAP) return;
@@ -370,8 +378,7 @@ static void load_parsed(pv_set *set, pv_file *f) {
 
 static void free_file(pv_file *f) {
   if (f->loaded) {
-    const pv_record *rec = f->kind == PV_KIND_QUANT ? &pv_quant_record
-                         : f->kind == PV_KIND_STAGE ? &pv_stage_record : &pv_model_record;
+    const pv_record *rec = record_of(f->kind);
     pv_free_record(rec, &f->rec);
   }
   qy_free(f->root);
@@ -405,9 +412,10 @@ static void check_set(pv_set *set, int *io, size_t *struct_errors) {
   pv_lua *lua = NULL;
   for (size_t i = 0; i < set->n; i++) {
     pv_file *f = set->files[i];
-    if (!f->given || !f->loaded || f->kind != PV_KIND_QUANT || struct_errors[i]) continue;
+    if (!f->given || !f->loaded || (f->kind != PV_KIND_QUANT && f->kind != PV_KIND_RECIPE) || struct_errors[i]) continue;
     if (!lua) lua = pv_lua_open();
-    pv_lua_check_quant(lua, set, f);
+    if (f->kind == PV_KIND_QUANT) pv_lua_check_quant(lua, set, f);
+    else pv_lua_check_recipe(lua, set, f);
   }
   if (lua) pv_lua_close(lua);
 }

@@ -20,6 +20,9 @@ static const char *const RUNS_ON[] = { "ci", "gpu", NULL };
 static const char *const IMPL_STATUS[] = { "PENDING", "SHIPPED", "PARTIALLY_DISCHARGED", "DISCHARGED", NULL };
 static const char *const TRACE_SCOPES[] = { "layer", "model", NULL };
 static const char *const TRACE_DTYPES[] = { "f32", "i32", NULL };
+/* Quantizer strategies runtime/quant.c implements (test_quant checks each contract's choice runs). */
+static const char *const QUANT_STRATEGIES[] = { "generic", "ggml_q8_0", "ggml_q8_k", "kquant_q4_k", "kquant_q5_k",
+                                                "kquant_q6_k", NULL };
 static const char *const AMEND_KINDS[] = { "initial", "addition", "change", "fix", "removal", NULL };
 
 /* Bounds that real formats stay far inside, and that keep the expression checker's work per file small
@@ -69,8 +72,14 @@ static const pv_key QUANT_VECTOR_KEYS[] = {
 static const pv_record QUANT_VECTOR = { "test vector", sizeof(pv_quant_vector), QUANT_VECTOR_KEYS, NKEYS(QUANT_VECTOR_KEYS) };
 
 static const pv_key QUANT_QUANTIZER_KEYS[] = {
+  { .name = "strategy", .type = PV_T_STR, .off = offsetof(pv_quant_quantizer, strategy), .enums = QUANT_STRATEGIES,
+    .doc = "generic (derived from the decode rule; default) or a named search in runtime/quant.c" },
   { .name = "rmse_max", .type = PV_T_NUM, .flags = PV_REQ, .off = offsetof(pv_quant_quantizer, rmse_max),
-    .range = PV_R_GT0, .doc = "reserved: round-trip RMSE bound for a quantizer" },
+    .range = PV_R_GT0, .doc = "round-trip RMSE / RMS(x) bound on N(0,1) rows of 4096, tested by test_quant" },
+  { .name = "total_error_max", .type = PV_T_NUM, .off = offsetof(pv_quant_quantizer, total_error_max),
+    .range = PV_R_GT0, .doc = "llama.cpp test-quantize-fns bound on sqrt(Σerr²)/n for 0.1 + 2cos(i) (default 0.002)" },
+  { .name = "source", .type = PV_T_STR, .off = offsetof(pv_quant_quantizer, source),
+    .pat = PV_PAT_NONBLANK, .doc = "where the bounds come from" },
 };
 static const pv_record QUANT_QUANTIZER = { "quantizer", sizeof(pv_quant_quantizer), QUANT_QUANTIZER_KEYS,
                                            NKEYS(QUANT_QUANTIZER_KEYS) };
@@ -96,7 +105,9 @@ static const pv_key QUANT_KEYS[] = {
   { .name = "test_vectors", .type = PV_T_LIST, .off = offsetof(pv_quant, test_vectors), .elem = PV_T_REC,
     .rec = &QUANT_VECTOR, .max_len = 64, .doc = "blocks with their decoded values (default: none)" },
   { .name = "quantizer", .type = PV_T_REC, .off = offsetof(pv_quant, quantizer), .rec = &QUANT_QUANTIZER,
-    .doc = "reserved for quantizer contracts" },
+    .doc = "the reference quantizer's strategy and the error bounds it must meet (test_quant fails a format without)" },
+  { .name = "file_type", .type = PV_T_INT, .off = offsetof(pv_quant, file_type), .range = PV_R_GE0, .max = 65535,
+    .doc = "llama.cpp general.file_type (LLAMA_FTYPE_*) of a file in this type (default: none)" },
   { .name = "aliases", .type = PV_T_LIST, .flags = PV_UNIQUE, .off = offsetof(pv_quant, aliases), .elem = PV_T_STR,
     .pat = PV_PAT_NONBLANK, .max_len = 16, .doc = "other names of the format (e.g. Q4_K); unique across quant contracts" },
 };
@@ -316,6 +327,36 @@ static const pv_key MODEL_KEYS[] = {
     .rec = &TRACE_POINT, .max_len = 256, .doc = "the forward's traceable values, in forward order" },
 };
 const pv_record pv_model_record = { "model contract", sizeof(pv_model), MODEL_KEYS, NKEYS(MODEL_KEYS) };
+
+/* ---- Recipe contracts ----------------------------------------------------------------------------- */
+
+static const pv_key RECIPE_RULE_KEYS[] = {
+  { .name = "tensors", .type = PV_T_LIST, .flags = PV_REQ | PV_NONEMPTY | PV_UNIQUE, .off = offsetof(pv_recipe_rule, tensors),
+    .elem = PV_T_STR, .pat = PV_PAT_NONBLANK, .max_len = 64,
+    .doc = "tensor name patterns; `*` matches any run of characters (a layer tensor is blk.<i>.<rest>)" },
+  { .name = "dims", .type = PV_T_INT, .off = offsetof(pv_recipe_rule, dims), .range = PV_R_GE1, .max = 4,
+    .doc = "only tensors of this many dimensions (default: any)" },
+  { .name = "when", .type = PV_T_STR, .off = offsetof(pv_recipe_rule, when), .pat = PV_PAT_NONBLANK, .max_len = EXPR_MAX,
+    .doc = "condition in the decode expression language over i (layer) and n (layers); only layer tensors match" },
+  { .name = "qtype", .type = PV_T_STR, .flags = PV_REQ, .off = offsetof(pv_recipe_rule, qtype), .pat = PV_PAT_NAME,
+    .doc = "quant contract the matching tensors get" },
+  { .name = "doc", .type = PV_T_STR, .off = offsetof(pv_recipe_rule, doc), .pat = PV_PAT_NONBLANK, .doc = "why" },
+};
+static const pv_record RECIPE_RULE = { "rule", sizeof(pv_recipe_rule), RECIPE_RULE_KEYS, NKEYS(RECIPE_RULE_KEYS) };
+
+static const pv_key RECIPE_KEYS[] = {
+  { .name = "name", .type = PV_T_STR, .flags = PV_REQ, .off = offsetof(pv_recipe, name), .pat = PV_PAT_NAME,
+    .doc = "recipe name (`qmoe quantize IN OUT NAME`); equals the file name without .yaml" },
+  { .name = "description", .type = PV_T_STR, .flags = PV_REQ, .off = offsetof(pv_recipe, description),
+    .pat = PV_PAT_NONBLANK, .doc = "what it is" },
+  { .name = "file_type", .type = PV_T_INT, .flags = PV_REQ, .off = offsetof(pv_recipe, file_type), .range = PV_R_GE0,
+    .max = 65535, .doc = "llama.cpp general.file_type (LLAMA_FTYPE_*) of a file it writes" },
+  { .name = "source", .type = PV_T_STR, .off = offsetof(pv_recipe, source), .pat = PV_PAT_NONBLANK,
+    .doc = "where the recipe comes from" },
+  { .name = "rules", .type = PV_T_LIST, .flags = PV_REQ | PV_NONEMPTY, .off = offsetof(pv_recipe, rules),
+    .elem = PV_T_REC, .rec = &RECIPE_RULE, .max_len = 256, .doc = "in order; the first rule matching a tensor decides" },
+};
+const pv_record pv_recipe_record = { "recipe contract", sizeof(pv_recipe), RECIPE_KEYS, NKEYS(RECIPE_KEYS) };
 
 /* ---- The walker ----------------------------------------------------------------------------------- */
 
@@ -708,6 +749,6 @@ static void print_record(FILE *out, const pv_record *r, const pv_record **done, 
 void pv_print_schema(FILE *out) {
   const pv_record *done[64];
   size_t ndone = 0;
-  const pv_record *tops[] = { &pv_quant_record, &pv_stage_record, &pv_model_record };
-  for (size_t i = 0; i < 3; i++) print_record(out, tops[i], done, &ndone);
+  const pv_record *tops[] = { &pv_quant_record, &pv_stage_record, &pv_model_record, &pv_recipe_record };
+  for (size_t i = 0; i < sizeof tops / sizeof tops[0]; i++) print_record(out, tops[i], done, &ndone);
 }

@@ -12,10 +12,10 @@ static const char USAGE[] =
   "       pv schema            (the contract key tables, as Markdown)\n"
   "       pv --version | --help\n"
   "Validates contracts: each PATH is a contract file or a directory searched for *.yaml / *.yml\n"
-  "(default: contracts/). The kind comes from the quant/, stages/ or models/ directory a file is in.\n"
+  "(default: contracts/). The kind comes from the quant/, stages/, models/ or recipes/ directory a file is in.\n"
   "  --format FMT   text (default): file:line:col: error[CODE]: message lines and a summary;\n"
   "                 json: one object with the diagnostics and the counts\n"
-  "  --refs DIR     resolve references against the contracts under DIR (its quant/, stages/, models/)\n"
+  "  --refs DIR     resolve references against the contracts under DIR (its quant/, stages/, models/, recipes/)\n"
   "                 instead of the contract root of each PATH; those files are not reported on\n"
   "  --no-refs      resolve references among the given files only\n"
   "Exit status: 0 valid, 1 invalid, 2 usage or I/O error. See docs/contracts.md.\n";

@@ -15,7 +15,8 @@ typedef struct {
 
 /* The subcommands, in `qmoe --help` order. To add one, write src/qmoe/cmd_NAME.c defining
  * `const qmoe_command cmd_NAME = { "NAME", ... };` and add X(NAME) to this list. */
-#define QMOE_COMMANDS(X) X(inspect) X(dump) X(extract) X(quantize) X(run) X(trace) X(bench)
+#define QMOE_COMMANDS(X) \
+  X(inspect) X(dump) X(extract) X(quantize) X(tokenize) X(detokenize) X(run) X(trace) X(bench) X(make_model) X(diff)
 
 #define QMOE_DECLARE_COMMAND(name) extern const qmoe_command cmd_##name;
 QMOE_COMMANDS(QMOE_DECLARE_COMMAND)
@@ -71,5 +72,13 @@ int cli_open_model(const char *cmd, const char *path, const char *backend, int64
                    int quiet, struct qmoe_backend **be, qmoe_model **m);
 void cli_close_model(struct qmoe_backend *be, qmoe_model *m);
 double cli_now(void); /* monotonic seconds */
+/* The prompt as token ids: TEXT encoded with the tokenizer stored in PATH (wrapped in its ChatML template
+ * when CHAT), or IDS ("1,2,3"). 0 or 1 (error printed). */
+int cli_prompt_ids(const char *cmd, const char *path, const char *text, const char *ids, int chat, int32_t **out,
+                   size_t *n);
+/* The tokenizer stored in PATH, or NULL (no tokenizer.ggml.tokens key; *err set when one is there but broken). */
+qmoe_tokenizer *cli_tokenizer(const char *path, char *err, size_t cap);
+/* Writes S[0..n) as a JSON string (quotes included); invalid UTF-8 bytes become U+FFFD. */
+void cli_json_string(FILE *fp, const char *s, size_t n);
 
 #endif

@@ -10,7 +10,8 @@
 static const char usage[] =
   "usage: qmoe quantize IN.gguf OUT.gguf TYPE [--threads N] [--verbatim-names]\n"
   "Writes OUT with IN's metadata and every tensor re-encoded. TYPE is a qtype with a quantizer (f32, f16,\n"
-  "bf16, q4_0, q4_1, q5_0, q8_0, q4_k, q5_k, q6_k, ...; spelled q6k, q6_k or Q6_K) or q4_k_m, llama.cpp's recipe:\n"
+  "bf16, q4_0, q4_1, q5_0, q8_0, q4_k, q5_k, q6_k, ...; spelled q6k, q6_k or Q6_K) or a recipe of\n"
+  "contracts/recipes, such as q4_k_m, llama.cpp's (contracts/recipes/q4_k_m.yaml):\n"
   "  blk.i.ffn_down_exps / ffn_down / attn_v: Q6_K when i < n/8, i >= 7n/8 or (i - n/8) % 3 == 2, else Q4_K\n"
   "  output.weight: Q6_K; every other matrix (token_embd, attn_q/k/output, ffn_gate/up_exps, ...): Q4_K\n"
   "(n = <arch>.block_count). 1-D tensors (norms) and the MoE router ffn_gate_inp always stay F32. The recipe\n"
@@ -26,17 +27,8 @@ static const char usage[] =
   "  --verbatim-names   copy keys and tensor names that are not valid UTF-8 as they are (default: refuse)\n"
   "example: qmoe quantize model-f16.gguf model-q4_k_m.gguf q4_k_m\n";
 
-/* llama.cpp's general.file_type values (enum llama_ftype) for what this command writes. */
-static int file_type_of(int ggml_type) {
-  static const int map[][2] = { { 0, 0 }, { 1, 1 }, { 2, 2 }, { 3, 3 }, { 8, 7 }, { 6, 8 }, { 12, 14 }, { 13, 16 }, { 14, 18 }, { 30, 32 } };
-  for (size_t i = 0; i < sizeof map / sizeof map[0]; i++)
-    if (map[i][0] == ggml_type) return map[i][1];
-  return -1;
-}
-enum { FTYPE_MOSTLY_Q4_K_M = 15 };
-
-/* llama.cpp's use_more_bits: which layers of n get the larger type in the *_M recipes. */
-static int use_more_bits(int64_t i, int64_t n) { return i < n / 8 || i >= 7 * n / 8 || (i - n / 8) % 3 == 2; }
+/* llama.cpp's general.file_type (enum llama_ftype) of what this command writes comes from the contracts: the
+ * qtype's file_type (contracts/quant), or the recipe's (contracts/recipes); -1: llama.cpp has none. */
 
 /* "blk.N.REST" -> N and REST; -1 if the name is not a layer tensor. */
 static int64_t layer_of(const char *name, const char **rest) {
@@ -124,18 +116,9 @@ static int run(int argc, char **argv) {
     else return cli_usage_error(&cmd_quantize, "unexpected argument '%s'", argv[i]);
   }
   if (!type) return cli_usage_error(&cmd_quantize, "need IN.gguf OUT.gguf TYPE");
-  const qmoe_qtype_info *f32 = qmoe_qtype_by_name("f32"), *q4k = qmoe_qtype_by_name("q4_k"),
-                        *q6k = qmoe_qtype_by_name("q6_k"), *single = NULL;
-  int recipe = 0;
-  char lower[16];
-  size_t tl = strlen(type);
-  for (size_t i = 0; i < tl && i + 1 < sizeof lower; i++) lower[i] = (char)(type[i] >= 'A' && type[i] <= 'Z' ? type[i] + 32 : type[i]);
-  lower[tl < sizeof lower ? tl : sizeof lower - 1] = 0;
-  if (!strcmp(lower, "q4_k_m") || !strcmp(lower, "q4km")) {
-    recipe = 1;
-    if (!q4k || !q6k || !q4k->quantize_row || !q6k->quantize_row)
-      return cli_error("quantize", "q4_k_m needs the q4_k and q6_k codecs, which this build lacks");
-  } else {
+  const qmoe_qtype_info *f32 = qmoe_qtype_by_name("f32"), *single = NULL;
+  const qmoe_recipe *recipe = qmoe_recipe_by_name(type);
+  if (!recipe) {
     single = qmoe_qtype_by_name(type);
     if (!single || !single->quantize_row) {
       char known[512];
@@ -143,7 +126,9 @@ static int run(int argc, char **argv) {
       known[0] = 0;
       for (size_t i = 0; i < qmoe_qtype_count() && n >= 0 && (size_t)n < sizeof known; i++)
         if (qmoe_qtype_at(i)->quantize_row) n += snprintf(known + n, sizeof known - (size_t)n, "%s ", qmoe_qtype_at(i)->name);
-      return cli_usage_error(&cmd_quantize, "TYPE '%s' is not a qtype qmoe can quantize to; choose one of: %sq4_k_m", type, known);
+      for (size_t i = 0; i < qmoe_recipe_count() && n >= 0 && (size_t)n < sizeof known; i++)
+        n += snprintf(known + n, sizeof known - (size_t)n, "%s%s", i ? " " : "", qmoe_recipe_name(qmoe_recipe_at(i)));
+      return cli_usage_error(&cmd_quantize, "TYPE '%s' is not a qtype qmoe can quantize to or a recipe; choose one of: %s", type, known);
     }
   }
   if (!f32 || !f32->quantize_row) return cli_error("quantize", "this build has no f32 codec");
@@ -188,14 +173,15 @@ static int run(int argc, char **argv) {
     const qmoe_gguf_tensor *t = qmoe_gguf_tensor_at(f, i);
     plan *p = &plans[i];
     p->t = t;
-    const char *rest = "";
-    int64_t layer = layer_of(t->name, &rest);
-    if (t->n_dims == 1 || is_router(t->name)) p->dst = f32;
-    else if (single) p->dst = single;
-    else if (!strcmp(t->name, "output.weight")) p->dst = q6k;
-    else if (layer >= 0 && (!strncmp(rest, "ffn_down_exps.", 14) || !strncmp(rest, "ffn_down.", 9) || !strncmp(rest, "attn_v.", 7)))
-      p->dst = use_more_bits(layer, n_layers) ? q6k : q4k;
-    else p->dst = q4k;
+    if (single) p->dst = t->n_dims == 1 || is_router(t->name) ? f32 : single;
+    else { /* the recipe's first matching rule (contracts/recipes/<name>.yaml) */
+      const char *qn = qmoe_recipe_qtype(recipe, t->name, (int)t->n_dims, n_layers);
+      p->dst = qn ? qmoe_qtype_by_name(qn) : NULL;
+      if (!p->dst || !p->dst->quantize_row) {
+        cli_error("quantize", "%s", qn ? "the recipe names a qtype this build cannot quantize to" : qmoe_last_error());
+        goto done;
+      }
+    }
     if (t->type == p->dst->ggml_type) continue; /* copied as it is */
     p->src = qmoe_qtype_by_id(t->type);
     if (!p->src || !p->src->dequant_row) {
@@ -213,10 +199,9 @@ static int run(int argc, char **argv) {
     total += t->nbytes;
   }
   if (recipe && !is_qwen3moe)
-    fprintf(stderr, "qmoe quantize: note: architecture '%.*s' is not qwen3moe: the Q4_K_M recipe was applied by tensor "
-                    "name (attn_v and ffn_down[_exps] per layer of %lld, output.weight Q6_K, other matrices Q4_K, 1-D "
-                    "tensors F32)\n", (int)(arch ? (arch_len < 60 ? arch_len : 60) : 7), arch ? arch : "unknown",
-            (long long)n_layers);
+    fprintf(stderr, "qmoe quantize: note: architecture '%.*s' is not qwen3moe: the %s recipe was applied by tensor "
+                    "name (contracts/recipes/%s.yaml, with %lld layers)\n", (int)(arch ? (arch_len < 60 ? arch_len : 60) : 7),
+            arch ? arch : "unknown", qmoe_recipe_name(recipe), qmoe_recipe_name(recipe), (long long)n_layers);
 
   w = qmoe_gguf_writer_new();
   qmoe_gguf_writer_add_input(w, in);
@@ -227,7 +212,7 @@ static int run(int argc, char **argv) {
       goto done;
     }
   }
-  int ftype = recipe ? FTYPE_MOSTLY_Q4_K_M : file_type_of(single->ggml_type);
+  int ftype = recipe ? qmoe_recipe_file_type(recipe) : single->file_type;
   if (ftype >= 0) qmoe_gguf_writer_set_u32(w, "general.file_type", (uint32_t)ftype);
   else qmoe_gguf_writer_remove(w, "general.file_type"); /* llama.cpp has no file type for it */
   qmoe_gguf_writer_set_u32(w, "general.quantization_version", 2);

@@ -5,7 +5,7 @@
 #
 # Corpus conventions (tests/pv/invalid/):
 #   quant/*.yaml, models/*.yaml   validated alone:            pv validate --no-refs FILE
-#   stages/*.yaml                 against the valid fixtures: pv validate --refs tests/pv/valid/base FILE
+#   stages/*.yaml, recipes/*.yaml  against the valid fixtures: pv validate --refs tests/pv/valid/base FILE
 #   Line 1 of each file is "# expect: <the first error line pv prints>"; a file that cannot hold a comment
 #   (empty, binary) has it in <name>.expected instead. cases/<dir>/ is validated as a directory, with its
 #   expectation in cases/<dir>.expected. The exit status must be 1, or 2 for I/O errors (P001, P002).
@@ -58,7 +58,7 @@ else
   bad contracts-json "$(head -c 500 "$TMP/json")"
 fi
 # One file alone: references resolve against its contract root (contracts/quant and contracts/models).
-for f in contracts/stages/matvec.yaml contracts/models/qwen3-moe-forward-v1.yaml contracts/quant/q4_k.yaml; do
+for f in contracts/stages/matvec.yaml contracts/models/qwen3-moe-forward-v1.yaml contracts/quant/q4_k.yaml contracts/recipes/q4_k_m.yaml; do
   "$PV" validate "$f" >"$TMP/out" 2>&1 && ok "single-file $f" || bad "single-file $f" "$(head -c 500 "$TMP/out")"
 done
 
@@ -70,7 +70,7 @@ for d in tests/pv/valid/*/; do
 done
 
 # --- Invalid corpus -------------------------------------------------------------------------------------
-for f in tests/pv/invalid/quant/* tests/pv/invalid/stages/* tests/pv/invalid/models/*; do
+for f in tests/pv/invalid/quant/* tests/pv/invalid/stages/* tests/pv/invalid/models/* tests/pv/invalid/recipes/*; do
   case "$f" in *.yaml) ;; *) continue ;; esac
   if [ -f "${f%.yaml}.expected" ]; then
     want=$(head -1 "${f%.yaml}.expected")
@@ -81,7 +81,7 @@ for f in tests/pv/invalid/quant/* tests/pv/invalid/stages/* tests/pv/invalid/mod
     bad "$f" "states no expected error (line 1 '# expect: ...' or ${f%.yaml}.expected)"
     continue
   fi
-  case "$f" in */stages/*) set -- --refs tests/pv/valid/base ;; *) set -- --no-refs ;; esac
+  case "$f" in */stages/* | */recipes/*) set -- --refs tests/pv/valid/base ;; *) set -- --no-refs ;; esac
   expect "$f" "$(status_for "$want")" "$want" "$@" "$f"
 done
 for e in tests/pv/invalid/cases/*.expected; do
@@ -135,10 +135,10 @@ rm -f "$TMP/gen/quant/locked.yaml"
 mkdir -p "$TMP/gen/misc"
 cp tests/pv/valid/base/quant/q8s.yaml "$TMP/gen/misc/q8s.yaml"
 expect kind-unknown-explicit 1 \
-  "$TMP/gen/misc/q8s.yaml: error[P003]: cannot tell what kind of contract this is: its directory is not quant/, stages/ or models/; move it into one of them (e.g. contracts/quant/)" \
+  "$TMP/gen/misc/q8s.yaml: error[P003]: cannot tell what kind of contract this is: its directory is not quant/, stages/, models/ or recipes/; move it into one of them (e.g. contracts/quant/)" \
   "$TMP/gen/misc/q8s.yaml"
 expect kind-from-keys 0 \
-  "$TMP/gen/misc/q8s.yaml: warning[W101]: not under quant/, stages/ or models/; read as a quant contract from its keys; move it into quant/" \
+  "$TMP/gen/misc/q8s.yaml: warning[W101]: not under quant/, stages/, models/ or recipes/; read as a quant contract from its keys; move it into quant/" \
   "$TMP/gen/misc"
 mkdir -p "$TMP/gen/empty"
 expect empty-directory 2 "$TMP/gen/empty: error[P002]: no contract files (*.yaml, *.yml) in this directory" "$TMP/gen/empty"

@@ -2,6 +2,7 @@
 # gguf-py (gguf.quants.quantize), on fresh N(0,1) rows: byte-identical output where qmoe follows ggml's rule,
 # round-trip RMSE within 1.1x of gguf-py's, and k-quant outputs decoded by gguf-py's own dequantizer.
 # Runs "$QMOE_BIN/tests/test_quant --quantize QTYPE" (stdin f32 -> stdout blocks).
+import glob
 import os
 import subprocess
 import sys
@@ -39,9 +40,9 @@ def qmoe_quantize(qtype, x):
 
 
 def qmoe_types():
-    """qtypes the driver knows: ask it for each candidate (it fails on unknown names)."""
+    """qtypes the driver knows: every contract's (the driver fails on unknown names)."""
     have = []
-    for name in ["f16", "bf16", "q4_0", "q4_1", "q5_0", "q5_1", "q8_0", "q4_k", "q5_k", "q6_k"]:
+    for name in sorted(os.path.basename(p)[:-5] for p in glob.glob("contracts/quant/*.yaml")):
         r = subprocess.run([DRIVER, "--quantize", name], input=b"", capture_output=True)
         if r.returncode == 0:
             have.append(name)
@@ -88,6 +89,27 @@ def main():
         e = rel_rmse(x, y)
         report(e <= factor * ref[base], "quantize_rmse_%s" % name,
                "qmoe %.5f (decoded by gguf-py) vs %.2f x gguf-py %s %.5f" % (e, factor, base, ref[base]))
+
+    # Every contract format: qmoe's blocks decoded by gguf-py (independently of qmoe's decoder) stay within
+    # the contract's quantizer.rmse_max (the bound test_quant checks with qmoe's own decoder).
+    import yaml
+    for name in have:
+        q = yaml.safe_load(open("contracts/quant/%s.yaml" % name))
+        bound = (q.get("quantizer") or {}).get("rmse_max")
+        if bound is None:
+            report(False, "quantize_contract_bound_%s" % name, "contract states no quantizer.rmse_max")
+            continue
+        qt = T(q["ggml_type"])
+        ours = qmoe_quantize(name, x.reshape(-1))
+        try:
+            y = dequantize(ours.reshape(ROWS, -1), qt)
+        except NotImplementedError:
+            print("skip quantize_contract_bound_%s: gguf-py cannot decode %s (test_quant checks the bound with qmoe's "
+                  "decoder, test_quant_vectors the decoder against independent vectors)" % (name, qt.name))
+            continue
+        e = rel_rmse(x, y.reshape(x.shape))
+        report(e <= bound, "quantize_contract_bound_%s" % name,
+               "qmoe %.5f (decoded by gguf-py) vs the contract's rmse_max %g" % (e, bound))
 
 
 try:

@@ -133,6 +133,49 @@ mutate("test vector bad hex", function(q) q.test_vectors[3].bytes = "zz" .. q.te
        "test_vectors[3].bytes", nil, "non-hex")
 mutate("test vector value count", function(q) table.remove(q.test_vectors[1].values) end, "test_vectors[1].values", nil, "255 values")
 mutate("int overflow", function(q) q.decode.let[kq].expr = "(qs[0] + 1) << 30" end, "decode.let[" .. kq .. "].expr", 13, "int overflow")
+-- Both arms of ?: are checked (GPU kernels evaluate both): the arm not taken must stay in bounds too.
+mutate("arm not taken out of range", function(q) q.decode.let[kq].expr = "i < 128 ? qs[i] & 15 : qs[i - 128] & 15" end,
+       "decode.let[" .. kq .. "].expr", nil, "index -128 of 'qs' is out of range 0..127 (in the arm of '?:' not taken here")
+mutate("arm not taken divides by zero", function(q) q.decode.let[kq].expr = "i >= 0 ? qs[i % 128] & 15 : 1 / (i - i)" end,
+       "decode.let[" .. kq .. "].expr", nil, "division by zero (in the arm of '?:' not taken")
+
+-- Table literals: {c0, c1, ...}[index], constants only, index proven in range over all block data.
+do
+  local TBL = "{-127, -104, -83, -65, -49, -35, -22, -10, 1, 13, 25, 38, 53, 69, 89, 113}"
+  local function iq(value, let)
+    return { name = "tq", ggml_type = 998, block_elements = 32, block_bytes = 18,
+             fields = { { name = "d", type = "f16", count = 1, offset = 0 }, { name = "qs", type = "u8", count = 16, offset = 2 } },
+             decode = { let = { { name = "q", expr = let or "(qs[i % 16] >> (4 * (i / 16))) & 15" } }, value = value } }
+  end
+  local good = iq("d * " .. TBL .. "[q]")
+  local es = expr.check_quant(good)
+  ok(#es == 0, "table: a data-dependent index proven in 0..15", es[1] and es[1].msg)
+  local bytes = string.pack("<I2", 0x3C00) .. string.rep("\x10", 16) -- d = 1, low nibbles 0, high nibbles 1
+  local y = expr.decode_block(good, bytes, 0)
+  ok(y[1] == -127.0 and y[17] == -104.0, "table: interpreter looks up the level", tostring(y[1]) .. " " .. tostring(y[17]))
+  local e = expr.check_quant(iq("d * " .. TBL .. "[q + 1]"))[1]
+  ok(e and e.msg:find("index of the 16-entry table may be outside 0..15: it can range over 1..16", 1, true), "table: range 1..16 refused",
+     e and e.msg)
+  e = expr.check_quant(iq("d * " .. TBL .. "[qs[i % 16]]"))[1]
+  ok(e and e.msg:find("can range over 0..255", 1, true), "table: a raw byte index refused", e and e.msg)
+  e = expr.check_quant(iq("d * {1.5, 2}[i % 3]"))[1]
+  ok(e and e.msg:find("index 2 of a 2-entry table", 1, true) and e.msg:find("at i = 2", 1, true), "table: constant index out of range", e and e.msg)
+  ok(#expr.check_quant(iq("d * {0.5, 2}[(q >> 3) & 1]")) == 0, "table: float table, index via shift and mask")
+  local _, msg = expr.parse("{1, x}[0]")
+  ok(msg and msg:find("number constants", 1, true), "table: items must be constants", msg)
+  _, msg = expr.parse("{1, 2}")
+  ok(msg and msg:find("must be indexed", 1, true), "table: must be indexed", msg)
+  e = expr.check_quant(iq("d * {1, 2}[0.5]"))[1]
+  ok(e and e.msg:find("must be int", 1, true), "table: float index refused", e and e.msg)
+  local c, cu, gl = expr.emit(good, "c"), expr.emit(good, "cuda"), expr.emit(good, "glsl")
+  ok(c:find("static const int qmoe_tq_tab1[16] = { -127, -104,", 1, true) and c:find("qmoe_tq_tab1[v_q]", 1, true), "table: emit c", c)
+  ok(cu:find("static __device__ const int qmoe_tq_tab1[16]", 1, true), "table: emit cuda", cu)
+  ok(gl:find("const int qmoe_tq_tab1[16] = int[16](-127, -104,", 1, true), "table: emit glsl", gl)
+  local two = iq("d * (" .. TBL .. "[q] + " .. TBL .. "[15 - q] + {0.5, 1.0}[q & 1])")
+  local c2 = expr.emit(two, "c")
+  ok(#expr.check_quant(two) == 0 and c2:find("qmoe_tq_tab2[2]", 1, true) and not c2:find("qmoe_tq_tab3", 1, true),
+     "table: equal tables share one array", c2)
+end
 
 -- Every contract in the tree is valid and its vectors decode (through check_quant).
 local util = require("util")

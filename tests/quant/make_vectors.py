@@ -1,13 +1,16 @@
 #!/usr/bin/env python3
 # make_vectors.py: (re)writes the test_vectors section of contracts/quant/<q>.yaml from an independent
 # decoder — llama.cpp's Python package gguf (gguf.quants.dequantize), or plain numpy where gguf-py has none.
-# Usage: python3 tests/quant/make_vectors.py [QTYPE...]   (default: every contract listed below)
+# Usage: python3 tests/quant/make_vectors.py [QTYPE...]   (default: every contracts/quant/*.yaml; run from the
+# repo root). The formats and their layouts come from the contracts themselves.
 # Block bytes are random (fixed seed per qtype, so reruns are stable) with finite f16/f32 scales of varied
 # magnitude and sign, subnormal scales included. Values are written as the exact decimal of each f32.
+import glob
 import re
 import sys
 
 import numpy as np
+import yaml
 import gguf
 from gguf.quants import dequantize
 
@@ -50,19 +53,10 @@ def random_float_bits(rng, n, kind):
     return b.astype("<u4").tobytes()
 
 
-def block(rng, nbytes, scales, k):
-    """Random bytes with f16 scales written at the given offsets."""
-    b = bytearray(rng.integers(0, 256, nbytes, dtype=np.uint8).tobytes())
-    for j, off in enumerate(scales):
-        b[off:off + 2] = scale_f16(rng, (k + j) % 3)
-    return bytes(b)
-
-
-def q8_k_block(rng, k):
-    b = bytearray(rng.integers(0, 256, 292, dtype=np.uint8).tobytes())
-    d = [np.float32(rng.uniform(1e-4, 1e-2)), np.float32(-rng.uniform(1.0, 1e3)), np.float32(3e-42)][k]
-    b[0:4] = np.array([d], dtype="<f4").tobytes()
-    return bytes(b)
+def scale_f32(rng, kind):
+    """A finite f32 scale: kind 0 typical, 1 large/negative, 2 subnormal (two draws every call, as before)."""
+    return np.array([[np.float32(rng.uniform(1e-4, 1e-2)), np.float32(-rng.uniform(1.0, 1e3)),
+                      np.float32(3e-42)][kind]], dtype="<f4").tobytes()
 
 
 def q8_k_numpy(data):
@@ -73,24 +67,35 @@ def q8_k_numpy(data):
     return (d * qs).reshape(-1)
 
 
-# qtype -> (ggml type, block bytes, generator(rng, k) -> bytes of one vector, decoder, source text)
-def per_block(nbytes, scales):
-    return lambda rng, k: block(rng, nbytes, scales, k)
+# Independent decoders for formats gguf-py cannot dequantize (by contract name).
+NUMPY_DECODERS = {"q8_k": (q8_k_numpy, "numpy f32 y = d*qs (gguf-py has no Q8_K dequantizer), tests/quant/make_vectors.py")}
 
 
-FORMATS = {
-    "f32": (T.F32, lambda rng, k: random_float_bits(rng, 16, "f32"), None),
-    "f16": (T.F16, lambda rng, k: random_float_bits(rng, 16, "f16"), None),
-    "bf16": (T.BF16, lambda rng, k: random_float_bits(rng, 16, "bf16"), None),
-    "q4_0": (T.Q4_0, per_block(18, [0]), None),
-    "q4_1": (T.Q4_1, per_block(20, [0, 2]), None),
-    "q5_0": (T.Q5_0, per_block(22, [0]), None),
-    "q8_0": (T.Q8_0, per_block(34, [0]), None),
-    "q4_k": (T.Q4_K, per_block(144, [0, 2]), None),
-    "q5_k": (T.Q5_K, per_block(176, [0, 2]), None),
-    "q6_k": (T.Q6_K, per_block(210, [208]), None),
-    "q8_k": (T.Q8_K, q8_k_block, q8_k_numpy),
-}
+def load_formats():
+    """qtype -> (ggml type, generator(rng, k) -> bytes of one vector), from contracts/quant/*.yaml: a
+    one-element format gets random bits of its float type; any other random bytes with each scalar float
+    field set to a finite scale of varied magnitude and sign (subnormal included)."""
+    formats = {}
+    for path in sorted(glob.glob("contracts/quant/*.yaml")):
+        q = yaml.safe_load(open(path))
+        floats = [f for f in q["fields"] if f["type"] in ("f16", "bf16", "f32") and f["count"] == 1]
+        if q["block_elements"] == 1:
+            kind = q["fields"][0]["type"]
+            gen = (lambda kind: lambda rng, k: random_float_bits(rng, 16, kind))(kind)
+        else:
+            def gen(rng, k, q=q, floats=floats):
+                b = bytearray(rng.integers(0, 256, q["block_bytes"], dtype=np.uint8).tobytes())
+                for j, f in enumerate(floats):
+                    off = f["offset"]
+                    if f["type"] == "f32":
+                        b[off:off + 4] = scale_f32(rng, (k + j) % 3)
+                    elif f["type"] == "f16":
+                        b[off:off + 2] = scale_f16(rng, (k + j) % 3)
+                    else:
+                        raise SystemExit("%s: no scale generator for a bf16 field" % path)
+                return bytes(b)
+        formats[q["name"]] = (q["ggml_type"], gen)
+    return formats
 
 
 def fmt_value(v):
@@ -98,18 +103,19 @@ def fmt_value(v):
     return s
 
 
-def vectors_yaml(name):
-    qt, gen, decoder = FORMATS[name]
+def vectors_yaml(name, formats):
+    qt, gen = formats[name]
+    decoder, decoder_src = NUMPY_DECODERS.get(name, (None, None))
     rng = np.random.default_rng(0x51AB0000 + sum(ord(c) * 131 ** i for i, c in enumerate(name)) % 65536)
     out = ["test_vectors:"]
     for k in range(3):
         data = gen(rng, k)
         if decoder is None:
-            vals = dequantize(np.frombuffer(data, dtype=np.uint8), qt).reshape(-1).astype(np.float32)
+            vals = dequantize(np.frombuffer(data, dtype=np.uint8), T(qt)).reshape(-1).astype(np.float32)
             src = GGUF_SRC
         else:
             vals = decoder(data)
-            src = "numpy f32 y = d*qs (gguf-py has no Q8_K dequantizer), tests/quant/make_vectors.py"
+            src = decoder_src
         assert vals.dtype == np.float32 and np.all(np.isfinite(vals)), name
         out.append("  - source: \"%s\"" % src)
         out.append("    bytes: \"%s\"" % data.hex())
@@ -122,16 +128,16 @@ def vectors_yaml(name):
 
 
 def main(argv):
-    names = argv or [n for n in FORMATS]
+    formats = load_formats()
+    names = argv or sorted(formats)
     for name in names:
         path = "contracts/quant/%s.yaml" % name
-        try:
-            text = open(path).read()
-        except FileNotFoundError:
-            continue
+        if name not in formats:
+            raise SystemExit("make_vectors.py: no contract %s" % path)
+        text = open(path).read()
         m = re.search(r"^test_vectors:.*\Z", text, flags=re.S | re.M)
         head = text[:m.start()] if m else text.rstrip("\n") + "\n"
-        open(path, "w").write(head + vectors_yaml(name))
+        open(path, "w").write(head + vectors_yaml(name, formats))
         print("wrote", path)
 
 

@@ -16,6 +16,7 @@
 #include "qmoe.h"
 #include "ref_internal.h"
 #include "stage_table.h"
+#include "qtypes.h"
 
 static qmoe_backend *be;
 static char open_error[1024];
@@ -342,7 +343,7 @@ static void test_errors(void) {
   int64_t p[2] = { 64, 512 };
   REQUIRE(tcall_make(&t, "matvec", qmoe_qtype_by_name("q4_k")->ggml_type, QMOE_ACC_F32, p, 2, NULL, NULL) == 0, "prepare");
   qmoe_stage_call c = t.call;
-  c.qtype = 7; /* Q5_1: a GGUF type no contract lists */
+  c.qtype = qmoe_ggml_other_types[0].id; /* a GGUF type no contract lists (generated/c/qtypes.c) */
   c.tensor = "blk.3.attn_q.weight";
   run_expect(&t, &c, QMOE_EUNSUPPORTED, "blk.3.attn_q.weight");
   c = t.call;
