@@ -63,5 +63,13 @@ int cli_open_model(const char *cmd, const char *path, const char *backend, int64
                    int quiet, struct qmoe_backend **be, qmoe_model **m);
 void cli_close_model(struct qmoe_backend *be, qmoe_model *m);
 double cli_now(void); /* monotonic seconds */
+/* The prompt as token ids: TEXT encoded with the tokenizer stored in PATH (wrapped in its ChatML template
+ * when CHAT), or IDS ("1,2,3"). 0 or 1 (error printed). */
+int cli_prompt_ids(const char *cmd, const char *path, const char *text, const char *ids, int chat, int32_t **out,
+                   size_t *n);
+/* The tokenizer stored in PATH, or NULL (no tokenizer.ggml.tokens key; *err set when one is there but broken). */
+qmoe_tokenizer *cli_tokenizer(const char *path, char *err, size_t cap);
+/* Writes S[0..n) as a JSON string (quotes included); invalid UTF-8 bytes become U+FFFD. */
+void cli_json_string(FILE *fp, const char *s, size_t n);
 
 #endif

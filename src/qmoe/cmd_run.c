@@ -40,6 +40,20 @@ static int parse_double(const char *s, double lo, double hi, double *out) {
   return 0;
 }
 
+/* Streams one generated token: its text (complete UTF-8 only; control tokens left out) when there is a
+ * tokenizer, else its id. */
+static void emit(qmoe_detok *d, int32_t id, int first) {
+  if (d) {
+    const char *s;
+    size_t n;
+    if (qmoe_tokenizer_token_type(d->t, id) == 3) return; /* control tokens (<|im_end|>) are not text */
+    if (qmoe_detok_push(d, id, &s, &n) == 0) fwrite(s, 1, n, stdout);
+  } else {
+    printf(first ? "%ld" : " %ld", (long)id);
+  }
+  fflush(stdout);
+}
+
 static void json_ids(const int32_t *v, size_t n) {
   putchar('[');
   for (size_t i = 0; i < n; i++) printf("%s%ld", i ? "," : "", (long)v[i]);
@@ -67,9 +81,6 @@ static int run(int argc, char **argv) {
   int64_t n_gen = 32, n_ctx = 0, top_k = 0, seed = 1;
   qmoe_sampler smp = { 0, 0, 1 };
   if (!o[O_P].value == !o[O_TOKENS].value) return cli_usage_error(&cmd_run, "give the prompt as -p TEXT or --tokens IDS");
-  if (o[O_P].value || o[O_CHAT].value)
-    return cli_error("run", "this build has no tokenizer yet (it lands with issue 9's tokenizer work); give the "
-                     "prompt as --tokens IDS");
   if (cli_parse_acc("run", o[O_ACC].value, &acc)) return 1;
   if (o[O_N].value && cli_parse_count("run", "-n", o[O_N].value, 1, 1 << 24, &n_gen)) return 1;
   if (o[O_CTX].value && cli_parse_count("run", "--ctx", o[O_CTX].value, 1, 1 << 24, &n_ctx)) return 1;
@@ -82,7 +93,16 @@ static int run(int argc, char **argv) {
   smp.top_k = top_k;
   int32_t *prompt = NULL, *gen = NULL;
   size_t n_prompt = 0;
-  if (cli_parse_ids("run", o[O_TOKENS].value, &prompt, &n_prompt)) return 1;
+  if (cli_prompt_ids("run", path, o[O_P].value, o[O_TOKENS].value, o[O_CHAT].value != NULL, &prompt, &n_prompt))
+    return 1;
+  /* Text out when the file has a tokenizer (ids otherwise). */
+  char tok_err[1024];
+  qmoe_tokenizer *tok = cli_tokenizer(path, tok_err, sizeof tok_err);
+  if (!tok && tok_err[0]) fprintf(stderr, "qmoe run: warning: %s; printing token ids\n", tok_err);
+  qmoe_detok detok;
+  if (tok) qmoe_detok_init(&detok, tok);
+  char *text = NULL;
+  size_t text_len = 0;
   qmoe_backend *be = NULL;
   qmoe_model *m = NULL;
   float *logits = NULL;
@@ -96,8 +116,10 @@ static int run(int argc, char **argv) {
       goto done;
     }
   uint32_t eos_u = 0;
-  int have_eos = !o[O_NOEOS].value && qmoe_gguf_find_key(qmoe_model_gguf(m), "tokenizer.ggml.eos_token_id") >= 0 &&
-                 qmoe_gguf_get_u32(qmoe_model_gguf(m), "tokenizer.ggml.eos_token_id", &eos_u) == 0;
+  int have_eos = 0;
+  if (!o[O_NOEOS].value && tok && qmoe_tokenizer_eos(tok) >= 0) have_eos = 1, eos_u = (uint32_t)qmoe_tokenizer_eos(tok);
+  else if (!o[O_NOEOS].value && qmoe_gguf_find_key(qmoe_model_gguf(m), "tokenizer.ggml.eos_token_id") >= 0)
+    have_eos = qmoe_gguf_get_u32(qmoe_model_gguf(m), "tokenizer.ggml.eos_token_id", &eos_u) == 0;
   int greedy = smp.temperature == 0;
   uint64_t rng = (uint64_t)seed * 0x9E3779B97F4A7C15ull + 1;
   gen = malloc((size_t)n_gen * sizeof *gen);
@@ -120,7 +142,7 @@ static int run(int argc, char **argv) {
   double t1 = cli_now();
   size_t n_out = 0;
   gen[n_out++] = next;
-  if (!json) printf("%ld", (long)next), fflush(stdout);
+  if (!json) emit(tok ? &detok : NULL, next, 1);
   while ((int64_t)n_out < n_gen && !(have_eos && (uint32_t)next == eos_u)) {
     int64_t pos = (int64_t)n_prompt + (int64_t)n_out - 1;
     if (qmoe_model_step(m, next, pos, greedy ? &next : NULL, greedy ? NULL : logits) ||
@@ -129,7 +151,7 @@ static int run(int argc, char **argv) {
       goto done;
     }
     gen[n_out++] = next;
-    if (!json) printf(" %ld", (long)next), fflush(stdout);
+    if (!json) emit(tok ? &detok : NULL, next, 0);
   }
   double t2 = cli_now();
   if (json) {
@@ -137,12 +159,24 @@ static int run(int argc, char **argv) {
     json_ids(prompt, n_prompt);
     printf(",\"ids\":");
     json_ids(gen, n_out);
-    printf(",\"text\":\"\",\"prefill_tokens_per_s\":");
+    printf(",\"text\":");
+    if (tok && qmoe_tokenizer_decode(tok, gen, n_out, 0, &text, &text_len)) {
+      cli_error("run", "%s", qmoe_last_error());
+      goto done;
+    }
+    cli_json_string(stdout, text ? text : "", text_len);
+    printf(",\"prefill_tokens_per_s\":");
     json_rate((double)n_prompt, t1 - t0);
     printf(",\"decode_tokens_per_s\":");
     json_rate((double)n_out - 1, t2 - t1);
     printf("}\n");
   } else {
+    if (tok) {
+      const char *rest;
+      size_t rest_len;
+      qmoe_detok_flush(&detok, &rest, &rest_len);
+      fwrite(rest, 1, rest_len, stdout);
+    }
     printf("\n");
     fprintf(stderr, "qmoe run: prefill %zu tokens in %.3f s (%.2f tokens/s); decode %zu tokens in %.3f s "
             "(%.2f tokens/s); %s, acc %s\n", n_prompt, t1 - t0, n_prompt / (t1 - t0), n_out - 1, t2 - t1,
@@ -150,6 +184,8 @@ static int run(int argc, char **argv) {
   }
   rc = 0;
 done:
+  if (tok) qmoe_detok_free(&detok), qmoe_tokenizer_free(tok);
+  free(text);
   free(prompt);
   free(gen);
   free(logits);

@@ -66,8 +66,6 @@ static int run(int argc, char **argv) {
   if (!o[O_M].value) return cli_usage_error(&cmd_trace, "missing -m FILE");
   if (!o[O_OUT].value) return cli_usage_error(&cmd_trace, "missing -o TRACE.gguf");
   if (!o[O_P].value == !o[O_TOKENS].value) return cli_usage_error(&cmd_trace, "give -p TEXT or --tokens IDS");
-  if (o[O_P].value)
-    return cli_error("trace", "this build has no tokenizer yet; give the prompt as --tokens IDS");
   const char *path = o[O_M].value, *out = o[O_OUT].value;
   const char *backend = o[O_BACKEND].value ? o[O_BACKEND].value : "cpu";
   int acc;
@@ -105,7 +103,7 @@ static int run(int argc, char **argv) {
   }
   int32_t *ids = NULL;
   size_t n_ids = 0;
-  if (cli_parse_ids("trace", o[O_TOKENS].value, &ids, &n_ids)) return 1;
+  if (cli_prompt_ids("trace", path, o[O_P].value, o[O_TOKENS].value, 0, &ids, &n_ids)) return 1;
   qmoe_backend *be = NULL;
   qmoe_model *m = NULL;
   trace_store ts = {0};

@@ -122,6 +122,70 @@ void cli_close_model(qmoe_backend *be, qmoe_model *m) {
   if (be) be->close(be);
 }
 
+qmoe_tokenizer *cli_tokenizer(const char *path, char *err, size_t cap) {
+  qmoe_gguf *f;
+  qmoe_tokenizer *t = NULL;
+  err[0] = 0;
+  if (qmoe_gguf_open(path, &f)) {
+    snprintf(err, cap, "%s", qmoe_last_error());
+    return NULL;
+  }
+  if (qmoe_gguf_find_key(f, "tokenizer.ggml.tokens") >= 0 && qmoe_tokenizer_load(f, &t))
+    snprintf(err, cap, "%s", qmoe_last_error());
+  qmoe_gguf_close(f);
+  return t;
+}
+
+int cli_prompt_ids(const char *cmd, const char *path, const char *text, const char *ids, int chat, int32_t **out,
+                   size_t *n) {
+  if (ids) {
+    if (chat) return cli_error(cmd, "--chat needs the prompt as text (-p TEXT), not --tokens");
+    return cli_parse_ids(cmd, ids, out, n);
+  }
+  char err[1024];
+  qmoe_tokenizer *t = cli_tokenizer(path, err, sizeof err);
+  if (!t) {
+    if (err[0]) return cli_error(cmd, "%s", err);
+    return cli_error(cmd, "%s has no tokenizer (tokenizer.ggml.tokens); give the prompt as --tokens IDS", path);
+  }
+  char *wrapped = NULL;
+  int rc = 0;
+  if (chat && qmoe_tokenizer_apply_chat(t, NULL, text, &wrapped)) rc = cli_error(cmd, "--chat: %s", qmoe_last_error());
+  const char *s = wrapped ? wrapped : text;
+  if (!rc && qmoe_tokenizer_encode(t, s, strlen(s), 1, out, n)) rc = cli_error(cmd, "%s", qmoe_last_error());
+  if (!rc && *n == 0) {
+    free(*out);
+    *out = NULL;
+    rc = cli_error(cmd, "the prompt encodes to no tokens");
+  }
+  free(wrapped);
+  qmoe_tokenizer_free(t);
+  return rc;
+}
+
+void cli_json_string(FILE *fp, const char *s, size_t n) {
+  const unsigned char *u = (const unsigned char *)s;
+  fputc('"', fp);
+  for (size_t i = 0; i < n;) {
+    size_t k = qmoe_utf8_seq_len(u + i, n - i);
+    if (!k) {
+      fputs("\\ufffd", fp);
+      i++;
+      continue;
+    }
+    unsigned char c = u[i];
+    if (k > 1) fwrite(u + i, 1, k, fp);
+    else if (c == '"' || c == '\\') fprintf(fp, "\\%c", c);
+    else if (c == '\n') fputs("\\n", fp);
+    else if (c == '\t') fputs("\\t", fp);
+    else if (c == '\r') fputs("\\r", fp);
+    else if (c < 0x20 || c == 0x7f) fprintf(fp, "\\u%04x", c);
+    else fputc(c, fp);
+    i += k;
+  }
+  fputc('"', fp);
+}
+
 double cli_now(void) {
   struct timespec ts;
   clock_gettime(CLOCK_MONOTONIC, &ts);

@@ -195,6 +195,52 @@ def checks(tmp):
         ok, so = False, f"{so} {se} {e}"
     report("bench/json", ok and b["timer"] == "host monotonic clock around synchronized work", so)
 
+    # Text in and out through the tokenizer stored in the file. The JSON text replaces each byte that is not
+    # part of valid UTF-8 with U+FFFD.
+    def per_byte_replace(b):
+        out, i = [], 0
+        while i < len(b):
+            for k in (1, 2, 3, 4):
+                try:
+                    ch = b[i:i + k].decode("utf-8")
+                    if len(ch) == 1:
+                        out.append(ch)
+                        i += k
+                        break
+                except UnicodeDecodeError:
+                    pass
+            else:
+                out.append("�")
+                i += 1
+        return "".join(out)
+
+    tok_model = os.path.join(tmp, "tok.gguf")
+    tm.write(tok_model, tens=tens, tokenizer=True)
+    rc, so, se = qmoe("tokenize", "-m", tok_model, "-p", "hello world, the model", "--json")
+    want_prompt = json.loads(so)["ids"] if rc == 0 else None
+    rc, so, se = qmoe("run", "-m", tok_model, "-p", "hello world, the model", "-n", "6", "--ignore-eos", "--json")
+    try:
+        j = json.loads(so)
+        raw = subprocess.run([QMOE, "detokenize", "-m", tok_model, "--no-special", "--tokens",
+                              ",".join(map(str, j["ids"]))], capture_output=True).stdout
+        ok = rc == 0 and j["prompt_ids"] == want_prompt and len(j["ids"]) == 6 and j["text"] == per_byte_replace(raw)
+    except Exception as e:
+        ok, so = False, f"{so} {se} {e}"
+    report("run/text_prompt_and_text_out", ok, f"{so} {se} want prompt {want_prompt}")
+    rc, so, se = qmoe("run", "-m", tok_model, "-p", "hello", "--chat", "-n", "2", "--ignore-eos", "--json")
+    try:
+        j = json.loads(so)
+        ok = rc == 0 and j["prompt_ids"][0] == c["V"] - 2 and j["prompt_ids"][-1] != c["V"] - 2
+    except Exception as e:
+        ok, so = False, f"{so} {se} {e}"
+    report("run/chat_template", ok, f"{so} {se}")
+    rc, so, se = qmoe("run", "-m", tok_model, "-p", "the expert", "-n", "4", "--ignore-eos")
+    report("run/streams_text", rc == 0 and so.endswith("\n") and "tokens/s" in se, so + se)
+    rc, so, se = qmoe("trace", "-m", tok_model, "-p", "hello", "--stages", "l_out", "-o", os.path.join(tmp, "tt.gguf"))
+    report("trace/text_prompt", rc == 0, se)
+    rc, so, se = qmoe("run", "-m", model, "-p", "hello")
+    report("run/text_needs_tokenizer", rc == 1 and "no tokenizer" in se, se)
+
     # command-line errors
     rc, so, se = qmoe("run", "-m", model, "--tokens", "1", "--tokens", "2")
     report("cli/repeated_option", rc == 2 and "twice" in se, se)
