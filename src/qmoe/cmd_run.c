@@ -178,6 +178,7 @@ static int run(int argc, char **argv) {
       fwrite(rest, 1, rest_len, stdout);
     }
     printf("\n");
+    fflush(stdout); /* the text before the rates, also when both streams go to one file */
     fprintf(stderr, "qmoe run: prefill %zu tokens in %.3f s (%.2f tokens/s); decode %zu tokens in %.3f s "
             "(%.2f tokens/s); %s, acc %s\n", n_prompt, t1 - t0, n_prompt / (t1 - t0), n_out - 1, t2 - t1,
             n_out > 1 ? (double)(n_out - 1) / (t2 - t1) : 0.0, backend, acc == QMOE_ACC_F64 ? "f64" : "f32");
