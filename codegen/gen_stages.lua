@@ -368,12 +368,18 @@ local function emit_header(recs, sources)
     " * -1 when a dim is negative, a row is not a whole number of blocks, QT is missing or the size overflows. */",
     "int64_t qmoe_stage_buf_bytes(const qmoe_stage_info *si, int buf, const int64_t *p, const qmoe_qtype_info *qt);",
     "",
+    "/* Every kernel variant (stage x qtype x accumulator), from codegen/lib/variants.lua: the one list the",
+    " * generators, the tests and qmoe-gen share. qtype is a GGUF type id or -1, acc a qmoe_acc or -1. */",
+    "typedef struct { const char *stem; qmoe_stage stage; int qtype; int acc; } qmoe_variant;",
+    "extern const qmoe_variant qmoe_variants[];",
+    "extern const size_t qmoe_variant_count;",
+    "",
     "#endif",
   }
   return table.concat(o, "\n") .. "\n"
 end
 
-local function emit_c(recs, sources)
+local function emit_c(recs, sources, vars)
   local o = { util.banner("c", SCRIPT, sources),
     "/* stage_table.c: the stage contracts as data (see stage_table.h). */",
     "#include <string.h>", '#include "stage_table.h"', "" }
@@ -494,7 +500,17 @@ int64_t qmoe_stage_buf_bytes(const qmoe_stage_info *si, int buf, const int64_t *
   if (b->dtype == QMOE_DTYPE_QTYPE) return -1; /* a qtype buffer with no dims */
   if (__builtin_mul_overflow(elems, (int64_t)4, &elems)) return -1;
   return elems;
-}]]
+}
+]]
+  o[#o + 1] = "const qmoe_variant qmoe_variants[] = {"
+  for _, v in ipairs(vars) do
+    o[#o + 1] = string.format('  { "%s", QMOE_STAGE_%s, %d, %s },', v.stem, c_ident(v.rec.name),
+                              v.q and v.q.ggml_type or -1,
+                              v.acc and ("QMOE_ACC_" .. v.acc:upper()) or "-1")
+  end
+  if #vars == 0 then o[#o + 1] = "  { 0 }" end
+  o[#o + 1] = "};"
+  o[#o + 1] = string.format("const size_t qmoe_variant_count = %d;", #vars)
   return table.concat(o, "\n") .. "\n"
 end
 
@@ -510,7 +526,7 @@ local function main(argv)
   util.write_if_changed(d .. "stage_ids.h", emit_ids(recs, sources))
   util.write_if_changed(d .. "stage_calls.h", emit_calls(recs, sources))
   util.write_if_changed(d .. "stage_table.h", emit_header(recs, sources))
-  util.write_if_changed(d .. "stage_table.c", emit_c(recs, sources))
+  util.write_if_changed(d .. "stage_table.c", emit_c(recs, sources, require("variants").list(ctx, recs)))
   util.write_if_changed(d .. "ref_table.c", emit_ref_table(recs, sources))
 end
 

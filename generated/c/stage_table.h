@@ -64,4 +64,10 @@ int qmoe_stage_has_qtype(const qmoe_stage_info *si, int ggml_type);
  * -1 when a dim is negative, a row is not a whole number of blocks, QT is missing or the size overflows. */
 int64_t qmoe_stage_buf_bytes(const qmoe_stage_info *si, int buf, const int64_t *p, const qmoe_qtype_info *qt);
 
+/* Every kernel variant (stage x qtype x accumulator), from codegen/lib/variants.lua: the one list the
+ * generators, the tests and qmoe-gen share. qtype is a GGUF type id or -1, acc a qmoe_acc or -1. */
+typedef struct { const char *stem; qmoe_stage stage; int qtype; int acc; } qmoe_variant;
+extern const qmoe_variant qmoe_variants[];
+extern const size_t qmoe_variant_count;
+
 #endif

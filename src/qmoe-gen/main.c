@@ -119,35 +119,29 @@ static void make_stem(char *buf, size_t n, const qmoe_stage_info *si, const qmoe
 
 static int list_variants(void) {
   printf("%-20s %-6s %-4s %s\n", "stage", "qtype", "acc", "targets");
-  int count = 0;
-  for (int s = 0; s < QMOE_STAGE_TABLE_COUNT; s++) {
-    const qmoe_stage_info *si = qmoe_stage_info_get((qmoe_stage)s);
-    int nq = si->varies_by_qtype ? si->n_qtypes : 1, na = si->varies_by_acc ? si->n_accs : 1;
-    for (int qi = 0; qi < nq; qi++) {
-      const qmoe_qtype_info *q = si->varies_by_qtype ? qmoe_qtype_by_id(si->qtypes[qi]) : NULL;
-      for (int ai = 0; ai < na; ai++) {
-        int acc = si->varies_by_acc ? (int)si->accs[ai] : -1;
-        char stem[128], targets[64] = "";
-        make_stem(stem, sizeof stem, si, q, acc);
-        const qmoe_embedded *mods[8];
-        int nspv = spirv_modules(stem, mods, 8);
-        if (q && q->dequant_row) strcat(targets, "c ");
-        if (find_cuda(stem)) strcat(targets, "cuda ");
-        if (nspv) strcat(targets, "glsl spirv ");
-        if (targets[0]) targets[strlen(targets) - 1] = 0;
-        printf("%-20s %-6s %-4s %s", si->name, q ? q->name : "-", acc >= 0 ? acc_str((qmoe_acc)acc) : "-",
-               targets[0] ? targets : "(none)");
-        if (nspv > 1) {
-          printf(" (passes:");
-          for (int m = 0; m < nspv && m < 8; m++) printf(" %s", strrchr(mods[m]->name, '.') + 1);
-          printf(")");
-        }
-        printf("\n");
-        count++;
-      }
+  /* The generated variant list (codegen/lib/variants.lua via stage_table.c), the one every generator and
+   * test uses. */
+  for (size_t i = 0; i < qmoe_variant_count; i++) {
+    const qmoe_variant *v = &qmoe_variants[i];
+    const qmoe_stage_info *si = qmoe_stage_info_get(v->stage);
+    const qmoe_qtype_info *q = v->qtype >= 0 ? qmoe_qtype_by_id(v->qtype) : NULL;
+    char targets[64] = "";
+    const qmoe_embedded *mods[8];
+    int nspv = spirv_modules(v->stem, mods, 8);
+    if (q && q->dequant_row) strcat(targets, "c ");
+    if (find_cuda(v->stem)) strcat(targets, "cuda ");
+    if (nspv) strcat(targets, "glsl spirv ");
+    if (targets[0]) targets[strlen(targets) - 1] = 0;
+    printf("%-20s %-6s %-4s %s", si ? si->name : "?", q ? q->name : "-", v->acc >= 0 ? acc_str((qmoe_acc)v->acc) : "-",
+           targets[0] ? targets : "(none)");
+    if (nspv > 1) {
+      printf(" (passes:");
+      for (int m = 0; m < nspv && m < 8; m++) printf(" %s", strrchr(mods[m]->name, '.') + 1);
+      printf(")");
     }
+    printf("\n");
   }
-  printf("%d variants\n", count);
+  printf("%zu variants\n", qmoe_variant_count);
   return 0;
 }
 
