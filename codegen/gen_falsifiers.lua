@@ -20,6 +20,10 @@ function M.records(ctx)
   local recs, errs, seen, files = {}, {}, {}, {}
   for _, m in ipairs(ctx.models.list) do
     files[#files + 1] = m.__file
+    local impl = {} -- falsifier id -> the implementation stage listing it (the case table tests iterate by)
+    for _, st in ipairs(m.implementation_stages or {}) do
+      for _, id in ipairs(st.falsifiers or {}) do impl[id] = impl[id] or st.id end
+    end
     for _, f in ipairs(m.falsification_tests or {}) do
       local line = yaml.pos(f, "id")
       local at = m.__file .. ":" .. tostring(line)
@@ -31,7 +35,7 @@ function M.records(ctx)
       end
       recs[#recs + 1] = { id = f.id, metric = tostring(c.metric), comparator = tostring(c.comparator),
                           threshold = c.threshold, runs_on = tostring(c.runs_on or ""), acc = tostring(c.acc or ""),
-                          file = m.__file, line = line or 0 }
+                          impl = tostring(impl[f.id] or ""), file = m.__file, line = line or 0 }
     end
   end
   if #errs > 0 then error(table.concat(errs, "\n"), 0) end
@@ -62,6 +66,7 @@ typedef struct {
   double threshold;       /* check.threshold */
   const char *runs_on;    /* check.runs_on ("ci", "gpu"), "" when absent */
   const char *acc;        /* check.acc ("f32", "f64"), "" when absent */
+  const char *impl;       /* the implementation stage listing it ("IMPL-FORWARD"), "" when none does */
   const char *file;       /* the contract and the line of the id, for messages */
   int line;
 } qmoe_falsifier;
@@ -80,8 +85,8 @@ local function emit_c(recs, files)
     "/* falsifiers.c: the falsifier table (see falsifiers.h). */", "#include <string.h>", '#include "falsifiers.h"', "",
     "const qmoe_falsifier qmoe_falsifiers[QMOE_FALSIFIER_COUNT] = {" }
   for _, r in ipairs(recs) do
-    o[#o + 1] = string.format("  { %s, %s, %s, %s, %s, %s, %s, %d },", cstr(r.id), cstr(r.metric), cstr(r.comparator),
-                              num(r.threshold), cstr(r.runs_on), cstr(r.acc), cstr(r.file), r.line)
+    o[#o + 1] = string.format("  { %s, %s, %s, %s, %s, %s, %s, %s, %d },", cstr(r.id), cstr(r.metric), cstr(r.comparator),
+                              num(r.threshold), cstr(r.runs_on), cstr(r.acc), cstr(r.impl), cstr(r.file), r.line)
   end
   o[#o + 1] = [[};
 

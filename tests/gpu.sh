@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # gpu.sh: runs every test that needs an NVIDIA GPU — the CUDA backend (parity with the CPU reference, unit tests,
-# NVRTC compilation for the device), the whole model forward against the CPU (test_model, Vulkan included) and
-# the Vulkan backend on NVIDIA's driver — from an already built tree,
-# prints a summary and writes the whole log to ${OUT:-.}/gpu-tests.log. Exits non-zero on any failure.
+# NVRTC compilation for the device), the whole model forward against the CPU (test_model, and the model
+# contract's falsifiers in test_model_falsifiers; Vulkan included) and the Vulkan backend on NVIDIA's
+# driver — from an already built tree, prints a summary and writes the whole log to ${OUT:-.}/gpu-tests.log.
+# Exits non-zero on any failure.
 # It never configures or builds: the machine with the GPU may lack Lua, libyaml and shaderc; the test
 # binaries (build/tests/*) link those statically and need only libc, libm and libdl.
 #
@@ -22,7 +23,7 @@ LOGDIR=${OUT:-.}
 LOG="$LOGDIR/gpu-tests.log"
 TMO=${QMOE_GPU_TIMEOUT:-600}
 vulkan=1
-cuda_tests="test_parity_cuda test_cuda_backend test_cuda_runtime test_cuda_compile test_model test_embed_rows"
+cuda_tests="test_parity_cuda test_cuda_backend test_cuda_runtime test_cuda_compile test_model test_model_falsifiers test_embed_rows"
 vk_tests="test_parity_vulkan test_vk_runtime test_vk_perf"
 if [ "${1:-}" = "--pack" ]; then
   dst=${2:-.gpu-build}

@@ -5,22 +5,22 @@
 #include "falsifiers.h"
 
 const qmoe_falsifier qmoe_falsifiers[QMOE_FALSIFIER_COUNT] = {
-  { "FALSIFY-STAGE-PARITY-F32", "nmse", "<=", 1e-08, "ci", "f32", "contracts/models/qwen3-moe-forward-v1.yaml", 118 },
-  { "FALSIFY-STAGE-PARITY-F64", "nmse", "<=", 1e-13, "ci", "f64", "contracts/models/qwen3-moe-forward-v1.yaml", 132 },
-  { "FALSIFY-STAGE-MAXREL-F32", "max_abs_rel", "<=", 1e-05, "ci", "f32", "contracts/models/qwen3-moe-forward-v1.yaml", 146 },
-  { "FALSIFY-STAGE-MAXREL-F64", "max_abs_rel", "<=", 1e-07, "ci", "f64", "contracts/models/qwen3-moe-forward-v1.yaml", 160 },
-  { "FALSIFY-FINITE", "finite", "==", 1, "ci", "", "contracts/models/qwen3-moe-forward-v1.yaml", 172 },
-  { "FALSIFY-DETERMINISM", "equal", "==", 1, "ci", "", "contracts/models/qwen3-moe-forward-v1.yaml", 185 },
-  { "FALSIFY-ROUTER-WEIGHTS-SUM", "abs_err", "<=", 1e-06, "ci", "", "contracts/models/qwen3-moe-forward-v1.yaml", 196 },
-  { "FALSIFY-ROUTER-TOPK-AGREE", "agreement", ">=", 1, "gpu", "", "contracts/models/qwen3-moe-forward-v1.yaml", 208 },
-  { "FALSIFY-LAYER-COSINE", "cosine", ">=", 0.99, "gpu", "", "contracts/models/qwen3-moe-forward-v1.yaml", 220 },
-  { "FALSIFY-GREEDY-TOKENS", "agreement", ">=", 1, "gpu", "", "contracts/models/qwen3-moe-forward-v1.yaml", 233 },
-  { "FALSIFY-QTYPE-DISPATCH", "equal", "==", 1, "ci", "", "contracts/models/qwen3-moe-forward-v1.yaml", 244 },
-  { "FALSIFY-MOE-TENSORS", "present", "==", 1, "ci", "", "contracts/models/qwen3-moe-forward-v1.yaml", 256 },
-  { "FALSIFY-QUANT-BITEXACT", "equal", "==", 1, "ci", "", "contracts/models/qwen3-moe-forward-v1.yaml", 267 },
-  { "FALSIFY-DOT-F64", "abs_err", "<=", 1e-12, "ci", "f64", "contracts/models/qwen3-moe-forward-v1.yaml", 278 },
-  { "FALSIFY-THROUGHPUT", "ratio_to_ceiling", ">=", 0.25, "gpu", "", "contracts/models/qwen3-moe-forward-v1.yaml", 291 },
-  { "FALSIFY-MEMORY", "bytes", "<=", 1.1, "gpu", "", "contracts/models/qwen3-moe-forward-v1.yaml", 302 },
+  { "FALSIFY-STAGE-PARITY-F32", "nmse", "<=", 1e-08, "ci", "f32", "IMPL-GPU-BACKENDS", "contracts/models/qwen3-moe-forward-v1.yaml", 118 },
+  { "FALSIFY-STAGE-PARITY-F64", "nmse", "<=", 1e-13, "ci", "f64", "IMPL-GPU-BACKENDS", "contracts/models/qwen3-moe-forward-v1.yaml", 132 },
+  { "FALSIFY-STAGE-MAXREL-F32", "max_abs_rel", "<=", 1e-05, "ci", "f32", "IMPL-GPU-BACKENDS", "contracts/models/qwen3-moe-forward-v1.yaml", 146 },
+  { "FALSIFY-STAGE-MAXREL-F64", "max_abs_rel", "<=", 1e-07, "ci", "f64", "IMPL-GPU-BACKENDS", "contracts/models/qwen3-moe-forward-v1.yaml", 160 },
+  { "FALSIFY-FINITE", "finite", "==", 1, "ci", "", "IMPL-CPU-REFERENCE", "contracts/models/qwen3-moe-forward-v1.yaml", 172 },
+  { "FALSIFY-DETERMINISM", "equal", "==", 1, "ci", "", "IMPL-CPU-REFERENCE", "contracts/models/qwen3-moe-forward-v1.yaml", 185 },
+  { "FALSIFY-ROUTER-WEIGHTS-SUM", "abs_err", "<=", 1e-06, "ci", "", "IMPL-CPU-REFERENCE", "contracts/models/qwen3-moe-forward-v1.yaml", 196 },
+  { "FALSIFY-ROUTER-TOPK-AGREE", "agreement", ">=", 1, "gpu", "", "IMPL-GPU-BACKENDS", "contracts/models/qwen3-moe-forward-v1.yaml", 208 },
+  { "FALSIFY-LAYER-COSINE", "cosine", ">=", 0.99, "gpu", "", "IMPL-FORWARD", "contracts/models/qwen3-moe-forward-v1.yaml", 220 },
+  { "FALSIFY-GREEDY-TOKENS", "agreement", ">=", 1, "gpu", "", "IMPL-FORWARD", "contracts/models/qwen3-moe-forward-v1.yaml", 233 },
+  { "FALSIFY-QTYPE-DISPATCH", "equal", "==", 1, "ci", "", "IMPL-CPU-REFERENCE", "contracts/models/qwen3-moe-forward-v1.yaml", 244 },
+  { "FALSIFY-MOE-TENSORS", "present", "==", 1, "ci", "", "IMPL-GGUF-LOADER", "contracts/models/qwen3-moe-forward-v1.yaml", 256 },
+  { "FALSIFY-QUANT-BITEXACT", "equal", "==", 1, "ci", "", "IMPL-QUANT-CODECS", "contracts/models/qwen3-moe-forward-v1.yaml", 267 },
+  { "FALSIFY-DOT-F64", "abs_err", "<=", 1e-12, "ci", "f64", "IMPL-QUANT-CODECS", "contracts/models/qwen3-moe-forward-v1.yaml", 278 },
+  { "FALSIFY-THROUGHPUT", "ratio_to_ceiling", ">=", 0.25, "gpu", "", "IMPL-PERFORMANCE", "contracts/models/qwen3-moe-forward-v1.yaml", 291 },
+  { "FALSIFY-MEMORY", "bytes", "<=", 1.1, "gpu", "", "IMPL-PERFORMANCE", "contracts/models/qwen3-moe-forward-v1.yaml", 302 },
 };
 
 const qmoe_falsifier *qmoe_falsifier_find(const char *id) {

@@ -11,6 +11,7 @@ typedef struct {
   double threshold;       /* check.threshold */
   const char *runs_on;    /* check.runs_on ("ci", "gpu"), "" when absent */
   const char *acc;        /* check.acc ("f32", "f64"), "" when absent */
+  const char *impl;       /* the implementation stage listing it ("IMPL-FORWARD"), "" when none does */
   const char *file;       /* the contract and the line of the id, for messages */
   int line;
 } qmoe_falsifier;
