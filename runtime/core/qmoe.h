@@ -76,7 +76,7 @@ int qmoe_recipe_file_type(const qmoe_recipe *r);                 /* llama.cpp ge
  * matching rule's); NULL, error set, when no rule matches. */
 const char *qmoe_recipe_qtype(const qmoe_recipe *r, const char *name, int n_dims, int64_t n_layers);
 
-/* ==== GGUF I/O (runtime/gguf/*.c; docs/gguf.md) ==================================================== */
+/* ==== GGUF I/O (runtime/gguf/; docs/gguf.md) ==================================================== */
 /* Metadata value types, as numbered by the GGUF spec. */
 enum {
   QMOE_GGUF_U8 = 0, QMOE_GGUF_I8 = 1, QMOE_GGUF_U16 = 2, QMOE_GGUF_I16 = 3, QMOE_GGUF_U32 = 4,

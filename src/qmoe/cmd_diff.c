@@ -758,7 +758,7 @@ static int run_backends(const char *model, const char *backends, const char *pro
   for (int k = 0; k < 2; k++) {
     snprintf(path[k], sizeof path[k], "%s/%c-%s.trace.gguf", dir, 'a' + k, be[k]);
     fprintf(stderr, "qmoe diff: tracing %zu tokens on %s (%s)\n", n_ids, be[k], acc[k] == QMOE_ACC_F64 ? "f64" : "f32");
-    if (cli_trace_record("diff", model, be[k], acc[k], n_ctx, points, first, end, ids, n_ids, path[k])) {
+    if (cli_trace_record("diff", model, be[k], acc[k], n_ctx, points, first, end, ids, n_ids, path[k], 1)) {
       status = 2;
       break;
     }

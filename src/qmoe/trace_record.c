@@ -23,6 +23,12 @@ static int on_trace(void *user, int point, int64_t layer, int64_t pos, const voi
   return 0;
 }
 
+void cli_trace_list_points(FILE *fp) {
+  for (int i = 0; i < QMOE_TP_COUNT; i++)
+    fprintf(fp, "  %-16s %-6s %-24s %s\n", qmoe_trace_points[i].name, qmoe_trace_points[i].per_layer ? "layer" : "model",
+            qmoe_trace_points[i].elements, qmoe_trace_points[i].doc);
+}
+
 int cli_trace_parse_points(const char *cmd, const char *list, unsigned char points[QMOE_TP_COUNT]) {
   memset(points, 0, QMOE_TP_COUNT);
   if (!strcmp(list, "all")) {
@@ -41,7 +47,7 @@ int cli_trace_parse_points(const char *cmd, const char *list, unsigned char poin
     }
     if (k < 0) {
       cli_error(cmd, "--stages: unknown trace point '%.*s'; the valid ones are:", (int)(len < 64 ? len : 64), p);
-      for (int i = 0; i < QMOE_TP_COUNT; i++) fprintf(stderr, "  %s\n", qmoe_trace_points[i].name);
+      cli_trace_list_points(stderr);
       return 1;
     }
     points[k] = 1;
@@ -52,14 +58,14 @@ int cli_trace_parse_points(const char *cmd, const char *list, unsigned char poin
 
 int cli_trace_record(const char *cmd, const char *model_path, const char *backend, int acc, int64_t n_ctx,
                      const unsigned char points[QMOE_TP_COUNT], int64_t first, int64_t end, const int32_t *ids,
-                     size_t n_ids, const char *out) {
+                     size_t n_ids, const char *out, int quiet) {
   qmoe_backend *be = NULL;
   qmoe_model *m = NULL;
   store ts = { 0 };
   qmoe_gguf_writer *w = NULL;
   unsigned char *layers = NULL;
   int rc = 1;
-  if (cli_open_model(cmd, model_path, backend, n_ctx, (int64_t)n_ids, acc, 1, &be, &m)) goto done;
+  if (cli_open_model(cmd, model_path, backend, n_ctx, (int64_t)n_ids, acc, quiet, &be, &m)) goto done;
   const qmoe_model_config *c = qmoe_model_config_of(m);
   if (end < 0 || end > c->n_layers) end = c->n_layers;
   layers = calloc((size_t)c->n_layers, 1);
@@ -102,6 +108,7 @@ int cli_trace_record(const char *cmd, const char *model_path, const char *backen
   int first_layer_point = QMOE_TP_COUNT;
   for (int p = QMOE_TP_COUNT - 1; p >= 0; p--)
     if (qmoe_trace_points[p].per_layer) first_layer_point = p;
+  int64_t n_tensors = 0;
   for (int pass = 0; pass < 3; pass++)
     for (int64_t l = pass == 1 ? 0 : -1; l < (pass == 1 ? c->n_layers : 0); l++)
       for (int p = 0; p < QMOE_TP_COUNT; p++) {
@@ -117,11 +124,13 @@ int cli_trace_record(const char *cmd, const char *model_path, const char *backen
           cli_error(cmd, "%s", qmoe_last_error());
           goto done;
         }
+        n_tensors++;
       }
   if (qmoe_gguf_writer_write(w, out)) {
     cli_error(cmd, "%s", qmoe_last_error());
     goto done;
   }
+  if (!quiet) fprintf(stderr, "qmoe %s: wrote %lld tensors (%zu positions) to %s\n", cmd, (long long)n_tensors, n_ids, out);
   rc = 0;
 done:
   if (ts.data) {
