@@ -47,7 +47,8 @@ def field(r, key):
     return f.parts[f.data[0]][0].item()
 
 H, L, E, K, F, NH, NKV, D, V = 256, 4, 8, 2, 256, 4, 2, 64, 1024  # the tiny preset (make-model --help)
-seed = int.from_bytes(os.urandom(2), "little")
+seed = int(os.environ.get("QMOE_SEED", int.from_bytes(os.urandom(2), "little")))
+print(f"# seed {seed} (rerun with QMOE_SEED={seed})")
 tiny = make("tiny.gguf", "--preset", "tiny", "--seed", str(seed))
 r = gguf.GGUFReader(tiny)
 T = {t.name: t for t in r.tensors}
@@ -190,8 +191,11 @@ def forward(W, n_layers, tokens):
 rms, upd, margins, chosen, lg = forward(W, L, np.random.default_rng(seed).integers(0, V, 12))
 report("forward: residual RMS stays within 0.8..1.25 of the embedding's", (rms / rms[0]).min() > 0.8 and (rms / rms[0]).max() < 1.25, rms)
 report("forward: every layer adds 0.05..0.4 RMS to the residual", all(0.05 < u < 0.4 for u in upd), upd)
-report("forward: logits spread (sd 1..10 at every position, argmax unique)",
-       all(1 < s < 10 for s in lg.std(1)) and all(np.sort(r_)[-1] - np.sort(r_)[-2] > 1e-3 for r_ in lg), lg.std(1))
+# The top-2 gap of 1024 logits with sd ~3 is about exponential with mean ~0.8, so a gap under 1e-3 happens
+# at ~0.1% of positions by chance (seen once in CI); two of twelve is ~1e-4 and means the logits collapsed.
+gaps = np.array([np.sort(r_)[-1] - np.sort(r_)[-2] for r_ in lg])
+report("forward: logits spread (sd 1..10 at every position)", all(1 < s < 10 for s in lg.std(1)), lg.std(1))
+report("forward: argmax a near-tie (top-2 gap < 1e-3) at no more than 1 of 12 positions", (gaps < 1e-3).sum() <= 1, gaps)
 report("forward: router top-k rarely a near-tie (gap < 1e-3 in < 5% of calls)", (margins < 1e-3).mean() < 0.05, np.sort(margins)[:5])
 report("forward: routing uses most experts", len(chosen) >= min(E, 2 * K) and len(chosen) > K, sorted(chosen))
 
