@@ -285,6 +285,7 @@ struct qmoe_model {
    * each id on the device; a decoded token is read from idx, where argmax left it (no upload). */
   qmoe_buffer *tok;
   int32_t idx_token; /* the token idx holds (-1: none) */
+  int no_graph;      /* QMOE_NO_GRAPH=1: enqueue stage by stage even where the backend offers graphs */
   qmoe_model_memory mem;
   /* tracing */
   qmoe_trace_fn trace_fn;
@@ -403,6 +404,8 @@ int qmoe_model_load(const char *path, qmoe_backend *be, int64_t n_ctx, qmoe_mode
   m->n_ctx = n_ctx;
   m->idx_token = -1;
   m->acc = QMOE_ACC_F32;
+  const char *ng = getenv("QMOE_NO_GRAPH");
+  m->no_graph = ng && ng[0] && strcmp(ng, "0") != 0;
   model_dims(&m->c, m->trace_dims);
   /* The memory plan, complete before the first allocation. */
   for_each_weight(m, add_bytes, &m->mem.weights);
@@ -587,11 +590,50 @@ static int outputs(qmoe_model *m, int64_t pos, int32_t *argmax, float *logits) {
   if ((rc = run(m, &s, &m->output)) || (rc = trace(m, QMOE_TP_RESULT_OUTPUT, -1, pos, m->logits))) return rc;
   if (argmax) {
     qmoe_call_argmax(&s, c->n_vocab, m->logits, m->idx);
-    if ((rc = run(m, &s, NULL)) || (rc = m->be->download(m->be, m->idx, 0, argmax, sizeof *argmax))) return rc;
+    if ((rc = run(m, &s, NULL))) return rc;
+  }
+  return 0;
+}
+
+/* What outputs() left on the device, brought back (after a graph has been submitted). */
+static int fetch_outputs(qmoe_model *m, int32_t *argmax, float *logits) {
+  int rc;
+  if (argmax) {
+    if ((rc = m->be->download(m->be, m->idx, 0, argmax, sizeof *argmax))) return rc;
     m->idx_token = *argmax;
   }
-  if (logits && (rc = m->be->download(m->be, m->logits, 0, logits, (size_t)c->n_vocab * sizeof(float)))) return rc;
+  if (logits && (rc = m->be->download(m->be, m->logits, 0, logits, (size_t)m->c.n_vocab * sizeof(float))))
+    return rc;
   return 0;
+}
+
+/* Whether position POS runs as one recorded graph: the backend offers graphs and no trace point would
+ * download in the middle of the position. */
+static int use_graph(const qmoe_model *m) {
+  if (!m->be->graph_begin || !m->be->graph_end || m->no_graph) return 0;
+  if (!m->trace_fn) return 1;
+  for (int i = 0; i < QMOE_TP_COUNT; i++)
+    if (m->trace_points[i]) return 0;
+  return 1;
+}
+
+/* One position: the embedding of the token at byte OFF of IDS, every layer, and (LAST) the outputs, as one
+ * graph where the backend offers it. */
+static int position(qmoe_model *m, qmoe_buffer *ids, size_t off, int64_t pos, int last, int32_t *argmax,
+                    float *logits) {
+  const int graph = use_graph(m);
+  int rc;
+  if (graph && (rc = m->be->graph_begin(m->be))) return rc;
+  rc = embed(m, ids, off);
+  if (!rc) rc = trace(m, QMOE_TP_INP_EMBD, -1, pos, m->h);
+  for (int64_t l = 0; !rc && l < m->c.n_layers; l++) rc = layer_forward(m, l, pos);
+  /* Before the last position, the outputs run only when result_* are traced. */
+  if (!rc) rc = last ? outputs(m, pos, argmax, logits) : outputs(m, pos, NULL, NULL);
+  if (graph) {
+    int rc2 = m->be->graph_end(m->be, rc == 0);
+    if (!rc) rc = rc2;
+  }
+  return rc;
 }
 
 int qmoe_model_prefill(qmoe_model *m, const int32_t *tokens, int64_t n, int64_t pos0, int32_t *argmax,
@@ -613,15 +655,11 @@ int qmoe_model_prefill(qmoe_model *m, const int32_t *tokens, int64_t n, int64_t 
   int from_idx = n == 1 && m->idx_token >= 0 && tokens[0] == m->idx_token;
   if (!from_idx && (rc = m->be->upload(m->be, m->tok, (size_t)pos0 * 4, tokens, (size_t)n * 4))) return rc;
   m->idx_token = -1;
-  for (int64_t i = 0; !rc && i < n; i++) {
-    int64_t pos = pos0 + i;
-    rc = from_idx ? embed(m, m->idx, 0) : embed(m, m->tok, (size_t)(pos0 + i) * 4);
-    if (!rc) rc = trace(m, QMOE_TP_INP_EMBD, -1, pos, m->h);
-    for (int64_t l = 0; !rc && l < c->n_layers; l++) rc = layer_forward(m, l, pos);
-    if (!rc && i + 1 < n) rc = outputs(m, pos, NULL, NULL); /* only when result_* are traced */
-  }
+  for (int64_t i = 0; !rc && i < n; i++)
+    rc = position(m, from_idx ? m->idx : m->tok, from_idx ? 0 : (size_t)(pos0 + i) * 4, pos0 + i, i + 1 == n,
+                  argmax, logits);
   if (rc) return rc;
-  return outputs(m, pos0 + n - 1, argmax, logits);
+  return fetch_outputs(m, argmax, logits);
 }
 
 int qmoe_model_step(qmoe_model *m, int32_t token, int64_t pos, int32_t *argmax, float *logits) {

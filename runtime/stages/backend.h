@@ -64,6 +64,17 @@ struct qmoe_backend {
    * message naming the stage, the tensor and the qtype — never a fallback to another format's kernel. */
   int (*run)(qmoe_backend *, const qmoe_stage_call *);
   int (*sync)(qmoe_backend *); /* waits for everything enqueued */
+  /* Optional (NULL where a backend does not offer it): a call sequence recorded once and replayed, so that a
+   * decode step costs one submission instead of one launch per stage. Between graph_begin() and graph_end(),
+   * run() checks each call as always but records it instead of enqueuing it; graph_end(be, 1) enqueues the
+   * whole sequence as one unit (it completes like any enqueued work: download/sync wait for it). When the
+   * sequence has the same shape as the one last recorded — the same stages and kernels on the same buffer
+   * objects, in the same order — the backend replays its recording (CUDA: one instantiated graph; Vulkan: one
+   * command buffer) with only what changed patched in: params, buffer offsets, grid sizes. A different shape
+   * is recorded anew. graph_end(be, 0) drops what was recorded (an error path). upload, download and sync
+   * between the two are QMOE_EINVAL; so is a graph_begin() inside another. */
+  int (*graph_begin)(qmoe_backend *);
+  int (*graph_end)(qmoe_backend *, int submit);
   void (*close)(qmoe_backend *);
   void *impl;
 };
