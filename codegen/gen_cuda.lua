@@ -299,24 +299,22 @@ local function emit_variant(v, sources)
     local unroll = 8
     local guard = (be % (32 * unroll)) ~= 0
     vars.QNAME, vars.BE, vars.BB, vars.CH, vars.UNROLL = q.name, be, bb, ch, unroll
-    -- Which elements a lane takes in a step of 256 (e0 a multiple of 256), and how the compiler is shown it:
-    --  * blocks of 256·k (k-quants): element e0 + lane + 32·t, one block for the whole step, i = lane | 32·t,
-    --    so everything that depends on i / 32 (sub-block scales, bit positions) is a constant per unrolled t,
-    --    and x loads are coalesced (on the SASS: 14 (q6_k) to 21 (q5_k) instructions per element, against 19
-    --    to 24 with 8 consecutive elements per lane);
-    --  * smaller blocks dividing 256 (32-element formats): 8 consecutive elements per lane, all in one block,
-    --    i = (offset in block) | t, so the block's scale is read and converted once per lane and step;
+    -- Which elements a lane takes in a step of 256 (e0 a multiple of 256): 8 consecutive ones, its run.
+    --  * blocks of 256·k (k-quants): one block for the whole step, the run inside one sub-block (sub-blocks
+    --    are 16 or 32 elements), so its scales are decoded once per run (GROUP in expr.lua; on the PTX of
+    --    matvec q4_k: 20 int -> float conversions and 508 instructions per step of 16 element-rows, against
+    --    48 and 688 with element lane + 32·t, where every element has its own sub-block);
+    --  * smaller blocks dividing 256 (32-element formats): all in one block, whose scale is read and
+    --    converted once per lane and step;
     --  * one-element blocks (f32, f16, bf16): 8 consecutive elements per lane.
     -- STEPBLK: the lane's block at the start of the step; TBLK: blocks further on for element t.
     if be % 256 == 0 then
       vars.STEPBLK, vars.TBLK = "(e0 / QB_ELEMS)", "0"
-      vars.IDX = be == 256 and "(lane | (32 * t))" or "((e0 % QB_ELEMS) | lane | (32 * t))"
-      vars.XLANE, vars.XT, vars.EXPR = "lane", "32 * t", "e0 + lane + 32 * t"
+      vars.RUN = be == 256 and "(UNROLL * lane)" or "((e0 % QB_ELEMS) | (UNROLL * lane))"
+      vars.XLANE, vars.XT, vars.EXPR = "UNROLL * lane", "t", "e0 + UNROLL * lane + t"
     elseif be >= 8 and 256 % be == 0 then
       vars.STEPBLK, vars.TBLK = "((e0 + UNROLL * lane) / QB_ELEMS)", "0"
-      -- `| t`, not `+ t` (the same: the rest is a multiple of 8 and t < 8), so that i / 8 and above are seen
-      -- not to depend on t
-      vars.IDX = "(((e0 + UNROLL * lane) % QB_ELEMS) | t)"
+      vars.RUN = "((e0 + UNROLL * lane) % QB_ELEMS)"
       vars.XLANE, vars.XT, vars.EXPR = "UNROLL * lane", "t", "e0 + UNROLL * lane + t"
     elseif be == 1 then
       vars.STEPBLK, vars.TBLK, vars.IDX = "(e0 + UNROLL * lane)", "t", "0"
@@ -325,10 +323,17 @@ local function emit_variant(v, sources)
       vars.STEPBLK, vars.TBLK, vars.IDX = "0", "(e / QB_ELEMS)", "(e % QB_ELEMS)"
       vars.XLANE, vars.XT, vars.EXPR = "UNROLL * lane", "t", "e0 + UNROLL * lane + t"
     end
+    -- A lane's UNROLL consecutive elements (its run, starting at RUN, a multiple of UNROLL) share their
+    -- sub-block: expr.lua emits the decode's per-run parts over the run's start, which the kernel passes
+    -- without t, so the compiler computes a run's scales once, not per element (see GROUP there). `| t`, not
+    -- `+ t` (the same: RUN is a multiple of 8 and t < 8).
+    DIALECT.group = vars.RUN and unroll or nil
+    vars.DECODE = "qmoe_" .. q.name .. "_decode"
+    vars.DOT_DECODE = vars.DECODE .. (vars.RUN and "_run" or "")
+    if vars.RUN then vars.IDX = vars.RUN .. ", (" .. vars.RUN .. " | t)" end
     vars.E_DECL = (vars.TBLK:find("e") or vars.IDX:find("%f[%w]e%f[^%w]")) and
                   ("const int e = " .. vars.EXPR .. ";") or ("// element " .. vars.EXPR)
     vars.MAY_BE_PARTIAL = guard and "true" or "false"
-    vars.DECODE = "qmoe_" .. q.name .. "_decode"
     parts[#parts + 1] = "// ---- decoding, from " .. q.__file .. " via src/lib/lua/expr.lua (CUDA dialect, f16 by cvt.f32.f16) ----"
     -- expr's helpers are a fixed set, not all used by every format: no "declared but never referenced" noise.
     parts[#parts + 1] = "#pragma nv_diag_suppress 177"

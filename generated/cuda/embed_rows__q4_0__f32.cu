@@ -106,13 +106,16 @@ static __device__ __forceinline__ float qmoe_q_f16(uint32_t h) {
   return qmoe_q_bits_f32(s | (e + 112u) << 23 | m << 13);
 }
 static __device__ __forceinline__ float qmoe_q_bf16(uint32_t h) { return qmoe_q_bits_f32(h << 16); }
+/* (float)v, exact for -2^22 <= v < 2^22, without the slow conversion instruction (expr.lua, RANGES). */
+static __device__ __forceinline__ float qmoe_q_i2f(int v) { return __fsub_rn(__int_as_float(0x4B400000 + v), 12582912.0f); }
 
-static __device__ __forceinline__ float qmoe_q4_0_decode(const uint8_t *b, int i) {
+static __device__ __forceinline__ float qmoe_q4_0_decode_run(const uint8_t *b, int ig, int i) {
   const float f_d = qmoe_cu_f16(qmoe_q_rd_u16(b + 0));
-  const int v_q = ((((int)b[2 + (i % 16)] >> (4 * (i / 16))) & 15) - 8);
-  const float r = __fmul_rn((float)v_q, f_d);
+  const int v_q = ((((int)b[2 + (i % 16)] >> (4 * (ig / 16))) & 15) - 8);
+  const float r = __fmul_rn(qmoe_q_i2f(v_q), f_d);
   return r;
 }
+static __device__ __forceinline__ float qmoe_q4_0_decode(const uint8_t *b, int i) { return qmoe_q4_0_decode_run(b, i & ~7, i); }
 
 static __device__ __forceinline__ void qmoe_q4_0_decode_block(const uint8_t *b, float *y) {
   float t[32];
@@ -174,9 +177,11 @@ static __device__ __forceinline__ void qmoe_dot_chunk(const uint4 *sh, const int
     for (int t = 0; t < UNROLL; t++) {
       // element e0 + UNROLL * lane + t
       if (G && e0 + UNROLL * lane + t >= ne) continue;
-      const float xv = __ldg(xl + t);
+      // A plain load (not __ldg, whose inline asm clobbers memory and so keeps the compiler from sharing the
+      // decode's shared-memory reads between the unrolled elements).
+      const float xv = xl[t];
 #pragma unroll
-      for (int r = 0; r < R; r++) acc[r] = qmoe_fma(qmoe_q4_0_decode(bl[r] + 0 * QB_BYTES, (((e0 + UNROLL * lane) % QB_ELEMS) | t)), xv, acc[r]);
+      for (int r = 0; r < R; r++) acc[r] = qmoe_fma(qmoe_q4_0_decode_run(bl[r] + 0 * QB_BYTES, ((e0 + UNROLL * lane) % QB_ELEMS), (((e0 + UNROLL * lane) % QB_ELEMS) | t)), xv, acc[r]);
     }
   }
 }

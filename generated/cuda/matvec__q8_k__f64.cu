@@ -106,12 +106,15 @@ static __device__ __forceinline__ float qmoe_q_f16(uint32_t h) {
   return qmoe_q_bits_f32(s | (e + 112u) << 23 | m << 13);
 }
 static __device__ __forceinline__ float qmoe_q_bf16(uint32_t h) { return qmoe_q_bits_f32(h << 16); }
+/* (float)v, exact for -2^22 <= v < 2^22, without the slow conversion instruction (expr.lua, RANGES). */
+static __device__ __forceinline__ float qmoe_q_i2f(int v) { return __fsub_rn(__int_as_float(0x4B400000 + v), 12582912.0f); }
 
-static __device__ __forceinline__ float qmoe_q8_k_decode(const uint8_t *b, int i) {
+static __device__ __forceinline__ float qmoe_q8_k_decode_run(const uint8_t *b, int ig, int i) {
   const float f_d = qmoe_q_rd_f32(b + 0);
-  const float r = __fmul_rn(f_d, (float)(int)(int8_t)b[4 + i]);
+  const float r = __fmul_rn(f_d, qmoe_q_i2f((int)(int8_t)b[4 + i]));
   return r;
 }
+static __device__ __forceinline__ float qmoe_q8_k_decode(const uint8_t *b, int i) { return qmoe_q8_k_decode_run(b, i & ~7, i); }
 
 static __device__ __forceinline__ void qmoe_q8_k_decode_block(const uint8_t *b, float *y) {
   float t[256];
@@ -165,17 +168,19 @@ static __device__ __forceinline__ void qmoe_dot_chunk(const uint4 *sh, const int
                                                       int lane, acc_t *acc) {
   for (int e0 = 0; e0 < ne; e0 += 32 * UNROLL) {
     // the lane's x and block, addressed once per step
-    const float *xl = xc + e0 + lane;
+    const float *xl = xc + e0 + UNROLL * lane;
     const uint8_t *bl[R];
 #pragma unroll
     for (int r = 0; r < R; r++) bl[r] = (const uint8_t *)(sh + r * STAGE_VECS + STAGE_PAD) + off[r] + (e0 / QB_ELEMS) * QB_BYTES;
 #pragma unroll
     for (int t = 0; t < UNROLL; t++) {
-      // element e0 + lane + 32 * t
-      if (G && e0 + lane + 32 * t >= ne) continue;
-      const float xv = __ldg(xl + 32 * t);
+      // element e0 + UNROLL * lane + t
+      if (G && e0 + UNROLL * lane + t >= ne) continue;
+      // A plain load (not __ldg, whose inline asm clobbers memory and so keeps the compiler from sharing the
+      // decode's shared-memory reads between the unrolled elements).
+      const float xv = xl[t];
 #pragma unroll
-      for (int r = 0; r < R; r++) acc[r] = qmoe_fma(qmoe_q8_k_decode(bl[r] + 0 * QB_BYTES, (lane | (32 * t))), xv, acc[r]);
+      for (int r = 0; r < R; r++) acc[r] = qmoe_fma(qmoe_q8_k_decode_run(bl[r] + 0 * QB_BYTES, (UNROLL * lane), ((UNROLL * lane) | t)), xv, acc[r]);
     }
   }
 }

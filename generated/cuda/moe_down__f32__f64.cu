@@ -106,6 +106,8 @@ static __device__ __forceinline__ float qmoe_q_f16(uint32_t h) {
   return qmoe_q_bits_f32(s | (e + 112u) << 23 | m << 13);
 }
 static __device__ __forceinline__ float qmoe_q_bf16(uint32_t h) { return qmoe_q_bits_f32(h << 16); }
+/* (float)v, exact for -2^22 <= v < 2^22, without the slow conversion instruction (expr.lua, RANGES). */
+static __device__ __forceinline__ float qmoe_q_i2f(int v) { return __fsub_rn(__int_as_float(0x4B400000 + v), 12582912.0f); }
 
 static __device__ __forceinline__ float qmoe_f32_decode(const uint8_t *b, int i) {
   const float f_x = qmoe_q_rd_f32(b + 0);
@@ -173,7 +175,9 @@ static __device__ __forceinline__ void qmoe_dot_chunk(const uint4 *sh, const int
     for (int t = 0; t < UNROLL; t++) {
       // element e0 + UNROLL * lane + t
       if (G && e0 + UNROLL * lane + t >= ne) continue;
-      const float xv = __ldg(xl + t);
+      // A plain load (not __ldg, whose inline asm clobbers memory and so keeps the compiler from sharing the
+      // decode's shared-memory reads between the unrolled elements).
+      const float xv = xl[t];
 #pragma unroll
       for (int r = 0; r < R; r++) acc[r] = qmoe_fma(qmoe_f32_decode(bl[r] + t * QB_BYTES, 0), xv, acc[r]);
     }

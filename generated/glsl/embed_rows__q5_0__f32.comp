@@ -30,7 +30,7 @@ float dq_decode(uint base, int i) {
   precise float f_d = unpackHalf2x16(uint(qmoe_q_u16(base + uint(0)))).x;
   int v_lo = ((qmoe_q_u8(base + uint(6 + (i % 16))) >> (4 * (i / 16))) & 15);
   int v_hb = ((qmoe_q_u8(base + uint(2 + (i / 8))) >> (i % 8)) & 1);
-  precise float r = (float(((v_lo | (v_hb << 4)) - 16)) * f_d);
+  precise float r = ((intBitsToFloat(0x4B400000 + ((v_lo | (v_hb << 4)) - 16)) - 12582912.0) * f_d);
   return r;
 }
 

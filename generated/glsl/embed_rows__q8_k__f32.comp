@@ -28,7 +28,7 @@ int qmoe_q_u16(uint o) { return qmoe_q_u8(o) | (qmoe_q_u8(o + 1u) << 8); }
 
 float dq_decode(uint base, int i) {
   precise float f_d = uintBitsToFloat(uint(qmoe_q_u16(base + uint(0))) | (uint(qmoe_q_u16(base + uint(0) + 2u)) << 16));
-  precise float r = (f_d * float(((int(qmoe_q_u8(base + uint(4 + i))) << 24) >> 24)));
+  precise float r = (f_d * (intBitsToFloat(0x4B400000 + ((int(qmoe_q_u8(base + uint(4 + i))) << 24) >> 24)) - 12582912.0));
   return r;
 }
 

@@ -35,7 +35,7 @@ int qmoe_q_u16(uint o) { return qmoe_q_u8(o) | (qmoe_q_u8(o + 1u) << 8); }
 float dq_decode(uint base, int i) {
   precise float f_d = unpackHalf2x16(uint(qmoe_q_u16(base + uint(0)))).x;
   int v_q = (((qmoe_q_u8(base + uint(2 + (i % 16))) >> (4 * (i / 16))) & 15) - 8);
-  precise float r = (float(v_q) * f_d);
+  precise float r = ((intBitsToFloat(0x4B400000 + v_q) - 12582912.0) * f_d);
   return r;
 }
 

@@ -43,7 +43,7 @@ float dq_decode(uint base, int i) {
   int v_sc = ((v_j < 4) ? (qmoe_q_u8(base + uint(4 + v_j)) & 63) : ((qmoe_q_u8(base + uint(4 + (v_j + 4))) & 15) | ((qmoe_q_u8(base + uint(4 + (v_j & 3))) >> 6) << 4)));
   int v_m = ((v_j < 4) ? (qmoe_q_u8(base + uint(4 + (v_j + 4))) & 63) : ((qmoe_q_u8(base + uint(4 + (v_j + 4))) >> 4) | ((qmoe_q_u8(base + uint(4 + v_j)) >> 6) << 4)));
   int v_q = ((qmoe_q_u8(base + uint(16 + ((32 * v_c) + (i % 32)))) >> (4 * v_hi)) & 15);
-  precise float r = (((f_d * float(v_sc)) * float(v_q)) - (f_dmin * float(v_m)));
+  precise float r = (((f_d * (intBitsToFloat(0x4B400000 + v_sc) - 12582912.0)) * (intBitsToFloat(0x4B400000 + v_q) - 12582912.0)) - (f_dmin * (intBitsToFloat(0x4B400000 + v_m) - 12582912.0)));
   return r;
 }
 

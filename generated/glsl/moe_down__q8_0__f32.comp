@@ -36,7 +36,7 @@ int qmoe_q_u16(uint o) { return qmoe_q_u8(o) | (qmoe_q_u8(o + 1u) << 8); }
 
 float dq_decode(uint base, int i) {
   precise float f_d = unpackHalf2x16(uint(qmoe_q_u16(base + uint(0)))).x;
-  precise float r = (float(((int(qmoe_q_u8(base + uint(2 + i))) << 24) >> 24)) * f_d);
+  precise float r = ((intBitsToFloat(0x4B400000 + ((int(qmoe_q_u8(base + uint(2 + i))) << 24) >> 24)) - 12582912.0) * f_d);
   return r;
 }
 

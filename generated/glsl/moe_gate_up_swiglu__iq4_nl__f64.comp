@@ -65,7 +65,7 @@ const int dq_tab1[16] = int[16](-127, -104, -83, -65, -49, -35, -22, -10, 1, 13,
 float dq_decode(uint base, int i) {
   precise float f_d = unpackHalf2x16(uint(qmoe_q_u16(base + uint(0)))).x;
   int v_q = ((qmoe_q_u8(base + uint(2 + (i % 16))) >> (4 * (i / 16))) & 15);
-  precise float r = (f_d * float(dq_tab1[v_q]));
+  precise float r = (f_d * (intBitsToFloat(0x4B400000 + dq_tab1[v_q]) - 12582912.0));
   return r;
 }
 

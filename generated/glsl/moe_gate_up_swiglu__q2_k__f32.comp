@@ -42,7 +42,7 @@ float dq_decode(uint base, int i) {
   int v_sc = (qmoe_q_u8(base + uint(v_j)) & 15);
   int v_m = (qmoe_q_u8(base + uint(v_j)) >> 4);
   int v_q = ((qmoe_q_u8(base + uint(16 + ((32 * (i / 128)) + (i % 32)))) >> (2 * ((i % 128) / 32))) & 3);
-  precise float r = (((f_d * float(v_sc)) * float(v_q)) - (f_dmin * float(v_m)));
+  precise float r = (((f_d * (intBitsToFloat(0x4B400000 + v_sc) - 12582912.0)) * (intBitsToFloat(0x4B400000 + v_q) - 12582912.0)) - (f_dmin * (intBitsToFloat(0x4B400000 + v_m) - 12582912.0)));
   return r;
 }
 

@@ -39,7 +39,7 @@ float dq_decode(uint base, int i) {
   precise float f_d = unpackHalf2x16(uint(qmoe_q_u16(base + uint(0)))).x;
   precise float f_m = unpackHalf2x16(uint(qmoe_q_u16(base + uint(2)))).x;
   int v_q = ((qmoe_q_u8(base + uint(4 + (i % 16))) >> (4 * (i / 16))) & 15);
-  precise float r = ((float(v_q) * f_d) + f_m);
+  precise float r = (((intBitsToFloat(0x4B400000 + v_q) - 12582912.0) * f_d) + f_m);
   return r;
 }
 

@@ -43,7 +43,7 @@ float dq_decode(uint base, int i) {
   int v_lo = ((qmoe_q_u8(base + uint((((64 * v_h) + (32 * (v_g % 2))) + v_l))) >> (4 * (v_g / 2))) & 15);
   int v_up = ((qmoe_q_u8(base + uint(128 + ((32 * v_h) + v_l))) >> (2 * v_g)) & 3);
   int v_sc = ((int(qmoe_q_u8(base + uint(192 + (((8 * v_h) + (v_l / 16)) + (2 * v_g))))) << 24) >> 24);
-  precise float r = ((f_d * float(v_sc)) * float(((v_lo | (v_up << 4)) - 32)));
+  precise float r = ((f_d * (intBitsToFloat(0x4B400000 + v_sc) - 12582912.0)) * (intBitsToFloat(0x4B400000 + ((v_lo | (v_up << 4)) - 32)) - 12582912.0));
   return r;
 }
 

@@ -51,9 +51,11 @@ static __device__ __forceinline__ void qmoe_dot_chunk(const uint4 *sh, const int
     for (int t = 0; t < UNROLL; t++) {
       ${E_DECL}
       if (G && ${EXPR} >= ne) continue;
-      const float xv = __ldg(xl + ${XT});
+      // A plain load (not __ldg, whose inline asm clobbers memory and so keeps the compiler from sharing the
+      // decode's shared-memory reads between the unrolled elements).
+      const float xv = xl[${XT}];
 #pragma unroll
-      for (int r = 0; r < R; r++) acc[r] = qmoe_fma(${DECODE}(bl[r] + ${TBLK} * QB_BYTES, ${IDX}), xv, acc[r]);
+      for (int r = 0; r < R; r++) acc[r] = qmoe_fma(${DOT_DECODE}(bl[r] + ${TBLK} * QB_BYTES, ${IDX}), xv, acc[r]);
     }
   }
 }

@@ -913,7 +913,9 @@ M.dialects.cuda = {
   prelude = (C_PRELUDE:gsub("#include <stdint.h>\n#include <string.h>\n", "")
                       :gsub("static inline", "static __device__ __forceinline__")
                       :gsub("float f;\n  memcpy%(&f, &u, 4%);\n  return f;", "return __uint_as_float(u);")
-                      :gsub("{ float f; memcpy%(&f, &u, 4%); return f; }", "{ return __uint_as_float(u); }")),
+                      :gsub("{ float f; memcpy%(&f, &u, 4%); return f; }", "{ return __uint_as_float(u); }")) ..
+            "/* (float)v, exact for -2^22 <= v < 2^22, without the slow conversion instruction (expr.lua, RANGES). */\n" ..
+            "static __device__ __forceinline__ float qmoe_q_i2f(int v) { return __fsub_rn(__int_as_float(0x4B400000 + v), 12582912.0f); }\n",
   fn_prefix = "static __device__ __forceinline__",
   block_type = "const uint8_t *",
   block_param = "b",
@@ -924,6 +926,7 @@ M.dialects.cuda = {
   fsub = function(a, b) return "__fsub_rn(" .. a .. ", " .. b .. ")" end,
   fdiv = function(a, b) return "__fdiv_rn(" .. a .. ", " .. b .. ")" end,
   to_float = function(x) return "(float)" .. x end,
+  i2f_small = function(x) return "qmoe_q_i2f(" .. x .. ")" end,
   to_int = function(x) return "(int)" .. x end,
   float_lit = function(v) return hexfloat(v) .. "f" end,
   truth = function(x) return x end,
@@ -967,6 +970,7 @@ int qmoe_q_u16(uint o) { return qmoe_q_u8(o) | (qmoe_q_u8(o + 1u) << 8); }
     fsub = function(a, b) return "(" .. a .. " - " .. b .. ")" end,
     fdiv = function(a, b) return "(" .. a .. " / " .. b .. ")" end,
     to_float = function(x) return "float(" .. x .. ")" end,
+    i2f_small = function(x) return "(intBitsToFloat(0x4B400000 + " .. x .. ") - 12582912.0)" end,
     to_int = function(x) return "int(" .. x .. ")" end,
     float_lit = function(v)
       if v == 0 then return (1 / v < 0) and "-0.0" or "0.0" end
@@ -987,14 +991,54 @@ M.dialects.glsl = M.glsl_dialect("qw")
 
 local function paren(s) return "(" .. s .. ")" end
 local TABLES = {} -- key in emit_node's vars: the table literals met so far ({prefix, decls, by_key})
+local RANGES = {} -- key in emit_node's vars: the range_of context of the lets emitted so far (or nil)
+-- An int in [-2^22, 2^22) converts to f32 exactly by bits: 0x4B400000 + v is the f32 1.5·2^23 + v (its ulp
+-- is 1), and subtracting 1.5·2^23 leaves v. Dialects with D.i2f_small use it there: on GPUs an int -> float
+-- conversion runs at a fraction of the FP32 rate, an integer add and a float subtract at full rate.
+local I2F_SMALL_LO, I2F_SMALL_HI = -(1 << 22), (1 << 22) - 1
+-- Key in emit_node's vars: with a dialect's `group` G > 1, {G, pv = pure let values per element, memo}: a
+-- subexpression that reads only i and pure lets and has one value over each aligned run of G elements is
+-- emitted over ig = i & ~(G-1) instead of i. A kernel whose lane decodes elements i0 | t (t < G) then shows
+-- the compiler the same expression for every t (as `(i0 | t) / 32 < 4` does not), so a sub-block's scales
+-- are computed once per run, not once per element. Found by evaluating every element, not by pattern.
+local GROUP = {}
+local IN_GROUP = {}
+
+local function mentions_i(node)
+  if not node then return false end
+  if node.k == "name" then return node.name == "i" end
+  return mentions_i(node.a) or mentions_i(node.b) or mentions_i(node.c) or mentions_i(node.idx)
+end
+
+local function group_const(node, grp)
+  local memo = grp.memo[node]
+  if memo ~= nil then return memo end
+  local ok = true
+  for i = 0, grp.be - 1 do
+    local i0 = i - i % grp.G
+    if i ~= i0 and eval(node, { vals = grp.pv[i] }) ~= eval(node, { vals = grp.pv[i0] }) then ok = false break end
+  end
+  grp.memo[node] = ok
+  return ok
+end
 
 -- Emits NODE as text in dialect D. vars: name -> emitted local name.
 -- raw_bool: the caller wants a condition; comparisons and logical operators return it unconverted.
 local function emit_node(node, D, vars, raw_bool)
+  local grp = vars[GROUP]
+  if grp and not vars[IN_GROUP] and node.pure and node.k ~= "int" and node.k ~= "float" and mentions_i(node)
+     and group_const(node, grp) then
+    grp.used = true
+    return emit_node(node, D, setmetatable({ i = "ig", [IN_GROUP] = true }, { __index = vars }), raw_bool)
+  end
   local function as_float(n)
     local s = emit_node(n, D, vars)
     if n.ty == "int" then
       if n.k == "int" then return D.float_lit(n.v + 0.0) end
+      if D.i2f_small and vars[RANGES] then
+        local lo, hi = M.range_of(n, vars[RANGES])
+        if lo >= I2F_SMALL_LO and hi <= I2F_SMALL_HI then return D.i2f_small(s) end
+      end
       return D.to_float(s)
     end
     return s
@@ -1087,7 +1131,8 @@ function M.emit(q, D, prefix)
   if type(D) == "string" then D = assert(M.dialects[D], "unknown dialect " .. D) end
   local prog = M.compile(q)
   prefix = prefix or ("qmoe_" .. q.name)
-  local vars = { i = "i", [TABLES] = { prefix = prefix, decls = {}, by_key = {} } }
+  local vars = { i = "i", [TABLES] = { prefix = prefix, decls = {}, by_key = {} },
+                 [RANGES] = { vals = {}, ranges = { i = { 0, q.block_elements - 1 } } } }
   local lines = {}
   local head = (D.fn_prefix ~= "" and (D.fn_prefix .. " ") or "")
   lines[#lines + 1] = string.format("%sfloat %s_decode(%s%s, int i) {", head, prefix, D.block_type, D.block_param)
@@ -1108,15 +1153,36 @@ function M.emit(q, D, prefix)
       vars[f.name] = "f_" .. f.name
     end
   end
+  local G, be = D.group, q.block_elements
+  if G and G > 1 and (G & (G - 1)) == 0 and be % G == 0 then
+    local pv = {}
+    for i = 0, be - 1 do
+      local vals = { i = i }
+      for _, l in ipairs(prog.lets) do
+        if l.ast.pure then vals[l.name] = eval(l.ast, { vals = vals }) end
+      end
+      pv[i] = vals
+    end
+    vars[GROUP] = { G = G, be = be, pv = pv, memo = {} }
+  end
   for _, l in ipairs(prog.lets) do
     local decl = l.ast.ty == "int" and D.decl_int or D.decl_float
     lines[#lines + 1] = string.format("  %s v_%s = %s;", decl, l.name, emit_node(l.ast, D, vars))
     vars[l.name] = "v_" .. l.name
+    if l.ast.ty == "int" then vars[RANGES].ranges[l.name] = { M.range_of(l.ast, vars[RANGES]) } end
   end
   local v = emit_node(prog.value, D, vars)
   lines[#lines + 1] = string.format("  %s r = %s;", D.decl_float, v)
   lines[#lines + 1] = "  return r;"
   lines[#lines + 1] = "}"
+  if vars[GROUP] then
+    -- With runs: <prefix>_decode_run(b, ig, i), ig = i & ~(G-1) passed by a caller that can name it without
+    -- i (a kernel's lane base: the compiler folds `(ig | t) / 32 < 4` into `(ig | t) < 128`, a different
+    -- test per t, and would compute each run's scales per element again); <prefix>_decode(b, i) wraps it.
+    lines[1] = string.format("%sfloat %s_decode_run(%s%s, int ig, int i) {", head, prefix, D.block_type, D.block_param)
+    lines[#lines + 1] = string.format("%sfloat %s_decode(%s%s, int i) { return %s_decode_run(%s, i & ~%d, i); }",
+                                      head, prefix, D.block_type, D.block_param, prefix, D.block_param, G - 1)
+  end
   if not D.no_block_fn then
     lines[#lines + 1] = ""
     -- Decoding into a local array first: its stores cannot alias the block, so the compiler may hoist
