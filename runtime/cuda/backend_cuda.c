@@ -18,6 +18,42 @@ struct qmoe_buffer {
   size_t size; /* bytes asked for (what bounds checks use) */
 };
 
+/* The one kernel argument: struct qmoe_args of every generated CUDA file, field for field. */
+typedef struct {
+  uint64_t buf[QMOE_STAGE_MAX_BUFS];
+  int64_t p[QMOE_STAGE_MAX_PARAMS];
+  double f[QMOE_STAGE_MAX_FPARAMS];
+} kernel_args;
+
+/* One launch, as run() prepared it. */
+typedef struct {
+  CUfunction fn;
+  unsigned gx, gy, threads;
+  const char *entry;
+  kernel_args args;
+} launch_rec;
+
+/* A recorded sequence and its instantiated graph: node i launches recs[i]. */
+typedef struct {
+  CUgraph graph;
+  CUgraphExec exec;
+  CUgraphNode *nodes;
+  launch_rec *recs;
+  size_t n;
+  uint64_t used; /* graph_end count when last launched (the least recently used is replaced) */
+} cached_graph;
+
+enum { GRAPH_CACHE = 4, VCACHE_QTYPES = 64 };
+
+typedef struct {
+  int recording;
+  launch_rec *recs; /* the sequence being recorded */
+  size_t n, cap;
+  cached_graph cache[GRAPH_CACHE];
+  uint64_t ends;
+  qmoe_cuda_graph_stats stats;
+} graph_state;
+
 typedef struct {
   qmoe_cuda_ctx ctx;
   size_t nvar;
@@ -28,6 +64,8 @@ typedef struct {
   CUdeviceptr ws;          /* workspace of split attention (args.buf[7]); zeroed when (re)allocated */
   size_t ws_size;
   int sync_each;           /* QMOE_CUDA_SYNC=1: synchronize after every launch (names a faulting kernel) */
+  int64_t vcache[QMOE_STAGE_COUNT > 0 ? QMOE_STAGE_COUNT : 1][2][VCACHE_QTYPES]; /* variant index + 1, 0: unknown */
+  graph_state g;
 } cuda_impl;
 
 static cuda_impl *impl_of(qmoe_backend *be) { return be->impl; }
@@ -93,9 +131,13 @@ static int stream_sync(cuda_impl *im, const char *why) {
   return qmoe_cuda_check(d, r, call, NULL);
 }
 
+static int not_in_graph(cuda_impl *im, const char *what);
+
 static int cu_upload(qmoe_backend *be, qmoe_buffer *b, size_t off, const void *src, size_t n) {
   cuda_impl *im = impl_of(be);
-  int rc = in_bounds("upload", b, off, n);
+  int rc = not_in_graph(im, "upload");
+  if (rc) return rc;
+  rc = in_bounds("upload", b, off, n);
   if (rc || n == 0) return rc;
   if ((rc = qmoe_cuda_ctx_use(&im->ctx))) return rc;
   /* From pageable memory the copy returns once SRC has been staged; it is ordered with kernels on the stream. */
@@ -105,7 +147,9 @@ static int cu_upload(qmoe_backend *be, qmoe_buffer *b, size_t off, const void *s
 
 static int cu_download(qmoe_backend *be, qmoe_buffer *b, size_t off, void *dst, size_t n) {
   cuda_impl *im = impl_of(be);
-  int rc = in_bounds("download", b, off, n);
+  int rc = not_in_graph(im, "download");
+  if (rc) return rc;
+  rc = in_bounds("download", b, off, n);
   if (rc || n == 0) return rc;
   if ((rc = qmoe_cuda_ctx_use(&im->ctx))) return rc;
   if ((rc = qmoe_cuda_check(im->ctx.d, im->ctx.d->MemcpyDtoHAsync(dst, b->ptr + off, n, im->ctx.stream),
@@ -116,7 +160,9 @@ static int cu_download(qmoe_backend *be, qmoe_buffer *b, size_t off, void *dst, 
 
 static int cu_sync(qmoe_backend *be) {
   cuda_impl *im = impl_of(be);
-  int rc = qmoe_cuda_ctx_use(&im->ctx);
+  int rc = not_in_graph(im, "sync");
+  if (rc) return rc;
+  rc = qmoe_cuda_ctx_use(&im->ctx);
   return rc ? rc : stream_sync(im, "sync");
 }
 
@@ -182,13 +228,6 @@ static int get_function(cuda_impl *im, size_t vi, CUfunction *fn) {
 
 /* ---- run --------------------------------------------------------------------------------------------- */
 
-/* The one kernel argument: struct qmoe_args of every generated CUDA file, field for field. */
-typedef struct {
-  uint64_t buf[QMOE_STAGE_MAX_BUFS];
-  int64_t p[QMOE_STAGE_MAX_PARAMS];
-  double f[QMOE_STAGE_MAX_FPARAMS];
-} kernel_args;
-
 /* A workspace of at least N bytes at args.buf[7], zeroed when it is (re)allocated (the kernels' counters start
  * at 0 and reset themselves). */
 static int workspace(cuda_impl *im, size_t n, uint64_t *out) {
@@ -214,6 +253,154 @@ static int workspace(cuda_impl *im, size_t n, uint64_t *out) {
   return 0;
 }
 
+/* ---- graphs ------------------------------------------------------------------------------------------ */
+
+static int graph_add(cuda_impl *im, CUfunction fn, unsigned gx, unsigned gy, unsigned threads, const char *entry,
+                     const kernel_args *args) {
+  graph_state *g = &im->g;
+  if (g->n == g->cap) {
+    size_t cap = g->cap ? g->cap * 2 : 1024;
+    launch_rec *r = realloc(g->recs, cap * sizeof *r);
+    if (!r) {
+      qmoe_set_error("cuda backend: out of host memory recording a graph of %zu launches", g->n + 1);
+      return QMOE_ENOMEM;
+    }
+    g->recs = r, g->cap = cap;
+  }
+  launch_rec *r = &g->recs[g->n++];
+  memset(r, 0, sizeof *r); /* compared with memcmp: no stray padding bytes */
+  r->fn = fn, r->gx = gx, r->gy = gy, r->threads = threads, r->entry = entry, r->args = *args;
+  return 0;
+}
+
+static void node_params(launch_rec *r, void **argp, CUDA_KERNEL_NODE_PARAMS_v2 *kp) {
+  memset(kp, 0, sizeof *kp);
+  *argp = &r->args;
+  kp->func = r->fn;
+  kp->gridDimX = r->gx, kp->gridDimY = r->gy, kp->gridDimZ = 1;
+  kp->blockDimX = r->threads, kp->blockDimY = 1, kp->blockDimZ = 1;
+  kp->kernelParams = argp;
+}
+
+static void cached_free(const qmoe_cuda_driver *d, cached_graph *c) {
+  if (c->exec) d->GraphExecDestroy(c->exec);
+  if (c->graph) d->GraphDestroy(c->graph);
+  free(c->nodes);
+  free(c->recs);
+  memset(c, 0, sizeof *c);
+}
+
+/* A graph of the N launches in RECS, one chain (each node depends on the one before), instantiated. */
+static int graph_build(cuda_impl *im, const launch_rec *recs, size_t n, cached_graph *out) {
+  const qmoe_cuda_driver *d = im->ctx.d;
+  cached_graph c = {0};
+  c.nodes = malloc(n * sizeof *c.nodes);
+  c.recs = malloc(n * sizeof *c.recs);
+  if (!c.nodes || !c.recs) {
+    free(c.nodes), free(c.recs);
+    qmoe_set_error("cuda backend: out of host memory building a graph of %zu launches", n);
+    return QMOE_ENOMEM;
+  }
+  memcpy(c.recs, recs, n * sizeof *recs);
+  c.n = n;
+  int rc = qmoe_cuda_check(d, d->GraphCreate(&c.graph, 0), "cuGraphCreate", NULL);
+  for (size_t i = 0; !rc && i < n; i++) {
+    void *argp;
+    CUDA_KERNEL_NODE_PARAMS_v2 kp;
+    node_params(&c.recs[i], &argp, &kp);
+    rc = qmoe_cuda_check(d, d->GraphAddKernelNode(&c.nodes[i], c.graph, i ? &c.nodes[i - 1] : NULL, i ? 1 : 0, &kp),
+                         "cuGraphAddKernelNode", c.recs[i].entry);
+  }
+  if (!rc) rc = qmoe_cuda_check(d, d->GraphInstantiate(&c.exec, c.graph, 0), "cuGraphInstantiate", NULL);
+  if (rc) {
+    cached_free(d, &c);
+    return rc;
+  }
+  *out = c;
+  return 0;
+}
+
+static int cu_graph_begin(qmoe_backend *be) {
+  cuda_impl *im = impl_of(be);
+  if (im->g.recording) {
+    qmoe_set_error("cuda backend: graph_begin inside a graph (graphs do not nest)");
+    return QMOE_EINVAL;
+  }
+  im->g.recording = 1;
+  im->g.n = 0;
+  return 0;
+}
+
+/* Same shape: the same kernels with the same block size, in the same order (args and grids are patched). */
+static int same_shape(const cached_graph *c, const launch_rec *r, size_t n) {
+  if (c->n != n || !c->exec) return 0;
+  for (size_t i = 0; i < n; i++)
+    if (c->recs[i].fn != r[i].fn || c->recs[i].threads != r[i].threads) return 0;
+  return 1;
+}
+
+static int cu_graph_end(qmoe_backend *be, int submit) {
+  cuda_impl *im = impl_of(be);
+  graph_state *g = &im->g;
+  const qmoe_cuda_driver *d = im->ctx.d;
+  if (!g->recording) {
+    qmoe_set_error("cuda backend: graph_end without graph_begin");
+    return QMOE_EINVAL;
+  }
+  g->recording = 0;
+  size_t n = g->n;
+  g->n = 0;
+  if (!submit || n == 0) return 0;
+  int rc = qmoe_cuda_ctx_use(&im->ctx);
+  if (rc) return rc;
+  g->ends++;
+  cached_graph *c = NULL, *lru = &g->cache[0];
+  for (int i = 0; i < GRAPH_CACHE && !c; i++) {
+    if (same_shape(&g->cache[i], g->recs, n)) c = &g->cache[i];
+    if (g->cache[i].used < lru->used) lru = &g->cache[i];
+  }
+  if (c) {
+    /* Replay: patch the nodes whose launch changed (a decode step: the position in rope, kv_store and
+     * attention; the token's offset in embed_rows). */
+    for (size_t i = 0; i < n && !rc; i++) {
+      if (!memcmp(&c->recs[i], &g->recs[i], sizeof g->recs[i])) continue;
+      c->recs[i] = g->recs[i];
+      void *argp;
+      CUDA_KERNEL_NODE_PARAMS_v2 kp;
+      node_params(&c->recs[i], &argp, &kp);
+      rc = qmoe_cuda_check(d, d->GraphExecKernelNodeSetParams(c->exec, c->nodes[i], &kp),
+                           "cuGraphExecKernelNodeSetParams", c->recs[i].entry);
+      g->stats.nodes_patched++;
+    }
+    if (rc) {
+      cached_free(d, c); /* a half-patched graph is not replayed */
+      return rc;
+    }
+    g->stats.replays++;
+  } else {
+    cached_free(d, lru);
+    if ((rc = graph_build(im, g->recs, n, lru))) return rc;
+    c = lru;
+    g->stats.builds++;
+  }
+  c->used = g->ends;
+  if ((rc = qmoe_cuda_check(d, d->GraphLaunch(c->exec, im->ctx.stream), "cuGraphLaunch", NULL))) return rc;
+  im->last_kernel = "a graph of stage kernels (QMOE_CUDA_SYNC=1 names the kernel)";
+  return 0;
+}
+
+int qmoe_cuda_graph_stats_of(qmoe_backend *be, qmoe_cuda_graph_stats *out) {
+  if (!qmoe_backend_cuda_ctx(be)) return QMOE_EINVAL;
+  *out = impl_of(be)->g.stats;
+  return 0;
+}
+
+static int not_in_graph(cuda_impl *im, const char *what) {
+  if (!im->g.recording) return 0;
+  qmoe_set_error("cuda backend: %s between graph_begin and graph_end", what);
+  return QMOE_EINVAL;
+}
+
 static int cu_run(qmoe_backend *be, const qmoe_stage_call *c) {
   cuda_impl *im = impl_of(be);
   const qmoe_stage_info *si = (unsigned)c->stage < QMOE_STAGE_COUNT ? qmoe_stage_info_get(c->stage) : NULL;
@@ -227,8 +414,12 @@ static int cu_run(qmoe_backend *be, const qmoe_stage_call *c) {
     return QMOE_EINVAL;
   }
   size_t vi;
-  int rc = find_variant(im, si, c, &vi);
-  if (rc) return rc;
+  int rc;
+  /* (stage, acc, qtype) -> variant, looked up once (a decode step makes ~800 calls). */
+  int64_t *vc = c->qtype >= -1 && c->qtype < VCACHE_QTYPES - 1 ? &im->vcache[c->stage][c->acc][c->qtype + 1] : NULL;
+  if (vc && *vc > 0) vi = (size_t)(*vc - 1);
+  else if ((rc = find_variant(im, si, c, &vi))) return rc;
+  else if (vc) *vc = (int64_t)vi + 1;
   const qmoe_cuda_variant *v = &im->vars[vi];
   /* Params and buffer sizes: the stage contract's checks (runtime/stages/stage_check.c). */
   size_t need[QMOE_STAGE_MAX_BUFS], have[QMOE_STAGE_MAX_BUFS] = {0};
@@ -259,6 +450,7 @@ static int cu_run(qmoe_backend *be, const qmoe_stage_call *c) {
   if ((rc = qmoe_cuda_ctx_use(&im->ctx))) return rc;
   CUfunction fn;
   if ((rc = get_function(im, vi, &fn))) return rc;
+  if (im->g.recording) return graph_add(im, fn, (unsigned)gx, (unsigned)gy, (unsigned)v->threads, v->entry, &args);
   void *params[] = { &args };
   rc = qmoe_cuda_check(im->ctx.d,
                        im->ctx.d->LaunchKernel(fn, (unsigned)gx, (unsigned)gy, 1, (unsigned)v->threads, 1, 1, 0,
@@ -277,11 +469,13 @@ static void cu_close(qmoe_backend *be) {
   if (im) {
     if (im->ctx.ctx && qmoe_cuda_ctx_use(&im->ctx) == 0) {
       im->ctx.d->StreamSynchronize(im->ctx.stream);
+      for (int i = 0; i < GRAPH_CACHE; i++) cached_free(im->ctx.d, &im->g.cache[i]);
       for (size_t i = 0; i < im->nvar; i++)
         if (im->mods[i]) im->ctx.d->ModuleUnload(im->mods[i]);
       if (im->ws) im->ctx.d->MemFree(im->ws);
     }
     qmoe_cuda_ctx_close(&im->ctx);
+    free(im->g.recs);
     free(im->vars);
     free(im->mods);
     free(im->fns);
@@ -334,6 +528,12 @@ int qmoe_backend_cuda_open(qmoe_backend **out) {
   be->run = cu_run;
   be->sync = cu_sync;
   be->close = cu_close;
+  /* Graphs where the driver has them; not with QMOE_CUDA_SYNC=1 (which syncs per launch to name a fault). */
+  const char *ng = getenv("QMOE_CUDA_NO_GRAPH");
+  if (im->ctx.d->GraphCreate && !im->sync_each && !(ng && ng[0] && strcmp(ng, "0") != 0)) {
+    be->graph_begin = cu_graph_begin;
+    be->graph_end = cu_graph_end;
+  }
   *out = be;
   return 0;
 }

@@ -27,6 +27,10 @@ SAME_SHAPE(cuEventElapsedTime_v2, EventElapsedTime, qmoe_cuda_driver);
 SAME_SHAPE(nvrtcCreateProgram, CreateProgram, qmoe_cuda_nvrtc);
 SAME_SHAPE(nvrtcCompileProgram, CompileProgram, qmoe_cuda_nvrtc);
 SAME_SHAPE(nvrtcGetCUBIN, GetCUBIN, qmoe_cuda_nvrtc);
+SAME_SHAPE(cuGraphAddKernelNode_v2, GraphAddKernelNode, qmoe_cuda_driver);
+SAME_SHAPE(cuGraphInstantiateWithFlags, GraphInstantiate, qmoe_cuda_driver);
+SAME_SHAPE(cuGraphExecKernelNodeSetParams_v2, GraphExecKernelNodeSetParams, qmoe_cuda_driver);
+SAME_SHAPE(cuGraphLaunch, GraphLaunch, qmoe_cuda_driver);
 _Static_assert(sizeof(CUdeviceptr) == 8 && sizeof(CUresult) == sizeof(int), "CUDA ABI assumptions");
 _Static_assert(CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR == 75 && CU_FUNC_ATTRIBUTE_NUM_REGS == 4 &&
                    CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_BLOCK_OPTIN == 97 &&
@@ -90,6 +94,17 @@ int qmoe_cuda_driver_load(const qmoe_cuda_driver **out) {
       D(EventSynchronize, "cuEventSynchronize", NULL);
       D(EventElapsedTime, "cuEventElapsedTime_v2", "cuEventElapsedTime");
       D(EventDestroy, "cuEventDestroy_v2", "cuEventDestroy");
+      char opt_miss[128] = ""; /* graphs are optional */
+#define O(member, name) *(void **)&drv.member = sym(lib, name, NULL, opt_miss, sizeof opt_miss)
+      O(GraphCreate, "cuGraphCreate");
+      O(GraphAddKernelNode, "cuGraphAddKernelNode_v2");
+      O(GraphInstantiate, "cuGraphInstantiateWithFlags");
+      O(GraphExecKernelNodeSetParams, "cuGraphExecKernelNodeSetParams_v2");
+      O(GraphLaunch, "cuGraphLaunch");
+      O(GraphExecDestroy, "cuGraphExecDestroy");
+      O(GraphDestroy, "cuGraphDestroy");
+#undef O
+      if (opt_miss[0]) drv.GraphCreate = NULL; /* all or none */
 #undef D
       if (miss[0]) {
         snprintf(drv_error, sizeof drv_error, "the CUDA driver (libcuda.so.1) lacks %s; update the NVIDIA driver",

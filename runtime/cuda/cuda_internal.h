@@ -24,6 +24,18 @@ typedef struct CUstream_st *CUstream;
 typedef struct CUevent_st *CUevent;
 typedef int nvrtcResult;
 typedef struct _nvrtcProgram *nvrtcProgram;
+typedef struct CUgraph_st *CUgraph;
+typedef struct CUgraphNode_st *CUgraphNode;
+typedef struct CUgraphExec_st *CUgraphExec;
+typedef struct CUkern_st *CUkernel;
+typedef struct CUDA_KERNEL_NODE_PARAMS_v2_st {
+  CUfunction func;
+  unsigned int gridDimX, gridDimY, gridDimZ, blockDimX, blockDimY, blockDimZ, sharedMemBytes;
+  void **kernelParams;
+  void **extra;
+  CUkernel kern;
+  CUcontext ctx;
+} CUDA_KERNEL_NODE_PARAMS_v2;
 #define CUDA_SUCCESS 0
 #define NVRTC_SUCCESS 0
 #define CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT 16
@@ -71,6 +83,15 @@ typedef struct {
   CUresult (*EventSynchronize)(CUevent);
   CUresult (*EventElapsedTime)(float *, CUevent, CUevent);
   CUresult (*EventDestroy)(CUevent);
+  /* Graphs (optional: NULL when the driver lacks them; the backend then launches stage by stage). */
+  CUresult (*GraphCreate)(CUgraph *, unsigned int);
+  CUresult (*GraphAddKernelNode)(CUgraphNode *, CUgraph, const CUgraphNode *, size_t,
+                                 const CUDA_KERNEL_NODE_PARAMS_v2 *);
+  CUresult (*GraphInstantiate)(CUgraphExec *, CUgraph, unsigned long long);
+  CUresult (*GraphExecKernelNodeSetParams)(CUgraphExec, CUgraphNode, const CUDA_KERNEL_NODE_PARAMS_v2 *);
+  CUresult (*GraphLaunch)(CUgraphExec, CUstream);
+  CUresult (*GraphExecDestroy)(CUgraphExec);
+  CUresult (*GraphDestroy)(CUgraph);
 } qmoe_cuda_driver;
 
 /* NVRTC entry points. */
@@ -91,6 +112,11 @@ typedef struct {
   nvrtcResult (*GetCUBINSize)(nvrtcProgram, size_t *);
   nvrtcResult (*GetCUBIN)(nvrtcProgram, char *);
 } qmoe_cuda_nvrtc;
+
+/* What the CUDA backend's graphs did (tests): graphs built, replays of a cached graph, nodes patched in them. */
+typedef struct { uint64_t builds, replays, nodes_patched; } qmoe_cuda_graph_stats;
+struct qmoe_backend;
+int qmoe_cuda_graph_stats_of(struct qmoe_backend *be, qmoe_cuda_graph_stats *out);
 
 /* Loads the driver (libcuda.so.1) once per process. No driver: QMOE_ENODEV, "no CUDA driver found
  * (libcuda.so.1)". */

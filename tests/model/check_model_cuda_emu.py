@@ -67,6 +67,16 @@ def main():
             ok, a, b = False, ids["cpu"], ids["cuda"]
         print(("ok" if ok else "not ok") + " model-cuda-emu/greedy_vs_cpu" + ("" if ok else f": cpu {a} cuda {b}"))
         failed += not ok
+        # Each position runs as one replayed CUDA graph by default; launched stage by stage, the same tokens.
+        outs = {}
+        for mode, extra in (("graph", {}), ("launches", {"QMOE_NO_GRAPH": "1"})):
+            p = subprocess.run([QMOE, "run", "-m", model, "--backend", "cuda", "--tokens", "1,2,3", "-n", "4",
+                                "--ignore-eos", "--json"], capture_output=True, text=True, env=dict(env, **extra))
+            outs[mode] = json.loads(p.stdout)["ids"] if p.returncode == 0 else "error: " + p.stderr.strip()
+        ok = outs["graph"] == outs["launches"] and len(outs["graph"]) == 4
+        print(("ok" if ok else "not ok") + " model-cuda-emu/graph_same_as_launches" +
+              ("" if ok else f": graph {outs['graph']} launches {outs['launches']}"))
+        failed += not ok
         p = subprocess.run([QMOE, "bench", "-m", model, "--backend", "cuda", "-p", "2", "-n", "2", "--repeats", "1",
                             "--copy-mib", "1", "--json"], capture_output=True, text=True, env=env)
         try:

@@ -1,0 +1,128 @@
+/* test_cuda_graph.c: the CUDA backend's graphs (backend.h graph_begin/graph_end): a sequence of real stage calls
+ * whose params change between runs (rope's position, a buffer offset) gives, through a replayed graph, the
+ * same bytes as the same calls launched one by one; a same-shape sequence is built once and replayed with
+ * only its changed nodes patched, a new shape is built anew and an old one found again in the cache; nothing
+ * may upload, download or sync inside a graph; graph_end(be, 0) runs nothing. Runs on a GPU and on the
+ * emulator of tests/cuda-emu; elsewhere "skipped: no CUDA device". */
+#include <stdint.h>
+#include <stdio.h>
+#include <string.h>
+#include "../harness.h"
+#include "backend.h"
+#include "cuda_internal.h"
+#include "qmoe.h"
+
+enum { H = 256, R = 128, NH = 2, D = 64, STEPS = 6 };
+
+typedef struct {
+  qmoe_buffer *x, *w, *W, *xn, *y, *z, *idx;
+} bufs;
+
+/* The sequence: xn = rmsnorm(x + off·H); y = W·xn; rope(y, pos) in place; z = y + y; idx = argmax(z). EXTRA
+ * adds one more call (another shape). */
+static int sequence(qmoe_backend *be, bufs *b, int64_t pos, size_t row, int extra) {
+  qmoe_stage_call c;
+  int rc;
+  qmoe_call_rmsnorm(&c, H, 1e-6, b->x, b->w, b->xn);
+  c.off[QMOE_B_RMSNORM_X] = row * H * sizeof(float);
+  if ((rc = be->run(be, &c))) return rc;
+  qmoe_call_matvec(&c, R, H, b->W, b->xn, b->y);
+  c.qtype = 0, c.tensor = "W";
+  if ((rc = be->run(be, &c))) return rc;
+  qmoe_call_rope_neox(&c, NH, D, pos, 10000.0, b->y, b->y);
+  if ((rc = be->run(be, &c))) return rc;
+  qmoe_call_add(&c, R, b->y, b->y, b->z);
+  if ((rc = be->run(be, &c))) return rc;
+  if (extra) {
+    qmoe_call_add(&c, R, b->z, b->y, b->z);
+    if ((rc = be->run(be, &c))) return rc;
+  }
+  qmoe_call_argmax(&c, R, b->z, b->idx);
+  return be->run(be, &c);
+}
+
+static void test_graph(void) {
+  qmoe_backend *be = NULL;
+  if (qmoe_backend_open("cuda", &be)) SKIP("no CUDA device: %s", qmoe_last_error());
+  if (!be->graph_begin) {
+    be->close(be);
+    SKIP("the CUDA driver has no graphs (or QMOE_CUDA_SYNC / QMOE_CUDA_NO_GRAPH is set)");
+  }
+  static float x[4 * H], w[H], W[R * H];
+  for (int i = 0; i < 4 * H; i++) x[i] = (float)t_rand_normal();
+  for (int i = 0; i < H; i++) w[i] = 1.0f + 0.1f * (float)t_rand_normal();
+  for (int i = 0; i < R * H; i++) W[i] = (float)t_rand_normal() * 0.1f;
+  bufs b = {0};
+  REQUIRE(!be->alloc(be, sizeof x, &b.x) && !be->alloc(be, sizeof w, &b.w) && !be->alloc(be, sizeof W, &b.W) &&
+              !be->alloc(be, H * 4, &b.xn) && !be->alloc(be, R * 4, &b.y) && !be->alloc(be, R * 4, &b.z) &&
+              !be->alloc(be, 4, &b.idx),
+          "alloc: %s", qmoe_last_error());
+  REQUIRE(!be->upload(be, b.x, 0, x, sizeof x) && !be->upload(be, b.w, 0, w, sizeof w) &&
+              !be->upload(be, b.W, 0, W, sizeof W),
+          "upload: %s", qmoe_last_error());
+  qmoe_cuda_graph_stats s0, s;
+  REQUIRE(qmoe_cuda_graph_stats_of(be, &s0) == 0, "stats");
+
+  /* Replays with changing params and offsets give the bytes of one-by-one launches. */
+  for (int i = 0; i < STEPS; i++) {
+    int64_t pos = 1 + 37 * i;
+    size_t row = (size_t)i % 4;
+    float zg[R], zd[R];
+    int32_t ig, id;
+    REQUIRE(be->graph_begin(be) == 0, "graph_begin: %s", qmoe_last_error());
+    REQUIRE(sequence(be, &b, pos, row, 0) == 0, "recording: %s", qmoe_last_error());
+    REQUIRE(be->graph_end(be, 1) == 0, "graph_end: %s", qmoe_last_error());
+    REQUIRE(!be->download(be, b.z, 0, zg, sizeof zg) && !be->download(be, b.idx, 0, &ig, 4), "download: %s",
+            qmoe_last_error());
+    REQUIRE(sequence(be, &b, pos, row, 0) == 0, "direct: %s", qmoe_last_error());
+    REQUIRE(!be->download(be, b.z, 0, zd, sizeof zd) && !be->download(be, b.idx, 0, &id, 4), "download: %s",
+            qmoe_last_error());
+    CHECK(!memcmp(zg, zd, sizeof zg) && ig == id, "step %d (pos %lld, row %zu): the graph's output differs from "
+          "the launches' (z[0] %g vs %g, argmax %d vs %d)", i, (long long)pos, row, (double)zg[0], (double)zd[0],
+          (int)ig, (int)id);
+  }
+  REQUIRE(qmoe_cuda_graph_stats_of(be, &s) == 0, "stats");
+  CHECK(s.builds - s0.builds == 1 && s.replays - s0.replays == STEPS - 1,
+        "%d same-shape sequences: %llu builds and %llu replays (want 1 and %d)", STEPS,
+        (unsigned long long)(s.builds - s0.builds), (unsigned long long)(s.replays - s0.replays), STEPS - 1);
+  /* Each replay patches rmsnorm (the row offset) and rope (the position), and nothing that did not change. */
+  CHECK(s.nodes_patched - s0.nodes_patched == 2 * (STEPS - 1), "%llu nodes patched over %d replays (want %d)",
+        (unsigned long long)(s.nodes_patched - s0.nodes_patched), STEPS - 1, 2 * (STEPS - 1));
+
+  /* Another shape is built; the first is still cached. */
+  s0 = s;
+  for (int extra = 1; extra >= 0; extra--) {
+    REQUIRE(be->graph_begin(be) == 0 && sequence(be, &b, 5, 0, extra) == 0 && be->graph_end(be, 1) == 0,
+            "graph: %s", qmoe_last_error());
+  }
+  REQUIRE(be->sync(be) == 0 && qmoe_cuda_graph_stats_of(be, &s) == 0, "sync: %s", qmoe_last_error());
+  CHECK(s.builds - s0.builds == 1 && s.replays - s0.replays == 1,
+        "a new shape then the old one: %llu builds, %llu replays (want 1 and 1)",
+        (unsigned long long)(s.builds - s0.builds), (unsigned long long)(s.replays - s0.replays));
+
+  /* Inside a graph: no upload, download, sync or nested begin; graph_end(be, 0) runs nothing. */
+  const float poison[R] = { 12345.0f };
+  float got[R];
+  REQUIRE(be->upload(be, b.z, 0, poison, sizeof poison) == 0 && be->sync(be) == 0, "upload: %s", qmoe_last_error());
+  REQUIRE(be->graph_begin(be) == 0 && sequence(be, &b, 3, 1, 0) == 0, "graph: %s", qmoe_last_error());
+  CHECK(be->upload(be, b.z, 0, poison, 4) == QMOE_EINVAL && strstr(qmoe_last_error(), "graph"),
+        "upload inside a graph: %s", qmoe_last_error());
+  CHECK(be->download(be, b.z, 0, got, 4) == QMOE_EINVAL, "download inside a graph: %s", qmoe_last_error());
+  CHECK(be->sync(be) == QMOE_EINVAL, "sync inside a graph: %s", qmoe_last_error());
+  CHECK(be->graph_begin(be) == QMOE_EINVAL && strstr(qmoe_last_error(), "nest"), "nested graph_begin: %s",
+        qmoe_last_error());
+  REQUIRE(be->graph_end(be, 0) == 0, "graph_end(0): %s", qmoe_last_error());
+  REQUIRE(be->sync(be) == 0 && be->download(be, b.z, 0, got, sizeof got) == 0, "download: %s", qmoe_last_error());
+  CHECK(!memcmp(got, poison, sizeof got), "graph_end(be, 0) ran the recorded calls (z[0] = %g)", (double)got[0]);
+  CHECK(be->graph_end(be, 1) == QMOE_EINVAL, "graph_end without graph_begin: %s", qmoe_last_error());
+
+  qmoe_buffer *all[] = { b.x, b.w, b.W, b.xn, b.y, b.z, b.idx };
+  for (size_t i = 0; i < sizeof all / sizeof all[0]; i++) be->free_buf(be, all[i]);
+  be->close(be);
+}
+
+int main(void) {
+  t_seed();
+  RUN_NAMED("cuda_graph", test_graph);
+  return T_DONE();
+}
