@@ -425,6 +425,16 @@ int qmoe_model_prefill(qmoe_model *m, const int32_t *tokens, int64_t n, int64_t 
 /* Waits for everything enqueued (for timing). */
 int qmoe_model_sync(qmoe_model *m);
 
+/* The stage calls of one decode position at POS, in the order the forward makes them, handed to FN instead
+ * of being run (for per-stage benchmarks): LABEL names the call — the stage, then the weight tensor's kind
+ * where it has one ("matvec attn_q", "moe_down ffn_down_exps", "rmsnorm") —, LAYER its layer (-1 outside
+ * the layers), WEIGHT_BYTES the bytes of weights it reads (K experts' slices for the expert stages), CALL
+ * the call itself on the model's own buffers (struct qmoe_stage_call of backend.h; run it with
+ * qmoe_model_backend(m)->run). The token embedded is whatever id the model's argmax buffer holds. FN
+ * returning non-zero stops the walk with that code. Nothing runs on the device. */
+typedef int (*qmoe_call_fn)(void *user, const char *label, int64_t layer, uint64_t weight_bytes, const void *call);
+int qmoe_model_calls(qmoe_model *m, int64_t pos, qmoe_call_fn fn, void *user);
+
 /* Sampling on the host from downloaded logits: temperature 0 is greedy (lowest index on ties); else
  * softmax(logits / temperature), keep the top_k most likely (0: all), then the smallest prefix whose
  * mass reaches top_p (1: all), renormalize and draw with the xorshift64* state *rng (seed it non-zero). */

@@ -286,6 +286,9 @@ struct qmoe_model {
   qmoe_buffer *tok;
   int32_t idx_token; /* the token idx holds (-1: none) */
   int no_graph;      /* QMOE_NO_GRAPH=1: enqueue stage by stage even where the backend offers graphs */
+  qmoe_call_fn call_fn; /* qmoe_model_calls: calls go here instead of the backend */
+  void *call_user;
+  int64_t call_layer;
   qmoe_model_memory mem;
   /* tracing */
   qmoe_trace_fn trace_fn;
@@ -403,6 +406,7 @@ int qmoe_model_load(const char *path, qmoe_backend *be, int64_t n_ctx, qmoe_mode
   }
   m->n_ctx = n_ctx;
   m->idx_token = -1;
+  m->call_layer = -1;
   m->acc = QMOE_ACC_F32;
   const char *ng = getenv("QMOE_NO_GRAPH");
   m->no_graph = ng && ng[0] && strcmp(ng, "0") != 0;
@@ -507,10 +511,39 @@ static int trace(qmoe_model *m, int point, int64_t layer, int64_t pos, qmoe_buff
   return m->trace_fn(m->trace_user, point, layer, pos, m->trace_host, n);
 }
 
+/* The call's label for qmoe_model_calls: the stage, then the kind of its weight ("blk.3.attn_q.weight" ->
+ * "attn_q"). */
+static void call_label(const qmoe_stage_call *c, const qmoe_weight *w, char *out, size_t cap) {
+  const char *stage = qmoe_stage_info_get(c->stage)->name;
+  if (!w) {
+    snprintf(out, cap, "%s", stage);
+    return;
+  }
+  const char *n = w->t->name, *dot = strchr(n, '.');
+  if (!strncmp(n, "blk.", 4) && dot && (dot = strchr(dot + 1, '.'))) n = dot + 1;
+  const char *end = strstr(n, ".weight");
+  snprintf(out, cap, "%s %.*s", stage, (int)(end ? end - n : (ptrdiff_t)strlen(n)), n);
+}
+
+/* Weight bytes a call reads: the whole tensor, or K of its E experts' slices. */
+static uint64_t call_weight_bytes(const qmoe_model *m, const qmoe_stage_call *c, const qmoe_weight *w) {
+  if (!w) return 0;
+  if (c->stage == QMOE_STAGE_MOE_GATE_UP_SWIGLU) /* gate and up: w is gate, up has the same qtype and shape */
+    return 2 * w->t->nbytes / (uint64_t)m->c.n_expert * (uint64_t)m->c.n_expert_used;
+  if (c->stage == QMOE_STAGE_MOE_DOWN) return w->t->nbytes / (uint64_t)m->c.n_expert * (uint64_t)m->c.n_expert_used;
+  if (c->stage == QMOE_STAGE_EMBED_ROWS) return w->t->row_bytes;
+  return w->t->nbytes;
+}
+
 /* Runs one stage call with the model's accumulator and the weight's qtype and name. */
 static int run(qmoe_model *m, qmoe_stage_call *c, const qmoe_weight *w) {
   c->acc = m->acc;
   if (w) c->qtype = w->t->type, c->tensor = w->t->name;
+  if (m->call_fn) {
+    char label[96];
+    call_label(c, w, label, sizeof label);
+    return m->call_fn(m->call_user, label, m->call_layer, call_weight_bytes(m, c, w), c);
+  }
   return m->be->run(m->be, c);
 }
 
@@ -626,7 +659,11 @@ static int position(qmoe_model *m, qmoe_buffer *ids, size_t off, int64_t pos, in
   if (graph && (rc = m->be->graph_begin(m->be))) return rc;
   rc = embed(m, ids, off);
   if (!rc) rc = trace(m, QMOE_TP_INP_EMBD, -1, pos, m->h);
-  for (int64_t l = 0; !rc && l < m->c.n_layers; l++) rc = layer_forward(m, l, pos);
+  for (int64_t l = 0; !rc && l < m->c.n_layers; l++) {
+    m->call_layer = l;
+    rc = layer_forward(m, l, pos);
+  }
+  m->call_layer = -1;
   /* Before the last position, the outputs run only when result_* are traced. */
   if (!rc) rc = last ? outputs(m, pos, argmax, logits) : outputs(m, pos, NULL, NULL);
   if (graph) {
@@ -660,6 +697,24 @@ int qmoe_model_prefill(qmoe_model *m, const int32_t *tokens, int64_t n, int64_t 
                   argmax, logits);
   if (rc) return rc;
   return fetch_outputs(m, argmax, logits);
+}
+
+int qmoe_model_calls(qmoe_model *m, int64_t pos, qmoe_call_fn fn, void *user) {
+  if (pos < 0 || pos >= m->n_ctx) {
+    qmoe_set_error("position %lld is outside the KV cache of %lld tokens (--ctx)", (long long)pos,
+                   (long long)m->n_ctx);
+    return QMOE_EINVAL;
+  }
+  /* No trace hook and no graph: every call goes to FN. */
+  qmoe_trace_fn tf = m->trace_fn;
+  int ng = m->no_graph;
+  m->trace_fn = NULL, m->no_graph = 1;
+  m->call_fn = fn, m->call_user = user, m->call_layer = -1;
+  int32_t argmax;
+  int rc = position(m, m->idx, 0, pos, 1, &argmax, NULL);
+  m->call_fn = NULL, m->call_user = NULL;
+  m->trace_fn = tf, m->no_graph = ng;
+  return rc;
 }
 
 int qmoe_model_step(qmoe_model *m, int32_t token, int64_t pos, int32_t *argmax, float *logits) {

@@ -18,9 +18,16 @@ static const char usage[] =
   "the `add` stage: y = a + b over M MiB f32 vectors (--copy-mib, default 256), 8 calls between two\n"
   "synchronizations, (2 reads + 1 write) · 8 / time, median of 5 after a warm-up; then decode weight\n"
   "bytes/s as a fraction of it. The prompt is -p pseudo-random token ids (fixed seed).\n"
-  "example: qmoe bench -m build/models/tiny.gguf --backend vulkan -p 64 -n 32 --repeats 3\n";
+  "--stages: then times each stage of a decode position alone, at the model's shapes and qtypes: the calls\n"
+  "of one kind (\"matvec attn_q\", \"moe_down ffn_down_exps\", ...) from every layer in turn between two\n"
+  "timer reads — each reads its own layer's weights, so over the layers far more than a GPU's L2 —, median\n"
+  "of max(R, 5) after a warm-up, divided by the calls; reported with the weight bytes each reads, GB/s,\n"
+  "the fraction of the copy bandwidth, and µs per token; their sum against the measured decode step shows\n"
+  "what launches and gaps cost.\n"
+  "example: qmoe bench -m build/models/tiny.gguf --backend vulkan -p 64 -n 32 --repeats 3\n"
+  "example: qmoe bench -m model.gguf --backend cuda -p 512 -n 128 --stages --json\n";
 
-enum { O_M, O_BACKEND, O_P, O_N, O_ACC, O_REP, O_CTX, O_COPY, O_JSON, O_N_ };
+enum { O_M, O_BACKEND, O_P, O_N, O_ACC, O_REP, O_CTX, O_COPY, O_JSON, O_STAGES, O_N_ };
 
 /* A timer over work enqueued on the backend: Vulkan timestamps, CUDA events, or the host clock after a
  * synchronization. Vulkan's stop timestamp needs recorded work after the last synchronization, so a
@@ -126,11 +133,85 @@ static int copy_bandwidth(btimer *tm, qmoe_backend *be, int64_t mib, double *gbs
   return rc;
 }
 
+/* ---- --stages ------------------------------------------------------------------------------------------ */
+
+typedef struct {
+  char label[96];
+  uint64_t bytes;          /* weight bytes per call (the first call's; the same in every layer of a recipe
+                              that keeps one qtype per kind, else the mean) */
+  qmoe_stage_call *calls;  /* this kind's calls of one position, every layer */
+  int n, cap;
+  double us;               /* median µs per call */
+} stage_kind;
+
+typedef struct {
+  stage_kind *k;
+  int n, cap;
+  int rc;
+} stage_list;
+
+static int collect(void *user, const char *label, int64_t layer, uint64_t bytes, const void *call) {
+  stage_list *l = user;
+  (void)layer;
+  stage_kind *k = NULL;
+  for (int i = 0; i < l->n && !k; i++)
+    if (!strcmp(l->k[i].label, label)) k = &l->k[i];
+  if (!k) {
+    if (l->n == l->cap) {
+      int cap = l->cap ? 2 * l->cap : 32;
+      stage_kind *nk = realloc(l->k, (size_t)cap * sizeof *nk);
+      if (!nk) return QMOE_ENOMEM;
+      l->k = nk, l->cap = cap;
+    }
+    k = &l->k[l->n++];
+    memset(k, 0, sizeof *k);
+    snprintf(k->label, sizeof k->label, "%s", label);
+  }
+  if (k->n == k->cap) {
+    int cap = k->cap ? 2 * k->cap : 64;
+    qmoe_stage_call *nc = realloc(k->calls, (size_t)cap * sizeof *nc);
+    if (!nc) return QMOE_ENOMEM;
+    k->calls = nc, k->cap = cap;
+  }
+  k->calls[k->n] = *(const qmoe_stage_call *)call;
+  k->bytes = (k->bytes * (uint64_t)k->n + bytes) / (uint64_t)(k->n + 1);
+  k->n++;
+  return 0;
+}
+
+static void stage_list_free(stage_list *l) {
+  for (int i = 0; i < l->n; i++) free(l->k[i].calls);
+  free(l->k);
+}
+
+/* Times every kind of call of a decode position at POS. */
+static int time_stages(btimer *tm, qmoe_model *m, int64_t pos, int64_t R, stage_list *l, int verbose) {
+  qmoe_backend *be = qmoe_model_backend(m);
+  int rc = qmoe_model_calls(m, pos, collect, l);
+  if (rc) return rc;
+  int reps = R < 5 ? 5 : (int)R;
+  double *t = malloc((size_t)(reps + 1) * sizeof *t);
+  if (!t) return QMOE_ENOMEM;
+  for (int i = 0; !rc && i < l->n; i++) {
+    stage_kind *k = &l->k[i];
+    for (int r = 0; !rc && r <= reps; r++) { /* r = 0: warm-up */
+      rc = timer_start(tm);
+      for (int j = 0; !rc && j < k->n; j++) rc = be->run(be, &k->calls[j]);
+      if (!rc) rc = timer_stop(tm, &t[r]);
+    }
+    if (!rc) k->us = median(t + 1, reps) / k->n * 1e6;
+    if (!rc && verbose) fprintf(stderr, "qmoe bench: stage %d/%d %s: %.2f µs\n", i + 1, l->n, k->label, k->us);
+  }
+  free(t);
+  return rc;
+}
+
 static int run(int argc, char **argv) {
   cli_opt o[O_N_] = {
     [O_M] = { "-m", "--model", 1 }, [O_BACKEND] = { "--backend", NULL, 1 }, [O_P] = { "-p", NULL, 1 },
     [O_N] = { "-n", NULL, 1 }, [O_ACC] = { "--acc", NULL, 1 }, [O_REP] = { "--repeats", NULL, 1 },
     [O_CTX] = { "--ctx", NULL, 1 }, [O_COPY] = { "--copy-mib", NULL, 1 }, [O_JSON] = { "--json", NULL, 0 },
+    [O_STAGES] = { "--stages", NULL, 0 },
   };
   int rc = cli_parse_opts(&cmd_bench, argc, argv, o, O_N_);
   if (rc) return rc;
@@ -176,6 +257,15 @@ static int run(int argc, char **argv) {
   if (copy_bandwidth(&tm, be, copy_mib, &gbs)) goto fail;
   uint64_t bpt = qmoe_model_bytes_per_token(m);
   double frac = decode * (double)bpt * 1e-9 / gbs;
+  stage_list sl = {0};
+  double stage_us = 0; /* Σ over kinds of calls per token × µs per call */
+  if (o[O_STAGES].value) {
+    if (time_stages(&tm, m, P + N - 1, R, &sl, !o[O_JSON].value)) {
+      stage_list_free(&sl);
+      goto fail;
+    }
+    for (int i = 0; i < sl.n; i++) stage_us += sl.k[i].us * sl.k[i].n;
+  }
   qmoe_model_memory mem;
   qmoe_model_memory_of(m, &mem);
   const char *timer = tm.what;
@@ -185,10 +275,22 @@ static int run(int argc, char **argv) {
            "\"weight_bytes_per_token\":%llu,\"copy_gb_per_s\":%.6g,\"fraction_of_copy_bandwidth\":%.6g,"
            "\"memory\":{\"weights\":%llu,\"kv_cache\":%llu,\"workspace\":%llu},\"timer\":\"%s\","
            "\"copy_measured\":\"add stage y = a + b, %lld MiB f32 vectors, 8 calls per sync, (2 reads + 1 write) / time, "
-           "median of 5\"}\n",
+           "median of 5\"",
            path, backend, acc == QMOE_ACC_F64 ? "f64" : "f32", (long long)P, (long long)N, (long long)R, prefill,
            decode, (unsigned long long)bpt, gbs, frac, (unsigned long long)mem.weights,
            (unsigned long long)mem.kv_cache, (unsigned long long)mem.workspace, timer, (long long)copy_mib);
+    if (o[O_STAGES].value) {
+      printf(",\"stage_position\":%lld,\"stage_us_per_token\":%.6g,\"stages\":[", (long long)(P + N - 1), stage_us);
+      for (int i = 0; i < sl.n; i++) {
+        const stage_kind *k = &sl.k[i];
+        double g = (double)k->bytes / (k->us * 1e-6) * 1e-9;
+        printf("%s{\"label\":\"%s\",\"calls_per_token\":%d,\"us_per_call\":%.6g,\"weight_bytes_per_call\":%llu,"
+               "\"gb_per_s\":%.6g,\"fraction_of_copy_bandwidth\":%.6g}", i ? "," : "", k->label, k->n, k->us,
+               (unsigned long long)k->bytes, g, g / gbs);
+      }
+      printf("]");
+    }
+    printf("}\n");
   } else {
     printf("model %s on %s (acc %s), median of %lld after a warm-up (%s)\n", path, backend,
            acc == QMOE_ACC_F64 ? "f64" : "f32", (long long)R, timer);
@@ -199,7 +301,22 @@ static int run(int argc, char **argv) {
            "%.2f GB/s\n", (long long)copy_mib, gbs);
     printf("  decode weight traffic: %.2f GB/s = %.1f%% of the copy bandwidth\n", decode * (double)bpt * 1e-9,
            100 * frac);
+    if (o[O_STAGES].value) {
+      printf("  stages of one decode position (position %lld), each kind timed alone over every layer:\n",
+             (long long)(P + N - 1));
+      printf("    %-34s %6s %10s %12s %9s %7s %11s\n", "stage", "calls", "µs/call", "weights/call", "GB/s", "copy%",
+             "µs/token");
+      for (int i = 0; i < sl.n; i++) {
+        const stage_kind *k = &sl.k[i];
+        double g = (double)k->bytes / (k->us * 1e-6) * 1e-9;
+        printf("    %-34s %6d %10.2f %9.3f MB %9.1f %6.1f%% %11.1f\n", k->label, k->n, k->us, (double)k->bytes * 1e-6,
+               g, 100 * g / gbs, k->us * k->n);
+      }
+      printf("    sum of stages: %.1f µs per token (%.1f tokens/s); measured decode step: %.1f µs\n", stage_us,
+             1e6 / stage_us, 1e6 / decode);
+    }
   }
+  stage_list_free(&sl);
   rc = 0;
   goto done;
 fail:

@@ -195,6 +195,28 @@ def checks(tmp):
         ok, so = False, f"{so} {se} {e}"
     report("bench/json", ok and b["timer"] == "host monotonic clock around synchronized work", so)
 
+    # bench --stages: every kind of call of a decode position, each counted as the forward makes it.
+    rc, so, se = qmoe("bench", "-m", model, "-p", "3", "-n", "2", "--repeats", "1", "--copy-mib", "4", "--json",
+                      "--stages")
+    try:
+        b = json.loads(so)
+        st = {k["label"]: k for k in b["stages"]}
+        L = int(gguf.GGUFReader(model).fields["qwen3moe.block_count"].parts[-1][0])
+        want = {"embed_rows token_embd": 1, "rmsnorm": 2 * L + 1, "matvec attn_q": L, "matvec attn_k": L,
+                "matvec attn_v": L, "qk_norm": 2 * L, "rope_neox": 2 * L, "kv_store": L, "attention": L,
+                "matvec attn_output": L, "add": 2 * L, "router_topk": L, "moe_gate_up_swiglu ffn_gate_exps": L,
+                "moe_down ffn_down_exps": L, "matvec output": 1, "argmax": 1}
+        counts = {k: v["calls_per_token"] for k, v in st.items()}
+        ok = rc == 0 and counts == want and all(v["us_per_call"] > 0 for v in st.values()) and \
+            st["matvec output"]["weight_bytes_per_call"] > st["matvec attn_q"]["weight_bytes_per_call"] > 0 and \
+            abs(b["stage_us_per_token"] - sum(v["us_per_call"] * v["calls_per_token"] for v in st.values())) < \
+            1e-3 * b["stage_us_per_token"] and b["stage_position"] == 4
+    except Exception as e:
+        ok, so = False, f"{so} {se} {e}"
+    report("bench/stages", ok, so)
+    rc, so, se = qmoe("bench", "-m", model, "-p", "3", "-n", "2", "--repeats", "1", "--copy-mib", "4", "--stages")
+    report("bench/stages_text", rc == 0 and "sum of stages:" in so and "moe_down ffn_down_exps" in so, so + se)
+
     # Text in and out through the tokenizer stored in the file. The JSON text replaces each byte that is not
     # part of valid UTF-8 with U+FFFD.
     def per_byte_replace(b):
