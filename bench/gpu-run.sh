@@ -5,7 +5,8 @@
 # Results and logs go to $OUT (default ./gpu-out).
 # Usage: bench/gpu-run.sh tests|bench [BUILD_DIR]     (BUILD_DIR holds qmoe, models/tiny.gguf and tests/)
 #   tests: tests/gpu.sh, tests/oracle/check_oracle.py (cpu, vulkan, cuda), qmoe diff on the tiny model
-#   bench: qmoe make-model --preset qwen3-30b-a3b, then qmoe bench --backend cuda and vulkan (--json)
+#   bench: qmoe make-model --preset qwen3-30b-a3b, then qmoe bench (--json): cuda with --stages, cuda without
+#          graphs (QMOE_NO_GRAPH=1), cuda f64, cuda at context 4k (and 32k with QMOE_CTX32K=1), vulkan --stages
 # Environment: QMOE_WHEELS (default .whl): Python wheels to install first (gguf-py for the oracle check).
 set -u
 mode=${1:-}
@@ -48,8 +49,21 @@ else
   "$B/qmoe" make-model --preset qwen3-30b-a3b --ftype q4_k_m --seed 1 -o $M > "$OUT/make-model.log" 2>&1
   echo "make-model exit $? in $(( $(date +%s) - t0 )) s"
   ls -la $M
-  timeout 280 "$B/qmoe" bench -m $M --backend cuda -p 512 -n 128 --repeats 3 --json > "$OUT/bench-cuda.json" 2> "$OUT/bench-cuda.err"
-  echo "bench cuda exit $?"; cat "$OUT/bench-cuda.json"; tail -3 "$OUT/bench-cuda.err"
-  timeout 200 "$B/qmoe" bench -m $M --backend vulkan -p 16 -n 16 --repeats 3 --json > "$OUT/bench-vulkan.json" 2> "$OUT/bench-vulkan.err"
-  echo "bench vulkan exit $?"; cat "$OUT/bench-vulkan.json"; tail -3 "$OUT/bench-vulkan.err"
+  # name | timeout | environment | qmoe bench arguments
+  while IFS='|' read -r name lim envs args; do
+    [ -n "$name" ] || continue
+    env $envs timeout "$lim" "$B/qmoe" bench -m $M $args --json > "$OUT/bench-$name.json" 2> "$OUT/bench-$name.err"
+    echo "bench $name exit $?: $(python3 -c 'import json,sys; d=json.load(open(sys.argv[1])); print({k: d[k] for k in ("prefill_tokens_per_s","decode_tokens_per_s","fraction_of_copy_bandwidth","stage_us_per_token") if k in d})' "$OUT/bench-$name.json" 2>&1 | head -c 300)"
+    tail -2 "$OUT/bench-$name.err"
+  done <<'RUNS'
+cuda|280|QMOE_GPU_RUN=1|--backend cuda -p 512 -n 128 --repeats 3 --stages
+cuda-nograph|200|QMOE_NO_GRAPH=1|--backend cuda -p 512 -n 128 --repeats 3
+cuda-f64|200|QMOE_GPU_RUN=1|--backend cuda --acc f64 -p 64 -n 32 --repeats 3 --stages
+cuda-ctx4k|200|QMOE_GPU_RUN=1|--backend cuda -p 4096 -n 64 --repeats 1
+vulkan|200|QMOE_GPU_RUN=1|--backend vulkan -p 16 -n 16 --repeats 3 --stages
+RUNS
+  if [ -n "${QMOE_CTX32K:-}" ]; then
+    timeout 400 "$B/qmoe" bench -m $M --backend cuda -p 32768 -n 32 --repeats 1 --ctx 32800 --json > "$OUT/bench-cuda-ctx32k.json" 2> "$OUT/bench-cuda-ctx32k.err"
+    echo "bench cuda-ctx32k exit $?: $(head -c 400 "$OUT/bench-cuda-ctx32k.json")"
+  fi
 fi

@@ -299,48 +299,78 @@ local function emit_variant(v, sources)
     local unroll = 8
     local guard = (be % (32 * unroll)) ~= 0
     vars.QNAME, vars.BE, vars.BB, vars.CH, vars.UNROLL = q.name, be, bb, ch, unroll
-    -- Which elements a lane takes in a step of 256 (e0 a multiple of 256): 8 consecutive ones, its run.
-    --  * blocks of 256·k (k-quants): one block for the whole step, the run inside one sub-block (sub-blocks
-    --    are 16 or 32 elements), so its scales are decoded once per run (GROUP in expr.lua; on the PTX of
-    --    matvec q4_k: 20 int -> float conversions and 508 instructions per step of 16 element-rows, against
-    --    48 and 688 with element lane + 32·t, where every element has its own sub-block);
-    --  * smaller blocks dividing 256 (32-element formats): all in one block, whose scale is read and
-    --    converted once per lane and step;
+    -- Which elements a lane takes in a step of 256 (e0 a multiple of 256), and how the compiler is shown it.
+    --  * runs: 8 consecutive elements per lane, starting at RUN (a multiple of 8): in a k-quant's sub-block
+    --    (16 or 32 elements) or a small block, so the decode's per-run parts (scales) are computed once per
+    --    run (GROUP in expr.lua; `| t`, not `+ t`, is the same since RUN is a multiple of 8 and t < 8), and x
+    --    is read with two 16-byte loads where aligned. On the PTX of matvec q4_k: 20 conversions and 508
+    --    instructions per step of 16 element-rows. But the lanes' shared-memory reads are 8 bytes apart (bank
+    --    conflicts), and on the H200 the DRAM-bound lm_head ran at 990 GB/s against 1,616 with the strided
+    --    map (2026-12-02, docs/gpu-results.md), so for k-quants runs are the experiment behind
+    --    QMOE_CUDA_DEFINES=QMOE_LANE_RUNS (docs/cuda.md), not the default;
+    --  * strided (k-quants, blocks of 256·k): element e0 + lane + 32·t, one block for the whole step, i = lane
+    --    | 32·t, so everything that depends on i / 32 (sub-block scales, bit positions) is a constant per
+    --    unrolled t, x loads are coalesced and a warp's shared-memory reads are consecutive bytes;
     --  * one-element blocks (f32, f16, bf16): 8 consecutive elements per lane.
     -- STEPBLK: the lane's block at the start of the step; TBLK: blocks further on for element t.
-    if be % 256 == 0 then
-      vars.STEPBLK, vars.TBLK = "(e0 / QB_ELEMS)", "0"
-      vars.RUN = be == 256 and "(UNROLL * lane)" or "((e0 % QB_ELEMS) | (UNROLL * lane))"
-      vars.XLANE, vars.XT, vars.EXPR = "UNROLL * lane", "t", "e0 + UNROLL * lane + t"
-    elseif be >= 8 and 256 % be == 0 then
-      vars.STEPBLK, vars.TBLK = "((e0 + UNROLL * lane) / QB_ELEMS)", "0"
-      vars.RUN = "((e0 + UNROLL * lane) % QB_ELEMS)"
-      vars.XLANE, vars.XT, vars.EXPR = "UNROLL * lane", "t", "e0 + UNROLL * lane + t"
-    elseif be == 1 then
-      vars.STEPBLK, vars.TBLK, vars.IDX = "(e0 + UNROLL * lane)", "t", "0"
-      vars.XLANE, vars.XT, vars.EXPR = "UNROLL * lane", "t", "e0 + UNROLL * lane + t"
-    else
-      vars.STEPBLK, vars.TBLK, vars.IDX = "0", "(e / QB_ELEMS)", "(e % QB_ELEMS)"
-      vars.XLANE, vars.XT, vars.EXPR = "UNROLL * lane", "t", "e0 + UNROLL * lane + t"
+    local function runs(m, run)
+      m.STEPBLK, m.TBLK, m.RUN = be % 256 == 0 and "(e0 / QB_ELEMS)" or "((e0 + UNROLL * lane) / QB_ELEMS)", "0", run
+      m.XLANE, m.EXPR = "UNROLL * lane", "e0 + UNROLL * lane + t"
+      m.DOT_DECODE, m.IDX = "qmoe_" .. q.name .. "_decode_run", run .. ", (" .. run .. " | t)"
+      m.XPRE = table.concat({
+        "    // the run's x: two 16-byte loads where x is aligned and the run is whole",
+        "    float xr[UNROLL];",
+        "    if (UNROLL == 8 && (((uint64_t)xl) & 15) == 0 && (!G || e0 + UNROLL * lane + UNROLL <= ne)) {",
+        "      const float4 xa = ((const float4 *)xl)[0], xb = ((const float4 *)xl)[1];",
+        "      xr[0] = xa.x, xr[1] = xa.y, xr[2] = xa.z, xr[3] = xa.w, xr[4] = xb.x, xr[5] = xb.y, xr[6] = xb.z, xr[7] = xb.w;",
+        "    } else {",
+        "#pragma unroll",
+        "      for (int t = 0; t < UNROLL; t++) xr[t] = (!G || e0 + UNROLL * lane + t < ne) ? xl[t] : 0.0f;",
+        "    }" }, "\n")
+      m.XV = "xr[t]"
+      return m
     end
-    -- A lane's UNROLL consecutive elements (its run, starting at RUN, a multiple of UNROLL) share their
-    -- sub-block: expr.lua emits the decode's per-run parts over the run's start, which the kernel passes
-    -- without t, so the compiler computes a run's scales once, not per element (see GROUP there). `| t`, not
-    -- `+ t` (the same: RUN is a multiple of 8 and t < 8).
-    DIALECT.group = vars.RUN and unroll or nil
+    local maps = {}
+    if be % 256 == 0 then
+      maps.strided = { STEPBLK = "(e0 / QB_ELEMS)", TBLK = "0", XLANE = "lane", EXPR = "e0 + lane + 32 * t",
+                       IDX = be == 256 and "(lane | (32 * t))" or "((e0 % QB_ELEMS) | lane | (32 * t))",
+                       DOT_DECODE = "qmoe_" .. q.name .. "_decode", XPRE = "", XV = "xl[32 * t]" }
+      maps.runs = runs({}, be == 256 and "(UNROLL * lane)" or "((e0 % QB_ELEMS) | (UNROLL * lane))")
+    elseif be >= 8 and 256 % be == 0 then
+      maps.runs = runs({}, "((e0 + UNROLL * lane) % QB_ELEMS)")
+    elseif be == 1 then
+      maps.plain = { STEPBLK = "(e0 + UNROLL * lane)", TBLK = "t", IDX = "0", XLANE = "UNROLL * lane",
+                     EXPR = "e0 + UNROLL * lane + t", DOT_DECODE = "qmoe_" .. q.name .. "_decode", XPRE = "", XV = "xl[t]" }
+    else
+      maps.plain = { STEPBLK = "0", TBLK = "(e / QB_ELEMS)", IDX = "(e % QB_ELEMS)", XLANE = "UNROLL * lane",
+                     EXPR = "e0 + UNROLL * lane + t", DOT_DECODE = "qmoe_" .. q.name .. "_decode", XPRE = "", XV = "xl[t]" }
+    end
+    for _, m in pairs(maps) do
+      m.E_DECL = (m.TBLK:find("e") or m.IDX:find("%f[%w]e%f[^%w]")) and ("const int e = " .. m.EXPR .. ";") or
+                 ("// element " .. m.EXPR)
+    end
+    -- The decode with runs (expr.lua GROUP) wherever a map uses them.
+    DIALECT.group = maps.runs and unroll or nil
     vars.DECODE = "qmoe_" .. q.name .. "_decode"
-    vars.DOT_DECODE = vars.DECODE .. (vars.RUN and "_run" or "")
-    if vars.RUN then vars.IDX = vars.RUN .. ", (" .. vars.RUN .. " | t)" end
-    vars.E_DECL = (vars.TBLK:find("e") or vars.IDX:find("%f[%w]e%f[^%w]")) and
-                  ("const int e = " .. vars.EXPR .. ";") or ("// element " .. vars.EXPR)
     vars.MAY_BE_PARTIAL = guard and "true" or "false"
+    local function qrows(m)
+      local v = setmetatable({}, { __index = vars })
+      for k, x in pairs(m) do v[k] = x end
+      return template.render("cuda/_qrows.cu", v)
+    end
+    if maps.strided then
+      vars.QROWS = "#ifdef QMOE_LANE_RUNS // lane runs (QMOE_CUDA_DEFINES=QMOE_LANE_RUNS): see codegen/gen_cuda.lua\n" ..
+                   qrows(maps.runs) .. "\n#else // strided\n" .. qrows(maps.strided) .. "\n#endif"
+    else
+      vars.QROWS = qrows(maps.runs or maps.plain)
+    end
     parts[#parts + 1] = "// ---- decoding, from " .. q.__file .. " via src/lib/lua/expr.lua (CUDA dialect, f16 by cvt.f32.f16) ----"
     -- expr's helpers are a fixed set, not all used by every format: no "declared but never referenced" noise.
     parts[#parts + 1] = "#pragma nv_diag_suppress 177"
     parts[#parts + 1] = expr.prelude(DIALECT)
     parts[#parts + 1] = expr.emit(q, DIALECT)
     parts[#parts + 1] = "#pragma nv_diag_default 177"
-    parts[#parts + 1] = template.render("cuda/_qrows.cu", vars)
+    parts[#parts + 1] = vars.QROWS
   end
   parts[#parts + 1] = template.render_body("cuda/" .. st.name .. ".cu", vars)
   return table.concat(parts, "\n")

@@ -171,11 +171,12 @@ static __device__ __forceinline__ void qmoe_dot_chunk(const uint4 *sh, const int
     const uint8_t *bl[R];
 #pragma unroll
     for (int r = 0; r < R; r++) bl[r] = (const uint8_t *)(sh + r * STAGE_VECS + STAGE_PAD) + off[r] + (e0 + UNROLL * lane) * QB_BYTES;
+
 #pragma unroll
     for (int t = 0; t < UNROLL; t++) {
       // element e0 + UNROLL * lane + t
       if (G && e0 + UNROLL * lane + t >= ne) continue;
-      // A plain load (not __ldg, whose inline asm clobbers memory and so keeps the compiler from sharing the
+      // Plain loads (not __ldg, whose inline asm clobbers memory and so keeps the compiler from sharing the
       // decode's shared-memory reads between the unrolled elements).
       const float xv = xl[t];
 #pragma unroll

@@ -514,10 +514,34 @@ void qmoe_cuda_ctx_close(qmoe_cuda_ctx *c) {
   c->stream = NULL;
 }
 
-int qmoe_cuda_module_load(qmoe_cuda_ctx *c, const char *src, const char *kernel, CUmodule *out) {
+/* SRC with `#define NAME 1` first for each NAME in QMOE_CUDA_DEFINES (comma-separated identifiers: kernel
+ * experiments such as QMOE_LANE_RUNS, see docs/cuda.md), malloc'd; NULL when the variable is unset or empty.
+ * The cache key hashes the text, so each set of defines has its own CUBINs. */
+static char *with_defines(const char *src) {
+  const char *e = getenv("QMOE_CUDA_DEFINES");
+  if (!e || !e[0]) return NULL;
+  size_t n = strlen(src), el = strlen(e);
+  char *out = malloc(n + 10 * el + 64);
+  if (!out) return NULL;
+  size_t k = 0;
+  for (const char *p = e; *p;) {
+    size_t len = strcspn(p, ",");
+    int ok = len > 0 && len < 64;
+    for (size_t i = 0; ok && i < len; i++)
+      ok = p[i] == '_' || (p[i] >= 'A' && p[i] <= 'Z') || (p[i] >= 'a' && p[i] <= 'z') || (i && p[i] >= '0' && p[i] <= '9');
+    if (ok) k += (size_t)sprintf(out + k, "#define %.*s 1\n", (int)len, p);
+    p += len + (p[len] == ',');
+  }
+  memcpy(out + k, src, n + 1);
+  return out;
+}
+
+int qmoe_cuda_module_load(qmoe_cuda_ctx *c, const char *src0, const char *kernel, CUmodule *out) {
   const qmoe_cuda_nvrtc *n;
   int rc = qmoe_cuda_nvrtc_load(&n);
   if (rc) return rc;
+  char *defined = with_defines(src0);
+  const char *src = defined ? defined : src0;
   int arch = c->cc_major * 10 + c->cc_minor;
   char key[33], path[1200] = "";
   void *bin = NULL;
@@ -529,12 +553,17 @@ int qmoe_cuda_module_load(qmoe_cuda_ctx *c, const char *src, const char *kernel,
     if (bin) {
       CUresult r = c->d->ModuleLoadData(out, bin);
       free(bin);
-      if (r == CUDA_SUCCESS) return 0;
+      if (r == CUDA_SUCCESS) {
+        free(defined);
+        return 0;
+      }
       unlink(path); /* stale or damaged: compile the same source again */
       bin = NULL;
     }
   }
-  if ((rc = qmoe_cuda_compile(src, kernel, arch, NULL, 0, &bin, &size, NULL))) return rc;
+  rc = qmoe_cuda_compile(src, kernel, arch, NULL, 0, &bin, &size, NULL);
+  free(defined);
+  if (rc) return rc;
   rc = qmoe_cuda_check(c->d, c->d->ModuleLoadData(out, bin), "cuModuleLoadData", kernel);
   if (rc == 0 && path[0]) qmoe_cuda_cache_write(c->cache_dir, path, bin, size);
   free(bin);

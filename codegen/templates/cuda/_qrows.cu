@@ -47,13 +47,14 @@ static __device__ __forceinline__ void qmoe_dot_chunk(const uint4 *sh, const int
     const uint8_t *bl[R];
 #pragma unroll
     for (int r = 0; r < R; r++) bl[r] = (const uint8_t *)(sh + r * STAGE_VECS + STAGE_PAD) + off[r] + ${STEPBLK} * QB_BYTES;
+${XPRE}
 #pragma unroll
     for (int t = 0; t < UNROLL; t++) {
       ${E_DECL}
       if (G && ${EXPR} >= ne) continue;
-      // A plain load (not __ldg, whose inline asm clobbers memory and so keeps the compiler from sharing the
+      // Plain loads (not __ldg, whose inline asm clobbers memory and so keeps the compiler from sharing the
       // decode's shared-memory reads between the unrolled elements).
-      const float xv = xl[${XT}];
+      const float xv = ${XV};
 #pragma unroll
       for (int r = 0; r < R; r++) acc[r] = qmoe_fma(${DOT_DECODE}(bl[r] + ${TBLK} * QB_BYTES, ${IDX}), xv, acc[r]);
     }
