@@ -271,7 +271,7 @@ void qmoe_vk_graph_stats_get(const qmoe_vk *vk, qmoe_vk_graph_stats *out);
 
 /* GPU timer (for benchmarks): start and stop record timestamps around what is recorded between them; after
  * sync, read gives the device time between them in microseconds. QMOE_EUNSUPPORTED when the queue has no
- * timestamps. */
+ * timestamps; QMOE_EINVAL inside a graph (they time the work recorded outside graphs). */
 int qmoe_vk_timer_start(qmoe_vk *vk);
 int qmoe_vk_timer_stop(qmoe_vk *vk);
 int qmoe_vk_timer_read(qmoe_vk *vk, double *us);
