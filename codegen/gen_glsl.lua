@@ -57,9 +57,12 @@ end
 -- Shared GLSL pieces
 ---------------------------------------------------------------------------------------------------------------
 
--- Push constants, the same 128 bytes for every shader (runtime/vulkan/backend_vulkan.c fills them):
+-- Params (templates/glsl/_push.glsl), the same block for every shader, read as `pc.p[i]` etc.: `pc` names this
+-- dispatch's 144-byte slot of the runtime's params table (binding 8; the slot's index is the one push constant),
+-- so a recorded command buffer can be replayed with new params (runtime/vulkan/vk.c). backend_vulkan.c fills
 -- p: the stage's integer params in contract order; o: byte offset of each binding's data from the bound
--- (aligned) offset; ff/fd: float params as f32 and as f64 bits; x: per-dispatch extras of the stage.
+-- offset; ff/fd: float params as f32 and as f64 bits; x: per-dispatch extras of the stage; vk.c fills grid:
+-- the dispatch's workgroup counts (the VkDispatchIndirectCommand a replay dispatches with).
 
 
 -- double has no exp/log/sin/cos in GLSL: these are ours (Cody-Waite reduction + Taylor series, within a few

@@ -5,13 +5,17 @@
 #extension GL_KHR_shader_subgroup_basic : require
 #extension GL_KHR_shader_subgroup_arithmetic : require
 layout(local_size_x = 64) in;
-layout(push_constant) uniform PC {
+struct QmoeParams {
   uint p[8];
   uint o[8];
   float ff[4];
   uvec2 fd[4];
   uint x[4];
-} pc;
+  uint grid[4];
+};
+layout(std430, binding = 8) readonly restrict buffer QmoeParamTable { QmoeParams qmoe_params[]; };
+layout(push_constant) uniform QmoeSlot { uint i; } qmoe_slot;
+#define pc qmoe_params[qmoe_slot.i]
 
 layout(std430, binding = 2) buffer BIDS { int IDS[]; };
 layout(std430, binding = 3) buffer BWOUT { float WOUT[]; };

@@ -72,7 +72,9 @@ struct qmoe_backend {
    * objects, in the same order — the backend replays its recording (CUDA: one instantiated graph; Vulkan: one
    * command buffer) with only what changed patched in: params, buffer offsets, grid sizes. A different shape
    * is recorded anew. graph_end(be, 0) drops what was recorded (an error path). upload, download and sync
-   * between the two are QMOE_EINVAL; so is a graph_begin() inside another. */
+   * between the two are QMOE_EINVAL; so is a graph_begin() inside another. free_buf() of a buffer that a call
+   * of the open graph uses makes its graph_end(be, 1) QMOE_EINVAL (nothing of it runs); a kept recording that
+   * uses a freed buffer is not replayed but recorded anew. */
   int (*graph_begin)(qmoe_backend *);
   int (*graph_end)(qmoe_backend *, int submit);
   void (*close)(qmoe_backend *);

@@ -1,7 +1,8 @@
 /* backend_vulkan.c: the "vulkan" backend — backend.h over the Vulkan runtime (vk.c). Each stage call looks up
  * its (stage, qtype, acc) variant in the generated table (generated/c/vk_variants.c) — a missing one is
  * QMOE_EUNSUPPORTED naming the stage, tensor and qtype, never a fallback — and records its dispatches; sync()
- * submits everything recorded since the last sync. */
+ * submits everything recorded since the last sync. graph_begin/graph_end are the runtime's graphs (one
+ * command buffer recorded once and replayed with new params). */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -22,7 +23,8 @@ typedef struct {
   uint32_t max_groups;  /* QMOE_VK_MAX_GROUPS (tests): fewer workgroups, so the kernels' strided loops run */
 } vk_backend;
 
-/* The push constants every shader declares (codegen/gen_glsl.lua's PUSH): 128 bytes. */
+/* The params every shader reads as `pc` (codegen/templates/glsl/_push.glsl): 128 bytes, the start of the
+ * dispatch's slot in the runtime's params table. */
 typedef struct {
   uint32_t p[8];     /* the stage's int params, contract order */
   uint32_t o[8];     /* byte offset of each binding's data from its (aligned) bound offset */
@@ -30,7 +32,7 @@ typedef struct {
   uint32_t fd[4][2]; /* float params as f64: low word, high word (GLSL packDouble2x32) */
   uint32_t x[4];     /* per-dispatch extras of the stage */
 } vk_push;
-_Static_assert(sizeof(vk_push) == QMOE_VK_PUSH_BYTES, "push constants are 128 bytes");
+_Static_assert(sizeof(vk_push) == QMOE_VK_PUSH_BYTES, "params are 128 bytes");
 
 static vk_backend *impl(qmoe_backend *be) { return be->impl; }
 
@@ -81,11 +83,17 @@ static int vkb_download(qmoe_backend *be, qmoe_buffer *b, size_t off, void *dst,
   return qmoe_vk_buf_read(impl(be)->vk, &b->b, off, dst, n);
 }
 
+/* Scratch of at least BYTES. No call reads what an earlier call left there, so calls an open graph kept
+ * before the scratch grew use the new one too (the runtime looks the buffer up at graph_end). */
 static int ensure_scratch(vk_backend *vb, size_t bytes) {
   if (vb->scratch.buf && vb->scratch.size >= bytes) return 0;
   size_t want = vb->scratch.size * 2 > bytes ? vb->scratch.size * 2 : bytes;
-  qmoe_vk_buf_destroy(vb->vk, &vb->scratch); /* waits for recorded work that uses it */
-  return qmoe_vk_buf_create(vb->vk, want < 4096 ? 4096 : want, &vb->scratch);
+  qmoe_vk_buf grown, old = vb->scratch;
+  int rc = qmoe_vk_buf_create(vb->vk, want < 4096 ? 4096 : want, &grown);
+  if (rc) return rc;
+  vb->scratch = grown;
+  qmoe_vk_buf_destroy(vb->vk, &old); /* waits for work that uses it; a kept graph that does is recorded anew */
+  return 0;
 }
 
 /* ---- variant lookup ---- */
@@ -155,7 +163,10 @@ static int vkb_run(qmoe_backend *be, const qmoe_stage_call *c) {
   for (int i = 0; i < nbuf; i++) {
     const char *tname = (si->bufs[i].dtype == QMOE_DTYPE_QTYPE && c->tensor) ? c->tensor : si->buf_names[i];
     const qmoe_vk_buf *b = &c->buf[i]->b;
-    VkDeviceSize base = c->off[i] & ~(align - 1), rem = c->off[i] - base;
+    /* A buffer that fits one binding is bound whole and the offset goes into o[], so a graph whose offsets
+     * change between replays keeps its descriptors; a larger one from the offset rounded down. */
+    int whole = b->alloc <= max_range && b->alloc <= UINT32_MAX;
+    VkDeviceSize base = whole ? 0 : c->off[i] & ~(align - 1), rem = c->off[i] - base;
     if (rem + need[i] > max_range) {
       qmoe_set_error("vulkan: stage %s: tensor '%s' needs %llu bytes bound at once, device '%s' allows "
                      "maxStorageBufferRange = %llu",
@@ -226,6 +237,8 @@ static int vkb_run(qmoe_backend *be, const qmoe_stage_call *c) {
 }
 
 static int vkb_sync(qmoe_backend *be) { return qmoe_vk_sync(impl(be)->vk); }
+static int vkb_graph_begin(qmoe_backend *be) { return qmoe_vk_graph_begin(impl(be)->vk); }
+static int vkb_graph_end(qmoe_backend *be, int submit) { return qmoe_vk_graph_end(impl(be)->vk, submit); }
 
 qmoe_vk *qmoe_backend_vulkan_vk(qmoe_backend *be) {
   return be && be->run == vkb_run ? impl(be)->vk : NULL;
@@ -272,6 +285,8 @@ int qmoe_backend_vulkan_open(qmoe_backend **out) {
   be->download = vkb_download;
   be->run = vkb_run;
   be->sync = vkb_sync;
+  be->graph_begin = vkb_graph_begin;
+  be->graph_end = vkb_graph_end;
   be->close = vkb_close;
   be->impl = vb;
   *out = be;

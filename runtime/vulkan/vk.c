@@ -1,6 +1,7 @@
 /* vk.c: the Vulkan runtime — loads libvulkan.so.1 with dlopen(), creates the instance (with the validation
  * layer when asked or installed), picks and opens a device, and provides buffers, lazily created pipelines
- * from the embedded SPIR-V and command recording with one submit per sync. See vk_internal.h. */
+ * from the embedded SPIR-V, command recording with one submit per sync, and graphs (one recording replayed
+ * with new params). See vk_internal.h. */
 #include <ctype.h>
 #include <dlfcn.h>
 #include <link.h>
@@ -17,7 +18,45 @@
 #define SYNC_VALIDATION 1
 #endif
 
-enum { FENCE_TIMEOUT_S = 600, STAGING_MIN = 1 << 20, STAGING_MAX = 64 << 20, TRACK_MAX = 32 };
+enum { FENCE_TIMEOUT_S = 600, STAGING_MIN = 1 << 20, STAGING_MAX = 64 << 20, TRACK_MAX = 32, TABLE_MIN_SLOTS = 1024 };
+
+/* A command buffer being recorded, and the buffers read and written by its commands since the last barrier:
+ * the next command needs a barrier only when it reads or writes one written there, or writes one read there. */
+typedef struct {
+  VkCommandBuffer cmd;
+  int recording, ncmds;
+  VkBuffer read[TRACK_MAX], written[TRACK_MAX];
+  int nread, nwritten;
+} vk_rec;
+
+/* A params table: host-visible coherent memory, one QMOE_VK_SLOT_BYTES slot per dispatch, written by the
+ * host before the submission that reads it (a submission makes host writes visible to the device). */
+typedef struct {
+  qmoe_vk_buf buf;
+  uint32_t cap, used;
+} vk_table;
+
+/* A binding as recorded: what a dispatch's descriptor holds. */
+typedef struct {
+  VkBuffer buf;
+  VkDeviceSize off, range;
+  int64_t writes;
+} vk_desc;
+
+/* A dispatch's shape: what its recording depends on (compared whole, padding zeroed, with memcmp). */
+typedef struct {
+  VkPipeline pipe;
+  int64_t nb;
+  vk_desc d[QMOE_VK_MAX_BINDINGS];
+} vk_shape;
+
+/* A dispatch kept by an open graph: its bindings (looked up at graph_end) and its params slot. */
+typedef struct {
+  VkPipeline pipe;
+  int nb;
+  qmoe_vk_binding b[QMOE_VK_MAX_BINDINGS];
+  uint32_t slot[QMOE_VK_SLOT_BYTES / 4];
+} vk_gcall;
 
 struct qmoe_vk {
   void *lib;
@@ -51,13 +90,25 @@ struct qmoe_vk {
   VkPipeline *pipes;
 
   VkCommandPool pool;
-  VkCommandBuffer cmd;
   VkFence fence;
-  int recording, ncmds;
-  /* Buffers read and written by the commands recorded since the last barrier: the next command needs a
-   * barrier only when it reads or writes one written there, or writes one read there. */
-  VkBuffer read[TRACK_MAX], written[TRACK_MAX];
-  int nread, nwritten;
+  /* At most one submission is in flight (in_flight): a graph, after the stream recorded before it when
+   * in_flight_stream. Recording the stream again, rewriting a table it reads, or freeing a buffer waits. */
+  int in_flight, in_flight_stream;
+  vk_rec stream;        /* dispatches outside graphs, submitted by sync (or ahead of a graph) */
+  vk_table stab;        /* their params; a full table is replaced by one twice its size... */
+  qmoe_vk_buf *stab_old; /* ...and the full ones are freed when the stream's submission completes */
+  int nstab_old;
+
+  /* Graphs: the open one's dispatches, and the kept recording (nkept > 0) with its shape and table. */
+  int graph_open, graph_broken;
+  char graph_why[256];
+  vk_gcall *gcalls;
+  int ngcalls, capgcalls;
+  vk_shape *kept, *fresh; /* the kept recording's shape; the open graph's, resolved at graph_end */
+  int nkept, capshape;
+  vk_rec graph;
+  vk_table gtab;
+  long g_records, g_replays, g_drops;
   VkQueryPool timer; /* two timestamps, created on first use */
   uint32_t timestamp_bits;
 };
@@ -672,21 +723,20 @@ static int create_objects(qmoe_vk *vk) {
   if (env_is("QMOE_VK_STAGING", "1")) vk->staging_mode = 1;
   if (env_is("QMOE_VK_STAGING", "0")) vk->staging_mode = 0;
 
-  VkDescriptorSetLayoutBinding binds[QMOE_VK_MAX_BINDINGS];
-  for (uint32_t i = 0; i < QMOE_VK_MAX_BINDINGS; i++)
+  /* Set 0, all push descriptors: the call's buffers at 0..QMOE_VK_MAX_BINDINGS-1, then the params table.
+   * The one push constant is the dispatch's slot in that table (Vulkan guarantees 128 bytes of push
+   * constants and 32 push descriptors). */
+  _Static_assert(QMOE_VK_PARAMS_BINDING == QMOE_VK_MAX_BINDINGS, "the params table follows the call's bindings");
+  VkDescriptorSetLayoutBinding binds[QMOE_VK_MAX_BINDINGS + 1];
+  for (uint32_t i = 0; i <= QMOE_VK_MAX_BINDINGS; i++)
     binds[i] = (VkDescriptorSetLayoutBinding){.binding = i, .descriptorType = VK_DESCRIPTOR_TYPE_STORAGE_BUFFER,
                                               .descriptorCount = 1, .stageFlags = VK_SHADER_STAGE_COMPUTE_BIT};
   VkDescriptorSetLayoutCreateInfo dci = {.sType = VK_STRUCTURE_TYPE_DESCRIPTOR_SET_LAYOUT_CREATE_INFO,
                                          .flags = VK_DESCRIPTOR_SET_LAYOUT_CREATE_PUSH_DESCRIPTOR_BIT_KHR,
-                                         .bindingCount = QMOE_VK_MAX_BINDINGS, .pBindings = binds};
+                                         .bindingCount = QMOE_VK_MAX_BINDINGS + 1, .pBindings = binds};
   VkResult r = vk->f.vkCreateDescriptorSetLayout(vk->device, &dci, NULL, &vk->dsl);
   if (r != VK_SUCCESS) return vk_fail(r, "vkCreateDescriptorSetLayout");
-  if (vk->props.limits.maxPushConstantsSize < QMOE_VK_PUSH_BYTES) {
-    qmoe_set_error("device '%s' allows %u bytes of push constants, qmoe needs %d", vk->props.deviceName,
-                   vk->props.limits.maxPushConstantsSize, QMOE_VK_PUSH_BYTES);
-    return QMOE_EUNSUPPORTED;
-  }
-  VkPushConstantRange pcr = {.stageFlags = VK_SHADER_STAGE_COMPUTE_BIT, .offset = 0, .size = QMOE_VK_PUSH_BYTES};
+  VkPushConstantRange pcr = {.stageFlags = VK_SHADER_STAGE_COMPUTE_BIT, .offset = 0, .size = sizeof(uint32_t)};
   VkPipelineLayoutCreateInfo pci = {.sType = VK_STRUCTURE_TYPE_PIPELINE_LAYOUT_CREATE_INFO, .setLayoutCount = 1,
                                     .pSetLayouts = &vk->dsl, .pushConstantRangeCount = 1, .pPushConstantRanges = &pcr};
   r = vk->f.vkCreatePipelineLayout(vk->device, &pci, NULL, &vk->layout);
@@ -697,9 +747,12 @@ static int create_objects(qmoe_vk *vk) {
   r = vk->f.vkCreateCommandPool(vk->device, &cpi, NULL, &vk->pool);
   if (r != VK_SUCCESS) return vk_fail(r, "vkCreateCommandPool");
   VkCommandBufferAllocateInfo cai = {.sType = VK_STRUCTURE_TYPE_COMMAND_BUFFER_ALLOCATE_INFO, .commandPool = vk->pool,
-                                     .level = VK_COMMAND_BUFFER_LEVEL_PRIMARY, .commandBufferCount = 1};
-  r = vk->f.vkAllocateCommandBuffers(vk->device, &cai, &vk->cmd);
+                                     .level = VK_COMMAND_BUFFER_LEVEL_PRIMARY, .commandBufferCount = 2};
+  VkCommandBuffer cbs[2];
+  r = vk->f.vkAllocateCommandBuffers(vk->device, &cai, cbs);
   if (r != VK_SUCCESS) return vk_fail(r, "vkAllocateCommandBuffers");
+  vk->stream.cmd = cbs[0];
+  vk->graph.cmd = cbs[1];
   VkFenceCreateInfo fci = {.sType = VK_STRUCTURE_TYPE_FENCE_CREATE_INFO};
   r = vk->f.vkCreateFence(vk->device, &fci, NULL, &vk->fence);
   if (r != VK_SUCCESS) return vk_fail(r, "vkCreateFence");
@@ -732,6 +785,8 @@ int qmoe_vk_open(qmoe_vk **out) {
   return 0;
 }
 
+static void buf_release(qmoe_vk *vk, qmoe_vk_buf *b);
+
 /* Validation messages reported while devices were being closed, over the whole process (tests check it:
  * close cannot return an error, and an object left alive shows up only there). */
 static int teardown_messages;
@@ -741,12 +796,16 @@ void qmoe_vk_close(qmoe_vk *vk) {
   if (!vk) return;
   int before = vk->val_count;
   if (vk->device) {
-    if (vk->recording) {
-      vk->f.vkEndCommandBuffer(vk->cmd);
-      vk->recording = 0;
+    if (vk->stream.recording) {
+      vk->f.vkEndCommandBuffer(vk->stream.cmd);
+      vk->stream.recording = 0;
     }
     vk->f.vkDeviceWaitIdle(vk->device);
-    qmoe_vk_buf_destroy(vk, &vk->staging);
+    vk->in_flight = vk->in_flight_stream = 0;
+    buf_release(vk, &vk->staging);
+    buf_release(vk, &vk->stab.buf);
+    buf_release(vk, &vk->gtab.buf);
+    for (int i = 0; i < vk->nstab_old; i++) buf_release(vk, &vk->stab_old[i]);
     for (size_t i = 0; vk->pipes && i < qmoe_embedded_spirv_count; i++) {
       if (vk->pipes[i]) vk->f.vkDestroyPipeline(vk->device, vk->pipes[i], NULL);
       if (vk->modules[i]) vk->f.vkDestroyShaderModule(vk->device, vk->modules[i], NULL);
@@ -766,6 +825,10 @@ void qmoe_vk_close(qmoe_vk *vk) {
   free(vk->modules);
   free(vk->pipes);
   free(vk->devs);
+  free(vk->stab_old);
+  free(vk->gcalls);
+  free(vk->kept);
+  free(vk->fresh);
   free(vk);
 }
 
@@ -783,11 +846,14 @@ VkDeviceSize qmoe_vk_offset_align(const qmoe_vk *vk) {
   VkDeviceSize a = vk->props.limits.minStorageBufferOffsetAlignment;
   return a < 16 ? 16 : a;
 }
-int qmoe_vk_pending(const qmoe_vk *vk) { return vk->recording ? vk->ncmds : 0; }
+int qmoe_vk_pending(const qmoe_vk *vk) { return vk->stream.recording ? vk->stream.ncmds : 0; }
 
 /* ---- buffers ---- */
 
-static int buf_create(qmoe_vk *vk, size_t bytes, int host, qmoe_vk_buf *out) {
+/* What a buffer is for: its memory and usage. */
+enum { BUF_DEVICE, BUF_STAGING, BUF_TABLE };
+
+static int buf_create(qmoe_vk *vk, size_t bytes, int kind, qmoe_vk_buf *out) {
   memset(out, 0, sizeof *out);
   if (bytes > (size_t)1 << 62) {
     qmoe_set_error("Vulkan buffer of %zu bytes is too large", bytes);
@@ -801,7 +867,8 @@ static int buf_create(qmoe_vk *vk, size_t bytes, int host, qmoe_vk_buf *out) {
   }
   VkBufferCreateInfo bci = {.sType = VK_STRUCTURE_TYPE_BUFFER_CREATE_INFO, .size = alloc,
                             .usage = VK_BUFFER_USAGE_STORAGE_BUFFER_BIT | VK_BUFFER_USAGE_TRANSFER_SRC_BIT |
-                                     VK_BUFFER_USAGE_TRANSFER_DST_BIT,
+                                     VK_BUFFER_USAGE_TRANSFER_DST_BIT |
+                                     (kind == BUF_TABLE ? VK_BUFFER_USAGE_INDIRECT_BUFFER_BIT : 0),
                             .sharingMode = VK_SHARING_MODE_EXCLUSIVE};
   VkResult r = vk->f.vkCreateBuffer(vk->device, &bci, NULL, &out->buf);
   if (r != VK_SUCCESS) return vk_fail(r, "vkCreateBuffer(%zu bytes)", bytes);
@@ -809,17 +876,18 @@ static int buf_create(qmoe_vk *vk, size_t bytes, int host, qmoe_vk_buf *out) {
   vk->f.vkGetBufferMemoryRequirements(vk->device, out->buf, &req);
   int type;
   const VkMemoryPropertyFlags hv = VK_MEMORY_PROPERTY_HOST_VISIBLE_BIT | VK_MEMORY_PROPERTY_HOST_COHERENT_BIT;
-  if (host) /* staging: host-visible, cached if possible (downloads read it) */
+  int mapped = kind != BUF_DEVICE || !vk->staging_mode;
+  if (kind == BUF_STAGING) /* host-visible, cached if possible (downloads read it) */
     type = find_memory_type(&vk->mem, req.memoryTypeBits, hv, hv | VK_MEMORY_PROPERTY_HOST_CACHED_BIT);
-  else if (vk->staging_mode)
-    type = find_memory_type(&vk->mem, req.memoryTypeBits, 0, VK_MEMORY_PROPERTY_DEVICE_LOCAL_BIT);
-  else
+  else if (mapped) /* tables too: every workgroup reads its params, so device-local where the host can map it */
     type = find_memory_type(&vk->mem, req.memoryTypeBits, hv, hv | VK_MEMORY_PROPERTY_DEVICE_LOCAL_BIT);
+  else
+    type = find_memory_type(&vk->mem, req.memoryTypeBits, 0, VK_MEMORY_PROPERTY_DEVICE_LOCAL_BIT);
   if (type < 0) {
     vk->f.vkDestroyBuffer(vk->device, out->buf, NULL);
     out->buf = VK_NULL_HANDLE;
     qmoe_set_error("device '%s' has no %s memory type for a storage buffer", vk->props.deviceName,
-                   host || !vk->staging_mode ? "host-visible coherent" : "suitable");
+                   mapped ? "host-visible coherent" : "suitable");
     return QMOE_EUNSUPPORTED;
   }
   VkMemoryAllocateInfo mai = {.sType = VK_STRUCTURE_TYPE_MEMORY_ALLOCATE_INFO, .allocationSize = req.size,
@@ -831,7 +899,7 @@ static int buf_create(qmoe_vk *vk, size_t bytes, int host, qmoe_vk_buf *out) {
     return vk_fail(r, "vkAllocateMemory(%llu bytes on '%s')", (unsigned long long)req.size, vk->props.deviceName);
   }
   r = vk->f.vkBindBufferMemory(vk->device, out->buf, out->mem, 0);
-  if (r == VK_SUCCESS && (host || !vk->staging_mode)) {
+  if (r == VK_SUCCESS && mapped) {
     void *p = NULL;
     r = vk->f.vkMapMemory(vk->device, out->mem, 0, VK_WHOLE_SIZE, 0, &p);
     out->map = p;
@@ -839,87 +907,161 @@ static int buf_create(qmoe_vk *vk, size_t bytes, int host, qmoe_vk_buf *out) {
   out->size = bytes;
   out->alloc = alloc;
   if (r != VK_SUCCESS) {
-    qmoe_vk_buf_destroy(vk, out);
+    buf_release(vk, out);
     return vk_fail(r, "binding/mapping a buffer of %zu bytes", bytes);
   }
   return 0;
 }
 
-int qmoe_vk_buf_create(qmoe_vk *vk, size_t bytes, qmoe_vk_buf *out) { return buf_create(vk, bytes, 0, out); }
-
-void qmoe_vk_buf_destroy(qmoe_vk *vk, qmoe_vk_buf *b) {
+/* Frees a buffer no recorded or submitted work uses any more. */
+static void buf_release(qmoe_vk *vk, qmoe_vk_buf *b) {
   if (!b || !b->buf) return;
-  if (vk->recording && vk->ncmds) qmoe_vk_sync(vk); /* recorded work may use it (an error is reported there) */
   if (b->map) vk->f.vkUnmapMemory(vk->device, b->mem);
   vk->f.vkDestroyBuffer(vk->device, b->buf, NULL);
   vk->f.vkFreeMemory(vk->device, b->mem, NULL);
   memset(b, 0, sizeof *b);
 }
 
+int qmoe_vk_buf_create(qmoe_vk *vk, size_t bytes, qmoe_vk_buf *out) { return buf_create(vk, bytes, BUF_DEVICE, out); }
+
+static int finish(qmoe_vk *vk);
+
+void qmoe_vk_buf_destroy(qmoe_vk *vk, qmoe_vk_buf *b) {
+  if (!b || !b->buf) return;
+  (void)finish(vk); /* recorded or submitted work may use it (an error is reported by the next call) */
+  for (int i = 0; i < vk->nkept; i++)
+    for (int k = 0; k < vk->kept[i].nb; k++)
+      if (vk->kept[i].d[k].buf == b->buf) vk->nkept = 0; /* the kept graph is recorded anew next time */
+  for (int i = 0; i < vk->ngcalls && !vk->graph_broken; i++)
+    for (int k = 0; k < vk->gcalls[i].nb; k++)
+      if (vk->gcalls[i].b[k].buf == b) {
+        vk->graph_broken = 1;
+        snprintf(vk->graph_why, sizeof vk->graph_why,
+                 "a buffer of %llu bytes that dispatch %d of the graph binds was freed before graph_end",
+                 (unsigned long long)b->size, i + 1);
+        break;
+      }
+  buf_release(vk, b);
+}
+
 static int ensure_staging(qmoe_vk *vk, size_t want) {
   if (want < STAGING_MIN) want = STAGING_MIN;
   if (want > STAGING_MAX) want = STAGING_MAX;
   if (vk->staging.buf && vk->staging.size >= want) return 0;
-  qmoe_vk_buf_destroy(vk, &vk->staging);
-  return buf_create(vk, want, 1, &vk->staging);
+  (void)finish(vk);
+  buf_release(vk, &vk->staging);
+  return buf_create(vk, want, BUF_STAGING, &vk->staging);
 }
 
-static void begin_if_needed(qmoe_vk *vk, int *rc) {
-  if (vk->recording) return;
+/* ---- submission ---- */
+
+/* Waits for the submission in flight, if any; then its command buffers and tables may be reused. */
+static int wait_in_flight(qmoe_vk *vk) {
+  if (!vk->in_flight) return 0;
+  vk->in_flight = 0;
+  VkResult r = vk->f.vkWaitForFences(vk->device, 1, &vk->fence, VK_TRUE, (uint64_t)FENCE_TIMEOUT_S * 1000000000ull);
+  if (r == VK_TIMEOUT) {
+    qmoe_set_error("Vulkan: the work submitted to '%s' did not finish within %d s", vk->props.deviceName,
+                   FENCE_TIMEOUT_S);
+    return QMOE_EDEVICE;
+  }
+  if (r != VK_SUCCESS) return vk_fail(r, "vkWaitForFences");
+  r = vk->f.vkResetFences(vk->device, 1, &vk->fence);
+  if (r != VK_SUCCESS) return vk_fail(r, "vkResetFences");
+  if (vk->in_flight_stream) {
+    vk->in_flight_stream = 0;
+    r = vk->f.vkResetCommandBuffer(vk->stream.cmd, 0);
+    if (r != VK_SUCCESS) return vk_fail(r, "vkResetCommandBuffer");
+    vk->stream.ncmds = 0;
+    vk->stab.used = 0;
+    for (int i = 0; i < vk->nstab_old; i++) buf_release(vk, &vk->stab_old[i]);
+    vk->nstab_old = 0;
+  }
+  return 0;
+}
+
+/* Submits the stream recorded so far (when WITH_STREAM) and then the graph's command buffer (when
+ * WITH_GRAPH), without waiting; nothing may be in flight. */
+static int submit(qmoe_vk *vk, int with_stream, int with_graph) {
+  VkCommandBuffer cbs[2];
+  uint32_t n = 0;
+  if (with_stream) {
+    vk->stream.recording = 0;
+    VkResult r = vk->f.vkEndCommandBuffer(vk->stream.cmd);
+    if (r != VK_SUCCESS) return vk_fail(r, "vkEndCommandBuffer");
+    cbs[n++] = vk->stream.cmd;
+  }
+  if (with_graph) cbs[n++] = vk->graph.cmd;
+  if (!n) return 0;
+  VkSubmitInfo si = {.sType = VK_STRUCTURE_TYPE_SUBMIT_INFO, .commandBufferCount = n, .pCommandBuffers = cbs};
+  VkResult r = vk->f.vkQueueSubmit(vk->queue, 1, &si, vk->fence);
+  if (r != VK_SUCCESS)
+    return vk_fail(r, "vkQueueSubmit (%d commands%s)", with_stream ? vk->stream.ncmds : 0,
+                   with_graph ? " and a graph" : "");
+  vk->in_flight = 1;
+  vk->in_flight_stream = with_stream;
+  return 0;
+}
+
+/* Makes the device's writes visible to the host (mapped buffers are read right after the wait). */
+static void host_barrier(qmoe_vk *vk, VkCommandBuffer cmd) {
+  VkMemoryBarrier mb = {.sType = VK_STRUCTURE_TYPE_MEMORY_BARRIER,
+                        .srcAccessMask = VK_ACCESS_SHADER_WRITE_BIT | VK_ACCESS_TRANSFER_WRITE_BIT,
+                        .dstAccessMask = VK_ACCESS_HOST_READ_BIT};
+  vk->f.vkCmdPipelineBarrier(cmd, VK_PIPELINE_STAGE_COMPUTE_SHADER_BIT | VK_PIPELINE_STAGE_TRANSFER_BIT,
+                             VK_PIPELINE_STAGE_HOST_BIT, 0, 1, &mb, 0, NULL, 0, NULL);
+}
+
+/* Submits what the stream recorded and waits for it and for anything in flight. */
+static int finish(qmoe_vk *vk) {
+  int rc = wait_in_flight(vk);
+  if (rc || !vk->stream.recording) return rc;
+  host_barrier(vk, vk->stream.cmd);
+  if ((rc = submit(vk, 1, 0))) return rc;
+  return wait_in_flight(vk);
+}
+
+/* The stream's command buffer, begun if it is not (after waiting for it to come back from the device). */
+static int stream_begin(qmoe_vk *vk) {
+  if (vk->stream.recording) return 0;
+  int rc = wait_in_flight(vk);
+  if (rc) return rc;
   VkCommandBufferBeginInfo bi = {.sType = VK_STRUCTURE_TYPE_COMMAND_BUFFER_BEGIN_INFO,
                                  .flags = VK_COMMAND_BUFFER_USAGE_ONE_TIME_SUBMIT_BIT};
-  VkResult r = vk->f.vkBeginCommandBuffer(vk->cmd, &bi);
-  if (r != VK_SUCCESS) {
-    *rc = vk_fail(r, "vkBeginCommandBuffer");
-    return;
-  }
-  vk->recording = 1;
-  vk->ncmds = 0;
-  vk->nread = vk->nwritten = 0; /* what ran before was waited for */
+  VkResult r = vk->f.vkBeginCommandBuffer(vk->stream.cmd, &bi);
+  if (r != VK_SUCCESS) return vk_fail(r, "vkBeginCommandBuffer");
+  vk->stream.recording = 1;
+  vk->stream.ncmds = 0;
+  vk->stream.nread = vk->stream.nwritten = 0; /* what ran before was waited for */
+  return 0;
 }
 
-/* Orders the next command after everything recorded before it (compute and transfer, both ways). */
-static void barrier(qmoe_vk *vk) {
-  vk->nread = vk->nwritten = 0;
-  if (!vk->ncmds) return;
+/* Orders the next command of R after everything before it (compute and transfer, both ways); FORCE also at
+ * the start of a command buffer, ordering it after earlier submissions that were not waited for. */
+static void barrier(qmoe_vk *vk, vk_rec *rec, int force) {
+  rec->nread = rec->nwritten = 0;
+  if (!rec->ncmds && !force) return;
   VkMemoryBarrier mb = {.sType = VK_STRUCTURE_TYPE_MEMORY_BARRIER,
                         .srcAccessMask = VK_ACCESS_SHADER_WRITE_BIT | VK_ACCESS_TRANSFER_WRITE_BIT,
                         .dstAccessMask = VK_ACCESS_SHADER_READ_BIT | VK_ACCESS_SHADER_WRITE_BIT |
                                          VK_ACCESS_TRANSFER_READ_BIT | VK_ACCESS_TRANSFER_WRITE_BIT};
   VkPipelineStageFlags st = VK_PIPELINE_STAGE_COMPUTE_SHADER_BIT | VK_PIPELINE_STAGE_TRANSFER_BIT;
-  vk->f.vkCmdPipelineBarrier(vk->cmd, st, st, 0, 1, &mb, 0, NULL, 0, NULL);
+  vk->f.vkCmdPipelineBarrier(rec->cmd, st, st, 0, 1, &mb, 0, NULL, 0, NULL);
+}
+
+static int in_graph(const qmoe_vk *vk, const char *what) {
+  if (!vk->graph_open) return 0;
+  qmoe_set_error("vulkan %s: not allowed inside a graph (between graph_begin and graph_end); end the graph first",
+                 what);
+  return QMOE_EINVAL;
 }
 
 int qmoe_vk_sync(qmoe_vk *vk) {
-  int rc = 0;
-  if (vk->recording) {
-    /* Make the device's writes visible to the host (mapped buffers are read right after the wait). */
-    VkMemoryBarrier mb = {.sType = VK_STRUCTURE_TYPE_MEMORY_BARRIER,
-                          .srcAccessMask = VK_ACCESS_SHADER_WRITE_BIT | VK_ACCESS_TRANSFER_WRITE_BIT,
-                          .dstAccessMask = VK_ACCESS_HOST_READ_BIT};
-    vk->f.vkCmdPipelineBarrier(vk->cmd, VK_PIPELINE_STAGE_COMPUTE_SHADER_BIT | VK_PIPELINE_STAGE_TRANSFER_BIT,
-                               VK_PIPELINE_STAGE_HOST_BIT, 0, 1, &mb, 0, NULL, 0, NULL);
-    vk->recording = 0;
-    VkResult r = vk->f.vkEndCommandBuffer(vk->cmd);
-    if (r != VK_SUCCESS) return vk_fail(r, "vkEndCommandBuffer");
-    VkSubmitInfo si = {.sType = VK_STRUCTURE_TYPE_SUBMIT_INFO, .commandBufferCount = 1, .pCommandBuffers = &vk->cmd};
-    r = vk->f.vkQueueSubmit(vk->queue, 1, &si, vk->fence);
-    if (r != VK_SUCCESS) return vk_fail(r, "vkQueueSubmit (%d commands)", vk->ncmds);
-    r = vk->f.vkWaitForFences(vk->device, 1, &vk->fence, VK_TRUE, (uint64_t)FENCE_TIMEOUT_S * 1000000000ull);
-    if (r == VK_TIMEOUT) {
-      qmoe_set_error("Vulkan: the work submitted to '%s' did not finish within %d s", vk->props.deviceName,
-                     FENCE_TIMEOUT_S);
-      return QMOE_EDEVICE;
-    }
-    if (r != VK_SUCCESS) return vk_fail(r, "vkWaitForFences");
-    r = vk->f.vkResetFences(vk->device, 1, &vk->fence);
-    if (r != VK_SUCCESS) return vk_fail(r, "vkResetFences");
-    r = vk->f.vkResetCommandBuffer(vk->cmd, 0);
-    if (r != VK_SUCCESS) return vk_fail(r, "vkResetCommandBuffer");
-    vk->ncmds = 0;
-  }
-  rc = qmoe_vk_check_validation(vk, "sync");
-  return rc;
+  int rc = in_graph(vk, "sync");
+  if (rc) return rc;
+  rc = finish(vk);
+  int vrc = qmoe_vk_check_validation(vk, "sync");
+  return rc ? rc : vrc;
 }
 
 static int check_range(const char *what, const qmoe_vk_buf *b, size_t off, size_t n) {
@@ -936,7 +1078,8 @@ static int check_range(const char *what, const qmoe_vk_buf *b, size_t off, size_
 }
 
 int qmoe_vk_buf_write(qmoe_vk *vk, qmoe_vk_buf *b, size_t off, const void *src, size_t n) {
-  int rc = check_range("upload", b, off, n);
+  int rc = in_graph(vk, "upload");
+  if (!rc) rc = check_range("upload", b, off, n);
   if (rc || !n) return rc;
   if ((rc = qmoe_vk_sync(vk))) return rc;
   if (b->map) {
@@ -947,11 +1090,10 @@ int qmoe_vk_buf_write(qmoe_vk *vk, qmoe_vk_buf *b, size_t off, const void *src, 
   for (size_t done = 0; done < n;) {
     size_t chunk = n - done < vk->staging.size ? n - done : vk->staging.size;
     memcpy(vk->staging.map, (const unsigned char *)src + done, chunk);
-    begin_if_needed(vk, &rc);
-    if (rc) return rc;
+    if ((rc = stream_begin(vk))) return rc;
     VkBufferCopy region = {.srcOffset = 0, .dstOffset = off + done, .size = chunk};
-    vk->f.vkCmdCopyBuffer(vk->cmd, vk->staging.buf, b->buf, 1, &region);
-    vk->ncmds++;
+    vk->f.vkCmdCopyBuffer(vk->stream.cmd, vk->staging.buf, b->buf, 1, &region);
+    vk->stream.ncmds++;
     if ((rc = qmoe_vk_sync(vk))) return rc;
     done += chunk;
   }
@@ -959,7 +1101,8 @@ int qmoe_vk_buf_write(qmoe_vk *vk, qmoe_vk_buf *b, size_t off, const void *src, 
 }
 
 int qmoe_vk_buf_read(qmoe_vk *vk, const qmoe_vk_buf *b, size_t off, void *dst, size_t n) {
-  int rc = check_range("download", b, off, n);
+  int rc = in_graph(vk, "download");
+  if (!rc) rc = check_range("download", b, off, n);
   if (rc || !n) return rc;
   if ((rc = qmoe_vk_sync(vk))) return rc;
   if (b->map) {
@@ -969,11 +1112,10 @@ int qmoe_vk_buf_read(qmoe_vk *vk, const qmoe_vk_buf *b, size_t off, void *dst, s
   if ((rc = ensure_staging(vk, n))) return rc;
   for (size_t done = 0; done < n;) {
     size_t chunk = n - done < vk->staging.size ? n - done : vk->staging.size;
-    begin_if_needed(vk, &rc);
-    if (rc) return rc;
+    if ((rc = stream_begin(vk))) return rc;
     VkBufferCopy region = {.srcOffset = off + done, .dstOffset = 0, .size = chunk};
-    vk->f.vkCmdCopyBuffer(vk->cmd, b->buf, vk->staging.buf, 1, &region);
-    vk->ncmds++;
+    vk->f.vkCmdCopyBuffer(vk->stream.cmd, b->buf, vk->staging.buf, 1, &region);
+    vk->stream.ncmds++;
     if ((rc = qmoe_vk_sync(vk))) return rc;
     memcpy((unsigned char *)dst + done, vk->staging.map, chunk);
     done += chunk;
@@ -1048,11 +1190,95 @@ int qmoe_vk_pipeline(qmoe_vk *vk, const char *shader, const char *what, uint32_t
 
 /* ---- recording ---- */
 
+/* The descriptors of bindings B: each bound from its offset to the end of its buffer (at most
+ * maxStorageBufferRange). */
+static void resolve(qmoe_vk *vk, VkPipeline pipe, const qmoe_vk_binding *b, int nb, vk_shape *s) {
+  memset(s, 0, sizeof *s); /* shapes are compared with memcmp */
+  s->pipe = pipe;
+  s->nb = nb;
+  VkDeviceSize maxr = vk->props.limits.maxStorageBufferRange & ~(VkDeviceSize)15;
+  for (int i = 0; i < nb; i++) {
+    VkDeviceSize range = b[i].buf->alloc - b[i].off;
+    s->d[i] = (vk_desc){.buf = b[i].buf->buf, .off = b[i].off, .range = range > maxr ? maxr : range,
+                        .writes = b[i].writes != 0};
+  }
+}
+
+/* Records dispatch S into REC with its params in slot SLOT of table T: GROUPS workgroups, or (NULL) the
+ * counts the slot holds when the dispatch runs. */
+static void record(qmoe_vk *vk, vk_rec *rec, const vk_shape *s, const vk_table *t, uint32_t slot,
+                   const uint32_t *groups) {
+  const int nb = (int)s->nb;
+  int hazard = rec->nread + nb > TRACK_MAX || rec->nwritten + nb > TRACK_MAX;
+  for (int i = 0; i < nb && !hazard; i++) {
+    for (int k = 0; k < rec->nwritten; k++) hazard |= rec->written[k] == s->d[i].buf; /* RAW, WAW */
+    for (int k = 0; s->d[i].writes && k < rec->nread; k++) hazard |= rec->read[k] == s->d[i].buf; /* WAR */
+  }
+  if (hazard) barrier(vk, rec, 0);
+  for (int i = 0; i < nb; i++) {
+    if (s->d[i].writes) rec->written[rec->nwritten++] = s->d[i].buf;
+    rec->read[rec->nread++] = s->d[i].buf; /* a written binding may be read too */
+  }
+  VkDescriptorBufferInfo info[QMOE_VK_MAX_BINDINGS + 1];
+  VkWriteDescriptorSet wr[QMOE_VK_MAX_BINDINGS + 1];
+  for (int i = 0; i <= nb; i++) {
+    info[i] = i < nb ? (VkDescriptorBufferInfo){.buffer = s->d[i].buf, .offset = s->d[i].off, .range = s->d[i].range}
+                     : (VkDescriptorBufferInfo){.buffer = t->buf.buf, .offset = 0,
+                                                .range = (VkDeviceSize)t->cap * QMOE_VK_SLOT_BYTES};
+    wr[i] = (VkWriteDescriptorSet){.sType = VK_STRUCTURE_TYPE_WRITE_DESCRIPTOR_SET,
+                                   .dstBinding = i < nb ? (uint32_t)i : QMOE_VK_PARAMS_BINDING, .descriptorCount = 1,
+                                   .descriptorType = VK_DESCRIPTOR_TYPE_STORAGE_BUFFER, .pBufferInfo = &info[i]};
+  }
+  vk->f.vkCmdBindPipeline(rec->cmd, VK_PIPELINE_BIND_POINT_COMPUTE, s->pipe);
+  vk->f.vkCmdPushDescriptorSetKHR(rec->cmd, VK_PIPELINE_BIND_POINT_COMPUTE, vk->layout, 0, (uint32_t)nb + 1, wr);
+  vk->f.vkCmdPushConstants(rec->cmd, vk->layout, VK_SHADER_STAGE_COMPUTE_BIT, 0, sizeof slot, &slot);
+  if (groups)
+    vk->f.vkCmdDispatch(rec->cmd, groups[0], groups[1], groups[2]);
+  else
+    vk->f.vkCmdDispatchIndirect(rec->cmd, t->buf.buf, (VkDeviceSize)slot * QMOE_VK_SLOT_BYTES + QMOE_VK_PUSH_BYTES);
+  rec->ncmds++;
+}
+
+/* Makes T a table of at least N slots (nothing may use the one it has). */
+static int table_reserve(qmoe_vk *vk, vk_table *t, uint32_t n) {
+  if (t->buf.buf && t->cap >= n) return 0;
+  uint32_t cap = TABLE_MIN_SLOTS;
+  while (cap < n) cap *= 2;
+  buf_release(vk, &t->buf);
+  t->cap = t->used = 0;
+  int rc = buf_create(vk, (size_t)cap * QMOE_VK_SLOT_BYTES, BUF_TABLE, &t->buf);
+  if (rc) return rc;
+  t->cap = cap;
+  return 0;
+}
+
+/* The next free slot of the stream's table. A full table stays alive (the stream's commands read it) until
+ * the stream's submission completes; its successor is twice its size. */
+static int stream_slot(qmoe_vk *vk, uint32_t *slot) {
+  if (!vk->stab.buf.buf || vk->stab.used == vk->stab.cap) {
+    uint32_t want = vk->stab.cap ? vk->stab.cap * 2 : TABLE_MIN_SLOTS;
+    if (vk->stab.used) {
+      qmoe_vk_buf *grown = realloc(vk->stab_old, (size_t)(vk->nstab_old + 1) * sizeof *grown);
+      if (!grown) {
+        qmoe_set_error("vulkan: out of memory for the list of params tables");
+        return QMOE_ENOMEM;
+      }
+      vk->stab_old = grown;
+      vk->stab_old[vk->nstab_old++] = vk->stab.buf;
+      memset(&vk->stab.buf, 0, sizeof vk->stab.buf);
+    }
+    int rc = table_reserve(vk, &vk->stab, want);
+    if (rc) return rc;
+  }
+  *slot = vk->stab.used++;
+  return 0;
+}
+
 int qmoe_vk_dispatch(qmoe_vk *vk, VkPipeline pipe, const qmoe_vk_binding *b, int nb, const void *pc, size_t pc_size,
                      uint32_t gx, uint32_t gy, uint32_t gz) {
   const VkPhysicalDeviceLimits *L = &vk->props.limits;
   if (nb > QMOE_VK_MAX_BINDINGS || pc_size > QMOE_VK_PUSH_BYTES) {
-    qmoe_set_error("vulkan dispatch: %d bindings / %zu push-constant bytes exceed %d / %d", nb, pc_size,
+    qmoe_set_error("vulkan dispatch: %d bindings / %zu params bytes exceed %d / %d", nb, pc_size,
                    QMOE_VK_MAX_BINDINGS, QMOE_VK_PUSH_BYTES);
     return QMOE_EINVAL;
   }
@@ -1062,59 +1288,148 @@ int qmoe_vk_dispatch(qmoe_vk *vk, VkPipeline pipe, const qmoe_vk_binding *b, int
                    L->maxComputeWorkGroupCount[2]);
     return QMOE_EINVAL;
   }
-  VkDescriptorBufferInfo info[QMOE_VK_MAX_BINDINGS];
-  VkWriteDescriptorSet wr[QMOE_VK_MAX_BINDINGS];
   VkDeviceSize align = qmoe_vk_offset_align(vk);
   for (int i = 0; i < nb; i++) {
     if (!b[i].buf || !b[i].buf->buf || b[i].off % align || b[i].off >= b[i].buf->alloc) {
       qmoe_set_error("vulkan dispatch: binding %d has no buffer or a bad offset %llu", i, (unsigned long long)b[i].off);
       return QMOE_EINVAL;
     }
-    VkDeviceSize range = b[i].buf->alloc - b[i].off;
-    VkDeviceSize maxr = L->maxStorageBufferRange & ~(VkDeviceSize)15;
-    if (range > maxr) range = maxr;
-    info[i] = (VkDescriptorBufferInfo){.buffer = b[i].buf->buf, .offset = b[i].off, .range = range};
-    wr[i] = (VkWriteDescriptorSet){.sType = VK_STRUCTURE_TYPE_WRITE_DESCRIPTOR_SET, .dstBinding = (uint32_t)i,
-                                   .descriptorCount = 1, .descriptorType = VK_DESCRIPTOR_TYPE_STORAGE_BUFFER,
-                                   .pBufferInfo = &info[i]};
   }
-  int rc = 0;
-  begin_if_needed(vk, &rc);
+  /* The slot: params, then the VkDispatchIndirectCommand a graph's replay dispatches with. */
+  uint32_t slot[QMOE_VK_SLOT_BYTES / 4] = {0};
+  memcpy(slot, pc, pc_size);
+  slot[QMOE_VK_PUSH_BYTES / 4] = gx;
+  slot[QMOE_VK_PUSH_BYTES / 4 + 1] = gy;
+  slot[QMOE_VK_PUSH_BYTES / 4 + 2] = gz;
+  if (vk->graph_open) { /* kept for graph_end */
+    if (vk->ngcalls == vk->capgcalls) {
+      int cap = vk->capgcalls ? 2 * vk->capgcalls : 256;
+      vk_gcall *grown = realloc(vk->gcalls, (size_t)cap * sizeof *grown);
+      if (!grown) {
+        qmoe_set_error("vulkan: out of memory for a graph of %d dispatches", cap);
+        return QMOE_ENOMEM;
+      }
+      vk->gcalls = grown;
+      vk->capgcalls = cap;
+    }
+    vk_gcall *g = &vk->gcalls[vk->ngcalls++];
+    memset(g, 0, sizeof *g);
+    g->pipe = pipe;
+    g->nb = nb;
+    memcpy(g->b, b, (size_t)nb * sizeof *b);
+    memcpy(g->slot, slot, sizeof slot);
+    return 0;
+  }
+  uint32_t at;
+  int rc = stream_begin(vk);
+  if (!rc) rc = stream_slot(vk, &at);
   if (rc) return rc;
-  int hazard = vk->nread + nb > TRACK_MAX || vk->nwritten + nb > TRACK_MAX;
-  for (int i = 0; i < nb && !hazard; i++) {
-    for (int k = 0; k < vk->nwritten; k++) hazard |= vk->written[k] == b[i].buf->buf; /* RAW, WAW */
-    for (int k = 0; b[i].writes && k < vk->nread; k++) hazard |= vk->read[k] == b[i].buf->buf; /* WAR */
-  }
-  if (hazard) barrier(vk);
-  for (int i = 0; i < nb; i++) {
-    if (b[i].writes) vk->written[vk->nwritten++] = b[i].buf->buf;
-    vk->read[vk->nread++] = b[i].buf->buf; /* a written binding may be read too */
-  }
-  vk->f.vkCmdBindPipeline(vk->cmd, VK_PIPELINE_BIND_POINT_COMPUTE, pipe);
-  vk->f.vkCmdPushDescriptorSetKHR(vk->cmd, VK_PIPELINE_BIND_POINT_COMPUTE, vk->layout, 0, (uint32_t)nb, wr);
-  unsigned char pcbuf[QMOE_VK_PUSH_BYTES] = {0};
-  memcpy(pcbuf, pc, pc_size);
-  vk->f.vkCmdPushConstants(vk->cmd, vk->layout, VK_SHADER_STAGE_COMPUTE_BIT, 0, QMOE_VK_PUSH_BYTES, pcbuf);
-  vk->f.vkCmdDispatch(vk->cmd, gx, gy, gz);
-  vk->ncmds++;
+  memcpy(vk->stab.buf.map + (size_t)at * QMOE_VK_SLOT_BYTES, slot, sizeof slot);
+  vk_shape s;
+  resolve(vk, pipe, b, nb, &s);
+  const uint32_t groups[3] = {gx, gy, gz};
+  record(vk, &vk->stream, &s, &vk->stab, at, groups);
   return qmoe_vk_check_validation(vk, "dispatch");
 }
 
 int qmoe_vk_update(qmoe_vk *vk, qmoe_vk_buf *b, size_t off, const void *data, size_t n) {
-  int rc = check_range("update", b, off, n);
+  int rc = in_graph(vk, "update");
+  if (!rc) rc = check_range("update", b, off, n);
   if (rc) return rc;
   if (n == 0 || n > 65536 || n % 4 || off % 4) {
     qmoe_set_error("vulkan update: %zu bytes at offset %zu (must be 4-byte aligned, 1..65536 bytes)", n, off);
     return QMOE_EINVAL;
   }
-  begin_if_needed(vk, &rc);
-  if (rc) return rc;
-  barrier(vk);
-  vk->f.vkCmdUpdateBuffer(vk->cmd, b->buf, off, n, data);
-  vk->written[vk->nwritten++] = b->buf;
-  vk->ncmds++;
+  if ((rc = stream_begin(vk))) return rc;
+  barrier(vk, &vk->stream, 0);
+  vk->f.vkCmdUpdateBuffer(vk->stream.cmd, b->buf, off, n, data);
+  vk->stream.written[vk->stream.nwritten++] = b->buf;
+  vk->stream.ncmds++;
   return 0;
+}
+
+/* ---- graphs ---- */
+
+int qmoe_vk_graph_begin(qmoe_vk *vk) {
+  if (vk->graph_open) {
+    qmoe_set_error("vulkan graph_begin: a graph is already open (graphs do not nest); end it first");
+    return QMOE_EINVAL;
+  }
+  vk->graph_open = 1;
+  vk->graph_broken = 0;
+  vk->ngcalls = 0;
+  return 0;
+}
+
+/* Records the graph's command buffer from the shapes in vk->fresh (N dispatches, slot i for dispatch i).
+ * Nothing may be in flight. */
+static int record_graph(qmoe_vk *vk, int n) {
+  int rc = table_reserve(vk, &vk->gtab, (uint32_t)n);
+  if (rc) return rc;
+  VkCommandBufferBeginInfo bi = {.sType = VK_STRUCTURE_TYPE_COMMAND_BUFFER_BEGIN_INFO}; /* submitted again */
+  VkResult r = vk->f.vkBeginCommandBuffer(vk->graph.cmd, &bi);
+  if (r != VK_SUCCESS) return vk_fail(r, "vkBeginCommandBuffer (graph)");
+  vk->graph.ncmds = 0;
+  barrier(vk, &vk->graph, 1); /* after the stream submitted ahead of it, whatever that wrote */
+  for (int i = 0; i < n; i++) record(vk, &vk->graph, &vk->fresh[i], &vk->gtab, (uint32_t)i, NULL);
+  host_barrier(vk, vk->graph.cmd);
+  r = vk->f.vkEndCommandBuffer(vk->graph.cmd);
+  if (r != VK_SUCCESS) return vk_fail(r, "vkEndCommandBuffer (graph)");
+  return 0;
+}
+
+int qmoe_vk_graph_end(qmoe_vk *vk, int submit_it) {
+  if (!vk->graph_open) {
+    qmoe_set_error("vulkan graph_end: no graph is open (graph_begin first)");
+    return QMOE_EINVAL;
+  }
+  vk->graph_open = 0;
+  const int n = vk->ngcalls;
+  vk->ngcalls = 0;
+  if (!submit_it) {
+    vk->g_drops++;
+    return 0;
+  }
+  if (vk->graph_broken) {
+    qmoe_set_error("vulkan graph_end: %s; nothing was submitted", vk->graph_why);
+    return QMOE_EINVAL;
+  }
+  if (!n) return qmoe_vk_check_validation(vk, "graph_end");
+  if (n > vk->capshape) {
+    vk_shape *k = realloc(vk->kept, (size_t)n * sizeof *k);
+    if (k) vk->kept = k;
+    vk_shape *f = k ? realloc(vk->fresh, (size_t)n * sizeof *f) : NULL;
+    if (f) vk->fresh = f;
+    if (!k || !f) {
+      qmoe_set_error("vulkan: out of memory for a graph of %d dispatches", n);
+      return QMOE_ENOMEM;
+    }
+    vk->capshape = n;
+  }
+  for (int i = 0; i < n; i++) resolve(vk, vk->gcalls[i].pipe, vk->gcalls[i].b, vk->gcalls[i].nb, &vk->fresh[i]);
+  const int same = vk->nkept == n && memcmp(vk->kept, vk->fresh, (size_t)n * sizeof *vk->fresh) == 0;
+  int rc = wait_in_flight(vk); /* the command buffer and table may be in use */
+  if (rc) return rc;
+  if (same) {
+    vk->g_replays++;
+  } else {
+    vk->nkept = 0;
+    if ((rc = record_graph(vk, n))) return rc;
+    vk_shape *t = vk->kept;
+    vk->kept = vk->fresh;
+    vk->fresh = t;
+    vk->nkept = n;
+    vk->g_records++;
+  }
+  for (int i = 0; i < n; i++)
+    memcpy(vk->gtab.buf.map + (size_t)i * QMOE_VK_SLOT_BYTES, vk->gcalls[i].slot, QMOE_VK_SLOT_BYTES);
+  if ((rc = submit(vk, vk->stream.recording, 1))) return rc;
+  return qmoe_vk_check_validation(vk, "graph_end");
+}
+
+void qmoe_vk_graph_stats_get(const qmoe_vk *vk, qmoe_vk_graph_stats *out) {
+  *out = (qmoe_vk_graph_stats){.records = vk->g_records, .replays = vk->g_replays, .drops = vk->g_drops,
+                               .kept = vk->nkept, .open = vk->graph_open, .in_flight = vk->in_flight};
 }
 
 int qmoe_vk_provoke_validation_message(qmoe_vk *vk) {
@@ -1130,6 +1445,8 @@ int qmoe_vk_provoke_validation_message(qmoe_vk *vk) {
 /* ---- GPU timer ---- */
 
 int qmoe_vk_timer_start(qmoe_vk *vk) {
+  int rc = in_graph(vk, "timer");
+  if (rc) return rc;
   if (!vk->timestamp_bits) {
     qmoe_set_error("device '%s': its compute queue has no timestamps", vk->props.deviceName);
     return QMOE_EUNSUPPORTED;
@@ -1140,20 +1457,20 @@ int qmoe_vk_timer_start(qmoe_vk *vk) {
     VkResult r = vk->f.vkCreateQueryPool(vk->device, &qi, NULL, &vk->timer);
     if (r != VK_SUCCESS) return vk_fail(r, "vkCreateQueryPool");
   }
-  int rc = 0;
-  begin_if_needed(vk, &rc);
-  if (rc) return rc;
-  vk->f.vkCmdResetQueryPool(vk->cmd, vk->timer, 0, 2);
-  vk->f.vkCmdWriteTimestamp(vk->cmd, VK_PIPELINE_STAGE_BOTTOM_OF_PIPE_BIT, vk->timer, 0);
+  if ((rc = stream_begin(vk))) return rc;
+  vk->f.vkCmdResetQueryPool(vk->stream.cmd, vk->timer, 0, 2);
+  vk->f.vkCmdWriteTimestamp(vk->stream.cmd, VK_PIPELINE_STAGE_BOTTOM_OF_PIPE_BIT, vk->timer, 0);
   return 0;
 }
 
 int qmoe_vk_timer_stop(qmoe_vk *vk) {
-  if (!vk->timer || !vk->recording) {
+  int rc = in_graph(vk, "timer");
+  if (rc) return rc;
+  if (!vk->timer || !vk->stream.recording) {
     qmoe_set_error("qmoe_vk_timer_stop: no timer started in the work being recorded");
     return QMOE_EINVAL;
   }
-  vk->f.vkCmdWriteTimestamp(vk->cmd, VK_PIPELINE_STAGE_BOTTOM_OF_PIPE_BIT, vk->timer, 1);
+  vk->f.vkCmdWriteTimestamp(vk->stream.cmd, VK_PIPELINE_STAGE_BOTTOM_OF_PIPE_BIT, vk->timer, 1);
   return 0;
 }
 

@@ -1,6 +1,7 @@
 /* vk_internal.h: the Vulkan runtime under backend_vulkan.c — the loader opened with dlopen(), instance
- * (+ validation layer), device selection, buffers, pipelines made lazily from the embedded SPIR-V, and
- * recording of many dispatches into one command buffer that sync() submits. See docs/vulkan.md. */
+ * (+ validation layer), device selection, buffers, pipelines made lazily from the embedded SPIR-V, recording
+ * of many dispatches into one command buffer that sync() submits, and graphs: a dispatch sequence recorded
+ * once and replayed with new params. See docs/vulkan.md. */
 #ifndef QMOE_VK_INTERNAL_H
 #define QMOE_VK_INTERNAL_H
 #define VK_NO_PROTOTYPES
@@ -56,6 +57,7 @@
   X(vkCmdPushConstants)                                                                                          \
   X(vkCmdPushDescriptorSetKHR)                                                                                   \
   X(vkCmdDispatch)                                                                                               \
+  X(vkCmdDispatchIndirect)                                                                                       \
   X(vkCmdPipelineBarrier)                                                                                        \
   X(vkCmdCopyBuffer)                                                                                             \
   X(vkCmdUpdateBuffer)                                                                                           \
@@ -133,6 +135,8 @@ typedef struct {
   unsigned char *map;    /* host pointer when the memory is host-visible and mapped, else NULL */
 } qmoe_vk_buf;
 
+/* In a graph the buffer is looked up when graph_end records (so BUF must stay valid until then: a buffer
+ * destroyed while a graph that binds it is open makes that graph's end fail). */
 typedef struct {
   const qmoe_vk_buf *buf;
   VkDeviceSize off;      /* must be a multiple of qmoe_vk_offset_align() */
@@ -226,20 +230,48 @@ int qmoe_vk_pipeline(qmoe_vk *vk, const char *shader, const char *what, uint32_t
 
 /* Records one dispatch, after a barrier when it touches a buffer an unbarriered earlier command wrote, or
  * writes one such a command read (dispatches with no dependency between them may overlap). PC is at most
- * QMOE_VK_PUSH_BYTES bytes of push constants. Group counts must be within maxComputeWorkGroupCount. */
-enum { QMOE_VK_PUSH_BYTES = 128, QMOE_VK_MAX_BINDINGS = 8 };
+ * QMOE_VK_PUSH_BYTES bytes of params: the dispatch's slot of a params table (binding
+ * QMOE_VK_PARAMS_BINDING, QMOE_VK_SLOT_BYTES per slot: the params, then the group counts as a
+ * VkDispatchIndirectCommand) that the shader reads as `pc` (codegen/templates/glsl/_push.glsl); the only push
+ * constant is the slot's index. Group counts must be within maxComputeWorkGroupCount. Inside a graph the
+ * dispatch is kept for graph_end instead of recorded. */
+enum { QMOE_VK_PUSH_BYTES = 128, QMOE_VK_SLOT_BYTES = 144, QMOE_VK_MAX_BINDINGS = 8, QMOE_VK_PARAMS_BINDING = 8 };
 int qmoe_vk_dispatch(qmoe_vk *vk, VkPipeline pipe, const qmoe_vk_binding *b, int nb, const void *pc, size_t pc_size,
                      uint32_t gx, uint32_t gy, uint32_t gz);
-/* Records an inline buffer update (at most 65536 bytes, 4-byte aligned), ordered like a dispatch. */
+/* Records an inline buffer update (at most 65536 bytes, 4-byte aligned), ordered like a dispatch. Not inside a
+ * graph (QMOE_EINVAL). */
 int qmoe_vk_update(qmoe_vk *vk, qmoe_vk_buf *b, size_t off, const void *data, size_t n);
-/* Submits everything recorded and waits for it. */
+/* Submits everything recorded and waits for it (a submitted graph too). QMOE_EINVAL inside a graph. */
 int qmoe_vk_sync(qmoe_vk *vk);
-/* Number of dispatches recorded and not yet submitted. */
+/* Number of dispatches recorded outside graphs and not yet submitted. */
 int qmoe_vk_pending(const qmoe_vk *vk);
+
+/* Graphs (backend.h's graph_begin/graph_end). Between begin and end, dispatches are kept in a list (pipeline,
+ * bindings, params slot) instead of recorded. end(1) compares the list's shape — each dispatch's pipeline
+ * and descriptors (buffer, bound offset, range), in order — with the graph recorded last: the same shape
+ * replays that command buffer, whose dispatches read params and group counts (vkCmdDispatchIndirect) from
+ * the graph's own params table, after only the table is rewritten; another shape is recorded anew and
+ * kept. Either way it is submitted (after what was recorded outside the graph before it) without waiting:
+ * at most one submission is in flight, and sync/upload/download, the next graph_end and any recording
+ * outside a graph wait for it first. end(0) drops the list. Destroying a buffer the kept recording uses
+ * drops the recording. Nested begin, end without begin, and sync/buf_write/buf_read/update/timer inside a
+ * graph are QMOE_EINVAL. */
+int qmoe_vk_graph_begin(qmoe_vk *vk);
+int qmoe_vk_graph_end(qmoe_vk *vk, int submit);
+/* Test hook: what graphs did since the runtime was opened. */
+typedef struct {
+  long records;  /* graph_end(1) that recorded a command buffer (a new shape) */
+  long replays;  /* graph_end(1) that submitted the kept one again */
+  long drops;    /* graph_end(0) */
+  int kept;      /* dispatches in the kept recording (0: none kept) */
+  int open;      /* between graph_begin and graph_end */
+  int in_flight; /* a submission has not been waited for */
+} qmoe_vk_graph_stats;
+void qmoe_vk_graph_stats_get(const qmoe_vk *vk, qmoe_vk_graph_stats *out);
 
 /* GPU timer (for benchmarks): start and stop record timestamps around what is recorded between them; after
  * sync, read gives the device time between them in microseconds. QMOE_EUNSUPPORTED when the queue has no
- * timestamps. */
+ * timestamps; QMOE_EINVAL inside a graph (they time the work recorded outside graphs). */
 int qmoe_vk_timer_start(qmoe_vk *vk);
 int qmoe_vk_timer_stop(qmoe_vk *vk);
 int qmoe_vk_timer_read(qmoe_vk *vk, double *us);
