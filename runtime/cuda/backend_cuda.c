@@ -47,6 +47,7 @@ enum { GRAPH_CACHE = 4, VCACHE_QTYPES = 64 };
 
 typedef struct {
   int recording;
+  int freed;        /* a buffer the recording uses was freed: graph_end(be, 1) refuses */
   launch_rec *recs; /* the sequence being recorded */
   size_t n, cap;
   cached_graph cache[GRAPH_CACHE];
@@ -103,6 +104,12 @@ static int cu_alloc(qmoe_backend *be, size_t bytes, qmoe_buffer **out) {
 static void cu_free_buf(qmoe_backend *be, qmoe_buffer *b) {
   if (!b) return;
   cuda_impl *im = impl_of(be);
+  /* A buffer a call of the open graph uses: that graph must not run (backend.h). Kept graphs need nothing: a
+   * replay patches every node whose arguments differ from the new recording's. */
+  for (size_t i = 0; im->g.recording && !im->g.freed && i < im->g.n; i++)
+    for (int k = 0; k < QMOE_STAGE_MAX_BUFS; k++)
+      if (im->g.recs[i].args.buf[k] >= b->ptr && im->g.recs[i].args.buf[k] < b->ptr + (b->size ? b->size : 1))
+        im->g.freed = 1;
   if (qmoe_cuda_ctx_use(&im->ctx) == 0) im->ctx.d->MemFree(b->ptr);
   free(b);
 }
@@ -327,6 +334,7 @@ static int cu_graph_begin(qmoe_backend *be) {
     return QMOE_EINVAL;
   }
   im->g.recording = 1;
+  im->g.freed = 0;
   im->g.n = 0;
   return 0;
 }
@@ -350,6 +358,11 @@ static int cu_graph_end(qmoe_backend *be, int submit) {
   g->recording = 0;
   size_t n = g->n;
   g->n = 0;
+  if (submit && g->freed) {
+    qmoe_set_error("cuda backend: a buffer that a call of this graph uses was freed before graph_end; nothing of "
+                   "the graph ran");
+    return QMOE_EINVAL;
+  }
   if (!submit || n == 0) return 0;
   int rc = qmoe_cuda_ctx_use(&im->ctx);
   if (rc) return rc;

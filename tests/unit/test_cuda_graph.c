@@ -116,6 +116,20 @@ static void test_graph(void) {
   CHECK(!memcmp(got, poison, sizeof got), "graph_end(be, 0) ran the recorded calls (z[0] = %g)", (double)got[0]);
   CHECK(be->graph_end(be, 1) == QMOE_EINVAL, "graph_end without graph_begin: %s", qmoe_last_error());
 
+  /* A buffer the open graph uses, freed: graph_end refuses and nothing runs. */
+  qmoe_buffer *tmp = NULL;
+  REQUIRE(be->alloc(be, R * 4, &tmp) == 0, "alloc: %s", qmoe_last_error());
+  REQUIRE(be->upload(be, b.z, 0, poison, sizeof poison) == 0 && be->sync(be) == 0, "upload: %s", qmoe_last_error());
+  REQUIRE(be->graph_begin(be) == 0, "graph_begin: %s", qmoe_last_error());
+  qmoe_stage_call c;
+  qmoe_call_add(&c, R, b.y, tmp, b.z);
+  REQUIRE(be->run(be, &c) == 0, "run: %s", qmoe_last_error());
+  be->free_buf(be, tmp);
+  CHECK(be->graph_end(be, 1) == QMOE_EINVAL && strstr(qmoe_last_error(), "freed"), "graph_end after a freed buffer: %s",
+        qmoe_last_error());
+  REQUIRE(be->sync(be) == 0 && be->download(be, b.z, 0, got, sizeof got) == 0, "download: %s", qmoe_last_error());
+  CHECK(!memcmp(got, poison, sizeof got), "a graph whose buffer was freed ran (z[0] = %g)", (double)got[0]);
+
   qmoe_buffer *all[] = { b.x, b.w, b.W, b.xn, b.y, b.z, b.idx };
   for (size_t i = 0; i < sizeof all / sizeof all[0]; i++) be->free_buf(be, all[i]);
   be->close(be);
