@@ -300,17 +300,16 @@ local function emit_variant(v, sources)
     local guard = (be % (32 * unroll)) ~= 0
     vars.QNAME, vars.BE, vars.BB, vars.CH, vars.UNROLL = q.name, be, bb, ch, unroll
     -- Which elements a lane takes in a step of 256 (e0 a multiple of 256), and how the compiler is shown it.
-    --  * runs: 8 consecutive elements per lane, starting at RUN (a multiple of 8): in a k-quant's sub-block
-    --    (16 or 32 elements) or a small block, so the decode's per-run parts (scales) are computed once per
-    --    run (GROUP in expr.lua; `| t`, not `+ t`, is the same since RUN is a multiple of 8 and t < 8), and x
-    --    is read with two 16-byte loads where aligned. On the PTX of matvec q4_k: 20 conversions and 508
-    --    instructions per step of 16 element-rows. But the lanes' shared-memory reads are 8 bytes apart (bank
-    --    conflicts), and on the H200 the DRAM-bound lm_head ran at 990 GB/s against 1,616 with the strided
-    --    map (2026-12-02, docs/gpu-results.md), so for k-quants runs are the experiment behind
-    --    QMOE_CUDA_DEFINES=QMOE_LANE_RUNS (docs/cuda.md), not the default;
-    --  * strided (k-quants, blocks of 256·k): element e0 + lane + 32·t, one block for the whole step, i = lane
-    --    | 32·t, so everything that depends on i / 32 (sub-block scales, bit positions) is a constant per
-    --    unrolled t, x loads are coalesced and a warp's shared-memory reads are consecutive bytes;
+    --  * runs (the default): 8 consecutive elements per lane, starting at RUN (a multiple of 8): in a
+    --    k-quant's sub-block (16 or 32 elements) or a small block, so the decode's per-run parts (scales) are
+    --    computed once per run (GROUP in expr.lua; `| t`, not `+ t`, is the same since RUN is a multiple of 8
+    --    and t < 8), and x is read with two 16-byte loads where aligned (without them the lanes' x reads
+    --    are 32 bytes apart and lm_head fell to 990 GB/s on the H200). On the PTX of matvec q4_k: 20
+    --    conversions and 508 instructions per step of 16 element-rows, against 48 and 688 strided;
+    --  * strided (k-quants, blocks of 256·k; QMOE_CUDA_DEFINES=QMOE_LANE_STRIDED, docs/cuda.md): element e0 +
+    --    lane + 32·t, one block for the whole step, i = lane | 32·t: every element in its own sub-block, x
+    --    loads coalesced. H200, 2026-12-02 (docs/gpu-results.md), the same build: decode 170 tokens/s
+    --    strided against 189 with runs; gate+up Q4_K 24.7 against 19.4 µs; lm_head 173 against 178 µs;
     --  * one-element blocks (f32, f16, bf16): 8 consecutive elements per lane.
     -- STEPBLK: the lane's block at the start of the step; TBLK: blocks further on for element t.
     local function runs(m, run)
@@ -359,8 +358,8 @@ local function emit_variant(v, sources)
       return template.render("cuda/_qrows.cu", v)
     end
     if maps.strided then
-      vars.QROWS = "#ifdef QMOE_LANE_RUNS // lane runs (QMOE_CUDA_DEFINES=QMOE_LANE_RUNS): see codegen/gen_cuda.lua\n" ..
-                   qrows(maps.runs) .. "\n#else // strided\n" .. qrows(maps.strided) .. "\n#endif"
+      vars.QROWS = "#ifdef QMOE_LANE_STRIDED // strided lanes (QMOE_CUDA_DEFINES=QMOE_LANE_STRIDED): see codegen/gen_cuda.lua\n" ..
+                   qrows(maps.strided) .. "\n#else // lane runs\n" .. qrows(maps.runs) .. "\n#endif"
     else
       vars.QROWS = qrows(maps.runs or maps.plain)
     end

@@ -24,7 +24,7 @@ LOG="$LOGDIR/gpu-tests.log"
 TMO=${QMOE_GPU_TIMEOUT:-600}
 vulkan=1
 cuda_tests="test_parity_cuda test_cuda_backend test_cuda_runtime test_cuda_compile test_model test_model_falsifiers test_embed_rows test_cuda_graph"
-vk_tests="test_parity_vulkan test_vk_runtime test_vk_perf"
+vk_tests="test_parity_vulkan test_vk_runtime test_vk_perf test_vk_graph"
 if [ "${1:-}" = "--pack" ]; then
   dst=${2:-.gpu-build}
   mkdir -p "$dst/tests" || exit 1

@@ -131,7 +131,88 @@ static __device__ __forceinline__ void qmoe_q5_k_decode_block(const uint8_t *b, 
 }
 
 #pragma nv_diag_default 177
-#ifdef QMOE_LANE_RUNS // lane runs (QMOE_CUDA_DEFINES=QMOE_LANE_RUNS): see codegen/gen_cuda.lua
+#ifdef QMOE_LANE_STRIDED // strided lanes (QMOE_CUDA_DEFINES=QMOE_LANE_STRIDED): see codegen/gen_cuda.lua
+// ---- q5_k rows: 256 elements in 176 bytes per block ----
+#define QB_ELEMS 256
+#define QB_BYTES 176
+#define CH_BLOCKS 11                             // blocks of one row staged per chunk
+#define STAGE_DATA ((CH_BLOCKS * QB_BYTES + 15) / 16 + 1) // 16-byte vectors covering a chunk at any alignment
+#define STAGE_PAD 4                                  // 64 bytes before and after each row's chunk, so the
+                                                     // arms of a decode's ?: that are not taken read in bounds
+#define STAGE_VECS (STAGE_PAD + STAGE_DATA + STAGE_PAD) // one row's slice of the warp's buffer
+#define STAGE_U ((STAGE_DATA + 31) / 32)             // vectors per lane
+#define UNROLL 8                             // elements per lane per step (32·UNROLL per warp)
+
+// Copies blocks [b0, b0+nb) of R rows into the warp's shared buffer SH (R slices of STAGE_VECS) with coalesced
+// 16-byte asynchronous copies (cp.async: global -> shared without registers), all in flight before the one
+// wait. The aligned span may start up to 15 bytes before a row chunk and end up to 15 bytes after it;
+// buffers are 256-byte aligned with sizes rounded up to 256 bytes (backend_cuda.c), so the span never leaves
+// the allocation. OFF[r] is where row r's bytes start in its slice of SH.
+template <int R>
+static __device__ __forceinline__ void qmoe_stage_rows(const uint8_t *const *rows, int64_t b0, int nb, uint4 *sh,
+                                                       int lane, int *off) {
+#pragma unroll
+  for (int r = 0; r < R; r++) {
+    const uint64_t p = (uint64_t)(rows[r] + b0 * QB_BYTES);
+    const uint64_t a0 = p & ~(uint64_t)15;
+    off[r] = (int)(p - a0);
+    const int n16 = (off[r] + nb * QB_BYTES + 15) >> 4;
+    const uint4 *src = (const uint4 *)a0;
+    uint4 *dst = sh + r * STAGE_VECS + STAGE_PAD;
+#pragma unroll
+    for (int u = 0; u < STAGE_U; u++) {
+      const int j = lane + 32 * u;
+      if (j < n16) qmoe_cp_async16(dst + j, src + j);
+    }
+  }
+  qmoe_cp_async_wait_all();
+  __syncwarp();
+}
+
+// acc[r] += Σ decode(row r)[e] · x[e] over the NE elements of one staged chunk, 256 per step (see the generator
+// for which elements a lane takes). G: the last step may be partial (only where NE need not be a multiple of
+// 256, i.e. rows that end inside a step).
+template <int R, bool G>
+static __device__ __forceinline__ void qmoe_dot_chunk(const uint4 *sh, const int *off, const float *xc, int ne,
+                                                      int lane, acc_t *acc) {
+  for (int e0 = 0; e0 < ne; e0 += 32 * UNROLL) {
+    // the lane's x and block, addressed once per step
+    const float *xl = xc + e0 + lane;
+    const uint8_t *bl[R];
+#pragma unroll
+    for (int r = 0; r < R; r++) bl[r] = (const uint8_t *)(sh + r * STAGE_VECS + STAGE_PAD) + off[r] + (e0 / QB_ELEMS) * QB_BYTES;
+
+#pragma unroll
+    for (int t = 0; t < UNROLL; t++) {
+      // element e0 + lane + 32 * t
+      if (G && e0 + lane + 32 * t >= ne) continue;
+      // Plain loads (not __ldg, whose inline asm clobbers memory and so keeps the compiler from sharing the
+      // decode's shared-memory reads between the unrolled elements).
+      const float xv = xl[32 * t];
+#pragma unroll
+      for (int r = 0; r < R; r++) acc[r] = qmoe_fma(qmoe_q5_k_decode(bl[r] + 0 * QB_BYTES, (lane | (32 * t))), xv, acc[r]);
+    }
+  }
+}
+
+// acc[r] += Σ_e decode(row r)[e] · x[e] over the NBLOCKS blocks of R rows (per-lane partial sums; the caller
+// reduces across the warp). Weights are decoded from shared memory by the contract's decode function.
+template <int R>
+static __device__ __forceinline__ void qmoe_row_dots(const uint8_t *const *rows, const float *x, int64_t nblocks,
+                                                     uint4 *sh, int lane, acc_t *acc) {
+  for (int64_t b0 = 0; b0 < nblocks; b0 += CH_BLOCKS) {
+    const int nb = (int)(nblocks - b0 < CH_BLOCKS ? nblocks - b0 : CH_BLOCKS);
+    int off[R];
+    qmoe_stage_rows<R>(rows, b0, nb, sh, lane, off);
+    const float *xc = x + b0 * QB_ELEMS;
+    const int ne = nb * QB_ELEMS;
+    if (false && ne % (32 * UNROLL)) qmoe_dot_chunk<R, true>(sh, off, xc, ne, lane, acc);
+    else qmoe_dot_chunk<R, false>(sh, off, xc, ne, lane, acc);
+    __syncwarp(); // the next chunk overwrites the buffer
+  }
+}
+
+#else // lane runs
 // ---- q5_k rows: 256 elements in 176 bytes per block ----
 #define QB_ELEMS 256
 #define QB_BYTES 176
@@ -199,87 +280,6 @@ static __device__ __forceinline__ void qmoe_dot_chunk(const uint4 *sh, const int
       const float xv = xr[t];
 #pragma unroll
       for (int r = 0; r < R; r++) acc[r] = qmoe_fma(qmoe_q5_k_decode_run(bl[r] + 0 * QB_BYTES, (UNROLL * lane), ((UNROLL * lane) | t)), xv, acc[r]);
-    }
-  }
-}
-
-// acc[r] += Σ_e decode(row r)[e] · x[e] over the NBLOCKS blocks of R rows (per-lane partial sums; the caller
-// reduces across the warp). Weights are decoded from shared memory by the contract's decode function.
-template <int R>
-static __device__ __forceinline__ void qmoe_row_dots(const uint8_t *const *rows, const float *x, int64_t nblocks,
-                                                     uint4 *sh, int lane, acc_t *acc) {
-  for (int64_t b0 = 0; b0 < nblocks; b0 += CH_BLOCKS) {
-    const int nb = (int)(nblocks - b0 < CH_BLOCKS ? nblocks - b0 : CH_BLOCKS);
-    int off[R];
-    qmoe_stage_rows<R>(rows, b0, nb, sh, lane, off);
-    const float *xc = x + b0 * QB_ELEMS;
-    const int ne = nb * QB_ELEMS;
-    if (false && ne % (32 * UNROLL)) qmoe_dot_chunk<R, true>(sh, off, xc, ne, lane, acc);
-    else qmoe_dot_chunk<R, false>(sh, off, xc, ne, lane, acc);
-    __syncwarp(); // the next chunk overwrites the buffer
-  }
-}
-
-#else // strided
-// ---- q5_k rows: 256 elements in 176 bytes per block ----
-#define QB_ELEMS 256
-#define QB_BYTES 176
-#define CH_BLOCKS 11                             // blocks of one row staged per chunk
-#define STAGE_DATA ((CH_BLOCKS * QB_BYTES + 15) / 16 + 1) // 16-byte vectors covering a chunk at any alignment
-#define STAGE_PAD 4                                  // 64 bytes before and after each row's chunk, so the
-                                                     // arms of a decode's ?: that are not taken read in bounds
-#define STAGE_VECS (STAGE_PAD + STAGE_DATA + STAGE_PAD) // one row's slice of the warp's buffer
-#define STAGE_U ((STAGE_DATA + 31) / 32)             // vectors per lane
-#define UNROLL 8                             // elements per lane per step (32·UNROLL per warp)
-
-// Copies blocks [b0, b0+nb) of R rows into the warp's shared buffer SH (R slices of STAGE_VECS) with coalesced
-// 16-byte asynchronous copies (cp.async: global -> shared without registers), all in flight before the one
-// wait. The aligned span may start up to 15 bytes before a row chunk and end up to 15 bytes after it;
-// buffers are 256-byte aligned with sizes rounded up to 256 bytes (backend_cuda.c), so the span never leaves
-// the allocation. OFF[r] is where row r's bytes start in its slice of SH.
-template <int R>
-static __device__ __forceinline__ void qmoe_stage_rows(const uint8_t *const *rows, int64_t b0, int nb, uint4 *sh,
-                                                       int lane, int *off) {
-#pragma unroll
-  for (int r = 0; r < R; r++) {
-    const uint64_t p = (uint64_t)(rows[r] + b0 * QB_BYTES);
-    const uint64_t a0 = p & ~(uint64_t)15;
-    off[r] = (int)(p - a0);
-    const int n16 = (off[r] + nb * QB_BYTES + 15) >> 4;
-    const uint4 *src = (const uint4 *)a0;
-    uint4 *dst = sh + r * STAGE_VECS + STAGE_PAD;
-#pragma unroll
-    for (int u = 0; u < STAGE_U; u++) {
-      const int j = lane + 32 * u;
-      if (j < n16) qmoe_cp_async16(dst + j, src + j);
-    }
-  }
-  qmoe_cp_async_wait_all();
-  __syncwarp();
-}
-
-// acc[r] += Σ decode(row r)[e] · x[e] over the NE elements of one staged chunk, 256 per step (see the generator
-// for which elements a lane takes). G: the last step may be partial (only where NE need not be a multiple of
-// 256, i.e. rows that end inside a step).
-template <int R, bool G>
-static __device__ __forceinline__ void qmoe_dot_chunk(const uint4 *sh, const int *off, const float *xc, int ne,
-                                                      int lane, acc_t *acc) {
-  for (int e0 = 0; e0 < ne; e0 += 32 * UNROLL) {
-    // the lane's x and block, addressed once per step
-    const float *xl = xc + e0 + lane;
-    const uint8_t *bl[R];
-#pragma unroll
-    for (int r = 0; r < R; r++) bl[r] = (const uint8_t *)(sh + r * STAGE_VECS + STAGE_PAD) + off[r] + (e0 / QB_ELEMS) * QB_BYTES;
-
-#pragma unroll
-    for (int t = 0; t < UNROLL; t++) {
-      // element e0 + lane + 32 * t
-      if (G && e0 + lane + 32 * t >= ne) continue;
-      // Plain loads (not __ldg, whose inline asm clobbers memory and so keeps the compiler from sharing the
-      // decode's shared-memory reads between the unrolled elements).
-      const float xv = xl[32 * t];
-#pragma unroll
-      for (int r = 0; r < R; r++) acc[r] = qmoe_fma(qmoe_q5_k_decode(bl[r] + 0 * QB_BYTES, (lane | (32 * t))), xv, acc[r]);
     }
   }
 }

@@ -515,7 +515,7 @@ void qmoe_cuda_ctx_close(qmoe_cuda_ctx *c) {
 }
 
 /* SRC with `#define NAME 1` first for each NAME in QMOE_CUDA_DEFINES (comma-separated identifiers: kernel
- * experiments such as QMOE_LANE_RUNS, see docs/cuda.md), malloc'd; NULL when the variable is unset or empty.
+ * experiments such as QMOE_LANE_STRIDED, see docs/cuda.md), malloc'd; NULL when the variable is unset or empty.
  * The cache key hashes the text, so each set of defines has its own CUBINs. */
 static char *with_defines(const char *src) {
   const char *e = getenv("QMOE_CUDA_DEFINES");
