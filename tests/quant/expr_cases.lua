@@ -197,6 +197,38 @@ do
   ok(not pcall(expr.decode_block, q, b1, 1), "decode_block: a block past the end is an error")
 end
 
+-- RANGES: int -> float by bits only where the range is proven within ±2^22; the bits trick is exact there.
+do
+  local function emitted(lets, value)
+    local q = { name = "t", ggml_type = 999, block_elements = 1, block_bytes = 4,
+                fields = { { name = "u", type = "u16", count = 2, offset = 0 } }, decode = { let = lets, value = value } }
+    return expr.emit(q, "cuda")
+  end
+  local small = emitted({ { name = "a", expr = "u[0] - 40000" } }, "float(a) * 2.0")  -- -40000..25535
+  local big = emitted({ { name = "a", expr = "u[0] * 128" } }, "float(a) * 2.0")      -- up to 8388480
+  local wide = emitted({ { name = "a", expr = "u[0] << u[1]" } }, "float(a)")          -- unknown shift: any int
+  ok(small:find("qmoe_q_i2f(v_a)", 1, true), "RANGES: a proven small int converts by bits", small)
+  ok(big:find("(float)v_a", 1, true) and not big:find("qmoe_q_i2f(v_a)", 1, true), "RANGES: past 2^22 converts by cast", big)
+  ok(wide:find("(float)v_a", 1, true), "RANGES: an unproven range converts by cast", wide)
+  -- The trick itself, in Lua: bits 0x4B400000 + v as f32, minus 1.5·2^23, is v at both ends of the range.
+  local function trick(v) return f32((string.unpack("<f", string.pack("<I4", 0x4B400000 + v))) - 12582912.0) end
+  ok(trick(-(1 << 22)) == -(1 << 22) and trick((1 << 22) - 1) == (1 << 22) - 1 and trick(0) == 0 and trick(-1) == -1,
+     "RANGES: the bits conversion is exact at -2^22, -1, 0, 2^22 - 1")
+end
+
+-- GROUP: with the dialect's group G, the parts of the decode constant over each run of G elements are emitted
+-- over the run's start ig (decode_run), the rest over i; decode(b, i) wraps it.
+do
+  local D = setmetatable({ group = 8 }, { __index = expr.dialects.cuda })
+  local cu = expr.emit(q4k, D)
+  ok(cu:find("qmoe_q4_k_decode_run(const uint8_t *b, int ig, int i)", 1, true) and
+     cu:find("const int v_j = (ig / 32);", 1, true) and cu:find("(i %% 32)") and
+     cu:find("return qmoe_q4_k_decode_run(b, i & ~7, i); }", 1, true), "GROUP: q4_k's sub-block over ig, its quant over i", cu)
+  local q8 = assert(yaml.load("contracts/quant/q8_0.yaml"))
+  local c8 = expr.emit(q8, D)
+  ok(not c8:find("(ig", 1, true), "GROUP: q8_0 has nothing per run but its scale (no i in it)", c8)
+end
+
 -- Emitters: dialect-specific float operations, every let and the decode functions.
 do
   local c = expr.emit(q4k, "c")
@@ -204,8 +236,8 @@ do
   local gl = expr.emit(q4k, "glsl")
   ok(c:find("static inline float qmoe_q4_k_decode(const uint8_t *b, int i)", 1, true) and c:find("qmoe_q4_k_decode_block", 1, true),
      "emit c: decode and decode_block")
-  ok(cu:find("__fsub_rn(__fmul_rn(__fmul_rn(f_d, (float)v_sc), (float)v_q), __fmul_rn(f_dmin, (float)v_m))", 1, true)
-     and cu:find("__device__", 1, true), "emit cuda: rounded intrinsics in source order", cu)
+  ok(cu:find("__fsub_rn(__fmul_rn(__fmul_rn(f_d, qmoe_q_i2f(v_sc)), qmoe_q_i2f(v_q)), __fmul_rn(f_dmin, qmoe_q_i2f(v_m)))", 1, true)
+     and cu:find("__device__", 1, true), "emit cuda: rounded intrinsics in source order, small ints by bits", cu)
   ok(gl:find("precise float r = ", 1, true) and gl:find("float qmoe_q4_k_decode(uint base, int i)", 1, true)
      and not gl:find("decode_block", 1, true) and gl:find("(v_j < 4) ?", 1, true), "emit glsl: precise, bool conditions", gl)
   for _, l in ipairs(q4k.decode.let) do
