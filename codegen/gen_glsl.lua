@@ -360,10 +360,15 @@ local STAGES = {
 --   // qmoe-shader: wg=N [rows=N]      workgroup size; rows per workgroup (0 default)
 --   // qmoe-limit: EXPR <= BOUND       (repeatable)   // qmoe-let: NAME = EXPR   (repeatable)
 --   // qmoe-groups: X, Y, Z            workgroups     // qmoe-scratch: EXPR     // qmoe-x: EXPR, ...
+--   // qmoe-include: NAME, ...         fragments of this directory put before the bindings, filled with the
+--                                      shader's ${T} and ${WG} (_reducers.glsl: wg_sum, wg_max over WG, whose
+--                                      shared array counts in the variant's shared bytes; _f64_exp.glsl,
+--                                      _f64_trig.glsl: qmoe_exp, qmoe_log, qmoe_sincos in double)
 -- The shader gets the contract's buffers by their names (binding = contract order; a qtype buffer is uint
 -- words, f32 float, i32 int), each buffer's byte offset as <name>_off, the int params by name, float params by
--- name in the accumulator type, the decode of a qtype stage as `float dq_decode(uint byte_offset, int i)`
--- over its quantized buffer, and ${T} (accumulator type), ${WG}, ${BE}, ${BB}, ${NAN}.
+-- name in the accumulator type and as <name>_f64 in double in every variant, the decode of a qtype stage as
+-- `float dq_decode(uint byte_offset, int i)` over its quantized buffer, and ${T} (accumulator type), ${WG},
+-- ${BE}, ${BB}, ${NAN}.
 local function split_top(str)
   local out, depth, cur = {}, 0, {}
   for ch in str:gmatch(".") do
@@ -401,10 +406,26 @@ local function generic_stage(name)
   st.groups = { g }
   st.scratch = meta.scratch and meta.scratch[1] or nil
   st.x = meta.x and split_top(meta.x[1]) or nil
+  st.include = {}
+  for _, l in ipairs(meta.include or {}) do
+    for _, f in ipairs(split_top(l)) do
+      if not f:match("^_[%w_]+%.glsl$") or not template.exists("glsl/" .. f) then
+        error(where .. ": qmoe-include '" .. f .. "' is not a fragment codegen/templates/glsl/_*.glsl", 0)
+      end
+      st.include[#st.include + 1] = f
+    end
+  end
   st.generic = true
   st.emit = function(v)
     local r = v.rec
     local src = { header(v, nil, st.wg) }
+    local vars = { T = acc_type(v.acc), WG = st.wg, NAN = NAN }
+    local shared = 0
+    -- fragments first, so the param macros below cannot rename anything in them
+    for _, f in ipairs(st.include) do
+      src[#src + 1] = template.render("glsl/" .. f, vars)
+      if f == "_reducers.glsl" then shared = shared + st.wg * acc_bytes(v.acc) end -- shared T red[WG]
+    end
     local qbuf
     for i, b in ipairs(r.bufs) do
       if not b.name:match("^[%a][%w_]*$") then error(r.file .. ": buffer name '" .. b.name .. "' is not a GLSL identifier", 0) end
@@ -416,8 +437,8 @@ local function generic_stage(name)
     for i, n in ipairs(r.floats) do
       src[#src + 1] = v.acc == "f64" and fmt("#define %s packDouble2x32(pc.fd[%d])", n, i - 1)
                       or fmt("#define %s pc.ff[%d]", n, i - 1)
+      src[#src + 1] = fmt("#define %s_f64 packDouble2x32(pc.fd[%d])", n, i - 1)
     end
-    local vars = { T = acc_type(v.acc), WG = st.wg, NAN = NAN }
     if v.q then
       local D = expr.glsl_dialect(qbuf)
       vars.BE, vars.BB = v.q.block_elements, v.q.block_bytes
@@ -426,7 +447,7 @@ local function generic_stage(name)
       src[#src + 1] = expr.emit(v.q, D, "dq")
     end
     src[#src + 1] = template.render_body(tname, vars)
-    return table.concat(src, "\n"), { { shader = v.name, wg = st.wg, shared = 0 } }, { rows = st.rows }
+    return table.concat(src, "\n"), { { shader = v.name, wg = st.wg, shared = shared } }, { rows = st.rows }
   end
   return st
 end

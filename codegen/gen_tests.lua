@@ -98,7 +98,8 @@ end
 -- The stages tests/parity/parity_body.h has a hand-written input recipe for; any other stage needs
 -- test_params in its contract (the body's generic recipe), or the generator fails loudly.
 local KNOWN = { matvec = true, moe_gate_up_swiglu = true, moe_down = true, router_topk = true, rmsnorm = true,
-                qk_norm = true, rope_neox = true, kv_store = true, attention = true, add = true, argmax = true }
+                qk_norm = true, rope_neox = true, kv_store = true, attention = true, add = true, argmax = true,
+                qk_norm_rope = true } -- test_params cannot give float params (eps, theta): a recipe there
 
 -- Every case: stage × qtype (stage ∩ quant contract accumulators) × acc.
 local function cases(ctx, recs, th)

@@ -17,7 +17,7 @@ qmoe_ref_prec qmoe_ref_prec_of(qmoe_acc acc);
 /* Runs one stage on host memory: ptr[i] is buffer i (already offset by the caller), size[i] the bytes
  * available there. Checks the call (qmoe_stage_check), that every buffer is large enough and, where the
  * stage reads expert ids, that each lies in [0, E). Outputs may alias inputs where docs/stages.md allows
- * it (rope_neox y = x, add y = a). */
+ * it (rope_neox and qk_norm_rope y = x, add y = a). */
 int qmoe_ref_run(const qmoe_stage_call *c, qmoe_ref_prec prec, void *const ptr[QMOE_STAGE_MAX_BUFS],
                  const size_t size[QMOE_STAGE_MAX_BUFS]);
 

@@ -198,6 +198,19 @@ int qmoe_ref_embed_rows(const qmoe_stage_call *c, qmoe_ref_prec prec, const qmoe
   return 0;
 }
 
+/* qk_norm followed by rope_neox, literally: each head normalized into y (rounded to f32 there, as the
+ * two-stage path stores it between its stages), then y rotated in place; so every precision gives the
+ * two-stage result bit for bit. y may be x (both steps allow it). */
+int qmoe_ref_qk_norm_rope(const qmoe_stage_call *c, qmoe_ref_prec prec, const qmoe_qtype_info *q, void *const *b) {
+  const int64_t nh = c->p[QMOE_P_QK_NORM_ROPE_NH], D = c->p[QMOE_P_QK_NORM_ROPE_D];
+  const float *x = b[QMOE_B_QK_NORM_ROPE_X];
+  float *y = b[QMOE_B_QK_NORM_ROPE_Y];
+  for (int64_t h = 0; h < nh; h++)
+    REF_DISPATCH(ref_rmsnorm, x + h * D, b[QMOE_B_QK_NORM_ROPE_W], y + h * D, D, c->f[QMOE_F_QK_NORM_ROPE_EPS]);
+  REF_DISPATCH(ref_rope_neox, y, y, nh, D, c->p[QMOE_P_QK_NORM_ROPE_POS], c->f[QMOE_F_QK_NORM_ROPE_THETA]);
+  return 0;
+}
+
 #undef REF_DISPATCH
 
 #else /* ---- part 2: the stage bodies for one accumulator type REF_T (angles in REF_A) ---- */

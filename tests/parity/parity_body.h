@@ -171,6 +171,9 @@ static int choose_params(prepared *pr, const char *stage, char *why, size_t whyl
   } else if (!strcmp(stage, "rope_neox")) {
     bad |= set_p(pr, "nh", t_rand_u64() & 1 ? 8 : 2) | set_p(pr, "D", D) | set_p(pr, "pos", rand_int(0, 4095)) |
            set_f(pr, "theta", t_rand_u64() & 1 ? 1e6 : 1e7);
+  } else if (!strcmp(stage, "qk_norm_rope")) {
+    bad |= set_p(pr, "nh", t_rand_u64() & 1 ? 8 : 2) | set_p(pr, "D", D) | set_p(pr, "pos", rand_int(0, 4095)) |
+           set_f(pr, "eps", 1e-6) | set_f(pr, "theta", t_rand_u64() & 1 ? 1e6 : 1e7);
   } else if (!strcmp(stage, "kv_store")) {
     int64_t ctx = rand_int(1, 40);
     bad |= set_p(pr, "nkv", 2) | set_p(pr, "D", D) | set_p(pr, "ctx", ctx) | set_p(pr, "pos", rand_int(0, ctx - 1));

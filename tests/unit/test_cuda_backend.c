@@ -270,6 +270,7 @@ static const shape_case shapes[] = {
   { "rmsnorm", NULL, { 2048 }, 1, { 1e-6 }, {0}, "attn_norm" },
   { "qk_norm", NULL, { 32, 128 }, 2, { 1e-6 }, {0}, "attn_q_norm" },
   { "rope_neox", NULL, { 32, 128, 30000 }, 3, { 1e7 }, {0}, "rope at pos 30000, theta 1e7" },
+  { "qk_norm_rope", NULL, { 32, 128, 30000 }, 3, { 1e-6, 1e7 }, { 4, 0, 4 }, "q norm + rope at pos 30000, offsets" },
   { "kv_store", NULL, { 4, 128, 777, 1024 }, 4, {0}, {0}, "kv row 777" },
   { "attention", NULL, { 32, 4, 128, 1000, 1024 }, 5, {0}, {0}, "GQA 8:1 over 1000 positions" },
   { "attention", NULL, { 32, 4, 128, 1, 8 }, 5, {0}, {0}, "first token" },

@@ -117,6 +117,7 @@ static int make_stage(host_call *h, qmoe_stage s, int qtype) {
   case QMOE_STAGE_RMSNORM: p[0] = rand_int(256, 2048); f[0] = 1e-6; np = 1; nf = 1; break;
   case QMOE_STAGE_QK_NORM: p[0] = 8; p[1] = D; f[0] = 1e-6; np = 2; nf = 1; break;
   case QMOE_STAGE_ROPE_NEOX: p[0] = 8; p[1] = D; p[2] = rand_int(0, 4095); f[0] = 1e6; np = 3; nf = 1; break;
+  case QMOE_STAGE_QK_NORM_ROPE: p[0] = 8; p[1] = D; p[2] = rand_int(0, 4095); f[0] = 1e-6; f[1] = 1e6; np = 3; nf = 2; break;
   case QMOE_STAGE_KV_STORE: p[0] = 2; p[1] = D; p[3] = rand_int(1, 40); p[2] = rand_int(0, p[3] - 1); np = 4; break;
   case QMOE_STAGE_ATTENTION: p[0] = 8; p[1] = 2; p[2] = D; p[3] = rand_int(1, 33); p[4] = p[3] + rand_int(0, 8); np = 5; break;
   case QMOE_STAGE_ADD: p[0] = rand_int(256, 4096); np = 1; break;
