@@ -357,7 +357,9 @@ local STAGES = {
 
 -- A stage with no entry above is generic: one pass, its shader codegen/templates/glsl/<stage>.comp, whose
 -- header gives what the table above gives the others:
---   // qmoe-shader: wg=N [rows=N]      workgroup size; rows per workgroup (0 default)
+--   // qmoe-shader: wg=N [rows=N] [reduce=1]   workgroup size; rows per workgroup (0 default); reduce=1
+--                                   gives the shader templates/glsl/_reducers.glsl (wg_sum, wg_max over ${T},
+--                                   every invocation calling them) and its WG accumulators of shared memory
 --   // qmoe-limit: EXPR <= BOUND       (repeatable)   // qmoe-let: NAME = EXPR   (repeatable)
 --   // qmoe-groups: X, Y, Z            workgroups     // qmoe-scratch: EXPR     // qmoe-x: EXPR, ...
 -- The shader gets the contract's buffers by their names (binding = contract order; a qtype buffer is uint
@@ -384,7 +386,8 @@ local function generic_stage(name)
   local meta = template.split(tname)
   local sh = template.pairs_of(meta.shader and meta.shader[1], where)
   if type(sh.wg) ~= "number" then error(where .. ": needs '// qmoe-shader: wg=N'", 0) end
-  local st = { wg = sh.wg, rows = sh.rows or 0, limits = {}, let = {}, where = where }
+  if sh.reduce ~= nil and sh.reduce ~= 0 and sh.reduce ~= 1 then error(where .. ": qmoe-shader's reduce is 0 or 1", 0) end
+  local st = { wg = sh.wg, rows = sh.rows or 0, reduce = sh.reduce == 1, limits = {}, let = {}, where = where }
   for _, l in ipairs(meta.limit or {}) do
     local a, b = l:match("^(.-)%s*<=%s*(.+)$")
     if not a then error(where .. ": qmoe-limit '" .. l .. "' is not EXPR <= BOUND", 0) end
@@ -425,8 +428,10 @@ local function generic_stage(name)
       src[#src + 1] = expr.prelude(D)
       src[#src + 1] = expr.emit(v.q, D, "dq")
     end
+    if st.reduce then src[#src + 1] = reducers(vars.T, st.wg) end
     src[#src + 1] = template.render_body(tname, vars)
-    return table.concat(src, "\n"), { { shader = v.name, wg = st.wg, shared = 0 } }, { rows = st.rows }
+    return table.concat(src, "\n"), { { shader = v.name, wg = st.wg, shared = st.reduce and st.wg * acc_bytes(v.acc) or 0 } },
+           { rows = st.rows }
   end
   return st
 end

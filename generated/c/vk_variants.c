@@ -125,8 +125,10 @@ const qmoe_vk_variant qmoe_vk_variants[] = {
     {"embed_rows__iq4_nl__f64", "embed_rows/iq4_nl/f64", QMOE_STAGE_EMBED_ROWS, 20, QMOE_ACC_F64, 1, {{"embed_rows__iq4_nl__f64", 64, 0}}, 0},
     {"embed_rows__bf16__f32", "embed_rows/bf16/f32", QMOE_STAGE_EMBED_ROWS, 30, QMOE_ACC_F32, 1, {{"embed_rows__bf16__f32", 64, 0}}, 0},
     {"embed_rows__bf16__f64", "embed_rows/bf16/f64", QMOE_STAGE_EMBED_ROWS, 30, QMOE_ACC_F64, 1, {{"embed_rows__bf16__f64", 64, 0}}, 0},
+    {"add_rmsnorm__f32", "add_rmsnorm/f32", QMOE_STAGE_ADD_RMSNORM, -1, QMOE_ACC_F32, 1, {{"add_rmsnorm__f32", 256, 1024}}, 0},
+    {"add_rmsnorm__f64", "add_rmsnorm/f64", QMOE_STAGE_ADD_RMSNORM, -1, QMOE_ACC_F64, 1, {{"add_rmsnorm__f64", 256, 2048}}, 0},
 };
-const size_t qmoe_vk_variant_count = 117;
+const size_t qmoe_vk_variant_count = 119;
 
 /* Dispatch geometry of every stage (codegen/gen_glsl.lua's STAGES). */
 static inline int64_t qmoe_cdiv(int64_t a, int64_t b) { return (a + b - 1) / b; }
@@ -339,6 +341,19 @@ static int launch_embed_rows(const qmoe_vk_launch_env *e, const int64_t *p, qmoe
   return 0;
 }
 
+static int launch_add_rmsnorm(const qmoe_vk_launch_env *e, const int64_t *p, qmoe_vk_launch *l) {
+  const int64_t n = p[0];
+  (void)n;
+#define qmoe_cap0(x) ((x) < 1 ? 1 : (x) > e->maxg[0] ? e->maxg[0] : (x))
+  l->npass = 1;
+  l->groups[0][0] = 1;
+  l->groups[0][1] = 1;
+  l->groups[0][2] = 1;
+  l->scratch = 0;
+#undef qmoe_cap0
+  return 0;
+}
+
 const qmoe_vk_launch_fn qmoe_vk_launch_table[QMOE_STAGE_COUNT > 0 ? QMOE_STAGE_COUNT : 1] = {
   [QMOE_STAGE_MATVEC] = launch_matvec,
   [QMOE_STAGE_MOE_GATE_UP_SWIGLU] = launch_moe_gate_up_swiglu,
@@ -352,4 +367,5 @@ const qmoe_vk_launch_fn qmoe_vk_launch_table[QMOE_STAGE_COUNT > 0 ? QMOE_STAGE_C
   [QMOE_STAGE_ADD] = launch_add,
   [QMOE_STAGE_ARGMAX] = launch_argmax,
   [QMOE_STAGE_EMBED_ROWS] = launch_embed_rows,
+  [QMOE_STAGE_ADD_RMSNORM] = launch_add_rmsnorm,
 };

@@ -1,5 +1,5 @@
 #!/bin/sh
-# check_cuda_emu.sh: runs the CUDA backend's GPU tests (the generated parity test, test_cuda_backend, test_embed_rows and test_cuda_graph) on this
+# check_cuda_emu.sh: runs the CUDA backend's GPU tests (the generated parity test, test_cuda_backend, test_embed_rows, test_add_rmsnorm and test_cuda_graph) on this
 # machine, without a GPU, through stand-ins for libcuda.so.1 and libnvrtc.so (fake_cuda.c, fake_nvrtc.c): each
 # generated kernel is compiled as C++ with emu.h and run with real block/warp semantics on fibers. This checks
 # the kernels' logic and indexing, their launch geometry and the whole runtime path (variant lookup, NVRTC
@@ -44,6 +44,7 @@ run() { # name, program
 run parity test_parity_cuda
 run backend test_cuda_backend
 run embed test_embed_rows
+run addnorm test_add_rmsnorm
 run graph test_cuda_graph
 
 # The emulator really was the device (a test that skipped or used another device would prove nothing).
