@@ -279,10 +279,13 @@ local function emit_variant(v, sources)
     if type(x) == "number" and k ~= "threads" and k ~= "min_blocks" then vars[k:upper()] = x end
   end
   -- The attention output is `o` in the contract; `o` is also the natural loop name, so bind it as o_out.
-  -- `add` has a buffer named `a`, which is also the kernel argument's name, so the argument is a_ there.
+  -- A stage with a buffer or param named `a` (add, add_rmsnorm) names the kernel argument a_ instead (its
+  -- template says `const qmoe_args a_`).
   local rename, argname = {}, "a"
   if st.name == "attention" then rename.o = "o_out" end
-  if st.name == "add" then argname = "a_" end
+  for _, b in ipairs(st.bufs) do if b.name == "a" then argname = "a_" end end
+  for _, p in ipairs(st.ints) do if p == "a" then argname = "a_" end end
+  for _, p in ipairs(st.floats) do if p == "a" then argname = "a_" end end
   vars.BIND = binding(st, argname, rename)
   local meta = string.format("// qmoe-cuda: stage=%s qtype=%s ggml_type=%d acc=%s entry=%s block_elements=%d block_bytes=%d threads=%d rows_per_block=%d",
                              st.name, q and q.name or "-", q and q.ggml_type or -1, v.acc or "-", v.entry,

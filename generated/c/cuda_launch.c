@@ -179,6 +179,16 @@ static int launch_qk_norm_rope(const qmoe_cuda_launch_env *env, const int64_t *p
   return 0;
 }
 
+static int launch_add_rmsnorm(const qmoe_cuda_launch_env *env, const int64_t *p, qmoe_cuda_launch *l) {
+  const int64_t n = p[0];
+  (void)n;
+  (void)env;
+  l->grid[0] = 1;
+  l->grid[1] = 1;
+  l->workspace = (size_t)(0);
+  return 0;
+}
+
 const qmoe_cuda_launch_fn qmoe_cuda_launch_table[QMOE_STAGE_COUNT > 0 ? QMOE_STAGE_COUNT : 1] = {
   [QMOE_STAGE_MATVEC] = launch_matvec,
   [QMOE_STAGE_MOE_GATE_UP_SWIGLU] = launch_moe_gate_up_swiglu,
@@ -193,4 +203,5 @@ const qmoe_cuda_launch_fn qmoe_cuda_launch_table[QMOE_STAGE_COUNT > 0 ? QMOE_STA
   [QMOE_STAGE_ARGMAX] = launch_argmax,
   [QMOE_STAGE_EMBED_ROWS] = launch_embed_rows,
   [QMOE_STAGE_QK_NORM_ROPE] = launch_qk_norm_rope,
+  [QMOE_STAGE_ADD_RMSNORM] = launch_add_rmsnorm,
 };

@@ -127,8 +127,10 @@ const qmoe_vk_variant qmoe_vk_variants[] = {
     {"embed_rows__bf16__f64", "embed_rows/bf16/f64", QMOE_STAGE_EMBED_ROWS, 30, QMOE_ACC_F64, 1, {{"embed_rows__bf16__f64", 64, 0}}, 0},
     {"qk_norm_rope__f32", "qk_norm_rope/f32", QMOE_STAGE_QK_NORM_ROPE, -1, QMOE_ACC_F32, 1, {{"qk_norm_rope__f32", 128, 512}}, 0},
     {"qk_norm_rope__f64", "qk_norm_rope/f64", QMOE_STAGE_QK_NORM_ROPE, -1, QMOE_ACC_F64, 1, {{"qk_norm_rope__f64", 128, 1024}}, 0},
+    {"add_rmsnorm__f32", "add_rmsnorm/f32", QMOE_STAGE_ADD_RMSNORM, -1, QMOE_ACC_F32, 1, {{"add_rmsnorm__f32", 256, 1024}}, 0},
+    {"add_rmsnorm__f64", "add_rmsnorm/f64", QMOE_STAGE_ADD_RMSNORM, -1, QMOE_ACC_F64, 1, {{"add_rmsnorm__f64", 256, 2048}}, 0},
 };
-const size_t qmoe_vk_variant_count = 119;
+const size_t qmoe_vk_variant_count = 121;
 
 /* Dispatch geometry of every stage (codegen/gen_glsl.lua's STAGES). */
 static inline int64_t qmoe_cdiv(int64_t a, int64_t b) { return (a + b - 1) / b; }
@@ -360,6 +362,19 @@ static int launch_qk_norm_rope(const qmoe_vk_launch_env *e, const int64_t *p, qm
   return 0;
 }
 
+static int launch_add_rmsnorm(const qmoe_vk_launch_env *e, const int64_t *p, qmoe_vk_launch *l) {
+  const int64_t n = p[0];
+  (void)n;
+#define qmoe_cap0(x) ((x) < 1 ? 1 : (x) > e->maxg[0] ? e->maxg[0] : (x))
+  l->npass = 1;
+  l->groups[0][0] = 1;
+  l->groups[0][1] = 1;
+  l->groups[0][2] = 1;
+  l->scratch = 0;
+#undef qmoe_cap0
+  return 0;
+}
+
 const qmoe_vk_launch_fn qmoe_vk_launch_table[QMOE_STAGE_COUNT > 0 ? QMOE_STAGE_COUNT : 1] = {
   [QMOE_STAGE_MATVEC] = launch_matvec,
   [QMOE_STAGE_MOE_GATE_UP_SWIGLU] = launch_moe_gate_up_swiglu,
@@ -374,4 +389,5 @@ const qmoe_vk_launch_fn qmoe_vk_launch_table[QMOE_STAGE_COUNT > 0 ? QMOE_STAGE_C
   [QMOE_STAGE_ARGMAX] = launch_argmax,
   [QMOE_STAGE_EMBED_ROWS] = launch_embed_rows,
   [QMOE_STAGE_QK_NORM_ROPE] = launch_qk_norm_rope,
+  [QMOE_STAGE_ADD_RMSNORM] = launch_add_rmsnorm,
 };

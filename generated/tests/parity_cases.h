@@ -137,4 +137,6 @@ static const parity_case cases[] = {
   { "embed_rows", 30, "bf16", QMOE_ACC_F64, "f64", NMSE_MAX_F64, MAXREL_MAX_F64 },
   { "qk_norm_rope", -1, "-", QMOE_ACC_F32, "f32", NMSE_MAX_F32, MAXREL_MAX_F32 },
   { "qk_norm_rope", -1, "-", QMOE_ACC_F64, "f64", NMSE_MAX_F64, MAXREL_MAX_F64 },
+  { "add_rmsnorm", -1, "-", QMOE_ACC_F32, "f32", NMSE_MAX_F32, MAXREL_MAX_F32 },
+  { "add_rmsnorm", -1, "-", QMOE_ACC_F64, "f64", NMSE_MAX_F64, MAXREL_MAX_F64 },
 };

@@ -14,7 +14,7 @@
  *     accumulator choice but an error — and the rotation itself is done in REF_T;
  *   - router top-K is chosen by logit (softmax is monotonic), ties to the lower index;
  *   - every output is rounded to f32 once, at the end.
- * kv_store, add and argmax do not vary by accumulator. */
+ * kv_store, add and argmax do not vary by accumulator; add_rmsnorm is add then rmsnorm (the norm in REF_T). */
 #ifndef REF_T
 #include <limits.h>
 #include <math.h>
@@ -168,10 +168,25 @@ int qmoe_ref_attention(const qmoe_stage_call *c, qmoe_ref_prec prec, const qmoe_
                p[QMOE_P_ATTENTION_N_KV]);
 }
 
+/* y = a + b in f32, one rounding per element, in every precision (y may be a): the add stage, and the first
+ * half of add_rmsnorm. */
+static void add_f32(const float *a, const float *b, float *y, int64_t n) {
+  for (int64_t i = 0; i < n; i++) y[i] = a[i] + b[i];
+}
+
 int qmoe_ref_add(const qmoe_stage_call *c, qmoe_ref_prec prec, const qmoe_qtype_info *q, void *const *b) {
-  const float *a = b[QMOE_B_ADD_A], *bb = b[QMOE_B_ADD_B];
-  float *y = b[QMOE_B_ADD_Y];
-  for (int64_t i = 0; i < c->p[QMOE_P_ADD_N]; i++) y[i] = a[i] + bb[i];
+  add_f32(b[QMOE_B_ADD_A], b[QMOE_B_ADD_B], b[QMOE_B_ADD_Y], c->p[QMOE_P_ADD_N]);
+  return 0;
+}
+
+/* add then rmsnorm, composed of the two stages' own code: y = a + b as qmoe_ref_add computes it, then xn =
+ * rmsnorm(y, w) as qmoe_ref_rmsnorm computes it from y, so the fused stage equals the two-stage path bit for
+ * bit in every precision (y may be a: the sums are written before the norm reads them). */
+int qmoe_ref_add_rmsnorm(const qmoe_stage_call *c, qmoe_ref_prec prec, const qmoe_qtype_info *q, void *const *b) {
+  const int64_t n = c->p[QMOE_P_ADD_RMSNORM_N];
+  float *y = b[QMOE_B_ADD_RMSNORM_Y];
+  add_f32(b[QMOE_B_ADD_RMSNORM_A], b[QMOE_B_ADD_RMSNORM_B], y, n);
+  REF_DISPATCH(ref_rmsnorm, y, b[QMOE_B_ADD_RMSNORM_W], b[QMOE_B_ADD_RMSNORM_XN], n, c->f[QMOE_F_ADD_RMSNORM_EPS]);
   return 0;
 }
 

@@ -1,7 +1,7 @@
 #!/bin/sh
 # check_cuda_emu.sh: runs the CUDA backend's GPU tests (the generated parity test, test_cuda_backend, test_embed_rows,
-# test_qk_norm_rope and test_cuda_graph) on this machine, without a GPU, through stand-ins for libcuda.so.1 and
-# libnvrtc.so (fake_cuda.c, fake_nvrtc.c): each
+# test_qk_norm_rope, test_add_rmsnorm and test_cuda_graph) on this machine, without a GPU, through stand-ins for
+# libcuda.so.1 and libnvrtc.so (fake_cuda.c, fake_nvrtc.c): each
 # generated kernel is compiled as C++ with emu.h and run with real block/warp semantics on fibers. This checks
 # the kernels' logic and indexing, their launch geometry and the whole runtime path (variant lookup, NVRTC
 # calls, CUBIN cache, buffers with guard pages) against the CPU reference. Timing and the device's own
@@ -46,6 +46,7 @@ run parity test_parity_cuda
 run backend test_cuda_backend
 run embed test_embed_rows
 run qkrope test_qk_norm_rope
+run addnorm test_add_rmsnorm
 run graph test_cuda_graph
 
 # The emulator really was the device (a test that skipped or used another device would prove nothing).

@@ -191,6 +191,16 @@ static int choose_params(prepared *pr, const char *stage, char *why, size_t whyl
       int64_t lo = (tp->min + tp->step - 1) / tp->step, hi = tp->max / tp->step;
       pr->call.p[tp->param] = rand_int(lo, hi) * tp->step;
     }
+    /* test_params hold ints; a float param named eps (a norm's) gets the model's 1e-6 or 0.25, which a
+     * kernel that drops or misreads eps does not survive. Any other float param needs a recipe above. */
+    for (int i = 0; i < pr->si->n_fparams; i++) {
+      if (strcmp(pr->si->fparams[i], "eps")) {
+        snprintf(why, whylen, "no test value for float param %s of stage %s: give it a recipe in choose_params",
+                 pr->si->fparams[i], stage);
+        return -1;
+      }
+      pr->call.f[i] = t_rand_u64() & 1 ? 1e-6 : 0.25;
+    }
   } else {
     snprintf(why, whylen, "no input recipe for stage %s: give its contract test_params", stage);
     return -1;

@@ -124,12 +124,17 @@ static int make_stage(host_call *h, qmoe_stage s, int qtype) {
   case QMOE_STAGE_ARGMAX: p[0] = rand_int(1, 8192); np = 1; break;
   default: { /* a stage without a recipe here: the shapes its contract's test_params give */
     const qmoe_stage_info *g = qmoe_stage_info_get(s);
-    if (!g || g->n_test_params == 0 || g->n_fparams > 0) return -1;
+    if (!g || g->n_test_params == 0) return -1;
     for (int i = 0; i < g->n_test_params; i++) {
       const qmoe_stage_test_param *tp = &g->test_params[i];
       p[tp->param] = rand_int((tp->min + tp->step - 1) / tp->step, tp->max / tp->step) * tp->step;
     }
     np = g->n_params;
+    for (int i = 0; i < g->n_fparams; i++) { /* test_params hold ints: a norm's eps is the model's, else no recipe */
+      if (strcmp(g->fparams[i], "eps")) return -1;
+      f[i] = 1e-6;
+    }
+    nf = g->n_fparams;
     break;
   }
   }
