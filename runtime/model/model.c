@@ -566,16 +566,16 @@ static int layer_forward(qmoe_model *m, int64_t l, int64_t pos) {
   int rc;
 #define STEP(call, w) if ((rc = (call, run(m, &s, w)))) return rc
 #define TRACE(point, buf) if ((rc = trace(m, point, l, pos, buf))) return rc
-  STEP(qmoe_call_rmsnorm(&s, H, c->rms_eps, m->h, L->attn_norm.buf, m->xn), NULL);
+  /* xn = attn_norm(h): here for layer 0; for the others the previous layer's last add computed it (below). */
+  if (l == 0) STEP(qmoe_call_rmsnorm(&s, H, c->rms_eps, m->h, L->attn_norm.buf, m->xn), NULL);
   TRACE(QMOE_TP_ATTN_NORM, m->xn);
-  /* o holds the raw q and k projections until attention writes its output there. */
+  /* o holds the raw q and k projections until attention writes its output there. qk_norm then RoPE: one
+   * stage (qk_norm_rope), bit for bit the two. */
   STEP(qmoe_call_matvec(&s, nh * D, H, L->q.buf, m->xn, m->o), &L->q);
-  STEP(qmoe_call_qk_norm(&s, nh, D, c->rms_eps, m->o, L->q_norm.buf, m->q), NULL);
-  STEP(qmoe_call_rope_neox(&s, nh, D, pos, c->rope_theta, m->q, m->q), NULL);
+  STEP(qmoe_call_qk_norm_rope(&s, nh, D, pos, c->rms_eps, c->rope_theta, m->o, L->q_norm.buf, m->q), NULL);
   TRACE(QMOE_TP_QCUR, m->q);
   STEP(qmoe_call_matvec(&s, nkv * D, H, L->k.buf, m->xn, m->o), &L->k);
-  STEP(qmoe_call_qk_norm(&s, nkv, D, c->rms_eps, m->o, L->k_norm.buf, m->k), NULL);
-  STEP(qmoe_call_rope_neox(&s, nkv, D, pos, c->rope_theta, m->k, m->k), NULL);
+  STEP(qmoe_call_qk_norm_rope(&s, nkv, D, pos, c->rms_eps, c->rope_theta, m->o, L->k_norm.buf, m->k), NULL);
   TRACE(QMOE_TP_KCUR, m->k);
   STEP(qmoe_call_matvec(&s, nkv * D, H, L->v.buf, m->xn, m->v), &L->v);
   TRACE(QMOE_TP_VCUR, m->v);
@@ -588,9 +588,9 @@ static int layer_forward(qmoe_model *m, int64_t l, int64_t pos) {
   TRACE(QMOE_TP_ATTN_OUT, m->o);
   STEP(qmoe_call_matvec(&s, H, nh * D, L->o.buf, m->o, m->t), &L->o);
   TRACE(QMOE_TP_ATTN_PROJ, m->t);
-  STEP(qmoe_call_add(&s, H, m->h, m->t, m->h), NULL);
+  /* h += attention; xn = ffn_norm(h): one stage (add_rmsnorm), bit for bit add then rmsnorm. */
+  STEP(qmoe_call_add_rmsnorm(&s, H, c->rms_eps, m->h, m->t, L->ffn_norm.buf, m->h, m->xn), NULL);
   TRACE(QMOE_TP_FFN_INP, m->h);
-  STEP(qmoe_call_rmsnorm(&s, H, c->rms_eps, m->h, L->ffn_norm.buf, m->xn), NULL);
   TRACE(QMOE_TP_FFN_NORM, m->xn);
   if (tracing(m, QMOE_TP_MOE_ROUTER, l)) { /* the logits router_topk keeps to itself, only when traced */
     STEP(qmoe_call_matvec(&s, E, H, L->router.buf, m->xn, m->rlog), &L->router);
@@ -603,7 +603,10 @@ static int layer_forward(qmoe_model *m, int64_t l, int64_t pos) {
   TRACE(QMOE_TP_FFN_MOE_SWIGLU, m->hb);
   STEP(qmoe_call_moe_down(&s, H, F, E, K, L->down.buf, m->hb, m->ids, m->w, m->t), &L->down);
   TRACE(QMOE_TP_FFN_MOE_OUT, m->t);
-  STEP(qmoe_call_add(&s, H, m->h, m->t, m->h), NULL);
+  /* h += MoE; xn = the next layer's attn_norm(h), or after the last layer output_norm(h) (what outputs()
+   * reads): one add_rmsnorm. */
+  const qmoe_buffer *next_norm = l + 1 < c->n_layers ? m->layers[l + 1].attn_norm.buf : m->out_norm.buf;
+  STEP(qmoe_call_add_rmsnorm(&s, H, c->rms_eps, m->h, m->t, (qmoe_buffer *)next_norm, m->h, m->xn), NULL);
   TRACE(QMOE_TP_L_OUT, m->h);
 #undef STEP
 #undef TRACE
@@ -617,8 +620,8 @@ static int outputs(qmoe_model *m, int64_t pos, int32_t *argmax, float *logits) {
   if (!need_out) return 0;
   qmoe_stage_call s;
   int rc;
-  qmoe_call_rmsnorm(&s, c->n_embd, c->rms_eps, m->h, m->out_norm.buf, m->xn);
-  if ((rc = run(m, &s, NULL)) || (rc = trace(m, QMOE_TP_RESULT_NORM, -1, pos, m->xn))) return rc;
+  /* xn = output_norm(h) already: the last layer's add_rmsnorm computed it. */
+  if ((rc = trace(m, QMOE_TP_RESULT_NORM, -1, pos, m->xn))) return rc;
   qmoe_call_matvec(&s, c->n_vocab, c->n_embd, m->output.buf, m->xn, m->logits);
   if ((rc = run(m, &s, &m->output)) || (rc = trace(m, QMOE_TP_RESULT_OUTPUT, -1, pos, m->logits))) return rc;
   if (argmax) {
