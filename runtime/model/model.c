@@ -279,7 +279,7 @@ struct qmoe_model {
   qmoe_weight embd, out_norm, output;
   qmoe_layer *layers;
   /* run state: activations (f32 unless noted), allocated once */
-  qmoe_buffer *h, *xn, *q, *k, *v, *o, *t, *ids /* i32 */, *w, *hb, *logits, *idx /* i32 */, *rlog;
+  qmoe_buffer *h, *xn, *q, *o, *t, *ids /* i32 */, *w, *hb, *logits, *idx /* i32 */, *rlog;
   qmoe_buffer *kc, *vc; /* KV cache: [layer][ctx][kv_heads][head_dim] */
   /* Token ids (i32, one per cache position): a prompt is uploaded in one transfer and embed_rows reads
    * each id on the device; a decoded token is read from idx, where argmax left it (no upload). */
@@ -317,7 +317,7 @@ static int plan_buffers(const qmoe_model *m, buf_plan *p) {
   uint64_t kv = (uint64_t)c->n_layers * (uint64_t)m->n_ctx * nkv * f;
   int n = 0;
 #define PLAN(field, b) p[n++] = (buf_plan){ #field, offsetof(qmoe_model, field), (b) }
-  PLAN(h, H * f); PLAN(xn, H * f); PLAN(q, nq * f); PLAN(k, nkv * f); PLAN(v, nkv * f); PLAN(o, nq * f);
+  PLAN(h, H * f); PLAN(xn, H * f); PLAN(q, nq * f); PLAN(o, nq * f);
   PLAN(t, H * f); PLAN(ids, K * 4); PLAN(w, K * f); PLAN(hb, K * (uint64_t)c->expert_ff * f);
   PLAN(logits, (uint64_t)c->n_vocab * f); PLAN(idx, 4); PLAN(rlog, (uint64_t)c->n_expert * f);
   PLAN(tok, (uint64_t)m->n_ctx * 4);
@@ -503,12 +503,16 @@ static int tracing(const qmoe_model *m, int point, int64_t layer) {
 }
 
 /* The trace hook after a stage: when (POINT, LAYER) is selected, downloads BUF and hands it on. */
-static int trace(qmoe_model *m, int point, int64_t layer, int64_t pos, qmoe_buffer *buf) {
+static int trace_at(qmoe_model *m, int point, int64_t layer, int64_t pos, qmoe_buffer *buf, size_t off) {
   if (!tracing(m, point, layer)) return 0;
   int64_t n = qmoe_trace_point_elements(point, m->trace_dims);
-  int rc = m->be->download(m->be, buf, 0, m->trace_host, (size_t)n * 4);
+  int rc = m->be->download(m->be, buf, off, m->trace_host, (size_t)n * 4);
   if (rc) return rc;
   return m->trace_fn(m->trace_user, point, layer, pos, m->trace_host, n);
+}
+
+static int trace(qmoe_model *m, int point, int64_t layer, int64_t pos, qmoe_buffer *buf) {
+  return trace_at(m, point, layer, pos, buf, 0);
 }
 
 /* The call's label for qmoe_model_calls: the stage, then the kind of its weight ("blk.3.attn_q.weight" ->
@@ -574,14 +578,17 @@ static int layer_forward(qmoe_model *m, int64_t l, int64_t pos) {
   STEP(qmoe_call_matvec(&s, nh * D, H, L->q.buf, m->xn, m->o), &L->q);
   STEP(qmoe_call_qk_norm_rope(&s, nh, D, pos, c->rms_eps, c->rope_theta, m->o, L->q_norm.buf, m->q), NULL);
   TRACE(QMOE_TP_QCUR, m->q);
+  /* This position's k and v go straight into row pos of the layer's caches (no kv_store copy). */
+  const size_t row_off = cache_off + (size_t)pos * (size_t)(nkv * D) * sizeof(float);
   STEP(qmoe_call_matvec(&s, nkv * D, H, L->k.buf, m->xn, m->o), &L->k);
-  STEP(qmoe_call_qk_norm_rope(&s, nkv, D, pos, c->rms_eps, c->rope_theta, m->o, L->k_norm.buf, m->k), NULL);
-  TRACE(QMOE_TP_KCUR, m->k);
-  STEP(qmoe_call_matvec(&s, nkv * D, H, L->v.buf, m->xn, m->v), &L->v);
-  TRACE(QMOE_TP_VCUR, m->v);
-  qmoe_call_kv_store(&s, nkv, D, pos, m->n_ctx, m->k, m->v, m->kc, m->vc);
-  s.off[QMOE_B_KV_STORE_KC] = s.off[QMOE_B_KV_STORE_VC] = cache_off;
+  qmoe_call_qk_norm_rope(&s, nkv, D, pos, c->rms_eps, c->rope_theta, m->o, L->k_norm.buf, m->kc);
+  s.off[QMOE_B_QK_NORM_ROPE_Y] = row_off;
   if ((rc = run(m, &s, NULL))) return rc;
+  if ((rc = trace_at(m, QMOE_TP_KCUR, l, pos, m->kc, row_off))) return rc;
+  qmoe_call_matvec(&s, nkv * D, H, L->v.buf, m->xn, m->vc);
+  s.off[QMOE_B_MATVEC_Y] = row_off;
+  if ((rc = run(m, &s, &L->v))) return rc;
+  if ((rc = trace_at(m, QMOE_TP_VCUR, l, pos, m->vc, row_off))) return rc;
   qmoe_call_attention(&s, nh, nkv, D, pos + 1, m->n_ctx, m->q, m->kc, m->vc, m->o);
   s.off[QMOE_B_ATTENTION_KC] = s.off[QMOE_B_ATTENTION_VC] = cache_off;
   if ((rc = run(m, &s, NULL))) return rc;

@@ -202,9 +202,10 @@ def checks(tmp):
         b = json.loads(so)
         st = {k["label"]: k for k in b["stages"]}
         L = int(gguf.GGUFReader(model).fields["qwen3moe.block_count"].parts[-1][0])
-        # rmsnorm once (layer 0's attn_norm); every other norm is fused into the add before it (add_rmsnorm).
+        # rmsnorm once (layer 0's attn_norm); every other norm is fused into the add before it (add_rmsnorm); no
+        # kv_store: k and v are written into the cache rows by qk_norm_rope and matvec.
         want = {"embed_rows token_embd": 1, "rmsnorm": 1, "matvec attn_q": L, "matvec attn_k": L,
-                "matvec attn_v": L, "qk_norm_rope": 2 * L, "kv_store": L, "attention": L,
+                "matvec attn_v": L, "qk_norm_rope": 2 * L, "attention": L,
                 "matvec attn_output": L, "add_rmsnorm": 2 * L, "router_topk": L, "moe_gate_up_swiglu ffn_gate_exps": L,
                 "moe_down ffn_down_exps": L, "matvec output": 1, "argmax": 1}
         counts = {k: v["calls_per_token"] for k, v in st.items()}
