@@ -150,14 +150,15 @@ static void test_spirv_features(void) {
     int rc = qmoe_vk_spirv_features(e->data, e->size, e->name, &f);
     CHECK(rc == 0, "%s: %s", e->name, qmoe_last_error());
     /* f64 variants use doubles, except a stage whose contract says `compare: exact` (a copy or a decode:
-     * nothing accumulated); rope_neox computes its angles in double in every variant. */
+     * nothing accumulated); rope_neox and qk_norm_rope compute their angles in double in every variant. */
     char stage[64]; /* the shader's stage: its name up to "__" or "." */
     size_t sl = strcspn(e->name, ".");
     const char *dd = strstr(e->name, "__");
     if (dd && (size_t)(dd - e->name) < sl) snprintf(stage, sizeof stage, "%.*s", (int)(dd - e->name), e->name);
     else snprintf(stage, sizeof stage, "%.*s", (int)sl, e->name);
     const qmoe_stage_info *esi = qmoe_stage_by_name(stage);
-    int f64 = (strstr(e->name, "__f64") != NULL && !(esi && esi->exact)) || strncmp(e->name, "rope_neox", 9) == 0;
+    int f64 = (strstr(e->name, "__f64") != NULL && !(esi && esi->exact)) || strncmp(e->name, "rope_neox", 9) == 0 ||
+              strncmp(e->name, "qk_norm_rope", 12) == 0;
     CHECK(((f & QMOE_VK_F_FLOAT64) != 0) == f64, "%s: Float64 needed = %d, expected %d", e->name,
           (f & QMOE_VK_F_FLOAT64) != 0, f64);
     CHECK(!(f & (QMOE_VK_F_INT8 | QMOE_VK_F_SB8 | QMOE_VK_F_INT64)), "%s needs 8-bit or 64-bit integer features", e->name);
