@@ -6,7 +6,9 @@
 # Usage: bench/gpu-run.sh tests|bench [BUILD_DIR]     (BUILD_DIR holds qmoe, models/tiny.gguf and tests/)
 #   tests: tests/gpu.sh, tests/oracle/check_oracle.py (cpu, vulkan, cuda), qmoe diff on the tiny model
 #   bench: qmoe make-model --preset qwen3-30b-a3b, then qmoe bench (--json): cuda with --stages, cuda without
-#          graphs (QMOE_NO_GRAPH=1), cuda f64, cuda at context 4k (and 32k with QMOE_CTX32K=1), vulkan --stages
+#          graphs (QMOE_NO_GRAPH=1), cuda with the strided lane map, cuda f64, cuda at context 4k (and 32k with
+#          QMOE_CTX32K=1), vulkan --stages. About 10 minutes of device time with the tests mode; the bench mode
+#          alone needs ~5 (make-model takes ~55 s, each 512-token prefill ~2.5 s at today's speed).
 # Environment: QMOE_WHEELS (default .whl): Python wheels to install first (gguf-py for the oracle check).
 set -u
 mode=${1:-}
@@ -58,6 +60,7 @@ else
   done <<'RUNS'
 cuda|280|QMOE_GPU_RUN=1|--backend cuda -p 512 -n 128 --repeats 3 --stages
 cuda-nograph|200|QMOE_NO_GRAPH=1|--backend cuda -p 512 -n 128 --repeats 3
+cuda-strided|200|QMOE_CUDA_DEFINES=QMOE_LANE_STRIDED|--backend cuda -p 128 -n 64 --repeats 3 --stages
 cuda-f64|200|QMOE_GPU_RUN=1|--backend cuda --acc f64 -p 64 -n 32 --repeats 3 --stages
 cuda-ctx4k|200|QMOE_GPU_RUN=1|--backend cuda -p 4096 -n 64 --repeats 1
 vulkan|200|QMOE_GPU_RUN=1|--backend vulkan -p 16 -n 16 --repeats 3 --stages
