@@ -424,6 +424,10 @@ int qmoe_model_prefill(qmoe_model *m, const int32_t *tokens, int64_t n, int64_t 
                        float *logits);
 /* Waits for everything enqueued (for timing). */
 int qmoe_model_sync(qmoe_model *m);
+/* Sets rows 0..n-1 of every layer's K and V cache to zero (uploads from a zeroed host chunk), so that a
+ * benchmark can decode at position n without computing a prompt of n tokens: attention then reads n
+ * positions whose contents do not change its cost. 0 <= n <= the cache's size. */
+int qmoe_model_zero_cache(qmoe_model *m, int64_t n);
 
 /* The stage calls of one decode position at POS, in the order the forward makes them, handed to FN instead
  * of being run (for per-stage benchmarks): LABEL names the call — the stage, then the weight tensor's kind

@@ -496,6 +496,34 @@ int qmoe_model_set_trace(qmoe_model *m, const unsigned char *points, const unsig
 
 int qmoe_model_sync(qmoe_model *m) { return m->be->sync(m->be); }
 
+int qmoe_model_zero_cache(qmoe_model *m, int64_t n) {
+  if (n < 0 || n > m->n_ctx) {
+    qmoe_set_error("cannot zero %lld cache rows: the KV cache holds %lld (--ctx)", (long long)n, (long long)m->n_ctx);
+    return QMOE_EINVAL;
+  }
+  const size_t row = (size_t)(m->c.n_head_kv * m->c.head_dim) * sizeof(float), chunk_max = (size_t)16 << 20;
+  const size_t bytes = (size_t)n * row;
+  if (bytes == 0) return 0;
+  const size_t chunk = bytes < chunk_max ? bytes : chunk_max;
+  void *zero = calloc(1, chunk);
+  if (!zero) {
+    qmoe_set_error("out of host memory (%zu bytes of zeros for the KV cache)", chunk);
+    return QMOE_ENOMEM;
+  }
+  int rc = 0;
+  for (int64_t l = 0; !rc && l < m->c.n_layers; l++) {
+    const size_t base = (size_t)l * (size_t)m->n_ctx * row;
+    for (size_t done = 0; !rc && done < bytes; done += chunk) {
+      size_t k = bytes - done < chunk ? bytes - done : chunk;
+      rc = m->be->upload(m->be, m->kc, base + done, zero, k);
+      if (!rc) rc = m->be->upload(m->be, m->vc, base + done, zero, k);
+    }
+  }
+  if (!rc) rc = m->be->sync(m->be); /* the uploads read ZERO */
+  free(zero);
+  return rc;
+}
+
 /* ---- the forward ------------------------------------------------------------------------------------- */
 
 static int tracing(const qmoe_model *m, int point, int64_t layer) {

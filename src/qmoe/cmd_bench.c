@@ -24,10 +24,14 @@ static const char usage[] =
   "of max(R, 5) after a warm-up, divided by the calls; reported with the weight bytes each reads, GB/s,\n"
   "the fraction of the copy bandwidth, and µs per token; their sum against the measured decode step shows\n"
   "what launches and gaps cost.\n"
+  "--depth D: the prompt starts at position D, after D cache rows set to zero instead of computed, so the\n"
+  "decode is timed at context D + p without a D-token prefill (attention's cost does not depend on what the\n"
+  "rows hold); the output says so.\n"
   "example: qmoe bench -m build/models/tiny.gguf --backend vulkan -p 64 -n 32 --repeats 3\n"
+  "example: qmoe bench -m model.gguf --backend cuda -p 16 -n 64 --depth 32768 --ctx 32896\n"
   "example: qmoe bench -m model.gguf --backend cuda -p 512 -n 128 --stages --json\n";
 
-enum { O_M, O_BACKEND, O_P, O_N, O_ACC, O_REP, O_CTX, O_COPY, O_JSON, O_STAGES, O_N_ };
+enum { O_M, O_BACKEND, O_P, O_N, O_ACC, O_REP, O_CTX, O_COPY, O_JSON, O_STAGES, O_DEPTH, O_N_ };
 
 /* A timer over work enqueued on the backend: Vulkan timestamps, CUDA events, or the host clock after a
  * synchronization. Vulkan's stop timestamp needs recorded work after the last synchronization, so a
@@ -96,13 +100,14 @@ static double median(double *v, int n) {
   return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
 }
 
-/* One prefill of P tokens and N decoded tokens; seconds of each. */
-static int once(btimer *t, qmoe_model *m, const int32_t *prompt, int64_t P, int64_t N, double *tp, double *td) {
+/* One prefill of P tokens at positions D.. and N decoded tokens; seconds of each. */
+static int once(btimer *t, qmoe_model *m, const int32_t *prompt, int64_t D, int64_t P, int64_t N, double *tp,
+                double *td) {
   int32_t next = 0;
-  if (timer_start(t) || qmoe_model_prefill(m, prompt, P, 0, &next, NULL) || timer_stop(t, tp)) return -1;
+  if (timer_start(t) || qmoe_model_prefill(m, prompt, P, D, &next, NULL) || timer_stop(t, tp)) return -1;
   if (timer_start(t)) return -1;
   for (int64_t i = 0; i < N; i++)
-    if (qmoe_model_step(m, next, P + i, &next, NULL)) return -1;
+    if (qmoe_model_step(m, next, D + P + i, &next, NULL)) return -1;
   return timer_stop(t, td) ? -1 : 0;
 }
 
@@ -211,20 +216,21 @@ static int run(int argc, char **argv) {
     [O_M] = { "-m", "--model", 1 }, [O_BACKEND] = { "--backend", NULL, 1 }, [O_P] = { "-p", NULL, 1 },
     [O_N] = { "-n", NULL, 1 }, [O_ACC] = { "--acc", NULL, 1 }, [O_REP] = { "--repeats", NULL, 1 },
     [O_CTX] = { "--ctx", NULL, 1 }, [O_COPY] = { "--copy-mib", NULL, 1 }, [O_JSON] = { "--json", NULL, 0 },
-    [O_STAGES] = { "--stages", NULL, 0 },
+    [O_STAGES] = { "--stages", NULL, 0 }, [O_DEPTH] = { "--depth", NULL, 1 },
   };
   int rc = cli_parse_opts(&cmd_bench, argc, argv, o, O_N_);
   if (rc) return rc;
   if (!o[O_M].value) return cli_usage_error(&cmd_bench, "missing -m FILE");
   const char *path = o[O_M].value, *backend = o[O_BACKEND].value ? o[O_BACKEND].value : "cpu";
-  int64_t P = 512, N = 128, R = 3, n_ctx = 0, copy_mib = 256;
+  int64_t P = 512, N = 128, R = 3, n_ctx = 0, copy_mib = 256, depth = 0;
   int acc;
   if (cli_parse_acc("bench", o[O_ACC].value, &acc)) return 1;
   if ((o[O_P].value && cli_parse_count("bench", "-p", o[O_P].value, 1, 1 << 20, &P)) ||
       (o[O_N].value && cli_parse_count("bench", "-n", o[O_N].value, 1, 1 << 20, &N)) ||
       (o[O_REP].value && cli_parse_count("bench", "--repeats", o[O_REP].value, 1, 1000, &R)) ||
       (o[O_CTX].value && cli_parse_count("bench", "--ctx", o[O_CTX].value, 1, 1 << 24, &n_ctx)) ||
-      (o[O_COPY].value && cli_parse_count("bench", "--copy-mib", o[O_COPY].value, 1, 4096, &copy_mib)))
+      (o[O_COPY].value && cli_parse_count("bench", "--copy-mib", o[O_COPY].value, 1, 4096, &copy_mib)) ||
+      (o[O_DEPTH].value && cli_parse_count("bench", "--depth", o[O_DEPTH].value, 0, 1 << 24, &depth)))
     return 1;
   qmoe_backend *be = NULL;
   qmoe_model *m = NULL;
@@ -232,7 +238,12 @@ static int run(int argc, char **argv) {
   int32_t *prompt = NULL;
   double *tp = NULL, *td = NULL;
   rc = 1;
-  if (cli_open_model("bench", path, backend, n_ctx, P + N, acc, o[O_JSON].value != NULL, &be, &m)) goto done;
+  if (cli_open_model("bench", path, backend, n_ctx, depth + P + N, acc, o[O_JSON].value != NULL, &be, &m)) goto done;
+  if (depth > 0) {
+    if (!o[O_JSON].value) fprintf(stderr, "qmoe bench: setting %lld cache rows of every layer to zero (--depth)\n",
+                                  (long long)depth);
+    if (qmoe_model_zero_cache(m, depth)) goto fail;
+  }
   const qmoe_model_config *c = qmoe_model_config_of(m);
   prompt = malloc((size_t)P * sizeof *prompt);
   tp = malloc((size_t)R * sizeof *tp), td = malloc((size_t)R * sizeof *td);
@@ -247,9 +258,9 @@ static int run(int argc, char **argv) {
   }
   double w0, w1;
   timer_open(&tm, be);
-  if (once(&tm, m, prompt, P < 8 ? P : 8, 2, &w0, &w1)) goto fail; /* warm-up: pipelines, caches */
+  if (once(&tm, m, prompt, depth, P < 8 ? P : 8, 2, &w0, &w1)) goto fail; /* warm-up: pipelines, caches */
   for (int64_t r = 0; r < R; r++) {
-    if (once(&tm, m, prompt, P, N, &tp[r], &td[r])) goto fail;
+    if (once(&tm, m, prompt, depth, P, N, &tp[r], &td[r])) goto fail;
     if (!o[O_JSON].value) fprintf(stderr, "qmoe bench: repeat %lld/%lld: prefill %.3f s, decode %.3f s\n",
                                   (long long)r + 1, (long long)R, tp[r], td[r]);
   }
@@ -260,7 +271,7 @@ static int run(int argc, char **argv) {
   stage_list sl = {0};
   double stage_us = 0; /* Σ over kinds of calls per token × µs per call */
   if (o[O_STAGES].value) {
-    if (time_stages(&tm, m, P + N - 1, R, &sl, !o[O_JSON].value)) {
+    if (time_stages(&tm, m, depth + P + N - 1, R, &sl, !o[O_JSON].value)) {
       stage_list_free(&sl);
       goto fail;
     }
@@ -280,7 +291,7 @@ static int run(int argc, char **argv) {
            decode, (unsigned long long)bpt, gbs, frac, (unsigned long long)mem.weights,
            (unsigned long long)mem.kv_cache, (unsigned long long)mem.workspace, timer, (long long)copy_mib);
     if (o[O_STAGES].value) {
-      printf(",\"stage_position\":%lld,\"stage_us_per_token\":%.6g,\"stages\":[", (long long)(P + N - 1), stage_us);
+      printf(",\"stage_position\":%lld,\"stage_us_per_token\":%.6g,\"stages\":[", (long long)(depth + P + N - 1), stage_us);
       for (int i = 0; i < sl.n; i++) {
         const stage_kind *k = &sl.k[i];
         double g = (double)k->bytes / (k->us * 1e-6) * 1e-9;
@@ -290,12 +301,17 @@ static int run(int argc, char **argv) {
       }
       printf("]");
     }
-    printf("}\n");
+    printf(",\"depth\":%lld,\"decode_positions\":[%lld,%lld]}\n", (long long)depth, (long long)(depth + P),
+           (long long)(depth + P + N - 1));
   } else {
     printf("model %s on %s (acc %s), median of %lld after a warm-up (%s)\n", path, backend,
            acc == QMOE_ACC_F64 ? "f64" : "f32", (long long)R, timer);
     printf("  prefill  %lld tokens: %.2f tokens/s (one position at a time)\n", (long long)P, prefill);
-    printf("  decode   %lld tokens: %.2f tokens/s\n", (long long)N, decode);
+    printf("  decode   %lld tokens: %.2f tokens/s (positions %lld..%lld)\n", (long long)N, decode, (long long)(depth + P),
+           (long long)(depth + P + N - 1));
+    if (depth > 0)
+      printf("  --depth %lld: the prompt started at position %lld; rows 0..%lld of the cache were set to zero, "
+             "not computed\n", (long long)depth, (long long)depth, (long long)depth - 1);
     printf("  weights read per decoded token: %.3f MiB\n", (double)bpt / (1 << 20));
     printf("  copy bandwidth (add stage y = a + b, %lld MiB f32 vectors, 2 reads + 1 write, 8 calls per sync): "
            "%.2f GB/s\n", (long long)copy_mib, gbs);
@@ -303,7 +319,7 @@ static int run(int argc, char **argv) {
            100 * frac);
     if (o[O_STAGES].value) {
       printf("  stages of one decode position (position %lld), each kind timed alone over every layer:\n",
-             (long long)(P + N - 1));
+             (long long)(depth + P + N - 1));
       printf("    %-34s %6s %10s %12s %9s %7s %11s\n", "stage", "calls", "µs/call", "weights/call", "GB/s", "copy%",
              "µs/token");
       for (int i = 0; i < sl.n; i++) {

@@ -216,6 +216,18 @@ def checks(tmp):
     except Exception as e:
         ok, so = False, f"{so} {se} {e}"
     report("bench/stages", ok, so)
+    # bench --depth: the prompt starts at position D after D zeroed cache rows; the decode positions say so.
+    rc, so, se = qmoe("bench", "-m", model, "-p", "2", "-n", "3", "--repeats", "1", "--copy-mib", "4", "--json",
+                      "--depth", "100")
+    try:
+        b = json.loads(so)
+        ok = rc == 0 and b["depth"] == 100 and b["decode_positions"] == [102, 104] and b["decode_tokens_per_s"] > 0
+    except Exception as e:
+        ok, so = False, f"{so} {se} {e}"
+    report("bench/depth", ok, so)
+    rc, so, se = qmoe("bench", "-m", model, "-p", "2", "-n", "3", "--repeats", "1", "--copy-mib", "4", "--ctx", "64",
+                      "--depth", "60")
+    report("bench/depth_past_ctx", rc != 0 and "need 65 positions" in se and "holds 64" in se, se)
     rc, so, se = qmoe("bench", "-m", model, "-p", "3", "-n", "2", "--repeats", "1", "--copy-mib", "4", "--stages")
     report("bench/stages_text", rc == 0 and "sum of stages:" in so and "moe_down ffn_down_exps" in so, so + se)
 
