@@ -282,9 +282,14 @@ struct qmoe_model {
   qmoe_buffer *h, *xn, *q, *o, *t, *ids /* i32 */, *w, *hb, *logits, *idx /* i32 */, *rlog;
   qmoe_buffer *kc, *vc; /* KV cache: [layer][ctx][kv_heads][head_dim] */
   /* Token ids (i32, one per cache position): a prompt is uploaded in one transfer and embed_rows reads
-   * each id on the device; a decoded token is read from idx, where argmax left it (no upload). */
+   * each id on the device. The argmax of position p goes into slot p + 1 (idx at the cache's last
+   * position), so the next position reads the decoded token where argmax left it, with no upload — and
+   * through the same buffer as a prompt, so prefill and decode positions replay one graph. */
   qmoe_buffer *tok;
-  int32_t idx_token; /* the token idx holds (-1: none) */
+  int32_t idx_token;      /* the token argmax left in slot idx_pos of tok (-1: none) */
+  int64_t idx_pos;
+  qmoe_buffer *arg_buf;   /* where the last outputs() put the argmax */
+  size_t arg_off;
   int no_graph;      /* QMOE_NO_GRAPH=1: enqueue stage by stage even where the backend offers graphs */
   qmoe_call_fn call_fn; /* qmoe_model_calls: calls go here instead of the backend */
   void *call_user;
@@ -405,7 +410,7 @@ int qmoe_model_load(const char *path, qmoe_backend *be, int64_t n_ctx, qmoe_mode
     goto fail;
   }
   m->n_ctx = n_ctx;
-  m->idx_token = -1;
+  m->idx_token = -1, m->idx_pos = -1;
   m->call_layer = -1;
   m->acc = QMOE_ACC_F32;
   const char *ng = getenv("QMOE_NO_GRAPH");
@@ -660,7 +665,10 @@ static int outputs(qmoe_model *m, int64_t pos, int32_t *argmax, float *logits) {
   qmoe_call_matvec(&s, c->n_vocab, c->n_embd, m->output.buf, m->xn, m->logits);
   if ((rc = run(m, &s, &m->output)) || (rc = trace(m, QMOE_TP_RESULT_OUTPUT, -1, pos, m->logits))) return rc;
   if (argmax) {
-    qmoe_call_argmax(&s, c->n_vocab, m->logits, m->idx);
+    m->arg_buf = pos + 1 < m->n_ctx ? m->tok : m->idx;
+    m->arg_off = pos + 1 < m->n_ctx ? (size_t)(pos + 1) * 4 : 0;
+    qmoe_call_argmax(&s, c->n_vocab, m->logits, m->arg_buf);
+    s.off[QMOE_B_ARGMAX_IDX] = m->arg_off;
     if ((rc = run(m, &s, NULL))) return rc;
   }
   return 0;
@@ -670,8 +678,9 @@ static int outputs(qmoe_model *m, int64_t pos, int32_t *argmax, float *logits) {
 static int fetch_outputs(qmoe_model *m, int32_t *argmax, float *logits) {
   int rc;
   if (argmax) {
-    if ((rc = m->be->download(m->be, m->idx, 0, argmax, sizeof *argmax))) return rc;
+    if ((rc = m->be->download(m->be, m->arg_buf, m->arg_off, argmax, sizeof *argmax))) return rc;
     m->idx_token = *argmax;
+    m->idx_pos = m->arg_buf == m->tok ? (int64_t)(m->arg_off / 4) : -1;
   }
   if (logits && (rc = m->be->download(m->be, m->logits, 0, logits, (size_t)m->c.n_vocab * sizeof(float))))
     return rc;
@@ -726,13 +735,12 @@ int qmoe_model_prefill(qmoe_model *m, const int32_t *tokens, int64_t n, int64_t 
       return QMOE_EINVAL;
     }
   int rc = 0;
-  /* A decoded token that argmax left in idx is read there; anything else is uploaded once, all of it. */
-  int from_idx = n == 1 && m->idx_token >= 0 && tokens[0] == m->idx_token;
-  if (!from_idx && (rc = m->be->upload(m->be, m->tok, (size_t)pos0 * 4, tokens, (size_t)n * 4))) return rc;
-  m->idx_token = -1;
+  /* A decoded token that argmax left in its slot is read there; anything else is uploaded once, all of it. */
+  int in_place = n == 1 && m->idx_token >= 0 && tokens[0] == m->idx_token && pos0 == m->idx_pos;
+  if (!in_place && (rc = m->be->upload(m->be, m->tok, (size_t)pos0 * 4, tokens, (size_t)n * 4))) return rc;
+  m->idx_token = -1, m->idx_pos = -1;
   for (int64_t i = 0; !rc && i < n; i++)
-    rc = position(m, from_idx ? m->idx : m->tok, from_idx ? 0 : (size_t)(pos0 + i) * 4, pos0 + i, i + 1 == n,
-                  argmax, logits);
+    rc = position(m, m->tok, (size_t)(pos0 + i) * 4, pos0 + i, i + 1 == n, argmax, logits);
   if (rc) return rc;
   return fetch_outputs(m, argmax, logits);
 }
@@ -749,7 +757,7 @@ int qmoe_model_calls(qmoe_model *m, int64_t pos, qmoe_call_fn fn, void *user) {
   m->trace_fn = NULL, m->no_graph = 1;
   m->call_fn = fn, m->call_user = user, m->call_layer = -1;
   int32_t argmax;
-  int rc = position(m, m->idx, 0, pos, 1, &argmax, NULL);
+  int rc = position(m, m->tok, (size_t)pos * 4, pos, 1, &argmax, NULL);
   m->call_fn = NULL, m->call_user = NULL;
   m->trace_fn = tf, m->no_graph = ng;
   return rc;
