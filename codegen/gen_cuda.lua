@@ -319,40 +319,30 @@ local function emit_variant(v, sources)
       m.STEPBLK, m.TBLK, m.RUN = be % 256 == 0 and "(e0 / QB_ELEMS)" or "((e0 + UNROLL * lane) / QB_ELEMS)", "0", run
       m.XLANE, m.EXPR = "UNROLL * lane", "e0 + UNROLL * lane + t"
       m.DOT_DECODE, m.IDX = "qmoe_" .. q.name .. "_decode_run", run .. ", (" .. run .. " | t)"
-      m.XPRE = table.concat({
-        "    // the run's x: two 16-byte loads where x is aligned and the run is whole",
-        "    float xr[UNROLL];",
-        "    if (UNROLL == 8 && (((uint64_t)xl) & 15) == 0 && (!G || e0 + UNROLL * lane + UNROLL <= ne)) {",
-        "      const float4 xa = ((const float4 *)xl)[0], xb = ((const float4 *)xl)[1];",
-        "      xr[0] = xa.x, xr[1] = xa.y, xr[2] = xa.z, xr[3] = xa.w, xr[4] = xb.x, xr[5] = xb.y, xr[6] = xb.z, xr[7] = xb.w;",
-        "    } else {",
-        "#pragma unroll",
-        "      for (int t = 0; t < UNROLL; t++) xr[t] = (!G || e0 + UNROLL * lane + t < ne) ? xl[t] : 0.0f;",
-        "    }" }, "\n")
-      m.XV = "xr[t]"
+      m.X_RUN, m.XT = 1, "t" -- x by two 16-byte loads per run (_qrows.cu)
       return m
     end
     local maps = {}
     if be % 256 == 0 then
       maps.strided = { STEPBLK = "(e0 / QB_ELEMS)", TBLK = "0", XLANE = "lane", EXPR = "e0 + lane + 32 * t",
                        IDX = be == 256 and "(lane | (32 * t))" or "((e0 % QB_ELEMS) | lane | (32 * t))",
-                       DOT_DECODE = "qmoe_" .. q.name .. "_decode", XPRE = "", XV = "xl[32 * t]" }
+                       DOT_DECODE = "qmoe_" .. q.name .. "_decode", X_RUN = 0, XT = "32 * t" }
       maps.runs = runs({}, be == 256 and "(UNROLL * lane)" or "((e0 % QB_ELEMS) | (UNROLL * lane))")
     elseif be >= 8 and 256 % be == 0 then
       maps.runs = runs({}, "((e0 + UNROLL * lane) % QB_ELEMS)")
     elseif be == 1 then
       maps.plain = { STEPBLK = "(e0 + UNROLL * lane)", TBLK = "t", IDX = "0", XLANE = "UNROLL * lane",
-                     EXPR = "e0 + UNROLL * lane + t", DOT_DECODE = "qmoe_" .. q.name .. "_decode", XPRE = "", XV = "xl[t]" }
+                     EXPR = "e0 + UNROLL * lane + t", DOT_DECODE = "qmoe_" .. q.name .. "_decode", X_RUN = 0, XT = "t" }
     else
       maps.plain = { STEPBLK = "0", TBLK = "(e / QB_ELEMS)", IDX = "(e % QB_ELEMS)", XLANE = "UNROLL * lane",
-                     EXPR = "e0 + UNROLL * lane + t", DOT_DECODE = "qmoe_" .. q.name .. "_decode", XPRE = "", XV = "xl[t]" }
+                     EXPR = "e0 + UNROLL * lane + t", DOT_DECODE = "qmoe_" .. q.name .. "_decode", X_RUN = 0, XT = "t" }
     end
     for _, m in pairs(maps) do
       m.E_DECL = (m.TBLK:find("e") or m.IDX:find("%f[%w]e%f[^%w]")) and ("const int e = " .. m.EXPR .. ";") or
                  ("// element " .. m.EXPR)
     end
     -- The decode with runs (expr.lua GROUP) wherever a map uses them.
-    DIALECT.group = maps.runs and unroll or nil
+    local D = setmetatable({ group = maps.runs and unroll or nil }, { __index = DIALECT })
     vars.DECODE = "qmoe_" .. q.name .. "_decode"
     vars.MAY_BE_PARTIAL = guard and "true" or "false"
     local function qrows(m)
@@ -369,8 +359,8 @@ local function emit_variant(v, sources)
     parts[#parts + 1] = "// ---- decoding, from " .. q.__file .. " via src/lib/lua/expr.lua (CUDA dialect, f16 by cvt.f32.f16) ----"
     -- expr's helpers are a fixed set, not all used by every format: no "declared but never referenced" noise.
     parts[#parts + 1] = "#pragma nv_diag_suppress 177"
-    parts[#parts + 1] = expr.prelude(DIALECT)
-    parts[#parts + 1] = expr.emit(q, DIALECT)
+    parts[#parts + 1] = expr.prelude(D)
+    parts[#parts + 1] = expr.emit(q, D)
     parts[#parts + 1] = "#pragma nv_diag_default 177"
     parts[#parts + 1] = vars.QROWS
   end

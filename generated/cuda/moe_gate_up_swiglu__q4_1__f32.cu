@@ -174,6 +174,7 @@ static __device__ __forceinline__ void qmoe_dot_chunk(const uint4 *sh, const int
     const uint8_t *bl[R];
 #pragma unroll
     for (int r = 0; r < R; r++) bl[r] = (const uint8_t *)(sh + r * STAGE_VECS + STAGE_PAD) + off[r] + ((e0 + UNROLL * lane) / QB_ELEMS) * QB_BYTES;
+#if 1 // 1: lane runs read x by 16-byte loads (gen_cuda.lua)
     // the run's x: two 16-byte loads where x is aligned and the run is whole
     float xr[UNROLL];
     if (UNROLL == 8 && (((uint64_t)xl) & 15) == 0 && (!G || e0 + UNROLL * lane + UNROLL <= ne)) {
@@ -183,13 +184,18 @@ static __device__ __forceinline__ void qmoe_dot_chunk(const uint4 *sh, const int
 #pragma unroll
       for (int t = 0; t < UNROLL; t++) xr[t] = (!G || e0 + UNROLL * lane + t < ne) ? xl[t] : 0.0f;
     }
+#endif
 #pragma unroll
     for (int t = 0; t < UNROLL; t++) {
       // element e0 + UNROLL * lane + t
       if (G && e0 + UNROLL * lane + t >= ne) continue;
       // Plain loads (not __ldg, whose inline asm clobbers memory and so keeps the compiler from sharing the
       // decode's shared-memory reads between the unrolled elements).
+#if 1 // 1: lane runs read x by 16-byte loads (gen_cuda.lua)
       const float xv = xr[t];
+#else
+      const float xv = xl[t];
+#endif
 #pragma unroll
       for (int r = 0; r < R; r++) acc[r] = qmoe_fma(qmoe_q4_1_decode_run(bl[r] + 0 * QB_BYTES, ((e0 + UNROLL * lane) % QB_ELEMS), (((e0 + UNROLL * lane) % QB_ELEMS) | t)), xv, acc[r]);
     }

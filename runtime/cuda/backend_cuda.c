@@ -138,7 +138,12 @@ static int stream_sync(cuda_impl *im, const char *why) {
   return qmoe_cuda_check(d, r, call, NULL);
 }
 
-static int not_in_graph(cuda_impl *im, const char *what);
+/* upload, download and sync are refused while a graph is being recorded (backend.h). */
+static int not_in_graph(cuda_impl *im, const char *what) {
+  if (!im->g.recording) return 0;
+  qmoe_set_error("cuda backend: %s between graph_begin and graph_end", what);
+  return QMOE_EINVAL;
+}
 
 static int cu_upload(qmoe_backend *be, qmoe_buffer *b, size_t off, const void *src, size_t n) {
   cuda_impl *im = impl_of(be);
@@ -406,12 +411,6 @@ int qmoe_cuda_graph_stats_of(qmoe_backend *be, qmoe_cuda_graph_stats *out) {
   if (!qmoe_backend_cuda_ctx(be)) return QMOE_EINVAL;
   *out = impl_of(be)->g.stats;
   return 0;
-}
-
-static int not_in_graph(cuda_impl *im, const char *what) {
-  if (!im->g.recording) return 0;
-  qmoe_set_error("cuda backend: %s between graph_begin and graph_end", what);
-  return QMOE_EINVAL;
 }
 
 static int cu_run(qmoe_backend *be, const qmoe_stage_call *c) {
