@@ -320,6 +320,7 @@ local function emit_variant(v, sources)
       m.XLANE, m.EXPR = "UNROLL * lane", "e0 + UNROLL * lane + t"
       m.DOT_DECODE, m.IDX = "qmoe_" .. q.name .. "_decode_run", run .. ", (" .. run .. " | t)"
       m.X_RUN, m.XT = 1, "t" -- x by two 16-byte loads per run (_qrows.cu)
+      m.RUN = run
       return m
     end
     local maps = {}
@@ -342,7 +343,17 @@ local function emit_variant(v, sources)
                  ("// element " .. m.EXPR)
     end
     -- The decode with runs (expr.lua GROUP) wherever a map uses them.
-    local D = setmetatable({ group = maps.runs and unroll or nil }, { __index = DIALECT })
+    -- f32 accumulators with runs also get the decode's affine form over a run (expr.lua AFFINE): a run's dot
+    -- product is A·Σ V·x + B·Σ x. QMOE_CUDA_DEFINES=QMOE_NO_AFFINE keeps the per-element decode (docs/cuda.md).
+    local D = setmetatable({ group = maps.runs and unroll or nil, affine = maps.runs ~= nil and acc == "f32" },
+                           { __index = DIALECT })
+    local dec, info = expr.emit(q, D)
+    local af = info and info.affine
+    for _, m in pairs(maps) do
+      m.AFFINE = (m == maps.runs and af) and "!defined(QMOE_NO_AFFINE)" or "0"
+      m.AFFINE_A, m.AFFINE_B = (af and af.a) and 1 or 0, (af and af.b) and 1 or 0
+      m.RUN = m.RUN or "0"
+    end
     vars.DECODE = "qmoe_" .. q.name .. "_decode"
     vars.MAY_BE_PARTIAL = guard and "true" or "false"
     local function qrows(m)
@@ -360,7 +371,7 @@ local function emit_variant(v, sources)
     -- expr's helpers are a fixed set, not all used by every format: no "declared but never referenced" noise.
     parts[#parts + 1] = "#pragma nv_diag_suppress 177"
     parts[#parts + 1] = expr.prelude(D)
-    parts[#parts + 1] = expr.emit(q, D)
+    parts[#parts + 1] = dec
     parts[#parts + 1] = "#pragma nv_diag_default 177"
     parts[#parts + 1] = vars.QROWS
   end

@@ -185,6 +185,34 @@ static __device__ __forceinline__ void qmoe_dot_chunk(const uint4 *sh, const int
       for (int t = 0; t < UNROLL; t++) xr[t] = (!G || e0 + UNROLL * lane + t < ne) ? xl[t] : 0.0f;
     }
 #endif
+#if 0 // f32 with lane runs, where the decode is A·V + B over a run (expr.lua AFFINE; gen_cuda.lua)
+    {
+      const int ig = ((e0 + UNROLL * lane) % QB_ELEMS);
+#if 0
+      float sx = 0.0f; // Σ x over the run, shared by the R rows
+#pragma unroll
+      for (int t = 0; t < UNROLL; t++) sx += xr[t];
+#endif
+#pragma unroll
+      for (int r = 0; r < R; r++) {
+        const uint8_t *blk = bl[r];
+        float sv = 0.0f;
+#pragma unroll
+        for (int t = 0; t < UNROLL; t++) {
+          const float v = qmoe_iq4_nl_run_v(blk, ig, ig | t);
+          sv = fmaf(G && e0 + UNROLL * lane + t >= ne ? 0.0f : v, xr[t], sv);
+        }
+#if 0
+        acc[r] = fmaf(qmoe_iq4_nl_run_a(blk, ig), sv, acc[r]);
+#else
+        acc[r] += sv;
+#endif
+#if 0
+        acc[r] = fmaf(qmoe_iq4_nl_run_b(blk, ig), sx, acc[r]);
+#endif
+      }
+    }
+#else
 #pragma unroll
     for (int t = 0; t < UNROLL; t++) {
       // element e0 + UNROLL * lane + t
@@ -199,6 +227,7 @@ static __device__ __forceinline__ void qmoe_dot_chunk(const uint4 *sh, const int
 #pragma unroll
       for (int r = 0; r < R; r++) acc[r] = qmoe_fma(qmoe_iq4_nl_decode_run(bl[r] + 0 * QB_BYTES, ((e0 + UNROLL * lane) % QB_ELEMS), (((e0 + UNROLL * lane) % QB_ELEMS) | t)), xv, acc[r]);
     }
+#endif
   }
 }
 

@@ -120,6 +120,27 @@ static __device__ __forceinline__ float qmoe_q6_k_decode_run(const uint8_t *b, i
   const float r = __fmul_rn(__fmul_rn(f_d, qmoe_q_i2f(v_sc)), qmoe_q_i2f(((v_lo | (v_up << 4)) - 32)));
   return r;
 }
+static __device__ __forceinline__ float qmoe_q6_k_run_a(const uint8_t *b, int ig) {
+  const int i = ig;
+  const float f_d = qmoe_cu_f16(qmoe_q_rd_u16(b + 208));
+  const int v_h = (ig / 128);
+  const int v_g = ((ig % 128) / 32);
+  const int v_l = (i % 32);
+  const int v_lo = (((int)b[(((64 * v_h) + (32 * (v_g % 2))) + v_l)] >> (4 * (v_g / 2))) & 15);
+  const int v_up = (((int)b[128 + ((32 * v_h) + v_l)] >> (2 * v_g)) & 3);
+  const int v_sc = (int)(int8_t)b[192 + (((8 * v_h) + (v_l / 16)) + (2 * v_g))];
+  return __fmul_rn(f_d, qmoe_q_i2f(v_sc));
+}
+static __device__ __forceinline__ float qmoe_q6_k_run_v(const uint8_t *b, int ig, int i) {
+  const float f_d = qmoe_cu_f16(qmoe_q_rd_u16(b + 208));
+  const int v_h = (ig / 128);
+  const int v_g = ((ig % 128) / 32);
+  const int v_l = (i % 32);
+  const int v_lo = (((int)b[(((64 * v_h) + (32 * (v_g % 2))) + v_l)] >> (4 * (v_g / 2))) & 15);
+  const int v_up = (((int)b[128 + ((32 * v_h) + v_l)] >> (2 * v_g)) & 3);
+  const int v_sc = (int)(int8_t)b[192 + (((8 * v_h) + (v_l / 16)) + (2 * v_g))];
+  return qmoe_q_i2f(((v_lo | (v_up << 4)) - 32));
+}
 static __device__ __forceinline__ float qmoe_q6_k_decode(const uint8_t *b, int i) { return qmoe_q6_k_decode_run(b, i & ~7, i); }
 
 static __device__ __forceinline__ void qmoe_q6_k_decode_block(const uint8_t *b, float *y) {
@@ -190,6 +211,34 @@ static __device__ __forceinline__ void qmoe_dot_chunk(const uint4 *sh, const int
       for (int t = 0; t < UNROLL; t++) xr[t] = (!G || e0 + UNROLL * lane + t < ne) ? xl[t] : 0.0f;
     }
 #endif
+#if 0 // f32 with lane runs, where the decode is A·V + B over a run (expr.lua AFFINE; gen_cuda.lua)
+    {
+      const int ig = 0;
+#if 0
+      float sx = 0.0f; // Σ x over the run, shared by the R rows
+#pragma unroll
+      for (int t = 0; t < UNROLL; t++) sx += xr[t];
+#endif
+#pragma unroll
+      for (int r = 0; r < R; r++) {
+        const uint8_t *blk = bl[r];
+        float sv = 0.0f;
+#pragma unroll
+        for (int t = 0; t < UNROLL; t++) {
+          const float v = qmoe_q6_k_run_v(blk, ig, ig | t);
+          sv = fmaf(G && e0 + UNROLL * lane + t >= ne ? 0.0f : v, xr[t], sv);
+        }
+#if 1
+        acc[r] = fmaf(qmoe_q6_k_run_a(blk, ig), sv, acc[r]);
+#else
+        acc[r] += sv;
+#endif
+#if 0
+        acc[r] = fmaf(qmoe_q6_k_run_b(blk, ig), sx, acc[r]);
+#endif
+      }
+    }
+#else
 #pragma unroll
     for (int t = 0; t < UNROLL; t++) {
       // element e0 + lane + 32 * t
@@ -204,6 +253,7 @@ static __device__ __forceinline__ void qmoe_dot_chunk(const uint4 *sh, const int
 #pragma unroll
       for (int r = 0; r < R; r++) acc[r] = qmoe_fma(qmoe_q6_k_decode(bl[r] + 0 * QB_BYTES, (lane | (32 * t))), xv, acc[r]);
     }
+#endif
   }
 }
 
@@ -285,6 +335,34 @@ static __device__ __forceinline__ void qmoe_dot_chunk(const uint4 *sh, const int
       for (int t = 0; t < UNROLL; t++) xr[t] = (!G || e0 + UNROLL * lane + t < ne) ? xl[t] : 0.0f;
     }
 #endif
+#if !defined(QMOE_NO_AFFINE) // f32 with lane runs, where the decode is A·V + B over a run (expr.lua AFFINE; gen_cuda.lua)
+    {
+      const int ig = (UNROLL * lane);
+#if 0
+      float sx = 0.0f; // Σ x over the run, shared by the R rows
+#pragma unroll
+      for (int t = 0; t < UNROLL; t++) sx += xr[t];
+#endif
+#pragma unroll
+      for (int r = 0; r < R; r++) {
+        const uint8_t *blk = bl[r];
+        float sv = 0.0f;
+#pragma unroll
+        for (int t = 0; t < UNROLL; t++) {
+          const float v = qmoe_q6_k_run_v(blk, ig, ig | t);
+          sv = fmaf(G && e0 + UNROLL * lane + t >= ne ? 0.0f : v, xr[t], sv);
+        }
+#if 1
+        acc[r] = fmaf(qmoe_q6_k_run_a(blk, ig), sv, acc[r]);
+#else
+        acc[r] += sv;
+#endif
+#if 0
+        acc[r] = fmaf(qmoe_q6_k_run_b(blk, ig), sx, acc[r]);
+#endif
+      }
+    }
+#else
 #pragma unroll
     for (int t = 0; t < UNROLL; t++) {
       // element e0 + UNROLL * lane + t
@@ -299,6 +377,7 @@ static __device__ __forceinline__ void qmoe_dot_chunk(const uint4 *sh, const int
 #pragma unroll
       for (int r = 0; r < R; r++) acc[r] = qmoe_fma(qmoe_q6_k_decode_run(bl[r] + 0 * QB_BYTES, (UNROLL * lane), ((UNROLL * lane) | t)), xv, acc[r]);
     }
+#endif
   }
 }
 

@@ -1113,6 +1113,75 @@ local function emit_node(node, D, vars, raw_bool)
   return s
 end
 
+-- ---------------------------------------------------------------------------------------------------
+-- AFFINE runs: over one run of G elements (GROUP), a decode value that is A·V + B with A and B constant over
+-- the run and V the one part that varies (a varying int subexpression, converted once, or a varying float
+-- leaf) lets a dot product over the run be A·Σ V·x + B·Σ x: per element one conversion and one FMA instead of
+-- the whole value; Σ x is shared by every row that reads the same x. Rounding differs from decoding each
+-- value (A·V − B is not rounded per element), so only f32-accumulator kernels use it (their contract bound is
+-- an NMSE, not exactness); f64 kernels keep the exact per-element decode.
+
+local ONE = { k = "float", v = 1.0, ty = "float", pure = true }
+local function fbin(op, a, b) return { k = "bin", op = op, a = a, b = b, ty = "float" } end
+local function fneg(a) return { k = "un", op = "-", a = a, ty = a.ty } end
+local function fmul(a, b) if a == nil then return b end if b == nil then return a end return fbin("*", a, b) end
+
+-- affine_of(value, grp, letast) -> {A = node|nil (1), V = node, B = node|nil (0)} | nil when the value is
+-- not of that form (two varying parts multiplied, a varying condition, ...). grp: the GROUP context.
+local function affine_of(value, grp, letast)
+  local rcm = {}
+  local function rc(n) -- constant over every run: its value at i equals its value at the run's start
+    if rcm[n] ~= nil then return rcm[n] end
+    local r
+    if n.k == "int" or n.k == "float" then r = true
+    elseif n.pure then r = group_const(n, grp)
+    elseif n.k == "name" then r = n.bind.kind == "field" or (n.bind.kind == "let" and rc(letast[n.name]))
+    elseif n.k == "index" or n.k == "table" then r = rc(n.idx)
+    elseif n.k == "call" or n.k == "un" then r = rc(n.a)
+    elseif n.k == "bin" then r = rc(n.a) and rc(n.b)
+    elseif n.k == "cond" then r = rc(n.c) and rc(n.a) and rc(n.b)
+    else r = false end
+    rcm[n] = r
+    return r
+  end
+  local function go(n)
+    if rc(n) then return { C = n } end
+    if n.ty == "int" then return { V = n } end -- the varying int part, converted to float once
+    local k = n.k
+    if k == "name" and n.bind.kind == "let" then return go(letast[n.name]) end
+    if k == "call" then return go(n.a) end
+    if k == "un" and n.op == "-" then
+      local r = go(n.a)
+      if not r then return nil end
+      if r.C then return { C = n } end
+      return { A = fneg(r.A or ONE), V = r.V, B = r.B and fneg(r.B) }
+    end
+    if k == "bin" and (n.op == "*" or n.op == "+" or n.op == "-" or n.op == "/") then
+      local ra, rb = go(n.a), go(n.b)
+      if not ra or not rb then return nil end
+      if n.op == "*" then
+        if ra.C and rb.V then return { A = fmul(ra.C, rb.A), V = rb.V, B = rb.B and fmul(ra.C, rb.B) } end
+        if rb.C and ra.V then return { A = fmul(ra.A, rb.C), V = ra.V, B = ra.B and fmul(ra.B, rb.C) } end
+        return nil
+      elseif n.op == "/" then
+        if rb.C and ra.V then return { A = fbin("/", ra.A or ONE, rb.C), V = ra.V, B = ra.B and fbin("/", ra.B, rb.C) } end
+        return nil
+      else
+        if ra.V and rb.C then return { A = ra.A, V = ra.V, B = ra.B and fbin(n.op, ra.B, rb.C) or (n.op == "-" and fneg(rb.C) or rb.C) } end
+        if ra.C and rb.V then
+          return { A = n.op == "-" and fneg(rb.A or ONE) or rb.A, V = rb.V, B = rb.B and fbin(n.op, ra.C, rb.B) or ra.C }
+        end
+        return nil
+      end
+    end
+    if k == "cond" then return nil end
+    return { V = n } -- a varying float leaf (a load)
+  end
+  local r = go(value)
+  if not r or r.C then return nil end
+  return r
+end
+
 -- Checked program of a contract (raises with the first error when invalid).
 function M.compile(q)
   local errs = {}
@@ -1171,10 +1240,35 @@ function M.emit(q, D, prefix)
     vars[l.name] = "v_" .. l.name
     if l.ast.ty == "int" then vars[RANGES].ranges[l.name] = { M.range_of(l.ast, vars[RANGES]) } end
   end
+  local body = { table.unpack(lines, 2) } -- the fields and lets, for the affine parts below
   local v = emit_node(prog.value, D, vars)
   lines[#lines + 1] = string.format("  %s r = %s;", D.decl_float, v)
   lines[#lines + 1] = "  return r;"
   lines[#lines + 1] = "}"
+  local info = {}
+  if vars[GROUP] and D.affine then
+    local letast = {}
+    for _, l in ipairs(prog.lets) do letast[l.name] = l.ast end
+    local af = affine_of(prog.value, vars[GROUP], letast)
+    if af and (af.A or af.B) then
+      -- <prefix>_run_a(b, ig) / _run_b(b, ig): A and B of the run starting at ig; <prefix>_run_v(b, ig, i): V.
+      -- Each repeats the fields and lets (the compiler drops what its result does not use).
+      info.affine = { a = af.A ~= nil, b = af.B ~= nil }
+      local function fn(name, params, pre, node)
+        lines[#lines + 1] = string.format("%sfloat %s_%s(%s%s, %s) {", head, prefix, name, D.block_type, D.block_param, params)
+        if pre then lines[#lines + 1] = pre end
+        for _, b in ipairs(body) do lines[#lines + 1] = b end
+        local text = node.ty == "int" and emit_node({ k = "call", fn = "float", a = node, ty = "float" }, D, vars)
+                     or emit_node(node, D, vars)
+        lines[#lines + 1] = string.format("  return %s;", text)
+        lines[#lines + 1] = "}"
+      end
+      local pre = "  " .. D.decl_int .. " i = ig;"
+      if af.A then fn("run_a", "int ig", pre, af.A) end
+      if af.B then fn("run_b", "int ig", pre, af.B) end
+      fn("run_v", "int ig, int i", nil, af.V)
+    end
+  end
   if vars[GROUP] then
     -- With runs: <prefix>_decode_run(b, ig, i), ig = i & ~(G-1) passed by a caller that can name it without
     -- i (a kernel's lane base: the compiler folds `(ig | t) / 32 < 4` into `(ig | t) < 128`, a different
@@ -1194,8 +1288,8 @@ function M.emit(q, D, prefix)
     lines[#lines + 1] = "}"
   end
   local decls = vars[TABLES].decls
-  if #decls > 0 then return table.concat(decls, "\n") .. "\n" .. table.concat(lines, "\n") .. "\n" end
-  return table.concat(lines, "\n") .. "\n"
+  if #decls > 0 then return table.concat(decls, "\n") .. "\n" .. table.concat(lines, "\n") .. "\n", info end
+  return table.concat(lines, "\n") .. "\n", info
 end
 
 -- ---------------------------------------------------------------------------------------------------
