@@ -65,7 +65,7 @@ static int launch_router_topk(const qmoe_cuda_launch_env *env, const int64_t *p,
     qmoe_set_error("cuda backend: stage router_topk: K = %lld exceeds the CUDA kernel's limit of %lld", (long long)K, (long long)64);
     return QMOE_EUNSUPPORTED;
   }
-  l->grid[0] = qmoe_cdiv(E, env->rows_per_block);
+  l->grid[0] = E;
   l->grid[1] = 1;
   l->workspace = (size_t)(0);
   return 0;

@@ -1,10 +1,11 @@
-// qmoe-kernel: acc=1 threads=256 rows_per_block=8 min_blocks=1 max_e=4096 max_k=64
+// qmoe-kernel: acc=1 threads=256 rows_per_block=1 min_blocks=1 max_e=4096 max_k=64
 // qmoe-limit: E <= MAX_E
 // qmoe-limit: K <= MAX_K
-// qmoe-grid: qmoe_cdiv(E, RPB), 1
-// Router: logits = Wr·x (one warp per expert, 8 per block, many blocks); the first warp of the last block to
-// finish (a counter in device memory, self-resetting via atomicInc) runs softmax over E and top-K by logit
-// (ties: the lower index), then w = p / Σ p over the chosen, all in acc_t. E <= ${MAX_E}, K <= ${MAX_K}.
+// qmoe-grid: E, 1
+// Router: logits = Wr·x, one block per expert (each thread's slice of the row loaded at once with 16-byte
+// loads, then a fixed-order block sum); the first warp of the last block to finish (a counter in device memory,
+// self-resetting via atomicInc) runs softmax over E and top-K by logit (ties: the lower index), then
+// w = p / Σ p over the chosen, all in acc_t. E <= ${MAX_E}, K <= ${MAX_K}.
 __device__ acc_t qmoe_router_logits[${MAX_E}];
 __device__ unsigned int qmoe_router_done;
 
@@ -13,26 +14,28 @@ ${BIND}
   __shared__ acc_t prob[${MAX_E}];
   __shared__ int sel[${MAX_K}];
   __shared__ unsigned char taken[${MAX_E}];
+  __shared__ acc_t red[32];
   __shared__ int last;
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-  const int64_t ex = (int64_t)blockIdx.x * 8 + warp;
-  if (ex < E) {
+  const int64_t ex = blockIdx.x;
+  {
     const float *row = Wr + ex * H;
     acc_t s = 0;
     if ((((uint64_t)row | (uint64_t)x) & 15) == 0 && (H & 3) == 0) {
       const float4 *r4 = (const float4 *)row, *x4 = (const float4 *)x;
-      for (int64_t i = lane; i < H / 4; i += 32) {
-        const float4 wv = __ldg(r4 + i), xv = __ldg(x4 + i);
+#pragma unroll 4
+      for (int64_t i = threadIdx.x; i < H / 4; i += blockDim.x) {
+        const float4 wv = r4[i], xv = x4[i];
         s = qmoe_fma(wv.x, xv.x, s);
         s = qmoe_fma(wv.y, xv.y, s);
         s = qmoe_fma(wv.z, xv.z, s);
         s = qmoe_fma(wv.w, xv.w, s);
       }
     } else {
-      for (int64_t i = lane; i < H; i += 32) s = qmoe_fma(__ldg(row + i), __ldg(x + i), s);
+      for (int64_t i = threadIdx.x; i < H; i += blockDim.x) s = qmoe_fma(row[i], x[i], s);
     }
-    s = qmoe_warp_sum(s);
-    if (lane == 0) qmoe_router_logits[ex] = s;
+    s = qmoe_block_sum(s, red);
+    if (threadIdx.x == 0 && ex < E) qmoe_router_logits[ex] = s;
   }
   __threadfence();
   __syncthreads();
