@@ -46,14 +46,21 @@ __device__ __forceinline__ double qmoe_fma(float w, float x, double acc) { retur
 // f16 bits -> f32 (exact). tests/cuda-emu supplies host versions of these three (QMOE_HOST_EMU); the copies are
 // the only inline PTX in the kernels.
 #ifndef QMOE_HOST_EMU
-// Exact and branch-free, without inline asm (which would stop the compiler from sharing a block's scale
-// reads between elements): the f16 bits moved into an f32's place, scaled by 2^112 (exact for normal and
-// subnormal halves: no flush-to-zero here), inf/NaN and the sign patched in by bits.
+// Exact (every f16, subnormals included, is an f32): one cvt. The asm is not volatile and touches no memory, so
+// the compiler still shares a block's scale reads and conversions between the elements of a run.
+// QMOE_F16_BITS: the same by bits, without inline asm (the f16 bits moved into an f32's place, scaled by
+// 2^112, inf/NaN and the sign patched in), for comparison.
 __device__ __forceinline__ float qmoe_cu_f16(uint32_t h) {
+#ifndef QMOE_F16_BITS
+  float f;
+  asm("cvt.f32.f16 %0, %1;" : "=f"(f) : "h"((unsigned short)h));
+  return f;
+#else
   const uint32_t u = h & 0x7fffu;
   float f = __fmul_rn(__uint_as_float(u << 13), 0x1p112f);
   f = u >= 0x7c00u ? __uint_as_float((u << 13) | 0x7f800000u) : f;
   return __uint_as_float(__float_as_uint(f) | ((h & 0x8000u) << 16));
+#endif
 }
 __device__ __forceinline__ void qmoe_cp_async16(uint4 *smem, const uint4 *gmem) {
   asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"((uint32_t)__cvta_generic_to_shared(smem)), "l"(gmem)
