@@ -293,50 +293,63 @@ local function emit_variant(v, sources)
   local parts = { util.banner("cuda", SCRIPT, sources), meta, template.render("cuda/_prelude.cu", vars) }
   if q then
     local be, bb = q.block_elements, q.block_bytes
-    local ch = math.max(1, STAGE_BYTES // bb)
-    -- whole steps of 256 elements per chunk where blocks are smaller (only a row's last chunk may end mid-step)
-    if be < 256 and 256 % be == 0 and ch > 256 // be then ch = ch - ch % (256 // be) end
-    -- 8 elements per lane per step (256 per warp): decodes and x loads of a step are independent, so they
-    -- overlap. A chunk holds whole blocks, so the step needs a bounds guard only when 256 does not divide
-    -- the block (then the chunk's element count may not be a multiple of 256).
-    local unroll = 8
-    local guard = (be % (32 * unroll)) ~= 0
-    vars.QNAME, vars.BE, vars.BB, vars.CH, vars.UNROLL = q.name, be, bb, ch, unroll
-    -- Which elements a lane takes in a step of 256 (e0 a multiple of 256), and how the compiler is shown it.
-    --  * runs (the default): 8 consecutive elements per lane, starting at RUN (a multiple of 8): in a
-    --    k-quant's sub-block (16 or 32 elements) or a small block, so the decode's per-run parts (scales) are
-    --    computed once per run (GROUP in expr.lua; `| t`, not `+ t`, is the same since RUN is a multiple of 8
-    --    and t < 8), and x is read with two 16-byte loads where aligned (without them the lanes' x reads
+    -- Lanes take runs of RL consecutive elements (16 where the block is a multiple of 16, else 8): a run's
+    -- scales are decoded once, so longer runs decode them less often (H200: see docs/cuda.md).
+    local RL = (be >= 16 and be % 16 == 0) and 16 or 8
+    -- whole steps of 32·RL elements per chunk where blocks are smaller (only a row's last chunk may end mid-step)
+    local function chunk_blocks(unroll)
+      local ch = math.max(1, STAGE_BYTES // bb)
+      local step = 32 * unroll
+      if be < step and step % be == 0 and ch > step // be then ch = ch - ch % (step // be) end
+      return ch
+    end
+    vars.QNAME, vars.BE, vars.BB = q.name, be, bb
+    -- Which elements a lane takes in a step of 32·UNROLL (e0 a multiple of it), and how the compiler is shown it.
+    --  * runs (the default): UNROLL = RL consecutive elements per lane, starting at RUN (a multiple of RL): in
+    --    a k-quant's sub-block (16 or 32 elements) or a small block, so the decode's per-run parts (scales) are
+    --    computed once per run (GROUP in expr.lua; `| t`, not `+ t`, is the same since RUN is a multiple of RL
+    --    and t < RL), and x is read with 16-byte loads where aligned (without them the lanes' x reads
     --    are 32 bytes apart and lm_head fell to 990 GB/s on the H200). On the PTX of matvec q4_k: 20
     --    conversions and 508 instructions per step of 16 element-rows, against 48 and 688 strided;
+    --    QMOE_CUDA_DEFINES=QMOE_RUNS8 runs of 8 where RL is 16 (for comparison);
     --  * strided (k-quants, blocks of 256·k; QMOE_CUDA_DEFINES=QMOE_LANE_STRIDED, docs/cuda.md): element e0 +
     --    lane + 32·t, one block for the whole step, i = lane | 32·t: every element in its own sub-block, x
     --    loads coalesced. H200, 2026-12-02 (docs/gpu-results.md), the same build: decode 170 tokens/s
-    --    strided against 189 with runs; gate+up Q4_K 24.7 against 19.4 µs; lm_head 173 against 178 µs;
+    --    strided against 189 with runs of 8; gate+up Q4_K 24.7 against 19.4 µs; lm_head 173 against 178 µs;
     --  * one-element blocks (f32, f16, bf16): 8 consecutive elements per lane.
     -- STEPBLK: the lane's block at the start of the step; TBLK: blocks further on for element t.
-    local function runs(m, run)
-      m.STEPBLK, m.TBLK, m.RUN = be % 256 == 0 and "(e0 / QB_ELEMS)" or "((e0 + UNROLL * lane) / QB_ELEMS)", "0", run
+    local function runs(m, unroll)
+      local step = 32 * unroll
+      local run = be % step == 0 and ((be == step and "" or "(e0 % QB_ELEMS) | ") .. "(UNROLL * lane)")
+                  or "((e0 + UNROLL * lane) % QB_ELEMS)"
+      if be % step == 0 and be ~= step then run = "(" .. run .. ")" end
+      m.STEPBLK, m.TBLK, m.RUN = be % step == 0 and "(e0 / QB_ELEMS)" or "((e0 + UNROLL * lane) / QB_ELEMS)", "0", run
       m.XLANE, m.EXPR = "UNROLL * lane", "e0 + UNROLL * lane + t"
       m.DOT_DECODE, m.IDX = "qmoe_" .. q.name .. "_decode_run", run .. ", (" .. run .. " | t)"
-      m.X_RUN, m.XT = 1, "t" -- x by two 16-byte loads per run (_qrows.cu)
-      m.RUN = run
+      m.X_RUN, m.XT = 1, "t" -- x by 16-byte loads per run (_qrows.cu)
+      m.UNROLL = unroll
       return m
     end
     local maps = {}
     if be % 256 == 0 then
       maps.strided = { STEPBLK = "(e0 / QB_ELEMS)", TBLK = "0", XLANE = "lane", EXPR = "e0 + lane + 32 * t",
                        IDX = be == 256 and "(lane | (32 * t))" or "((e0 % QB_ELEMS) | lane | (32 * t))",
-                       DOT_DECODE = "qmoe_" .. q.name .. "_decode", X_RUN = 0, XT = "32 * t" }
-      maps.runs = runs({}, be == 256 and "(UNROLL * lane)" or "((e0 % QB_ELEMS) | (UNROLL * lane))")
-    elseif be >= 8 and 256 % be == 0 then
-      maps.runs = runs({}, "((e0 + UNROLL * lane) % QB_ELEMS)")
+                       DOT_DECODE = "qmoe_" .. q.name .. "_decode", X_RUN = 0, XT = "32 * t", UNROLL = 8 }
+    end
+    if be >= 8 and (be % 256 == 0 or 256 % be == 0) then
+      maps.runs = runs({}, RL)
+      if RL ~= 8 then maps.runs8 = runs({}, 8) end
     elseif be == 1 then
       maps.plain = { STEPBLK = "(e0 + UNROLL * lane)", TBLK = "t", IDX = "0", XLANE = "UNROLL * lane",
-                     EXPR = "e0 + UNROLL * lane + t", DOT_DECODE = "qmoe_" .. q.name .. "_decode", X_RUN = 0, XT = "t" }
+                     EXPR = "e0 + UNROLL * lane + t", DOT_DECODE = "qmoe_" .. q.name .. "_decode", X_RUN = 0, XT = "t", UNROLL = 8 }
     else
       maps.plain = { STEPBLK = "0", TBLK = "(e / QB_ELEMS)", IDX = "(e % QB_ELEMS)", XLANE = "UNROLL * lane",
-                     EXPR = "e0 + UNROLL * lane + t", DOT_DECODE = "qmoe_" .. q.name .. "_decode", X_RUN = 0, XT = "t" }
+                     EXPR = "e0 + UNROLL * lane + t", DOT_DECODE = "qmoe_" .. q.name .. "_decode", X_RUN = 0, XT = "t", UNROLL = 8 }
+    end
+    for _, m in pairs(maps) do
+      m.CH = chunk_blocks(m.UNROLL)
+      -- a chunk holds whole blocks, so a step needs a bounds guard only when the step does not divide the block
+      m.MAY_BE_PARTIAL = (be % (32 * m.UNROLL)) ~= 0 and "true" or "false"
     end
     for _, m in pairs(maps) do
       m.E_DECL = (m.TBLK:find("e") or m.IDX:find("%f[%w]e%f[^%w]")) and ("const int e = " .. m.EXPR .. ";") or
@@ -345,27 +358,30 @@ local function emit_variant(v, sources)
     -- The decode with runs (expr.lua GROUP) wherever a map uses them.
     -- f32 accumulators with runs also get the decode's affine form over a run (expr.lua AFFINE): a run's dot
     -- product is A·Σ V·x + B·Σ x. QMOE_CUDA_DEFINES=QMOE_NO_AFFINE keeps the per-element decode (docs/cuda.md).
-    local D = setmetatable({ group = maps.runs and unroll or nil, affine = maps.runs ~= nil and acc == "f32" },
+    local D = setmetatable({ group = maps.runs and RL or nil, affine = maps.runs ~= nil and acc == "f32" },
                            { __index = DIALECT })
     local dec, info = expr.emit(q, D)
     local af = info and info.affine
     for _, m in pairs(maps) do
-      m.AFFINE = (m == maps.runs and af) and "!defined(QMOE_NO_AFFINE)" or "0"
+      m.AFFINE = ((m == maps.runs or m == maps.runs8) and af) and "!defined(QMOE_NO_AFFINE)" or "0"
       m.AFFINE_A, m.AFFINE_B = (af and af.a) and 1 or 0, (af and af.b) and 1 or 0
       m.RUN = m.RUN or "0"
     end
     vars.DECODE = "qmoe_" .. q.name .. "_decode"
-    vars.MAY_BE_PARTIAL = guard and "true" or "false"
     local function qrows(m)
       local v = setmetatable({}, { __index = vars })
       for k, x in pairs(m) do v[k] = x end
       return template.render("cuda/_qrows.cu", v)
     end
-    if maps.strided then
-      vars.QROWS = "#ifdef QMOE_LANE_STRIDED // strided lanes (QMOE_CUDA_DEFINES=QMOE_LANE_STRIDED): see codegen/gen_cuda.lua\n" ..
-                   qrows(maps.strided) .. "\n#else // lane runs\n" .. qrows(maps.runs) .. "\n#endif"
+    local alts = {}
+    if maps.strided then alts[#alts + 1] = { "QMOE_LANE_STRIDED", "strided lanes (QMOE_CUDA_DEFINES=QMOE_LANE_STRIDED): see codegen/gen_cuda.lua", maps.strided } end
+    if maps.runs8 then alts[#alts + 1] = { "QMOE_RUNS8", "runs of 8 (QMOE_CUDA_DEFINES=QMOE_RUNS8)", maps.runs8 } end
+    local main = maps.runs or maps.plain
+    if #alts == 0 then vars.QROWS = qrows(main)
     else
-      vars.QROWS = qrows(maps.runs or maps.plain)
+      local t = {}
+      for k, a in ipairs(alts) do t[#t + 1] = (k == 1 and "#ifdef " or "#elif defined(") .. a[1] .. (k == 1 and "" or ")") .. " // " .. a[2] .. "\n" .. qrows(a[3]) end
+      vars.QROWS = table.concat(t, "\n") .. "\n#else // runs of " .. main.UNROLL .. "\n" .. qrows(main) .. "\n#endif"
     end
     parts[#parts + 1] = "// ---- decoding, from " .. q.__file .. " via src/lib/lua/expr.lua (CUDA dialect, f16 by cvt.f32.f16) ----"
     -- expr's helpers are a fixed set, not all used by every format: no "declared but never referenced" noise.

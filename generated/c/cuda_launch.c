@@ -129,8 +129,8 @@ static int launch_attention(const qmoe_cuda_launch_env *env, const int64_t *p, q
     qmoe_set_error("cuda backend: stage attention: D = %lld exceeds the CUDA kernel's limit of %lld", (long long)D, (long long)256);
     return QMOE_EUNSUPPORTED;
   }
-  const int64_t splits = qmoe_min(qmoe_cdiv(n_kv, 16), 128);
-  l->grid[0] = nkv;
+  const int64_t splits = qmoe_min(qmoe_cdiv(n_kv, 64), 64);
+  l->grid[0] = nh;
   l->grid[1] = splits;
   l->workspace = (size_t)(splits > 1 ? (nh * 4 + 255) / 256 * 256 + nh * splits * (D + 2) * 8 : 0);
   return 0;

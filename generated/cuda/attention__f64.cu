@@ -94,18 +94,17 @@ __device__ __forceinline__ acc_t qmoe_block_sum(acc_t v, acc_t *sh) {
   return r;
 }
 
-// Decode attention with GQA, one block per (kv head g, split s) of about 16 positions (S = gridDim.y <=
-// 128 splits): the block's warps share the group's query heads h = g·GQ + j (GQ = nh / nkv), each warp
-// 2 heads at a time, and every warp reads the split's K and V rows, so a row leaves DRAM once for all GQ
-// heads (the other warps of the block find it in L1). A warp takes 4 positions per step: their K and V
-// rows are loaded together (16-byte loads, all in flight before the first use), then for each of its heads the
-// scores, the online-softmax update (running max, sum and weighted V in acc_t) in position order.
-// With S > 1 each warp leaves (max, sum, V[D]) per head in the backend's workspace (args.buf[7]); the last block
-// of the group to finish (a self-resetting per-group counter) merges the S partials of each head in split
-// order, so the result does not depend on scheduling. D <= 256.
-#define AT_U 2   // 16-byte vectors per lane per row: lane l holds d = 4l..4l+3 + 128u, u < AT_U
-#define AT_PB 4 // positions per warp step
-#define AT_HW (sizeof(acc_t) == 8 ? 1 : 2) // heads per warp pass (f64: one, to stay in registers)
+// Decode attention with GQA: query head h reads kv head h / (nh / nkv). The positions are cut into S = gridDim.y
+// splits (backend: about 64 positions each, S <= 64); block (h, s) runs an online softmax over its
+// split — each warp takes 4 consecutive positions at a time (their K and V rows loaded together with 16-byte
+// loads, all in flight before the first use; 4 interleaved warp reductions), running max, sum and weighted V in
+// acc_t — and merges its 4 warps in order.
+// With S > 1 each block leaves (max, sum, V[D]) in the backend's workspace (args.buf[7]); the last block of a
+// head to finish (a self-resetting per-head counter after the partials) merges the S partials in split order,
+// so the result does not depend on scheduling: one warp finds the partials' max and the softmax sum (lanes over
+// splits, a fixed-order tree), then every thread sums its d over the splits. D <= 256.
+#define AT_U 2 // 16-byte vectors per lane per row: lane l holds d = 4l..4l+3 + 128u, u < AT_U
+#define AT_PB 4
 
 // the lane's 4·AT_U elements of one D-row (zero past D)
 static __device__ __forceinline__ void qmoe_at_row(const float *row, int64_t D, bool vec, int lane, float *v) {
@@ -121,7 +120,6 @@ static __device__ __forceinline__ void qmoe_at_row(const float *row, int64_t D, 
     }
   }
 }
-
 extern "C" __global__ void __launch_bounds__(128, 2) qmoe_attention__f64(const qmoe_args a) {
   const float *const q = (const float *)a.buf[0];
   const float *const Kc = (const float *)a.buf[1];
@@ -133,123 +131,139 @@ extern "C" __global__ void __launch_bounds__(128, 2) qmoe_attention__f64(const q
   const int64_t n_kv = a.p[3];
   const int64_t ctx = a.p[4];
   (void)q, (void)Kc, (void)Vc, (void)o_out, (void)nh, (void)nkv, (void)D, (void)n_kv, (void)ctx; // not every kernel reads every contract name
+  __shared__ acc_t sm_m[4], sm_l[4];
+  __shared__ acc_t sm_o[4][256];
   __shared__ int last;
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-  const int64_t g = blockIdx.x, S = gridDim.y, sp = blockIdx.y;
-  if (g >= nkv) return;
-  const int64_t GQ = nh / nkv;
+  const int64_t hq = blockIdx.x, S = gridDim.y, sp = blockIdx.y;
+  if (hq >= nh) return;
+  const int64_t g = hq / (nh / nkv);
   const int64_t per = (n_kv + S - 1) / S, lo = sp * per, hi = lo + per < n_kv ? lo + per : n_kv;
   const acc_t scale = (acc_t)1 / qmoe_sqrt((acc_t)D);
   // 16-byte loads where every row starts 16-byte aligned (D a multiple of 4; buffers are 256-byte aligned)
   const bool vec = (D & 3) == 0 && ((((uint64_t)Kc | (uint64_t)Vc | (uint64_t)q) & 15) == 0);
-  unsigned *done = (unsigned *)a.buf[7];
-  /* workspace: unsigned counters (one per kv group; nh reserved, at the start whatever acc_t is, so every
-   * variant finds them reset), then from byte (nh·4 rounded up to 256) acc_t part[nh][S][D + 2]: max, sum, V */
-  acc_t *ws = (acc_t *)(a.buf[7] + (uint64_t)((nh * 4 + 255) / 256 * 256));
-  for (int64_t h0 = (int64_t)warp * AT_HW; h0 < GQ; h0 += 4 * AT_HW) {
-    acc_t qv[AT_HW][4 * AT_U], o[AT_HW][4 * AT_U], m[AT_HW], l[AT_HW];
+  acc_t qv[4 * AT_U], o[4 * AT_U];
+  {
+    float t[4 * AT_U];
+    qmoe_at_row(q + hq * D, D, vec, lane, t);
 #pragma unroll
-    for (int j = 0; j < AT_HW; j++) {
-      float t[4 * AT_U];
-      const int64_t hq = g * GQ + (h0 + j < GQ ? h0 + j : h0);
-      qmoe_at_row(q + hq * D, D, vec, lane, t);
-#pragma unroll
-      for (int e = 0; e < 4 * AT_U; e++) qv[j][e] = (acc_t)t[e], o[j][e] = 0;
-      m[j] = QMOE_NEG_INF, l[j] = 0;
-    }
-    for (int64_t t0 = lo; t0 < hi; t0 += AT_PB) {
-      float kr[AT_PB][4 * AT_U], vr[AT_PB][4 * AT_U];
-#pragma unroll
-      for (int p = 0; p < AT_PB; p++) {
-        const int64_t t = t0 + p < hi ? t0 + p : t0; /* a position past the split repeats t0; masked below */
-        qmoe_at_row(Kc + (t * nkv + g) * D, D, vec, lane, kr[p]);
-        qmoe_at_row(Vc + (t * nkv + g) * D, D, vec, lane, vr[p]);
-      }
-#pragma unroll
-      for (int j = 0; j < AT_HW; j++) {
-        acc_t s[AT_PB];
-#pragma unroll
-        for (int p = 0; p < AT_PB; p++) {
-          acc_t dot = 0;
-#pragma unroll
-          for (int e = 0; e < 4 * AT_U; e++) dot += qv[j][e] * (acc_t)kr[p][e];
-          s[p] = dot;
-        }
-#pragma unroll
-        for (int p = 0; p < AT_PB; p++) s[p] = qmoe_warp_sum(s[p]) * scale;
-        acc_t mn = m[j];
-#pragma unroll
-        for (int p = 0; p < AT_PB; p++)
-          if (t0 + p < hi && s[p] > mn) mn = s[p];
-        const acc_t corr = qmoe_exp(m[j] - mn);
-        acc_t pe[AT_PB];
-        l[j] *= corr;
-#pragma unroll
-        for (int p = 0; p < AT_PB; p++) {
-          pe[p] = t0 + p < hi ? qmoe_exp(s[p] - mn) : (acc_t)0;
-          l[j] += pe[p];
-        }
-#pragma unroll
-        for (int e = 0; e < 4 * AT_U; e++) {
-          acc_t v = o[j][e] * corr;
-#pragma unroll
-          for (int p = 0; p < AT_PB; p++) v += pe[p] * (acc_t)vr[p][e];
-          o[j][e] = v;
-        }
-        m[j] = mn;
-      }
-    }
-#pragma unroll
-    for (int j = 0; j < AT_HW; j++) {
-      if (h0 + j >= GQ) break;
-      const int64_t hq = g * GQ + h0 + j;
-      acc_t *mine = ws + (hq * S + sp) * (D + 2);
-#pragma unroll
-      for (int u = 0; u < AT_U; u++)
-#pragma unroll
-        for (int c = 0; c < 4; c++) {
-          const int64_t d = 4 * lane + 128 * u + c;
-          if (d < D) {
-            if (S == 1) o_out[hq * D + d] = (float)(o[j][4 * u + c] / l[j]);
-            else mine[2 + d] = o[j][4 * u + c];
-          }
-        }
-      if (S > 1 && lane == 0) { mine[0] = m[j]; mine[1] = l[j]; }
-    }
+    for (int e = 0; e < 4 * AT_U; e++) qv[e] = (acc_t)t[e], o[e] = 0;
   }
-  if (S == 1) return;
+  acc_t m = QMOE_NEG_INF, l = 0;
+  for (int64_t t0 = lo + (int64_t)warp * AT_PB; t0 < hi; t0 += 4 * AT_PB) {
+    float kr[AT_PB][4 * AT_U], vr[AT_PB][4 * AT_U];
+#pragma unroll
+    for (int j = 0; j < AT_PB; j++) {
+      const int64_t t = t0 + j < hi ? t0 + j : t0; /* a position past the split repeats t0; masked below */
+      qmoe_at_row(Kc + (t * nkv + g) * D, D, vec, lane, kr[j]);
+      qmoe_at_row(Vc + (t * nkv + g) * D, D, vec, lane, vr[j]);
+    }
+    acc_t s[AT_PB];
+#pragma unroll
+    for (int j = 0; j < AT_PB; j++) {
+      acc_t dot = 0;
+#pragma unroll
+      for (int e = 0; e < 4 * AT_U; e++) dot += qv[e] * (acc_t)kr[j][e];
+      s[j] = dot;
+    }
+#pragma unroll
+    for (int j = 0; j < AT_PB; j++) s[j] = qmoe_warp_sum(s[j]) * scale;
+    acc_t mn = m;
+#pragma unroll
+    for (int j = 0; j < AT_PB; j++)
+      if (t0 + j < hi && s[j] > mn) mn = s[j];
+    const acc_t corr = qmoe_exp(m - mn);
+    acc_t pe[AT_PB];
+    l *= corr;
+#pragma unroll
+    for (int j = 0; j < AT_PB; j++) {
+      pe[j] = t0 + j < hi ? qmoe_exp(s[j] - mn) : (acc_t)0;
+      l += pe[j];
+    }
+#pragma unroll
+    for (int e = 0; e < 4 * AT_U; e++) {
+      acc_t v = o[e] * corr;
+#pragma unroll
+      for (int j = 0; j < AT_PB; j++) v += pe[j] * (acc_t)vr[j][e];
+      o[e] = v;
+    }
+    m = mn;
+  }
+  if (lane == 0) { sm_m[warp] = m; sm_l[warp] = l; }
+#pragma unroll
+  for (int e = 0; e < 4 * AT_U; e++) {
+    const int d = 4 * lane + 128 * (e / 4) + (e % 4);
+    if (d < D) sm_o[warp][d] = o[e];
+  }
+  __syncthreads();
+  acc_t M = sm_m[0];
+  for (int w = 1; w < 4; w++) M = sm_m[w] > M ? sm_m[w] : M;
+  acc_t L = 0, f[4];
+  for (int w = 0; w < 4; w++) {
+    f[w] = sm_m[w] == QMOE_NEG_INF ? (acc_t)0 : qmoe_exp(sm_m[w] - M);
+    L += sm_l[w] * f[w];
+  }
+  if (S == 1) {
+    for (int64_t d = threadIdx.x; d < D; d += blockDim.x) {
+      acc_t acc = 0;
+      for (int w = 0; w < 4; w++) acc += sm_o[w][d] * f[w];
+      o_out[hq * D + d] = (float)(acc / L);
+    }
+    return;
+  }
+  /* workspace: unsigned counters[nh] (at the start whatever acc_t is, so every variant finds them reset),
+   * then from byte (nh·4 rounded up to 256) acc_t part[nh][S][D + 2]: max, sum, V */
+  unsigned *done = (unsigned *)a.buf[7];
+  acc_t *ws = (acc_t *)(a.buf[7] + (uint64_t)((nh * 4 + 255) / 256 * 256));
+  acc_t *mine = ws + (hq * S + sp) * (D + 2);
+  for (int64_t d = threadIdx.x; d < D; d += blockDim.x) {
+    acc_t acc = 0;
+    for (int w = 0; w < 4; w++) acc += sm_o[w][d] * f[w];
+    mine[2 + d] = acc;
+  }
+  if (threadIdx.x == 0) { mine[0] = M; mine[1] = L; }
   __threadfence();
   __syncthreads();
-  if (threadIdx.x == 0) last = atomicInc(done + g, (unsigned)S - 1) == (unsigned)S - 1;
+  if (threadIdx.x == 0) last = atomicInc(done + hq, (unsigned)S - 1) == (unsigned)S - 1;
   __syncthreads();
   if (!last) return;
   __threadfence();
-  // The group's merge: per head (one lane each), M = max over splits and L = Σ_k l_k·exp(m_k − M) in split
-  // order; each split's max is then replaced by its factor exp(m_k − M) / L, and o[d] = Σ_k V_k[d]·factor_k in
-  // split order, one thread per (head, d).
-  for (int64_t j = threadIdx.x; j < GQ; j += blockDim.x) {
-    acc_t *part = ws + (g * GQ + j) * S * (D + 2);
-    acc_t MM = QMOE_NEG_INF;
-    for (int64_t k = 0; k < S; k++) {
-      const acc_t mk = __ldcg(part + k * (D + 2));
-      MM = mk > MM ? mk : MM;
+  // merge: warp 0 finds M = max over the splits and each split's factor exp(m_k − M), and L = Σ_k l_k·factor_k
+  // (lanes over splits, then the warp's fixed tree); factors / L go to shared memory; then o[d] = Σ_k V_k[d]·f_k.
+  __shared__ acc_t sm_f[64];
+  const acc_t *part = ws + hq * S * (D + 2);
+  if (warp == 0) {
+    acc_t mk[(64 + 31) / 32], MM = QMOE_NEG_INF;
+#pragma unroll
+    for (int u = 0; u < (64 + 31) / 32; u++) {
+      const int64_t k = lane + 32 * u;
+      mk[u] = k < S ? __ldcg(part + k * (D + 2)) : QMOE_NEG_INF;
+      MM = mk[u] > MM ? mk[u] : MM;
     }
-    acc_t LL = 0;
-    for (int64_t k = 0; k < S; k++) {
-      const acc_t mk = __ldcg(part + k * (D + 2));
-      if (mk != QMOE_NEG_INF) LL += __ldcg(part + k * (D + 2) + 1) * qmoe_exp(mk - MM);
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) {
+      const acc_t other = __shfl_xor_sync(QMOE_FULL, MM, o);
+      MM = other > MM ? other : MM;
     }
-    for (int64_t k = 0; k < S; k++) {
-      const acc_t mk = __ldcg(part + k * (D + 2));
-      part[k * (D + 2)] = mk == QMOE_NEG_INF ? (acc_t)0 : qmoe_exp(mk - MM) / LL;
+    acc_t LL = 0, fk[(64 + 31) / 32];
+#pragma unroll
+    for (int u = 0; u < (64 + 31) / 32; u++) {
+      const int64_t k = lane + 32 * u;
+      fk[u] = mk[u] == QMOE_NEG_INF ? (acc_t)0 : qmoe_exp(mk[u] - MM);
+      if (k < S) LL += __ldcg(part + k * (D + 2) + 1) * fk[u];
+    }
+    LL = qmoe_warp_sum(LL);
+#pragma unroll
+    for (int u = 0; u < (64 + 31) / 32; u++) {
+      const int64_t k = lane + 32 * u;
+      if (k < S) sm_f[k] = fk[u] / LL;
     }
   }
   __syncthreads();
-  for (int64_t x = threadIdx.x; x < GQ * D; x += blockDim.x) {
-    const int64_t j = x / D, d = x - j * D;
-    const acc_t *part = ws + (g * GQ + j) * S * (D + 2);
+  for (int64_t d = threadIdx.x; d < D; d += blockDim.x) {
     acc_t acc = 0;
-    for (int64_t k = 0; k < S; k++) acc += __ldcg(part + k * (D + 2) + 2 + d) * __ldcg(part + k * (D + 2));
-    o_out[(g * GQ + j) * D + d] = (float)acc;
+#pragma unroll 8
+    for (int64_t k = 0; k < S; k++) acc += __ldcg(part + k * (D + 2) + 2 + d) * sm_f[k];
+    o_out[hq * D + d] = (float)acc;
   }
 }

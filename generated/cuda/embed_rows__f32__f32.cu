@@ -138,6 +138,13 @@ static __device__ __forceinline__ void qmoe_f32_decode_block(const uint8_t *b, f
                                                      // arms of a decode's ?: that are not taken read in bounds
 #define STAGE_VECS (STAGE_PAD + STAGE_DATA + STAGE_PAD) // one row's slice of the warp's buffer
 #define STAGE_U ((STAGE_DATA + 31) / 32)             // vectors per lane
+#ifndef QMOE_ROW_MIN_BLOCKS
+#ifdef QMOE_OCC8 // QMOE_CUDA_DEFINES=QMOE_OCC8: registers capped for 8 blocks of the row kernels per SM (docs/cuda.md)
+#define QMOE_ROW_MIN_BLOCKS 8
+#else
+#define QMOE_ROW_MIN_BLOCKS 4
+#endif
+#endif
 #define UNROLL 8                             // elements per lane per step (32·UNROLL per warp)
 
 // Copies blocks [b0, b0+nb) of R rows into the warp's shared buffer SH (R slices of STAGE_VECS) with coalesced
@@ -166,7 +173,7 @@ static __device__ __forceinline__ void qmoe_stage_rows(const uint8_t *const *row
   __syncwarp();
 }
 
-// acc[r] += Σ decode(row r)[e] · x[e] over the NE elements of one staged chunk, 256 per step (see the generator
+// acc[r] += Σ decode(row r)[e] · x[e] over the NE elements of one staged chunk, 32·UNROLL per step (see the generator
 // for which elements a lane takes). G: the last step may be partial (only where NE need not be a multiple of
 // 256, i.e. rows that end inside a step).
 template <int R, bool G>
@@ -181,16 +188,21 @@ static __device__ __forceinline__ void qmoe_dot_chunk(const uint4 *sh, const int
 #if 0 // 1: lane runs read x by 16-byte loads (gen_cuda.lua)
     // the run's x: two 16-byte loads where x is aligned and the run is whole
     float xr[UNROLL];
-    if (UNROLL == 8 && (((uint64_t)xl) & 15) == 0 && (!G || e0 + UNROLL * lane + UNROLL <= ne)) {
-      const float4 xa = ((const float4 *)xl)[0], xb = ((const float4 *)xl)[1];
-      xr[0] = xa.x, xr[1] = xa.y, xr[2] = xa.z, xr[3] = xa.w, xr[4] = xb.x, xr[5] = xb.y, xr[6] = xb.z, xr[7] = xb.w;
+    if (UNROLL % 4 == 0 && (((uint64_t)xl) & 15) == 0 && (!G || e0 + UNROLL * lane + UNROLL <= ne)) {
+#pragma unroll
+      for (int u = 0; u < UNROLL / 4; u++) {
+        const float4 xa = ((const float4 *)xl)[u];
+        xr[4 * u] = xa.x, xr[4 * u + 1] = xa.y, xr[4 * u + 2] = xa.z, xr[4 * u + 3] = xa.w;
+      }
     } else {
 #pragma unroll
       for (int t = 0; t < UNROLL; t++) xr[t] = (!G || e0 + UNROLL * lane + t < ne) ? xl[t] : 0.0f;
     }
 #endif
 #if 0 // f32 with lane runs, where the decode is A·V + B over a run (expr.lua AFFINE; gen_cuda.lua)
-    {
+    // A chunk holds whole blocks and a block whole runs, so a run lies wholly inside the chunk or wholly past it
+    // (G: the last step of a chunk); past it, the lane's block is not staged data and its A and B are not read.
+    if (!G || e0 + UNROLL * lane < ne) {
       const int ig = 0;
 #if 0
       float sx = 0.0f; // Σ x over the run, shared by the R rows
@@ -203,8 +215,7 @@ static __device__ __forceinline__ void qmoe_dot_chunk(const uint4 *sh, const int
         float sv = 0.0f;
 #pragma unroll
         for (int t = 0; t < UNROLL; t++) {
-          const float v = qmoe_f32_run_v(blk, ig, ig | t);
-          sv = fmaf(G && e0 + UNROLL * lane + t >= ne ? 0.0f : v, xr[t], sv);
+          sv = fmaf(qmoe_f32_run_v(blk, ig, ig | t), xr[t], sv);
         }
 #if 0
         acc[r] = fmaf(qmoe_f32_run_a(blk, ig), sv, acc[r]);

@@ -274,8 +274,8 @@ static const shape_case shapes[] = {
   { "kv_store", NULL, { 4, 128, 777, 1024 }, 4, {0}, {0}, "kv row 777" },
   { "attention", NULL, { 32, 4, 128, 1000, 1024 }, 5, {0}, {0}, "GQA 8:1 over 1000 positions" },
   { "attention", NULL, { 32, 4, 128, 1, 8 }, 5, {0}, {0}, "first token" },
-  { "attention", NULL, { 16, 2, 64, 4000, 4096 }, 5, {0}, {0}, "4000 positions: 128 splits merged" },
-  { "attention", NULL, { 4, 4, 256, 130, 130 }, 5, {0}, { 0, 0, 0, 8 }, "D = 256, 9 splits, offset output" },
+  { "attention", NULL, { 16, 2, 64, 4000, 4096 }, 5, {0}, {0}, "4000 positions: 63 splits merged" },
+  { "attention", NULL, { 4, 4, 256, 130, 130 }, 5, {0}, { 0, 0, 0, 8 }, "D = 256, 3 splits, offset output" },
   { "add", NULL, { 2048 }, 1, {0}, {0}, "residual" },
   { "argmax", NULL, { 151936 }, 1, {0}, {0}, "vocab" },
 };
