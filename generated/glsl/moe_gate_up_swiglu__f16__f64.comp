@@ -101,18 +101,30 @@ uint qmoe_slice(uint r) {
 
 // Copies NB blocks of each row (row r's first at global byte offset P[r]) into the subgroup's slices; AT[r]:
 // the byte of sw[] where row r's first block landed. The aligned span is at most (15 + NB*BB + 15) bytes,
-// which SLACKW + LB per lane words hold for NB <= gl_SubgroupSize * LB / BB.
+// which SLACKW + LB per lane words hold for NB <= gl_SubgroupSize * LB / BB, so a lane copies at most
+// U = LB/16 + 1 vectors per row: all its loads are issued before the first store (one memory latency per
+// chunk, not one per vector).
+const uint U = LB / 16u + 1u;
 void qmoe_stage_rows(const uint p[R], uint nb, out uint at[R]) {
+  uvec4 v[R][U];
   for (uint r = 0u; r < R; r++) {
-    const uint s = qmoe_slice(r), q0 = p[r] >> 4, n16 = ((p[r] & 15u) + nb * BB + 15u) >> 4;
+    const uint q0 = p[r] >> 4, n16 = ((p[r] & 15u) + nb * BB + 15u) >> 4;
+    for (uint u = 0u; u < U; u++) {
+      const uint j = gl_SubgroupInvocationID + u * gl_SubgroupSize;
+      v[r][u] = j < n16 ? qmoe_ld(r, q0 + j) : uvec4(0u);
+    }
+  }
+  for (uint r = 0u; r < R; r++) {
+    const uint s = qmoe_slice(r), n16 = ((p[r] & 15u) + nb * BB + 15u) >> 4;
     at[r] = s * 4u + (p[r] & 15u);
-    for (uint j = gl_SubgroupInvocationID; j < n16; j += gl_SubgroupSize) {
-      const uvec4 v = qmoe_ld(r, q0 + j);
-      const uint o = s + 4u * j;
-      sw[o] = v.x;
-      sw[o + 1u] = v.y;
-      sw[o + 2u] = v.z;
-      sw[o + 3u] = v.w;
+    for (uint u = 0u; u < U; u++) {
+      const uint j = gl_SubgroupInvocationID + u * gl_SubgroupSize, o = s + 4u * j;
+      if (j < n16) {
+        sw[o] = v[r][u].x;
+        sw[o + 1u] = v[r][u].y;
+        sw[o + 2u] = v[r][u].z;
+        sw[o + 3u] = v[r][u].w;
+      }
     }
   }
   subgroupMemoryBarrierShared();
@@ -122,28 +134,33 @@ void qmoe_stage_rows(const uint p[R], uint nb, out uint at[R]) {
 // acc[r] += sum over the staged chunk's NE elements of decode(row r)[e] * x[XI + e]; lane l takes the run
 // of elements e0 + 8l .. e0 + 8l + 7 of each step of 8 * gl_SubgroupSize.
 void qmoe_dot_chunk(const uint at[R], uint xi, uint ne, inout double acc[R]) {
-  for (uint e0 = 0u; e0 < ne; e0 += 8u * gl_SubgroupSize) {
-    const uint e = e0 + 8u * gl_SubgroupInvocationID;
+  const uint step = 8u * gl_SubgroupSize;
 #if 0 // blocks of a multiple of 8 elements: whole runs, each inside one block
-    if (e < ne) {
-      float xr[8];
-      x_run(xi + e, xr);
-      const int ig = int(e % BE);
-      for (uint r = 0u; r < R; r++) {
-        const uint b = at[r] + (e / BE) * BB;
-        double a = acc[r];
-        a += double(dq_decode_run(b, ig, ig | 0)) * double(xr[0]);
-        a += double(dq_decode_run(b, ig, ig | 1)) * double(xr[1]);
-        a += double(dq_decode_run(b, ig, ig | 2)) * double(xr[2]);
-        a += double(dq_decode_run(b, ig, ig | 3)) * double(xr[3]);
-        a += double(dq_decode_run(b, ig, ig | 4)) * double(xr[4]);
-        a += double(dq_decode_run(b, ig, ig | 5)) * double(xr[5]);
-        a += double(dq_decode_run(b, ig, ig | 6)) * double(xr[6]);
-        a += double(dq_decode_run(b, ig, ig | 7)) * double(xr[7]);
-        acc[r] = a;
-      }
+  // x one step ahead: the next run's loads are in flight while this run is decoded
+  float xr[8];
+  uint e = 8u * gl_SubgroupInvocationID;
+  if (e < ne) x_run(xi + e, xr);
+  for (; e < ne; e += step) {
+    float xn[8];
+    if (e + step < ne) x_run(xi + e + step, xn);
+    const int ig = int(e % BE);
+    for (uint r = 0u; r < R; r++) {
+      const uint b = at[r] + (e / BE) * BB;
+      double a = acc[r];
+      a += double(dq_decode_run(b, ig, ig | 0)) * double(xr[0]);
+      a += double(dq_decode_run(b, ig, ig | 1)) * double(xr[1]);
+      a += double(dq_decode_run(b, ig, ig | 2)) * double(xr[2]);
+      a += double(dq_decode_run(b, ig, ig | 3)) * double(xr[3]);
+      a += double(dq_decode_run(b, ig, ig | 4)) * double(xr[4]);
+      a += double(dq_decode_run(b, ig, ig | 5)) * double(xr[5]);
+      a += double(dq_decode_run(b, ig, ig | 6)) * double(xr[6]);
+      a += double(dq_decode_run(b, ig, ig | 7)) * double(xr[7]);
+      acc[r] = a;
     }
+    xr = xn;
+  }
 #else // one-element blocks: 8 blocks per run, the row's last run may be partial
+  for (uint e = 8u * gl_SubgroupInvocationID; e < ne; e += step) {
     if (e + 8u <= ne) {
       float xr[8];
       x_run(xi + e, xr);
@@ -166,8 +183,8 @@ void qmoe_dot_chunk(const uint at[R], uint xi, uint ne, inout double acc[R]) {
         for (uint r = 0u; r < R; r++) acc[r] += double(dq_decode(at[r] + (e + t) * BB, 0)) * double(xv);
       }
     }
-#endif
   }
+#endif
 }
 
 // acc[r] += decode(row r) . x[XI ..] over NBLOCKS blocks of each row (row r at global byte offset P[r]);
