@@ -13,7 +13,6 @@ local M = {}
 local USAGE = "usage: qmoe-lua codegen/gen_glsl.lua [--contracts DIR] (--shader NAME | --table) --out FILE"
 local SCRIPT = "codegen/gen_glsl.lua"
 local TABLE_OUT = "generated/c/vk_variants.c"
-local SHARED_BUDGET = 24576 -- bytes of shared memory a quantized mat-vec workgroup aims to stay under
 
 local fmt = string.format
 
@@ -102,111 +101,87 @@ end
 local NAN = "uintBitsToFloat(0x7FC00000u)"
 
 ---------------------------------------------------------------------------------------------------------------
--- Quantized mat-vec family: matvec, moe_gate_up_swiglu, moe_down.
+-- Quantized mat-vec family: matvec, moe_gate_up_swiglu, moe_down (templates/glsl/_qrows.glsl and <stage>.comp).
 --
--- A workgroup owns R output rows; each row is split over KS invocations (WG = R*KS). Work is cut into items
--- of G consecutive blocks (up to 256 elements and 256 bytes). Per tile, the workgroup copies WG items per
--- weight matrix (one per invocation) from global memory with coalesced uvec4 loads into shared "slots", and
--- the matching activations into a padded shared tile; then each invocation decodes its item from shared
--- memory with the contract's decode function (expr.emit; `i` is a constant in unrolled code, so the
--- driver folds the index arithmetic) and accumulates. A row's KS partial sums are added in a fixed order
--- (deterministic, no atomics).
+-- The CUDA kernels' design (codegen/templates/cuda/_qrows.cu): a subgroup owns R = 2 rows (a mat-vec row
+-- pair; gate+up's gate and up rows of one expert; moe_down's two rows of one expert k). Per chunk of whole
+-- blocks it copies the two rows' bytes into its own slices of shared memory with 16-byte loads (coalesced
+-- over its lanes) and subgroup barriers only — no workgroup barrier inside the dot loop; each lane then
+-- decodes runs of 8 consecutive elements of one block with the contract's decode (expr.emit, GLSL dialect
+-- over shared sw[], group = 8: a run's sub-block scales are decoded once, expr.lua's GROUP rule) against x
+-- read as two 16-byte loads, and the lanes' partial sums are added with subgroupAdd (a fixed order for a
+-- given subgroup size: deterministic, no atomics). Strides come from gl_SubgroupSize at run time (4 to 128);
+-- the workgroup is QWG invocations, which the workgroup counts below assume are 32-wide subgroups (NVIDIA's)
+-- and the kernels stride over row pairs, so any size computes every row.
 ---------------------------------------------------------------------------------------------------------------
 
-local function qgeom(q, nm, acc)
+local QWG = 128   -- invocations per workgroup of the family
+local QR = 2      -- rows per subgroup
+local SGMIN = 4   -- smallest subgroup the shared arrays are sized for (lavapipe's is 4 or 8); below it the
+                  -- outputs are NaN, never a read out of bounds
+local MAXK = 32   -- moe_down: experts whose partial sums a workgroup keeps at once (K is done in such chunks)
+
+local function qgeom(q, acc)
   local BE, BB = q.block_elements, q.block_bytes
-  local G = 1
-  while G * 2 * BE <= 256 and G * 2 * BB <= 256 do G = G * 2 end
-  local g = { BE = BE, BB = BB, G = G, IE = G * BE, IB = G * BB, KS = 8, NM = nm }
-  g.U = (g.IB + 15 + 15) // 16          -- uvec4 loads per item (it may start anywhere in a 16-byte line)
-  g.SW = g.U * 4 + 1                    -- words per slot (odd, so neighbouring slots start in other banks)
-  local function shared(wg) return nm * wg * g.SW * 4 + g.KS * (g.IE + 4) * 4 + nm * wg * acc_bytes(acc) end
-  local WG = 64
-  while shared(WG) > SHARED_BUDGET and WG > g.KS do WG = WG // 2 end
-  g.WG, g.R, g.shared = WG, WG // g.KS, shared(WG)
-  return g
+  if BE ~= 1 and BE % 8 ~= 0 then
+    error(q.__file .. ": block_elements = " .. BE .. ": the GLSL mat-vec kernels need 1 or a multiple of 8 (lane runs of 8)", 0)
+  end
+  -- LB bytes per lane per row in a slice: at least 64 (2 KiB per row for 32 lanes, CUDA's STAGE_BYTES), and
+  -- enough that the smallest subgroup's slice holds one block
+  local LB = 64
+  while SGMIN * LB < BB do LB = LB + 16 end
+  -- slices (subgroup, row): PADW pad words, then per slice 4 slack words (a chunk starts at its byte offset
+  -- mod 16) + data + PADW pad words; at most QWG / SGMIN subgroups
+  local PADW, SLACKW = 16, 4
+  local words = PADW + QR * (QWG * LB // 4 + (QWG // SGMIN) * (SLACKW + PADW))
+  return { BE = BE, BB = BB, LB = LB, WG = QWG, SW_WORDS = words, RUNS = BE % 8 == 0 and 1 or 0,
+           shared = words * 4 }
 end
 
--- `T item_dot(uint slot, uint start, uint xk, uint nb)`: sum of decode(item) * xs over the nb valid blocks
--- (1..G) of the item in shared slot SLOT, whose global byte offset is START.
--- The body is unrolled over chunks of up to UNROLL elements in which the element index `i` (small blocks)
--- or its offset from a multiple of the chunk (large blocks) is a literal, so the compiler folds the
--- contract's index arithmetic; the loops around the chunks stay loops, which keeps the SPIR-V small.
-local UNROLL = 32
-local function item_dot(g, T)
-  local L = { fmt("%s item_dot(uint slot, uint start, uint xk, uint nb) {", T),
-              "  const uint base = slot * SW * 4u + (start & 15u);",
-              fmt("  %s a = %s(0);", T, T) }
-  local BE, BB = g.BE, g.BB
-  if BE <= UNROLL then
-    local UB = (UNROLL % BE == 0) and math.min(UNROLL // BE, g.G) or 1 -- blocks per unrolled chunk
-    L[#L + 1] = fmt("  for (uint b0 = 0u; b0 < nb; b0 += %du) {", UB)
-    for k = 0, UB - 1 do
-      local ind = "    "
-      if k > 0 then
-        L[#L + 1] = fmt("    if (b0 + %du < nb) {", k)
-        ind = "      "
-      end
-      for i = 0, BE - 1 do
-        L[#L + 1] = fmt("%sa += %s(dq_decode(base + (b0 + %du) * %du, %d)) * %s(xs[xk + (b0 + %du) * %du + %du]);",
-                        ind, T, k, BB, i, T, k, BE, i)
-      end
-      if k > 0 then L[#L + 1] = "    }" end
-    end
-    L[#L + 1] = "  }"
-  else
-    local C = UNROLL
-    while BE % C ~= 0 do C = C - 1 end -- the largest divisor of BE not above UNROLL
-    -- i = j*C + c with c < C a literal: for C a power of two the driver sees i/C = j, i%C = c.
-    L[#L + 1] = "  for (uint b = 0u; b < nb; b++) {"
-    L[#L + 1] = fmt("    for (uint j = 0u; j < %du; j++) {", BE // C)
-    for c = 0, C - 1 do
-      L[#L + 1] = fmt("      a += %s(dq_decode(base + b * %du, int(j * %du + %du))) * %s(xs[xk + b * %du + j * %du + %du]);",
-                      T, BB, C, c, T, BE, C, c)
-    end
-    L[#L + 1] = "    }"
-    L[#L + 1] = "  }"
-  end
-  L[#L + 1] = "  return a;"
-  L[#L + 1] = "}"
-  return table.concat(L, "\n")
+local function qcommon(v, g, w0, w1)
+  local D = expr.glsl_dialect("sw")
+  if g.RUNS == 1 then D.group = 8 end -- <prefix>_decode_run(b, ig, i) for lane runs
+  local vars = { T = acc_type(v.acc), QNAME = v.q.name, BE = g.BE, BB = g.BB, LB = g.LB, SGMIN = SGMIN, QR = QR,
+                 SW_WORDS = g.SW_WORDS, RUNS = g.RUNS, W0 = w0, W1 = w1, NAN = NAN }
+  return table.concat({ fmt("// Decoding of %s, from %s by expr.emit (GLSL dialect over shared sw[]%s).", v.q.name, v.q.__file,
+                            g.RUNS == 1 and ", runs of 8" or ""),
+                        "shared uint sw[" .. g.SW_WORDS .. "];",
+                        expr.prelude(D), expr.emit(v.q, D, "dq"), template.render("glsl/_qrows.glsl", vars) }, "\n")
 end
 
 local function qvars(v, g)
-  return { T = acc_type(v.acc), BE = g.BE, BB = g.BB, G = g.G, IE = g.IE, IB = g.IB, U = g.U, SW = g.SW, KS = g.KS,
-           R = g.R, WG = g.WG, NM = g.NM, NAN = NAN, EXP = v.acc == "f64" and "qmoe_exp" or "exp" }
+  return { T = acc_type(v.acc), NAN = NAN, EXP = v.acc == "f64" and "qmoe_exp" or "exp", MAXK = MAXK }
 end
 
-local function qcommon(v, g)
-  local D = expr.glsl_dialect("sw")
-  return table.concat({ template.render("glsl/_qcommon.glsl", qvars(v, g)), fmt("// Decoding of %s, from %s by expr.emit (GLSL dialect over shared sw[]).", v.q.name, v.q.__file),
-                        expr.prelude(D), expr.emit(v.q, D, "dq"), item_dot(g, acc_type(v.acc)) }, "\n")
+local function xbufs(binding)
+  return buf(binding, "readonly ", "float", "X") .. "\n" .. buf(binding, "readonly ", "vec4", "X4")
 end
-
 
 local function emit_matvec(v)
-  local g = qgeom(v.q, 1, v.acc)
-  local src = { header(v, nil, g.WG), buf(0, "restrict readonly ", "uvec4", "W"), buf(1, "readonly ", "float", "X"),
-                buf(2, "", "float", "Y"), qcommon(v, g), template.render("glsl/matvec.comp", qvars(v, g)) }
-  return table.concat(src, "\n"), { { shader = v.name, wg = g.WG, shared = g.shared } }, { rows = g.R }
+  local g = qgeom(v.q, v.acc)
+  local src = { header(v, nil, g.WG), buf(0, "restrict readonly ", "uvec4", "W"), xbufs(1),
+                buf(2, "", "float", "Y"), qcommon(v, g, "W", "W"), template.render("glsl/matvec.comp", qvars(v, g)) }
+  return table.concat(src, "\n"), { { shader = v.name, wg = g.WG, shared = g.shared } }, { rows = QR * (QWG // 32) }
 end
 
 
 local function emit_gate_up(v)
-  local g = qgeom(v.q, 2, v.acc)
+  local g = qgeom(v.q, v.acc)
   local src = { header(v, nil, g.WG), buf(0, "restrict readonly ", "uvec4", "Wg"), buf(1, "restrict readonly ", "uvec4", "Wu"),
-                buf(2, "readonly ", "float", "X"), buf(3, "readonly ", "int", "IDS"), buf(4, "", "float", "Hout"),
-                v.acc == "f64" and template.load("glsl/_f64_exp.glsl") or "", qcommon(v, g), template.render("glsl/moe_gate_up_swiglu.comp", qvars(v, g)) }
-  return table.concat(src, "\n"), { { shader = v.name, wg = g.WG, shared = g.shared } }, { rows = g.R }
+                xbufs(2), buf(3, "readonly ", "int", "IDS"), buf(4, "", "float", "Hout"),
+                v.acc == "f64" and template.load("glsl/_f64_exp.glsl") or "", qcommon(v, g, "Wg", "Wu"),
+                template.render("glsl/moe_gate_up_swiglu.comp", qvars(v, g)) }
+  return table.concat(src, "\n"), { { shader = v.name, wg = g.WG, shared = g.shared } }, { rows = QWG // 32 }
 end
 
 
 local function emit_down(v)
-  local g = qgeom(v.q, 1, v.acc)
-  local src = { header(v, nil, g.WG), buf(0, "restrict readonly ", "uvec4", "Wd"), buf(1, "readonly ", "float", "Hin"),
+  local g = qgeom(v.q, v.acc)
+  local src = { header(v, nil, g.WG), buf(0, "restrict readonly ", "uvec4", "Wd"), xbufs(1),
                 buf(2, "readonly ", "int", "IDS"), buf(3, "readonly ", "float", "WK"), buf(4, "", "float", "Y"),
-                qcommon(v, g), template.render("glsl/moe_down.comp", qvars(v, g)) }
-  return table.concat(src, "\n"), { { shader = v.name, wg = g.WG, shared = g.shared } }, { rows = g.R }
+                qcommon(v, g, "Wd", "Wd"), template.render("glsl/moe_down.comp", qvars(v, g)) }
+  return table.concat(src, "\n"), { { shader = v.name, wg = g.WG, shared = g.shared + MAXK * QR * acc_bytes(v.acc) } },
+         { rows = QR }
 end
 
 ---------------------------------------------------------------------------------------------------------------

@@ -4,7 +4,7 @@
 #version 450
 #extension GL_KHR_shader_subgroup_basic : require
 #extension GL_KHR_shader_subgroup_arithmetic : require
-layout(local_size_x = 64) in;
+layout(local_size_x = 128) in;
 struct QmoeParams {
   uint p[8];
   uint o[8];
@@ -19,19 +19,10 @@ layout(push_constant) uniform QmoeSlot { uint i; } qmoe_slot;
 
 layout(std430, binding = 0) restrict readonly buffer BW { uvec4 W[]; };
 layout(std430, binding = 1) readonly buffer BX { float X[]; };
+layout(std430, binding = 1) readonly buffer BX4 { vec4 X4[]; };
 layout(std430, binding = 2) buffer BY { float Y[]; };
-const uint BE = 1u, BB = 2u, G = 128u, IE = 128u, IB = 256u, U = 17u, SW = 69u;
-const uint KS = 8u, R = 8u, WG = 64u, NM = 1u, XS = IE + 4u;
-shared uint sw[NM * WG * SW];   // weight slots: an item's bytes, starting (its byte offset & 15) into the slot
-shared float xs[KS * XS];       // activations of the tile's KS items; rows 16-byte aligned, 4 banks apart
-shared double part[NM * WG];        // per-invocation partial sums, reduced per row in a fixed order
-
-void put_slot(uint s, uint u, uvec4 v) {
-  uint at = s * SW + u * 4u;
-  sw[at] = v.x; sw[at + 1u] = v.y; sw[at + 2u] = v.z; sw[at + 3u] = v.w;
-}
-
 // Decoding of f16, from contracts/quant/f16.yaml by expr.emit (GLSL dialect over shared sw[]).
+shared uint sw[5392];
 // Little-endian loads of bytes and 16-bit words at byte offset o of the uint buffer sw.
 int qmoe_q_u8(uint o) { return int((sw[o >> 2] >> ((o & 3u) * 8u)) & 0xFFu); }
 int qmoe_q_u16(uint o) { return qmoe_q_u8(o) | (qmoe_q_u8(o + 1u) << 8); }
@@ -42,146 +33,167 @@ float dq_decode(uint base, int i) {
   return r;
 }
 
-double item_dot(uint slot, uint start, uint xk, uint nb) {
-  const uint base = slot * SW * 4u + (start & 15u);
-  double a = double(0);
-  for (uint b0 = 0u; b0 < nb; b0 += 32u) {
-    a += double(dq_decode(base + (b0 + 0u) * 2u, 0)) * double(xs[xk + (b0 + 0u) * 1u + 0u]);
-    if (b0 + 1u < nb) {
-      a += double(dq_decode(base + (b0 + 1u) * 2u, 0)) * double(xs[xk + (b0 + 1u) * 1u + 0u]);
-    }
-    if (b0 + 2u < nb) {
-      a += double(dq_decode(base + (b0 + 2u) * 2u, 0)) * double(xs[xk + (b0 + 2u) * 1u + 0u]);
-    }
-    if (b0 + 3u < nb) {
-      a += double(dq_decode(base + (b0 + 3u) * 2u, 0)) * double(xs[xk + (b0 + 3u) * 1u + 0u]);
-    }
-    if (b0 + 4u < nb) {
-      a += double(dq_decode(base + (b0 + 4u) * 2u, 0)) * double(xs[xk + (b0 + 4u) * 1u + 0u]);
-    }
-    if (b0 + 5u < nb) {
-      a += double(dq_decode(base + (b0 + 5u) * 2u, 0)) * double(xs[xk + (b0 + 5u) * 1u + 0u]);
-    }
-    if (b0 + 6u < nb) {
-      a += double(dq_decode(base + (b0 + 6u) * 2u, 0)) * double(xs[xk + (b0 + 6u) * 1u + 0u]);
-    }
-    if (b0 + 7u < nb) {
-      a += double(dq_decode(base + (b0 + 7u) * 2u, 0)) * double(xs[xk + (b0 + 7u) * 1u + 0u]);
-    }
-    if (b0 + 8u < nb) {
-      a += double(dq_decode(base + (b0 + 8u) * 2u, 0)) * double(xs[xk + (b0 + 8u) * 1u + 0u]);
-    }
-    if (b0 + 9u < nb) {
-      a += double(dq_decode(base + (b0 + 9u) * 2u, 0)) * double(xs[xk + (b0 + 9u) * 1u + 0u]);
-    }
-    if (b0 + 10u < nb) {
-      a += double(dq_decode(base + (b0 + 10u) * 2u, 0)) * double(xs[xk + (b0 + 10u) * 1u + 0u]);
-    }
-    if (b0 + 11u < nb) {
-      a += double(dq_decode(base + (b0 + 11u) * 2u, 0)) * double(xs[xk + (b0 + 11u) * 1u + 0u]);
-    }
-    if (b0 + 12u < nb) {
-      a += double(dq_decode(base + (b0 + 12u) * 2u, 0)) * double(xs[xk + (b0 + 12u) * 1u + 0u]);
-    }
-    if (b0 + 13u < nb) {
-      a += double(dq_decode(base + (b0 + 13u) * 2u, 0)) * double(xs[xk + (b0 + 13u) * 1u + 0u]);
-    }
-    if (b0 + 14u < nb) {
-      a += double(dq_decode(base + (b0 + 14u) * 2u, 0)) * double(xs[xk + (b0 + 14u) * 1u + 0u]);
-    }
-    if (b0 + 15u < nb) {
-      a += double(dq_decode(base + (b0 + 15u) * 2u, 0)) * double(xs[xk + (b0 + 15u) * 1u + 0u]);
-    }
-    if (b0 + 16u < nb) {
-      a += double(dq_decode(base + (b0 + 16u) * 2u, 0)) * double(xs[xk + (b0 + 16u) * 1u + 0u]);
-    }
-    if (b0 + 17u < nb) {
-      a += double(dq_decode(base + (b0 + 17u) * 2u, 0)) * double(xs[xk + (b0 + 17u) * 1u + 0u]);
-    }
-    if (b0 + 18u < nb) {
-      a += double(dq_decode(base + (b0 + 18u) * 2u, 0)) * double(xs[xk + (b0 + 18u) * 1u + 0u]);
-    }
-    if (b0 + 19u < nb) {
-      a += double(dq_decode(base + (b0 + 19u) * 2u, 0)) * double(xs[xk + (b0 + 19u) * 1u + 0u]);
-    }
-    if (b0 + 20u < nb) {
-      a += double(dq_decode(base + (b0 + 20u) * 2u, 0)) * double(xs[xk + (b0 + 20u) * 1u + 0u]);
-    }
-    if (b0 + 21u < nb) {
-      a += double(dq_decode(base + (b0 + 21u) * 2u, 0)) * double(xs[xk + (b0 + 21u) * 1u + 0u]);
-    }
-    if (b0 + 22u < nb) {
-      a += double(dq_decode(base + (b0 + 22u) * 2u, 0)) * double(xs[xk + (b0 + 22u) * 1u + 0u]);
-    }
-    if (b0 + 23u < nb) {
-      a += double(dq_decode(base + (b0 + 23u) * 2u, 0)) * double(xs[xk + (b0 + 23u) * 1u + 0u]);
-    }
-    if (b0 + 24u < nb) {
-      a += double(dq_decode(base + (b0 + 24u) * 2u, 0)) * double(xs[xk + (b0 + 24u) * 1u + 0u]);
-    }
-    if (b0 + 25u < nb) {
-      a += double(dq_decode(base + (b0 + 25u) * 2u, 0)) * double(xs[xk + (b0 + 25u) * 1u + 0u]);
-    }
-    if (b0 + 26u < nb) {
-      a += double(dq_decode(base + (b0 + 26u) * 2u, 0)) * double(xs[xk + (b0 + 26u) * 1u + 0u]);
-    }
-    if (b0 + 27u < nb) {
-      a += double(dq_decode(base + (b0 + 27u) * 2u, 0)) * double(xs[xk + (b0 + 27u) * 1u + 0u]);
-    }
-    if (b0 + 28u < nb) {
-      a += double(dq_decode(base + (b0 + 28u) * 2u, 0)) * double(xs[xk + (b0 + 28u) * 1u + 0u]);
-    }
-    if (b0 + 29u < nb) {
-      a += double(dq_decode(base + (b0 + 29u) * 2u, 0)) * double(xs[xk + (b0 + 29u) * 1u + 0u]);
-    }
-    if (b0 + 30u < nb) {
-      a += double(dq_decode(base + (b0 + 30u) * 2u, 0)) * double(xs[xk + (b0 + 30u) * 1u + 0u]);
-    }
-    if (b0 + 31u < nb) {
-      a += double(dq_decode(base + (b0 + 31u) * 2u, 0)) * double(xs[xk + (b0 + 31u) * 1u + 0u]);
+// ---- f16 rows: 1 elements in 2 bytes per block (codegen/gen_glsl.lua, the quantized mat-vec family) ----
+// A subgroup computes the dot products of R rows with x. Per chunk of whole blocks it copies the rows' bytes
+// into its own slices of sw[] with 16-byte loads, coalesced over its lanes; only subgroup barriers order them.
+// Each lane then decodes runs of 8 consecutive elements (RUNS: of one block, so the run's sub-block scales are
+// decoded once: dq_decode_run, expr.lua's GROUP) against x read as two 16-byte loads, and keeps per-lane
+// partial sums, which the caller adds with subgroupAdd. Strides come from gl_SubgroupSize.
+const uint BE = 1u, BB = 2u, R = 2u, LB = 64u, SGMIN = 4u;
+const uint PADW = 16u;   // 64 bytes before the first slice and after each: the ?: arms that a decode evaluates
+                         // but does not take read inside sw[]
+const uint SLACKW = 4u;  // a chunk's bytes start (its global byte offset & 15) into its slice
+
+// 16 bytes of row R's matrix at vector index Q (zero past the buffer; buffers are 16-byte multiples).
+uvec4 qmoe_ld(uint r, uint q) {
+  uvec4 v = uvec4(0u);
+  if (r == 0u) {
+    if (q < uint(W.length())) v = W[q];
+  } else if (q < uint(W.length())) {
+    v = W[q];
+  }
+  return v;
+}
+
+// x[i .. i+8), all in range: two 16-byte loads where i is a multiple of 4.
+void x_run(uint i, out float xr[8]) {
+  if ((i & 3u) == 0u) {
+    const vec4 a = X4[i >> 2], b = X4[(i >> 2) + 1u];
+    xr = float[8](a.x, a.y, a.z, a.w, b.x, b.y, b.z, b.w);
+  } else {
+    for (uint t = 0u; t < 8u; t++) xr[t] = X[i + t];
+  }
+}
+
+// First word of row R's slice of this subgroup: slices of SLACKW + LB/4 per lane words, PADW apart.
+uint qmoe_slice(uint r) {
+  return PADW + (gl_SubgroupID * R + r) * (SLACKW + gl_SubgroupSize * (LB / 4u) + PADW);
+}
+
+// Copies NB blocks of each row (row r's first at global byte offset P[r]) into the subgroup's slices; AT[r]:
+// the byte of sw[] where row r's first block landed. The aligned span is at most (15 + NB*BB + 15) bytes,
+// which SLACKW + LB per lane words hold for NB <= gl_SubgroupSize * LB / BB, so a lane copies at most
+// U = LB/16 + 1 vectors per row: all its loads are issued before the first store (one memory latency per
+// chunk, not one per vector).
+const uint U = LB / 16u + 1u;
+void qmoe_stage_rows(const uint p[R], uint nb, out uint at[R]) {
+  uvec4 v[R][U];
+  for (uint r = 0u; r < R; r++) {
+    const uint q0 = p[r] >> 4, n16 = ((p[r] & 15u) + nb * BB + 15u) >> 4;
+    for (uint u = 0u; u < U; u++) {
+      const uint j = gl_SubgroupInvocationID + u * gl_SubgroupSize;
+      v[r][u] = j < n16 ? qmoe_ld(r, q0 + j) : uvec4(0u);
     }
   }
-  return a;
+  for (uint r = 0u; r < R; r++) {
+    const uint s = qmoe_slice(r), n16 = ((p[r] & 15u) + nb * BB + 15u) >> 4;
+    at[r] = s * 4u + (p[r] & 15u);
+    for (uint u = 0u; u < U; u++) {
+      const uint j = gl_SubgroupInvocationID + u * gl_SubgroupSize, o = s + 4u * j;
+      if (j < n16) {
+        sw[o] = v[r][u].x;
+        sw[o + 1u] = v[r][u].y;
+        sw[o + 2u] = v[r][u].z;
+        sw[o + 3u] = v[r][u].w;
+      }
+    }
+  }
+  subgroupMemoryBarrierShared();
+  subgroupBarrier();
 }
-// y[rows] = W[rows x cols] . x; p: rows, cols. Workgroups stride over groups of R rows.
+
+// acc[r] += sum over the staged chunk's NE elements of decode(row r)[e] * x[XI + e]; lane l takes the run
+// of elements e0 + 8l .. e0 + 8l + 7 of each step of 8 * gl_SubgroupSize.
+void qmoe_dot_chunk(const uint at[R], uint xi, uint ne, inout double acc[R]) {
+  const uint step = 8u * gl_SubgroupSize;
+#if 0 // blocks of a multiple of 8 elements: whole runs, each inside one block
+  // x one step ahead: the next run's loads are in flight while this run is decoded
+  float xr[8];
+  uint e = 8u * gl_SubgroupInvocationID;
+  if (e < ne) x_run(xi + e, xr);
+  for (; e < ne; e += step) {
+    float xn[8];
+    if (e + step < ne) x_run(xi + e + step, xn);
+    const int ig = int(e % BE);
+    for (uint r = 0u; r < R; r++) {
+      const uint b = at[r] + (e / BE) * BB;
+      double a = acc[r];
+      a += double(dq_decode_run(b, ig, ig | 0)) * double(xr[0]);
+      a += double(dq_decode_run(b, ig, ig | 1)) * double(xr[1]);
+      a += double(dq_decode_run(b, ig, ig | 2)) * double(xr[2]);
+      a += double(dq_decode_run(b, ig, ig | 3)) * double(xr[3]);
+      a += double(dq_decode_run(b, ig, ig | 4)) * double(xr[4]);
+      a += double(dq_decode_run(b, ig, ig | 5)) * double(xr[5]);
+      a += double(dq_decode_run(b, ig, ig | 6)) * double(xr[6]);
+      a += double(dq_decode_run(b, ig, ig | 7)) * double(xr[7]);
+      acc[r] = a;
+    }
+    xr = xn;
+  }
+#else // one-element blocks: 8 blocks per run, the row's last run may be partial
+  for (uint e = 8u * gl_SubgroupInvocationID; e < ne; e += step) {
+    if (e + 8u <= ne) {
+      float xr[8];
+      x_run(xi + e, xr);
+      for (uint r = 0u; r < R; r++) {
+        const uint b = at[r] + e * BB;
+        double a = acc[r];
+        a += double(dq_decode(b, 0)) * double(xr[0]);
+        a += double(dq_decode(b + BB, 0)) * double(xr[1]);
+        a += double(dq_decode(b + 2u * BB, 0)) * double(xr[2]);
+        a += double(dq_decode(b + 3u * BB, 0)) * double(xr[3]);
+        a += double(dq_decode(b + 4u * BB, 0)) * double(xr[4]);
+        a += double(dq_decode(b + 5u * BB, 0)) * double(xr[5]);
+        a += double(dq_decode(b + 6u * BB, 0)) * double(xr[6]);
+        a += double(dq_decode(b + 7u * BB, 0)) * double(xr[7]);
+        acc[r] = a;
+      }
+    } else {
+      for (uint t = 0u; e + t < ne; t++) {
+        const float xv = X[xi + e + t];
+        for (uint r = 0u; r < R; r++) acc[r] += double(dq_decode(at[r] + (e + t) * BB, 0)) * double(xv);
+      }
+    }
+  }
+#endif
+}
+
+// acc[r] += decode(row r) . x[XI ..] over NBLOCKS blocks of each row (row r at global byte offset P[r]);
+// per-lane partial sums. Every lane of the subgroup calls it with the same rows (subgroup barriers inside).
+void qmoe_row_dots(const uint p[R], uint xi, uint nblocks, inout double acc[R]) {
+  if (gl_SubgroupSize < SGMIN) { // sw[] is sized for SGMIN or more lanes: a visible NaN, not a wrong read
+    for (uint r = 0u; r < R; r++) acc[r] = double(uintBitsToFloat(0x7FC00000u));
+    return;
+  }
+  uint nbc = gl_SubgroupSize * LB / BB; // blocks per chunk, >= 1 (SGMIN * LB >= BB)
+  const uint step = 8u * gl_SubgroupSize;
+  if (BE < step && step % BE == 0u && nbc >= step / BE) nbc -= nbc % (step / BE); // whole steps
+  for (uint b0 = 0u; b0 < nblocks; b0 += nbc) {
+    const uint nb = min(nbc, nblocks - b0);
+    uint at[R];
+    uint pc_[R];
+    for (uint r = 0u; r < R; r++) pc_[r] = p[r] + b0 * BB;
+    qmoe_stage_rows(pc_, nb, at);
+    qmoe_dot_chunk(at, xi + b0 * BE, nb * BE, acc);
+    subgroupBarrier(); // the next chunk overwrites the slices
+  }
+}
+
+// y[rows] = W[rows x cols] . x; p: rows, cols. Each subgroup computes a pair of rows (x read once for both);
+// the workgroups' subgroups stride over the pairs.
 void main() {
   const uint rows = pc.p[0], cols = pc.p[1];
-  const uint nblk = cols / BE, nitem = (nblk + G - 1u) / G, row_bytes = nblk * BB;
-  const uint tid = gl_LocalInvocationIndex, rl = tid / KS, ks = tid % KS;
+  const uint nblk = cols / BE, row_bytes = nblk * BB;
   const uint woff = pc.o[0], xoff = pc.o[1] >> 2, yoff = pc.o[2] >> 2;
-  const uint wlen = uint(W.length());
-  for (uint rg = gl_WorkGroupID.x; rg * R < rows; rg += gl_NumWorkGroups.x) {
-    double acc = double(0);
-    for (uint t0 = 0u; t0 < nitem; t0 += KS) {
-      for (uint idx = tid; idx < WG * U; idx += WG) {
-        uint s = idx / U, u = idx - s * U;
-        uint row = rg * R + s / KS, item = t0 + s % KS;
-        uvec4 w = uvec4(0u);
-        if (row < rows && item < nitem) {
-          uint q = ((woff + row * row_bytes + item * IB) >> 4) + u;
-          if (q < wlen) w = W[q];
-        }
-        put_slot(s, u, w);
-      }
-      for (uint idx = tid; idx < KS * IE; idx += WG) {
-        uint k = idx / IE, e = idx - k * IE, col = (t0 + k) * IE + e;
-        xs[k * XS + e] = col < cols ? X[xoff + col] : 0.0;
-      }
-      barrier();
-      uint row = rg * R + rl, item = t0 + ks;
-      if (row < rows && item < nitem) {
-        uint start = woff + row * row_bytes + item * IB;
-        acc += item_dot(tid, start, ks * XS, min(G, nblk - item * G));
-      }
-      barrier();
+  const uint nsg = gl_NumSubgroups;
+  for (uint r0 = (gl_WorkGroupID.x * nsg + gl_SubgroupID) * R; r0 < rows; r0 += gl_NumWorkGroups.x * nsg * R) {
+    const uint r1 = min(r0 + 1u, rows - 1u);
+    double acc[R] = double[R](double(0), double(0));
+    qmoe_row_dots(uint[R](woff + r0 * row_bytes, woff + r1 * row_bytes), xoff, nblk, acc);
+    const double s0 = subgroupAdd(acc[0]), s1 = subgroupAdd(acc[1]);
+    if (subgroupElect()) {
+      Y[yoff + r0] = float(s0);
+      if (r0 + 1u < rows) Y[yoff + r0 + 1u] = float(s1);
     }
-    part[tid] = acc;
-    barrier();
-    if (ks == 0u && rg * R + rl < rows) {
-      double s = part[tid];
-      for (uint k = 1u; k < KS; k++) s += part[tid + k];
-      Y[yoff + rg * R + rl] = float(s);
-    }
-    barrier();
   }
 }

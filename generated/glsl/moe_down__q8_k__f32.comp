@@ -4,7 +4,7 @@
 #version 450
 #extension GL_KHR_shader_subgroup_basic : require
 #extension GL_KHR_shader_subgroup_arithmetic : require
-layout(local_size_x = 32) in;
+layout(local_size_x = 128) in;
 struct QmoeParams {
   uint p[8];
   uint o[8];
@@ -18,124 +18,205 @@ layout(push_constant) uniform QmoeSlot { uint i; } qmoe_slot;
 #define pc qmoe_params[qmoe_slot.i]
 
 layout(std430, binding = 0) restrict readonly buffer BWd { uvec4 Wd[]; };
-layout(std430, binding = 1) readonly buffer BHin { float Hin[]; };
+layout(std430, binding = 1) readonly buffer BX { float X[]; };
+layout(std430, binding = 1) readonly buffer BX4 { vec4 X4[]; };
 layout(std430, binding = 2) readonly buffer BIDS { int IDS[]; };
 layout(std430, binding = 3) readonly buffer BWK { float WK[]; };
 layout(std430, binding = 4) buffer BY { float Y[]; };
-const uint BE = 256u, BB = 292u, G = 1u, IE = 256u, IB = 292u, U = 20u, SW = 81u;
-const uint KS = 8u, R = 4u, WG = 32u, NM = 1u, XS = IE + 4u;
-shared uint sw[NM * WG * SW];   // weight slots: an item's bytes, starting (its byte offset & 15) into the slot
-shared float xs[KS * XS];       // activations of the tile's KS items; rows 16-byte aligned, 4 banks apart
-shared float part[NM * WG];        // per-invocation partial sums, reduced per row in a fixed order
-
-void put_slot(uint s, uint u, uvec4 v) {
-  uint at = s * SW + u * 4u;
-  sw[at] = v.x; sw[at + 1u] = v.y; sw[at + 2u] = v.z; sw[at + 3u] = v.w;
-}
-
-// Decoding of q8_k, from contracts/quant/q8_k.yaml by expr.emit (GLSL dialect over shared sw[]).
+// Decoding of q8_k, from contracts/quant/q8_k.yaml by expr.emit (GLSL dialect over shared sw[], runs of 8).
+shared uint sw[6416];
 // Little-endian loads of bytes and 16-bit words at byte offset o of the uint buffer sw.
 int qmoe_q_u8(uint o) { return int((sw[o >> 2] >> ((o & 3u) * 8u)) & 0xFFu); }
 int qmoe_q_u16(uint o) { return qmoe_q_u8(o) | (qmoe_q_u8(o + 1u) << 8); }
 
-float dq_decode(uint base, int i) {
+float dq_decode_run(uint base, int ig, int i) {
   precise float f_d = uintBitsToFloat(uint(qmoe_q_u16(base + uint(0))) | (uint(qmoe_q_u16(base + uint(0) + 2u)) << 16));
   precise float r = (f_d * (intBitsToFloat(0x4B400000 + ((int(qmoe_q_u8(base + uint(4 + i))) << 24) >> 24)) - 12582912.0));
   return r;
 }
+float dq_decode(uint base, int i) { return dq_decode_run(base, i & ~7, i); }
 
-float item_dot(uint slot, uint start, uint xk, uint nb) {
-  const uint base = slot * SW * 4u + (start & 15u);
-  float a = float(0);
-  for (uint b = 0u; b < nb; b++) {
-    for (uint j = 0u; j < 8u; j++) {
-      a += float(dq_decode(base + b * 292u, int(j * 32u + 0u))) * float(xs[xk + b * 256u + j * 32u + 0u]);
-      a += float(dq_decode(base + b * 292u, int(j * 32u + 1u))) * float(xs[xk + b * 256u + j * 32u + 1u]);
-      a += float(dq_decode(base + b * 292u, int(j * 32u + 2u))) * float(xs[xk + b * 256u + j * 32u + 2u]);
-      a += float(dq_decode(base + b * 292u, int(j * 32u + 3u))) * float(xs[xk + b * 256u + j * 32u + 3u]);
-      a += float(dq_decode(base + b * 292u, int(j * 32u + 4u))) * float(xs[xk + b * 256u + j * 32u + 4u]);
-      a += float(dq_decode(base + b * 292u, int(j * 32u + 5u))) * float(xs[xk + b * 256u + j * 32u + 5u]);
-      a += float(dq_decode(base + b * 292u, int(j * 32u + 6u))) * float(xs[xk + b * 256u + j * 32u + 6u]);
-      a += float(dq_decode(base + b * 292u, int(j * 32u + 7u))) * float(xs[xk + b * 256u + j * 32u + 7u]);
-      a += float(dq_decode(base + b * 292u, int(j * 32u + 8u))) * float(xs[xk + b * 256u + j * 32u + 8u]);
-      a += float(dq_decode(base + b * 292u, int(j * 32u + 9u))) * float(xs[xk + b * 256u + j * 32u + 9u]);
-      a += float(dq_decode(base + b * 292u, int(j * 32u + 10u))) * float(xs[xk + b * 256u + j * 32u + 10u]);
-      a += float(dq_decode(base + b * 292u, int(j * 32u + 11u))) * float(xs[xk + b * 256u + j * 32u + 11u]);
-      a += float(dq_decode(base + b * 292u, int(j * 32u + 12u))) * float(xs[xk + b * 256u + j * 32u + 12u]);
-      a += float(dq_decode(base + b * 292u, int(j * 32u + 13u))) * float(xs[xk + b * 256u + j * 32u + 13u]);
-      a += float(dq_decode(base + b * 292u, int(j * 32u + 14u))) * float(xs[xk + b * 256u + j * 32u + 14u]);
-      a += float(dq_decode(base + b * 292u, int(j * 32u + 15u))) * float(xs[xk + b * 256u + j * 32u + 15u]);
-      a += float(dq_decode(base + b * 292u, int(j * 32u + 16u))) * float(xs[xk + b * 256u + j * 32u + 16u]);
-      a += float(dq_decode(base + b * 292u, int(j * 32u + 17u))) * float(xs[xk + b * 256u + j * 32u + 17u]);
-      a += float(dq_decode(base + b * 292u, int(j * 32u + 18u))) * float(xs[xk + b * 256u + j * 32u + 18u]);
-      a += float(dq_decode(base + b * 292u, int(j * 32u + 19u))) * float(xs[xk + b * 256u + j * 32u + 19u]);
-      a += float(dq_decode(base + b * 292u, int(j * 32u + 20u))) * float(xs[xk + b * 256u + j * 32u + 20u]);
-      a += float(dq_decode(base + b * 292u, int(j * 32u + 21u))) * float(xs[xk + b * 256u + j * 32u + 21u]);
-      a += float(dq_decode(base + b * 292u, int(j * 32u + 22u))) * float(xs[xk + b * 256u + j * 32u + 22u]);
-      a += float(dq_decode(base + b * 292u, int(j * 32u + 23u))) * float(xs[xk + b * 256u + j * 32u + 23u]);
-      a += float(dq_decode(base + b * 292u, int(j * 32u + 24u))) * float(xs[xk + b * 256u + j * 32u + 24u]);
-      a += float(dq_decode(base + b * 292u, int(j * 32u + 25u))) * float(xs[xk + b * 256u + j * 32u + 25u]);
-      a += float(dq_decode(base + b * 292u, int(j * 32u + 26u))) * float(xs[xk + b * 256u + j * 32u + 26u]);
-      a += float(dq_decode(base + b * 292u, int(j * 32u + 27u))) * float(xs[xk + b * 256u + j * 32u + 27u]);
-      a += float(dq_decode(base + b * 292u, int(j * 32u + 28u))) * float(xs[xk + b * 256u + j * 32u + 28u]);
-      a += float(dq_decode(base + b * 292u, int(j * 32u + 29u))) * float(xs[xk + b * 256u + j * 32u + 29u]);
-      a += float(dq_decode(base + b * 292u, int(j * 32u + 30u))) * float(xs[xk + b * 256u + j * 32u + 30u]);
-      a += float(dq_decode(base + b * 292u, int(j * 32u + 31u))) * float(xs[xk + b * 256u + j * 32u + 31u]);
+// ---- q8_k rows: 256 elements in 292 bytes per block (codegen/gen_glsl.lua, the quantized mat-vec family) ----
+// A subgroup computes the dot products of R rows with x. Per chunk of whole blocks it copies the rows' bytes
+// into its own slices of sw[] with 16-byte loads, coalesced over its lanes; only subgroup barriers order them.
+// Each lane then decodes runs of 8 consecutive elements (RUNS: of one block, so the run's sub-block scales are
+// decoded once: dq_decode_run, expr.lua's GROUP) against x read as two 16-byte loads, and keeps per-lane
+// partial sums, which the caller adds with subgroupAdd. Strides come from gl_SubgroupSize.
+const uint BE = 256u, BB = 292u, R = 2u, LB = 80u, SGMIN = 4u;
+const uint PADW = 16u;   // 64 bytes before the first slice and after each: the ?: arms that a decode evaluates
+                         // but does not take read inside sw[]
+const uint SLACKW = 4u;  // a chunk's bytes start (its global byte offset & 15) into its slice
+
+// 16 bytes of row R's matrix at vector index Q (zero past the buffer; buffers are 16-byte multiples).
+uvec4 qmoe_ld(uint r, uint q) {
+  uvec4 v = uvec4(0u);
+  if (r == 0u) {
+    if (q < uint(Wd.length())) v = Wd[q];
+  } else if (q < uint(Wd.length())) {
+    v = Wd[q];
+  }
+  return v;
+}
+
+// x[i .. i+8), all in range: two 16-byte loads where i is a multiple of 4.
+void x_run(uint i, out float xr[8]) {
+  if ((i & 3u) == 0u) {
+    const vec4 a = X4[i >> 2], b = X4[(i >> 2) + 1u];
+    xr = float[8](a.x, a.y, a.z, a.w, b.x, b.y, b.z, b.w);
+  } else {
+    for (uint t = 0u; t < 8u; t++) xr[t] = X[i + t];
+  }
+}
+
+// First word of row R's slice of this subgroup: slices of SLACKW + LB/4 per lane words, PADW apart.
+uint qmoe_slice(uint r) {
+  return PADW + (gl_SubgroupID * R + r) * (SLACKW + gl_SubgroupSize * (LB / 4u) + PADW);
+}
+
+// Copies NB blocks of each row (row r's first at global byte offset P[r]) into the subgroup's slices; AT[r]:
+// the byte of sw[] where row r's first block landed. The aligned span is at most (15 + NB*BB + 15) bytes,
+// which SLACKW + LB per lane words hold for NB <= gl_SubgroupSize * LB / BB, so a lane copies at most
+// U = LB/16 + 1 vectors per row: all its loads are issued before the first store (one memory latency per
+// chunk, not one per vector).
+const uint U = LB / 16u + 1u;
+void qmoe_stage_rows(const uint p[R], uint nb, out uint at[R]) {
+  uvec4 v[R][U];
+  for (uint r = 0u; r < R; r++) {
+    const uint q0 = p[r] >> 4, n16 = ((p[r] & 15u) + nb * BB + 15u) >> 4;
+    for (uint u = 0u; u < U; u++) {
+      const uint j = gl_SubgroupInvocationID + u * gl_SubgroupSize;
+      v[r][u] = j < n16 ? qmoe_ld(r, q0 + j) : uvec4(0u);
     }
   }
-  return a;
+  for (uint r = 0u; r < R; r++) {
+    const uint s = qmoe_slice(r), n16 = ((p[r] & 15u) + nb * BB + 15u) >> 4;
+    at[r] = s * 4u + (p[r] & 15u);
+    for (uint u = 0u; u < U; u++) {
+      const uint j = gl_SubgroupInvocationID + u * gl_SubgroupSize, o = s + 4u * j;
+      if (j < n16) {
+        sw[o] = v[r][u].x;
+        sw[o + 1u] = v[r][u].y;
+        sw[o + 2u] = v[r][u].z;
+        sw[o + 3u] = v[r][u].w;
+      }
+    }
+  }
+  subgroupMemoryBarrierShared();
+  subgroupBarrier();
 }
+
+// acc[r] += sum over the staged chunk's NE elements of decode(row r)[e] * x[XI + e]; lane l takes the run
+// of elements e0 + 8l .. e0 + 8l + 7 of each step of 8 * gl_SubgroupSize.
+void qmoe_dot_chunk(const uint at[R], uint xi, uint ne, inout float acc[R]) {
+  const uint step = 8u * gl_SubgroupSize;
+#if 1 // blocks of a multiple of 8 elements: whole runs, each inside one block
+  // x one step ahead: the next run's loads are in flight while this run is decoded
+  float xr[8];
+  uint e = 8u * gl_SubgroupInvocationID;
+  if (e < ne) x_run(xi + e, xr);
+  for (; e < ne; e += step) {
+    float xn[8];
+    if (e + step < ne) x_run(xi + e + step, xn);
+    const int ig = int(e % BE);
+    for (uint r = 0u; r < R; r++) {
+      const uint b = at[r] + (e / BE) * BB;
+      float a = acc[r];
+      a += float(dq_decode_run(b, ig, ig | 0)) * float(xr[0]);
+      a += float(dq_decode_run(b, ig, ig | 1)) * float(xr[1]);
+      a += float(dq_decode_run(b, ig, ig | 2)) * float(xr[2]);
+      a += float(dq_decode_run(b, ig, ig | 3)) * float(xr[3]);
+      a += float(dq_decode_run(b, ig, ig | 4)) * float(xr[4]);
+      a += float(dq_decode_run(b, ig, ig | 5)) * float(xr[5]);
+      a += float(dq_decode_run(b, ig, ig | 6)) * float(xr[6]);
+      a += float(dq_decode_run(b, ig, ig | 7)) * float(xr[7]);
+      acc[r] = a;
+    }
+    xr = xn;
+  }
+#else // one-element blocks: 8 blocks per run, the row's last run may be partial
+  for (uint e = 8u * gl_SubgroupInvocationID; e < ne; e += step) {
+    if (e + 8u <= ne) {
+      float xr[8];
+      x_run(xi + e, xr);
+      for (uint r = 0u; r < R; r++) {
+        const uint b = at[r] + e * BB;
+        float a = acc[r];
+        a += float(dq_decode(b, 0)) * float(xr[0]);
+        a += float(dq_decode(b + BB, 0)) * float(xr[1]);
+        a += float(dq_decode(b + 2u * BB, 0)) * float(xr[2]);
+        a += float(dq_decode(b + 3u * BB, 0)) * float(xr[3]);
+        a += float(dq_decode(b + 4u * BB, 0)) * float(xr[4]);
+        a += float(dq_decode(b + 5u * BB, 0)) * float(xr[5]);
+        a += float(dq_decode(b + 6u * BB, 0)) * float(xr[6]);
+        a += float(dq_decode(b + 7u * BB, 0)) * float(xr[7]);
+        acc[r] = a;
+      }
+    } else {
+      for (uint t = 0u; e + t < ne; t++) {
+        const float xv = X[xi + e + t];
+        for (uint r = 0u; r < R; r++) acc[r] += float(dq_decode(at[r] + (e + t) * BB, 0)) * float(xv);
+      }
+    }
+  }
+#endif
+}
+
+// acc[r] += decode(row r) . x[XI ..] over NBLOCKS blocks of each row (row r at global byte offset P[r]);
+// per-lane partial sums. Every lane of the subgroup calls it with the same rows (subgroup barriers inside).
+void qmoe_row_dots(const uint p[R], uint xi, uint nblocks, inout float acc[R]) {
+  if (gl_SubgroupSize < SGMIN) { // sw[] is sized for SGMIN or more lanes: a visible NaN, not a wrong read
+    for (uint r = 0u; r < R; r++) acc[r] = float(uintBitsToFloat(0x7FC00000u));
+    return;
+  }
+  uint nbc = gl_SubgroupSize * LB / BB; // blocks per chunk, >= 1 (SGMIN * LB >= BB)
+  const uint step = 8u * gl_SubgroupSize;
+  if (BE < step && step % BE == 0u && nbc >= step / BE) nbc -= nbc % (step / BE); // whole steps
+  for (uint b0 = 0u; b0 < nblocks; b0 += nbc) {
+    const uint nb = min(nbc, nblocks - b0);
+    uint at[R];
+    uint pc_[R];
+    for (uint r = 0u; r < R; r++) pc_[r] = p[r] + b0 * BB;
+    qmoe_stage_rows(pc_, nb, at);
+    qmoe_dot_chunk(at, xi + b0 * BE, nb * BE, acc);
+    subgroupBarrier(); // the next chunk overwrites the slices
+  }
+}
+
 // y[H] = sum_k w_k * (Wd[ids_k] . h_k) over the K chosen experts in one dispatch (y is overwritten; no
-// atomics). A row's work is its K x nitem items (k-major); each invocation adds w_k * (item . h_k) for its
-// items, and the row's KS partial sums are added in a fixed order. p: H, F, E, K. An expert id outside
-// [0, E) makes the outputs NaN (never a read out of bounds).
+// atomics). A workgroup computes 2 rows: its subgroups take the experts k of a chunk of up to MAXK (one each,
+// round robin), leave their two dot products in shared memory, and invocation r then adds w_k * dot over k in
+// order 0..K-1 in float. p: H, F, E, K; h (binding 1) is read as X. An expert id outside [0, E) makes the
+// outputs NaN (never a read out of bounds).
+const uint MAXK = 32u;
+shared float part[MAXK * R];
 void main() {
   const uint H = pc.p[0], F = pc.p[1], E = pc.p[2], K = pc.p[3];
-  const uint nblk = F / BE, nitem = (nblk + G - 1u) / G, row_bytes = nblk * BB, total = K * nitem;
-  const uint tid = gl_LocalInvocationIndex, rl = tid / KS, ks = tid % KS;
+  const uint nblk = F / BE, row_bytes = nblk * BB;
   const uint woff = pc.o[0], hoff = pc.o[1] >> 2, ioff = pc.o[2] >> 2, wkoff = pc.o[3] >> 2, yoff = pc.o[4] >> 2;
-  const uint wlen = uint(Wd.length());
+  const uint tid = gl_LocalInvocationIndex, nsg = gl_NumSubgroups;
   bool bad = false;
   for (uint k = 0u; k < K; k++) { int e = IDS[ioff + k]; bad = bad || e < 0 || uint(e) >= E; }
-  for (uint rg = gl_WorkGroupID.x; rg * R < H; rg += gl_NumWorkGroups.x) {
-    float acc = float(0);
-    for (uint t0 = 0u; t0 < total && !bad; t0 += KS) {
-      for (uint idx = tid; idx < WG * U; idx += WG) {
-        uint s = idx / U, u = idx - s * U;
-        uint r = rg * R + s / KS, j = t0 + s % KS;
-        uvec4 w = uvec4(0u);
-        if (r < H && j < total) {
-          uint k = j / nitem, item = j - k * nitem;
-          uint q = ((woff + (uint(IDS[ioff + k]) * H + r) * row_bytes + item * IB) >> 4) + u;
-          if (q < wlen) w = Wd[q];
+  for (uint r0 = gl_WorkGroupID.x * R; r0 < H; r0 += gl_NumWorkGroups.x * R) {
+    const uint r1 = min(r0 + 1u, H - 1u);
+    float s = float(0); // invocation tid < R: row r0 + tid
+    for (uint k0 = 0u; k0 < K && !bad; k0 += MAXK) { // uniform over the workgroup
+      const uint nk = min(MAXK, K - k0);
+      for (uint kk = gl_SubgroupID; kk < nk; kk += nsg) {
+        const uint k = k0 + kk, base = woff + uint(IDS[ioff + k]) * H * row_bytes;
+        float acc[R] = float[R](float(0), float(0));
+        qmoe_row_dots(uint[R](base + r0 * row_bytes, base + r1 * row_bytes), hoff + k * F, nblk, acc);
+        const float s0 = subgroupAdd(acc[0]), s1 = subgroupAdd(acc[1]);
+        if (subgroupElect()) {
+          part[kk * R] = s0;
+          part[kk * R + 1u] = s1;
         }
-        put_slot(s, u, w);
-      }
-      for (uint idx = tid; idx < KS * IE; idx += WG) {
-        uint kk = idx / IE, el = idx - kk * IE, j = t0 + kk;
-        float hv = 0.0;
-        if (j < total) {
-          uint k = j / nitem, col = (j - k * nitem) * IE + el;
-          if (col < F) hv = Hin[hoff + k * F + col];
-        }
-        xs[kk * XS + el] = hv;
       }
       barrier();
-      uint r = rg * R + rl, j = t0 + ks;
-      if (r < H && j < total) {
-        uint k = j / nitem, item = j - k * nitem;
-        uint start = woff + (uint(IDS[ioff + k]) * H + r) * row_bytes + item * IB;
-        acc += float(WK[wkoff + k]) * item_dot(tid, start, ks * XS, min(G, nblk - item * G));
+      if (tid < R) {
+        for (uint kk = 0u; kk < nk; kk++) s += float(WK[wkoff + k0 + kk]) * part[kk * R + tid];
       }
       barrier();
     }
-    part[tid] = acc;
-    barrier();
-    if (ks == 0u && rg * R + rl < H) {
-      float s = part[tid];
-      for (uint kk = 1u; kk < KS; kk++) s += part[tid + kk];
-      Y[yoff + rg * R + rl] = bad ? uintBitsToFloat(0x7FC00000u) : float(s);
-    }
-    barrier();
+    if (tid < R && r0 + tid < H) Y[yoff + r0 + tid] = bad ? uintBitsToFloat(0x7FC00000u) : float(s);
   }
 }

@@ -4,7 +4,7 @@
 #version 450
 #extension GL_KHR_shader_subgroup_basic : require
 #extension GL_KHR_shader_subgroup_arithmetic : require
-layout(local_size_x = 32) in;
+layout(local_size_x = 128) in;
 struct QmoeParams {
   uint p[8];
   uint o[8];
@@ -20,21 +20,12 @@ layout(push_constant) uniform QmoeSlot { uint i; } qmoe_slot;
 layout(std430, binding = 0) restrict readonly buffer BWg { uvec4 Wg[]; };
 layout(std430, binding = 1) restrict readonly buffer BWu { uvec4 Wu[]; };
 layout(std430, binding = 2) readonly buffer BX { float X[]; };
+layout(std430, binding = 2) readonly buffer BX4 { vec4 X4[]; };
 layout(std430, binding = 3) readonly buffer BIDS { int IDS[]; };
 layout(std430, binding = 4) buffer BHout { float Hout[]; };
 
-const uint BE = 1u, BB = 4u, G = 64u, IE = 64u, IB = 256u, U = 17u, SW = 69u;
-const uint KS = 8u, R = 4u, WG = 32u, NM = 2u, XS = IE + 4u;
-shared uint sw[NM * WG * SW];   // weight slots: an item's bytes, starting (its byte offset & 15) into the slot
-shared float xs[KS * XS];       // activations of the tile's KS items; rows 16-byte aligned, 4 banks apart
-shared float part[NM * WG];        // per-invocation partial sums, reduced per row in a fixed order
-
-void put_slot(uint s, uint u, uvec4 v) {
-  uint at = s * SW + u * 4u;
-  sw[at] = v.x; sw[at + 1u] = v.y; sw[at + 2u] = v.z; sw[at + 3u] = v.w;
-}
-
 // Decoding of f32, from contracts/quant/f32.yaml by expr.emit (GLSL dialect over shared sw[]).
+shared uint sw[5392];
 // Little-endian loads of bytes and 16-bit words at byte offset o of the uint buffer sw.
 int qmoe_q_u8(uint o) { return int((sw[o >> 2] >> ((o & 3u) * 8u)) & 0xFFu); }
 int qmoe_q_u16(uint o) { return qmoe_q_u8(o) | (qmoe_q_u8(o + 1u) << 8); }
@@ -45,156 +36,175 @@ float dq_decode(uint base, int i) {
   return r;
 }
 
-float item_dot(uint slot, uint start, uint xk, uint nb) {
-  const uint base = slot * SW * 4u + (start & 15u);
-  float a = float(0);
-  for (uint b0 = 0u; b0 < nb; b0 += 32u) {
-    a += float(dq_decode(base + (b0 + 0u) * 4u, 0)) * float(xs[xk + (b0 + 0u) * 1u + 0u]);
-    if (b0 + 1u < nb) {
-      a += float(dq_decode(base + (b0 + 1u) * 4u, 0)) * float(xs[xk + (b0 + 1u) * 1u + 0u]);
-    }
-    if (b0 + 2u < nb) {
-      a += float(dq_decode(base + (b0 + 2u) * 4u, 0)) * float(xs[xk + (b0 + 2u) * 1u + 0u]);
-    }
-    if (b0 + 3u < nb) {
-      a += float(dq_decode(base + (b0 + 3u) * 4u, 0)) * float(xs[xk + (b0 + 3u) * 1u + 0u]);
-    }
-    if (b0 + 4u < nb) {
-      a += float(dq_decode(base + (b0 + 4u) * 4u, 0)) * float(xs[xk + (b0 + 4u) * 1u + 0u]);
-    }
-    if (b0 + 5u < nb) {
-      a += float(dq_decode(base + (b0 + 5u) * 4u, 0)) * float(xs[xk + (b0 + 5u) * 1u + 0u]);
-    }
-    if (b0 + 6u < nb) {
-      a += float(dq_decode(base + (b0 + 6u) * 4u, 0)) * float(xs[xk + (b0 + 6u) * 1u + 0u]);
-    }
-    if (b0 + 7u < nb) {
-      a += float(dq_decode(base + (b0 + 7u) * 4u, 0)) * float(xs[xk + (b0 + 7u) * 1u + 0u]);
-    }
-    if (b0 + 8u < nb) {
-      a += float(dq_decode(base + (b0 + 8u) * 4u, 0)) * float(xs[xk + (b0 + 8u) * 1u + 0u]);
-    }
-    if (b0 + 9u < nb) {
-      a += float(dq_decode(base + (b0 + 9u) * 4u, 0)) * float(xs[xk + (b0 + 9u) * 1u + 0u]);
-    }
-    if (b0 + 10u < nb) {
-      a += float(dq_decode(base + (b0 + 10u) * 4u, 0)) * float(xs[xk + (b0 + 10u) * 1u + 0u]);
-    }
-    if (b0 + 11u < nb) {
-      a += float(dq_decode(base + (b0 + 11u) * 4u, 0)) * float(xs[xk + (b0 + 11u) * 1u + 0u]);
-    }
-    if (b0 + 12u < nb) {
-      a += float(dq_decode(base + (b0 + 12u) * 4u, 0)) * float(xs[xk + (b0 + 12u) * 1u + 0u]);
-    }
-    if (b0 + 13u < nb) {
-      a += float(dq_decode(base + (b0 + 13u) * 4u, 0)) * float(xs[xk + (b0 + 13u) * 1u + 0u]);
-    }
-    if (b0 + 14u < nb) {
-      a += float(dq_decode(base + (b0 + 14u) * 4u, 0)) * float(xs[xk + (b0 + 14u) * 1u + 0u]);
-    }
-    if (b0 + 15u < nb) {
-      a += float(dq_decode(base + (b0 + 15u) * 4u, 0)) * float(xs[xk + (b0 + 15u) * 1u + 0u]);
-    }
-    if (b0 + 16u < nb) {
-      a += float(dq_decode(base + (b0 + 16u) * 4u, 0)) * float(xs[xk + (b0 + 16u) * 1u + 0u]);
-    }
-    if (b0 + 17u < nb) {
-      a += float(dq_decode(base + (b0 + 17u) * 4u, 0)) * float(xs[xk + (b0 + 17u) * 1u + 0u]);
-    }
-    if (b0 + 18u < nb) {
-      a += float(dq_decode(base + (b0 + 18u) * 4u, 0)) * float(xs[xk + (b0 + 18u) * 1u + 0u]);
-    }
-    if (b0 + 19u < nb) {
-      a += float(dq_decode(base + (b0 + 19u) * 4u, 0)) * float(xs[xk + (b0 + 19u) * 1u + 0u]);
-    }
-    if (b0 + 20u < nb) {
-      a += float(dq_decode(base + (b0 + 20u) * 4u, 0)) * float(xs[xk + (b0 + 20u) * 1u + 0u]);
-    }
-    if (b0 + 21u < nb) {
-      a += float(dq_decode(base + (b0 + 21u) * 4u, 0)) * float(xs[xk + (b0 + 21u) * 1u + 0u]);
-    }
-    if (b0 + 22u < nb) {
-      a += float(dq_decode(base + (b0 + 22u) * 4u, 0)) * float(xs[xk + (b0 + 22u) * 1u + 0u]);
-    }
-    if (b0 + 23u < nb) {
-      a += float(dq_decode(base + (b0 + 23u) * 4u, 0)) * float(xs[xk + (b0 + 23u) * 1u + 0u]);
-    }
-    if (b0 + 24u < nb) {
-      a += float(dq_decode(base + (b0 + 24u) * 4u, 0)) * float(xs[xk + (b0 + 24u) * 1u + 0u]);
-    }
-    if (b0 + 25u < nb) {
-      a += float(dq_decode(base + (b0 + 25u) * 4u, 0)) * float(xs[xk + (b0 + 25u) * 1u + 0u]);
-    }
-    if (b0 + 26u < nb) {
-      a += float(dq_decode(base + (b0 + 26u) * 4u, 0)) * float(xs[xk + (b0 + 26u) * 1u + 0u]);
-    }
-    if (b0 + 27u < nb) {
-      a += float(dq_decode(base + (b0 + 27u) * 4u, 0)) * float(xs[xk + (b0 + 27u) * 1u + 0u]);
-    }
-    if (b0 + 28u < nb) {
-      a += float(dq_decode(base + (b0 + 28u) * 4u, 0)) * float(xs[xk + (b0 + 28u) * 1u + 0u]);
-    }
-    if (b0 + 29u < nb) {
-      a += float(dq_decode(base + (b0 + 29u) * 4u, 0)) * float(xs[xk + (b0 + 29u) * 1u + 0u]);
-    }
-    if (b0 + 30u < nb) {
-      a += float(dq_decode(base + (b0 + 30u) * 4u, 0)) * float(xs[xk + (b0 + 30u) * 1u + 0u]);
-    }
-    if (b0 + 31u < nb) {
-      a += float(dq_decode(base + (b0 + 31u) * 4u, 0)) * float(xs[xk + (b0 + 31u) * 1u + 0u]);
+// ---- f32 rows: 1 elements in 4 bytes per block (codegen/gen_glsl.lua, the quantized mat-vec family) ----
+// A subgroup computes the dot products of R rows with x. Per chunk of whole blocks it copies the rows' bytes
+// into its own slices of sw[] with 16-byte loads, coalesced over its lanes; only subgroup barriers order them.
+// Each lane then decodes runs of 8 consecutive elements (RUNS: of one block, so the run's sub-block scales are
+// decoded once: dq_decode_run, expr.lua's GROUP) against x read as two 16-byte loads, and keeps per-lane
+// partial sums, which the caller adds with subgroupAdd. Strides come from gl_SubgroupSize.
+const uint BE = 1u, BB = 4u, R = 2u, LB = 64u, SGMIN = 4u;
+const uint PADW = 16u;   // 64 bytes before the first slice and after each: the ?: arms that a decode evaluates
+                         // but does not take read inside sw[]
+const uint SLACKW = 4u;  // a chunk's bytes start (its global byte offset & 15) into its slice
+
+// 16 bytes of row R's matrix at vector index Q (zero past the buffer; buffers are 16-byte multiples).
+uvec4 qmoe_ld(uint r, uint q) {
+  uvec4 v = uvec4(0u);
+  if (r == 0u) {
+    if (q < uint(Wg.length())) v = Wg[q];
+  } else if (q < uint(Wu.length())) {
+    v = Wu[q];
+  }
+  return v;
+}
+
+// x[i .. i+8), all in range: two 16-byte loads where i is a multiple of 4.
+void x_run(uint i, out float xr[8]) {
+  if ((i & 3u) == 0u) {
+    const vec4 a = X4[i >> 2], b = X4[(i >> 2) + 1u];
+    xr = float[8](a.x, a.y, a.z, a.w, b.x, b.y, b.z, b.w);
+  } else {
+    for (uint t = 0u; t < 8u; t++) xr[t] = X[i + t];
+  }
+}
+
+// First word of row R's slice of this subgroup: slices of SLACKW + LB/4 per lane words, PADW apart.
+uint qmoe_slice(uint r) {
+  return PADW + (gl_SubgroupID * R + r) * (SLACKW + gl_SubgroupSize * (LB / 4u) + PADW);
+}
+
+// Copies NB blocks of each row (row r's first at global byte offset P[r]) into the subgroup's slices; AT[r]:
+// the byte of sw[] where row r's first block landed. The aligned span is at most (15 + NB*BB + 15) bytes,
+// which SLACKW + LB per lane words hold for NB <= gl_SubgroupSize * LB / BB, so a lane copies at most
+// U = LB/16 + 1 vectors per row: all its loads are issued before the first store (one memory latency per
+// chunk, not one per vector).
+const uint U = LB / 16u + 1u;
+void qmoe_stage_rows(const uint p[R], uint nb, out uint at[R]) {
+  uvec4 v[R][U];
+  for (uint r = 0u; r < R; r++) {
+    const uint q0 = p[r] >> 4, n16 = ((p[r] & 15u) + nb * BB + 15u) >> 4;
+    for (uint u = 0u; u < U; u++) {
+      const uint j = gl_SubgroupInvocationID + u * gl_SubgroupSize;
+      v[r][u] = j < n16 ? qmoe_ld(r, q0 + j) : uvec4(0u);
     }
   }
-  return a;
+  for (uint r = 0u; r < R; r++) {
+    const uint s = qmoe_slice(r), n16 = ((p[r] & 15u) + nb * BB + 15u) >> 4;
+    at[r] = s * 4u + (p[r] & 15u);
+    for (uint u = 0u; u < U; u++) {
+      const uint j = gl_SubgroupInvocationID + u * gl_SubgroupSize, o = s + 4u * j;
+      if (j < n16) {
+        sw[o] = v[r][u].x;
+        sw[o + 1u] = v[r][u].y;
+        sw[o + 2u] = v[r][u].z;
+        sw[o + 3u] = v[r][u].w;
+      }
+    }
+  }
+  subgroupMemoryBarrierShared();
+  subgroupBarrier();
 }
+
+// acc[r] += sum over the staged chunk's NE elements of decode(row r)[e] * x[XI + e]; lane l takes the run
+// of elements e0 + 8l .. e0 + 8l + 7 of each step of 8 * gl_SubgroupSize.
+void qmoe_dot_chunk(const uint at[R], uint xi, uint ne, inout float acc[R]) {
+  const uint step = 8u * gl_SubgroupSize;
+#if 0 // blocks of a multiple of 8 elements: whole runs, each inside one block
+  // x one step ahead: the next run's loads are in flight while this run is decoded
+  float xr[8];
+  uint e = 8u * gl_SubgroupInvocationID;
+  if (e < ne) x_run(xi + e, xr);
+  for (; e < ne; e += step) {
+    float xn[8];
+    if (e + step < ne) x_run(xi + e + step, xn);
+    const int ig = int(e % BE);
+    for (uint r = 0u; r < R; r++) {
+      const uint b = at[r] + (e / BE) * BB;
+      float a = acc[r];
+      a += float(dq_decode_run(b, ig, ig | 0)) * float(xr[0]);
+      a += float(dq_decode_run(b, ig, ig | 1)) * float(xr[1]);
+      a += float(dq_decode_run(b, ig, ig | 2)) * float(xr[2]);
+      a += float(dq_decode_run(b, ig, ig | 3)) * float(xr[3]);
+      a += float(dq_decode_run(b, ig, ig | 4)) * float(xr[4]);
+      a += float(dq_decode_run(b, ig, ig | 5)) * float(xr[5]);
+      a += float(dq_decode_run(b, ig, ig | 6)) * float(xr[6]);
+      a += float(dq_decode_run(b, ig, ig | 7)) * float(xr[7]);
+      acc[r] = a;
+    }
+    xr = xn;
+  }
+#else // one-element blocks: 8 blocks per run, the row's last run may be partial
+  for (uint e = 8u * gl_SubgroupInvocationID; e < ne; e += step) {
+    if (e + 8u <= ne) {
+      float xr[8];
+      x_run(xi + e, xr);
+      for (uint r = 0u; r < R; r++) {
+        const uint b = at[r] + e * BB;
+        float a = acc[r];
+        a += float(dq_decode(b, 0)) * float(xr[0]);
+        a += float(dq_decode(b + BB, 0)) * float(xr[1]);
+        a += float(dq_decode(b + 2u * BB, 0)) * float(xr[2]);
+        a += float(dq_decode(b + 3u * BB, 0)) * float(xr[3]);
+        a += float(dq_decode(b + 4u * BB, 0)) * float(xr[4]);
+        a += float(dq_decode(b + 5u * BB, 0)) * float(xr[5]);
+        a += float(dq_decode(b + 6u * BB, 0)) * float(xr[6]);
+        a += float(dq_decode(b + 7u * BB, 0)) * float(xr[7]);
+        acc[r] = a;
+      }
+    } else {
+      for (uint t = 0u; e + t < ne; t++) {
+        const float xv = X[xi + e + t];
+        for (uint r = 0u; r < R; r++) acc[r] += float(dq_decode(at[r] + (e + t) * BB, 0)) * float(xv);
+      }
+    }
+  }
+#endif
+}
+
+// acc[r] += decode(row r) . x[XI ..] over NBLOCKS blocks of each row (row r at global byte offset P[r]);
+// per-lane partial sums. Every lane of the subgroup calls it with the same rows (subgroup barriers inside).
+void qmoe_row_dots(const uint p[R], uint xi, uint nblocks, inout float acc[R]) {
+  if (gl_SubgroupSize < SGMIN) { // sw[] is sized for SGMIN or more lanes: a visible NaN, not a wrong read
+    for (uint r = 0u; r < R; r++) acc[r] = float(uintBitsToFloat(0x7FC00000u));
+    return;
+  }
+  uint nbc = gl_SubgroupSize * LB / BB; // blocks per chunk, >= 1 (SGMIN * LB >= BB)
+  const uint step = 8u * gl_SubgroupSize;
+  if (BE < step && step % BE == 0u && nbc >= step / BE) nbc -= nbc % (step / BE); // whole steps
+  for (uint b0 = 0u; b0 < nblocks; b0 += nbc) {
+    const uint nb = min(nbc, nblocks - b0);
+    uint at[R];
+    uint pc_[R];
+    for (uint r = 0u; r < R; r++) pc_[r] = p[r] + b0 * BB;
+    qmoe_stage_rows(pc_, nb, at);
+    qmoe_dot_chunk(at, xi + b0 * BE, nb * BE, acc);
+    subgroupBarrier(); // the next chunk overwrites the slices
+  }
+}
+
 // h[k][f] = silu(Wg[ids_k] . x)[f] * (Wu[ids_k] . x)[f] for the K chosen experts in one dispatch: grid.y = k
-// (the expert id is read here), grid.x strides over groups of R rows f; SwiGLU in float. p: H, F, E, K.
+// (the expert id is read here); each subgroup computes gate row f and up row f together (x read once), the
+// workgroups' subgroups stride over f; SwiGLU in float. p: H, F, E, K.
 // An expert id outside [0, E) makes that expert's outputs NaN (never a read out of bounds).
 void main() {
   const uint H = pc.p[0], F = pc.p[1], E = pc.p[2], k = gl_WorkGroupID.y;
-  const uint nblk = H / BE, nitem = (nblk + G - 1u) / G, row_bytes = nblk * BB;
-  const uint tid = gl_LocalInvocationIndex, rl = tid / KS, ks = tid % KS;
+  const uint nblk = H / BE, row_bytes = nblk * BB;
   const uint goff = pc.o[0], uoff = pc.o[1], xoff = pc.o[2] >> 2, hoff = (pc.o[4] >> 2) + k * F;
-  const uint glen = uint(Wg.length()), ulen = uint(Wu.length());
   const int eid = IDS[(pc.o[3] >> 2) + k];
-  const bool bad = eid < 0 || uint(eid) >= E;   // uniform over the workgroup
-  const uint e = bad ? 0u : uint(eid);
-  for (uint rg = gl_WorkGroupID.x; rg * R < F; rg += gl_NumWorkGroups.x) {
-    float ag = float(0), au = float(0);
-    for (uint t0 = 0u; t0 < nitem && !bad; t0 += KS) {
-      for (uint idx = tid; idx < NM * WG * U; idx += WG) {
-        uint s = idx / U, u = idx - s * U, m = s / WG, sl = s - m * WG;
-        uint f = rg * R + sl / KS, item = t0 + sl % KS;
-        uvec4 w = uvec4(0u);
-        if (f < F && item < nitem) {
-          uint rel = (e * F + f) * row_bytes + item * IB;
-          if (m == 0u) { uint q = ((goff + rel) >> 4) + u; if (q < glen) w = Wg[q]; }
-          else { uint q = ((uoff + rel) >> 4) + u; if (q < ulen) w = Wu[q]; }
-        }
-        put_slot(s, u, w);
-      }
-      for (uint idx = tid; idx < KS * IE; idx += WG) {
-        uint kk = idx / IE, el = idx - kk * IE, col = (t0 + kk) * IE + el;
-        xs[kk * XS + el] = col < H ? X[xoff + col] : 0.0;
-      }
-      barrier();
-      uint f = rg * R + rl, item = t0 + ks;
-      if (f < F && item < nitem) {
-        uint rel = (e * F + f) * row_bytes + item * IB;
-        uint nb = min(G, nblk - item * G);
-        ag += item_dot(tid, goff + rel, ks * XS, nb);
-        au += item_dot(WG + tid, uoff + rel, ks * XS, nb);
-      }
-      barrier();
+  const bool bad = eid < 0 || uint(eid) >= E; // uniform over the workgroup
+  const uint nsg = gl_NumSubgroups;
+  for (uint f = gl_WorkGroupID.x * nsg + gl_SubgroupID; f < F; f += gl_NumWorkGroups.x * nsg) {
+    if (bad) {
+      if (subgroupElect()) Hout[hoff + f] = uintBitsToFloat(0x7FC00000u);
+      continue;
     }
-    part[tid] = ag;
-    part[WG + tid] = au;
-    barrier();
-    if (ks == 0u && rg * R + rl < F) {
-      float gs = part[tid], us = part[WG + tid];
-      for (uint kk = 1u; kk < KS; kk++) { gs += part[tid + kk]; us += part[WG + tid + kk]; }
-      float silu = gs / (float(1) + exp(-gs));
-      Hout[hoff + rg * R + rl] = bad ? uintBitsToFloat(0x7FC00000u) : float(silu * us);
+    const uint at = (uint(eid) * F + f) * row_bytes;
+    float acc[R] = float[R](float(0), float(0));
+    qmoe_row_dots(uint[R](goff + at, uoff + at), xoff, nblk, acc);
+    const float g = subgroupAdd(acc[0]), u = subgroupAdd(acc[1]);
+    if (subgroupElect()) {
+      const float silu = g / (float(1) + exp(-g));
+      Hout[hoff + f] = float(silu * u);
     }
-    barrier();
   }
 }

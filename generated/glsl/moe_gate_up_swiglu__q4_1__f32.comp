@@ -4,7 +4,7 @@
 #version 450
 #extension GL_KHR_shader_subgroup_basic : require
 #extension GL_KHR_shader_subgroup_arithmetic : require
-layout(local_size_x = 32) in;
+layout(local_size_x = 128) in;
 struct QmoeParams {
   uint p[8];
   uint o[8];
@@ -20,121 +20,194 @@ layout(push_constant) uniform QmoeSlot { uint i; } qmoe_slot;
 layout(std430, binding = 0) restrict readonly buffer BWg { uvec4 Wg[]; };
 layout(std430, binding = 1) restrict readonly buffer BWu { uvec4 Wu[]; };
 layout(std430, binding = 2) readonly buffer BX { float X[]; };
+layout(std430, binding = 2) readonly buffer BX4 { vec4 X4[]; };
 layout(std430, binding = 3) readonly buffer BIDS { int IDS[]; };
 layout(std430, binding = 4) buffer BHout { float Hout[]; };
 
-const uint BE = 32u, BB = 20u, G = 8u, IE = 256u, IB = 160u, U = 11u, SW = 45u;
-const uint KS = 8u, R = 4u, WG = 32u, NM = 2u, XS = IE + 4u;
-shared uint sw[NM * WG * SW];   // weight slots: an item's bytes, starting (its byte offset & 15) into the slot
-shared float xs[KS * XS];       // activations of the tile's KS items; rows 16-byte aligned, 4 banks apart
-shared float part[NM * WG];        // per-invocation partial sums, reduced per row in a fixed order
-
-void put_slot(uint s, uint u, uvec4 v) {
-  uint at = s * SW + u * 4u;
-  sw[at] = v.x; sw[at + 1u] = v.y; sw[at + 2u] = v.z; sw[at + 3u] = v.w;
-}
-
-// Decoding of q4_1, from contracts/quant/q4_1.yaml by expr.emit (GLSL dialect over shared sw[]).
+// Decoding of q4_1, from contracts/quant/q4_1.yaml by expr.emit (GLSL dialect over shared sw[], runs of 8).
+shared uint sw[5392];
 // Little-endian loads of bytes and 16-bit words at byte offset o of the uint buffer sw.
 int qmoe_q_u8(uint o) { return int((sw[o >> 2] >> ((o & 3u) * 8u)) & 0xFFu); }
 int qmoe_q_u16(uint o) { return qmoe_q_u8(o) | (qmoe_q_u8(o + 1u) << 8); }
 
-float dq_decode(uint base, int i) {
+float dq_decode_run(uint base, int ig, int i) {
   precise float f_d = unpackHalf2x16(uint(qmoe_q_u16(base + uint(0)))).x;
   precise float f_m = unpackHalf2x16(uint(qmoe_q_u16(base + uint(2)))).x;
-  int v_q = ((qmoe_q_u8(base + uint(4 + (i % 16))) >> (4 * (i / 16))) & 15);
+  int v_q = ((qmoe_q_u8(base + uint(4 + (i % 16))) >> (4 * (ig / 16))) & 15);
   precise float r = (((intBitsToFloat(0x4B400000 + v_q) - 12582912.0) * f_d) + f_m);
   return r;
 }
+float dq_decode(uint base, int i) { return dq_decode_run(base, i & ~7, i); }
 
-float item_dot(uint slot, uint start, uint xk, uint nb) {
-  const uint base = slot * SW * 4u + (start & 15u);
-  float a = float(0);
-  for (uint b0 = 0u; b0 < nb; b0 += 1u) {
-    a += float(dq_decode(base + (b0 + 0u) * 20u, 0)) * float(xs[xk + (b0 + 0u) * 32u + 0u]);
-    a += float(dq_decode(base + (b0 + 0u) * 20u, 1)) * float(xs[xk + (b0 + 0u) * 32u + 1u]);
-    a += float(dq_decode(base + (b0 + 0u) * 20u, 2)) * float(xs[xk + (b0 + 0u) * 32u + 2u]);
-    a += float(dq_decode(base + (b0 + 0u) * 20u, 3)) * float(xs[xk + (b0 + 0u) * 32u + 3u]);
-    a += float(dq_decode(base + (b0 + 0u) * 20u, 4)) * float(xs[xk + (b0 + 0u) * 32u + 4u]);
-    a += float(dq_decode(base + (b0 + 0u) * 20u, 5)) * float(xs[xk + (b0 + 0u) * 32u + 5u]);
-    a += float(dq_decode(base + (b0 + 0u) * 20u, 6)) * float(xs[xk + (b0 + 0u) * 32u + 6u]);
-    a += float(dq_decode(base + (b0 + 0u) * 20u, 7)) * float(xs[xk + (b0 + 0u) * 32u + 7u]);
-    a += float(dq_decode(base + (b0 + 0u) * 20u, 8)) * float(xs[xk + (b0 + 0u) * 32u + 8u]);
-    a += float(dq_decode(base + (b0 + 0u) * 20u, 9)) * float(xs[xk + (b0 + 0u) * 32u + 9u]);
-    a += float(dq_decode(base + (b0 + 0u) * 20u, 10)) * float(xs[xk + (b0 + 0u) * 32u + 10u]);
-    a += float(dq_decode(base + (b0 + 0u) * 20u, 11)) * float(xs[xk + (b0 + 0u) * 32u + 11u]);
-    a += float(dq_decode(base + (b0 + 0u) * 20u, 12)) * float(xs[xk + (b0 + 0u) * 32u + 12u]);
-    a += float(dq_decode(base + (b0 + 0u) * 20u, 13)) * float(xs[xk + (b0 + 0u) * 32u + 13u]);
-    a += float(dq_decode(base + (b0 + 0u) * 20u, 14)) * float(xs[xk + (b0 + 0u) * 32u + 14u]);
-    a += float(dq_decode(base + (b0 + 0u) * 20u, 15)) * float(xs[xk + (b0 + 0u) * 32u + 15u]);
-    a += float(dq_decode(base + (b0 + 0u) * 20u, 16)) * float(xs[xk + (b0 + 0u) * 32u + 16u]);
-    a += float(dq_decode(base + (b0 + 0u) * 20u, 17)) * float(xs[xk + (b0 + 0u) * 32u + 17u]);
-    a += float(dq_decode(base + (b0 + 0u) * 20u, 18)) * float(xs[xk + (b0 + 0u) * 32u + 18u]);
-    a += float(dq_decode(base + (b0 + 0u) * 20u, 19)) * float(xs[xk + (b0 + 0u) * 32u + 19u]);
-    a += float(dq_decode(base + (b0 + 0u) * 20u, 20)) * float(xs[xk + (b0 + 0u) * 32u + 20u]);
-    a += float(dq_decode(base + (b0 + 0u) * 20u, 21)) * float(xs[xk + (b0 + 0u) * 32u + 21u]);
-    a += float(dq_decode(base + (b0 + 0u) * 20u, 22)) * float(xs[xk + (b0 + 0u) * 32u + 22u]);
-    a += float(dq_decode(base + (b0 + 0u) * 20u, 23)) * float(xs[xk + (b0 + 0u) * 32u + 23u]);
-    a += float(dq_decode(base + (b0 + 0u) * 20u, 24)) * float(xs[xk + (b0 + 0u) * 32u + 24u]);
-    a += float(dq_decode(base + (b0 + 0u) * 20u, 25)) * float(xs[xk + (b0 + 0u) * 32u + 25u]);
-    a += float(dq_decode(base + (b0 + 0u) * 20u, 26)) * float(xs[xk + (b0 + 0u) * 32u + 26u]);
-    a += float(dq_decode(base + (b0 + 0u) * 20u, 27)) * float(xs[xk + (b0 + 0u) * 32u + 27u]);
-    a += float(dq_decode(base + (b0 + 0u) * 20u, 28)) * float(xs[xk + (b0 + 0u) * 32u + 28u]);
-    a += float(dq_decode(base + (b0 + 0u) * 20u, 29)) * float(xs[xk + (b0 + 0u) * 32u + 29u]);
-    a += float(dq_decode(base + (b0 + 0u) * 20u, 30)) * float(xs[xk + (b0 + 0u) * 32u + 30u]);
-    a += float(dq_decode(base + (b0 + 0u) * 20u, 31)) * float(xs[xk + (b0 + 0u) * 32u + 31u]);
+// ---- q4_1 rows: 32 elements in 20 bytes per block (codegen/gen_glsl.lua, the quantized mat-vec family) ----
+// A subgroup computes the dot products of R rows with x. Per chunk of whole blocks it copies the rows' bytes
+// into its own slices of sw[] with 16-byte loads, coalesced over its lanes; only subgroup barriers order them.
+// Each lane then decodes runs of 8 consecutive elements (RUNS: of one block, so the run's sub-block scales are
+// decoded once: dq_decode_run, expr.lua's GROUP) against x read as two 16-byte loads, and keeps per-lane
+// partial sums, which the caller adds with subgroupAdd. Strides come from gl_SubgroupSize.
+const uint BE = 32u, BB = 20u, R = 2u, LB = 64u, SGMIN = 4u;
+const uint PADW = 16u;   // 64 bytes before the first slice and after each: the ?: arms that a decode evaluates
+                         // but does not take read inside sw[]
+const uint SLACKW = 4u;  // a chunk's bytes start (its global byte offset & 15) into its slice
+
+// 16 bytes of row R's matrix at vector index Q (zero past the buffer; buffers are 16-byte multiples).
+uvec4 qmoe_ld(uint r, uint q) {
+  uvec4 v = uvec4(0u);
+  if (r == 0u) {
+    if (q < uint(Wg.length())) v = Wg[q];
+  } else if (q < uint(Wu.length())) {
+    v = Wu[q];
   }
-  return a;
+  return v;
 }
+
+// x[i .. i+8), all in range: two 16-byte loads where i is a multiple of 4.
+void x_run(uint i, out float xr[8]) {
+  if ((i & 3u) == 0u) {
+    const vec4 a = X4[i >> 2], b = X4[(i >> 2) + 1u];
+    xr = float[8](a.x, a.y, a.z, a.w, b.x, b.y, b.z, b.w);
+  } else {
+    for (uint t = 0u; t < 8u; t++) xr[t] = X[i + t];
+  }
+}
+
+// First word of row R's slice of this subgroup: slices of SLACKW + LB/4 per lane words, PADW apart.
+uint qmoe_slice(uint r) {
+  return PADW + (gl_SubgroupID * R + r) * (SLACKW + gl_SubgroupSize * (LB / 4u) + PADW);
+}
+
+// Copies NB blocks of each row (row r's first at global byte offset P[r]) into the subgroup's slices; AT[r]:
+// the byte of sw[] where row r's first block landed. The aligned span is at most (15 + NB*BB + 15) bytes,
+// which SLACKW + LB per lane words hold for NB <= gl_SubgroupSize * LB / BB, so a lane copies at most
+// U = LB/16 + 1 vectors per row: all its loads are issued before the first store (one memory latency per
+// chunk, not one per vector).
+const uint U = LB / 16u + 1u;
+void qmoe_stage_rows(const uint p[R], uint nb, out uint at[R]) {
+  uvec4 v[R][U];
+  for (uint r = 0u; r < R; r++) {
+    const uint q0 = p[r] >> 4, n16 = ((p[r] & 15u) + nb * BB + 15u) >> 4;
+    for (uint u = 0u; u < U; u++) {
+      const uint j = gl_SubgroupInvocationID + u * gl_SubgroupSize;
+      v[r][u] = j < n16 ? qmoe_ld(r, q0 + j) : uvec4(0u);
+    }
+  }
+  for (uint r = 0u; r < R; r++) {
+    const uint s = qmoe_slice(r), n16 = ((p[r] & 15u) + nb * BB + 15u) >> 4;
+    at[r] = s * 4u + (p[r] & 15u);
+    for (uint u = 0u; u < U; u++) {
+      const uint j = gl_SubgroupInvocationID + u * gl_SubgroupSize, o = s + 4u * j;
+      if (j < n16) {
+        sw[o] = v[r][u].x;
+        sw[o + 1u] = v[r][u].y;
+        sw[o + 2u] = v[r][u].z;
+        sw[o + 3u] = v[r][u].w;
+      }
+    }
+  }
+  subgroupMemoryBarrierShared();
+  subgroupBarrier();
+}
+
+// acc[r] += sum over the staged chunk's NE elements of decode(row r)[e] * x[XI + e]; lane l takes the run
+// of elements e0 + 8l .. e0 + 8l + 7 of each step of 8 * gl_SubgroupSize.
+void qmoe_dot_chunk(const uint at[R], uint xi, uint ne, inout float acc[R]) {
+  const uint step = 8u * gl_SubgroupSize;
+#if 1 // blocks of a multiple of 8 elements: whole runs, each inside one block
+  // x one step ahead: the next run's loads are in flight while this run is decoded
+  float xr[8];
+  uint e = 8u * gl_SubgroupInvocationID;
+  if (e < ne) x_run(xi + e, xr);
+  for (; e < ne; e += step) {
+    float xn[8];
+    if (e + step < ne) x_run(xi + e + step, xn);
+    const int ig = int(e % BE);
+    for (uint r = 0u; r < R; r++) {
+      const uint b = at[r] + (e / BE) * BB;
+      float a = acc[r];
+      a += float(dq_decode_run(b, ig, ig | 0)) * float(xr[0]);
+      a += float(dq_decode_run(b, ig, ig | 1)) * float(xr[1]);
+      a += float(dq_decode_run(b, ig, ig | 2)) * float(xr[2]);
+      a += float(dq_decode_run(b, ig, ig | 3)) * float(xr[3]);
+      a += float(dq_decode_run(b, ig, ig | 4)) * float(xr[4]);
+      a += float(dq_decode_run(b, ig, ig | 5)) * float(xr[5]);
+      a += float(dq_decode_run(b, ig, ig | 6)) * float(xr[6]);
+      a += float(dq_decode_run(b, ig, ig | 7)) * float(xr[7]);
+      acc[r] = a;
+    }
+    xr = xn;
+  }
+#else // one-element blocks: 8 blocks per run, the row's last run may be partial
+  for (uint e = 8u * gl_SubgroupInvocationID; e < ne; e += step) {
+    if (e + 8u <= ne) {
+      float xr[8];
+      x_run(xi + e, xr);
+      for (uint r = 0u; r < R; r++) {
+        const uint b = at[r] + e * BB;
+        float a = acc[r];
+        a += float(dq_decode(b, 0)) * float(xr[0]);
+        a += float(dq_decode(b + BB, 0)) * float(xr[1]);
+        a += float(dq_decode(b + 2u * BB, 0)) * float(xr[2]);
+        a += float(dq_decode(b + 3u * BB, 0)) * float(xr[3]);
+        a += float(dq_decode(b + 4u * BB, 0)) * float(xr[4]);
+        a += float(dq_decode(b + 5u * BB, 0)) * float(xr[5]);
+        a += float(dq_decode(b + 6u * BB, 0)) * float(xr[6]);
+        a += float(dq_decode(b + 7u * BB, 0)) * float(xr[7]);
+        acc[r] = a;
+      }
+    } else {
+      for (uint t = 0u; e + t < ne; t++) {
+        const float xv = X[xi + e + t];
+        for (uint r = 0u; r < R; r++) acc[r] += float(dq_decode(at[r] + (e + t) * BB, 0)) * float(xv);
+      }
+    }
+  }
+#endif
+}
+
+// acc[r] += decode(row r) . x[XI ..] over NBLOCKS blocks of each row (row r at global byte offset P[r]);
+// per-lane partial sums. Every lane of the subgroup calls it with the same rows (subgroup barriers inside).
+void qmoe_row_dots(const uint p[R], uint xi, uint nblocks, inout float acc[R]) {
+  if (gl_SubgroupSize < SGMIN) { // sw[] is sized for SGMIN or more lanes: a visible NaN, not a wrong read
+    for (uint r = 0u; r < R; r++) acc[r] = float(uintBitsToFloat(0x7FC00000u));
+    return;
+  }
+  uint nbc = gl_SubgroupSize * LB / BB; // blocks per chunk, >= 1 (SGMIN * LB >= BB)
+  const uint step = 8u * gl_SubgroupSize;
+  if (BE < step && step % BE == 0u && nbc >= step / BE) nbc -= nbc % (step / BE); // whole steps
+  for (uint b0 = 0u; b0 < nblocks; b0 += nbc) {
+    const uint nb = min(nbc, nblocks - b0);
+    uint at[R];
+    uint pc_[R];
+    for (uint r = 0u; r < R; r++) pc_[r] = p[r] + b0 * BB;
+    qmoe_stage_rows(pc_, nb, at);
+    qmoe_dot_chunk(at, xi + b0 * BE, nb * BE, acc);
+    subgroupBarrier(); // the next chunk overwrites the slices
+  }
+}
+
 // h[k][f] = silu(Wg[ids_k] . x)[f] * (Wu[ids_k] . x)[f] for the K chosen experts in one dispatch: grid.y = k
-// (the expert id is read here), grid.x strides over groups of R rows f; SwiGLU in float. p: H, F, E, K.
+// (the expert id is read here); each subgroup computes gate row f and up row f together (x read once), the
+// workgroups' subgroups stride over f; SwiGLU in float. p: H, F, E, K.
 // An expert id outside [0, E) makes that expert's outputs NaN (never a read out of bounds).
 void main() {
   const uint H = pc.p[0], F = pc.p[1], E = pc.p[2], k = gl_WorkGroupID.y;
-  const uint nblk = H / BE, nitem = (nblk + G - 1u) / G, row_bytes = nblk * BB;
-  const uint tid = gl_LocalInvocationIndex, rl = tid / KS, ks = tid % KS;
+  const uint nblk = H / BE, row_bytes = nblk * BB;
   const uint goff = pc.o[0], uoff = pc.o[1], xoff = pc.o[2] >> 2, hoff = (pc.o[4] >> 2) + k * F;
-  const uint glen = uint(Wg.length()), ulen = uint(Wu.length());
   const int eid = IDS[(pc.o[3] >> 2) + k];
-  const bool bad = eid < 0 || uint(eid) >= E;   // uniform over the workgroup
-  const uint e = bad ? 0u : uint(eid);
-  for (uint rg = gl_WorkGroupID.x; rg * R < F; rg += gl_NumWorkGroups.x) {
-    float ag = float(0), au = float(0);
-    for (uint t0 = 0u; t0 < nitem && !bad; t0 += KS) {
-      for (uint idx = tid; idx < NM * WG * U; idx += WG) {
-        uint s = idx / U, u = idx - s * U, m = s / WG, sl = s - m * WG;
-        uint f = rg * R + sl / KS, item = t0 + sl % KS;
-        uvec4 w = uvec4(0u);
-        if (f < F && item < nitem) {
-          uint rel = (e * F + f) * row_bytes + item * IB;
-          if (m == 0u) { uint q = ((goff + rel) >> 4) + u; if (q < glen) w = Wg[q]; }
-          else { uint q = ((uoff + rel) >> 4) + u; if (q < ulen) w = Wu[q]; }
-        }
-        put_slot(s, u, w);
-      }
-      for (uint idx = tid; idx < KS * IE; idx += WG) {
-        uint kk = idx / IE, el = idx - kk * IE, col = (t0 + kk) * IE + el;
-        xs[kk * XS + el] = col < H ? X[xoff + col] : 0.0;
-      }
-      barrier();
-      uint f = rg * R + rl, item = t0 + ks;
-      if (f < F && item < nitem) {
-        uint rel = (e * F + f) * row_bytes + item * IB;
-        uint nb = min(G, nblk - item * G);
-        ag += item_dot(tid, goff + rel, ks * XS, nb);
-        au += item_dot(WG + tid, uoff + rel, ks * XS, nb);
-      }
-      barrier();
+  const bool bad = eid < 0 || uint(eid) >= E; // uniform over the workgroup
+  const uint nsg = gl_NumSubgroups;
+  for (uint f = gl_WorkGroupID.x * nsg + gl_SubgroupID; f < F; f += gl_NumWorkGroups.x * nsg) {
+    if (bad) {
+      if (subgroupElect()) Hout[hoff + f] = uintBitsToFloat(0x7FC00000u);
+      continue;
     }
-    part[tid] = ag;
-    part[WG + tid] = au;
-    barrier();
-    if (ks == 0u && rg * R + rl < F) {
-      float gs = part[tid], us = part[WG + tid];
-      for (uint kk = 1u; kk < KS; kk++) { gs += part[tid + kk]; us += part[WG + tid + kk]; }
-      float silu = gs / (float(1) + exp(-gs));
-      Hout[hoff + rg * R + rl] = bad ? uintBitsToFloat(0x7FC00000u) : float(silu * us);
+    const uint at = (uint(eid) * F + f) * row_bytes;
+    float acc[R] = float[R](float(0), float(0));
+    qmoe_row_dots(uint[R](goff + at, uoff + at), xoff, nblk, acc);
+    const float g = subgroupAdd(acc[0]), u = subgroupAdd(acc[1]);
+    if (subgroupElect()) {
+      const float silu = g / (float(1) + exp(-g));
+      Hout[hoff + f] = float(silu * u);
     }
-    barrier();
   }
 }

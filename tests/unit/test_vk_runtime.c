@@ -435,7 +435,7 @@ static qmoe_stage_call call(qmoe_stage s, int qtype, qmoe_acc acc) {
   return c;
 }
 
-enum { Q4_K = 12, Q8_0 = 8, Q6_K = 14 };
+enum { Q4_K = 12, Q8_0 = 8, Q6_K = 14, Q4_0 = 2, F16 = 1 };
 
 /* Quantized rows×cols matrix of qtype QT (random normal values), written at byte OFF of a buffer. */
 static unsigned char *quant_matrix(int qt, int64_t rows, int64_t cols, size_t off, size_t *bytes) {
@@ -658,9 +658,10 @@ static void test_strided_grids(void) {
   pair_close(&p);
 }
 
-/* Shapes the parity test's small ones do not reach: several tiles per row and a partial last item in the
- * mat-vec family (k-quant rows longer than 8 blocks), MoE down over several tiles of (expert, item) work,
- * attention over several splits and over more than one block of query heads per kv head. */
+/* Shapes the parity test's small ones do not reach: in the mat-vec family (a subgroup's rows staged in chunks
+ * of 64 bytes per lane, docs/vulkan.md) several chunks per row, chunk starts at every alignment, partial last
+ * steps and runs, MoE down over more experts than a workgroup keeps at once (32); attention over several
+ * splits and over more than one block of query heads per kv head. */
 typedef struct {
   qmoe_stage stage;
   int qtype;
@@ -719,13 +720,15 @@ static void run_shape(const shape *sh, qmoe_acc acc) {
 
 static void test_larger_shapes(void) {
   static const shape shapes[] = {
-      {QMOE_STAGE_MATVEC, Q4_K, {50, 4096 + 256}},      /* 17 items: 3 tiles */
-      {QMOE_STAGE_MATVEC, Q6_K, {21, 2048 + 512}},      /* 10 items, unaligned item starts */
-      {QMOE_STAGE_MATVEC, Q8_0, {19, 32 * 133}},        /* 34 items, the last one holds 1 of 4 blocks */
-      {QMOE_STAGE_MATVEC, 0, {13, 1000}},               /* f32: 16 items of 64, the last holds 40 */
+      {QMOE_STAGE_MATVEC, Q4_K, {50, 4096 + 256}},      /* 17 blocks: 2 chunks (32 lanes) to 9 (4 lanes) */
+      {QMOE_STAGE_MATVEC, Q6_K, {21, 2048 + 512}},      /* 210-byte blocks: chunks start at every alignment */
+      {QMOE_STAGE_MATVEC, Q8_0, {19, 32 * 133}},        /* 133 blocks: several chunks, a partial last step */
+      {QMOE_STAGE_MATVEC, 0, {13, 1003}},               /* f32: several chunks, a partial last run */
+      {QMOE_STAGE_MATVEC, F16, {6, 777}},               /* f16: odd rows, a partial last run */
       {QMOE_STAGE_MOE_GATE_UP_SWIGLU, Q4_K, {4096, 40, 3, 2}},
-      {QMOE_STAGE_MOE_DOWN, Q6_K, {33, 768, 4, 3}},     /* 9 (expert, item) pieces per row: 2 tiles */
-      {QMOE_STAGE_MOE_DOWN, Q8_0, {17, 96 * 7, 5, 5}},  /* partial items of 4 blocks */
+      {QMOE_STAGE_MOE_DOWN, Q6_K, {33, 768, 4, 3}},
+      {QMOE_STAGE_MOE_DOWN, Q8_0, {17, 96 * 7, 5, 5}},
+      {QMOE_STAGE_MOE_DOWN, Q4_0, {9, 64, 48, 40}},     /* K = 40 > 32: two chunks of experts, in order */
       {QMOE_STAGE_ATTENTION, -1, {24, 2, 64, 200, 210}},  /* 12 heads per kv head: 2 blocks; 4 splits */
       {QMOE_STAGE_ATTENTION, -1, {32, 4, 128, 130, 130}}, /* Qwen's GQA 8:1; 3 splits, the last of 2 */
       {QMOE_STAGE_ROUTER_TOPK, -1, {300, 77, 9}},
