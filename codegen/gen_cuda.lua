@@ -293,9 +293,10 @@ local function emit_variant(v, sources)
   local parts = { util.banner("cuda", SCRIPT, sources), meta, template.render("cuda/_prelude.cu", vars) }
   if q then
     local be, bb = q.block_elements, q.block_bytes
-    -- Lanes take runs of RL consecutive elements (16 where the block is a multiple of 16, else 8): a run's
-    -- scales are decoded once, so longer runs decode them less often (H200: see docs/cuda.md).
-    local RL = (be >= 16 and be % 16 == 0) and 16 or 8
+    -- Lanes take runs of RL = 8 consecutive elements. Runs of 16 decode a run's scales half as often but were
+    -- slower on the H200 (2026-12-02, docs/cuda.md: decode 190.7 against 207.5 tokens/s, lm_head 229 against
+    -- 171 µs: more registers, fewer warps); runs(m, 16) still generates them.
+    local RL = 8
     -- whole steps of 32·RL elements per chunk where blocks are smaller (only a row's last chunk may end mid-step)
     local function chunk_blocks(unroll)
       local ch = math.max(1, STAGE_BYTES // bb)
@@ -311,7 +312,6 @@ local function emit_variant(v, sources)
     --    and t < RL), and x is read with 16-byte loads where aligned (without them the lanes' x reads
     --    are 32 bytes apart and lm_head fell to 990 GB/s on the H200). On the PTX of matvec q4_k: 20
     --    conversions and 508 instructions per step of 16 element-rows, against 48 and 688 strided;
-    --    QMOE_CUDA_DEFINES=QMOE_RUNS8 runs of 8 where RL is 16 (for comparison);
     --  * strided (k-quants, blocks of 256·k; QMOE_CUDA_DEFINES=QMOE_LANE_STRIDED, docs/cuda.md): element e0 +
     --    lane + 32·t, one block for the whole step, i = lane | 32·t: every element in its own sub-block, x
     --    loads coalesced. H200, 2026-12-02 (docs/gpu-results.md), the same build: decode 170 tokens/s
@@ -338,7 +338,6 @@ local function emit_variant(v, sources)
     end
     if be >= 8 and (be % 256 == 0 or 256 % be == 0) then
       maps.runs = runs({}, RL)
-      if RL ~= 8 then maps.runs8 = runs({}, 8) end
     elseif be == 1 then
       maps.plain = { STEPBLK = "(e0 + UNROLL * lane)", TBLK = "t", IDX = "0", XLANE = "UNROLL * lane",
                      EXPR = "e0 + UNROLL * lane + t", DOT_DECODE = "qmoe_" .. q.name .. "_decode", X_RUN = 0, XT = "t", UNROLL = 8 }
@@ -363,7 +362,7 @@ local function emit_variant(v, sources)
     local dec, info = expr.emit(q, D)
     local af = info and info.affine
     for _, m in pairs(maps) do
-      m.AFFINE = ((m == maps.runs or m == maps.runs8) and af) and "!defined(QMOE_NO_AFFINE)" or "0"
+      m.AFFINE = (m == maps.runs and af) and "!defined(QMOE_NO_AFFINE)" or "0"
       m.AFFINE_A, m.AFFINE_B = (af and af.a) and 1 or 0, (af and af.b) and 1 or 0
       m.RUN = m.RUN or "0"
     end
@@ -375,7 +374,6 @@ local function emit_variant(v, sources)
     end
     local alts = {}
     if maps.strided then alts[#alts + 1] = { "QMOE_LANE_STRIDED", "strided lanes (QMOE_CUDA_DEFINES=QMOE_LANE_STRIDED): see codegen/gen_cuda.lua", maps.strided } end
-    if maps.runs8 then alts[#alts + 1] = { "QMOE_RUNS8", "runs of 8 (QMOE_CUDA_DEFINES=QMOE_RUNS8)", maps.runs8 } end
     local main = maps.runs or maps.plain
     if #alts == 0 then vars.QROWS = qrows(main)
     else

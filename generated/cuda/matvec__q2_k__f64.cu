@@ -41,6 +41,12 @@ __device__ __forceinline__ double qmoe_sqrt(double v) { return sqrt(v); }
 // acc + w·x with the product formed in acc_t (exact in double: two f32 factors).
 __device__ __forceinline__ float qmoe_fma(float w, float x, float acc) { return fmaf(w, x, acc); }
 __device__ __forceinline__ double qmoe_fma(float w, float x, double acc) { return fma((double)w, (double)x, acc); }
+// a·b and a + b rounded each, never contracted into an FMA: where two kernels must agree bit for bit (rope_neox and
+// the fused qk_norm_rope), the compiler's contraction choices may not differ between them.
+__device__ __forceinline__ float qmoe_mul_rn(float a, float b) { return __fmul_rn(a, b); }
+__device__ __forceinline__ double qmoe_mul_rn(double a, double b) { return __dmul_rn(a, b); }
+__device__ __forceinline__ float qmoe_add_rn(float a, float b) { return __fadd_rn(a, b); }
+__device__ __forceinline__ double qmoe_add_rn(double a, double b) { return __dadd_rn(a, b); }
 
 // 16-byte global -> shared copies that bypass registers (cp.async, sm_80+), and the wait for this thread's;
 // f16 bits -> f32 (exact). tests/cuda-emu supplies host versions of these three (QMOE_HOST_EMU); the copies are
@@ -126,7 +132,7 @@ static __device__ __forceinline__ float qmoe_q2_k_decode_run(const uint8_t *b, i
   const float r = __fsub_rn(__fmul_rn(__fmul_rn(f_d, qmoe_q_i2f(v_sc)), qmoe_q_i2f(v_q)), __fmul_rn(f_dmin, qmoe_q_i2f(v_m)));
   return r;
 }
-static __device__ __forceinline__ float qmoe_q2_k_decode(const uint8_t *b, int i) { return qmoe_q2_k_decode_run(b, i & ~15, i); }
+static __device__ __forceinline__ float qmoe_q2_k_decode(const uint8_t *b, int i) { return qmoe_q2_k_decode_run(b, i & ~7, i); }
 
 static __device__ __forceinline__ void qmoe_q2_k_decode_block(const uint8_t *b, float *y) {
   float t[256];
@@ -270,7 +276,7 @@ static __device__ __forceinline__ void qmoe_row_dots(const uint8_t *const *rows,
   }
 }
 
-#elif defined(QMOE_RUNS8) // runs of 8 (QMOE_CUDA_DEFINES=QMOE_RUNS8)
+#else // runs of 8
 // ---- q2_k rows: 256 elements in 84 bytes per block ----
 #define QB_ELEMS 256
 #define QB_BYTES 84
@@ -400,141 +406,6 @@ static __device__ __forceinline__ void qmoe_row_dots(const uint8_t *const *rows,
     const float *xc = x + b0 * QB_ELEMS;
     const int ne = nb * QB_ELEMS;
     if (false && ne % (32 * UNROLL)) qmoe_dot_chunk<R, true>(sh, off, xc, ne, lane, acc);
-    else qmoe_dot_chunk<R, false>(sh, off, xc, ne, lane, acc);
-    __syncwarp(); // the next chunk overwrites the buffer
-  }
-}
-
-#else // runs of 16
-// ---- q2_k rows: 256 elements in 84 bytes per block ----
-#define QB_ELEMS 256
-#define QB_BYTES 84
-#define CH_BLOCKS 24                             // blocks of one row staged per chunk
-#define STAGE_DATA ((CH_BLOCKS * QB_BYTES + 15) / 16 + 1) // 16-byte vectors covering a chunk at any alignment
-#define STAGE_PAD 4                                  // 64 bytes before and after each row's chunk, so the
-                                                     // arms of a decode's ?: that are not taken read in bounds
-#define STAGE_VECS (STAGE_PAD + STAGE_DATA + STAGE_PAD) // one row's slice of the warp's buffer
-#define STAGE_U ((STAGE_DATA + 31) / 32)             // vectors per lane
-#ifndef QMOE_ROW_MIN_BLOCKS
-#ifdef QMOE_OCC8 // QMOE_CUDA_DEFINES=QMOE_OCC8: registers capped for 8 blocks of the row kernels per SM (docs/cuda.md)
-#define QMOE_ROW_MIN_BLOCKS 8
-#else
-#define QMOE_ROW_MIN_BLOCKS 4
-#endif
-#endif
-#define UNROLL 16                             // elements per lane per step (32·UNROLL per warp)
-
-// Copies blocks [b0, b0+nb) of R rows into the warp's shared buffer SH (R slices of STAGE_VECS) with coalesced
-// 16-byte asynchronous copies (cp.async: global -> shared without registers), all in flight before the one
-// wait. The aligned span may start up to 15 bytes before a row chunk and end up to 15 bytes after it;
-// buffers are 256-byte aligned with sizes rounded up to 256 bytes (backend_cuda.c), so the span never leaves
-// the allocation. OFF[r] is where row r's bytes start in its slice of SH.
-template <int R>
-static __device__ __forceinline__ void qmoe_stage_rows(const uint8_t *const *rows, int64_t b0, int nb, uint4 *sh,
-                                                       int lane, int *off) {
-#pragma unroll
-  for (int r = 0; r < R; r++) {
-    const uint64_t p = (uint64_t)(rows[r] + b0 * QB_BYTES);
-    const uint64_t a0 = p & ~(uint64_t)15;
-    off[r] = (int)(p - a0);
-    const int n16 = (off[r] + nb * QB_BYTES + 15) >> 4;
-    const uint4 *src = (const uint4 *)a0;
-    uint4 *dst = sh + r * STAGE_VECS + STAGE_PAD;
-#pragma unroll
-    for (int u = 0; u < STAGE_U; u++) {
-      const int j = lane + 32 * u;
-      if (j < n16) qmoe_cp_async16(dst + j, src + j);
-    }
-  }
-  qmoe_cp_async_wait_all();
-  __syncwarp();
-}
-
-// acc[r] += Σ decode(row r)[e] · x[e] over the NE elements of one staged chunk, 32·UNROLL per step (see the generator
-// for which elements a lane takes). G: the last step may be partial (only where NE need not be a multiple of
-// 256, i.e. rows that end inside a step).
-template <int R, bool G>
-static __device__ __forceinline__ void qmoe_dot_chunk(const uint4 *sh, const int *off, const float *xc, int ne,
-                                                      int lane, acc_t *acc) {
-  for (int e0 = 0; e0 < ne; e0 += 32 * UNROLL) {
-    // the lane's x and block, addressed once per step
-    const float *xl = xc + e0 + UNROLL * lane;
-    const uint8_t *bl[R];
-#pragma unroll
-    for (int r = 0; r < R; r++) bl[r] = (const uint8_t *)(sh + r * STAGE_VECS + STAGE_PAD) + off[r] + ((e0 + UNROLL * lane) / QB_ELEMS) * QB_BYTES;
-#if 1 // 1: lane runs read x by 16-byte loads (gen_cuda.lua)
-    // the run's x: two 16-byte loads where x is aligned and the run is whole
-    float xr[UNROLL];
-    if (UNROLL % 4 == 0 && (((uint64_t)xl) & 15) == 0 && (!G || e0 + UNROLL * lane + UNROLL <= ne)) {
-#pragma unroll
-      for (int u = 0; u < UNROLL / 4; u++) {
-        const float4 xa = ((const float4 *)xl)[u];
-        xr[4 * u] = xa.x, xr[4 * u + 1] = xa.y, xr[4 * u + 2] = xa.z, xr[4 * u + 3] = xa.w;
-      }
-    } else {
-#pragma unroll
-      for (int t = 0; t < UNROLL; t++) xr[t] = (!G || e0 + UNROLL * lane + t < ne) ? xl[t] : 0.0f;
-    }
-#endif
-#if 0 // f32 with lane runs, where the decode is A·V + B over a run (expr.lua AFFINE; gen_cuda.lua)
-    // A chunk holds whole blocks and a block whole runs, so a run lies wholly inside the chunk or wholly past it
-    // (G: the last step of a chunk); past it, the lane's block is not staged data and its A and B are not read.
-    if (!G || e0 + UNROLL * lane < ne) {
-      const int ig = ((e0 + UNROLL * lane) % QB_ELEMS);
-#if 0
-      float sx = 0.0f; // Σ x over the run, shared by the R rows
-#pragma unroll
-      for (int t = 0; t < UNROLL; t++) sx += xr[t];
-#endif
-#pragma unroll
-      for (int r = 0; r < R; r++) {
-        const uint8_t *blk = bl[r];
-        float sv = 0.0f;
-#pragma unroll
-        for (int t = 0; t < UNROLL; t++) {
-          sv = fmaf(qmoe_q2_k_run_v(blk, ig, ig | t), xr[t], sv);
-        }
-#if 0
-        acc[r] = fmaf(qmoe_q2_k_run_a(blk, ig), sv, acc[r]);
-#else
-        acc[r] += sv;
-#endif
-#if 0
-        acc[r] = fmaf(qmoe_q2_k_run_b(blk, ig), sx, acc[r]);
-#endif
-      }
-    }
-#else
-#pragma unroll
-    for (int t = 0; t < UNROLL; t++) {
-      // element e0 + UNROLL * lane + t
-      if (G && e0 + UNROLL * lane + t >= ne) continue;
-      // Plain loads (not __ldg, whose inline asm clobbers memory and so keeps the compiler from sharing the
-      // decode's shared-memory reads between the unrolled elements).
-#if 1 // 1: lane runs read x by 16-byte loads (gen_cuda.lua)
-      const float xv = xr[t];
-#else
-      const float xv = xl[t];
-#endif
-#pragma unroll
-      for (int r = 0; r < R; r++) acc[r] = qmoe_fma(qmoe_q2_k_decode_run(bl[r] + 0 * QB_BYTES, ((e0 + UNROLL * lane) % QB_ELEMS), (((e0 + UNROLL * lane) % QB_ELEMS) | t)), xv, acc[r]);
-    }
-#endif
-  }
-}
-
-// acc[r] += Σ_e decode(row r)[e] · x[e] over the NBLOCKS blocks of R rows (per-lane partial sums; the caller
-// reduces across the warp). Weights are decoded from shared memory by the contract's decode function.
-template <int R>
-static __device__ __forceinline__ void qmoe_row_dots(const uint8_t *const *rows, const float *x, int64_t nblocks,
-                                                     uint4 *sh, int lane, acc_t *acc) {
-  for (int64_t b0 = 0; b0 < nblocks; b0 += CH_BLOCKS) {
-    const int nb = (int)(nblocks - b0 < CH_BLOCKS ? nblocks - b0 : CH_BLOCKS);
-    int off[R];
-    qmoe_stage_rows<R>(rows, b0, nb, sh, lane, off);
-    const float *xc = x + b0 * QB_ELEMS;
-    const int ne = nb * QB_ELEMS;
-    if (true && ne % (32 * UNROLL)) qmoe_dot_chunk<R, true>(sh, off, xc, ne, lane, acc);
     else qmoe_dot_chunk<R, false>(sh, off, xc, ne, lane, acc);
     __syncwarp(); // the next chunk overwrites the buffer
   }

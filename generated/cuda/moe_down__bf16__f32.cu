@@ -41,6 +41,12 @@ __device__ __forceinline__ double qmoe_sqrt(double v) { return sqrt(v); }
 // acc + w·x with the product formed in acc_t (exact in double: two f32 factors).
 __device__ __forceinline__ float qmoe_fma(float w, float x, float acc) { return fmaf(w, x, acc); }
 __device__ __forceinline__ double qmoe_fma(float w, float x, double acc) { return fma((double)w, (double)x, acc); }
+// a·b and a + b rounded each, never contracted into an FMA: where two kernels must agree bit for bit (rope_neox and
+// the fused qk_norm_rope), the compiler's contraction choices may not differ between them.
+__device__ __forceinline__ float qmoe_mul_rn(float a, float b) { return __fmul_rn(a, b); }
+__device__ __forceinline__ double qmoe_mul_rn(double a, double b) { return __dmul_rn(a, b); }
+__device__ __forceinline__ float qmoe_add_rn(float a, float b) { return __fadd_rn(a, b); }
+__device__ __forceinline__ double qmoe_add_rn(double a, double b) { return __dadd_rn(a, b); }
 
 // 16-byte global -> shared copies that bypass registers (cp.async, sm_80+), and the wait for this thread's;
 // f16 bits -> f32 (exact). tests/cuda-emu supplies host versions of these three (QMOE_HOST_EMU); the copies are

@@ -41,6 +41,12 @@ __device__ __forceinline__ double qmoe_sqrt(double v) { return sqrt(v); }
 // acc + w·x with the product formed in acc_t (exact in double: two f32 factors).
 __device__ __forceinline__ float qmoe_fma(float w, float x, float acc) { return fmaf(w, x, acc); }
 __device__ __forceinline__ double qmoe_fma(float w, float x, double acc) { return fma((double)w, (double)x, acc); }
+// a·b and a + b rounded each, never contracted into an FMA: where two kernels must agree bit for bit (rope_neox and
+// the fused qk_norm_rope), the compiler's contraction choices may not differ between them.
+__device__ __forceinline__ float qmoe_mul_rn(float a, float b) { return __fmul_rn(a, b); }
+__device__ __forceinline__ double qmoe_mul_rn(double a, double b) { return __dmul_rn(a, b); }
+__device__ __forceinline__ float qmoe_add_rn(float a, float b) { return __fadd_rn(a, b); }
+__device__ __forceinline__ double qmoe_add_rn(double a, double b) { return __dadd_rn(a, b); }
 
 // 16-byte global -> shared copies that bypass registers (cp.async, sm_80+), and the wait for this thread's;
 // f16 bits -> f32 (exact). tests/cuda-emu supplies host versions of these three (QMOE_HOST_EMU); the copies are
@@ -111,7 +117,7 @@ extern "C" __global__ void __launch_bounds__(64, 4) qmoe_rope_neox__f64(const qm
     const double ang = (double)pos * pow(theta, -(double)(2 * i) / (double)D);
     const acc_t c = (acc_t)cos(ang), s = (acc_t)sin(ang);
     const acc_t x0 = (acc_t)x[base + i], x1 = (acc_t)x[base + i + half];
-    const acc_t y0 = x0 * c - x1 * s, y1 = x0 * s + x1 * c;
+    const acc_t y0 = qmoe_add_rn(qmoe_mul_rn(x0, c), -qmoe_mul_rn(x1, s)), y1 = qmoe_add_rn(qmoe_mul_rn(x0, s), qmoe_mul_rn(x1, c));
     y[base + i] = (float)y0;
     y[base + i + half] = (float)y1;
   }

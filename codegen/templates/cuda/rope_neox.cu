@@ -11,7 +11,7 @@ ${BIND}
     const double ang = (double)pos * pow(theta, -(double)(2 * i) / (double)D);
     const acc_t c = (acc_t)cos(ang), s = (acc_t)sin(ang);
     const acc_t x0 = (acc_t)x[base + i], x1 = (acc_t)x[base + i + half];
-    const acc_t y0 = x0 * c - x1 * s, y1 = x0 * s + x1 * c;
+    const acc_t y0 = qmoe_add_rn(qmoe_mul_rn(x0, c), -qmoe_mul_rn(x1, s)), y1 = qmoe_add_rn(qmoe_mul_rn(x0, s), qmoe_mul_rn(x1, c));
     y[base + i] = (float)y0;
     y[base + i + half] = (float)y1;
   }
