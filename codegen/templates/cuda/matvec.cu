@@ -3,7 +3,7 @@
 // y = W·x: each warp computes 2 rows (x is loaded once for both), ${WARPS} warps per block.
 extern "C" __global__ void __launch_bounds__(${THREADS}, QMOE_ROW_MIN_BLOCKS) ${ENTRY}(const qmoe_args a) {
 ${BIND}
-  __shared__ uint4 sh[${WARPS}][2 * STAGE_VECS];
+  __shared__ uint4 sh[${WARPS}][QMOE_ROW_BUFS * 2 * STAGE_VECS];
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   const int64_t r0 = ((int64_t)blockIdx.x * ${WARPS} + warp) * 2;
   if (r0 >= rows) return;
