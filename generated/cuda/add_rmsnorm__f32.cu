@@ -115,14 +115,41 @@ extern "C" __global__ void __launch_bounds__(256, 4) qmoe_add_rmsnorm__f32(const
   const double eps = a_.f[0];
   (void)a, (void)b, (void)w, (void)y, (void)xn, (void)n, (void)eps; // not every kernel reads every contract name
   __shared__ acc_t red[32];
+  // Where n fits ARN_U elements per thread, a, b and w are all read in one pass (one trip to memory, not two)
+  // and y stays in registers; the sum of squares runs in the same order either way.
+  float yv[16], wv[16];
+  const bool fits = n <= (int64_t)16 * blockDim.x;
   acc_t ss = 0;
-  for (int64_t i = threadIdx.x; i < n; i += blockDim.x) {
-    const float s = a[i] + b[i];
-    y[i] = s;
-    const acc_t v = (acc_t)s;
-    ss += v * v;
+  if (fits) {
+#pragma unroll
+    for (int u = 0; u < 16; u++) {
+      const int64_t i = threadIdx.x + (int64_t)u * blockDim.x;
+      if (i < n) {
+        const float s = a[i] + b[i];
+        wv[u] = w[i];
+        yv[u] = s;
+        y[i] = s;
+        const acc_t v = (acc_t)s;
+        ss += v * v;
+      }
+    }
+  } else {
+    for (int64_t i = threadIdx.x; i < n; i += blockDim.x) {
+      const float s = a[i] + b[i];
+      y[i] = s;
+      const acc_t v = (acc_t)s;
+      ss += v * v;
+    }
   }
   ss = qmoe_block_sum(ss, red);
   const acc_t r = (acc_t)1 / qmoe_sqrt(ss / (acc_t)n + (acc_t)eps);
-  for (int64_t i = threadIdx.x; i < n; i += blockDim.x) xn[i] = (float)((acc_t)y[i] * r * (acc_t)w[i]);
+  if (fits) {
+#pragma unroll
+    for (int u = 0; u < 16; u++) {
+      const int64_t i = threadIdx.x + (int64_t)u * blockDim.x;
+      if (i < n) xn[i] = (float)((acc_t)yv[u] * r * (acc_t)wv[u]);
+    }
+  } else {
+    for (int64_t i = threadIdx.x; i < n; i += blockDim.x) xn[i] = (float)((acc_t)y[i] * r * (acc_t)w[i]);
+  }
 }

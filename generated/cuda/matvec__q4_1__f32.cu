@@ -287,6 +287,7 @@ static __device__ __forceinline__ void qmoe_dot_chunk(const uint4 *sh, const int
 template <int R>
 static __device__ __forceinline__ void qmoe_row_dots(const uint8_t *const *rows, const float *x, int64_t nblocks,
                                                      uint4 *sh, int lane, acc_t *acc) {
+  if (nblocks <= 0) return;
   // Chunks of PER blocks (at most CH_BLOCKS, whole steps; at least two chunks where the row has two blocks, so
   // that copying overlaps decoding), chunk c in buffer c % QMOE_ROW_BUFS.
   const int64_t nch0 = (nblocks + CH_BLOCKS - 1) / CH_BLOCKS;
@@ -321,7 +322,10 @@ static __device__ __forceinline__ void qmoe_row_dots(const uint8_t *const *rows,
   }
 }
 
-// y = W·x: each warp computes 2 rows (x is loaded once for both), 4 warps per block.
+// y = W·x: each warp computes 2 rows (x is loaded once for both), 4 warps per block. With few rows (fewer
+// row pairs than 16 warps per multiprocessor: attention's projections at batch 1) a block takes one pair and its
+// warps split the row's blocks in 4 contiguous parts, summed in part order: four times the warps in flight.
+// The kernel knows which launch it got from the grid (a grid of at least one block per pair).
 extern "C" __global__ void __launch_bounds__(128, QMOE_ROW_MIN_BLOCKS) qmoe_matvec__q4_1__f32(const qmoe_args a) {
   const uint8_t *const W = (const uint8_t *)a.buf[0];
   const float *const x = (const float *)a.buf[1];
@@ -330,16 +334,33 @@ extern "C" __global__ void __launch_bounds__(128, QMOE_ROW_MIN_BLOCKS) qmoe_matv
   const int64_t cols = a.p[1];
   (void)W, (void)x, (void)y, (void)rows, (void)cols; // not every kernel reads every contract name
   __shared__ uint4 sh[4][QMOE_ROW_BUFS * 2 * STAGE_VECS];
+  __shared__ acc_t part_sum[4][2];
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-  const int64_t r0 = ((int64_t)blockIdx.x * 4 + warp) * 2;
-  if (r0 >= rows) return;
-  const int64_t row_bytes = cols / QB_ELEMS * QB_BYTES;
-  const int64_t r1 = r0 + 1 < rows ? r0 + 1 : r0;
-  const uint8_t *rp[2] = { W + r0 * row_bytes, W + r1 * row_bytes };
-  acc_t acc[2] = { 0, 0 };
-  qmoe_row_dots<2>(rp, x, cols / QB_ELEMS, sh[warp], lane, acc);
-  const acc_t s0 = qmoe_warp_sum(acc[0]), s1 = qmoe_warp_sum(acc[1]);
-  if (lane == 0) {
+  const int64_t pairs = (rows + 1) / 2;
+  const int ks = (int64_t)gridDim.x >= pairs ? 4 : 1; // warps per row pair
+  const int64_t r0 = (ks > 1 ? (int64_t)blockIdx.x : (int64_t)blockIdx.x * 4 + warp) * 2;
+  const int part = ks > 1 ? warp : 0;
+  const bool live = r0 < rows; // uniform over the block when ks > 1
+  acc_t s0 = 0, s1 = 0;
+  if (live) {
+    const int64_t nbk = cols / QB_ELEMS, lo = nbk * part / ks, hi = nbk * (part + 1) / ks;
+    const int64_t row_bytes = nbk * QB_BYTES;
+    const int64_t r1 = r0 + 1 < rows ? r0 + 1 : r0;
+    const uint8_t *rp[2] = { W + r0 * row_bytes + lo * QB_BYTES, W + r1 * row_bytes + lo * QB_BYTES };
+    acc_t acc[2] = { 0, 0 };
+    qmoe_row_dots<2>(rp, x + lo * QB_ELEMS, hi - lo, sh[warp], lane, acc);
+    s0 = qmoe_warp_sum(acc[0]), s1 = qmoe_warp_sum(acc[1]);
+  }
+  if (ks > 1) {
+    if (lane == 0) part_sum[warp][0] = s0, part_sum[warp][1] = s1;
+    __syncthreads();
+    if (threadIdx.x == 0 && live) {
+      acc_t t0 = 0, t1 = 0;
+      for (int w = 0; w < 4; w++) t0 += part_sum[w][0], t1 += part_sum[w][1];
+      y[r0] = (float)t0;
+      if (r0 + 1 < rows) y[r0 + 1] = (float)t1;
+    }
+  } else if (live && lane == 0) {
     y[r0] = (float)s0;
     if (r0 + 1 < rows) y[r0 + 1] = (float)s1;
   }

@@ -267,6 +267,7 @@ static __device__ __forceinline__ void qmoe_dot_chunk(const uint4 *sh, const int
 template <int R>
 static __device__ __forceinline__ void qmoe_row_dots(const uint8_t *const *rows, const float *x, int64_t nblocks,
                                                      uint4 *sh, int lane, acc_t *acc) {
+  if (nblocks <= 0) return;
   // Chunks of PER blocks (at most CH_BLOCKS, whole steps; at least two chunks where the row has two blocks, so
   // that copying overlaps decoding), chunk c in buffer c % QMOE_ROW_BUFS.
   const int64_t nch0 = (nblocks + CH_BLOCKS - 1) / CH_BLOCKS;
