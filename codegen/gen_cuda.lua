@@ -18,7 +18,7 @@ local USAGE = "usage: qmoe-lua codegen/gen_cuda.lua [--contracts DIR] (--stage N
 local SCRIPT = "codegen/gen_cuda.lua"
 
 local WARPS = 4          -- warps per block of the row kernels (one block = 128 threads)
-local STAGE_BYTES = 2048 -- bytes of one row staged in shared memory (two chunk buffers; rounded to whole blocks)
+local STAGE_BYTES = 2048 -- bytes of one row staged in shared memory per chunk (rounded to whole blocks)
 
 local function stages_module()
   return dofile("codegen/gen_stages.lua")
@@ -299,7 +299,7 @@ local function emit_variant(v, sources)
     local RL = 8
     -- whole steps of 32·RL elements per chunk where blocks are smaller (only a row's last chunk may end mid-step)
     local function chunk_blocks(unroll)
-      local ch = math.max(1, (STAGE_BYTES // 2) // bb) -- two chunk buffers (_qrows.cu QMOE_ROW_BUFS)
+      local ch = math.max(1, STAGE_BYTES // bb)
       local step = 32 * unroll
       if be < step and step % be == 0 and ch > step // be then ch = ch - ch % (step // be) end
       return ch

@@ -15,9 +15,7 @@ static int launch_matvec(const qmoe_cuda_launch_env *env, const int64_t *p, qmoe
   const int64_t cols = p[1];
   (void)rows, (void)cols;
   (void)env;
-  const int64_t pairs = qmoe_cdiv(rows, 2);
-  const int64_t pairs_per_block = pairs < env->sm_count * 16 ? 1 : env->threads / 32;
-  l->grid[0] = qmoe_cdiv(pairs, pairs_per_block);
+  l->grid[0] = qmoe_cdiv(rows, env->rows_per_block);
   l->grid[1] = 1;
   l->workspace = (size_t)(0);
   return 0;

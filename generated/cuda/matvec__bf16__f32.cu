@@ -72,10 +72,9 @@ __device__ __forceinline__ void qmoe_cp_async16(uint4 *smem, const uint4 *gmem) 
   asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"((uint32_t)__cvta_generic_to_shared(smem)), "l"(gmem)
                : "memory");
 }
-__device__ __forceinline__ void qmoe_cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::: "memory"); }
-// wait until no committed group (wait0) or at most the newest one (wait1) of this thread's copies is pending
-__device__ __forceinline__ void qmoe_cp_async_wait0() { asm volatile("cp.async.wait_group 0;\n" ::: "memory"); }
-__device__ __forceinline__ void qmoe_cp_async_wait1() { asm volatile("cp.async.wait_group 1;\n" ::: "memory"); }
+__device__ __forceinline__ void qmoe_cp_async_wait_all() {
+  asm volatile("cp.async.commit_group;\ncp.async.wait_group 0;\n" ::: "memory");
+}
 #endif
 
 // `c ? a : b` of the decode expressions with both arms evaluated (an arm not taken may index outside its field,
@@ -139,14 +138,7 @@ static __device__ __forceinline__ void qmoe_bf16_decode_block(const uint8_t *b, 
 // ---- bf16 rows: 1 elements in 2 bytes per block ----
 #define QB_ELEMS 1
 #define QB_BYTES 2
-#ifndef QMOE_NO_PIPE
-#define QMOE_ROW_BUFS 2  // two chunk buffers per warp: chunk c + 1's copies are in flight while chunk c is decoded
-#define CH_BLOCKS 512  // blocks of one row staged per chunk (at most)
-#else // QMOE_CUDA_DEFINES=QMOE_NO_PIPE: one buffer twice the size, copy then decode (docs/cuda.md)
-#define QMOE_ROW_BUFS 1
-#define CH_BLOCKS (2 * 512)
-#endif
-#define STEP_BLOCKS (32 * 8 > QB_ELEMS ? 32 * 8 / QB_ELEMS : 1) // blocks of a whole step (small blocks)
+#define CH_BLOCKS 1024                             // blocks of one row staged per chunk
 #define STAGE_DATA ((CH_BLOCKS * QB_BYTES + 15) / 16 + 1) // 16-byte vectors covering a chunk at any alignment
 #define STAGE_PAD 4                                  // 64 bytes before and after each row's chunk, so the
                                                      // arms of a decode's ?: that are not taken read in bounds
@@ -162,8 +154,8 @@ static __device__ __forceinline__ void qmoe_bf16_decode_block(const uint8_t *b, 
 #define UNROLL 8                             // elements per lane per step (32·UNROLL per warp)
 
 // Copies blocks [b0, b0+nb) of R rows into the warp's shared buffer SH (R slices of STAGE_VECS) with coalesced
-// 16-byte asynchronous copies (cp.async: global -> shared without registers), committed as one group (the
-// caller waits for it). The aligned span may start up to 15 bytes before a row chunk and end up to 15 bytes after it;
+// 16-byte asynchronous copies (cp.async: global -> shared without registers), all in flight before the one
+// wait. The aligned span may start up to 15 bytes before a row chunk and end up to 15 bytes after it;
 // buffers are 256-byte aligned with sizes rounded up to 256 bytes (backend_cuda.c), so the span never leaves
 // the allocation. OFF[r] is where row r's bytes start in its slice of SH.
 template <int R>
@@ -183,7 +175,8 @@ static __device__ __forceinline__ void qmoe_stage_rows(const uint8_t *const *row
       if (j < n16) qmoe_cp_async16(dst + j, src + j);
     }
   }
-  qmoe_cp_async_commit();
+  qmoe_cp_async_wait_all();
+  __syncwarp();
 }
 
 // acc[r] += Σ decode(row r)[e] · x[e] over the NE elements of one staged chunk, 32·UNROLL per step (see the generator
@@ -264,45 +257,19 @@ static __device__ __forceinline__ void qmoe_dot_chunk(const uint4 *sh, const int
 template <int R>
 static __device__ __forceinline__ void qmoe_row_dots(const uint8_t *const *rows, const float *x, int64_t nblocks,
                                                      uint4 *sh, int lane, acc_t *acc) {
-  if (nblocks <= 0) return;
-  // Chunks of PER blocks (at most CH_BLOCKS, whole steps; at least two chunks where the row has two blocks, so
-  // that copying overlaps decoding), chunk c in buffer c % QMOE_ROW_BUFS.
-  const int64_t nch0 = (nblocks + CH_BLOCKS - 1) / CH_BLOCKS;
-  const int64_t nch = QMOE_ROW_BUFS > 1 && nblocks >= 2 && nch0 < 2 ? 2 : nch0;
-  int64_t per = (nblocks + nch - 1) / nch;
-  per = (per + STEP_BLOCKS - 1) / STEP_BLOCKS * STEP_BLOCKS;
-  per = per < CH_BLOCKS ? per : CH_BLOCKS;
-  int off[R];
-  if (QMOE_ROW_BUFS > 1) qmoe_stage_rows<R>(rows, 0, (int)(per < nblocks ? per : nblocks), sh, lane, off);
-  for (int64_t b0 = 0, c = 0; b0 < nblocks; b0 += per, c++) {
-    const int nb = (int)(nblocks - b0 < per ? nblocks - b0 : per);
-    uint4 *cur = sh + (QMOE_ROW_BUFS > 1 ? (c & 1) : 0) * R * STAGE_VECS;
-    if (QMOE_ROW_BUFS == 1) {
-      qmoe_stage_rows<R>(rows, b0, nb, cur, lane, off);
-      qmoe_cp_async_wait0();
-    } else if (b0 + per < nblocks) {
-      const int64_t b1 = b0 + per;
-      qmoe_stage_rows<R>(rows, b1, (int)(nblocks - b1 < per ? nblocks - b1 : per),
-                         sh + ((c + 1) & 1) * R * STAGE_VECS, lane, off);
-      qmoe_cp_async_wait1(); // all but the newest group: chunk c is here
-    } else {
-      qmoe_cp_async_wait0();
-    }
-    __syncwarp();
-#pragma unroll
-    for (int r = 0; r < R; r++) off[r] = (int)((uint64_t)(rows[r] + b0 * QB_BYTES) & 15);
+  for (int64_t b0 = 0; b0 < nblocks; b0 += CH_BLOCKS) {
+    const int nb = (int)(nblocks - b0 < CH_BLOCKS ? nblocks - b0 : CH_BLOCKS);
+    int off[R];
+    qmoe_stage_rows<R>(rows, b0, nb, sh, lane, off);
     const float *xc = x + b0 * QB_ELEMS;
     const int ne = nb * QB_ELEMS;
-    if (true && ne % (32 * UNROLL)) qmoe_dot_chunk<R, true>(cur, off, xc, ne, lane, acc);
-    else qmoe_dot_chunk<R, false>(cur, off, xc, ne, lane, acc);
-    __syncwarp(); // the buffer is staged again two chunks on
+    if (true && ne % (32 * UNROLL)) qmoe_dot_chunk<R, true>(sh, off, xc, ne, lane, acc);
+    else qmoe_dot_chunk<R, false>(sh, off, xc, ne, lane, acc);
+    __syncwarp(); // the next chunk overwrites the buffer
   }
 }
 
-// y = W·x: each warp computes 2 rows (x is loaded once for both), 4 warps per block. With few rows (fewer
-// row pairs than 16 warps per multiprocessor: attention's projections at batch 1) a block takes one pair and its
-// warps split the row's blocks in 4 contiguous parts, summed in part order: four times the warps in flight.
-// The kernel knows which launch it got from the grid (a grid of at least one block per pair).
+// y = W·x: each warp computes 2 rows (x is loaded once for both), 4 warps per block.
 extern "C" __global__ void __launch_bounds__(128, QMOE_ROW_MIN_BLOCKS) qmoe_matvec__bf16__f32(const qmoe_args a) {
   const uint8_t *const W = (const uint8_t *)a.buf[0];
   const float *const x = (const float *)a.buf[1];
@@ -310,34 +277,17 @@ extern "C" __global__ void __launch_bounds__(128, QMOE_ROW_MIN_BLOCKS) qmoe_matv
   const int64_t rows = a.p[0];
   const int64_t cols = a.p[1];
   (void)W, (void)x, (void)y, (void)rows, (void)cols; // not every kernel reads every contract name
-  __shared__ uint4 sh[4][QMOE_ROW_BUFS * 2 * STAGE_VECS];
-  __shared__ acc_t part_sum[4][2];
+  __shared__ uint4 sh[4][2 * STAGE_VECS];
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-  const int64_t pairs = (rows + 1) / 2;
-  const int ks = (int64_t)gridDim.x >= pairs ? 4 : 1; // warps per row pair
-  const int64_t r0 = (ks > 1 ? (int64_t)blockIdx.x : (int64_t)blockIdx.x * 4 + warp) * 2;
-  const int part = ks > 1 ? warp : 0;
-  const bool live = r0 < rows; // uniform over the block when ks > 1
-  acc_t s0 = 0, s1 = 0;
-  if (live) {
-    const int64_t nbk = cols / QB_ELEMS, lo = nbk * part / ks, hi = nbk * (part + 1) / ks;
-    const int64_t row_bytes = nbk * QB_BYTES;
-    const int64_t r1 = r0 + 1 < rows ? r0 + 1 : r0;
-    const uint8_t *rp[2] = { W + r0 * row_bytes + lo * QB_BYTES, W + r1 * row_bytes + lo * QB_BYTES };
-    acc_t acc[2] = { 0, 0 };
-    qmoe_row_dots<2>(rp, x + lo * QB_ELEMS, hi - lo, sh[warp], lane, acc);
-    s0 = qmoe_warp_sum(acc[0]), s1 = qmoe_warp_sum(acc[1]);
-  }
-  if (ks > 1) {
-    if (lane == 0) part_sum[warp][0] = s0, part_sum[warp][1] = s1;
-    __syncthreads();
-    if (threadIdx.x == 0 && live) {
-      acc_t t0 = 0, t1 = 0;
-      for (int w = 0; w < 4; w++) t0 += part_sum[w][0], t1 += part_sum[w][1];
-      y[r0] = (float)t0;
-      if (r0 + 1 < rows) y[r0 + 1] = (float)t1;
-    }
-  } else if (live && lane == 0) {
+  const int64_t r0 = ((int64_t)blockIdx.x * 4 + warp) * 2;
+  if (r0 >= rows) return;
+  const int64_t row_bytes = cols / QB_ELEMS * QB_BYTES;
+  const int64_t r1 = r0 + 1 < rows ? r0 + 1 : r0;
+  const uint8_t *rp[2] = { W + r0 * row_bytes, W + r1 * row_bytes };
+  acc_t acc[2] = { 0, 0 };
+  qmoe_row_dots<2>(rp, x, cols / QB_ELEMS, sh[warp], lane, acc);
+  const acc_t s0 = qmoe_warp_sum(acc[0]), s1 = qmoe_warp_sum(acc[1]);
+  if (lane == 0) {
     y[r0] = (float)s0;
     if (r0 + 1 < rows) y[r0 + 1] = (float)s1;
   }

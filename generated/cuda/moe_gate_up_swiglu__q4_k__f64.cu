@@ -72,10 +72,9 @@ __device__ __forceinline__ void qmoe_cp_async16(uint4 *smem, const uint4 *gmem) 
   asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"((uint32_t)__cvta_generic_to_shared(smem)), "l"(gmem)
                : "memory");
 }
-__device__ __forceinline__ void qmoe_cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::: "memory"); }
-// wait until no committed group (wait0) or at most the newest one (wait1) of this thread's copies is pending
-__device__ __forceinline__ void qmoe_cp_async_wait0() { asm volatile("cp.async.wait_group 0;\n" ::: "memory"); }
-__device__ __forceinline__ void qmoe_cp_async_wait1() { asm volatile("cp.async.wait_group 1;\n" ::: "memory"); }
+__device__ __forceinline__ void qmoe_cp_async_wait_all() {
+  asm volatile("cp.async.commit_group;\ncp.async.wait_group 0;\n" ::: "memory");
+}
 #endif
 
 // `c ? a : b` of the decode expressions with both arms evaluated (an arm not taken may index outside its field,
@@ -148,14 +147,7 @@ static __device__ __forceinline__ void qmoe_q4_k_decode_block(const uint8_t *b, 
 // ---- q4_k rows: 256 elements in 144 bytes per block ----
 #define QB_ELEMS 256
 #define QB_BYTES 144
-#ifndef QMOE_NO_PIPE
-#define QMOE_ROW_BUFS 2  // two chunk buffers per warp: chunk c + 1's copies are in flight while chunk c is decoded
-#define CH_BLOCKS 7  // blocks of one row staged per chunk (at most)
-#else // QMOE_CUDA_DEFINES=QMOE_NO_PIPE: one buffer twice the size, copy then decode (docs/cuda.md)
-#define QMOE_ROW_BUFS 1
-#define CH_BLOCKS (2 * 7)
-#endif
-#define STEP_BLOCKS (32 * 8 > QB_ELEMS ? 32 * 8 / QB_ELEMS : 1) // blocks of a whole step (small blocks)
+#define CH_BLOCKS 14                             // blocks of one row staged per chunk
 #define STAGE_DATA ((CH_BLOCKS * QB_BYTES + 15) / 16 + 1) // 16-byte vectors covering a chunk at any alignment
 #define STAGE_PAD 4                                  // 64 bytes before and after each row's chunk, so the
                                                      // arms of a decode's ?: that are not taken read in bounds
@@ -171,8 +163,8 @@ static __device__ __forceinline__ void qmoe_q4_k_decode_block(const uint8_t *b, 
 #define UNROLL 8                             // elements per lane per step (32·UNROLL per warp)
 
 // Copies blocks [b0, b0+nb) of R rows into the warp's shared buffer SH (R slices of STAGE_VECS) with coalesced
-// 16-byte asynchronous copies (cp.async: global -> shared without registers), committed as one group (the
-// caller waits for it). The aligned span may start up to 15 bytes before a row chunk and end up to 15 bytes after it;
+// 16-byte asynchronous copies (cp.async: global -> shared without registers), all in flight before the one
+// wait. The aligned span may start up to 15 bytes before a row chunk and end up to 15 bytes after it;
 // buffers are 256-byte aligned with sizes rounded up to 256 bytes (backend_cuda.c), so the span never leaves
 // the allocation. OFF[r] is where row r's bytes start in its slice of SH.
 template <int R>
@@ -192,7 +184,8 @@ static __device__ __forceinline__ void qmoe_stage_rows(const uint8_t *const *row
       if (j < n16) qmoe_cp_async16(dst + j, src + j);
     }
   }
-  qmoe_cp_async_commit();
+  qmoe_cp_async_wait_all();
+  __syncwarp();
 }
 
 // acc[r] += Σ decode(row r)[e] · x[e] over the NE elements of one staged chunk, 32·UNROLL per step (see the generator
@@ -273,38 +266,15 @@ static __device__ __forceinline__ void qmoe_dot_chunk(const uint4 *sh, const int
 template <int R>
 static __device__ __forceinline__ void qmoe_row_dots(const uint8_t *const *rows, const float *x, int64_t nblocks,
                                                      uint4 *sh, int lane, acc_t *acc) {
-  if (nblocks <= 0) return;
-  // Chunks of PER blocks (at most CH_BLOCKS, whole steps; at least two chunks where the row has two blocks, so
-  // that copying overlaps decoding), chunk c in buffer c % QMOE_ROW_BUFS.
-  const int64_t nch0 = (nblocks + CH_BLOCKS - 1) / CH_BLOCKS;
-  const int64_t nch = QMOE_ROW_BUFS > 1 && nblocks >= 2 && nch0 < 2 ? 2 : nch0;
-  int64_t per = (nblocks + nch - 1) / nch;
-  per = (per + STEP_BLOCKS - 1) / STEP_BLOCKS * STEP_BLOCKS;
-  per = per < CH_BLOCKS ? per : CH_BLOCKS;
-  int off[R];
-  if (QMOE_ROW_BUFS > 1) qmoe_stage_rows<R>(rows, 0, (int)(per < nblocks ? per : nblocks), sh, lane, off);
-  for (int64_t b0 = 0, c = 0; b0 < nblocks; b0 += per, c++) {
-    const int nb = (int)(nblocks - b0 < per ? nblocks - b0 : per);
-    uint4 *cur = sh + (QMOE_ROW_BUFS > 1 ? (c & 1) : 0) * R * STAGE_VECS;
-    if (QMOE_ROW_BUFS == 1) {
-      qmoe_stage_rows<R>(rows, b0, nb, cur, lane, off);
-      qmoe_cp_async_wait0();
-    } else if (b0 + per < nblocks) {
-      const int64_t b1 = b0 + per;
-      qmoe_stage_rows<R>(rows, b1, (int)(nblocks - b1 < per ? nblocks - b1 : per),
-                         sh + ((c + 1) & 1) * R * STAGE_VECS, lane, off);
-      qmoe_cp_async_wait1(); // all but the newest group: chunk c is here
-    } else {
-      qmoe_cp_async_wait0();
-    }
-    __syncwarp();
-#pragma unroll
-    for (int r = 0; r < R; r++) off[r] = (int)((uint64_t)(rows[r] + b0 * QB_BYTES) & 15);
+  for (int64_t b0 = 0; b0 < nblocks; b0 += CH_BLOCKS) {
+    const int nb = (int)(nblocks - b0 < CH_BLOCKS ? nblocks - b0 : CH_BLOCKS);
+    int off[R];
+    qmoe_stage_rows<R>(rows, b0, nb, sh, lane, off);
     const float *xc = x + b0 * QB_ELEMS;
     const int ne = nb * QB_ELEMS;
-    if (false && ne % (32 * UNROLL)) qmoe_dot_chunk<R, true>(cur, off, xc, ne, lane, acc);
-    else qmoe_dot_chunk<R, false>(cur, off, xc, ne, lane, acc);
-    __syncwarp(); // the buffer is staged again two chunks on
+    if (false && ne % (32 * UNROLL)) qmoe_dot_chunk<R, true>(sh, off, xc, ne, lane, acc);
+    else qmoe_dot_chunk<R, false>(sh, off, xc, ne, lane, acc);
+    __syncwarp(); // the next chunk overwrites the buffer
   }
 }
 
@@ -312,14 +282,7 @@ static __device__ __forceinline__ void qmoe_row_dots(const uint8_t *const *rows,
 // ---- q4_k rows: 256 elements in 144 bytes per block ----
 #define QB_ELEMS 256
 #define QB_BYTES 144
-#ifndef QMOE_NO_PIPE
-#define QMOE_ROW_BUFS 2  // two chunk buffers per warp: chunk c + 1's copies are in flight while chunk c is decoded
-#define CH_BLOCKS 7  // blocks of one row staged per chunk (at most)
-#else // QMOE_CUDA_DEFINES=QMOE_NO_PIPE: one buffer twice the size, copy then decode (docs/cuda.md)
-#define QMOE_ROW_BUFS 1
-#define CH_BLOCKS (2 * 7)
-#endif
-#define STEP_BLOCKS (32 * 8 > QB_ELEMS ? 32 * 8 / QB_ELEMS : 1) // blocks of a whole step (small blocks)
+#define CH_BLOCKS 14                             // blocks of one row staged per chunk
 #define STAGE_DATA ((CH_BLOCKS * QB_BYTES + 15) / 16 + 1) // 16-byte vectors covering a chunk at any alignment
 #define STAGE_PAD 4                                  // 64 bytes before and after each row's chunk, so the
                                                      // arms of a decode's ?: that are not taken read in bounds
@@ -335,8 +298,8 @@ static __device__ __forceinline__ void qmoe_row_dots(const uint8_t *const *rows,
 #define UNROLL 8                             // elements per lane per step (32·UNROLL per warp)
 
 // Copies blocks [b0, b0+nb) of R rows into the warp's shared buffer SH (R slices of STAGE_VECS) with coalesced
-// 16-byte asynchronous copies (cp.async: global -> shared without registers), committed as one group (the
-// caller waits for it). The aligned span may start up to 15 bytes before a row chunk and end up to 15 bytes after it;
+// 16-byte asynchronous copies (cp.async: global -> shared without registers), all in flight before the one
+// wait. The aligned span may start up to 15 bytes before a row chunk and end up to 15 bytes after it;
 // buffers are 256-byte aligned with sizes rounded up to 256 bytes (backend_cuda.c), so the span never leaves
 // the allocation. OFF[r] is where row r's bytes start in its slice of SH.
 template <int R>
@@ -356,7 +319,8 @@ static __device__ __forceinline__ void qmoe_stage_rows(const uint8_t *const *row
       if (j < n16) qmoe_cp_async16(dst + j, src + j);
     }
   }
-  qmoe_cp_async_commit();
+  qmoe_cp_async_wait_all();
+  __syncwarp();
 }
 
 // acc[r] += Σ decode(row r)[e] · x[e] over the NE elements of one staged chunk, 32·UNROLL per step (see the generator
@@ -437,38 +401,15 @@ static __device__ __forceinline__ void qmoe_dot_chunk(const uint4 *sh, const int
 template <int R>
 static __device__ __forceinline__ void qmoe_row_dots(const uint8_t *const *rows, const float *x, int64_t nblocks,
                                                      uint4 *sh, int lane, acc_t *acc) {
-  if (nblocks <= 0) return;
-  // Chunks of PER blocks (at most CH_BLOCKS, whole steps; at least two chunks where the row has two blocks, so
-  // that copying overlaps decoding), chunk c in buffer c % QMOE_ROW_BUFS.
-  const int64_t nch0 = (nblocks + CH_BLOCKS - 1) / CH_BLOCKS;
-  const int64_t nch = QMOE_ROW_BUFS > 1 && nblocks >= 2 && nch0 < 2 ? 2 : nch0;
-  int64_t per = (nblocks + nch - 1) / nch;
-  per = (per + STEP_BLOCKS - 1) / STEP_BLOCKS * STEP_BLOCKS;
-  per = per < CH_BLOCKS ? per : CH_BLOCKS;
-  int off[R];
-  if (QMOE_ROW_BUFS > 1) qmoe_stage_rows<R>(rows, 0, (int)(per < nblocks ? per : nblocks), sh, lane, off);
-  for (int64_t b0 = 0, c = 0; b0 < nblocks; b0 += per, c++) {
-    const int nb = (int)(nblocks - b0 < per ? nblocks - b0 : per);
-    uint4 *cur = sh + (QMOE_ROW_BUFS > 1 ? (c & 1) : 0) * R * STAGE_VECS;
-    if (QMOE_ROW_BUFS == 1) {
-      qmoe_stage_rows<R>(rows, b0, nb, cur, lane, off);
-      qmoe_cp_async_wait0();
-    } else if (b0 + per < nblocks) {
-      const int64_t b1 = b0 + per;
-      qmoe_stage_rows<R>(rows, b1, (int)(nblocks - b1 < per ? nblocks - b1 : per),
-                         sh + ((c + 1) & 1) * R * STAGE_VECS, lane, off);
-      qmoe_cp_async_wait1(); // all but the newest group: chunk c is here
-    } else {
-      qmoe_cp_async_wait0();
-    }
-    __syncwarp();
-#pragma unroll
-    for (int r = 0; r < R; r++) off[r] = (int)((uint64_t)(rows[r] + b0 * QB_BYTES) & 15);
+  for (int64_t b0 = 0; b0 < nblocks; b0 += CH_BLOCKS) {
+    const int nb = (int)(nblocks - b0 < CH_BLOCKS ? nblocks - b0 : CH_BLOCKS);
+    int off[R];
+    qmoe_stage_rows<R>(rows, b0, nb, sh, lane, off);
     const float *xc = x + b0 * QB_ELEMS;
     const int ne = nb * QB_ELEMS;
-    if (false && ne % (32 * UNROLL)) qmoe_dot_chunk<R, true>(cur, off, xc, ne, lane, acc);
-    else qmoe_dot_chunk<R, false>(cur, off, xc, ne, lane, acc);
-    __syncwarp(); // the buffer is staged again two chunks on
+    if (false && ne % (32 * UNROLL)) qmoe_dot_chunk<R, true>(sh, off, xc, ne, lane, acc);
+    else qmoe_dot_chunk<R, false>(sh, off, xc, ne, lane, acc);
+    __syncwarp(); // the next chunk overwrites the buffer
   }
 }
 
@@ -487,7 +428,7 @@ extern "C" __global__ void __launch_bounds__(128, QMOE_ROW_MIN_BLOCKS) qmoe_moe_
   const int64_t E = a.p[2];
   const int64_t K = a.p[3];
   (void)Wg, (void)Wu, (void)x, (void)ids, (void)h, (void)H, (void)F, (void)E, (void)K; // not every kernel reads every contract name
-  __shared__ uint4 sh[4][QMOE_ROW_BUFS * 2 * STAGE_VECS];
+  __shared__ uint4 sh[4][2 * STAGE_VECS];
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   const int64_t f = (int64_t)blockIdx.x * 4 + warp, k = blockIdx.y;
   if (f >= F || k >= K) return;

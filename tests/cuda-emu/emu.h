@@ -147,9 +147,7 @@ static inline float qmoe_cu_f16(uint32_t h) {
   std::memcpy(&f, &u, 4);
   return f;
 }
-static inline void qmoe_cp_async_commit() {}
-static inline void qmoe_cp_async_wait0() {}
-static inline void qmoe_cp_async_wait1() {}
+static inline void qmoe_cp_async_wait_all() {}
 
 /* ---- the launcher, called by the fake driver ------------------------------------------------------- */
 

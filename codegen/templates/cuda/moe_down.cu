@@ -6,7 +6,7 @@
 // over k in order 0..K-1 in acc_t. No atomics: the result does not depend on scheduling. K <= ${MAX_K}.
 extern "C" __global__ void __launch_bounds__(${THREADS}, QMOE_ROW_MIN_BLOCKS) ${ENTRY}(const qmoe_args a) {
 ${BIND}
-  __shared__ uint4 sh[${WARPS}][QMOE_ROW_BUFS * 2 * STAGE_VECS];
+  __shared__ uint4 sh[${WARPS}][2 * STAGE_VECS];
   __shared__ acc_t part[${MAX_K}][2];
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   const int64_t r0 = (int64_t)blockIdx.x * 2;

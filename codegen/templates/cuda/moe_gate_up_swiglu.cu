@@ -5,7 +5,7 @@
 // SwiGLU is evaluated in acc_t. An id outside [0, E) yields NaN in its outputs (never a wrong expert).
 extern "C" __global__ void __launch_bounds__(${THREADS}, QMOE_ROW_MIN_BLOCKS) ${ENTRY}(const qmoe_args a) {
 ${BIND}
-  __shared__ uint4 sh[${WARPS}][QMOE_ROW_BUFS * 2 * STAGE_VECS];
+  __shared__ uint4 sh[${WARPS}][2 * STAGE_VECS];
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   const int64_t f = (int64_t)blockIdx.x * ${WARPS} + warp, k = blockIdx.y;
   if (f >= F || k >= K) return;

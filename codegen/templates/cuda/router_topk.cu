@@ -3,9 +3,9 @@
 // qmoe-limit: K <= MAX_K
 // qmoe-grid: E, 1
 // Router: logits = Wr·x, one block per expert (each thread's slice of the row loaded at once with 16-byte
-// loads, then a fixed-order block sum); the last block to finish (a counter in device memory, self-resetting
-// via atomicInc) runs softmax over E and top-K by logit (ties: the lower index; ranks computed in parallel),
-// then w = p / Σ p over the chosen, all in acc_t. E <= ${MAX_E}, K <= ${MAX_K}.
+// loads, then a fixed-order block sum); the first warp of the last block to finish (a counter in device memory,
+// self-resetting via atomicInc) runs softmax over E and top-K by logit (ties: the lower index), then
+// w = p / Σ p over the chosen, all in acc_t. E <= ${MAX_E}, K <= ${MAX_K}.
 __device__ acc_t qmoe_router_logits[${MAX_E}];
 __device__ unsigned int qmoe_router_done;
 
@@ -13,6 +13,7 @@ extern "C" __global__ void __launch_bounds__(${THREADS}, ${MIN_BLOCKS}) ${ENTRY}
 ${BIND}
   __shared__ acc_t prob[${MAX_E}];
   __shared__ int sel[${MAX_K}];
+  __shared__ unsigned char taken[${MAX_E}];
   __shared__ acc_t red[32];
   __shared__ int last;
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
@@ -40,17 +41,15 @@ ${BIND}
   __syncthreads();
   if (threadIdx.x == 0) last = atomicInc(&qmoe_router_done, gridDim.x - 1) == gridDim.x - 1;
   __syncthreads();
-  if (!last) return;
+  if (!last || warp != 0) return;
   __threadfence();
-  // The last block finishes, all its threads: the logits into shared memory; the max and the softmax sum over E
-  // (per-thread partials, then the fixed-order block tree); top-K by rank — the rank of logit i is the number of
-  // logits that beat it (larger, or equal at a lower index; a NaN is beaten by every number and ranks by index
-  // among NaNs), so the ranks are a permutation and thread i writes sel[rank] = i when rank < K; then
-  // w = p / Σ p over the chosen (summed in k order), all in acc_t.
+  // One warp finishes (no block barriers): lane i holds logits i, i + 32, ... Softmax sum over all E, then top-K
+  // by logit (ties: the lower index), then w = p / Σ p over the chosen, all in acc_t.
   acc_t mx = QMOE_NEG_INF;
-  for (int i = threadIdx.x; i < E; i += blockDim.x) {
+  for (int i = lane; i < E; i += 32) {
     const acc_t l = __ldcg(qmoe_router_logits + i);
     prob[i] = l;
+    taken[i] = 0;
     mx = l > mx ? l : mx;
   }
 #pragma unroll
@@ -58,28 +57,30 @@ ${BIND}
     const acc_t other = __shfl_xor_sync(QMOE_FULL, mx, o);
     mx = other > mx ? other : mx;
   }
-  __syncthreads();
-  if (lane == 0) red[warp] = mx;
-  __syncthreads();
-  mx = red[0];
-  for (int k = 1; k < (int)(blockDim.x >> 5); k++) mx = red[k] > mx ? red[k] : mx;
-  __syncthreads();
   acc_t s = 0;
-  for (int i = threadIdx.x; i < E; i += blockDim.x) s += qmoe_exp(prob[i] - mx);
-  s = qmoe_block_sum(s, red);
-  for (int i = threadIdx.x; i < E; i += blockDim.x) {
-    const acc_t v = prob[i];
-    const bool vn = v != v;
-    int rank = 0;
-    for (int j = 0; j < E; j++) {
-      const acc_t u = prob[j];
-      const bool un = u != u;
-      rank += vn ? (!un || j < i) : (!un && (u > v || (u == v && j < i)));
+  for (int i = lane; i < E; i += 32) s += qmoe_exp(prob[i] - mx);
+  s = qmoe_warp_sum(s);
+  __syncwarp();
+  for (int k = 0; k < K; k++) {
+    acc_t bv = QMOE_NEG_INF;
+    int bi = -1;
+    for (int i = lane; i < E; i += 32) {
+      const acc_t v = prob[i];
+      if (!taken[i] && (bi < 0 || v > bv)) { bv = v; bi = i; }
     }
-    if (rank < K) sel[rank] = i;
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) { // every lane ends with the same winner
+      const acc_t ov = __shfl_xor_sync(QMOE_FULL, bv, o);
+      const int oi = __shfl_xor_sync(QMOE_FULL, bi, o);
+      if (oi >= 0 && (bi < 0 || ov > bv || (ov == bv && oi < bi))) { bv = ov; bi = oi; }
+    }
+    if (lane == 0) {
+      sel[k] = bi;
+      taken[bi] = 1;
+    }
+    __syncwarp();
   }
-  __syncthreads();
-  if (threadIdx.x == 0) {
+  if (lane == 0) {
     acc_t chosen = 0;
     for (int k = 0; k < K; k++) chosen += qmoe_exp(prob[sel[k]] - mx) / s;
     for (int k = 0; k < K; k++) {
