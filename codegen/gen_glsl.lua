@@ -194,18 +194,22 @@ end
 
 
 
+-- router_topk: pass "logits" (a workgroup per expert row, 16-byte loads), pass "select" (one workgroup: softmax,
+-- top K by parallel ranking, weights).
 local function emit_router(v, pass)
-  local T, WG, ab = acc_type(v.acc), 64, acc_bytes(v.acc)
+  local T, WG, ab = acc_type(v.acc), 128, acc_bytes(v.acc)
+  local vars = svars(v, WG)
+  vars.TV = v.acc == "f64" and "dvec4" or "vec4"
   local passes = { { shader = v.name .. ".logits", wg = WG, shared = WG * ab },
-                   { shader = v.name .. ".select", wg = WG, shared = 2 * WG * ab + WG * 4 } }
+                   { shader = v.name .. ".select", wg = WG, shared = 2 * WG * ab } }
   if pass == "logits" then
-    return table.concat({ header(v, "logits", WG), buf(0, "restrict readonly ", "float", "Wr"),
-                          buf(1, "readonly ", "float", "X"), buf(4, "", T, "LG"), reducers(T, WG),
-                          template.render("glsl/router_topk.logits.comp", svars(v, WG)) }, "\n"), passes, {}
+    return table.concat({ header(v, "logits", WG), buf(0, "readonly ", "float", "Wr"),
+                          buf(0, "readonly ", "vec4", "Wr4"), xbufs(1), buf(4, "", T, "LG"), reducers(T, WG),
+                          template.render("glsl/router_topk.logits.comp", vars) }, "\n"), passes, {}
   end
   return table.concat({ header(v, "select", WG), buf(2, "", "int", "IDS"), buf(3, "", "float", "WOUT"),
                         buf(4, "readonly ", T, "LG"), v.acc == "f64" and template.load("glsl/_f64_exp.glsl") or "", reducers(T, WG),
-                        template.render("glsl/router_topk.select.comp", svars(v, WG)) }, "\n"), passes, {}
+                        template.render("glsl/router_topk.select.comp", vars) }, "\n"), passes, {}
 end
 
 

@@ -731,7 +731,8 @@ static void test_larger_shapes(void) {
       {QMOE_STAGE_MOE_DOWN, Q4_0, {9, 64, 48, 40}},     /* K = 40 > 32: two chunks of experts, in order */
       {QMOE_STAGE_ATTENTION, -1, {24, 2, 64, 200, 210}},  /* 12 heads per kv head: 2 blocks; 4 splits */
       {QMOE_STAGE_ATTENTION, -1, {32, 4, 128, 130, 130}}, /* Qwen's GQA 8:1; 3 splits, the last of 2 */
-      {QMOE_STAGE_ROUTER_TOPK, -1, {300, 77, 9}},
+      {QMOE_STAGE_ROUTER_TOPK, -1, {300, 77, 9}},        /* H not a multiple of 4: scalar loads */
+      {QMOE_STAGE_ROUTER_TOPK, -1, {256, 300, 140}},    /* E, K > 128: ranked in several rounds of the workgroup */
       {QMOE_STAGE_ARGMAX, -1, {100003}},
   };
   for (size_t i = 0; i < sizeof shapes / sizeof shapes[0]; i++) {
