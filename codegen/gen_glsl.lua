@@ -141,12 +141,18 @@ end
 local function qcommon(v, g, w0, w1)
   local D = expr.glsl_dialect("sw")
   if g.RUNS == 1 then D.group = 8 end -- <prefix>_decode_run(b, ig, i) for lane runs
+  -- f32 accumulators with runs also get the decode's affine form over a run where it has one (expr.lua
+  -- AFFINE): a run's dot product is A * sum(V x) + B * sum(x). f64 keeps the exact per-element decode.
+  D.affine = g.RUNS == 1 and v.acc == "f32"
+  local dq, info = expr.emit(v.q, D, "dq")
+  local af = info and info.affine
   local vars = { T = acc_type(v.acc), QNAME = v.q.name, BE = g.BE, BB = g.BB, LB = g.LB, SGMIN = SGMIN, QR = QR,
-                 SW_WORDS = g.SW_WORDS, RUNS = g.RUNS, W0 = w0, W1 = w1, NAN = NAN }
-  return table.concat({ fmt("// Decoding of %s, from %s by expr.emit (GLSL dialect over shared sw[]%s).", v.q.name, v.q.__file,
-                            g.RUNS == 1 and ", runs of 8" or ""),
+                 SW_WORDS = g.SW_WORDS, RUNS = g.RUNS, W0 = w0, W1 = w1, NAN = NAN, AFFINE = af and 1 or 0,
+                 AFFINE_A = (af and af.a) and 1 or 0, AFFINE_B = (af and af.b) and 1 or 0 }
+  return table.concat({ fmt("// Decoding of %s, from %s by expr.emit (GLSL dialect over shared sw[]%s%s).", v.q.name, v.q.__file,
+                            g.RUNS == 1 and ", runs of 8" or "", af and ", affine per run" or ""),
                         "shared uint sw[" .. g.SW_WORDS .. "];",
-                        expr.prelude(D), expr.emit(v.q, D, "dq"), template.render("glsl/_qrows.glsl", vars) }, "\n")
+                        expr.prelude(D), dq, template.render("glsl/_qrows.glsl", vars) }, "\n")
 end
 
 local function qvars(v, g)
