@@ -3,7 +3,7 @@ shared ${T} lgs[${WG}];
 // the chosen p). Ranked in parallel: expert e's rank is the number of logits above it plus the equal ones at
 // lower indices (the logits staged through shared memory WG at a time), and the experts of rank < K are the
 // picks, in rank order. The sum of the chosen p is a wg_sum (a fixed order for a given subgroup size); with
-// E <= WG each invocation keeps its expert's rank for the second round, else it ranks again. p: H, E, K.
+// E <= WG each invocation keeps its expert's rank for the second pass, else it ranks again. p: H, E, K.
 void main() {
   const uint E = pc.p[1], K = pc.p[2], tid = gl_LocalInvocationIndex;
   const uint ioff = pc.o[2] >> 2, woff = pc.o[3] >> 2;
@@ -15,11 +15,11 @@ void main() {
   sum = wg_sum(sum);
   ${T} chosen = ${T}(0), mine = ${T}(0);
   uint rank = 0xFFFFFFFFu;
-  for (uint round = 0u; round < 2u; round++) {
+  for (uint pass_ = 0u; pass_ < 2u; pass_++) {
     ${T} part = ${T}(0);
     for (uint c0 = 0u; c0 < E; c0 += ${WG}u) {   // the same count in every invocation: barriers stay uniform
       const uint e = c0 + tid;
-      if (round == 0u || E > ${WG}u) {
+      if (pass_ == 0u || E > ${WG}u) {
         mine = e < E ? LG[e] : ${T}(0);
         rank = 0u;
         for (uint j0 = 0u; j0 < E; j0 += ${WG}u) {
@@ -35,7 +35,7 @@ void main() {
       }
       if (e < E && rank < K) {
         const ${T} p = ${EXP}(mine - mx) / sum;
-        if (round == 0u) {
+        if (pass_ == 0u) {
           part += p;
         } else {
           IDS[ioff + rank] = int(e);
@@ -43,6 +43,6 @@ void main() {
         }
       }
     }
-    if (round == 0u) chosen = wg_sum(part);
+    if (pass_ == 0u) chosen = wg_sum(part);
   }
 }
