@@ -141,12 +141,18 @@ end
 local function qcommon(v, g, w0, w1)
   local D = expr.glsl_dialect("sw")
   if g.RUNS == 1 then D.group = 8 end -- <prefix>_decode_run(b, ig, i) for lane runs
+  -- f32 accumulators with runs also get the decode's affine form over a run where it has one (expr.lua
+  -- AFFINE): a run's dot product is A * sum(V x) + B * sum(x). f64 keeps the exact per-element decode.
+  D.affine = g.RUNS == 1 and v.acc == "f32"
+  local dq, info = expr.emit(v.q, D, "dq")
+  local af = info and info.affine
   local vars = { T = acc_type(v.acc), QNAME = v.q.name, BE = g.BE, BB = g.BB, LB = g.LB, SGMIN = SGMIN, QR = QR,
-                 SW_WORDS = g.SW_WORDS, RUNS = g.RUNS, W0 = w0, W1 = w1, NAN = NAN }
-  return table.concat({ fmt("// Decoding of %s, from %s by expr.emit (GLSL dialect over shared sw[]%s).", v.q.name, v.q.__file,
-                            g.RUNS == 1 and ", runs of 8" or ""),
+                 SW_WORDS = g.SW_WORDS, RUNS = g.RUNS, W0 = w0, W1 = w1, NAN = NAN, AFFINE = af and 1 or 0,
+                 AFFINE_A = (af and af.a) and 1 or 0, AFFINE_B = (af and af.b) and 1 or 0 }
+  return table.concat({ fmt("// Decoding of %s, from %s by expr.emit (GLSL dialect over shared sw[]%s%s).", v.q.name, v.q.__file,
+                            g.RUNS == 1 and ", runs of 8" or "", af and ", affine per run" or ""),
                         "shared uint sw[" .. g.SW_WORDS .. "];",
-                        expr.prelude(D), expr.emit(v.q, D, "dq"), template.render("glsl/_qrows.glsl", vars) }, "\n")
+                        expr.prelude(D), dq, template.render("glsl/_qrows.glsl", vars) }, "\n")
 end
 
 local function qvars(v, g)
@@ -194,18 +200,22 @@ end
 
 
 
+-- router_topk: pass "logits" (a workgroup per expert row, 16-byte loads), pass "select" (one workgroup: softmax,
+-- top K by parallel ranking, weights).
 local function emit_router(v, pass)
-  local T, WG, ab = acc_type(v.acc), 64, acc_bytes(v.acc)
+  local T, WG, ab = acc_type(v.acc), 128, acc_bytes(v.acc)
+  local vars = svars(v, WG)
+  vars.TV = v.acc == "f64" and "dvec4" or "vec4"
   local passes = { { shader = v.name .. ".logits", wg = WG, shared = WG * ab },
-                   { shader = v.name .. ".select", wg = WG, shared = 2 * WG * ab + WG * 4 } }
+                   { shader = v.name .. ".select", wg = WG, shared = 2 * WG * ab } }
   if pass == "logits" then
-    return table.concat({ header(v, "logits", WG), buf(0, "restrict readonly ", "float", "Wr"),
-                          buf(1, "readonly ", "float", "X"), buf(4, "", T, "LG"), reducers(T, WG),
-                          template.render("glsl/router_topk.logits.comp", svars(v, WG)) }, "\n"), passes, {}
+    return table.concat({ header(v, "logits", WG), buf(0, "readonly ", "float", "Wr"),
+                          buf(0, "readonly ", "vec4", "Wr4"), xbufs(1), buf(4, "", T, "LG"), reducers(T, WG),
+                          template.render("glsl/router_topk.logits.comp", vars) }, "\n"), passes, {}
   end
   return table.concat({ header(v, "select", WG), buf(2, "", "int", "IDS"), buf(3, "", "float", "WOUT"),
                         buf(4, "readonly ", T, "LG"), v.acc == "f64" and template.load("glsl/_f64_exp.glsl") or "", reducers(T, WG),
-                        template.render("glsl/router_topk.select.comp", svars(v, WG)) }, "\n"), passes, {}
+                        template.render("glsl/router_topk.select.comp", vars) }, "\n"), passes, {}
 end
 
 
@@ -268,30 +278,26 @@ end
 
 
 
--- Decode attention split over the cache (flash-decoding): pass "part" per (head, split), pass "combine" per
--- head. GQA: head h reads kv head h / (nh / nkv).
+-- Decode attention split over the cache (flash-decoding): pass "part" per (query head, split), pass "combine"
+-- per head. GQA: head h reads kv head h / (nh / nkv). Splits: at least ATT_WGS workgroups in all where the
+-- cache allows (splits of at least ATT_MINPOS positions), at most ATT_MAXPOS positions per split (the part's
+-- shared score array).
+local ATT_WGS, ATT_MINPOS, ATT_MAXPOS = 256, 16, 256
 local function emit_attention(v, pass)
-  local T, WG, ab, GB = acc_type(v.acc), 64, acc_bytes(v.acc), 8
+  local T, WG, ab = acc_type(v.acc), 128, acc_bytes(v.acc)
   local f64 = v.acc == "f64" and template.load("glsl/_f64_exp.glsl") or ""
-  local passes = { { shader = v.name .. ".part", wg = WG, shared = (GB + 1) * WG * ab },
-                   { shader = v.name .. ".combine", wg = WG, shared = 0 } }
-  local geo = { rows = GB } -- query heads per workgroup of the part pass
+  local vars = svars(v, WG)
+  vars.TV, vars.MAXPOS = v.acc == "f64" and "dvec4" or "vec4", ATT_MAXPOS
+  local passes = { { shader = v.name .. ".part", wg = WG, shared = (WG + ATT_MAXPOS + 4 * WG) * ab },
+                   { shader = v.name .. ".combine", wg = WG, shared = 2 * WG * ab } }
   if pass == "part" then
-    local vars = svars(v, WG)
-    vars.GB = GB
-    local init, accl, store = {}, {}, {}
-    for u = 0, GB - 1 do
-      init[#init + 1] = fmt("    o[%d] = %s(0);", u, T)
-      accl[#accl + 1] = fmt("      o[%d] += e[%du * CH + t] * vv;", u, u)
-      store[#store + 1] = fmt("    if (%du < nu) S[((h0 + %du) * ns + sp) * (D + 2u) + 2u + d] = o[%d];", u, u, u)
-    end
-    vars.OINIT, vars.OACC, vars.OSTORE = table.concat(init, "\n"), table.concat(accl, "\n"), table.concat(store, "\n")
-    return table.concat({ header(v, "part", WG), buf(0, "readonly ", "float", "Q"), buf(1, "readonly ", "float", "Kc"),
-                          buf(2, "readonly ", "float", "Vc"), buf(4, "", T, "S"), f64, reducers(T, WG),
-                          template.render("glsl/attention.part.comp", vars) }, "\n"), passes, geo
+    return table.concat({ header(v, "part", WG), buf(0, "readonly ", "float", "Q"), buf(0, "readonly ", "vec4", "Q4"),
+                          buf(1, "readonly ", "float", "Kc"), buf(1, "readonly ", "vec4", "Kc4"),
+                          buf(2, "readonly ", "float", "Vc"), buf(2, "readonly ", "vec4", "Vc4"), buf(4, "", T, "S"), f64,
+                          reducers(T, WG), template.render("glsl/attention.part.comp", vars) }, "\n"), passes, {}
   end
   return table.concat({ header(v, "combine", WG), buf(3, "", "float", "O"), buf(4, "readonly ", T, "S"), f64,
-                        template.render("glsl/attention.combine.comp", svars(v, WG)) }, "\n"), passes, geo
+                        reducers(T, WG), template.render("glsl/attention.combine.comp", vars) }, "\n"), passes, {}
 end
 
 -- Stage name -> { passes = {names} or nil, emit(v, pass) -> text, pass list, geometry }.
@@ -299,7 +305,7 @@ end
 -- generated/c/vk_variants.c, so runtime/vulkan/backend_vulkan.c dispatches any stage by table lookup). Names: the
 -- contract's int params; ROWS (the variant's rows per workgroup), WG (pass 1's workgroup size), ACC_BYTES;
 -- MAXG0..2: the device's maxComputeWorkGroupCount (lowered by QMOE_VK_MAX_GROUPS), DEVG0..2: the device's;
--- qmoe_cdiv(a, b), qmoe_min(a, b), qmoe_cap0(x): x clamped to [1, MAXG0] (kernels that stride over work).
+-- qmoe_cdiv(a, b), qmoe_min(a, b), qmoe_max(a, b), qmoe_cap0(x): x clamped to [1, MAXG0] (kernels that stride over work).
 --   limits: { param-expression, bound }: QMOE_EUNSUPPORTED when it exceeds the bound
 --   let: { name, expr }; groups: per pass { x, y, z }; scratch: bytes of the shared scratch buffer, bound
 --   after the call's buffers (absent: none); x: push-constant extras x[0..3]
@@ -316,11 +322,13 @@ local STAGES = {
               groups = { { "nh", "1", "1" } } },
   rope_neox = { emit = emit_rope, groups = { { "qmoe_cap0(qmoe_cdiv(nh * (D / 2), WG))", "1", "1" } } },
   kv_store = { emit = emit_kv_store, groups = { { "qmoe_cap0(qmoe_cdiv(nkv * D, WG))", "1", "1" } } },
-  -- (kv head x block of ROWS query heads, split of WG positions) into scratch, then one combine per head
+  -- (query head, split of at most ATT_MAXPOS positions) into scratch, then one combine per head
   attention = { passes = { "part", "combine" }, emit = emit_attention,
-                let = { { "ns", "qmoe_cdiv(n_kv, WG)" } }, limits = { { "nh", "DEVG0" }, { "ns", "DEVG1" } },
+                let = { { "ns", fmt("qmoe_min(qmoe_cdiv(n_kv, %d), qmoe_max(qmoe_cdiv(%d, nh), qmoe_cdiv(n_kv, %d)))",
+                                    ATT_MINPOS, ATT_WGS, ATT_MAXPOS) } },
+                limits = { { "nh", "DEVG0" }, { "ns", "DEVG1" } },
                 scratch = "nh * ns * (D + 2) * ACC_BYTES", x = { "ns" },
-                groups = { { "nkv * qmoe_cdiv(nh / nkv, ROWS)", "ns", "1" }, { "nh", "1", "1" } } },
+                groups = { { "nh", "ns", "1" }, { "nh", "1", "1" } } },
   add = { emit = emit_add, groups = { { "qmoe_cap0(qmoe_cdiv(n, WG))", "1", "1" } } },
   -- chunks of 16 workgroups' worth (more when that needs too many workgroups) reduced to (value, index)
   -- pairs, then one workgroup
@@ -505,6 +513,7 @@ local function emit_table(ctx, vs)
   L[#L + 1] = "/* Dispatch geometry of every stage (" .. SCRIPT .. "'s STAGES). */"
   L[#L + 1] = "static inline int64_t qmoe_cdiv(int64_t a, int64_t b) { return (a + b - 1) / b; }"
   L[#L + 1] = "static inline int64_t qmoe_min(int64_t a, int64_t b) { return a < b ? a : b; }"
+  L[#L + 1] = "static inline int64_t qmoe_max(int64_t a, int64_t b) { return a > b ? a : b; }"
   L[#L + 1] = ""
   local recs = dofile("codegen/gen_stages.lua").stages(ctx)
   local tab = {}

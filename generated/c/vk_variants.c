@@ -86,8 +86,8 @@ const qmoe_vk_variant qmoe_vk_variants[] = {
     {"moe_down__iq4_nl__f64", "moe_down/iq4_nl/f64", QMOE_STAGE_MOE_DOWN, 20, QMOE_ACC_F64, 1, {{"moe_down__iq4_nl__f64", 128, 22080}}, 2},
     {"moe_down__bf16__f32", "moe_down/bf16/f32", QMOE_STAGE_MOE_DOWN, 30, QMOE_ACC_F32, 1, {{"moe_down__bf16__f32", 128, 21824}}, 2},
     {"moe_down__bf16__f64", "moe_down/bf16/f64", QMOE_STAGE_MOE_DOWN, 30, QMOE_ACC_F64, 1, {{"moe_down__bf16__f64", 128, 22080}}, 2},
-    {"router_topk__f32", "router_topk/f32", QMOE_STAGE_ROUTER_TOPK, -1, QMOE_ACC_F32, 2, {{"router_topk__f32.logits", 64, 256}, {"router_topk__f32.select", 64, 768}}, 0},
-    {"router_topk__f64", "router_topk/f64", QMOE_STAGE_ROUTER_TOPK, -1, QMOE_ACC_F64, 2, {{"router_topk__f64.logits", 64, 512}, {"router_topk__f64.select", 64, 1280}}, 0},
+    {"router_topk__f32", "router_topk/f32", QMOE_STAGE_ROUTER_TOPK, -1, QMOE_ACC_F32, 2, {{"router_topk__f32.logits", 128, 512}, {"router_topk__f32.select", 128, 1024}}, 0},
+    {"router_topk__f64", "router_topk/f64", QMOE_STAGE_ROUTER_TOPK, -1, QMOE_ACC_F64, 2, {{"router_topk__f64.logits", 128, 1024}, {"router_topk__f64.select", 128, 2048}}, 0},
     {"rmsnorm__f32", "rmsnorm/f32", QMOE_STAGE_RMSNORM, -1, QMOE_ACC_F32, 1, {{"rmsnorm__f32", 256, 1024}}, 0},
     {"rmsnorm__f64", "rmsnorm/f64", QMOE_STAGE_RMSNORM, -1, QMOE_ACC_F64, 1, {{"rmsnorm__f64", 256, 2048}}, 0},
     {"qk_norm__f32", "qk_norm/f32", QMOE_STAGE_QK_NORM, -1, QMOE_ACC_F32, 1, {{"qk_norm__f32", 128, 512}}, 0},
@@ -95,8 +95,8 @@ const qmoe_vk_variant qmoe_vk_variants[] = {
     {"rope_neox__f32", "rope_neox/f32", QMOE_STAGE_ROPE_NEOX, -1, QMOE_ACC_F32, 1, {{"rope_neox__f32", 256, 0}}, 0},
     {"rope_neox__f64", "rope_neox/f64", QMOE_STAGE_ROPE_NEOX, -1, QMOE_ACC_F64, 1, {{"rope_neox__f64", 256, 0}}, 0},
     {"kv_store", "kv_store", QMOE_STAGE_KV_STORE, -1, -1, 1, {{"kv_store", 256, 0}}, 0},
-    {"attention__f32", "attention/f32", QMOE_STAGE_ATTENTION, -1, QMOE_ACC_F32, 2, {{"attention__f32.part", 64, 2304}, {"attention__f32.combine", 64, 0}}, 8},
-    {"attention__f64", "attention/f64", QMOE_STAGE_ATTENTION, -1, QMOE_ACC_F64, 2, {{"attention__f64.part", 64, 4608}, {"attention__f64.combine", 64, 0}}, 8},
+    {"attention__f32", "attention/f32", QMOE_STAGE_ATTENTION, -1, QMOE_ACC_F32, 2, {{"attention__f32.part", 128, 3584}, {"attention__f32.combine", 128, 1024}}, 0},
+    {"attention__f64", "attention/f64", QMOE_STAGE_ATTENTION, -1, QMOE_ACC_F64, 2, {{"attention__f64.part", 128, 7168}, {"attention__f64.combine", 128, 2048}}, 0},
     {"add", "add", QMOE_STAGE_ADD, -1, -1, 1, {{"add", 256, 0}}, 0},
     {"argmax", "argmax", QMOE_STAGE_ARGMAX, -1, -1, 2, {{"argmax.part", 256, 2048}, {"argmax.final", 256, 2048}}, 0},
     {"embed_rows__f32__f32", "embed_rows/f32/f32", QMOE_STAGE_EMBED_ROWS, 0, QMOE_ACC_F32, 1, {{"embed_rows__f32__f32", 64, 0}}, 0},
@@ -135,6 +135,7 @@ const size_t qmoe_vk_variant_count = 121;
 /* Dispatch geometry of every stage (codegen/gen_glsl.lua's STAGES). */
 static inline int64_t qmoe_cdiv(int64_t a, int64_t b) { return (a + b - 1) / b; }
 static inline int64_t qmoe_min(int64_t a, int64_t b) { return a < b ? a : b; }
+static inline int64_t qmoe_max(int64_t a, int64_t b) { return a > b ? a : b; }
 
 static int launch_matvec(const qmoe_vk_launch_env *e, const int64_t *p, qmoe_vk_launch *l) {
   const int64_t rows = p[0];
@@ -274,7 +275,7 @@ static int launch_attention(const qmoe_vk_launch_env *e, const int64_t *p, qmoe_
   const int64_t ctx = p[4];
   (void)nh, (void)nkv, (void)D, (void)n_kv, (void)ctx;
 #define qmoe_cap0(x) ((x) < 1 ? 1 : (x) > e->maxg[0] ? e->maxg[0] : (x))
-  const int64_t ns = qmoe_cdiv(n_kv, e->wg);
+  const int64_t ns = qmoe_min(qmoe_cdiv(n_kv, 16), qmoe_max(qmoe_cdiv(256, nh), qmoe_cdiv(n_kv, 256)));
   if (nh > e->devg[0]) {
     qmoe_set_error("vulkan: stage attention: nh = %lld exceeds the device's limit of %lld workgroups (maxComputeWorkGroupCount 0)", (long long)(nh), (long long)(e->devg[0]));
     return QMOE_EUNSUPPORTED;
@@ -284,7 +285,7 @@ static int launch_attention(const qmoe_vk_launch_env *e, const int64_t *p, qmoe_
     return QMOE_EUNSUPPORTED;
   }
   l->npass = 2;
-  l->groups[0][0] = nkv * qmoe_cdiv(nh / nkv, e->rows);
+  l->groups[0][0] = nh;
   l->groups[0][1] = ns;
   l->groups[0][2] = 1;
   l->groups[1][0] = nh;

@@ -4,7 +4,7 @@
 #version 450
 #extension GL_KHR_shader_subgroup_basic : require
 #extension GL_KHR_shader_subgroup_arithmetic : require
-layout(local_size_x = 64) in;
+layout(local_size_x = 128) in;
 struct QmoeParams {
   uint p[8];
   uint o[8];
@@ -20,18 +20,57 @@ layout(push_constant) uniform QmoeSlot { uint i; } qmoe_slot;
 layout(std430, binding = 3) buffer BO { float O[]; };
 layout(std430, binding = 4) readonly buffer BS { float S[]; };
 
-// Pass 2: grid nh; merges head h's ns splits: o = sum_s o_s e^(m_s - M) / sum_s l_s e^(m_s - M).
-// p: nh, nkv, D, n_kv, ctx; x[0]: ns.
+shared float red[128];
+float wg_sum(float v) {
+  v = subgroupAdd(v);
+  if (subgroupElect()) red[gl_SubgroupID] = v;
+  barrier();
+  float s = red[0];
+  for (uint i = 1u; i < gl_NumSubgroups; i++) s += red[i];
+  barrier();
+  return s;
+}
+float wg_max(float v) {
+  v = subgroupMax(v);
+  if (subgroupElect()) red[gl_SubgroupID] = v;
+  barrier();
+  float s = red[0];
+  for (uint i = 1u; i < gl_NumSubgroups; i++) s = max(s, red[i]);
+  barrier();
+  return s;
+}
+
+shared float fs[128];
+// Pass 2: grid nh; merges head h's ns splits: M = max m_s, f_s = e^(m_s - M) (0 for an empty split),
+// L = sum l_s f_s (wg_sum), o[d] = sum_s o_s[d] f_s / L with invocations over d and the factors staged WG
+// splits at a time, the sum over s in split order. p: nh, nkv, D, n_kv, ctx; x[0]: ns.
 void main() {
   const uint D = pc.p[2], ns = pc.x[0], h = gl_WorkGroupID.x, tid = gl_LocalInvocationIndex;
   const uint base = h * ns * (D + 2u), oo = (pc.o[3] >> 2) + h * D;
-  float M = S[base];
-  for (uint s = 1u; s < ns; s++) M = max(M, S[base + s * (D + 2u)]);
+  const float NEG = float(-1.0 / 0.0);
+  float M = NEG;
+  for (uint s = tid; s < ns; s += 128u) M = max(M, S[base + s * (D + 2u)]);
+  M = wg_max(M);
   float L = float(0);
-  for (uint s = 0u; s < ns; s++) L += S[base + s * (D + 2u) + 1u] * exp(S[base + s * (D + 2u)] - M);
-  for (uint d = tid; d < D; d += 64u) {
+  for (uint s = tid; s < ns; s += 128u) {
+    const float ms = S[base + s * (D + 2u)];
+    if (ms != NEG) L += S[base + s * (D + 2u) + 1u] * exp(ms - M);
+  }
+  L = wg_sum(L);
+  for (uint d0 = 0u; d0 < D; d0 += 128u) {   // the same count in every invocation: barriers stay uniform
+    const uint d = d0 + tid;
     float o = float(0);
-    for (uint s = 0u; s < ns; s++) o += S[base + s * (D + 2u) + 2u + d] * exp(S[base + s * (D + 2u)] - M);
-    O[oo + d] = float(o / L);
+    for (uint s0 = 0u; s0 < ns; s0 += 128u) {
+      barrier();
+      if (s0 + tid < ns) {
+        const float ms = S[base + (s0 + tid) * (D + 2u)];
+        fs[tid] = ms == NEG ? float(0) : exp(ms - M);
+      }
+      barrier();
+      const uint n = min(128u, ns - s0);
+      if (d < D)
+        for (uint s = 0u; s < n; s++) o += S[base + (s0 + s) * (D + 2u) + 2u + d] * fs[s];
+    }
+    if (d < D) O[oo + d] = float(o / L);
   }
 }

@@ -4,7 +4,7 @@
 #version 450
 #extension GL_KHR_shader_subgroup_basic : require
 #extension GL_KHR_shader_subgroup_arithmetic : require
-layout(local_size_x = 64) in;
+layout(local_size_x = 128) in;
 struct QmoeParams {
   uint p[8];
   uint o[8];
@@ -46,18 +46,57 @@ double qmoe_exp(double x) {
   return ldexp(ldexp(p, k / 2), k - k / 2);
 }
 
-// Pass 2: grid nh; merges head h's ns splits: o = sum_s o_s e^(m_s - M) / sum_s l_s e^(m_s - M).
-// p: nh, nkv, D, n_kv, ctx; x[0]: ns.
+shared double red[128];
+double wg_sum(double v) {
+  v = subgroupAdd(v);
+  if (subgroupElect()) red[gl_SubgroupID] = v;
+  barrier();
+  double s = red[0];
+  for (uint i = 1u; i < gl_NumSubgroups; i++) s += red[i];
+  barrier();
+  return s;
+}
+double wg_max(double v) {
+  v = subgroupMax(v);
+  if (subgroupElect()) red[gl_SubgroupID] = v;
+  barrier();
+  double s = red[0];
+  for (uint i = 1u; i < gl_NumSubgroups; i++) s = max(s, red[i]);
+  barrier();
+  return s;
+}
+
+shared double fs[128];
+// Pass 2: grid nh; merges head h's ns splits: M = max m_s, f_s = e^(m_s - M) (0 for an empty split),
+// L = sum l_s f_s (wg_sum), o[d] = sum_s o_s[d] f_s / L with invocations over d and the factors staged WG
+// splits at a time, the sum over s in split order. p: nh, nkv, D, n_kv, ctx; x[0]: ns.
 void main() {
   const uint D = pc.p[2], ns = pc.x[0], h = gl_WorkGroupID.x, tid = gl_LocalInvocationIndex;
   const uint base = h * ns * (D + 2u), oo = (pc.o[3] >> 2) + h * D;
-  double M = S[base];
-  for (uint s = 1u; s < ns; s++) M = max(M, S[base + s * (D + 2u)]);
+  const double NEG = double(-1.0 / 0.0);
+  double M = NEG;
+  for (uint s = tid; s < ns; s += 128u) M = max(M, S[base + s * (D + 2u)]);
+  M = wg_max(M);
   double L = double(0);
-  for (uint s = 0u; s < ns; s++) L += S[base + s * (D + 2u) + 1u] * qmoe_exp(S[base + s * (D + 2u)] - M);
-  for (uint d = tid; d < D; d += 64u) {
+  for (uint s = tid; s < ns; s += 128u) {
+    const double ms = S[base + s * (D + 2u)];
+    if (ms != NEG) L += S[base + s * (D + 2u) + 1u] * qmoe_exp(ms - M);
+  }
+  L = wg_sum(L);
+  for (uint d0 = 0u; d0 < D; d0 += 128u) {   // the same count in every invocation: barriers stay uniform
+    const uint d = d0 + tid;
     double o = double(0);
-    for (uint s = 0u; s < ns; s++) o += S[base + s * (D + 2u) + 2u + d] * qmoe_exp(S[base + s * (D + 2u)] - M);
-    O[oo + d] = float(o / L);
+    for (uint s0 = 0u; s0 < ns; s0 += 128u) {
+      barrier();
+      if (s0 + tid < ns) {
+        const double ms = S[base + (s0 + tid) * (D + 2u)];
+        fs[tid] = ms == NEG ? double(0) : qmoe_exp(ms - M);
+      }
+      barrier();
+      const uint n = min(128u, ns - s0);
+      if (d < D)
+        for (uint s = 0u; s < n; s++) o += S[base + (s0 + s) * (D + 2u) + 2u + d] * fs[s];
+    }
+    if (d < D) O[oo + d] = float(o / L);
   }
 }

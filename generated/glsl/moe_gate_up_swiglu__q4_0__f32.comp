@@ -24,7 +24,7 @@ layout(std430, binding = 2) readonly buffer BX4 { vec4 X4[]; };
 layout(std430, binding = 3) readonly buffer BIDS { int IDS[]; };
 layout(std430, binding = 4) buffer BHout { float Hout[]; };
 
-// Decoding of q4_0, from contracts/quant/q4_0.yaml by expr.emit (GLSL dialect over shared sw[], runs of 8).
+// Decoding of q4_0, from contracts/quant/q4_0.yaml by expr.emit (GLSL dialect over shared sw[], runs of 8, affine per run).
 shared uint sw[5392];
 // Little-endian loads of bytes and 16-bit words at byte offset o of the uint buffer sw.
 int qmoe_q_u8(uint o) { return int((sw[o >> 2] >> ((o & 3u) * 8u)) & 0xFFu); }
@@ -36,14 +36,26 @@ float dq_decode_run(uint base, int ig, int i) {
   precise float r = ((intBitsToFloat(0x4B400000 + v_q) - 12582912.0) * f_d);
   return r;
 }
+float dq_run_a(uint base, int ig) {
+  int i = ig;
+  precise float f_d = unpackHalf2x16(uint(qmoe_q_u16(base + uint(0)))).x;
+  int v_q = (((qmoe_q_u8(base + uint(2 + (i % 16))) >> (4 * (ig / 16))) & 15) - 8);
+  return f_d;
+}
+float dq_run_v(uint base, int ig, int i) {
+  precise float f_d = unpackHalf2x16(uint(qmoe_q_u16(base + uint(0)))).x;
+  int v_q = (((qmoe_q_u8(base + uint(2 + (i % 16))) >> (4 * (ig / 16))) & 15) - 8);
+  return (intBitsToFloat(0x4B400000 + v_q) - 12582912.0);
+}
 float dq_decode(uint base, int i) { return dq_decode_run(base, i & ~7, i); }
 
 // ---- q4_0 rows: 32 elements in 18 bytes per block (codegen/gen_glsl.lua, the quantized mat-vec family) ----
 // A subgroup computes the dot products of R rows with x. Per chunk of whole blocks it copies the rows' bytes
 // into its own slices of sw[] with 16-byte loads, coalesced over its lanes; only subgroup barriers order them.
 // Each lane then decodes runs of 8 consecutive elements (RUNS: of one block, so the run's sub-block scales are
-// decoded once: dq_decode_run, expr.lua's GROUP) against x read as two 16-byte loads, and keeps per-lane
-// partial sums, which the caller adds with subgroupAdd. Strides come from gl_SubgroupSize.
+// decoded once: dq_decode_run, expr.lua's GROUP; f32 variants of a decode that is A.V + B over a run use that
+// form, AFFINE) against x read as two 16-byte loads, and keeps per-lane partial sums, which the caller adds
+// with subgroupAdd. Strides come from gl_SubgroupSize.
 const uint BE = 32u, BB = 18u, R = 2u, LB = 64u, SGMIN = 4u;
 const uint PADW = 16u;   // 64 bytes before the first slice and after each: the ?: arms that a decode evaluates
                          // but does not take read inside sw[]
@@ -120,6 +132,30 @@ void qmoe_dot_chunk(const uint at[R], uint xi, uint ne, inout float acc[R]) {
     float xn[8];
     if (e + step < ne) x_run(xi + e + step, xn);
     const int ig = int(e % BE);
+#if 1 // f32, where the decode is A.V + B over a run (expr.lua AFFINE): A * sum(V x) + B * sum(x)
+#if 0
+    const float sx = ((xr[0] + xr[1]) + (xr[2] + xr[3])) + ((xr[4] + xr[5]) + (xr[6] + xr[7])); // all R rows
+#endif
+    for (uint r = 0u; r < R; r++) {
+      const uint b = at[r] + (e / BE) * BB;
+      float sv = dq_run_v(b, ig, ig | 0) * xr[0];
+      sv += dq_run_v(b, ig, ig | 1) * xr[1];
+      sv += dq_run_v(b, ig, ig | 2) * xr[2];
+      sv += dq_run_v(b, ig, ig | 3) * xr[3];
+      sv += dq_run_v(b, ig, ig | 4) * xr[4];
+      sv += dq_run_v(b, ig, ig | 5) * xr[5];
+      sv += dq_run_v(b, ig, ig | 6) * xr[6];
+      sv += dq_run_v(b, ig, ig | 7) * xr[7];
+#if 1
+      acc[r] += dq_run_a(b, ig) * sv;
+#else
+      acc[r] += sv;
+#endif
+#if 0
+      acc[r] += dq_run_b(b, ig) * sx;
+#endif
+    }
+#else
     for (uint r = 0u; r < R; r++) {
       const uint b = at[r] + (e / BE) * BB;
       float a = acc[r];
@@ -133,6 +169,7 @@ void qmoe_dot_chunk(const uint at[R], uint xi, uint ne, inout float acc[R]) {
       a += float(dq_decode_run(b, ig, ig | 7)) * float(xr[7]);
       acc[r] = a;
     }
+#endif
     xr = xn;
   }
 #else // one-element blocks: 8 blocks per run, the row's last run may be partial

@@ -68,8 +68,9 @@ float dq_decode(uint base, int i) { return dq_decode_run(base, i & ~7, i); }
 // A subgroup computes the dot products of R rows with x. Per chunk of whole blocks it copies the rows' bytes
 // into its own slices of sw[] with 16-byte loads, coalesced over its lanes; only subgroup barriers order them.
 // Each lane then decodes runs of 8 consecutive elements (RUNS: of one block, so the run's sub-block scales are
-// decoded once: dq_decode_run, expr.lua's GROUP) against x read as two 16-byte loads, and keeps per-lane
-// partial sums, which the caller adds with subgroupAdd. Strides come from gl_SubgroupSize.
+// decoded once: dq_decode_run, expr.lua's GROUP; f32 variants of a decode that is A.V + B over a run use that
+// form, AFFINE) against x read as two 16-byte loads, and keeps per-lane partial sums, which the caller adds
+// with subgroupAdd. Strides come from gl_SubgroupSize.
 const uint BE = 32u, BB = 18u, R = 2u, LB = 64u, SGMIN = 4u;
 const uint PADW = 16u;   // 64 bytes before the first slice and after each: the ?: arms that a decode evaluates
                          // but does not take read inside sw[]
@@ -146,6 +147,30 @@ void qmoe_dot_chunk(const uint at[R], uint xi, uint ne, inout double acc[R]) {
     float xn[8];
     if (e + step < ne) x_run(xi + e + step, xn);
     const int ig = int(e % BE);
+#if 0 // f32, where the decode is A.V + B over a run (expr.lua AFFINE): A * sum(V x) + B * sum(x)
+#if 0
+    const float sx = ((xr[0] + xr[1]) + (xr[2] + xr[3])) + ((xr[4] + xr[5]) + (xr[6] + xr[7])); // all R rows
+#endif
+    for (uint r = 0u; r < R; r++) {
+      const uint b = at[r] + (e / BE) * BB;
+      float sv = dq_run_v(b, ig, ig | 0) * xr[0];
+      sv += dq_run_v(b, ig, ig | 1) * xr[1];
+      sv += dq_run_v(b, ig, ig | 2) * xr[2];
+      sv += dq_run_v(b, ig, ig | 3) * xr[3];
+      sv += dq_run_v(b, ig, ig | 4) * xr[4];
+      sv += dq_run_v(b, ig, ig | 5) * xr[5];
+      sv += dq_run_v(b, ig, ig | 6) * xr[6];
+      sv += dq_run_v(b, ig, ig | 7) * xr[7];
+#if 0
+      acc[r] += dq_run_a(b, ig) * sv;
+#else
+      acc[r] += sv;
+#endif
+#if 0
+      acc[r] += dq_run_b(b, ig) * sx;
+#endif
+    }
+#else
     for (uint r = 0u; r < R; r++) {
       const uint b = at[r] + (e / BE) * BB;
       double a = acc[r];
@@ -159,6 +184,7 @@ void qmoe_dot_chunk(const uint at[R], uint xi, uint ne, inout double acc[R]) {
       a += double(dq_decode_run(b, ig, ig | 7)) * double(xr[7]);
       acc[r] = a;
     }
+#endif
     xr = xn;
   }
 #else // one-element blocks: 8 blocks per run, the row's last run may be partial

@@ -4,7 +4,7 @@
 #version 450
 #extension GL_KHR_shader_subgroup_basic : require
 #extension GL_KHR_shader_subgroup_arithmetic : require
-layout(local_size_x = 64) in;
+layout(local_size_x = 128) in;
 struct QmoeParams {
   uint p[8];
   uint o[8];
@@ -17,10 +17,12 @@ layout(std430, binding = 8) readonly restrict buffer QmoeParamTable { QmoeParams
 layout(push_constant) uniform QmoeSlot { uint i; } qmoe_slot;
 #define pc qmoe_params[qmoe_slot.i]
 
-layout(std430, binding = 0) restrict readonly buffer BWr { float Wr[]; };
+layout(std430, binding = 0) readonly buffer BWr { float Wr[]; };
+layout(std430, binding = 0) readonly buffer BWr4 { vec4 Wr4[]; };
 layout(std430, binding = 1) readonly buffer BX { float X[]; };
+layout(std430, binding = 1) readonly buffer BX4 { vec4 X4[]; };
 layout(std430, binding = 4) buffer BLG { float LG[]; };
-shared float red[64];
+shared float red[128];
 float wg_sum(float v) {
   v = subgroupAdd(v);
   if (subgroupElect()) red[gl_SubgroupID] = v;
@@ -40,13 +42,23 @@ float wg_max(float v) {
   return s;
 }
 
-// Pass 1: logits[e] = Wr[e] . x in float, one workgroup per expert row (strided). p: H, E, K.
+// Pass 1: logits[e] = Wr[e] . x in float, one workgroup per expert row (strided when the grid is capped): each
+// invocation's slice of the row and of x read with 16-byte loads (vec4 views of both buffers) where the row
+// and x start 16-byte aligned and H is a multiple of 4, else as floats; then wg_sum (subgroupAdd, then the
+// subgroups' partials in order: a fixed order for a given subgroup size). p: H, E, K.
+float dot4(vec4 a, vec4 b) { return dot(vec4(a), vec4(b)); }
 void main() {
   const uint H = pc.p[0], E = pc.p[1], tid = gl_LocalInvocationIndex;
   const uint woff = pc.o[0] >> 2, xoff = pc.o[1] >> 2;
+  const bool vec = ((woff | xoff | H) & 3u) == 0u;
   for (uint e = gl_WorkGroupID.x; e < E; e += gl_NumWorkGroups.x) {
     float a = float(0);
-    for (uint i = tid; i < H; i += 64u) a += float(Wr[woff + e * H + i]) * float(X[xoff + i]);
+    if (vec) {
+      const uint w4 = (woff + e * H) >> 2, x4 = xoff >> 2, H4 = H >> 2;
+      for (uint i = tid; i < H4; i += 128u) a += dot4(Wr4[w4 + i], X4[x4 + i]);
+    } else {
+      for (uint i = tid; i < H; i += 128u) a += float(Wr[woff + e * H + i]) * float(X[xoff + i]);
+    }
     a = wg_sum(a);
     if (tid == 0u) LG[e] = a;
   }

@@ -4,7 +4,7 @@
 #version 450
 #extension GL_KHR_shader_subgroup_basic : require
 #extension GL_KHR_shader_subgroup_arithmetic : require
-layout(local_size_x = 64) in;
+layout(local_size_x = 128) in;
 struct QmoeParams {
   uint p[8];
   uint o[8];
@@ -21,7 +21,7 @@ layout(std430, binding = 2) buffer BIDS { int IDS[]; };
 layout(std430, binding = 3) buffer BWOUT { float WOUT[]; };
 layout(std430, binding = 4) readonly buffer BLG { float LG[]; };
 
-shared float red[64];
+shared float red[128];
 float wg_sum(float v) {
   v = subgroupAdd(v);
   if (subgroupElect()) red[gl_SubgroupID] = v;
@@ -41,50 +41,51 @@ float wg_max(float v) {
   return s;
 }
 
-shared float bv[64];
-shared uint bi[64];
+shared float lgs[128];
 // Pass 2 (one workgroup): softmax over all E logits, top K by logit (ties: the lower index), w = p / (sum of
-// the chosen p). The k-th pick is the best (logit desc, index asc) of those after the (k-1)-th in that order,
-// so no flags are needed. p: H, E, K.
+// the chosen p). Ranked in parallel: expert e's rank is the number of logits above it plus the equal ones at
+// lower indices (the logits staged through shared memory WG at a time), and the experts of rank < K are the
+// picks, in rank order. The sum of the chosen p is a wg_sum (a fixed order for a given subgroup size); with
+// E <= WG each invocation keeps its expert's rank for the second pass, else it ranks again. p: H, E, K.
 void main() {
   const uint E = pc.p[1], K = pc.p[2], tid = gl_LocalInvocationIndex;
   const uint ioff = pc.o[2] >> 2, woff = pc.o[3] >> 2;
-  float mx = LG[0];
-  for (uint e = tid; e < E; e += 64u) mx = max(mx, LG[e]);
+  float mx = float(-1.0 / 0.0);
+  for (uint e = tid; e < E; e += 128u) mx = max(mx, LG[e]);
   mx = wg_max(mx);
   float sum = float(0);
-  for (uint e = tid; e < E; e += 64u) sum += exp(LG[e] - mx);
+  for (uint e = tid; e < E; e += 128u) sum += exp(LG[e] - mx);
   sum = wg_sum(sum);
-  float pv = float(0);
-  uint pi = 0xFFFFFFFFu;
-  for (uint k = 0u; k < K; k++) {
-    float best = float(0);
-    uint besti = 0xFFFFFFFFu;
-    for (uint e = tid; e < E; e += 64u) {
-      float l = LG[e];
-      bool after = pi == 0xFFFFFFFFu || l < pv || (l == pv && e > pi);
-      if (after && (besti == 0xFFFFFFFFu || l > best)) { best = l; besti = e; }
-    }
-    bv[tid] = best;
-    bi[tid] = besti;
-    barrier();
-    if (tid == 0u) {
-      for (uint t = 1u; t < 64u; t++) {
-        if (bi[t] != 0xFFFFFFFFu && (bi[0] == 0xFFFFFFFFu || bv[t] > bv[0] || (bv[t] == bv[0] && bi[t] < bi[0]))) {
-          bv[0] = bv[t];
-          bi[0] = bi[t];
+  float chosen = float(0), mine = float(0);
+  uint rank = 0xFFFFFFFFu;
+  for (uint pass_ = 0u; pass_ < 2u; pass_++) {
+    float part = float(0);
+    for (uint c0 = 0u; c0 < E; c0 += 128u) {   // the same count in every invocation: barriers stay uniform
+      const uint e = c0 + tid;
+      if (pass_ == 0u || E > 128u) {
+        mine = e < E ? LG[e] : float(0);
+        rank = 0u;
+        for (uint j0 = 0u; j0 < E; j0 += 128u) {
+          barrier();
+          if (j0 + tid < E) lgs[tid] = LG[j0 + tid];
+          barrier();
+          const uint n = min(128u, E - j0);
+          for (uint j = 0u; j < n; j++) {
+            const float l = lgs[j];
+            rank += (l > mine || (l == mine && j0 + j < e)) ? 1u : 0u;
+          }
         }
       }
-      IDS[ioff + k] = int(bi[0]);
+      if (e < E && rank < K) {
+        const float p = exp(mine - mx) / sum;
+        if (pass_ == 0u) {
+          part += p;
+        } else {
+          IDS[ioff + rank] = int(e);
+          WOUT[woff + rank] = float(p / chosen);
+        }
+      }
     }
-    barrier();
-    pv = bv[0];
-    pi = bi[0];
-    barrier();
-  }
-  if (tid == 0u) {
-    float chosen = float(0);
-    for (uint k = 0u; k < K; k++) chosen += exp(LG[uint(IDS[ioff + k])] - mx) / sum;
-    for (uint k = 0u; k < K; k++) WOUT[woff + k] = float((exp(LG[uint(IDS[ioff + k])] - mx) / sum) / chosen);
+    if (pass_ == 0u) chosen = wg_sum(part);
   }
 }

@@ -199,8 +199,7 @@ typedef struct {
   int acc;                 /* qmoe_acc, or -1 */
   int npass;
   qmoe_vk_pass pass[QMOE_VK_MAX_PASSES];
-  uint32_t rows;           /* output rows per workgroup (quantized mat-vec family), query heads per workgroup
-                            * (attention), else 0 */
+  uint32_t rows;           /* output rows per workgroup (quantized mat-vec family), else 0 */
 } qmoe_vk_variant;
 extern const qmoe_vk_variant qmoe_vk_variants[];
 extern const size_t qmoe_vk_variant_count;

@@ -661,7 +661,7 @@ static void test_strided_grids(void) {
 /* Shapes the parity test's small ones do not reach: in the mat-vec family (a subgroup's rows staged in chunks
  * of 64 bytes per lane, docs/vulkan.md) several chunks per row, chunk starts at every alignment, partial last
  * steps and runs, MoE down over more experts than a workgroup keeps at once (32); attention over several
- * splits and over more than one block of query heads per kv head. */
+ * splits (some empty), at both row widths (16-byte and one-float columns) and column counts. */
 typedef struct {
   qmoe_stage stage;
   int qtype;
@@ -729,9 +729,15 @@ static void test_larger_shapes(void) {
       {QMOE_STAGE_MOE_DOWN, Q6_K, {33, 768, 4, 3}},
       {QMOE_STAGE_MOE_DOWN, Q8_0, {17, 96 * 7, 5, 5}},
       {QMOE_STAGE_MOE_DOWN, Q4_0, {9, 64, 48, 40}},     /* K = 40 > 32: two chunks of experts, in order */
-      {QMOE_STAGE_ATTENTION, -1, {24, 2, 64, 200, 210}},  /* 12 heads per kv head: 2 blocks; 4 splits */
-      {QMOE_STAGE_ATTENTION, -1, {32, 4, 128, 130, 130}}, /* Qwen's GQA 8:1; 3 splits, the last of 2 */
-      {QMOE_STAGE_ROUTER_TOPK, -1, {300, 77, 9}},
+      {QMOE_STAGE_ATTENTION, -1, {24, 2, 64, 200, 210}},  /* 12 heads per kv head; 11 splits of 19 */
+      {QMOE_STAGE_ATTENTION, -1, {32, 4, 128, 130, 130}}, /* Qwen's GQA 8:1; 8 splits of 17, the last of 11 */
+      {QMOE_STAGE_ATTENTION, -1, {32, 4, 128, 1000, 1000}}, /* 8 splits of 125 positions */
+      {QMOE_STAGE_ATTENTION, -1, {1, 1, 64, 4100, 4100}},   /* 256 splits of 17: the last ones empty */
+      {QMOE_STAGE_ATTENTION, -1, {2, 1, 512, 100, 100}},    /* 128 16-byte columns: one position group */
+      {QMOE_STAGE_ATTENTION, -1, {4, 4, 20, 77, 80}},       /* D % 4 != 0: one float per column, 6 groups */
+      {QMOE_STAGE_ATTENTION, -1, {4, 2, 202, 50, 50}},      /* 202 one-float columns: more than the workgroup */
+      {QMOE_STAGE_ROUTER_TOPK, -1, {300, 77, 9}},        /* H not a multiple of 4: scalar loads */
+      {QMOE_STAGE_ROUTER_TOPK, -1, {256, 300, 140}},    /* E, K > 128: ranked in several rounds of the workgroup */
       {QMOE_STAGE_ARGMAX, -1, {100003}},
   };
   for (size_t i = 0; i < sizeof shapes / sizeof shapes[0]; i++) {
