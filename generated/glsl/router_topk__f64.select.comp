@@ -71,7 +71,8 @@ shared double lgs[128];
 // Pass 2 (one workgroup): softmax over all E logits, top K by logit (ties: the lower index), w = p / (sum of
 // the chosen p). Ranked in parallel: expert e's rank is the number of logits above it plus the equal ones at
 // lower indices (the logits staged through shared memory WG at a time), and the experts of rank < K are the
-// picks, in rank order. The sum of the chosen p is a wg_sum (a fixed order for a given subgroup size); with
+// picks, in rank order (a NaN logit ranks below every number, NaNs by index: the ranks stay a permutation, so
+// every pick is written). The sum of the chosen p is a wg_sum (a fixed order for a given subgroup size); with
 // E <= WG each invocation keeps its expert's rank for the second pass, else it ranks again. p: H, E, K.
 void main() {
   const uint E = pc.p[1], K = pc.p[2], tid = gl_LocalInvocationIndex;
@@ -91,6 +92,7 @@ void main() {
       if (pass_ == 0u || E > 128u) {
         mine = e < E ? LG[e] : double(0);
         rank = 0u;
+        const bool mn = isnan(mine); // a NaN is beaten by every number and ranks by index among NaNs
         for (uint j0 = 0u; j0 < E; j0 += 128u) {
           barrier();
           if (j0 + tid < E) lgs[tid] = LG[j0 + tid];
@@ -98,7 +100,7 @@ void main() {
           const uint n = min(128u, E - j0);
           for (uint j = 0u; j < n; j++) {
             const double l = lgs[j];
-            rank += (l > mine || (l == mine && j0 + j < e)) ? 1u : 0u;
+            rank += (mn ? (!isnan(l) || j0 + j < e) : (l > mine || (l == mine && j0 + j < e))) ? 1u : 0u;
           }
         }
       }
