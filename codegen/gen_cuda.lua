@@ -264,6 +264,8 @@ local function binding(st, argname, rename)
   for _, p in ipairs(st.ints) do used[#used + 1] = "(void)" .. (rename[p] or p) end
   for _, p in ipairs(st.floats) do used[#used + 1] = "(void)" .. (rename[p] or p) end
   lines[#lines + 1] = "  " .. table.concat(used, ", ") .. "; // not every kernel reads every contract name"
+  -- Before any memory access: the previous kernel of a graph with programmatic edges has completed.
+  lines[#lines + 1] = "  qmoe_grid_wait();"
   return table.concat(lines, "\n")
 end
 

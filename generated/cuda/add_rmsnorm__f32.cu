@@ -68,6 +68,13 @@ __device__ __forceinline__ float qmoe_cu_f16(uint32_t h) {
   return __uint_as_float(__float_as_uint(f) | ((h & 0x8000u) << 16));
 #endif
 }
+// Where a graph launches this kernel programmatically (QMOE_CUDA_PDL, sm_90+), wait here until the kernel before
+// it has completed and its writes are visible; otherwise (a plain launch or edge) this returns at once.
+__device__ __forceinline__ void qmoe_grid_wait() {
+#if __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.wait;\n" ::: "memory");
+#endif
+}
 __device__ __forceinline__ void qmoe_cp_async16(uint4 *smem, const uint4 *gmem) {
   asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"((uint32_t)__cvta_generic_to_shared(smem)), "l"(gmem)
                : "memory");
@@ -113,6 +120,7 @@ extern "C" __global__ void __launch_bounds__(256, 4) qmoe_add_rmsnorm__f32(const
   const int64_t n = a_.p[0];
   const double eps = a_.f[0];
   (void)a, (void)b, (void)w, (void)y, (void)xn, (void)n, (void)eps; // not every kernel reads every contract name
+  qmoe_grid_wait();
   __shared__ acc_t red[32];
   // Where n fits ARN_U elements per thread, a, b and w are all read in one pass (one trip to memory, not two)
   // and y stays in registers; the sum of squares runs in the same order either way.

@@ -68,6 +68,13 @@ __device__ __forceinline__ float qmoe_cu_f16(uint32_t h) {
   return __uint_as_float(__float_as_uint(f) | ((h & 0x8000u) << 16));
 #endif
 }
+// Where a graph launches this kernel programmatically (QMOE_CUDA_PDL, sm_90+), wait here until the kernel before
+// it has completed and its writes are visible; otherwise (a plain launch or edge) this returns at once.
+__device__ __forceinline__ void qmoe_grid_wait() {
+#if __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.wait;\n" ::: "memory");
+#endif
+}
 __device__ __forceinline__ void qmoe_cp_async16(uint4 *smem, const uint4 *gmem) {
   asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"((uint32_t)__cvta_generic_to_shared(smem)), "l"(gmem)
                : "memory");
@@ -281,6 +288,7 @@ extern "C" __global__ void __launch_bounds__(128, 4) qmoe_embed_rows__f16__f64(c
   const int64_t cols = a.p[0];
   const int64_t rows = a.p[1];
   (void)W, (void)id, (void)y, (void)cols, (void)rows; // not every kernel reads every contract name
+  qmoe_grid_wait();
   __shared__ uint8_t sb[QB_BYTES + 64];
   const int32_t r = __ldg(id);
   const bool ok = r >= 0 && (int64_t)r < rows;

@@ -68,6 +68,13 @@ __device__ __forceinline__ float qmoe_cu_f16(uint32_t h) {
   return __uint_as_float(__float_as_uint(f) | ((h & 0x8000u) << 16));
 #endif
 }
+// Where a graph launches this kernel programmatically (QMOE_CUDA_PDL, sm_90+), wait here until the kernel before
+// it has completed and its writes are visible; otherwise (a plain launch or edge) this returns at once.
+__device__ __forceinline__ void qmoe_grid_wait() {
+#if __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.wait;\n" ::: "memory");
+#endif
+}
 __device__ __forceinline__ void qmoe_cp_async16(uint4 *smem, const uint4 *gmem) {
   asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"((uint32_t)__cvta_generic_to_shared(smem)), "l"(gmem)
                : "memory");
@@ -467,6 +474,7 @@ extern "C" __global__ void __launch_bounds__(128, QMOE_ROW_MIN_BLOCKS) qmoe_moe_
   const int64_t E = a.p[2];
   const int64_t K = a.p[3];
   (void)Wd, (void)h, (void)ids, (void)w, (void)y, (void)H, (void)F, (void)E, (void)K; // not every kernel reads every contract name
+  qmoe_grid_wait();
   __shared__ uint4 sh[4][2 * STAGE_VECS];
   __shared__ acc_t part[64][2];
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;

@@ -68,6 +68,13 @@ __device__ __forceinline__ float qmoe_cu_f16(uint32_t h) {
   return __uint_as_float(__float_as_uint(f) | ((h & 0x8000u) << 16));
 #endif
 }
+// Where a graph launches this kernel programmatically (QMOE_CUDA_PDL, sm_90+), wait here until the kernel before
+// it has completed and its writes are visible; otherwise (a plain launch or edge) this returns at once.
+__device__ __forceinline__ void qmoe_grid_wait() {
+#if __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.wait;\n" ::: "memory");
+#endif
+}
 __device__ __forceinline__ void qmoe_cp_async16(uint4 *smem, const uint4 *gmem) {
   asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"((uint32_t)__cvta_generic_to_shared(smem)), "l"(gmem)
                : "memory");
@@ -111,6 +118,7 @@ extern "C" __global__ void __launch_bounds__(64, 4) qmoe_rope_neox__f32(const qm
   const int64_t pos = a.p[2];
   const double theta = a.f[0];
   (void)x, (void)y, (void)nh, (void)D, (void)pos, (void)theta; // not every kernel reads every contract name
+  qmoe_grid_wait();
   if (blockIdx.x >= nh) return;
   const int64_t half = D / 2, base = (int64_t)blockIdx.x * D;
   for (int64_t i = threadIdx.x; i < half; i += blockDim.x) {

@@ -65,6 +65,9 @@ typedef struct {
   CUdeviceptr ws;          /* workspace of split attention (args.buf[7]); zeroed when (re)allocated */
   size_t ws_size;
   int sync_each;           /* QMOE_CUDA_SYNC=1: synchronize after every launch (names a faulting kernel) */
+  int pdl;                 /* QMOE_CUDA_PDL=1 on sm_90+ with cuGraphAddDependencies_v2: graph edges are
+                            * programmatic (each kernel launches as the one before finishes, and waits in
+                            * qmoe_grid_wait for its completion; docs/cuda.md) */
   int64_t vcache[QMOE_STAGE_COUNT > 0 ? QMOE_STAGE_COUNT : 1][2][VCACHE_QTYPES]; /* variant index + 1, 0: unknown */
   graph_state g;
 } cuda_impl;
@@ -320,8 +323,17 @@ static int graph_build(cuda_impl *im, const launch_rec *recs, size_t n, cached_g
     void *argp;
     CUDA_KERNEL_NODE_PARAMS_v2 kp;
     node_params(&c.recs[i], &argp, &kp);
-    rc = qmoe_cuda_check(d, d->GraphAddKernelNode(&c.nodes[i], c.graph, i ? &c.nodes[i - 1] : NULL, i ? 1 : 0, &kp),
+    const int chained = i && !im->pdl;
+    rc = qmoe_cuda_check(d, d->GraphAddKernelNode(&c.nodes[i], c.graph, chained ? &c.nodes[i - 1] : NULL, chained, &kp),
                          "cuGraphAddKernelNode", c.recs[i].entry);
+    if (!rc && i && im->pdl) {
+      CUgraphEdgeData e;
+      memset(&e, 0, sizeof e);
+      e.from_port = QMOE_CU_GRAPH_KERNEL_NODE_PORT_PROGRAMMATIC;
+      e.type = QMOE_CU_GRAPH_DEPENDENCY_TYPE_PROGRAMMATIC;
+      rc = qmoe_cuda_check(d, d->GraphAddDependencies2(c.graph, &c.nodes[i - 1], &c.nodes[i], &e, 1),
+                           "cuGraphAddDependencies_v2 (programmatic)", c.recs[i].entry);
+    }
   }
   if (!rc) rc = qmoe_cuda_check(d, d->GraphInstantiate(&c.exec, c.graph, 0), "cuGraphInstantiate", NULL);
   if (rc) {
@@ -545,6 +557,8 @@ int qmoe_backend_cuda_open(qmoe_backend **out) {
   if (im->ctx.d->GraphCreate && !im->sync_each && !(ng && ng[0] && strcmp(ng, "0") != 0)) {
     be->graph_begin = cu_graph_begin;
     be->graph_end = cu_graph_end;
+    const char *pdl = getenv("QMOE_CUDA_PDL");
+    im->pdl = pdl && pdl[0] && strcmp(pdl, "0") != 0 && im->ctx.d->GraphAddDependencies2 && im->ctx.cc_major >= 9;
   }
   *out = be;
   return 0;

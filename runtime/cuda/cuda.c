@@ -31,6 +31,7 @@ SAME_SHAPE(cuGraphAddKernelNode_v2, GraphAddKernelNode, qmoe_cuda_driver);
 SAME_SHAPE(cuGraphInstantiateWithFlags, GraphInstantiate, qmoe_cuda_driver);
 SAME_SHAPE(cuGraphExecKernelNodeSetParams_v2, GraphExecKernelNodeSetParams, qmoe_cuda_driver);
 SAME_SHAPE(cuGraphLaunch, GraphLaunch, qmoe_cuda_driver);
+SAME_SHAPE(cuGraphAddDependencies_v2, GraphAddDependencies2, qmoe_cuda_driver);
 _Static_assert(sizeof(CUdeviceptr) == 8 && sizeof(CUresult) == sizeof(int), "CUDA ABI assumptions");
 _Static_assert(CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR == 75 && CU_FUNC_ATTRIBUTE_NUM_REGS == 4 &&
                    CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_BLOCK_OPTIN == 97 &&
@@ -105,6 +106,8 @@ int qmoe_cuda_driver_load(const qmoe_cuda_driver **out) {
       O(GraphDestroy, "cuGraphDestroy");
 #undef O
       if (opt_miss[0]) drv.GraphCreate = NULL; /* all or none */
+      char pdl_miss[64] = "";
+      *(void **)&drv.GraphAddDependencies2 = sym(lib, "cuGraphAddDependencies_v2", NULL, pdl_miss, sizeof pdl_miss);
 #undef D
       if (miss[0]) {
         snprintf(drv_error, sizeof drv_error, "the CUDA driver (libcuda.so.1) lacks %s; update the NVIDIA driver",

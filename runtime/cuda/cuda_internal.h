@@ -46,7 +46,15 @@ typedef struct CUDA_KERNEL_NODE_PARAMS_v2_st {
 #define CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES 8
 #define CU_STREAM_NON_BLOCKING 0x1
 #define CU_EVENT_DEFAULT 0x0
+typedef struct CUgraphEdgeData_st {
+  unsigned char from_port, to_port, type, reserved[5];
+} CUgraphEdgeData;
 #endif
+/* Programmatic dependent launch between graph nodes (sm_90+, CUDA 12.3+ drivers): an edge of this type from
+ * this port lets the next kernel launch as the previous one's blocks finish; the kernel waits at
+ * qmoe_grid_wait() (griddepcontrol.wait) until the previous grid has completed and its writes are visible. */
+#define QMOE_CU_GRAPH_DEPENDENCY_TYPE_PROGRAMMATIC 1
+#define QMOE_CU_GRAPH_KERNEL_NODE_PORT_PROGRAMMATIC 1
 
 /* Driver entry points (versioned names resolved with dlsym, as cuda.h maps them). */
 typedef struct {
@@ -92,6 +100,8 @@ typedef struct {
   CUresult (*GraphLaunch)(CUgraphExec, CUstream);
   CUresult (*GraphExecDestroy)(CUgraphExec);
   CUresult (*GraphDestroy)(CUgraph);
+  /* optional on its own (NULL before CUDA 12.3): edges with data, for programmatic dependent launch */
+  CUresult (*GraphAddDependencies2)(CUgraph, const CUgraphNode *, const CUgraphNode *, const CUgraphEdgeData *, size_t);
 } qmoe_cuda_driver;
 
 /* NVRTC entry points. */
