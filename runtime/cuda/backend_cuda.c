@@ -65,7 +65,7 @@ typedef struct {
   CUdeviceptr ws;          /* workspace of split attention (args.buf[7]); zeroed when (re)allocated */
   size_t ws_size;
   int sync_each;           /* QMOE_CUDA_SYNC=1: synchronize after every launch (names a faulting kernel) */
-  int pdl;                 /* QMOE_CUDA_PDL=1 on sm_90+ with cuGraphAddDependencies_v2: graph edges are
+  int pdl;                 /* on sm_90+ with cuGraphAddDependencies_v2 unless QMOE_CUDA_PDL=0: graph edges are
                             * programmatic (each kernel launches as the one before finishes, and waits in
                             * qmoe_grid_wait for its completion; docs/cuda.md) */
   int64_t vcache[QMOE_STAGE_COUNT > 0 ? QMOE_STAGE_COUNT : 1][2][VCACHE_QTYPES]; /* variant index + 1, 0: unknown */
@@ -558,7 +558,7 @@ int qmoe_backend_cuda_open(qmoe_backend **out) {
     be->graph_begin = cu_graph_begin;
     be->graph_end = cu_graph_end;
     const char *pdl = getenv("QMOE_CUDA_PDL");
-    im->pdl = pdl && pdl[0] && strcmp(pdl, "0") != 0 && im->ctx.d->GraphAddDependencies2 && im->ctx.cc_major >= 9;
+    im->pdl = !(pdl && pdl[0] && strcmp(pdl, "0") == 0) && im->ctx.d->GraphAddDependencies2 && im->ctx.cc_major >= 9;
   }
   *out = be;
   return 0;
