@@ -297,7 +297,7 @@ local function emit_variant(v, sources)
     local be, bb = q.block_elements, q.block_bytes
     -- Lanes take runs of RL = 8 consecutive elements. Runs of 16 decode a run's scales half as often but were
     -- slower on the H200 (2026-12-02, docs/cuda.md: decode 190.7 against 207.5 tokens/s, lm_head 229 against
-    -- 171 µs: more registers, fewer warps); runs(m, 16) still generates them.
+    -- 171 µs: more registers, fewer warps); RL = 16 generates them again (the decode's GROUP follows RL).
     local RL = 8
     -- whole steps of 32·RL elements per chunk where blocks are smaller (only a row's last chunk may end mid-step)
     local function chunk_blocks(unroll)
