@@ -374,14 +374,11 @@ local function emit_variant(v, sources)
       for k, x in pairs(m) do v[k] = x end
       return template.render("cuda/_qrows.cu", v)
     end
-    local alts = {}
-    if maps.strided then alts[#alts + 1] = { "QMOE_LANE_STRIDED", "strided lanes (QMOE_CUDA_DEFINES=QMOE_LANE_STRIDED): see codegen/gen_cuda.lua", maps.strided } end
-    local main = maps.runs or maps.plain
-    if #alts == 0 then vars.QROWS = qrows(main)
+    if maps.strided then
+      vars.QROWS = "#ifdef QMOE_LANE_STRIDED // strided lanes (QMOE_CUDA_DEFINES=QMOE_LANE_STRIDED): see codegen/gen_cuda.lua\n" ..
+                   qrows(maps.strided) .. "\n#else // runs of " .. maps.runs.UNROLL .. "\n" .. qrows(maps.runs) .. "\n#endif"
     else
-      local t = {}
-      for k, a in ipairs(alts) do t[#t + 1] = (k == 1 and "#ifdef " or "#elif defined(") .. a[1] .. (k == 1 and "" or ")") .. " // " .. a[2] .. "\n" .. qrows(a[3]) end
-      vars.QROWS = table.concat(t, "\n") .. "\n#else // runs of " .. main.UNROLL .. "\n" .. qrows(main) .. "\n#endif"
+      vars.QROWS = qrows(maps.runs or maps.plain)
     end
     parts[#parts + 1] = "// ---- decoding, from " .. q.__file .. " via src/lib/lua/expr.lua (CUDA dialect, f16 by cvt.f32.f16) ----"
     -- expr's helpers are a fixed set, not all used by every format: no "declared but never referenced" noise.

@@ -48,9 +48,9 @@ __device__ __forceinline__ double qmoe_mul_rn(double a, double b) { return __dmu
 __device__ __forceinline__ float qmoe_add_rn(float a, float b) { return __fadd_rn(a, b); }
 __device__ __forceinline__ double qmoe_add_rn(double a, double b) { return __dadd_rn(a, b); }
 
-// 16-byte global -> shared copies that bypass registers (cp.async, sm_80+), and the wait for this thread's;
-// f16 bits -> f32 (exact). tests/cuda-emu supplies host versions of these three (QMOE_HOST_EMU); the copies are
-// the only inline PTX in the kernels.
+// f16 bits -> f32 (exact), the wait of a programmatic launch, and 16-byte global -> shared copies that bypass
+// registers (cp.async, sm_80+) with the wait for this thread's: the kernels' only inline PTX. tests/cuda-emu
+// supplies host versions of these (QMOE_HOST_EMU).
 #ifndef QMOE_HOST_EMU
 // Exact (every f16, subnormals included, is an f32): one cvt. The asm is not volatile and touches no memory, so
 // the compiler still shares a block's scale reads and conversions between the elements of a run.
@@ -164,13 +164,6 @@ static __device__ __forceinline__ void qmoe_q4_0_decode_block(const uint8_t *b, 
                                                      // arms of a decode's ?: that are not taken read in bounds
 #define STAGE_VECS (STAGE_PAD + STAGE_DATA + STAGE_PAD) // one row's slice of the warp's buffer
 #define STAGE_U ((STAGE_DATA + 31) / 32)             // vectors per lane
-#ifndef QMOE_ROW_MIN_BLOCKS
-#ifdef QMOE_OCC8 // QMOE_CUDA_DEFINES=QMOE_OCC8: registers capped for 8 blocks of the row kernels per SM (docs/cuda.md)
-#define QMOE_ROW_MIN_BLOCKS 8
-#else
-#define QMOE_ROW_MIN_BLOCKS 4
-#endif
-#endif
 #define UNROLL 8                             // elements per lane per step (32·UNROLL per warp)
 
 // Copies blocks [b0, b0+nb) of R rows into the warp's shared buffer SH (R slices of STAGE_VECS) with coalesced

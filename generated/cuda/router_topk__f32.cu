@@ -48,9 +48,9 @@ __device__ __forceinline__ double qmoe_mul_rn(double a, double b) { return __dmu
 __device__ __forceinline__ float qmoe_add_rn(float a, float b) { return __fadd_rn(a, b); }
 __device__ __forceinline__ double qmoe_add_rn(double a, double b) { return __dadd_rn(a, b); }
 
-// 16-byte global -> shared copies that bypass registers (cp.async, sm_80+), and the wait for this thread's;
-// f16 bits -> f32 (exact). tests/cuda-emu supplies host versions of these three (QMOE_HOST_EMU); the copies are
-// the only inline PTX in the kernels.
+// f16 bits -> f32 (exact), the wait of a programmatic launch, and 16-byte global -> shared copies that bypass
+// registers (cp.async, sm_80+) with the wait for this thread's: the kernels' only inline PTX. tests/cuda-emu
+// supplies host versions of these (QMOE_HOST_EMU).
 #ifndef QMOE_HOST_EMU
 // Exact (every f16, subnormals included, is an f32): one cvt. The asm is not volatile and touches no memory, so
 // the compiler still shares a block's scale reads and conversions between the elements of a run.
@@ -130,26 +130,24 @@ extern "C" __global__ void __launch_bounds__(256, 1) qmoe_router_topk__f32(const
   __shared__ acc_t red[32];
   __shared__ int last;
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-  const int64_t ex = blockIdx.x;
-  {
-    const float *row = Wr + ex * H;
-    acc_t s = 0;
-    if ((((uint64_t)row | (uint64_t)x) & 15) == 0 && (H & 3) == 0) {
-      const float4 *r4 = (const float4 *)row, *x4 = (const float4 *)x;
+  const int64_t ex = blockIdx.x; // the grid is E blocks
+  const float *row = Wr + ex * H;
+  acc_t dot = 0;
+  if ((((uint64_t)row | (uint64_t)x) & 15) == 0 && (H & 3) == 0) {
+    const float4 *r4 = (const float4 *)row, *x4 = (const float4 *)x;
 #pragma unroll 4
-      for (int64_t i = threadIdx.x; i < H / 4; i += blockDim.x) {
-        const float4 wv = r4[i], xv = x4[i];
-        s = qmoe_fma(wv.x, xv.x, s);
-        s = qmoe_fma(wv.y, xv.y, s);
-        s = qmoe_fma(wv.z, xv.z, s);
-        s = qmoe_fma(wv.w, xv.w, s);
-      }
-    } else {
-      for (int64_t i = threadIdx.x; i < H; i += blockDim.x) s = qmoe_fma(row[i], x[i], s);
+    for (int64_t i = threadIdx.x; i < H / 4; i += blockDim.x) {
+      const float4 wv = r4[i], xv = x4[i];
+      dot = qmoe_fma(wv.x, xv.x, dot);
+      dot = qmoe_fma(wv.y, xv.y, dot);
+      dot = qmoe_fma(wv.z, xv.z, dot);
+      dot = qmoe_fma(wv.w, xv.w, dot);
     }
-    s = qmoe_block_sum(s, red);
-    if (threadIdx.x == 0 && ex < E) qmoe_router_logits[ex] = s;
+  } else {
+    for (int64_t i = threadIdx.x; i < H; i += blockDim.x) dot = qmoe_fma(row[i], x[i], dot);
   }
+  dot = qmoe_block_sum(dot, red);
+  if (threadIdx.x == 0) qmoe_router_logits[ex] = dot;
   __threadfence();
   __syncthreads();
   if (threadIdx.x == 0) last = atomicInc(&qmoe_router_done, gridDim.x - 1) == gridDim.x - 1;

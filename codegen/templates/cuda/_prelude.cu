@@ -45,9 +45,9 @@ __device__ __forceinline__ double qmoe_mul_rn(double a, double b) { return __dmu
 __device__ __forceinline__ float qmoe_add_rn(float a, float b) { return __fadd_rn(a, b); }
 __device__ __forceinline__ double qmoe_add_rn(double a, double b) { return __dadd_rn(a, b); }
 
-// 16-byte global -> shared copies that bypass registers (cp.async, sm_80+), and the wait for this thread's;
-// f16 bits -> f32 (exact). tests/cuda-emu supplies host versions of these three (QMOE_HOST_EMU); the copies are
-// the only inline PTX in the kernels.
+// f16 bits -> f32 (exact), the wait of a programmatic launch, and 16-byte global -> shared copies that bypass
+// registers (cp.async, sm_80+) with the wait for this thread's: the kernels' only inline PTX. tests/cuda-emu
+// supplies host versions of these (QMOE_HOST_EMU).
 #ifndef QMOE_HOST_EMU
 // Exact (every f16, subnormals included, is an f32): one cvt. The asm is not volatile and touches no memory, so
 // the compiler still shares a block's scale reads and conversions between the elements of a run.

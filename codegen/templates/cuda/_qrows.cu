@@ -7,13 +7,6 @@
                                                      // arms of a decode's ?: that are not taken read in bounds
 #define STAGE_VECS (STAGE_PAD + STAGE_DATA + STAGE_PAD) // one row's slice of the warp's buffer
 #define STAGE_U ((STAGE_DATA + 31) / 32)             // vectors per lane
-#ifndef QMOE_ROW_MIN_BLOCKS
-#ifdef QMOE_OCC8 // QMOE_CUDA_DEFINES=QMOE_OCC8: registers capped for 8 blocks of the row kernels per SM (docs/cuda.md)
-#define QMOE_ROW_MIN_BLOCKS 8
-#else
-#define QMOE_ROW_MIN_BLOCKS ${MIN_BLOCKS}
-#endif
-#endif
 #define UNROLL ${UNROLL}                             // elements per lane per step (32·UNROLL per warp)
 
 // Copies blocks [b0, b0+nb) of R rows into the warp's shared buffer SH (R slices of STAGE_VECS) with coalesced

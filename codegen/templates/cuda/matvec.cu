@@ -1,7 +1,7 @@
 // qmoe-kernel: qtype=1 acc=1 threads=128 rows_per_block=8
 // qmoe-grid: qmoe_cdiv(rows, RPB), 1
 // y = W·x: each warp computes 2 rows (x is loaded once for both), ${WARPS} warps per block.
-extern "C" __global__ void __launch_bounds__(${THREADS}, QMOE_ROW_MIN_BLOCKS) ${ENTRY}(const qmoe_args a) {
+extern "C" __global__ void __launch_bounds__(${THREADS}, ${MIN_BLOCKS}) ${ENTRY}(const qmoe_args a) {
 ${BIND}
   __shared__ uint4 sh[${WARPS}][2 * STAGE_VECS];
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;

@@ -4,7 +4,7 @@
 // y[r] = Σ_k w[k] · (Wd[ids[k]]·h[k])[r]: each block computes 2 output rows; its warps take the experts
 // k = warp, warp + ${WARPS}, ... and leave each dot product in shared memory; then one thread per row sums
 // over k in order 0..K-1 in acc_t. No atomics: the result does not depend on scheduling. K <= ${MAX_K}.
-extern "C" __global__ void __launch_bounds__(${THREADS}, QMOE_ROW_MIN_BLOCKS) ${ENTRY}(const qmoe_args a) {
+extern "C" __global__ void __launch_bounds__(${THREADS}, ${MIN_BLOCKS}) ${ENTRY}(const qmoe_args a) {
 ${BIND}
   __shared__ uint4 sh[${WARPS}][2 * STAGE_VECS];
   __shared__ acc_t part[${MAX_K}][2];

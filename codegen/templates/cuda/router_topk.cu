@@ -17,26 +17,24 @@ ${BIND}
   __shared__ acc_t red[32];
   __shared__ int last;
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-  const int64_t ex = blockIdx.x;
-  {
-    const float *row = Wr + ex * H;
-    acc_t s = 0;
-    if ((((uint64_t)row | (uint64_t)x) & 15) == 0 && (H & 3) == 0) {
-      const float4 *r4 = (const float4 *)row, *x4 = (const float4 *)x;
+  const int64_t ex = blockIdx.x; // the grid is E blocks
+  const float *row = Wr + ex * H;
+  acc_t dot = 0;
+  if ((((uint64_t)row | (uint64_t)x) & 15) == 0 && (H & 3) == 0) {
+    const float4 *r4 = (const float4 *)row, *x4 = (const float4 *)x;
 #pragma unroll 4
-      for (int64_t i = threadIdx.x; i < H / 4; i += blockDim.x) {
-        const float4 wv = r4[i], xv = x4[i];
-        s = qmoe_fma(wv.x, xv.x, s);
-        s = qmoe_fma(wv.y, xv.y, s);
-        s = qmoe_fma(wv.z, xv.z, s);
-        s = qmoe_fma(wv.w, xv.w, s);
-      }
-    } else {
-      for (int64_t i = threadIdx.x; i < H; i += blockDim.x) s = qmoe_fma(row[i], x[i], s);
+    for (int64_t i = threadIdx.x; i < H / 4; i += blockDim.x) {
+      const float4 wv = r4[i], xv = x4[i];
+      dot = qmoe_fma(wv.x, xv.x, dot);
+      dot = qmoe_fma(wv.y, xv.y, dot);
+      dot = qmoe_fma(wv.z, xv.z, dot);
+      dot = qmoe_fma(wv.w, xv.w, dot);
     }
-    s = qmoe_block_sum(s, red);
-    if (threadIdx.x == 0 && ex < E) qmoe_router_logits[ex] = s;
+  } else {
+    for (int64_t i = threadIdx.x; i < H; i += blockDim.x) dot = qmoe_fma(row[i], x[i], dot);
   }
+  dot = qmoe_block_sum(dot, red);
+  if (threadIdx.x == 0) qmoe_router_logits[ex] = dot;
   __threadfence();
   __syncthreads();
   if (threadIdx.x == 0) last = atomicInc(&qmoe_router_done, gridDim.x - 1) == gridDim.x - 1;
