@@ -50,8 +50,13 @@ local DIALECT = setmetatable({
 --   // qmoe-grid: X, Y                blocks
 --   // qmoe-workspace: EXPR           bytes of zeroed device memory at args.buf[7] (default none)
 -- Launch expressions are C over the contract's int params, the kernel's constants, RPB (rows_per_block),
--- THREADS, SM_COUNT (multiprocessors), ACC_BYTES, qmoe_cdiv(a, b) and qmoe_min(a, b); they are emitted into
--- generated/c/cuda_launch.c, so runtime/cuda/backend_cuda.c launches any stage by table lookup.
+-- THREADS, SM_COUNT (multiprocessors), ACC_BYTES, TOKENS (the call's tokens), qmoe_cdiv(a, b) and
+-- qmoe_min(a, b); they are emitted into generated/c/cuda_launch.c, so runtime/cuda/backend_cuda.c launches any
+-- stage by table lookup.
+-- Tokens (a stage contract's `tokens`): by default the grid's z is the call's tokens and ${BIND} moves the
+-- per-token buffers and advancing params to token blockIdx.z, so a one-token kernel serves T tokens as T
+-- one-token calls. A kernel line with own_tokens=1 takes all T itself (grid: three expressions; ${BIND}
+-- gives qmoe_tokens and leaves buffers and params at token 0): one read of a weight for many tokens.
 
 -- Splits S at commas outside parentheses.
 local function split_top(s)
@@ -96,7 +101,12 @@ local function kernel_of(name)
   end
   if not meta.grid or #meta.grid ~= 1 then error(where .. ": needs one '// qmoe-grid: X, Y' header line", 0) end
   L.grid = split_top(meta.grid[1])
-  if #L.grid ~= 2 then error(where .. ": qmoe-grid needs two expressions (x, y)", 0) end
+  kd.own_tokens = kd.own_tokens == 1
+  if kd.own_tokens then
+    if #L.grid ~= 3 then error(where .. ": an own_tokens=1 kernel gives its grid as three expressions (x, y, z)", 0) end
+  elseif #L.grid ~= 2 then
+    error(where .. ": qmoe-grid needs two expressions (x, y); z is the call's tokens (own_tokens=1 kernels give it)", 0)
+  end
   L.workspace = meta.workspace and meta.workspace[1] or nil
   kd.launch = L
   kernel_cache[name] = kd
@@ -111,6 +121,7 @@ local function emit_launch(recs)
     local c = {}
     for k, v in pairs(kd) do
       if type(v) == "number" and k ~= "threads" and k ~= "rows_per_block" then c[k:upper()] = v end
+      c.OWN_TOKENS = nil
     end
     return c
   end
@@ -130,7 +141,8 @@ local function emit_launch(recs)
       return (e:gsub("[%a_][%w_]*", function(n)
         if consts[n] ~= nil then return tostring(consts[n]) end
         if n == "RPB" then return "env->rows_per_block" elseif n == "THREADS" then return "env->threads"
-        elseif n == "SM_COUNT" then return "env->sm_count" elseif n == "ACC_BYTES" then return "env->acc_bytes" end
+        elseif n == "SM_COUNT" then return "env->sm_count" elseif n == "ACC_BYTES" then return "env->acc_bytes"
+        elseif n == "TOKENS" then return "env->tokens" end
         local is_param = false
         for _, pn in ipairs(r.ints) do is_param = is_param or pn == n end
         if not is_param and n:match("^%u[%u%d_]*$") then error(L.where .. ": the launch names " .. n .. ", which the kernel line does not set", 0) end
@@ -155,6 +167,9 @@ local function emit_launch(recs)
     for _, lt in ipairs(L.let or {}) do o[#o + 1] = string.format("  const int64_t %s = %s;", lt[1], cexpr(lt[2])) end
     o[#o + 1] = string.format("  l->grid[0] = %s;", cexpr(L.grid[1]))
     o[#o + 1] = string.format("  l->grid[1] = %s;", cexpr(L.grid[2]))
+    -- z: a generic kernel of a stage with `tokens` takes token blockIdx.z; own_tokens kernels say their own
+    if kd.own_tokens and not r.tokens then error(L.where .. ": own_tokens=1, but " .. r.file .. " has no `tokens`", 0) end
+    o[#o + 1] = string.format("  l->grid[2] = %s;", kd.own_tokens and cexpr(L.grid[3]) or (r.tokens and "env->tokens" or "1"))
     o[#o + 1] = string.format("  l->workspace = (size_t)(%s);", L.workspace and cexpr(L.workspace) or "0")
     o[#o + 1] = "  return 0;"
     o[#o + 1] = "}"
@@ -244,22 +259,34 @@ local CTYPE = { f32 = "float", i32 = "int32_t", qtype = "uint8_t" }
 
 -- Binds the contract's buffers and params to local names (the kernel bodies use the contract's names).
 -- A name that is not a C identifier, or clashes, fails here with the contract named.
-local function binding(st, argname, rename)
+local function binding(st, argname, rename, own_tokens)
   local lines = {}
+  -- Token: generic kernels of a stage with `tokens` take token blockIdx.z (per-token buffers and advancing
+  -- params moved to it); own_tokens kernels and stages without tokens take token 0.
+  local generic = st.tokens and not own_tokens
+  lines[#lines + 1] = string.format("  const int64_t qmoe_tokens = %s.tokens;", argname)
+  lines[#lines + 1] = generic and "  const int64_t qmoe_tok = blockIdx.z;" or "  const int64_t qmoe_tok = 0;"
+  for i, p in ipairs(st.ints) do
+    local adv = generic and st.tokens.params[p] and " + qmoe_tok" or ""
+    lines[#lines + 1] = string.format("  const int64_t %s = %s.p[%d]%s;", rename[p] or p, argname, i - 1, adv)
+  end
   for i, b in ipairs(st.bufs) do
     local ty = CTYPE[b.dtype] or error(st.file .. ": buffer '" .. b.name .. "' has dtype " .. tostring(b.dtype), 0)
     local name = rename[b.name] or b.name
     if not name:match("^[%a_][%w_]*$") then error(st.file .. ": buffer name '" .. name .. "' is not a C identifier", 0) end
     local const = b.__kind == "inputs" and "const " or ""
-    lines[#lines + 1] = string.format("  %s%s *const %s = (%s%s *)%s.buf[%d];", const, ty, name, const, ty, argname, i - 1)
-  end
-  for i, p in ipairs(st.ints) do
-    lines[#lines + 1] = string.format("  const int64_t %s = %s.p[%d];", rename[p] or p, argname, i - 1)
+    local at = ""
+    if generic and st.tokens.bufs[b.name] then
+      local dims = {}
+      for _, d in ipairs(b.__dims) do dims[#dims + 1] = d.lit and tostring(d.lit) or ("(" .. (rename[d.name] or d.name) .. ")") end
+      at = " + qmoe_tok * " .. (#dims > 0 and table.concat(dims, " * ") or "1")
+    end
+    lines[#lines + 1] = string.format("  %s%s *const %s = (%s%s *)%s.buf[%d]%s;", const, ty, name, const, ty, argname, i - 1, at)
   end
   for i, p in ipairs(st.floats) do
     lines[#lines + 1] = string.format("  const double %s = %s.f[%d];", rename[p] or p, argname, i - 1)
   end
-  local used = {}
+  local used = { "(void)qmoe_tokens", "(void)qmoe_tok" }
   for _, b in ipairs(st.bufs) do used[#used + 1] = "(void)" .. (rename[b.name] or b.name) end
   for _, p in ipairs(st.ints) do used[#used + 1] = "(void)" .. (rename[p] or p) end
   for _, p in ipairs(st.floats) do used[#used + 1] = "(void)" .. (rename[p] or p) end
@@ -288,7 +315,7 @@ local function emit_variant(v, sources)
   for _, b in ipairs(st.bufs) do if b.name == "a" then argname = "a_" end end
   for _, p in ipairs(st.ints) do if p == "a" then argname = "a_" end end
   for _, p in ipairs(st.floats) do if p == "a" then argname = "a_" end end
-  vars.BIND = binding(st, argname, rename)
+  vars.BIND = binding(st, argname, rename, kd.own_tokens)
   local meta = string.format("// qmoe-cuda: stage=%s qtype=%s ggml_type=%d acc=%s entry=%s block_elements=%d block_bytes=%d threads=%d rows_per_block=%d",
                              st.name, q and q.name or "-", q and q.ggml_type or -1, v.acc or "-", v.entry,
                              q and q.block_elements or 0, q and q.block_bytes or 0, kd.threads, kd.rows_per_block)

@@ -178,6 +178,26 @@ local function stage_record(ctx, st, errs)
       r.test_params[#r.test_params + 1] = { param = param_index[tp.name], name = tp.name, min = tp.min, max = tp.max, step = tp.step or 1 }
     end
   end
+  -- tokens: a call for T tokens is T one-token calls; these buffers advance by their own size per token,
+  -- these int params by 1 (pv validate checks the names; the generators rely on them).
+  r.tokens = nil
+  if st.tokens then
+    r.tokens = { bufs = {}, params = {} }
+    local bufnames = {}
+    for _, b in ipairs(st.inputs or {}) do bufnames[b.name] = b end
+    for _, b in ipairs(st.outputs or {}) do bufnames[b.name] = b end
+    for _, n in ipairs(st.tokens.buffers or {}) do
+      local b = bufnames[n]
+      if not b or b.dtype == "qtype" then
+        errs[#errs + 1] = where(st, "tokens", st.__file) .. ": tokens.buffers names '" .. tostring(n) .. "', not an f32/i32 buffer of the stage"
+      else r.tokens.bufs[n] = true end
+    end
+    for _, n in ipairs(st.tokens.params or {}) do
+      if not param_index[n] then
+        errs[#errs + 1] = where(st, "tokens", st.__file) .. ": tokens.params names '" .. tostring(n) .. "', not an int param of the stage"
+      else r.tokens.params[n] = true end
+    end
+  end
   r.rules = {}
   for _, req in ipairs(st.requires or {}) do r.rules[#r.rules + 1] = compile_rule(r, req, st.__file, errs) end
   for _, b in ipairs(st.inputs or {}) do r.bufs[#r.bufs + 1] = b end
@@ -258,8 +278,8 @@ local function emit_calls(recs, sources)
   local o = { util.banner("c", SCRIPT, sources),
     "/* stage_calls.h: one typed builder per stage, qmoe_call_<stage>(call, int params, float params, inputs,",
     " * outputs), all in contract order. It fills the whole call: stage, params and buffers, qtype = -1,",
-    " * acc = QMOE_ACC_F32, every offset 0, tensor NULL; set call->qtype, ->acc, ->off[QMOE_B_...] and",
-    " * ->tensor afterwards where they apply. Included by backend.h after qmoe_stage_call. */",
+    " * acc = QMOE_ACC_F32, tokens = 1, every offset 0, tensor NULL; set call->qtype, ->acc, ->tokens,",
+    " * ->off[QMOE_B_...] and ->tensor afterwards where they apply. Included by backend.h after qmoe_stage_call. */",
     "#ifndef QMOE_STAGE_CALLS_H", "#define QMOE_STAGE_CALLS_H", "" }
   for _, r in ipairs(recs) do
     local id, args, body = c_ident(r.name), { "qmoe_stage_call *call" }, {}
@@ -284,7 +304,7 @@ local function emit_calls(recs, sources)
     end
     o[#o + 1] = "/* " .. r.name .. " (" .. r.file .. ") */"
     o[#o + 1] = "static inline void qmoe_call_" .. r.name .. "(" .. table.concat(args, ", ") .. ") {"
-    o[#o + 1] = string.format("  *call = (qmoe_stage_call){ .stage = QMOE_STAGE_%s, .qtype = -1, .acc = QMOE_ACC_F32 };", id)
+    o[#o + 1] = string.format("  *call = (qmoe_stage_call){ .stage = QMOE_STAGE_%s, .qtype = -1, .acc = QMOE_ACC_F32, .tokens = 1 };", id)
     for _, l in ipairs(body) do o[#o + 1] = l end
     o[#o + 1] = "}"
     o[#o + 1] = ""
@@ -325,6 +345,7 @@ local function emit_header(recs, sources)
     "  const qmoe_stage_dim *dims; /* outermost first; a qtype buffer's last dim is its row length */",
     "  const char *may_alias;       /* input this output may share memory with, or NULL */",
     "  int index_param;             /* i32 inputs: each value indexes one of p[index_param] items; else -1 */",
+    "  int per_token;               /* the contract's tokens.buffers: token t's slice is at t times the size */",
     "} qmoe_stage_buf;",
     "",
     "/* A shape the generic parity test draws: p[param] in [min, max], a multiple of step. */",
@@ -354,6 +375,10 @@ local function emit_header(recs, sources)
     "  int exact;                   /* the contract's compare: exact: f32 outputs equal the reference bit for bit */",
     "  int n_test_params;",
     "  const qmoe_stage_test_param *test_params;",
+    "  /* The contract's `tokens`: whether a call may carry T > 1 tokens (T one-token calls, token t's with the",
+    "   * per_token buffers advanced by t slices and the params with advances[i] = 1 by t). */",
+    "  int tokens;",
+    "  const unsigned char *advances; /* per int param: 1 when it grows by 1 per token (NULL: none) */",
     "} qmoe_stage_info;",
     "",
     string.format("enum { QMOE_STAGE_TABLE_COUNT = %d }; /* stage contracts; equals QMOE_STAGE_COUNT */", #recs),
@@ -425,6 +450,13 @@ local function emit_c(recs, sources, vars)
       o[#o + 1] = "}"
     end
     if #r.floats > 0 then o[#o + 1] = string.format("static const char *const %s_fparams[] = { %s };", r.name, table.concat(strs(r.floats), ", ")) end
+    r.__adv = nil
+    if r.tokens and next(r.tokens.params) then
+      local a = {}
+      for _, n in ipairs(r.ints) do a[#a + 1] = r.tokens.params[n] and "1" or "0" end
+      r.__adv = r.name .. "_advances"
+      o[#o + 1] = string.format("static const unsigned char %s[] = { %s };", r.__adv, table.concat(a, ", "))
+    end
     local bnames, bufs = {}, {}
     for i, b in ipairs(r.bufs) do
       bnames[#bnames + 1] = cstr(b.name)
@@ -434,9 +466,10 @@ local function emit_c(recs, sources, vars)
       end
       o[#o + 1] = string.format("static const qmoe_stage_dim %s_dims%d[] = { %s };", r.name, i - 1,
                                 #dims > 0 and table.concat(dims, ", ") or "{ -1, 1 }")
-      bufs[#bufs + 1] = string.format("  { %s, %s, %d, %d, %s_dims%d, %s, %d },", cstr(b.name), DTYPES[b.dtype],
+      bufs[#bufs + 1] = string.format("  { %s, %s, %d, %d, %s_dims%d, %s, %d, %d },", cstr(b.name), DTYPES[b.dtype],
                                       b.__kind == "outputs" and 1 or 0, #b.__dims, r.name, i - 1,
-                                      b.may_alias and cstr(b.may_alias) or "NULL", b.__index_param)
+                                      b.may_alias and cstr(b.may_alias) or "NULL", b.__index_param,
+                                      (r.tokens and r.tokens.bufs[b.name]) and 1 or 0)
     end
     o[#o + 1] = string.format("static const char *const %s_buf_names[] = { %s };", r.name, table.concat(bnames, ", "))
     o[#o + 1] = string.format("static const qmoe_stage_buf %s_bufs[] = {", r.name)
@@ -448,7 +481,7 @@ local function emit_c(recs, sources, vars)
   -- With no stage contracts yet the table has one zeroed slot that the lookups never return.
   o[#o + 1] = "static const qmoe_stage_info stages[QMOE_STAGE_TABLE_COUNT > 0 ? QMOE_STAGE_TABLE_COUNT : 1] = {"
   for _, r in ipairs(recs) do
-    o[#o + 1] = string.format("  { %s, %s, (qmoe_stage)%d, %s, %d, %d, %d, %s, %d, %s, %d, %s, %d, %s, %d, %d, %s_buf_names, %s_bufs, %s, %s, %d, %d, %s },",
+    o[#o + 1] = string.format("  { %s, %s, (qmoe_stage)%d, %s, %d, %d, %d, %s, %d, %s, %d, %s, %d, %s, %d, %d, %s_buf_names, %s_bufs, %s, %s, %d, %d, %s, %d, %s },",
       cstr(r.name), cstr(r.trace), r.order, cstr(r.file), r.by_qtype and 1 or 0, r.by_acc and 1 or 0,
       #r.qtypes, #r.qtypes > 0 and (r.name .. "_qtypes") or "NULL",
       #r.accs, #r.accs > 0 and (r.name .. "_accs") or "NULL",
@@ -456,7 +489,7 @@ local function emit_c(recs, sources, vars)
       #r.floats, #r.floats > 0 and (r.name .. "_fparams") or "NULL",
       r.n_inputs, #r.bufs - r.n_inputs, r.name, r.name, #r.ints > 0 and (r.name .. "_param_min") or "NULL",
       #r.rules > 0 and (r.name .. "_rules") or "NULL", r.exact and 1 or 0, #r.test_params,
-      #r.test_params > 0 and (r.name .. "_test_params") or "NULL")
+      #r.test_params > 0 and (r.name .. "_test_params") or "NULL", r.tokens and 1 or 0, r.__adv or "NULL")
   end
   if #recs == 0 then o[#o + 1] = "  { 0 }" end
   o[#o + 1] = "};"

@@ -30,6 +30,7 @@ local FALSIFIERS = {
   { id = "FALSIFY-ROUTER-WEIGHTS-SUM", metric = "abs_err", const = "ROUTER_WSUM_MAX" },
   { id = "FALSIFY-FINITE" },
   { id = "FALSIFY-DETERMINISM" },
+  { id = "FALSIFY-TOKENS" },
   { id = "FALSIFY-QTYPE-DISPATCH" },
 }
 

@@ -17,6 +17,7 @@ static int launch_matvec(const qmoe_cuda_launch_env *env, const int64_t *p, qmoe
   (void)env;
   l->grid[0] = qmoe_cdiv(rows, env->rows_per_block);
   l->grid[1] = 1;
+  l->grid[2] = env->tokens;
   l->workspace = (size_t)(0);
   return 0;
 }
@@ -30,6 +31,7 @@ static int launch_moe_gate_up_swiglu(const qmoe_cuda_launch_env *env, const int6
   (void)env;
   l->grid[0] = qmoe_cdiv(F, env->rows_per_block);
   l->grid[1] = K;
+  l->grid[2] = env->tokens;
   l->workspace = (size_t)(0);
   return 0;
 }
@@ -47,6 +49,7 @@ static int launch_moe_down(const qmoe_cuda_launch_env *env, const int64_t *p, qm
   }
   l->grid[0] = qmoe_cdiv(H, env->rows_per_block);
   l->grid[1] = 1;
+  l->grid[2] = env->tokens;
   l->workspace = (size_t)(0);
   return 0;
 }
@@ -67,6 +70,7 @@ static int launch_router_topk(const qmoe_cuda_launch_env *env, const int64_t *p,
   }
   l->grid[0] = E;
   l->grid[1] = 1;
+  l->grid[2] = env->tokens;
   l->workspace = (size_t)(0);
   return 0;
 }
@@ -77,6 +81,7 @@ static int launch_rmsnorm(const qmoe_cuda_launch_env *env, const int64_t *p, qmo
   (void)env;
   l->grid[0] = 1;
   l->grid[1] = 1;
+  l->grid[2] = env->tokens;
   l->workspace = (size_t)(0);
   return 0;
 }
@@ -88,6 +93,7 @@ static int launch_qk_norm(const qmoe_cuda_launch_env *env, const int64_t *p, qmo
   (void)env;
   l->grid[0] = nh;
   l->grid[1] = 1;
+  l->grid[2] = 1;
   l->workspace = (size_t)(0);
   return 0;
 }
@@ -100,6 +106,7 @@ static int launch_rope_neox(const qmoe_cuda_launch_env *env, const int64_t *p, q
   (void)env;
   l->grid[0] = nh;
   l->grid[1] = 1;
+  l->grid[2] = 1;
   l->workspace = (size_t)(0);
   return 0;
 }
@@ -113,6 +120,7 @@ static int launch_kv_store(const qmoe_cuda_launch_env *env, const int64_t *p, qm
   (void)env;
   l->grid[0] = qmoe_cdiv(nkv * D, env->threads);
   l->grid[1] = 1;
+  l->grid[2] = 1;
   l->workspace = (size_t)(0);
   return 0;
 }
@@ -129,10 +137,15 @@ static int launch_attention(const qmoe_cuda_launch_env *env, const int64_t *p, q
     qmoe_set_error("cuda backend: stage attention: D = %lld exceeds the CUDA kernel's limit of %lld", (long long)D, (long long)256);
     return QMOE_EUNSUPPORTED;
   }
-  const int64_t splits = qmoe_min(qmoe_cdiv(n_kv, 64), 64);
+  if (nh > 65536 / env->tokens) {
+    qmoe_set_error("cuda backend: stage attention: nh = %lld exceeds the CUDA kernel's limit of %lld", (long long)nh, (long long)65536 / env->tokens);
+    return QMOE_EUNSUPPORTED;
+  }
+  const int64_t splits = qmoe_min(qmoe_cdiv(n_kv + env->tokens - 1, 64), 64);
   l->grid[0] = nh;
   l->grid[1] = splits;
-  l->workspace = (size_t)(splits > 1 ? (nh * 4 + 255) / 256 * 256 + nh * splits * (D + 2) * 8 : 0);
+  l->grid[2] = env->tokens;
+  l->workspace = (size_t)(splits > 1 ? 65536 * 4 + env->tokens * nh * splits * (D + 2) * 8 : 0);
   return 0;
 }
 
@@ -142,6 +155,7 @@ static int launch_add(const qmoe_cuda_launch_env *env, const int64_t *p, qmoe_cu
   (void)env;
   l->grid[0] = qmoe_min(qmoe_cdiv(n, env->threads), env->sm_count * 16);
   l->grid[1] = 1;
+  l->grid[2] = 1;
   l->workspace = (size_t)(0);
   return 0;
 }
@@ -152,6 +166,7 @@ static int launch_argmax(const qmoe_cuda_launch_env *env, const int64_t *p, qmoe
   (void)env;
   l->grid[0] = qmoe_min(qmoe_cdiv(n, 4096), 1024);
   l->grid[1] = 1;
+  l->grid[2] = 1;
   l->workspace = (size_t)(0);
   return 0;
 }
@@ -163,6 +178,7 @@ static int launch_embed_rows(const qmoe_cuda_launch_env *env, const int64_t *p, 
   (void)env;
   l->grid[0] = qmoe_min(qmoe_cdiv(cols, 32), 1024);
   l->grid[1] = 1;
+  l->grid[2] = env->tokens;
   l->workspace = (size_t)(0);
   return 0;
 }
@@ -175,6 +191,7 @@ static int launch_qk_norm_rope(const qmoe_cuda_launch_env *env, const int64_t *p
   (void)env;
   l->grid[0] = nh;
   l->grid[1] = 1;
+  l->grid[2] = env->tokens;
   l->workspace = (size_t)(0);
   return 0;
 }
@@ -185,6 +202,7 @@ static int launch_add_rmsnorm(const qmoe_cuda_launch_env *env, const int64_t *p,
   (void)env;
   l->grid[0] = 1;
   l->grid[1] = 1;
+  l->grid[2] = env->tokens;
   l->workspace = (size_t)(0);
   return 0;
 }

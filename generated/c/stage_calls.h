@@ -2,14 +2,14 @@
 
 /* stage_calls.h: one typed builder per stage, qmoe_call_<stage>(call, int params, float params, inputs,
  * outputs), all in contract order. It fills the whole call: stage, params and buffers, qtype = -1,
- * acc = QMOE_ACC_F32, every offset 0, tensor NULL; set call->qtype, ->acc, ->off[QMOE_B_...] and
- * ->tensor afterwards where they apply. Included by backend.h after qmoe_stage_call. */
+ * acc = QMOE_ACC_F32, tokens = 1, every offset 0, tensor NULL; set call->qtype, ->acc, ->tokens,
+ * ->off[QMOE_B_...] and ->tensor afterwards where they apply. Included by backend.h after qmoe_stage_call. */
 #ifndef QMOE_STAGE_CALLS_H
 #define QMOE_STAGE_CALLS_H
 
 /* matvec (contracts/stages/matvec.yaml) */
 static inline void qmoe_call_matvec(qmoe_stage_call *call, int64_t rows, int64_t cols, qmoe_buffer *W, qmoe_buffer *x, qmoe_buffer *y) {
-  *call = (qmoe_stage_call){ .stage = QMOE_STAGE_MATVEC, .qtype = -1, .acc = QMOE_ACC_F32 };
+  *call = (qmoe_stage_call){ .stage = QMOE_STAGE_MATVEC, .qtype = -1, .acc = QMOE_ACC_F32, .tokens = 1 };
   call->p[QMOE_P_MATVEC_ROWS] = rows;
   call->p[QMOE_P_MATVEC_COLS] = cols;
   call->buf[QMOE_B_MATVEC_W] = W;
@@ -19,7 +19,7 @@ static inline void qmoe_call_matvec(qmoe_stage_call *call, int64_t rows, int64_t
 
 /* moe_gate_up_swiglu (contracts/stages/moe_gate_up_swiglu.yaml) */
 static inline void qmoe_call_moe_gate_up_swiglu(qmoe_stage_call *call, int64_t H, int64_t F, int64_t E, int64_t K, qmoe_buffer *Wg, qmoe_buffer *Wu, qmoe_buffer *x, qmoe_buffer *ids, qmoe_buffer *h) {
-  *call = (qmoe_stage_call){ .stage = QMOE_STAGE_MOE_GATE_UP_SWIGLU, .qtype = -1, .acc = QMOE_ACC_F32 };
+  *call = (qmoe_stage_call){ .stage = QMOE_STAGE_MOE_GATE_UP_SWIGLU, .qtype = -1, .acc = QMOE_ACC_F32, .tokens = 1 };
   call->p[QMOE_P_MOE_GATE_UP_SWIGLU_H] = H;
   call->p[QMOE_P_MOE_GATE_UP_SWIGLU_F] = F;
   call->p[QMOE_P_MOE_GATE_UP_SWIGLU_E] = E;
@@ -33,7 +33,7 @@ static inline void qmoe_call_moe_gate_up_swiglu(qmoe_stage_call *call, int64_t H
 
 /* moe_down (contracts/stages/moe_down.yaml) */
 static inline void qmoe_call_moe_down(qmoe_stage_call *call, int64_t H, int64_t F, int64_t E, int64_t K, qmoe_buffer *Wd, qmoe_buffer *h, qmoe_buffer *ids, qmoe_buffer *w, qmoe_buffer *y) {
-  *call = (qmoe_stage_call){ .stage = QMOE_STAGE_MOE_DOWN, .qtype = -1, .acc = QMOE_ACC_F32 };
+  *call = (qmoe_stage_call){ .stage = QMOE_STAGE_MOE_DOWN, .qtype = -1, .acc = QMOE_ACC_F32, .tokens = 1 };
   call->p[QMOE_P_MOE_DOWN_H] = H;
   call->p[QMOE_P_MOE_DOWN_F] = F;
   call->p[QMOE_P_MOE_DOWN_E] = E;
@@ -47,7 +47,7 @@ static inline void qmoe_call_moe_down(qmoe_stage_call *call, int64_t H, int64_t 
 
 /* router_topk (contracts/stages/router_topk.yaml) */
 static inline void qmoe_call_router_topk(qmoe_stage_call *call, int64_t H, int64_t E, int64_t K, qmoe_buffer *Wr, qmoe_buffer *x, qmoe_buffer *ids, qmoe_buffer *w) {
-  *call = (qmoe_stage_call){ .stage = QMOE_STAGE_ROUTER_TOPK, .qtype = -1, .acc = QMOE_ACC_F32 };
+  *call = (qmoe_stage_call){ .stage = QMOE_STAGE_ROUTER_TOPK, .qtype = -1, .acc = QMOE_ACC_F32, .tokens = 1 };
   call->p[QMOE_P_ROUTER_TOPK_H] = H;
   call->p[QMOE_P_ROUTER_TOPK_E] = E;
   call->p[QMOE_P_ROUTER_TOPK_K] = K;
@@ -59,7 +59,7 @@ static inline void qmoe_call_router_topk(qmoe_stage_call *call, int64_t H, int64
 
 /* rmsnorm (contracts/stages/rmsnorm.yaml) */
 static inline void qmoe_call_rmsnorm(qmoe_stage_call *call, int64_t n, double eps, qmoe_buffer *x, qmoe_buffer *w, qmoe_buffer *y) {
-  *call = (qmoe_stage_call){ .stage = QMOE_STAGE_RMSNORM, .qtype = -1, .acc = QMOE_ACC_F32 };
+  *call = (qmoe_stage_call){ .stage = QMOE_STAGE_RMSNORM, .qtype = -1, .acc = QMOE_ACC_F32, .tokens = 1 };
   call->p[QMOE_P_RMSNORM_N] = n;
   call->f[QMOE_F_RMSNORM_EPS] = eps;
   call->buf[QMOE_B_RMSNORM_X] = x;
@@ -69,7 +69,7 @@ static inline void qmoe_call_rmsnorm(qmoe_stage_call *call, int64_t n, double ep
 
 /* qk_norm (contracts/stages/qk_norm.yaml) */
 static inline void qmoe_call_qk_norm(qmoe_stage_call *call, int64_t nh, int64_t D, double eps, qmoe_buffer *x, qmoe_buffer *w, qmoe_buffer *y) {
-  *call = (qmoe_stage_call){ .stage = QMOE_STAGE_QK_NORM, .qtype = -1, .acc = QMOE_ACC_F32 };
+  *call = (qmoe_stage_call){ .stage = QMOE_STAGE_QK_NORM, .qtype = -1, .acc = QMOE_ACC_F32, .tokens = 1 };
   call->p[QMOE_P_QK_NORM_NH] = nh;
   call->p[QMOE_P_QK_NORM_D] = D;
   call->f[QMOE_F_QK_NORM_EPS] = eps;
@@ -80,7 +80,7 @@ static inline void qmoe_call_qk_norm(qmoe_stage_call *call, int64_t nh, int64_t 
 
 /* rope_neox (contracts/stages/rope_neox.yaml) */
 static inline void qmoe_call_rope_neox(qmoe_stage_call *call, int64_t nh, int64_t D, int64_t pos, double theta, qmoe_buffer *x, qmoe_buffer *y) {
-  *call = (qmoe_stage_call){ .stage = QMOE_STAGE_ROPE_NEOX, .qtype = -1, .acc = QMOE_ACC_F32 };
+  *call = (qmoe_stage_call){ .stage = QMOE_STAGE_ROPE_NEOX, .qtype = -1, .acc = QMOE_ACC_F32, .tokens = 1 };
   call->p[QMOE_P_ROPE_NEOX_NH] = nh;
   call->p[QMOE_P_ROPE_NEOX_D] = D;
   call->p[QMOE_P_ROPE_NEOX_POS] = pos;
@@ -91,7 +91,7 @@ static inline void qmoe_call_rope_neox(qmoe_stage_call *call, int64_t nh, int64_
 
 /* kv_store (contracts/stages/kv_store.yaml) */
 static inline void qmoe_call_kv_store(qmoe_stage_call *call, int64_t nkv, int64_t D, int64_t pos, int64_t ctx, qmoe_buffer *k, qmoe_buffer *v, qmoe_buffer *Kc, qmoe_buffer *Vc) {
-  *call = (qmoe_stage_call){ .stage = QMOE_STAGE_KV_STORE, .qtype = -1, .acc = QMOE_ACC_F32 };
+  *call = (qmoe_stage_call){ .stage = QMOE_STAGE_KV_STORE, .qtype = -1, .acc = QMOE_ACC_F32, .tokens = 1 };
   call->p[QMOE_P_KV_STORE_NKV] = nkv;
   call->p[QMOE_P_KV_STORE_D] = D;
   call->p[QMOE_P_KV_STORE_POS] = pos;
@@ -104,7 +104,7 @@ static inline void qmoe_call_kv_store(qmoe_stage_call *call, int64_t nkv, int64_
 
 /* attention (contracts/stages/attention.yaml) */
 static inline void qmoe_call_attention(qmoe_stage_call *call, int64_t nh, int64_t nkv, int64_t D, int64_t n_kv, int64_t ctx, qmoe_buffer *q, qmoe_buffer *Kc, qmoe_buffer *Vc, qmoe_buffer *o) {
-  *call = (qmoe_stage_call){ .stage = QMOE_STAGE_ATTENTION, .qtype = -1, .acc = QMOE_ACC_F32 };
+  *call = (qmoe_stage_call){ .stage = QMOE_STAGE_ATTENTION, .qtype = -1, .acc = QMOE_ACC_F32, .tokens = 1 };
   call->p[QMOE_P_ATTENTION_NH] = nh;
   call->p[QMOE_P_ATTENTION_NKV] = nkv;
   call->p[QMOE_P_ATTENTION_D] = D;
@@ -118,7 +118,7 @@ static inline void qmoe_call_attention(qmoe_stage_call *call, int64_t nh, int64_
 
 /* add (contracts/stages/add.yaml) */
 static inline void qmoe_call_add(qmoe_stage_call *call, int64_t n, qmoe_buffer *a, qmoe_buffer *b, qmoe_buffer *y) {
-  *call = (qmoe_stage_call){ .stage = QMOE_STAGE_ADD, .qtype = -1, .acc = QMOE_ACC_F32 };
+  *call = (qmoe_stage_call){ .stage = QMOE_STAGE_ADD, .qtype = -1, .acc = QMOE_ACC_F32, .tokens = 1 };
   call->p[QMOE_P_ADD_N] = n;
   call->buf[QMOE_B_ADD_A] = a;
   call->buf[QMOE_B_ADD_B] = b;
@@ -127,7 +127,7 @@ static inline void qmoe_call_add(qmoe_stage_call *call, int64_t n, qmoe_buffer *
 
 /* argmax (contracts/stages/argmax.yaml) */
 static inline void qmoe_call_argmax(qmoe_stage_call *call, int64_t n, qmoe_buffer *x, qmoe_buffer *idx) {
-  *call = (qmoe_stage_call){ .stage = QMOE_STAGE_ARGMAX, .qtype = -1, .acc = QMOE_ACC_F32 };
+  *call = (qmoe_stage_call){ .stage = QMOE_STAGE_ARGMAX, .qtype = -1, .acc = QMOE_ACC_F32, .tokens = 1 };
   call->p[QMOE_P_ARGMAX_N] = n;
   call->buf[QMOE_B_ARGMAX_X] = x;
   call->buf[QMOE_B_ARGMAX_IDX] = idx;
@@ -135,7 +135,7 @@ static inline void qmoe_call_argmax(qmoe_stage_call *call, int64_t n, qmoe_buffe
 
 /* embed_rows (contracts/stages/embed_rows.yaml) */
 static inline void qmoe_call_embed_rows(qmoe_stage_call *call, int64_t cols, int64_t rows, qmoe_buffer *W, qmoe_buffer *id, qmoe_buffer *y) {
-  *call = (qmoe_stage_call){ .stage = QMOE_STAGE_EMBED_ROWS, .qtype = -1, .acc = QMOE_ACC_F32 };
+  *call = (qmoe_stage_call){ .stage = QMOE_STAGE_EMBED_ROWS, .qtype = -1, .acc = QMOE_ACC_F32, .tokens = 1 };
   call->p[QMOE_P_EMBED_ROWS_COLS] = cols;
   call->p[QMOE_P_EMBED_ROWS_ROWS] = rows;
   call->buf[QMOE_B_EMBED_ROWS_W] = W;
@@ -145,7 +145,7 @@ static inline void qmoe_call_embed_rows(qmoe_stage_call *call, int64_t cols, int
 
 /* qk_norm_rope (contracts/stages/qk_norm_rope.yaml) */
 static inline void qmoe_call_qk_norm_rope(qmoe_stage_call *call, int64_t nh, int64_t D, int64_t pos, double eps, double theta, qmoe_buffer *x, qmoe_buffer *w, qmoe_buffer *y) {
-  *call = (qmoe_stage_call){ .stage = QMOE_STAGE_QK_NORM_ROPE, .qtype = -1, .acc = QMOE_ACC_F32 };
+  *call = (qmoe_stage_call){ .stage = QMOE_STAGE_QK_NORM_ROPE, .qtype = -1, .acc = QMOE_ACC_F32, .tokens = 1 };
   call->p[QMOE_P_QK_NORM_ROPE_NH] = nh;
   call->p[QMOE_P_QK_NORM_ROPE_D] = D;
   call->p[QMOE_P_QK_NORM_ROPE_POS] = pos;
@@ -158,7 +158,7 @@ static inline void qmoe_call_qk_norm_rope(qmoe_stage_call *call, int64_t nh, int
 
 /* add_rmsnorm (contracts/stages/add_rmsnorm.yaml) */
 static inline void qmoe_call_add_rmsnorm(qmoe_stage_call *call, int64_t n, double eps, qmoe_buffer *a, qmoe_buffer *b, qmoe_buffer *w, qmoe_buffer *y, qmoe_buffer *xn) {
-  *call = (qmoe_stage_call){ .stage = QMOE_STAGE_ADD_RMSNORM, .qtype = -1, .acc = QMOE_ACC_F32 };
+  *call = (qmoe_stage_call){ .stage = QMOE_STAGE_ADD_RMSNORM, .qtype = -1, .acc = QMOE_ACC_F32, .tokens = 1 };
   call->p[QMOE_P_ADD_RMSNORM_N] = n;
   call->f[QMOE_F_ADD_RMSNORM_EPS] = eps;
   call->buf[QMOE_B_ADD_RMSNORM_A] = a;

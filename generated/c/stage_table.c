@@ -13,9 +13,9 @@ static const qmoe_stage_dim matvec_dims1[] = { { 1, 0 } /* cols */ };
 static const qmoe_stage_dim matvec_dims2[] = { { 0, 0 } /* rows */ };
 static const char *const matvec_buf_names[] = { "W", "x", "y" };
 static const qmoe_stage_buf matvec_bufs[] = {
-  { "W", QMOE_DTYPE_QTYPE, 0, 2, matvec_dims0, NULL, -1 },
-  { "x", QMOE_DTYPE_F32, 0, 1, matvec_dims1, NULL, -1 },
-  { "y", QMOE_DTYPE_F32, 1, 1, matvec_dims2, NULL, -1 },
+  { "W", QMOE_DTYPE_QTYPE, 0, 2, matvec_dims0, NULL, -1, 0 },
+  { "x", QMOE_DTYPE_F32, 0, 1, matvec_dims1, NULL, -1, 1 },
+  { "y", QMOE_DTYPE_F32, 1, 1, matvec_dims2, NULL, -1, 1 },
 };
 
 static const int moe_gate_up_swiglu_qtypes[] = { 0 /* f32 */, 1 /* f16 */, 2 /* q4_0 */, 3 /* q4_1 */, 6 /* q5_0 */, 8 /* q8_0 */, 10 /* q2_k */, 12 /* q4_k */, 13 /* q5_k */, 14 /* q6_k */, 15 /* q8_k */, 20 /* iq4_nl */, 30 /* bf16 */ };
@@ -37,11 +37,11 @@ static const qmoe_stage_dim moe_gate_up_swiglu_dims3[] = { { 3, 0 } /* K */ };
 static const qmoe_stage_dim moe_gate_up_swiglu_dims4[] = { { 3, 0 } /* K */, { 1, 0 } /* F */ };
 static const char *const moe_gate_up_swiglu_buf_names[] = { "Wg", "Wu", "x", "ids", "h" };
 static const qmoe_stage_buf moe_gate_up_swiglu_bufs[] = {
-  { "Wg", QMOE_DTYPE_QTYPE, 0, 3, moe_gate_up_swiglu_dims0, NULL, -1 },
-  { "Wu", QMOE_DTYPE_QTYPE, 0, 3, moe_gate_up_swiglu_dims1, NULL, -1 },
-  { "x", QMOE_DTYPE_F32, 0, 1, moe_gate_up_swiglu_dims2, NULL, -1 },
-  { "ids", QMOE_DTYPE_I32, 0, 1, moe_gate_up_swiglu_dims3, NULL, -1 },
-  { "h", QMOE_DTYPE_F32, 1, 2, moe_gate_up_swiglu_dims4, NULL, -1 },
+  { "Wg", QMOE_DTYPE_QTYPE, 0, 3, moe_gate_up_swiglu_dims0, NULL, -1, 0 },
+  { "Wu", QMOE_DTYPE_QTYPE, 0, 3, moe_gate_up_swiglu_dims1, NULL, -1, 0 },
+  { "x", QMOE_DTYPE_F32, 0, 1, moe_gate_up_swiglu_dims2, NULL, -1, 1 },
+  { "ids", QMOE_DTYPE_I32, 0, 1, moe_gate_up_swiglu_dims3, NULL, -1, 1 },
+  { "h", QMOE_DTYPE_F32, 1, 2, moe_gate_up_swiglu_dims4, NULL, -1, 1 },
 };
 
 static const int moe_down_qtypes[] = { 0 /* f32 */, 1 /* f16 */, 2 /* q4_0 */, 3 /* q4_1 */, 6 /* q5_0 */, 8 /* q8_0 */, 10 /* q2_k */, 12 /* q4_k */, 13 /* q5_k */, 14 /* q6_k */, 15 /* q8_k */, 20 /* iq4_nl */, 30 /* bf16 */ };
@@ -63,11 +63,11 @@ static const qmoe_stage_dim moe_down_dims3[] = { { 3, 0 } /* K */ };
 static const qmoe_stage_dim moe_down_dims4[] = { { 0, 0 } /* H */ };
 static const char *const moe_down_buf_names[] = { "Wd", "h", "ids", "w", "y" };
 static const qmoe_stage_buf moe_down_bufs[] = {
-  { "Wd", QMOE_DTYPE_QTYPE, 0, 3, moe_down_dims0, NULL, -1 },
-  { "h", QMOE_DTYPE_F32, 0, 2, moe_down_dims1, NULL, -1 },
-  { "ids", QMOE_DTYPE_I32, 0, 1, moe_down_dims2, NULL, -1 },
-  { "w", QMOE_DTYPE_F32, 0, 1, moe_down_dims3, NULL, -1 },
-  { "y", QMOE_DTYPE_F32, 1, 1, moe_down_dims4, NULL, -1 },
+  { "Wd", QMOE_DTYPE_QTYPE, 0, 3, moe_down_dims0, NULL, -1, 0 },
+  { "h", QMOE_DTYPE_F32, 0, 2, moe_down_dims1, NULL, -1, 1 },
+  { "ids", QMOE_DTYPE_I32, 0, 1, moe_down_dims2, NULL, -1, 1 },
+  { "w", QMOE_DTYPE_F32, 0, 1, moe_down_dims3, NULL, -1, 1 },
+  { "y", QMOE_DTYPE_F32, 1, 1, moe_down_dims4, NULL, -1, 1 },
 };
 
 static const qmoe_acc router_topk_accs[] = { QMOE_ACC_F32, QMOE_ACC_F64 };
@@ -87,10 +87,10 @@ static const qmoe_stage_dim router_topk_dims2[] = { { 2, 0 } /* K */ };
 static const qmoe_stage_dim router_topk_dims3[] = { { 2, 0 } /* K */ };
 static const char *const router_topk_buf_names[] = { "Wr", "x", "ids", "w" };
 static const qmoe_stage_buf router_topk_bufs[] = {
-  { "Wr", QMOE_DTYPE_F32, 0, 2, router_topk_dims0, NULL, -1 },
-  { "x", QMOE_DTYPE_F32, 0, 1, router_topk_dims1, NULL, -1 },
-  { "ids", QMOE_DTYPE_I32, 1, 1, router_topk_dims2, NULL, -1 },
-  { "w", QMOE_DTYPE_F32, 1, 1, router_topk_dims3, NULL, -1 },
+  { "Wr", QMOE_DTYPE_F32, 0, 2, router_topk_dims0, NULL, -1, 0 },
+  { "x", QMOE_DTYPE_F32, 0, 1, router_topk_dims1, NULL, -1, 1 },
+  { "ids", QMOE_DTYPE_I32, 1, 1, router_topk_dims2, NULL, -1, 1 },
+  { "w", QMOE_DTYPE_F32, 1, 1, router_topk_dims3, NULL, -1, 1 },
 };
 
 static const qmoe_acc rmsnorm_accs[] = { QMOE_ACC_F32, QMOE_ACC_F64 };
@@ -102,9 +102,9 @@ static const qmoe_stage_dim rmsnorm_dims1[] = { { 0, 0 } /* n */ };
 static const qmoe_stage_dim rmsnorm_dims2[] = { { 0, 0 } /* n */ };
 static const char *const rmsnorm_buf_names[] = { "x", "w", "y" };
 static const qmoe_stage_buf rmsnorm_bufs[] = {
-  { "x", QMOE_DTYPE_F32, 0, 1, rmsnorm_dims0, NULL, -1 },
-  { "w", QMOE_DTYPE_F32, 0, 1, rmsnorm_dims1, NULL, -1 },
-  { "y", QMOE_DTYPE_F32, 1, 1, rmsnorm_dims2, NULL, -1 },
+  { "x", QMOE_DTYPE_F32, 0, 1, rmsnorm_dims0, NULL, -1, 1 },
+  { "w", QMOE_DTYPE_F32, 0, 1, rmsnorm_dims1, NULL, -1, 0 },
+  { "y", QMOE_DTYPE_F32, 1, 1, rmsnorm_dims2, NULL, -1, 1 },
 };
 
 static const qmoe_acc qk_norm_accs[] = { QMOE_ACC_F32, QMOE_ACC_F64 };
@@ -116,9 +116,9 @@ static const qmoe_stage_dim qk_norm_dims1[] = { { 1, 0 } /* D */ };
 static const qmoe_stage_dim qk_norm_dims2[] = { { 0, 0 } /* nh */, { 1, 0 } /* D */ };
 static const char *const qk_norm_buf_names[] = { "x", "w", "y" };
 static const qmoe_stage_buf qk_norm_bufs[] = {
-  { "x", QMOE_DTYPE_F32, 0, 2, qk_norm_dims0, NULL, -1 },
-  { "w", QMOE_DTYPE_F32, 0, 1, qk_norm_dims1, NULL, -1 },
-  { "y", QMOE_DTYPE_F32, 1, 2, qk_norm_dims2, NULL, -1 },
+  { "x", QMOE_DTYPE_F32, 0, 2, qk_norm_dims0, NULL, -1, 0 },
+  { "w", QMOE_DTYPE_F32, 0, 1, qk_norm_dims1, NULL, -1, 0 },
+  { "y", QMOE_DTYPE_F32, 1, 2, qk_norm_dims2, NULL, -1, 0 },
 };
 
 static const qmoe_acc rope_neox_accs[] = { QMOE_ACC_F32, QMOE_ACC_F64 };
@@ -141,8 +141,8 @@ static const qmoe_stage_dim rope_neox_dims0[] = { { 0, 0 } /* nh */, { 1, 0 } /*
 static const qmoe_stage_dim rope_neox_dims1[] = { { 0, 0 } /* nh */, { 1, 0 } /* D */ };
 static const char *const rope_neox_buf_names[] = { "x", "y" };
 static const qmoe_stage_buf rope_neox_bufs[] = {
-  { "x", QMOE_DTYPE_F32, 0, 2, rope_neox_dims0, NULL, -1 },
-  { "y", QMOE_DTYPE_F32, 1, 2, rope_neox_dims1, "x", -1 },
+  { "x", QMOE_DTYPE_F32, 0, 2, rope_neox_dims0, NULL, -1, 0 },
+  { "y", QMOE_DTYPE_F32, 1, 2, rope_neox_dims1, "x", -1, 0 },
 };
 
 static const char *const kv_store_params[] = { "nkv", "D", "pos", "ctx" };
@@ -161,10 +161,10 @@ static const qmoe_stage_dim kv_store_dims2[] = { { 3, 0 } /* ctx */, { 0, 0 } /*
 static const qmoe_stage_dim kv_store_dims3[] = { { 3, 0 } /* ctx */, { 0, 0 } /* nkv */, { 1, 0 } /* D */ };
 static const char *const kv_store_buf_names[] = { "k", "v", "Kc", "Vc" };
 static const qmoe_stage_buf kv_store_bufs[] = {
-  { "k", QMOE_DTYPE_F32, 0, 2, kv_store_dims0, NULL, -1 },
-  { "v", QMOE_DTYPE_F32, 0, 2, kv_store_dims1, NULL, -1 },
-  { "Kc", QMOE_DTYPE_F32, 1, 3, kv_store_dims2, NULL, -1 },
-  { "Vc", QMOE_DTYPE_F32, 1, 3, kv_store_dims3, NULL, -1 },
+  { "k", QMOE_DTYPE_F32, 0, 2, kv_store_dims0, NULL, -1, 0 },
+  { "v", QMOE_DTYPE_F32, 0, 2, kv_store_dims1, NULL, -1, 0 },
+  { "Kc", QMOE_DTYPE_F32, 1, 3, kv_store_dims2, NULL, -1, 0 },
+  { "Vc", QMOE_DTYPE_F32, 1, 3, kv_store_dims3, NULL, -1, 0 },
 };
 
 static const qmoe_acc attention_accs[] = { QMOE_ACC_F32, QMOE_ACC_F64 };
@@ -182,16 +182,17 @@ static int attention_rules(const int64_t *p, const double *f) {
   }
   return 0;
 }
+static const unsigned char attention_advances[] = { 0, 0, 0, 1, 0 };
 static const qmoe_stage_dim attention_dims0[] = { { 0, 0 } /* nh */, { 2, 0 } /* D */ };
 static const qmoe_stage_dim attention_dims1[] = { { 4, 0 } /* ctx */, { 1, 0 } /* nkv */, { 2, 0 } /* D */ };
 static const qmoe_stage_dim attention_dims2[] = { { 4, 0 } /* ctx */, { 1, 0 } /* nkv */, { 2, 0 } /* D */ };
 static const qmoe_stage_dim attention_dims3[] = { { 0, 0 } /* nh */, { 2, 0 } /* D */ };
 static const char *const attention_buf_names[] = { "q", "Kc", "Vc", "o" };
 static const qmoe_stage_buf attention_bufs[] = {
-  { "q", QMOE_DTYPE_F32, 0, 2, attention_dims0, NULL, -1 },
-  { "Kc", QMOE_DTYPE_F32, 0, 3, attention_dims1, NULL, -1 },
-  { "Vc", QMOE_DTYPE_F32, 0, 3, attention_dims2, NULL, -1 },
-  { "o", QMOE_DTYPE_F32, 1, 2, attention_dims3, NULL, -1 },
+  { "q", QMOE_DTYPE_F32, 0, 2, attention_dims0, NULL, -1, 1 },
+  { "Kc", QMOE_DTYPE_F32, 0, 3, attention_dims1, NULL, -1, 0 },
+  { "Vc", QMOE_DTYPE_F32, 0, 3, attention_dims2, NULL, -1, 0 },
+  { "o", QMOE_DTYPE_F32, 1, 2, attention_dims3, NULL, -1, 1 },
 };
 
 static const char *const add_params[] = { "n" };
@@ -201,9 +202,9 @@ static const qmoe_stage_dim add_dims1[] = { { 0, 0 } /* n */ };
 static const qmoe_stage_dim add_dims2[] = { { 0, 0 } /* n */ };
 static const char *const add_buf_names[] = { "a", "b", "y" };
 static const qmoe_stage_buf add_bufs[] = {
-  { "a", QMOE_DTYPE_F32, 0, 1, add_dims0, NULL, -1 },
-  { "b", QMOE_DTYPE_F32, 0, 1, add_dims1, NULL, -1 },
-  { "y", QMOE_DTYPE_F32, 1, 1, add_dims2, "a", -1 },
+  { "a", QMOE_DTYPE_F32, 0, 1, add_dims0, NULL, -1, 0 },
+  { "b", QMOE_DTYPE_F32, 0, 1, add_dims1, NULL, -1, 0 },
+  { "y", QMOE_DTYPE_F32, 1, 1, add_dims2, "a", -1, 0 },
 };
 
 static const char *const argmax_params[] = { "n" };
@@ -212,8 +213,8 @@ static const qmoe_stage_dim argmax_dims0[] = { { 0, 0 } /* n */ };
 static const qmoe_stage_dim argmax_dims1[] = { { -1, 1 } };
 static const char *const argmax_buf_names[] = { "x", "idx" };
 static const qmoe_stage_buf argmax_bufs[] = {
-  { "x", QMOE_DTYPE_F32, 0, 1, argmax_dims0, NULL, -1 },
-  { "idx", QMOE_DTYPE_I32, 1, 1, argmax_dims1, NULL, -1 },
+  { "x", QMOE_DTYPE_F32, 0, 1, argmax_dims0, NULL, -1, 0 },
+  { "idx", QMOE_DTYPE_I32, 1, 1, argmax_dims1, NULL, -1, 0 },
 };
 
 static const int embed_rows_qtypes[] = { 0 /* f32 */, 1 /* f16 */, 2 /* q4_0 */, 3 /* q4_1 */, 6 /* q5_0 */, 8 /* q8_0 */, 10 /* q2_k */, 12 /* q4_k */, 13 /* q5_k */, 14 /* q6_k */, 15 /* q8_k */, 20 /* iq4_nl */, 30 /* bf16 */ };
@@ -226,9 +227,9 @@ static const qmoe_stage_dim embed_rows_dims1[] = { { -1, 1 } };
 static const qmoe_stage_dim embed_rows_dims2[] = { { 0, 0 } /* cols */ };
 static const char *const embed_rows_buf_names[] = { "W", "id", "y" };
 static const qmoe_stage_buf embed_rows_bufs[] = {
-  { "W", QMOE_DTYPE_QTYPE, 0, 2, embed_rows_dims0, NULL, -1 },
-  { "id", QMOE_DTYPE_I32, 0, 1, embed_rows_dims1, NULL, 1 },
-  { "y", QMOE_DTYPE_F32, 1, 1, embed_rows_dims2, NULL, -1 },
+  { "W", QMOE_DTYPE_QTYPE, 0, 2, embed_rows_dims0, NULL, -1, 0 },
+  { "id", QMOE_DTYPE_I32, 0, 1, embed_rows_dims1, NULL, 1, 1 },
+  { "y", QMOE_DTYPE_F32, 1, 1, embed_rows_dims2, NULL, -1, 1 },
 };
 
 static const qmoe_acc qk_norm_rope_accs[] = { QMOE_ACC_F32, QMOE_ACC_F64 };
@@ -247,14 +248,15 @@ static int qk_norm_rope_rules(const int64_t *p, const double *f) {
   return 0;
 }
 static const char *const qk_norm_rope_fparams[] = { "eps", "theta" };
+static const unsigned char qk_norm_rope_advances[] = { 0, 0, 1 };
 static const qmoe_stage_dim qk_norm_rope_dims0[] = { { 0, 0 } /* nh */, { 1, 0 } /* D */ };
 static const qmoe_stage_dim qk_norm_rope_dims1[] = { { 1, 0 } /* D */ };
 static const qmoe_stage_dim qk_norm_rope_dims2[] = { { 0, 0 } /* nh */, { 1, 0 } /* D */ };
 static const char *const qk_norm_rope_buf_names[] = { "x", "w", "y" };
 static const qmoe_stage_buf qk_norm_rope_bufs[] = {
-  { "x", QMOE_DTYPE_F32, 0, 2, qk_norm_rope_dims0, NULL, -1 },
-  { "w", QMOE_DTYPE_F32, 0, 1, qk_norm_rope_dims1, NULL, -1 },
-  { "y", QMOE_DTYPE_F32, 1, 2, qk_norm_rope_dims2, "x", -1 },
+  { "x", QMOE_DTYPE_F32, 0, 2, qk_norm_rope_dims0, NULL, -1, 1 },
+  { "w", QMOE_DTYPE_F32, 0, 1, qk_norm_rope_dims1, NULL, -1, 0 },
+  { "y", QMOE_DTYPE_F32, 1, 2, qk_norm_rope_dims2, "x", -1, 1 },
 };
 
 static const qmoe_acc add_rmsnorm_accs[] = { QMOE_ACC_F32, QMOE_ACC_F64 };
@@ -269,28 +271,28 @@ static const qmoe_stage_dim add_rmsnorm_dims3[] = { { 0, 0 } /* n */ };
 static const qmoe_stage_dim add_rmsnorm_dims4[] = { { 0, 0 } /* n */ };
 static const char *const add_rmsnorm_buf_names[] = { "a", "b", "w", "y", "xn" };
 static const qmoe_stage_buf add_rmsnorm_bufs[] = {
-  { "a", QMOE_DTYPE_F32, 0, 1, add_rmsnorm_dims0, NULL, -1 },
-  { "b", QMOE_DTYPE_F32, 0, 1, add_rmsnorm_dims1, NULL, -1 },
-  { "w", QMOE_DTYPE_F32, 0, 1, add_rmsnorm_dims2, NULL, -1 },
-  { "y", QMOE_DTYPE_F32, 1, 1, add_rmsnorm_dims3, "a", -1 },
-  { "xn", QMOE_DTYPE_F32, 1, 1, add_rmsnorm_dims4, NULL, -1 },
+  { "a", QMOE_DTYPE_F32, 0, 1, add_rmsnorm_dims0, NULL, -1, 1 },
+  { "b", QMOE_DTYPE_F32, 0, 1, add_rmsnorm_dims1, NULL, -1, 1 },
+  { "w", QMOE_DTYPE_F32, 0, 1, add_rmsnorm_dims2, NULL, -1, 0 },
+  { "y", QMOE_DTYPE_F32, 1, 1, add_rmsnorm_dims3, "a", -1, 1 },
+  { "xn", QMOE_DTYPE_F32, 1, 1, add_rmsnorm_dims4, NULL, -1, 1 },
 };
 
 static const qmoe_stage_info stages[QMOE_STAGE_TABLE_COUNT > 0 ? QMOE_STAGE_TABLE_COUNT : 1] = {
-  { "matvec", "mul_mat_vec", (qmoe_stage)0, "contracts/stages/matvec.yaml", 1, 1, 13, matvec_qtypes, 2, matvec_accs, 2, matvec_params, 0, NULL, 2, 1, matvec_buf_names, matvec_bufs, matvec_param_min, NULL, 0, 0, NULL },
-  { "moe_gate_up_swiglu", "ffn_moe_swiglu", (qmoe_stage)1, "contracts/stages/moe_gate_up_swiglu.yaml", 1, 1, 13, moe_gate_up_swiglu_qtypes, 2, moe_gate_up_swiglu_accs, 4, moe_gate_up_swiglu_params, 0, NULL, 4, 1, moe_gate_up_swiglu_buf_names, moe_gate_up_swiglu_bufs, moe_gate_up_swiglu_param_min, moe_gate_up_swiglu_rules, 0, 0, NULL },
-  { "moe_down", "ffn_moe_down", (qmoe_stage)2, "contracts/stages/moe_down.yaml", 1, 1, 13, moe_down_qtypes, 2, moe_down_accs, 4, moe_down_params, 0, NULL, 4, 1, moe_down_buf_names, moe_down_bufs, moe_down_param_min, moe_down_rules, 0, 0, NULL },
-  { "router_topk", "ffn_moe_topk", (qmoe_stage)3, "contracts/stages/router_topk.yaml", 0, 1, 0, NULL, 2, router_topk_accs, 3, router_topk_params, 0, NULL, 2, 2, router_topk_buf_names, router_topk_bufs, router_topk_param_min, router_topk_rules, 0, 0, NULL },
-  { "rmsnorm", "norm", (qmoe_stage)4, "contracts/stages/rmsnorm.yaml", 0, 1, 0, NULL, 2, rmsnorm_accs, 1, rmsnorm_params, 1, rmsnorm_fparams, 2, 1, rmsnorm_buf_names, rmsnorm_bufs, rmsnorm_param_min, NULL, 0, 0, NULL },
-  { "qk_norm", "qk_norm", (qmoe_stage)5, "contracts/stages/qk_norm.yaml", 0, 1, 0, NULL, 2, qk_norm_accs, 2, qk_norm_params, 1, qk_norm_fparams, 2, 1, qk_norm_buf_names, qk_norm_bufs, qk_norm_param_min, NULL, 0, 0, NULL },
-  { "rope_neox", "rope", (qmoe_stage)6, "contracts/stages/rope_neox.yaml", 0, 1, 0, NULL, 2, rope_neox_accs, 3, rope_neox_params, 1, rope_neox_fparams, 1, 1, rope_neox_buf_names, rope_neox_bufs, rope_neox_param_min, rope_neox_rules, 0, 0, NULL },
-  { "kv_store", "kv_store", (qmoe_stage)7, "contracts/stages/kv_store.yaml", 0, 0, 0, NULL, 0, NULL, 4, kv_store_params, 0, NULL, 2, 2, kv_store_buf_names, kv_store_bufs, kv_store_param_min, kv_store_rules, 1, 0, NULL },
-  { "attention", "attn_out", (qmoe_stage)8, "contracts/stages/attention.yaml", 0, 1, 0, NULL, 2, attention_accs, 5, attention_params, 0, NULL, 3, 1, attention_buf_names, attention_bufs, attention_param_min, attention_rules, 0, 0, NULL },
-  { "add", "residual_add", (qmoe_stage)9, "contracts/stages/add.yaml", 0, 0, 0, NULL, 0, NULL, 1, add_params, 0, NULL, 2, 1, add_buf_names, add_bufs, add_param_min, NULL, 0, 0, NULL },
-  { "argmax", "argmax", (qmoe_stage)10, "contracts/stages/argmax.yaml", 0, 0, 0, NULL, 0, NULL, 1, argmax_params, 0, NULL, 1, 1, argmax_buf_names, argmax_bufs, argmax_param_min, NULL, 0, 0, NULL },
-  { "embed_rows", "inp_embd", (qmoe_stage)11, "contracts/stages/embed_rows.yaml", 1, 1, 13, embed_rows_qtypes, 2, embed_rows_accs, 2, embed_rows_params, 0, NULL, 2, 1, embed_rows_buf_names, embed_rows_bufs, embed_rows_param_min, NULL, 1, 2, embed_rows_test_params },
-  { "qk_norm_rope", "qk_norm_rope", (qmoe_stage)12, "contracts/stages/qk_norm_rope.yaml", 0, 1, 0, NULL, 2, qk_norm_rope_accs, 3, qk_norm_rope_params, 2, qk_norm_rope_fparams, 2, 1, qk_norm_rope_buf_names, qk_norm_rope_bufs, qk_norm_rope_param_min, qk_norm_rope_rules, 0, 0, NULL },
-  { "add_rmsnorm", "add_norm", (qmoe_stage)13, "contracts/stages/add_rmsnorm.yaml", 0, 1, 0, NULL, 2, add_rmsnorm_accs, 1, add_rmsnorm_params, 1, add_rmsnorm_fparams, 3, 2, add_rmsnorm_buf_names, add_rmsnorm_bufs, add_rmsnorm_param_min, NULL, 0, 1, add_rmsnorm_test_params },
+  { "matvec", "mul_mat_vec", (qmoe_stage)0, "contracts/stages/matvec.yaml", 1, 1, 13, matvec_qtypes, 2, matvec_accs, 2, matvec_params, 0, NULL, 2, 1, matvec_buf_names, matvec_bufs, matvec_param_min, NULL, 0, 0, NULL, 1, NULL },
+  { "moe_gate_up_swiglu", "ffn_moe_swiglu", (qmoe_stage)1, "contracts/stages/moe_gate_up_swiglu.yaml", 1, 1, 13, moe_gate_up_swiglu_qtypes, 2, moe_gate_up_swiglu_accs, 4, moe_gate_up_swiglu_params, 0, NULL, 4, 1, moe_gate_up_swiglu_buf_names, moe_gate_up_swiglu_bufs, moe_gate_up_swiglu_param_min, moe_gate_up_swiglu_rules, 0, 0, NULL, 1, NULL },
+  { "moe_down", "ffn_moe_down", (qmoe_stage)2, "contracts/stages/moe_down.yaml", 1, 1, 13, moe_down_qtypes, 2, moe_down_accs, 4, moe_down_params, 0, NULL, 4, 1, moe_down_buf_names, moe_down_bufs, moe_down_param_min, moe_down_rules, 0, 0, NULL, 1, NULL },
+  { "router_topk", "ffn_moe_topk", (qmoe_stage)3, "contracts/stages/router_topk.yaml", 0, 1, 0, NULL, 2, router_topk_accs, 3, router_topk_params, 0, NULL, 2, 2, router_topk_buf_names, router_topk_bufs, router_topk_param_min, router_topk_rules, 0, 0, NULL, 1, NULL },
+  { "rmsnorm", "norm", (qmoe_stage)4, "contracts/stages/rmsnorm.yaml", 0, 1, 0, NULL, 2, rmsnorm_accs, 1, rmsnorm_params, 1, rmsnorm_fparams, 2, 1, rmsnorm_buf_names, rmsnorm_bufs, rmsnorm_param_min, NULL, 0, 0, NULL, 1, NULL },
+  { "qk_norm", "qk_norm", (qmoe_stage)5, "contracts/stages/qk_norm.yaml", 0, 1, 0, NULL, 2, qk_norm_accs, 2, qk_norm_params, 1, qk_norm_fparams, 2, 1, qk_norm_buf_names, qk_norm_bufs, qk_norm_param_min, NULL, 0, 0, NULL, 0, NULL },
+  { "rope_neox", "rope", (qmoe_stage)6, "contracts/stages/rope_neox.yaml", 0, 1, 0, NULL, 2, rope_neox_accs, 3, rope_neox_params, 1, rope_neox_fparams, 1, 1, rope_neox_buf_names, rope_neox_bufs, rope_neox_param_min, rope_neox_rules, 0, 0, NULL, 0, NULL },
+  { "kv_store", "kv_store", (qmoe_stage)7, "contracts/stages/kv_store.yaml", 0, 0, 0, NULL, 0, NULL, 4, kv_store_params, 0, NULL, 2, 2, kv_store_buf_names, kv_store_bufs, kv_store_param_min, kv_store_rules, 1, 0, NULL, 0, NULL },
+  { "attention", "attn_out", (qmoe_stage)8, "contracts/stages/attention.yaml", 0, 1, 0, NULL, 2, attention_accs, 5, attention_params, 0, NULL, 3, 1, attention_buf_names, attention_bufs, attention_param_min, attention_rules, 0, 0, NULL, 1, attention_advances },
+  { "add", "residual_add", (qmoe_stage)9, "contracts/stages/add.yaml", 0, 0, 0, NULL, 0, NULL, 1, add_params, 0, NULL, 2, 1, add_buf_names, add_bufs, add_param_min, NULL, 0, 0, NULL, 0, NULL },
+  { "argmax", "argmax", (qmoe_stage)10, "contracts/stages/argmax.yaml", 0, 0, 0, NULL, 0, NULL, 1, argmax_params, 0, NULL, 1, 1, argmax_buf_names, argmax_bufs, argmax_param_min, NULL, 0, 0, NULL, 0, NULL },
+  { "embed_rows", "inp_embd", (qmoe_stage)11, "contracts/stages/embed_rows.yaml", 1, 1, 13, embed_rows_qtypes, 2, embed_rows_accs, 2, embed_rows_params, 0, NULL, 2, 1, embed_rows_buf_names, embed_rows_bufs, embed_rows_param_min, NULL, 1, 2, embed_rows_test_params, 1, NULL },
+  { "qk_norm_rope", "qk_norm_rope", (qmoe_stage)12, "contracts/stages/qk_norm_rope.yaml", 0, 1, 0, NULL, 2, qk_norm_rope_accs, 3, qk_norm_rope_params, 2, qk_norm_rope_fparams, 2, 1, qk_norm_rope_buf_names, qk_norm_rope_bufs, qk_norm_rope_param_min, qk_norm_rope_rules, 0, 0, NULL, 1, qk_norm_rope_advances },
+  { "add_rmsnorm", "add_norm", (qmoe_stage)13, "contracts/stages/add_rmsnorm.yaml", 0, 1, 0, NULL, 2, add_rmsnorm_accs, 1, add_rmsnorm_params, 1, add_rmsnorm_fparams, 3, 2, add_rmsnorm_buf_names, add_rmsnorm_bufs, add_rmsnorm_param_min, NULL, 0, 1, add_rmsnorm_test_params, 1, NULL },
 };
 
 static const size_t n_stages = QMOE_STAGE_TABLE_COUNT;

@@ -21,6 +21,7 @@ typedef struct {
   const qmoe_stage_dim *dims; /* outermost first; a qtype buffer's last dim is its row length */
   const char *may_alias;       /* input this output may share memory with, or NULL */
   int index_param;             /* i32 inputs: each value indexes one of p[index_param] items; else -1 */
+  int per_token;               /* the contract's tokens.buffers: token t's slice is at t times the size */
 } qmoe_stage_buf;
 
 /* A shape the generic parity test draws: p[param] in [min, max], a multiple of step. */
@@ -50,6 +51,10 @@ typedef struct {
   int exact;                   /* the contract's compare: exact: f32 outputs equal the reference bit for bit */
   int n_test_params;
   const qmoe_stage_test_param *test_params;
+  /* The contract's `tokens`: whether a call may carry T > 1 tokens (T one-token calls, token t's with the
+   * per_token buffers advanced by t slices and the params with advances[i] = 1 by t). */
+  int tokens;
+  const unsigned char *advances; /* per int param: 1 when it grows by 1 per token (NULL: none) */
 } qmoe_stage_info;
 
 enum { QMOE_STAGE_TABLE_COUNT = 14 }; /* stage contracts; equals QMOE_STAGE_COUNT */

@@ -17,6 +17,7 @@ struct qmoe_args {
   uint64_t buf[8];
   int64_t p[8];
   double f[4];
+  int64_t tokens; // the call's tokens (>= 1): generic kernels take token blockIdx.z, own_tokens kernels all
 };
 
 typedef float acc_t; // this stage does not vary by accumulator
@@ -109,11 +110,13 @@ __device__ __forceinline__ acc_t qmoe_block_sum(acc_t v, acc_t *sh) {
 
 // y = a + b (y may be a).
 extern "C" __global__ void __launch_bounds__(256, 4) qmoe_add(const qmoe_args a_) {
+  const int64_t qmoe_tokens = a_.tokens;
+  const int64_t qmoe_tok = 0;
+  const int64_t n = a_.p[0];
   const float *const a = (const float *)a_.buf[0];
   const float *const b = (const float *)a_.buf[1];
   float *const y = (float *)a_.buf[2];
-  const int64_t n = a_.p[0];
-  (void)a, (void)b, (void)y, (void)n; // not every kernel reads every contract name
+  (void)qmoe_tokens, (void)qmoe_tok, (void)a, (void)b, (void)y, (void)n; // not every kernel reads every contract name
   qmoe_grid_wait();
   for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)gridDim.x * blockDim.x)
     y[i] = a[i] + b[i];

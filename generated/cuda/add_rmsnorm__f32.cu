@@ -17,6 +17,7 @@ struct qmoe_args {
   uint64_t buf[8];
   int64_t p[8];
   double f[4];
+  int64_t tokens; // the call's tokens (>= 1): generic kernels take token blockIdx.z, own_tokens kernels all
 };
 
 typedef float acc_t; // accumulator f32
@@ -112,14 +113,16 @@ __device__ __forceinline__ acc_t qmoe_block_sum(acc_t v, acc_t *sh) {
 // the result equals add followed by rmsnorm bit for bit. y may be a: each thread reads a[i] before it writes
 // y[i], and reads back only the y[i] it wrote itself.
 extern "C" __global__ void __launch_bounds__(256, 4) qmoe_add_rmsnorm__f32(const qmoe_args a_) {
-  const float *const a = (const float *)a_.buf[0];
-  const float *const b = (const float *)a_.buf[1];
-  const float *const w = (const float *)a_.buf[2];
-  float *const y = (float *)a_.buf[3];
-  float *const xn = (float *)a_.buf[4];
+  const int64_t qmoe_tokens = a_.tokens;
+  const int64_t qmoe_tok = blockIdx.z;
   const int64_t n = a_.p[0];
+  const float *const a = (const float *)a_.buf[0] + qmoe_tok * (n);
+  const float *const b = (const float *)a_.buf[1] + qmoe_tok * (n);
+  const float *const w = (const float *)a_.buf[2];
+  float *const y = (float *)a_.buf[3] + qmoe_tok * (n);
+  float *const xn = (float *)a_.buf[4] + qmoe_tok * (n);
   const double eps = a_.f[0];
-  (void)a, (void)b, (void)w, (void)y, (void)xn, (void)n, (void)eps; // not every kernel reads every contract name
+  (void)qmoe_tokens, (void)qmoe_tok, (void)a, (void)b, (void)w, (void)y, (void)xn, (void)n, (void)eps; // not every kernel reads every contract name
   qmoe_grid_wait();
   __shared__ acc_t red[32];
   // Where n fits ARN_U elements per thread, a, b and w are all read in one pass (one trip to memory, not two)

@@ -17,6 +17,7 @@ struct qmoe_args {
   uint64_t buf[8];
   int64_t p[8];
   double f[4];
+  int64_t tokens; // the call's tokens (>= 1): generic kernels take token blockIdx.z, own_tokens kernels all
 };
 
 typedef float acc_t; // this stage does not vary by accumulator
@@ -119,10 +120,12 @@ static __device__ __forceinline__ void qmoe_better(float &bv, int64_t &bi, float
 }
 
 extern "C" __global__ void __launch_bounds__(256, 4) qmoe_argmax(const qmoe_args a) {
+  const int64_t qmoe_tokens = a.tokens;
+  const int64_t qmoe_tok = 0;
+  const int64_t n = a.p[0];
   const float *const x = (const float *)a.buf[0];
   int32_t *const idx = (int32_t *)a.buf[1];
-  const int64_t n = a.p[0];
-  (void)x, (void)idx, (void)n; // not every kernel reads every contract name
+  (void)qmoe_tokens, (void)qmoe_tok, (void)x, (void)idx, (void)n; // not every kernel reads every contract name
   qmoe_grid_wait();
   __shared__ float sv[32];
   __shared__ int64_t si[32];

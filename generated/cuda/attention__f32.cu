@@ -17,6 +17,7 @@ struct qmoe_args {
   uint64_t buf[8];
   int64_t p[8];
   double f[4];
+  int64_t tokens; // the call's tokens (>= 1): generic kernels take token blockIdx.z, own_tokens kernels all
 };
 
 typedef float acc_t; // accumulator f32
@@ -112,8 +113,11 @@ __device__ __forceinline__ acc_t qmoe_block_sum(acc_t v, acc_t *sh) {
 // split — each warp takes 4 consecutive positions at a time (their K and V rows loaded together with 16-byte
 // loads, all in flight before the first use; 4 interleaved warp reductions), running max, sum and weighted V in
 // acc_t — and merges its 4 warps in order.
+// A call for T tokens runs token blockIdx.z (the binding moves q, o and n_kv to it); each token takes the splits a
+// one-token call of its n_kv would (S below; the grid has the last token's, blocks past S return), so T tokens
+// give the bits of T calls.
 // With S > 1 each block leaves (max, sum, V[D]) in the backend's workspace (args.buf[7]); the last block of a
-// head to finish (a self-resetting per-head counter after the partials) merges the S partials in split order,
+// head to finish (a self-resetting per-(token, head) counter after the partials) merges the S partials in split order,
 // so the result does not depend on scheduling: one warp finds the partials' max and the softmax sum (lanes over
 // splits, a fixed-order tree), then every thread sums its d over the splits. D <= 256.
 #define AT_U 2 // 16-byte vectors per lane per row: lane l holds d = 4l..4l+3 + 128u, u < AT_U
@@ -134,23 +138,27 @@ static __device__ __forceinline__ void qmoe_at_row(const float *row, int64_t D, 
   }
 }
 extern "C" __global__ void __launch_bounds__(128, 2) qmoe_attention__f32(const qmoe_args a) {
-  const float *const q = (const float *)a.buf[0];
-  const float *const Kc = (const float *)a.buf[1];
-  const float *const Vc = (const float *)a.buf[2];
-  float *const o_out = (float *)a.buf[3];
+  const int64_t qmoe_tokens = a.tokens;
+  const int64_t qmoe_tok = blockIdx.z;
   const int64_t nh = a.p[0];
   const int64_t nkv = a.p[1];
   const int64_t D = a.p[2];
-  const int64_t n_kv = a.p[3];
+  const int64_t n_kv = a.p[3] + qmoe_tok;
   const int64_t ctx = a.p[4];
-  (void)q, (void)Kc, (void)Vc, (void)o_out, (void)nh, (void)nkv, (void)D, (void)n_kv, (void)ctx; // not every kernel reads every contract name
+  const float *const q = (const float *)a.buf[0] + qmoe_tok * (nh) * (D);
+  const float *const Kc = (const float *)a.buf[1];
+  const float *const Vc = (const float *)a.buf[2];
+  float *const o_out = (float *)a.buf[3] + qmoe_tok * (nh) * (D);
+  (void)qmoe_tokens, (void)qmoe_tok, (void)q, (void)Kc, (void)Vc, (void)o_out, (void)nh, (void)nkv, (void)D, (void)n_kv, (void)ctx; // not every kernel reads every contract name
   qmoe_grid_wait();
   __shared__ acc_t sm_m[4], sm_l[4];
   __shared__ acc_t sm_o[4][256];
   __shared__ int last;
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-  const int64_t hq = blockIdx.x, S = gridDim.y, sp = blockIdx.y;
-  if (hq >= nh) return;
+  const int64_t hq = blockIdx.x, sp = blockIdx.y;
+  const int64_t S0 = (n_kv + 64 - 1) / 64;
+  const int64_t S = S0 < 64 ? S0 : 64; // this token's splits (the launch's formula)
+  if (hq >= nh || sp >= S) return;
   const int64_t g = hq / (nh / nkv);
   const int64_t per = (n_kv + S - 1) / S, lo = sp * per, hi = lo + per < n_kv ? lo + per : n_kv;
   const acc_t scale = (acc_t)1 / qmoe_sqrt((acc_t)D);
@@ -225,10 +233,11 @@ extern "C" __global__ void __launch_bounds__(128, 2) qmoe_attention__f32(const q
     }
     return;
   }
-  /* workspace: unsigned counters[nh] (at the start whatever acc_t is, so every variant finds them reset),
-   * then from byte (nh·4 rounded up to 256) acc_t part[nh][S][D + 2]: max, sum, V */
-  unsigned *done = (unsigned *)a.buf[7];
-  acc_t *ws = (acc_t *)(a.buf[7] + (uint64_t)((nh * 4 + 255) / 256 * 256));
+  /* workspace: unsigned counters[COUNTERS] at the start (token t, head h: t·nh + h; every call leaves them 0,
+   * whatever the stage or acc_t), then per token a slice of 8·nh·gridDim.y·(D + 2) bytes holding
+   * acc_t part[nh][S][D + 2]: max, sum, V */
+  unsigned *done = (unsigned *)a.buf[7] + qmoe_tok * nh;
+  acc_t *ws = (acc_t *)(a.buf[7] + (uint64_t)65536 * 4 + (uint64_t)(qmoe_tok * nh * gridDim.y * (D + 2) * 8));
   acc_t *mine = ws + (hq * S + sp) * (D + 2);
   for (int64_t d = threadIdx.x; d < D; d += blockDim.x) {
     acc_t acc = 0;

@@ -17,6 +17,7 @@ struct qmoe_args {
   uint64_t buf[8];
   int64_t p[8];
   double f[4];
+  int64_t tokens; // the call's tokens (>= 1): generic kernels take token blockIdx.z, own_tokens kernels all
 };
 
 typedef double acc_t; // accumulator f64
@@ -277,12 +278,14 @@ static __device__ __forceinline__ void qmoe_row_dots(const uint8_t *const *rows,
 // decode its elements. An id outside [0, rows) reads nothing of W and writes NaN to all of y (the contract's
 // rule; FALSIFY-FINITE catches it downstream).
 extern "C" __global__ void __launch_bounds__(128, 4) qmoe_embed_rows__q4_0__f64(const qmoe_args a) {
-  const uint8_t *const W = (const uint8_t *)a.buf[0];
-  const int32_t *const id = (const int32_t *)a.buf[1];
-  float *const y = (float *)a.buf[2];
+  const int64_t qmoe_tokens = a.tokens;
+  const int64_t qmoe_tok = blockIdx.z;
   const int64_t cols = a.p[0];
   const int64_t rows = a.p[1];
-  (void)W, (void)id, (void)y, (void)cols, (void)rows; // not every kernel reads every contract name
+  const uint8_t *const W = (const uint8_t *)a.buf[0];
+  const int32_t *const id = (const int32_t *)a.buf[1] + qmoe_tok * 1;
+  float *const y = (float *)a.buf[2] + qmoe_tok * (cols);
+  (void)qmoe_tokens, (void)qmoe_tok, (void)W, (void)id, (void)y, (void)cols, (void)rows; // not every kernel reads every contract name
   qmoe_grid_wait();
   __shared__ uint8_t sb[QB_BYTES + 64];
   const int32_t r = __ldg(id);

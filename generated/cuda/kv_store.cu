@@ -17,6 +17,7 @@ struct qmoe_args {
   uint64_t buf[8];
   int64_t p[8];
   double f[4];
+  int64_t tokens; // the call's tokens (>= 1): generic kernels take token blockIdx.z, own_tokens kernels all
 };
 
 typedef float acc_t; // this stage does not vary by accumulator
@@ -109,15 +110,17 @@ __device__ __forceinline__ acc_t qmoe_block_sum(acc_t v, acc_t *sh) {
 
 // Kc[pos], Vc[pos] (rows of nkv·D) = k, v.
 extern "C" __global__ void __launch_bounds__(256, 4) qmoe_kv_store(const qmoe_args a) {
-  const float *const k = (const float *)a.buf[0];
-  const float *const v = (const float *)a.buf[1];
-  float *const Kc = (float *)a.buf[2];
-  float *const Vc = (float *)a.buf[3];
+  const int64_t qmoe_tokens = a.tokens;
+  const int64_t qmoe_tok = 0;
   const int64_t nkv = a.p[0];
   const int64_t D = a.p[1];
   const int64_t pos = a.p[2];
   const int64_t ctx = a.p[3];
-  (void)k, (void)v, (void)Kc, (void)Vc, (void)nkv, (void)D, (void)pos, (void)ctx; // not every kernel reads every contract name
+  const float *const k = (const float *)a.buf[0];
+  const float *const v = (const float *)a.buf[1];
+  float *const Kc = (float *)a.buf[2];
+  float *const Vc = (float *)a.buf[3];
+  (void)qmoe_tokens, (void)qmoe_tok, (void)k, (void)v, (void)Kc, (void)Vc, (void)nkv, (void)D, (void)pos, (void)ctx; // not every kernel reads every contract name
   qmoe_grid_wait();
   const int64_t n = nkv * D;
   const int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;

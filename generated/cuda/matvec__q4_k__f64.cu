@@ -17,6 +17,7 @@ struct qmoe_args {
   uint64_t buf[8];
   int64_t p[8];
   double f[4];
+  int64_t tokens; // the call's tokens (>= 1): generic kernels take token blockIdx.z, own_tokens kernels all
 };
 
 typedef double acc_t; // accumulator f64
@@ -409,12 +410,14 @@ static __device__ __forceinline__ void qmoe_row_dots(const uint8_t *const *rows,
 #endif
 // y = W·x: each warp computes 2 rows (x is loaded once for both), 4 warps per block.
 extern "C" __global__ void __launch_bounds__(128, 4) qmoe_matvec__q4_k__f64(const qmoe_args a) {
-  const uint8_t *const W = (const uint8_t *)a.buf[0];
-  const float *const x = (const float *)a.buf[1];
-  float *const y = (float *)a.buf[2];
+  const int64_t qmoe_tokens = a.tokens;
+  const int64_t qmoe_tok = blockIdx.z;
   const int64_t rows = a.p[0];
   const int64_t cols = a.p[1];
-  (void)W, (void)x, (void)y, (void)rows, (void)cols; // not every kernel reads every contract name
+  const uint8_t *const W = (const uint8_t *)a.buf[0];
+  const float *const x = (const float *)a.buf[1] + qmoe_tok * (cols);
+  float *const y = (float *)a.buf[2] + qmoe_tok * (rows);
+  (void)qmoe_tokens, (void)qmoe_tok, (void)W, (void)x, (void)y, (void)rows, (void)cols; // not every kernel reads every contract name
   qmoe_grid_wait();
   __shared__ uint4 sh[4][2 * STAGE_VECS];
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;

@@ -17,6 +17,7 @@ struct qmoe_args {
   uint64_t buf[8];
   int64_t p[8];
   double f[4];
+  int64_t tokens; // the call's tokens (>= 1): generic kernels take token blockIdx.z, own_tokens kernels all
 };
 
 typedef double acc_t; // accumulator f64
@@ -410,16 +411,18 @@ static __device__ __forceinline__ void qmoe_row_dots(const uint8_t *const *rows,
 // k = warp, warp + 4, ... and leave each dot product in shared memory; then one thread per row sums
 // over k in order 0..K-1 in acc_t. No atomics: the result does not depend on scheduling. K <= 64.
 extern "C" __global__ void __launch_bounds__(128, 4) qmoe_moe_down__q6_k__f64(const qmoe_args a) {
-  const uint8_t *const Wd = (const uint8_t *)a.buf[0];
-  const float *const h = (const float *)a.buf[1];
-  const int32_t *const ids = (const int32_t *)a.buf[2];
-  const float *const w = (const float *)a.buf[3];
-  float *const y = (float *)a.buf[4];
+  const int64_t qmoe_tokens = a.tokens;
+  const int64_t qmoe_tok = blockIdx.z;
   const int64_t H = a.p[0];
   const int64_t F = a.p[1];
   const int64_t E = a.p[2];
   const int64_t K = a.p[3];
-  (void)Wd, (void)h, (void)ids, (void)w, (void)y, (void)H, (void)F, (void)E, (void)K; // not every kernel reads every contract name
+  const uint8_t *const Wd = (const uint8_t *)a.buf[0];
+  const float *const h = (const float *)a.buf[1] + qmoe_tok * (K) * (F);
+  const int32_t *const ids = (const int32_t *)a.buf[2] + qmoe_tok * (K);
+  const float *const w = (const float *)a.buf[3] + qmoe_tok * (K);
+  float *const y = (float *)a.buf[4] + qmoe_tok * (H);
+  (void)qmoe_tokens, (void)qmoe_tok, (void)Wd, (void)h, (void)ids, (void)w, (void)y, (void)H, (void)F, (void)E, (void)K; // not every kernel reads every contract name
   qmoe_grid_wait();
   __shared__ uint4 sh[4][2 * STAGE_VECS];
   __shared__ acc_t part[64][2];

@@ -17,6 +17,7 @@ struct qmoe_args {
   uint64_t buf[8];
   int64_t p[8];
   double f[4];
+  int64_t tokens; // the call's tokens (>= 1): generic kernels take token blockIdx.z, own_tokens kernels all
 };
 
 typedef double acc_t; // accumulator f64
@@ -273,16 +274,18 @@ static __device__ __forceinline__ void qmoe_row_dots(const uint8_t *const *rows,
 // expert id is read on the device. Each warp computes gate row f and up row f together (x loaded once);
 // SwiGLU is evaluated in acc_t. An id outside [0, E) yields NaN in its outputs (never a wrong expert).
 extern "C" __global__ void __launch_bounds__(128, 4) qmoe_moe_gate_up_swiglu__bf16__f64(const qmoe_args a) {
-  const uint8_t *const Wg = (const uint8_t *)a.buf[0];
-  const uint8_t *const Wu = (const uint8_t *)a.buf[1];
-  const float *const x = (const float *)a.buf[2];
-  const int32_t *const ids = (const int32_t *)a.buf[3];
-  float *const h = (float *)a.buf[4];
+  const int64_t qmoe_tokens = a.tokens;
+  const int64_t qmoe_tok = blockIdx.z;
   const int64_t H = a.p[0];
   const int64_t F = a.p[1];
   const int64_t E = a.p[2];
   const int64_t K = a.p[3];
-  (void)Wg, (void)Wu, (void)x, (void)ids, (void)h, (void)H, (void)F, (void)E, (void)K; // not every kernel reads every contract name
+  const uint8_t *const Wg = (const uint8_t *)a.buf[0];
+  const uint8_t *const Wu = (const uint8_t *)a.buf[1];
+  const float *const x = (const float *)a.buf[2] + qmoe_tok * (H);
+  const int32_t *const ids = (const int32_t *)a.buf[3] + qmoe_tok * (K);
+  float *const h = (float *)a.buf[4] + qmoe_tok * (K) * (F);
+  (void)qmoe_tokens, (void)qmoe_tok, (void)Wg, (void)Wu, (void)x, (void)ids, (void)h, (void)H, (void)F, (void)E, (void)K; // not every kernel reads every contract name
   qmoe_grid_wait();
   __shared__ uint4 sh[4][2 * STAGE_VECS];
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;

@@ -17,6 +17,7 @@ struct qmoe_args {
   uint64_t buf[8];
   int64_t p[8];
   double f[4];
+  int64_t tokens; // the call's tokens (>= 1): generic kernels take token blockIdx.z, own_tokens kernels all
 };
 
 typedef double acc_t; // accumulator f64
@@ -109,13 +110,15 @@ __device__ __forceinline__ acc_t qmoe_block_sum(acc_t v, acc_t *sh) {
 
 // RMSNorm of each of nh heads of D with the shared weight w: one block per head.
 extern "C" __global__ void __launch_bounds__(128, 4) qmoe_qk_norm__f64(const qmoe_args a) {
+  const int64_t qmoe_tokens = a.tokens;
+  const int64_t qmoe_tok = 0;
+  const int64_t nh = a.p[0];
+  const int64_t D = a.p[1];
   const float *const x = (const float *)a.buf[0];
   const float *const w = (const float *)a.buf[1];
   float *const y = (float *)a.buf[2];
-  const int64_t nh = a.p[0];
-  const int64_t D = a.p[1];
   const double eps = a.f[0];
-  (void)x, (void)w, (void)y, (void)nh, (void)D, (void)eps; // not every kernel reads every contract name
+  (void)qmoe_tokens, (void)qmoe_tok, (void)x, (void)w, (void)y, (void)nh, (void)D, (void)eps; // not every kernel reads every contract name
   qmoe_grid_wait();
   __shared__ acc_t red[32];
   const int64_t base = (int64_t)blockIdx.x * D;

@@ -17,6 +17,7 @@ struct qmoe_args {
   uint64_t buf[8];
   int64_t p[8];
   double f[4];
+  int64_t tokens; // the call's tokens (>= 1): generic kernels take token blockIdx.z, own_tokens kernels all
 };
 
 typedef float acc_t; // accumulator f32
@@ -113,15 +114,17 @@ __device__ __forceinline__ acc_t qmoe_block_sum(acc_t v, acc_t *sh) {
 // rotation (angle, cos and sin in double; the rotation in acc_t). The whole head is read for the sum before
 // the block sum's barrier; after it each thread reads and writes only its own pairs, so y may be x.
 extern "C" __global__ void __launch_bounds__(128, 4) qmoe_qk_norm_rope__f32(const qmoe_args a) {
-  const float *const x = (const float *)a.buf[0];
-  const float *const w = (const float *)a.buf[1];
-  float *const y = (float *)a.buf[2];
+  const int64_t qmoe_tokens = a.tokens;
+  const int64_t qmoe_tok = blockIdx.z;
   const int64_t nh = a.p[0];
   const int64_t D = a.p[1];
-  const int64_t pos = a.p[2];
+  const int64_t pos = a.p[2] + qmoe_tok;
+  const float *const x = (const float *)a.buf[0] + qmoe_tok * (nh) * (D);
+  const float *const w = (const float *)a.buf[1];
+  float *const y = (float *)a.buf[2] + qmoe_tok * (nh) * (D);
   const double eps = a.f[0];
   const double theta = a.f[1];
-  (void)x, (void)w, (void)y, (void)nh, (void)D, (void)pos, (void)eps, (void)theta; // not every kernel reads every contract name
+  (void)qmoe_tokens, (void)qmoe_tok, (void)x, (void)w, (void)y, (void)nh, (void)D, (void)pos, (void)eps, (void)theta; // not every kernel reads every contract name
   qmoe_grid_wait();
   __shared__ acc_t red[32];
   const int64_t half = D / 2, base = (int64_t)blockIdx.x * D;

@@ -17,6 +17,7 @@ struct qmoe_args {
   uint64_t buf[8];
   int64_t p[8];
   double f[4];
+  int64_t tokens; // the call's tokens (>= 1): generic kernels take token blockIdx.z, own_tokens kernels all
 };
 
 typedef float acc_t; // accumulator f32
@@ -109,12 +110,14 @@ __device__ __forceinline__ acc_t qmoe_block_sum(acc_t v, acc_t *sh) {
 
 // y = x · (1/sqrt(mean(x²) + eps)) · w in one block: sum of squares in acc_t, fixed-order reduction.
 extern "C" __global__ void __launch_bounds__(256, 4) qmoe_rmsnorm__f32(const qmoe_args a) {
-  const float *const x = (const float *)a.buf[0];
-  const float *const w = (const float *)a.buf[1];
-  float *const y = (float *)a.buf[2];
+  const int64_t qmoe_tokens = a.tokens;
+  const int64_t qmoe_tok = blockIdx.z;
   const int64_t n = a.p[0];
+  const float *const x = (const float *)a.buf[0] + qmoe_tok * (n);
+  const float *const w = (const float *)a.buf[1];
+  float *const y = (float *)a.buf[2] + qmoe_tok * (n);
   const double eps = a.f[0];
-  (void)x, (void)w, (void)y, (void)n, (void)eps; // not every kernel reads every contract name
+  (void)qmoe_tokens, (void)qmoe_tok, (void)x, (void)w, (void)y, (void)n, (void)eps; // not every kernel reads every contract name
   qmoe_grid_wait();
   __shared__ acc_t red[32];
   acc_t ss = 0;

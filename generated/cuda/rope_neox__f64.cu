@@ -17,6 +17,7 @@ struct qmoe_args {
   uint64_t buf[8];
   int64_t p[8];
   double f[4];
+  int64_t tokens; // the call's tokens (>= 1): generic kernels take token blockIdx.z, own_tokens kernels all
 };
 
 typedef double acc_t; // accumulator f64
@@ -111,13 +112,15 @@ __device__ __forceinline__ acc_t qmoe_block_sum(acc_t v, acc_t *sh) {
 // are computed in double in every variant (an f32 angle at large pos is an error, not a precision choice);
 // the rotation is done in acc_t. Each thread owns its pairs, so y may be x.
 extern "C" __global__ void __launch_bounds__(64, 4) qmoe_rope_neox__f64(const qmoe_args a) {
-  const float *const x = (const float *)a.buf[0];
-  float *const y = (float *)a.buf[1];
+  const int64_t qmoe_tokens = a.tokens;
+  const int64_t qmoe_tok = 0;
   const int64_t nh = a.p[0];
   const int64_t D = a.p[1];
   const int64_t pos = a.p[2];
+  const float *const x = (const float *)a.buf[0];
+  float *const y = (float *)a.buf[1];
   const double theta = a.f[0];
-  (void)x, (void)y, (void)nh, (void)D, (void)pos, (void)theta; // not every kernel reads every contract name
+  (void)qmoe_tokens, (void)qmoe_tok, (void)x, (void)y, (void)nh, (void)D, (void)pos, (void)theta; // not every kernel reads every contract name
   qmoe_grid_wait();
   if (blockIdx.x >= nh) return;
   const int64_t half = D / 2, base = (int64_t)blockIdx.x * D;

@@ -17,6 +17,7 @@ struct qmoe_args {
   uint64_t buf[8];
   int64_t p[8];
   double f[4];
+  int64_t tokens; // the call's tokens (>= 1): generic kernels take token blockIdx.z, own_tokens kernels all
 };
 
 typedef float acc_t; // accumulator f32
@@ -115,14 +116,16 @@ __device__ acc_t qmoe_router_logits[4096];
 __device__ unsigned int qmoe_router_done;
 
 extern "C" __global__ void __launch_bounds__(256, 1) qmoe_router_topk__f32(const qmoe_args a) {
-  const float *const Wr = (const float *)a.buf[0];
-  const float *const x = (const float *)a.buf[1];
-  int32_t *const ids = (int32_t *)a.buf[2];
-  float *const w = (float *)a.buf[3];
+  const int64_t qmoe_tokens = a.tokens;
+  const int64_t qmoe_tok = blockIdx.z;
   const int64_t H = a.p[0];
   const int64_t E = a.p[1];
   const int64_t K = a.p[2];
-  (void)Wr, (void)x, (void)ids, (void)w, (void)H, (void)E, (void)K; // not every kernel reads every contract name
+  const float *const Wr = (const float *)a.buf[0];
+  const float *const x = (const float *)a.buf[1] + qmoe_tok * (H);
+  int32_t *const ids = (int32_t *)a.buf[2] + qmoe_tok * (K);
+  float *const w = (float *)a.buf[3] + qmoe_tok * (K);
+  (void)qmoe_tokens, (void)qmoe_tok, (void)Wr, (void)x, (void)ids, (void)w, (void)H, (void)E, (void)K; // not every kernel reads every contract name
   qmoe_grid_wait();
   __shared__ acc_t prob[4096];
   __shared__ int sel[64];

@@ -3,19 +3,20 @@
 /* parity_cases.h: the thresholds of the model contract's falsifiers and one case per stage × qtype ×
  * accumulator of contracts/stages, for tests/parity/parity_body.h (which defines parity_case). */
 
-/* FALSIFY-STAGE-PARITY-F32: nmse <= 1e-08 (contracts/models/qwen3-moe-forward-v1.yaml:128; runs on ci) */
+/* FALSIFY-STAGE-PARITY-F32: nmse <= 1e-08 (contracts/models/qwen3-moe-forward-v1.yaml:132; runs on ci) */
 #define NMSE_MAX_F32 1e-08
-/* FALSIFY-STAGE-PARITY-F64: nmse <= 1e-13 (contracts/models/qwen3-moe-forward-v1.yaml:142; runs on ci) */
+/* FALSIFY-STAGE-PARITY-F64: nmse <= 1e-13 (contracts/models/qwen3-moe-forward-v1.yaml:146; runs on ci) */
 #define NMSE_MAX_F64 1e-13
-/* FALSIFY-STAGE-MAXREL-F32: max_abs_rel <= 1e-05 (contracts/models/qwen3-moe-forward-v1.yaml:156; runs on ci) */
+/* FALSIFY-STAGE-MAXREL-F32: max_abs_rel <= 1e-05 (contracts/models/qwen3-moe-forward-v1.yaml:160; runs on ci) */
 #define MAXREL_MAX_F32 1e-05
-/* FALSIFY-STAGE-MAXREL-F64: max_abs_rel <= 1e-07 (contracts/models/qwen3-moe-forward-v1.yaml:168; runs on ci) */
+/* FALSIFY-STAGE-MAXREL-F64: max_abs_rel <= 1e-07 (contracts/models/qwen3-moe-forward-v1.yaml:172; runs on ci) */
 #define MAXREL_MAX_F64 1e-07
-/* FALSIFY-ROUTER-WEIGHTS-SUM: abs_err <= 1e-06 (contracts/models/qwen3-moe-forward-v1.yaml:204; runs on ci) */
+/* FALSIFY-ROUTER-WEIGHTS-SUM: abs_err <= 1e-06 (contracts/models/qwen3-moe-forward-v1.yaml:219; runs on ci) */
 #define ROUTER_WSUM_MAX 1e-06
-/* FALSIFY-FINITE: contracts/models/qwen3-moe-forward-v1.yaml:172 (runs on ci) */
-/* FALSIFY-DETERMINISM: contracts/models/qwen3-moe-forward-v1.yaml:185 (runs on ci) */
-/* FALSIFY-QTYPE-DISPATCH: contracts/models/qwen3-moe-forward-v1.yaml:244 (runs on ci) */
+/* FALSIFY-FINITE: contracts/models/qwen3-moe-forward-v1.yaml:176 (runs on ci) */
+/* FALSIFY-DETERMINISM: contracts/models/qwen3-moe-forward-v1.yaml:189 (runs on ci) */
+/* FALSIFY-TOKENS: contracts/models/qwen3-moe-forward-v1.yaml:200 (runs on ci) */
+/* FALSIFY-QTYPE-DISPATCH: contracts/models/qwen3-moe-forward-v1.yaml:259 (runs on ci) */
 
 static const parity_case cases[] = {
   { "matvec", 0, "f32", QMOE_ACC_F32, "f32", NMSE_MAX_F32, MAXREL_MAX_F32 },

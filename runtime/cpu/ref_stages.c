@@ -95,7 +95,17 @@ int qmoe_ref_run(const qmoe_stage_call *c, qmoe_ref_prec prec, void *const ptr[Q
     return QMOE_EINVAL;
   }
   const qmoe_qtype_info *q = si->varies_by_qtype ? qmoe_qtype_by_id(c->qtype) : NULL;
-  return qmoe_ref_table[c->stage](c, prec, q, ptr);
+  if (c->tokens <= 1) return qmoe_ref_table[c->stage](c, prec, q, ptr);
+  /* T tokens: T one-token calls in order, as the call's definition says (runtime/stages/backend.h). */
+  for (int64_t t = 0; t < c->tokens; t++) {
+    qmoe_stage_call one;
+    qmoe_stage_token_call(c, t, &one);
+    void *tp[QMOE_STAGE_MAX_BUFS];
+    for (int i = 0; i < QMOE_STAGE_MAX_BUFS; i++)
+      tp[i] = i < si->n_inputs + si->n_outputs ? (char *)ptr[i] + (one.off[i] - c->off[i]) : ptr[i];
+    if ((rc = qmoe_ref_table[c->stage](&one, prec, q, tp))) return rc;
+  }
+  return 0;
 }
 
 /* ---- one function per stage (generated/c/ref_table.c lists them), params by their contract names ---- */

@@ -23,12 +23,13 @@ typedef struct {
   uint64_t buf[QMOE_STAGE_MAX_BUFS];
   int64_t p[QMOE_STAGE_MAX_PARAMS];
   double f[QMOE_STAGE_MAX_FPARAMS];
+  int64_t tokens; /* the call's tokens (>= 1) */
 } kernel_args;
 
 /* One launch, as run() prepared it. */
 typedef struct {
   CUfunction fn;
-  unsigned gx, gy, threads;
+  unsigned gx, gy, gz, threads;
   const char *entry;
   kernel_args args;
 } launch_rec;
@@ -270,8 +271,8 @@ static int workspace(cuda_impl *im, size_t n, uint64_t *out) {
 
 /* ---- graphs ------------------------------------------------------------------------------------------ */
 
-static int graph_add(cuda_impl *im, CUfunction fn, unsigned gx, unsigned gy, unsigned threads, const char *entry,
-                     const kernel_args *args) {
+static int graph_add(cuda_impl *im, CUfunction fn, unsigned gx, unsigned gy, unsigned gz, unsigned threads,
+                     const char *entry, const kernel_args *args) {
   graph_state *g = &im->g;
   if (g->n == g->cap) {
     size_t cap = g->cap ? g->cap * 2 : 1024;
@@ -284,7 +285,7 @@ static int graph_add(cuda_impl *im, CUfunction fn, unsigned gx, unsigned gy, uns
   }
   launch_rec *r = &g->recs[g->n++];
   memset(r, 0, sizeof *r); /* compared with memcmp: no stray padding bytes */
-  r->fn = fn, r->gx = gx, r->gy = gy, r->threads = threads, r->entry = entry, r->args = *args;
+  r->fn = fn, r->gx = gx, r->gy = gy, r->gz = gz, r->threads = threads, r->entry = entry, r->args = *args;
   return 0;
 }
 
@@ -292,7 +293,7 @@ static void node_params(launch_rec *r, void **argp, CUDA_KERNEL_NODE_PARAMS_v2 *
   memset(kp, 0, sizeof *kp);
   *argp = &r->args;
   kp->func = r->fn;
-  kp->gridDimX = r->gx, kp->gridDimY = r->gy, kp->gridDimZ = 1;
+  kp->gridDimX = r->gx, kp->gridDimY = r->gy, kp->gridDimZ = r->gz;
   kp->blockDimX = r->threads, kp->blockDimY = 1, kp->blockDimZ = 1;
   kp->kernelParams = argp;
 }
@@ -456,16 +457,18 @@ static int cu_run(qmoe_backend *be, const qmoe_stage_call *c) {
   for (int i = 0; i < si->n_inputs + si->n_outputs; i++) args.buf[i] = (uint64_t)(c->buf[i]->ptr + c->off[i]);
   memcpy(args.p, c->p, sizeof args.p);
   memcpy(args.f, c->f, sizeof args.f);
+  args.tokens = c->tokens > 1 ? c->tokens : 1;
 
   /* Grid and workspace: the stage's launch function (generated/c/cuda_launch.c). */
   const qmoe_cuda_launch_env env = { v->rows_per_block > 0 ? v->rows_per_block : 1, v->threads,
-                                     im->ctx.sm_count > 0 ? im->ctx.sm_count : 1, c->acc == QMOE_ACC_F64 ? 8 : 4 };
+                                     im->ctx.sm_count > 0 ? im->ctx.sm_count : 1, c->acc == QMOE_ACC_F64 ? 8 : 4,
+                                     args.tokens };
   qmoe_cuda_launch L;
   if ((rc = qmoe_cuda_launch_table[c->stage](&env, c->p, &L))) return rc;
-  const int64_t gx = L.grid[0], gy = L.grid[1];
-  if (gx < 1 || gx > INT32_MAX || gy < 1 || gy > 65535) {
-    qmoe_set_error("cuda backend: stage %s: grid %lld × %lld is outside CUDA's limits", si->name, (long long)gx,
-                   (long long)gy);
+  const int64_t gx = L.grid[0], gy = L.grid[1], gz = L.grid[2];
+  if (gx < 1 || gx > INT32_MAX || gy < 1 || gy > 65535 || gz < 1 || gz > 65535) {
+    qmoe_set_error("cuda backend: stage %s: grid %lld × %lld × %lld is outside CUDA's limits", si->name,
+                   (long long)gx, (long long)gy, (long long)gz);
     return QMOE_EUNSUPPORTED;
   }
   if (L.workspace > 0 && ((rc = qmoe_cuda_ctx_use(&im->ctx)) ||
@@ -474,10 +477,11 @@ static int cu_run(qmoe_backend *be, const qmoe_stage_call *c) {
   if ((rc = qmoe_cuda_ctx_use(&im->ctx))) return rc;
   CUfunction fn;
   if ((rc = get_function(im, vi, &fn))) return rc;
-  if (im->g.recording) return graph_add(im, fn, (unsigned)gx, (unsigned)gy, (unsigned)v->threads, v->entry, &args);
+  if (im->g.recording)
+    return graph_add(im, fn, (unsigned)gx, (unsigned)gy, (unsigned)gz, (unsigned)v->threads, v->entry, &args);
   void *params[] = { &args };
   rc = qmoe_cuda_check(im->ctx.d,
-                       im->ctx.d->LaunchKernel(fn, (unsigned)gx, (unsigned)gy, 1, (unsigned)v->threads, 1, 1, 0,
+                       im->ctx.d->LaunchKernel(fn, (unsigned)gx, (unsigned)gy, (unsigned)gz, (unsigned)v->threads, 1, 1, 0,
                                                im->ctx.stream, params, NULL),
                        "cuLaunchKernel", v->entry);
   if (rc) return rc;

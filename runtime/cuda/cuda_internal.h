@@ -212,8 +212,8 @@ int qmoe_cuda_variant_parse(const char *file, const char *src, qmoe_cuda_variant
 /* Launch geometry of one stage call (generated/c/cuda_launch.c, from codegen/gen_cuda.lua's LAUNCH): from the
  * call's int params and the variant's constants, the grid and the zeroed workspace the kernel needs at
  * args.buf[7] (0: none). QMOE_EUNSUPPORTED when a param exceeds a kernel's fixed-size arrays. */
-typedef struct { int64_t rows_per_block, threads, sm_count, acc_bytes; } qmoe_cuda_launch_env;
-typedef struct { int64_t grid[2]; size_t workspace; } qmoe_cuda_launch;
+typedef struct { int64_t rows_per_block, threads, sm_count, acc_bytes, tokens; } qmoe_cuda_launch_env;
+typedef struct { int64_t grid[3]; size_t workspace; } qmoe_cuda_launch;
 typedef int (*qmoe_cuda_launch_fn)(const qmoe_cuda_launch_env *env, const int64_t *p, qmoe_cuda_launch *out);
 extern const qmoe_cuda_launch_fn qmoe_cuda_launch_table[];
 

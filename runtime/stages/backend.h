@@ -20,11 +20,17 @@ typedef struct qmoe_buffer qmoe_buffer; /* backend-owned memory (device memory o
  * them; buffers are the contract's inputs then outputs, in order (docs/stages.md). Build one with the typed
  * builder of its stage (stage_calls.h, below), e.g. qmoe_call_moe_down(&c, H, F, E, K, Wd, h, ids, w, y), then
  * set qtype, acc, off[QMOE_B_...] and tensor where they apply.
- * qtype is the GGUF type id of the quantized weight (stages that vary by qtype), else -1. */
+ * qtype is the GGUF type id of the quantized weight (stages that vary by qtype), else -1.
+ * tokens: how many tokens the call carries (builders set 1; 0 counts as 1). A call for T tokens is, by
+ * definition, T one-token calls in order: token t's with the contract's per-token buffers (tokens.buffers)
+ * at off[i] + t × their one-token size and its advancing params (tokens.params) + t. Stages without `tokens`
+ * in their contract take one token. Backends may compute the T tokens together (one read of a weight for
+ * all of them), but the results are those of the T calls. */
 typedef struct {
   qmoe_stage stage;
   int qtype;
   qmoe_acc acc;
+  int64_t tokens;
   int64_t p[QMOE_STAGE_MAX_PARAMS];
   double f[QMOE_STAGE_MAX_FPARAMS];
   qmoe_buffer *buf[QMOE_STAGE_MAX_BUFS];
@@ -42,6 +48,15 @@ typedef struct {
  * are 0. Returns 0, QMOE_EUNSUPPORTED for a qtype the stage has no variant for (the message names the stage,
  * the tensor and the qtype) or QMOE_EINVAL. Every backend's run() calls it first. */
 int qmoe_stage_check(const qmoe_stage_call *c, size_t need[QMOE_STAGE_MAX_BUFS]);
+
+/* The most tokens one call carries (CUDA's grid.z limit). */
+enum { QMOE_STAGE_MAX_TOKENS = 65535 };
+
+/* Token T's one-token call of the (checked) call C: tokens = 1, per-token buffers' offsets advanced by T of
+ * their one-token sizes, advancing params by T. A backend that computes tokens one by one runs these. */
+void qmoe_stage_token_call(const qmoe_stage_call *c, int64_t t, qmoe_stage_call *out);
+/* Bytes of one token's slice of buffer BUF of C (0: the buffer is not per token). */
+size_t qmoe_stage_token_bytes(const qmoe_stage_call *c, int buf);
 
 /* Checks the call's buffers against NEED (from qmoe_stage_check): each must be non-NULL, HAVE[i] (the bytes
  * buffer i holds from c->off[i]; 0 when the offset is past its end) at least NEED[i], and an f32/i32 buffer's

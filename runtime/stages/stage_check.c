@@ -83,6 +83,37 @@ int qmoe_stage_check(const qmoe_stage_call *c, size_t need[QMOE_STAGE_MAX_BUFS])
     }
   }
   if (si->rules && (rc = si->rules(c->p, c->f))) return rc;
+  /* Tokens: T one-token calls; the last token's params (advanced by T - 1) must pass the same checks. */
+  const int64_t T = c->tokens > 1 ? c->tokens : 1;
+  if (c->tokens < 0 || c->tokens > QMOE_STAGE_MAX_TOKENS) {
+    qmoe_set_error("stage %s: tokens = %lld is out of range (0 or 1: one token; at most %d)", si->name,
+                   (long long)c->tokens, QMOE_STAGE_MAX_TOKENS);
+    return QMOE_EINVAL;
+  }
+  if (T > 1 && !si->tokens) {
+    qmoe_set_error("stage %s takes one token per call (contracts/stages/%s.yaml has no `tokens`); the call has %lld",
+                   si->name, si->name, (long long)T);
+    return QMOE_EINVAL;
+  }
+  if (T > 1 && si->advances) {
+    int64_t last[QMOE_STAGE_MAX_PARAMS];
+    memcpy(last, c->p, sizeof last);
+    for (int i = 0; i < si->n_params; i++) {
+      if (!si->advances[i]) continue;
+      last[i] += T - 1;
+      if (last[i] > INT32_MAX) {
+        qmoe_set_error("stage %s: param %s = %lld at the last of %lld tokens is out of range (<= 2^31-1)", si->name,
+                       si->params[i], (long long)last[i], (long long)T);
+        return QMOE_EINVAL;
+      }
+    }
+    if (si->rules && (rc = si->rules(last, c->f))) {
+      char m[512];
+      snprintf(m, sizeof m, "%s", qmoe_last_error());
+      qmoe_set_error("%s (at the last of %lld tokens)", m, (long long)T);
+      return rc;
+    }
+  }
   for (int i = 0; i < si->n_inputs + si->n_outputs; i++) {
     const qmoe_stage_buf *b = &si->bufs[i];
     if (b->dtype == QMOE_DTYPE_QTYPE && b->n_dims > 0) {
@@ -96,9 +127,28 @@ int qmoe_stage_check(const qmoe_stage_call *c, size_t need[QMOE_STAGE_MAX_BUFS])
       }
     }
     int64_t n = qmoe_stage_buf_bytes(si, i, c->p, q);
+    if (n >= 0 && b->per_token && __builtin_mul_overflow(n, T, &n)) n = -1;
     need[i] = n < 0 || (uint64_t)n > SIZE_MAX ? SIZE_MAX : (size_t)n; /* overflow: no buffer is that large */
   }
   return 0;
+}
+
+size_t qmoe_stage_token_bytes(const qmoe_stage_call *c, int buf) {
+  const qmoe_stage_info *si = qmoe_stage_info_get(c->stage);
+  if (!si || buf < 0 || buf >= si->n_inputs + si->n_outputs || !si->bufs[buf].per_token) return 0;
+  int64_t n = qmoe_stage_buf_bytes(si, buf, c->p, NULL);
+  return n < 0 ? 0 : (size_t)n;
+}
+
+void qmoe_stage_token_call(const qmoe_stage_call *c, int64_t t, qmoe_stage_call *out) {
+  const qmoe_stage_info *si = qmoe_stage_info_get(c->stage);
+  *out = *c;
+  out->tokens = 1;
+  if (!si) return;
+  for (int i = 0; i < si->n_inputs + si->n_outputs; i++)
+    if (si->bufs[i].per_token) out->off[i] = c->off[i] + (size_t)t * qmoe_stage_token_bytes(c, i);
+  for (int i = 0; si->advances && i < si->n_params; i++)
+    if (si->advances[i]) out->p[i] = c->p[i] + t;
 }
 
 int qmoe_stage_check_buffers(const char *who, const qmoe_stage_call *c, const size_t need[QMOE_STAGE_MAX_BUFS],

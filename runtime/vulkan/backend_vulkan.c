@@ -154,6 +154,16 @@ static int vkb_run(qmoe_backend *be, const qmoe_stage_call *c) {
   for (int i = 0; i < nbuf; i++)
     if (c->buf[i]) have[i] = c->off[i] > c->buf[i]->b.size ? 0 : (size_t)(c->buf[i]->b.size - c->off[i]);
   if ((rc = qmoe_stage_check_buffers("vulkan", c, need, have))) return rc;
+  /* T tokens: the shaders take one token, so the call is enqueued as its T one-token calls (checked whole
+   * above; docs/vulkan.md). */
+  if (c->tokens > 1) {
+    for (int64_t t = 0; t < c->tokens; t++) {
+      qmoe_stage_call one;
+      qmoe_stage_token_call(c, t, &one);
+      if ((rc = vkb_run(be, &one))) return rc;
+    }
+    return 0;
+  }
 
   const VkDeviceSize align = qmoe_vk_offset_align(vk);
   const VkDeviceSize max_range = qmoe_vk_limits(vk)->maxStorageBufferRange & ~(VkDeviceSize)15;

@@ -81,6 +81,7 @@ typedef struct { const qy_node *node; pv_str name, type, doc; pv_int min; } pv_s
 typedef struct { const qy_node *node; pv_str check, error; } pv_stage_rule;
 typedef struct { const qy_node *node; pv_str name, dtype; pv_list shape; pv_str doc, may_alias, indexes; } pv_stage_buffer;
 typedef struct { const qy_node *node; pv_str name; pv_int min, max, step; } pv_stage_test_param;
+typedef struct { const qy_node *node; pv_list buffers, params; /* pv_str */ } pv_stage_tokens;
 typedef struct {
   const qy_node *node;
   pv_str name, trace, description;
@@ -94,6 +95,7 @@ typedef struct {
   pv_list requires;         /* pv_stage_rule */
   pv_str compare;           /* "tolerance" (default) or "exact" */
   pv_list test_params;      /* pv_stage_test_param */
+  pv_stage_tokens tokens;   /* how a call for T tokens maps onto T one-token calls (absent: one token only) */
 } pv_stage;
 
 /* contracts/recipes/<name>.yaml */

@@ -299,6 +299,39 @@ static void check_stage(pv_set *set, pv_file *f) {
   if (s->inputs.n + s->outputs.n > PV_STAGE_MAX_BUFS)
     ERR(s->outputs.node ? s->outputs.node : s->node, "E234", "%zu buffers; a stage call carries at most %d "
         "(PV_STAGE_MAX_BUFS: what one stage call carries)", s->inputs.n + s->outputs.n, PV_STAGE_MAX_BUFS);
+  /* tokens: per-token buffers are f32/i32 buffers of the stage (weights are shared by the tokens, so never
+   * qtype), advancing params are int params, and no per-token buffer's shape names an advancing param (a
+   * token's slice has one size for all T). */
+  const pv_stage_tokens *tk = &s->tokens;
+  const pv_str *tp = tk->params.items;
+  for (size_t i = 0; tk->node && i < tk->params.n; i++) {
+    if (!tp[i].node) continue;
+    const pv_stage_param *p = find_param(s, tp[i].s);
+    if (!p || !str_eq(&p->type, "int"))
+      ERR(tp[i].node, "E237", "tokens.params names '%s', which is not an int param of this stage", tp[i].s);
+  }
+  const pv_str *tb = tk->buffers.items;
+  for (size_t i = 0; tk->node && i < tk->buffers.n; i++) {
+    if (!tb[i].node) continue;
+    const pv_stage_buffer *b = NULL;
+    for (int k = 0; k < 2 && !b; k++) {
+      const pv_stage_buffer *bs = bufs[k]->items;
+      for (size_t j = 0; j < bufs[k]->n; j++)
+        if (bs[j].name.node && !strcmp(bs[j].name.s, tb[i].s)) b = &bs[j];
+    }
+    if (!b) {
+      ERR(tb[i].node, "E237", "tokens.buffers names '%s', which is not a buffer of this stage", tb[i].s);
+      continue;
+    }
+    if (str_eq(&b->dtype, "qtype"))
+      ERR(tb[i].node, "E237", "tokens.buffers names '%s', a qtype buffer: weights are shared by the tokens", tb[i].s);
+    const pv_sym *sh = b->shape.items;
+    for (size_t d = 0; d < b->shape.n; d++)
+      for (size_t j = 0; sh[d].node && !sh[d].is_int && j < tk->params.n; j++)
+        if (tp[j].node && !strcmp(sh[d].s, tp[j].s))
+          ERR(tb[i].node, "E237", "per-token buffer '%s' has a shape naming '%s', which grows per token: a token's "
+              "slice must have one size", tb[i].s, tp[j].s);
+  }
 }
 
 /* ---- Model ---------------------------------------------------------------------------------------- */

@@ -166,6 +166,16 @@ static const pv_record STAGE_TEST_PARAM = { "test param", sizeof(pv_stage_test_p
                                             NKEYS(STAGE_TEST_PARAM_KEYS) };
 static const char *const COMPARES[] = { "tolerance", "exact", NULL };
 
+static const pv_key STAGE_TOKENS_KEYS[] = {
+  { .name = "buffers", .type = PV_T_LIST, .flags = PV_REQ | PV_NONEMPTY | PV_UNIQUE, .off = offsetof(pv_stage_tokens, buffers),
+    .elem = PV_T_STR, .pat = PV_PAT_IDENT, .max_len = 8,
+    .doc = "f32/i32 buffers with one slice per token: token t's is at t times the buffer's size" },
+  { .name = "params", .type = PV_T_LIST, .flags = PV_UNIQUE, .off = offsetof(pv_stage_tokens, params),
+    .elem = PV_T_STR, .pat = PV_PAT_IDENT, .max_len = 8,
+    .doc = "int params that grow by 1 per token (a position, a cache length)" },
+};
+static const pv_record STAGE_TOKENS = { "tokens", sizeof(pv_stage_tokens), STAGE_TOKENS_KEYS, NKEYS(STAGE_TOKENS_KEYS) };
+
 static const pv_key STAGE_KEYS[] = {
   { .name = "name", .type = PV_T_STR, .flags = PV_REQ, .off = offsetof(pv_stage, name), .pat = PV_PAT_NAME,
     .doc = "stage name; equals the file name without .yaml" },
@@ -196,6 +206,8 @@ static const pv_key STAGE_KEYS[] = {
     .doc = "how parity tests judge f32 outputs: within the falsifiers' tolerance (default) or bit for bit" },
   { .name = "test_params", .type = PV_T_LIST, .off = offsetof(pv_stage, test_params), .elem = PV_T_REC,
     .rec = &STAGE_TEST_PARAM, .max_len = 8, .doc = "shapes the generic parity test draws (stages it has no recipe for)" },
+  { .name = "tokens", .type = PV_T_REC, .off = offsetof(pv_stage, tokens), .rec = &STAGE_TOKENS,
+    .doc = "a call for T tokens is T one-token calls: these buffers advance by their size, these params by 1" },
 };
 const pv_record pv_stage_record = { "stage contract", sizeof(pv_stage), STAGE_KEYS, NKEYS(STAGE_KEYS) };
 

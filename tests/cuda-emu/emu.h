@@ -53,9 +53,9 @@ struct qmoe_emu_state {
   const void *args;
 };
 
-/* Every kernel takes one struct qmoe_args by value: 8 addresses, 8 int64 and 4 doubles, 160 bytes, passed in
- * memory by the x86-64 ABI like any struct of twenty 8-byte words. */
-struct qmoe_emu_args { unsigned long long w[20]; };
+/* Every kernel takes one struct qmoe_args by value: 8 addresses, 8 int64, 4 doubles and the tokens, 168 bytes,
+ * passed in memory by the x86-64 ABI like any struct of twenty-one 8-byte words. */
+struct qmoe_emu_args { unsigned long long w[21]; };
 static qmoe_emu_state qmoe_emu;
 
 #define threadIdx (qmoe_emu.th[qmoe_emu.cur].tid)

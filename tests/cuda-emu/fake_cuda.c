@@ -173,8 +173,8 @@ CUresult cuLaunchKernel(function *f, unsigned gx, unsigned gy, unsigned gz, unsi
 }
 
 /* ---- graphs: a list of launches with copies of their argument (qmoe's one kernel argument, struct qmoe_args:
- * 8 buffer addresses, 8 int and 4 double params = 160 bytes), run in order by cuGraphLaunch ---- */
-enum { ARGS_BYTES = 160 };
+ * 8 buffer addresses, 8 int and 4 double params and the tokens = 168 bytes), run in order by cuGraphLaunch ---- */
+enum { ARGS_BYTES = 168 };
 typedef struct {
   function *func;
   unsigned gx, gy, gz, bx, by, bz, smem;

@@ -178,9 +178,10 @@ static int choose_params(prepared *pr, const char *stage, char *why, size_t whyl
     int64_t ctx = rand_int(1, 40);
     bad |= set_p(pr, "nkv", 2) | set_p(pr, "D", D) | set_p(pr, "ctx", ctx) | set_p(pr, "pos", rand_int(0, ctx - 1));
   } else if (!strcmp(stage, "attention")) {
-    int64_t n_kv = rand_int(1, 33);
+    /* n_kv up to 200 reaches several splits of 64 positions (CUDA); the last token attends to n_kv + T - 1 */
+    int64_t n_kv = t_rand_u64() & 1 ? rand_int(1, 33) : rand_int(34, 200);
     bad |= set_p(pr, "nh", 8) | set_p(pr, "nkv", 2) | set_p(pr, "D", D) | set_p(pr, "n_kv", n_kv) |
-           set_p(pr, "ctx", n_kv + rand_int(0, 8));
+           set_p(pr, "ctx", n_kv + pr->call.tokens - 1 + rand_int(0, 8));
   } else if (!strcmp(stage, "add")) {
     bad |= set_p(pr, "n", rand_int(256, 4096));
   } else if (!strcmp(stage, "argmax")) {
@@ -209,6 +210,16 @@ static int choose_params(prepared *pr, const char *stage, char *why, size_t whyl
   return bad ? -1 : 0;
 }
 
+/* Tokens per call for a stage whose contract has `tokens`: 1 half the time, else 2..QMOE_TEST_TOKENS_MAX
+ * (default 6; the device run asks for more, so that kernels grouping tokens by expert fill several tiles). */
+static int64_t one_token; /* set: every prepared call takes one token (the mixed-qtype chain) */
+static int64_t choose_tokens(const qmoe_stage_info *si) {
+  if (!si->tokens || one_token || (t_rand_u64() & 1)) return 1;
+  const char *e = getenv("QMOE_TEST_TOKENS_MAX");
+  int64_t hi = e && atoll(e) >= 2 ? atoll(e) : 6;
+  return rand_int(2, hi);
+}
+
 /* Builds a call of STAGE with QTYPE and ACC and host buffers for it. */
 static int prepare(prepared *pr, const char *stage, int qtype, qmoe_acc acc, char *why, size_t whylen) {
   memset(pr, 0, sizeof *pr);
@@ -217,6 +228,7 @@ static int prepare(prepared *pr, const char *stage, int qtype, qmoe_acc acc, cha
   pr->call.stage = pr->si->id;
   pr->call.qtype = qtype;
   pr->call.acc = acc;
+  pr->call.tokens = choose_tokens(pr->si);
   pr->nbuf = pr->si->n_inputs + pr->si->n_outputs;
   if (choose_params(pr, stage, why, whylen)) return -1;
   if (qmoe_stage_check(&pr->call, pr->size)) {
@@ -234,8 +246,9 @@ static int prepare(prepared *pr, const char *stage, int qtype, qmoe_acc acc, cha
       else for (size_t j = 0; j < n4; j++) ((int32_t *)pr->host[i])[j] = INT32_MIN;
     } else if (b->dtype == QMOE_DTYPE_F32) {
       fill_normal(f32_of(pr, i), n4, 1.0);
-    } else if (!strcmp(b->name, "ids")) {
-      distinct_ids((int32_t *)pr->host[i], get_p(pr, "K"), get_p(pr, "E"));
+    } else if (!strcmp(b->name, "ids")) { /* each token its own K distinct experts */
+      for (int64_t t = 0; t < pr->call.tokens; t++)
+        distinct_ids((int32_t *)pr->host[i] + t * get_p(pr, "K"), get_p(pr, "K"), get_p(pr, "E"));
     } else if (b->index_param >= 0) { /* values index p[index_param] items */
       for (size_t j = 0; j < n4; j++) ((int32_t *)pr->host[i])[j] = (int32_t)rand_int(0, pr->call.p[b->index_param] - 1);
     } else {
@@ -248,9 +261,12 @@ static int prepare(prepared *pr, const char *stage, int qtype, qmoe_acc acc, cha
   if (!strcmp(stage, "moe_down")) {
     int w = buf_index(pr->si, "w");
     int64_t K = get_p(pr, "K");
-    double s = 0;
-    for (int64_t k = 0; k < K; k++) s += f32_of(pr, w)[k] = (float)(0.05 + t_rand_unit());
-    for (int64_t k = 0; k < K; k++) f32_of(pr, w)[k] = (float)(f32_of(pr, w)[k] / s);
+    for (int64_t t = 0; t < (pr->call.tokens > 1 ? pr->call.tokens : 1); t++) {
+      float *wt = f32_of(pr, w) + t * K;
+      double s = 0;
+      for (int64_t k = 0; k < K; k++) s += wt[k] = (float)(0.05 + t_rand_unit());
+      for (int64_t k = 0; k < K; k++) wt[k] = (float)(wt[k] / s);
+    }
   } else if (!strcmp(stage, "router_topk")) {
     int wr = buf_index(pr->si, "Wr");
     fill_normal(f32_of(pr, wr), pr->size[wr] / 4, 1.0 / sqrt((double)get_p(pr, "H")));
@@ -276,7 +292,7 @@ static int prepare(prepared *pr, const char *stage, int qtype, qmoe_acc acc, cha
 }
 
 /* Runs the call on the backend from the host copies; OUT[i] receives each output (caller frees). */
-static int run_backend(prepared *pr, unsigned char *out[QMOE_STAGE_MAX_BUFS], char *why, size_t whylen) {
+static int run_backend_as(prepared *pr, int split, unsigned char *out[QMOE_STAGE_MAX_BUFS], char *why, size_t whylen) {
   qmoe_buffer *b[QMOE_STAGE_MAX_BUFS] = {0};
   qmoe_stage_call c = pr->call;
   int rc = 0;
@@ -286,7 +302,14 @@ static int run_backend(prepared *pr, unsigned char *out[QMOE_STAGE_MAX_BUFS], ch
     c.buf[i] = b[i];
     c.off[i] = 0;
   }
-  if (!rc && (rc = be->run(be, &c))) snprintf(why, whylen, "run failed (%d): %s", rc, qmoe_last_error());
+  if (split && !rc) { /* FALSIFY-TOKENS: the T one-token calls the call stands for */
+    for (int64_t t = 0; t < c.tokens && !rc; t++) {
+      qmoe_stage_call one;
+      qmoe_stage_token_call(&c, t, &one);
+      if ((rc = be->run(be, &one))) snprintf(why, whylen, "run of token %lld alone failed (%d): %s", (long long)t, rc,
+                                            qmoe_last_error());
+    }
+  } else if (!rc && (rc = be->run(be, &c))) snprintf(why, whylen, "run failed (%d): %s", rc, qmoe_last_error());
   if (!rc && (rc = be->sync(be))) snprintf(why, whylen, "sync failed (%d): %s", rc, qmoe_last_error());
   for (int i = 0; i < pr->nbuf; i++) {
     out[i] = NULL;
@@ -297,6 +320,10 @@ static int run_backend(prepared *pr, unsigned char *out[QMOE_STAGE_MAX_BUFS], ch
   }
   for (int i = 0; i < pr->nbuf; i++) if (b[i]) be->free_buf(be, b[i]);
   return rc;
+}
+
+static int run_backend(prepared *pr, unsigned char *out[QMOE_STAGE_MAX_BUFS], char *why, size_t whylen) {
+  return run_backend_as(pr, 0, out, why, whylen);
 }
 
 /* Runs the CPU reference on copies of the host buffers: f32 variants against the reference's f32 path,
@@ -392,13 +419,16 @@ static void compare_outputs(prepared *pr, unsigned char *got[], unsigned char *w
   }
 }
 
-/* FALSIFY-DETERMINISM: a second run from freshly poisoned buffers gives the same bits. */
-static void compare_runs(prepared *pr, unsigned char *first[], unsigned char *second[]) {
+/* FALSIFY-DETERMINISM: a second run from freshly poisoned buffers gives the same bits (WHAT names the check:
+ * FALSIFY-TOKENS compares the call with its one-token calls the same way). */
+static void compare_runs(prepared *pr, unsigned char *first[], unsigned char *second[], const char *what) {
   for (int i = 0; i < pr->nbuf; i++) {
     if (!pr->si->bufs[i].is_output || !memcmp(first[i], second[i], pr->size[i])) continue;
     size_t j = 0;
     while (j + 4 <= pr->size[i] && !memcmp(first[i] + j, second[i] + j, 4)) j += 4;
-    CHECK(0, "FALSIFY-DETERMINISM: two runs differ in %s at element %zu", pr->si->bufs[i].name, j / 4);
+    size_t tb = qmoe_stage_token_bytes(&pr->call, i);
+    CHECK(0, "%s differ in %s at element %zu (token %zu of %lld)", what, pr->si->bufs[i].name, j / 4,
+          tb ? j / tb : 0, (long long)pr->call.tokens);
     return;
   }
 }
@@ -420,6 +450,7 @@ static void test_case(void) {
   char why[1024] = "";
   prepared pr;
   unsigned char *got[QMOE_STAGE_MAX_BUFS] = {0}, *again[QMOE_STAGE_MAX_BUFS] = {0}, *want[QMOE_STAGE_MAX_BUFS] = {0};
+  unsigned char *split[QMOE_STAGE_MAX_BUFS] = {0};
   if (prepare(&pr, current->stage, current->qtype, current->acc, why, sizeof why)) {
     CHECK(0, "%s", why);
   } else if (run_reference(&pr, want, why, sizeof why)) {
@@ -429,10 +460,16 @@ static void test_case(void) {
   } else {
     measures m = {0, 0};
     compare_outputs(&pr, got, want, current, &m);
-    compare_runs(&pr, got, again);
+    compare_runs(&pr, got, again, "FALSIFY-DETERMINISM: two runs");
+    if (pr.call.tokens > 1) {
+      if (run_backend_as(&pr, 1, split, why, sizeof why)) CHECK(0, BACKEND_NAME " %s", why);
+      else compare_runs(&pr, got, split, "FALSIFY-TOKENS: the call and its one-token calls");
+    }
     size_t len = strlen(case_name);
-    snprintf(case_name + len, sizeof case_name - len, " nmse=%.1e maxrel=%.1e", m.nmse, m.maxrel);
+    snprintf(case_name + len, sizeof case_name - len, " T=%lld nmse=%.1e maxrel=%.1e", (long long)pr.call.tokens,
+             m.nmse, m.maxrel);
   }
+  free_outs(split);
   free_outs(got);
   free_outs(again);
   free_outs(want);
@@ -448,8 +485,11 @@ static void test_mixed_qtype(void) {
   prepared up = {0}, down = {0};
   const qmoe_qtype_info *q4 = qmoe_qtype_by_name("q4_k"), *q6 = qmoe_qtype_by_name("q6_k");
   REQUIRE(q4 && q6, "no q4_k or q6_k codec: %s", qmoe_last_error());
-  if (prepare(&up, "moe_gate_up_swiglu", q4->ggml_type, mixed_acc, why, sizeof why) ||
-      prepare(&down, "moe_down", q6->ggml_type, mixed_acc, why, sizeof why)) {
+  one_token = 1;
+  int bad = prepare(&up, "moe_gate_up_swiglu", q4->ggml_type, mixed_acc, why, sizeof why) ||
+            prepare(&down, "moe_down", q6->ggml_type, mixed_acc, why, sizeof why);
+  one_token = 0;
+  if (bad) {
     CHECK(0, "%s", why);
     prepared_free(&up);
     prepared_free(&down);

@@ -1,15 +1,19 @@
-// qmoe-kernel: acc=1 threads=128 rows_per_block=1 min_blocks=2 max_d=256 at_u=2 max_splits=64 split_positions=64
+// qmoe-kernel: acc=1 threads=128 rows_per_block=1 min_blocks=2 max_d=256 at_u=2 max_splits=64 split_positions=64 counters=65536
 // qmoe-limit: D <= MAX_D
-// qmoe-let: splits = qmoe_min(qmoe_cdiv(n_kv, SPLIT_POSITIONS), MAX_SPLITS)
+// qmoe-limit: nh <= COUNTERS / TOKENS
+// qmoe-let: splits = qmoe_min(qmoe_cdiv(n_kv + TOKENS - 1, SPLIT_POSITIONS), MAX_SPLITS)
 // qmoe-grid: nh, splits
-// qmoe-workspace: splits > 1 ? (nh * 4 + 255) / 256 * 256 + nh * splits * (D + 2) * 8 : 0
+// qmoe-workspace: splits > 1 ? COUNTERS * 4 + TOKENS * nh * splits * (D + 2) * 8 : 0
 // Decode attention with GQA: query head h reads kv head h / (nh / nkv). The positions are cut into S = gridDim.y
 // splits (backend: about 64 positions each, S <= ${MAX_SPLITS}); block (h, s) runs an online softmax over its
 // split — each warp takes 4 consecutive positions at a time (their K and V rows loaded together with 16-byte
 // loads, all in flight before the first use; 4 interleaved warp reductions), running max, sum and weighted V in
 // acc_t — and merges its 4 warps in order.
+// A call for T tokens runs token blockIdx.z (the binding moves q, o and n_kv to it); each token takes the splits a
+// one-token call of its n_kv would (S below; the grid has the last token's, blocks past S return), so T tokens
+// give the bits of T calls.
 // With S > 1 each block leaves (max, sum, V[D]) in the backend's workspace (args.buf[7]); the last block of a
-// head to finish (a self-resetting per-head counter after the partials) merges the S partials in split order,
+// head to finish (a self-resetting per-(token, head) counter after the partials) merges the S partials in split order,
 // so the result does not depend on scheduling: one warp finds the partials' max and the softmax sum (lanes over
 // splits, a fixed-order tree), then every thread sums its d over the splits. D <= ${MAX_D}.
 #define AT_U ${AT_U} // 16-byte vectors per lane per row: lane l holds d = 4l..4l+3 + 128u, u < AT_U
@@ -35,8 +39,10 @@ ${BIND}
   __shared__ acc_t sm_o[${WARPS}][${MAX_D}];
   __shared__ int last;
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-  const int64_t hq = blockIdx.x, S = gridDim.y, sp = blockIdx.y;
-  if (hq >= nh) return;
+  const int64_t hq = blockIdx.x, sp = blockIdx.y;
+  const int64_t S0 = (n_kv + ${SPLIT_POSITIONS} - 1) / ${SPLIT_POSITIONS};
+  const int64_t S = S0 < ${MAX_SPLITS} ? S0 : ${MAX_SPLITS}; // this token's splits (the launch's formula)
+  if (hq >= nh || sp >= S) return;
   const int64_t g = hq / (nh / nkv);
   const int64_t per = (n_kv + S - 1) / S, lo = sp * per, hi = lo + per < n_kv ? lo + per : n_kv;
   const acc_t scale = (acc_t)1 / qmoe_sqrt((acc_t)D);
@@ -111,10 +117,11 @@ ${BIND}
     }
     return;
   }
-  /* workspace: unsigned counters[nh] (at the start whatever acc_t is, so every variant finds them reset),
-   * then from byte (nh·4 rounded up to 256) acc_t part[nh][S][D + 2]: max, sum, V */
-  unsigned *done = (unsigned *)a.buf[7];
-  acc_t *ws = (acc_t *)(a.buf[7] + (uint64_t)((nh * 4 + 255) / 256 * 256));
+  /* workspace: unsigned counters[COUNTERS] at the start (token t, head h: t·nh + h; every call leaves them 0,
+   * whatever the stage or acc_t), then per token a slice of 8·nh·gridDim.y·(D + 2) bytes holding
+   * acc_t part[nh][S][D + 2]: max, sum, V */
+  unsigned *done = (unsigned *)a.buf[7] + qmoe_tok * nh;
+  acc_t *ws = (acc_t *)(a.buf[7] + (uint64_t)${COUNTERS} * 4 + (uint64_t)(qmoe_tok * nh * gridDim.y * (D + 2) * 8));
   acc_t *mine = ws + (hq * S + sp) * (D + 2);
   for (int64_t d = threadIdx.x; d < D; d += blockDim.x) {
     acc_t acc = 0;
