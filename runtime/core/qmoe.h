@@ -417,11 +417,17 @@ int qmoe_model_set_trace(qmoe_model *m, const unsigned char *points, const unsig
  * on the device, one download) and/or LOGITS (n_vocab floats, one download); both NULL (a prompt position
  * whose logits nobody needs): lm_head is skipped and nothing is waited for. */
 int qmoe_model_step(qmoe_model *m, int32_t token, int64_t pos, int32_t *argmax, float *logits);
-/* N tokens at positions pos0..pos0+N-1 through the same per-position path (the embeddings of up to 64
- * positions go to the device in one transfer), outputs at the last position as in qmoe_model_step. Every
+/* N tokens at positions pos0..pos0+N-1, read in chunks of qmoe_model_prefill_chunk() tokens per stage call
+ * (the ids go to the device in one transfer), outputs at the last position as in qmoe_model_step. Every
  * token id and position is checked before any work. */
 int qmoe_model_prefill(qmoe_model *m, const int32_t *tokens, int64_t n, int64_t pos0, int32_t *argmax,
                        float *logits);
+/* Prefill reads a prompt CHUNK tokens per stage call (by the stage contracts' `tokens`, bit for bit the
+ * one-position forward; only speed depends on it). The default is the backend's (CUDA 512, CPU 64, Vulkan 1)
+ * or QMOE_PREFILL_CHUNK (1..4096) at load, capped by n_ctx; that is also the most set_prefill_chunk allows
+ * (the activation buffers are sized for it). */
+int64_t qmoe_model_prefill_chunk(const qmoe_model *m);
+int qmoe_model_set_prefill_chunk(qmoe_model *m, int64_t n);
 /* Waits for everything enqueued (for timing). */
 int qmoe_model_sync(qmoe_model *m);
 /* Sets rows 0..n-1 of every layer's K and V cache to zero (uploads from a zeroed host chunk), so that a

@@ -291,6 +291,9 @@ struct qmoe_model {
   qmoe_buffer *arg_buf;   /* where the last outputs() put the argmax */
   size_t arg_off;
   int no_graph;      /* QMOE_NO_GRAPH=1: enqueue stage by stage even where the backend offers graphs */
+  /* Prefill reads a prompt CHUNK tokens per stage call (the contracts' `tokens`: bit for bit the one-token
+   * calls, so the outputs do not depend on it); the activation buffers hold chunk_cap tokens. */
+  int64_t chunk, chunk_cap;
   qmoe_call_fn call_fn; /* qmoe_model_calls: calls go here instead of the backend */
   void *call_user;
   int64_t call_layer;
@@ -317,14 +320,15 @@ typedef struct { const char *name; size_t slot; uint64_t bytes; } buf_plan;
 
 static int plan_buffers(const qmoe_model *m, buf_plan *p) {
   const qmoe_model_config *c = &m->c;
-  uint64_t f = 4, H = (uint64_t)c->n_embd, nq = (uint64_t)(c->n_head * c->head_dim);
+  uint64_t f = 4 * (uint64_t)m->chunk_cap, H = (uint64_t)c->n_embd, nq = (uint64_t)(c->n_head * c->head_dim);
   uint64_t nkv = (uint64_t)(c->n_head_kv * c->head_dim), K = (uint64_t)c->n_expert_used;
-  uint64_t kv = (uint64_t)c->n_layers * (uint64_t)m->n_ctx * nkv * f;
+  uint64_t kv = (uint64_t)c->n_layers * (uint64_t)m->n_ctx * nkv * 4;
   int n = 0;
 #define PLAN(field, b) p[n++] = (buf_plan){ #field, offsetof(qmoe_model, field), (b) }
+  /* f: 4 bytes per token of a chunk */
   PLAN(h, H * f); PLAN(xn, H * f); PLAN(q, nq * f); PLAN(o, nq * f);
-  PLAN(t, H * f); PLAN(ids, K * 4); PLAN(w, K * f); PLAN(hb, K * (uint64_t)c->expert_ff * f);
-  PLAN(logits, (uint64_t)c->n_vocab * f); PLAN(idx, 4); PLAN(rlog, (uint64_t)c->n_expert * f);
+  PLAN(t, H * f); PLAN(ids, K * f); PLAN(w, K * f); PLAN(hb, K * (uint64_t)c->expert_ff * f);
+  PLAN(logits, (uint64_t)c->n_vocab * 4); PLAN(idx, 4); PLAN(rlog, (uint64_t)c->n_expert * 4);
   PLAN(tok, (uint64_t)m->n_ctx * 4);
   PLAN(kc, kv); PLAN(vc, kv);
 #undef PLAN
@@ -415,6 +419,23 @@ int qmoe_model_load(const char *path, qmoe_backend *be, int64_t n_ctx, qmoe_mode
   m->acc = QMOE_ACC_F32;
   const char *ng = getenv("QMOE_NO_GRAPH");
   m->no_graph = ng && ng[0] && strcmp(ng, "0") != 0;
+  /* Prefill chunk: QMOE_PREFILL_CHUNK, else the backend's: CUDA computes a chunk's tokens together (one read
+   * of each weight for all of them); the CPU reference loops over them, which keeps the batched path tested;
+   * Vulkan's shaders take one token per dispatch, so a prompt runs one position graph after another. */
+  m->chunk = !strcmp(be->name, "cuda") ? 512 : !strcmp(be->name, "cpu") ? 64 : 1;
+  const char *pc = getenv("QMOE_PREFILL_CHUNK");
+  if (pc && pc[0]) {
+    char *end;
+    long long v = strtoll(pc, &end, 10);
+    if (*end || v < 1 || v > 4096) {
+      qmoe_set_error("QMOE_PREFILL_CHUNK='%s' is not a number of tokens in 1..4096", pc);
+      rc = QMOE_EINVAL;
+      goto fail;
+    }
+    m->chunk = v;
+  }
+  if (m->chunk > n_ctx) m->chunk = n_ctx;
+  m->chunk_cap = m->chunk;
   model_dims(&m->c, m->trace_dims);
   /* The memory plan, complete before the first allocation. */
   for_each_weight(m, add_bytes, &m->mem.weights);
@@ -586,14 +607,18 @@ static int run(qmoe_model *m, qmoe_stage_call *c, const qmoe_weight *w) {
 
 /* The embedding of the token whose id is the i32 at byte OFF of IDS: h = row id of token_embd, decoded on
  * the device by embed_rows (the id never has to come back to the host). */
-static int embed(qmoe_model *m, qmoe_buffer *ids, size_t off) {
+static int embed(qmoe_model *m, qmoe_buffer *ids, size_t off, int64_t T) {
   qmoe_stage_call s;
   qmoe_call_embed_rows(&s, m->c.n_embd, m->c.n_vocab, m->embd.buf, ids, m->h);
   s.off[QMOE_B_EMBED_ROWS_ID] = off;
+  s.tokens = T;
   return run(m, &s, &m->embd);
 }
 
-static int layer_forward(qmoe_model *m, int64_t l, int64_t pos) {
+/* Layer L for the T tokens at positions POS..POS+T-1 (T > 1: a prefill chunk; every call carries the T
+ * tokens, which by the stage contracts is T one-token calls in order, so the chunk computes what T decode
+ * positions would, bit for bit). */
+static int layer_forward(qmoe_model *m, int64_t l, int64_t pos, int64_t T) {
   const qmoe_model_config *c = &m->c;
   const qmoe_layer *L = &m->layers[l];
   int64_t H = c->n_embd, nh = c->n_head, nkv = c->n_head_kv, D = c->head_dim, E = c->n_expert;
@@ -601,7 +626,8 @@ static int layer_forward(qmoe_model *m, int64_t l, int64_t pos) {
   size_t cache_off = (size_t)l * (size_t)m->n_ctx * (size_t)(nkv * D) * sizeof(float);
   qmoe_stage_call s;
   int rc;
-#define STEP(call, w) if ((rc = (call, run(m, &s, w)))) return rc
+#define RUN(w) (s.tokens = T, run(m, &s, w))
+#define STEP(call, w) if ((rc = (call, RUN(w)))) return rc
 #define TRACE(point, buf) if ((rc = trace(m, point, l, pos, buf))) return rc
   /* xn = attn_norm(h): here for layer 0; for the others the previous layer's last add computed it (below). */
   if (l == 0) STEP(qmoe_call_rmsnorm(&s, H, c->rms_eps, m->h, L->attn_norm.buf, m->xn), NULL);
@@ -611,20 +637,22 @@ static int layer_forward(qmoe_model *m, int64_t l, int64_t pos) {
   STEP(qmoe_call_matvec(&s, nh * D, H, L->q.buf, m->xn, m->o), &L->q);
   STEP(qmoe_call_qk_norm_rope(&s, nh, D, pos, c->rms_eps, c->rope_theta, m->o, L->q_norm.buf, m->q), NULL);
   TRACE(QMOE_TP_QCUR, m->q);
-  /* This position's k and v go straight into row pos of the layer's caches (no kv_store copy). */
+  /* These positions' k and v go straight into rows pos.. of the layer's caches (no kv_store copy): a token's
+   * slice of k and v is one cache row. */
   const size_t row_off = cache_off + (size_t)pos * (size_t)(nkv * D) * sizeof(float);
   STEP(qmoe_call_matvec(&s, nkv * D, H, L->k.buf, m->xn, m->o), &L->k);
   qmoe_call_qk_norm_rope(&s, nkv, D, pos, c->rms_eps, c->rope_theta, m->o, L->k_norm.buf, m->kc);
   s.off[QMOE_B_QK_NORM_ROPE_Y] = row_off;
-  if ((rc = run(m, &s, NULL))) return rc;
+  if ((rc = RUN(NULL))) return rc;
   if ((rc = trace_at(m, QMOE_TP_KCUR, l, pos, m->kc, row_off))) return rc;
   qmoe_call_matvec(&s, nkv * D, H, L->v.buf, m->xn, m->vc);
   s.off[QMOE_B_MATVEC_Y] = row_off;
-  if ((rc = run(m, &s, &L->v))) return rc;
+  if ((rc = RUN(&L->v))) return rc;
   if ((rc = trace_at(m, QMOE_TP_VCUR, l, pos, m->vc, row_off))) return rc;
+  /* token t attends to pos + t + 1 rows: its own and every earlier one, this chunk's included */
   qmoe_call_attention(&s, nh, nkv, D, pos + 1, m->n_ctx, m->q, m->kc, m->vc, m->o);
   s.off[QMOE_B_ATTENTION_KC] = s.off[QMOE_B_ATTENTION_VC] = cache_off;
-  if ((rc = run(m, &s, NULL))) return rc;
+  if ((rc = RUN(NULL))) return rc;
   TRACE(QMOE_TP_ATTN_OUT, m->o);
   STEP(qmoe_call_matvec(&s, H, nh * D, L->o.buf, m->o, m->t), &L->o);
   TRACE(QMOE_TP_ATTN_PROJ, m->t);
@@ -632,7 +660,7 @@ static int layer_forward(qmoe_model *m, int64_t l, int64_t pos) {
   STEP(qmoe_call_add_rmsnorm(&s, H, c->rms_eps, m->h, m->t, L->ffn_norm.buf, m->h, m->xn), NULL);
   TRACE(QMOE_TP_FFN_INP, m->h);
   TRACE(QMOE_TP_FFN_NORM, m->xn);
-  if (tracing(m, QMOE_TP_MOE_ROUTER, l)) { /* the logits router_topk keeps to itself, only when traced */
+  if (tracing(m, QMOE_TP_MOE_ROUTER, l)) { /* the logits router_topk keeps to itself, only when traced (T = 1) */
     STEP(qmoe_call_matvec(&s, E, H, L->router.buf, m->xn, m->rlog), &L->router);
     TRACE(QMOE_TP_MOE_ROUTER, m->rlog);
   }
@@ -648,13 +676,15 @@ static int layer_forward(qmoe_model *m, int64_t l, int64_t pos) {
   const qmoe_buffer *next_norm = l + 1 < c->n_layers ? m->layers[l + 1].attn_norm.buf : m->out_norm.buf;
   STEP(qmoe_call_add_rmsnorm(&s, H, c->rms_eps, m->h, m->t, (qmoe_buffer *)next_norm, m->h, m->xn), NULL);
   TRACE(QMOE_TP_L_OUT, m->h);
+#undef RUN
 #undef STEP
 #undef TRACE
   return 0;
 }
 
 /* The output norm and lm_head at the last position, and the requested outputs. */
-static int outputs(qmoe_model *m, int64_t pos, int32_t *argmax, float *logits) {
+/* POS is the last position; X_OFF the byte offset of its row of xn (the chunk's last token). */
+static int outputs(qmoe_model *m, int64_t pos, size_t x_off, int32_t *argmax, float *logits) {
   const qmoe_model_config *c = &m->c;
   int need_out = argmax || logits || tracing(m, QMOE_TP_RESULT_NORM, -1) || tracing(m, QMOE_TP_RESULT_OUTPUT, -1);
   if (!need_out) return 0;
@@ -663,6 +693,7 @@ static int outputs(qmoe_model *m, int64_t pos, int32_t *argmax, float *logits) {
   /* xn = output_norm(h) already: the last layer's add_rmsnorm computed it. */
   if ((rc = trace(m, QMOE_TP_RESULT_NORM, -1, pos, m->xn))) return rc;
   qmoe_call_matvec(&s, c->n_vocab, c->n_embd, m->output.buf, m->xn, m->logits);
+  s.off[QMOE_B_MATVEC_X] = x_off;
   if ((rc = run(m, &s, &m->output)) || (rc = trace(m, QMOE_TP_RESULT_OUTPUT, -1, pos, m->logits))) return rc;
   if (argmax) {
     m->arg_buf = pos + 1 < m->n_ctx ? m->tok : m->idx;
@@ -687,6 +718,14 @@ static int fetch_outputs(qmoe_model *m, int32_t *argmax, float *logits) {
   return 0;
 }
 
+/* Whether any trace point is selected (a trace point holds one position's values: positions run one by one). */
+static int traced(const qmoe_model *m) {
+  if (!m->trace_fn) return 0;
+  for (int i = 0; i < QMOE_TP_COUNT; i++)
+    if (m->trace_points[i]) return 1;
+  return 0;
+}
+
 /* Whether position POS runs as one recorded graph: the backend offers graphs and no trace point would
  * download in the middle of the position. */
 static int use_graph(const qmoe_model *m) {
@@ -697,22 +736,24 @@ static int use_graph(const qmoe_model *m) {
   return 1;
 }
 
-/* One position: the embedding of the token at byte OFF of IDS, every layer, and (LAST) the outputs, as one
- * graph where the backend offers it. */
-static int position(qmoe_model *m, qmoe_buffer *ids, size_t off, int64_t pos, int last, int32_t *argmax,
+/* T positions from POS: the embeddings of the T tokens from byte OFF of IDS, every layer, and (LAST) the
+ * outputs of the last one, as one graph where the backend offers it. */
+static int position(qmoe_model *m, qmoe_buffer *ids, size_t off, int64_t pos, int64_t T, int last, int32_t *argmax,
                     float *logits) {
   const int graph = use_graph(m);
   int rc;
   if (graph && (rc = m->be->graph_begin(m->be))) return rc;
-  rc = embed(m, ids, off);
+  rc = embed(m, ids, off, T);
   if (!rc) rc = trace(m, QMOE_TP_INP_EMBD, -1, pos, m->h);
   for (int64_t l = 0; !rc && l < m->c.n_layers; l++) {
     m->call_layer = l;
-    rc = layer_forward(m, l, pos);
+    rc = layer_forward(m, l, pos, T);
   }
   m->call_layer = -1;
   /* Before the last position, the outputs run only when result_* are traced. */
-  if (!rc) rc = last ? outputs(m, pos, argmax, logits) : outputs(m, pos, NULL, NULL);
+  const int64_t lp = pos + T - 1;
+  const size_t x_off = (size_t)(T - 1) * (size_t)m->c.n_embd * sizeof(float);
+  if (!rc) rc = last ? outputs(m, lp, x_off, argmax, logits) : outputs(m, lp, x_off, NULL, NULL);
   if (graph) {
     int rc2 = m->be->graph_end(m->be, rc == 0);
     if (!rc) rc = rc2;
@@ -739,10 +780,27 @@ int qmoe_model_prefill(qmoe_model *m, const int32_t *tokens, int64_t n, int64_t 
   int in_place = n == 1 && m->idx_token >= 0 && tokens[0] == m->idx_token && pos0 == m->idx_pos;
   if (!in_place && (rc = m->be->upload(m->be, m->tok, (size_t)pos0 * 4, tokens, (size_t)n * 4))) return rc;
   m->idx_token = -1, m->idx_pos = -1;
-  for (int64_t i = 0; !rc && i < n; i++)
-    rc = position(m, m->tok, (size_t)(pos0 + i) * 4, pos0 + i, i + 1 == n, argmax, logits);
+  /* A chunk of tokens per graph; one position at a time while anything is traced (a trace point holds one
+   * position's values). */
+  const int64_t chunk = traced(m) ? 1 : m->chunk;
+  for (int64_t i = 0; !rc && i < n; i += chunk) {
+    const int64_t T = n - i < chunk ? n - i : chunk;
+    rc = position(m, m->tok, (size_t)(pos0 + i) * 4, pos0 + i, T, i + T == n, argmax, logits);
+  }
   if (rc) return rc;
   return fetch_outputs(m, argmax, logits);
+}
+
+int64_t qmoe_model_prefill_chunk(const qmoe_model *m) { return m->chunk; }
+
+int qmoe_model_set_prefill_chunk(qmoe_model *m, int64_t n) {
+  if (n < 1 || n > m->chunk_cap) {
+    qmoe_set_error("a prefill chunk of %lld tokens is outside 1..%lld (the activation buffers hold %lld tokens: "
+                   "QMOE_PREFILL_CHUNK at load)", (long long)n, (long long)m->chunk_cap, (long long)m->chunk_cap);
+    return QMOE_EINVAL;
+  }
+  m->chunk = n;
+  return 0;
 }
 
 int qmoe_model_calls(qmoe_model *m, int64_t pos, qmoe_call_fn fn, void *user) {
@@ -757,7 +815,7 @@ int qmoe_model_calls(qmoe_model *m, int64_t pos, qmoe_call_fn fn, void *user) {
   m->trace_fn = NULL, m->no_graph = 1;
   m->call_fn = fn, m->call_user = user, m->call_layer = -1;
   int32_t argmax;
-  int rc = position(m, m->tok, (size_t)pos * 4, pos, 1, &argmax, NULL);
+  int rc = position(m, m->tok, (size_t)pos * 4, pos, 1, 1, &argmax, NULL);
   m->call_fn = NULL, m->call_user = NULL;
   m->trace_fn = tf, m->no_graph = ng;
   return rc;

@@ -27,6 +27,8 @@ static const char usage[] =
   "--depth D: the prompt starts at position D, after D cache rows set to zero instead of computed, so the\n"
   "decode is timed at context D + p without a D-token prefill (attention's cost does not depend on what the\n"
   "rows hold); the output says so.\n"
+  "The prompt is read in chunks of tokens per stage call (CUDA 512, CPU 64, Vulkan 1; QMOE_PREFILL_CHUNK=N\n"
+  "sets it, 1 gives one position at a time); the output names the chunk.\n"
   "example: qmoe bench -m build/models/tiny.gguf --backend vulkan -p 64 -n 32 --repeats 3\n"
   "example: qmoe bench -m model.gguf --backend cuda -p 16 -n 64 --depth 32768 --ctx 32896\n"
   "example: qmoe bench -m model.gguf --backend cuda -p 512 -n 128 --stages --json\n";
@@ -282,13 +284,13 @@ static int run(int argc, char **argv) {
   const char *timer = tm.what;
   if (o[O_JSON].value) {
     printf("{\"model\":\"%s\",\"backend\":\"%s\",\"acc\":\"%s\",\"prompt_tokens\":%lld,\"decode_tokens\":%lld,"
-           "\"repeats\":%lld,\"prefill_tokens_per_s\":%.6g,\"decode_tokens_per_s\":%.6g,"
+           "\"repeats\":%lld,\"prefill_tokens_per_s\":%.6g,\"prefill_chunk\":%lld,\"decode_tokens_per_s\":%.6g,"
            "\"weight_bytes_per_token\":%llu,\"copy_gb_per_s\":%.6g,\"fraction_of_copy_bandwidth\":%.6g,"
            "\"memory\":{\"weights\":%llu,\"kv_cache\":%llu,\"workspace\":%llu},\"timer\":\"%s\","
            "\"copy_measured\":\"add stage y = a + b, %lld MiB f32 vectors, 8 calls per sync, (2 reads + 1 write) / time, "
            "median of 5\"",
            path, backend, acc == QMOE_ACC_F64 ? "f64" : "f32", (long long)P, (long long)N, (long long)R, prefill,
-           decode, (unsigned long long)bpt, gbs, frac, (unsigned long long)mem.weights,
+           (long long)qmoe_model_prefill_chunk(m), decode, (unsigned long long)bpt, gbs, frac, (unsigned long long)mem.weights,
            (unsigned long long)mem.kv_cache, (unsigned long long)mem.workspace, timer, (long long)copy_mib);
     if (o[O_STAGES].value) {
       printf(",\"stage_position\":%lld,\"stage_us_per_token\":%.6g,\"stages\":[", (long long)(depth + P + N - 1), stage_us);
@@ -306,7 +308,8 @@ static int run(int argc, char **argv) {
   } else {
     printf("model %s on %s (acc %s), median of %lld after a warm-up (%s)\n", path, backend,
            acc == QMOE_ACC_F64 ? "f64" : "f32", (long long)R, timer);
-    printf("  prefill  %lld tokens: %.2f tokens/s (one position at a time)\n", (long long)P, prefill);
+    printf("  prefill  %lld tokens: %.2f tokens/s (%lld tokens per stage call)\n", (long long)P, prefill,
+           (long long)qmoe_model_prefill_chunk(m));
     printf("  decode   %lld tokens: %.2f tokens/s (positions %lld..%lld)\n", (long long)N, decode, (long long)(depth + P),
            (long long)(depth + P + N - 1));
     if (depth > 0)

@@ -219,6 +219,53 @@ static void gpu_f64_matches_cpu(void) {
   CHECK(!memcmp(other.gen, cpu64.gen, sizeof other.gen), "greedy tokens differ from cpu f64");
 }
 
+/* FALSIFY-TOKENS over the whole forward: a 37-token prompt read in chunks of 16 (16 + 16 + 5 tokens per stage
+ * call), of 4 and one position at a time gives the same logits and argmax, bit for bit, f32 and f64. */
+static const char *chunk_backend;
+static void prefill_chunks_agree(void) {
+  qmoe_backend *be;
+  int rc = qmoe_backend_open(chunk_backend, &be);
+  if (rc) {
+    if (require_backend() || !strcmp(chunk_backend, "cpu"))
+      REQUIRE(0, "open %s: %s", chunk_backend, qmoe_last_error());
+    SKIP("no %s device: %s", chunk_backend, qmoe_last_error());
+  }
+  setenv("QMOE_PREFILL_CHUNK", "16", 1);
+  qmoe_model *m;
+  rc = qmoe_model_load(model_path, be, CTX, &m);
+  unsetenv("QMOE_PREFILL_CHUNK");
+  if (rc) {
+    be->close(be);
+    REQUIRE(0, "load on %s: %s", chunk_backend, qmoe_last_error());
+  }
+  enum { N = 37 };
+  int32_t prompt[N];
+  for (int i = 0; i < N; i++) prompt[i] = (int32_t)((i * 97 + 13) % V);
+  static float logits[3][V];
+  static const int64_t chunks[3] = { 16, 4, 1 };
+  for (int acc = 0; acc < 2; acc++) {
+    int32_t next[3] = { -1, -1, -1 };
+    for (int c = 0; c < 3; c++) {
+      rc = qmoe_model_set_acc(m, acc);
+      if (!rc) rc = qmoe_model_set_prefill_chunk(m, chunks[c]);
+      if (!rc) rc = qmoe_model_prefill(m, prompt, N, 0, &next[c], logits[c]);
+      CHECK(rc == 0, "%s prefill with chunk %lld: %s", chunk_backend, (long long)chunks[c], qmoe_last_error());
+      if (rc) break;
+      int finite = 1;
+      for (int i = 0; i < V; i++) finite &= isfinite(logits[c][i]);
+      CHECK(finite, "non-finite logits with chunk %lld", (long long)chunks[c]);
+    }
+    for (int c = 1; !rc && c < 3; c++) {
+      CHECK(!memcmp(logits[c], logits[0], sizeof logits[0]) && next[c] == next[0],
+            "%s %s: logits with chunk %lld differ from chunk 16 (FALSIFY-TOKENS)", chunk_backend, acc ? "f64" : "f32",
+            (long long)chunks[c]);
+    }
+  }
+  CHECK(qmoe_model_set_prefill_chunk(m, 17) == QMOE_EINVAL, "a chunk above the buffers' 16 tokens is refused");
+  qmoe_model_free(m);
+  be->close(be);
+}
+
 int main(void) {
   snprintf(model_path, sizeof model_path, "/tmp/qmoe-test-model-XXXXXX");
   int fd = mkstemp(model_path);
@@ -233,6 +280,13 @@ int main(void) {
     return 1;
   }
   RUN_NAMED("model/cpu/determinism", cpu_is_deterministic);
+  static const char *chunk_backends[] = { "cpu", "vulkan", "cuda" };
+  for (int i = 0; i < 3; i++) {
+    char name[64];
+    chunk_backend = chunk_backends[i];
+    snprintf(name, sizeof name, "model/%s/prefill_chunks", chunk_backend);
+    RUN_NAMED(name, prefill_chunks_agree);
+  }
   static const char *gpus[] = { "vulkan", "cuda" };
   for (int i = 0; i < 2; i++) {
     char name[64];
