@@ -56,7 +56,9 @@ local DIALECT = setmetatable({
 -- Tokens (a stage contract's `tokens`): by default the grid's z is the call's tokens and ${BIND} moves the
 -- per-token buffers and advancing params to token blockIdx.z, so a one-token kernel serves T tokens as T
 -- one-token calls. A kernel line with own_tokens=1 takes all T itself (grid: three expressions; ${BIND}
--- gives qmoe_tokens and leaves buffers and params at token 0): one read of a weight for many tokens.
+-- gives qmoe_tokens and leaves buffers and params at token 0): one read of a weight for many tokens. Its
+-- template defines two entries, ${ENTRY} (one token) and ${TOK_ENTRY} (T > 1; the runtime picks it), so the
+-- registers of the many-token code cost the one-token entry, which decode runs, no occupancy.
 
 -- Splits S at commas outside parentheses.
 local function split_top(s)
@@ -316,9 +318,13 @@ local function emit_variant(v, sources)
   for _, p in ipairs(st.ints) do if p == "a" then argname = "a_" end end
   for _, p in ipairs(st.floats) do if p == "a" then argname = "a_" end end
   vars.BIND = binding(st, argname, rename, kd.own_tokens)
-  local meta = string.format("// qmoe-cuda: stage=%s qtype=%s ggml_type=%d acc=%s entry=%s block_elements=%d block_bytes=%d threads=%d rows_per_block=%d",
+  -- own_tokens kernels have a second entry, ${ENTRY}_tok, for calls of many tokens (its registers do not cost the
+  -- one-token entry, which decode runs, any occupancy)
+  vars.TOK_ENTRY = v.entry .. "_tok"
+  local meta = string.format("// qmoe-cuda: stage=%s qtype=%s ggml_type=%d acc=%s entry=%s block_elements=%d block_bytes=%d threads=%d rows_per_block=%d%s",
                              st.name, q and q.name or "-", q and q.ggml_type or -1, v.acc or "-", v.entry,
-                             q and q.block_elements or 0, q and q.block_bytes or 0, kd.threads, kd.rows_per_block)
+                             q and q.block_elements or 0, q and q.block_bytes or 0, kd.threads, kd.rows_per_block,
+                             kd.own_tokens and (" tok_entry=" .. vars.TOK_ENTRY) or "")
   local parts = { util.banner("cuda", SCRIPT, sources), meta, template.render("cuda/_prelude.cu", vars) }
   if q then
     local be, bb = q.block_elements, q.block_bytes

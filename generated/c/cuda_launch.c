@@ -17,7 +17,7 @@ static int launch_matvec(const qmoe_cuda_launch_env *env, const int64_t *p, qmoe
   (void)env;
   l->grid[0] = qmoe_cdiv(rows, env->rows_per_block);
   l->grid[1] = 1;
-  l->grid[2] = env->tokens;
+  l->grid[2] = qmoe_cdiv(env->tokens, 8);
   l->workspace = (size_t)(0);
   return 0;
 }
@@ -30,8 +30,8 @@ static int launch_moe_gate_up_swiglu(const qmoe_cuda_launch_env *env, const int6
   (void)H, (void)F, (void)E, (void)K;
   (void)env;
   l->grid[0] = qmoe_cdiv(F, env->rows_per_block);
-  l->grid[1] = K;
-  l->grid[2] = env->tokens;
+  l->grid[1] = env->tokens > 1 ? E + 1 : K;
+  l->grid[2] = 1;
   l->workspace = (size_t)(0);
   return 0;
 }
@@ -47,10 +47,14 @@ static int launch_moe_down(const qmoe_cuda_launch_env *env, const int64_t *p, qm
     qmoe_set_error("cuda backend: stage moe_down: K = %lld exceeds the CUDA kernel's limit of %lld", (long long)K, (long long)64);
     return QMOE_EUNSUPPORTED;
   }
-  l->grid[0] = qmoe_cdiv(H, env->rows_per_block);
-  l->grid[1] = 1;
-  l->grid[2] = env->tokens;
-  l->workspace = (size_t)(0);
+  if (H > 65536 * 8) {
+    qmoe_set_error("cuda backend: stage moe_down: H = %lld exceeds the CUDA kernel's limit of %lld", (long long)H, (long long)65536 * 8);
+    return QMOE_EUNSUPPORTED;
+  }
+  l->grid[0] = env->tokens > 1 ? qmoe_cdiv(H, 8) : qmoe_cdiv(H, env->rows_per_block);
+  l->grid[1] = env->tokens > 1 ? E + 1 : 1;
+  l->grid[2] = 1;
+  l->workspace = (size_t)(env->tokens > 1 ? 65536 * 4 + env->tokens * K * H * env->acc_bytes : 0);
   return 0;
 }
 

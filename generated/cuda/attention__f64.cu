@@ -42,6 +42,9 @@ __device__ __forceinline__ double qmoe_sqrt(double v) { return sqrt(v); }
 // acc + w·x with the product formed in acc_t (exact in double: two f32 factors).
 __device__ __forceinline__ float qmoe_fma(float w, float x, float acc) { return fmaf(w, x, acc); }
 __device__ __forceinline__ double qmoe_fma(float w, float x, double acc) { return fma((double)w, (double)x, acc); }
+// a·b + c with one rounding, in acc_t (explicit, so two kernels summing the same terms agree bit for bit).
+__device__ __forceinline__ float qmoe_fma3(float a, float b, float c) { return fmaf(a, b, c); }
+__device__ __forceinline__ double qmoe_fma3(double a, double b, double c) { return fma(a, b, c); }
 // a·b and a + b rounded each, never contracted into an FMA: where two kernels must agree bit for bit (rope_neox and
 // the fused qk_norm_rope), the compiler's contraction choices may not differ between them.
 __device__ __forceinline__ float qmoe_mul_rn(float a, float b) { return __fmul_rn(a, b); }

@@ -42,6 +42,9 @@ __device__ __forceinline__ double qmoe_sqrt(double v) { return sqrt(v); }
 // acc + w·x with the product formed in acc_t (exact in double: two f32 factors).
 __device__ __forceinline__ float qmoe_fma(float w, float x, float acc) { return fmaf(w, x, acc); }
 __device__ __forceinline__ double qmoe_fma(float w, float x, double acc) { return fma((double)w, (double)x, acc); }
+// a·b + c with one rounding, in acc_t (explicit, so two kernels summing the same terms agree bit for bit).
+__device__ __forceinline__ float qmoe_fma3(float a, float b, float c) { return fmaf(a, b, c); }
+__device__ __forceinline__ double qmoe_fma3(double a, double b, double c) { return fma(a, b, c); }
 // a·b and a + b rounded each, never contracted into an FMA: where two kernels must agree bit for bit (rope_neox and
 // the fused qk_norm_rope), the compiler's contraction choices may not differ between them.
 __device__ __forceinline__ float qmoe_mul_rn(float a, float b) { return __fmul_rn(a, b); }
@@ -290,6 +293,142 @@ static __device__ __forceinline__ void qmoe_row_dots(const uint8_t *const *rows,
     if (true && ne % (32 * UNROLL)) qmoe_dot_chunk<R, true>(sh, off, xc, ne, lane, acc);
     else qmoe_dot_chunk<R, false>(sh, off, xc, ne, lane, acc);
     __syncwarp(); // the next chunk overwrites the buffer
+  }
+}
+
+// ---- many tokens per read of the rows (own_tokens kernels: prefill) ----
+// acc[r][n] += Σ decode(row r)[e] · xt[n][e] for the NT <= N tokens whose x rows start at XT[n] (chunk-relative:
+// XT[n] + b0·QB_ELEMS is the chunk's x), over one staged chunk. Each (row, token) is computed by the same lane, in
+// the same order, with the same operations as qmoe_dot_chunk<R, G> does for one token: a row's decode is shared
+// by the tokens, never its sums, so every token's result has the bits of its one-token call (FALSIFY-TOKENS).
+template <int R, int N, bool G>
+static __device__ __forceinline__ void qmoe_dot_chunk_tok(const uint4 *sh, const int *off, const float *const *xc,
+                                                          int nt, int ne, int lane, acc_t (*acc)[N]) {
+  for (int e0 = 0; e0 < ne; e0 += 32 * UNROLL) {
+    const uint8_t *bl[R];
+#pragma unroll
+    for (int r = 0; r < R; r++) bl[r] = (const uint8_t *)(sh + r * STAGE_VECS + STAGE_PAD) + off[r] + ((e0 + UNROLL * lane) / QB_ELEMS) * QB_BYTES;
+#if !defined(QMOE_NO_AFFINE) // f32 with lane runs: the run's A, B and V decoded once for the N tokens
+    if (!G || e0 + UNROLL * lane < ne) {
+      const int ig = ((e0 + UNROLL * lane) % QB_ELEMS);
+      float va[R][UNROLL], ra[R], rb[R];
+#pragma unroll
+      for (int r = 0; r < R; r++) {
+#pragma unroll
+        for (int t = 0; t < UNROLL; t++) va[r][t] = qmoe_q4_1_run_v(bl[r], ig, ig | t);
+#if 1
+        ra[r] = qmoe_q4_1_run_a(bl[r], ig);
+#else
+        ra[r] = 1.0f;
+#endif
+#if 1
+        rb[r] = qmoe_q4_1_run_b(bl[r], ig);
+#else
+        rb[r] = 0.0f;
+#endif
+      }
+#pragma unroll
+      for (int n = 0; n < N; n++) {
+        if (n >= nt) break;
+        const float *xl = xc[n] + e0 + UNROLL * lane;
+        float xr[UNROLL];
+        if (UNROLL % 4 == 0 && (((uint64_t)xl) & 15) == 0 && (!G || e0 + UNROLL * lane + UNROLL <= ne)) {
+#pragma unroll
+          for (int u = 0; u < UNROLL / 4; u++) {
+            const float4 xa = ((const float4 *)xl)[u];
+            xr[4 * u] = xa.x, xr[4 * u + 1] = xa.y, xr[4 * u + 2] = xa.z, xr[4 * u + 3] = xa.w;
+          }
+        } else {
+#pragma unroll
+          for (int t = 0; t < UNROLL; t++) xr[t] = (!G || e0 + UNROLL * lane + t < ne) ? xl[t] : 0.0f;
+        }
+#if 1
+        float sx = 0.0f;
+#pragma unroll
+        for (int t = 0; t < UNROLL; t++) sx += xr[t];
+#endif
+#pragma unroll
+        for (int r = 0; r < R; r++) {
+          float sv = 0.0f;
+#pragma unroll
+          for (int t = 0; t < UNROLL; t++) sv = fmaf(va[r][t], xr[t], sv);
+#if 1
+          acc[r][n] = fmaf(ra[r], sv, acc[r][n]);
+#else
+          acc[r][n] += sv;
+#endif
+#if 1
+          acc[r][n] = fmaf(rb[r], sx, acc[r][n]);
+#endif
+        }
+      }
+      (void)ra, (void)rb;
+    }
+#else
+#pragma unroll
+    for (int t = 0; t < UNROLL; t++) {
+      // element e0 + UNROLL * lane + t
+      if (G && e0 + UNROLL * lane + t >= ne) continue;
+      float dv[R];
+#pragma unroll
+      for (int r = 0; r < R; r++) dv[r] = qmoe_q4_1_decode_run(bl[r] + 0 * QB_BYTES, ((e0 + UNROLL * lane) % QB_ELEMS), (((e0 + UNROLL * lane) % QB_ELEMS) | t));
+#pragma unroll
+      for (int n = 0; n < N; n++) {
+        if (n >= nt) break;
+        const float xv = (xc[n] + e0 + UNROLL * lane)[t];
+#pragma unroll
+        for (int r = 0; r < R; r++) acc[r][n] = qmoe_fma(dv[r], xv, acc[r][n]);
+      }
+    }
+#endif
+  }
+}
+
+// acc[r][n] += Σ_e decode(row r)[e] · XT[n][e] over the NBLOCKS blocks of R rows for NT <= N tokens: the rows are
+// staged once per chunk for all the tokens (per-lane partial sums; the caller reduces across the warp, as for one).
+template <int R, int N>
+static __device__ __forceinline__ void qmoe_row_dots_tok(const uint8_t *const *rows, const float *const *xt, int nt,
+                                                         int64_t nblocks, uint4 *sh, int lane, acc_t (*acc)[N]) {
+  for (int64_t b0 = 0; b0 < nblocks; b0 += CH_BLOCKS) {
+    const int nb = (int)(nblocks - b0 < CH_BLOCKS ? nblocks - b0 : CH_BLOCKS);
+    int off[R];
+    qmoe_stage_rows<R>(rows, b0, nb, sh, lane, off);
+    const float *xc[N];
+#pragma unroll
+    for (int n = 0; n < N; n++) xc[n] = n < nt ? xt[n] + b0 * QB_ELEMS : xt[0];
+    const int ne = nb * QB_ELEMS;
+    if (true && ne % (32 * UNROLL)) qmoe_dot_chunk_tok<R, N, true>(sh, off, xc, nt, ne, lane, acc);
+    else qmoe_dot_chunk_tok<R, N, false>(sh, off, xc, nt, ne, lane, acc);
+    __syncwarp(); // the next chunk overwrites the buffer
+  }
+}
+
+// The (token, k) slots of IDS[T·K] whose expert is E (E < 0: whose id is outside [0, NE), the slots that get NaN),
+// in slot order, into LIST[0..*N) of shared memory, scanning slots [*AT, T·K) until the list holds CAP - THREADS
+// or more; *AT moves on. Every thread of the block calls it (it synchronizes the block).
+template <int CAP>
+static __device__ __forceinline__ void qmoe_expert_slots(const int32_t *ids, int64_t tk, int e, int64_t ne,
+                                                         int64_t *at, int *list, int *n, int *warp_n) {
+  const int cap = CAP;
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nwarp = blockDim.x >> 5;
+  while (*at < tk && *n <= cap - (int)blockDim.x) {
+    const int64_t i = *at + threadIdx.x;
+    bool m = false;
+    if (i < tk) {
+      const int32_t id = ids[i];
+      m = e >= 0 ? id == e : (id < 0 || id >= ne);
+    }
+    const unsigned b = __ballot_sync(QMOE_FULL, m);
+    if (lane == 0) warp_n[warp] = __popc(b);
+    __syncthreads();
+    int before = *n;
+    for (int w = 0; w < warp; w++) before += warp_n[w];
+    if (m) list[before + __popc(b & ((1u << lane) - 1u))] = (int)i;
+    int total = 0;
+    for (int w = 0; w < nwarp; w++) total += warp_n[w];
+    __syncthreads();
+    *n += total;
+    *at += blockDim.x;
   }
 }
 

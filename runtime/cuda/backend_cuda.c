@@ -30,6 +30,7 @@ typedef struct {
 typedef struct {
   CUfunction fn;
   unsigned gx, gy, gz, threads;
+  int uses_ws; /* args.buf[7] is the workspace (a later call of the recording may have moved it) */
   const char *entry;
   kernel_args args;
 } launch_rec;
@@ -61,7 +62,7 @@ typedef struct {
   size_t nvar;
   qmoe_cuda_variant *vars;
   CUmodule *mods;  /* per variant, NULL until first use */
-  CUfunction *fns;
+  CUfunction *fns, *fns_tok; /* per variant: its entry, its tok_entry (loaded on first use) */
   const char *last_kernel; /* entry of the last launch, for errors reported by a later sync */
   CUdeviceptr ws;          /* workspace of split attention (args.buf[7]); zeroed when (re)allocated */
   size_t ws_size;
@@ -223,22 +224,25 @@ static int find_variant(cuda_impl *im, const qmoe_stage_info *si, const qmoe_sta
   return QMOE_EUNSUPPORTED;
 }
 
-static int get_function(cuda_impl *im, size_t vi, CUfunction *fn) {
-  if (im->fns[vi]) {
-    *fn = im->fns[vi];
+/* Variant VI's kernel: its entry, or (TOK) its entry for calls of many tokens (tok_entry, same module). */
+static int get_function(cuda_impl *im, size_t vi, int tok, CUfunction *fn) {
+  CUfunction *slot = tok ? &im->fns_tok[vi] : &im->fns[vi];
+  if (*slot) {
+    *fn = *slot;
     return 0;
   }
   const qmoe_cuda_variant *v = &im->vars[vi];
-  CUmodule mod;
-  int rc = qmoe_cuda_module_load(&im->ctx, v->src, v->entry, &mod);
-  if (rc) return rc;
-  if ((rc = qmoe_cuda_check(im->ctx.d, im->ctx.d->ModuleGetFunction(fn, mod, v->entry), "cuModuleGetFunction",
-                            v->entry))) {
-    im->ctx.d->ModuleUnload(mod);
-    return rc;
+  const char *name = tok ? v->tok_entry : v->entry;
+  int rc;
+  if (!im->mods[vi]) {
+    CUmodule mod;
+    if ((rc = qmoe_cuda_module_load(&im->ctx, v->src, v->entry, &mod))) return rc;
+    im->mods[vi] = mod;
   }
-  im->mods[vi] = mod;
-  im->fns[vi] = *fn;
+  if ((rc = qmoe_cuda_check(im->ctx.d, im->ctx.d->ModuleGetFunction(fn, im->mods[vi], name), "cuModuleGetFunction",
+                            name)))
+    return rc;
+  *slot = *fn;
   return 0;
 }
 
@@ -272,7 +276,7 @@ static int workspace(cuda_impl *im, size_t n, uint64_t *out) {
 /* ---- graphs ------------------------------------------------------------------------------------------ */
 
 static int graph_add(cuda_impl *im, CUfunction fn, unsigned gx, unsigned gy, unsigned gz, unsigned threads,
-                     const char *entry, const kernel_args *args) {
+                     const char *entry, int uses_ws, const kernel_args *args) {
   graph_state *g = &im->g;
   if (g->n == g->cap) {
     size_t cap = g->cap ? g->cap * 2 : 1024;
@@ -286,6 +290,7 @@ static int graph_add(cuda_impl *im, CUfunction fn, unsigned gx, unsigned gy, uns
   launch_rec *r = &g->recs[g->n++];
   memset(r, 0, sizeof *r); /* compared with memcmp: no stray padding bytes */
   r->fn = fn, r->gx = gx, r->gy = gy, r->gz = gz, r->threads = threads, r->entry = entry, r->args = *args;
+  r->uses_ws = uses_ws;
   return 0;
 }
 
@@ -384,6 +389,9 @@ static int cu_graph_end(qmoe_backend *be, int submit) {
   if (!submit || n == 0) return 0;
   int rc = qmoe_cuda_ctx_use(&im->ctx);
   if (rc) return rc;
+  /* A call recorded after an earlier one may have grown (moved) the workspace: every call reads the final one. */
+  for (size_t i = 0; i < n; i++)
+    if (g->recs[i].uses_ws) g->recs[i].args.buf[QMOE_STAGE_MAX_BUFS - 1] = (uint64_t)im->ws;
   g->ends++;
   cached_graph *c = NULL, *lru = &g->cache[0];
   for (int i = 0; i < GRAPH_CACHE && !c; i++) {
@@ -476,16 +484,19 @@ static int cu_run(qmoe_backend *be, const qmoe_stage_call *c) {
     return rc;
   if ((rc = qmoe_cuda_ctx_use(&im->ctx))) return rc;
   CUfunction fn;
-  if ((rc = get_function(im, vi, &fn))) return rc;
+  const int tok = args.tokens > 1 && v->tok_entry[0];
+  const char *entry = tok ? v->tok_entry : v->entry;
+  if ((rc = get_function(im, vi, tok, &fn))) return rc;
   if (im->g.recording)
-    return graph_add(im, fn, (unsigned)gx, (unsigned)gy, (unsigned)gz, (unsigned)v->threads, v->entry, &args);
+    return graph_add(im, fn, (unsigned)gx, (unsigned)gy, (unsigned)gz, (unsigned)v->threads, entry, L.workspace > 0,
+                     &args);
   void *params[] = { &args };
   rc = qmoe_cuda_check(im->ctx.d,
                        im->ctx.d->LaunchKernel(fn, (unsigned)gx, (unsigned)gy, (unsigned)gz, (unsigned)v->threads, 1, 1, 0,
                                                im->ctx.stream, params, NULL),
-                       "cuLaunchKernel", v->entry);
+                       "cuLaunchKernel", entry);
   if (rc) return rc;
-  im->last_kernel = v->entry;
+  im->last_kernel = entry;
   return im->sync_each ? stream_sync(im, "QMOE_CUDA_SYNC=1") : 0;
 }
 
@@ -507,6 +518,7 @@ static void cu_close(qmoe_backend *be) {
     free(im->vars);
     free(im->mods);
     free(im->fns);
+    free(im->fns_tok);
     free(im);
   }
   free(be);
@@ -536,7 +548,8 @@ int qmoe_backend_cuda_open(qmoe_backend **out) {
   im->vars = qmoe_alloc(im->nvar * sizeof *im->vars, "cuda backend");
   im->mods = qmoe_alloc(im->nvar * sizeof *im->mods, "cuda backend");
   im->fns = qmoe_alloc(im->nvar * sizeof *im->fns, "cuda backend");
-  if (!im->vars || !im->mods || !im->fns) {
+  im->fns_tok = qmoe_alloc(im->nvar * sizeof *im->fns_tok, "cuda backend");
+  if (!im->vars || !im->mods || !im->fns || !im->fns_tok) {
     cu_close(be);
     return QMOE_ENOMEM;
   }

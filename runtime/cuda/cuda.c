@@ -308,7 +308,7 @@ int qmoe_cuda_compile(const char *src, const char *kernel, int arch, const char 
 int qmoe_cuda_parse_ptxas(const char *log, const char *kernel, qmoe_cuda_ptxas_info *info) {
   info->regs = info->spill_stores = info->spill_loads = info->smem = info->stack = info->cmem = -1;
   char key[160];
-  snprintf(key, sizeof key, "Function properties for %s", kernel);
+  snprintf(key, sizeof key, "Function properties for %s\n", kernel); /* whole name: K is a prefix of K_tok */
   const char *p = strstr(log, key);
   if (!p) return -1;
   p += strlen(key);
@@ -639,6 +639,7 @@ int qmoe_cuda_variant_parse(const char *file, const char *src, qmoe_cuda_variant
             kv_int(line, "ggml_type", &v->ggml_type) | kv_int(line, "block_elements", &v->block_elements) |
             kv_int(line, "block_bytes", &v->block_bytes) | kv_int(line, "threads", &v->threads) |
             kv_int(line, "rows_per_block", &v->rows_per_block);
+  if (kv_str(line, "tok_entry", v->tok_entry, sizeof v->tok_entry)) v->tok_entry[0] = 0; /* optional */
   if (bad || v->threads <= 0) {
     qmoe_set_error("embedded CUDA kernel %s: malformed '// qmoe-cuda:' line: %s", file, line);
     return QMOE_EFORMAT;

@@ -200,6 +200,7 @@ typedef struct {
   const char *file;       /* embedded name, e.g. "matvec__q4_k__f32" */
   const char *src;
   char stage[40], qtype[24], acc[8], entry[96];
+  char tok_entry[100];    /* own_tokens kernels: the entry for calls of T > 1 tokens (its own registers); else "" */
   int ggml_type;          /* -1 for stages that do not vary by qtype */
   int block_elements, block_bytes; /* 0 when no qtype */
   int threads;            /* threads per block */

@@ -109,6 +109,25 @@ template <typename T> static inline T __shfl_xor_sync(unsigned mask, T v, int o)
   return r;
 }
 
+/* The warp's predicate bits: each live lane leaves its own, then every lane reads all 32 (lanes that exited
+ * count as 0, as on the GPU for a full mask). */
+static inline unsigned __ballot_sync(unsigned mask, int pred) {
+  qmoe_emu_thread *t = &qmoe_emu.th[qmoe_emu.cur];
+  int w = t->warp, lane = t->lane;
+  qmoe_emu.slots[w][lane] = pred ? 1 : 0;
+  __syncwarp(mask);
+  unsigned b = 0;
+  for (int l = 0; l < 32; l++) {
+    int alive = 0;
+    for (int i = 0; i < qmoe_emu.n; i++)
+      if (qmoe_emu.th[i].warp == w && qmoe_emu.th[i].lane == l && !qmoe_emu.th[i].done) alive = 1;
+    if (alive && qmoe_emu.slots[w][l]) b |= 1u << l;
+  }
+  __syncwarp(mask);
+  return b;
+}
+static inline int __popc(unsigned v) { return __builtin_popcount(v); }
+
 template <typename T> static inline T __ldg(const T *p) { return *p; }
 template <typename T> static inline T __ldcg(const T *p) { return *(const volatile T *)p; }
 static inline void __threadfence() {}

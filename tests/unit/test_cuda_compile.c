@@ -38,7 +38,18 @@ static void compile_one(void) {
     static char name[256];
     int n = snprintf(name, sizeof name, "nvrtc/%s regs=%d spill=%d smem=%d", cur_name, pi.regs,
                      pi.spill_stores + pi.spill_loads, pi.smem);
-    if (pi.stack > 0) snprintf(name + n, sizeof name - (size_t)n, " stack=%d", pi.stack);
+    if (pi.stack > 0) n += snprintf(name + n, sizeof name - (size_t)n, " stack=%d", pi.stack);
+    /* own_tokens kernels: the many-token entry must not spill either */
+    qmoe_cuda_ptxas_info ti;
+    if (v.tok_entry[0]) {
+      int trc = qmoe_cuda_parse_ptxas(log, v.tok_entry, &ti);
+      CHECK(trc == 0, "no ptxas -v report for entry %s in the NVRTC log", v.tok_entry);
+      if (trc == 0) {
+        CHECK(ti.spill_stores == 0 && ti.spill_loads == 0, "%s spills: %d bytes spill stores, %d bytes spill loads",
+              v.tok_entry, ti.spill_stores, ti.spill_loads);
+        snprintf(name + n, sizeof name - (size_t)n, " tok_regs=%d", ti.regs);
+      }
+    }
     t_case_name = name;
   }
   for (const char *p = log; (p = strstr(p, "warning")) != NULL; p++) {

@@ -1,27 +1,76 @@
-// qmoe-kernel: qtype=1 acc=1 threads=128 rows_per_block=4
-// qmoe-grid: qmoe_cdiv(F, RPB), K
+// qmoe-kernel: qtype=1 acc=1 threads=128 rows_per_block=4 own_tokens=1 tok_min_blocks=3 tok_tile=8 list_cap=2048
+// qmoe-grid: qmoe_cdiv(F, RPB), TOKENS > 1 ? E + 1 : K, 1
 // h[k][f] = silu(Wg[ids[k]]·x)[f] · (Wu[ids[k]]·x)[f] for all K chosen experts in one launch: grid.y = K, the
 // expert id is read on the device. Each warp computes gate row f and up row f together (x loaded once);
 // SwiGLU is evaluated in acc_t. An id outside [0, E) yields NaN in its outputs (never a wrong expert).
-extern "C" __global__ void __launch_bounds__(${THREADS}, ${MIN_BLOCKS}) ${ENTRY}(const qmoe_args a) {
+// T tokens (${TOK_ENTRY}): the tokens are grouped by expert on the device. Block (f-tile, e) finds the (token, k)
+// slots that chose expert e (block y = E: the slots with an invalid id, which get NaN) and computes its rows for
+// them ${TOK_TILE} at a time, the two rows staged once per chunk for all of them; per slot the operations of the
+// one-token path, so the bits of T calls. Each expert's rows are read once per ${TOK_TILE} of its tokens.
+template <bool TOK>
+static __device__ __forceinline__ void qmoe_gate_up_body(const qmoe_args &a) {
 ${BIND}
   __shared__ uint4 sh[${WARPS}][2 * STAGE_VECS];
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-  const int64_t f = (int64_t)blockIdx.x * ${WARPS} + warp, k = blockIdx.y;
-  if (f >= F || k >= K) return;
-  const int e = ids[k];
-  if (e < 0 || e >= E) {
-    if (lane == 0) h[k * F + f] = __int_as_float(0x7fc00000);
+  const int64_t f = (int64_t)blockIdx.x * ${WARPS} + warp;
+  const int64_t row_bytes = H / QB_ELEMS * QB_BYTES;
+  if (!TOK) {
+    const int64_t k = blockIdx.y;
+    if (f >= F || k >= K) return;
+    const int e = ids[k];
+    if (e < 0 || e >= E) {
+      if (lane == 0) h[k * F + f] = __int_as_float(0x7fc00000);
+      return;
+    }
+    const int64_t at = ((int64_t)e * F + f) * row_bytes;
+    const uint8_t *rp[2] = { Wg + at, Wu + at };
+    acc_t acc[2] = { 0, 0 };
+    qmoe_row_dots<2>(rp, x, H / QB_ELEMS, sh[warp], lane, acc);
+    const acc_t g = qmoe_warp_sum(acc[0]), u = qmoe_warp_sum(acc[1]);
+    if (lane == 0) {
+      const acc_t silu = g / ((acc_t)1 + qmoe_exp(-g));
+      h[k * F + f] = (float)(silu * u);
+    }
     return;
   }
-  const int64_t row_bytes = H / QB_ELEMS * QB_BYTES;
-  const int64_t at = ((int64_t)e * F + f) * row_bytes;
+  __shared__ int list[${LIST_CAP}];
+  __shared__ int warp_n[${WARPS}];
+  const int e = blockIdx.y < E ? (int)blockIdx.y : -1; // -1: the slots with an invalid id
+  const int64_t at = ((int64_t)(e < 0 ? 0 : e) * F + (f < F ? f : 0)) * row_bytes;
   const uint8_t *rp[2] = { Wg + at, Wu + at };
-  acc_t acc[2] = { 0, 0 };
-  qmoe_row_dots<2>(rp, x, H / QB_ELEMS, sh[warp], lane, acc);
-  const acc_t g = qmoe_warp_sum(acc[0]), u = qmoe_warp_sum(acc[1]);
-  if (lane == 0) {
-    const acc_t silu = g / ((acc_t)1 + qmoe_exp(-g));
-    h[k * F + f] = (float)(silu * u);
+  int64_t scan = 0;
+  while (scan < qmoe_tokens * K) {
+    int n = 0;
+    qmoe_expert_slots<${LIST_CAP}>(ids, qmoe_tokens * K, e, E, &scan, list, &n, warp_n);
+    for (int j = 0; j < n && f < F; j += ${TOK_TILE}) {
+      const int nt = n - j < ${TOK_TILE} ? n - j : ${TOK_TILE};
+      if (e < 0) {
+        if (lane < nt) h[(int64_t)list[j + lane] * F + f] = __int_as_float(0x7fc00000);
+        continue;
+      }
+      const float *xt[${TOK_TILE}];
+#pragma unroll
+      for (int i = 0; i < ${TOK_TILE}; i++) xt[i] = x + (int64_t)(list[j + (i < nt ? i : 0)] / K) * H;
+      acc_t acc[2][${TOK_TILE}];
+#pragma unroll
+      for (int i = 0; i < ${TOK_TILE}; i++) acc[0][i] = acc[1][i] = 0;
+      qmoe_row_dots_tok<2, ${TOK_TILE}>(rp, xt, nt, H / QB_ELEMS, sh[warp], lane, acc);
+#pragma unroll
+      for (int i = 0; i < ${TOK_TILE}; i++) {
+        if (i >= nt) break;
+        const acc_t g = qmoe_warp_sum(acc[0][i]), u = qmoe_warp_sum(acc[1][i]);
+        if (lane == 0) {
+          const acc_t silu = g / ((acc_t)1 + qmoe_exp(-g));
+          h[(int64_t)list[j + i] * F + f] = (float)(silu * u);
+        }
+      }
+    }
+    __syncthreads(); // the list is rebuilt
   }
+}
+extern "C" __global__ void __launch_bounds__(${THREADS}, ${MIN_BLOCKS}) ${ENTRY}(const qmoe_args a) {
+  qmoe_gate_up_body<false>(a);
+}
+extern "C" __global__ void __launch_bounds__(${THREADS}, ${TOK_MIN_BLOCKS}) ${TOK_ENTRY}(const qmoe_args a) {
+  qmoe_gate_up_body<true>(a);
 }
