@@ -1,6 +1,7 @@
 #!/bin/sh
 # check_cuda_emu.sh: runs the CUDA backend's GPU tests (the generated parity test, test_cuda_backend, test_embed_rows,
-# test_qk_norm_rope, test_add_rmsnorm, test_cuda_graph and test_router_nan) on this machine, without a GPU, through stand-ins for
+# test_qk_norm_rope, test_add_rmsnorm, test_cuda_graph, test_router_nan and test_model: the forward, batched
+# prefill included) on this machine, without a GPU, through stand-ins for
 # libcuda.so.1 and libnvrtc.so (fake_cuda.c, fake_nvrtc.c): each
 # generated kernel is compiled as C++ with emu.h and run with real block/warp semantics on fibers. This checks
 # the kernels' logic and indexing, their launch geometry and the whole runtime path (variant lookup, NVRTC
@@ -49,6 +50,7 @@ run qkrope test_qk_norm_rope
 run addnorm test_add_rmsnorm
 run graph test_cuda_graph
 run routernan test_router_nan
+run model test_model
 
 # The emulator really was the device (a test that skipped or used another device would prove nothing).
 if grep -q "qmoe host emulator" "$D/backend.out" || QMOE_EMU_NO_DEVICE=0 "$BIN/tests/test_cuda_runtime" 2>&1 | grep -q "# opened qmoe host emulator"; then
