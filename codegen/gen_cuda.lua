@@ -160,9 +160,10 @@ local function emit_launch(recs)
     if #used > 0 then o[#o + 1] = "  " .. table.concat(used, ", ") .. ";" end
     o[#o + 1] = "  (void)env;"
     for _, lim in ipairs(L.limits or {}) do
-      o[#o + 1] = string.format("  if (%s > %s) {", lim[1], cexpr(lim[2]))
+      local lhs = cexpr(lim[1]) -- a param, or TOKENS (the call's tokens)
+      o[#o + 1] = string.format("  if (%s > %s) {", lhs, cexpr(lim[2]))
       o[#o + 1] = string.format('    qmoe_set_error("cuda backend: stage %s: %s = %%lld exceeds the CUDA kernel\'s limit of %%lld", (long long)%s, (long long)%s);',
-                                r.name, lim[1], lim[1], cexpr(lim[2]))
+                                r.name, lim[1] == "TOKENS" and "tokens" or lim[1], lhs, cexpr(lim[2]))
       o[#o + 1] = "    return QMOE_EUNSUPPORTED;"
       o[#o + 1] = "  }"
     end

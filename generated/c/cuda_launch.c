@@ -15,7 +15,7 @@ static int launch_matvec(const qmoe_cuda_launch_env *env, const int64_t *p, qmoe
   const int64_t cols = p[1];
   (void)rows, (void)cols;
   (void)env;
-  l->grid[0] = qmoe_cdiv(rows, env->rows_per_block);
+  l->grid[0] = qmoe_cdiv(rows, env->tokens > 1 ? 4 * 4 : env->rows_per_block);
   l->grid[1] = 1;
   l->grid[2] = qmoe_cdiv(env->tokens, 8);
   l->workspace = (size_t)(0);
@@ -29,7 +29,7 @@ static int launch_moe_gate_up_swiglu(const qmoe_cuda_launch_env *env, const int6
   const int64_t K = p[3];
   (void)H, (void)F, (void)E, (void)K;
   (void)env;
-  l->grid[0] = qmoe_cdiv(F, env->rows_per_block);
+  l->grid[0] = qmoe_cdiv(F, env->tokens > 1 ? 2 * env->rows_per_block : env->rows_per_block);
   l->grid[1] = env->tokens > 1 ? E + 1 : K;
   l->grid[2] = 1;
   l->workspace = (size_t)(0);
@@ -47,11 +47,11 @@ static int launch_moe_down(const qmoe_cuda_launch_env *env, const int64_t *p, qm
     qmoe_set_error("cuda backend: stage moe_down: K = %lld exceeds the CUDA kernel's limit of %lld", (long long)K, (long long)64);
     return QMOE_EUNSUPPORTED;
   }
-  if (H > 65536 * 8) {
-    qmoe_set_error("cuda backend: stage moe_down: H = %lld exceeds the CUDA kernel's limit of %lld", (long long)H, (long long)65536 * 8);
+  if (H > 65536 * 4 * 4) {
+    qmoe_set_error("cuda backend: stage moe_down: H = %lld exceeds the CUDA kernel's limit of %lld", (long long)H, (long long)65536 * 4 * 4);
     return QMOE_EUNSUPPORTED;
   }
-  l->grid[0] = env->tokens > 1 ? qmoe_cdiv(H, 8) : qmoe_cdiv(H, env->rows_per_block);
+  l->grid[0] = qmoe_cdiv(H, env->tokens > 1 ? 4 * 4 : env->rows_per_block);
   l->grid[1] = env->tokens > 1 ? E + 1 : 1;
   l->grid[2] = 1;
   l->workspace = (size_t)(env->tokens > 1 ? 65536 * 4 + env->tokens * K * H * env->acc_bytes : 0);
@@ -72,10 +72,14 @@ static int launch_router_topk(const qmoe_cuda_launch_env *env, const int64_t *p,
     qmoe_set_error("cuda backend: stage router_topk: K = %lld exceeds the CUDA kernel's limit of %lld", (long long)K, (long long)64);
     return QMOE_EUNSUPPORTED;
   }
+  if (env->tokens > 65536) {
+    qmoe_set_error("cuda backend: stage router_topk: tokens = %lld exceeds the CUDA kernel's limit of %lld", (long long)env->tokens, (long long)65536);
+    return QMOE_EUNSUPPORTED;
+  }
   l->grid[0] = E;
   l->grid[1] = 1;
   l->grid[2] = env->tokens;
-  l->workspace = (size_t)(0);
+  l->workspace = (size_t)(65536 * 4 + env->tokens * E * 8);
   return 0;
 }
 

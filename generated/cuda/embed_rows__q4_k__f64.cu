@@ -390,31 +390,48 @@ static __device__ __forceinline__ void qmoe_row_dots_tok(const uint8_t *const *r
 }
 
 // The (token, k) slots of IDS[T·K] whose expert is E (E < 0: whose id is outside [0, NE), the slots that get NaN),
-// in slot order, into LIST[0..*N) of shared memory, scanning slots [*AT, T·K) until the list holds CAP - THREADS
-// or more; *AT moves on. Every thread of the block calls it (it synchronizes the block).
+// in slot order, into LIST[0..*N) of shared memory, scanning slots [*AT, T·K) until the list holds CAP - 4·THREADS
+// or more; *AT moves on. Thread i looks at slots 4i..4i+3 of each step (one 16-byte load where IDS is aligned); a
+// slot's place in the list is the matches before it: in lower lanes (four ballots), in its own lane, in lower
+// warps. Every thread of the block calls it (it synchronizes the block).
 template <int CAP>
 static __device__ __forceinline__ void qmoe_expert_slots(const int32_t *ids, int64_t tk, int e, int64_t ne,
                                                          int64_t *at, int *list, int *n, int *warp_n) {
-  const int cap = CAP;
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nwarp = blockDim.x >> 5;
-  while (*at < tk && *n <= cap - (int)blockDim.x) {
-    const int64_t i = *at + threadIdx.x;
-    bool m = false;
-    if (i < tk) {
-      const int32_t id = ids[i];
-      m = e >= 0 ? id == e : (id < 0 || id >= ne);
+  const bool vec = (((uint64_t)ids) & 15) == 0;
+  while (*at < tk && *n <= CAP - 4 * (int)blockDim.x) {
+    const int64_t i0 = *at + 4 * (int64_t)threadIdx.x;
+    int id[4];
+    if (vec && i0 + 3 < tk) {
+      const int4 v = *(const int4 *)(ids + i0);
+      id[0] = v.x, id[1] = v.y, id[2] = v.z, id[3] = v.w;
+    } else {
+#pragma unroll
+      for (int j = 0; j < 4; j++) id[j] = i0 + j < tk ? ids[i0 + j] : (e >= 0 ? -1 : 0);
     }
-    const unsigned b = __ballot_sync(QMOE_FULL, m);
-    if (lane == 0) warp_n[warp] = __popc(b);
+    bool m[4];
+    unsigned b[4];
+    int below = 0, mine = 0, wtotal = 0;
+    const unsigned lt = (1u << lane) - 1u;
+#pragma unroll
+    for (int j = 0; j < 4; j++) {
+      m[j] = i0 + j < tk && (e >= 0 ? id[j] == e : (id[j] < 0 || id[j] >= ne));
+      b[j] = __ballot_sync(QMOE_FULL, m[j]);
+      below += __popc(b[j] & lt);
+      wtotal += __popc(b[j]);
+    }
+    if (lane == 0) warp_n[warp] = wtotal;
     __syncthreads();
-    int before = *n;
+    int before = *n + below;
     for (int w = 0; w < warp; w++) before += warp_n[w];
-    if (m) list[before + __popc(b & ((1u << lane) - 1u))] = (int)i;
+#pragma unroll
+    for (int j = 0; j < 4; j++)
+      if (m[j]) list[before + mine++] = (int)(i0 + j);
     int total = 0;
     for (int w = 0; w < nwarp; w++) total += warp_n[w];
     __syncthreads();
     *n += total;
-    *at += blockDim.x;
+    *at += 4 * (int64_t)blockDim.x;
   }
 }
 
@@ -654,31 +671,48 @@ static __device__ __forceinline__ void qmoe_row_dots_tok(const uint8_t *const *r
 }
 
 // The (token, k) slots of IDS[T·K] whose expert is E (E < 0: whose id is outside [0, NE), the slots that get NaN),
-// in slot order, into LIST[0..*N) of shared memory, scanning slots [*AT, T·K) until the list holds CAP - THREADS
-// or more; *AT moves on. Every thread of the block calls it (it synchronizes the block).
+// in slot order, into LIST[0..*N) of shared memory, scanning slots [*AT, T·K) until the list holds CAP - 4·THREADS
+// or more; *AT moves on. Thread i looks at slots 4i..4i+3 of each step (one 16-byte load where IDS is aligned); a
+// slot's place in the list is the matches before it: in lower lanes (four ballots), in its own lane, in lower
+// warps. Every thread of the block calls it (it synchronizes the block).
 template <int CAP>
 static __device__ __forceinline__ void qmoe_expert_slots(const int32_t *ids, int64_t tk, int e, int64_t ne,
                                                          int64_t *at, int *list, int *n, int *warp_n) {
-  const int cap = CAP;
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nwarp = blockDim.x >> 5;
-  while (*at < tk && *n <= cap - (int)blockDim.x) {
-    const int64_t i = *at + threadIdx.x;
-    bool m = false;
-    if (i < tk) {
-      const int32_t id = ids[i];
-      m = e >= 0 ? id == e : (id < 0 || id >= ne);
+  const bool vec = (((uint64_t)ids) & 15) == 0;
+  while (*at < tk && *n <= CAP - 4 * (int)blockDim.x) {
+    const int64_t i0 = *at + 4 * (int64_t)threadIdx.x;
+    int id[4];
+    if (vec && i0 + 3 < tk) {
+      const int4 v = *(const int4 *)(ids + i0);
+      id[0] = v.x, id[1] = v.y, id[2] = v.z, id[3] = v.w;
+    } else {
+#pragma unroll
+      for (int j = 0; j < 4; j++) id[j] = i0 + j < tk ? ids[i0 + j] : (e >= 0 ? -1 : 0);
     }
-    const unsigned b = __ballot_sync(QMOE_FULL, m);
-    if (lane == 0) warp_n[warp] = __popc(b);
+    bool m[4];
+    unsigned b[4];
+    int below = 0, mine = 0, wtotal = 0;
+    const unsigned lt = (1u << lane) - 1u;
+#pragma unroll
+    for (int j = 0; j < 4; j++) {
+      m[j] = i0 + j < tk && (e >= 0 ? id[j] == e : (id[j] < 0 || id[j] >= ne));
+      b[j] = __ballot_sync(QMOE_FULL, m[j]);
+      below += __popc(b[j] & lt);
+      wtotal += __popc(b[j]);
+    }
+    if (lane == 0) warp_n[warp] = wtotal;
     __syncthreads();
-    int before = *n;
+    int before = *n + below;
     for (int w = 0; w < warp; w++) before += warp_n[w];
-    if (m) list[before + __popc(b & ((1u << lane) - 1u))] = (int)i;
+#pragma unroll
+    for (int j = 0; j < 4; j++)
+      if (m[j]) list[before + mine++] = (int)(i0 + j);
     int total = 0;
     for (int w = 0; w < nwarp; w++) total += warp_n[w];
     __syncthreads();
     *n += total;
-    *at += blockDim.x;
+    *at += 4 * (int64_t)blockDim.x;
   }
 }
 

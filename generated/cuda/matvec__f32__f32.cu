@@ -381,37 +381,55 @@ static __device__ __forceinline__ void qmoe_row_dots_tok(const uint8_t *const *r
 }
 
 // The (token, k) slots of IDS[T·K] whose expert is E (E < 0: whose id is outside [0, NE), the slots that get NaN),
-// in slot order, into LIST[0..*N) of shared memory, scanning slots [*AT, T·K) until the list holds CAP - THREADS
-// or more; *AT moves on. Every thread of the block calls it (it synchronizes the block).
+// in slot order, into LIST[0..*N) of shared memory, scanning slots [*AT, T·K) until the list holds CAP - 4·THREADS
+// or more; *AT moves on. Thread i looks at slots 4i..4i+3 of each step (one 16-byte load where IDS is aligned); a
+// slot's place in the list is the matches before it: in lower lanes (four ballots), in its own lane, in lower
+// warps. Every thread of the block calls it (it synchronizes the block).
 template <int CAP>
 static __device__ __forceinline__ void qmoe_expert_slots(const int32_t *ids, int64_t tk, int e, int64_t ne,
                                                          int64_t *at, int *list, int *n, int *warp_n) {
-  const int cap = CAP;
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nwarp = blockDim.x >> 5;
-  while (*at < tk && *n <= cap - (int)blockDim.x) {
-    const int64_t i = *at + threadIdx.x;
-    bool m = false;
-    if (i < tk) {
-      const int32_t id = ids[i];
-      m = e >= 0 ? id == e : (id < 0 || id >= ne);
+  const bool vec = (((uint64_t)ids) & 15) == 0;
+  while (*at < tk && *n <= CAP - 4 * (int)blockDim.x) {
+    const int64_t i0 = *at + 4 * (int64_t)threadIdx.x;
+    int id[4];
+    if (vec && i0 + 3 < tk) {
+      const int4 v = *(const int4 *)(ids + i0);
+      id[0] = v.x, id[1] = v.y, id[2] = v.z, id[3] = v.w;
+    } else {
+#pragma unroll
+      for (int j = 0; j < 4; j++) id[j] = i0 + j < tk ? ids[i0 + j] : (e >= 0 ? -1 : 0);
     }
-    const unsigned b = __ballot_sync(QMOE_FULL, m);
-    if (lane == 0) warp_n[warp] = __popc(b);
+    bool m[4];
+    unsigned b[4];
+    int below = 0, mine = 0, wtotal = 0;
+    const unsigned lt = (1u << lane) - 1u;
+#pragma unroll
+    for (int j = 0; j < 4; j++) {
+      m[j] = i0 + j < tk && (e >= 0 ? id[j] == e : (id[j] < 0 || id[j] >= ne));
+      b[j] = __ballot_sync(QMOE_FULL, m[j]);
+      below += __popc(b[j] & lt);
+      wtotal += __popc(b[j]);
+    }
+    if (lane == 0) warp_n[warp] = wtotal;
     __syncthreads();
-    int before = *n;
+    int before = *n + below;
     for (int w = 0; w < warp; w++) before += warp_n[w];
-    if (m) list[before + __popc(b & ((1u << lane) - 1u))] = (int)i;
+#pragma unroll
+    for (int j = 0; j < 4; j++)
+      if (m[j]) list[before + mine++] = (int)(i0 + j);
     int total = 0;
     for (int w = 0; w < nwarp; w++) total += warp_n[w];
     __syncthreads();
     *n += total;
-    *at += blockDim.x;
+    *at += 4 * (int64_t)blockDim.x;
   }
 }
 
 // y = W·x: each warp computes 2 rows (x is loaded once for both), 4 warps per block.
-// T tokens (qmoe_matvec__f32__f32_tok; y[t] = W·x[t]): block z takes tokens 8·z.. and stages its rows once per chunk
-// for all of them (qmoe_row_dots_tok: per token the operations of the one-token path, so the bits of T calls).
+// T tokens (qmoe_matvec__f32__f32_tok; y[t] = W·x[t]): each warp computes 4 rows for the 8 tokens 8·z..
+// of block z, its rows staged once per chunk and decoded once per run for all of them (qmoe_row_dots_tok: per
+// token the operations of the one-token path, so the bits of T calls; each x load serves 4 rows).
 template <bool TOK>
 static __device__ __forceinline__ void qmoe_matvec_body(const qmoe_args &a) {
   const int64_t qmoe_tokens = a.tokens;
@@ -423,14 +441,14 @@ static __device__ __forceinline__ void qmoe_matvec_body(const qmoe_args &a) {
   float *const y = (float *)a.buf[2];
   (void)qmoe_tokens, (void)qmoe_tok, (void)W, (void)x, (void)y, (void)rows, (void)cols; // not every kernel reads every contract name
   qmoe_grid_wait();
-  __shared__ uint4 sh[4][2 * STAGE_VECS];
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-  const int64_t r0 = ((int64_t)blockIdx.x * 4 + warp) * 2;
-  if (r0 >= rows) return;
   const int64_t row_bytes = cols / QB_ELEMS * QB_BYTES;
-  const int64_t r1 = r0 + 1 < rows ? r0 + 1 : r0;
-  const uint8_t *rp[2] = { W + r0 * row_bytes, W + r1 * row_bytes };
-  if (!TOK) {
+  if constexpr (!TOK) {
+    __shared__ uint4 sh[4][2 * STAGE_VECS];
+    const int64_t r0 = ((int64_t)blockIdx.x * 4 + warp) * 2;
+    if (r0 >= rows) return;
+    const int64_t r1 = r0 + 1 < rows ? r0 + 1 : r0;
+    const uint8_t *rp[2] = { W + r0 * row_bytes, W + r1 * row_bytes };
     acc_t acc[2] = { 0, 0 };
     qmoe_row_dots<2>(rp, x, cols / QB_ELEMS, sh[warp], lane, acc);
     const acc_t s0 = qmoe_warp_sum(acc[0]), s1 = qmoe_warp_sum(acc[1]);
@@ -438,25 +456,33 @@ static __device__ __forceinline__ void qmoe_matvec_body(const qmoe_args &a) {
       y[r0] = (float)s0;
       if (r0 + 1 < rows) y[r0 + 1] = (float)s1;
     }
-    return;
-  }
-  const int64_t t0 = (int64_t)blockIdx.z * 8;
-  const int nt = (int)(qmoe_tokens - t0 < 8 ? qmoe_tokens - t0 : 8);
-  const float *xt[8];
+  } else {
+    constexpr int R = 4, N = 8;
+    __shared__ uint4 sh[4][R * STAGE_VECS];
+    const int64_t r0 = ((int64_t)blockIdx.x * 4 + warp) * R;
+    if (r0 >= rows) return;
+    const uint8_t *rp[R];
 #pragma unroll
-  for (int n = 0; n < 8; n++) xt[n] = x + (t0 + (n < nt ? n : 0)) * cols;
-  acc_t acc[2][8];
+    for (int r = 0; r < R; r++) rp[r] = W + (r0 + r < rows ? r0 + r : r0) * row_bytes;
+    const int64_t t0 = (int64_t)blockIdx.z * N;
+    const int nt = (int)(qmoe_tokens - t0 < N ? qmoe_tokens - t0 : N);
+    const float *xt[N];
 #pragma unroll
-  for (int n = 0; n < 8; n++) acc[0][n] = acc[1][n] = 0;
-  qmoe_row_dots_tok<2, 8>(rp, xt, nt, cols / QB_ELEMS, sh[warp], lane, acc);
+    for (int n = 0; n < N; n++) xt[n] = x + (t0 + (n < nt ? n : 0)) * cols;
+    acc_t acc[R][N];
 #pragma unroll
-  for (int n = 0; n < 8; n++) {
-    if (n >= nt) break;
-    const acc_t s0 = qmoe_warp_sum(acc[0][n]), s1 = qmoe_warp_sum(acc[1][n]);
-    if (lane == 0) {
-      float *yt = y + (t0 + n) * rows;
-      yt[r0] = (float)s0;
-      if (r0 + 1 < rows) yt[r0 + 1] = (float)s1;
+    for (int r = 0; r < R; r++)
+#pragma unroll
+      for (int n = 0; n < N; n++) acc[r][n] = 0;
+    qmoe_row_dots_tok<R, N>(rp, xt, nt, cols / QB_ELEMS, sh[warp], lane, acc);
+#pragma unroll
+    for (int n = 0; n < N; n++) {
+      if (n >= nt) break;
+#pragma unroll
+      for (int r = 0; r < R; r++) {
+        const acc_t s = qmoe_warp_sum(acc[r][n]);
+        if (lane == 0 && r0 + r < rows) y[(t0 + n) * rows + r0 + r] = (float)s;
+      }
     }
   }
 }

@@ -384,38 +384,55 @@ static __device__ __forceinline__ void qmoe_row_dots_tok(const uint8_t *const *r
 }
 
 // The (token, k) slots of IDS[T·K] whose expert is E (E < 0: whose id is outside [0, NE), the slots that get NaN),
-// in slot order, into LIST[0..*N) of shared memory, scanning slots [*AT, T·K) until the list holds CAP - THREADS
-// or more; *AT moves on. Every thread of the block calls it (it synchronizes the block).
+// in slot order, into LIST[0..*N) of shared memory, scanning slots [*AT, T·K) until the list holds CAP - 4·THREADS
+// or more; *AT moves on. Thread i looks at slots 4i..4i+3 of each step (one 16-byte load where IDS is aligned); a
+// slot's place in the list is the matches before it: in lower lanes (four ballots), in its own lane, in lower
+// warps. Every thread of the block calls it (it synchronizes the block).
 template <int CAP>
 static __device__ __forceinline__ void qmoe_expert_slots(const int32_t *ids, int64_t tk, int e, int64_t ne,
                                                          int64_t *at, int *list, int *n, int *warp_n) {
-  const int cap = CAP;
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nwarp = blockDim.x >> 5;
-  while (*at < tk && *n <= cap - (int)blockDim.x) {
-    const int64_t i = *at + threadIdx.x;
-    bool m = false;
-    if (i < tk) {
-      const int32_t id = ids[i];
-      m = e >= 0 ? id == e : (id < 0 || id >= ne);
+  const bool vec = (((uint64_t)ids) & 15) == 0;
+  while (*at < tk && *n <= CAP - 4 * (int)blockDim.x) {
+    const int64_t i0 = *at + 4 * (int64_t)threadIdx.x;
+    int id[4];
+    if (vec && i0 + 3 < tk) {
+      const int4 v = *(const int4 *)(ids + i0);
+      id[0] = v.x, id[1] = v.y, id[2] = v.z, id[3] = v.w;
+    } else {
+#pragma unroll
+      for (int j = 0; j < 4; j++) id[j] = i0 + j < tk ? ids[i0 + j] : (e >= 0 ? -1 : 0);
     }
-    const unsigned b = __ballot_sync(QMOE_FULL, m);
-    if (lane == 0) warp_n[warp] = __popc(b);
+    bool m[4];
+    unsigned b[4];
+    int below = 0, mine = 0, wtotal = 0;
+    const unsigned lt = (1u << lane) - 1u;
+#pragma unroll
+    for (int j = 0; j < 4; j++) {
+      m[j] = i0 + j < tk && (e >= 0 ? id[j] == e : (id[j] < 0 || id[j] >= ne));
+      b[j] = __ballot_sync(QMOE_FULL, m[j]);
+      below += __popc(b[j] & lt);
+      wtotal += __popc(b[j]);
+    }
+    if (lane == 0) warp_n[warp] = wtotal;
     __syncthreads();
-    int before = *n;
+    int before = *n + below;
     for (int w = 0; w < warp; w++) before += warp_n[w];
-    if (m) list[before + __popc(b & ((1u << lane) - 1u))] = (int)i;
+#pragma unroll
+    for (int j = 0; j < 4; j++)
+      if (m[j]) list[before + mine++] = (int)(i0 + j);
     int total = 0;
     for (int w = 0; w < nwarp; w++) total += warp_n[w];
     __syncthreads();
     *n += total;
-    *at += blockDim.x;
+    *at += 4 * (int64_t)blockDim.x;
   }
 }
 
 // y[r] = Σ_k w[k] · (Wd[ids[k]]·h[k])[r]: each block computes 2 output rows; its warps take the experts
 // k = warp, warp + 4, ... and leave each dot product in shared memory; then one thread per row sums
 // over k in order 0..K-1 in acc_t. No atomics: the result does not depend on scheduling. K <= 64.
-// T tokens (qmoe_moe_down__iq4_nl__f64_tok): block (8-row tile, e) finds the (token, k) slots that chose expert e (block y = E: the
+// T tokens (qmoe_moe_down__iq4_nl__f64_tok): block (tile of 4·4 rows, e) finds the (token, k) slots that chose expert e (block y = E: the
 // slots with an invalid id, NaN) and computes the tile's rows of Wd[e]·h[t][k] for them 8 at a time
 // (the rows staged once per chunk for all), into the workspace: part[t·K + k][r] in acc_t. The last of the E + 1
 // blocks of a tile to finish (a self-resetting counter per tile) sums y[t][r] = Σ_k w[t][k]·part in k order,
@@ -435,10 +452,10 @@ static __device__ __forceinline__ void qmoe_down_body(const qmoe_args &a) {
   float *const y = (float *)a.buf[4];
   (void)qmoe_tokens, (void)qmoe_tok, (void)Wd, (void)h, (void)ids, (void)w, (void)y, (void)H, (void)F, (void)E, (void)K; // not every kernel reads every contract name
   qmoe_grid_wait();
-  __shared__ uint4 sh[4][2 * STAGE_VECS];
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   const int64_t row_bytes = F / QB_ELEMS * QB_BYTES;
-  if (!TOK) {
+  if constexpr (!TOK) {
+    __shared__ uint4 sh[4][2 * STAGE_VECS];
     __shared__ acc_t part[64][2];
     const int64_t r0 = (int64_t)blockIdx.x * 2;
     const int64_t r1 = r0 + 1 < H ? r0 + 1 : r0;
@@ -464,71 +481,76 @@ static __device__ __forceinline__ void qmoe_down_body(const qmoe_args &a) {
       for (int k = 0; k < K; k++) s = qmoe_fma3((acc_t)w[k], part[k][threadIdx.x], s);
       y[r0 + threadIdx.x] = (float)s;
     }
-    return;
-  }
-  __shared__ int list[2048];
-  __shared__ int warp_n[4];
-  __shared__ int last;
-  const int64_t tile = blockIdx.x, r0 = tile * 8 + 2 * warp;
-  const int64_t r1 = r0 + 1 < H ? r0 + 1 : (r0 < H ? r0 : H - 1);
-  const int e = blockIdx.y < E ? (int)blockIdx.y : -1; // -1: the slots with an invalid id
-  const uint8_t *base = Wd + (int64_t)(e < 0 ? 0 : e) * H * row_bytes;
-  const uint8_t *rp[2] = { base + (r0 < H ? r0 : r1) * row_bytes, base + r1 * row_bytes };
-  /* workspace: unsigned counters[COUNTERS] (every call leaves them 0; attention uses them too), then
-   * acc_t part[T·K][H] */
-  unsigned *done = (unsigned *)a.buf[7];
-  acc_t *part = (acc_t *)(a.buf[7] + (uint64_t)65536 * 4);
-  int64_t scan = 0;
-  while (scan < qmoe_tokens * K) {
-    int n = 0;
-    qmoe_expert_slots<2048>(ids, qmoe_tokens * K, e, E, &scan, list, &n, warp_n);
-    for (int j = 0; j < n && r0 < H; j += 8) {
-      const int nt = n - j < 8 ? n - j : 8;
-      if (e < 0) {
-        if (lane < nt) {
-          acc_t *p = part + (int64_t)list[j + lane] * H;
-          p[r0] = p[r1] = (acc_t)__int_as_float(0x7fc00000);
+  } else {
+    constexpr int R = 4, N = 8, TR = 4 * 4; // TR rows per tile
+    __shared__ uint4 sh[4][R * STAGE_VECS];
+    __shared__ int list[2048];
+    __shared__ int warp_n[4];
+    __shared__ int last;
+    const int64_t tile = blockIdx.x, r0 = tile * TR + R * warp;
+    const int e = blockIdx.y < E ? (int)blockIdx.y : -1; // -1: the slots with an invalid id
+    const uint8_t *base = Wd + (int64_t)(e < 0 ? 0 : e) * H * row_bytes;
+    const uint8_t *rp[R];
+#pragma unroll
+    for (int r = 0; r < R; r++) rp[r] = base + (r0 + r < H ? r0 + r : 0) * row_bytes;
+    /* workspace: unsigned counters[COUNTERS] (every call leaves them 0; attention and router_topk use them too),
+     * then acc_t part[T·K][H] */
+    unsigned *done = (unsigned *)a.buf[7];
+    acc_t *part = (acc_t *)(a.buf[7] + (uint64_t)65536 * 4);
+    int64_t scan = 0;
+    while (scan < qmoe_tokens * K) {
+      int n = 0;
+      qmoe_expert_slots<2048>(ids, qmoe_tokens * K, e, E, &scan, list, &n, warp_n);
+      for (int j = 0; j < n && r0 < H; j += N) {
+        const int nt = n - j < N ? n - j : N;
+        if (e < 0) {
+          if (lane < nt) {
+            acc_t *p = part + (int64_t)list[j + lane] * H;
+            for (int r = 0; r < R; r++)
+              if (r0 + r < H) p[r0 + r] = (acc_t)__int_as_float(0x7fc00000);
+          }
+          continue;
         }
-        continue;
-      }
-      const float *xt[8];
+        const float *xt[N];
 #pragma unroll
-      for (int i = 0; i < 8; i++) xt[i] = h + (int64_t)list[j + (i < nt ? i : 0)] * F;
-      acc_t acc[2][8];
+        for (int i = 0; i < N; i++) xt[i] = h + (int64_t)list[j + (i < nt ? i : 0)] * F;
+        acc_t acc[R][N];
 #pragma unroll
-      for (int i = 0; i < 8; i++) acc[0][i] = acc[1][i] = 0;
-      qmoe_row_dots_tok<2, 8>(rp, xt, nt, F / QB_ELEMS, sh[warp], lane, acc);
+        for (int r = 0; r < R; r++)
 #pragma unroll
-      for (int i = 0; i < 8; i++) {
-        if (i >= nt) break;
-        const acc_t s0 = qmoe_warp_sum(acc[0][i]), s1 = qmoe_warp_sum(acc[1][i]);
-        if (lane == 0) {
-          acc_t *p = part + (int64_t)list[j + i] * H;
-          p[r0] = s0;
-          if (r0 + 1 < H) p[r0 + 1] = s1;
+          for (int i = 0; i < N; i++) acc[r][i] = 0;
+        qmoe_row_dots_tok<R, N>(rp, xt, nt, F / QB_ELEMS, sh[warp], lane, acc);
+#pragma unroll
+        for (int i = 0; i < N; i++) {
+          if (i >= nt) break;
+#pragma unroll
+          for (int r = 0; r < R; r++) {
+            const acc_t s = qmoe_warp_sum(acc[r][i]);
+            if (lane == 0 && r0 + r < H) part[(int64_t)list[j + i] * H + r0 + r] = s;
+          }
         }
       }
+      __syncthreads(); // the list is rebuilt
     }
-    __syncthreads(); // the list is rebuilt
-  }
-  // the last of the tile's E + 1 blocks sums the tile's rows of every token, k in order
-  __threadfence();
-  __syncthreads();
-  if (threadIdx.x == 0) last = atomicInc(done + tile, (unsigned)E) == (unsigned)E;
-  __syncthreads();
-  if (!last) return;
-  __threadfence();
-  for (int64_t i = threadIdx.x; i < qmoe_tokens * 8; i += blockDim.x) {
-    const int64_t t = i / 8, r = tile * 8 + i % 8;
-    if (r >= H) continue;
-    acc_t s = 0;
-    for (int64_t k = 0; k < K; k++) s = qmoe_fma3((acc_t)w[t * K + k], __ldcg(part + (t * K + k) * H + r), s);
-    y[t * H + r] = (float)s;
+    // the last of the tile's E + 1 blocks sums the tile's rows of every token, k in order
+    __threadfence();
+    __syncthreads();
+    if (threadIdx.x == 0) last = atomicInc(done + tile, (unsigned)E) == (unsigned)E;
+    __syncthreads();
+    if (!last) return;
+    __threadfence();
+    for (int64_t i = threadIdx.x; i < qmoe_tokens * TR; i += blockDim.x) {
+      const int64_t t = i / TR, r = tile * TR + i % TR;
+      if (r >= H) continue;
+      acc_t s = 0;
+      for (int64_t k = 0; k < K; k++) s = qmoe_fma3((acc_t)w[t * K + k], __ldcg(part + (t * K + k) * H + r), s);
+      y[t * H + r] = (float)s;
+    }
   }
 }
 extern "C" __global__ void __launch_bounds__(128, 4) qmoe_moe_down__iq4_nl__f64(const qmoe_args a) {
   qmoe_down_body<false>(a);
 }
-extern "C" __global__ void __launch_bounds__(128, 3) qmoe_moe_down__iq4_nl__f64_tok(const qmoe_args a) {
+extern "C" __global__ void __launch_bounds__(128, 2) qmoe_moe_down__iq4_nl__f64_tok(const qmoe_args a) {
   qmoe_down_body<true>(a);
 }

@@ -391,31 +391,48 @@ static __device__ __forceinline__ void qmoe_row_dots_tok(const uint8_t *const *r
 }
 
 // The (token, k) slots of IDS[T·K] whose expert is E (E < 0: whose id is outside [0, NE), the slots that get NaN),
-// in slot order, into LIST[0..*N) of shared memory, scanning slots [*AT, T·K) until the list holds CAP - THREADS
-// or more; *AT moves on. Every thread of the block calls it (it synchronizes the block).
+// in slot order, into LIST[0..*N) of shared memory, scanning slots [*AT, T·K) until the list holds CAP - 4·THREADS
+// or more; *AT moves on. Thread i looks at slots 4i..4i+3 of each step (one 16-byte load where IDS is aligned); a
+// slot's place in the list is the matches before it: in lower lanes (four ballots), in its own lane, in lower
+// warps. Every thread of the block calls it (it synchronizes the block).
 template <int CAP>
 static __device__ __forceinline__ void qmoe_expert_slots(const int32_t *ids, int64_t tk, int e, int64_t ne,
                                                          int64_t *at, int *list, int *n, int *warp_n) {
-  const int cap = CAP;
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nwarp = blockDim.x >> 5;
-  while (*at < tk && *n <= cap - (int)blockDim.x) {
-    const int64_t i = *at + threadIdx.x;
-    bool m = false;
-    if (i < tk) {
-      const int32_t id = ids[i];
-      m = e >= 0 ? id == e : (id < 0 || id >= ne);
+  const bool vec = (((uint64_t)ids) & 15) == 0;
+  while (*at < tk && *n <= CAP - 4 * (int)blockDim.x) {
+    const int64_t i0 = *at + 4 * (int64_t)threadIdx.x;
+    int id[4];
+    if (vec && i0 + 3 < tk) {
+      const int4 v = *(const int4 *)(ids + i0);
+      id[0] = v.x, id[1] = v.y, id[2] = v.z, id[3] = v.w;
+    } else {
+#pragma unroll
+      for (int j = 0; j < 4; j++) id[j] = i0 + j < tk ? ids[i0 + j] : (e >= 0 ? -1 : 0);
     }
-    const unsigned b = __ballot_sync(QMOE_FULL, m);
-    if (lane == 0) warp_n[warp] = __popc(b);
+    bool m[4];
+    unsigned b[4];
+    int below = 0, mine = 0, wtotal = 0;
+    const unsigned lt = (1u << lane) - 1u;
+#pragma unroll
+    for (int j = 0; j < 4; j++) {
+      m[j] = i0 + j < tk && (e >= 0 ? id[j] == e : (id[j] < 0 || id[j] >= ne));
+      b[j] = __ballot_sync(QMOE_FULL, m[j]);
+      below += __popc(b[j] & lt);
+      wtotal += __popc(b[j]);
+    }
+    if (lane == 0) warp_n[warp] = wtotal;
     __syncthreads();
-    int before = *n;
+    int before = *n + below;
     for (int w = 0; w < warp; w++) before += warp_n[w];
-    if (m) list[before + __popc(b & ((1u << lane) - 1u))] = (int)i;
+#pragma unroll
+    for (int j = 0; j < 4; j++)
+      if (m[j]) list[before + mine++] = (int)(i0 + j);
     int total = 0;
     for (int w = 0; w < nwarp; w++) total += warp_n[w];
     __syncthreads();
     *n += total;
-    *at += blockDim.x;
+    *at += 4 * (int64_t)blockDim.x;
   }
 }
 
@@ -424,8 +441,9 @@ static __device__ __forceinline__ void qmoe_expert_slots(const int32_t *ids, int
 // SwiGLU is evaluated in acc_t. An id outside [0, E) yields NaN in its outputs (never a wrong expert).
 // T tokens (qmoe_moe_gate_up_swiglu__q8_0__f32_tok): the tokens are grouped by expert on the device. Block (f-tile, e) finds the (token, k)
 // slots that chose expert e (block y = E: the slots with an invalid id, which get NaN) and computes its rows for
-// them 8 at a time, the two rows staged once per chunk for all of them; per slot the operations of the
-// one-token path, so the bits of T calls. Each expert's rows are read once per 8 of its tokens.
+// them 8 at a time (each warp the gate and up rows of two f), the rows staged once per chunk for all of
+// them; per slot the operations of the one-token path, so the bits of T calls. Each expert's rows are read once
+// per 8 of its tokens.
 template <bool TOK>
 static __device__ __forceinline__ void qmoe_gate_up_body(const qmoe_args &a) {
   const int64_t qmoe_tokens = a.tokens;
@@ -441,11 +459,11 @@ static __device__ __forceinline__ void qmoe_gate_up_body(const qmoe_args &a) {
   float *const h = (float *)a.buf[4];
   (void)qmoe_tokens, (void)qmoe_tok, (void)Wg, (void)Wu, (void)x, (void)ids, (void)h, (void)H, (void)F, (void)E, (void)K; // not every kernel reads every contract name
   qmoe_grid_wait();
-  __shared__ uint4 sh[4][2 * STAGE_VECS];
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-  const int64_t f = (int64_t)blockIdx.x * 4 + warp;
   const int64_t row_bytes = H / QB_ELEMS * QB_BYTES;
-  if (!TOK) {
+  if constexpr (!TOK) {
+    __shared__ uint4 sh[4][2 * STAGE_VECS];
+    const int64_t f = (int64_t)blockIdx.x * 4 + warp;
     const int64_t k = blockIdx.y;
     if (f >= F || k >= K) return;
     const int e = ids[k];
@@ -462,46 +480,60 @@ static __device__ __forceinline__ void qmoe_gate_up_body(const qmoe_args &a) {
       const acc_t silu = g / ((acc_t)1 + qmoe_exp(-g));
       h[k * F + f] = (float)(silu * u);
     }
-    return;
-  }
-  __shared__ int list[2048];
-  __shared__ int warp_n[4];
-  const int e = blockIdx.y < E ? (int)blockIdx.y : -1; // -1: the slots with an invalid id
-  const int64_t at = ((int64_t)(e < 0 ? 0 : e) * F + (f < F ? f : 0)) * row_bytes;
-  const uint8_t *rp[2] = { Wg + at, Wu + at };
-  int64_t scan = 0;
-  while (scan < qmoe_tokens * K) {
-    int n = 0;
-    qmoe_expert_slots<2048>(ids, qmoe_tokens * K, e, E, &scan, list, &n, warp_n);
-    for (int j = 0; j < n && f < F; j += 8) {
-      const int nt = n - j < 8 ? n - j : 8;
-      if (e < 0) {
-        if (lane < nt) h[(int64_t)list[j + lane] * F + f] = __int_as_float(0x7fc00000);
-        continue;
-      }
-      const float *xt[8];
+  } else {
+    // two f per warp: rows gate f, up f, gate f + 1, up f + 1
+    constexpr int N = 8;
+    __shared__ uint4 sh[4][4 * STAGE_VECS];
+    __shared__ int list[2048];
+    __shared__ int warp_n[4];
+    const int64_t f = ((int64_t)blockIdx.x * 4 + warp) * 2;
+    const int64_t f1 = f + 1 < F ? f + 1 : f;
+    const int e = blockIdx.y < E ? (int)blockIdx.y : -1; // -1: the slots with an invalid id
+    const int64_t at = ((int64_t)(e < 0 ? 0 : e) * F + (f < F ? f : 0)) * row_bytes;
+    const int64_t at1 = ((int64_t)(e < 0 ? 0 : e) * F + (f < F ? f1 : 0)) * row_bytes;
+    const uint8_t *rp[4] = { Wg + at, Wu + at, Wg + at1, Wu + at1 };
+    int64_t scan = 0;
+    while (scan < qmoe_tokens * K) {
+      int n = 0;
+      qmoe_expert_slots<2048>(ids, qmoe_tokens * K, e, E, &scan, list, &n, warp_n);
+      for (int j = 0; j < n && f < F; j += N) {
+        const int nt = n - j < N ? n - j : N;
+        if (e < 0) {
+          if (lane < nt) {
+            float *hp = h + (int64_t)list[j + lane] * F;
+            hp[f] = hp[f1] = __int_as_float(0x7fc00000);
+          }
+          continue;
+        }
+        const float *xt[N];
 #pragma unroll
-      for (int i = 0; i < 8; i++) xt[i] = x + (int64_t)(list[j + (i < nt ? i : 0)] / K) * H;
-      acc_t acc[2][8];
+        for (int i = 0; i < N; i++) xt[i] = x + (int64_t)(list[j + (i < nt ? i : 0)] / K) * H;
+        acc_t acc[4][N];
 #pragma unroll
-      for (int i = 0; i < 8; i++) acc[0][i] = acc[1][i] = 0;
-      qmoe_row_dots_tok<2, 8>(rp, xt, nt, H / QB_ELEMS, sh[warp], lane, acc);
+        for (int r = 0; r < 4; r++)
 #pragma unroll
-      for (int i = 0; i < 8; i++) {
-        if (i >= nt) break;
-        const acc_t g = qmoe_warp_sum(acc[0][i]), u = qmoe_warp_sum(acc[1][i]);
-        if (lane == 0) {
-          const acc_t silu = g / ((acc_t)1 + qmoe_exp(-g));
-          h[(int64_t)list[j + i] * F + f] = (float)(silu * u);
+          for (int i = 0; i < N; i++) acc[r][i] = 0;
+        qmoe_row_dots_tok<4, N>(rp, xt, nt, H / QB_ELEMS, sh[warp], lane, acc);
+#pragma unroll
+        for (int i = 0; i < N; i++) {
+          if (i >= nt) break;
+#pragma unroll
+          for (int p = 0; p < 2; p++) {
+            const acc_t g = qmoe_warp_sum(acc[2 * p][i]), u = qmoe_warp_sum(acc[2 * p + 1][i]);
+            if (lane == 0 && f + p < F) {
+              const acc_t silu = g / ((acc_t)1 + qmoe_exp(-g));
+              h[(int64_t)list[j + i] * F + f + p] = (float)(silu * u);
+            }
+          }
         }
       }
+      __syncthreads(); // the list is rebuilt
     }
-    __syncthreads(); // the list is rebuilt
   }
 }
 extern "C" __global__ void __launch_bounds__(128, 4) qmoe_moe_gate_up_swiglu__q8_0__f32(const qmoe_args a) {
   qmoe_gate_up_body<false>(a);
 }
-extern "C" __global__ void __launch_bounds__(128, 3) qmoe_moe_gate_up_swiglu__q8_0__f32_tok(const qmoe_args a) {
+extern "C" __global__ void __launch_bounds__(128, 2) qmoe_moe_gate_up_swiglu__q8_0__f32_tok(const qmoe_args a) {
   qmoe_gate_up_body<true>(a);
 }

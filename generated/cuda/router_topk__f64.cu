@@ -115,8 +115,8 @@ __device__ __forceinline__ acc_t qmoe_block_sum(acc_t v, acc_t *sh) {
 // loads, then a fixed-order block sum); the first warp of the last block to finish (a counter in device memory,
 // self-resetting via atomicInc) runs softmax over E and top-K by logit (ties: the lower index), then
 // w = p / Σ p over the chosen, all in acc_t. E <= 4096, K <= 64.
-__device__ acc_t qmoe_router_logits[4096];
-__device__ unsigned int qmoe_router_done;
+// The logits and the counter are the token's own (T tokens run at once, token blockIdx.z): workspace counter
+// qmoe_tok (every call leaves the counters 0; attention and moe_down use them too), then per token E acc_t.
 
 extern "C" __global__ void __launch_bounds__(256, 1) qmoe_router_topk__f64(const qmoe_args a) {
   const int64_t qmoe_tokens = a.tokens;
@@ -137,6 +137,8 @@ extern "C" __global__ void __launch_bounds__(256, 1) qmoe_router_topk__f64(const
   __shared__ int last;
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   const int64_t ex = blockIdx.x; // the grid is E blocks
+  unsigned *const done = (unsigned *)a.buf[7] + qmoe_tok;
+  acc_t *const logits = (acc_t *)(a.buf[7] + (uint64_t)65536 * 4 + (uint64_t)(qmoe_tok * E * 8));
   const float *row = Wr + ex * H;
   acc_t dot = 0;
   if ((((uint64_t)row | (uint64_t)x) & 15) == 0 && (H & 3) == 0) {
@@ -153,10 +155,10 @@ extern "C" __global__ void __launch_bounds__(256, 1) qmoe_router_topk__f64(const
     for (int64_t i = threadIdx.x; i < H; i += blockDim.x) dot = qmoe_fma(row[i], x[i], dot);
   }
   dot = qmoe_block_sum(dot, red);
-  if (threadIdx.x == 0) qmoe_router_logits[ex] = dot;
+  if (threadIdx.x == 0) logits[ex] = dot;
   __threadfence();
   __syncthreads();
-  if (threadIdx.x == 0) last = atomicInc(&qmoe_router_done, gridDim.x - 1) == gridDim.x - 1;
+  if (threadIdx.x == 0) last = atomicInc(done, gridDim.x - 1) == gridDim.x - 1;
   __syncthreads();
   if (!last || warp != 0) return;
   __threadfence();
@@ -164,7 +166,7 @@ extern "C" __global__ void __launch_bounds__(256, 1) qmoe_router_topk__f64(const
   // by logit (ties: the lower index), then w = p / Σ p over the chosen, all in acc_t.
   acc_t mx = QMOE_NEG_INF;
   for (int i = lane; i < E; i += 32) {
-    const acc_t l = __ldcg(qmoe_router_logits + i);
+    const acc_t l = __ldcg(logits + i);
     prob[i] = l;
     taken[i] = 0;
     mx = l > mx ? l : mx;

@@ -10,7 +10,6 @@
 # qmoe-test: normal-only (fibers switch stacks, which the sanitizers do not follow)
 BIN=${QMOE_BIN:-build}
 D=build/cuda-emu
-mkdir -p "$D/cache"
 fails=0
 CC=${CC:-cc}
 if ! command -v "${QMOE_EMU_CXX:-c++}" >/dev/null 2>&1; then
@@ -22,11 +21,13 @@ if ! $CC -shared -fPIC -O1 -Wall -o "$D/libcuda.so.1" tests/cuda-emu/fake_cuda.c
   echo "not ok cuda-emu/build: $(cat "$D/build.log")"
   exit 1
 fi
-# The fakes come first on the library path; the cache persists (keys hash the source, so stale entries are
-# only unused files).
+# The fakes come first on the library path; the cache persists (keys hash the kernel's source, so stale entries
+# are only unused files) in a directory named after emu.h's checksum: a kernel built with another emu.h (its
+# launcher, its block order) is never reused.
 LD_LIBRARY_PATH="$PWD/$D${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
 QMOE_EMU_HEADER="$PWD/tests/cuda-emu/emu.h"
-QMOE_CUDA_CACHE="$PWD/$D/cache"
+QMOE_CUDA_CACHE="$PWD/$D/cache-$(cksum < tests/cuda-emu/emu.h | cut -d' ' -f1)"
+mkdir -p "$QMOE_CUDA_CACHE"
 QMOE_TEST_REQUIRE_BACKEND=1
 export LD_LIBRARY_PATH QMOE_EMU_HEADER QMOE_CUDA_CACHE QMOE_TEST_REQUIRE_BACKEND
 unset QMOE_CUDA_DEVICE QMOE_CUDA_SYNC

@@ -26,6 +26,7 @@
 
 struct qmoe_emu_dim3 { unsigned x, y, z; };
 struct uint4 { unsigned x, y, z, w; };
+struct int4 { int x, y, z, w; };
 struct float4 { float x, y, z, w; };
 
 struct qmoe_emu_thread {
@@ -190,8 +191,11 @@ static void qmoe_emu_entry() {
   _longjmp(qmoe_emu.sched_jb, 1); /* never return through uc_link: the scheduler's frame has moved on */
 }
 
-/* Runs KERNEL over the grid, blocks one after another (the order GPUs may also choose). Returns 0, or -1 when
- * threads deadlock at a barrier (a kernel bug the GPU would hang on). */
+/* Runs KERNEL over the grid, blocks one after another, in a scrambled order (block i of the launch is
+ * (i·S) mod the block count, S a prime that does not divide it): neighbouring blocks, and blocks of different
+ * tokens (z), interleave, so a kernel that counts "the last block" over the wrong set of blocks fails here as
+ * it would on a GPU, where blocks run in any order. Returns 0, or -1 when threads deadlock at a barrier (a kernel
+ * bug the GPU would hang on). */
 extern "C" __attribute__((visibility("default"))) int qmoe_emu_launch(void *kernel, const void *args,
                                                                      unsigned gx, unsigned gy, unsigned gz,
                                                                      unsigned bx, unsigned by, unsigned bz) {
@@ -207,9 +211,14 @@ extern "C" __attribute__((visibility("default"))) int qmoe_emu_launch(void *kern
   qmoe_emu.kernel = kernel;
   qmoe_emu.args = args;
   int rc = 0;
-  for (unsigned z = 0; z < gz && !rc; z++)
-    for (unsigned y = 0; y < gy && !rc; y++)
-      for (unsigned x = 0; x < gx && !rc; x++) {
+  const unsigned long long nblk = (unsigned long long)gx * gy * gz;
+  static const unsigned long long primes[] = { 7919, 7927, 7933, 7937 };
+  unsigned long long stride = 1;
+  for (unsigned i = 0; i < 4 && stride == 1; i++)
+    if (nblk % primes[i]) stride = primes[i];
+  for (unsigned long long bi = 0; bi < nblk && !rc; bi++) {
+    const unsigned long long lin = (bi * stride) % nblk;
+    const unsigned x = (unsigned)(lin % gx), y = (unsigned)(lin / gx % gy), z = (unsigned)(lin / gx / gy);
         qmoe_emu.bid = { x, y, z };
         qmoe_emu.alive = n;
         qmoe_emu.blk_arrived = 0;

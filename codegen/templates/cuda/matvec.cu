@@ -1,19 +1,20 @@
-// qmoe-kernel: qtype=1 acc=1 threads=128 rows_per_block=8 own_tokens=1 tok_min_blocks=3 tok_tile=8
-// qmoe-grid: qmoe_cdiv(rows, RPB), 1, qmoe_cdiv(TOKENS, TOK_TILE)
+// qmoe-kernel: qtype=1 acc=1 threads=128 rows_per_block=8 own_tokens=1 tok_min_blocks=3 tok_tile=8 tok_rows=4
+// qmoe-grid: qmoe_cdiv(rows, TOKENS > 1 ? 4 * TOK_ROWS : RPB), 1, qmoe_cdiv(TOKENS, TOK_TILE)
 // y = W·x: each warp computes 2 rows (x is loaded once for both), ${WARPS} warps per block.
-// T tokens (${TOK_ENTRY}; y[t] = W·x[t]): block z takes tokens ${TOK_TILE}·z.. and stages its rows once per chunk
-// for all of them (qmoe_row_dots_tok: per token the operations of the one-token path, so the bits of T calls).
+// T tokens (${TOK_ENTRY}; y[t] = W·x[t]): each warp computes ${TOK_ROWS} rows for the ${TOK_TILE} tokens ${TOK_TILE}·z..
+// of block z, its rows staged once per chunk and decoded once per run for all of them (qmoe_row_dots_tok: per
+// token the operations of the one-token path, so the bits of T calls; each x load serves ${TOK_ROWS} rows).
 template <bool TOK>
 static __device__ __forceinline__ void qmoe_matvec_body(const qmoe_args &a) {
 ${BIND}
-  __shared__ uint4 sh[${WARPS}][2 * STAGE_VECS];
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-  const int64_t r0 = ((int64_t)blockIdx.x * ${WARPS} + warp) * 2;
-  if (r0 >= rows) return;
   const int64_t row_bytes = cols / QB_ELEMS * QB_BYTES;
-  const int64_t r1 = r0 + 1 < rows ? r0 + 1 : r0;
-  const uint8_t *rp[2] = { W + r0 * row_bytes, W + r1 * row_bytes };
-  if (!TOK) {
+  if constexpr (!TOK) {
+    __shared__ uint4 sh[${WARPS}][2 * STAGE_VECS];
+    const int64_t r0 = ((int64_t)blockIdx.x * ${WARPS} + warp) * 2;
+    if (r0 >= rows) return;
+    const int64_t r1 = r0 + 1 < rows ? r0 + 1 : r0;
+    const uint8_t *rp[2] = { W + r0 * row_bytes, W + r1 * row_bytes };
     acc_t acc[2] = { 0, 0 };
     qmoe_row_dots<2>(rp, x, cols / QB_ELEMS, sh[warp], lane, acc);
     const acc_t s0 = qmoe_warp_sum(acc[0]), s1 = qmoe_warp_sum(acc[1]);
@@ -21,25 +22,33 @@ ${BIND}
       y[r0] = (float)s0;
       if (r0 + 1 < rows) y[r0 + 1] = (float)s1;
     }
-    return;
-  }
-  const int64_t t0 = (int64_t)blockIdx.z * ${TOK_TILE};
-  const int nt = (int)(qmoe_tokens - t0 < ${TOK_TILE} ? qmoe_tokens - t0 : ${TOK_TILE});
-  const float *xt[${TOK_TILE}];
+  } else {
+    constexpr int R = ${TOK_ROWS}, N = ${TOK_TILE};
+    __shared__ uint4 sh[${WARPS}][R * STAGE_VECS];
+    const int64_t r0 = ((int64_t)blockIdx.x * ${WARPS} + warp) * R;
+    if (r0 >= rows) return;
+    const uint8_t *rp[R];
 #pragma unroll
-  for (int n = 0; n < ${TOK_TILE}; n++) xt[n] = x + (t0 + (n < nt ? n : 0)) * cols;
-  acc_t acc[2][${TOK_TILE}];
+    for (int r = 0; r < R; r++) rp[r] = W + (r0 + r < rows ? r0 + r : r0) * row_bytes;
+    const int64_t t0 = (int64_t)blockIdx.z * N;
+    const int nt = (int)(qmoe_tokens - t0 < N ? qmoe_tokens - t0 : N);
+    const float *xt[N];
 #pragma unroll
-  for (int n = 0; n < ${TOK_TILE}; n++) acc[0][n] = acc[1][n] = 0;
-  qmoe_row_dots_tok<2, ${TOK_TILE}>(rp, xt, nt, cols / QB_ELEMS, sh[warp], lane, acc);
+    for (int n = 0; n < N; n++) xt[n] = x + (t0 + (n < nt ? n : 0)) * cols;
+    acc_t acc[R][N];
 #pragma unroll
-  for (int n = 0; n < ${TOK_TILE}; n++) {
-    if (n >= nt) break;
-    const acc_t s0 = qmoe_warp_sum(acc[0][n]), s1 = qmoe_warp_sum(acc[1][n]);
-    if (lane == 0) {
-      float *yt = y + (t0 + n) * rows;
-      yt[r0] = (float)s0;
-      if (r0 + 1 < rows) yt[r0 + 1] = (float)s1;
+    for (int r = 0; r < R; r++)
+#pragma unroll
+      for (int n = 0; n < N; n++) acc[r][n] = 0;
+    qmoe_row_dots_tok<R, N>(rp, xt, nt, cols / QB_ELEMS, sh[warp], lane, acc);
+#pragma unroll
+    for (int n = 0; n < N; n++) {
+      if (n >= nt) break;
+#pragma unroll
+      for (int r = 0; r < R; r++) {
+        const acc_t s = qmoe_warp_sum(acc[r][n]);
+        if (lane == 0 && r0 + r < rows) y[(t0 + n) * rows + r0 + r] = (float)s;
+      }
     }
   }
 }

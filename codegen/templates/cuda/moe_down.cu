@@ -1,12 +1,12 @@
-// qmoe-kernel: qtype=1 acc=1 threads=128 rows_per_block=2 max_k=64 own_tokens=1 tok_min_blocks=3 tok_tile=8 list_cap=2048 counters=65536
+// qmoe-kernel: qtype=1 acc=1 threads=128 rows_per_block=2 max_k=64 own_tokens=1 tok_min_blocks=2 tok_tile=8 tok_rows=4 list_cap=2048 counters=65536
 // qmoe-limit: K <= MAX_K
-// qmoe-limit: H <= COUNTERS * 8
-// qmoe-grid: TOKENS > 1 ? qmoe_cdiv(H, 8) : qmoe_cdiv(H, RPB), TOKENS > 1 ? E + 1 : 1, 1
+// qmoe-limit: H <= COUNTERS * 4 * TOK_ROWS
+// qmoe-grid: qmoe_cdiv(H, TOKENS > 1 ? 4 * TOK_ROWS : RPB), TOKENS > 1 ? E + 1 : 1, 1
 // qmoe-workspace: TOKENS > 1 ? COUNTERS * 4 + TOKENS * K * H * ACC_BYTES : 0
 // y[r] = Σ_k w[k] · (Wd[ids[k]]·h[k])[r]: each block computes 2 output rows; its warps take the experts
 // k = warp, warp + ${WARPS}, ... and leave each dot product in shared memory; then one thread per row sums
 // over k in order 0..K-1 in acc_t. No atomics: the result does not depend on scheduling. K <= ${MAX_K}.
-// T tokens (${TOK_ENTRY}): block (8-row tile, e) finds the (token, k) slots that chose expert e (block y = E: the
+// T tokens (${TOK_ENTRY}): block (tile of ${WARPS}·${TOK_ROWS} rows, e) finds the (token, k) slots that chose expert e (block y = E: the
 // slots with an invalid id, NaN) and computes the tile's rows of Wd[e]·h[t][k] for them ${TOK_TILE} at a time
 // (the rows staged once per chunk for all), into the workspace: part[t·K + k][r] in acc_t. The last of the E + 1
 // blocks of a tile to finish (a self-resetting counter per tile) sums y[t][r] = Σ_k w[t][k]·part in k order,
@@ -14,10 +14,10 @@
 template <bool TOK>
 static __device__ __forceinline__ void qmoe_down_body(const qmoe_args &a) {
 ${BIND}
-  __shared__ uint4 sh[${WARPS}][2 * STAGE_VECS];
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   const int64_t row_bytes = F / QB_ELEMS * QB_BYTES;
-  if (!TOK) {
+  if constexpr (!TOK) {
+    __shared__ uint4 sh[${WARPS}][2 * STAGE_VECS];
     __shared__ acc_t part[${MAX_K}][2];
     const int64_t r0 = (int64_t)blockIdx.x * 2;
     const int64_t r1 = r0 + 1 < H ? r0 + 1 : r0;
@@ -43,66 +43,71 @@ ${BIND}
       for (int k = 0; k < K; k++) s = qmoe_fma3((acc_t)w[k], part[k][threadIdx.x], s);
       y[r0 + threadIdx.x] = (float)s;
     }
-    return;
-  }
-  __shared__ int list[${LIST_CAP}];
-  __shared__ int warp_n[${WARPS}];
-  __shared__ int last;
-  const int64_t tile = blockIdx.x, r0 = tile * 8 + 2 * warp;
-  const int64_t r1 = r0 + 1 < H ? r0 + 1 : (r0 < H ? r0 : H - 1);
-  const int e = blockIdx.y < E ? (int)blockIdx.y : -1; // -1: the slots with an invalid id
-  const uint8_t *base = Wd + (int64_t)(e < 0 ? 0 : e) * H * row_bytes;
-  const uint8_t *rp[2] = { base + (r0 < H ? r0 : r1) * row_bytes, base + r1 * row_bytes };
-  /* workspace: unsigned counters[COUNTERS] (every call leaves them 0; attention uses them too), then
-   * acc_t part[T·K][H] */
-  unsigned *done = (unsigned *)a.buf[7];
-  acc_t *part = (acc_t *)(a.buf[7] + (uint64_t)${COUNTERS} * 4);
-  int64_t scan = 0;
-  while (scan < qmoe_tokens * K) {
-    int n = 0;
-    qmoe_expert_slots<${LIST_CAP}>(ids, qmoe_tokens * K, e, E, &scan, list, &n, warp_n);
-    for (int j = 0; j < n && r0 < H; j += ${TOK_TILE}) {
-      const int nt = n - j < ${TOK_TILE} ? n - j : ${TOK_TILE};
-      if (e < 0) {
-        if (lane < nt) {
-          acc_t *p = part + (int64_t)list[j + lane] * H;
-          p[r0] = p[r1] = (acc_t)__int_as_float(0x7fc00000);
+  } else {
+    constexpr int R = ${TOK_ROWS}, N = ${TOK_TILE}, TR = ${WARPS} * ${TOK_ROWS}; // TR rows per tile
+    __shared__ uint4 sh[${WARPS}][R * STAGE_VECS];
+    __shared__ int list[${LIST_CAP}];
+    __shared__ int warp_n[${WARPS}];
+    __shared__ int last;
+    const int64_t tile = blockIdx.x, r0 = tile * TR + R * warp;
+    const int e = blockIdx.y < E ? (int)blockIdx.y : -1; // -1: the slots with an invalid id
+    const uint8_t *base = Wd + (int64_t)(e < 0 ? 0 : e) * H * row_bytes;
+    const uint8_t *rp[R];
+#pragma unroll
+    for (int r = 0; r < R; r++) rp[r] = base + (r0 + r < H ? r0 + r : 0) * row_bytes;
+    /* workspace: unsigned counters[COUNTERS] (every call leaves them 0; attention and router_topk use them too),
+     * then acc_t part[T·K][H] */
+    unsigned *done = (unsigned *)a.buf[7];
+    acc_t *part = (acc_t *)(a.buf[7] + (uint64_t)${COUNTERS} * 4);
+    int64_t scan = 0;
+    while (scan < qmoe_tokens * K) {
+      int n = 0;
+      qmoe_expert_slots<${LIST_CAP}>(ids, qmoe_tokens * K, e, E, &scan, list, &n, warp_n);
+      for (int j = 0; j < n && r0 < H; j += N) {
+        const int nt = n - j < N ? n - j : N;
+        if (e < 0) {
+          if (lane < nt) {
+            acc_t *p = part + (int64_t)list[j + lane] * H;
+            for (int r = 0; r < R; r++)
+              if (r0 + r < H) p[r0 + r] = (acc_t)__int_as_float(0x7fc00000);
+          }
+          continue;
         }
-        continue;
-      }
-      const float *xt[${TOK_TILE}];
+        const float *xt[N];
 #pragma unroll
-      for (int i = 0; i < ${TOK_TILE}; i++) xt[i] = h + (int64_t)list[j + (i < nt ? i : 0)] * F;
-      acc_t acc[2][${TOK_TILE}];
+        for (int i = 0; i < N; i++) xt[i] = h + (int64_t)list[j + (i < nt ? i : 0)] * F;
+        acc_t acc[R][N];
 #pragma unroll
-      for (int i = 0; i < ${TOK_TILE}; i++) acc[0][i] = acc[1][i] = 0;
-      qmoe_row_dots_tok<2, ${TOK_TILE}>(rp, xt, nt, F / QB_ELEMS, sh[warp], lane, acc);
+        for (int r = 0; r < R; r++)
 #pragma unroll
-      for (int i = 0; i < ${TOK_TILE}; i++) {
-        if (i >= nt) break;
-        const acc_t s0 = qmoe_warp_sum(acc[0][i]), s1 = qmoe_warp_sum(acc[1][i]);
-        if (lane == 0) {
-          acc_t *p = part + (int64_t)list[j + i] * H;
-          p[r0] = s0;
-          if (r0 + 1 < H) p[r0 + 1] = s1;
+          for (int i = 0; i < N; i++) acc[r][i] = 0;
+        qmoe_row_dots_tok<R, N>(rp, xt, nt, F / QB_ELEMS, sh[warp], lane, acc);
+#pragma unroll
+        for (int i = 0; i < N; i++) {
+          if (i >= nt) break;
+#pragma unroll
+          for (int r = 0; r < R; r++) {
+            const acc_t s = qmoe_warp_sum(acc[r][i]);
+            if (lane == 0 && r0 + r < H) part[(int64_t)list[j + i] * H + r0 + r] = s;
+          }
         }
       }
+      __syncthreads(); // the list is rebuilt
     }
-    __syncthreads(); // the list is rebuilt
-  }
-  // the last of the tile's E + 1 blocks sums the tile's rows of every token, k in order
-  __threadfence();
-  __syncthreads();
-  if (threadIdx.x == 0) last = atomicInc(done + tile, (unsigned)E) == (unsigned)E;
-  __syncthreads();
-  if (!last) return;
-  __threadfence();
-  for (int64_t i = threadIdx.x; i < qmoe_tokens * 8; i += blockDim.x) {
-    const int64_t t = i / 8, r = tile * 8 + i % 8;
-    if (r >= H) continue;
-    acc_t s = 0;
-    for (int64_t k = 0; k < K; k++) s = qmoe_fma3((acc_t)w[t * K + k], __ldcg(part + (t * K + k) * H + r), s);
-    y[t * H + r] = (float)s;
+    // the last of the tile's E + 1 blocks sums the tile's rows of every token, k in order
+    __threadfence();
+    __syncthreads();
+    if (threadIdx.x == 0) last = atomicInc(done + tile, (unsigned)E) == (unsigned)E;
+    __syncthreads();
+    if (!last) return;
+    __threadfence();
+    for (int64_t i = threadIdx.x; i < qmoe_tokens * TR; i += blockDim.x) {
+      const int64_t t = i / TR, r = tile * TR + i % TR;
+      if (r >= H) continue;
+      acc_t s = 0;
+      for (int64_t k = 0; k < K; k++) s = qmoe_fma3((acc_t)w[t * K + k], __ldcg(part + (t * K + k) * H + r), s);
+      y[t * H + r] = (float)s;
+    }
   }
 }
 extern "C" __global__ void __launch_bounds__(${THREADS}, ${MIN_BLOCKS}) ${ENTRY}(const qmoe_args a) {

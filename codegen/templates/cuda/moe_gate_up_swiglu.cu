@@ -1,20 +1,21 @@
-// qmoe-kernel: qtype=1 acc=1 threads=128 rows_per_block=4 own_tokens=1 tok_min_blocks=3 tok_tile=8 list_cap=2048
-// qmoe-grid: qmoe_cdiv(F, RPB), TOKENS > 1 ? E + 1 : K, 1
+// qmoe-kernel: qtype=1 acc=1 threads=128 rows_per_block=4 own_tokens=1 tok_min_blocks=2 tok_tile=8 list_cap=2048
+// qmoe-grid: qmoe_cdiv(F, TOKENS > 1 ? 2 * RPB : RPB), TOKENS > 1 ? E + 1 : K, 1
 // h[k][f] = silu(Wg[ids[k]]·x)[f] · (Wu[ids[k]]·x)[f] for all K chosen experts in one launch: grid.y = K, the
 // expert id is read on the device. Each warp computes gate row f and up row f together (x loaded once);
 // SwiGLU is evaluated in acc_t. An id outside [0, E) yields NaN in its outputs (never a wrong expert).
 // T tokens (${TOK_ENTRY}): the tokens are grouped by expert on the device. Block (f-tile, e) finds the (token, k)
 // slots that chose expert e (block y = E: the slots with an invalid id, which get NaN) and computes its rows for
-// them ${TOK_TILE} at a time, the two rows staged once per chunk for all of them; per slot the operations of the
-// one-token path, so the bits of T calls. Each expert's rows are read once per ${TOK_TILE} of its tokens.
+// them ${TOK_TILE} at a time (each warp the gate and up rows of two f), the rows staged once per chunk for all of
+// them; per slot the operations of the one-token path, so the bits of T calls. Each expert's rows are read once
+// per ${TOK_TILE} of its tokens.
 template <bool TOK>
 static __device__ __forceinline__ void qmoe_gate_up_body(const qmoe_args &a) {
 ${BIND}
-  __shared__ uint4 sh[${WARPS}][2 * STAGE_VECS];
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-  const int64_t f = (int64_t)blockIdx.x * ${WARPS} + warp;
   const int64_t row_bytes = H / QB_ELEMS * QB_BYTES;
-  if (!TOK) {
+  if constexpr (!TOK) {
+    __shared__ uint4 sh[${WARPS}][2 * STAGE_VECS];
+    const int64_t f = (int64_t)blockIdx.x * ${WARPS} + warp;
     const int64_t k = blockIdx.y;
     if (f >= F || k >= K) return;
     const int e = ids[k];
@@ -31,41 +32,55 @@ ${BIND}
       const acc_t silu = g / ((acc_t)1 + qmoe_exp(-g));
       h[k * F + f] = (float)(silu * u);
     }
-    return;
-  }
-  __shared__ int list[${LIST_CAP}];
-  __shared__ int warp_n[${WARPS}];
-  const int e = blockIdx.y < E ? (int)blockIdx.y : -1; // -1: the slots with an invalid id
-  const int64_t at = ((int64_t)(e < 0 ? 0 : e) * F + (f < F ? f : 0)) * row_bytes;
-  const uint8_t *rp[2] = { Wg + at, Wu + at };
-  int64_t scan = 0;
-  while (scan < qmoe_tokens * K) {
-    int n = 0;
-    qmoe_expert_slots<${LIST_CAP}>(ids, qmoe_tokens * K, e, E, &scan, list, &n, warp_n);
-    for (int j = 0; j < n && f < F; j += ${TOK_TILE}) {
-      const int nt = n - j < ${TOK_TILE} ? n - j : ${TOK_TILE};
-      if (e < 0) {
-        if (lane < nt) h[(int64_t)list[j + lane] * F + f] = __int_as_float(0x7fc00000);
-        continue;
-      }
-      const float *xt[${TOK_TILE}];
+  } else {
+    // two f per warp: rows gate f, up f, gate f + 1, up f + 1
+    constexpr int N = ${TOK_TILE};
+    __shared__ uint4 sh[${WARPS}][4 * STAGE_VECS];
+    __shared__ int list[${LIST_CAP}];
+    __shared__ int warp_n[${WARPS}];
+    const int64_t f = ((int64_t)blockIdx.x * ${WARPS} + warp) * 2;
+    const int64_t f1 = f + 1 < F ? f + 1 : f;
+    const int e = blockIdx.y < E ? (int)blockIdx.y : -1; // -1: the slots with an invalid id
+    const int64_t at = ((int64_t)(e < 0 ? 0 : e) * F + (f < F ? f : 0)) * row_bytes;
+    const int64_t at1 = ((int64_t)(e < 0 ? 0 : e) * F + (f < F ? f1 : 0)) * row_bytes;
+    const uint8_t *rp[4] = { Wg + at, Wu + at, Wg + at1, Wu + at1 };
+    int64_t scan = 0;
+    while (scan < qmoe_tokens * K) {
+      int n = 0;
+      qmoe_expert_slots<${LIST_CAP}>(ids, qmoe_tokens * K, e, E, &scan, list, &n, warp_n);
+      for (int j = 0; j < n && f < F; j += N) {
+        const int nt = n - j < N ? n - j : N;
+        if (e < 0) {
+          if (lane < nt) {
+            float *hp = h + (int64_t)list[j + lane] * F;
+            hp[f] = hp[f1] = __int_as_float(0x7fc00000);
+          }
+          continue;
+        }
+        const float *xt[N];
 #pragma unroll
-      for (int i = 0; i < ${TOK_TILE}; i++) xt[i] = x + (int64_t)(list[j + (i < nt ? i : 0)] / K) * H;
-      acc_t acc[2][${TOK_TILE}];
+        for (int i = 0; i < N; i++) xt[i] = x + (int64_t)(list[j + (i < nt ? i : 0)] / K) * H;
+        acc_t acc[4][N];
 #pragma unroll
-      for (int i = 0; i < ${TOK_TILE}; i++) acc[0][i] = acc[1][i] = 0;
-      qmoe_row_dots_tok<2, ${TOK_TILE}>(rp, xt, nt, H / QB_ELEMS, sh[warp], lane, acc);
+        for (int r = 0; r < 4; r++)
 #pragma unroll
-      for (int i = 0; i < ${TOK_TILE}; i++) {
-        if (i >= nt) break;
-        const acc_t g = qmoe_warp_sum(acc[0][i]), u = qmoe_warp_sum(acc[1][i]);
-        if (lane == 0) {
-          const acc_t silu = g / ((acc_t)1 + qmoe_exp(-g));
-          h[(int64_t)list[j + i] * F + f] = (float)(silu * u);
+          for (int i = 0; i < N; i++) acc[r][i] = 0;
+        qmoe_row_dots_tok<4, N>(rp, xt, nt, H / QB_ELEMS, sh[warp], lane, acc);
+#pragma unroll
+        for (int i = 0; i < N; i++) {
+          if (i >= nt) break;
+#pragma unroll
+          for (int p = 0; p < 2; p++) {
+            const acc_t g = qmoe_warp_sum(acc[2 * p][i]), u = qmoe_warp_sum(acc[2 * p + 1][i]);
+            if (lane == 0 && f + p < F) {
+              const acc_t silu = g / ((acc_t)1 + qmoe_exp(-g));
+              h[(int64_t)list[j + i] * F + f + p] = (float)(silu * u);
+            }
+          }
         }
       }
+      __syncthreads(); // the list is rebuilt
     }
-    __syncthreads(); // the list is rebuilt
   }
 }
 extern "C" __global__ void __launch_bounds__(${THREADS}, ${MIN_BLOCKS}) ${ENTRY}(const qmoe_args a) {
