@@ -365,20 +365,34 @@ static __device__ __forceinline__ void qmoe_dot_chunk_tok(const uint4 *sh, const
 
 // acc[r][n] += Σ_e decode(row r)[e] · XT[n][e] over the NBLOCKS blocks of R rows for NT <= N tokens: the rows are
 // staged once per chunk for all the tokens (per-lane partial sums; the caller reduces across the warp, as for one).
+// KEEP (rows of one chunk, the same rows in every call of the warp): the first call stages them and leaves their
+// offsets in KEEP (KEEP[0] < 0 before it), later calls reuse the staged rows: a row is staged once for all the
+// tiles of tokens.
 template <int R, int N>
 static __device__ __forceinline__ void qmoe_row_dots_tok(const uint8_t *const *rows, const float *const *xt, int nt,
-                                                         int64_t nblocks, uint4 *sh, int lane, acc_t (*acc)[N]) {
+                                                         int64_t nblocks, uint4 *sh, int lane, acc_t (*acc)[N],
+                                                         int *keep) {
+  const bool one = nblocks <= CH_BLOCKS;
   for (int64_t b0 = 0; b0 < nblocks; b0 += CH_BLOCKS) {
     const int nb = (int)(nblocks - b0 < CH_BLOCKS ? nblocks - b0 : CH_BLOCKS);
     int off[R];
-    qmoe_stage_rows<R>(rows, b0, nb, sh, lane, off);
+    if (one && keep[0] >= 0) {
+#pragma unroll
+      for (int r = 0; r < R; r++) off[r] = keep[r];
+    } else {
+      qmoe_stage_rows<R>(rows, b0, nb, sh, lane, off);
+      if (one) {
+#pragma unroll
+        for (int r = 0; r < R; r++) keep[r] = off[r];
+      }
+    }
     const float *xc[N];
 #pragma unroll
     for (int n = 0; n < N; n++) xc[n] = n < nt ? xt[n] + b0 * QB_ELEMS : xt[0];
     const int ne = nb * QB_ELEMS;
     if (false && ne % (32 * UNROLL)) qmoe_dot_chunk_tok<R, N, true>(sh, off, xc, nt, ne, lane, acc);
     else qmoe_dot_chunk_tok<R, N, false>(sh, off, xc, nt, ne, lane, acc);
-    __syncwarp(); // the next chunk overwrites the buffer
+    if (!one) __syncwarp(); // the next chunk overwrites the buffer
   }
 }
 
@@ -646,20 +660,34 @@ static __device__ __forceinline__ void qmoe_dot_chunk_tok(const uint4 *sh, const
 
 // acc[r][n] += Σ_e decode(row r)[e] · XT[n][e] over the NBLOCKS blocks of R rows for NT <= N tokens: the rows are
 // staged once per chunk for all the tokens (per-lane partial sums; the caller reduces across the warp, as for one).
+// KEEP (rows of one chunk, the same rows in every call of the warp): the first call stages them and leaves their
+// offsets in KEEP (KEEP[0] < 0 before it), later calls reuse the staged rows: a row is staged once for all the
+// tiles of tokens.
 template <int R, int N>
 static __device__ __forceinline__ void qmoe_row_dots_tok(const uint8_t *const *rows, const float *const *xt, int nt,
-                                                         int64_t nblocks, uint4 *sh, int lane, acc_t (*acc)[N]) {
+                                                         int64_t nblocks, uint4 *sh, int lane, acc_t (*acc)[N],
+                                                         int *keep) {
+  const bool one = nblocks <= CH_BLOCKS;
   for (int64_t b0 = 0; b0 < nblocks; b0 += CH_BLOCKS) {
     const int nb = (int)(nblocks - b0 < CH_BLOCKS ? nblocks - b0 : CH_BLOCKS);
     int off[R];
-    qmoe_stage_rows<R>(rows, b0, nb, sh, lane, off);
+    if (one && keep[0] >= 0) {
+#pragma unroll
+      for (int r = 0; r < R; r++) off[r] = keep[r];
+    } else {
+      qmoe_stage_rows<R>(rows, b0, nb, sh, lane, off);
+      if (one) {
+#pragma unroll
+        for (int r = 0; r < R; r++) keep[r] = off[r];
+      }
+    }
     const float *xc[N];
 #pragma unroll
     for (int n = 0; n < N; n++) xc[n] = n < nt ? xt[n] + b0 * QB_ELEMS : xt[0];
     const int ne = nb * QB_ELEMS;
     if (false && ne % (32 * UNROLL)) qmoe_dot_chunk_tok<R, N, true>(sh, off, xc, nt, ne, lane, acc);
     else qmoe_dot_chunk_tok<R, N, false>(sh, off, xc, nt, ne, lane, acc);
-    __syncwarp(); // the next chunk overwrites the buffer
+    if (!one) __syncwarp(); // the next chunk overwrites the buffer
   }
 }
 
@@ -758,7 +786,9 @@ static __device__ __forceinline__ void qmoe_matvec_body(const qmoe_args &a) {
     for (int r = 0; r < R; r++)
 #pragma unroll
       for (int n = 0; n < N; n++) acc[r][n] = 0;
-    qmoe_row_dots_tok<R, N>(rp, xt, nt, cols / QB_ELEMS, sh[warp], lane, acc);
+    int keep[R];
+    keep[0] = -1;
+    qmoe_row_dots_tok<R, N>(rp, xt, nt, cols / QB_ELEMS, sh[warp], lane, acc, keep);
 #pragma unroll
     for (int n = 0; n < N; n++) {
       if (n >= nt) break;

@@ -399,20 +399,34 @@ static __device__ __forceinline__ void qmoe_dot_chunk_tok(const uint4 *sh, const
 
 // acc[r][n] += Σ_e decode(row r)[e] · XT[n][e] over the NBLOCKS blocks of R rows for NT <= N tokens: the rows are
 // staged once per chunk for all the tokens (per-lane partial sums; the caller reduces across the warp, as for one).
+// KEEP (rows of one chunk, the same rows in every call of the warp): the first call stages them and leaves their
+// offsets in KEEP (KEEP[0] < 0 before it), later calls reuse the staged rows: a row is staged once for all the
+// tiles of tokens.
 template <int R, int N>
 static __device__ __forceinline__ void qmoe_row_dots_tok(const uint8_t *const *rows, const float *const *xt, int nt,
-                                                         int64_t nblocks, uint4 *sh, int lane, acc_t (*acc)[N]) {
+                                                         int64_t nblocks, uint4 *sh, int lane, acc_t (*acc)[N],
+                                                         int *keep) {
+  const bool one = nblocks <= CH_BLOCKS;
   for (int64_t b0 = 0; b0 < nblocks; b0 += CH_BLOCKS) {
     const int nb = (int)(nblocks - b0 < CH_BLOCKS ? nblocks - b0 : CH_BLOCKS);
     int off[R];
-    qmoe_stage_rows<R>(rows, b0, nb, sh, lane, off);
+    if (one && keep[0] >= 0) {
+#pragma unroll
+      for (int r = 0; r < R; r++) off[r] = keep[r];
+    } else {
+      qmoe_stage_rows<R>(rows, b0, nb, sh, lane, off);
+      if (one) {
+#pragma unroll
+        for (int r = 0; r < R; r++) keep[r] = off[r];
+      }
+    }
     const float *xc[N];
 #pragma unroll
     for (int n = 0; n < N; n++) xc[n] = n < nt ? xt[n] + b0 * QB_ELEMS : xt[0];
     const int ne = nb * QB_ELEMS;
     if (false && ne % (32 * UNROLL)) qmoe_dot_chunk_tok<R, N, true>(sh, off, xc, nt, ne, lane, acc);
     else qmoe_dot_chunk_tok<R, N, false>(sh, off, xc, nt, ne, lane, acc);
-    __syncwarp(); // the next chunk overwrites the buffer
+    if (!one) __syncwarp(); // the next chunk overwrites the buffer
   }
 }
 
@@ -680,20 +694,34 @@ static __device__ __forceinline__ void qmoe_dot_chunk_tok(const uint4 *sh, const
 
 // acc[r][n] += Σ_e decode(row r)[e] · XT[n][e] over the NBLOCKS blocks of R rows for NT <= N tokens: the rows are
 // staged once per chunk for all the tokens (per-lane partial sums; the caller reduces across the warp, as for one).
+// KEEP (rows of one chunk, the same rows in every call of the warp): the first call stages them and leaves their
+// offsets in KEEP (KEEP[0] < 0 before it), later calls reuse the staged rows: a row is staged once for all the
+// tiles of tokens.
 template <int R, int N>
 static __device__ __forceinline__ void qmoe_row_dots_tok(const uint8_t *const *rows, const float *const *xt, int nt,
-                                                         int64_t nblocks, uint4 *sh, int lane, acc_t (*acc)[N]) {
+                                                         int64_t nblocks, uint4 *sh, int lane, acc_t (*acc)[N],
+                                                         int *keep) {
+  const bool one = nblocks <= CH_BLOCKS;
   for (int64_t b0 = 0; b0 < nblocks; b0 += CH_BLOCKS) {
     const int nb = (int)(nblocks - b0 < CH_BLOCKS ? nblocks - b0 : CH_BLOCKS);
     int off[R];
-    qmoe_stage_rows<R>(rows, b0, nb, sh, lane, off);
+    if (one && keep[0] >= 0) {
+#pragma unroll
+      for (int r = 0; r < R; r++) off[r] = keep[r];
+    } else {
+      qmoe_stage_rows<R>(rows, b0, nb, sh, lane, off);
+      if (one) {
+#pragma unroll
+        for (int r = 0; r < R; r++) keep[r] = off[r];
+      }
+    }
     const float *xc[N];
 #pragma unroll
     for (int n = 0; n < N; n++) xc[n] = n < nt ? xt[n] + b0 * QB_ELEMS : xt[0];
     const int ne = nb * QB_ELEMS;
     if (false && ne % (32 * UNROLL)) qmoe_dot_chunk_tok<R, N, true>(sh, off, xc, nt, ne, lane, acc);
     else qmoe_dot_chunk_tok<R, N, false>(sh, off, xc, nt, ne, lane, acc);
-    __syncwarp(); // the next chunk overwrites the buffer
+    if (!one) __syncwarp(); // the next chunk overwrites the buffer
   }
 }
 
@@ -749,8 +777,9 @@ static __device__ __forceinline__ void qmoe_expert_slots(const int32_t *ids, int
 // over k in order 0..K-1 in acc_t. No atomics: the result does not depend on scheduling. K <= 64.
 // T tokens (qmoe_moe_down__q2_k__f32_tok): block (tile of 4·4 rows, e) finds the (token, k) slots that chose expert e (block y = E: the
 // slots with an invalid id, NaN) and computes the tile's rows of Wd[e]·h[t][k] for them 8 at a time
-// (the rows staged once per chunk for all), into the workspace: part[t·K + k][r] in acc_t. The last of the E + 1
-// blocks of a tile to finish (a self-resetting counter per tile) sums y[t][r] = Σ_k w[t][k]·part in k order,
+// (the rows staged once per chunk for all; block z takes tiles z, z + gridDim.z, ... of the list: a popular
+// expert's tokens are shared by up to 8 blocks), into the workspace: part[t·K + k][r] in acc_t. The last
+// of the (E + 1)·gridDim.z blocks of a tile to finish (a self-resetting counter per tile) sums y[t][r] = Σ_k w[t][k]·part in k order,
 // as the one-token path does: the bits of T calls.
 template <bool TOK>
 static __device__ __forceinline__ void qmoe_down_body(const qmoe_args &a) {
@@ -812,11 +841,13 @@ static __device__ __forceinline__ void qmoe_down_body(const qmoe_args &a) {
      * then acc_t part[T·K][H] */
     unsigned *done = (unsigned *)a.buf[7];
     acc_t *part = (acc_t *)(a.buf[7] + (uint64_t)65536 * 4);
+    int keep[R]; // the warp's rows, staged by its first tile when they fit one chunk
+    keep[0] = -1;
     int64_t scan = 0;
     while (scan < qmoe_tokens * K) {
       int n = 0;
       qmoe_expert_slots<2048>(ids, qmoe_tokens * K, e, E, &scan, list, &n, warp_n);
-      for (int j = 0; j < n && r0 < H; j += N) {
+      for (int j = (int)blockIdx.z * N; j < n && r0 < H; j += N * (int)gridDim.z) {
         const int nt = n - j < N ? n - j : N;
         if (e < 0) {
           if (lane < nt) {
@@ -834,7 +865,7 @@ static __device__ __forceinline__ void qmoe_down_body(const qmoe_args &a) {
         for (int r = 0; r < R; r++)
 #pragma unroll
           for (int i = 0; i < N; i++) acc[r][i] = 0;
-        qmoe_row_dots_tok<R, N>(rp, xt, nt, F / QB_ELEMS, sh[warp], lane, acc);
+        qmoe_row_dots_tok<R, N>(rp, xt, nt, F / QB_ELEMS, sh[warp], lane, acc, keep);
 #pragma unroll
         for (int i = 0; i < N; i++) {
           if (i >= nt) break;
@@ -850,7 +881,8 @@ static __device__ __forceinline__ void qmoe_down_body(const qmoe_args &a) {
     // the last of the tile's E + 1 blocks sums the tile's rows of every token, k in order
     __threadfence();
     __syncthreads();
-    if (threadIdx.x == 0) last = atomicInc(done + tile, (unsigned)E) == (unsigned)E;
+    const unsigned nb = (unsigned)((E + 1) * gridDim.z) - 1u; // the tile's blocks: (E + 1) experts × gridDim.z
+    if (threadIdx.x == 0) last = atomicInc(done + tile, nb) == nb;
     __syncthreads();
     if (!last) return;
     __threadfence();

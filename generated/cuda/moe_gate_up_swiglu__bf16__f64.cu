@@ -363,20 +363,34 @@ static __device__ __forceinline__ void qmoe_dot_chunk_tok(const uint4 *sh, const
 
 // acc[r][n] += Σ_e decode(row r)[e] · XT[n][e] over the NBLOCKS blocks of R rows for NT <= N tokens: the rows are
 // staged once per chunk for all the tokens (per-lane partial sums; the caller reduces across the warp, as for one).
+// KEEP (rows of one chunk, the same rows in every call of the warp): the first call stages them and leaves their
+// offsets in KEEP (KEEP[0] < 0 before it), later calls reuse the staged rows: a row is staged once for all the
+// tiles of tokens.
 template <int R, int N>
 static __device__ __forceinline__ void qmoe_row_dots_tok(const uint8_t *const *rows, const float *const *xt, int nt,
-                                                         int64_t nblocks, uint4 *sh, int lane, acc_t (*acc)[N]) {
+                                                         int64_t nblocks, uint4 *sh, int lane, acc_t (*acc)[N],
+                                                         int *keep) {
+  const bool one = nblocks <= CH_BLOCKS;
   for (int64_t b0 = 0; b0 < nblocks; b0 += CH_BLOCKS) {
     const int nb = (int)(nblocks - b0 < CH_BLOCKS ? nblocks - b0 : CH_BLOCKS);
     int off[R];
-    qmoe_stage_rows<R>(rows, b0, nb, sh, lane, off);
+    if (one && keep[0] >= 0) {
+#pragma unroll
+      for (int r = 0; r < R; r++) off[r] = keep[r];
+    } else {
+      qmoe_stage_rows<R>(rows, b0, nb, sh, lane, off);
+      if (one) {
+#pragma unroll
+        for (int r = 0; r < R; r++) keep[r] = off[r];
+      }
+    }
     const float *xc[N];
 #pragma unroll
     for (int n = 0; n < N; n++) xc[n] = n < nt ? xt[n] + b0 * QB_ELEMS : xt[0];
     const int ne = nb * QB_ELEMS;
     if (true && ne % (32 * UNROLL)) qmoe_dot_chunk_tok<R, N, true>(sh, off, xc, nt, ne, lane, acc);
     else qmoe_dot_chunk_tok<R, N, false>(sh, off, xc, nt, ne, lane, acc);
-    __syncwarp(); // the next chunk overwrites the buffer
+    if (!one) __syncwarp(); // the next chunk overwrites the buffer
   }
 }
 
@@ -433,7 +447,9 @@ static __device__ __forceinline__ void qmoe_expert_slots(const int32_t *ids, int
 // slots that chose expert e (block y = E: the slots with an invalid id, which get NaN) and computes its rows for
 // them 8 at a time (each warp the gate and up rows of two f), the rows staged once per chunk for all of
 // them; per slot the operations of the one-token path, so the bits of T calls. Each expert's rows are read once
-// per 8 of its tokens.
+// per 8 of its tokens. Block z takes tiles z, z + gridDim.z, ... of the expert's list (up to 8
+// blocks share one expert's tokens: routing is uneven, and one block serving a popular expert alone would
+// hold up the whole launch).
 template <bool TOK>
 static __device__ __forceinline__ void qmoe_gate_up_body(const qmoe_args &a) {
   const int64_t qmoe_tokens = a.tokens;
@@ -482,11 +498,13 @@ static __device__ __forceinline__ void qmoe_gate_up_body(const qmoe_args &a) {
     const int64_t at = ((int64_t)(e < 0 ? 0 : e) * F + (f < F ? f : 0)) * row_bytes;
     const int64_t at1 = ((int64_t)(e < 0 ? 0 : e) * F + (f < F ? f1 : 0)) * row_bytes;
     const uint8_t *rp[4] = { Wg + at, Wu + at, Wg + at1, Wu + at1 };
+    int keep[4]; // the warp's rows, staged by its first tile when they fit one chunk
+    keep[0] = -1;
     int64_t scan = 0;
     while (scan < qmoe_tokens * K) {
       int n = 0;
       qmoe_expert_slots<2048>(ids, qmoe_tokens * K, e, E, &scan, list, &n, warp_n);
-      for (int j = 0; j < n && f < F; j += N) {
+      for (int j = (int)blockIdx.z * N; j < n && f < F; j += N * (int)gridDim.z) {
         const int nt = n - j < N ? n - j : N;
         if (e < 0) {
           if (lane < nt) {
@@ -503,7 +521,7 @@ static __device__ __forceinline__ void qmoe_gate_up_body(const qmoe_args &a) {
         for (int r = 0; r < 4; r++)
 #pragma unroll
           for (int i = 0; i < N; i++) acc[r][i] = 0;
-        qmoe_row_dots_tok<4, N>(rp, xt, nt, H / QB_ELEMS, sh[warp], lane, acc);
+        qmoe_row_dots_tok<4, N>(rp, xt, nt, H / QB_ELEMS, sh[warp], lane, acc, keep);
 #pragma unroll
         for (int i = 0; i < N; i++) {
           if (i >= nt) break;
