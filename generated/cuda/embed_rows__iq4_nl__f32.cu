@@ -289,7 +289,8 @@ static __device__ __forceinline__ void qmoe_row_dots(const uint8_t *const *rows,
 
 // ---- many tokens per read of the rows (own_tokens kernels: prefill) ----
 // acc[r][n] += Σ decode(row r)[e] · xt[n][e] for the NT <= N tokens whose x rows start at XT[n] (chunk-relative:
-// XT[n] + b0·QB_ELEMS is the chunk's x), over one staged chunk. Each (row, token) is computed by the same lane, in
+// XT[n] + b0·QB_ELEMS is the chunk's x), over one staged chunk; tokens NT..N-1 are computed too, from valid x
+// (the caller points them at a real token), and left unused. Each (row, token) is computed by the same lane, in
 // the same order, with the same operations as qmoe_dot_chunk<R, G> does for one token: a row's decode is shared
 // by the tokens, never its sums, so every token's result has the bits of its one-token call (FALSIFY-TOKENS).
 template <int R, int N, bool G>
@@ -319,8 +320,8 @@ static __device__ __forceinline__ void qmoe_dot_chunk_tok(const uint4 *sh, const
 #endif
       }
 #pragma unroll
-      for (int n = 0; n < N; n++) {
-        if (n >= nt) break;
+      for (int n = 0; n < N; n++) { // all N, a partial tile's extra tokens repeating its first: no branch, so the
+                                    // compiler interleaves the N·R sums (a break here left them latency-bound)
         const float *xl = xc[n] + e0 + UNROLL * lane;
         float xr[UNROLL];
         if (UNROLL % 4 == 0 && (((uint64_t)xl) & 15) == 0 && (!G || e0 + UNROLL * lane + UNROLL <= ne)) {
@@ -365,7 +366,6 @@ static __device__ __forceinline__ void qmoe_dot_chunk_tok(const uint4 *sh, const
       for (int r = 0; r < R; r++) dv[r] = qmoe_iq4_nl_decode_run(bl[r] + 0 * QB_BYTES, ((e0 + UNROLL * lane) % QB_ELEMS), (((e0 + UNROLL * lane) % QB_ELEMS) | t));
 #pragma unroll
       for (int n = 0; n < N; n++) {
-        if (n >= nt) break;
         const float xv = (xc[n] + e0 + UNROLL * lane)[t];
 #pragma unroll
         for (int r = 0; r < R; r++) acc[r][n] = qmoe_fma(dv[r], xv, acc[r][n]);
@@ -400,7 +400,7 @@ static __device__ __forceinline__ void qmoe_row_dots_tok(const uint8_t *const *r
     }
     const float *xc[N];
 #pragma unroll
-    for (int n = 0; n < N; n++) xc[n] = n < nt ? xt[n] + b0 * QB_ELEMS : xt[0];
+    for (int n = 0; n < N; n++) xc[n] = xt[n] + b0 * QB_ELEMS; // the caller points xt[NT..N-1] at a real token
     const int ne = nb * QB_ELEMS;
     if (true && ne % (32 * UNROLL)) qmoe_dot_chunk_tok<R, N, true>(sh, off, xc, nt, ne, lane, acc);
     else qmoe_dot_chunk_tok<R, N, false>(sh, off, xc, nt, ne, lane, acc);

@@ -311,7 +311,8 @@ static __device__ __forceinline__ void qmoe_row_dots(const uint8_t *const *rows,
 
 // ---- many tokens per read of the rows (own_tokens kernels: prefill) ----
 // acc[r][n] += Σ decode(row r)[e] · xt[n][e] for the NT <= N tokens whose x rows start at XT[n] (chunk-relative:
-// XT[n] + b0·QB_ELEMS is the chunk's x), over one staged chunk. Each (row, token) is computed by the same lane, in
+// XT[n] + b0·QB_ELEMS is the chunk's x), over one staged chunk; tokens NT..N-1 are computed too, from valid x
+// (the caller points them at a real token), and left unused. Each (row, token) is computed by the same lane, in
 // the same order, with the same operations as qmoe_dot_chunk<R, G> does for one token: a row's decode is shared
 // by the tokens, never its sums, so every token's result has the bits of its one-token call (FALSIFY-TOKENS).
 template <int R, int N, bool G>
@@ -341,8 +342,8 @@ static __device__ __forceinline__ void qmoe_dot_chunk_tok(const uint4 *sh, const
 #endif
       }
 #pragma unroll
-      for (int n = 0; n < N; n++) {
-        if (n >= nt) break;
+      for (int n = 0; n < N; n++) { // all N, a partial tile's extra tokens repeating its first: no branch, so the
+                                    // compiler interleaves the N·R sums (a break here left them latency-bound)
         const float *xl = xc[n] + e0 + lane;
         float xr[UNROLL];
         if (UNROLL % 4 == 0 && (((uint64_t)xl) & 15) == 0 && (!G || e0 + UNROLL * lane + UNROLL <= ne)) {
@@ -387,7 +388,6 @@ static __device__ __forceinline__ void qmoe_dot_chunk_tok(const uint4 *sh, const
       for (int r = 0; r < R; r++) dv[r] = qmoe_q2_k_decode(bl[r] + 0 * QB_BYTES, (lane | (32 * t)));
 #pragma unroll
       for (int n = 0; n < N; n++) {
-        if (n >= nt) break;
         const float xv = (xc[n] + e0 + lane)[32 * t];
 #pragma unroll
         for (int r = 0; r < R; r++) acc[r][n] = qmoe_fma(dv[r], xv, acc[r][n]);
@@ -422,7 +422,7 @@ static __device__ __forceinline__ void qmoe_row_dots_tok(const uint8_t *const *r
     }
     const float *xc[N];
 #pragma unroll
-    for (int n = 0; n < N; n++) xc[n] = n < nt ? xt[n] + b0 * QB_ELEMS : xt[0];
+    for (int n = 0; n < N; n++) xc[n] = xt[n] + b0 * QB_ELEMS; // the caller points xt[NT..N-1] at a real token
     const int ne = nb * QB_ELEMS;
     if (false && ne % (32 * UNROLL)) qmoe_dot_chunk_tok<R, N, true>(sh, off, xc, nt, ne, lane, acc);
     else qmoe_dot_chunk_tok<R, N, false>(sh, off, xc, nt, ne, lane, acc);
@@ -606,7 +606,8 @@ static __device__ __forceinline__ void qmoe_row_dots(const uint8_t *const *rows,
 
 // ---- many tokens per read of the rows (own_tokens kernels: prefill) ----
 // acc[r][n] += Σ decode(row r)[e] · xt[n][e] for the NT <= N tokens whose x rows start at XT[n] (chunk-relative:
-// XT[n] + b0·QB_ELEMS is the chunk's x), over one staged chunk. Each (row, token) is computed by the same lane, in
+// XT[n] + b0·QB_ELEMS is the chunk's x), over one staged chunk; tokens NT..N-1 are computed too, from valid x
+// (the caller points them at a real token), and left unused. Each (row, token) is computed by the same lane, in
 // the same order, with the same operations as qmoe_dot_chunk<R, G> does for one token: a row's decode is shared
 // by the tokens, never its sums, so every token's result has the bits of its one-token call (FALSIFY-TOKENS).
 template <int R, int N, bool G>
@@ -636,8 +637,8 @@ static __device__ __forceinline__ void qmoe_dot_chunk_tok(const uint4 *sh, const
 #endif
       }
 #pragma unroll
-      for (int n = 0; n < N; n++) {
-        if (n >= nt) break;
+      for (int n = 0; n < N; n++) { // all N, a partial tile's extra tokens repeating its first: no branch, so the
+                                    // compiler interleaves the N·R sums (a break here left them latency-bound)
         const float *xl = xc[n] + e0 + UNROLL * lane;
         float xr[UNROLL];
         if (UNROLL % 4 == 0 && (((uint64_t)xl) & 15) == 0 && (!G || e0 + UNROLL * lane + UNROLL <= ne)) {
@@ -682,7 +683,6 @@ static __device__ __forceinline__ void qmoe_dot_chunk_tok(const uint4 *sh, const
       for (int r = 0; r < R; r++) dv[r] = qmoe_q2_k_decode_run(bl[r] + 0 * QB_BYTES, (UNROLL * lane), ((UNROLL * lane) | t));
 #pragma unroll
       for (int n = 0; n < N; n++) {
-        if (n >= nt) break;
         const float xv = (xc[n] + e0 + UNROLL * lane)[t];
 #pragma unroll
         for (int r = 0; r < R; r++) acc[r][n] = qmoe_fma(dv[r], xv, acc[r][n]);
@@ -717,7 +717,7 @@ static __device__ __forceinline__ void qmoe_row_dots_tok(const uint8_t *const *r
     }
     const float *xc[N];
 #pragma unroll
-    for (int n = 0; n < N; n++) xc[n] = n < nt ? xt[n] + b0 * QB_ELEMS : xt[0];
+    for (int n = 0; n < N; n++) xc[n] = xt[n] + b0 * QB_ELEMS; // the caller points xt[NT..N-1] at a real token
     const int ne = nb * QB_ELEMS;
     if (false && ne % (32 * UNROLL)) qmoe_dot_chunk_tok<R, N, true>(sh, off, xc, nt, ne, lane, acc);
     else qmoe_dot_chunk_tok<R, N, false>(sh, off, xc, nt, ne, lane, acc);
@@ -779,7 +779,7 @@ static __device__ __forceinline__ void qmoe_expert_slots(const int32_t *ids, int
 // slots that chose expert e (block y = E: the slots with an invalid id, which get NaN) and computes its rows for
 // them 8 at a time (each warp the gate and up rows of two f), the rows staged once per chunk for all of
 // them; per slot the operations of the one-token path, so the bits of T calls. Each expert's rows are read once
-// per 8 of its tokens. Block z takes tiles z, z + gridDim.z, ... of the expert's list (up to 8
+// per 8 of its tokens. Block z takes tiles z, z + gridDim.z, ... of the expert's list (up to 1
 // blocks share one expert's tokens: routing is uneven, and one block serving a popular expert alone would
 // hold up the whole launch).
 template <bool TOK>

@@ -1,4 +1,4 @@
-// qmoe-kernel: qtype=1 acc=1 threads=128 rows_per_block=8 own_tokens=1 tok_min_blocks=3 tok_tile=8 tok_rows=4
+// qmoe-kernel: qtype=1 acc=1 threads=128 rows_per_block=8 own_tokens=1 tok_min_blocks=2 tok_tile=8 tok_rows=4
 // qmoe-grid: qmoe_cdiv(rows, TOKENS > 1 ? 4 * TOK_ROWS : RPB), 1, qmoe_cdiv(TOKENS, TOK_TILE)
 // y = W·x: each warp computes 2 rows (x is loaded once for both), ${WARPS} warps per block.
 // T tokens (${TOK_ENTRY}; y[t] = W·x[t]): each warp computes ${TOK_ROWS} rows for the ${TOK_TILE} tokens ${TOK_TILE}·z..
