@@ -10,6 +10,7 @@
 # qmoe-test: normal-only (fibers switch stacks, which the sanitizers do not follow)
 BIN=${QMOE_BIN:-build}
 D=build/cuda-emu
+mkdir -p "$D"
 fails=0
 CC=${CC:-cc}
 if ! command -v "${QMOE_EMU_CXX:-c++}" >/dev/null 2>&1; then
