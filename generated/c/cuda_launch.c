@@ -31,7 +31,7 @@ static int launch_moe_gate_up_swiglu(const qmoe_cuda_launch_env *env, const int6
   (void)env;
   l->grid[0] = qmoe_cdiv(F, env->tokens > 1 ? 2 * env->rows_per_block : env->rows_per_block);
   l->grid[1] = env->tokens > 1 ? E + 1 : K;
-  l->grid[2] = env->tokens > 1 ? qmoe_min(1, qmoe_cdiv(env->tokens, 4)) : 1;
+  l->grid[2] = 1;
   l->workspace = (size_t)(0);
   return 0;
 }
@@ -53,7 +53,7 @@ static int launch_moe_down(const qmoe_cuda_launch_env *env, const int64_t *p, qm
   }
   l->grid[0] = qmoe_cdiv(H, env->tokens > 1 ? 4 * 4 : env->rows_per_block);
   l->grid[1] = env->tokens > 1 ? E + 1 : 1;
-  l->grid[2] = env->tokens > 1 ? qmoe_min(1, qmoe_cdiv(env->tokens, 4)) : 1;
+  l->grid[2] = 1;
   l->workspace = (size_t)(env->tokens > 1 ? 65536 * 4 + env->tokens * K * H * env->acc_bytes : 0);
   return 0;
 }

@@ -274,14 +274,14 @@ static __device__ __forceinline__ void qmoe_row_dots(const uint8_t *const *rows,
 }
 
 // ---- many tokens per read of the rows (own_tokens kernels: prefill) ----
-// acc[r][n] += Σ decode(row r)[e] · xt[n][e] for the NT <= N tokens whose x rows start at XT[n] (chunk-relative:
-// XT[n] + b0·QB_ELEMS is the chunk's x), over one staged chunk; tokens NT..N-1 are computed too, from valid x
-// (the caller points them at a real token), and left unused. Each (row, token) is computed by the same lane, in
+// acc[r][n] += Σ decode(row r)[e] · xc[n][e] for the N tokens whose chunk of x starts at XC[n], over one staged
+// chunk. All N are computed (no branch on a tile's token count, so the compiler interleaves the N·R sums): a
+// partial tile's caller points its extra tokens at a real one and drops their sums. Each (row, token) is computed by the same lane, in
 // the same order, with the same operations as qmoe_dot_chunk<R, G> does for one token: a row's decode is shared
 // by the tokens, never its sums, so every token's result has the bits of its one-token call (FALSIFY-TOKENS).
 template <int R, int N, bool G>
 static __device__ __forceinline__ void qmoe_dot_chunk_tok(const uint4 *sh, const int *off, const float *const *xc,
-                                                          int nt, int ne, int lane, acc_t (*acc)[N]) {
+                                                          int ne, int lane, acc_t (*acc)[N]) {
   for (int e0 = 0; e0 < ne; e0 += 32 * UNROLL) {
     const uint8_t *bl[R];
 #pragma unroll
@@ -306,8 +306,7 @@ static __device__ __forceinline__ void qmoe_dot_chunk_tok(const uint4 *sh, const
 #endif
       }
 #pragma unroll
-      for (int n = 0; n < N; n++) { // all N, a partial tile's extra tokens repeating its first: no branch, so the
-                                    // compiler interleaves the N·R sums (a break here left them latency-bound)
+      for (int n = 0; n < N; n++) { // all N (a break on the tile's count left the sums latency-bound)
         const float *xl = xc[n] + e0 + UNROLL * lane;
         float xr[UNROLL];
         if (UNROLL % 4 == 0 && (((uint64_t)xl) & 15) == 0 && (!G || e0 + UNROLL * lane + UNROLL <= ne)) {
@@ -361,13 +360,13 @@ static __device__ __forceinline__ void qmoe_dot_chunk_tok(const uint4 *sh, const
   }
 }
 
-// acc[r][n] += Σ_e decode(row r)[e] · XT[n][e] over the NBLOCKS blocks of R rows for NT <= N tokens: the rows are
+// acc[r][n] += Σ_e decode(row r)[e] · XT[n][e] over the NBLOCKS blocks of R rows for N tokens: the rows are
 // staged once per chunk for all the tokens (per-lane partial sums; the caller reduces across the warp, as for one).
 // KEEP (rows of one chunk, the same rows in every call of the warp): the first call stages them and leaves their
 // offsets in KEEP (KEEP[0] < 0 before it), later calls reuse the staged rows: a row is staged once for all the
 // tiles of tokens.
 template <int R, int N>
-static __device__ __forceinline__ void qmoe_row_dots_tok(const uint8_t *const *rows, const float *const *xt, int nt,
+static __device__ __forceinline__ void qmoe_row_dots_tok(const uint8_t *const *rows, const float *const *xt,
                                                          int64_t nblocks, uint4 *sh, int lane, acc_t (*acc)[N],
                                                          int *keep) {
   const bool one = nblocks <= CH_BLOCKS;
@@ -386,10 +385,10 @@ static __device__ __forceinline__ void qmoe_row_dots_tok(const uint8_t *const *r
     }
     const float *xc[N];
 #pragma unroll
-    for (int n = 0; n < N; n++) xc[n] = xt[n] + b0 * QB_ELEMS; // the caller points xt[NT..N-1] at a real token
+    for (int n = 0; n < N; n++) xc[n] = xt[n] + b0 * QB_ELEMS;
     const int ne = nb * QB_ELEMS;
-    if (true && ne % (32 * UNROLL)) qmoe_dot_chunk_tok<R, N, true>(sh, off, xc, nt, ne, lane, acc);
-    else qmoe_dot_chunk_tok<R, N, false>(sh, off, xc, nt, ne, lane, acc);
+    if (true && ne % (32 * UNROLL)) qmoe_dot_chunk_tok<R, N, true>(sh, off, xc, ne, lane, acc);
+    else qmoe_dot_chunk_tok<R, N, false>(sh, off, xc, ne, lane, acc);
     if (!one) __syncwarp(); // the next chunk overwrites the buffer
   }
 }

@@ -729,11 +729,7 @@ static int traced(const qmoe_model *m) {
 /* Whether position POS runs as one recorded graph: the backend offers graphs and no trace point would
  * download in the middle of the position. */
 static int use_graph(const qmoe_model *m) {
-  if (!m->be->graph_begin || !m->be->graph_end || m->no_graph) return 0;
-  if (!m->trace_fn) return 1;
-  for (int i = 0; i < QMOE_TP_COUNT; i++)
-    if (m->trace_points[i]) return 0;
-  return 1;
+  return m->be->graph_begin && m->be->graph_end && !m->no_graph && !traced(m);
 }
 
 /* T positions from POS: the embeddings of the T tokens from byte OFF of IDS, every layer, and (LAST) the

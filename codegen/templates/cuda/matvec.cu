@@ -42,7 +42,7 @@ ${BIND}
       for (int n = 0; n < N; n++) acc[r][n] = 0;
     int keep[R];
     keep[0] = -1;
-    qmoe_row_dots_tok<R, N>(rp, xt, nt, cols / QB_ELEMS, sh[warp], lane, acc, keep);
+    qmoe_row_dots_tok<R, N>(rp, xt, cols / QB_ELEMS, sh[warp], lane, acc, keep);
 #pragma unroll
     for (int n = 0; n < N; n++) {
       if (n >= nt) break;

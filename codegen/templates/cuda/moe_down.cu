@@ -1,16 +1,15 @@
-// qmoe-kernel: qtype=1 acc=1 threads=128 rows_per_block=2 max_k=64 own_tokens=1 tok_min_blocks=2 tok_tile=8 tok_rows=4 tok_split=1 list_cap=2048 counters=65536
+// qmoe-kernel: qtype=1 acc=1 threads=128 rows_per_block=2 max_k=64 own_tokens=1 tok_min_blocks=2 tok_tile=8 tok_rows=4 list_cap=2048 counters=65536
 // qmoe-limit: K <= MAX_K
 // qmoe-limit: H <= COUNTERS * 4 * TOK_ROWS
-// qmoe-grid: qmoe_cdiv(H, TOKENS > 1 ? 4 * TOK_ROWS : RPB), TOKENS > 1 ? E + 1 : 1, TOKENS > 1 ? qmoe_min(TOK_SPLIT, qmoe_cdiv(TOKENS, 4)) : 1
+// qmoe-grid: qmoe_cdiv(H, TOKENS > 1 ? 4 * TOK_ROWS : RPB), TOKENS > 1 ? E + 1 : 1, 1
 // qmoe-workspace: TOKENS > 1 ? COUNTERS * 4 + TOKENS * K * H * ACC_BYTES : 0
 // y[r] = Σ_k w[k] · (Wd[ids[k]]·h[k])[r]: each block computes 2 output rows; its warps take the experts
 // k = warp, warp + ${WARPS}, ... and leave each dot product in shared memory; then one thread per row sums
 // over k in order 0..K-1 in acc_t. No atomics: the result does not depend on scheduling. K <= ${MAX_K}.
 // T tokens (${TOK_ENTRY}): block (tile of ${WARPS}·${TOK_ROWS} rows, e) finds the (token, k) slots that chose expert e (block y = E: the
 // slots with an invalid id, NaN) and computes the tile's rows of Wd[e]·h[t][k] for them ${TOK_TILE} at a time
-// (the rows staged once per chunk for all; block z takes tiles z, z + gridDim.z, ... of the list: a popular
-// expert's tokens are shared by up to ${TOK_SPLIT} blocks), into the workspace: part[t·K + k][r] in acc_t. The last
-// of the (E + 1)·gridDim.z blocks of a tile to finish (a self-resetting counter per tile) sums y[t][r] = Σ_k w[t][k]·part in k order,
+// (the rows staged once per chunk for all), into the workspace: part[t·K + k][r] in acc_t. The last of the E + 1
+// blocks of a tile to finish (a self-resetting counter per tile) sums y[t][r] = Σ_k w[t][k]·part in k order,
 // as the one-token path does: the bits of T calls.
 template <bool TOK>
 static __device__ __forceinline__ void qmoe_down_body(const qmoe_args &a) {
@@ -66,7 +65,7 @@ ${BIND}
     while (scan < qmoe_tokens * K) {
       int n = 0;
       qmoe_expert_slots<${LIST_CAP}>(ids, qmoe_tokens * K, e, E, &scan, list, &n, warp_n);
-      for (int j = (int)blockIdx.z * N; j < n && r0 < H; j += N * (int)gridDim.z) {
+      for (int j = 0; j < n && r0 < H; j += N) {
         const int nt = n - j < N ? n - j : N;
         if (e < 0) {
           if (lane < nt) {
@@ -84,7 +83,7 @@ ${BIND}
         for (int r = 0; r < R; r++)
 #pragma unroll
           for (int i = 0; i < N; i++) acc[r][i] = 0;
-        qmoe_row_dots_tok<R, N>(rp, xt, nt, F / QB_ELEMS, sh[warp], lane, acc, keep);
+        qmoe_row_dots_tok<R, N>(rp, xt, F / QB_ELEMS, sh[warp], lane, acc, keep);
 #pragma unroll
         for (int i = 0; i < N; i++) {
           if (i >= nt) break;
@@ -100,8 +99,7 @@ ${BIND}
     // the last of the tile's E + 1 blocks sums the tile's rows of every token, k in order
     __threadfence();
     __syncthreads();
-    const unsigned nb = (unsigned)((E + 1) * gridDim.z) - 1u; // the tile's blocks: (E + 1) experts × gridDim.z
-    if (threadIdx.x == 0) last = atomicInc(done + tile, nb) == nb;
+    if (threadIdx.x == 0) last = atomicInc(done + tile, (unsigned)E) == (unsigned)E;
     __syncthreads();
     if (!last) return;
     __threadfence();

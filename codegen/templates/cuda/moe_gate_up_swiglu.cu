@@ -1,5 +1,5 @@
-// qmoe-kernel: qtype=1 acc=1 threads=128 rows_per_block=4 own_tokens=1 tok_min_blocks=2 tok_tile=8 tok_split=1 list_cap=2048
-// qmoe-grid: qmoe_cdiv(F, TOKENS > 1 ? 2 * RPB : RPB), TOKENS > 1 ? E + 1 : K, TOKENS > 1 ? qmoe_min(TOK_SPLIT, qmoe_cdiv(TOKENS, 4)) : 1
+// qmoe-kernel: qtype=1 acc=1 threads=128 rows_per_block=4 own_tokens=1 tok_min_blocks=2 tok_tile=8 list_cap=2048
+// qmoe-grid: qmoe_cdiv(F, TOKENS > 1 ? 2 * RPB : RPB), TOKENS > 1 ? E + 1 : K, 1
 // h[k][f] = silu(Wg[ids[k]]·x)[f] · (Wu[ids[k]]·x)[f] for all K chosen experts in one launch: grid.y = K, the
 // expert id is read on the device. Each warp computes gate row f and up row f together (x loaded once);
 // SwiGLU is evaluated in acc_t. An id outside [0, E) yields NaN in its outputs (never a wrong expert).
@@ -7,9 +7,7 @@
 // slots that chose expert e (block y = E: the slots with an invalid id, which get NaN) and computes its rows for
 // them ${TOK_TILE} at a time (each warp the gate and up rows of two f), the rows staged once per chunk for all of
 // them; per slot the operations of the one-token path, so the bits of T calls. Each expert's rows are read once
-// per ${TOK_TILE} of its tokens. Block z takes tiles z, z + gridDim.z, ... of the expert's list (up to ${TOK_SPLIT}
-// blocks share one expert's tokens: routing is uneven, and one block serving a popular expert alone would
-// hold up the whole launch).
+// per ${TOK_TILE} of its tokens.
 template <bool TOK>
 static __device__ __forceinline__ void qmoe_gate_up_body(const qmoe_args &a) {
 ${BIND}
@@ -52,7 +50,7 @@ ${BIND}
     while (scan < qmoe_tokens * K) {
       int n = 0;
       qmoe_expert_slots<${LIST_CAP}>(ids, qmoe_tokens * K, e, E, &scan, list, &n, warp_n);
-      for (int j = (int)blockIdx.z * N; j < n && f < F; j += N * (int)gridDim.z) {
+      for (int j = 0; j < n && f < F; j += N) {
         const int nt = n - j < N ? n - j : N;
         if (e < 0) {
           if (lane < nt) {
@@ -69,7 +67,7 @@ ${BIND}
         for (int r = 0; r < 4; r++)
 #pragma unroll
           for (int i = 0; i < N; i++) acc[r][i] = 0;
-        qmoe_row_dots_tok<4, N>(rp, xt, nt, H / QB_ELEMS, sh[warp], lane, acc, keep);
+        qmoe_row_dots_tok<4, N>(rp, xt, H / QB_ELEMS, sh[warp], lane, acc, keep);
 #pragma unroll
         for (int i = 0; i < N; i++) {
           if (i >= nt) break;
