@@ -262,7 +262,7 @@ local CTYPE = { f32 = "float", i32 = "int32_t", qtype = "uint8_t" }
 
 -- Binds the contract's buffers and params to local names (the kernel bodies use the contract's names).
 -- A name that is not a C identifier, or clashes, fails here with the contract named.
-local function binding(st, argname, rename, own_tokens)
+local function binding(st, argname, rename, own_tokens, wait_in_template)
   local lines = {}
   -- Token: generic kernels of a stage with `tokens` take token blockIdx.z (per-token buffers and advancing
   -- params moved to it); own_tokens kernels and stages without tokens take token 0.
@@ -294,8 +294,10 @@ local function binding(st, argname, rename, own_tokens)
   for _, p in ipairs(st.ints) do used[#used + 1] = "(void)" .. (rename[p] or p) end
   for _, p in ipairs(st.floats) do used[#used + 1] = "(void)" .. (rename[p] or p) end
   lines[#lines + 1] = "  " .. table.concat(used, ", ") .. "; // not every kernel reads every contract name"
-  -- Before any memory access: the previous kernel of a graph with programmatic edges has completed.
-  lines[#lines + 1] = "  qmoe_grid_wait();"
+  -- Before any memory access: the previous kernel of a graph with programmatic edges has completed. A template
+  -- that says ${GRID_WAIT} waits there instead: what it does before reads only what no kernel writes (weights,
+  -- params) and writes nothing.
+  if not wait_in_template then lines[#lines + 1] = "  qmoe_grid_wait();" end
   return table.concat(lines, "\n")
 end
 
@@ -318,7 +320,9 @@ local function emit_variant(v, sources)
   for _, b in ipairs(st.bufs) do if b.name == "a" then argname = "a_" end end
   for _, p in ipairs(st.ints) do if p == "a" then argname = "a_" end end
   for _, p in ipairs(st.floats) do if p == "a" then argname = "a_" end end
-  vars.BIND = binding(st, argname, rename, kd.own_tokens)
+  local wait_in_template = template.load("cuda/" .. st.name .. ".cu"):find("${GRID_WAIT}", 1, true) ~= nil
+  vars.BIND = binding(st, argname, rename, kd.own_tokens, wait_in_template)
+  vars.GRID_WAIT = "qmoe_grid_wait();"
   -- own_tokens kernels have a second entry, ${ENTRY}_tok, for calls of many tokens (its registers do not cost the
   -- one-token entry, which decode runs, any occupancy)
   vars.TOK_ENTRY = v.entry .. "_tok"

@@ -172,7 +172,7 @@ static int launch_argmax(const qmoe_cuda_launch_env *env, const int64_t *p, qmoe
   const int64_t n = p[0];
   (void)n;
   (void)env;
-  l->grid[0] = qmoe_min(qmoe_cdiv(n, 4096), 1024);
+  l->grid[0] = qmoe_min(qmoe_cdiv(n, 1024), 1024);
   l->grid[1] = 1;
   l->grid[2] = 1;
   l->workspace = (size_t)(0);

@@ -73,10 +73,19 @@ __device__ __forceinline__ float qmoe_cu_f16(uint32_t h) {
 #endif
 }
 // Where a graph launches this kernel programmatically (QMOE_CUDA_PDL, sm_90+), wait here until the kernel before
-// it has completed and its writes are visible; otherwise (a plain launch or edge) this returns at once.
+// it has completed and its writes are visible, then let the next kernel launch (once every block of this one has
+// passed here): its blocks start, and do what they may before their own wait, while this one runs. Otherwise
+// (a plain launch or edge) both return at once.
 __device__ __forceinline__ void qmoe_grid_wait() {
 #if __CUDA_ARCH__ >= 900
   asm volatile("griddepcontrol.wait;\n" ::: "memory");
+  asm volatile("griddepcontrol.launch_dependents;\n" ::: "memory");
+#endif
+}
+// Asks for BYTES (a multiple of 16) from P (16-byte aligned) to be brought into L2 (sm_90+; a hint, nothing waits).
+__device__ __forceinline__ void qmoe_prefetch_l2(const void *p, uint32_t bytes) {
+#if __CUDA_ARCH__ >= 900
+  asm volatile("cp.async.bulk.prefetch.L2.global [%0], %1;\n" ::"l"(p), "r"(bytes) : "memory");
 #endif
 }
 __device__ __forceinline__ void qmoe_cp_async16(uint4 *smem, const uint4 *gmem) {
@@ -115,7 +124,7 @@ __device__ __forceinline__ acc_t qmoe_block_sum(acc_t v, acc_t *sh) {
 // stage's kernel over y (the same threads, the same sum of squares in acc_t and fixed-order reduction), so
 // the result equals add followed by rmsnorm bit for bit. y may be a: each thread reads a[i] before it writes
 // y[i], and reads back only the y[i] it wrote itself.
-extern "C" __global__ void __launch_bounds__(256, 4) qmoe_add_rmsnorm__f64(const qmoe_args a_) {
+extern "C" __global__ void __launch_bounds__(256, 1) qmoe_add_rmsnorm__f64(const qmoe_args a_) {
   const int64_t qmoe_tokens = a_.tokens;
   const int64_t qmoe_tok = blockIdx.z;
   const int64_t n = a_.p[0];
@@ -134,12 +143,21 @@ extern "C" __global__ void __launch_bounds__(256, 4) qmoe_add_rmsnorm__f64(const
   const bool fits = n <= (int64_t)16 * blockDim.x;
   acc_t ss = 0;
   if (fits) {
+    // every load first (all in flight at once; y may be a, so a store between them would order them one
+    // trip to memory each), then the sums and stores in the same order
+    float av[16], bv[16];
+#pragma unroll
+    for (int u = 0; u < 16; u++) {
+      const int64_t i = threadIdx.x + (int64_t)u * blockDim.x;
+      av[u] = i < n ? a[i] : 0.0f;
+      bv[u] = i < n ? b[i] : 0.0f;
+      wv[u] = i < n ? w[i] : 0.0f;
+    }
 #pragma unroll
     for (int u = 0; u < 16; u++) {
       const int64_t i = threadIdx.x + (int64_t)u * blockDim.x;
       if (i < n) {
-        const float s = a[i] + b[i];
-        wv[u] = w[i];
+        const float s = av[u] + bv[u];
         yv[u] = s;
         y[i] = s;
         const acc_t v = (acc_t)s;

@@ -73,10 +73,19 @@ __device__ __forceinline__ float qmoe_cu_f16(uint32_t h) {
 #endif
 }
 // Where a graph launches this kernel programmatically (QMOE_CUDA_PDL, sm_90+), wait here until the kernel before
-// it has completed and its writes are visible; otherwise (a plain launch or edge) this returns at once.
+// it has completed and its writes are visible, then let the next kernel launch (once every block of this one has
+// passed here): its blocks start, and do what they may before their own wait, while this one runs. Otherwise
+// (a plain launch or edge) both return at once.
 __device__ __forceinline__ void qmoe_grid_wait() {
 #if __CUDA_ARCH__ >= 900
   asm volatile("griddepcontrol.wait;\n" ::: "memory");
+  asm volatile("griddepcontrol.launch_dependents;\n" ::: "memory");
+#endif
+}
+// Asks for BYTES (a multiple of 16) from P (16-byte aligned) to be brought into L2 (sm_90+; a hint, nothing waits).
+__device__ __forceinline__ void qmoe_prefetch_l2(const void *p, uint32_t bytes) {
+#if __CUDA_ARCH__ >= 900
+  asm volatile("cp.async.bulk.prefetch.L2.global [%0], %1;\n" ::"l"(p), "r"(bytes) : "memory");
 #endif
 }
 __device__ __forceinline__ void qmoe_cp_async16(uint4 *smem, const uint4 *gmem) {
@@ -122,6 +131,18 @@ static __device__ __forceinline__ void qmoe_better(float &bv, int64_t &bi, float
   if (v > bv || (v == bv && i < bi)) { bv = v; bi = i; }
 }
 
+// the block's best (bv, bi) in thread 0 (warp trees, then the warps)
+static __device__ __forceinline__ void qmoe_argmax_block(float &bv, int64_t &bi, float *sv, int64_t *si) {
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nw = blockDim.x >> 5;
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) qmoe_better(bv, bi, __shfl_xor_sync(QMOE_FULL, bv, o), __shfl_xor_sync(QMOE_FULL, bi, o));
+  if (lane == 0) { sv[warp] = bv; si[warp] = bi; }
+  __syncthreads();
+  if (threadIdx.x == 0)
+    for (int w = 1; w < nw; w++) qmoe_better(bv, bi, sv[w], si[w]);
+  __syncthreads();
+}
+
 extern "C" __global__ void __launch_bounds__(256, 4) qmoe_argmax(const qmoe_args a) {
   const int64_t qmoe_tokens = a.tokens;
   const int64_t qmoe_tok = 0;
@@ -133,31 +154,31 @@ extern "C" __global__ void __launch_bounds__(256, 4) qmoe_argmax(const qmoe_args
   __shared__ float sv[32];
   __shared__ int64_t si[32];
   __shared__ int last;
-  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nw = blockDim.x >> 5;
   const int64_t per = (n + gridDim.x - 1) / gridDim.x;
   const int64_t lo = (int64_t)blockIdx.x * per, hi = lo + per < n ? lo + per : n;
   float bv = -__int_as_float(0x7f800000);
   int64_t bi = QMOE_I64_MAX;
+#pragma unroll 4
   for (int64_t i = lo + threadIdx.x; i < hi; i += blockDim.x) qmoe_better(bv, bi, __ldg(x + i), i);
-#pragma unroll
-  for (int o = 16; o > 0; o >>= 1) qmoe_better(bv, bi, __shfl_xor_sync(QMOE_FULL, bv, o), __shfl_xor_sync(QMOE_FULL, bi, o));
-  if (lane == 0) { sv[warp] = bv; si[warp] = bi; }
-  __syncthreads();
+  qmoe_argmax_block(bv, bi, sv, si);
   if (threadIdx.x == 0) {
-    for (int w = 1; w < nw; w++) qmoe_better(bv, bi, sv[w], si[w]);
     qmoe_argmax_val[blockIdx.x] = bv;
     qmoe_argmax_idx[blockIdx.x] = (int)(bi == QMOE_I64_MAX ? -1 : bi);
     __threadfence();
     last = atomicInc(&qmoe_argmax_done, gridDim.x - 1) == gridDim.x - 1;
   }
   __syncthreads();
-  if (!last || threadIdx.x != 0) return;
+  if (!last) return;
   __threadfence();
-  float v = -__int_as_float(0x7f800000);
-  int64_t best = QMOE_I64_MAX;
-  for (unsigned b = 0; b < gridDim.x; b++) {
+  // the whole block reads the partials at once (the order of merging does not matter: the better of two is a
+  // total order, and NaN is never chosen)
+  bv = -__int_as_float(0x7f800000);
+  bi = QMOE_I64_MAX;
+  for (unsigned b = threadIdx.x; b < gridDim.x; b += blockDim.x) {
     const int i = __ldcg(qmoe_argmax_idx + b);
-    if (i >= 0) qmoe_better(v, best, __ldcg(qmoe_argmax_val + b), i);
+    const float v = __ldcg(qmoe_argmax_val + b);
+    if (i >= 0) qmoe_better(bv, bi, v, i);
   }
-  idx[0] = best == QMOE_I64_MAX ? 0 : (int)best;
+  qmoe_argmax_block(bv, bi, sv, si);
+  if (threadIdx.x == 0) idx[0] = bi == QMOE_I64_MAX ? 0 : (int)bi;
 }

@@ -73,10 +73,19 @@ __device__ __forceinline__ float qmoe_cu_f16(uint32_t h) {
 #endif
 }
 // Where a graph launches this kernel programmatically (QMOE_CUDA_PDL, sm_90+), wait here until the kernel before
-// it has completed and its writes are visible; otherwise (a plain launch or edge) this returns at once.
+// it has completed and its writes are visible, then let the next kernel launch (once every block of this one has
+// passed here): its blocks start, and do what they may before their own wait, while this one runs. Otherwise
+// (a plain launch or edge) both return at once.
 __device__ __forceinline__ void qmoe_grid_wait() {
 #if __CUDA_ARCH__ >= 900
   asm volatile("griddepcontrol.wait;\n" ::: "memory");
+  asm volatile("griddepcontrol.launch_dependents;\n" ::: "memory");
+#endif
+}
+// Asks for BYTES (a multiple of 16) from P (16-byte aligned) to be brought into L2 (sm_90+; a hint, nothing waits).
+__device__ __forceinline__ void qmoe_prefetch_l2(const void *p, uint32_t bytes) {
+#if __CUDA_ARCH__ >= 900
+  asm volatile("cp.async.bulk.prefetch.L2.global [%0], %1;\n" ::"l"(p), "r"(bytes) : "memory");
 #endif
 }
 __device__ __forceinline__ void qmoe_cp_async16(uint4 *smem, const uint4 *gmem) {
@@ -784,7 +793,6 @@ static __device__ __forceinline__ void qmoe_matvec_body(const qmoe_args &a) {
   const float *const x = (const float *)a.buf[1];
   float *const y = (float *)a.buf[2];
   (void)qmoe_tokens, (void)qmoe_tok, (void)W, (void)x, (void)y, (void)rows, (void)cols; // not every kernel reads every contract name
-  qmoe_grid_wait();
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   const int64_t row_bytes = cols / QB_ELEMS * QB_BYTES;
   if constexpr (!TOK) {
@@ -793,6 +801,14 @@ static __device__ __forceinline__ void qmoe_matvec_body(const qmoe_args &a) {
     if (r0 >= rows) return;
     const int64_t r1 = r0 + 1 < rows ? r0 + 1 : r0;
     const uint8_t *rp[2] = { W + r0 * row_bytes, W + r1 * row_bytes };
+    // The warp's rows (weights: no kernel writes them) are asked into L2 before the wait for the kernel before,
+    // so in a graph their first trip to memory overlaps it. The span is rounded out to 16 bytes (buffers are
+    // 256-byte aligned and sized, backend_cuda.c).
+    if (lane == 0) {
+      const uint64_t p0 = (uint64_t)rp[0] & ~(uint64_t)15, p1 = ((uint64_t)rp[1] + row_bytes + 15) & ~(uint64_t)15;
+      qmoe_prefetch_l2((const void *)p0, (uint32_t)(p1 - p0));
+    }
+    qmoe_grid_wait();
     acc_t acc[2] = { 0, 0 };
     qmoe_row_dots<2>(rp, x, cols / QB_ELEMS, sh[warp], lane, acc);
     const acc_t s0 = qmoe_warp_sum(acc[0]), s1 = qmoe_warp_sum(acc[1]);
@@ -803,6 +819,7 @@ static __device__ __forceinline__ void qmoe_matvec_body(const qmoe_args &a) {
   } else {
     constexpr int R = 4, N = 8;
     __shared__ uint4 sh[4][R * STAGE_VECS];
+    qmoe_grid_wait();
     const int64_t r0 = ((int64_t)blockIdx.x * 4 + warp) * R;
     if (r0 >= rows) return;
     const uint8_t *rp[R];

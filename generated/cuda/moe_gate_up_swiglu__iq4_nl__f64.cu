@@ -73,10 +73,19 @@ __device__ __forceinline__ float qmoe_cu_f16(uint32_t h) {
 #endif
 }
 // Where a graph launches this kernel programmatically (QMOE_CUDA_PDL, sm_90+), wait here until the kernel before
-// it has completed and its writes are visible; otherwise (a plain launch or edge) this returns at once.
+// it has completed and its writes are visible, then let the next kernel launch (once every block of this one has
+// passed here): its blocks start, and do what they may before their own wait, while this one runs. Otherwise
+// (a plain launch or edge) both return at once.
 __device__ __forceinline__ void qmoe_grid_wait() {
 #if __CUDA_ARCH__ >= 900
   asm volatile("griddepcontrol.wait;\n" ::: "memory");
+  asm volatile("griddepcontrol.launch_dependents;\n" ::: "memory");
+#endif
+}
+// Asks for BYTES (a multiple of 16) from P (16-byte aligned) to be brought into L2 (sm_90+; a hint, nothing waits).
+__device__ __forceinline__ void qmoe_prefetch_l2(const void *p, uint32_t bytes) {
+#if __CUDA_ARCH__ >= 900
+  asm volatile("cp.async.bulk.prefetch.L2.global [%0], %1;\n" ::"l"(p), "r"(bytes) : "memory");
 #endif
 }
 __device__ __forceinline__ void qmoe_cp_async16(uint4 *smem, const uint4 *gmem) {

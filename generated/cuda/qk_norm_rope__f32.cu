@@ -73,10 +73,19 @@ __device__ __forceinline__ float qmoe_cu_f16(uint32_t h) {
 #endif
 }
 // Where a graph launches this kernel programmatically (QMOE_CUDA_PDL, sm_90+), wait here until the kernel before
-// it has completed and its writes are visible; otherwise (a plain launch or edge) this returns at once.
+// it has completed and its writes are visible, then let the next kernel launch (once every block of this one has
+// passed here): its blocks start, and do what they may before their own wait, while this one runs. Otherwise
+// (a plain launch or edge) both return at once.
 __device__ __forceinline__ void qmoe_grid_wait() {
 #if __CUDA_ARCH__ >= 900
   asm volatile("griddepcontrol.wait;\n" ::: "memory");
+  asm volatile("griddepcontrol.launch_dependents;\n" ::: "memory");
+#endif
+}
+// Asks for BYTES (a multiple of 16) from P (16-byte aligned) to be brought into L2 (sm_90+; a hint, nothing waits).
+__device__ __forceinline__ void qmoe_prefetch_l2(const void *p, uint32_t bytes) {
+#if __CUDA_ARCH__ >= 900
+  asm volatile("cp.async.bulk.prefetch.L2.global [%0], %1;\n" ::"l"(p), "r"(bytes) : "memory");
 #endif
 }
 __device__ __forceinline__ void qmoe_cp_async16(uint4 *smem, const uint4 *gmem) {
@@ -116,6 +125,12 @@ __device__ __forceinline__ acc_t qmoe_block_sum(acc_t v, acc_t *sh) {
 // same fixed-order block sum), each normalized value rounded to f32 as qk_norm stores it, then rope_neox's
 // rotation (angle, cos and sin in double; the rotation in acc_t). The whole head is read for the sum before
 // the block sum's barrier; after it each thread reads and writes only its own pairs, so y may be x.
+// the rotation of pair i at position pos, in double as rope_neox.cu computes it, rounded to acc_t
+static __device__ __forceinline__ void qmoe_rope_cs(int64_t pos, double theta, int64_t i, int64_t D, acc_t *c, acc_t *s) {
+  const double ang = (double)pos * pow(theta, -(double)(2 * i) / (double)D);
+  *c = (acc_t)cos(ang);
+  *s = (acc_t)sin(ang);
+}
 extern "C" __global__ void __launch_bounds__(128, 4) qmoe_qk_norm_rope__f32(const qmoe_args a) {
   const int64_t qmoe_tokens = a.tokens;
   const int64_t qmoe_tok = blockIdx.z;
@@ -128,10 +143,14 @@ extern "C" __global__ void __launch_bounds__(128, 4) qmoe_qk_norm_rope__f32(cons
   const double eps = a.f[0];
   const double theta = a.f[1];
   (void)qmoe_tokens, (void)qmoe_tok, (void)x, (void)w, (void)y, (void)nh, (void)D, (void)pos, (void)eps, (void)theta; // not every kernel reads every contract name
-  qmoe_grid_wait();
   __shared__ acc_t red[32];
   const int64_t half = D / 2, base = (int64_t)blockIdx.x * D;
   if (blockIdx.x >= nh) return;
+  // The thread's first pair's cos and sin read only params: computed before the wait for the kernel before
+  // (in a graph, while it still runs), so the latency of double pow, cos and sin is hidden behind it.
+  acc_t c0 = 0, s0 = 0;
+  if ((int64_t)threadIdx.x < half) qmoe_rope_cs(pos, theta, threadIdx.x, D, &c0, &s0);
+  qmoe_grid_wait();
   acc_t ss = 0;
   for (int64_t i = threadIdx.x; i < D; i += blockDim.x) {
     const acc_t v = (acc_t)x[base + i];
@@ -142,8 +161,8 @@ extern "C" __global__ void __launch_bounds__(128, 4) qmoe_qk_norm_rope__f32(cons
   for (int64_t i = threadIdx.x; i < half; i += blockDim.x) {
     const float n0 = (float)((acc_t)x[base + i] * r * (acc_t)w[i]);
     const float n1 = (float)((acc_t)x[base + i + half] * r * (acc_t)w[i + half]);
-    const double ang = (double)pos * pow(theta, -(double)(2 * i) / (double)D);
-    const acc_t c = (acc_t)cos(ang), s = (acc_t)sin(ang);
+    acc_t c = c0, s = s0;
+    if (i != (int64_t)threadIdx.x) qmoe_rope_cs(pos, theta, i, D, &c, &s);
     const acc_t x0 = (acc_t)n0, x1 = (acc_t)n1;
     const acc_t y0 = qmoe_add_rn(qmoe_mul_rn(x0, c), -qmoe_mul_rn(x1, s)), y1 = qmoe_add_rn(qmoe_mul_rn(x0, s), qmoe_mul_rn(x1, c));
     y[base + i] = (float)y0;

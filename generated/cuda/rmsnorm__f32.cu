@@ -73,10 +73,19 @@ __device__ __forceinline__ float qmoe_cu_f16(uint32_t h) {
 #endif
 }
 // Where a graph launches this kernel programmatically (QMOE_CUDA_PDL, sm_90+), wait here until the kernel before
-// it has completed and its writes are visible; otherwise (a plain launch or edge) this returns at once.
+// it has completed and its writes are visible, then let the next kernel launch (once every block of this one has
+// passed here): its blocks start, and do what they may before their own wait, while this one runs. Otherwise
+// (a plain launch or edge) both return at once.
 __device__ __forceinline__ void qmoe_grid_wait() {
 #if __CUDA_ARCH__ >= 900
   asm volatile("griddepcontrol.wait;\n" ::: "memory");
+  asm volatile("griddepcontrol.launch_dependents;\n" ::: "memory");
+#endif
+}
+// Asks for BYTES (a multiple of 16) from P (16-byte aligned) to be brought into L2 (sm_90+; a hint, nothing waits).
+__device__ __forceinline__ void qmoe_prefetch_l2(const void *p, uint32_t bytes) {
+#if __CUDA_ARCH__ >= 900
+  asm volatile("cp.async.bulk.prefetch.L2.global [%0], %1;\n" ::"l"(p), "r"(bytes) : "memory");
 #endif
 }
 __device__ __forceinline__ void qmoe_cp_async16(uint4 *smem, const uint4 *gmem) {
@@ -112,7 +121,7 @@ __device__ __forceinline__ acc_t qmoe_block_sum(acc_t v, acc_t *sh) {
 }
 
 // y = x · (1/sqrt(mean(x²) + eps)) · w in one block: sum of squares in acc_t, fixed-order reduction.
-extern "C" __global__ void __launch_bounds__(256, 4) qmoe_rmsnorm__f32(const qmoe_args a) {
+extern "C" __global__ void __launch_bounds__(256, 1) qmoe_rmsnorm__f32(const qmoe_args a) {
   const int64_t qmoe_tokens = a.tokens;
   const int64_t qmoe_tok = blockIdx.z;
   const int64_t n = a.p[0];
@@ -123,12 +132,38 @@ extern "C" __global__ void __launch_bounds__(256, 4) qmoe_rmsnorm__f32(const qmo
   (void)qmoe_tokens, (void)qmoe_tok, (void)x, (void)w, (void)y, (void)n, (void)eps; // not every kernel reads every contract name
   qmoe_grid_wait();
   __shared__ acc_t red[32];
+  // Where n fits RN_U elements per thread, x and w are loaded once, all in flight at once, and kept in
+  // registers; the sum of squares runs in the same order either way.
+  const bool fits = n <= (int64_t)16 * blockDim.x;
+  float xv[16], wv[16];
   acc_t ss = 0;
-  for (int64_t i = threadIdx.x; i < n; i += blockDim.x) {
-    const acc_t v = (acc_t)x[i];
-    ss += v * v;
+  if (fits) {
+#pragma unroll
+    for (int u = 0; u < 16; u++) {
+      const int64_t i = threadIdx.x + (int64_t)u * blockDim.x;
+      xv[u] = i < n ? x[i] : 0.0f;
+      wv[u] = i < n ? w[i] : 0.0f;
+    }
+#pragma unroll
+    for (int u = 0; u < 16; u++) {
+      const acc_t v = (acc_t)xv[u];
+      if (threadIdx.x + (int64_t)u * blockDim.x < n) ss += v * v;
+    }
+  } else {
+    for (int64_t i = threadIdx.x; i < n; i += blockDim.x) {
+      const acc_t v = (acc_t)x[i];
+      ss += v * v;
+    }
   }
   ss = qmoe_block_sum(ss, red);
   const acc_t r = (acc_t)1 / qmoe_sqrt(ss / (acc_t)n + (acc_t)eps);
-  for (int64_t i = threadIdx.x; i < n; i += blockDim.x) y[i] = (float)((acc_t)x[i] * r * (acc_t)w[i]);
+  if (fits) {
+#pragma unroll
+    for (int u = 0; u < 16; u++) {
+      const int64_t i = threadIdx.x + (int64_t)u * blockDim.x;
+      if (i < n) y[i] = (float)((acc_t)xv[u] * r * (acc_t)wv[u]);
+    }
+  } else {
+    for (int64_t i = threadIdx.x; i < n; i += blockDim.x) y[i] = (float)((acc_t)x[i] * r * (acc_t)w[i]);
+  }
 }

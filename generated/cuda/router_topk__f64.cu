@@ -73,10 +73,19 @@ __device__ __forceinline__ float qmoe_cu_f16(uint32_t h) {
 #endif
 }
 // Where a graph launches this kernel programmatically (QMOE_CUDA_PDL, sm_90+), wait here until the kernel before
-// it has completed and its writes are visible; otherwise (a plain launch or edge) this returns at once.
+// it has completed and its writes are visible, then let the next kernel launch (once every block of this one has
+// passed here): its blocks start, and do what they may before their own wait, while this one runs. Otherwise
+// (a plain launch or edge) both return at once.
 __device__ __forceinline__ void qmoe_grid_wait() {
 #if __CUDA_ARCH__ >= 900
   asm volatile("griddepcontrol.wait;\n" ::: "memory");
+  asm volatile("griddepcontrol.launch_dependents;\n" ::: "memory");
+#endif
+}
+// Asks for BYTES (a multiple of 16) from P (16-byte aligned) to be brought into L2 (sm_90+; a hint, nothing waits).
+__device__ __forceinline__ void qmoe_prefetch_l2(const void *p, uint32_t bytes) {
+#if __CUDA_ARCH__ >= 900
+  asm volatile("cp.async.bulk.prefetch.L2.global [%0], %1;\n" ::"l"(p), "r"(bytes) : "memory");
 #endif
 }
 __device__ __forceinline__ void qmoe_cp_async16(uint4 *smem, const uint4 *gmem) {
@@ -132,6 +141,7 @@ extern "C" __global__ void __launch_bounds__(256, 1) qmoe_router_topk__f64(const
   qmoe_grid_wait();
   __shared__ acc_t prob[4096];
   __shared__ int sel[64];
+  __shared__ acc_t pk[64];
   __shared__ unsigned char taken[4096];
   __shared__ acc_t red[32];
   __shared__ int last;
@@ -160,17 +170,19 @@ extern "C" __global__ void __launch_bounds__(256, 1) qmoe_router_topk__f64(const
   __syncthreads();
   if (threadIdx.x == 0) last = atomicInc(done, gridDim.x - 1) == gridDim.x - 1;
   __syncthreads();
-  if (!last || warp != 0) return;
+  if (!last) return;
   __threadfence();
-  // One warp finishes (no block barriers): lane i holds logits i, i + 32, ... Softmax sum over all E, then top-K
-  // by logit (ties: the lower index), then w = p / Σ p over the chosen, all in acc_t.
-  acc_t mx = QMOE_NEG_INF;
-  for (int i = lane; i < E; i += 32) {
-    const acc_t l = __ldcg(logits + i);
-    prob[i] = l;
+  // The whole block brings the logits in (one trip to memory, not one per lane's step), then one warp finishes
+  // (no block barriers): lane i holds logits i, i + 32, ... Softmax sum over all E, then top-K by logit (ties:
+  // the lower index), then w = p / Σ p over the chosen, all in acc_t.
+  for (int i = threadIdx.x; i < E; i += blockDim.x) {
+    prob[i] = __ldcg(logits + i);
     taken[i] = 0;
-    mx = l > mx ? l : mx;
   }
+  __syncthreads();
+  if (warp != 0) return;
+  acc_t mx = QMOE_NEG_INF;
+  for (int i = lane; i < E; i += 32) mx = prob[i] > mx ? prob[i] : mx;
 #pragma unroll
   for (int o = 16; o > 0; o >>= 1) {
     const acc_t other = __shfl_xor_sync(QMOE_FULL, mx, o);
@@ -179,32 +191,39 @@ extern "C" __global__ void __launch_bounds__(256, 1) qmoe_router_topk__f64(const
   acc_t s = 0;
   for (int i = lane; i < E; i += 32) s += qmoe_exp(prob[i] - mx);
   s = qmoe_warp_sum(s);
-  __syncwarp();
+  // Each lane keeps its best untaken entry (the first untaken, replaced by a larger one: ties the lower index);
+  // only the lane that owned a round's winner scans again. The same choices as scanning every lane every round.
+  acc_t lv = QMOE_NEG_INF;
+  int li = -1;
+  for (int i = lane; i < E; i += 32)
+    if (li < 0 || prob[i] > lv) { lv = prob[i]; li = i; }
   for (int k = 0; k < K; k++) {
-    acc_t bv = QMOE_NEG_INF;
-    int bi = -1;
-    for (int i = lane; i < E; i += 32) {
-      const acc_t v = prob[i];
-      if (!taken[i] && (bi < 0 || v > bv)) { bv = v; bi = i; }
-    }
+    acc_t bv = lv;
+    int bi = li;
 #pragma unroll
-    for (int o = 16; o > 0; o >>= 1) { // every lane ends with the same winner
+    for (int o = 16; o > 0; o >>= 1) {
       const acc_t ov = __shfl_xor_sync(QMOE_FULL, bv, o);
       const int oi = __shfl_xor_sync(QMOE_FULL, bi, o);
       if (oi >= 0 && (bi < 0 || ov > bv || (ov == bv && oi < bi))) { bv = ov; bi = oi; }
     }
-    if (lane == 0) {
-      sel[k] = bi;
+    bi = __shfl_sync(QMOE_FULL, bi, 0); // lane 0's winner (with NaN logits the lanes' trees need not agree)
+    if (lane == 0) sel[k] = bi;
+    if (bi >= 0 && (bi & 31) == lane) {
       taken[bi] = 1;
+      lv = QMOE_NEG_INF;
+      li = -1;
+      for (int i = lane; i < E; i += 32)
+        if (!taken[i] && (li < 0 || prob[i] > lv)) { lv = prob[i]; li = i; }
     }
-    __syncwarp();
   }
-  if (lane == 0) {
-    acc_t chosen = 0;
-    for (int k = 0; k < K; k++) chosen += qmoe_exp(prob[sel[k]] - mx) / s;
-    for (int k = 0; k < K; k++) {
-      ids[k] = sel[k];
-      w[k] = (float)((qmoe_exp(prob[sel[k]] - mx) / s) / chosen);
-    }
+  __syncwarp();
+  // each chosen p = exp(l - mx) / s by its own lane; their sum in k order; then each w = p / Σ
+  for (int k = lane; k < K; k += 32) pk[k] = qmoe_exp(prob[sel[k]] - mx) / s;
+  __syncwarp();
+  acc_t chosen = 0;
+  for (int k = 0; k < K; k++) chosen += pk[k];
+  for (int k = lane; k < K; k += 32) {
+    ids[k] = sel[k];
+    w[k] = (float)(pk[k] / chosen);
   }
 }

@@ -110,6 +110,18 @@ template <typename T> static inline T __shfl_xor_sync(unsigned mask, T v, int o)
   return r;
 }
 
+template <typename T> static inline T __shfl_sync(unsigned mask, T v, int src) {
+  static_assert(sizeof(T) <= 8, "shuffle of more than 8 bytes");
+  qmoe_emu_thread *t = &qmoe_emu.th[qmoe_emu.cur];
+  int w = t->warp, lane = t->lane;
+  std::memcpy(&qmoe_emu.slots[w][lane], &v, sizeof(T));
+  __syncwarp(mask);
+  T r;
+  std::memcpy(&r, &qmoe_emu.slots[w][src & 31], sizeof(T));
+  __syncwarp(mask);
+  return r;
+}
+
 /* The warp's predicate bits: each live lane leaves its own, then every lane reads all 32 (lanes that exited
  * count as 0, as on the GPU for a full mask). */
 static inline unsigned __ballot_sync(unsigned mask, int pred) {
@@ -156,6 +168,7 @@ using std::sqrt;
 
 static inline void qmoe_cp_async16(uint4 *smem, const uint4 *gmem) { std::memcpy(smem, gmem, 16); }
 static inline void qmoe_grid_wait() {}
+static inline void qmoe_prefetch_l2(const void *, uint32_t) {}
 /* cvt.f32.f16 is exact; the host does the same conversion from the bits. */
 static inline float qmoe_cu_f16(uint32_t h) {
   uint32_t s = (h & 0x8000u) << 16, e = (h >> 10) & 0x1Fu, m = h & 0x3FFu, u;

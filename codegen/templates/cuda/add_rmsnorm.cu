@@ -1,4 +1,4 @@
-// qmoe-kernel: acc=1 threads=256 rows_per_block=1 arn_u=16
+// qmoe-kernel: acc=1 threads=256 rows_per_block=1 min_blocks=1 arn_u=16
 // qmoe-grid: 1, 1
 // y = a + b, then xn = y · (1/sqrt(mean(y²) + eps)) · w in one block: the add stage's sum, then the rmsnorm
 // stage's kernel over y (the same threads, the same sum of squares in acc_t and fixed-order reduction), so
@@ -13,12 +13,21 @@ ${BIND}
   const bool fits = n <= (int64_t)${ARN_U} * blockDim.x;
   acc_t ss = 0;
   if (fits) {
+    // every load first (all in flight at once; y may be a, so a store between them would order them one
+    // trip to memory each), then the sums and stores in the same order
+    float av[${ARN_U}], bv[${ARN_U}];
+#pragma unroll
+    for (int u = 0; u < ${ARN_U}; u++) {
+      const int64_t i = threadIdx.x + (int64_t)u * blockDim.x;
+      av[u] = i < n ? a[i] : 0.0f;
+      bv[u] = i < n ? b[i] : 0.0f;
+      wv[u] = i < n ? w[i] : 0.0f;
+    }
 #pragma unroll
     for (int u = 0; u < ${ARN_U}; u++) {
       const int64_t i = threadIdx.x + (int64_t)u * blockDim.x;
       if (i < n) {
-        const float s = a[i] + b[i];
-        wv[u] = w[i];
+        const float s = av[u] + bv[u];
         yv[u] = s;
         y[i] = s;
         const acc_t v = (acc_t)s;
