@@ -141,6 +141,18 @@ static __device__ __forceinline__ float qmoe_q_f16(uint32_t h) {
 static __device__ __forceinline__ float qmoe_q_bf16(uint32_t h) { return qmoe_q_bits_f32(h << 16); }
 /* (float)v, exact for -2^22 <= v < 2^22, without the slow conversion instruction (expr.lua, RANGES). */
 static __device__ __forceinline__ float qmoe_q_i2f(int v) { return __fsub_rn(__int_as_float(0x4B400000 + v), 12582912.0f); }
+/* The 4 bytes at p + t0 (t0 a multiple of 4; p of any alignment) as a little-endian word, from the aligned
+ * words around them (the words of p + 0 and p + 4 share one read). Pointer arithmetic, not integer casts,
+ * so the compiler still sees shared memory (LDS) where p points there. */
+static __device__ __forceinline__ uint32_t qmoe_q_rd_u32(const uint8_t *p, int t0) {
+  const uint32_t mis = (uint32_t)(uint64_t)p & 3u;
+  const uint32_t *a = (const uint32_t *)(p - mis) + (t0 >> 2);
+  return __funnelshift_r(a[0], a[1], mis * 8u);
+}
+/* (float)(byte k of w) - off, exact: the f32 1.5·2^23 + byte (a byte permute) minus 1.5·2^23 + off. */
+static __device__ __forceinline__ float qmoe_q_unpack(uint32_t w, int k, float base) {
+  return __fsub_rn(__uint_as_float(__byte_perm(w, 0x4B400000u, 0x7640u + k)), base);
+}
 
 static __device__ __forceinline__ float qmoe_q6_k_decode_run(const uint8_t *b, int ig, int i) {
   const float f_d = qmoe_cu_f16(qmoe_q_rd_u16(b + 208));
@@ -173,6 +185,18 @@ static __device__ __forceinline__ float qmoe_q6_k_run_v(const uint8_t *b, int ig
   const int v_up = (((int)b[128 + ((32 * v_h) + v_l)] >> (2 * v_g)) & 3);
   const int v_sc = (int)(int8_t)b[192 + (((8 * v_h) + (v_l / 16)) + (2 * v_g))];
   return qmoe_q_i2f(((v_lo | (v_up << 4)) - 32));
+}
+#define QMOE_Q6_K_RUN_W_OFF 32
+static __device__ __forceinline__ uint32_t qmoe_q6_k_run_w(const uint8_t *b, int ig, int t0) {
+  const int i = ig;
+  const float f_d = qmoe_cu_f16(qmoe_q_rd_u16(b + 208));
+  const int v_h = (ig / 128);
+  const int v_g = ((ig % 128) / 32);
+  const int v_l = (i % 32);
+  const int v_lo = (((int)b[(((64 * v_h) + (32 * (v_g % 2))) + v_l)] >> (4 * (v_g / 2))) & 15);
+  const int v_up = (((int)b[128 + ((32 * v_h) + v_l)] >> (2 * v_g)) & 3);
+  const int v_sc = (int)(int8_t)b[192 + (((8 * v_h) + (v_l / 16)) + (2 * v_g))];
+  return (((qmoe_q_rd_u32(b + 0 + ((((64 * v_h) + (32 * (v_g % 2))) + v_l)), t0) >> ((4 * (v_g / 2)))) & 0x0f0f0f0fu) | (((qmoe_q_rd_u32(b + 128 + (((32 * v_h) + v_l)), t0) >> ((2 * v_g))) & 0x03030303u) << (4)));
 }
 static __device__ __forceinline__ float qmoe_q6_k_decode(const uint8_t *b, int i) { return qmoe_q6_k_decode_run(b, i & ~7, i); }
 
@@ -261,10 +285,22 @@ static __device__ __forceinline__ void qmoe_dot_chunk(const uint4 *sh, const int
       for (int r = 0; r < R; r++) {
         const uint8_t *blk = bl[r];
         float sv = 0.0f;
+#if !defined(QMOE_NO_PACKED) // V of 4 elements per word read (expr.lua PACKED): the same f32 values as run_v's
+        float vq[UNROLL];
+#pragma unroll
+        for (int t0 = 0; t0 < UNROLL; t0 += 4) {
+          const uint32_t wq = qmoe_q6_k_run_w(blk, ig, t0);
+#pragma unroll
+          for (int k = 0; k < 4; k++) vq[t0 + k] = qmoe_q_unpack(wq, k, (12582912.0f + QMOE_Q6_K_RUN_W_OFF));
+        }
+#pragma unroll
+        for (int t = 0; t < UNROLL; t++) sv = fmaf(vq[t], xr[t], sv);
+#else
 #pragma unroll
         for (int t = 0; t < UNROLL; t++) {
           sv = fmaf(qmoe_q6_k_run_v(blk, ig, ig | t), xr[t], sv);
         }
+#endif
 #if 1
         acc[r] = fmaf(qmoe_q6_k_run_a(blk, ig), sv, acc[r]);
 #else
@@ -331,7 +367,15 @@ static __device__ __forceinline__ void qmoe_dot_chunk_tok(const uint4 *sh, const
 #pragma unroll
       for (int r = 0; r < R; r++) {
 #pragma unroll
+#if !defined(QMOE_NO_PACKED)
+        for (int t0 = 0; t0 < UNROLL; t0 += 4) {
+          const uint32_t wq = qmoe_q6_k_run_w(bl[r], ig, t0);
+#pragma unroll
+          for (int k = 0; k < 4; k++) va[r][t0 + k] = qmoe_q_unpack(wq, k, (12582912.0f + QMOE_Q6_K_RUN_W_OFF));
+        }
+#else
         for (int t = 0; t < UNROLL; t++) va[r][t] = qmoe_q6_k_run_v(bl[r], ig, ig | t);
+#endif
 #if 1
         ra[r] = qmoe_q6_k_run_a(bl[r], ig);
 #else
@@ -555,10 +599,22 @@ static __device__ __forceinline__ void qmoe_dot_chunk(const uint4 *sh, const int
       for (int r = 0; r < R; r++) {
         const uint8_t *blk = bl[r];
         float sv = 0.0f;
+#if !defined(QMOE_NO_PACKED) // V of 4 elements per word read (expr.lua PACKED): the same f32 values as run_v's
+        float vq[UNROLL];
+#pragma unroll
+        for (int t0 = 0; t0 < UNROLL; t0 += 4) {
+          const uint32_t wq = qmoe_q6_k_run_w(blk, ig, t0);
+#pragma unroll
+          for (int k = 0; k < 4; k++) vq[t0 + k] = qmoe_q_unpack(wq, k, (12582912.0f + QMOE_Q6_K_RUN_W_OFF));
+        }
+#pragma unroll
+        for (int t = 0; t < UNROLL; t++) sv = fmaf(vq[t], xr[t], sv);
+#else
 #pragma unroll
         for (int t = 0; t < UNROLL; t++) {
           sv = fmaf(qmoe_q6_k_run_v(blk, ig, ig | t), xr[t], sv);
         }
+#endif
 #if 1
         acc[r] = fmaf(qmoe_q6_k_run_a(blk, ig), sv, acc[r]);
 #else
@@ -625,7 +681,15 @@ static __device__ __forceinline__ void qmoe_dot_chunk_tok(const uint4 *sh, const
 #pragma unroll
       for (int r = 0; r < R; r++) {
 #pragma unroll
+#if !defined(QMOE_NO_PACKED)
+        for (int t0 = 0; t0 < UNROLL; t0 += 4) {
+          const uint32_t wq = qmoe_q6_k_run_w(bl[r], ig, t0);
+#pragma unroll
+          for (int k = 0; k < 4; k++) va[r][t0 + k] = qmoe_q_unpack(wq, k, (12582912.0f + QMOE_Q6_K_RUN_W_OFF));
+        }
+#else
         for (int t = 0; t < UNROLL; t++) va[r][t] = qmoe_q6_k_run_v(bl[r], ig, ig | t);
+#endif
 #if 1
         ra[r] = qmoe_q6_k_run_a(bl[r], ig);
 #else

@@ -110,6 +110,16 @@ template <typename T> static inline T __shfl_xor_sync(unsigned mask, T v, int o)
   return r;
 }
 
+static inline unsigned __funnelshift_r(unsigned lo, unsigned hi, unsigned s) {
+  s &= 31;
+  return s ? (lo >> s) | (hi << (32 - s)) : lo;
+}
+static inline unsigned __byte_perm(unsigned x, unsigned y, unsigned s) {
+  const unsigned long long v = (unsigned long long)y << 32 | x;
+  unsigned r = 0;
+  for (int n = 0; n < 4; n++) r |= (unsigned)((v >> (8 * ((s >> (4 * n)) & 7))) & 0xff) << (8 * n);
+  return r;
+}
 template <typename T> static inline T __shfl_sync(unsigned mask, T v, int src) {
   static_assert(sizeof(T) <= 8, "shuffle of more than 8 bytes");
   qmoe_emu_thread *t = &qmoe_emu.th[qmoe_emu.cur];

@@ -75,10 +75,22 @@ static __device__ __forceinline__ void qmoe_dot_chunk(const uint4 *sh, const int
       for (int r = 0; r < R; r++) {
         const uint8_t *blk = bl[r];
         float sv = 0.0f;
+#if ${PACKED} // V of 4 elements per word read (expr.lua PACKED): the same f32 values as run_v's
+        float vq[UNROLL];
+#pragma unroll
+        for (int t0 = 0; t0 < UNROLL; t0 += 4) {
+          const uint32_t wq = qmoe_${QNAME}_run_w(blk, ig, t0);
+#pragma unroll
+          for (int k = 0; k < 4; k++) vq[t0 + k] = qmoe_q_unpack(wq, k, ${RUN_W_BASE});
+        }
+#pragma unroll
+        for (int t = 0; t < UNROLL; t++) sv = fmaf(vq[t], xr[t], sv);
+#else
 #pragma unroll
         for (int t = 0; t < UNROLL; t++) {
           sv = fmaf(qmoe_${QNAME}_run_v(blk, ig, ig | t), xr[t], sv);
         }
+#endif
 #if ${AFFINE_A}
         acc[r] = fmaf(qmoe_${QNAME}_run_a(blk, ig), sv, acc[r]);
 #else
@@ -145,7 +157,15 @@ static __device__ __forceinline__ void qmoe_dot_chunk_tok(const uint4 *sh, const
 #pragma unroll
       for (int r = 0; r < R; r++) {
 #pragma unroll
+#if ${PACKED}
+        for (int t0 = 0; t0 < UNROLL; t0 += 4) {
+          const uint32_t wq = qmoe_${QNAME}_run_w(bl[r], ig, t0);
+#pragma unroll
+          for (int k = 0; k < 4; k++) va[r][t0 + k] = qmoe_q_unpack(wq, k, ${RUN_W_BASE});
+        }
+#else
         for (int t = 0; t < UNROLL; t++) va[r][t] = qmoe_${QNAME}_run_v(bl[r], ig, ig | t);
+#endif
 #if ${AFFINE_A}
         ra[r] = qmoe_${QNAME}_run_a(bl[r], ig);
 #else

@@ -915,7 +915,20 @@ M.dialects.cuda = {
                       :gsub("float f;\n  memcpy%(&f, &u, 4%);\n  return f;", "return __uint_as_float(u);")
                       :gsub("{ float f; memcpy%(&f, &u, 4%); return f; }", "{ return __uint_as_float(u); }")) ..
             "/* (float)v, exact for -2^22 <= v < 2^22, without the slow conversion instruction (expr.lua, RANGES). */\n" ..
-            "static __device__ __forceinline__ float qmoe_q_i2f(int v) { return __fsub_rn(__int_as_float(0x4B400000 + v), 12582912.0f); }\n",
+            "static __device__ __forceinline__ float qmoe_q_i2f(int v) { return __fsub_rn(__int_as_float(0x4B400000 + v), 12582912.0f); }\n" ..
+            "/* The 4 bytes at p + t0 (t0 a multiple of 4; p of any alignment) as a little-endian word, from the aligned\n" ..
+            " * words around them (the words of p + 0 and p + 4 share one read). Pointer arithmetic, not integer casts,\n" ..
+            " * so the compiler still sees shared memory (LDS) where p points there. */\n" ..
+            "static __device__ __forceinline__ uint32_t qmoe_q_rd_u32(const uint8_t *p, int t0) {\n" ..
+            "  const uint32_t mis = (uint32_t)(uint64_t)p & 3u;\n" ..
+            "  const uint32_t *a = (const uint32_t *)(p - mis) + (t0 >> 2);\n" ..
+            "  return __funnelshift_r(a[0], a[1], mis * 8u);\n" ..
+            "}\n" ..
+            "/* (float)(byte k of w) - off, exact: the f32 1.5·2^23 + byte (a byte permute) minus 1.5·2^23 + off. */\n" ..
+            "static __device__ __forceinline__ float qmoe_q_unpack(uint32_t w, int k, float base) {\n" ..
+            "  return __fsub_rn(__uint_as_float(__byte_perm(w, 0x4B400000u, 0x7640u + k)), base);\n" ..
+            "}\n",
+  packed = true,
   fn_prefix = "static __device__ __forceinline__",
   block_type = "const uint8_t *",
   block_param = "b",
@@ -1182,6 +1195,85 @@ local function affine_of(value, grp, letast)
   return r
 end
 
+-- PACKED runs (dialects with D.packed): the varying int part V of an affine run, evaluated for 4 consecutive
+-- elements at once, one per byte of a 32-bit word (SIMD within a register), where V is built only of:
+--   * a u8 field read at an index that steps by 1 with i over the run (4 bytes read as one word),
+--   * >> by a run-constant amount, & with a constant that clears every bit a shift brought in from the next
+--     byte, | of two such words, << by a run-constant amount that keeps every byte below 256,
+--   * at the top, minus a constant (or an i8 read: the u8 bits plus 128, minus 128): the word's offset.
+-- Each byte is then the exact integer V + off, so (float)V is the same f32 bit for bit either way: the kernel
+-- turns a byte into 1.5·2^23 + byte by a byte permute and subtracts 1.5·2^23 + off. One word read and a few
+-- word operations replace four byte reads and their shifts and masks. nil when V has any other form.
+local function packed_of(V, grp, letast, D, vars)
+  local function rc(n) -- run-constant (its value at the run's start serves every element)
+    if n.k == "int" then return true end
+    if n.pure then return group_const(n, grp) end
+    return false
+  end
+  local function steps_by_one(idx) -- idx(i) - i is constant over each run
+    if not idx.pure then return false end
+    for i = 0, grp.be - 1 do
+      local i0 = i - i % grp.G
+      if eval(idx, { vals = grp.pv[i] }) - eval(idx, { vals = grp.pv[i0] }) ~= i - i0 then return false end
+    end
+    return true
+  end
+  local function scalar(n) -- a run-constant int: text and range
+    if not rc(n) then return nil end
+    local lo, hi = M.range_of(n, vars[RANGES])
+    return emit_node(n, D, vars), lo, hi
+  end
+  -- go(n) -> {t = word text, g = top bits of each byte that may hold another byte's bits, hi = byte max}
+  local go
+  go = function(n)
+    local k = n.k
+    if k == "name" and n.bind.kind == "let" then return go(letast[n.name]) end
+    if k == "call" and n.a.ty == "int" then return go(n.a) end
+    if k == "index" and n.bind.field.type == "u8" and steps_by_one(n.idx) then
+      local f = n.bind.field
+      local off = emit_node(n.idx, D, vars)
+      return { t = string.format("qmoe_q_rd_u32(b + %d + %s, t0)", f.offset, paren(off)), g = 0, hi = 255 }
+    end
+    if k ~= "bin" then return nil end
+    local op = n.op
+    if op == ">>" or op == "<<" then
+      local a = go(n.a)
+      local st, lo, hi = scalar(n.b)
+      if not a or not st or lo < 0 or hi > 7 then return nil end
+      if op == ">>" then return { t = "(" .. a.t .. " >> " .. paren(st) .. ")", g = a.g + hi, hi = a.hi >> lo } end
+      if a.g > 0 or (a.hi << hi) > 255 then return nil end
+      return { t = "(" .. a.t .. " << " .. paren(st) .. ")", g = 0, hi = a.hi << hi }
+    end
+    if op == "&" then
+      local a, m = go(n.a), n.b
+      if not a then a, m = go(n.b), n.a end
+      if not a or m.k ~= "int" or m.v < 0 or m.v > 255 or m.v >= (1 << (8 - a.g)) then return nil end
+      return { t = string.format("(%s & 0x%08xu)", a.t, m.v * 0x01010101), g = 0, hi = math.min(a.hi, m.v) }
+    end
+    if op == "|" then
+      local a, b = go(n.a), go(n.b)
+      if not a or not b or a.g > 0 or b.g > 0 then return nil end
+      return { t = "(" .. a.t .. " | " .. b.t .. ")", g = 0, hi = bits_cover(math.max(a.hi, b.hi)) }
+    end
+    return nil
+  end
+  local root, off = V, 0
+  while root.k == "name" and root.bind.kind == "let" do root = letast[root.name] end
+  if root.k == "bin" and root.op == "-" and root.b.k == "int" and root.b.v >= 0 and root.b.v <= 255 then
+    root, off = root.a, root.b.v
+  end
+  local w
+  if root.k == "index" and root.bind.field.type == "i8" and off == 0 and steps_by_one(root.idx) then
+    local f = root.bind.field
+    w = { t = string.format("(qmoe_q_rd_u32(b + %d + %s, t0) ^ 0x80808080u)", f.offset, paren(emit_node(root.idx, D, vars))), g = 0, hi = 255 }
+    off = 128
+  else
+    w = go(root)
+  end
+  if not w or w.g > 0 or w.hi > 255 then return nil end
+  return { t = w.t, off = off }
+end
+
 -- Checked program of a contract (raises with the first error when invalid).
 function M.compile(q)
   local errs = {}
@@ -1267,6 +1359,20 @@ function M.emit(q, D, prefix)
       if af.A then fn("run_a", "int ig", pre, af.A) end
       if af.B then fn("run_b", "int ig", pre, af.B) end
       fn("run_v", "int ig, int i", nil, af.V)
+      -- <prefix>_run_w(b, ig, t0): V + off of elements ig | t0 .. ig | (t0 + 3) in the bytes of one word
+      -- (PACKED above); <PREFIX>_RUN_W_OFF: off
+      if D.packed and af.V.ty == "int" then
+        local pk = packed_of(af.V, vars[GROUP], letast, D, vars)
+        if pk then
+          info.affine.packed = true
+          lines[#lines + 1] = string.format("#define %s_RUN_W_OFF %d", prefix:upper(), pk.off)
+          lines[#lines + 1] = string.format("%suint32_t %s_run_w(%s%s, int ig, int t0) {", head, prefix, D.block_type, D.block_param)
+          lines[#lines + 1] = pre
+          for _, b in ipairs(body) do lines[#lines + 1] = b end
+          lines[#lines + 1] = "  return " .. pk.t .. ";"
+          lines[#lines + 1] = "}"
+        end
+      end
     end
   end
   if vars[GROUP] then
