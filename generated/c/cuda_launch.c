@@ -76,7 +76,7 @@ static int launch_router_topk(const qmoe_cuda_launch_env *env, const int64_t *p,
     qmoe_set_error("cuda backend: stage router_topk: tokens = %lld exceeds the CUDA kernel's limit of %lld", (long long)env->tokens, (long long)65536);
     return QMOE_EUNSUPPORTED;
   }
-  l->grid[0] = E;
+  l->grid[0] = qmoe_cdiv(E, env->threads / 32);
   l->grid[1] = 1;
   l->grid[2] = env->tokens;
   l->workspace = (size_t)(65536 * 4 + env->tokens * E * 8);
@@ -149,7 +149,7 @@ static int launch_attention(const qmoe_cuda_launch_env *env, const int64_t *p, q
     qmoe_set_error("cuda backend: stage attention: nh = %lld exceeds the CUDA kernel's limit of %lld", (long long)nh, (long long)65536 / env->tokens);
     return QMOE_EUNSUPPORTED;
   }
-  const int64_t splits = qmoe_min(qmoe_cdiv(n_kv + env->tokens - 1, 64), 64);
+  const int64_t splits = qmoe_min(qmoe_cdiv(n_kv + env->tokens - 1, 32), 64);
   l->grid[0] = nh;
   l->grid[1] = splits;
   l->grid[2] = env->tokens;

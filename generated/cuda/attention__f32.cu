@@ -168,7 +168,7 @@ extern "C" __global__ void __launch_bounds__(128, 2) qmoe_attention__f32(const q
   __shared__ int last;
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   const int64_t hq = blockIdx.x, sp = blockIdx.y;
-  const int64_t S0 = (n_kv + 64 - 1) / 64;
+  const int64_t S0 = (n_kv + 32 - 1) / 32;
   const int64_t S = S0 < 64 ? S0 : 64; // this token's splits (the launch's formula)
   if (hq >= nh || sp >= S) return;
   const int64_t g = hq / (nh / nkv);

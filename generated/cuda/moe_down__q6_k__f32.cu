@@ -367,15 +367,9 @@ static __device__ __forceinline__ void qmoe_dot_chunk_tok(const uint4 *sh, const
 #pragma unroll
       for (int r = 0; r < R; r++) {
 #pragma unroll
-#if !defined(QMOE_NO_PACKED)
-        for (int t0 = 0; t0 < UNROLL; t0 += 4) {
-          const uint32_t wq = qmoe_q6_k_run_w(bl[r], ig, t0);
-#pragma unroll
-          for (int k = 0; k < 4; k++) va[r][t0 + k] = qmoe_q_unpack(wq, k, (12582912.0f + QMOE_Q6_K_RUN_W_OFF));
-        }
-#else
+        // (one by one: the packed runs cost the many-token entries registers, 1,220 -> 1,084 tokens/s of prefill
+        // on the H200, docs/gpu-results.md)
         for (int t = 0; t < UNROLL; t++) va[r][t] = qmoe_q6_k_run_v(bl[r], ig, ig | t);
-#endif
 #if 1
         ra[r] = qmoe_q6_k_run_a(bl[r], ig);
 #else
@@ -681,15 +675,9 @@ static __device__ __forceinline__ void qmoe_dot_chunk_tok(const uint4 *sh, const
 #pragma unroll
       for (int r = 0; r < R; r++) {
 #pragma unroll
-#if !defined(QMOE_NO_PACKED)
-        for (int t0 = 0; t0 < UNROLL; t0 += 4) {
-          const uint32_t wq = qmoe_q6_k_run_w(bl[r], ig, t0);
-#pragma unroll
-          for (int k = 0; k < 4; k++) va[r][t0 + k] = qmoe_q_unpack(wq, k, (12582912.0f + QMOE_Q6_K_RUN_W_OFF));
-        }
-#else
+        // (one by one: the packed runs cost the many-token entries registers, 1,220 -> 1,084 tokens/s of prefill
+        // on the H200, docs/gpu-results.md)
         for (int t = 0; t < UNROLL; t++) va[r][t] = qmoe_q6_k_run_v(bl[r], ig, ig | t);
-#endif
 #if 1
         ra[r] = qmoe_q6_k_run_a(bl[r], ig);
 #else

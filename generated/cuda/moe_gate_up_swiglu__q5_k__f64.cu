@@ -336,15 +336,9 @@ static __device__ __forceinline__ void qmoe_dot_chunk_tok(const uint4 *sh, const
 #pragma unroll
       for (int r = 0; r < R; r++) {
 #pragma unroll
-#if 0
-        for (int t0 = 0; t0 < UNROLL; t0 += 4) {
-          const uint32_t wq = qmoe_q5_k_run_w(bl[r], ig, t0);
-#pragma unroll
-          for (int k = 0; k < 4; k++) va[r][t0 + k] = qmoe_q_unpack(wq, k, 0.0f);
-        }
-#else
+        // (one by one: the packed runs cost the many-token entries registers, 1,220 -> 1,084 tokens/s of prefill
+        // on the H200, docs/gpu-results.md)
         for (int t = 0; t < UNROLL; t++) va[r][t] = qmoe_q5_k_run_v(bl[r], ig, ig | t);
-#endif
 #if 0
         ra[r] = qmoe_q5_k_run_a(bl[r], ig);
 #else
@@ -650,15 +644,9 @@ static __device__ __forceinline__ void qmoe_dot_chunk_tok(const uint4 *sh, const
 #pragma unroll
       for (int r = 0; r < R; r++) {
 #pragma unroll
-#if 0
-        for (int t0 = 0; t0 < UNROLL; t0 += 4) {
-          const uint32_t wq = qmoe_q5_k_run_w(bl[r], ig, t0);
-#pragma unroll
-          for (int k = 0; k < 4; k++) va[r][t0 + k] = qmoe_q_unpack(wq, k, 0.0f);
-        }
-#else
+        // (one by one: the packed runs cost the many-token entries registers, 1,220 -> 1,084 tokens/s of prefill
+        // on the H200, docs/gpu-results.md)
         for (int t = 0; t < UNROLL; t++) va[r][t] = qmoe_q5_k_run_v(bl[r], ig, ig | t);
-#endif
 #if 0
         ra[r] = qmoe_q5_k_run_a(bl[r], ig);
 #else

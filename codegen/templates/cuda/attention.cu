@@ -1,11 +1,11 @@
-// qmoe-kernel: acc=1 threads=128 rows_per_block=1 min_blocks=2 max_d=256 at_u=2 max_splits=64 split_positions=64 counters=65536
+// qmoe-kernel: acc=1 threads=128 rows_per_block=1 min_blocks=2 max_d=256 at_u=2 max_splits=64 split_positions=32 counters=65536
 // qmoe-limit: D <= MAX_D
 // qmoe-limit: nh <= COUNTERS / TOKENS
 // qmoe-let: splits = qmoe_min(qmoe_cdiv(n_kv + TOKENS - 1, SPLIT_POSITIONS), MAX_SPLITS)
 // qmoe-grid: nh, splits
 // qmoe-workspace: splits > 1 ? COUNTERS * 4 + TOKENS * nh * splits * (D + 2) * 8 : 0
 // Decode attention with GQA: query head h reads kv head h / (nh / nkv). The positions are cut into S = gridDim.y
-// splits (backend: about 64 positions each, S <= ${MAX_SPLITS}); block (h, s) runs an online softmax over its
+// splits (about ${SPLIT_POSITIONS} positions each, S <= ${MAX_SPLITS}); block (h, s) runs an online softmax over its
 // split — each warp takes 4 consecutive positions at a time (their K and V rows loaded together with 16-byte
 // loads, all in flight before the first use; 4 interleaved warp reductions), running max, sum and weighted V in
 // acc_t — and merges its 4 warps in order.

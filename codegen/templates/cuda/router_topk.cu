@@ -1,13 +1,14 @@
-// qmoe-kernel: acc=1 threads=256 rows_per_block=1 min_blocks=1 max_e=4096 max_k=64 counters=65536
+// qmoe-kernel: acc=1 threads=256 rows_per_block=8 min_blocks=1 max_e=4096 max_k=64 counters=65536 rt_u=8
 // qmoe-limit: E <= MAX_E
 // qmoe-limit: K <= MAX_K
 // qmoe-limit: TOKENS <= COUNTERS
-// qmoe-grid: E, 1
+// qmoe-grid: qmoe_cdiv(E, THREADS / 32), 1
 // qmoe-workspace: COUNTERS * 4 + TOKENS * E * 8
-// Router: logits = Wr·x, one block per expert (each thread's slice of the row loaded at once with 16-byte
-// loads, then a fixed-order block sum); the first warp of the last block to finish (a counter in device memory,
-// self-resetting via atomicInc) runs softmax over E and top-K by logit (ties: the lower index), then
-// w = p / Σ p over the chosen, all in acc_t. E <= ${MAX_E}, K <= ${MAX_K}.
+// Router: logits = Wr·x, one warp per expert (each lane's slice of the row and of x loaded ${RT_U} 16-byte
+// vectors at a time, all in flight before the first use, then the warp's fixed-order tree); the first warp of
+// the last block to finish (a counter in device memory, self-resetting via atomicInc) runs softmax over E and
+// top-K by logit (ties: the lower index), then w = p / Σ p over the chosen, all in acc_t. E <= ${MAX_E},
+// K <= ${MAX_K}.
 // The logits and the counter are the token's own (T tokens run at once, token blockIdx.z): workspace counter
 // qmoe_tok (every call leaves the counters 0; attention and moe_down use them too), then per token E acc_t.
 
@@ -17,29 +18,39 @@ ${BIND}
   __shared__ int sel[${MAX_K}];
   __shared__ acc_t pk[${MAX_K}];
   __shared__ unsigned char taken[${MAX_E}];
-  __shared__ acc_t red[32];
   __shared__ int last;
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-  const int64_t ex = blockIdx.x; // the grid is E blocks
+  const int64_t ex = (int64_t)blockIdx.x * (${THREADS} / 32) + warp;
   unsigned *const done = (unsigned *)a.buf[7] + qmoe_tok;
   acc_t *const logits = (acc_t *)(a.buf[7] + (uint64_t)${COUNTERS} * 4 + (uint64_t)(qmoe_tok * E * 8));
-  const float *row = Wr + ex * H;
-  acc_t dot = 0;
-  if ((((uint64_t)row | (uint64_t)x) & 15) == 0 && (H & 3) == 0) {
-    const float4 *r4 = (const float4 *)row, *x4 = (const float4 *)x;
-#pragma unroll 4
-    for (int64_t i = threadIdx.x; i < H / 4; i += blockDim.x) {
-      const float4 wv = r4[i], xv = x4[i];
-      dot = qmoe_fma(wv.x, xv.x, dot);
-      dot = qmoe_fma(wv.y, xv.y, dot);
-      dot = qmoe_fma(wv.z, xv.z, dot);
-      dot = qmoe_fma(wv.w, xv.w, dot);
+  if (ex < E) {
+    const float *row = Wr + ex * H;
+    acc_t dot = 0;
+    if ((((uint64_t)row | (uint64_t)x) & 15) == 0 && (H & 3) == 0) {
+      const float4 *r4 = (const float4 *)row, *x4 = (const float4 *)x;
+      const int64_t n4 = H / 4;
+      for (int64_t i0 = 0; i0 < n4; i0 += 32 * ${RT_U}) {
+        float4 wv[${RT_U}], xv[${RT_U}];
+#pragma unroll
+        for (int u = 0; u < ${RT_U}; u++) {
+          const int64_t i = i0 + lane + 32 * u;
+          wv[u] = i < n4 ? r4[i] : make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+          xv[u] = i < n4 ? x4[i] : make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+        }
+#pragma unroll
+        for (int u = 0; u < ${RT_U}; u++) {
+          dot = qmoe_fma(wv[u].x, xv[u].x, dot);
+          dot = qmoe_fma(wv[u].y, xv[u].y, dot);
+          dot = qmoe_fma(wv[u].z, xv[u].z, dot);
+          dot = qmoe_fma(wv[u].w, xv[u].w, dot);
+        }
+      }
+    } else {
+      for (int64_t i = lane; i < H; i += 32) dot = qmoe_fma(row[i], x[i], dot);
     }
-  } else {
-    for (int64_t i = threadIdx.x; i < H; i += blockDim.x) dot = qmoe_fma(row[i], x[i], dot);
+    dot = qmoe_warp_sum(dot);
+    if (lane == 0) logits[ex] = dot;
   }
-  dot = qmoe_block_sum(dot, red);
-  if (threadIdx.x == 0) logits[ex] = dot;
   __threadfence();
   __syncthreads();
   if (threadIdx.x == 0) last = atomicInc(done, gridDim.x - 1) == gridDim.x - 1;
