@@ -121,7 +121,7 @@ __device__ __forceinline__ acc_t qmoe_block_sum(acc_t v, acc_t *sh) {
 }
 
 // Decode attention with GQA: query head h reads kv head h / (nh / nkv). The positions are cut into S = gridDim.y
-// splits (backend: about 64 positions each, S <= 64); block (h, s) runs an online softmax over its
+// splits (about 32 positions each, S <= 64); block (h, s) runs an online softmax over its
 // split — each warp takes 4 consecutive positions at a time (their K and V rows loaded together with 16-byte
 // loads, all in flight before the first use; 4 interleaved warp reductions), running max, sum and weighted V in
 // acc_t — and merges its 4 warps in order.

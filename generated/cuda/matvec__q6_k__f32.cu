@@ -824,7 +824,10 @@ static __device__ __forceinline__ void qmoe_expert_slots(const int32_t *ids, int
 }
 
 #endif
-// y = W·x: each warp computes 2 rows (x is loaded once for both), 4 warps per block.
+// y = W·x: each warp computes 2 rows (x is loaded once for both), 4 warps per block; a matrix of at most
+// 8192 rows (the attention projections) gets a warp per row, twice the warps: on the H200 the projections
+// had 1 to 4 warps per scheduler with 2 rows per warp (Nsight Compute, docs/gpu-results.md). A row's sum is the
+// same either way (the same lanes, elements and order).
 // T tokens (qmoe_matvec__q6_k__f32_tok; y[t] = W·x[t]): each warp computes 4 rows for the 8 tokens 8·z..
 // of block z, its rows staged once per chunk and decoded once per run for all of them (qmoe_row_dots_tok: per
 // token the operations of the one-token path, so the bits of T calls; each x load serves 4 rows).
@@ -842,6 +845,21 @@ static __device__ __forceinline__ void qmoe_matvec_body(const qmoe_args &a) {
   const int64_t row_bytes = cols / QB_ELEMS * QB_BYTES;
   if constexpr (!TOK) {
     __shared__ uint4 sh[4][2 * STAGE_VECS];
+    if (rows <= 8192) {
+      const int64_t r0 = (int64_t)blockIdx.x * 4 + warp;
+      if (r0 >= rows) return;
+      const uint8_t *rp[1] = { W + r0 * row_bytes };
+      if (lane == 0) { // as below
+        const uint64_t p0 = (uint64_t)rp[0] & ~(uint64_t)15, p1 = ((uint64_t)rp[0] + row_bytes + 15) & ~(uint64_t)15;
+        qmoe_prefetch_l2((const void *)p0, (uint32_t)(p1 - p0));
+      }
+      qmoe_grid_wait();
+      acc_t acc[1] = { 0 };
+      qmoe_row_dots<1>(rp, x, cols / QB_ELEMS, sh[warp], lane, acc);
+      const acc_t s0 = qmoe_warp_sum(acc[0]);
+      if (lane == 0) y[r0] = (float)s0;
+      return;
+    }
     const int64_t r0 = ((int64_t)blockIdx.x * 4 + warp) * 2;
     if (r0 >= rows) return;
     const int64_t r1 = r0 + 1 < rows ? r0 + 1 : r0;

@@ -58,10 +58,29 @@ void main() {
   const uint tid = gl_LocalInvocationIndex;
   const uint ao = a_off >> 2, bo = b_off >> 2, wo = w_off >> 2, yo = y_off >> 2, xo = xn_off >> 2;
   float ss = float(0);
-  for (uint i = tid; i < n; i += 256u) {
-    const float s = a[ao + i] + b[bo + i];
-    y[yo + i] = s;
-    float xv = float(s); ss += xv * xv;
+  // Where n fits 16 elements per invocation, every a and b is read before any y is written (y may be a, so a
+  // store between them would order the reads one trip to memory each); the sums run in the same order.
+  if (n <= 16u * 256u) {
+    float av[16], bv[16];
+    for (uint u = 0u; u < 16u; u++) {
+      const uint i = tid + u * 256u;
+      av[u] = i < n ? a[ao + i] : 0.0;
+      bv[u] = i < n ? b[bo + i] : 0.0;
+    }
+    for (uint u = 0u; u < 16u; u++) {
+      const uint i = tid + u * 256u;
+      if (i < n) {
+        const float s = av[u] + bv[u];
+        y[yo + i] = s;
+        float xv = float(s); ss += xv * xv;
+      }
+    }
+  } else {
+    for (uint i = tid; i < n; i += 256u) {
+      const float s = a[ao + i] + b[bo + i];
+      y[yo + i] = s;
+      float xv = float(s); ss += xv * xv;
+    }
   }
   ss = wg_sum(ss);
   float r = float(1) / sqrt(ss / float(n) + eps);

@@ -1,6 +1,9 @@
-// qmoe-kernel: qtype=1 acc=1 threads=128 rows_per_block=8 own_tokens=1 tok_min_blocks=2 tok_tile=8 tok_rows=4
-// qmoe-grid: qmoe_cdiv(rows, TOKENS > 1 ? 4 * TOK_ROWS : RPB), 1, qmoe_cdiv(TOKENS, TOK_TILE)
-// y = W·x: each warp computes 2 rows (x is loaded once for both), ${WARPS} warps per block.
+// qmoe-kernel: qtype=1 acc=1 threads=128 rows_per_block=8 own_tokens=1 tok_min_blocks=2 tok_tile=8 tok_rows=4 one_row_max=8192
+// qmoe-grid: qmoe_cdiv(rows, TOKENS > 1 ? 4 * TOK_ROWS : (rows <= ONE_ROW_MAX ? RPB / 2 : RPB)), 1, qmoe_cdiv(TOKENS, TOK_TILE)
+// y = W·x: each warp computes 2 rows (x is loaded once for both), ${WARPS} warps per block; a matrix of at most
+// ${ONE_ROW_MAX} rows (the attention projections) gets a warp per row, twice the warps: on the H200 the projections
+// had 1 to 4 warps per scheduler with 2 rows per warp (Nsight Compute, docs/gpu-results.md). A row's sum is the
+// same either way (the same lanes, elements and order).
 // T tokens (${TOK_ENTRY}; y[t] = W·x[t]): each warp computes ${TOK_ROWS} rows for the ${TOK_TILE} tokens ${TOK_TILE}·z..
 // of block z, its rows staged once per chunk and decoded once per run for all of them (qmoe_row_dots_tok: per
 // token the operations of the one-token path, so the bits of T calls; each x load serves ${TOK_ROWS} rows).
@@ -11,6 +14,21 @@ ${BIND}
   const int64_t row_bytes = cols / QB_ELEMS * QB_BYTES;
   if constexpr (!TOK) {
     __shared__ uint4 sh[${WARPS}][2 * STAGE_VECS];
+    if (rows <= ${ONE_ROW_MAX}) {
+      const int64_t r0 = (int64_t)blockIdx.x * ${WARPS} + warp;
+      if (r0 >= rows) return;
+      const uint8_t *rp[1] = { W + r0 * row_bytes };
+      if (lane == 0) { // as below
+        const uint64_t p0 = (uint64_t)rp[0] & ~(uint64_t)15, p1 = ((uint64_t)rp[0] + row_bytes + 15) & ~(uint64_t)15;
+        qmoe_prefetch_l2((const void *)p0, (uint32_t)(p1 - p0));
+      }
+      ${GRID_WAIT}
+      acc_t acc[1] = { 0 };
+      qmoe_row_dots<1>(rp, x, cols / QB_ELEMS, sh[warp], lane, acc);
+      const acc_t s0 = qmoe_warp_sum(acc[0]);
+      if (lane == 0) y[r0] = (float)s0;
+      return;
+    }
     const int64_t r0 = ((int64_t)blockIdx.x * ${WARPS} + warp) * 2;
     if (r0 >= rows) return;
     const int64_t r1 = r0 + 1 < rows ? r0 + 1 : r0;
