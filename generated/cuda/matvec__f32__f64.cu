@@ -475,8 +475,8 @@ static __device__ __forceinline__ void qmoe_expert_slots(const int32_t *ids, int
 }
 
 // y = W·x: each warp computes 2 rows (x is loaded once for both), 4 warps per block; a matrix of at most
-// 8192 rows (the attention projections) gets a warp per row, twice the warps: on the H200 the projections
-// had 1 to 4 warps per scheduler with 2 rows per warp (Nsight Compute, docs/gpu-results.md). A row's sum is the
+// 2048 rows (attn_output, attn_k, attn_v) gets a warp per row, twice the warps: on the H200 they
+// had 1 to 2 warps per scheduler with 2 rows per warp (attn_q, 4096 rows, was slower with 1). A row's sum is the
 // same either way (the same lanes, elements and order).
 // T tokens (qmoe_matvec__f32__f64_tok; y[t] = W·x[t]): each warp computes 4 rows for the 8 tokens 8·z..
 // of block z, its rows staged once per chunk and decoded once per run for all of them (qmoe_row_dots_tok: per
@@ -495,7 +495,7 @@ static __device__ __forceinline__ void qmoe_matvec_body(const qmoe_args &a) {
   const int64_t row_bytes = cols / QB_ELEMS * QB_BYTES;
   if constexpr (!TOK) {
     __shared__ uint4 sh[4][2 * STAGE_VECS];
-    if (rows <= 8192) {
+    if (rows <= 2048) {
       const int64_t r0 = (int64_t)blockIdx.x * 4 + warp;
       if (r0 >= rows) return;
       const uint8_t *rp[1] = { W + r0 * row_bytes };

@@ -1,8 +1,8 @@
-// qmoe-kernel: qtype=1 acc=1 threads=128 rows_per_block=8 own_tokens=1 tok_min_blocks=2 tok_tile=8 tok_rows=4 one_row_max=8192
+// qmoe-kernel: qtype=1 acc=1 threads=128 rows_per_block=8 own_tokens=1 tok_min_blocks=2 tok_tile=8 tok_rows=4 one_row_max=2048
 // qmoe-grid: qmoe_cdiv(rows, TOKENS > 1 ? 4 * TOK_ROWS : (rows <= ONE_ROW_MAX ? RPB / 2 : RPB)), 1, qmoe_cdiv(TOKENS, TOK_TILE)
 // y = W·x: each warp computes 2 rows (x is loaded once for both), ${WARPS} warps per block; a matrix of at most
-// ${ONE_ROW_MAX} rows (the attention projections) gets a warp per row, twice the warps: on the H200 the projections
-// had 1 to 4 warps per scheduler with 2 rows per warp (Nsight Compute, docs/gpu-results.md). A row's sum is the
+// ${ONE_ROW_MAX} rows (attn_output, attn_k, attn_v) gets a warp per row, twice the warps: on the H200 they
+// had 1 to 2 warps per scheduler with 2 rows per warp (attn_q, 4096 rows, was slower with 1). A row's sum is the
 // same either way (the same lanes, elements and order).
 // T tokens (${TOK_ENTRY}; y[t] = W·x[t]): each warp computes ${TOK_ROWS} rows for the ${TOK_TILE} tokens ${TOK_TILE}·z..
 // of block z, its rows staged once per chunk and decoded once per run for all of them (qmoe_row_dots_tok: per
