@@ -229,6 +229,26 @@ do
   ok(not c8:find("(ig", 1, true), "GROUP: q8_0 has nothing per run but its scale (no i in it)", c8)
 end
 
+-- PACKED: with runs and the affine form, V of four elements per word where V is byte fields (the emulator's
+-- parity tests check the values; here: which formats get it and the offset each word carries).
+do
+  local D = setmetatable({ group = 8, affine = true }, { __index = expr.dialects.cuda })
+  local want = { q4_k = 0, q6_k = 32, q8_0 = 128, q2_k = 0, q5_0 = false, iq4_nl = false }
+  for name, off in pairs(want) do
+    local q = assert(yaml.load("contracts/quant/" .. name .. ".yaml"))
+    local cu, info = expr.emit(q, D)
+    local has = cu:find("_run_w(const uint8_t *b, int ig, int t0)", 1, true) ~= nil
+    if off then
+      ok(has and info.affine.packed and cu:find(string.format("#define QMOE_%s_RUN_W_OFF %d\n", name:upper(), off), 1, true),
+         "PACKED: " .. name .. " has run_w with offset " .. off, cu)
+    else
+      ok(not has and not (info.affine and info.affine.packed), "PACKED: " .. name .. " has no run_w", cu)
+    end
+  end
+  local plain = expr.emit(q4k, setmetatable({ group = 8, affine = true, packed = false }, { __index = expr.dialects.cuda }))
+  ok(not plain:find("_run_w(", 1, true), "PACKED: only dialects that ask for it", plain)
+end
+
 -- Emitters: dialect-specific float operations, every let and the decode functions.
 do
   local c = expr.emit(q4k, "c")
