@@ -82,10 +82,13 @@ __device__ __forceinline__ void qmoe_grid_wait() {
   asm volatile("griddepcontrol.launch_dependents;\n" ::: "memory");
 #endif
 }
-// Asks for BYTES (a multiple of 16) from P (16-byte aligned) to be brought into L2 (sm_90+; a hint, nothing waits).
-__device__ __forceinline__ void qmoe_prefetch_l2(const void *p, uint32_t bytes) {
+// Asks for the bytes [BEGIN, END) to be brought into L2 (sm_90+; a hint, nothing waits). The span is rounded out
+// to 16 bytes, as the bulk prefetch needs: buffers are 256-byte aligned and sized (backend_cuda.c), so it stays
+// inside the allocation.
+__device__ __forceinline__ void qmoe_prefetch_l2(const uint8_t *begin, const uint8_t *end) {
 #if __CUDA_ARCH__ >= 900
-  asm volatile("cp.async.bulk.prefetch.L2.global [%0], %1;\n" ::"l"(p), "r"(bytes) : "memory");
+  const uint64_t p0 = (uint64_t)begin & ~(uint64_t)15, p1 = ((uint64_t)end + 15) & ~(uint64_t)15;
+  asm volatile("cp.async.bulk.prefetch.L2.global [%0], %1;\n" ::"l"(p0), "r"((uint32_t)(p1 - p0)) : "memory");
 #endif
 }
 __device__ __forceinline__ void qmoe_cp_async16(uint4 *smem, const uint4 *gmem) {

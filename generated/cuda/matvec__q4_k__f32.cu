@@ -82,10 +82,13 @@ __device__ __forceinline__ void qmoe_grid_wait() {
   asm volatile("griddepcontrol.launch_dependents;\n" ::: "memory");
 #endif
 }
-// Asks for BYTES (a multiple of 16) from P (16-byte aligned) to be brought into L2 (sm_90+; a hint, nothing waits).
-__device__ __forceinline__ void qmoe_prefetch_l2(const void *p, uint32_t bytes) {
+// Asks for the bytes [BEGIN, END) to be brought into L2 (sm_90+; a hint, nothing waits). The span is rounded out
+// to 16 bytes, as the bulk prefetch needs: buffers are 256-byte aligned and sized (backend_cuda.c), so it stays
+// inside the allocation.
+__device__ __forceinline__ void qmoe_prefetch_l2(const uint8_t *begin, const uint8_t *end) {
 #if __CUDA_ARCH__ >= 900
-  asm volatile("cp.async.bulk.prefetch.L2.global [%0], %1;\n" ::"l"(p), "r"(bytes) : "memory");
+  const uint64_t p0 = (uint64_t)begin & ~(uint64_t)15, p1 = ((uint64_t)end + 15) & ~(uint64_t)15;
+  asm volatile("cp.async.bulk.prefetch.L2.global [%0], %1;\n" ::"l"(p0), "r"((uint32_t)(p1 - p0)) : "memory");
 #endif
 }
 __device__ __forceinline__ void qmoe_cp_async16(uint4 *smem, const uint4 *gmem) {
@@ -865,10 +868,7 @@ static __device__ __forceinline__ void qmoe_matvec_body(const qmoe_args &a) {
       const int64_t r0 = (int64_t)blockIdx.x * 4 + warp;
       if (r0 >= rows) return;
       const uint8_t *rp[1] = { W + r0 * row_bytes };
-      if (lane == 0) { // as below
-        const uint64_t p0 = (uint64_t)rp[0] & ~(uint64_t)15, p1 = ((uint64_t)rp[0] + row_bytes + 15) & ~(uint64_t)15;
-        qmoe_prefetch_l2((const void *)p0, (uint32_t)(p1 - p0));
-      }
+      if (lane == 0) qmoe_prefetch_l2(rp[0], rp[0] + row_bytes); // as below
       qmoe_grid_wait();
       acc_t acc[1] = { 0 };
       qmoe_row_dots<1>(rp, x, cols / QB_ELEMS, sh[warp], lane, acc);
@@ -881,12 +881,8 @@ static __device__ __forceinline__ void qmoe_matvec_body(const qmoe_args &a) {
     const int64_t r1 = r0 + 1 < rows ? r0 + 1 : r0;
     const uint8_t *rp[2] = { W + r0 * row_bytes, W + r1 * row_bytes };
     // The warp's rows (weights: no kernel writes them) are asked into L2 before the wait for the kernel before,
-    // so in a graph their first trip to memory overlaps it. The span is rounded out to 16 bytes (buffers are
-    // 256-byte aligned and sized, backend_cuda.c).
-    if (lane == 0) {
-      const uint64_t p0 = (uint64_t)rp[0] & ~(uint64_t)15, p1 = ((uint64_t)rp[1] + row_bytes + 15) & ~(uint64_t)15;
-      qmoe_prefetch_l2((const void *)p0, (uint32_t)(p1 - p0));
-    }
+    // so in a graph their first trip to memory overlaps it.
+    if (lane == 0) qmoe_prefetch_l2(rp[0], rp[1] + row_bytes);
     qmoe_grid_wait();
     acc_t acc[2] = { 0, 0 };
     qmoe_row_dots<2>(rp, x, cols / QB_ELEMS, sh[warp], lane, acc);

@@ -82,10 +82,13 @@ __device__ __forceinline__ void qmoe_grid_wait() {
   asm volatile("griddepcontrol.launch_dependents;\n" ::: "memory");
 #endif
 }
-// Asks for BYTES (a multiple of 16) from P (16-byte aligned) to be brought into L2 (sm_90+; a hint, nothing waits).
-__device__ __forceinline__ void qmoe_prefetch_l2(const void *p, uint32_t bytes) {
+// Asks for the bytes [BEGIN, END) to be brought into L2 (sm_90+; a hint, nothing waits). The span is rounded out
+// to 16 bytes, as the bulk prefetch needs: buffers are 256-byte aligned and sized (backend_cuda.c), so it stays
+// inside the allocation.
+__device__ __forceinline__ void qmoe_prefetch_l2(const uint8_t *begin, const uint8_t *end) {
 #if __CUDA_ARCH__ >= 900
-  asm volatile("cp.async.bulk.prefetch.L2.global [%0], %1;\n" ::"l"(p), "r"(bytes) : "memory");
+  const uint64_t p0 = (uint64_t)begin & ~(uint64_t)15, p1 = ((uint64_t)end + 15) & ~(uint64_t)15;
+  asm volatile("cp.async.bulk.prefetch.L2.global [%0], %1;\n" ::"l"(p0), "r"((uint32_t)(p1 - p0)) : "memory");
 #endif
 }
 __device__ __forceinline__ void qmoe_cp_async16(uint4 *smem, const uint4 *gmem) {
@@ -204,10 +207,15 @@ extern "C" __global__ void __launch_bounds__(256, 1) qmoe_router_topk__f64(const
   s = qmoe_warp_sum(s);
   // Each lane keeps its best untaken entry (the first untaken, replaced by a larger one: ties the lower index);
   // only the lane that owned a round's winner scans again. The same choices as scanning every lane every round.
-  acc_t lv = QMOE_NEG_INF;
-  int li = -1;
-  for (int i = lane; i < E; i += 32)
-    if (li < 0 || prob[i] > lv) { lv = prob[i]; li = i; }
+  acc_t lv;
+  int li;
+  auto scan = [&]() {
+    lv = QMOE_NEG_INF;
+    li = -1;
+    for (int i = lane; i < E; i += 32)
+      if (!taken[i] && (li < 0 || prob[i] > lv)) { lv = prob[i]; li = i; }
+  };
+  scan();
   for (int k = 0; k < K; k++) {
     acc_t bv = lv;
     int bi = li;
@@ -221,10 +229,7 @@ extern "C" __global__ void __launch_bounds__(256, 1) qmoe_router_topk__f64(const
     if (lane == 0) sel[k] = bi;
     if (bi >= 0 && (bi & 31) == lane) {
       taken[bi] = 1;
-      lv = QMOE_NEG_INF;
-      li = -1;
-      for (int i = lane; i < E; i += 32)
-        if (!taken[i] && (li < 0 || prob[i] > lv)) { lv = prob[i]; li = i; }
+      scan();
     }
   }
   __syncwarp();

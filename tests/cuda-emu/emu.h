@@ -179,7 +179,7 @@ using std::sqrt;
 
 static inline void qmoe_cp_async16(uint4 *smem, const uint4 *gmem) { std::memcpy(smem, gmem, 16); }
 static inline void qmoe_grid_wait() {}
-static inline void qmoe_prefetch_l2(const void *, uint32_t) {}
+static inline void qmoe_prefetch_l2(const uint8_t *, const uint8_t *) {}
 /* cvt.f32.f16 is exact; the host does the same conversion from the bits. */
 static inline float qmoe_cu_f16(uint32_t h) {
   uint32_t s = (h & 0x8000u) << 16, e = (h >> 10) & 0x1Fu, m = h & 0x3FFu, u;

@@ -18,10 +18,7 @@ ${BIND}
       const int64_t r0 = (int64_t)blockIdx.x * ${WARPS} + warp;
       if (r0 >= rows) return;
       const uint8_t *rp[1] = { W + r0 * row_bytes };
-      if (lane == 0) { // as below
-        const uint64_t p0 = (uint64_t)rp[0] & ~(uint64_t)15, p1 = ((uint64_t)rp[0] + row_bytes + 15) & ~(uint64_t)15;
-        qmoe_prefetch_l2((const void *)p0, (uint32_t)(p1 - p0));
-      }
+      if (lane == 0) qmoe_prefetch_l2(rp[0], rp[0] + row_bytes); // as below
       ${GRID_WAIT}
       acc_t acc[1] = { 0 };
       qmoe_row_dots<1>(rp, x, cols / QB_ELEMS, sh[warp], lane, acc);
@@ -34,12 +31,8 @@ ${BIND}
     const int64_t r1 = r0 + 1 < rows ? r0 + 1 : r0;
     const uint8_t *rp[2] = { W + r0 * row_bytes, W + r1 * row_bytes };
     // The warp's rows (weights: no kernel writes them) are asked into L2 before the wait for the kernel before,
-    // so in a graph their first trip to memory overlaps it. The span is rounded out to 16 bytes (buffers are
-    // 256-byte aligned and sized, backend_cuda.c).
-    if (lane == 0) {
-      const uint64_t p0 = (uint64_t)rp[0] & ~(uint64_t)15, p1 = ((uint64_t)rp[1] + row_bytes + 15) & ~(uint64_t)15;
-      qmoe_prefetch_l2((const void *)p0, (uint32_t)(p1 - p0));
-    }
+    // so in a graph their first trip to memory overlaps it.
+    if (lane == 0) qmoe_prefetch_l2(rp[0], rp[1] + row_bytes);
     ${GRID_WAIT}
     acc_t acc[2] = { 0, 0 };
     qmoe_row_dots<2>(rp, x, cols / QB_ELEMS, sh[warp], lane, acc);

@@ -78,10 +78,15 @@ ${BIND}
   s = qmoe_warp_sum(s);
   // Each lane keeps its best untaken entry (the first untaken, replaced by a larger one: ties the lower index);
   // only the lane that owned a round's winner scans again. The same choices as scanning every lane every round.
-  acc_t lv = QMOE_NEG_INF;
-  int li = -1;
-  for (int i = lane; i < E; i += 32)
-    if (li < 0 || prob[i] > lv) { lv = prob[i]; li = i; }
+  acc_t lv;
+  int li;
+  auto scan = [&]() {
+    lv = QMOE_NEG_INF;
+    li = -1;
+    for (int i = lane; i < E; i += 32)
+      if (!taken[i] && (li < 0 || prob[i] > lv)) { lv = prob[i]; li = i; }
+  };
+  scan();
   for (int k = 0; k < K; k++) {
     acc_t bv = lv;
     int bi = li;
@@ -95,10 +100,7 @@ ${BIND}
     if (lane == 0) sel[k] = bi;
     if (bi >= 0 && (bi & 31) == lane) {
       taken[bi] = 1;
-      lv = QMOE_NEG_INF;
-      li = -1;
-      for (int i = lane; i < E; i += 32)
-        if (!taken[i] && (li < 0 || prob[i] > lv)) { lv = prob[i]; li = i; }
+      scan();
     }
   }
   __syncwarp();
