@@ -185,6 +185,56 @@ extern "C" __global__ void __launch_bounds__(256, 1) qmoe_router_topk__f32(const
   __syncthreads();
   if (!last) return;
   __threadfence();
+#ifdef QMOE_ROUTER_SCAN // the earlier top-K (K rounds of one warp's arg-max), for a measurement: docs/cuda.md
+  __shared__ unsigned char taken[4096];
+  // The whole block brings the logits in (one trip to memory, not one per lane's step), then one warp finishes
+  // (no block barriers): lane i holds logits i, i + 32, ... Softmax sum over all E, then top-K by logit (ties:
+  // the lower index), then w = p / Σ p over the chosen, all in acc_t.
+  for (int i = threadIdx.x; i < E; i += blockDim.x) {
+    prob[i] = __ldcg(logits + i);
+    taken[i] = 0;
+  }
+  __syncthreads();
+  if (warp != 0) return;
+  acc_t mx = QMOE_NEG_INF;
+  for (int i = lane; i < E; i += 32) mx = prob[i] > mx ? prob[i] : mx;
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) {
+    const acc_t other = __shfl_xor_sync(QMOE_FULL, mx, o);
+    mx = other > mx ? other : mx;
+  }
+  acc_t s = 0;
+  for (int i = lane; i < E; i += 32) s += qmoe_exp(prob[i] - mx);
+  s = qmoe_warp_sum(s);
+  // Each lane keeps its best untaken entry (the first untaken, replaced by a larger one: ties the lower index);
+  // only the lane that owned a round's winner scans again. The same choices as scanning every lane every round.
+  acc_t lv;
+  int li;
+  auto scan = [&]() {
+    lv = QMOE_NEG_INF;
+    li = -1;
+    for (int i = lane; i < E; i += 32)
+      if (!taken[i] && (li < 0 || prob[i] > lv)) { lv = prob[i]; li = i; }
+  };
+  scan();
+  for (int k = 0; k < K; k++) {
+    acc_t bv = lv;
+    int bi = li;
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) {
+      const acc_t ov = __shfl_xor_sync(QMOE_FULL, bv, o);
+      const int oi = __shfl_xor_sync(QMOE_FULL, bi, o);
+      if (oi >= 0 && (bi < 0 || ov > bv || (ov == bv && oi < bi))) { bv = ov; bi = oi; }
+    }
+    bi = __shfl_sync(QMOE_FULL, bi, 0); // lane 0's winner (with NaN logits the lanes' trees need not agree)
+    if (lane == 0) sel[k] = bi;
+    if (bi >= 0 && (bi & 31) == lane) {
+      taken[bi] = 1;
+      scan();
+    }
+  }
+  __syncwarp();
+#else
   // The whole block brings the logits in (one trip to memory, not one per lane's step) and ranks them: entry i's
   // rank is the number of entries before it in the order (larger logit first, ties: the lower index; NaN after every
   // number, among themselves by index), each counted by its own thread, all at once; the entry of rank k < K is
@@ -217,6 +267,7 @@ extern "C" __global__ void __launch_bounds__(256, 1) qmoe_router_topk__f32(const
   acc_t s = 0;
   for (int i = lane; i < E; i += 32) s += qmoe_exp(prob[i] - mx);
   s = qmoe_warp_sum(s);
+#endif
   // each chosen p = exp(l - mx) / s by its own lane; their sum in k order; then each w = p / Σ
   for (int k = lane; k < K; k += 32) pk[k] = qmoe_exp(prob[sel[k]] - mx) / s;
   __syncwarp();
