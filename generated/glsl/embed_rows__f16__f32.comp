@@ -29,6 +29,17 @@ layout(std430, binding = 2) buffer By { float y[]; };
 // Little-endian loads of bytes and 16-bit words at byte offset o of the uint buffer W.
 int qmoe_q_u8(uint o) { return int((W[o >> 2] >> ((o & 3u) * 8u)) & 0xFFu); }
 int qmoe_q_u16(uint o) { return qmoe_q_u8(o) | (qmoe_q_u8(o + 1u) << 8); }
+// PACKED (dialect.packed): the 4 bytes at byte o + t0 as one little-endian word, from the two words around them
+// (a GLSL shift by 32 is undefined: an aligned word is returned as it is).
+uint qmoe_q_rd_u32(uint o, int t0) {
+  o += uint(t0);
+  const uint s = (o & 3u) * 8u, w0 = W[o >> 2];
+  return s == 0u ? w0 : (w0 >> s) | (W[(o >> 2) + 1u] << (32u - s));
+}
+// (float)(byte k of w) - off, exact: the f32 1.5*2^23 + byte minus BASE = 1.5*2^23 + off.
+float qmoe_q_unpack(uint w, int k, float base) {
+  return uintBitsToFloat(0x4B400000u | ((w >> uint(8 * k)) & 0xFFu)) - base;
+}
 
 float dq_decode(uint base, int i) {
   precise float f_x = unpackHalf2x16(uint(qmoe_q_u16(base + uint(0)))).x;

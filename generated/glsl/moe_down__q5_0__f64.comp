@@ -28,6 +28,17 @@ shared uint sw[5392];
 // Little-endian loads of bytes and 16-bit words at byte offset o of the uint buffer sw.
 int qmoe_q_u8(uint o) { return int((sw[o >> 2] >> ((o & 3u) * 8u)) & 0xFFu); }
 int qmoe_q_u16(uint o) { return qmoe_q_u8(o) | (qmoe_q_u8(o + 1u) << 8); }
+// PACKED (dialect.packed): the 4 bytes at byte o + t0 as one little-endian word, from the two words around them
+// (a GLSL shift by 32 is undefined: an aligned word is returned as it is).
+uint qmoe_q_rd_u32(uint o, int t0) {
+  o += uint(t0);
+  const uint s = (o & 3u) * 8u, w0 = sw[o >> 2];
+  return s == 0u ? w0 : (w0 >> s) | (sw[(o >> 2) + 1u] << (32u - s));
+}
+// (float)(byte k of w) - off, exact: the f32 1.5*2^23 + byte minus BASE = 1.5*2^23 + off.
+float qmoe_q_unpack(uint w, int k, float base) {
+  return uintBitsToFloat(0x4B400000u | ((w >> uint(8 * k)) & 0xFFu)) - base;
+}
 
 float dq_decode_run(uint base, int ig, int i) {
   precise float f_d = unpackHalf2x16(uint(qmoe_q_u16(base + uint(0)))).x;
@@ -127,6 +138,17 @@ void qmoe_dot_chunk(const uint at[R], uint xi, uint ne, inout double acc[R]) {
 #endif
     for (uint r = 0u; r < R; r++) {
       const uint b = at[r] + (e / BE) * BB;
+#if 0 // V of 4 elements per word read (expr.lua PACKED): the same f32 values as dq_run_v's
+      const uint w0 = dq_run_w(b, ig, 0), w1 = dq_run_w(b, ig, 4);
+      float sv = qmoe_q_unpack(w0, 0, 0.0) * xr[0];
+      sv += qmoe_q_unpack(w0, 1, 0.0) * xr[1];
+      sv += qmoe_q_unpack(w0, 2, 0.0) * xr[2];
+      sv += qmoe_q_unpack(w0, 3, 0.0) * xr[3];
+      sv += qmoe_q_unpack(w1, 0, 0.0) * xr[4];
+      sv += qmoe_q_unpack(w1, 1, 0.0) * xr[5];
+      sv += qmoe_q_unpack(w1, 2, 0.0) * xr[6];
+      sv += qmoe_q_unpack(w1, 3, 0.0) * xr[7];
+#else
       float sv = dq_run_v(b, ig, ig | 0) * xr[0];
       sv += dq_run_v(b, ig, ig | 1) * xr[1];
       sv += dq_run_v(b, ig, ig | 2) * xr[2];
@@ -135,6 +157,7 @@ void qmoe_dot_chunk(const uint at[R], uint xi, uint ne, inout double acc[R]) {
       sv += dq_run_v(b, ig, ig | 5) * xr[5];
       sv += dq_run_v(b, ig, ig | 6) * xr[6];
       sv += dq_run_v(b, ig, ig | 7) * xr[7];
+#endif
 #if 0
       acc[r] += dq_run_a(b, ig) * sv;
 #else

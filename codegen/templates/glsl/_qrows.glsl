@@ -87,6 +87,17 @@ void qmoe_dot_chunk(const uint at[R], uint xi, uint ne, inout ${T} acc[R]) {
 #endif
     for (uint r = 0u; r < R; r++) {
       const uint b = at[r] + (e / BE) * BB;
+#if ${PACKED} // V of 4 elements per word read (expr.lua PACKED): the same f32 values as dq_run_v's
+      const uint w0 = dq_run_w(b, ig, 0), w1 = dq_run_w(b, ig, 4);
+      float sv = qmoe_q_unpack(w0, 0, ${RUN_W_BASE}) * xr[0];
+      sv += qmoe_q_unpack(w0, 1, ${RUN_W_BASE}) * xr[1];
+      sv += qmoe_q_unpack(w0, 2, ${RUN_W_BASE}) * xr[2];
+      sv += qmoe_q_unpack(w0, 3, ${RUN_W_BASE}) * xr[3];
+      sv += qmoe_q_unpack(w1, 0, ${RUN_W_BASE}) * xr[4];
+      sv += qmoe_q_unpack(w1, 1, ${RUN_W_BASE}) * xr[5];
+      sv += qmoe_q_unpack(w1, 2, ${RUN_W_BASE}) * xr[6];
+      sv += qmoe_q_unpack(w1, 3, ${RUN_W_BASE}) * xr[7];
+#else
       float sv = dq_run_v(b, ig, ig | 0) * xr[0];
       sv += dq_run_v(b, ig, ig | 1) * xr[1];
       sv += dq_run_v(b, ig, ig | 2) * xr[2];
@@ -95,6 +106,7 @@ void qmoe_dot_chunk(const uint at[R], uint xi, uint ne, inout ${T} acc[R]) {
       sv += dq_run_v(b, ig, ig | 5) * xr[5];
       sv += dq_run_v(b, ig, ig | 6) * xr[6];
       sv += dq_run_v(b, ig, ig | 7) * xr[7];
+#endif
 #if ${AFFINE_A}
       acc[r] += dq_run_a(b, ig) * sv;
 #else

@@ -929,6 +929,9 @@ M.dialects.cuda = {
             "  return __fsub_rn(__uint_as_float(__byte_perm(w, 0x4B400000u, 0x7640u + k)), base);\n" ..
             "}\n",
   packed = true,
+  -- PACKED: the word of the 4 bytes at byte OFF + IDX + t0 of the block, and its type
+  rd_word = function(off, idx) return string.format("qmoe_q_rd_u32(b + %d + %s, t0)", off, idx) end,
+  u32_type = "uint32_t",
   fn_prefix = "static __device__ __forceinline__",
   block_type = "const uint8_t *",
   block_param = "b",
@@ -963,13 +966,27 @@ function M.glsl_dialect(buffer)
 // Little-endian loads of bytes and 16-bit words at byte offset o of the uint buffer %s.
 int qmoe_q_u8(uint o) { return int((%s[o >> 2] >> ((o & 3u) * 8u)) & 0xFFu); }
 int qmoe_q_u16(uint o) { return qmoe_q_u8(o) | (qmoe_q_u8(o + 1u) << 8); }
-]], buffer, buffer)
+// PACKED (dialect.packed): the 4 bytes at byte o + t0 as one little-endian word, from the two words around them
+// (a GLSL shift by 32 is undefined: an aligned word is returned as it is).
+uint qmoe_q_rd_u32(uint o, int t0) {
+  o += uint(t0);
+  const uint s = (o & 3u) * 8u, w0 = %s[o >> 2];
+  return s == 0u ? w0 : (w0 >> s) | (%s[(o >> 2) + 1u] << (32u - s));
+}
+// (float)(byte k of w) - off, exact: the f32 1.5*2^23 + byte minus BASE = 1.5*2^23 + off.
+float qmoe_q_unpack(uint w, int k, float base) {
+  return uintBitsToFloat(0x4B400000u | ((w >> uint(8 * k)) & 0xFFu)) - base;
+}
+]], buffer, buffer, buffer, buffer)
   return {
     name = "glsl",
     prelude = prelude,
     fn_prefix = "",
     block_type = "uint ",
     block_param = "base",
+    -- PACKED, where the caller sets dialect.packed (the row shaders' staged rows)
+    rd_word = function(off, idx) return string.format("qmoe_q_rd_u32(base + uint(%d + %s), t0)", off, idx) end,
+    u32_type = "uint",
     int_t = "int", float_t = "float",
     load = function(ftype, byte_off)
       local o = "base + uint(" .. byte_off .. ")"
@@ -1232,7 +1249,7 @@ local function packed_of(V, grp, letast, D, vars)
     if k == "index" and n.bind.field.type == "u8" and steps_by_one(n.idx) then
       local f = n.bind.field
       local off = emit_node(n.idx, D, vars)
-      return { t = string.format("qmoe_q_rd_u32(b + %d + %s, t0)", f.offset, paren(off)), g = 0, hi = 255 }
+      return { t = D.rd_word(f.offset, paren(off)), g = 0, hi = 255 }
     end
     if k ~= "bin" then return nil end
     local op = n.op
@@ -1265,7 +1282,7 @@ local function packed_of(V, grp, letast, D, vars)
   local w
   if root.k == "index" and root.bind.field.type == "i8" and off == 0 and steps_by_one(root.idx) then
     local f = root.bind.field
-    w = { t = string.format("(qmoe_q_rd_u32(b + %d + %s, t0) ^ 0x80808080u)", f.offset, paren(emit_node(root.idx, D, vars))), g = 0, hi = 255 }
+    w = { t = "(" .. D.rd_word(f.offset, paren(emit_node(root.idx, D, vars))) .. " ^ 0x80808080u)", g = 0, hi = 255 }
     off = 128
   else
     w = go(root)
@@ -1366,7 +1383,7 @@ function M.emit(q, D, prefix)
         if pk then
           info.affine.packed = true
           lines[#lines + 1] = string.format("#define %s_RUN_W_OFF %d", prefix:upper(), pk.off)
-          lines[#lines + 1] = string.format("%suint32_t %s_run_w(%s%s, int ig, int t0) {", head, prefix, D.block_type, D.block_param)
+          lines[#lines + 1] = string.format("%s%s %s_run_w(%s%s, int ig, int t0) {", head, D.u32_type, prefix, D.block_type, D.block_param)
           lines[#lines + 1] = pre
           for _, b in ipairs(body) do lines[#lines + 1] = b end
           lines[#lines + 1] = "  return " .. pk.t .. ";"
