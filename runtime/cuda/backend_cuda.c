@@ -31,6 +31,8 @@ typedef struct {
   CUfunction fn;
   unsigned gx, gy, gz, threads;
   int uses_ws; /* args.buf[7] is the workspace (a later call of the recording may have moved it) */
+  int32_t dep[2]; /* the recorded launches this one runs after (-1: none; dep[1] >= 0 only at a join) */
+  int32_t chain;  /* 1: dep[0] is the launch before it in its chain (with PDL a programmatic edge) */
   const char *entry;
   kernel_args args;
 } launch_rec;
@@ -52,6 +54,10 @@ typedef struct {
   int freed;        /* a buffer the recording uses was freed: graph_end(be, 1) refuses */
   launch_rec *recs; /* the sequence being recorded */
   size_t n, cap;
+  /* backend.branch(): lanes > 0 while two lanes are open (lane: the one being recorded; fork: the launch
+   * before them; last[l]: lane l's last launch); join: the next launch joins them */
+  int lanes, lane, join;
+  int64_t fork, last[2];
   cached_graph cache[GRAPH_CACHE];
   uint64_t ends;
   qmoe_cuda_graph_stats stats;
@@ -291,6 +297,35 @@ static int graph_add(cuda_impl *im, CUfunction fn, unsigned gx, unsigned gy, uns
   memset(r, 0, sizeof *r); /* compared with memcmp: no stray padding bytes */
   r->fn = fn, r->gx = gx, r->gy = gy, r->gz = gz, r->threads = threads, r->entry = entry, r->args = *args;
   r->uses_ws = uses_ws;
+  const int64_t i = (int64_t)g->n - 1;
+  r->dep[0] = (int32_t)(i - 1), r->dep[1] = -1, r->chain = i > 0;
+  if (g->join) {
+    r->dep[0] = (int32_t)g->last[0], r->dep[1] = (int32_t)g->last[1], r->chain = 0;
+    if (r->dep[1] == r->dep[0]) r->dep[1] = -1;
+    if (r->dep[0] < 0) r->dep[0] = r->dep[1], r->dep[1] = -1;
+    g->join = 0, g->lanes = 0;
+  } else if (g->lanes) {
+    r->dep[0] = (int32_t)g->last[g->lane];
+    r->chain = g->last[g->lane] != g->fork; /* the lane's first launch: a plain edge from the fork */
+    g->last[g->lane] = i;
+  }
+  return 0;
+}
+
+static int cu_branch(qmoe_backend *be, int lane) {
+  cuda_impl *im = impl_of(be);
+  graph_state *g = &im->g;
+  if (lane != 0 && lane != 1 && lane != QMOE_BRANCH_JOIN) {
+    qmoe_set_error("cuda backend: branch(%d): the lanes are 0 and 1, or QMOE_BRANCH_JOIN", lane);
+    return QMOE_EINVAL;
+  }
+  if (!g->recording) return 0; /* launches on the stream run one after another anyway */
+  if (lane == QMOE_BRANCH_JOIN) {
+    g->join = g->lanes;
+    return 0;
+  }
+  if (!g->lanes) g->lanes = 1, g->fork = (int64_t)g->n - 1, g->last[0] = g->last[1] = g->fork;
+  g->lane = lane;
   return 0;
 }
 
@@ -311,7 +346,8 @@ static void cached_free(const qmoe_cuda_driver *d, cached_graph *c) {
   memset(c, 0, sizeof *c);
 }
 
-/* A graph of the N launches in RECS, one chain (each node depends on the one before), instantiated. */
+/* A graph of the N launches in RECS, each after the launches in its dep[] (one chain, or two lanes between
+ * a fork and a join: backend.branch()), instantiated. */
 static int graph_build(cuda_impl *im, const launch_rec *recs, size_t n, cached_graph *out) {
   const qmoe_cuda_driver *d = im->ctx.d;
   cached_graph c = {0};
@@ -329,16 +365,23 @@ static int graph_build(cuda_impl *im, const launch_rec *recs, size_t n, cached_g
     void *argp;
     CUDA_KERNEL_NODE_PARAMS_v2 kp;
     node_params(&c.recs[i], &argp, &kp);
-    const int chained = i && !im->pdl;
-    rc = qmoe_cuda_check(d, d->GraphAddKernelNode(&c.nodes[i], c.graph, chained ? &c.nodes[i - 1] : NULL, chained, &kp),
-                         "cuGraphAddKernelNode", c.recs[i].entry);
-    if (!rc && i && im->pdl) {
+    /* Edges from the launches it runs after: within a chain, with PDL, programmatic (added after the node);
+     * otherwise plain (at a lane's start and at a join too) */
+    const launch_rec *r = &c.recs[i];
+    const int prog = im->pdl && r->chain && r->dep[0] >= 0;
+    CUgraphNode deps[2];
+    size_t nd = 0;
+    for (int j = 0; j < 2 && !prog; j++)
+      if (r->dep[j] >= 0) deps[nd++] = c.nodes[r->dep[j]];
+    rc = qmoe_cuda_check(d, d->GraphAddKernelNode(&c.nodes[i], c.graph, nd ? deps : NULL, nd, &kp),
+                         "cuGraphAddKernelNode", r->entry);
+    if (!rc && prog) {
       CUgraphEdgeData e;
       memset(&e, 0, sizeof e);
       e.from_port = QMOE_CU_GRAPH_KERNEL_NODE_PORT_PROGRAMMATIC;
       e.type = QMOE_CU_GRAPH_DEPENDENCY_TYPE_PROGRAMMATIC;
-      rc = qmoe_cuda_check(d, d->GraphAddDependencies2(c.graph, &c.nodes[i - 1], &c.nodes[i], &e, 1),
-                           "cuGraphAddDependencies_v2 (programmatic)", c.recs[i].entry);
+      rc = qmoe_cuda_check(d, d->GraphAddDependencies2(c.graph, &c.nodes[r->dep[0]], &c.nodes[i], &e, 1),
+                           "cuGraphAddDependencies_v2 (programmatic)", r->entry);
     }
   }
   if (!rc) rc = qmoe_cuda_check(d, d->GraphInstantiate(&c.exec, c.graph, 0), "cuGraphInstantiate", NULL);
@@ -359,14 +402,18 @@ static int cu_graph_begin(qmoe_backend *be) {
   im->g.recording = 1;
   im->g.freed = 0;
   im->g.n = 0;
+  im->g.lanes = im->g.join = 0;
   return 0;
 }
 
-/* Same shape: the same kernels with the same block size, in the same order (args and grids are patched). */
+/* Same shape: the same kernels with the same block size and edges, in the same order (args and grids are
+ * patched). */
 static int same_shape(const cached_graph *c, const launch_rec *r, size_t n) {
   if (c->n != n || !c->exec) return 0;
   for (size_t i = 0; i < n; i++)
-    if (c->recs[i].fn != r[i].fn || c->recs[i].threads != r[i].threads) return 0;
+    if (c->recs[i].fn != r[i].fn || c->recs[i].threads != r[i].threads || c->recs[i].dep[0] != r[i].dep[0] ||
+        c->recs[i].dep[1] != r[i].dep[1] || c->recs[i].chain != r[i].chain)
+      return 0;
   return 1;
 }
 
@@ -574,6 +621,8 @@ int qmoe_backend_cuda_open(qmoe_backend **out) {
   if (im->ctx.d->GraphCreate && !im->sync_each && !(ng && ng[0] && strcmp(ng, "0") != 0)) {
     be->graph_begin = cu_graph_begin;
     be->graph_end = cu_graph_end;
+    const char *nb = getenv("QMOE_CUDA_NO_BRANCH"); /* one chain (the earlier graphs), for a measurement */
+    if (!(nb && nb[0] && strcmp(nb, "0") != 0)) be->branch = cu_branch;
     const char *pdl = getenv("QMOE_CUDA_PDL");
     im->pdl = !(pdl && pdl[0] && strcmp(pdl, "0") == 0) && im->ctx.d->GraphAddDependencies2 && im->ctx.cc_major >= 9;
   }

@@ -327,7 +327,8 @@ static int plan_buffers(const qmoe_model *m, buf_plan *p) {
 #define PLAN(field, b) p[n++] = (buf_plan){ #field, offsetof(qmoe_model, field), (b) }
   /* f: 4 bytes per token of a chunk */
   PLAN(h, H * f); PLAN(xn, H * f); PLAN(q, nq * f); PLAN(o, nq * f);
-  PLAN(t, H * f); PLAN(ids, K * f); PLAN(w, K * f); PLAN(hb, K * (uint64_t)c->expert_ff * f);
+  PLAN(t, (H > nkv ? H : nkv) * f); /* t: attn_output and the MoE out, and before them the raw k */
+  PLAN(ids, K * f); PLAN(w, K * f); PLAN(hb, K * (uint64_t)c->expert_ff * f);
   PLAN(logits, (uint64_t)c->n_vocab * 4); PLAN(idx, 4); PLAN(rlog, (uint64_t)c->n_expert * 4);
   PLAN(tok, (uint64_t)m->n_ctx * 4);
   PLAN(kc, kv); PLAN(vc, kv);
@@ -632,16 +633,20 @@ static int layer_forward(qmoe_model *m, int64_t l, int64_t pos, int64_t T) {
   /* xn = attn_norm(h): here for layer 0; for the others the previous layer's last add computed it (below). */
   if (l == 0) STEP(qmoe_call_rmsnorm(&s, H, c->rms_eps, m->h, L->attn_norm.buf, m->xn), NULL);
   TRACE(QMOE_TP_ATTN_NORM, m->xn);
-  /* o holds the raw q and k projections until attention writes its output there. qk_norm then RoPE: one
+  /* Two lanes (backend.branch: a backend may run them at once): q, and k and v. o holds the raw q projection
+   * until attention writes its output there, t the raw k until attn_output does. qk_norm then RoPE: one
    * stage (qk_norm_rope), bit for bit the two. */
+#define BRANCH(lane) if (m->be->branch && (rc = m->be->branch(m->be, lane))) return rc
+  BRANCH(0);
   STEP(qmoe_call_matvec(&s, nh * D, H, L->q.buf, m->xn, m->o), &L->q);
   STEP(qmoe_call_qk_norm_rope(&s, nh, D, pos, c->rms_eps, c->rope_theta, m->o, L->q_norm.buf, m->q), NULL);
   TRACE(QMOE_TP_QCUR, m->q);
   /* These positions' k and v go straight into rows pos.. of the layer's caches (no kv_store copy): a token's
    * slice of k and v is one cache row. */
+  BRANCH(1);
   const size_t row_off = cache_off + (size_t)pos * (size_t)(nkv * D) * sizeof(float);
-  STEP(qmoe_call_matvec(&s, nkv * D, H, L->k.buf, m->xn, m->o), &L->k);
-  qmoe_call_qk_norm_rope(&s, nkv, D, pos, c->rms_eps, c->rope_theta, m->o, L->k_norm.buf, m->kc);
+  STEP(qmoe_call_matvec(&s, nkv * D, H, L->k.buf, m->xn, m->t), &L->k);
+  qmoe_call_qk_norm_rope(&s, nkv, D, pos, c->rms_eps, c->rope_theta, m->t, L->k_norm.buf, m->kc);
   s.off[QMOE_B_QK_NORM_ROPE_Y] = row_off;
   if ((rc = RUN(NULL))) return rc;
   if ((rc = trace_at(m, QMOE_TP_KCUR, l, pos, m->kc, row_off))) return rc;
@@ -649,6 +654,8 @@ static int layer_forward(qmoe_model *m, int64_t l, int64_t pos, int64_t T) {
   s.off[QMOE_B_MATVEC_Y] = row_off;
   if ((rc = RUN(&L->v))) return rc;
   if ((rc = trace_at(m, QMOE_TP_VCUR, l, pos, m->vc, row_off))) return rc;
+  BRANCH(QMOE_BRANCH_JOIN);
+#undef BRANCH
   /* token t attends to pos + t + 1 rows: its own and every earlier one, this chunk's included */
   qmoe_call_attention(&s, nh, nkv, D, pos + 1, m->n_ctx, m->q, m->kc, m->vc, m->o);
   s.off[QMOE_B_ATTENTION_KC] = s.off[QMOE_B_ATTENTION_VC] = cache_off;

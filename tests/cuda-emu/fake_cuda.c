@@ -193,11 +193,14 @@ CUresult cuGraphCreate(graph **g, unsigned flags) {
   *g = calloc(1, sizeof **g);
   return *g ? OK : E_OUT_OF_MEMORY;
 }
-/* A node is its index + 1 (graphs here are chains built in order). */
+/* A node is its index + 1. Its dependencies must be earlier nodes (qmoe adds nodes in an order that respects
+ * them: a chain, or two lanes and their join), so running the nodes in order runs each after its own. */
 CUresult cuGraphAddKernelNode_v2(uintptr_t *node, graph *g, const uintptr_t *deps, size_t ndeps,
                                  const node_params *p) {
   if (!g || !p || !p->func || !p->kernelParams || !p->kernelParams[0]) return E_INVALID_VALUE;
-  if (ndeps > 1 || (ndeps == 1 && deps[0] != g->n)) return E_INVALID_VALUE; /* a chain, as qmoe builds */
+  if (ndeps > 0 && !deps) return E_INVALID_VALUE;
+  for (size_t i = 0; i < ndeps; i++)
+    if (deps[i] < 1 || deps[i] > g->n || (i && deps[i] == deps[0])) return E_INVALID_VALUE;
   gnode *nn = realloc(g->nodes, (g->n + 1) * sizeof *nn);
   if (!nn) return E_OUT_OF_MEMORY;
   g->nodes = nn;
