@@ -635,25 +635,28 @@ static int layer_forward(qmoe_model *m, int64_t l, int64_t pos, int64_t T) {
   TRACE(QMOE_TP_ATTN_NORM, m->xn);
   /* Two lanes (backend.branch: a backend may run them at once): q, and k and v. o holds the raw q projection
    * until attention writes its output there, t the raw k until attn_output does. qk_norm then RoPE: one
-   * stage (qk_norm_rope), bit for bit the two. */
+   * stage (qk_norm_rope), bit for bit the two. The three projections come first, then the two qk_norm_rope:
+   * a backend that orders calls by barriers (Vulkan) needs one between them, not one per step. These
+   * positions' k and v go straight into rows pos.. of the layer's caches (no kv_store copy): a token's slice
+   * of k and v is one cache row. */
 #define BRANCH(lane) if (m->be->branch && (rc = m->be->branch(m->be, lane))) return rc
+  const size_t row_off = cache_off + (size_t)pos * (size_t)(nkv * D) * sizeof(float);
   BRANCH(0);
   STEP(qmoe_call_matvec(&s, nh * D, H, L->q.buf, m->xn, m->o), &L->q);
-  STEP(qmoe_call_qk_norm_rope(&s, nh, D, pos, c->rms_eps, c->rope_theta, m->o, L->q_norm.buf, m->q), NULL);
-  TRACE(QMOE_TP_QCUR, m->q);
-  /* These positions' k and v go straight into rows pos.. of the layer's caches (no kv_store copy): a token's
-   * slice of k and v is one cache row. */
   BRANCH(1);
-  const size_t row_off = cache_off + (size_t)pos * (size_t)(nkv * D) * sizeof(float);
   STEP(qmoe_call_matvec(&s, nkv * D, H, L->k.buf, m->xn, m->t), &L->k);
-  qmoe_call_qk_norm_rope(&s, nkv, D, pos, c->rms_eps, c->rope_theta, m->t, L->k_norm.buf, m->kc);
-  s.off[QMOE_B_QK_NORM_ROPE_Y] = row_off;
-  if ((rc = RUN(NULL))) return rc;
-  if ((rc = trace_at(m, QMOE_TP_KCUR, l, pos, m->kc, row_off))) return rc;
   qmoe_call_matvec(&s, nkv * D, H, L->v.buf, m->xn, m->vc);
   s.off[QMOE_B_MATVEC_Y] = row_off;
   if ((rc = RUN(&L->v))) return rc;
   if ((rc = trace_at(m, QMOE_TP_VCUR, l, pos, m->vc, row_off))) return rc;
+  BRANCH(0);
+  STEP(qmoe_call_qk_norm_rope(&s, nh, D, pos, c->rms_eps, c->rope_theta, m->o, L->q_norm.buf, m->q), NULL);
+  TRACE(QMOE_TP_QCUR, m->q);
+  BRANCH(1);
+  qmoe_call_qk_norm_rope(&s, nkv, D, pos, c->rms_eps, c->rope_theta, m->t, L->k_norm.buf, m->kc);
+  s.off[QMOE_B_QK_NORM_ROPE_Y] = row_off;
+  if ((rc = RUN(NULL))) return rc;
+  if ((rc = trace_at(m, QMOE_TP_KCUR, l, pos, m->kc, row_off))) return rc;
   BRANCH(QMOE_BRANCH_JOIN);
 #undef BRANCH
   /* token t attends to pos + t + 1 rows: its own and every earlier one, this chunk's included */
