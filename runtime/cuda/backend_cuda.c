@@ -73,6 +73,7 @@ typedef struct {
   CUdeviceptr ws;          /* workspace of split attention (args.buf[7]); zeroed when (re)allocated */
   size_t ws_size;
   int sync_each;           /* QMOE_CUDA_SYNC=1: synchronize after every launch (names a faulting kernel) */
+  int lane_pdl;            /* QMOE_CUDA_LANE_PDL=1: the edges at a fork and a join programmatic too */
   int pdl;                 /* on sm_90+ with cuGraphAddDependencies_v2 unless QMOE_CUDA_PDL=0: graph edges are
                             * programmatic (each kernel launches as the one before finishes, and waits in
                             * qmoe_grid_wait for its completion; docs/cuda.md) */
@@ -368,7 +369,7 @@ static int graph_build(cuda_impl *im, const launch_rec *recs, size_t n, cached_g
     /* Edges from the launches it runs after: within a chain, with PDL, programmatic (added after the node);
      * otherwise plain (at a lane's start and at a join too) */
     const launch_rec *r = &c.recs[i];
-    const int prog = im->pdl && r->chain && r->dep[0] >= 0;
+    const int prog = im->pdl && (r->chain || im->lane_pdl) && r->dep[0] >= 0;
     CUgraphNode deps[2];
     size_t nd = 0;
     for (int j = 0; j < 2 && !prog; j++)
@@ -380,8 +381,10 @@ static int graph_build(cuda_impl *im, const launch_rec *recs, size_t n, cached_g
       memset(&e, 0, sizeof e);
       e.from_port = QMOE_CU_GRAPH_KERNEL_NODE_PORT_PROGRAMMATIC;
       e.type = QMOE_CU_GRAPH_DEPENDENCY_TYPE_PROGRAMMATIC;
-      rc = qmoe_cuda_check(d, d->GraphAddDependencies2(c.graph, &c.nodes[r->dep[0]], &c.nodes[i], &e, 1),
-                           "cuGraphAddDependencies_v2 (programmatic)", r->entry);
+      for (int j = 0; j < 2 && !rc; j++)
+        if (r->dep[j] >= 0)
+          rc = qmoe_cuda_check(d, d->GraphAddDependencies2(c.graph, &c.nodes[r->dep[j]], &c.nodes[i], &e, 1),
+                               "cuGraphAddDependencies_v2 (programmatic)", r->entry);
     }
   }
   if (!rc) rc = qmoe_cuda_check(d, d->GraphInstantiate(&c.exec, c.graph, 0), "cuGraphInstantiate", NULL);
@@ -623,6 +626,8 @@ int qmoe_backend_cuda_open(qmoe_backend **out) {
     be->graph_end = cu_graph_end;
     const char *nb = getenv("QMOE_CUDA_NO_BRANCH"); /* one chain (the earlier graphs), for a measurement */
     if (!(nb && nb[0] && strcmp(nb, "0") != 0)) be->branch = cu_branch;
+    const char *lp = getenv("QMOE_CUDA_LANE_PDL");
+    im->lane_pdl = lp && lp[0] && strcmp(lp, "0") != 0;
     const char *pdl = getenv("QMOE_CUDA_PDL");
     im->pdl = !(pdl && pdl[0] && strcmp(pdl, "0") == 0) && im->ctx.d->GraphAddDependencies2 && im->ctx.cc_major >= 9;
   }
