@@ -24,7 +24,6 @@ run cuda-stages-rscan QMOE_CUDA_DEFINES=QMOE_ROUTER_SCAN timeout 150 $B/qmoe ben
 run cuda-nobranch QMOE_CUDA_NO_BRANCH=1 timeout 150 $B/qmoe bench -m $M --backend cuda -p 64 -n 64 --repeats 3 --json
 run cuda-lanepdl QMOE_CUDA_LANE_PDL=1 timeout 150 $B/qmoe bench -m $M --backend cuda -p 64 -n 64 --repeats 3 --json
 run cuda-p512 timeout 150 $B/qmoe bench -m $M --backend cuda -p 512 -n 128 --repeats 3 --json
-run cuda-p512-runs8 QMOE_CUDA_DEFINES=QMOE_RUNS8 timeout 150 $B/qmoe bench -m $M --backend cuda -p 512 -n 128 --repeats 3 --json
 save
 run vulkan-stages timeout 150 $B/qmoe bench -m $M --backend vulkan -p 8 -n 16 --repeats 3 --stages --json
 QMOE_NO_GRAPH=1 timeout 200 ncu --cache-control none --clock-control none --launch-count 28 --section SpeedOfLight --section Occupancy --section LaunchStats --csv \
