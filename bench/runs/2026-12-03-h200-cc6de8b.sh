@@ -3,6 +3,7 @@
 # decode stages A/B against QMOE_RUNS8 in the same run, prefill 512, Nsight Compute over a one-token forward
 cd "$(dirname "$0")/../.."
 R=/tmp/res; mkdir -p $R
+save() { tar -C /tmp -czf ${OUT:-.}/res.tgz res; }
 tar -C .dev -xJf .dev/gpu.tar.xz
 B=.dev/gpu
 for f in .gl/*.deb; do dpkg -x "$f" / >/dev/null 2>&1; done; ldconfig
@@ -16,8 +17,7 @@ for t in test_parity_cuda test_cuda_backend test_model test_router_nan test_cuda
   QMOE_TEST_REQUIRE_BACKEND=1 timeout 240 $B/tests/$t > $R/$t.log 2>&1; echo "$t exit $? ok=$(grep -c '^ok' $R/$t.log) notok=$(grep -c '^not ok' $R/$t.log) skip=$(grep -c '^skip' $R/$t.log)"; grep '^not ok' $R/$t.log | head -5
 done
 wait $MK; echo "make-model $?"; save
-save() { tar -C /tmp -czf ${OUT:-.}/res.tgz res; }
-run() { n=$1; shift; env "$@" > $R/bench-$n.json 2> $R/bench-$n.err; echo "bench $n $?: $(python3 -c "import json;d=json.load(open('$R/bench-$n.json'));print(d['prefill_tokens_per_s'],d['prefill_chunk'],d['decode_tokens_per_s'],d['fraction_of_copy_bandwidth'])" 2>&1|tail -1)"; }
+run() { n=$1; shift; env "$@" > $R/bench-$n.json 2> $R/bench-$n.err; echo "bench $n $?: $(python3 -c "import json;d=json.load(open('$R/bench-$n.json'));print(d['prefill_tokens_per_s'],d['prefill_chunk'],d['decode_tokens_per_s'],d['fraction_of_copy_bandwidth'])" 2>&1|tail -1)"; save; }
 run cuda-stages timeout 150 $B/qmoe bench -m $M --backend cuda -p 64 -n 64 --repeats 3 --stages --json
 run cuda-stages-runs8 QMOE_CUDA_DEFINES=QMOE_RUNS8 timeout 150 $B/qmoe bench -m $M --backend cuda -p 64 -n 64 --repeats 3 --stages --json
 run cuda-stages-rscan QMOE_CUDA_DEFINES=QMOE_ROUTER_SCAN timeout 150 $B/qmoe bench -m $M --backend cuda -p 64 -n 64 --repeats 3 --stages --json
