@@ -139,23 +139,35 @@ local function qgeom(q, acc)
 end
 
 local function qcommon(v, g, w0, w1)
-  local D = expr.glsl_dialect("sw")
-  if g.RUNS == 1 then D.group = 8 end -- <prefix>_decode_run(b, ig, i) for lane runs
-  -- f32 accumulators with runs also get the decode's affine form over a run where it has one (expr.lua
-  -- AFFINE): a run's dot product is A * sum(V x) + B * sum(x). f64 keeps the exact per-element decode.
-  D.affine = g.RUNS == 1 and v.acc == "f32"
-  -- and, where V is built of byte reads (expr.lua PACKED), V of 4 elements from one word: dq_run_w(b, ig, t0)
-  D.packed = D.affine
-  local dq, info = expr.emit(v.q, D, "dq")
+  -- Lane runs of RL elements (<prefix>_decode_run(b, ig, i)). f32 accumulators with runs also get the decode's
+  -- affine form over a run where it has one (expr.lua AFFINE): a run's dot product is A * sum(V x) + B * sum(x)
+  -- (f64 keeps the exact per-element decode), and where V is built of byte reads (expr.lua PACKED), V of 4
+  -- elements from one word: dq_run_w(b, ig, t0). Runs of 16 where the decode is affine and packed over them
+  -- (the run's scales decoded once per 16 elements, as in the CUDA row kernels), else 8.
+  local function emit(G)
+    local D = expr.glsl_dialect("sw")
+    if g.RUNS == 1 then D.group = G end
+    D.affine = g.RUNS == 1 and v.acc == "f32"
+    D.packed = D.affine
+    local dq, info = expr.emit(v.q, D, "dq")
+    return D, dq, info
+  end
+  local RL = 8
+  local D, dq, info
+  if g.RUNS == 1 and v.acc == "f32" and g.BE % 16 == 0 then
+    D, dq, info = emit(16)
+    if info and info.affine and info.affine.packed then RL = 16 end
+  end
+  if RL == 8 then D, dq, info = emit(8) end
   local af = info and info.affine
   local packed = af and af.packed
   local vars = { T = acc_type(v.acc), QNAME = v.q.name, BE = g.BE, BB = g.BB, LB = g.LB, SGMIN = SGMIN, QR = QR,
                  SW_WORDS = g.SW_WORDS, RUNS = g.RUNS, W0 = w0, W1 = w1, NAN = NAN, AFFINE = af and 1 or 0,
                  AFFINE_A = (af and af.a) and 1 or 0, AFFINE_B = (af and af.b) and 1 or 0,
-                 PACKED = packed and 1 or 0,
+                 PACKED = packed and 1 or 0, RL = RL,
                  RUN_W_BASE = packed and ("(12582912.0 + float(DQ_RUN_W_OFF))") or "0.0" }
   return table.concat({ fmt("// Decoding of %s, from %s by expr.emit (GLSL dialect over shared sw[]%s%s%s).", v.q.name, v.q.__file,
-                            g.RUNS == 1 and ", runs of 8" or "", af and ", affine per run" or "", packed and ", packed" or ""),
+                            g.RUNS == 1 and (", runs of " .. RL) or "", af and ", affine per run" or "", packed and ", packed" or ""),
                         "shared uint sw[" .. g.SW_WORDS .. "];",
                         expr.prelude(D), dq, template.render("glsl/_qrows.glsl", vars) }, "\n")
 end

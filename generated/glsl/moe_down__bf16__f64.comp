@@ -54,6 +54,7 @@ float dq_decode(uint base, int i) {
 // form, AFFINE) against x read as two 16-byte loads, and keeps per-lane partial sums, which the caller adds
 // with subgroupAdd. Strides come from gl_SubgroupSize.
 const uint BE = 1u, BB = 2u, R = 2u, LB = 64u, SGMIN = 4u;
+const uint RL = 8u;  // elements of a lane's run (RUNS): 16 where the f32 decode is affine and packed over 16
 const uint PADW = 16u;   // 64 bytes before the first slice and after each: the ?: arms that a decode evaluates
                          // but does not take read inside sw[]
 const uint SLACKW = 4u;  // a chunk's bytes start (its global byte offset & 15) into its slice
@@ -67,6 +68,18 @@ uvec4 qmoe_ld(uint r, uint q) {
     v = Wd[q];
   }
   return v;
+}
+
+// x[i .. i+RL), all in range: RL/4 16-byte loads where i is a multiple of 4.
+void x_runl(uint i, out float xr[RL]) {
+  if ((i & 3u) == 0u) {
+    for (uint u = 0u; u < RL / 4u; u++) {
+      const vec4 a = X4[(i >> 2) + u];
+      xr[4u * u] = a.x, xr[4u * u + 1u] = a.y, xr[4u * u + 2u] = a.z, xr[4u * u + 3u] = a.w;
+    }
+  } else {
+    for (uint t = 0u; t < RL; t++) xr[t] = X[i + t];
+  }
 }
 
 // x[i .. i+8), all in range: two 16-byte loads where i is a multiple of 4.
@@ -117,43 +130,33 @@ void qmoe_stage_rows(const uint p[R], uint nb, out uint at[R]) {
 }
 
 // acc[r] += sum over the staged chunk's NE elements of decode(row r)[e] * x[XI + e]; lane l takes the run
-// of elements e0 + 8l .. e0 + 8l + 7 of each step of 8 * gl_SubgroupSize.
+// of elements e0 + RL*l .. e0 + RL*l + RL-1 of each step of RL * gl_SubgroupSize.
 void qmoe_dot_chunk(const uint at[R], uint xi, uint ne, inout double acc[R]) {
-  const uint step = 8u * gl_SubgroupSize;
-#if 0 // blocks of a multiple of 8 elements: whole runs, each inside one block
+#if 0 // blocks of a multiple of RL elements: whole runs, each inside one block
+  const uint step = RL * gl_SubgroupSize;
   // x one step ahead: the next run's loads are in flight while this run is decoded
-  float xr[8];
-  uint e = 8u * gl_SubgroupInvocationID;
-  if (e < ne) x_run(xi + e, xr);
+  float xr[RL];
+  uint e = RL * gl_SubgroupInvocationID;
+  if (e < ne) x_runl(xi + e, xr);
   for (; e < ne; e += step) {
-    float xn[8];
-    if (e + step < ne) x_run(xi + e + step, xn);
+    float xn[RL];
+    if (e + step < ne) x_runl(xi + e + step, xn);
     const int ig = int(e % BE);
 #if 0 // f32, where the decode is A.V + B over a run (expr.lua AFFINE): A * sum(V x) + B * sum(x)
 #if 0
-    const float sx = ((xr[0] + xr[1]) + (xr[2] + xr[3])) + ((xr[4] + xr[5]) + (xr[6] + xr[7])); // all R rows
+    float sx = 0.0; // all R rows
+    for (uint t = 0u; t < RL; t++) sx += xr[t];
 #endif
     for (uint r = 0u; r < R; r++) {
       const uint b = at[r] + (e / BE) * BB;
+      float sv = 0.0;
 #if 0 // V of 4 elements per word read (expr.lua PACKED): the same f32 values as dq_run_v's
-      const uint w0 = dq_run_w(b, ig, 0), w1 = dq_run_w(b, ig, 4);
-      float sv = qmoe_q_unpack(w0, 0, 0.0) * xr[0];
-      sv += qmoe_q_unpack(w0, 1, 0.0) * xr[1];
-      sv += qmoe_q_unpack(w0, 2, 0.0) * xr[2];
-      sv += qmoe_q_unpack(w0, 3, 0.0) * xr[3];
-      sv += qmoe_q_unpack(w1, 0, 0.0) * xr[4];
-      sv += qmoe_q_unpack(w1, 1, 0.0) * xr[5];
-      sv += qmoe_q_unpack(w1, 2, 0.0) * xr[6];
-      sv += qmoe_q_unpack(w1, 3, 0.0) * xr[7];
+      for (int t0 = 0; t0 < int(RL); t0 += 4) {
+        const uint w = dq_run_w(b, ig, t0);
+        for (int k = 0; k < 4; k++) sv += qmoe_q_unpack(w, k, 0.0) * xr[t0 + k];
+      }
 #else
-      float sv = dq_run_v(b, ig, ig | 0) * xr[0];
-      sv += dq_run_v(b, ig, ig | 1) * xr[1];
-      sv += dq_run_v(b, ig, ig | 2) * xr[2];
-      sv += dq_run_v(b, ig, ig | 3) * xr[3];
-      sv += dq_run_v(b, ig, ig | 4) * xr[4];
-      sv += dq_run_v(b, ig, ig | 5) * xr[5];
-      sv += dq_run_v(b, ig, ig | 6) * xr[6];
-      sv += dq_run_v(b, ig, ig | 7) * xr[7];
+      for (int t = 0; t < int(RL); t++) sv += dq_run_v(b, ig, ig | t) * xr[t];
 #endif
 #if 0
       acc[r] += dq_run_a(b, ig) * sv;
@@ -168,20 +171,14 @@ void qmoe_dot_chunk(const uint at[R], uint xi, uint ne, inout double acc[R]) {
     for (uint r = 0u; r < R; r++) {
       const uint b = at[r] + (e / BE) * BB;
       double a = acc[r];
-      a += double(dq_decode_run(b, ig, ig | 0)) * double(xr[0]);
-      a += double(dq_decode_run(b, ig, ig | 1)) * double(xr[1]);
-      a += double(dq_decode_run(b, ig, ig | 2)) * double(xr[2]);
-      a += double(dq_decode_run(b, ig, ig | 3)) * double(xr[3]);
-      a += double(dq_decode_run(b, ig, ig | 4)) * double(xr[4]);
-      a += double(dq_decode_run(b, ig, ig | 5)) * double(xr[5]);
-      a += double(dq_decode_run(b, ig, ig | 6)) * double(xr[6]);
-      a += double(dq_decode_run(b, ig, ig | 7)) * double(xr[7]);
+      for (int t = 0; t < int(RL); t++) a += double(dq_decode_run(b, ig, ig | t)) * double(xr[t]);
       acc[r] = a;
     }
 #endif
     xr = xn;
   }
 #else // one-element blocks: 8 blocks per run, the row's last run may be partial
+  const uint step = 8u * gl_SubgroupSize;
   for (uint e = 8u * gl_SubgroupInvocationID; e < ne; e += step) {
     if (e + 8u <= ne) {
       float xr[8];
@@ -217,7 +214,7 @@ void qmoe_row_dots(const uint p[R], uint xi, uint nblocks, inout double acc[R]) 
     return;
   }
   uint nbc = gl_SubgroupSize * LB / BB; // blocks per chunk, >= 1 (SGMIN * LB >= BB)
-  const uint step = 8u * gl_SubgroupSize;
+  const uint step = (0 == 1 ? RL : 8u) * gl_SubgroupSize;
   if (BE < step && step % BE == 0u && nbc >= step / BE) nbc -= nbc % (step / BE); // whole steps
   for (uint b0 = 0u; b0 < nblocks; b0 += nbc) {
     const uint nb = min(nbc, nblocks - b0);
