@@ -1,5 +1,5 @@
 #!/bin/bash
-# two graph lanes (q beside k, v; A/B QMOE_CUDA_NO_BRANCH); GLSL packed runs; CUDA runs of 16 (one map for one-token and many-token entries, tiles of 6) and the ranked router top-K: GPU tests,
+# GLSL runs of 16; two graph lanes (q beside k, v; A/B QMOE_CUDA_NO_BRANCH); GLSL packed runs; CUDA runs of 16 (one map for one-token and many-token entries, tiles of 6) and the ranked router top-K: GPU tests,
 # decode stages A/B against QMOE_RUNS8 in the same run, prefill 512, Nsight Compute over a one-token forward
 cd "$(dirname "$0")/../.."
 R=/tmp/res; mkdir -p $R
