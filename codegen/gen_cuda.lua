@@ -333,14 +333,14 @@ local function emit_variant(v, sources)
   local parts = { util.banner("cuda", SCRIPT, sources), meta, template.render("cuda/_prelude.cu", vars) }
   if q then
     local be, bb = q.block_elements, q.block_bytes
-    -- Lanes take runs of RL = 16 consecutive elements where the decode is affine over them (f32; RLT = 8
-    -- otherwise): a run's scales (A and B, AFFINE below) are decoded once per 16 elements. On the PTX of
-    -- moe_gate_up_swiglu q4_k: 280 instructions per 32 multiply-adds against 194 per 16 with runs of 8. One map
-    -- for the one-token and the many-token entries (FALSIFY-TOKENS: the same lanes sum the same elements in the
-    -- same order); with 16 some many-token entries reach 255 registers (gate+up q4_k spills 52 bytes). Before
-    -- the affine and packed decode, runs of 16 were slower on the H200 (docs/cuda.md).
-    -- QMOE_CUDA_DEFINES=QMOE_RUNS8 compiles runs of 8 (docs/cuda.md).
-    local RL, RLT = 16, 8
+    -- Lanes take runs of RL = 8 consecutive elements. Runs of 16 decode a run's scales half as often but were
+    -- slower on the H200 (2026-12-02, docs/cuda.md: decode 190.7 against 207.5 tokens/s, lm_head 229 against
+    -- 171 µs: more registers, fewer warps); RL = 16 generates them again (the decode's GROUP follows RL).
+    -- Measured again with the affine and packed decode (2026-12-03, 24a7765: runs of 16 where the decode is
+    -- affine and packed over them, 280 PTX instructions per 32 multiply-adds against 194 per 16): still slower,
+    -- decode 227.6 against 257.7 tokens/s in the same run, lm_head 166 against 136 µs (docs/cuda.md).
+    local RL = 8
+    -- whole steps of 32·RL elements per chunk where blocks are smaller (only a row's last chunk may end mid-step)
     local function chunk_blocks(unroll)
       local ch = math.max(1, STAGE_BYTES // bb)
       local step = 32 * unroll
@@ -362,13 +362,12 @@ local function emit_variant(v, sources)
     --  * one-element blocks (f32, f16, bf16): 8 consecutive elements per lane.
     -- STEPBLK: the lane's block at the start of the step; TBLK: blocks further on for element t.
     local function runs(m, unroll)
-      local U = "UNROLL"
       local step = 32 * unroll
-      local run = be % step == 0 and ((be == step and "" or "(e0 % QB_ELEMS) | ") .. "(" .. U .. " * lane)")
-                  or "((e0 + " .. U .. " * lane) % QB_ELEMS)"
+      local run = be % step == 0 and ((be == step and "" or "(e0 % QB_ELEMS) | ") .. "(UNROLL * lane)")
+                  or "((e0 + UNROLL * lane) % QB_ELEMS)"
       if be % step == 0 and be ~= step then run = "(" .. run .. ")" end
-      m.STEPBLK, m.TBLK, m.RUN = be % step == 0 and "(e0 / QB_ELEMS)" or "((e0 + " .. U .. " * lane) / QB_ELEMS)", "0", run
-      m.XLANE, m.EXPR = U .. " * lane", "e0 + " .. U .. " * lane + t"
+      m.STEPBLK, m.TBLK, m.RUN = be % step == 0 and "(e0 / QB_ELEMS)" or "((e0 + UNROLL * lane) / QB_ELEMS)", "0", run
+      m.XLANE, m.EXPR = "UNROLL * lane", "e0 + UNROLL * lane + t"
       m.DOT_DECODE, m.IDX = "qmoe_" .. q.name .. "_decode_run", run .. ", (" .. run .. " | t)"
       m.X_RUN, m.XT = 1, "t" -- x by 16-byte loads per run (_qrows.cu)
       m.UNROLL = unroll
@@ -380,29 +379,8 @@ local function emit_variant(v, sources)
                        IDX = be == 256 and "(lane | (32 * t))" or "((e0 % QB_ELEMS) | lane | (32 * t))",
                        DOT_DECODE = "qmoe_" .. q.name .. "_decode", X_RUN = 0, XT = "32 * t", UNROLL = 8 }
     end
-    -- The decode with runs (expr.lua GROUP) wherever a map uses them.
-    -- f32 accumulators with runs also get the decode's affine form over a run (expr.lua AFFINE): a run's dot
-    -- product is A·Σ V·x + B·Σ x. QMOE_CUDA_DEFINES=QMOE_NO_AFFINE keeps the per-element decode (docs/cuda.md).
-    -- Runs of RL only where the decode is affine over them (A and B constant over 16 elements) with V packed
-    -- (expr.lua PACKED: the k-quants, q4_0, q4_1, q8_0); otherwise RLT (iq4_nl's table values: its many-token
-    -- entries spill with 16).
-    local has_runs = be >= 8 and (be % 256 == 0 or 256 % be == 0)
-    local function emit_group(G)
-      local D = setmetatable({ group = G, affine = G ~= nil and acc == "f32" }, { __index = DIALECT })
-      local dec, info = expr.emit(q, D)
-      return D, dec, info
-    end
-    local D, dec, info
-    if has_runs and acc == "f32" and be % RL == 0 then
-      D, dec, info = emit_group(RL)
-      if not (info and info.affine and info.affine.packed) then D = nil end
-    end
-    if has_runs and not D then RL = RLT end
-    if not D then D, dec, info = emit_group(has_runs and RLT or nil) end
-    local af = info and info.affine
-    if has_runs then
+    if be >= 8 and (be % 256 == 0 or 256 % be == 0) then
       maps.runs = runs({}, RL)
-      if RL ~= RLT then maps.runs8 = runs({}, RLT) end
     elseif be == 1 then
       maps.plain = { STEPBLK = "(e0 + UNROLL * lane)", TBLK = "t", IDX = "0", XLANE = "UNROLL * lane",
                      EXPR = "e0 + UNROLL * lane + t", DOT_DECODE = "qmoe_" .. q.name .. "_decode", X_RUN = 0, XT = "t", UNROLL = 8 }
@@ -410,14 +388,24 @@ local function emit_variant(v, sources)
       maps.plain = { STEPBLK = "0", TBLK = "(e / QB_ELEMS)", IDX = "(e % QB_ELEMS)", XLANE = "UNROLL * lane",
                      EXPR = "e0 + UNROLL * lane + t", DOT_DECODE = "qmoe_" .. q.name .. "_decode", X_RUN = 0, XT = "t", UNROLL = 8 }
     end
-    for k, m in pairs(maps) do
-      -- one chunk size for a variant's maps (the runs maps share the template's buffers): whole steps of the longest
-      m.CH = chunk_blocks(k:match("^runs") and RL or m.UNROLL)
+    for _, m in pairs(maps) do
+      m.CH = chunk_blocks(m.UNROLL)
       -- a chunk holds whole blocks, so a step needs a bounds guard only when the step does not divide the block
       m.MAY_BE_PARTIAL = (be % (32 * m.UNROLL)) ~= 0 and "true" or "false"
+    end
+    for _, m in pairs(maps) do
       m.E_DECL = (m.TBLK:find("e") or m.IDX:find("%f[%w]e%f[^%w]")) and ("const int e = " .. m.EXPR .. ";") or
                  ("// element " .. m.EXPR)
-      m.AFFINE = (k:match("^runs") and af) and "!defined(QMOE_NO_AFFINE)" or "0"
+    end
+    -- The decode with runs (expr.lua GROUP) wherever a map uses them.
+    -- f32 accumulators with runs also get the decode's affine form over a run (expr.lua AFFINE): a run's dot
+    -- product is A·Σ V·x + B·Σ x. QMOE_CUDA_DEFINES=QMOE_NO_AFFINE keeps the per-element decode (docs/cuda.md).
+    local D = setmetatable({ group = maps.runs and RL or nil, affine = maps.runs ~= nil and acc == "f32" },
+                           { __index = DIALECT })
+    local dec, info = expr.emit(q, D)
+    local af = info and info.affine
+    for _, m in pairs(maps) do
+      m.AFFINE = (m == maps.runs and af) and "!defined(QMOE_NO_AFFINE)" or "0"
       m.AFFINE_A, m.AFFINE_B = (af and af.a) and 1 or 0, (af and af.b) and 1 or 0
       -- V of 4 elements per word (expr.lua PACKED) where the decode has that form; QMOE_NO_PACKED: one by one
       m.PACKED = (af and af.packed and (m.UNROLL or 0) % 4 == 0) and "!defined(QMOE_NO_PACKED)" or "0"
@@ -430,23 +418,11 @@ local function emit_variant(v, sources)
       for k, x in pairs(m) do v[k] = x end
       return template.render("cuda/_qrows.cu", v)
     end
-    local alts = {}
     if maps.strided then
-      alts[#alts + 1] = { "defined(QMOE_LANE_STRIDED) // strided lanes (QMOE_CUDA_DEFINES=QMOE_LANE_STRIDED): see codegen/gen_cuda.lua",
-                          qrows(maps.strided) }
-    end
-    if maps.runs8 then
-      alts[#alts + 1] = { "defined(QMOE_RUNS8) // runs of " .. RLT .. " (QMOE_CUDA_DEFINES=QMOE_RUNS8)", qrows(maps.runs8) }
-    end
-    local main_rows = qrows(maps.runs or maps.plain)
-    if #alts == 0 then
-      vars.QROWS = main_rows
+      vars.QROWS = "#ifdef QMOE_LANE_STRIDED // strided lanes (QMOE_CUDA_DEFINES=QMOE_LANE_STRIDED): see codegen/gen_cuda.lua\n" ..
+                   qrows(maps.strided) .. "\n#else // runs of " .. maps.runs.UNROLL .. "\n" .. qrows(maps.runs) .. "\n#endif"
     else
-      local out = {}
-      for i, a in ipairs(alts) do out[#out + 1] = (i == 1 and "#if " or "#elif ") .. a[1] .. "\n" .. a[2] end
-      out[#out + 1] = "#else // runs of " .. maps.runs.UNROLL .. "\n" .. main_rows
-      out[#out + 1] = "#endif"
-      vars.QROWS = table.concat(out, "\n")
+      vars.QROWS = qrows(maps.runs or maps.plain)
     end
     parts[#parts + 1] = "// ---- decoding, from " .. q.__file .. " via src/lib/lua/expr.lua (CUDA dialect, f16 by cvt.f32.f16) ----"
     -- expr's helpers are a fixed set, not all used by every format: no "declared but never referenced" noise.

@@ -17,7 +17,7 @@ static int launch_matvec(const qmoe_cuda_launch_env *env, const int64_t *p, qmoe
   (void)env;
   l->grid[0] = qmoe_cdiv(rows, env->tokens > 1 ? 4 * 4 : (rows <= 2048 ? env->rows_per_block / 2 : env->rows_per_block));
   l->grid[1] = 1;
-  l->grid[2] = qmoe_cdiv(env->tokens, 6);
+  l->grid[2] = qmoe_cdiv(env->tokens, 8);
   l->workspace = (size_t)(0);
   return 0;
 }

@@ -192,7 +192,7 @@ static __device__ __forceinline__ uint32_t qmoe_q4_1_run_w(const uint8_t *b, int
   const int v_q = (((int)b[4 + (i % 16)] >> (4 * (ig / 16))) & 15);
   return ((qmoe_q_rd_u32(b + 4 + ((i % 16)), t0) >> ((4 * (ig / 16)))) & 0x0f0f0f0fu);
 }
-static __device__ __forceinline__ float qmoe_q4_1_decode(const uint8_t *b, int i) { return qmoe_q4_1_decode_run(b, i & ~15, i); }
+static __device__ __forceinline__ float qmoe_q4_1_decode(const uint8_t *b, int i) { return qmoe_q4_1_decode_run(b, i & ~7, i); }
 
 static __device__ __forceinline__ void qmoe_q4_1_decode_block(const uint8_t *b, float *y) {
   float t[32];
@@ -201,7 +201,6 @@ static __device__ __forceinline__ void qmoe_q4_1_decode_block(const uint8_t *b, 
 }
 
 #pragma nv_diag_default 177
-#if defined(QMOE_RUNS8) // runs of 8 (QMOE_CUDA_DEFINES=QMOE_RUNS8)
 // ---- q4_1 rows: 32 elements in 20 bytes per block ----
 #define QB_ELEMS 32
 #define QB_BYTES 20
@@ -357,12 +356,13 @@ static __device__ __forceinline__ void qmoe_dot_chunk_tok(const uint4 *sh, const
 #if !defined(QMOE_NO_AFFINE) // f32 with lane runs: the run's A, B and V decoded once for the N tokens
     if (!G || e0 + UNROLL * lane < ne) {
       const int ig = ((e0 + UNROLL * lane) % QB_ELEMS);
-      // A run of UNROLL elements is decoded TP at a time (registers: all R rows' values of the part live across
-      // the N tokens); each (row, token)'s sums carry over the parts, so they are the one-token chains.
-      constexpr int TP = UNROLL < 8 ? UNROLL : 8;
-      float ra[R], rb[R], sv[R][N], sx[N];
+      float va[R][UNROLL], ra[R], rb[R];
 #pragma unroll
       for (int r = 0; r < R; r++) {
+#pragma unroll
+        // (one by one: the packed runs cost the many-token entries registers, 1,220 -> 1,084 tokens/s of prefill
+        // on the H200, docs/gpu-results.md)
+        for (int t = 0; t < UNROLL; t++) va[r][t] = qmoe_q4_1_run_v(bl[r], ig, ig | t);
 #if 1
         ra[r] = qmoe_q4_1_run_a(bl[r], ig);
 #else
@@ -375,59 +375,40 @@ static __device__ __forceinline__ void qmoe_dot_chunk_tok(const uint4 *sh, const
 #endif
       }
 #pragma unroll
-      for (int t0 = 0; t0 < UNROLL; t0 += TP) {
-        float va[R][TP];
+      for (int n = 0; n < N; n++) { // all N (a break on the tile's count left the sums latency-bound)
+        const float *xl = xc[n] + e0 + UNROLL * lane;
+        float xr[UNROLL];
+        if (UNROLL % 4 == 0 && (((uint64_t)xl) & 15) == 0 && (!G || e0 + UNROLL * lane + UNROLL <= ne)) {
 #pragma unroll
-        for (int r = 0; r < R; r++) {
-#pragma unroll
-          // (one by one: the packed runs cost the many-token entries registers, 1,220 -> 1,084 tokens/s of prefill
-          // on the H200, docs/gpu-results.md)
-          for (int t = 0; t < TP; t++) va[r][t] = qmoe_q4_1_run_v(bl[r], ig, ig | (t0 + t));
-        }
-#pragma unroll
-        for (int n = 0; n < N; n++) { // all N (a break on the tile's count left the sums latency-bound)
-          const float *xl = xc[n] + e0 + UNROLL * lane + t0;
-          float xr[TP];
-          if (TP % 4 == 0 && (((uint64_t)xl) & 15) == 0 && (!G || e0 + UNROLL * lane + t0 + TP <= ne)) {
-#pragma unroll
-            for (int u = 0; u < TP / 4; u++) {
-              const float4 xa = ((const float4 *)xl)[u];
-              xr[4 * u] = xa.x, xr[4 * u + 1] = xa.y, xr[4 * u + 2] = xa.z, xr[4 * u + 3] = xa.w;
-            }
-          } else {
-#pragma unroll
-            for (int t = 0; t < TP; t++) xr[t] = (!G || e0 + UNROLL * lane + t0 + t < ne) ? xl[t] : 0.0f;
+          for (int u = 0; u < UNROLL / 4; u++) {
+            const float4 xa = ((const float4 *)xl)[u];
+            xr[4 * u] = xa.x, xr[4 * u + 1] = xa.y, xr[4 * u + 2] = xa.z, xr[4 * u + 3] = xa.w;
           }
-#if 1
-          float s = t0 ? sx[n] : 0.0f;
+        } else {
 #pragma unroll
-          for (int t = 0; t < TP; t++) s += xr[t];
-          sx[n] = s;
+          for (int t = 0; t < UNROLL; t++) xr[t] = (!G || e0 + UNROLL * lane + t < ne) ? xl[t] : 0.0f;
+        }
+#if 1
+        float sx = 0.0f;
+#pragma unroll
+        for (int t = 0; t < UNROLL; t++) sx += xr[t];
 #endif
 #pragma unroll
-          for (int r = 0; r < R; r++) {
-            float v = t0 ? sv[r][n] : 0.0f;
-#pragma unroll
-            for (int t = 0; t < TP; t++) v = fmaf(va[r][t], xr[t], v);
-            sv[r][n] = v;
-          }
-        }
-      }
-#pragma unroll
-      for (int n = 0; n < N; n++) {
-#pragma unroll
         for (int r = 0; r < R; r++) {
+          float sv = 0.0f;
+#pragma unroll
+          for (int t = 0; t < UNROLL; t++) sv = fmaf(va[r][t], xr[t], sv);
 #if 1
-          acc[r][n] = fmaf(ra[r], sv[r][n], acc[r][n]);
+          acc[r][n] = fmaf(ra[r], sv, acc[r][n]);
 #else
-          acc[r][n] += sv[r][n];
+          acc[r][n] += sv;
 #endif
 #if 1
-          acc[r][n] = fmaf(rb[r], sx[n], acc[r][n]);
+          acc[r][n] = fmaf(rb[r], sx, acc[r][n]);
 #endif
         }
       }
-      (void)ra, (void)rb, (void)sx;
+      (void)ra, (void)rb;
     }
 #else
 #pragma unroll
@@ -527,338 +508,11 @@ static __device__ __forceinline__ void qmoe_expert_slots(const int32_t *ids, int
   }
 }
 
-#else // runs of 16
-// ---- q4_1 rows: 32 elements in 20 bytes per block ----
-#define QB_ELEMS 32
-#define QB_BYTES 20
-#define CH_BLOCKS 96                             // blocks of one row staged per chunk
-#define STAGE_DATA ((CH_BLOCKS * QB_BYTES + 15) / 16 + 1) // 16-byte vectors covering a chunk at any alignment
-#define STAGE_PAD 4                                  // 64 bytes before and after each row's chunk, so the
-                                                     // arms of a decode's ?: that are not taken read in bounds
-#define STAGE_VECS (STAGE_PAD + STAGE_DATA + STAGE_PAD) // one row's slice of the warp's buffer
-#define STAGE_U ((STAGE_DATA + 31) / 32)             // vectors per lane
-#define UNROLL 16                             // elements per lane per step (32·UNROLL per warp)
-
-// Copies blocks [b0, b0+nb) of R rows into the warp's shared buffer SH (R slices of STAGE_VECS) with coalesced
-// 16-byte asynchronous copies (cp.async: global -> shared without registers), all in flight before the one
-// wait. The aligned span may start up to 15 bytes before a row chunk and end up to 15 bytes after it;
-// buffers are 256-byte aligned with sizes rounded up to 256 bytes (backend_cuda.c), so the span never leaves
-// the allocation. OFF[r] is where row r's bytes start in its slice of SH.
-template <int R>
-static __device__ __forceinline__ void qmoe_stage_rows(const uint8_t *const *rows, int64_t b0, int nb, uint4 *sh,
-                                                       int lane, int *off) {
-#pragma unroll
-  for (int r = 0; r < R; r++) {
-    const uint64_t p = (uint64_t)(rows[r] + b0 * QB_BYTES);
-    const uint64_t a0 = p & ~(uint64_t)15;
-    off[r] = (int)(p - a0);
-    const int n16 = (off[r] + nb * QB_BYTES + 15) >> 4;
-    const uint4 *src = (const uint4 *)a0;
-    uint4 *dst = sh + r * STAGE_VECS + STAGE_PAD;
-#pragma unroll
-    for (int u = 0; u < STAGE_U; u++) {
-      const int j = lane + 32 * u;
-      if (j < n16) qmoe_cp_async16(dst + j, src + j);
-    }
-  }
-  qmoe_cp_async_wait_all();
-  __syncwarp();
-}
-
-// acc[r] += Σ decode(row r)[e] · x[e] over the NE elements of one staged chunk, 32·UNROLL per step (see the generator
-// for which elements a lane takes). G: the last step may be partial (only where NE need not be a multiple of
-// 256, i.e. rows that end inside a step).
-template <int R, bool G>
-static __device__ __forceinline__ void qmoe_dot_chunk(const uint4 *sh, const int *off, const float *xc, int ne,
-                                                      int lane, acc_t *acc) {
-  for (int e0 = 0; e0 < ne; e0 += 32 * UNROLL) {
-    // the lane's x and block, addressed once per step
-    const float *xl = xc + e0 + UNROLL * lane;
-    const uint8_t *bl[R];
-#pragma unroll
-    for (int r = 0; r < R; r++) bl[r] = (const uint8_t *)(sh + r * STAGE_VECS + STAGE_PAD) + off[r] + ((e0 + UNROLL * lane) / QB_ELEMS) * QB_BYTES;
-#if 1 // 1: lane runs read x by 16-byte loads (gen_cuda.lua)
-    // the run's x: two 16-byte loads where x is aligned and the run is whole
-    float xr[UNROLL];
-    if (UNROLL % 4 == 0 && (((uint64_t)xl) & 15) == 0 && (!G || e0 + UNROLL * lane + UNROLL <= ne)) {
-#pragma unroll
-      for (int u = 0; u < UNROLL / 4; u++) {
-        const float4 xa = ((const float4 *)xl)[u];
-        xr[4 * u] = xa.x, xr[4 * u + 1] = xa.y, xr[4 * u + 2] = xa.z, xr[4 * u + 3] = xa.w;
-      }
-    } else {
-#pragma unroll
-      for (int t = 0; t < UNROLL; t++) xr[t] = (!G || e0 + UNROLL * lane + t < ne) ? xl[t] : 0.0f;
-    }
-#endif
-#if !defined(QMOE_NO_AFFINE) // f32 with lane runs, where the decode is A·V + B over a run (expr.lua AFFINE; gen_cuda.lua)
-    // A chunk holds whole blocks and a block whole runs, so a run lies wholly inside the chunk or wholly past it
-    // (G: the last step of a chunk); past it, the lane's block is not staged data and its A and B are not read.
-    if (!G || e0 + UNROLL * lane < ne) {
-      const int ig = ((e0 + UNROLL * lane) % QB_ELEMS);
-#if 1
-      float sx = 0.0f; // Σ x over the run, shared by the R rows
-#pragma unroll
-      for (int t = 0; t < UNROLL; t++) sx += xr[t];
-#endif
-#pragma unroll
-      for (int r = 0; r < R; r++) {
-        const uint8_t *blk = bl[r];
-        float sv = 0.0f;
-#if !defined(QMOE_NO_PACKED) // V of 4 elements per word read (expr.lua PACKED): the same f32 values as run_v's
-        float vq[UNROLL];
-#pragma unroll
-        for (int t0 = 0; t0 < UNROLL; t0 += 4) {
-          const uint32_t wq = qmoe_q4_1_run_w(blk, ig, t0);
-#pragma unroll
-          for (int k = 0; k < 4; k++) vq[t0 + k] = qmoe_q_unpack(wq, k, (12582912.0f + QMOE_Q4_1_RUN_W_OFF));
-        }
-#pragma unroll
-        for (int t = 0; t < UNROLL; t++) sv = fmaf(vq[t], xr[t], sv);
-#else
-#pragma unroll
-        for (int t = 0; t < UNROLL; t++) {
-          sv = fmaf(qmoe_q4_1_run_v(blk, ig, ig | t), xr[t], sv);
-        }
-#endif
-#if 1
-        acc[r] = fmaf(qmoe_q4_1_run_a(blk, ig), sv, acc[r]);
-#else
-        acc[r] += sv;
-#endif
-#if 1
-        acc[r] = fmaf(qmoe_q4_1_run_b(blk, ig), sx, acc[r]);
-#endif
-      }
-    }
-#else
-#pragma unroll
-    for (int t = 0; t < UNROLL; t++) {
-      // element e0 + UNROLL * lane + t
-      if (G && e0 + UNROLL * lane + t >= ne) continue;
-      // Plain loads (not __ldg, whose inline asm clobbers memory and so keeps the compiler from sharing the
-      // decode's shared-memory reads between the unrolled elements).
-#if 1 // 1: lane runs read x by 16-byte loads (gen_cuda.lua)
-      const float xv = xr[t];
-#else
-      const float xv = xl[t];
-#endif
-#pragma unroll
-      for (int r = 0; r < R; r++) acc[r] = qmoe_fma(qmoe_q4_1_decode_run(bl[r] + 0 * QB_BYTES, ((e0 + UNROLL * lane) % QB_ELEMS), (((e0 + UNROLL * lane) % QB_ELEMS) | t)), xv, acc[r]);
-    }
-#endif
-  }
-}
-
-// acc[r] += Σ_e decode(row r)[e] · x[e] over the NBLOCKS blocks of R rows (per-lane partial sums; the caller
-// reduces across the warp). Weights are decoded from shared memory by the contract's decode function.
-template <int R>
-static __device__ __forceinline__ void qmoe_row_dots(const uint8_t *const *rows, const float *x, int64_t nblocks,
-                                                     uint4 *sh, int lane, acc_t *acc) {
-  for (int64_t b0 = 0; b0 < nblocks; b0 += CH_BLOCKS) {
-    const int nb = (int)(nblocks - b0 < CH_BLOCKS ? nblocks - b0 : CH_BLOCKS);
-    int off[R];
-    qmoe_stage_rows<R>(rows, b0, nb, sh, lane, off);
-    const float *xc = x + b0 * QB_ELEMS;
-    const int ne = nb * QB_ELEMS;
-    if (true && ne % (32 * UNROLL)) qmoe_dot_chunk<R, true>(sh, off, xc, ne, lane, acc);
-    else qmoe_dot_chunk<R, false>(sh, off, xc, ne, lane, acc);
-    __syncwarp(); // the next chunk overwrites the buffer
-  }
-}
-
-// ---- many tokens per read of the rows (own_tokens kernels: prefill) ----
-// acc[r][n] += Σ decode(row r)[e] · xc[n][e] for the N tokens whose chunk of x starts at XC[n], over one staged
-// chunk. All N are computed (no branch on a tile's token count, so the compiler interleaves the N·R sums): a
-// partial tile's caller points its extra tokens at a real one and drops their sums. Each (row, token) is computed by the same lane, in
-// the same order, with the same operations as qmoe_dot_chunk<R, G> does for one token: a row's decode is shared
-// by the tokens, never its sums, so every token's result has the bits of its one-token call (FALSIFY-TOKENS).
-template <int R, int N, bool G>
-static __device__ __forceinline__ void qmoe_dot_chunk_tok(const uint4 *sh, const int *off, const float *const *xc,
-                                                          int ne, int lane, acc_t (*acc)[N]) {
-  for (int e0 = 0; e0 < ne; e0 += 32 * UNROLL) {
-    const uint8_t *bl[R];
-#pragma unroll
-    for (int r = 0; r < R; r++) bl[r] = (const uint8_t *)(sh + r * STAGE_VECS + STAGE_PAD) + off[r] + ((e0 + UNROLL * lane) / QB_ELEMS) * QB_BYTES;
-#if !defined(QMOE_NO_AFFINE) // f32 with lane runs: the run's A, B and V decoded once for the N tokens
-    if (!G || e0 + UNROLL * lane < ne) {
-      const int ig = ((e0 + UNROLL * lane) % QB_ELEMS);
-      // A run of UNROLL elements is decoded TP at a time (registers: all R rows' values of the part live across
-      // the N tokens); each (row, token)'s sums carry over the parts, so they are the one-token chains.
-      constexpr int TP = UNROLL < 8 ? UNROLL : 8;
-      float ra[R], rb[R], sv[R][N], sx[N];
-#pragma unroll
-      for (int r = 0; r < R; r++) {
-#if 1
-        ra[r] = qmoe_q4_1_run_a(bl[r], ig);
-#else
-        ra[r] = 1.0f;
-#endif
-#if 1
-        rb[r] = qmoe_q4_1_run_b(bl[r], ig);
-#else
-        rb[r] = 0.0f;
-#endif
-      }
-#pragma unroll
-      for (int t0 = 0; t0 < UNROLL; t0 += TP) {
-        float va[R][TP];
-#pragma unroll
-        for (int r = 0; r < R; r++) {
-#pragma unroll
-          // (one by one: the packed runs cost the many-token entries registers, 1,220 -> 1,084 tokens/s of prefill
-          // on the H200, docs/gpu-results.md)
-          for (int t = 0; t < TP; t++) va[r][t] = qmoe_q4_1_run_v(bl[r], ig, ig | (t0 + t));
-        }
-#pragma unroll
-        for (int n = 0; n < N; n++) { // all N (a break on the tile's count left the sums latency-bound)
-          const float *xl = xc[n] + e0 + UNROLL * lane + t0;
-          float xr[TP];
-          if (TP % 4 == 0 && (((uint64_t)xl) & 15) == 0 && (!G || e0 + UNROLL * lane + t0 + TP <= ne)) {
-#pragma unroll
-            for (int u = 0; u < TP / 4; u++) {
-              const float4 xa = ((const float4 *)xl)[u];
-              xr[4 * u] = xa.x, xr[4 * u + 1] = xa.y, xr[4 * u + 2] = xa.z, xr[4 * u + 3] = xa.w;
-            }
-          } else {
-#pragma unroll
-            for (int t = 0; t < TP; t++) xr[t] = (!G || e0 + UNROLL * lane + t0 + t < ne) ? xl[t] : 0.0f;
-          }
-#if 1
-          float s = t0 ? sx[n] : 0.0f;
-#pragma unroll
-          for (int t = 0; t < TP; t++) s += xr[t];
-          sx[n] = s;
-#endif
-#pragma unroll
-          for (int r = 0; r < R; r++) {
-            float v = t0 ? sv[r][n] : 0.0f;
-#pragma unroll
-            for (int t = 0; t < TP; t++) v = fmaf(va[r][t], xr[t], v);
-            sv[r][n] = v;
-          }
-        }
-      }
-#pragma unroll
-      for (int n = 0; n < N; n++) {
-#pragma unroll
-        for (int r = 0; r < R; r++) {
-#if 1
-          acc[r][n] = fmaf(ra[r], sv[r][n], acc[r][n]);
-#else
-          acc[r][n] += sv[r][n];
-#endif
-#if 1
-          acc[r][n] = fmaf(rb[r], sx[n], acc[r][n]);
-#endif
-        }
-      }
-      (void)ra, (void)rb, (void)sx;
-    }
-#else
-#pragma unroll
-    for (int t = 0; t < UNROLL; t++) {
-      // element e0 + UNROLL * lane + t
-      if (G && e0 + UNROLL * lane + t >= ne) continue;
-      float dv[R];
-#pragma unroll
-      for (int r = 0; r < R; r++) dv[r] = qmoe_q4_1_decode_run(bl[r] + 0 * QB_BYTES, ((e0 + UNROLL * lane) % QB_ELEMS), (((e0 + UNROLL * lane) % QB_ELEMS) | t));
-#pragma unroll
-      for (int n = 0; n < N; n++) {
-        const float xv = (xc[n] + e0 + UNROLL * lane)[t];
-#pragma unroll
-        for (int r = 0; r < R; r++) acc[r][n] = qmoe_fma(dv[r], xv, acc[r][n]);
-      }
-    }
-#endif
-  }
-}
-
-// acc[r][n] += Σ_e decode(row r)[e] · XT[n][e] over the NBLOCKS blocks of R rows for N tokens: the rows are
-// staged once per chunk for all the tokens (per-lane partial sums; the caller reduces across the warp, as for one).
-// KEEP (rows of one chunk, the same rows in every call of the warp): the first call stages them and leaves their
-// offsets in KEEP (KEEP[0] < 0 before it), later calls reuse the staged rows: a row is staged once for all the
-// tiles of tokens.
-template <int R, int N>
-static __device__ __forceinline__ void qmoe_row_dots_tok(const uint8_t *const *rows, const float *const *xt,
-                                                         int64_t nblocks, uint4 *sh, int lane, acc_t (*acc)[N],
-                                                         int *keep) {
-  const bool one = nblocks <= CH_BLOCKS;
-  for (int64_t b0 = 0; b0 < nblocks; b0 += CH_BLOCKS) {
-    const int nb = (int)(nblocks - b0 < CH_BLOCKS ? nblocks - b0 : CH_BLOCKS);
-    int off[R];
-    if (one && keep[0] >= 0) {
-#pragma unroll
-      for (int r = 0; r < R; r++) off[r] = keep[r];
-    } else {
-      qmoe_stage_rows<R>(rows, b0, nb, sh, lane, off);
-      if (one) {
-#pragma unroll
-        for (int r = 0; r < R; r++) keep[r] = off[r];
-      }
-    }
-    const float *xc[N];
-#pragma unroll
-    for (int n = 0; n < N; n++) xc[n] = xt[n] + b0 * QB_ELEMS;
-    const int ne = nb * QB_ELEMS;
-    if (true && ne % (32 * UNROLL)) qmoe_dot_chunk_tok<R, N, true>(sh, off, xc, ne, lane, acc);
-    else qmoe_dot_chunk_tok<R, N, false>(sh, off, xc, ne, lane, acc);
-    if (!one) __syncwarp(); // the next chunk overwrites the buffer
-  }
-}
-
-// The (token, k) slots of IDS[T·K] whose expert is E (E < 0: whose id is outside [0, NE), the slots that get NaN),
-// in slot order, into LIST[0..*N) of shared memory, scanning slots [*AT, T·K) until the list holds CAP - 4·THREADS
-// or more; *AT moves on. Thread i looks at slots 4i..4i+3 of each step (one 16-byte load where IDS is aligned); a
-// slot's place in the list is the matches before it: in lower lanes (four ballots), in its own lane, in lower
-// warps. Every thread of the block calls it (it synchronizes the block).
-template <int CAP>
-static __device__ __forceinline__ void qmoe_expert_slots(const int32_t *ids, int64_t tk, int e, int64_t ne,
-                                                         int64_t *at, int *list, int *n, int *warp_n) {
-  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nwarp = blockDim.x >> 5;
-  const bool vec = (((uint64_t)ids) & 15) == 0;
-  while (*at < tk && *n <= CAP - 4 * (int)blockDim.x) {
-    const int64_t i0 = *at + 4 * (int64_t)threadIdx.x;
-    int id[4];
-    if (vec && i0 + 3 < tk) {
-      const int4 v = *(const int4 *)(ids + i0);
-      id[0] = v.x, id[1] = v.y, id[2] = v.z, id[3] = v.w;
-    } else {
-#pragma unroll
-      for (int j = 0; j < 4; j++) id[j] = i0 + j < tk ? ids[i0 + j] : (e >= 0 ? -1 : 0);
-    }
-    bool m[4];
-    unsigned b[4];
-    int below = 0, mine = 0, wtotal = 0;
-    const unsigned lt = (1u << lane) - 1u;
-#pragma unroll
-    for (int j = 0; j < 4; j++) {
-      m[j] = i0 + j < tk && (e >= 0 ? id[j] == e : (id[j] < 0 || id[j] >= ne));
-      b[j] = __ballot_sync(QMOE_FULL, m[j]);
-      below += __popc(b[j] & lt);
-      wtotal += __popc(b[j]);
-    }
-    if (lane == 0) warp_n[warp] = wtotal;
-    __syncthreads();
-    int before = *n + below;
-    for (int w = 0; w < warp; w++) before += warp_n[w];
-#pragma unroll
-    for (int j = 0; j < 4; j++)
-      if (m[j]) list[before + mine++] = (int)(i0 + j);
-    int total = 0;
-    for (int w = 0; w < nwarp; w++) total += warp_n[w];
-    __syncthreads();
-    *n += total;
-    *at += 4 * (int64_t)blockDim.x;
-  }
-}
-
-#endif
 // y[r] = Σ_k w[k] · (Wd[ids[k]]·h[k])[r]: each block computes 2 output rows; its warps take the experts
 // k = warp, warp + 4, ... and leave each dot product in shared memory; then one thread per row sums
 // over k in order 0..K-1 in acc_t. No atomics: the result does not depend on scheduling. K <= 64.
 // T tokens (qmoe_moe_down__q4_1__f32_tok): block (tile of 4·4 rows, e) finds the (token, k) slots that chose expert e (block y = E: the
-// slots with an invalid id, NaN) and computes the tile's rows of Wd[e]·h[t][k] for them 6 at a time
+// slots with an invalid id, NaN) and computes the tile's rows of Wd[e]·h[t][k] for them 8 at a time
 // (the rows staged once per chunk for all), into the workspace: part[t·K + k][r] in acc_t. The last of the E + 1
 // blocks of a tile to finish (a self-resetting counter per tile) sums y[t][r] = Σ_k w[t][k]·part in k order,
 // as the one-token path does: the bits of T calls.
@@ -907,7 +561,7 @@ static __device__ __forceinline__ void qmoe_down_body(const qmoe_args &a) {
       y[r0 + threadIdx.x] = (float)s;
     }
   } else {
-    constexpr int R = 4, N = 6, TR = 4 * 4; // TR rows per tile
+    constexpr int R = 4, N = 8, TR = 4 * 4; // TR rows per tile
     __shared__ uint4 sh[4][R * STAGE_VECS];
     __shared__ int list[2048];
     __shared__ int warp_n[4];

@@ -328,12 +328,13 @@ static __device__ __forceinline__ void qmoe_dot_chunk_tok(const uint4 *sh, const
 #if 0 // f32 with lane runs: the run's A, B and V decoded once for the N tokens
     if (!G || e0 + UNROLL * lane < ne) {
       const int ig = ((e0 + UNROLL * lane) % QB_ELEMS);
-      // A run of UNROLL elements is decoded TP at a time (registers: all R rows' values of the part live across
-      // the N tokens); each (row, token)'s sums carry over the parts, so they are the one-token chains.
-      constexpr int TP = UNROLL < 8 ? UNROLL : 8;
-      float ra[R], rb[R], sv[R][N], sx[N];
+      float va[R][UNROLL], ra[R], rb[R];
 #pragma unroll
       for (int r = 0; r < R; r++) {
+#pragma unroll
+        // (one by one: the packed runs cost the many-token entries registers, 1,220 -> 1,084 tokens/s of prefill
+        // on the H200, docs/gpu-results.md)
+        for (int t = 0; t < UNROLL; t++) va[r][t] = qmoe_q5_0_run_v(bl[r], ig, ig | t);
 #if 0
         ra[r] = qmoe_q5_0_run_a(bl[r], ig);
 #else
@@ -346,59 +347,40 @@ static __device__ __forceinline__ void qmoe_dot_chunk_tok(const uint4 *sh, const
 #endif
       }
 #pragma unroll
-      for (int t0 = 0; t0 < UNROLL; t0 += TP) {
-        float va[R][TP];
+      for (int n = 0; n < N; n++) { // all N (a break on the tile's count left the sums latency-bound)
+        const float *xl = xc[n] + e0 + UNROLL * lane;
+        float xr[UNROLL];
+        if (UNROLL % 4 == 0 && (((uint64_t)xl) & 15) == 0 && (!G || e0 + UNROLL * lane + UNROLL <= ne)) {
 #pragma unroll
-        for (int r = 0; r < R; r++) {
-#pragma unroll
-          // (one by one: the packed runs cost the many-token entries registers, 1,220 -> 1,084 tokens/s of prefill
-          // on the H200, docs/gpu-results.md)
-          for (int t = 0; t < TP; t++) va[r][t] = qmoe_q5_0_run_v(bl[r], ig, ig | (t0 + t));
-        }
-#pragma unroll
-        for (int n = 0; n < N; n++) { // all N (a break on the tile's count left the sums latency-bound)
-          const float *xl = xc[n] + e0 + UNROLL * lane + t0;
-          float xr[TP];
-          if (TP % 4 == 0 && (((uint64_t)xl) & 15) == 0 && (!G || e0 + UNROLL * lane + t0 + TP <= ne)) {
-#pragma unroll
-            for (int u = 0; u < TP / 4; u++) {
-              const float4 xa = ((const float4 *)xl)[u];
-              xr[4 * u] = xa.x, xr[4 * u + 1] = xa.y, xr[4 * u + 2] = xa.z, xr[4 * u + 3] = xa.w;
-            }
-          } else {
-#pragma unroll
-            for (int t = 0; t < TP; t++) xr[t] = (!G || e0 + UNROLL * lane + t0 + t < ne) ? xl[t] : 0.0f;
+          for (int u = 0; u < UNROLL / 4; u++) {
+            const float4 xa = ((const float4 *)xl)[u];
+            xr[4 * u] = xa.x, xr[4 * u + 1] = xa.y, xr[4 * u + 2] = xa.z, xr[4 * u + 3] = xa.w;
           }
-#if 0
-          float s = t0 ? sx[n] : 0.0f;
+        } else {
 #pragma unroll
-          for (int t = 0; t < TP; t++) s += xr[t];
-          sx[n] = s;
+          for (int t = 0; t < UNROLL; t++) xr[t] = (!G || e0 + UNROLL * lane + t < ne) ? xl[t] : 0.0f;
+        }
+#if 0
+        float sx = 0.0f;
+#pragma unroll
+        for (int t = 0; t < UNROLL; t++) sx += xr[t];
 #endif
 #pragma unroll
-          for (int r = 0; r < R; r++) {
-            float v = t0 ? sv[r][n] : 0.0f;
-#pragma unroll
-            for (int t = 0; t < TP; t++) v = fmaf(va[r][t], xr[t], v);
-            sv[r][n] = v;
-          }
-        }
-      }
-#pragma unroll
-      for (int n = 0; n < N; n++) {
-#pragma unroll
         for (int r = 0; r < R; r++) {
+          float sv = 0.0f;
+#pragma unroll
+          for (int t = 0; t < UNROLL; t++) sv = fmaf(va[r][t], xr[t], sv);
 #if 0
-          acc[r][n] = fmaf(ra[r], sv[r][n], acc[r][n]);
+          acc[r][n] = fmaf(ra[r], sv, acc[r][n]);
 #else
-          acc[r][n] += sv[r][n];
+          acc[r][n] += sv;
 #endif
 #if 0
-          acc[r][n] = fmaf(rb[r], sx[n], acc[r][n]);
+          acc[r][n] = fmaf(rb[r], sx, acc[r][n]);
 #endif
         }
       }
-      (void)ra, (void)rb, (void)sx;
+      (void)ra, (void)rb;
     }
 #else
 #pragma unroll
@@ -502,7 +484,7 @@ static __device__ __forceinline__ void qmoe_expert_slots(const int32_t *ids, int
 // k = warp, warp + 4, ... and leave each dot product in shared memory; then one thread per row sums
 // over k in order 0..K-1 in acc_t. No atomics: the result does not depend on scheduling. K <= 64.
 // T tokens (qmoe_moe_down__q5_0__f64_tok): block (tile of 4·4 rows, e) finds the (token, k) slots that chose expert e (block y = E: the
-// slots with an invalid id, NaN) and computes the tile's rows of Wd[e]·h[t][k] for them 6 at a time
+// slots with an invalid id, NaN) and computes the tile's rows of Wd[e]·h[t][k] for them 8 at a time
 // (the rows staged once per chunk for all), into the workspace: part[t·K + k][r] in acc_t. The last of the E + 1
 // blocks of a tile to finish (a self-resetting counter per tile) sums y[t][r] = Σ_k w[t][k]·part in k order,
 // as the one-token path does: the bits of T calls.
@@ -551,7 +533,7 @@ static __device__ __forceinline__ void qmoe_down_body(const qmoe_args &a) {
       y[r0 + threadIdx.x] = (float)s;
     }
   } else {
-    constexpr int R = 4, N = 6, TR = 4 * 4; // TR rows per tile
+    constexpr int R = 4, N = 8, TR = 4 * 4; // TR rows per tile
     __shared__ uint4 sh[4][R * STAGE_VECS];
     __shared__ int list[2048];
     __shared__ int warp_n[4];

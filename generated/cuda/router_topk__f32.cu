@@ -124,9 +124,9 @@ __device__ __forceinline__ acc_t qmoe_block_sum(acc_t v, acc_t *sh) {
 }
 
 // Router: logits = Wr·x, one warp per expert (each lane's slice of the row and of x loaded 8 16-byte
-// vectors at a time, all in flight before the first use, then the warp's fixed-order tree); the last block to
-// finish (a counter in device memory, self-resetting via atomicInc) ranks the logits (top-K by logit, ties: the
-// lower index), and its first warp runs softmax over E, then w = p / Σ p over the chosen, all in acc_t. E <= 4096,
+// vectors at a time, all in flight before the first use, then the warp's fixed-order tree); the first warp of
+// the last block to finish (a counter in device memory, self-resetting via atomicInc) runs softmax over E and
+// top-K by logit (ties: the lower index), then w = p / Σ p over the chosen, all in acc_t. E <= 4096,
 // K <= 64.
 // The logits and the counter are the token's own (T tokens run at once, token blockIdx.z): workspace counter
 // qmoe_tok (every call leaves the counters 0; attention and moe_down use them too), then per token E acc_t.
@@ -146,6 +146,7 @@ extern "C" __global__ void __launch_bounds__(256, 1) qmoe_router_topk__f32(const
   __shared__ acc_t prob[4096];
   __shared__ int sel[64];
   __shared__ acc_t pk[64];
+  __shared__ unsigned char taken[4096];
   __shared__ int last;
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   const int64_t ex = (int64_t)blockIdx.x * (256 / 32) + warp;
@@ -185,8 +186,6 @@ extern "C" __global__ void __launch_bounds__(256, 1) qmoe_router_topk__f32(const
   __syncthreads();
   if (!last) return;
   __threadfence();
-#ifdef QMOE_ROUTER_SCAN // the earlier top-K (K rounds of one warp's arg-max), for a measurement: docs/cuda.md
-  __shared__ unsigned char taken[4096];
   // The whole block brings the logits in (one trip to memory, not one per lane's step), then one warp finishes
   // (no block barriers): lane i holds logits i, i + 32, ... Softmax sum over all E, then top-K by logit (ties:
   // the lower index), then w = p / Σ p over the chosen, all in acc_t.
@@ -234,40 +233,6 @@ extern "C" __global__ void __launch_bounds__(256, 1) qmoe_router_topk__f32(const
     }
   }
   __syncwarp();
-#else
-  // The whole block brings the logits in (one trip to memory, not one per lane's step) and ranks them: entry i's
-  // rank is the number of entries before it in the order (larger logit first, ties: the lower index; NaN after every
-  // number, among themselves by index), each counted by its own thread, all at once; the entry of rank k < K is
-  // ids[k]. A strict total order, so the K chosen are distinct even with NaN logits. Then one warp finishes (no
-  // block barriers): softmax max and sum over all E (lane i holds logits i, i + 32, ...), then w = p / Σ p over
-  // the chosen, all in acc_t.
-  for (int i = threadIdx.x; i < E; i += blockDim.x) prob[i] = __ldcg(logits + i);
-  __syncthreads();
-  for (int i = threadIdx.x; i < E; i += blockDim.x) {
-    const acc_t v = prob[i];
-    const bool vn = v != v;
-    int rank = 0;
-    for (int j = 0; j < E; j++) {
-      const acc_t u = prob[j];
-      const bool un = u != u;
-      // j comes before i: a number before NaN, the larger number, or the lower index among equals and among NaN
-      rank += (vn && !un) || ((vn == un) && (u > v || ((u == v || vn) && j < i)));
-    }
-    if (rank < K) sel[rank] = i;
-  }
-  __syncthreads();
-  if (warp != 0) return;
-  acc_t mx = QMOE_NEG_INF;
-  for (int i = lane; i < E; i += 32) mx = prob[i] > mx ? prob[i] : mx;
-#pragma unroll
-  for (int o = 16; o > 0; o >>= 1) {
-    const acc_t other = __shfl_xor_sync(QMOE_FULL, mx, o);
-    mx = other > mx ? other : mx;
-  }
-  acc_t s = 0;
-  for (int i = lane; i < E; i += 32) s += qmoe_exp(prob[i] - mx);
-  s = qmoe_warp_sum(s);
-#endif
   // each chosen p = exp(l - mx) / s by its own lane; their sum in k order; then each w = p / Σ
   for (int k = lane; k < K; k += 32) pk[k] = qmoe_exp(prob[sel[k]] - mx) / s;
   __syncwarp();

@@ -1,4 +1,4 @@
-// qmoe-kernel: qtype=1 acc=1 threads=128 rows_per_block=8 own_tokens=1 tok_min_blocks=2 tok_tile=6 tok_rows=4 one_row_max=2048
+// qmoe-kernel: qtype=1 acc=1 threads=128 rows_per_block=8 own_tokens=1 tok_min_blocks=2 tok_tile=8 tok_rows=4 one_row_max=2048
 // qmoe-grid: qmoe_cdiv(rows, TOKENS > 1 ? 4 * TOK_ROWS : (rows <= ONE_ROW_MAX ? RPB / 2 : RPB)), 1, qmoe_cdiv(TOKENS, TOK_TILE)
 // y = W·x: each warp computes 2 rows (x is loaded once for both), ${WARPS} warps per block; a matrix of at most
 // ${ONE_ROW_MAX} rows (attn_output, attn_k, attn_v) gets a warp per row, twice the warps: on the H200 they

@@ -1,4 +1,4 @@
-// qmoe-kernel: qtype=1 acc=1 threads=128 rows_per_block=2 max_k=64 own_tokens=1 tok_min_blocks=2 tok_tile=6 tok_rows=4 list_cap=2048 counters=65536
+// qmoe-kernel: qtype=1 acc=1 threads=128 rows_per_block=2 max_k=64 own_tokens=1 tok_min_blocks=2 tok_tile=8 tok_rows=4 list_cap=2048 counters=65536
 // qmoe-limit: K <= MAX_K
 // qmoe-limit: H <= COUNTERS * 4 * TOK_ROWS
 // qmoe-grid: qmoe_cdiv(H, TOKENS > 1 ? 4 * TOK_ROWS : RPB), TOKENS > 1 ? E + 1 : 1, 1

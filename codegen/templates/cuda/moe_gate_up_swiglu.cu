@@ -1,4 +1,4 @@
-// qmoe-kernel: qtype=1 acc=1 threads=128 rows_per_block=4 own_tokens=1 tok_min_blocks=2 tok_tile=6 list_cap=2048
+// qmoe-kernel: qtype=1 acc=1 threads=128 rows_per_block=4 own_tokens=1 tok_min_blocks=2 tok_tile=8 list_cap=2048
 // qmoe-grid: qmoe_cdiv(F, TOKENS > 1 ? 2 * RPB : RPB), TOKENS > 1 ? E + 1 : K, 1
 // h[k][f] = silu(Wg[ids[k]]·x)[f] · (Wu[ids[k]]·x)[f] for all K chosen experts in one launch: grid.y = K, the
 // expert id is read on the device. Each warp computes gate row f and up row f together (x loaded once);
