@@ -73,7 +73,7 @@ typedef struct {
   CUdeviceptr ws;          /* workspace of split attention (args.buf[7]); zeroed when (re)allocated */
   size_t ws_size;
   int sync_each;           /* QMOE_CUDA_SYNC=1: synchronize after every launch (names a faulting kernel) */
-  int lane_pdl;            /* QMOE_CUDA_LANE_PDL=1: the edges at a fork and a join programmatic too */
+  int lane_pdl;            /* the edges at a fork and a join programmatic too (QMOE_CUDA_LANE_PDL=0: plain) */
   int pdl;                 /* on sm_90+ with cuGraphAddDependencies_v2 unless QMOE_CUDA_PDL=0: graph edges are
                             * programmatic (each kernel launches as the one before finishes, and waits in
                             * qmoe_grid_wait for its completion; docs/cuda.md) */
@@ -627,7 +627,7 @@ int qmoe_backend_cuda_open(qmoe_backend **out) {
     const char *nb = getenv("QMOE_CUDA_NO_BRANCH"); /* one chain (the earlier graphs), for a measurement */
     if (!(nb && nb[0] && strcmp(nb, "0") != 0)) be->branch = cu_branch;
     const char *lp = getenv("QMOE_CUDA_LANE_PDL");
-    im->lane_pdl = lp && lp[0] && strcmp(lp, "0") != 0;
+    im->lane_pdl = !(lp && lp[0] && strcmp(lp, "0") == 0);
     const char *pdl = getenv("QMOE_CUDA_PDL");
     im->pdl = !(pdl && pdl[0] && strcmp(pdl, "0") == 0) && im->ctx.d->GraphAddDependencies2 && im->ctx.cc_major >= 9;
   }
