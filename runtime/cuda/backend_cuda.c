@@ -366,8 +366,8 @@ static int graph_build(cuda_impl *im, const launch_rec *recs, size_t n, cached_g
     void *argp;
     CUDA_KERNEL_NODE_PARAMS_v2 kp;
     node_params(&c.recs[i], &argp, &kp);
-    /* Edges from the launches it runs after: within a chain, with PDL, programmatic (added after the node);
-     * otherwise plain (at a lane's start and at a join too) */
+    /* Edges from the launches it runs after: with PDL programmatic (added after the node) within a chain, and
+     * at a lane's start and a join unless QMOE_CUDA_LANE_PDL=0; otherwise plain */
     const launch_rec *r = &c.recs[i];
     const int prog = im->pdl && (r->chain || im->lane_pdl) && r->dep[0] >= 0;
     CUgraphNode deps[2];
