@@ -407,8 +407,11 @@ local function emit_variant(v, sources)
     for _, m in pairs(maps) do
       m.AFFINE = (m == maps.runs and af) and "!defined(QMOE_NO_AFFINE)" or "0"
       m.AFFINE_A, m.AFFINE_B = (af and af.a) and 1 or 0, (af and af.b) and 1 or 0
+      -- A and B once per span of a chunk where a span holds several runs (expr.lua SPAN; _qrows.cu)
+      m.SPAN = (m == maps.runs and af and af.span and af.span > (m.UNROLL or 0)) and af.span or 0
       -- V of 4 elements per word (expr.lua PACKED) where the decode has that form; QMOE_NO_PACKED: one by one
       m.PACKED = (af and af.packed and (m.UNROLL or 0) % 4 == 0) and "!defined(QMOE_NO_PACKED)" or "0"
+      m.PACKED_A4 = (af and af.packed_a4) and 1 or 0 -- <q>_run_w4: aligned word reads (blocks at multiples of 4)
       m.RUN_W_BASE = (af and af.packed) and ("(12582912.0f + QMOE_" .. q.name:upper() .. "_RUN_W_OFF)") or "0.0f"
       m.RUN = m.RUN or "0"
     end

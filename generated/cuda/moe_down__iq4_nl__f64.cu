@@ -152,6 +152,10 @@ static __device__ __forceinline__ uint32_t qmoe_q_rd_u32(const uint8_t *p, int t
   const uint32_t *a = (const uint32_t *)(p - mis) + (t0 >> 2);
   return __funnelshift_r(a[0], a[1], mis * 8u);
 }
+/* The same where p + t0 is a multiple of 4: one read. */
+static __device__ __forceinline__ uint32_t qmoe_q_rd_u32a(const uint8_t *p, int t0) {
+  return *(const uint32_t *)(p + t0);
+}
 /* (float)(byte k of w) - off, exact: the f32 1.5·2^23 + byte (a byte permute) minus 1.5·2^23 + off. */
 static __device__ __forceinline__ float qmoe_q_unpack(uint32_t w, int k, float base) {
   return __fsub_rn(__uint_as_float(__byte_perm(w, 0x4B400000u, 0x7640u + k)), base);
@@ -183,6 +187,26 @@ static __device__ __forceinline__ void qmoe_iq4_nl_decode_block(const uint8_t *b
 #define STAGE_VECS (STAGE_PAD + STAGE_DATA + STAGE_PAD) // one row's slice of the warp's buffer
 #define STAGE_U ((STAGE_DATA + 31) / 32)             // vectors per lane
 #define UNROLL 8                             // elements per lane per step (32·UNROLL per warp)
+// SPAN tables (f32 affine runs, expr.lua SPAN): a run's A and B keep one value over a span of RUN_SPAN elements
+// (q4_k: a sub-block of 32, q6_k: 16), so the warp decodes them once per span of a staged chunk, its lanes
+// sharing the work, into a table after the row slices (float2 (A, B) per span, row-major): the run then reads
+// them with one shared load instead of decoding them itself, once per run of UNROLL elements. The same
+// functions on the same bytes: the same bits. QMOE_NO_SPAN_TAB: every run decodes its own (docs/cuda.md).
+#if 0 && !defined(QMOE_NO_SPAN_TAB) && 0 > 0
+#define QMOE_SPAN_TAB 1
+#define RUN_SPAN 0
+#define TAB_SPANS (QB_ELEMS / RUN_SPAN)              // spans per block
+#define TAB_VECS ((CH_BLOCKS * TAB_SPANS * 8 + 15) / 16) // one row's table (16-byte vectors)
+#else
+#define QMOE_SPAN_TAB 0
+#define TAB_VECS 0
+#endif
+#define QROW_VECS (STAGE_VECS + TAB_VECS)            // one row's share of a one-token warp's buffer
+#if 0 && 0 && 0 && !defined(QMOE_NO_WORD_A4)
+#define QMOE_ROWS_WORDS 1 // the one-token runs read V by words, aligned ones where the rows allow (A4 below)
+#else
+#define QMOE_ROWS_WORDS 0
+#endif
 
 // Copies blocks [b0, b0+nb) of R rows into the warp's shared buffer SH (R slices of STAGE_VECS) with coalesced
 // 16-byte asynchronous copies (cp.async: global -> shared without registers), all in flight before the one
@@ -213,9 +237,14 @@ static __device__ __forceinline__ void qmoe_stage_rows(const uint8_t *const *row
 // acc[r] += Σ decode(row r)[e] · x[e] over the NE elements of one staged chunk, 32·UNROLL per step (see the generator
 // for which elements a lane takes). G: the last step may be partial (only where NE need not be a multiple of
 // 256, i.e. rows that end inside a step).
-template <int R, bool G>
+// A4: every row's bytes start at a multiple of 4 in the buffer (OFF[r] % 4 == 0, and blocks of a multiple of 4
+// bytes), so the run's words are aligned reads (<q>_run_w4, expr.lua PACKED A4): no funnel shift of two words.
+template <int R, bool G, bool A4>
 static __device__ __forceinline__ void qmoe_dot_chunk(const uint4 *sh, const int *off, const float *xc, int ne,
                                                       int lane, acc_t *acc) {
+#if QMOE_SPAN_TAB
+  const float2 *tab = (const float2 *)(sh + R * STAGE_VECS);
+#endif
   for (int e0 = 0; e0 < ne; e0 += 32 * UNROLL) {
     // the lane's x and block, addressed once per step
     const float *xl = xc + e0 + UNROLL * lane;
@@ -254,7 +283,11 @@ static __device__ __forceinline__ void qmoe_dot_chunk(const uint4 *sh, const int
         float vq[UNROLL];
 #pragma unroll
         for (int t0 = 0; t0 < UNROLL; t0 += 4) {
+#if 0
+          const uint32_t wq = A4 ? qmoe_iq4_nl_run_w4(blk, ig, t0) : qmoe_iq4_nl_run_w(blk, ig, t0);
+#else
           const uint32_t wq = qmoe_iq4_nl_run_w(blk, ig, t0);
+#endif
 #pragma unroll
           for (int k = 0; k < 4; k++) vq[t0 + k] = qmoe_q_unpack(wq, k, 0.0f);
         }
@@ -266,13 +299,24 @@ static __device__ __forceinline__ void qmoe_dot_chunk(const uint4 *sh, const int
           sv = fmaf(qmoe_iq4_nl_run_v(blk, ig, ig | t), xr[t], sv);
         }
 #endif
+#if QMOE_SPAN_TAB
+        const float2 ab = tab[(r * CH_BLOCKS + ((e0 + UNROLL * lane) / QB_ELEMS)) * TAB_SPANS + ig / RUN_SPAN];
+#endif
 #if 0
+#if QMOE_SPAN_TAB
+        acc[r] = fmaf(ab.x, sv, acc[r]);
+#else
         acc[r] = fmaf(qmoe_iq4_nl_run_a(blk, ig), sv, acc[r]);
+#endif
 #else
         acc[r] += sv;
 #endif
 #if 0
+#if QMOE_SPAN_TAB
+        acc[r] = fmaf(ab.y, sx, acc[r]);
+#else
         acc[r] = fmaf(qmoe_iq4_nl_run_b(blk, ig), sx, acc[r]);
+#endif
 #endif
       }
     }
@@ -304,10 +348,43 @@ static __device__ __forceinline__ void qmoe_row_dots(const uint8_t *const *rows,
     const int nb = (int)(nblocks - b0 < CH_BLOCKS ? nblocks - b0 : CH_BLOCKS);
     int off[R];
     qmoe_stage_rows<R>(rows, b0, nb, sh, lane, off);
+#if QMOE_SPAN_TAB
+    // the chunk's (A, B) per span, the lanes taking spans in turn (R rows of nb blocks of TAB_SPANS)
+    float2 *tab = (float2 *)(sh + R * STAGE_VECS);
+#pragma unroll
+    for (int r = 0; r < R; r++) {
+      const uint8_t *rb = (const uint8_t *)(sh + r * STAGE_VECS + STAGE_PAD) + off[r];
+      for (int j = lane; j < nb * TAB_SPANS; j += 32) {
+        const uint8_t *blk = rb + (j / TAB_SPANS) * QB_BYTES;
+        const int ig = (j % TAB_SPANS) * RUN_SPAN;
+        float2 ab;
+#if 0
+        ab.x = qmoe_iq4_nl_run_a(blk, ig);
+#else
+        ab.x = 1.0f;
+#endif
+#if 0
+        ab.y = qmoe_iq4_nl_run_b(blk, ig);
+#else
+        ab.y = 0.0f;
+#endif
+        tab[r * CH_BLOCKS * TAB_SPANS + j] = ab;
+      }
+    }
+    __syncwarp();
+#endif
     const float *xc = x + b0 * QB_ELEMS;
     const int ne = nb * QB_ELEMS;
-    if (true && ne % (32 * UNROLL)) qmoe_dot_chunk<R, true>(sh, off, xc, ne, lane, acc);
-    else qmoe_dot_chunk<R, false>(sh, off, xc, ne, lane, acc);
+    bool a4 = QB_BYTES % 4 == 0 && QMOE_ROWS_WORDS;
+#pragma unroll
+    for (int r = 0; r < R; r++) a4 = a4 && (off[r] & 3) == 0;
+    if (true && ne % (32 * UNROLL)) {
+      if (a4) qmoe_dot_chunk<R, true, true>(sh, off, xc, ne, lane, acc);
+      else qmoe_dot_chunk<R, true, false>(sh, off, xc, ne, lane, acc);
+    } else {
+      if (a4) qmoe_dot_chunk<R, false, true>(sh, off, xc, ne, lane, acc);
+      else qmoe_dot_chunk<R, false, false>(sh, off, xc, ne, lane, acc);
+    }
     __syncwarp(); // the next chunk overwrites the buffer
   }
 }
@@ -316,7 +393,7 @@ static __device__ __forceinline__ void qmoe_row_dots(const uint8_t *const *rows,
 // acc[r][n] += Σ decode(row r)[e] · xc[n][e] for the N tokens whose chunk of x starts at XC[n], over one staged
 // chunk. All N are computed (no branch on a tile's token count, so the compiler interleaves the N·R sums): a
 // partial tile's caller points its extra tokens at a real one and drops their sums. Each (row, token) is computed by the same lane, in
-// the same order, with the same operations as qmoe_dot_chunk<R, G> does for one token: a row's decode is shared
+// the same order, with the same operations as qmoe_dot_chunk<R, G, A4> does for one token: a row's decode is shared
 // by the tokens, never its sums, so every token's result has the bits of its one-token call (FALSIFY-TOKENS).
 template <int R, int N, bool G>
 static __device__ __forceinline__ void qmoe_dot_chunk_tok(const uint4 *sh, const int *off, const float *const *xc,
@@ -506,7 +583,7 @@ static __device__ __forceinline__ void qmoe_down_body(const qmoe_args &a) {
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   const int64_t row_bytes = F / QB_ELEMS * QB_BYTES;
   if constexpr (!TOK) {
-    __shared__ uint4 sh[4][2 * STAGE_VECS];
+    __shared__ uint4 sh[4][2 * QROW_VECS]; // 2 rows' slices, then their span tables
     __shared__ acc_t part[64][2];
     const int64_t r0 = (int64_t)blockIdx.x * 2;
     const int64_t r1 = r0 + 1 < H ? r0 + 1 : r0;

@@ -50,6 +50,7 @@ float dq_decode_run(uint base, int ig, int i) {
   precise float r = (((f_d * (intBitsToFloat(0x4B400000 + v_sc) - 12582912.0)) * (intBitsToFloat(0x4B400000 + v_q) - 12582912.0)) - (f_dmin * (intBitsToFloat(0x4B400000 + v_m) - 12582912.0)));
   return r;
 }
+#define DQ_RUN_SPAN 16
 float dq_run_a(uint base, int ig) {
   int i = ig;
   precise float f_d = unpackHalf2x16(uint(qmoe_q_u16(base + uint(80)))).x;

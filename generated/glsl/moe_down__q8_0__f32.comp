@@ -45,6 +45,7 @@ float dq_decode_run(uint base, int ig, int i) {
   precise float r = ((intBitsToFloat(0x4B400000 + ((int(qmoe_q_u8(base + uint(2 + i))) << 24) >> 24)) - 12582912.0) * f_d);
   return r;
 }
+#define DQ_RUN_SPAN 32
 float dq_run_a(uint base, int ig) {
   int i = ig;
   precise float f_d = unpackHalf2x16(uint(qmoe_q_u16(base + uint(0)))).x;

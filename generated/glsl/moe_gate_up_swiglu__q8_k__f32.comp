@@ -46,6 +46,7 @@ float dq_decode_run(uint base, int ig, int i) {
   precise float r = (f_d * (intBitsToFloat(0x4B400000 + ((int(qmoe_q_u8(base + uint(4 + i))) << 24) >> 24)) - 12582912.0));
   return r;
 }
+#define DQ_RUN_SPAN 256
 float dq_run_a(uint base, int ig) {
   int i = ig;
   precise float f_d = uintBitsToFloat(uint(qmoe_q_u16(base + uint(0))) | (uint(qmoe_q_u16(base + uint(0) + 2u)) << 16));

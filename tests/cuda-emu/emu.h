@@ -28,6 +28,7 @@ struct qmoe_emu_dim3 { unsigned x, y, z; };
 struct uint4 { unsigned x, y, z, w; };
 struct int4 { int x, y, z, w; };
 struct float4 { float x, y, z, w; };
+struct float2 { float x, y; };
 static inline float4 make_float4(float x, float y, float z, float w) { return float4{x, y, z, w}; }
 
 struct qmoe_emu_thread {

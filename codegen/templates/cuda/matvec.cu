@@ -13,7 +13,7 @@ ${BIND}
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   const int64_t row_bytes = cols / QB_ELEMS * QB_BYTES;
   if constexpr (!TOK) {
-    __shared__ uint4 sh[${WARPS}][2 * STAGE_VECS];
+    __shared__ uint4 sh[${WARPS}][2 * QROW_VECS]; // 2 rows' slices, then their span tables
     if (rows <= ${ONE_ROW_MAX}) {
       const int64_t r0 = (int64_t)blockIdx.x * ${WARPS} + warp;
       if (r0 >= rows) return;

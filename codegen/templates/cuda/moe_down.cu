@@ -17,7 +17,7 @@ ${BIND}
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   const int64_t row_bytes = F / QB_ELEMS * QB_BYTES;
   if constexpr (!TOK) {
-    __shared__ uint4 sh[${WARPS}][2 * STAGE_VECS];
+    __shared__ uint4 sh[${WARPS}][2 * QROW_VECS]; // 2 rows' slices, then their span tables
     __shared__ acc_t part[${MAX_K}][2];
     const int64_t r0 = (int64_t)blockIdx.x * 2;
     const int64_t r1 = r0 + 1 < H ? r0 + 1 : r0;

@@ -14,7 +14,7 @@ ${BIND}
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   const int64_t row_bytes = H / QB_ELEMS * QB_BYTES;
   if constexpr (!TOK) {
-    __shared__ uint4 sh[${WARPS}][2 * STAGE_VECS];
+    __shared__ uint4 sh[${WARPS}][2 * QROW_VECS]; // 2 rows' slices, then their span tables
     const int64_t f = (int64_t)blockIdx.x * ${WARPS} + warp;
     const int64_t k = blockIdx.y;
     if (f >= F || k >= K) return;

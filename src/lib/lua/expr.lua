@@ -924,6 +924,10 @@ M.dialects.cuda = {
             "  const uint32_t *a = (const uint32_t *)(p - mis) + (t0 >> 2);\n" ..
             "  return __funnelshift_r(a[0], a[1], mis * 8u);\n" ..
             "}\n" ..
+            "/* The same where p + t0 is a multiple of 4: one read. */\n" ..
+            "static __device__ __forceinline__ uint32_t qmoe_q_rd_u32a(const uint8_t *p, int t0) {\n" ..
+            "  return *(const uint32_t *)(p + t0);\n" ..
+            "}\n" ..
             "/* (float)(byte k of w) - off, exact: the f32 1.5·2^23 + byte (a byte permute) minus 1.5·2^23 + off. */\n" ..
             "static __device__ __forceinline__ float qmoe_q_unpack(uint32_t w, int k, float base) {\n" ..
             "  return __fsub_rn(__uint_as_float(__byte_perm(w, 0x4B400000u, 0x7640u + k)), base);\n" ..
@@ -931,6 +935,8 @@ M.dialects.cuda = {
   packed = true,
   -- PACKED: the word of the 4 bytes at byte OFF + IDX + t0 of the block, and its type
   rd_word = function(off, idx) return string.format("qmoe_q_rd_u32(b + %d + %s, t0)", off, idx) end,
+  -- the same where the block starts at a multiple of 4 and the word's byte offset is one (A4 below)
+  rd_word_a4 = function(off, idx) return string.format("qmoe_q_rd_u32a(b + %d + %s, t0)", off, idx) end,
   u32_type = "uint32_t",
   fn_prefix = "static __device__ __forceinline__",
   block_type = "const uint8_t *",
@@ -1158,9 +1164,11 @@ local function fmul(a, b) if a == nil then return b end if b == nil then return 
 
 -- affine_of(value, grp, letast) -> {A = node|nil (1), V = node, B = node|nil (0)} | nil when the value is
 -- not of that form (two varying parts multiplied, a varying condition, ...). grp: the GROUP context.
-local function affine_of(value, grp, letast)
+-- make_rc(grp, letast) -> rc(node): whether NODE (which may read fields) has one value over every aligned run
+-- of grp.G elements: its value at i equals its value at the run's start.
+local function make_rc(grp, letast)
   local rcm = {}
-  local function rc(n) -- constant over every run: its value at i equals its value at the run's start
+  local function rc(n)
     if rcm[n] ~= nil then return rcm[n] end
     local r
     if n.k == "int" or n.k == "float" then r = true
@@ -1174,6 +1182,11 @@ local function affine_of(value, grp, letast)
     rcm[n] = r
     return r
   end
+  return rc
+end
+
+local function affine_of(value, grp, letast)
+  local rc = make_rc(grp, letast)
   local function go(n)
     if rc(n) then return { C = n } end
     if n.ty == "int" then return { V = n } end -- the varying int part, converted to float once
@@ -1221,7 +1234,18 @@ end
 -- Each byte is then the exact integer V + off, so (float)V is the same f32 bit for bit either way: the kernel
 -- turns a byte into 1.5·2^23 + byte by a byte permute and subtracts 1.5·2^23 + off. One word read and a few
 -- word operations replace four byte reads and their shifts and masks. nil when V has any other form.
-local function packed_of(V, grp, letast, D, vars)
+-- A4 (D.rd_word_a4 given): the words as aligned reads, where every word's byte offset in the block is a
+-- multiple of 4 at every run start (a caller whose block starts at a multiple of 4 may use them); nil otherwise.
+local function packed_of(V, grp, letast, D, vars, a4)
+  local function word(f, idx) -- the word read of field F at index IDX (+ t0)
+    if a4 then
+      for i0 = 0, grp.be - 1, grp.G do
+        if (f.offset + eval(idx, { vals = grp.pv[i0] })) % 4 ~= 0 then return nil end
+      end
+      return D.rd_word_a4(f.offset, paren(emit_node(idx, D, vars)))
+    end
+    return D.rd_word(f.offset, paren(emit_node(idx, D, vars)))
+  end
   local function rc(n) -- run-constant (its value at the run's start serves every element)
     if n.k == "int" then return true end
     if n.pure then return group_const(n, grp) end
@@ -1247,9 +1271,9 @@ local function packed_of(V, grp, letast, D, vars)
     if k == "name" and n.bind.kind == "let" then return go(letast[n.name]) end
     if k == "call" and n.a.ty == "int" then return go(n.a) end
     if k == "index" and n.bind.field.type == "u8" and steps_by_one(n.idx) then
-      local f = n.bind.field
-      local off = emit_node(n.idx, D, vars)
-      return { t = D.rd_word(f.offset, paren(off)), g = 0, hi = 255 }
+      local t = word(n.bind.field, n.idx)
+      if not t then return nil end
+      return { t = t, g = 0, hi = 255 }
     end
     if k ~= "bin" then return nil end
     local op = n.op
@@ -1281,8 +1305,8 @@ local function packed_of(V, grp, letast, D, vars)
   end
   local w
   if root.k == "index" and root.bind.field.type == "i8" and off == 0 and steps_by_one(root.idx) then
-    local f = root.bind.field
-    w = { t = "(" .. D.rd_word(f.offset, paren(emit_node(root.idx, D, vars))) .. " ^ 0x80808080u)", g = 0, hi = 255 }
+    local t = word(root.bind.field, root.idx)
+    w = t and { t = "(" .. t .. " ^ 0x80808080u)", g = 0, hi = 255 }
     off = 128
   else
     w = go(root)
@@ -1372,6 +1396,17 @@ function M.emit(q, D, prefix)
         lines[#lines + 1] = string.format("  return %s;", text)
         lines[#lines + 1] = "}"
       end
+      -- SPAN: the longest aligned span (a power of two, G..block_elements) over which A and B keep one value
+      -- (q4_k: a sub-block of 32; q6_k: 16). A kernel may decode them once per span for all of its runs
+      -- (<PREFIX>_RUN_SPAN); found by evaluation like GROUP, not by pattern.
+      local span = G
+      while span * 2 <= be and be % (span * 2) == 0 do
+        local rc2 = make_rc({ G = span * 2, be = be, pv = vars[GROUP].pv, memo = {} }, letast)
+        if (af.A and not rc2(af.A)) or (af.B and not rc2(af.B)) then break end
+        span = span * 2
+      end
+      info.affine.span = span
+      lines[#lines + 1] = string.format("#define %s_RUN_SPAN %d", prefix:upper(), span)
       local pre = "  " .. D.decl_int .. " i = ig;"
       if af.A then fn("run_a", "int ig", pre, af.A) end
       if af.B then fn("run_b", "int ig", pre, af.B) end
@@ -1388,6 +1423,16 @@ function M.emit(q, D, prefix)
           for _, b in ipairs(body) do lines[#lines + 1] = b end
           lines[#lines + 1] = "  return " .. pk.t .. ";"
           lines[#lines + 1] = "}"
+          -- <prefix>_run_w4(b, ig, t0): the same by aligned word reads, for a block at a multiple of 4
+          local pk4 = D.rd_word_a4 and packed_of(af.V, vars[GROUP], letast, D, vars, true)
+          if pk4 then
+            info.affine.packed_a4 = true
+            lines[#lines + 1] = string.format("%s%s %s_run_w4(%s%s, int ig, int t0) {", head, D.u32_type, prefix, D.block_type, D.block_param)
+            lines[#lines + 1] = pre
+            for _, b in ipairs(body) do lines[#lines + 1] = b end
+            lines[#lines + 1] = "  return " .. pk4.t .. ";"
+            lines[#lines + 1] = "}"
+          end
         end
       end
     end
