@@ -1,18 +1,20 @@
 #!/bin/bash
-# span tables + aligned word reads in the CUDA row kernels: GPU tests, the Hugging Face oracle, decode A/B
-# (default; QMOE_NO_SPAN_TAB; QMOE_NO_WORD_A4; both), stages, prefill 512
+# span tables + aligned word reads in the CUDA row kernels and the GLSL row shaders: GPU tests, the Hugging Face
+# oracle, decode A/B (default; QMOE_NO_SPAN_TAB; QMOE_NO_WORD_A4; both), stages, prefill 512, Vulkan tests and stages
 cd "$(dirname "$0")/../.."
-R=/tmp/res0bd; rm -rf $R; mkdir -p $R
-save() { tar -C /tmp -czf ${OUT:-.}/res.tgz res0bd; }
+R=/tmp/resf7f; rm -rf $R; mkdir -p $R
+save() { tar -C /tmp -czf ${OUT:-.}/res.tgz resf7f; }
 tar -C .dev -xJf .dev/gpu.tar.xz
 B=.dev/gpu
+for f in .gl/*.deb; do dpkg -x "$f" / >/dev/null 2>&1; done; ldconfig
+export VK_DRIVER_FILES=/usr/local/nvidia/share/vulkan/icd.d/nvidia_icd.json
 export QMOE_CUDA_CACHE=$(mktemp -d)
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site .whl/*.whl > /dev/null 2>&1; export PYTHONPATH=/tmp/site
 { date -u; nvidia-smi --query-gpu=name,driver_version --format=csv,noheader; } | tee $R/env.txt
 M=/tmp/m.gguf
 ( [ -s $M ] || $B/qmoe make-model --preset qwen3-30b-a3b --ftype q4_k_m --seed 1 -o $M > $R/make-model.log 2>&1 ) &
 MK=$!
-for t in test_parity_cuda test_cuda_backend test_model test_cuda_graph test_router_nan; do
+for t in test_parity_cuda test_cuda_backend test_model test_cuda_graph test_router_nan test_parity_vulkan test_vk_graph; do
   QMOE_TEST_REQUIRE_BACKEND=1 timeout 240 $B/tests/$t > $R/$t.log 2>&1; echo "$t exit $? ok=$(grep -c '^ok' $R/$t.log) notok=$(grep -c '^not ok' $R/$t.log) skip=$(grep -c '^skip' $R/$t.log)"; grep '^not ok' $R/$t.log | head -5
 done
 wait $MK; echo "make-model $?"; save
@@ -23,5 +25,6 @@ run cuda-noa4 QMOE_CUDA_DEFINES=QMOE_NO_WORD_A4 timeout 150 $B/qmoe bench -m $M 
 run cuda-neither QMOE_CUDA_DEFINES=QMOE_NO_SPAN_TAB,QMOE_NO_WORD_A4 timeout 150 $B/qmoe bench -m $M --backend cuda -p 64 -n 64 --repeats 3 --json
 run cuda-2 timeout 150 $B/qmoe bench -m $M --backend cuda -p 64 -n 64 --repeats 3 --json
 run cuda-p512 timeout 150 $B/qmoe bench -m $M --backend cuda -p 512 -n 128 --repeats 3 --json
+run vulkan-stages timeout 150 $B/qmoe bench -m $M --backend vulkan -p 8 -n 16 --repeats 3 --stages --json
 QMOE_BIN=$B PYTHONUNBUFFERED=1 timeout 150 python3 tests/oracle/check_oracle.py > $R/oracle.log 2>&1; echo "oracle exit $?: $(grep -c '^ok' $R/oracle.log) ok, $(grep -c '^not ok' $R/oracle.log) not ok"; grep -E '^(not ok|skip)' $R/oracle.log | head
 save
