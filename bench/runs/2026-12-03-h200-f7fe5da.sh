@@ -25,6 +25,6 @@ run cuda-noa4 QMOE_CUDA_DEFINES=QMOE_NO_WORD_A4 timeout 150 $B/qmoe bench -m $M 
 run cuda-neither QMOE_CUDA_DEFINES=QMOE_NO_SPAN_TAB,QMOE_NO_WORD_A4 timeout 150 $B/qmoe bench -m $M --backend cuda -p 64 -n 64 --repeats 3 --json
 run cuda-2 timeout 150 $B/qmoe bench -m $M --backend cuda -p 64 -n 64 --repeats 3 --json
 run cuda-p512 timeout 150 $B/qmoe bench -m $M --backend cuda -p 512 -n 128 --repeats 3 --json
-run vulkan-stages timeout 150 $B/qmoe bench -m $M --backend vulkan -p 8 -n 16 --repeats 3 --stages --json
+run vulkan-stages QMOE_VK_PIPELINE_STATS=1 timeout 150 $B/qmoe bench -m $M --backend vulkan -p 8 -n 16 --repeats 3 --stages --json
 QMOE_BIN=$B PYTHONUNBUFFERED=1 timeout 150 python3 tests/oracle/check_oracle.py > $R/oracle.log 2>&1; echo "oracle exit $?: $(grep -c '^ok' $R/oracle.log) ok, $(grep -c '^not ok' $R/oracle.log) not ok"; grep -E '^(not ok|skip)' $R/oracle.log | head
 save

@@ -111,6 +111,10 @@ struct qmoe_vk {
   long g_records, g_replays, g_drops;
   VkQueryPool timer; /* two timestamps, created on first use */
   uint32_t timestamp_bits;
+  /* QMOE_VK_PIPELINE_STATS=1 and VK_KHR_pipeline_executable_properties: each pipeline's compiler statistics
+   * (registers, shared memory, ... as the driver names them) go to stderr when it is created */
+  PFN_vkGetPipelineExecutablePropertiesKHR get_exec_props;
+  PFN_vkGetPipelineExecutableStatisticsKHR get_exec_stats;
 };
 
 /* Out of memory aborts with a message (the library's one allocation policy). */
@@ -554,6 +558,37 @@ static int find_compute_family(qmoe_vk *vk, VkPhysicalDevice pd, uint32_t *famil
   return found;
 }
 
+/* QMOE_VK_PIPELINE_STATS=1: one stderr line per executable of a new pipeline with the driver's statistics. */
+static void print_pipeline_stats(qmoe_vk *vk, VkPipeline pipe, const char *what) {
+  VkPipelineInfoKHR pi = {.sType = VK_STRUCTURE_TYPE_PIPELINE_INFO_KHR, .pipeline = pipe};
+  uint32_t ne = 0;
+  if (vk->get_exec_props(vk->device, &pi, &ne, NULL) != VK_SUCCESS) return;
+  for (uint32_t i = 0; i < ne && i < 8; i++) {
+    VkPipelineExecutableInfoKHR ei = {.sType = VK_STRUCTURE_TYPE_PIPELINE_EXECUTABLE_INFO_KHR, .pipeline = pipe,
+                                      .executableIndex = i};
+    VkPipelineExecutableStatisticKHR st[32];
+    uint32_t ns = 32;
+    for (uint32_t k = 0; k < ns; k++) st[k] = (VkPipelineExecutableStatisticKHR){
+        .sType = VK_STRUCTURE_TYPE_PIPELINE_EXECUTABLE_STATISTIC_KHR};
+    VkResult r = vk->get_exec_stats(vk->device, &ei, &ns, st);
+    if (r != VK_SUCCESS && r != VK_INCOMPLETE) continue;
+    char line[2048];
+    size_t len = (size_t)snprintf(line, sizeof line, "qmoe: vulkan pipeline %s [%u]:", what, i);
+    for (uint32_t k = 0; k < ns && len < sizeof line; k++) {
+      const VkPipelineExecutableStatisticKHR *x = &st[k];
+      if (x->format == VK_PIPELINE_EXECUTABLE_STATISTIC_FORMAT_BOOL32_KHR)
+        len += (size_t)snprintf(line + len, sizeof line - len, " %s=%u", x->name, (unsigned)x->value.b32);
+      else if (x->format == VK_PIPELINE_EXECUTABLE_STATISTIC_FORMAT_INT64_KHR)
+        len += (size_t)snprintf(line + len, sizeof line - len, " %s=%lld", x->name, (long long)x->value.i64);
+      else if (x->format == VK_PIPELINE_EXECUTABLE_STATISTIC_FORMAT_UINT64_KHR)
+        len += (size_t)snprintf(line + len, sizeof line - len, " %s=%llu", x->name, (unsigned long long)x->value.u64);
+      else
+        len += (size_t)snprintf(line + len, sizeof line - len, " %s=%g", x->name, x->value.f64);
+    }
+    fprintf(stderr, "%s\n", line);
+  }
+}
+
 static int has_device_ext(qmoe_vk *vk, VkPhysicalDevice pd, const char *ext) {
   uint32_t n = 0;
   if (vk->f.vkEnumerateDeviceExtensionProperties(pd, NULL, &n, NULL) != VK_SUCCESS || !n) return 0;
@@ -676,9 +711,23 @@ static int create_device(qmoe_vk *vk) {
   float prio = 1.0f;
   VkDeviceQueueCreateInfo qci = {.sType = VK_STRUCTURE_TYPE_DEVICE_QUEUE_CREATE_INFO,
                                  .queueFamilyIndex = vk->queue_family, .queueCount = 1, .pQueuePriorities = &prio};
-  const char *exts[] = {VK_KHR_PUSH_DESCRIPTOR_EXTENSION_NAME};
+  const char *exts[2] = {VK_KHR_PUSH_DESCRIPTOR_EXTENSION_NAME};
+  uint32_t next = 1;
+  const char *ps_env = getenv("QMOE_VK_PIPELINE_STATS");
+  const int pipe_stats = ps_env && strcmp(ps_env, "1") == 0;
+  VkPhysicalDevicePipelineExecutablePropertiesFeaturesKHR pef = {
+      .sType = VK_STRUCTURE_TYPE_PHYSICAL_DEVICE_PIPELINE_EXECUTABLE_PROPERTIES_FEATURES_KHR, .pipelineExecutableInfo = VK_TRUE};
+  if (pipe_stats) {
+    if (has_device_ext(vk, vk->phys, VK_KHR_PIPELINE_EXECUTABLE_PROPERTIES_EXTENSION_NAME)) {
+      exts[next++] = VK_KHR_PIPELINE_EXECUTABLE_PROPERTIES_EXTENSION_NAME;
+      e12.pNext = &pef;
+    } else {
+      fprintf(stderr, "qmoe: QMOE_VK_PIPELINE_STATS=1: device '%s' lacks %s; no pipeline statistics\n",
+              vk->props.deviceName, VK_KHR_PIPELINE_EXECUTABLE_PROPERTIES_EXTENSION_NAME);
+    }
+  }
   VkDeviceCreateInfo dci = {.sType = VK_STRUCTURE_TYPE_DEVICE_CREATE_INFO, .pNext = &e2, .queueCreateInfoCount = 1,
-                            .pQueueCreateInfos = &qci, .enabledExtensionCount = 1, .ppEnabledExtensionNames = exts};
+                            .pQueueCreateInfos = &qci, .enabledExtensionCount = next, .ppEnabledExtensionNames = exts};
   VkResult r = vk->f.vkCreateDevice(vk->phys, &dci, NULL, &vk->device);
   if (r != VK_SUCCESS) return vk_fail(r, "vkCreateDevice('%s')", vk->props.deviceName);
 #define LOAD_DEVICE(fn)                                                                                           \
@@ -689,6 +738,13 @@ static int create_device(qmoe_vk *vk) {
   }
   QMOE_VK_DEVICE_FNS(LOAD_DEVICE)
 #undef LOAD_DEVICE
+  if (next > 1) {
+    vk->get_exec_props = (PFN_vkGetPipelineExecutablePropertiesKHR)vk->f.vkGetDeviceProcAddr(
+        vk->device, "vkGetPipelineExecutablePropertiesKHR");
+    vk->get_exec_stats = (PFN_vkGetPipelineExecutableStatisticsKHR)vk->f.vkGetDeviceProcAddr(
+        vk->device, "vkGetPipelineExecutableStatisticsKHR");
+    if (!vk->get_exec_props || !vk->get_exec_stats) vk->get_exec_props = NULL, vk->get_exec_stats = NULL;
+  }
   vk->f.vkGetDeviceQueue(vk->device, vk->queue_family, 0, &vk->queue);
   {
     uint32_t nq = 0;
@@ -1178,11 +1234,13 @@ int qmoe_vk_pipeline(qmoe_vk *vk, const char *shader, const char *what, uint32_t
       .stage = {.sType = VK_STRUCTURE_TYPE_PIPELINE_SHADER_STAGE_CREATE_INFO, .stage = VK_SHADER_STAGE_COMPUTE_BIT,
                 .module = vk->modules[idx], .pName = "main"},
       .layout = vk->layout};
+  if (vk->get_exec_stats) cpi.flags |= VK_PIPELINE_CREATE_CAPTURE_STATISTICS_BIT_KHR;
   VkResult r = vk->f.vkCreateComputePipelines(vk->device, VK_NULL_HANDLE, 1, &cpi, NULL, &vk->pipes[idx]);
   if (r != VK_SUCCESS) {
     vk->pipes[idx] = VK_NULL_HANDLE;
     return vk_fail(r, "vkCreateComputePipelines(%s)", what);
   }
+  if (vk->get_exec_stats) print_pipeline_stats(vk, vk->pipes[idx], what);
   if ((rc = qmoe_vk_check_validation(vk, what))) return rc;
   *out = vk->pipes[idx];
   return 0;
