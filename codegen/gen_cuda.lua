@@ -412,6 +412,9 @@ local function emit_variant(v, sources)
       -- V of 4 elements per word (expr.lua PACKED) where the decode has that form; QMOE_NO_PACKED: one by one
       m.PACKED = (af and af.packed and (m.UNROLL or 0) % 4 == 0) and "!defined(QMOE_NO_PACKED)" or "0"
       m.PACKED_A4 = (af and af.packed_a4) and 1 or 0 -- <q>_run_w4: aligned word reads (blocks at multiples of 4)
+      -- <q>_run_w2 too (blocks of 4k + 2 bytes, q6_k): a step's block starts at 0 or 2 mod 4, the same for the
+      -- whole warp where a step lies in one block, so each row's words are read by the matching function
+      m.PACKED_W2 = (af and af.packed_m2 and m == maps.runs and be % (32 * m.UNROLL) == 0) and 1 or 0
       m.RUN_W_BASE = (af and af.packed) and ("(12582912.0f + QMOE_" .. q.name:upper() .. "_RUN_W_OFF)") or "0.0f"
       m.RUN = m.RUN or "0"
     end

@@ -156,6 +156,11 @@ static __device__ __forceinline__ uint32_t qmoe_q_rd_u32(const uint8_t *p, int t
 static __device__ __forceinline__ uint32_t qmoe_q_rd_u32a(const uint8_t *p, int t0) {
   return *(const uint32_t *)(p + t0);
 }
+/* The same where p + t0 is 2 mod 4: the two aligned words around it and one byte permute. */
+static __device__ __forceinline__ uint32_t qmoe_q_rd_u32m2(const uint8_t *p, int t0) {
+  const uint32_t *a = (const uint32_t *)(p - 2 + t0);
+  return __byte_perm(a[0], a[1], 0x5432);
+}
 /* (float)(byte k of w) - off, exact: the f32 1.5·2^23 + byte (a byte permute) minus 1.5·2^23 + off. */
 static __device__ __forceinline__ float qmoe_q_unpack(uint32_t w, int k, float base) {
   return __fsub_rn(__uint_as_float(__byte_perm(w, 0x4B400000u, 0x7640u + k)), base);
@@ -257,6 +262,35 @@ static __device__ __forceinline__ void qmoe_stage_rows(const uint8_t *const *row
 // acc[r] += Σ decode(row r)[e] · x[e] over the NE elements of one staged chunk, 32·UNROLL per step (see the generator
 // for which elements a lane takes). G: the last step may be partial (only where NE need not be a multiple of
 // 256, i.e. rows that end inside a step).
+#if !defined(QMOE_NO_PACKED) && 0
+// Σ V·x over a run (V + off of 4 elements per word read, expr.lua PACKED; the same f32 values as run_v's), the
+// words read by <q>_run_w4 where the block starts at a multiple of 4 (M = 0), <q>_run_w2 at 2 mod 4 (M = 2), else
+// <q>_run_w (any alignment).
+template <int M>
+static __device__ __forceinline__ float qmoe_run_sv(const uint8_t *blk, int ig, const float *xr) {
+  float vq[UNROLL];
+#pragma unroll
+  for (int t0 = 0; t0 < UNROLL; t0 += 4) {
+    uint32_t wq;
+#if 1
+    if constexpr (M == 0) wq = qmoe_q8_k_run_w4(blk, ig, t0);
+    else
+#endif
+#if 0
+    if constexpr (M == 2) wq = qmoe_q8_k_run_w2(blk, ig, t0);
+    else
+#endif
+      wq = qmoe_q8_k_run_w(blk, ig, t0);
+#pragma unroll
+    for (int k = 0; k < 4; k++) vq[t0 + k] = qmoe_q_unpack(wq, k, (12582912.0f + QMOE_Q8_K_RUN_W_OFF));
+  }
+  float sv = 0.0f;
+#pragma unroll
+  for (int t = 0; t < UNROLL; t++) sv = fmaf(vq[t], xr[t], sv);
+  return sv;
+}
+#endif
+
 // A4: every row's bytes start at a multiple of 4 in the buffer (OFF[r] % 4 == 0, and blocks of a multiple of 4
 // bytes), so the run's words are aligned reads (<q>_run_w4, expr.lua PACKED A4): no funnel shift of two words.
 template <int R, bool G, bool A4>
@@ -300,19 +334,16 @@ static __device__ __forceinline__ void qmoe_dot_chunk(const uint4 *sh, const int
         const uint8_t *blk = bl[r];
         float sv = 0.0f;
 #if !defined(QMOE_NO_PACKED) // V of 4 elements per word read (expr.lua PACKED): the same f32 values as run_v's
-        float vq[UNROLL];
-#pragma unroll
-        for (int t0 = 0; t0 < UNROLL; t0 += 4) {
 #if 1
-          const uint32_t wq = A4 ? qmoe_q8_k_run_w4(blk, ig, t0) : qmoe_q8_k_run_w(blk, ig, t0);
-#else
-          const uint32_t wq = qmoe_q8_k_run_w(blk, ig, t0);
+        if (A4) sv = qmoe_run_sv<0>(blk, ig, xr);
+#if 0 && QMOE_ROWS_WORDS
+        else if ((((uint32_t)(uint64_t)blk) & 3) == 0) sv = qmoe_run_sv<0>(blk, ig, xr);
+        else if ((((uint32_t)(uint64_t)blk) & 3) == 2) sv = qmoe_run_sv<2>(blk, ig, xr);
 #endif
-#pragma unroll
-          for (int k = 0; k < 4; k++) vq[t0 + k] = qmoe_q_unpack(wq, k, (12582912.0f + QMOE_Q8_K_RUN_W_OFF));
-        }
-#pragma unroll
-        for (int t = 0; t < UNROLL; t++) sv = fmaf(vq[t], xr[t], sv);
+        else sv = qmoe_run_sv<-1>(blk, ig, xr);
+#else
+        sv = qmoe_run_sv<-1>(blk, ig, xr);
+#endif
 #else
 #pragma unroll
         for (int t = 0; t < UNROLL; t++) {
@@ -638,6 +669,35 @@ static __device__ __forceinline__ void qmoe_stage_rows(const uint8_t *const *row
 // acc[r] += Σ decode(row r)[e] · x[e] over the NE elements of one staged chunk, 32·UNROLL per step (see the generator
 // for which elements a lane takes). G: the last step may be partial (only where NE need not be a multiple of
 // 256, i.e. rows that end inside a step).
+#if !defined(QMOE_NO_PACKED) && !defined(QMOE_NO_AFFINE)
+// Σ V·x over a run (V + off of 4 elements per word read, expr.lua PACKED; the same f32 values as run_v's), the
+// words read by <q>_run_w4 where the block starts at a multiple of 4 (M = 0), <q>_run_w2 at 2 mod 4 (M = 2), else
+// <q>_run_w (any alignment).
+template <int M>
+static __device__ __forceinline__ float qmoe_run_sv(const uint8_t *blk, int ig, const float *xr) {
+  float vq[UNROLL];
+#pragma unroll
+  for (int t0 = 0; t0 < UNROLL; t0 += 4) {
+    uint32_t wq;
+#if 1
+    if constexpr (M == 0) wq = qmoe_q8_k_run_w4(blk, ig, t0);
+    else
+#endif
+#if 0
+    if constexpr (M == 2) wq = qmoe_q8_k_run_w2(blk, ig, t0);
+    else
+#endif
+      wq = qmoe_q8_k_run_w(blk, ig, t0);
+#pragma unroll
+    for (int k = 0; k < 4; k++) vq[t0 + k] = qmoe_q_unpack(wq, k, (12582912.0f + QMOE_Q8_K_RUN_W_OFF));
+  }
+  float sv = 0.0f;
+#pragma unroll
+  for (int t = 0; t < UNROLL; t++) sv = fmaf(vq[t], xr[t], sv);
+  return sv;
+}
+#endif
+
 // A4: every row's bytes start at a multiple of 4 in the buffer (OFF[r] % 4 == 0, and blocks of a multiple of 4
 // bytes), so the run's words are aligned reads (<q>_run_w4, expr.lua PACKED A4): no funnel shift of two words.
 template <int R, bool G, bool A4>
@@ -681,19 +741,16 @@ static __device__ __forceinline__ void qmoe_dot_chunk(const uint4 *sh, const int
         const uint8_t *blk = bl[r];
         float sv = 0.0f;
 #if !defined(QMOE_NO_PACKED) // V of 4 elements per word read (expr.lua PACKED): the same f32 values as run_v's
-        float vq[UNROLL];
-#pragma unroll
-        for (int t0 = 0; t0 < UNROLL; t0 += 4) {
 #if 1
-          const uint32_t wq = A4 ? qmoe_q8_k_run_w4(blk, ig, t0) : qmoe_q8_k_run_w(blk, ig, t0);
-#else
-          const uint32_t wq = qmoe_q8_k_run_w(blk, ig, t0);
+        if (A4) sv = qmoe_run_sv<0>(blk, ig, xr);
+#if 0 && QMOE_ROWS_WORDS
+        else if ((((uint32_t)(uint64_t)blk) & 3) == 0) sv = qmoe_run_sv<0>(blk, ig, xr);
+        else if ((((uint32_t)(uint64_t)blk) & 3) == 2) sv = qmoe_run_sv<2>(blk, ig, xr);
 #endif
-#pragma unroll
-          for (int k = 0; k < 4; k++) vq[t0 + k] = qmoe_q_unpack(wq, k, (12582912.0f + QMOE_Q8_K_RUN_W_OFF));
-        }
-#pragma unroll
-        for (int t = 0; t < UNROLL; t++) sv = fmaf(vq[t], xr[t], sv);
+        else sv = qmoe_run_sv<-1>(blk, ig, xr);
+#else
+        sv = qmoe_run_sv<-1>(blk, ig, xr);
+#endif
 #else
 #pragma unroll
         for (int t = 0; t < UNROLL; t++) {

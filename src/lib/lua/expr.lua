@@ -928,6 +928,11 @@ M.dialects.cuda = {
             "static __device__ __forceinline__ uint32_t qmoe_q_rd_u32a(const uint8_t *p, int t0) {\n" ..
             "  return *(const uint32_t *)(p + t0);\n" ..
             "}\n" ..
+            "/* The same where p + t0 is 2 mod 4: the two aligned words around it and one byte permute. */\n" ..
+            "static __device__ __forceinline__ uint32_t qmoe_q_rd_u32m2(const uint8_t *p, int t0) {\n" ..
+            "  const uint32_t *a = (const uint32_t *)(p - 2 + t0);\n" ..
+            "  return __byte_perm(a[0], a[1], 0x5432);\n" ..
+            "}\n" ..
             "/* (float)(byte k of w) - off, exact: the f32 1.5·2^23 + byte (a byte permute) minus 1.5·2^23 + off. */\n" ..
             "static __device__ __forceinline__ float qmoe_q_unpack(uint32_t w, int k, float base) {\n" ..
             "  return __fsub_rn(__uint_as_float(__byte_perm(w, 0x4B400000u, 0x7640u + k)), base);\n" ..
@@ -937,6 +942,8 @@ M.dialects.cuda = {
   rd_word = function(off, idx) return string.format("qmoe_q_rd_u32(b + %d + %s, t0)", off, idx) end,
   -- the same where the block starts at a multiple of 4 and the word's byte offset is one (A4 below)
   rd_word_a4 = function(off, idx) return string.format("qmoe_q_rd_u32a(b + %d + %s, t0)", off, idx) end,
+  -- ... and where the block starts at 2 mod 4 (so does every such word): two aligned reads and a byte permute
+  rd_word_m2 = function(off, idx) return string.format("qmoe_q_rd_u32m2(b + %d + %s, t0)", off, idx) end,
   u32_type = "uint32_t",
   fn_prefix = "static __device__ __forceinline__",
   block_type = "const uint8_t *",
@@ -1239,13 +1246,14 @@ end
 -- word operations replace four byte reads and their shifts and masks. nil when V has any other form.
 -- A4 (D.rd_word_a4 given): the words as aligned reads, where every word's byte offset in the block is a
 -- multiple of 4 at every run start (a caller whose block starts at a multiple of 4 may use them); nil otherwise.
+-- A4 = "m2": the same words where the block starts at 2 mod 4 (D.rd_word_m2).
 local function packed_of(V, grp, letast, D, vars, a4)
   local function word(f, idx) -- the word read of field F at index IDX (+ t0)
     if a4 then
       for i0 = 0, grp.be - 1, grp.G do
         if (f.offset + eval(idx, { vals = grp.pv[i0] })) % 4 ~= 0 then return nil end
       end
-      return D.rd_word_a4(f.offset, paren(emit_node(idx, D, vars)))
+      return (a4 == "m2" and D.rd_word_m2 or D.rd_word_a4)(f.offset, paren(emit_node(idx, D, vars)))
     end
     return D.rd_word(f.offset, paren(emit_node(idx, D, vars)))
   end
@@ -1435,6 +1443,16 @@ function M.emit(q, D, prefix)
             for _, b in ipairs(body) do lines[#lines + 1] = b end
             lines[#lines + 1] = "  return " .. pk4.t .. ";"
             lines[#lines + 1] = "}"
+            -- <prefix>_run_w2(b, ig, t0): the same for a block at 2 mod 4 (blocks of 4k + 2 bytes alternate)
+            local pk2 = D.rd_word_m2 and q.block_bytes % 4 == 2 and packed_of(af.V, vars[GROUP], letast, D, vars, "m2")
+            if pk2 then
+              info.affine.packed_m2 = true
+              lines[#lines + 1] = string.format("%s%s %s_run_w2(%s%s, int ig, int t0) {", head, D.u32_type, prefix, D.block_type, D.block_param)
+              lines[#lines + 1] = pre
+              for _, b in ipairs(body) do lines[#lines + 1] = b end
+              lines[#lines + 1] = "  return " .. pk2.t .. ";"
+              lines[#lines + 1] = "}"
+            end
           end
         end
       end
