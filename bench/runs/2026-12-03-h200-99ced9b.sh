@@ -2,8 +2,8 @@
 # span tables + aligned word reads in the CUDA row kernels and the GLSL row shaders: GPU tests, the Hugging Face
 # oracle, decode A/B (default; QMOE_NO_SPAN_TAB; QMOE_NO_WORD_A4; both), stages, prefill 512, Vulkan tests and stages
 cd "$(dirname "$0")/../.."
-R=/tmp/resb2a0fe4; rm -rf $R; mkdir -p $R
-save() { tar -C /tmp -czf ${OUT:-.}/res.tgz resb2a0fe4; }
+R=/tmp/res99ced9b; rm -rf $R; mkdir -p $R
+save() { tar -C /tmp -czf ${OUT:-.}/res.tgz res99ced9b; }
 tar -C .dev -xJf .dev/gpu.tar.xz
 B=.dev/gpu
 for f in .gl/*.deb; do dpkg -x "$f" / >/dev/null 2>&1; done; ldconfig
