@@ -168,6 +168,9 @@ local function qcommon(v, g, w0, w1)
   local tabw = 0
   if span > 0 then
     tabw = QR * ((QWG * g.LB) // g.BB) * (g.BE // span) * 2
+    -- not where the table would take the workgroup past 32 KiB of shared memory (lavapipe's limit; q2_k's
+    -- table at runs of 8 would): the runs decode their own A and B there
+    if g.shared + tabw * 4 > 32768 then span, tabw = 0, 0 end
     g.shared = g.shared + tabw * 4
   end
   local vars = { T = acc_type(v.acc), QNAME = v.q.name, BE = g.BE, BB = g.BB, LB = g.LB, SGMIN = SGMIN, QR = QR,
