@@ -26,5 +26,9 @@ run cuda-neither QMOE_CUDA_DEFINES=QMOE_NO_SPAN_TAB,QMOE_NO_WORD_A4 timeout 150 
 run cuda-2 timeout 150 $B/qmoe bench -m $M --backend cuda -p 64 -n 64 --repeats 3 --json
 run cuda-p512 timeout 150 $B/qmoe bench -m $M --backend cuda -p 512 -n 128 --repeats 3 --json
 run vulkan-stages QMOE_VK_PIPELINE_STATS=1 timeout 150 $B/qmoe bench -m $M --backend vulkan -p 8 -n 16 --repeats 3 --stages --json
+# the same binaries with the GLSL row shaders at runs of 8 (span tables then serve q6_k too): built at this commit
+# with gen_glsl.lua's runs of 16 turned off (not committed), packed as .dev/gpu-rl8.tar.xz
+mkdir -p .dev/rl8 && tar -C .dev/rl8 -xJf .dev/gpu-rl8.tar.xz
+run vulkan-stages-rl8 QMOE_VK_PIPELINE_STATS=1 timeout 150 .dev/rl8/gpu/qmoe bench -m $M --backend vulkan -p 8 -n 16 --repeats 3 --stages --json
 QMOE_BIN=$B PYTHONUNBUFFERED=1 timeout 150 python3 tests/oracle/check_oracle.py > $R/oracle.log 2>&1; echo "oracle exit $?: $(grep -c '^ok' $R/oracle.log) ok, $(grep -c '^not ok' $R/oracle.log) not ok"; grep -E '^(not ok|skip)' $R/oracle.log | head
 save
