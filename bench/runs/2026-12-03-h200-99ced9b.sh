@@ -1,6 +1,7 @@
 #!/bin/bash
-# span tables + aligned word reads in the CUDA row kernels and the GLSL row shaders: GPU tests, the Hugging Face
-# oracle, decode A/B (default; QMOE_NO_SPAN_TAB; QMOE_NO_WORD_A4; both), stages, prefill 512, Vulkan tests and stages
+# span tables + aligned word reads in the CUDA row kernels and the GLSL row shaders: GPU tests, decode A/B
+# (default against QMOE_NO_SPAN_TAB + QMOE_NO_WORD_A4, with stages; each alone), Vulkan stages (runs of 16 and 8),
+# prefill 512. Ordered by priority: the device call's 600 s may end it; every result is saved as it comes.
 cd "$(dirname "$0")/../.."
 R=/tmp/res99ced9b; rm -rf $R; mkdir -p $R
 save() { tar -C /tmp -czf ${OUT:-.}/res.tgz res99ced9b; }
@@ -14,21 +15,19 @@ python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --tar
 M=/tmp/m.gguf
 ( [ -s $M ] || $B/qmoe make-model --preset qwen3-30b-a3b --ftype q4_k_m --seed 1 -o $M > $R/make-model.log 2>&1 ) &
 MK=$!
-for t in test_parity_cuda test_cuda_backend test_model test_cuda_graph test_router_nan test_parity_vulkan test_vk_graph; do
-  QMOE_TEST_REQUIRE_BACKEND=1 timeout 240 $B/tests/$t > $R/$t.log 2>&1; echo "$t exit $? ok=$(grep -c '^ok' $R/$t.log) notok=$(grep -c '^not ok' $R/$t.log) skip=$(grep -c '^skip' $R/$t.log)"; grep '^not ok' $R/$t.log | head -5
+for t in test_parity_cuda test_model test_cuda_graph test_parity_vulkan test_router_nan; do
+  QMOE_TEST_REQUIRE_BACKEND=1 timeout 200 $B/tests/$t > $R/$t.log 2>&1; echo "$t exit $? ok=$(grep -c '^ok' $R/$t.log) notok=$(grep -c '^not ok' $R/$t.log) skip=$(grep -c '^skip' $R/$t.log)"; grep '^not ok' $R/$t.log | head -5
 done
 wait $MK; echo "make-model $?"; save
 run() { n=$1; shift; env "$@" > $R/bench-$n.json 2> $R/bench-$n.err; echo "bench $n $?: $(python3 -c "import json;d=json.load(open('$R/bench-$n.json'));print(d['prefill_tokens_per_s'],d['prefill_chunk'],d['decode_tokens_per_s'],d['fraction_of_copy_bandwidth'])" 2>&1|tail -1)"; save; }
 run cuda-stages timeout 150 $B/qmoe bench -m $M --backend cuda -p 64 -n 64 --repeats 3 --stages --json
-run cuda-nospan QMOE_CUDA_DEFINES=QMOE_NO_SPAN_TAB timeout 150 $B/qmoe bench -m $M --backend cuda -p 64 -n 64 --repeats 3 --stages --json
-run cuda-noa4 QMOE_CUDA_DEFINES=QMOE_NO_WORD_A4 timeout 150 $B/qmoe bench -m $M --backend cuda -p 64 -n 64 --repeats 3 --json
-run cuda-neither QMOE_CUDA_DEFINES=QMOE_NO_SPAN_TAB,QMOE_NO_WORD_A4 timeout 150 $B/qmoe bench -m $M --backend cuda -p 64 -n 64 --repeats 3 --json
-run cuda-2 timeout 150 $B/qmoe bench -m $M --backend cuda -p 64 -n 64 --repeats 3 --json
-run cuda-p512 timeout 150 $B/qmoe bench -m $M --backend cuda -p 512 -n 128 --repeats 3 --json
+run cuda-neither QMOE_CUDA_DEFINES=QMOE_NO_SPAN_TAB,QMOE_NO_WORD_A4 timeout 150 $B/qmoe bench -m $M --backend cuda -p 64 -n 64 --repeats 3 --stages --json
 run vulkan-stages QMOE_VK_PIPELINE_STATS=1 timeout 150 $B/qmoe bench -m $M --backend vulkan -p 8 -n 16 --repeats 3 --stages --json
 # the same binaries with the GLSL row shaders at runs of 8 (span tables then serve q6_k too): built at this commit
 # with gen_glsl.lua's runs of 16 turned off (not committed), packed as .dev/gpu-rl8.tar.xz
 mkdir -p .dev/rl8 && tar -C .dev/rl8 -xJf .dev/gpu-rl8.tar.xz
 run vulkan-stages-rl8 QMOE_VK_PIPELINE_STATS=1 timeout 150 .dev/rl8/gpu/qmoe bench -m $M --backend vulkan -p 8 -n 16 --repeats 3 --stages --json
-QMOE_BIN=$B PYTHONUNBUFFERED=1 timeout 150 python3 tests/oracle/check_oracle.py > $R/oracle.log 2>&1; echo "oracle exit $?: $(grep -c '^ok' $R/oracle.log) ok, $(grep -c '^not ok' $R/oracle.log) not ok"; grep -E '^(not ok|skip)' $R/oracle.log | head
+run cuda-nospan QMOE_CUDA_DEFINES=QMOE_NO_SPAN_TAB timeout 150 $B/qmoe bench -m $M --backend cuda -p 64 -n 64 --repeats 3 --json
+run cuda-noa4 QMOE_CUDA_DEFINES=QMOE_NO_WORD_A4 timeout 150 $B/qmoe bench -m $M --backend cuda -p 64 -n 64 --repeats 3 --json
+run cuda-p512 timeout 150 $B/qmoe bench -m $M --backend cuda -p 512 -n 128 --repeats 3 --json
 save
