@@ -161,24 +161,14 @@ local function qcommon(v, g, w0, w1)
   if RL == 8 then D, dq, info = emit(8) end
   local af = info and info.affine
   local packed = af and af.packed
-  -- SPAN tables (as in the CUDA row kernels, _qrows.cu): where a run's A and B keep one value over a span of
-  -- several runs (expr.lua SPAN), a subgroup decodes them once per span of a staged chunk into qtab[] (A, B
-  -- per span; sized for the workgroup's chunks at any subgroup size) and each run reads them from there.
-  local span = (af and af.span and af.span > RL) and af.span or 0
-  local tabw = 0
-  if span > 0 then
-    tabw = QR * ((QWG * g.LB) // g.BB) * (g.BE // span) * 2
-    -- not where the table would take the workgroup past 32 KiB of shared memory (lavapipe's limit; q2_k's
-    -- table at runs of 8 would): the runs decode their own A and B there
-    if g.shared + tabw * 4 > 32768 then span, tabw = 0, 0 end
-    g.shared = g.shared + tabw * 4
-  end
+  -- Not here (measured on the H200, 2026-12-03, docs/vulkan.md "Tried"): the CUDA row kernels' span tables for
+  -- A and B and their aligned word reads (docs/cuda.md). With NVIDIA's Vulkan compiler both made these shaders
+  -- slower (decode 116.3 -> 92.2 tokens/s with both, 100.9 with the tables alone, 112.6 with the aligned reads
+  -- alone).
   local vars = { T = acc_type(v.acc), QNAME = v.q.name, BE = g.BE, BB = g.BB, LB = g.LB, SGMIN = SGMIN, QR = QR,
                  SW_WORDS = g.SW_WORDS, RUNS = g.RUNS, W0 = w0, W1 = w1, NAN = NAN, AFFINE = af and 1 or 0,
                  AFFINE_A = (af and af.a) and 1 or 0, AFFINE_B = (af and af.b) and 1 or 0,
-                 PACKED = packed and 1 or 0, RL = RL, SPAN = span, TABW = math.max(tabw, 1),
-                 -- dq_run_w4: aligned word reads, for rows whose bytes start at a multiple of 4 (blocks of 4k bytes)
-                 PACKED_A4 = (packed and af.packed_a4 and g.BB % 4 == 0) and 1 or 0,
+                 PACKED = packed and 1 or 0, RL = RL,
                  RUN_W_BASE = packed and ("(12582912.0 + float(DQ_RUN_W_OFF))") or "0.0" }
   return table.concat({ fmt("// Decoding of %s, from %s by expr.emit (GLSL dialect over shared sw[]%s%s%s).", v.q.name, v.q.__file,
                             g.RUNS == 1 and (", runs of " .. RL) or "", af and ", affine per run" or "", packed and ", packed" or ""),

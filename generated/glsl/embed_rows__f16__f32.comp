@@ -36,8 +36,6 @@ uint qmoe_q_rd_u32(uint o, int t0) {
   const uint s = (o & 3u) * 8u, w0 = W[o >> 2];
   return s == 0u ? w0 : (w0 >> s) | (W[(o >> 2) + 1u] << (32u - s));
 }
-// The same where o + t0 is a multiple of 4: one read.
-uint qmoe_q_rd_u32a(uint o, int t0) { return W[(o + uint(t0)) >> 2]; }
 // (float)(byte k of w) - off, exact: the f32 1.5*2^23 + byte minus BASE = 1.5*2^23 + off.
 float qmoe_q_unpack(uint w, int k, float base) {
   return uintBitsToFloat(0x4B400000u | ((w >> uint(8 * k)) & 0xFFu)) - base;

@@ -35,8 +35,6 @@ uint qmoe_q_rd_u32(uint o, int t0) {
   const uint s = (o & 3u) * 8u, w0 = sw[o >> 2];
   return s == 0u ? w0 : (w0 >> s) | (sw[(o >> 2) + 1u] << (32u - s));
 }
-// The same where o + t0 is a multiple of 4: one read.
-uint qmoe_q_rd_u32a(uint o, int t0) { return sw[(o + uint(t0)) >> 2]; }
 // (float)(byte k of w) - off, exact: the f32 1.5*2^23 + byte minus BASE = 1.5*2^23 + off.
 float qmoe_q_unpack(uint w, int k, float base) {
   return uintBitsToFloat(0x4B400000u | ((w >> uint(8 * k)) & 0xFFu)) - base;
@@ -60,12 +58,6 @@ const uint RL = 8u;  // elements of a lane's run (RUNS): 16 where the f32 decode
 const uint PADW = 16u;   // 64 bytes before the first slice and after each: the ?: arms that a decode evaluates
                          // but does not take read inside sw[]
 const uint SLACKW = 4u;  // a chunk's bytes start (its global byte offset & 15) into its slice
-// SPAN tables (f32 affine runs whose A and B keep one value over a span of several runs, expr.lua SPAN): the
-// subgroup decodes (A, B) once per span of a staged chunk into its part of qtab[], each run reads them there.
-#if 0 > 0
-const uint SPAN = 0u, SPANS = BE / SPAN;
-shared float qtab[1];
-#endif
 
 // 16 bytes of row R's matrix at vector index Q (zero past the buffer; buffers are 16-byte multiples).
 uvec4 qmoe_ld(uint r, uint q) {
@@ -139,9 +131,7 @@ void qmoe_stage_rows(const uint p[R], uint nb, out uint at[R]) {
 
 // acc[r] += sum over the staged chunk's NE elements of decode(row r)[e] * x[XI + e]; lane l takes the run
 // of elements e0 + RL*l .. e0 + RL*l + RL-1 of each step of RL * gl_SubgroupSize.
-// TB: the subgroup's table in qtab[] (nbc blocks per row); A4: every row starts at a multiple of 4 in sw[] and
-// blocks are whole words (aligned word reads, dq_run_w4).
-void qmoe_dot_chunk(const uint at[R], uint xi, uint ne, uint tb, uint nbc, bool a4, inout float acc[R]) {
+void qmoe_dot_chunk(const uint at[R], uint xi, uint ne, inout float acc[R]) {
 #if 0 // blocks of a multiple of RL elements: whole runs, each inside one block
   const uint step = RL * gl_SubgroupSize;
   // x one step ahead: the next run's loads are in flight while this run is decoded
@@ -162,35 +152,19 @@ void qmoe_dot_chunk(const uint at[R], uint xi, uint ne, uint tb, uint nbc, bool 
       float sv = 0.0;
 #if 0 // V of 4 elements per word read (expr.lua PACKED): the same f32 values as dq_run_v's
       for (int t0 = 0; t0 < int(RL); t0 += 4) {
-#if 0
-        const uint w = a4 ? dq_run_w4(b, ig, t0) : dq_run_w(b, ig, t0);
-#else
         const uint w = dq_run_w(b, ig, t0);
-#endif
         for (int k = 0; k < 4; k++) sv += qmoe_q_unpack(w, k, 0.0) * xr[t0 + k];
       }
 #else
       for (int t = 0; t < int(RL); t++) sv += dq_run_v(b, ig, ig | t) * xr[t];
 #endif
-#if 0 > 0
-      const uint ti = tb + 2u * ((r * nbc + e / BE) * SPANS + uint(ig) / SPAN);
-      const float ra = qtab[ti], rb = qtab[ti + 1u];
-#endif
 #if 0
-#if 0 > 0
-      acc[r] += ra * sv;
-#else
       acc[r] += dq_run_a(b, ig) * sv;
-#endif
 #else
       acc[r] += sv;
 #endif
 #if 0
-#if 0 > 0
-      acc[r] += rb * sx;
-#else
       acc[r] += dq_run_b(b, ig) * sx;
-#endif
 #endif
     }
 #else
@@ -242,36 +216,13 @@ void qmoe_row_dots(const uint p[R], uint xi, uint nblocks, inout float acc[R]) {
   uint nbc = gl_SubgroupSize * LB / BB; // blocks per chunk, >= 1 (SGMIN * LB >= BB)
   const uint step = (0 == 1 ? RL : 8u) * gl_SubgroupSize;
   if (BE < step && step % BE == 0u && nbc >= step / BE) nbc -= nbc % (step / BE); // whole steps
-  bool a4 = 0 == 1 && BB % 4u == 0u;
-  for (uint r = 0u; r < R; r++) a4 = a4 && (p[r] & 3u) == 0u;
-#if 0 > 0
-  const uint tb = gl_SubgroupID * R * nbc * SPANS * 2u;
-#else
-  const uint tb = 0u;
-#endif
   for (uint b0 = 0u; b0 < nblocks; b0 += nbc) {
     const uint nb = min(nbc, nblocks - b0);
     uint at[R];
     uint pc_[R];
     for (uint r = 0u; r < R; r++) pc_[r] = p[r] + b0 * BB;
     qmoe_stage_rows(pc_, nb, at);
-#if 0 > 0
-    for (uint r = 0u; r < R; r++) {
-      for (uint j = gl_SubgroupInvocationID; j < nb * SPANS; j += gl_SubgroupSize) {
-        const uint b = at[r] + (j / SPANS) * BB, ti = tb + 2u * (r * nbc * SPANS + j);
-        const int ig = int((j % SPANS) * SPAN);
-#if 0
-        qtab[ti] = dq_run_a(b, ig);
-#endif
-#if 0
-        qtab[ti + 1u] = dq_run_b(b, ig);
-#endif
-      }
-    }
-    subgroupMemoryBarrierShared();
-    subgroupBarrier();
-#endif
-    qmoe_dot_chunk(at, xi + b0 * BE, nb * BE, tb, nbc, a4, acc);
+    qmoe_dot_chunk(at, xi + b0 * BE, nb * BE, acc);
     subgroupBarrier(); // the next chunk overwrites the slices
   }
 }

@@ -986,13 +986,11 @@ uint qmoe_q_rd_u32(uint o, int t0) {
   const uint s = (o & 3u) * 8u, w0 = %s[o >> 2];
   return s == 0u ? w0 : (w0 >> s) | (%s[(o >> 2) + 1u] << (32u - s));
 }
-// The same where o + t0 is a multiple of 4: one read.
-uint qmoe_q_rd_u32a(uint o, int t0) { return %s[(o + uint(t0)) >> 2]; }
 // (float)(byte k of w) - off, exact: the f32 1.5*2^23 + byte minus BASE = 1.5*2^23 + off.
 float qmoe_q_unpack(uint w, int k, float base) {
   return uintBitsToFloat(0x4B400000u | ((w >> uint(8 * k)) & 0xFFu)) - base;
 }
-]], buffer, buffer, buffer, buffer, buffer)
+]], buffer, buffer, buffer, buffer)
   return {
     name = "glsl",
     prelude = prelude,
@@ -1001,7 +999,6 @@ float qmoe_q_unpack(uint w, int k, float base) {
     block_param = "base",
     -- PACKED, where the caller sets dialect.packed (the row shaders' staged rows)
     rd_word = function(off, idx) return string.format("qmoe_q_rd_u32(base + uint(%d + %s), t0)", off, idx) end,
-    rd_word_a4 = function(off, idx) return string.format("qmoe_q_rd_u32a(base + uint(%d + %s), t0)", off, idx) end,
     u32_type = "uint",
     int_t = "int", float_t = "float",
     load = function(ftype, byte_off)
