@@ -407,8 +407,10 @@ local function emit_variant(v, sources)
     for _, m in pairs(maps) do
       m.AFFINE = (m == maps.runs and af) and "!defined(QMOE_NO_AFFINE)" or "0"
       m.AFFINE_A, m.AFFINE_B = (af and af.a) and 1 or 0, (af and af.b) and 1 or 0
-      -- A and B once per span of a chunk where a span holds several runs (expr.lua SPAN; _qrows.cu)
-      m.SPAN = (m == maps.runs and af and af.span and af.span > (m.UNROLL or 0)) and af.span or 0
+      -- A and B once per span of a chunk where a span holds 4 runs or more (expr.lua SPAN; _qrows.cu): q4_k, q5_k,
+      -- q4_0, q4_1, q8_0 (32), q8_k (256). Not q6_k or q2_k (16: two runs): on the H200 (2026-12-03) their
+      -- stages were a little slower with it (lm_head 140.2 against 139.4 µs, attn_v 4.81 against 4.48)
+      m.SPAN = (m == maps.runs and af and af.span and af.span >= 4 * (m.UNROLL or 0)) and af.span or 0
       -- V of 4 elements per word (expr.lua PACKED) where the decode has that form; QMOE_NO_PACKED: one by one
       m.PACKED = (af and af.packed and (m.UNROLL or 0) % 4 == 0) and "!defined(QMOE_NO_PACKED)" or "0"
       m.PACKED_A4 = (af and af.packed_a4) and 1 or 0 -- <q>_run_w4: aligned word reads (blocks at multiples of 4)

@@ -659,9 +659,9 @@ static __device__ __forceinline__ void qmoe_expert_slots(const int32_t *ids, int
 // sharing the work, into a table after the row slices (float2 (A, B) per span, row-major): the run then reads
 // them with one shared load instead of decoding them itself, once per run of UNROLL elements. The same
 // functions on the same bytes: the same bits. QMOE_NO_SPAN_TAB: every run decodes its own (docs/cuda.md).
-#if !defined(QMOE_NO_AFFINE) && !defined(QMOE_NO_SPAN_TAB) && 16 > 0
+#if !defined(QMOE_NO_AFFINE) && !defined(QMOE_NO_SPAN_TAB) && 0 > 0
 #define QMOE_SPAN_TAB 1
-#define RUN_SPAN 16
+#define RUN_SPAN 0
 #define TAB_SPANS (QB_ELEMS / RUN_SPAN)              // spans per block
 #define TAB_VECS ((CH_BLOCKS * TAB_SPANS * 8 + 15) / 16) // one row's table (16-byte vectors)
 #else
