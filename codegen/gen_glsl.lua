@@ -169,6 +169,8 @@ local function qcommon(v, g, w0, w1)
                  SW_WORDS = g.SW_WORDS, RUNS = g.RUNS, W0 = w0, W1 = w1, NAN = NAN, AFFINE = af and 1 or 0,
                  AFFINE_A = (af and af.a) and 1 or 0, AFFINE_B = (af and af.b) and 1 or 0,
                  PACKED = packed and 1 or 0, RL = RL,
+                 STAGE_ROWWISE = (os.getenv("QMOE_GLSL_EXP") or ""):find("rowwise") and 1 or 0,
+                 X_AHEAD = (os.getenv("QMOE_GLSL_EXP") or ""):find("noxahead") and 0 or 1,
                  RUN_W_BASE = packed and ("(12582912.0 + float(DQ_RUN_W_OFF))") or "0.0" }
   return table.concat({ fmt("// Decoding of %s, from %s by expr.emit (GLSL dialect over shared sw[]%s%s%s).", v.q.name, v.q.__file,
                             g.RUNS == 1 and (", runs of " .. RL) or "", af and ", affine per run" or "", packed and ", packed" or ""),
