@@ -164,13 +164,13 @@ local function qcommon(v, g, w0, w1)
   -- Not here (measured on the H200, 2026-12-03, docs/vulkan.md "Tried"): the CUDA row kernels' span tables for
   -- A and B and their aligned word reads (docs/cuda.md). With NVIDIA's Vulkan compiler both made these shaders
   -- slower (decode 116.3 -> 92.2 tokens/s with both, 100.9 with the tables alone, 112.6 with the aligned reads
-  -- alone).
+  -- alone). Nor fewer registers (2026-12-03, bench/runs/2026-12-03-h200-111dbe8-vkregs.sh): staging a row at a
+  -- time and reading x per step took gate+up from 103 to 75 registers per invocation and made nothing faster
+  -- (decode 120.2 -> 116.5 tokens/s; gate+up 33.5 -> 34.6 µs).
   local vars = { T = acc_type(v.acc), QNAME = v.q.name, BE = g.BE, BB = g.BB, LB = g.LB, SGMIN = SGMIN, QR = QR,
                  SW_WORDS = g.SW_WORDS, RUNS = g.RUNS, W0 = w0, W1 = w1, NAN = NAN, AFFINE = af and 1 or 0,
                  AFFINE_A = (af and af.a) and 1 or 0, AFFINE_B = (af and af.b) and 1 or 0,
                  PACKED = packed and 1 or 0, RL = RL,
-                 STAGE_ROWWISE = (os.getenv("QMOE_GLSL_EXP") or ""):find("rowwise") and 1 or 0,
-                 X_AHEAD = (os.getenv("QMOE_GLSL_EXP") or ""):find("noxahead") and 0 or 1,
                  RUN_W_BASE = packed and ("(12582912.0 + float(DQ_RUN_W_OFF))") or "0.0" }
   return table.concat({ fmt("// Decoding of %s, from %s by expr.emit (GLSL dialect over shared sw[]%s%s%s).", v.q.name, v.q.__file,
                             g.RUNS == 1 and (", runs of " .. RL) or "", af and ", affine per run" or "", packed and ", packed" or ""),

@@ -119,27 +119,6 @@ uint qmoe_slice(uint r) {
 // chunk, not one per vector).
 const uint U = LB / 16u + 1u;
 void qmoe_stage_rows(const uint p[R], uint nb, out uint at[R]) {
-#if 0 // one row's loads, then its stores: half the registers, a memory latency per row
-  for (uint r = 0u; r < R; r++) {
-    const uint q0 = p[r] >> 4, n16 = ((p[r] & 15u) + nb * BB + 15u) >> 4;
-    uvec4 v1[U];
-    for (uint u = 0u; u < U; u++) {
-      const uint j = gl_SubgroupInvocationID + u * gl_SubgroupSize;
-      v1[u] = j < n16 ? qmoe_ld(r, q0 + j) : uvec4(0u);
-    }
-    const uint s = qmoe_slice(r);
-    at[r] = s * 4u + (p[r] & 15u);
-    for (uint u = 0u; u < U; u++) {
-      const uint j = gl_SubgroupInvocationID + u * gl_SubgroupSize, o = s + 4u * j;
-      if (j < n16) {
-        sw[o] = v1[u].x;
-        sw[o + 1u] = v1[u].y;
-        sw[o + 2u] = v1[u].z;
-        sw[o + 3u] = v1[u].w;
-      }
-    }
-  }
-#else
   uvec4 v[R][U];
   for (uint r = 0u; r < R; r++) {
     const uint q0 = p[r] >> 4, n16 = ((p[r] & 15u) + nb * BB + 15u) >> 4;
@@ -161,7 +140,6 @@ void qmoe_stage_rows(const uint p[R], uint nb, out uint at[R]) {
       }
     }
   }
-#endif
   subgroupMemoryBarrierShared();
   subgroupBarrier();
 }
@@ -176,12 +154,8 @@ void qmoe_dot_chunk(const uint at[R], uint xi, uint ne, inout float acc[R]) {
   uint e = RL * gl_SubgroupInvocationID;
   if (e < ne) x_runl(xi + e, xr);
   for (; e < ne; e += step) {
-#if 1
     float xn[RL];
     if (e + step < ne) x_runl(xi + e + step, xn);
-#else
-    if (e != RL * gl_SubgroupInvocationID) x_runl(xi + e, xr); // this step's x (the first step's is loaded)
-#endif
     const int ig = int(e % BE);
 #if 1 // f32, where the decode is A.V + B over a run (expr.lua AFFINE): A * sum(V x) + B * sum(x)
 #if 0
@@ -216,9 +190,7 @@ void qmoe_dot_chunk(const uint at[R], uint xi, uint ne, inout float acc[R]) {
       acc[r] = a;
     }
 #endif
-#if 1
     xr = xn;
-#endif
   }
 #else // one-element blocks: 8 blocks per run, the row's last run may be partial
   const uint step = 8u * gl_SubgroupSize;
