@@ -1422,33 +1422,28 @@ function M.emit(q, D, prefix)
       -- <prefix>_run_w(b, ig, t0): V + off of elements ig | t0 .. ig | (t0 + 3) in the bytes of one word
       -- (PACKED above); <PREFIX>_RUN_W_OFF: off
       if D.packed and af.V.ty == "int" then
+        local function word_fn(name, w) -- <prefix>_<name>(b, ig, t0) returning the word text W
+          lines[#lines + 1] = string.format("%s%s %s_%s(%s%s, int ig, int t0) {", head, D.u32_type, prefix, name, D.block_type, D.block_param)
+          lines[#lines + 1] = pre
+          for _, b in ipairs(body) do lines[#lines + 1] = b end
+          lines[#lines + 1] = "  return " .. w.t .. ";"
+          lines[#lines + 1] = "}"
+        end
         local pk = packed_of(af.V, vars[GROUP], letast, D, vars)
         if pk then
           info.affine.packed = true
           lines[#lines + 1] = string.format("#define %s_RUN_W_OFF %d", prefix:upper(), pk.off)
-          lines[#lines + 1] = string.format("%s%s %s_run_w(%s%s, int ig, int t0) {", head, D.u32_type, prefix, D.block_type, D.block_param)
-          lines[#lines + 1] = pre
-          for _, b in ipairs(body) do lines[#lines + 1] = b end
-          lines[#lines + 1] = "  return " .. pk.t .. ";"
-          lines[#lines + 1] = "}"
+          word_fn("run_w", pk)
           -- <prefix>_run_w4(b, ig, t0): the same by aligned word reads, for a block at a multiple of 4
           local pk4 = D.rd_word_a4 and packed_of(af.V, vars[GROUP], letast, D, vars, true)
           if pk4 then
             info.affine.packed_a4 = true
-            lines[#lines + 1] = string.format("%s%s %s_run_w4(%s%s, int ig, int t0) {", head, D.u32_type, prefix, D.block_type, D.block_param)
-            lines[#lines + 1] = pre
-            for _, b in ipairs(body) do lines[#lines + 1] = b end
-            lines[#lines + 1] = "  return " .. pk4.t .. ";"
-            lines[#lines + 1] = "}"
+            word_fn("run_w4", pk4)
             -- <prefix>_run_w2(b, ig, t0): the same for a block at 2 mod 4 (blocks of 4k + 2 bytes alternate)
             local pk2 = D.rd_word_m2 and q.block_bytes % 4 == 2 and packed_of(af.V, vars[GROUP], letast, D, vars, "m2")
             if pk2 then
               info.affine.packed_m2 = true
-              lines[#lines + 1] = string.format("%s%s %s_run_w2(%s%s, int ig, int t0) {", head, D.u32_type, prefix, D.block_type, D.block_param)
-              lines[#lines + 1] = pre
-              for _, b in ipairs(body) do lines[#lines + 1] = b end
-              lines[#lines + 1] = "  return " .. pk2.t .. ";"
-              lines[#lines + 1] = "}"
+              word_fn("run_w2", pk2)
             end
           end
         end
