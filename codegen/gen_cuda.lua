@@ -304,8 +304,14 @@ end
 local function emit_variant(v, sources)
   local kd, st, q = v.kernel, v.stage, v.q
   local acc = v.acc or "f32"
+  if acc ~= "f32" and acc ~= "f64" and acc ~= "q8" then
+    error(v.stage.file .. ": unknown accumulator '" .. tostring(acc) .. "' (f32, f64 or q8)", 0)
+  end
+  -- q8 (docs/q8.md): f32 sums of x rounded to 8 bits per 32 elements; its rows may differ (q8_rows_per_block)
+  local rpb = acc == "q8" and kd.q8_rows_per_block or kd.rows_per_block
   local vars = {
     ACC_T = acc == "f64" and "double" or "float",
+    Q8 = acc == "q8" and 1 or 0,
     ACC_NOTE = v.acc and ("accumulator " .. v.acc) or "this stage does not vary by accumulator",
     ENTRY = v.entry, THREADS = kd.threads, WARPS = WARPS, MIN_BLOCKS = kd.min_blocks or 4,
   }
@@ -328,7 +334,7 @@ local function emit_variant(v, sources)
   vars.TOK_ENTRY = v.entry .. "_tok"
   local meta = string.format("// qmoe-cuda: stage=%s qtype=%s ggml_type=%d acc=%s entry=%s block_elements=%d block_bytes=%d threads=%d rows_per_block=%d%s",
                              st.name, q and q.name or "-", q and q.ggml_type or -1, v.acc or "-", v.entry,
-                             q and q.block_elements or 0, q and q.block_bytes or 0, kd.threads, kd.rows_per_block,
+                             q and q.block_elements or 0, q and q.block_bytes or 0, kd.threads, rpb,
                              kd.own_tokens and (" tok_entry=" .. vars.TOK_ENTRY) or "")
   local parts = { util.banner("cuda", SCRIPT, sources), meta, template.render("cuda/_prelude.cu", vars) }
   if q then
@@ -342,12 +348,14 @@ local function emit_variant(v, sources)
     local RL = 8
     -- whole steps of 32·RL elements per chunk where blocks are smaller (only a row's last chunk may end mid-step)
     local function chunk_blocks(unroll)
-      local ch = math.max(1, STAGE_BYTES // bb)
+      -- (a q8 kernel of q8_rows rows per warp stages 2/q8_rows as much of each, to stay in 48 KB of shared memory)
+      local sb = acc == "q8" and STAGE_BYTES * 2 // (kd.q8_rows or 2) or STAGE_BYTES
+      local ch = math.max(1, sb // bb)
       local step = 32 * unroll
       if be < step and step % be == 0 and ch > step // be then ch = ch - ch % (step // be) end
       return ch
     end
-    vars.QNAME, vars.BE, vars.BB = q.name, be, bb
+    vars.QNAME, vars.QNAME_UPPER, vars.BE, vars.BB = q.name, q.name:upper(), be, bb
     -- Which elements a lane takes in a step of 32·UNROLL (e0 a multiple of it), and how the compiler is shown it.
     --  * runs (the default): UNROLL = RL consecutive elements per lane, starting at RUN (a multiple of RL): in
     --    a k-quant's sub-block (16 or 32 elements) or a small block, so the decode's per-run parts (scales) are
@@ -374,7 +382,7 @@ local function emit_variant(v, sources)
       return m
     end
     local maps = {}
-    if be % 256 == 0 then
+    if be % 256 == 0 and acc ~= "q8" then -- (q8 rounds x by runs of 8: runs only)
       maps.strided = { STEPBLK = "(e0 / QB_ELEMS)", TBLK = "0", XLANE = "lane", EXPR = "e0 + lane + 32 * t",
                        IDX = be == 256 and "(lane | (32 * t))" or "((e0 % QB_ELEMS) | lane | (32 * t))",
                        DOT_DECODE = "qmoe_" .. q.name .. "_decode", X_RUN = 0, XT = "32 * t", UNROLL = 8 }
@@ -400,10 +408,13 @@ local function emit_variant(v, sources)
     -- The decode with runs (expr.lua GROUP) wherever a map uses them.
     -- f32 accumulators with runs also get the decode's affine form over a run (expr.lua AFFINE): a run's dot
     -- product is A·Σ V·x + B·Σ x. QMOE_CUDA_DEFINES=QMOE_NO_AFFINE keeps the per-element decode (docs/cuda.md).
-    local D = setmetatable({ group = maps.runs and RL or nil, affine = maps.runs ~= nil and acc == "f32" },
+    local D = setmetatable({ group = maps.runs and RL or nil, affine = maps.runs ~= nil and acc ~= "f64" },
                            { __index = DIALECT })
     local dec, info = expr.emit(q, D)
     local af = info and info.affine
+    if acc == "q8" and not (maps.runs and af) then
+      error(string.format("%s: %s has no q8 variant here: q8 needs the decode's affine form over runs of 8 (expr.lua AFFINE); remove q8 from its accumulators", q.__file, q.name), 0)
+    end
     for _, m in pairs(maps) do
       m.AFFINE = (m == maps.runs and af) and "!defined(QMOE_NO_AFFINE)" or "0"
       m.AFFINE_A, m.AFFINE_B = (af and af.a) and 1 or 0, (af and af.b) and 1 or 0

@@ -163,6 +163,14 @@ static inline unsigned atomicInc(unsigned *p, unsigned v) {
 }
 static inline float __int_as_float(int i) { float f; std::memcpy(&f, &i, 4); return f; }
 static inline float __uint_as_float(unsigned u) { float f; std::memcpy(&f, &u, 4); return f; }
+static inline int qmoe_dp4a_us(uint32_t a, uint32_t b, int c) {
+  for (int k = 0; k < 4; k++) c += (int)((a >> (8 * k)) & 0xff) * (int)(int8_t)((b >> (8 * k)) & 0xff);
+  return c;
+}
+static inline int qmoe_dp4a_ss(uint32_t a, uint32_t b, int c) {
+  for (int k = 0; k < 4; k++) c += (int)(int8_t)((a >> (8 * k)) & 0xff) * (int)(int8_t)((b >> (8 * k)) & 0xff);
+  return c;
+}
 static inline int __float_as_int(float f) { int i; std::memcpy(&i, &f, 4); return i; }
 /* One rounding each: the file is compiled with -ffp-contract=off. */
 static inline float __fmul_rn(float a, float b) { return a * b; }

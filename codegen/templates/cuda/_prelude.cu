@@ -18,6 +18,7 @@ struct qmoe_args {
 };
 
 typedef ${ACC_T} acc_t; // ${ACC_NOTE}
+#define QMOE_Q8 ${Q8} // 1: the q8 variant (x rounded to 8 bits per 32 elements first, docs/q8.md)
 
 #define QMOE_FULL 0xffffffffu
 #define QMOE_I64_MAX 0x7fffffffffffffffL
@@ -94,6 +95,18 @@ __device__ __forceinline__ void qmoe_cp_async16(uint4 *smem, const uint4 *gmem) 
 }
 __device__ __forceinline__ void qmoe_cp_async_wait_all() {
   asm volatile("cp.async.commit_group;\ncp.async.wait_group 0;\n" ::: "memory");
+}
+// c + Σ of the 4 byte products of A (unsigned bytes) and B (signed bytes): one dp4a (sm_61+).
+__device__ __forceinline__ int qmoe_dp4a_us(uint32_t a, uint32_t b, int c) {
+  int d;
+  asm("dp4a.u32.s32 %0, %1, %2, %3;" : "=r"(d) : "r"(a), "r"(b), "r"(c));
+  return d;
+}
+// c + Σ of the 4 byte products of A and B (both signed bytes).
+__device__ __forceinline__ int qmoe_dp4a_ss(uint32_t a, uint32_t b, int c) {
+  int d;
+  asm("dp4a.s32.s32 %0, %1, %2, %3;" : "=r"(d) : "r"(a), "r"(b), "r"(c));
+  return d;
 }
 #endif
 

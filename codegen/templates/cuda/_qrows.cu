@@ -186,6 +186,36 @@ static __device__ __forceinline__ void qmoe_dot_chunk(const uint4 *sh, const int
   }
 }
 
+#if QMOE_SPAN_TAB
+// The chunk's (A, B) per span into the table after the R row slices, the lanes taking spans in turn (R rows of
+// NB blocks of TAB_SPANS).
+template <int R>
+static __device__ __forceinline__ void qmoe_span_table(uint4 *sh, const int *off, int nb, int lane) {
+  float2 *tab = (float2 *)(sh + R * STAGE_VECS);
+#pragma unroll
+  for (int r = 0; r < R; r++) {
+    const uint8_t *rb = (const uint8_t *)(sh + r * STAGE_VECS + STAGE_PAD) + off[r];
+    for (int j = lane; j < nb * TAB_SPANS; j += 32) {
+      const uint8_t *blk = rb + (j / TAB_SPANS) * QB_BYTES;
+      const int ig = (j % TAB_SPANS) * RUN_SPAN;
+      float2 ab;
+#if ${AFFINE_A}
+      ab.x = qmoe_${QNAME}_run_a(blk, ig);
+#else
+      ab.x = 1.0f;
+#endif
+#if ${AFFINE_B}
+      ab.y = qmoe_${QNAME}_run_b(blk, ig);
+#else
+      ab.y = 0.0f;
+#endif
+      tab[r * CH_BLOCKS * TAB_SPANS + j] = ab;
+    }
+  }
+  __syncwarp();
+}
+#endif
+
 // acc[r] += Σ_e decode(row r)[e] · x[e] over the NBLOCKS blocks of R rows (per-lane partial sums; the caller
 // reduces across the warp). Weights are decoded from shared memory by the contract's decode function.
 template <int R>
@@ -196,29 +226,7 @@ static __device__ __forceinline__ void qmoe_row_dots(const uint8_t *const *rows,
     int off[R];
     qmoe_stage_rows<R>(rows, b0, nb, sh, lane, off);
 #if QMOE_SPAN_TAB
-    // the chunk's (A, B) per span, the lanes taking spans in turn (R rows of nb blocks of TAB_SPANS)
-    float2 *tab = (float2 *)(sh + R * STAGE_VECS);
-#pragma unroll
-    for (int r = 0; r < R; r++) {
-      const uint8_t *rb = (const uint8_t *)(sh + r * STAGE_VECS + STAGE_PAD) + off[r];
-      for (int j = lane; j < nb * TAB_SPANS; j += 32) {
-        const uint8_t *blk = rb + (j / TAB_SPANS) * QB_BYTES;
-        const int ig = (j % TAB_SPANS) * RUN_SPAN;
-        float2 ab;
-#if ${AFFINE_A}
-        ab.x = qmoe_${QNAME}_run_a(blk, ig);
-#else
-        ab.x = 1.0f;
-#endif
-#if ${AFFINE_B}
-        ab.y = qmoe_${QNAME}_run_b(blk, ig);
-#else
-        ab.y = 0.0f;
-#endif
-        tab[r * CH_BLOCKS * TAB_SPANS + j] = ab;
-      }
-    }
-    __syncwarp();
+    qmoe_span_table<R>(sh, off, nb, lane);
 #endif
     const float *xc = x + b0 * QB_ELEMS;
     const int ne = nb * QB_ELEMS;
@@ -236,6 +244,189 @@ static __device__ __forceinline__ void qmoe_row_dots(const uint8_t *const *rows,
   }
 }
 
+#if QMOE_Q8
+#if !(${AFFINE})
+#error "q8 needs the decode's affine form over runs (expr.lua AFFINE); QMOE_NO_AFFINE does not apply to it"
+#endif
+// ---- q8: x rounded to 8 bits per group of 32 elements (docs/q8.md), integer dot products ----
+// Q8 of a group: e = the smallest exponent with max|x| <= 127·2^e (at least -126), from the bits of the
+// largest |x|; q = x·2^-e rounded to the nearest integer, ties to even; x' = q·2^e. A group holding an inf or a
+// NaN (largest |x| bits >= 0x7f800000) is all NaN. A run of UNROLL = 8 elements is a quarter of a group: the
+// 4 runs of a group are lanes 4j..4j+3 of a step. Every lane of the warp calls these (they shuffle).
+static_assert(UNROLL == 8, "q8 takes runs of 8");
+#define QX_MAX 4096                 // x elements quantized per pass of a block (a multiple of every block size)
+#define QX_RUNS (QX_MAX / UNROLL)   // their run records (int4: q words 0..3, 4..7, Σq, bits of 2^e)
+static __device__ __forceinline__ int4 qmoe_q8_run(const float *xr, int *qb) {
+  uint32_t a = 0; // the largest |x| bits (inf and NaN above every finite value)
+#pragma unroll
+  for (int t = 0; t < UNROLL; t++) {
+    const uint32_t b = (uint32_t)__float_as_int(xr[t]) & 0x7fffffffu;
+    a = b > a ? b : a;
+  }
+#pragma unroll
+  for (int o = 1; o <= 2; o <<= 1) {
+    const uint32_t b = (uint32_t)__shfl_xor_sync(QMOE_FULL, (int)a, o);
+    a = b > a ? b : a;
+  }
+  int e = (int)(a >> 23) - 133 + ((a & 0x7fffffu) > 0x7e0000u ? 1 : 0);
+  e = e < -126 ? -126 : e;
+  const float inv = __int_as_float((127 - e) << 23);
+  // 1.5·2^23 + q with one rounding (to nearest, ties to even: 1.5·2^23 is even): q in the low byte
+#pragma unroll
+  for (int t = 0; t < UNROLL; t++) qb[t] = __float_as_int(fmaf(xr[t], inv, 12582912.0f));
+  int4 r;
+  r.x = (int)__byte_perm(__byte_perm(qb[0], qb[1], 0x0040), __byte_perm(qb[2], qb[3], 0x0040), 0x5410);
+  r.y = (int)__byte_perm(__byte_perm(qb[4], qb[5], 0x0040), __byte_perm(qb[6], qb[7], 0x0040), 0x5410);
+  r.z = qmoe_dp4a_ss((uint32_t)r.y, 0x01010101u, qmoe_dp4a_ss((uint32_t)r.x, 0x01010101u, 0));
+  r.w = a >= 0x7f800000u ? 0x7fc00000 : (127 + e) << 23;
+  return r;
+}
+// x' of a run in place (the many-token path, which sums in floats: exact, the same bits as the integer sums).
+static __device__ __forceinline__ void qmoe_q8_xp(float *xr) {
+  int qb[UNROLL];
+  const int4 r = qmoe_q8_run(xr, qb);
+  const float s = __int_as_float(r.w);
+#pragma unroll
+  for (int t = 0; t < UNROLL; t++) xr[t] = __fmul_rn(__fsub_rn(__int_as_float(qb[t]), 12582912.0f), s);
+}
+// The run records of X[0..N) (N a multiple of 32) into REC[0..N/8), by every thread of the block (no barrier
+// inside: the caller synchronizes before and after).
+static __device__ __forceinline__ void qmoe_q8_block(const float *x, int n, int4 *rec) {
+  const int nr = n / UNROLL;
+  const bool vec = (((uint64_t)x) & 15) == 0;
+  for (int r0 = 0; r0 < nr; r0 += blockDim.x) { // the same trip count for every lane: the shuffles see all 32
+    const int r = r0 + threadIdx.x;
+    float xr[UNROLL];
+    if (r < nr && vec) {
+      const float4 a = ((const float4 *)x)[2 * r], b = ((const float4 *)x)[2 * r + 1];
+      xr[0] = a.x, xr[1] = a.y, xr[2] = a.z, xr[3] = a.w, xr[4] = b.x, xr[5] = b.y, xr[6] = b.z, xr[7] = b.w;
+    } else {
+#pragma unroll
+      for (int t = 0; t < UNROLL; t++) xr[t] = r < nr ? x[UNROLL * r + t] : 0.0f;
+    }
+    int qb[UNROLL];
+    const int4 q = qmoe_q8_run(xr, qb);
+    if (r < nr) rec[r] = q;
+  }
+}
+#if ${PACKED}
+// The run's two words of V + off bytes (as qmoe_run_sv reads them).
+template <int M>
+static __device__ __forceinline__ void qmoe_run_words(const uint8_t *blk, int ig, uint32_t *w) {
+#pragma unroll
+  for (int t0 = 0; t0 < UNROLL; t0 += 4) {
+#if ${PACKED_A4}
+    if constexpr (M == 0) w[t0 / 4] = qmoe_${QNAME}_run_w4(blk, ig, t0);
+    else
+#endif
+#if ${PACKED_W2}
+    if constexpr (M == 2) w[t0 / 4] = qmoe_${QNAME}_run_w2(blk, ig, t0);
+    else
+#endif
+      w[t0 / 4] = qmoe_${QNAME}_run_w(blk, ig, t0);
+  }
+}
+#endif
+// qmoe_dot_chunk with x as run records RC (the chunk's first run first): Σ V·x' of a run is 2^e·Σ V·q, summed in
+// integers (dp4a; V = byte - off) where the decode is packed, else in floats (exact either way), then the f32
+// path's A·sv + B·sx: the bits of the f32 rows on x' (and of the many-token path).
+template <int R, bool G, bool A4>
+static __device__ __forceinline__ void qmoe_dot_chunk_q8(const uint4 *sh, const int *off, const int4 *rc, int ne,
+                                                         int lane, acc_t *acc) {
+#if QMOE_SPAN_TAB
+  const float2 *tab = (const float2 *)(sh + R * STAGE_VECS);
+#endif
+  for (int e0 = 0; e0 < ne; e0 += 32 * UNROLL) {
+    const uint8_t *bl[R];
+#pragma unroll
+    for (int r = 0; r < R; r++) bl[r] = (const uint8_t *)(sh + r * STAGE_VECS + STAGE_PAD) + off[r] + ${STEPBLK} * QB_BYTES;
+    if (!G || e0 + UNROLL * lane < ne) {
+      const int ig = ${RUN};
+      const int4 xq = rc[e0 / UNROLL + lane];
+      const float s = __int_as_float(xq.w);
+#if ${AFFINE_B}
+      const float sx = __fmul_rn(s, (float)xq.z); // Σ x' over the run (exact)
+#endif
+#if !${PACKED}
+      float xr[UNROLL];
+#pragma unroll
+      for (int t = 0; t < UNROLL; t++)
+        xr[t] = __fmul_rn((float)(int8_t)((uint32_t)(t < 4 ? xq.x : xq.y) >> (8 * (t & 3))), s);
+#endif
+#pragma unroll
+      for (int r = 0; r < R; r++) {
+        const uint8_t *blk = bl[r];
+        float sv;
+#if ${PACKED}
+        uint32_t w[2];
+#if ${PACKED_A4}
+        if (A4) qmoe_run_words<0>(blk, ig, w);
+#if ${PACKED_W2} && QMOE_ROWS_WORDS
+        else if ((((uint32_t)(uint64_t)blk) & 3) == 0) qmoe_run_words<0>(blk, ig, w);
+        else if ((((uint32_t)(uint64_t)blk) & 3) == 2) qmoe_run_words<2>(blk, ig, w);
+#endif
+        else qmoe_run_words<-1>(blk, ig, w);
+#else
+        qmoe_run_words<-1>(blk, ig, w);
+#endif
+        const int iv = qmoe_dp4a_us(w[1], (uint32_t)xq.y, qmoe_dp4a_us(w[0], (uint32_t)xq.x, 0));
+        sv = __fmul_rn((float)(iv - QMOE_${QNAME_UPPER}_RUN_W_OFF * xq.z), s);
+#else
+        sv = 0.0f;
+#pragma unroll
+        for (int t = 0; t < UNROLL; t++) sv = fmaf(qmoe_${QNAME}_run_v(blk, ig, ig | t), xr[t], sv);
+#endif
+#if QMOE_SPAN_TAB
+        const float2 ab = tab[(r * CH_BLOCKS + ${STEPBLK}) * TAB_SPANS + ig / RUN_SPAN];
+#endif
+#if ${AFFINE_A}
+#if QMOE_SPAN_TAB
+        acc[r] = fmaf(ab.x, sv, acc[r]);
+#else
+        acc[r] = fmaf(qmoe_${QNAME}_run_a(blk, ig), sv, acc[r]);
+#endif
+#else
+        acc[r] += sv;
+#endif
+#if ${AFFINE_B}
+#if QMOE_SPAN_TAB
+        acc[r] = fmaf(ab.y, sx, acc[r]);
+#else
+        acc[r] = fmaf(qmoe_${QNAME}_run_b(blk, ig), sx, acc[r]);
+#endif
+#endif
+      }
+    }
+  }
+}
+// qmoe_row_dots over blocks whose x is the run records REC (REC[0]: the first block's first run).
+template <int R>
+static __device__ __forceinline__ void qmoe_row_dots_q8(const uint8_t *const *rows, const int4 *rec, int64_t nblocks,
+                                                        uint4 *sh, int lane, acc_t *acc) {
+  for (int64_t b0 = 0; b0 < nblocks; b0 += CH_BLOCKS) {
+    const int nb = (int)(nblocks - b0 < CH_BLOCKS ? nblocks - b0 : CH_BLOCKS);
+    int off[R];
+    qmoe_stage_rows<R>(rows, b0, nb, sh, lane, off);
+#if QMOE_SPAN_TAB
+    qmoe_span_table<R>(sh, off, nb, lane);
+#endif
+    const int4 *rc = rec + b0 * (QB_ELEMS / UNROLL);
+    const int ne = nb * QB_ELEMS;
+    bool a4 = QB_BYTES % 4 == 0 && QMOE_ROWS_WORDS;
+#pragma unroll
+    for (int r = 0; r < R; r++) a4 = a4 && (off[r] & 3) == 0;
+    if (${MAY_BE_PARTIAL} && ne % (32 * UNROLL)) {
+      if (a4) qmoe_dot_chunk_q8<R, true, true>(sh, off, rc, ne, lane, acc);
+      else qmoe_dot_chunk_q8<R, true, false>(sh, off, rc, ne, lane, acc);
+    } else {
+      if (a4) qmoe_dot_chunk_q8<R, false, true>(sh, off, rc, ne, lane, acc);
+      else qmoe_dot_chunk_q8<R, false, false>(sh, off, rc, ne, lane, acc);
+    }
+    __syncwarp(); // the next chunk overwrites the buffer
+  }
+}
+#endif
+
 // ---- many tokens per read of the rows (own_tokens kernels: prefill) ----
 // acc[r][n] += Σ decode(row r)[e] · xc[n][e] for the N tokens whose chunk of x starts at XC[n], over one staged
 // chunk. All N are computed (no branch on a tile's token count, so the compiler interleaves the N·R sums): a
@@ -249,7 +440,66 @@ static __device__ __forceinline__ void qmoe_dot_chunk_tok(const uint4 *sh, const
     const uint8_t *bl[R];
 #pragma unroll
     for (int r = 0; r < R; r++) bl[r] = (const uint8_t *)(sh + r * STAGE_VECS + STAGE_PAD) + off[r] + ${STEPBLK} * QB_BYTES;
-#if ${AFFINE} // f32 with lane runs: the run's A, B and V decoded once for the N tokens
+#if ${AFFINE} && QMOE_Q8 // the same on x' (each token's runs rounded here: the shuffles need every lane)
+    const bool in = !G || e0 + UNROLL * lane < ne;
+    const int ig = ${RUN};
+    float va[R][UNROLL], ra[R], rb[R];
+    if (in) {
+#pragma unroll
+      for (int r = 0; r < R; r++) {
+#pragma unroll
+        for (int t = 0; t < UNROLL; t++) va[r][t] = qmoe_${QNAME}_run_v(bl[r], ig, ig | t);
+#if ${AFFINE_A}
+        ra[r] = qmoe_${QNAME}_run_a(bl[r], ig);
+#else
+        ra[r] = 1.0f;
+#endif
+#if ${AFFINE_B}
+        rb[r] = qmoe_${QNAME}_run_b(bl[r], ig);
+#else
+        rb[r] = 0.0f;
+#endif
+      }
+    }
+#pragma unroll
+    for (int n = 0; n < N; n++) {
+      const float *xl = xc[n] + e0 + ${XLANE};
+      float xr[UNROLL];
+      if ((((uint64_t)xl) & 15) == 0 && (!G || e0 + UNROLL * lane + UNROLL <= ne)) {
+#pragma unroll
+        for (int u = 0; u < UNROLL / 4; u++) {
+          const float4 xa = ((const float4 *)xl)[u];
+          xr[4 * u] = xa.x, xr[4 * u + 1] = xa.y, xr[4 * u + 2] = xa.z, xr[4 * u + 3] = xa.w;
+        }
+      } else {
+#pragma unroll
+        for (int t = 0; t < UNROLL; t++) xr[t] = (!G || e0 + UNROLL * lane + t < ne) ? xl[t] : 0.0f;
+      }
+      qmoe_q8_xp(xr);
+      if (in) {
+#if ${AFFINE_B}
+        float sx = 0.0f;
+#pragma unroll
+        for (int t = 0; t < UNROLL; t++) sx += xr[t];
+#endif
+#pragma unroll
+        for (int r = 0; r < R; r++) {
+          float sv = 0.0f;
+#pragma unroll
+          for (int t = 0; t < UNROLL; t++) sv = fmaf(va[r][t], xr[t], sv);
+#if ${AFFINE_A}
+          acc[r][n] = fmaf(ra[r], sv, acc[r][n]);
+#else
+          acc[r][n] += sv;
+#endif
+#if ${AFFINE_B}
+          acc[r][n] = fmaf(rb[r], sx, acc[r][n]);
+#endif
+        }
+      }
+    }
+    (void)ra, (void)rb;
+#elif ${AFFINE} // f32 with lane runs: the run's A, B and V decoded once for the N tokens
     if (!G || e0 + UNROLL * lane < ne) {
       const int ig = ${RUN};
       float va[R][UNROLL], ra[R], rb[R];

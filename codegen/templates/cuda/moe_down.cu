@@ -1,4 +1,4 @@
-// qmoe-kernel: qtype=1 acc=1 threads=128 rows_per_block=2 max_k=64 own_tokens=1 tok_min_blocks=2 tok_tile=8 tok_rows=4 list_cap=2048 counters=65536
+// qmoe-kernel: qtype=1 acc=1 threads=128 rows_per_block=2 q8_rows_per_block=8 max_k=64 own_tokens=1 tok_min_blocks=2 tok_tile=8 tok_rows=4 list_cap=2048 counters=65536
 // qmoe-limit: K <= MAX_K
 // qmoe-limit: H <= COUNTERS * 4 * TOK_ROWS
 // qmoe-grid: qmoe_cdiv(H, TOKENS > 1 ? 4 * TOK_ROWS : RPB), TOKENS > 1 ? E + 1 : 1, 1
@@ -18,6 +18,46 @@ ${BIND}
   const int64_t row_bytes = F / QB_ELEMS * QB_BYTES;
   if constexpr (!TOK) {
     __shared__ uint4 sh[${WARPS}][2 * QROW_VECS]; // 2 rows' slices, then their span tables
+#if QMOE_Q8
+    // q8: ${Q8_ROWS_PER_BLOCK} rows per block, 2 per warp, every warp through all K slots: slot k's h is rounded
+    // once for the block (QX_MAX elements at a time, every warp taking part) and read by all its rows.
+    constexpr int RB = 2 * ${WARPS};
+    static_assert(RB == ${Q8_ROWS_PER_BLOCK}, "q8_rows_per_block of the kernel line");
+    __shared__ int4 q8rec[QX_RUNS];
+    __shared__ acc_t part[${MAX_K}][RB];
+    const int64_t r0 = (int64_t)blockIdx.x * RB + 2 * warp;
+    const bool mine = r0 < H;
+    const int64_t rr0 = mine ? r0 : 0, rr1 = mine && r0 + 1 < H ? r0 + 1 : rr0;
+    for (int k = 0; k < K; k++) {
+      const int e = ids[k];
+      const bool ok = e >= 0 && e < E;
+      const uint8_t *base = Wd + (int64_t)(ok ? e : 0) * H * row_bytes;
+      acc_t acc[2] = { 0, 0 };
+      for (int64_t c0 = 0; c0 < F; c0 += QX_MAX) {
+        const int n = (int)(F - c0 < QX_MAX ? F - c0 : QX_MAX);
+        __syncthreads(); // the last pass's records are read
+        if (ok) qmoe_q8_block(h + (int64_t)k * F + c0, n, q8rec); // ok is the same for the whole block
+        __syncthreads();
+        if (!mine || !ok) continue;
+        const uint8_t *rp[2] = { base + rr0 * row_bytes + c0 / QB_ELEMS * QB_BYTES,
+                                 base + rr1 * row_bytes + c0 / QB_ELEMS * QB_BYTES };
+        qmoe_row_dots_q8<2>(rp, q8rec, n / QB_ELEMS, sh[warp], lane, acc);
+      }
+      if (mine) {
+        const acc_t s0 = qmoe_warp_sum(acc[0]), s1 = qmoe_warp_sum(acc[1]);
+        if (lane == 0) {
+          part[k][2 * warp] = ok ? s0 : (acc_t)__int_as_float(0x7fc00000);
+          part[k][2 * warp + 1] = ok ? s1 : (acc_t)__int_as_float(0x7fc00000);
+        }
+      }
+    }
+    __syncthreads();
+    if (threadIdx.x < RB && (int64_t)blockIdx.x * RB + threadIdx.x < H) {
+      acc_t s = 0;
+      for (int k = 0; k < K; k++) s = qmoe_fma3((acc_t)w[k], part[k][threadIdx.x], s);
+      y[(int64_t)blockIdx.x * RB + threadIdx.x] = (float)s;
+    }
+#else
     __shared__ acc_t part[${MAX_K}][2];
     const int64_t r0 = (int64_t)blockIdx.x * 2;
     const int64_t r1 = r0 + 1 < H ? r0 + 1 : r0;
@@ -43,6 +83,7 @@ ${BIND}
       for (int k = 0; k < K; k++) s = qmoe_fma3((acc_t)w[k], part[k][threadIdx.x], s);
       y[r0 + threadIdx.x] = (float)s;
     }
+#endif
   } else {
     constexpr int R = ${TOK_ROWS}, N = ${TOK_TILE}, TR = ${WARPS} * ${TOK_ROWS}; // TR rows per tile
     __shared__ uint4 sh[${WARPS}][R * STAGE_VECS];
