@@ -65,7 +65,9 @@ local function acc_list(q)
   local accs = q.accumulators or { "f32", "f64" }
   local set = {}
   for _, a in ipairs(accs) do
-    if a ~= "f32" and a ~= "f64" then error(q.__file .. ": unknown accumulator '" .. tostring(a) .. "' (f32 or f64)", 0) end
+    if a ~= "f32" and a ~= "f64" and a ~= "q8" then
+      error(q.__file .. ": unknown accumulator '" .. tostring(a) .. "' (f32, f64 or q8)", 0)
+    end
     set[a] = true
   end
   return set
@@ -213,6 +215,7 @@ local function emit_qtypes_c(list, sources)
     local mask = {}
     if accs.f32 then mask[#mask + 1] = "QMOE_ACC_BIT_F32" end
     if accs.f64 then mask[#mask + 1] = "QMOE_ACC_BIT_F64" end
+    if accs.q8 then mask[#mask + 1] = "QMOE_ACC_BIT_Q8" end -- q8 needs no dot of its own: dot_f32 on Q8(x)
     local p = "qmoe_" .. q.name
     local qz = q.quantizer or {}
     out[#out + 1] = string.format("  { \"%s\", %d, %d, %d, %s, %s_dequant_row, %s, %s, quantize_%s, \"%s\", %s, %s, %d },", q.name,

@@ -1,7 +1,7 @@
 -- gen_cuda.lua: writes generated/cuda/<stage>[__<qtype>][__<acc>].cu, one NVRTC-compiled kernel per file, for
 -- every variant the stage contracts (contracts/stages/*.yaml, normalized by gen_stages.lua) list: qtype
 -- stages × the qtypes they name × accumulators; decoding comes from expr.emit(q, expr.dialects.cuda).
--- Usage: qmoe-lua codegen/gen_cuda.lua [--contracts DIR] (--stage NAME [--qtype NAME] [--acc f32|f64] | --launch) --out FILE
+-- Usage: qmoe-lua codegen/gen_cuda.lua [--contracts DIR] (--stage NAME [--qtype NAME] [--acc f32|f64|q8] | --launch) --out FILE
 -- (--launch writes generated/c/cuda_launch.c, the launch geometry of every stage, from the templates' headers)
 --
 -- Each file starts with the banner and one metadata line the runtime (runtime/cuda/cuda.c) reads:
@@ -14,7 +14,7 @@ local expr = require("expr")
 local template = require("template")
 local variants = require("variants")
 local M = {}
-local USAGE = "usage: qmoe-lua codegen/gen_cuda.lua [--contracts DIR] (--stage NAME [--qtype NAME] [--acc f32|f64] | --launch) --out FILE"
+local USAGE = "usage: qmoe-lua codegen/gen_cuda.lua [--contracts DIR] (--stage NAME [--qtype NAME] [--acc f32|f64|q8] | --launch) --out FILE"
 local SCRIPT = "codegen/gen_cuda.lua"
 
 local WARPS = 4          -- warps per block of the row kernels (one block = 128 threads)
@@ -336,6 +336,7 @@ local function emit_variant(v, sources)
                              st.name, q and q.name or "-", q and q.ggml_type or -1, v.acc or "-", v.entry,
                              q and q.block_elements or 0, q and q.block_bytes or 0, kd.threads, rpb,
                              kd.own_tokens and (" tok_entry=" .. vars.TOK_ENTRY) or "")
+  -- the prelude defines QMOE_Q8: 1 in a q8 variant (docs/q8.md), the f32 kernel on Q8(x) (x quantized in the templates)
   local parts = { util.banner("cuda", SCRIPT, sources), meta, template.render("cuda/_prelude.cu", vars) }
   if q then
     local be, bb = q.block_elements, q.block_bytes
@@ -408,7 +409,7 @@ local function emit_variant(v, sources)
     -- The decode with runs (expr.lua GROUP) wherever a map uses them.
     -- f32 accumulators with runs also get the decode's affine form over a run (expr.lua AFFINE): a run's dot
     -- product is A·Σ V·x + B·Σ x. QMOE_CUDA_DEFINES=QMOE_NO_AFFINE keeps the per-element decode (docs/cuda.md).
-    local D = setmetatable({ group = maps.runs and RL or nil, affine = maps.runs ~= nil and acc ~= "f64" },
+    local D = setmetatable({ group = maps.runs and RL or nil, affine = maps.runs ~= nil and (acc == "f32" or acc == "q8") },
                            { __index = DIALECT })
     local dec, info = expr.emit(q, D)
     local af = info and info.affine

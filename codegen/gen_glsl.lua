@@ -139,6 +139,9 @@ local function qgeom(q, acc)
 end
 
 local function qcommon(v, g, w0, w1)
+  if v.acc == "q8" and g.RUNS ~= 1 then -- _qrows.glsl quantizes x per lane run (docs/q8.md)
+    error(v.q.__file .. ": a q8 variant needs blocks of a multiple of 8 elements (q8 is for integer block formats)", 0)
+  end
   -- Lane runs of RL elements (<prefix>_decode_run(b, ig, i)). f32 accumulators with runs also get the decode's
   -- affine form over a run where it has one (expr.lua AFFINE): a run's dot product is A * sum(V x) + B * sum(x)
   -- (f64 keeps the exact per-element decode), and where V is built of byte reads (expr.lua PACKED), V of 4
@@ -147,14 +150,14 @@ local function qcommon(v, g, w0, w1)
   local function emit(G)
     local D = expr.glsl_dialect("sw")
     if g.RUNS == 1 then D.group = G end
-    D.affine = g.RUNS == 1 and v.acc == "f32"
+    D.affine = g.RUNS == 1 and (v.acc == "f32" or v.acc == "q8") -- q8: the f32 rows on Q8(x)
     D.packed = D.affine
     local dq, info = expr.emit(v.q, D, "dq")
     return D, dq, info
   end
   local RL = 8
   local D, dq, info
-  if g.RUNS == 1 and v.acc == "f32" and g.BE % 16 == 0 then
+  if g.RUNS == 1 and (v.acc == "f32" or v.acc == "q8") and g.BE % 16 == 0 then
     D, dq, info = emit(16)
     if info and info.affine and info.affine.packed then RL = 16 end
   end
@@ -170,7 +173,7 @@ local function qcommon(v, g, w0, w1)
   local vars = { T = acc_type(v.acc), QNAME = v.q.name, BE = g.BE, BB = g.BB, LB = g.LB, SGMIN = SGMIN, QR = QR,
                  SW_WORDS = g.SW_WORDS, RUNS = g.RUNS, W0 = w0, W1 = w1, NAN = NAN, AFFINE = af and 1 or 0,
                  AFFINE_A = (af and af.a) and 1 or 0, AFFINE_B = (af and af.b) and 1 or 0,
-                 PACKED = packed and 1 or 0, RL = RL,
+                 PACKED = packed and 1 or 0, RL = RL, Q8 = v.acc == "q8" and 1 or 0,
                  RUN_W_BASE = packed and ("(12582912.0 + float(DQ_RUN_W_OFF))") or "0.0" }
   return table.concat({ fmt("// Decoding of %s, from %s by expr.emit (GLSL dialect over shared sw[]%s%s%s).", v.q.name, v.q.__file,
                             g.RUNS == 1 and (", runs of " .. RL) or "", af and ", affine per run" or "", packed and ", packed" or ""),
@@ -478,7 +481,11 @@ local function stage_impl(v)
     error(v.stage.__file .. ": stage '" .. v.stage.name .. "' varies by qtype, but " .. SCRIPT ..
           " has no quantized kernel for it; add one", 0)
   end
-  if v.acc and v.acc ~= "f32" and v.acc ~= "f64" then
+  if v.acc == "q8" and s.emit ~= emit_matvec and s.emit ~= emit_gate_up and s.emit ~= emit_down then
+    error(v.stage.__file .. ": stage '" .. v.stage.name .. "' lists q8, but only the quantized row kernels " ..
+          "(matvec, moe_gate_up_swiglu, moe_down) have a q8 form (docs/q8.md)", 0)
+  end
+  if v.acc and v.acc ~= "f32" and v.acc ~= "f64" and v.acc ~= "q8" then
     error(v.stage.__file .. ": unknown accumulator '" .. tostring(v.acc) .. "'", 0)
   end
   return s

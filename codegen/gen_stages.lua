@@ -124,7 +124,9 @@ local function stage_record(ctx, st, errs)
   if r.by_qtype and #r.qtypes == 0 then errs[#errs + 1] = where(st, "qtypes") .. ": stage varies by qtype but lists none" end
   r.accs = {}
   for _, a in ipairs(st.accumulators or (r.by_acc and {} or {})) do
-    if a ~= "f32" and a ~= "f64" then errs[#errs + 1] = where(st, "accumulators") .. ": unknown accumulator '" .. a .. "'" end
+    if a ~= "f32" and a ~= "f64" and a ~= "q8" then
+      errs[#errs + 1] = where(st, "accumulators") .. ": unknown accumulator '" .. a .. "' (f32, f64 or q8)"
+    end
     r.accs[#r.accs + 1] = a
   end
   local param_index, fparam_index = {}, {}
@@ -389,6 +391,9 @@ local function emit_header(recs, sources)
     "const qmoe_stage_info *qmoe_stage_by_name(const char *name);",
     "/* Whether the stage has a variant for GGML_TYPE (stages that do not vary by qtype: ggml_type == -1). */",
     "int qmoe_stage_has_qtype(const qmoe_stage_info *si, int ggml_type);",
+    "/* Whether the stage has an ACC variant for GGML_TYPE: 1 for a stage that does not vary by acc; else the",
+    " * contract lists ACC and, for a stage that varies by qtype, so does the qtype's quant contract. */",
+    "int qmoe_stage_has_acc(const qmoe_stage_info *si, int ggml_type, int acc);",
     "/* Bytes buffer BUF needs for int params P, from the contract's shape; a qtype buffer uses QT's rows.",
     " * -1 when a dim is negative, a row is not a whole number of blocks, QT is missing or the size overflows. */",
     "int64_t qmoe_stage_buf_bytes(const qmoe_stage_info *si, int buf, const int64_t *p, const qmoe_qtype_info *qt);",
@@ -513,6 +518,15 @@ int qmoe_stage_has_qtype(const qmoe_stage_info *si, int ggml_type) {
   for (int i = 0; i < si->n_qtypes; i++)
     if (si->qtypes[i] == ggml_type) return 1;
   return 0;
+}
+
+int qmoe_stage_has_acc(const qmoe_stage_info *si, int ggml_type, int acc) {
+  if (!si->varies_by_acc) return 1;
+  int listed = 0;
+  for (int i = 0; i < si->n_accs; i++) listed |= (int)si->accs[i] == acc;
+  if (!listed || !si->varies_by_qtype) return listed;
+  const qmoe_qtype_info *q = qmoe_stage_has_qtype(si, ggml_type) ? qmoe_qtype_by_id(ggml_type) : NULL;
+  return q && (q->acc_mask >> acc & 1u);
 }
 
 int64_t qmoe_stage_buf_bytes(const qmoe_stage_info *si, int buf, const int64_t *p, const qmoe_qtype_info *qt) {

@@ -3,8 +3,9 @@
 -- codegen/templates/c/test_parity.c) that names the backend and includes the one parity test,
 -- tests/parity/parity_body.h (plain C): every stage × qtype × accumulator of contracts/stages/*.yaml (qtypes
 -- resolved against contracts/quant), run on the backend and on the CPU reference, judged with the thresholds
--- of the model contract's falsifiers (contracts/models/*.yaml, emitted as constants naming the falsifier id
--- and file:line).
+-- of the model contract's falsifiers (FALSIFY-STAGE-PARITY-<ACC> and FALSIFY-STAGE-MAXREL-<ACC> for each
+-- accumulator f32, f64, q8; contracts/models/*.yaml, emitted as constants naming the falsifier id and
+-- file:line).
 -- Usage: qmoe-lua codegen/gen_tests.lua [--contracts DIR] --out-dir DIR
 local util = require("util")
 local template = require("template")
@@ -27,6 +28,8 @@ local FALSIFIERS = {
   { id = "FALSIFY-STAGE-PARITY-F64", metric = "nmse", acc = "f64", const = "NMSE_MAX_F64" },
   { id = "FALSIFY-STAGE-MAXREL-F32", metric = "max_abs_rel", acc = "f32", const = "MAXREL_MAX_F32" },
   { id = "FALSIFY-STAGE-MAXREL-F64", metric = "max_abs_rel", acc = "f64", const = "MAXREL_MAX_F64" },
+  { id = "FALSIFY-STAGE-PARITY-Q8", metric = "nmse", acc = "q8", const = "NMSE_MAX_Q8" },
+  { id = "FALSIFY-STAGE-MAXREL-Q8", metric = "max_abs_rel", acc = "q8", const = "MAXREL_MAX_Q8" },
   { id = "FALSIFY-ROUTER-WEIGHTS-SUM", metric = "abs_err", const = "ROUTER_WSUM_MAX" },
   { id = "FALSIFY-FINITE" },
   { id = "FALSIFY-DETERMINISM" },
@@ -112,8 +115,8 @@ local function cases(ctx, recs, th)
   end
   for _, v in ipairs(require("variants").list(ctx, recs)) do
     local r, acc = v.rec, v.acc or "f32"
-    local nm = th[acc == "f64" and "FALSIFY-STAGE-PARITY-F64" or "FALSIFY-STAGE-PARITY-F32"]
-    local mr = th[acc == "f64" and "FALSIFY-STAGE-MAXREL-F64" or "FALSIFY-STAGE-MAXREL-F32"]
+    local nm = th["FALSIFY-STAGE-PARITY-" .. acc:upper()]
+    local mr = th["FALSIFY-STAGE-MAXREL-" .. acc:upper()]
     for _, t in ipairs({ nm, mr }) do
       if t.stages and not t.stages[r.name] then
         errs[#errs + 1] = t.at .. ": " .. t.id .. " lists check.stages without '" .. r.name .. "', so " ..

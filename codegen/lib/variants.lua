@@ -10,7 +10,7 @@ end
 
 -- list(ctx, recs) -> { { rec, stage, q, acc, stem, what } ... }. RECS: the normalized stages
 -- (codegen/gen_stages.lua's stages(ctx)); stage is the stage's contract as loaded, q its quant contract or
--- nil, acc "f32"/"f64" or nil (a stage that does not vary by it); stem "matvec__q4_k__f32", what
+-- nil, acc "f32"/"f64"/"q8" or nil (a stage that does not vary by it); stem "matvec__q4_k__f32", what
 -- "matvec/q4_k/f32".
 function M.list(ctx, recs)
   local raw = {}

@@ -16,7 +16,7 @@ typedef struct {
   int line;
 } qmoe_falsifier;
 
-enum { QMOE_FALSIFIER_COUNT = 17 };
+enum { QMOE_FALSIFIER_COUNT = 20 };
 extern const qmoe_falsifier qmoe_falsifiers[QMOE_FALSIFIER_COUNT];
 /* The falsifier with this id, or NULL. */
 const qmoe_falsifier *qmoe_falsifier_find(const char *id);

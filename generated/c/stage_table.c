@@ -5,7 +5,7 @@
 #include "stage_table.h"
 
 static const int matvec_qtypes[] = { 0 /* f32 */, 1 /* f16 */, 2 /* q4_0 */, 3 /* q4_1 */, 6 /* q5_0 */, 8 /* q8_0 */, 10 /* q2_k */, 12 /* q4_k */, 13 /* q5_k */, 14 /* q6_k */, 15 /* q8_k */, 20 /* iq4_nl */, 30 /* bf16 */ };
-static const qmoe_acc matvec_accs[] = { QMOE_ACC_F32, QMOE_ACC_F64 };
+static const qmoe_acc matvec_accs[] = { QMOE_ACC_F32, QMOE_ACC_F64, QMOE_ACC_Q8 };
 static const char *const matvec_params[] = { "rows", "cols" };
 static const int64_t matvec_param_min[] = { 1, 1 };
 static const qmoe_stage_dim matvec_dims0[] = { { 0, 0 } /* rows */, { 1, 0 } /* cols */ };
@@ -19,7 +19,7 @@ static const qmoe_stage_buf matvec_bufs[] = {
 };
 
 static const int moe_gate_up_swiglu_qtypes[] = { 0 /* f32 */, 1 /* f16 */, 2 /* q4_0 */, 3 /* q4_1 */, 6 /* q5_0 */, 8 /* q8_0 */, 10 /* q2_k */, 12 /* q4_k */, 13 /* q5_k */, 14 /* q6_k */, 15 /* q8_k */, 20 /* iq4_nl */, 30 /* bf16 */ };
-static const qmoe_acc moe_gate_up_swiglu_accs[] = { QMOE_ACC_F32, QMOE_ACC_F64 };
+static const qmoe_acc moe_gate_up_swiglu_accs[] = { QMOE_ACC_F32, QMOE_ACC_F64, QMOE_ACC_Q8 };
 static const char *const moe_gate_up_swiglu_params[] = { "H", "F", "E", "K" };
 static const int64_t moe_gate_up_swiglu_param_min[] = { 1, 1, 1, 1 };
 static int moe_gate_up_swiglu_rules(const int64_t *p, const double *f) {
@@ -45,7 +45,7 @@ static const qmoe_stage_buf moe_gate_up_swiglu_bufs[] = {
 };
 
 static const int moe_down_qtypes[] = { 0 /* f32 */, 1 /* f16 */, 2 /* q4_0 */, 3 /* q4_1 */, 6 /* q5_0 */, 8 /* q8_0 */, 10 /* q2_k */, 12 /* q4_k */, 13 /* q5_k */, 14 /* q6_k */, 15 /* q8_k */, 20 /* iq4_nl */, 30 /* bf16 */ };
-static const qmoe_acc moe_down_accs[] = { QMOE_ACC_F32, QMOE_ACC_F64 };
+static const qmoe_acc moe_down_accs[] = { QMOE_ACC_F32, QMOE_ACC_F64, QMOE_ACC_Q8 };
 static const char *const moe_down_params[] = { "H", "F", "E", "K" };
 static const int64_t moe_down_param_min[] = { 1, 1, 1, 1 };
 static int moe_down_rules(const int64_t *p, const double *f) {
@@ -279,9 +279,9 @@ static const qmoe_stage_buf add_rmsnorm_bufs[] = {
 };
 
 static const qmoe_stage_info stages[QMOE_STAGE_TABLE_COUNT > 0 ? QMOE_STAGE_TABLE_COUNT : 1] = {
-  { "matvec", "mul_mat_vec", (qmoe_stage)0, "contracts/stages/matvec.yaml", 1, 1, 13, matvec_qtypes, 2, matvec_accs, 2, matvec_params, 0, NULL, 2, 1, matvec_buf_names, matvec_bufs, matvec_param_min, NULL, 0, 0, NULL, 1, NULL },
-  { "moe_gate_up_swiglu", "ffn_moe_swiglu", (qmoe_stage)1, "contracts/stages/moe_gate_up_swiglu.yaml", 1, 1, 13, moe_gate_up_swiglu_qtypes, 2, moe_gate_up_swiglu_accs, 4, moe_gate_up_swiglu_params, 0, NULL, 4, 1, moe_gate_up_swiglu_buf_names, moe_gate_up_swiglu_bufs, moe_gate_up_swiglu_param_min, moe_gate_up_swiglu_rules, 0, 0, NULL, 1, NULL },
-  { "moe_down", "ffn_moe_down", (qmoe_stage)2, "contracts/stages/moe_down.yaml", 1, 1, 13, moe_down_qtypes, 2, moe_down_accs, 4, moe_down_params, 0, NULL, 4, 1, moe_down_buf_names, moe_down_bufs, moe_down_param_min, moe_down_rules, 0, 0, NULL, 1, NULL },
+  { "matvec", "mul_mat_vec", (qmoe_stage)0, "contracts/stages/matvec.yaml", 1, 1, 13, matvec_qtypes, 3, matvec_accs, 2, matvec_params, 0, NULL, 2, 1, matvec_buf_names, matvec_bufs, matvec_param_min, NULL, 0, 0, NULL, 1, NULL },
+  { "moe_gate_up_swiglu", "ffn_moe_swiglu", (qmoe_stage)1, "contracts/stages/moe_gate_up_swiglu.yaml", 1, 1, 13, moe_gate_up_swiglu_qtypes, 3, moe_gate_up_swiglu_accs, 4, moe_gate_up_swiglu_params, 0, NULL, 4, 1, moe_gate_up_swiglu_buf_names, moe_gate_up_swiglu_bufs, moe_gate_up_swiglu_param_min, moe_gate_up_swiglu_rules, 0, 0, NULL, 1, NULL },
+  { "moe_down", "ffn_moe_down", (qmoe_stage)2, "contracts/stages/moe_down.yaml", 1, 1, 13, moe_down_qtypes, 3, moe_down_accs, 4, moe_down_params, 0, NULL, 4, 1, moe_down_buf_names, moe_down_bufs, moe_down_param_min, moe_down_rules, 0, 0, NULL, 1, NULL },
   { "router_topk", "ffn_moe_topk", (qmoe_stage)3, "contracts/stages/router_topk.yaml", 0, 1, 0, NULL, 2, router_topk_accs, 3, router_topk_params, 0, NULL, 2, 2, router_topk_buf_names, router_topk_bufs, router_topk_param_min, router_topk_rules, 0, 0, NULL, 1, NULL },
   { "rmsnorm", "norm", (qmoe_stage)4, "contracts/stages/rmsnorm.yaml", 0, 1, 0, NULL, 2, rmsnorm_accs, 1, rmsnorm_params, 1, rmsnorm_fparams, 2, 1, rmsnorm_buf_names, rmsnorm_bufs, rmsnorm_param_min, NULL, 0, 0, NULL, 1, NULL },
   { "qk_norm", "qk_norm", (qmoe_stage)5, "contracts/stages/qk_norm.yaml", 0, 1, 0, NULL, 2, qk_norm_accs, 2, qk_norm_params, 1, qk_norm_fparams, 2, 1, qk_norm_buf_names, qk_norm_bufs, qk_norm_param_min, NULL, 0, 0, NULL, 0, NULL },
@@ -315,6 +315,15 @@ int qmoe_stage_has_qtype(const qmoe_stage_info *si, int ggml_type) {
   return 0;
 }
 
+int qmoe_stage_has_acc(const qmoe_stage_info *si, int ggml_type, int acc) {
+  if (!si->varies_by_acc) return 1;
+  int listed = 0;
+  for (int i = 0; i < si->n_accs; i++) listed |= (int)si->accs[i] == acc;
+  if (!listed || !si->varies_by_qtype) return listed;
+  const qmoe_qtype_info *q = qmoe_stage_has_qtype(si, ggml_type) ? qmoe_qtype_by_id(ggml_type) : NULL;
+  return q && (q->acc_mask >> acc & 1u);
+}
+
 int64_t qmoe_stage_buf_bytes(const qmoe_stage_info *si, int buf, const int64_t *p, const qmoe_qtype_info *qt) {
   if (buf < 0 || buf >= si->n_inputs + si->n_outputs) return -1;
   const qmoe_stage_buf *b = &si->bufs[buf];
@@ -342,24 +351,34 @@ const qmoe_variant qmoe_variants[] = {
   { "matvec__f16__f64", QMOE_STAGE_MATVEC, 1, QMOE_ACC_F64 },
   { "matvec__q4_0__f32", QMOE_STAGE_MATVEC, 2, QMOE_ACC_F32 },
   { "matvec__q4_0__f64", QMOE_STAGE_MATVEC, 2, QMOE_ACC_F64 },
+  { "matvec__q4_0__q8", QMOE_STAGE_MATVEC, 2, QMOE_ACC_Q8 },
   { "matvec__q4_1__f32", QMOE_STAGE_MATVEC, 3, QMOE_ACC_F32 },
   { "matvec__q4_1__f64", QMOE_STAGE_MATVEC, 3, QMOE_ACC_F64 },
+  { "matvec__q4_1__q8", QMOE_STAGE_MATVEC, 3, QMOE_ACC_Q8 },
   { "matvec__q5_0__f32", QMOE_STAGE_MATVEC, 6, QMOE_ACC_F32 },
   { "matvec__q5_0__f64", QMOE_STAGE_MATVEC, 6, QMOE_ACC_F64 },
+  { "matvec__q5_0__q8", QMOE_STAGE_MATVEC, 6, QMOE_ACC_Q8 },
   { "matvec__q8_0__f32", QMOE_STAGE_MATVEC, 8, QMOE_ACC_F32 },
   { "matvec__q8_0__f64", QMOE_STAGE_MATVEC, 8, QMOE_ACC_F64 },
+  { "matvec__q8_0__q8", QMOE_STAGE_MATVEC, 8, QMOE_ACC_Q8 },
   { "matvec__q2_k__f32", QMOE_STAGE_MATVEC, 10, QMOE_ACC_F32 },
   { "matvec__q2_k__f64", QMOE_STAGE_MATVEC, 10, QMOE_ACC_F64 },
+  { "matvec__q2_k__q8", QMOE_STAGE_MATVEC, 10, QMOE_ACC_Q8 },
   { "matvec__q4_k__f32", QMOE_STAGE_MATVEC, 12, QMOE_ACC_F32 },
   { "matvec__q4_k__f64", QMOE_STAGE_MATVEC, 12, QMOE_ACC_F64 },
+  { "matvec__q4_k__q8", QMOE_STAGE_MATVEC, 12, QMOE_ACC_Q8 },
   { "matvec__q5_k__f32", QMOE_STAGE_MATVEC, 13, QMOE_ACC_F32 },
   { "matvec__q5_k__f64", QMOE_STAGE_MATVEC, 13, QMOE_ACC_F64 },
+  { "matvec__q5_k__q8", QMOE_STAGE_MATVEC, 13, QMOE_ACC_Q8 },
   { "matvec__q6_k__f32", QMOE_STAGE_MATVEC, 14, QMOE_ACC_F32 },
   { "matvec__q6_k__f64", QMOE_STAGE_MATVEC, 14, QMOE_ACC_F64 },
+  { "matvec__q6_k__q8", QMOE_STAGE_MATVEC, 14, QMOE_ACC_Q8 },
   { "matvec__q8_k__f32", QMOE_STAGE_MATVEC, 15, QMOE_ACC_F32 },
   { "matvec__q8_k__f64", QMOE_STAGE_MATVEC, 15, QMOE_ACC_F64 },
+  { "matvec__q8_k__q8", QMOE_STAGE_MATVEC, 15, QMOE_ACC_Q8 },
   { "matvec__iq4_nl__f32", QMOE_STAGE_MATVEC, 20, QMOE_ACC_F32 },
   { "matvec__iq4_nl__f64", QMOE_STAGE_MATVEC, 20, QMOE_ACC_F64 },
+  { "matvec__iq4_nl__q8", QMOE_STAGE_MATVEC, 20, QMOE_ACC_Q8 },
   { "matvec__bf16__f32", QMOE_STAGE_MATVEC, 30, QMOE_ACC_F32 },
   { "matvec__bf16__f64", QMOE_STAGE_MATVEC, 30, QMOE_ACC_F64 },
   { "moe_gate_up_swiglu__f32__f32", QMOE_STAGE_MOE_GATE_UP_SWIGLU, 0, QMOE_ACC_F32 },
@@ -368,24 +387,34 @@ const qmoe_variant qmoe_variants[] = {
   { "moe_gate_up_swiglu__f16__f64", QMOE_STAGE_MOE_GATE_UP_SWIGLU, 1, QMOE_ACC_F64 },
   { "moe_gate_up_swiglu__q4_0__f32", QMOE_STAGE_MOE_GATE_UP_SWIGLU, 2, QMOE_ACC_F32 },
   { "moe_gate_up_swiglu__q4_0__f64", QMOE_STAGE_MOE_GATE_UP_SWIGLU, 2, QMOE_ACC_F64 },
+  { "moe_gate_up_swiglu__q4_0__q8", QMOE_STAGE_MOE_GATE_UP_SWIGLU, 2, QMOE_ACC_Q8 },
   { "moe_gate_up_swiglu__q4_1__f32", QMOE_STAGE_MOE_GATE_UP_SWIGLU, 3, QMOE_ACC_F32 },
   { "moe_gate_up_swiglu__q4_1__f64", QMOE_STAGE_MOE_GATE_UP_SWIGLU, 3, QMOE_ACC_F64 },
+  { "moe_gate_up_swiglu__q4_1__q8", QMOE_STAGE_MOE_GATE_UP_SWIGLU, 3, QMOE_ACC_Q8 },
   { "moe_gate_up_swiglu__q5_0__f32", QMOE_STAGE_MOE_GATE_UP_SWIGLU, 6, QMOE_ACC_F32 },
   { "moe_gate_up_swiglu__q5_0__f64", QMOE_STAGE_MOE_GATE_UP_SWIGLU, 6, QMOE_ACC_F64 },
+  { "moe_gate_up_swiglu__q5_0__q8", QMOE_STAGE_MOE_GATE_UP_SWIGLU, 6, QMOE_ACC_Q8 },
   { "moe_gate_up_swiglu__q8_0__f32", QMOE_STAGE_MOE_GATE_UP_SWIGLU, 8, QMOE_ACC_F32 },
   { "moe_gate_up_swiglu__q8_0__f64", QMOE_STAGE_MOE_GATE_UP_SWIGLU, 8, QMOE_ACC_F64 },
+  { "moe_gate_up_swiglu__q8_0__q8", QMOE_STAGE_MOE_GATE_UP_SWIGLU, 8, QMOE_ACC_Q8 },
   { "moe_gate_up_swiglu__q2_k__f32", QMOE_STAGE_MOE_GATE_UP_SWIGLU, 10, QMOE_ACC_F32 },
   { "moe_gate_up_swiglu__q2_k__f64", QMOE_STAGE_MOE_GATE_UP_SWIGLU, 10, QMOE_ACC_F64 },
+  { "moe_gate_up_swiglu__q2_k__q8", QMOE_STAGE_MOE_GATE_UP_SWIGLU, 10, QMOE_ACC_Q8 },
   { "moe_gate_up_swiglu__q4_k__f32", QMOE_STAGE_MOE_GATE_UP_SWIGLU, 12, QMOE_ACC_F32 },
   { "moe_gate_up_swiglu__q4_k__f64", QMOE_STAGE_MOE_GATE_UP_SWIGLU, 12, QMOE_ACC_F64 },
+  { "moe_gate_up_swiglu__q4_k__q8", QMOE_STAGE_MOE_GATE_UP_SWIGLU, 12, QMOE_ACC_Q8 },
   { "moe_gate_up_swiglu__q5_k__f32", QMOE_STAGE_MOE_GATE_UP_SWIGLU, 13, QMOE_ACC_F32 },
   { "moe_gate_up_swiglu__q5_k__f64", QMOE_STAGE_MOE_GATE_UP_SWIGLU, 13, QMOE_ACC_F64 },
+  { "moe_gate_up_swiglu__q5_k__q8", QMOE_STAGE_MOE_GATE_UP_SWIGLU, 13, QMOE_ACC_Q8 },
   { "moe_gate_up_swiglu__q6_k__f32", QMOE_STAGE_MOE_GATE_UP_SWIGLU, 14, QMOE_ACC_F32 },
   { "moe_gate_up_swiglu__q6_k__f64", QMOE_STAGE_MOE_GATE_UP_SWIGLU, 14, QMOE_ACC_F64 },
+  { "moe_gate_up_swiglu__q6_k__q8", QMOE_STAGE_MOE_GATE_UP_SWIGLU, 14, QMOE_ACC_Q8 },
   { "moe_gate_up_swiglu__q8_k__f32", QMOE_STAGE_MOE_GATE_UP_SWIGLU, 15, QMOE_ACC_F32 },
   { "moe_gate_up_swiglu__q8_k__f64", QMOE_STAGE_MOE_GATE_UP_SWIGLU, 15, QMOE_ACC_F64 },
+  { "moe_gate_up_swiglu__q8_k__q8", QMOE_STAGE_MOE_GATE_UP_SWIGLU, 15, QMOE_ACC_Q8 },
   { "moe_gate_up_swiglu__iq4_nl__f32", QMOE_STAGE_MOE_GATE_UP_SWIGLU, 20, QMOE_ACC_F32 },
   { "moe_gate_up_swiglu__iq4_nl__f64", QMOE_STAGE_MOE_GATE_UP_SWIGLU, 20, QMOE_ACC_F64 },
+  { "moe_gate_up_swiglu__iq4_nl__q8", QMOE_STAGE_MOE_GATE_UP_SWIGLU, 20, QMOE_ACC_Q8 },
   { "moe_gate_up_swiglu__bf16__f32", QMOE_STAGE_MOE_GATE_UP_SWIGLU, 30, QMOE_ACC_F32 },
   { "moe_gate_up_swiglu__bf16__f64", QMOE_STAGE_MOE_GATE_UP_SWIGLU, 30, QMOE_ACC_F64 },
   { "moe_down__f32__f32", QMOE_STAGE_MOE_DOWN, 0, QMOE_ACC_F32 },
@@ -394,24 +423,34 @@ const qmoe_variant qmoe_variants[] = {
   { "moe_down__f16__f64", QMOE_STAGE_MOE_DOWN, 1, QMOE_ACC_F64 },
   { "moe_down__q4_0__f32", QMOE_STAGE_MOE_DOWN, 2, QMOE_ACC_F32 },
   { "moe_down__q4_0__f64", QMOE_STAGE_MOE_DOWN, 2, QMOE_ACC_F64 },
+  { "moe_down__q4_0__q8", QMOE_STAGE_MOE_DOWN, 2, QMOE_ACC_Q8 },
   { "moe_down__q4_1__f32", QMOE_STAGE_MOE_DOWN, 3, QMOE_ACC_F32 },
   { "moe_down__q4_1__f64", QMOE_STAGE_MOE_DOWN, 3, QMOE_ACC_F64 },
+  { "moe_down__q4_1__q8", QMOE_STAGE_MOE_DOWN, 3, QMOE_ACC_Q8 },
   { "moe_down__q5_0__f32", QMOE_STAGE_MOE_DOWN, 6, QMOE_ACC_F32 },
   { "moe_down__q5_0__f64", QMOE_STAGE_MOE_DOWN, 6, QMOE_ACC_F64 },
+  { "moe_down__q5_0__q8", QMOE_STAGE_MOE_DOWN, 6, QMOE_ACC_Q8 },
   { "moe_down__q8_0__f32", QMOE_STAGE_MOE_DOWN, 8, QMOE_ACC_F32 },
   { "moe_down__q8_0__f64", QMOE_STAGE_MOE_DOWN, 8, QMOE_ACC_F64 },
+  { "moe_down__q8_0__q8", QMOE_STAGE_MOE_DOWN, 8, QMOE_ACC_Q8 },
   { "moe_down__q2_k__f32", QMOE_STAGE_MOE_DOWN, 10, QMOE_ACC_F32 },
   { "moe_down__q2_k__f64", QMOE_STAGE_MOE_DOWN, 10, QMOE_ACC_F64 },
+  { "moe_down__q2_k__q8", QMOE_STAGE_MOE_DOWN, 10, QMOE_ACC_Q8 },
   { "moe_down__q4_k__f32", QMOE_STAGE_MOE_DOWN, 12, QMOE_ACC_F32 },
   { "moe_down__q4_k__f64", QMOE_STAGE_MOE_DOWN, 12, QMOE_ACC_F64 },
+  { "moe_down__q4_k__q8", QMOE_STAGE_MOE_DOWN, 12, QMOE_ACC_Q8 },
   { "moe_down__q5_k__f32", QMOE_STAGE_MOE_DOWN, 13, QMOE_ACC_F32 },
   { "moe_down__q5_k__f64", QMOE_STAGE_MOE_DOWN, 13, QMOE_ACC_F64 },
+  { "moe_down__q5_k__q8", QMOE_STAGE_MOE_DOWN, 13, QMOE_ACC_Q8 },
   { "moe_down__q6_k__f32", QMOE_STAGE_MOE_DOWN, 14, QMOE_ACC_F32 },
   { "moe_down__q6_k__f64", QMOE_STAGE_MOE_DOWN, 14, QMOE_ACC_F64 },
+  { "moe_down__q6_k__q8", QMOE_STAGE_MOE_DOWN, 14, QMOE_ACC_Q8 },
   { "moe_down__q8_k__f32", QMOE_STAGE_MOE_DOWN, 15, QMOE_ACC_F32 },
   { "moe_down__q8_k__f64", QMOE_STAGE_MOE_DOWN, 15, QMOE_ACC_F64 },
+  { "moe_down__q8_k__q8", QMOE_STAGE_MOE_DOWN, 15, QMOE_ACC_Q8 },
   { "moe_down__iq4_nl__f32", QMOE_STAGE_MOE_DOWN, 20, QMOE_ACC_F32 },
   { "moe_down__iq4_nl__f64", QMOE_STAGE_MOE_DOWN, 20, QMOE_ACC_F64 },
+  { "moe_down__iq4_nl__q8", QMOE_STAGE_MOE_DOWN, 20, QMOE_ACC_Q8 },
   { "moe_down__bf16__f32", QMOE_STAGE_MOE_DOWN, 30, QMOE_ACC_F32 },
   { "moe_down__bf16__f64", QMOE_STAGE_MOE_DOWN, 30, QMOE_ACC_F64 },
   { "router_topk__f32", QMOE_STAGE_ROUTER_TOPK, -1, QMOE_ACC_F32 },
@@ -458,4 +497,4 @@ const qmoe_variant qmoe_variants[] = {
   { "add_rmsnorm__f32", QMOE_STAGE_ADD_RMSNORM, -1, QMOE_ACC_F32 },
   { "add_rmsnorm__f64", QMOE_STAGE_ADD_RMSNORM, -1, QMOE_ACC_F64 },
 };
-const size_t qmoe_variant_count = 121;
+const size_t qmoe_variant_count = 151;

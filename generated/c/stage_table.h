@@ -65,6 +65,9 @@ const qmoe_stage_info *qmoe_stage_info_get(qmoe_stage stage);
 const qmoe_stage_info *qmoe_stage_by_name(const char *name);
 /* Whether the stage has a variant for GGML_TYPE (stages that do not vary by qtype: ggml_type == -1). */
 int qmoe_stage_has_qtype(const qmoe_stage_info *si, int ggml_type);
+/* Whether the stage has an ACC variant for GGML_TYPE: 1 for a stage that does not vary by acc; else the
+ * contract lists ACC and, for a stage that varies by qtype, so does the qtype's quant contract. */
+int qmoe_stage_has_acc(const qmoe_stage_info *si, int ggml_type, int acc);
 /* Bytes buffer BUF needs for int params P, from the contract's shape; a qtype buffer uses QT's rows.
  * -1 when a dim is negative, a row is not a whole number of blocks, QT is missing or the size overflows. */
 int64_t qmoe_stage_buf_bytes(const qmoe_stage_info *si, int buf, const int64_t *p, const qmoe_qtype_info *qt);

@@ -3,20 +3,24 @@
 /* parity_cases.h: the thresholds of the model contract's falsifiers and one case per stage × qtype ×
  * accumulator of contracts/stages, for tests/parity/parity_body.h (which defines parity_case). */
 
-/* FALSIFY-STAGE-PARITY-F32: nmse <= 1e-08 (contracts/models/qwen3-moe-forward-v1.yaml:132; runs on ci) */
+/* FALSIFY-STAGE-PARITY-F32: nmse <= 1e-08 (contracts/models/qwen3-moe-forward-v1.yaml:137; runs on ci) */
 #define NMSE_MAX_F32 1e-08
-/* FALSIFY-STAGE-PARITY-F64: nmse <= 1e-13 (contracts/models/qwen3-moe-forward-v1.yaml:146; runs on ci) */
+/* FALSIFY-STAGE-PARITY-F64: nmse <= 1e-13 (contracts/models/qwen3-moe-forward-v1.yaml:151; runs on ci) */
 #define NMSE_MAX_F64 1e-13
-/* FALSIFY-STAGE-MAXREL-F32: max_abs_rel <= 1e-05 (contracts/models/qwen3-moe-forward-v1.yaml:160; runs on ci) */
+/* FALSIFY-STAGE-MAXREL-F32: max_abs_rel <= 1e-05 (contracts/models/qwen3-moe-forward-v1.yaml:165; runs on ci) */
 #define MAXREL_MAX_F32 1e-05
-/* FALSIFY-STAGE-MAXREL-F64: max_abs_rel <= 1e-07 (contracts/models/qwen3-moe-forward-v1.yaml:172; runs on ci) */
+/* FALSIFY-STAGE-MAXREL-F64: max_abs_rel <= 1e-07 (contracts/models/qwen3-moe-forward-v1.yaml:177; runs on ci) */
 #define MAXREL_MAX_F64 1e-07
-/* FALSIFY-ROUTER-WEIGHTS-SUM: abs_err <= 1e-06 (contracts/models/qwen3-moe-forward-v1.yaml:219; runs on ci) */
+/* FALSIFY-STAGE-PARITY-Q8: nmse <= 1e-08 (contracts/models/qwen3-moe-forward-v1.yaml:309; runs on ci) */
+#define NMSE_MAX_Q8 1e-08
+/* FALSIFY-STAGE-MAXREL-Q8: max_abs_rel <= 1e-05 (contracts/models/qwen3-moe-forward-v1.yaml:321; runs on ci) */
+#define MAXREL_MAX_Q8 1e-05
+/* FALSIFY-ROUTER-WEIGHTS-SUM: abs_err <= 1e-06 (contracts/models/qwen3-moe-forward-v1.yaml:224; runs on ci) */
 #define ROUTER_WSUM_MAX 1e-06
-/* FALSIFY-FINITE: contracts/models/qwen3-moe-forward-v1.yaml:176 (runs on ci) */
-/* FALSIFY-DETERMINISM: contracts/models/qwen3-moe-forward-v1.yaml:189 (runs on ci) */
-/* FALSIFY-TOKENS: contracts/models/qwen3-moe-forward-v1.yaml:200 (runs on ci) */
-/* FALSIFY-QTYPE-DISPATCH: contracts/models/qwen3-moe-forward-v1.yaml:259 (runs on ci) */
+/* FALSIFY-FINITE: contracts/models/qwen3-moe-forward-v1.yaml:181 (runs on ci) */
+/* FALSIFY-DETERMINISM: contracts/models/qwen3-moe-forward-v1.yaml:194 (runs on ci) */
+/* FALSIFY-TOKENS: contracts/models/qwen3-moe-forward-v1.yaml:205 (runs on ci) */
+/* FALSIFY-QTYPE-DISPATCH: contracts/models/qwen3-moe-forward-v1.yaml:264 (runs on ci) */
 
 static const parity_case cases[] = {
   { "matvec", 0, "f32", QMOE_ACC_F32, "f32", NMSE_MAX_F32, MAXREL_MAX_F32 },
@@ -25,24 +29,34 @@ static const parity_case cases[] = {
   { "matvec", 1, "f16", QMOE_ACC_F64, "f64", NMSE_MAX_F64, MAXREL_MAX_F64 },
   { "matvec", 2, "q4_0", QMOE_ACC_F32, "f32", NMSE_MAX_F32, MAXREL_MAX_F32 },
   { "matvec", 2, "q4_0", QMOE_ACC_F64, "f64", NMSE_MAX_F64, MAXREL_MAX_F64 },
+  { "matvec", 2, "q4_0", QMOE_ACC_Q8, "q8", NMSE_MAX_Q8, MAXREL_MAX_Q8 },
   { "matvec", 3, "q4_1", QMOE_ACC_F32, "f32", NMSE_MAX_F32, MAXREL_MAX_F32 },
   { "matvec", 3, "q4_1", QMOE_ACC_F64, "f64", NMSE_MAX_F64, MAXREL_MAX_F64 },
+  { "matvec", 3, "q4_1", QMOE_ACC_Q8, "q8", NMSE_MAX_Q8, MAXREL_MAX_Q8 },
   { "matvec", 6, "q5_0", QMOE_ACC_F32, "f32", NMSE_MAX_F32, MAXREL_MAX_F32 },
   { "matvec", 6, "q5_0", QMOE_ACC_F64, "f64", NMSE_MAX_F64, MAXREL_MAX_F64 },
+  { "matvec", 6, "q5_0", QMOE_ACC_Q8, "q8", NMSE_MAX_Q8, MAXREL_MAX_Q8 },
   { "matvec", 8, "q8_0", QMOE_ACC_F32, "f32", NMSE_MAX_F32, MAXREL_MAX_F32 },
   { "matvec", 8, "q8_0", QMOE_ACC_F64, "f64", NMSE_MAX_F64, MAXREL_MAX_F64 },
+  { "matvec", 8, "q8_0", QMOE_ACC_Q8, "q8", NMSE_MAX_Q8, MAXREL_MAX_Q8 },
   { "matvec", 10, "q2_k", QMOE_ACC_F32, "f32", NMSE_MAX_F32, MAXREL_MAX_F32 },
   { "matvec", 10, "q2_k", QMOE_ACC_F64, "f64", NMSE_MAX_F64, MAXREL_MAX_F64 },
+  { "matvec", 10, "q2_k", QMOE_ACC_Q8, "q8", NMSE_MAX_Q8, MAXREL_MAX_Q8 },
   { "matvec", 12, "q4_k", QMOE_ACC_F32, "f32", NMSE_MAX_F32, MAXREL_MAX_F32 },
   { "matvec", 12, "q4_k", QMOE_ACC_F64, "f64", NMSE_MAX_F64, MAXREL_MAX_F64 },
+  { "matvec", 12, "q4_k", QMOE_ACC_Q8, "q8", NMSE_MAX_Q8, MAXREL_MAX_Q8 },
   { "matvec", 13, "q5_k", QMOE_ACC_F32, "f32", NMSE_MAX_F32, MAXREL_MAX_F32 },
   { "matvec", 13, "q5_k", QMOE_ACC_F64, "f64", NMSE_MAX_F64, MAXREL_MAX_F64 },
+  { "matvec", 13, "q5_k", QMOE_ACC_Q8, "q8", NMSE_MAX_Q8, MAXREL_MAX_Q8 },
   { "matvec", 14, "q6_k", QMOE_ACC_F32, "f32", NMSE_MAX_F32, MAXREL_MAX_F32 },
   { "matvec", 14, "q6_k", QMOE_ACC_F64, "f64", NMSE_MAX_F64, MAXREL_MAX_F64 },
+  { "matvec", 14, "q6_k", QMOE_ACC_Q8, "q8", NMSE_MAX_Q8, MAXREL_MAX_Q8 },
   { "matvec", 15, "q8_k", QMOE_ACC_F32, "f32", NMSE_MAX_F32, MAXREL_MAX_F32 },
   { "matvec", 15, "q8_k", QMOE_ACC_F64, "f64", NMSE_MAX_F64, MAXREL_MAX_F64 },
+  { "matvec", 15, "q8_k", QMOE_ACC_Q8, "q8", NMSE_MAX_Q8, MAXREL_MAX_Q8 },
   { "matvec", 20, "iq4_nl", QMOE_ACC_F32, "f32", NMSE_MAX_F32, MAXREL_MAX_F32 },
   { "matvec", 20, "iq4_nl", QMOE_ACC_F64, "f64", NMSE_MAX_F64, MAXREL_MAX_F64 },
+  { "matvec", 20, "iq4_nl", QMOE_ACC_Q8, "q8", NMSE_MAX_Q8, MAXREL_MAX_Q8 },
   { "matvec", 30, "bf16", QMOE_ACC_F32, "f32", NMSE_MAX_F32, MAXREL_MAX_F32 },
   { "matvec", 30, "bf16", QMOE_ACC_F64, "f64", NMSE_MAX_F64, MAXREL_MAX_F64 },
   { "moe_gate_up_swiglu", 0, "f32", QMOE_ACC_F32, "f32", NMSE_MAX_F32, MAXREL_MAX_F32 },
@@ -51,24 +65,34 @@ static const parity_case cases[] = {
   { "moe_gate_up_swiglu", 1, "f16", QMOE_ACC_F64, "f64", NMSE_MAX_F64, MAXREL_MAX_F64 },
   { "moe_gate_up_swiglu", 2, "q4_0", QMOE_ACC_F32, "f32", NMSE_MAX_F32, MAXREL_MAX_F32 },
   { "moe_gate_up_swiglu", 2, "q4_0", QMOE_ACC_F64, "f64", NMSE_MAX_F64, MAXREL_MAX_F64 },
+  { "moe_gate_up_swiglu", 2, "q4_0", QMOE_ACC_Q8, "q8", NMSE_MAX_Q8, MAXREL_MAX_Q8 },
   { "moe_gate_up_swiglu", 3, "q4_1", QMOE_ACC_F32, "f32", NMSE_MAX_F32, MAXREL_MAX_F32 },
   { "moe_gate_up_swiglu", 3, "q4_1", QMOE_ACC_F64, "f64", NMSE_MAX_F64, MAXREL_MAX_F64 },
+  { "moe_gate_up_swiglu", 3, "q4_1", QMOE_ACC_Q8, "q8", NMSE_MAX_Q8, MAXREL_MAX_Q8 },
   { "moe_gate_up_swiglu", 6, "q5_0", QMOE_ACC_F32, "f32", NMSE_MAX_F32, MAXREL_MAX_F32 },
   { "moe_gate_up_swiglu", 6, "q5_0", QMOE_ACC_F64, "f64", NMSE_MAX_F64, MAXREL_MAX_F64 },
+  { "moe_gate_up_swiglu", 6, "q5_0", QMOE_ACC_Q8, "q8", NMSE_MAX_Q8, MAXREL_MAX_Q8 },
   { "moe_gate_up_swiglu", 8, "q8_0", QMOE_ACC_F32, "f32", NMSE_MAX_F32, MAXREL_MAX_F32 },
   { "moe_gate_up_swiglu", 8, "q8_0", QMOE_ACC_F64, "f64", NMSE_MAX_F64, MAXREL_MAX_F64 },
+  { "moe_gate_up_swiglu", 8, "q8_0", QMOE_ACC_Q8, "q8", NMSE_MAX_Q8, MAXREL_MAX_Q8 },
   { "moe_gate_up_swiglu", 10, "q2_k", QMOE_ACC_F32, "f32", NMSE_MAX_F32, MAXREL_MAX_F32 },
   { "moe_gate_up_swiglu", 10, "q2_k", QMOE_ACC_F64, "f64", NMSE_MAX_F64, MAXREL_MAX_F64 },
+  { "moe_gate_up_swiglu", 10, "q2_k", QMOE_ACC_Q8, "q8", NMSE_MAX_Q8, MAXREL_MAX_Q8 },
   { "moe_gate_up_swiglu", 12, "q4_k", QMOE_ACC_F32, "f32", NMSE_MAX_F32, MAXREL_MAX_F32 },
   { "moe_gate_up_swiglu", 12, "q4_k", QMOE_ACC_F64, "f64", NMSE_MAX_F64, MAXREL_MAX_F64 },
+  { "moe_gate_up_swiglu", 12, "q4_k", QMOE_ACC_Q8, "q8", NMSE_MAX_Q8, MAXREL_MAX_Q8 },
   { "moe_gate_up_swiglu", 13, "q5_k", QMOE_ACC_F32, "f32", NMSE_MAX_F32, MAXREL_MAX_F32 },
   { "moe_gate_up_swiglu", 13, "q5_k", QMOE_ACC_F64, "f64", NMSE_MAX_F64, MAXREL_MAX_F64 },
+  { "moe_gate_up_swiglu", 13, "q5_k", QMOE_ACC_Q8, "q8", NMSE_MAX_Q8, MAXREL_MAX_Q8 },
   { "moe_gate_up_swiglu", 14, "q6_k", QMOE_ACC_F32, "f32", NMSE_MAX_F32, MAXREL_MAX_F32 },
   { "moe_gate_up_swiglu", 14, "q6_k", QMOE_ACC_F64, "f64", NMSE_MAX_F64, MAXREL_MAX_F64 },
+  { "moe_gate_up_swiglu", 14, "q6_k", QMOE_ACC_Q8, "q8", NMSE_MAX_Q8, MAXREL_MAX_Q8 },
   { "moe_gate_up_swiglu", 15, "q8_k", QMOE_ACC_F32, "f32", NMSE_MAX_F32, MAXREL_MAX_F32 },
   { "moe_gate_up_swiglu", 15, "q8_k", QMOE_ACC_F64, "f64", NMSE_MAX_F64, MAXREL_MAX_F64 },
+  { "moe_gate_up_swiglu", 15, "q8_k", QMOE_ACC_Q8, "q8", NMSE_MAX_Q8, MAXREL_MAX_Q8 },
   { "moe_gate_up_swiglu", 20, "iq4_nl", QMOE_ACC_F32, "f32", NMSE_MAX_F32, MAXREL_MAX_F32 },
   { "moe_gate_up_swiglu", 20, "iq4_nl", QMOE_ACC_F64, "f64", NMSE_MAX_F64, MAXREL_MAX_F64 },
+  { "moe_gate_up_swiglu", 20, "iq4_nl", QMOE_ACC_Q8, "q8", NMSE_MAX_Q8, MAXREL_MAX_Q8 },
   { "moe_gate_up_swiglu", 30, "bf16", QMOE_ACC_F32, "f32", NMSE_MAX_F32, MAXREL_MAX_F32 },
   { "moe_gate_up_swiglu", 30, "bf16", QMOE_ACC_F64, "f64", NMSE_MAX_F64, MAXREL_MAX_F64 },
   { "moe_down", 0, "f32", QMOE_ACC_F32, "f32", NMSE_MAX_F32, MAXREL_MAX_F32 },
@@ -77,24 +101,34 @@ static const parity_case cases[] = {
   { "moe_down", 1, "f16", QMOE_ACC_F64, "f64", NMSE_MAX_F64, MAXREL_MAX_F64 },
   { "moe_down", 2, "q4_0", QMOE_ACC_F32, "f32", NMSE_MAX_F32, MAXREL_MAX_F32 },
   { "moe_down", 2, "q4_0", QMOE_ACC_F64, "f64", NMSE_MAX_F64, MAXREL_MAX_F64 },
+  { "moe_down", 2, "q4_0", QMOE_ACC_Q8, "q8", NMSE_MAX_Q8, MAXREL_MAX_Q8 },
   { "moe_down", 3, "q4_1", QMOE_ACC_F32, "f32", NMSE_MAX_F32, MAXREL_MAX_F32 },
   { "moe_down", 3, "q4_1", QMOE_ACC_F64, "f64", NMSE_MAX_F64, MAXREL_MAX_F64 },
+  { "moe_down", 3, "q4_1", QMOE_ACC_Q8, "q8", NMSE_MAX_Q8, MAXREL_MAX_Q8 },
   { "moe_down", 6, "q5_0", QMOE_ACC_F32, "f32", NMSE_MAX_F32, MAXREL_MAX_F32 },
   { "moe_down", 6, "q5_0", QMOE_ACC_F64, "f64", NMSE_MAX_F64, MAXREL_MAX_F64 },
+  { "moe_down", 6, "q5_0", QMOE_ACC_Q8, "q8", NMSE_MAX_Q8, MAXREL_MAX_Q8 },
   { "moe_down", 8, "q8_0", QMOE_ACC_F32, "f32", NMSE_MAX_F32, MAXREL_MAX_F32 },
   { "moe_down", 8, "q8_0", QMOE_ACC_F64, "f64", NMSE_MAX_F64, MAXREL_MAX_F64 },
+  { "moe_down", 8, "q8_0", QMOE_ACC_Q8, "q8", NMSE_MAX_Q8, MAXREL_MAX_Q8 },
   { "moe_down", 10, "q2_k", QMOE_ACC_F32, "f32", NMSE_MAX_F32, MAXREL_MAX_F32 },
   { "moe_down", 10, "q2_k", QMOE_ACC_F64, "f64", NMSE_MAX_F64, MAXREL_MAX_F64 },
+  { "moe_down", 10, "q2_k", QMOE_ACC_Q8, "q8", NMSE_MAX_Q8, MAXREL_MAX_Q8 },
   { "moe_down", 12, "q4_k", QMOE_ACC_F32, "f32", NMSE_MAX_F32, MAXREL_MAX_F32 },
   { "moe_down", 12, "q4_k", QMOE_ACC_F64, "f64", NMSE_MAX_F64, MAXREL_MAX_F64 },
+  { "moe_down", 12, "q4_k", QMOE_ACC_Q8, "q8", NMSE_MAX_Q8, MAXREL_MAX_Q8 },
   { "moe_down", 13, "q5_k", QMOE_ACC_F32, "f32", NMSE_MAX_F32, MAXREL_MAX_F32 },
   { "moe_down", 13, "q5_k", QMOE_ACC_F64, "f64", NMSE_MAX_F64, MAXREL_MAX_F64 },
+  { "moe_down", 13, "q5_k", QMOE_ACC_Q8, "q8", NMSE_MAX_Q8, MAXREL_MAX_Q8 },
   { "moe_down", 14, "q6_k", QMOE_ACC_F32, "f32", NMSE_MAX_F32, MAXREL_MAX_F32 },
   { "moe_down", 14, "q6_k", QMOE_ACC_F64, "f64", NMSE_MAX_F64, MAXREL_MAX_F64 },
+  { "moe_down", 14, "q6_k", QMOE_ACC_Q8, "q8", NMSE_MAX_Q8, MAXREL_MAX_Q8 },
   { "moe_down", 15, "q8_k", QMOE_ACC_F32, "f32", NMSE_MAX_F32, MAXREL_MAX_F32 },
   { "moe_down", 15, "q8_k", QMOE_ACC_F64, "f64", NMSE_MAX_F64, MAXREL_MAX_F64 },
+  { "moe_down", 15, "q8_k", QMOE_ACC_Q8, "q8", NMSE_MAX_Q8, MAXREL_MAX_Q8 },
   { "moe_down", 20, "iq4_nl", QMOE_ACC_F32, "f32", NMSE_MAX_F32, MAXREL_MAX_F32 },
   { "moe_down", 20, "iq4_nl", QMOE_ACC_F64, "f64", NMSE_MAX_F64, MAXREL_MAX_F64 },
+  { "moe_down", 20, "iq4_nl", QMOE_ACC_Q8, "q8", NMSE_MAX_Q8, MAXREL_MAX_Q8 },
   { "moe_down", 30, "bf16", QMOE_ACC_F32, "f32", NMSE_MAX_F32, MAXREL_MAX_F32 },
   { "moe_down", 30, "bf16", QMOE_ACC_F64, "f64", NMSE_MAX_F64, MAXREL_MAX_F64 },
   { "router_topk", -1, "-", QMOE_ACC_F32, "f32", NMSE_MAX_F32, MAXREL_MAX_F32 },

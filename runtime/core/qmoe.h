@@ -31,7 +31,12 @@ typedef int (*qmoe_dequant_row_fn)(const void *src, float *dst, int64_t n);     
 typedef float (*qmoe_dot_f32_fn)(const void *row, const float *x, int64_t n);   /* f32 accumulation */
 typedef double (*qmoe_dot_f64_fn)(const void *row, const float *x, int64_t n);  /* Σ (double)w·(double)x */
 typedef int (*qmoe_quantize_row_fn)(const float *src, void *dst, int64_t n);    /* 0 or QMOE_E* */
-enum { QMOE_ACC_BIT_F32 = 1u << 0, QMOE_ACC_BIT_F64 = 1u << 1 }; /* bits of acc_mask (QMOE_ACC_F32/F64 are backend.h's qmoe_acc) */
+/* Q8 of docs/q8.md, the input rounding of the q8 accumulator variants: per group of QMOE_Q8_GROUP elements,
+ * y = round-to-nearest-even(x·2^-e)·2^e with e the smallest exponent that keeps every |q| <= 127 (at least
+ * -126); a group holding an inf or NaN becomes NaN. n a multiple of the group: 0, else QMOE_EINVAL. y may be x. */
+enum { QMOE_Q8_GROUP = 32 };
+int qmoe_q8_quantize(const float *x, float *y, int64_t n);
+enum { QMOE_ACC_BIT_F32 = 1u << 0, QMOE_ACC_BIT_F64 = 1u << 1, QMOE_ACC_BIT_Q8 = 1u << 2 }; /* bits of acc_mask: 1u << backend.h's qmoe_acc */
 typedef struct {
   const char *name;      /* contract name: "q6_k" */
   int ggml_type;         /* GGUF/ggml type id */
@@ -402,7 +407,9 @@ void qmoe_model_memory_of(const qmoe_model *m, qmoe_model_memory *out);
 /* Weight bytes one decoded token reads: every layer's attention, norms and router, K experts' gate, up
  * and down rows (each layer's own qtypes), the output norm, lm_head and one embedding row. */
 uint64_t qmoe_model_bytes_per_token(const qmoe_model *m);
-/* Accumulator of every stage that has variants (QMOE_ACC_F32 = 0, QMOE_ACC_F64 = 1; default f32). */
+/* Accumulator of every stage that has variants (QMOE_ACC_F32 = 0, QMOE_ACC_F64 = 1, QMOE_ACC_Q8 = 2; default
+ * f32). With q8 a row stage (matvec, moe_gate_up_swiglu, moe_down) whose weight qtype has a q8 variant runs
+ * q8; every other stage runs f32 (docs/q8.md). */
 int qmoe_model_set_acc(qmoe_model *m, int acc);
 
 /* Tracing: after each stage whose trace point (generated/c/trace_points.h) and layer are selected, its

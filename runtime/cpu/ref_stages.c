@@ -14,7 +14,10 @@
  *     accumulator choice but an error — and the rotation itself is done in REF_T;
  *   - router top-K is chosen by logit (softmax is monotonic), ties to the lower index;
  *   - every output is rounded to f32 once, at the end.
- * kv_store, add and argmax do not vary by accumulator; add_rmsnorm is add then rmsnorm (the norm in REF_T). */
+ * kv_store, add and argmax do not vary by accumulator; add_rmsnorm is add then rmsnorm (the norm in REF_T).
+ * A q8 call of a row stage (matvec, moe_gate_up_swiglu, moe_down) runs the same bodies on Q8 of the input
+ * vector (qmoe_q8_quantize, docs/q8.md) in the precision asked for: the CPU backend's f32 path, or the
+ * f64 / long-double paths on the same x'. */
 #ifndef REF_T
 #include <limits.h>
 #include <math.h>
@@ -58,7 +61,42 @@ static void decode_row(const qmoe_qtype_info *q, const void *w, int64_t r, int64
 #undef REF_A
 #undef REF_FN
 
+/* q8 is the f32 path on Q8(x): the stage functions quantize by the call's acc, whatever the precision. */
 qmoe_ref_prec qmoe_ref_prec_of(qmoe_acc acc) { return acc == QMOE_ACC_F64 ? QMOE_REF_F64 : QMOE_REF_F32; }
+
+static float f32_of_bits(uint32_t b) {
+  float f;
+  memcpy(&f, &b, sizeof f);
+  return f;
+}
+
+/* docs/q8.md, per group of 32: a = the largest |x| bit pattern (NaN and inf compare highest); a group holding
+ * an inf or NaN becomes NaN; else e = the smallest exponent with max|x| <= 127·2^e, at least -126, and
+ * x' = round-to-nearest-even(x·2^-e)·2^e. Both products are exact (powers of two, no overflow, and a product
+ * that underflows rounds to ±0 either way), so only the rounding to an integer rounds. */
+int qmoe_q8_quantize(const float *x, float *y, int64_t n) {
+  if (n < 0 || n % QMOE_Q8_GROUP) {
+    qmoe_set_error("qmoe_q8_quantize: n = %lld is not a multiple of the group size %d", (long long)n, QMOE_Q8_GROUP);
+    return QMOE_EINVAL;
+  }
+  for (int64_t g = 0; g < n; g += QMOE_Q8_GROUP) {
+    uint32_t a = 0;
+    for (int i = 0; i < QMOE_Q8_GROUP; i++) {
+      uint32_t b;
+      memcpy(&b, &x[g + i], sizeof b);
+      if ((b & 0x7fffffffu) > a) a = b & 0x7fffffffu;
+    }
+    if (a >= 0x7f800000u) {
+      for (int i = 0; i < QMOE_Q8_GROUP; i++) y[g + i] = f32_of_bits(0x7fc00000u);
+      continue;
+    }
+    int e = (int)(a >> 23) - 133 + ((a & 0x7fffffu) > 0x7e0000u ? 1 : 0);
+    if (e < -126) e = -126;
+    const float down = f32_of_bits((uint32_t)(127 - e) << 23), up = f32_of_bits((uint32_t)(127 + e) << 23);
+    for (int i = 0; i < QMOE_Q8_GROUP; i++) y[g + i] = nearbyintf(x[g + i] * down) * up;
+  }
+  return 0;
+}
 
 /* Expert ids must index one of the E experts (a GPU kernel would read out of bounds). */
 static int check_ids(const qmoe_stage_info *si, const int32_t *ids, int64_t K, int64_t E) {
@@ -113,9 +151,26 @@ int qmoe_ref_run(const qmoe_stage_call *c, qmoe_ref_prec prec, void *const ptr[Q
 #define REF_DISPATCH(fn, ...)                                                                                          \
   (prec == QMOE_REF_F32 ? fn##_f32(__VA_ARGS__) : prec == QMOE_REF_F64 ? fn##_f64(__VA_ARGS__) : fn##_ldbl(__VA_ARGS__))
 
+/* The input vector a row stage reads: X itself, or for a q8 call Q8(X) in a new *TMP (the caller frees it). */
+static const float *row_input(const qmoe_stage_call *c, const float *x, int64_t n, float **tmp) {
+  *tmp = NULL;
+  if (c->acc != QMOE_ACC_Q8) return x;
+  *tmp = qmoe_alloc((size_t)n * sizeof(float), "q8 input (CPU reference)");
+  if (*tmp && qmoe_q8_quantize(x, *tmp, n)) {
+    free(*tmp);
+    *tmp = NULL;
+  }
+  return *tmp;
+}
+
 int qmoe_ref_matvec(const qmoe_stage_call *c, qmoe_ref_prec prec, const qmoe_qtype_info *q, void *const *b) {
-  return REF_DISPATCH(ref_matvec, q, b[QMOE_B_MATVEC_W], b[QMOE_B_MATVEC_X], b[QMOE_B_MATVEC_Y], c->p[QMOE_P_MATVEC_ROWS],
-               c->p[QMOE_P_MATVEC_COLS]);
+  float *tmp;
+  const float *x = row_input(c, b[QMOE_B_MATVEC_X], c->p[QMOE_P_MATVEC_COLS], &tmp);
+  if (!x) return QMOE_ENOMEM;
+  int rc = REF_DISPATCH(ref_matvec, q, b[QMOE_B_MATVEC_W], x, b[QMOE_B_MATVEC_Y], c->p[QMOE_P_MATVEC_ROWS],
+                        c->p[QMOE_P_MATVEC_COLS]);
+  free(tmp);
+  return rc;
 }
 
 int qmoe_ref_moe_gate_up_swiglu(const qmoe_stage_call *c, qmoe_ref_prec prec, const qmoe_qtype_info *q,
@@ -124,17 +179,29 @@ int qmoe_ref_moe_gate_up_swiglu(const qmoe_stage_call *c, qmoe_ref_prec prec, co
   int rc = check_ids(qmoe_stage_info_get(c->stage), b[QMOE_B_MOE_GATE_UP_SWIGLU_IDS], p[QMOE_P_MOE_GATE_UP_SWIGLU_K],
                      p[QMOE_P_MOE_GATE_UP_SWIGLU_E]);
   if (rc) return rc;
-  return REF_DISPATCH(ref_moe_gate_up_swiglu, q, b[QMOE_B_MOE_GATE_UP_SWIGLU_WG], b[QMOE_B_MOE_GATE_UP_SWIGLU_WU],
-               b[QMOE_B_MOE_GATE_UP_SWIGLU_X], b[QMOE_B_MOE_GATE_UP_SWIGLU_IDS], b[QMOE_B_MOE_GATE_UP_SWIGLU_H],
-               p[QMOE_P_MOE_GATE_UP_SWIGLU_H], p[QMOE_P_MOE_GATE_UP_SWIGLU_F], p[QMOE_P_MOE_GATE_UP_SWIGLU_K]);
+  float *tmp;
+  const float *x = row_input(c, b[QMOE_B_MOE_GATE_UP_SWIGLU_X], p[QMOE_P_MOE_GATE_UP_SWIGLU_H], &tmp);
+  if (!x) return QMOE_ENOMEM;
+  rc = REF_DISPATCH(ref_moe_gate_up_swiglu, q, b[QMOE_B_MOE_GATE_UP_SWIGLU_WG], b[QMOE_B_MOE_GATE_UP_SWIGLU_WU], x,
+                    b[QMOE_B_MOE_GATE_UP_SWIGLU_IDS], b[QMOE_B_MOE_GATE_UP_SWIGLU_H], p[QMOE_P_MOE_GATE_UP_SWIGLU_H],
+                    p[QMOE_P_MOE_GATE_UP_SWIGLU_F], p[QMOE_P_MOE_GATE_UP_SWIGLU_K]);
+  free(tmp);
+  return rc;
 }
 
 int qmoe_ref_moe_down(const qmoe_stage_call *c, qmoe_ref_prec prec, const qmoe_qtype_info *q, void *const *b) {
   const int64_t *p = c->p;
   int rc = check_ids(qmoe_stage_info_get(c->stage), b[QMOE_B_MOE_DOWN_IDS], p[QMOE_P_MOE_DOWN_K], p[QMOE_P_MOE_DOWN_E]);
   if (rc) return rc;
-  return REF_DISPATCH(ref_moe_down, q, b[QMOE_B_MOE_DOWN_WD], b[QMOE_B_MOE_DOWN_H], b[QMOE_B_MOE_DOWN_IDS],
-               b[QMOE_B_MOE_DOWN_W], b[QMOE_B_MOE_DOWN_Y], p[QMOE_P_MOE_DOWN_H], p[QMOE_P_MOE_DOWN_F], p[QMOE_P_MOE_DOWN_K]);
+  /* Each slot's h[k] is quantized on its own: F is a whole number of blocks, so of groups of 32, and the
+   * groups of the K×F buffer are the slots' groups. */
+  float *tmp;
+  const float *h = row_input(c, b[QMOE_B_MOE_DOWN_H], p[QMOE_P_MOE_DOWN_K] * p[QMOE_P_MOE_DOWN_F], &tmp);
+  if (!h) return QMOE_ENOMEM;
+  rc = REF_DISPATCH(ref_moe_down, q, b[QMOE_B_MOE_DOWN_WD], h, b[QMOE_B_MOE_DOWN_IDS], b[QMOE_B_MOE_DOWN_W],
+                    b[QMOE_B_MOE_DOWN_Y], p[QMOE_P_MOE_DOWN_H], p[QMOE_P_MOE_DOWN_F], p[QMOE_P_MOE_DOWN_K]);
+  free(tmp);
+  return rc;
 }
 
 int qmoe_ref_router_topk(const qmoe_stage_call *c, qmoe_ref_prec prec, const qmoe_qtype_info *q, void *const *b) {

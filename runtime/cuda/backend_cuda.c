@@ -77,7 +77,7 @@ typedef struct {
   int pdl;                 /* on sm_90+ with cuGraphAddDependencies_v2 unless QMOE_CUDA_PDL=0: graph edges are
                             * programmatic (each kernel launches as the one before finishes, and waits in
                             * qmoe_grid_wait for its completion; docs/cuda.md) */
-  int64_t vcache[QMOE_STAGE_COUNT > 0 ? QMOE_STAGE_COUNT : 1][2][VCACHE_QTYPES]; /* variant index + 1, 0: unknown */
+  int64_t vcache[QMOE_STAGE_COUNT > 0 ? QMOE_STAGE_COUNT : 1][QMOE_ACC_COUNT][VCACHE_QTYPES]; /* variant index + 1, 0: unknown */
   graph_state g;
 } cuda_impl;
 
@@ -192,7 +192,6 @@ static int cu_sync(qmoe_backend *be) {
 
 /* ---- variants ---------------------------------------------------------------------------------------- */
 
-static const char *acc_name(qmoe_acc a) { return a == QMOE_ACC_F64 ? "f64" : "f32"; }
 
 /* The variant of (stage, qtype, acc), or QMOE_EUNSUPPORTED naming the stage, the tensor and the qtype and
  * listing what exists: never another format's or accumulator's kernel. */
@@ -204,7 +203,7 @@ static int find_variant(cuda_impl *im, const qmoe_stage_info *si, const qmoe_sta
     const qmoe_cuda_variant *v = &im->vars[i];
     if (strcmp(v->stage, si->name) != 0) continue;
     int q_ok = si->varies_by_qtype ? v->ggml_type == c->qtype : c->qtype == -1;
-    int a_ok = si->varies_by_acc ? !strcmp(v->acc, acc_name(c->acc)) : 1;
+    int a_ok = si->varies_by_acc ? !strcmp(v->acc, qmoe_acc_name(c->acc)) : 1;
     if (q_ok && a_ok) {
       *out = i;
       return 0;
@@ -222,7 +221,7 @@ static int find_variant(cuda_impl *im, const qmoe_stage_info *si, const qmoe_sta
   }
   if (acc_missing || !si->varies_by_qtype)
     qmoe_set_error("cuda backend: stage %s has no %s-accumulator CUDA kernel for tensor '%s' (qtype %s); it has: %s",
-                   si->name, acc_name(c->acc), tensor, si->varies_by_qtype ? qmoe_qtype_name(c->qtype) : "-",
+                   si->name, qmoe_acc_name(c->acc), tensor, si->varies_by_qtype ? qmoe_qtype_name(c->qtype) : "-",
                    have[0] ? have : "none");
   else
     qmoe_set_error("cuda backend: stage %s has no CUDA kernel for tensor '%s' of qtype %s (ggml type %d); kernels "
@@ -491,9 +490,9 @@ static int cu_run(qmoe_backend *be, const qmoe_stage_call *c) {
     qmoe_set_error("cuda backend: unknown stage id %d (valid: 0..%d)", (int)c->stage, QMOE_STAGE_COUNT - 1);
     return QMOE_EINVAL;
   }
-  if (c->acc != QMOE_ACC_F32 && c->acc != QMOE_ACC_F64) {
-    qmoe_set_error("cuda backend: stage %s: unknown accumulator %d (valid: QMOE_ACC_F32, QMOE_ACC_F64)", si->name,
-                   (int)c->acc);
+  if ((unsigned)c->acc >= QMOE_ACC_COUNT) {
+    qmoe_set_error("cuda backend: stage %s: unknown accumulator %d (valid: QMOE_ACC_F32, QMOE_ACC_F64, QMOE_ACC_Q8)",
+                   si->name, (int)c->acc);
     return QMOE_EINVAL;
   }
   size_t vi;

@@ -500,8 +500,8 @@ uint64_t qmoe_model_bytes_per_token(const qmoe_model *m) {
 }
 
 int qmoe_model_set_acc(qmoe_model *m, int acc) {
-  if (acc != QMOE_ACC_F32 && acc != QMOE_ACC_F64) {
-    qmoe_set_error("accumulator %d is neither f32 (0) nor f64 (1)", acc);
+  if (acc < 0 || acc >= QMOE_ACC_COUNT) {
+    qmoe_set_error("accumulator %d is none of f32 (0), f64 (1), q8 (2)", acc);
     return QMOE_EINVAL;
   }
   m->acc = (qmoe_acc)acc;
@@ -594,10 +594,13 @@ static uint64_t call_weight_bytes(const qmoe_model *m, const qmoe_stage_call *c,
   return w->t->nbytes;
 }
 
-/* Runs one stage call with the model's accumulator and the weight's qtype and name. */
+/* Runs one stage call with the model's accumulator and the weight's qtype and name. q8 exists only for the
+ * row stages of integer block formats (docs/q8.md): any other (stage, qtype) of a q8 model runs f32. */
 static int run(qmoe_model *m, qmoe_stage_call *c, const qmoe_weight *w) {
   c->acc = m->acc;
   if (w) c->qtype = w->t->type, c->tensor = w->t->name;
+  if (c->acc == QMOE_ACC_Q8 && !qmoe_stage_has_acc(qmoe_stage_info_get(c->stage), c->qtype, QMOE_ACC_Q8))
+    c->acc = QMOE_ACC_F32;
   if (m->call_fn) {
     char label[96];
     call_label(c, w, label, sizeof label);

@@ -10,7 +10,14 @@
  * from contracts/stages/ by codegen/gen_stages.lua. */
 #include "stage_ids.h"
 
-typedef enum { QMOE_ACC_F32 = 0, QMOE_ACC_F64 = 1, QMOE_ACC_COUNT } qmoe_acc;
+/* Accumulator variants (docs/stages.md): f32, f64, and q8 = the f32 variant on the input vector rounded to
+ * 8-bit values per group of 32 (docs/q8.md; only the row stages of integer block formats have it). */
+typedef enum { QMOE_ACC_F32 = 0, QMOE_ACC_F64 = 1, QMOE_ACC_Q8 = 2, QMOE_ACC_COUNT } qmoe_acc;
+
+/* "f32", "f64", "q8"; "?" for anything else. */
+const char *qmoe_acc_name(int acc);
+/* The accumulator named NAME ("f32", "f64", "q8"), or -1. */
+int qmoe_acc_by_name(const char *name);
 
 enum { QMOE_STAGE_MAX_PARAMS = 8, QMOE_STAGE_MAX_FPARAMS = 4, QMOE_STAGE_MAX_BUFS = 8 };
 

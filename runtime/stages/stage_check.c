@@ -16,6 +16,16 @@ const char *qmoe_qtype_name(int ggml_type) {
   return buf;
 }
 
+const char *qmoe_acc_name(int acc) {
+  return acc == QMOE_ACC_F32 ? "f32" : acc == QMOE_ACC_F64 ? "f64" : acc == QMOE_ACC_Q8 ? "q8" : "?";
+}
+
+int qmoe_acc_by_name(const char *name) {
+  for (int a = 0; name && a < QMOE_ACC_COUNT; a++)
+    if (!strcmp(name, qmoe_acc_name(a))) return a;
+  return -1;
+}
+
 static const char *tensor_of(const qmoe_stage_call *c, const qmoe_stage_info *si, int buf) {
   return c->tensor ? c->tensor : si->buf_names[buf];
 }
@@ -62,13 +72,25 @@ int qmoe_stage_check(const qmoe_stage_call *c, size_t need[QMOE_STAGE_MAX_BUFS])
     qmoe_set_error("unknown stage id %d (valid: 0..%d)", c ? (int)c->stage : -1, QMOE_STAGE_COUNT - 1);
     return QMOE_EINVAL;
   }
-  if (c->acc != QMOE_ACC_F32 && c->acc != QMOE_ACC_F64) {
-    qmoe_set_error("stage %s: unknown accumulator %d (valid: QMOE_ACC_F32, QMOE_ACC_F64)", si->name, (int)c->acc);
+  if ((unsigned)c->acc >= QMOE_ACC_COUNT) {
+    qmoe_set_error("stage %s: unknown accumulator %d (valid: QMOE_ACC_F32, QMOE_ACC_F64, QMOE_ACC_Q8)", si->name,
+                   (int)c->acc);
     return QMOE_EINVAL;
   }
   const qmoe_qtype_info *q;
   int rc = check_qtype(c, si, &q);
   if (rc) return rc;
+  if (!qmoe_stage_has_acc(si, c->qtype, c->acc)) {
+    char listed[64] = "";
+    size_t len = 0;
+    for (int i = 0; i < si->n_accs && len < sizeof listed; i++)
+      if (qmoe_stage_has_acc(si, c->qtype, si->accs[i]))
+        len += (size_t)snprintf(listed + len, sizeof listed - len, "%s%s", len ? ", " : "", qmoe_acc_name(si->accs[i]));
+    qmoe_set_error("stage %s%s%s%s%s has no %s variant (accumulators: %s; docs/q8.md)", si->name,
+                   q ? ": tensor '" : "", q ? tensor_of(c, si, weight_buf(si)) : "", q ? "' of qtype " : "",
+                   q ? q->name : "", qmoe_acc_name(c->acc), listed[0] ? listed : "none");
+    return QMOE_EUNSUPPORTED;
+  }
   for (int i = 0; i < si->n_params; i++) {
     if (c->p[i] < si->param_min[i] || c->p[i] > INT32_MAX) {
       qmoe_set_error("stage %s: param %s = %lld is out of range (%lld <= %s <= 2^31-1)", si->name, si->params[i],

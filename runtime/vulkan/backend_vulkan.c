@@ -36,7 +36,6 @@ _Static_assert(sizeof(vk_push) == QMOE_VK_PUSH_BYTES, "params are 128 bytes");
 
 static vk_backend *impl(qmoe_backend *be) { return be->impl; }
 
-static const char *acc_name(int acc) { return acc == QMOE_ACC_F64 ? "f64" : acc == QMOE_ACC_F32 ? "f32" : "?"; }
 
 /* ---- buffers ---- */
 
@@ -120,10 +119,10 @@ static int lookup(const qmoe_stage_call *c, const qmoe_stage_info *si, const qmo
     qmoe_set_error("vulkan: stage %s has no variant for tensor '%s' of qtype %s with %s accumulators "
                    "(Vulkan variants: %s)",
                    si->name, c->tensor ? c->tensor : si->buf_names[0], qmoe_qtype_name(c->qtype),
-                   acc_name(c->acc), list[0] ? list : "none");
+                   qmoe_acc_name(c->acc), list[0] ? list : "none");
   else
     qmoe_set_error("vulkan: stage %s has no variant with %s accumulators (Vulkan variants: %s)", si->name,
-                   acc_name(c->acc), list[0] ? list : "none");
+                   qmoe_acc_name(c->acc), list[0] ? list : "none");
   return QMOE_EUNSUPPORTED;
 }
 
@@ -141,8 +140,9 @@ static int vkb_run(qmoe_backend *be, const qmoe_stage_call *c) {
     qmoe_set_error("vulkan run: unknown stage id %d", (int)c->stage);
     return QMOE_EINVAL;
   }
-  if (c->acc != QMOE_ACC_F32 && c->acc != QMOE_ACC_F64) {
-    qmoe_set_error("vulkan: stage %s: unknown accumulator %d", si->name, (int)c->acc);
+  if ((unsigned)c->acc >= QMOE_ACC_COUNT) {
+    qmoe_set_error("vulkan: stage %s: unknown accumulator %d (valid: QMOE_ACC_F32, QMOE_ACC_F64, QMOE_ACC_Q8)", si->name,
+                   (int)c->acc);
     return QMOE_EINVAL;
   }
   const qmoe_vk_variant *v;

@@ -623,9 +623,12 @@ static void check_stage_falsifier(pv_set *set, pv_file *f, const pv_stage *s, co
   if (c->stages.n && !list_has(&c->stages, s->name.s))
     ERR(ref->node, "E236", "%s applies only to the stages its check.stages lists (%s:%d), not to '%s'; remove it here "
         "or add the stage there", ref->s, d->file->path, c->stages.node->line, s->name.s);
-  if (c->acc.node && !strcmp(c->acc.s, "f64") && s->varies_by.node && !list_has(&s->varies_by, "acc"))
-    ERR(ref->node, "E236", "%s checks f64 accumulators but this stage does not vary by acc; remove it here",
-        ref->s);
+  if (c->acc.node && strcmp(c->acc.s, "f32") && s->varies_by.node && !list_has(&s->varies_by, "acc"))
+    ERR(ref->node, "E236", "%s checks %s accumulators but this stage does not vary by acc; remove it here",
+        ref->s, c->acc.s);
+  else if (c->acc.node && strcmp(c->acc.s, "f32") && s->accumulators.node && !list_has(&s->accumulators, c->acc.s))
+    ERR(ref->node, "E236", "%s checks %s accumulators but this stage's accumulators do not list %s; remove it here "
+        "or add %s there", ref->s, c->acc.s, c->acc.s, c->acc.s);
 }
 
 static void check_refs(pv_set *set, def_table *t, pv_file *f, size_t *budget) {

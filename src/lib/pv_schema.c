@@ -8,7 +8,7 @@
 /* ---- Enumerations --------------------------------------------------------------------------------- */
 
 static const char *const FIELD_TYPES[] = { "u8", "i8", "u16", "i16", "f16", "bf16", "f32", NULL };
-static const char *const ACCS[] = { "f32", "f64", NULL };
+static const char *const ACCS[] = { "f32", "f64", "q8", NULL };
 static const char *const VARIES[] = { "qtype", "acc", NULL };
 static const char *const PARAM_TYPES[] = { "int", "float", NULL };
 static const char *const DTYPES[] = { "f32", "i32", "qtype", NULL };
@@ -97,7 +97,7 @@ static const pv_key QUANT_KEYS[] = {
     .range = PV_R_GE1, .max = BLOCK_MAX, .doc = "bytes per block; the fields tile it exactly" },
   { .name = "accumulators", .type = PV_T_LIST, .flags = PV_REQ | PV_NONEMPTY | PV_UNIQUE,
     .off = offsetof(pv_quant, accumulators), .elem = PV_T_STR, .enums = ACCS,
-    .max_len = 2, .doc = "accumulator precisions kernels are generated for" },
+    .max_len = 3, .doc = "accumulator variants kernels are generated for (q8: integer block formats only)" },
   { .name = "fields", .type = PV_T_LIST, .flags = PV_REQ | PV_NONEMPTY, .off = offsetof(pv_quant, fields),
     .elem = PV_T_REC, .rec = &QUANT_FIELD, .max_len = 256, .doc = "the block layout" },
   { .name = "decode", .type = PV_T_REC, .flags = PV_REQ, .off = offsetof(pv_quant, decode), .rec = &QUANT_DECODE,

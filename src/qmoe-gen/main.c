@@ -19,7 +19,7 @@ extern const qmoe_embedded qmoe_embedded_spirv[];
 extern const size_t qmoe_embedded_spirv_count;
 
 static const char *const USAGE =
-    "usage: qmoe-gen [--stage NAME] [--qtype NAME] [--acc f32|f64] [--target cuda|glsl|spirv|c] [--pass NAME]\n"
+    "usage: qmoe-gen [--stage NAME] [--qtype NAME] [--acc f32|f64|q8] [--target cuda|glsl|spirv|c] [--pass NAME]\n"
     "                [--compile] [-o FILE]\n"
     "       qmoe-gen --list\n"
     "Prints one kernel variant of a stage (default matvec) as the build generated it:\n"
@@ -30,7 +30,8 @@ static const char *const USAGE =
     "  --target c      the qtype's generated C codec (generated/c/quant_<qtype>.c)\n"
     "  --pass NAME     one shader of a multi-pass Vulkan variant (e.g. router_topk: logits, select)\n"
     "  --list          every variant: stage, qtype, accumulator and the targets that exist\n"
-    "Names: qtypes as in the contracts or GGUF (q6_k, q6k, Q6_K); accumulators f32/fp32, f64/fp64.\n"
+    "Names: qtypes as in the contracts or GGUF (q6_k, q6k, Q6_K); accumulators f32/fp32, f64/fp64, q8\n"
+    "(8-bit activations: matvec, moe_gate_up_swiglu and moe_down of integer block formats; docs/q8.md).\n"
     "The source tree is found from QMOE_SOURCE_DIR, else above this program, else the current directory.\n";
 
 static int usage_error(const char *fmt, const char *arg) {
@@ -46,7 +47,7 @@ static int streq_ci(const char *a, const char *b) {
   return *a == *b;
 }
 
-static const char *acc_str(qmoe_acc a) { return a == QMOE_ACC_F64 ? "f64" : "f32"; }
+static const char *acc_str(qmoe_acc a) { return qmoe_acc_name(a); }
 
 /* ---- the source tree (for GLSL and C sources, which libqmoe does not embed as text) ------------------- */
 
@@ -249,7 +250,8 @@ int main(int argc, char **argv) {
   if (acc) {
     if (streq_ci(acc, "f32") || streq_ci(acc, "fp32")) accv = QMOE_ACC_F32;
     else if (streq_ci(acc, "f64") || streq_ci(acc, "fp64")) accv = QMOE_ACC_F64;
-    else return usage_error("unknown --acc '%s' (valid: f32, fp32, f64, fp64)", acc);
+    else if (streq_ci(acc, "q8")) accv = QMOE_ACC_Q8;
+    else return usage_error("unknown --acc '%s' (valid: f32, fp32, f64, fp64, q8)", acc);
   }
 
   if (t == 3) { /* the qtype's C codec: one file per qtype, whatever the stage */
@@ -296,6 +298,11 @@ int main(int argc, char **argv) {
   }
   if (si->varies_by_acc && accv < 0) {
     fprintf(stderr, "qmoe-gen: stage %s varies by accumulator: give --acc f32 or --acc f64\n", si->name);
+    return 2;
+  }
+  if (accv >= 0 && !qmoe_stage_has_acc(si, q ? q->ggml_type : -1, accv)) {
+    fprintf(stderr, "qmoe-gen: stage %s has no %s variant%s%s (docs/q8.md: q8 is for the row stages of integer "
+            "block formats)\n", si->name, acc_str((qmoe_acc)accv), q ? " for qtype " : "", q ? q->name : "");
     return 2;
   }
   if (!si->varies_by_acc && accv >= 0) {

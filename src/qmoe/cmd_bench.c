@@ -8,7 +8,7 @@
 #include "bench_timers.h"
 
 static const char usage[] =
-  "usage: qmoe bench -m FILE --backend B [-p 512] [-n 128] [--acc f32|f64] [--repeats R] [--ctx N]\n"
+  "usage: qmoe bench -m FILE --backend B [-p 512] [-n 128] [--acc f32|f64|q8] [--repeats R] [--ctx N]\n"
   "                  [--copy-mib M] [--json]\n"
   "Times a prefill of -p tokens and a greedy decode of -n tokens, R times after one warm-up, and reports the\n"
   "median tokens/s of each. Timing: device timers where the backend has them (Vulkan timestamps, CUDA\n"
@@ -289,7 +289,7 @@ static int run(int argc, char **argv) {
            "\"memory\":{\"weights\":%llu,\"kv_cache\":%llu,\"workspace\":%llu},\"timer\":\"%s\","
            "\"copy_measured\":\"add stage y = a + b, %lld MiB f32 vectors, 8 calls per sync, (2 reads + 1 write) / time, "
            "median of 5\"",
-           path, backend, acc == QMOE_ACC_F64 ? "f64" : "f32", (long long)P, (long long)N, (long long)R, prefill,
+           path, backend, qmoe_acc_name(acc), (long long)P, (long long)N, (long long)R, prefill,
            (long long)qmoe_model_prefill_chunk(m), decode, (unsigned long long)bpt, gbs, frac, (unsigned long long)mem.weights,
            (unsigned long long)mem.kv_cache, (unsigned long long)mem.workspace, timer, (long long)copy_mib);
     if (o[O_STAGES].value) {
@@ -307,7 +307,7 @@ static int run(int argc, char **argv) {
            (long long)(depth + P + N - 1));
   } else {
     printf("model %s on %s (acc %s), median of %lld after a warm-up (%s)\n", path, backend,
-           acc == QMOE_ACC_F64 ? "f64" : "f32", (long long)R, timer);
+           qmoe_acc_name(acc), (long long)R, timer);
     printf("  prefill  %lld tokens: %.2f tokens/s (%lld tokens per stage call)\n", (long long)P, prefill,
            (long long)qmoe_model_prefill_chunk(m));
     printf("  decode   %lld tokens: %.2f tokens/s (positions %lld..%lld)\n", (long long)N, decode, (long long)(depth + P),

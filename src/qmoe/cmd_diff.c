@@ -29,7 +29,7 @@ static const char usage[] =
   "  --plot FILE    an SVG heat map, layers x points, of -log10(1 - cosine); divergent cells crossed\n"
   "Run mode: traces the prompt on backends A and B (cpu, vulkan, cuda) in-process and compares the traces:\n"
   "  -m MODEL       a qwen3moe GGUF;  -p TEXT  encoded with its tokenizer;  --tokens IDS  comma-separated ids\n"
-  "  --acc X[,Y]    accumulators, one for both or one per backend (f32, f64; default f32)\n"
+  "  --acc X[,Y]    accumulators, one for both or one per backend (f32, f64, q8; default f32)\n"
   "  --stages LIST  trace points to record (default all; `qmoe trace --stages list`); --layers A..B (default all)\n"
   "exit status: 0 every point Match, 1 some point is not Match, 2 error\n"
   "examples: qmoe diff cpu.trace.gguf vulkan.trace.gguf --plot diff.svg\n"
@@ -757,7 +757,7 @@ static int run_backends(const char *model, const char *backends, const char *pro
   char path[2][4200];
   for (int k = 0; k < 2; k++) {
     snprintf(path[k], sizeof path[k], "%s/%c-%s.trace.gguf", dir, 'a' + k, be[k]);
-    fprintf(stderr, "qmoe diff: tracing %zu tokens on %s (%s)\n", n_ids, be[k], acc[k] == QMOE_ACC_F64 ? "f64" : "f32");
+    fprintf(stderr, "qmoe diff: tracing %zu tokens on %s (%s)\n", n_ids, be[k], qmoe_acc_name(acc[k]));
     if (cli_trace_record("diff", model, be[k], acc[k], n_ctx, points, first, end, ids, n_ids, path[k], 1)) {
       status = 2;
       break;
@@ -767,7 +767,7 @@ static int run_backends(const char *model, const char *backends, const char *pro
   if (status == 0) {
     const char *in[2] = { path[0], path[1] };
     char lab[2][160];
-    for (int k = 0; k < 2; k++) snprintf(lab[k], sizeof lab[k], "%s %s", be[k], acc[k] == QMOE_ACC_F64 ? "f64" : "f32");
+    for (int k = 0; k < 2; k++) snprintf(lab[k], sizeof lab[k], "%s %s", be[k], qmoe_acc_name(acc[k]));
     const char *label[2] = { lab[0], lab[1] };
     status = diff_files(in, json, plot, have_min, cos_min, fz, model, label);
   }

@@ -8,7 +8,7 @@
 #include "cmd.h"
 
 static const char usage[] =
-  "usage: qmoe run [-m FILE] [--backend cpu|vulkan|cuda] (-p TEXT | --tokens IDS) [-n N] [--acc f32|f64]\n"
+  "usage: qmoe run [-m FILE] [--backend cpu|vulkan|cuda] (-p TEXT | --tokens IDS) [-n N] [--acc f32|f64|q8]\n"
   "                [--temp T] [--top-k K] [--top-p P] [--seed S] [--chat] [--ctx N] [--ignore-eos] [--json]\n"
   "Runs a qwen3moe model: the prompt goes through the KV cache once (prefill), then N tokens are generated\n"
   "one at a time (decode) and printed as they come; the last lines on stderr give prefill and decode\n"
@@ -18,7 +18,8 @@ static const char usage[] =
   "  -p TEXT          the prompt as text (needs the tokenizer in the file)\n"
   "  --tokens IDS     the prompt as token ids, comma-separated: 1,2,3\n"
   "  -n N             tokens to generate (default 32)\n"
-  "  --acc f32|f64    accumulator variants of the stages (default f32)\n"
+  "  --acc A          accumulator variants of the stages: f32 (default), f64, or q8 (8-bit activations for\n"
+  "                   the row stages of integer-quantized weights, every other stage f32; docs/q8.md)\n"
   "  --temp T         sampling temperature (default 0: greedy)\n"
   "  --top-k K        sample among the K most likely tokens (default 0: all)\n"
   "  --top-p P        ... and the smallest set with probability mass P (default 1)\n"
@@ -181,7 +182,7 @@ static int run(int argc, char **argv) {
     fflush(stdout); /* the text before the rates, also when both streams go to one file */
     fprintf(stderr, "qmoe run: prefill %zu tokens in %.3f s (%.2f tokens/s); decode %zu tokens in %.3f s "
             "(%.2f tokens/s); %s, acc %s\n", n_prompt, t1 - t0, n_prompt / (t1 - t0), n_out - 1, t2 - t1,
-            n_out > 1 ? (double)(n_out - 1) / (t2 - t1) : 0.0, backend, acc == QMOE_ACC_F64 ? "f64" : "f32");
+            n_out > 1 ? (double)(n_out - 1) / (t2 - t1) : 0.0, backend, qmoe_acc_name(acc));
   }
   rc = 0;
 done:

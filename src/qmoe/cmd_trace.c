@@ -8,7 +8,7 @@
 #include "trace_record.h"
 
 static const char usage[] =
-  "usage: qmoe trace -m FILE [--backend B] (-p TEXT | --tokens IDS) [--acc f32|f64] [--stages LIST|all]\n"
+  "usage: qmoe trace -m FILE [--backend B] (-p TEXT | --tokens IDS) [--acc f32|f64|q8] [--stages LIST|all]\n"
   "                  [--layers A..B|all] [--ctx N] -o TRACE.gguf\n"
   "Feeds the tokens through the model (prefill, one position at a time) and records the output of every\n"
   "chosen stage at every chosen layer and position into TRACE.gguf: tensors blk.<L>.<point> (per-layer\n"

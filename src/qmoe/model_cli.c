@@ -55,9 +55,8 @@ bad:
 }
 
 int cli_parse_acc(const char *cmd, const char *s, int *acc) {
-  if (!s || !strcmp(s, "f32")) *acc = QMOE_ACC_F32;
-  else if (!strcmp(s, "f64")) *acc = QMOE_ACC_F64;
-  else return cli_error(cmd, "--acc '%s': expected f32 or f64", s);
+  if (!s) *acc = QMOE_ACC_F32;
+  else if ((*acc = qmoe_acc_by_name(s)) < 0) return cli_error(cmd, "--acc '%s': expected f32, f64 or q8", s);
   return 0;
 }
 

@@ -89,7 +89,7 @@ int cli_trace_record(const char *cmd, const char *model_path, const char *backen
   }
   w = qmoe_gguf_writer_new();
   char source[128];
-  snprintf(source, sizeof source, "qmoe %s %s", backend, acc == QMOE_ACC_F64 ? "f64" : "f32");
+  snprintf(source, sizeof source, "qmoe %s %s", backend, qmoe_acc_name(acc));
   const char *bn = strrchr(model_path, '/') ? strrchr(model_path, '/') + 1 : model_path;
   if (!w || qmoe_gguf_writer_add_input(w, model_path) || qmoe_gguf_writer_set_u32(w, "qmoe.trace.version", 1) ||
       qmoe_gguf_writer_set_str(w, "qmoe.trace.source", source, strlen(source)) ||

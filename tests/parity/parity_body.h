@@ -1,5 +1,5 @@
 /* parity_body.h: the parity test of one backend (named by the including test_parity_<backend>.c) against
- * the CPU reference for every stage × qtype × accumulator of contracts/stages (f32 variants against the
+ * the CPU reference for every stage × qtype × accumulator of contracts/stages (f32 and q8 variants against the
  * reference's f32 path, f64 variants against its long-double oracle), plus the mixed-qtype MoE layer, a call
  * with a qtype that has no variant, and bitwise determinism.
  * Inputs are fresh random data each run (seed printed); outputs are poisoned with NaN before each run.
@@ -327,7 +327,8 @@ static int run_backend(prepared *pr, unsigned char *out[QMOE_STAGE_MAX_BUFS], ch
 }
 
 /* Runs the CPU reference on copies of the host buffers: f32 variants against the reference's f32 path,
- * f64 variants against the long-double oracle. */
+ * f64 variants against the long-double oracle, q8 variants against the f32 path on Q8(x) (the reference
+ * quantizes by the call's acc). */
 static int run_reference_prec(prepared *pr, qmoe_ref_prec prec, unsigned char *out[QMOE_STAGE_MAX_BUFS], char *why,
                               size_t whylen) {
   void *ptr[QMOE_STAGE_MAX_BUFS] = {0};
@@ -375,8 +376,10 @@ static void compare_f32(const char *name, const float *a, const float *b, size_t
   double maxrel = maxb > 0 ? maxd / maxb : (maxd > 0 ? INFINITY : 0);
   if (!isnan(m->nmse) && nmse > m->nmse) m->nmse = nmse; /* a NaN (an unmeasured output) stays */
   if (!isnan(m->maxrel) && maxrel > m->maxrel) m->maxrel = maxrel;
-  const char *nmse_id = pc->acc == QMOE_ACC_F64 ? "FALSIFY-STAGE-PARITY-F64" : "FALSIFY-STAGE-PARITY-F32";
-  const char *rel_id = pc->acc == QMOE_ACC_F64 ? "FALSIFY-STAGE-MAXREL-F64" : "FALSIFY-STAGE-MAXREL-F32";
+  const char *nmse_id = pc->acc == QMOE_ACC_F64 ? "FALSIFY-STAGE-PARITY-F64"
+                        : pc->acc == QMOE_ACC_Q8 ? "FALSIFY-STAGE-PARITY-Q8" : "FALSIFY-STAGE-PARITY-F32";
+  const char *rel_id = pc->acc == QMOE_ACC_F64 ? "FALSIFY-STAGE-MAXREL-F64"
+                       : pc->acc == QMOE_ACC_Q8 ? "FALSIFY-STAGE-MAXREL-Q8" : "FALSIFY-STAGE-MAXREL-F32";
   CHECK(nmse <= pc->nmse_max, "%s: %s nmse %.3g > %.3g", nmse_id, name, nmse, pc->nmse_max);
   CHECK(maxrel <= pc->maxrel_max, "%s: %s max_abs_rel %.3g > %.3g", rel_id, name, maxrel, pc->maxrel_max);
 }
@@ -547,7 +550,7 @@ static void test_mixed_qtype(void) {
           memcpy(down.host[dn_h], same_up[up_h], up.size[up_h]);
           if (!run_reference_prec(&down, prec, same_down, why, sizeof why))
             CHECK(!memcmp(y, same_down[dn_y], down.size[dn_y]), "FALSIFY-QTYPE-DISPATCH: y differs from the reference's "
-                  "own %s path", mixed_acc == QMOE_ACC_F64 ? "f64" : "f32");
+                  "own %s path", qmoe_acc_name(mixed_acc));
         }
         free_outs(same_up);
         free_outs(same_down);
@@ -627,7 +630,7 @@ int main(void) {
   }
   for (int a = 0; a < QMOE_ACC_COUNT; a++) {
     mixed_acc = (qmoe_acc)a;
-    snprintf(case_name, sizeof case_name, "mixed_qtype_moe/q4_k+q6_k/%s", a == QMOE_ACC_F64 ? "f64" : "f32");
+    snprintf(case_name, sizeof case_name, "mixed_qtype_moe/q4_k+q6_k/%s", qmoe_acc_name(a));
     RUN_NAMED(case_name, test_mixed_qtype);
   }
   for (int s = 0; s < QMOE_STAGE_TABLE_COUNT; s++) {

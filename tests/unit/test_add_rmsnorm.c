@@ -64,7 +64,7 @@ static void check_size(int64_t n) {
     nonzero |= sum[i] != 0.0f;
   }
   CHECK(nonzero, "n = %lld: the random sums are all zero", (long long)n);
-  for (int acc = 0; acc < QMOE_ACC_COUNT; acc++) {
+  for (int acc = 0; acc <= QMOE_ACC_F64; acc++) { /* its accumulators (q8: row stages only) */
     const char *an = acc == QMOE_ACC_F64 ? "f64" : "f32";
     for (int in_place = 0; in_place < 2; in_place++) {
       const char *how = in_place ? "in place" : "out of place";

@@ -24,7 +24,7 @@ static void test_ids(void) {
   REQUIRE(be->upload(be, bw, 0, W, sizeof W) == 0, "upload: %s", qmoe_last_error());
   const int32_t ids[] = { 3, 0, ROWS - 1, ROWS, -1, INT32_MAX };
   for (size_t t = 0; t < sizeof ids / sizeof ids[0]; t++) {
-    for (int acc = 0; acc < QMOE_ACC_COUNT; acc++) {
+    for (int acc = 0; acc <= QMOE_ACC_F64; acc++) { /* its accumulators (q8: row stages only) */
       qmoe_stage_call c;
       qmoe_call_embed_rows(&c, COLS, ROWS, bw, bid, by);
       c.qtype = 0; /* f32 */

@@ -157,7 +157,7 @@ static double cosine(const float *a, const float *b, int n) {
   return ab / sqrt(aa * bb);
 }
 
-static run_result cpu32, cpu64, other;
+static run_result cpu32, cpu64, cpu8, other;
 static const char *gpu;
 static char skip_why[512];
 
@@ -177,8 +177,11 @@ static void cpu_is_deterministic(void) {
   free(again);
 }
 
+/* f32 or q8 (gpu_acc) on the GPU against the CPU's run of the same accumulator. */
+static int gpu_acc;
 static void gpu_f32_matches_cpu(void) {
-  int ran = run_on(gpu, QMOE_ACC_F32, &other, skip_why, sizeof skip_why);
+  const run_result *cpu = gpu_acc == QMOE_ACC_Q8 ? &cpu8 : &cpu32;
+  int ran = run_on(gpu, gpu_acc, &other, skip_why, sizeof skip_why);
   if (ran == 0) {
     if (require_backend()) REQUIRE(0, "%s (QMOE_TEST_REQUIRE_BACKEND is set)", skip_why);
     SKIP("%s", skip_why);
@@ -188,17 +191,37 @@ static void gpu_f32_matches_cpu(void) {
   int wl = -1, wp = -1;
   for (int l = 0; l < NL; l++)
     for (int p = 0; p < NP; p++) {
-      double c = cosine(other.l_out[l][p], cpu32.l_out[l][p], H);
+      double c = cosine(other.l_out[l][p], cpu->l_out[l][p], H);
       if (!(c >= worst)) worst = c, wl = l, wp = p;
     }
   CHECK(worst >= 0.9999, "layer %d position %d: l_out cosine %.7f vs cpu (FALSIFY-LAYER-COSINE)", wl, wp, worst);
-  CHECK(!memcmp(other.gen, cpu32.gen, sizeof other.gen), "greedy tokens differ from cpu (FALSIFY-GREEDY-TOKENS): "
-        "%d %d %d %d vs %d %d %d %d", other.gen[0], other.gen[1], other.gen[2], other.gen[3], cpu32.gen[0],
-        cpu32.gen[1], cpu32.gen[2], cpu32.gen[3]);
+  CHECK(!memcmp(other.gen, cpu->gen, sizeof other.gen), "greedy tokens differ from cpu (FALSIFY-GREEDY-TOKENS): "
+        "%d %d %d %d vs %d %d %d %d", other.gen[0], other.gen[1], other.gen[2], other.gen[3], cpu->gen[0],
+        cpu->gen[1], cpu->gen[2], cpu->gen[3]);
   run_result *again = malloc(sizeof *again);
-  REQUIRE(again && run_on(gpu, QMOE_ACC_F32, again, skip_why, sizeof skip_why) == 1, "second run");
+  REQUIRE(again && run_on(gpu, gpu_acc, again, skip_why, sizeof skip_why) == 1, "second run");
   CHECK(!memcmp(again, &other, sizeof other), "two %s runs differ (FALSIFY-DETERMINISM)", gpu);
   free(again);
+}
+
+/* q8 on the CPU (docs/q8.md: the row stages of integer-quantized weights on 8-bit activations, the rest f32):
+ * deterministic, finite, not the f32 forward (the rounding is applied) and close to it (it costs only that
+ * rounding: l_out cosine against f32 at least 0.999). */
+static void cpu_q8(void) {
+  run_result *again = malloc(sizeof *again);
+  REQUIRE(again, "out of memory");
+  REQUIRE(run_on("cpu", QMOE_ACC_Q8, again, skip_why, sizeof skip_why) == 1, "cpu q8 run");
+  CHECK(!memcmp(again, &cpu8, sizeof cpu8), "two cpu q8 runs differ");
+  free(again);
+  int finite = 1;
+  for (int i = 0; i < V; i++) finite &= isfinite(cpu8.logits[i]);
+  CHECK(finite, "non-finite q8 logits");
+  CHECK(memcmp(cpu8.logits, cpu32.logits, sizeof cpu8.logits), "q8 logits equal the f32 ones bit for bit: no Q8 applied");
+  double worst = 1;
+  for (int l = 0; l < NL; l++)
+    for (int p = 0; p < NP; p++) worst = fmin(worst, cosine(cpu8.l_out[l][p], cpu32.l_out[l][p], H));
+  CHECK(worst >= 0.999, "q8 against f32 on the cpu: l_out cosine %.7f < 0.999", worst);
+  printf("# model/cpu/q8: l_out cosine against f32 >= %.7f\n", worst);
 }
 
 static void gpu_f64_matches_cpu(void) {
@@ -220,7 +243,7 @@ static void gpu_f64_matches_cpu(void) {
 }
 
 /* FALSIFY-TOKENS over the whole forward: a 37-token prompt read in chunks of 16 (16 + 16 + 5 tokens per stage
- * call), of 4 and one position at a time gives the same logits and argmax, bit for bit, f32 and f64. */
+ * call), of 4 and one position at a time gives the same logits and argmax, bit for bit, f32, f64 and q8. */
 static const char *chunk_backend;
 static void prefill_chunks_agree(void) {
   qmoe_backend *be;
@@ -243,7 +266,7 @@ static void prefill_chunks_agree(void) {
   for (int i = 0; i < N; i++) prompt[i] = (int32_t)((i * 97 + 13) % V);
   static float logits[3][V];
   static const int64_t chunks[3] = { 16, 4, 1 };
-  for (int acc = 0; acc < 2; acc++) {
+  for (int acc = 0; acc < QMOE_ACC_COUNT; acc++) {
     int32_t next[3] = { -1, -1, -1 };
     for (int c = 0; c < 3; c++) {
       rc = qmoe_model_set_acc(m, acc);
@@ -257,7 +280,7 @@ static void prefill_chunks_agree(void) {
     }
     for (int c = 1; !rc && c < 3; c++) {
       CHECK(!memcmp(logits[c], logits[0], sizeof logits[0]) && next[c] == next[0],
-            "%s %s: logits with chunk %lld differ from chunk 16 (FALSIFY-TOKENS)", chunk_backend, acc ? "f64" : "f32",
+            "%s %s: logits with chunk %lld differ from chunk 16 (FALSIFY-TOKENS)", chunk_backend, qmoe_acc_name(acc),
             (long long)chunks[c]);
     }
   }
@@ -274,12 +297,14 @@ int main(void) {
     return 1;
   }
   if (run_on("cpu", QMOE_ACC_F32, &cpu32, skip_why, sizeof skip_why) != 1 ||
-      run_on("cpu", QMOE_ACC_F64, &cpu64, skip_why, sizeof skip_why) != 1) {
+      run_on("cpu", QMOE_ACC_F64, &cpu64, skip_why, sizeof skip_why) != 1 ||
+      run_on("cpu", QMOE_ACC_Q8, &cpu8, skip_why, sizeof skip_why) != 1) {
     printf("not ok model/cpu: %s\n", t_case_why);
     unlink(model_path);
     return 1;
   }
   RUN_NAMED("model/cpu/determinism", cpu_is_deterministic);
+  RUN_NAMED("model/cpu/q8", cpu_q8);
   static const char *chunk_backends[] = { "cpu", "vulkan", "cuda" };
   for (int i = 0; i < 3; i++) {
     char name[64];
@@ -291,7 +316,11 @@ int main(void) {
   for (int i = 0; i < 2; i++) {
     char name[64];
     gpu = gpus[i];
+    gpu_acc = QMOE_ACC_F32;
     snprintf(name, sizeof name, "model/%s/f32_vs_cpu", gpu);
+    RUN_NAMED(name, gpu_f32_matches_cpu);
+    gpu_acc = QMOE_ACC_Q8;
+    snprintf(name, sizeof name, "model/%s/q8_vs_cpu", gpu);
     RUN_NAMED(name, gpu_f32_matches_cpu);
     snprintf(name, sizeof name, "model/%s/f64_vs_cpu", gpu);
     RUN_NAMED(name, gpu_f64_matches_cpu);

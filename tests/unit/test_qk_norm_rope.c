@@ -70,7 +70,7 @@ static void test_backend(void) {
     const size_t ox = (size_t)rand_int(0, PAD), oy = (size_t)rand_int(0, PAD), oz = (size_t)rand_int(0, PAD);
     REQUIRE(be->upload(be, bx, ox * 4, x, n * 4) == 0 && be->upload(be, bw, 0, w, (size_t)s.D * 4) == 0, "upload: %s",
             qmoe_last_error());
-    for (int acc = 0; acc < QMOE_ACC_COUNT; acc++) {
+    for (int acc = 0; acc <= QMOE_ACC_F64; acc++) { /* its accumulators (q8: row stages only) */
       char what[160];
       snprintf(what, sizeof what, "%s acc %s nh %lld D %lld pos %lld eps %g theta %.17g", backend_name,
                acc == QMOE_ACC_F64 ? "f64" : "f32", (long long)s.nh, (long long)s.D, (long long)s.pos, s.eps, s.theta);

@@ -22,7 +22,38 @@ uvec4 qmoe_ld(uint r, uint q) {
   return v;
 }
 
-// x[i .. i+RL), all in range: RL/4 16-byte loads where i is a multiple of 4.
+#if ${Q8}
+// q8 variant (docs/q8.md): the f32 rows on Q8(x). Groups of 32 start at multiples of 32 from the vector's first
+// element, Q8_X0 (qmoe_row_dots' xi; moe_down's slots are F apart, F a multiple of 32), and a lane's run lies in
+// one group (runs start at multiples of RL from Q8_X0). Each run reads its whole group for the scale: x is
+// small next to the weights, and speed on Vulkan is not what q8 is for.
+uint Q8_X0;
+
+// (2^-e, 2^e) of the group of 32 that starts at element G0 of X; (NaN, NaN) when it holds an inf or NaN.
+vec2 q8_scales(uint g0) {
+  uint a = 0u; // the largest |x| bit pattern: NaN and inf compare highest
+  if ((g0 & 3u) == 0u) {
+    for (uint u = 0u; u < 8u; u++) {
+      const uvec4 v = floatBitsToUint(X4[(g0 >> 2) + u]) & 0x7fffffffu;
+      a = max(a, max(max(v.x, v.y), max(v.z, v.w)));
+    }
+  } else { // a vector that does not start 16-byte aligned: element by element
+    for (uint u = 0u; u < 32u; u++) a = max(a, floatBitsToUint(X[g0 + u]) & 0x7fffffffu);
+  }
+  if (a >= 0x7f800000u) return vec2(${NAN});
+  const int e = max(int(a >> 23) - 133 + ((a & 0x7fffffu) > 0x7e0000u ? 1 : 0), -126);
+  return vec2(uintBitsToFloat(uint(127 - e) << 23), uintBitsToFloat(uint(127 + e) << 23));
+}
+
+// x[i .. i+RL) -> Q8 of them: x * 2^-e is exact (a power of two, no overflow), so roundEven is the one rounding,
+// and the integer times 2^e is exact again.
+void q8_run(uint i, inout float xr[RL]) {
+  const vec2 s = q8_scales(Q8_X0 + ((i - Q8_X0) & ~31u));
+  for (uint t = 0u; t < RL; t++) xr[t] = roundEven(xr[t] * s.x) * s.y;
+}
+#endif
+
+// x[i .. i+RL), all in range: RL/4 16-byte loads where i is a multiple of 4 (q8 variants: Q8 of them).
 void x_runl(uint i, out float xr[RL]) {
   if ((i & 3u) == 0u) {
     for (uint u = 0u; u < RL / 4u; u++) {
@@ -32,6 +63,9 @@ void x_runl(uint i, out float xr[RL]) {
   } else {
     for (uint t = 0u; t < RL; t++) xr[t] = X[i + t];
   }
+#if ${Q8}
+  q8_run(i, xr);
+#endif
 }
 
 // x[i .. i+8), all in range: two 16-byte loads where i is a multiple of 4.
@@ -161,6 +195,9 @@ void qmoe_dot_chunk(const uint at[R], uint xi, uint ne, inout ${T} acc[R]) {
 // acc[r] += decode(row r) . x[XI ..] over NBLOCKS blocks of each row (row r at global byte offset P[r]);
 // per-lane partial sums. Every lane of the subgroup calls it with the same rows (subgroup barriers inside).
 void qmoe_row_dots(const uint p[R], uint xi, uint nblocks, inout ${T} acc[R]) {
+#if ${Q8}
+  Q8_X0 = xi;
+#endif
   if (gl_SubgroupSize < SGMIN) { // sw[] is sized for SGMIN or more lanes: a visible NaN, not a wrong read
     for (uint r = 0u; r < R; r++) acc[r] = ${T}(${NAN});
     return;
