@@ -15,7 +15,7 @@ static int launch_matvec(const qmoe_cuda_launch_env *env, const int64_t *p, qmoe
   const int64_t cols = p[1];
   (void)rows, (void)cols;
   (void)env;
-  l->grid[0] = qmoe_cdiv(rows, env->tokens > 1 ? 4 * 4 : (rows <= 2048 ? env->rows_per_block / 2 : env->rows_per_block));
+  l->grid[0] = qmoe_cdiv(rows, env->tokens > 1 ? 4 * 4 : (rows <= 2048 ? 4 : env->rows_per_block));
   l->grid[1] = 1;
   l->grid[2] = qmoe_cdiv(env->tokens, 8);
   l->workspace = (size_t)(0);
@@ -29,7 +29,7 @@ static int launch_moe_gate_up_swiglu(const qmoe_cuda_launch_env *env, const int6
   const int64_t K = p[3];
   (void)H, (void)F, (void)E, (void)K;
   (void)env;
-  l->grid[0] = qmoe_cdiv(F, env->tokens > 1 ? 2 * env->rows_per_block : env->rows_per_block);
+  l->grid[0] = qmoe_cdiv(F, env->tokens > 1 ? 8 : env->rows_per_block);
   l->grid[1] = env->tokens > 1 ? E + 1 : K;
   l->grid[2] = 1;
   l->workspace = (size_t)(0);
