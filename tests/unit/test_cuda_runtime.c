@@ -169,7 +169,7 @@ static void test_nvrtc_errors(void) {
   free(log);
 }
 
-static const char *acc_str(qmoe_acc a) { return a == QMOE_ACC_F64 ? "f64" : "f32"; }
+static const char *acc_str(qmoe_acc a) { return qmoe_acc_name(a); }
 
 /* The embedded table and the stage contracts agree: one variant per (stage, qtype, acc) the contracts list
  * (accumulators also limited by the quant contract), none more, each well-formed. */
@@ -209,7 +209,7 @@ static void test_variants_match_contracts(void) {
       const qmoe_qtype_info *q = qt >= 0 ? qmoe_qtype_by_id(qt) : NULL;
       for (int ai = 0; ai < na; ai++) {
         const char *acc = si->varies_by_acc ? acc_str(si->accs[ai]) : "-";
-        if (q && si->varies_by_acc && !(q->acc_mask & (si->accs[ai] == QMOE_ACC_F64 ? QMOE_ACC_BIT_F64 : QMOE_ACC_BIT_F32)))
+        if (q && si->varies_by_acc && !(q->acc_mask & (1u << si->accs[ai])))
           continue;
         expected++;
         int found = 0;

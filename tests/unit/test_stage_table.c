@@ -99,8 +99,10 @@ static void test_enum_matches_contracts(void) {
       CHECK(si->n_qtypes == 0 && qmoe_stage_has_qtype(si, -1), "%s does not vary by qtype but lists qtypes", si->name);
     }
     for (int a = 0; a < si->n_accs; a++)
-      CHECK(si->accs[a] == QMOE_ACC_F32 || si->accs[a] == QMOE_ACC_F64, "%s: accumulator %d", si->name, (int)si->accs[a]);
-    if (si->varies_by_acc) CHECK(si->n_accs == 2, "%s varies by acc but lists %d accumulators", si->name, si->n_accs);
+      CHECK((unsigned)si->accs[a] < QMOE_ACC_COUNT && (a < 2 ? (int)si->accs[a] == a : si->accs[a] == QMOE_ACC_Q8),
+            "%s: accumulator %d at %d (f32, f64, then q8)", si->name, (int)si->accs[a], a);
+    if (si->varies_by_acc)
+      CHECK(si->n_accs == 2 || si->n_accs == 3, "%s varies by acc but lists %d accumulators", si->name, si->n_accs);
   }
 }
 
