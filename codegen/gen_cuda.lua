@@ -312,6 +312,7 @@ local function emit_variant(v, sources)
   local vars = {
     ACC_T = acc == "f64" and "double" or "float",
     Q8 = acc == "q8" and 1 or 0,
+    Q8_X_MAX = kd.q8_x_max or 4096, -- x elements a q8 block rounds per pass (16 bytes of records per 8)
     ACC_NOTE = v.acc and ("accumulator " .. v.acc) or "this stage does not vary by accumulator",
     ENTRY = v.entry, THREADS = kd.threads, WARPS = WARPS, MIN_BLOCKS = kd.min_blocks or 4,
   }
@@ -349,9 +350,12 @@ local function emit_variant(v, sources)
     local RL = 8
     -- whole steps of 32·RL elements per chunk where blocks are smaller (only a row's last chunk may end mid-step)
     local function chunk_blocks(unroll)
-      -- (a q8 kernel of q8_rows rows per warp stages 2/q8_rows as much of each, to stay in 48 KB of shared memory)
-      local sb = acc == "q8" and STAGE_BYTES * 2 // (kd.q8_rows or 2) or STAGE_BYTES
+      -- (a q8 kernel stages q8_stage_bytes of each where its line says: 4 rows per warp stay in 48 KB of shared
+      -- memory with 1,700, and a 2,048-element row of q4_k or q6_k is one chunk: one wait,
+      -- and no more than q8_stage_elems elements: a Qwen3 row of 2,048, no shared memory left unused)
+      local sb = acc == "q8" and kd.q8_stage_bytes or STAGE_BYTES
       local ch = math.max(1, sb // bb)
+      if acc == "q8" and kd.q8_stage_elems then ch = math.max(1, math.min(ch, kd.q8_stage_elems // be)) end
       local step = 32 * unroll
       if be < step and step % be == 0 and ch > step // be then ch = ch - ch % (step // be) end
       return ch

@@ -15,7 +15,7 @@ static int launch_matvec(const qmoe_cuda_launch_env *env, const int64_t *p, qmoe
   const int64_t cols = p[1];
   (void)rows, (void)cols;
   (void)env;
-  l->grid[0] = qmoe_cdiv(rows, env->tokens > 1 ? 4 * 4 : (rows <= 2048 ? 4 : env->rows_per_block));
+  l->grid[0] = qmoe_cdiv(rows, env->tokens > 1 ? 4 * 4 : (rows <= 2048 ? 4 : rows <= 8192 ? 2 * 4 : env->rows_per_block));
   l->grid[1] = 1;
   l->grid[2] = qmoe_cdiv(env->tokens, 8);
   l->workspace = (size_t)(0);

@@ -455,7 +455,7 @@ static __device__ __forceinline__ void qmoe_row_dots(const uint8_t *const *rows,
 // NaN (largest |x| bits >= 0x7f800000) is all NaN. A run of UNROLL = 8 elements is a quarter of a group: the
 // 4 runs of a group are lanes 4j..4j+3 of a step. Every lane of the warp calls these (they shuffle).
 static_assert(UNROLL == 8, "q8 takes runs of 8");
-#define QX_MAX 4096                 // x elements quantized per pass of a block (a multiple of every block size)
+#define QX_MAX 4096                 // x elements rounded per pass of a block (a multiple of every block size)
 #define QX_RUNS (QX_MAX / UNROLL)   // their run records (int4: q words 0..3, 4..7, Σq, bits of 2^e)
 static __device__ __forceinline__ int4 qmoe_q8_run(const float *xr, int *qb) {
   uint32_t a = 0; // the largest |x| bits (inf and NaN above every finite value)
@@ -600,14 +600,45 @@ static __device__ __forceinline__ void qmoe_dot_chunk_q8(const uint4 *sh, const 
     }
   }
 }
-// qmoe_row_dots over blocks whose x is the run records REC (REC[0]: the first block's first run).
+// The copies of qmoe_stage_rows for the first chunk of R rows of NBLOCKS blocks, without the wait: a kernel issues
+// them before it waits for the kernel before it and rounds x (weights: no kernel writes them), so their trip to
+// memory overlaps both; PRE then holds the offsets for qmoe_row_dots_q8.
+template <int R>
+static __device__ __forceinline__ void qmoe_stage_first(const uint8_t *const *rows, int64_t nblocks, uint4 *sh,
+                                                        int lane, int *pre) {
+  const int nb = (int)(nblocks < CH_BLOCKS ? nblocks : CH_BLOCKS);
+#pragma unroll
+  for (int r = 0; r < R; r++) {
+    const uint64_t p = (uint64_t)rows[r];
+    const uint64_t a0 = p & ~(uint64_t)15;
+    pre[r] = (int)(p - a0);
+    const int n16 = (pre[r] + nb * QB_BYTES + 15) >> 4;
+    const uint4 *src = (const uint4 *)a0;
+    uint4 *dst = sh + r * STAGE_VECS + STAGE_PAD;
+#pragma unroll
+    for (int u = 0; u < STAGE_U; u++) {
+      const int j = lane + 32 * u;
+      if (j < n16) qmoe_cp_async16(dst + j, src + j);
+    }
+  }
+}
+// qmoe_row_dots over blocks whose x is the run records REC (REC[0]: the first block's first run). USE_PRE: the
+// first chunk's copies were issued by qmoe_stage_first, which left its offsets in PRE.
 template <int R>
 static __device__ __forceinline__ void qmoe_row_dots_q8(const uint8_t *const *rows, const int4 *rec, int64_t nblocks,
-                                                        uint4 *sh, int lane, acc_t *acc) {
+                                                        uint4 *sh, int lane, acc_t *acc, bool use_pre,
+                                                        const int (&pre)[R]) {
   for (int64_t b0 = 0; b0 < nblocks; b0 += CH_BLOCKS) {
     const int nb = (int)(nblocks - b0 < CH_BLOCKS ? nblocks - b0 : CH_BLOCKS);
     int off[R];
-    qmoe_stage_rows<R>(rows, b0, nb, sh, lane, off);
+    if (b0 == 0 && use_pre) {
+#pragma unroll
+      for (int r = 0; r < R; r++) off[r] = pre[r];
+      qmoe_cp_async_wait_all();
+      __syncwarp();
+    } else {
+      qmoe_stage_rows<R>(rows, b0, nb, sh, lane, off);
+    }
 #if QMOE_SPAN_TAB
     qmoe_span_table<R>(sh, off, nb, lane);
 #endif
@@ -1112,7 +1143,7 @@ static __device__ __forceinline__ void qmoe_row_dots(const uint8_t *const *rows,
 // NaN (largest |x| bits >= 0x7f800000) is all NaN. A run of UNROLL = 8 elements is a quarter of a group: the
 // 4 runs of a group are lanes 4j..4j+3 of a step. Every lane of the warp calls these (they shuffle).
 static_assert(UNROLL == 8, "q8 takes runs of 8");
-#define QX_MAX 4096                 // x elements quantized per pass of a block (a multiple of every block size)
+#define QX_MAX 4096                 // x elements rounded per pass of a block (a multiple of every block size)
 #define QX_RUNS (QX_MAX / UNROLL)   // their run records (int4: q words 0..3, 4..7, Σq, bits of 2^e)
 static __device__ __forceinline__ int4 qmoe_q8_run(const float *xr, int *qb) {
   uint32_t a = 0; // the largest |x| bits (inf and NaN above every finite value)
@@ -1257,14 +1288,45 @@ static __device__ __forceinline__ void qmoe_dot_chunk_q8(const uint4 *sh, const 
     }
   }
 }
-// qmoe_row_dots over blocks whose x is the run records REC (REC[0]: the first block's first run).
+// The copies of qmoe_stage_rows for the first chunk of R rows of NBLOCKS blocks, without the wait: a kernel issues
+// them before it waits for the kernel before it and rounds x (weights: no kernel writes them), so their trip to
+// memory overlaps both; PRE then holds the offsets for qmoe_row_dots_q8.
+template <int R>
+static __device__ __forceinline__ void qmoe_stage_first(const uint8_t *const *rows, int64_t nblocks, uint4 *sh,
+                                                        int lane, int *pre) {
+  const int nb = (int)(nblocks < CH_BLOCKS ? nblocks : CH_BLOCKS);
+#pragma unroll
+  for (int r = 0; r < R; r++) {
+    const uint64_t p = (uint64_t)rows[r];
+    const uint64_t a0 = p & ~(uint64_t)15;
+    pre[r] = (int)(p - a0);
+    const int n16 = (pre[r] + nb * QB_BYTES + 15) >> 4;
+    const uint4 *src = (const uint4 *)a0;
+    uint4 *dst = sh + r * STAGE_VECS + STAGE_PAD;
+#pragma unroll
+    for (int u = 0; u < STAGE_U; u++) {
+      const int j = lane + 32 * u;
+      if (j < n16) qmoe_cp_async16(dst + j, src + j);
+    }
+  }
+}
+// qmoe_row_dots over blocks whose x is the run records REC (REC[0]: the first block's first run). USE_PRE: the
+// first chunk's copies were issued by qmoe_stage_first, which left its offsets in PRE.
 template <int R>
 static __device__ __forceinline__ void qmoe_row_dots_q8(const uint8_t *const *rows, const int4 *rec, int64_t nblocks,
-                                                        uint4 *sh, int lane, acc_t *acc) {
+                                                        uint4 *sh, int lane, acc_t *acc, bool use_pre,
+                                                        const int (&pre)[R]) {
   for (int64_t b0 = 0; b0 < nblocks; b0 += CH_BLOCKS) {
     const int nb = (int)(nblocks - b0 < CH_BLOCKS ? nblocks - b0 : CH_BLOCKS);
     int off[R];
-    qmoe_stage_rows<R>(rows, b0, nb, sh, lane, off);
+    if (b0 == 0 && use_pre) {
+#pragma unroll
+      for (int r = 0; r < R; r++) off[r] = pre[r];
+      qmoe_cp_async_wait_all();
+      __syncwarp();
+    } else {
+      qmoe_stage_rows<R>(rows, b0, nb, sh, lane, off);
+    }
 #if QMOE_SPAN_TAB
     qmoe_span_table<R>(sh, off, nb, lane);
 #endif

@@ -252,7 +252,7 @@ static __device__ __forceinline__ void qmoe_q2_k_decode_block(const uint8_t *b, 
 // ---- q2_k rows: 256 elements in 84 bytes per block ----
 #define QB_ELEMS 256
 #define QB_BYTES 84
-#define CH_BLOCKS 12                             // blocks of one row staged per chunk
+#define CH_BLOCKS 8                             // blocks of one row staged per chunk
 #define STAGE_DATA ((CH_BLOCKS * QB_BYTES + 15) / 16 + 1) // 16-byte vectors covering a chunk at any alignment
 #define STAGE_PAD 4                                  // 64 bytes before and after each row's chunk, so the
                                                      // arms of a decode's ?: that are not taken read in bounds
@@ -505,7 +505,7 @@ static __device__ __forceinline__ void qmoe_row_dots(const uint8_t *const *rows,
 // NaN (largest |x| bits >= 0x7f800000) is all NaN. A run of UNROLL = 8 elements is a quarter of a group: the
 // 4 runs of a group are lanes 4j..4j+3 of a step. Every lane of the warp calls these (they shuffle).
 static_assert(UNROLL == 8, "q8 takes runs of 8");
-#define QX_MAX 4096                 // x elements quantized per pass of a block (a multiple of every block size)
+#define QX_MAX 4096                 // x elements rounded per pass of a block (a multiple of every block size)
 #define QX_RUNS (QX_MAX / UNROLL)   // their run records (int4: q words 0..3, 4..7, Σq, bits of 2^e)
 static __device__ __forceinline__ int4 qmoe_q8_run(const float *xr, int *qb) {
   uint32_t a = 0; // the largest |x| bits (inf and NaN above every finite value)
@@ -650,14 +650,45 @@ static __device__ __forceinline__ void qmoe_dot_chunk_q8(const uint4 *sh, const 
     }
   }
 }
-// qmoe_row_dots over blocks whose x is the run records REC (REC[0]: the first block's first run).
+// The copies of qmoe_stage_rows for the first chunk of R rows of NBLOCKS blocks, without the wait: a kernel issues
+// them before it waits for the kernel before it and rounds x (weights: no kernel writes them), so their trip to
+// memory overlaps both; PRE then holds the offsets for qmoe_row_dots_q8.
+template <int R>
+static __device__ __forceinline__ void qmoe_stage_first(const uint8_t *const *rows, int64_t nblocks, uint4 *sh,
+                                                        int lane, int *pre) {
+  const int nb = (int)(nblocks < CH_BLOCKS ? nblocks : CH_BLOCKS);
+#pragma unroll
+  for (int r = 0; r < R; r++) {
+    const uint64_t p = (uint64_t)rows[r];
+    const uint64_t a0 = p & ~(uint64_t)15;
+    pre[r] = (int)(p - a0);
+    const int n16 = (pre[r] + nb * QB_BYTES + 15) >> 4;
+    const uint4 *src = (const uint4 *)a0;
+    uint4 *dst = sh + r * STAGE_VECS + STAGE_PAD;
+#pragma unroll
+    for (int u = 0; u < STAGE_U; u++) {
+      const int j = lane + 32 * u;
+      if (j < n16) qmoe_cp_async16(dst + j, src + j);
+    }
+  }
+}
+// qmoe_row_dots over blocks whose x is the run records REC (REC[0]: the first block's first run). USE_PRE: the
+// first chunk's copies were issued by qmoe_stage_first, which left its offsets in PRE.
 template <int R>
 static __device__ __forceinline__ void qmoe_row_dots_q8(const uint8_t *const *rows, const int4 *rec, int64_t nblocks,
-                                                        uint4 *sh, int lane, acc_t *acc) {
+                                                        uint4 *sh, int lane, acc_t *acc, bool use_pre,
+                                                        const int (&pre)[R]) {
   for (int64_t b0 = 0; b0 < nblocks; b0 += CH_BLOCKS) {
     const int nb = (int)(nblocks - b0 < CH_BLOCKS ? nblocks - b0 : CH_BLOCKS);
     int off[R];
-    qmoe_stage_rows<R>(rows, b0, nb, sh, lane, off);
+    if (b0 == 0 && use_pre) {
+#pragma unroll
+      for (int r = 0; r < R; r++) off[r] = pre[r];
+      qmoe_cp_async_wait_all();
+      __syncwarp();
+    } else {
+      qmoe_stage_rows<R>(rows, b0, nb, sh, lane, off);
+    }
 #if QMOE_SPAN_TAB
     qmoe_span_table<R>(sh, off, nb, lane);
 #endif
@@ -912,6 +943,45 @@ static __device__ __forceinline__ void qmoe_expert_slots(const int32_t *ids, int
 // T tokens (qmoe_matvec__q2_k__q8_tok; y[t] = W·x[t]): each warp computes 4 rows for the 8 tokens 8·z..
 // of block z, its rows staged once per chunk and decoded once per run for all of them (qmoe_row_dots_tok: per
 // token the operations of the one-token path, so the bits of T calls; each x load serves 4 rows).
+#if QMOE_Q8
+// One warp's R rows R0.. of W·x (q8): their first chunk is asked for, the kernel before waited for, x rounded into
+// the block's run records (QX_MAX elements at a time; every warp takes part in the rounding and the barriers, rows or
+// none), then the rows' sums.
+template <int R>
+static __device__ __forceinline__ void qmoe_matvec_q8(const uint8_t *W, const float *x, float *y, int64_t rows,
+                                                      int64_t cols, int64_t r0, uint4 *sh, int4 *q8rec, int lane) {
+  const int64_t row_bytes = cols / QB_ELEMS * QB_BYTES;
+  const bool mine = r0 < rows;
+  const uint8_t *rp[R];
+#pragma unroll
+  for (int r = 0; r < R; r++) rp[r] = W + (mine ? (r0 + r < rows ? r0 + r : r0) : 0) * row_bytes;
+  int pre[R];
+#pragma unroll
+  for (int r = 0; r < R; r++) pre[r] = 0;
+  if (mine) qmoe_stage_first<R>(rp, cols / QB_ELEMS < QX_MAX / QB_ELEMS ? cols / QB_ELEMS : QX_MAX / QB_ELEMS, sh, lane, pre);
+  qmoe_grid_wait();
+  acc_t acc[R];
+#pragma unroll
+  for (int r = 0; r < R; r++) acc[r] = 0;
+  for (int64_t c0 = 0; c0 < cols; c0 += QX_MAX) {
+    const int n = (int)(cols - c0 < QX_MAX ? cols - c0 : QX_MAX);
+    if (c0 > 0) __syncthreads(); // the last pass's records are read
+    qmoe_q8_block(x + c0, n, q8rec);
+    __syncthreads();
+    if (!mine) continue;
+    const uint8_t *rc[R];
+#pragma unroll
+    for (int r = 0; r < R; r++) rc[r] = rp[r] + c0 / QB_ELEMS * QB_BYTES;
+    qmoe_row_dots_q8<R>(rc, q8rec, n / QB_ELEMS, sh, lane, acc, c0 == 0, pre);
+  }
+  if (!mine) return;
+#pragma unroll
+  for (int r = 0; r < R; r++) {
+    const acc_t sr = qmoe_warp_sum(acc[r]);
+    if (lane == 0 && r0 + r < rows) y[r0 + r] = (float)sr;
+  }
+}
+#endif
 template <bool TOK>
 static __device__ __forceinline__ void qmoe_matvec_body(const qmoe_args &a) {
   const int64_t qmoe_tokens = a.tokens;
@@ -926,47 +996,16 @@ static __device__ __forceinline__ void qmoe_matvec_body(const qmoe_args &a) {
   const int64_t row_bytes = cols / QB_ELEMS * QB_BYTES;
   if constexpr (!TOK) {
 #if QMOE_Q8
-    // q8: 4 rows per warp (each x record serves them all), a warp per row where there are at most
-    // 2048; x's run records, QX_MAX elements at a time, shared by the block's warps (every warp takes part
-    // in the rounding and the barriers, rows or none)
+    // q8: a warp per row where there are at most 2048, 2 rows per warp up to 8192, else
+    // 4 (each x record serves them all; more rows per block round x less often, fewer blocks fill the GPU less)
     static_assert(4 * 4 == 16 && 4 == 4, "the kernel line's q8 geometry");
-    __shared__ int4 q8rec[QX_RUNS];
     __shared__ uint4 sh4[4][4 * QROW_VECS];
-    constexpr int R = 4;
-    const bool one = rows <= 2048;
-    const int64_t r0 = one ? (int64_t)blockIdx.x * 4 + warp : ((int64_t)blockIdx.x * 4 + warp) * R;
-    const bool mine = r0 < rows;
-    const uint8_t *rp[R];
-#pragma unroll
-    for (int r = 0; r < R; r++) rp[r] = W + (mine && !one && r0 + r < rows ? r0 + r : (mine ? r0 : 0)) * row_bytes;
-    if (mine && lane == 0) qmoe_prefetch_l2(rp[0], (one ? rp[0] : rp[R - 1]) + row_bytes);
-    qmoe_grid_wait();
-    acc_t acc[R];
-#pragma unroll
-    for (int r = 0; r < R; r++) acc[r] = 0;
-    for (int64_t c0 = 0; c0 < cols; c0 += QX_MAX) {
-      const int n = (int)(cols - c0 < QX_MAX ? cols - c0 : QX_MAX);
-      if (c0 > 0) __syncthreads(); // the last pass's records are read
-      qmoe_q8_block(x + c0, n, q8rec);
-      __syncthreads();
-      if (!mine) continue;
-      const uint8_t *rc[R];
-#pragma unroll
-      for (int r = 0; r < R; r++) rc[r] = rp[r] + c0 / QB_ELEMS * QB_BYTES;
-      if (one) qmoe_row_dots_q8<1>(rc, q8rec, n / QB_ELEMS, sh4[warp], lane, acc);
-      else qmoe_row_dots_q8<R>(rc, q8rec, n / QB_ELEMS, sh4[warp], lane, acc);
-    }
-    if (!mine) return;
-    if (one) {
-      const acc_t s0 = qmoe_warp_sum(acc[0]);
-      if (lane == 0) y[r0] = (float)s0;
-      return;
-    }
-#pragma unroll
-    for (int r = 0; r < R; r++) {
-      const acc_t sr = qmoe_warp_sum(acc[r]);
-      if (lane == 0 && r0 + r < rows) y[r0 + r] = (float)sr;
-    }
+    __shared__ int4 q8rec[QX_RUNS];
+    const int64_t wb = (int64_t)blockIdx.x * 4 + warp;
+    (void)row_bytes;
+    if (rows <= 2048) qmoe_matvec_q8<1>(W, x, y, rows, cols, wb, sh4[warp], q8rec, lane);
+    else if (rows <= 8192) qmoe_matvec_q8<2>(W, x, y, rows, cols, wb * 2, sh4[warp], q8rec, lane);
+    else qmoe_matvec_q8<4>(W, x, y, rows, cols, wb * 4, sh4[warp], q8rec, lane);
 #else
     __shared__ uint4 sh[4][2 * QROW_VECS]; // 2 rows' slices, then their span tables
     if (rows <= 2048) {

@@ -470,7 +470,7 @@ static __device__ __forceinline__ void qmoe_row_dots(const uint8_t *const *rows,
 // NaN (largest |x| bits >= 0x7f800000) is all NaN. A run of UNROLL = 8 elements is a quarter of a group: the
 // 4 runs of a group are lanes 4j..4j+3 of a step. Every lane of the warp calls these (they shuffle).
 static_assert(UNROLL == 8, "q8 takes runs of 8");
-#define QX_MAX 4096                 // x elements quantized per pass of a block (a multiple of every block size)
+#define QX_MAX 8192                 // x elements rounded per pass of a block (a multiple of every block size)
 #define QX_RUNS (QX_MAX / UNROLL)   // their run records (int4: q words 0..3, 4..7, Σq, bits of 2^e)
 static __device__ __forceinline__ int4 qmoe_q8_run(const float *xr, int *qb) {
   uint32_t a = 0; // the largest |x| bits (inf and NaN above every finite value)
@@ -615,14 +615,45 @@ static __device__ __forceinline__ void qmoe_dot_chunk_q8(const uint4 *sh, const 
     }
   }
 }
-// qmoe_row_dots over blocks whose x is the run records REC (REC[0]: the first block's first run).
+// The copies of qmoe_stage_rows for the first chunk of R rows of NBLOCKS blocks, without the wait: a kernel issues
+// them before it waits for the kernel before it and rounds x (weights: no kernel writes them), so their trip to
+// memory overlaps both; PRE then holds the offsets for qmoe_row_dots_q8.
+template <int R>
+static __device__ __forceinline__ void qmoe_stage_first(const uint8_t *const *rows, int64_t nblocks, uint4 *sh,
+                                                        int lane, int *pre) {
+  const int nb = (int)(nblocks < CH_BLOCKS ? nblocks : CH_BLOCKS);
+#pragma unroll
+  for (int r = 0; r < R; r++) {
+    const uint64_t p = (uint64_t)rows[r];
+    const uint64_t a0 = p & ~(uint64_t)15;
+    pre[r] = (int)(p - a0);
+    const int n16 = (pre[r] + nb * QB_BYTES + 15) >> 4;
+    const uint4 *src = (const uint4 *)a0;
+    uint4 *dst = sh + r * STAGE_VECS + STAGE_PAD;
+#pragma unroll
+    for (int u = 0; u < STAGE_U; u++) {
+      const int j = lane + 32 * u;
+      if (j < n16) qmoe_cp_async16(dst + j, src + j);
+    }
+  }
+}
+// qmoe_row_dots over blocks whose x is the run records REC (REC[0]: the first block's first run). USE_PRE: the
+// first chunk's copies were issued by qmoe_stage_first, which left its offsets in PRE.
 template <int R>
 static __device__ __forceinline__ void qmoe_row_dots_q8(const uint8_t *const *rows, const int4 *rec, int64_t nblocks,
-                                                        uint4 *sh, int lane, acc_t *acc) {
+                                                        uint4 *sh, int lane, acc_t *acc, bool use_pre,
+                                                        const int (&pre)[R]) {
   for (int64_t b0 = 0; b0 < nblocks; b0 += CH_BLOCKS) {
     const int nb = (int)(nblocks - b0 < CH_BLOCKS ? nblocks - b0 : CH_BLOCKS);
     int off[R];
-    qmoe_stage_rows<R>(rows, b0, nb, sh, lane, off);
+    if (b0 == 0 && use_pre) {
+#pragma unroll
+      for (int r = 0; r < R; r++) off[r] = pre[r];
+      qmoe_cp_async_wait_all();
+      __syncwarp();
+    } else {
+      qmoe_stage_rows<R>(rows, b0, nb, sh, lane, off);
+    }
 #if QMOE_SPAN_TAB
     qmoe_span_table<R>(sh, off, nb, lane);
 #endif
@@ -898,43 +929,90 @@ static __device__ __forceinline__ void qmoe_down_body(const qmoe_args &a) {
   if constexpr (!TOK) {
     __shared__ uint4 sh[4][2 * QROW_VECS]; // 2 rows' slices, then their span tables
 #if QMOE_Q8
-    // q8: 8 rows per block, 2 per warp, every warp through all K slots: slot k's h is rounded
-    // once for the block (QX_MAX elements at a time, every warp taking part) and read by all its rows.
-    constexpr int RB = 2 * 4;
+    // q8: 8 rows per block, 2 per warp. Where F <= QX_MAX (Qwen3: 768) the block rounds the h of
+    // as many slots as fit in one pass (all 8 of Qwen3's), once, and its warps take the (slot, row pair) items in
+    // turn; else one slot at a time, F in pieces, each warp its row pair (its sums carried across the pieces). A
+    // row's sum per slot is the one-token order either way; the combine is the f32 kernel's.
+    constexpr int RB = 2 * 4, NP = 4; // rows, row pairs per block
     static_assert(RB == 8, "q8_rows_per_block of the kernel line");
     __shared__ int4 q8rec[QX_RUNS];
     __shared__ acc_t part[64][RB];
-    const int64_t r0 = (int64_t)blockIdx.x * RB + 2 * warp;
-    const bool mine = r0 < H;
-    const int64_t rr0 = mine ? r0 : 0, rr1 = mine && r0 + 1 < H ? r0 + 1 : rr0;
-    for (int k = 0; k < K; k++) {
-      const int e = ids[k];
-      const bool ok = e >= 0 && e < E;
-      const uint8_t *base = Wd + (int64_t)(ok ? e : 0) * H * row_bytes;
-      acc_t acc[2] = { 0, 0 };
-      for (int64_t c0 = 0; c0 < F; c0 += QX_MAX) {
-        const int n = (int)(F - c0 < QX_MAX ? F - c0 : QX_MAX);
-        __syncthreads(); // the last pass's records are read
-        if (ok) qmoe_q8_block(h + (int64_t)k * F + c0, n, q8rec); // ok is the same for the whole block
-        __syncthreads();
-        if (!mine || !ok) continue;
-        const uint8_t *rp[2] = { base + rr0 * row_bytes + c0 / QB_ELEMS * QB_BYTES,
-                                 base + rr1 * row_bytes + c0 / QB_ELEMS * QB_BYTES };
-        qmoe_row_dots_q8<2>(rp, q8rec, n / QB_ELEMS, sh[warp], lane, acc);
+    const int64_t rb0 = (int64_t)blockIdx.x * RB;
+    const acc_t nan = (acc_t)__int_as_float(0x7fc00000);
+    if (F <= QX_MAX) {
+      const int kp = (int)(QX_MAX / F); // slots per pass
+      int pre[2] = { 0, 0 }, pre_item = -1;
+      { // the first item's first chunk, asked for before h is rounded
+        const int k = warp / NP, p = warp % NP;
+        const int64_t r0 = rb0 + 2 * p;
+        if (k < K && k < kp && r0 < H) {
+          const int e = ids[k];
+          if (e >= 0 && e < E) {
+            const uint8_t *base = Wd + (int64_t)e * H * row_bytes;
+            const uint8_t *rp[2] = { base + r0 * row_bytes, base + (r0 + 1 < H ? r0 + 1 : r0) * row_bytes };
+            qmoe_stage_first<2>(rp, F / QB_ELEMS, sh[warp], lane, pre);
+            pre_item = warp;
+          }
+        }
       }
-      if (mine) {
-        const acc_t s0 = qmoe_warp_sum(acc[0]), s1 = qmoe_warp_sum(acc[1]);
-        if (lane == 0) {
-          part[k][2 * warp] = ok ? s0 : (acc_t)__int_as_float(0x7fc00000);
-          part[k][2 * warp + 1] = ok ? s1 : (acc_t)__int_as_float(0x7fc00000);
+      for (int k0 = 0; k0 < K; k0 += kp) {
+        const int nk = K - k0 < kp ? K - k0 : kp;
+        if (k0 > 0) __syncthreads(); // the last pass's records are read
+        qmoe_q8_block(h + (int64_t)k0 * F, (int)(nk * F), q8rec);
+        __syncthreads();
+        for (int i = warp; i < nk * NP; i += 4) {
+          const int k = k0 + i / NP, p = i % NP;
+          const int64_t r0 = rb0 + 2 * p;
+          if (r0 >= H) continue;
+          const int e = ids[k];
+          acc_t acc[2] = { 0, 0 };
+          if (e >= 0 && e < E) {
+            const uint8_t *base = Wd + (int64_t)e * H * row_bytes;
+            const uint8_t *rp[2] = { base + r0 * row_bytes, base + (r0 + 1 < H ? r0 + 1 : r0) * row_bytes };
+            qmoe_row_dots_q8<2>(rp, q8rec + (int64_t)(i / NP) * (F / UNROLL), F / QB_ELEMS, sh[warp], lane, acc,
+                                k0 == 0 && i == pre_item, pre);
+          }
+          const acc_t s0 = qmoe_warp_sum(acc[0]), s1 = qmoe_warp_sum(acc[1]);
+          if (lane == 0) {
+            part[k][2 * p] = e >= 0 && e < E ? s0 : nan;
+            part[k][2 * p + 1] = e >= 0 && e < E ? s1 : nan;
+          }
+        }
+      }
+    } else {
+      const int64_t r0 = rb0 + 2 * warp;
+      const int nopre[2] = { 0, 0 };
+      const bool mine = r0 < H;
+      const int64_t rr0 = mine ? r0 : 0, rr1 = mine && r0 + 1 < H ? r0 + 1 : rr0;
+      for (int k = 0; k < K; k++) {
+        const int e = ids[k];
+        const bool ok = e >= 0 && e < E;
+        const uint8_t *base = Wd + (int64_t)(ok ? e : 0) * H * row_bytes;
+        acc_t acc[2] = { 0, 0 };
+        for (int64_t c0 = 0; c0 < F; c0 += QX_MAX) {
+          const int n = (int)(F - c0 < QX_MAX ? F - c0 : QX_MAX);
+          __syncthreads(); // the last pass's records are read
+          if (ok) qmoe_q8_block(h + (int64_t)k * F + c0, n, q8rec); // ok is the same for the whole block
+          __syncthreads();
+          if (!mine || !ok) continue;
+          const uint8_t *rp[2] = { base + rr0 * row_bytes + c0 / QB_ELEMS * QB_BYTES,
+                                   base + rr1 * row_bytes + c0 / QB_ELEMS * QB_BYTES };
+          qmoe_row_dots_q8<2>(rp, q8rec, n / QB_ELEMS, sh[warp], lane, acc, false, nopre);
+        }
+        if (mine) {
+          const acc_t s0 = qmoe_warp_sum(acc[0]), s1 = qmoe_warp_sum(acc[1]);
+          if (lane == 0) {
+            part[k][2 * warp] = ok ? s0 : nan;
+            part[k][2 * warp + 1] = ok ? s1 : nan;
+          }
         }
       }
     }
     __syncthreads();
-    if (threadIdx.x < RB && (int64_t)blockIdx.x * RB + threadIdx.x < H) {
+    if (threadIdx.x < RB && rb0 + threadIdx.x < H) {
       acc_t s = 0;
       for (int k = 0; k < K; k++) s = qmoe_fma3((acc_t)w[k], part[k][threadIdx.x], s);
-      y[(int64_t)blockIdx.x * RB + threadIdx.x] = (float)s;
+      y[rb0 + threadIdx.x] = (float)s;
     }
 #else
     __shared__ acc_t part[64][2];

@@ -1,4 +1,4 @@
-// qmoe-kernel: qtype=1 acc=1 threads=128 rows_per_block=2 q8_rows_per_block=8 max_k=64 own_tokens=1 tok_min_blocks=2 tok_tile=8 tok_rows=4 list_cap=2048 counters=65536
+// qmoe-kernel: qtype=1 acc=1 threads=128 rows_per_block=2 q8_rows_per_block=8 q8_x_max=8192 max_k=64 own_tokens=1 tok_min_blocks=2 tok_tile=8 tok_rows=4 list_cap=2048 counters=65536
 // qmoe-limit: K <= MAX_K
 // qmoe-limit: H <= COUNTERS * 4 * TOK_ROWS
 // qmoe-grid: qmoe_cdiv(H, TOKENS > 1 ? 4 * TOK_ROWS : RPB), TOKENS > 1 ? E + 1 : 1, 1
@@ -19,43 +19,90 @@ ${BIND}
   if constexpr (!TOK) {
     __shared__ uint4 sh[${WARPS}][2 * QROW_VECS]; // 2 rows' slices, then their span tables
 #if QMOE_Q8
-    // q8: ${Q8_ROWS_PER_BLOCK} rows per block, 2 per warp, every warp through all K slots: slot k's h is rounded
-    // once for the block (QX_MAX elements at a time, every warp taking part) and read by all its rows.
-    constexpr int RB = 2 * ${WARPS};
+    // q8: ${Q8_ROWS_PER_BLOCK} rows per block, 2 per warp. Where F <= QX_MAX (Qwen3: 768) the block rounds the h of
+    // as many slots as fit in one pass (all 8 of Qwen3's), once, and its warps take the (slot, row pair) items in
+    // turn; else one slot at a time, F in pieces, each warp its row pair (its sums carried across the pieces). A
+    // row's sum per slot is the one-token order either way; the combine is the f32 kernel's.
+    constexpr int RB = 2 * ${WARPS}, NP = ${WARPS}; // rows, row pairs per block
     static_assert(RB == ${Q8_ROWS_PER_BLOCK}, "q8_rows_per_block of the kernel line");
     __shared__ int4 q8rec[QX_RUNS];
     __shared__ acc_t part[${MAX_K}][RB];
-    const int64_t r0 = (int64_t)blockIdx.x * RB + 2 * warp;
-    const bool mine = r0 < H;
-    const int64_t rr0 = mine ? r0 : 0, rr1 = mine && r0 + 1 < H ? r0 + 1 : rr0;
-    for (int k = 0; k < K; k++) {
-      const int e = ids[k];
-      const bool ok = e >= 0 && e < E;
-      const uint8_t *base = Wd + (int64_t)(ok ? e : 0) * H * row_bytes;
-      acc_t acc[2] = { 0, 0 };
-      for (int64_t c0 = 0; c0 < F; c0 += QX_MAX) {
-        const int n = (int)(F - c0 < QX_MAX ? F - c0 : QX_MAX);
-        __syncthreads(); // the last pass's records are read
-        if (ok) qmoe_q8_block(h + (int64_t)k * F + c0, n, q8rec); // ok is the same for the whole block
-        __syncthreads();
-        if (!mine || !ok) continue;
-        const uint8_t *rp[2] = { base + rr0 * row_bytes + c0 / QB_ELEMS * QB_BYTES,
-                                 base + rr1 * row_bytes + c0 / QB_ELEMS * QB_BYTES };
-        qmoe_row_dots_q8<2>(rp, q8rec, n / QB_ELEMS, sh[warp], lane, acc);
+    const int64_t rb0 = (int64_t)blockIdx.x * RB;
+    const acc_t nan = (acc_t)__int_as_float(0x7fc00000);
+    if (F <= QX_MAX) {
+      const int kp = (int)(QX_MAX / F); // slots per pass
+      int pre[2] = { 0, 0 }, pre_item = -1;
+      { // the first item's first chunk, asked for before h is rounded
+        const int k = warp / NP, p = warp % NP;
+        const int64_t r0 = rb0 + 2 * p;
+        if (k < K && k < kp && r0 < H) {
+          const int e = ids[k];
+          if (e >= 0 && e < E) {
+            const uint8_t *base = Wd + (int64_t)e * H * row_bytes;
+            const uint8_t *rp[2] = { base + r0 * row_bytes, base + (r0 + 1 < H ? r0 + 1 : r0) * row_bytes };
+            qmoe_stage_first<2>(rp, F / QB_ELEMS, sh[warp], lane, pre);
+            pre_item = warp;
+          }
+        }
       }
-      if (mine) {
-        const acc_t s0 = qmoe_warp_sum(acc[0]), s1 = qmoe_warp_sum(acc[1]);
-        if (lane == 0) {
-          part[k][2 * warp] = ok ? s0 : (acc_t)__int_as_float(0x7fc00000);
-          part[k][2 * warp + 1] = ok ? s1 : (acc_t)__int_as_float(0x7fc00000);
+      for (int k0 = 0; k0 < K; k0 += kp) {
+        const int nk = K - k0 < kp ? K - k0 : kp;
+        if (k0 > 0) __syncthreads(); // the last pass's records are read
+        qmoe_q8_block(h + (int64_t)k0 * F, (int)(nk * F), q8rec);
+        __syncthreads();
+        for (int i = warp; i < nk * NP; i += ${WARPS}) {
+          const int k = k0 + i / NP, p = i % NP;
+          const int64_t r0 = rb0 + 2 * p;
+          if (r0 >= H) continue;
+          const int e = ids[k];
+          acc_t acc[2] = { 0, 0 };
+          if (e >= 0 && e < E) {
+            const uint8_t *base = Wd + (int64_t)e * H * row_bytes;
+            const uint8_t *rp[2] = { base + r0 * row_bytes, base + (r0 + 1 < H ? r0 + 1 : r0) * row_bytes };
+            qmoe_row_dots_q8<2>(rp, q8rec + (int64_t)(i / NP) * (F / UNROLL), F / QB_ELEMS, sh[warp], lane, acc,
+                                k0 == 0 && i == pre_item, pre);
+          }
+          const acc_t s0 = qmoe_warp_sum(acc[0]), s1 = qmoe_warp_sum(acc[1]);
+          if (lane == 0) {
+            part[k][2 * p] = e >= 0 && e < E ? s0 : nan;
+            part[k][2 * p + 1] = e >= 0 && e < E ? s1 : nan;
+          }
+        }
+      }
+    } else {
+      const int64_t r0 = rb0 + 2 * warp;
+      const int nopre[2] = { 0, 0 };
+      const bool mine = r0 < H;
+      const int64_t rr0 = mine ? r0 : 0, rr1 = mine && r0 + 1 < H ? r0 + 1 : rr0;
+      for (int k = 0; k < K; k++) {
+        const int e = ids[k];
+        const bool ok = e >= 0 && e < E;
+        const uint8_t *base = Wd + (int64_t)(ok ? e : 0) * H * row_bytes;
+        acc_t acc[2] = { 0, 0 };
+        for (int64_t c0 = 0; c0 < F; c0 += QX_MAX) {
+          const int n = (int)(F - c0 < QX_MAX ? F - c0 : QX_MAX);
+          __syncthreads(); // the last pass's records are read
+          if (ok) qmoe_q8_block(h + (int64_t)k * F + c0, n, q8rec); // ok is the same for the whole block
+          __syncthreads();
+          if (!mine || !ok) continue;
+          const uint8_t *rp[2] = { base + rr0 * row_bytes + c0 / QB_ELEMS * QB_BYTES,
+                                   base + rr1 * row_bytes + c0 / QB_ELEMS * QB_BYTES };
+          qmoe_row_dots_q8<2>(rp, q8rec, n / QB_ELEMS, sh[warp], lane, acc, false, nopre);
+        }
+        if (mine) {
+          const acc_t s0 = qmoe_warp_sum(acc[0]), s1 = qmoe_warp_sum(acc[1]);
+          if (lane == 0) {
+            part[k][2 * warp] = ok ? s0 : nan;
+            part[k][2 * warp + 1] = ok ? s1 : nan;
+          }
         }
       }
     }
     __syncthreads();
-    if (threadIdx.x < RB && (int64_t)blockIdx.x * RB + threadIdx.x < H) {
+    if (threadIdx.x < RB && rb0 + threadIdx.x < H) {
       acc_t s = 0;
       for (int k = 0; k < K; k++) s = qmoe_fma3((acc_t)w[k], part[k][threadIdx.x], s);
-      y[(int64_t)blockIdx.x * RB + threadIdx.x] = (float)s;
+      y[rb0 + threadIdx.x] = (float)s;
     }
 #else
     __shared__ acc_t part[${MAX_K}][2];

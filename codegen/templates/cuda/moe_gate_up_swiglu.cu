@@ -1,4 +1,4 @@
-// qmoe-kernel: qtype=1 acc=1 threads=128 rows_per_block=4 q8_rows_per_block=8 q8_rows=4 tok_f_per_block=8 own_tokens=1 tok_min_blocks=2 tok_tile=8 list_cap=2048
+// qmoe-kernel: qtype=1 acc=1 threads=128 rows_per_block=4 q8_rows_per_block=8 q8_rows=4 q8_stage_bytes=1700 q8_stage_elems=2048 tok_f_per_block=8 own_tokens=1 tok_min_blocks=2 tok_tile=8 list_cap=2048
 // qmoe-grid: qmoe_cdiv(F, TOKENS > 1 ? TOK_F_PER_BLOCK : RPB), TOKENS > 1 ? E + 1 : K, 1
 // h[k][f] = silu(Wg[ids[k]]·x)[f] · (Wu[ids[k]]·x)[f] for all K chosen experts in one launch: grid.y = K, the
 // expert id is read on the device. Each warp computes gate row f and up row f together (x loaded once);
@@ -26,6 +26,12 @@ ${BIND}
     const int e = k < K ? ids[k] : -1;
     const bool mine = f0 < F && k < K && e >= 0 && e < E;
     const int64_t at0 = mine ? ((int64_t)e * F + f0) * row_bytes : 0, at1 = mine ? ((int64_t)e * F + f1) * row_bytes : 0;
+    // the first chunk is asked for before x is rounded (weights: no kernel writes them)
+    int pre[4] = { 0, 0, 0, 0 };
+    if (mine) {
+      const uint8_t *rp[4] = { Wg + at0, Wu + at0, Wg + at1, Wu + at1 };
+      qmoe_stage_first<4>(rp, H / QB_ELEMS < QX_MAX / QB_ELEMS ? H / QB_ELEMS : QX_MAX / QB_ELEMS, sh4[warp], lane, pre);
+    }
     acc_t acc[4] = { 0, 0, 0, 0 };
     for (int64_t c0 = 0; c0 < H; c0 += QX_MAX) {
       const int n = (int)(H - c0 < QX_MAX ? H - c0 : QX_MAX);
@@ -35,7 +41,7 @@ ${BIND}
       if (!mine) continue;
       const int64_t cb = c0 / QB_ELEMS * QB_BYTES;
       const uint8_t *rp[4] = { Wg + at0 + cb, Wu + at0 + cb, Wg + at1 + cb, Wu + at1 + cb };
-      qmoe_row_dots_q8<4>(rp, q8rec, n / QB_ELEMS, sh4[warp], lane, acc);
+      qmoe_row_dots_q8<4>(rp, q8rec, n / QB_ELEMS, sh4[warp], lane, acc, c0 == 0, pre);
     }
     if (f0 >= F || k >= K) return;
 #pragma unroll
