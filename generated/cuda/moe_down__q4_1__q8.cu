@@ -234,7 +234,7 @@ static __device__ __forceinline__ void qmoe_q4_1_decode_block(const uint8_t *b, 
 // ---- q4_1 rows: 32 elements in 20 bytes per block ----
 #define QB_ELEMS 32
 #define QB_BYTES 20
-#define CH_BLOCKS 96                             // blocks of one row staged per chunk
+#define CH_BLOCKS 24                             // blocks of one row staged per chunk
 #define STAGE_DATA ((CH_BLOCKS * QB_BYTES + 15) / 16 + 1) // 16-byte vectors covering a chunk at any alignment
 #define STAGE_PAD 4                                  // 64 bytes before and after each row's chunk, so the
                                                      // arms of a decode's ?: that are not taken read in bounds
@@ -944,56 +944,77 @@ static __device__ __forceinline__ void qmoe_down_body(const qmoe_args &a) {
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   const int64_t row_bytes = F / QB_ELEMS * QB_BYTES;
   if constexpr (!TOK) {
-    __shared__ uint4 sh[4][2 * QROW_VECS]; // 2 rows' slices, then their span tables
 #if QMOE_Q8
-    // q8: 8 rows per block, 2 per warp. Where F <= QX_MAX (Qwen3: 768) the block rounds the h of
-    // as many slots as fit in one pass (all 8 of Qwen3's), once, and its warps take the (slot, row pair) items in
-    // turn; else one slot at a time, F in pieces, each warp its row pair (its sums carried across the pieces). A
-    // row's sum per slot is the one-token order either way; the combine is the f32 kernel's.
+    // q8: 8 rows per block, 2 per warp. Where F <= QX_MAX and a row is one chunk (Qwen3-30B: F =
+    // 768, q8_stage_elems) the block rounds the h of as many slots as fit in one pass (all 8 of Qwen3's), once, and
+    // its warps take the (slot, row pair) items in turn, D at a time; else one slot at a time, F in pieces, each
+    // warp its row pair (its sums carried across the pieces). A row's sum per slot is the one-token order either
+    // way; the combine is the f32 kernel's.
     constexpr int RB = 2 * 4, NP = 4; // rows, row pairs per block
     static_assert(RB == 8, "q8_rows_per_block of the kernel line");
     __shared__ int4 q8rec[QX_RUNS];
     __shared__ acc_t part[64][RB];
+    // D items' slices per warp in what shared memory is left (at least one)
+    constexpr int D0 = (44 * 1024 - (int)sizeof(int4) * QX_RUNS - (int)sizeof(acc_t) * 64 * RB) /
+                       (4 * 2 * QROW_VECS * 16);
+    constexpr int D = D0 < 1 ? 1 : D0 > 4 ? 4 : D0;
+    __shared__ uint4 shd[4][D * 2 * QROW_VECS];
     const int64_t rb0 = (int64_t)blockIdx.x * RB;
     const acc_t nan = (acc_t)__int_as_float(0x7fc00000);
-    if (F <= QX_MAX) {
+    if (F <= QX_MAX && F / QB_ELEMS <= CH_BLOCKS) {
+      // A warp's items are short (2 rows of F), so it asks for D of them at once (each into its own slice of the
+      // warp's buffer) and waits once for the D: the first D before h is rounded.
       const int kp = (int)(QX_MAX / F); // slots per pass
-      int pre[2] = { 0, 0 }, pre_item = -1;
-      { // the first item's first chunk, asked for before h is rounded
-        const int k = warp / NP, p = warp % NP;
-        const int64_t r0 = rb0 + 2 * p;
-        if (k < K && k < kp && r0 < H) {
+      uint4 *wsh = shd[warp];
+      int pre[D][2];
+      const int nk0 = K < kp ? K : kp;
+      auto ask = [&](int k0, int nk, int j0) { // items warp + (j0 + d)·WARPS of the pass at k0
+#pragma unroll
+        for (int d = 0; d < D; d++) {
+          const int i = warp + (j0 + d) * 4;
+          pre[d][0] = pre[d][1] = 0;
+          if (i >= nk * NP) continue;
+          const int k = k0 + i / NP, p = i % NP;
+          const int64_t r0 = rb0 + 2 * p;
           const int e = ids[k];
-          if (e >= 0 && e < E) {
-            const uint8_t *base = Wd + (int64_t)e * H * row_bytes;
-            const uint8_t *rp[2] = { base + r0 * row_bytes, base + (r0 + 1 < H ? r0 + 1 : r0) * row_bytes };
-            qmoe_stage_first<2>(rp, F / QB_ELEMS, sh[warp], lane, pre);
-            pre_item = warp;
-          }
+          if (r0 >= H || e < 0 || e >= E) continue;
+          const uint8_t *base = Wd + (int64_t)e * H * row_bytes;
+          const uint8_t *rp[2] = { base + r0 * row_bytes, base + (r0 + 1 < H ? r0 + 1 : r0) * row_bytes };
+          qmoe_stage_first<2>(rp, F / QB_ELEMS, wsh + d * 2 * QROW_VECS, lane, pre[d]);
         }
-      }
+      };
+      ask(0, nk0, 0);
       for (int k0 = 0; k0 < K; k0 += kp) {
         const int nk = K - k0 < kp ? K - k0 : kp;
         if (k0 > 0) __syncthreads(); // the last pass's records are read
         qmoe_q8_block(h + (int64_t)k0 * F, (int)(nk * F), q8rec);
         __syncthreads();
-        for (int i = warp; i < nk * NP; i += 4) {
-          const int k = k0 + i / NP, p = i % NP;
-          const int64_t r0 = rb0 + 2 * p;
-          if (r0 >= H) continue;
-          const int e = ids[k];
-          acc_t acc[2] = { 0, 0 };
-          if (e >= 0 && e < E) {
-            const uint8_t *base = Wd + (int64_t)e * H * row_bytes;
-            const uint8_t *rp[2] = { base + r0 * row_bytes, base + (r0 + 1 < H ? r0 + 1 : r0) * row_bytes };
-            qmoe_row_dots_q8<2>(rp, q8rec + (int64_t)(i / NP) * (F / UNROLL), F / QB_ELEMS, sh[warp], lane, acc,
-                                k0 == 0 && i == pre_item, pre);
+        for (int j0 = 0; warp + j0 * 4 < nk * NP; j0 += D) {
+          if (k0 > 0 || j0 > 0) ask(k0, nk, j0);
+          qmoe_cp_async_wait_all();
+          __syncwarp();
+#pragma unroll
+          for (int d = 0; d < D; d++) {
+            const int i = warp + (j0 + d) * 4;
+            if (i >= nk * NP) break;
+            const int k = k0 + i / NP, p = i % NP;
+            const int64_t r0 = rb0 + 2 * p;
+            if (r0 >= H) continue;
+            const int e = ids[k];
+            acc_t acc[2] = { 0, 0 };
+            if (e >= 0 && e < E) {
+              const uint8_t *base = Wd + (int64_t)e * H * row_bytes;
+              const uint8_t *rp[2] = { base + r0 * row_bytes, base + (r0 + 1 < H ? r0 + 1 : r0) * row_bytes };
+              qmoe_row_dots_q8<2>(rp, q8rec + (int64_t)(i / NP) * (F / UNROLL), F / QB_ELEMS, wsh + d * 2 * QROW_VECS,
+                                  lane, acc, true, pre[d]);
+            }
+            const acc_t s0 = qmoe_warp_sum(acc[0]), s1 = qmoe_warp_sum(acc[1]);
+            if (lane == 0) {
+              part[k][2 * p] = e >= 0 && e < E ? s0 : nan;
+              part[k][2 * p + 1] = e >= 0 && e < E ? s1 : nan;
+            }
           }
-          const acc_t s0 = qmoe_warp_sum(acc[0]), s1 = qmoe_warp_sum(acc[1]);
-          if (lane == 0) {
-            part[k][2 * p] = e >= 0 && e < E ? s0 : nan;
-            part[k][2 * p + 1] = e >= 0 && e < E ? s1 : nan;
-          }
+          __syncwarp(); // the next items overwrite the slices
         }
       }
     } else {
@@ -1014,7 +1035,7 @@ static __device__ __forceinline__ void qmoe_down_body(const qmoe_args &a) {
           if (!mine || !ok) continue;
           const uint8_t *rp[2] = { base + rr0 * row_bytes + c0 / QB_ELEMS * QB_BYTES,
                                    base + rr1 * row_bytes + c0 / QB_ELEMS * QB_BYTES };
-          qmoe_row_dots_q8<2>(rp, q8rec, n / QB_ELEMS, sh[warp], lane, acc, false, nopre);
+          qmoe_row_dots_q8<2>(rp, q8rec, n / QB_ELEMS, shd[warp], lane, acc, false, nopre);
         }
         if (mine) {
           const acc_t s0 = qmoe_warp_sum(acc[0]), s1 = qmoe_warp_sum(acc[1]);
@@ -1032,6 +1053,7 @@ static __device__ __forceinline__ void qmoe_down_body(const qmoe_args &a) {
       y[rb0 + threadIdx.x] = (float)s;
     }
 #else
+    __shared__ uint4 sh[4][2 * QROW_VECS]; // 2 rows' slices, then their span tables
     __shared__ acc_t part[64][2];
     const int64_t r0 = (int64_t)blockIdx.x * 2;
     const int64_t r1 = r0 + 1 < H ? r0 + 1 : r0;
