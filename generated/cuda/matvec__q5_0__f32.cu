@@ -244,10 +244,10 @@ static __device__ __forceinline__ void qmoe_q5_0_decode_block(const uint8_t *b, 
 // 16-byte asynchronous copies (cp.async: global -> shared without registers), all in flight before the one
 // wait. The aligned span may start up to 15 bytes before a row chunk and end up to 15 bytes after it;
 // buffers are 256-byte aligned with sizes rounded up to 256 bytes (backend_cuda.c), so the span never leaves
-// the allocation. OFF[r] is where row r's bytes start in its slice of SH.
+// the allocation. OFF[r] is where row r's bytes start in its slice of SH. qmoe_stage_issue: the copies alone.
 template <int R>
-static __device__ __forceinline__ void qmoe_stage_rows(const uint8_t *const *rows, int64_t b0, int nb, uint4 *sh,
-                                                       int lane, int *off) {
+static __device__ __forceinline__ void qmoe_stage_issue(const uint8_t *const *rows, int64_t b0, int nb, uint4 *sh,
+                                                        int lane, int *off) {
 #pragma unroll
   for (int r = 0; r < R; r++) {
     const uint64_t p = (uint64_t)(rows[r] + b0 * QB_BYTES);
@@ -262,6 +262,11 @@ static __device__ __forceinline__ void qmoe_stage_rows(const uint8_t *const *row
       if (j < n16) qmoe_cp_async16(dst + j, src + j);
     }
   }
+}
+template <int R>
+static __device__ __forceinline__ void qmoe_stage_rows(const uint8_t *const *rows, int64_t b0, int nb, uint4 *sh,
+                                                       int lane, int *off) {
+  qmoe_stage_issue<R>(rows, b0, nb, sh, lane, off);
   qmoe_cp_async_wait_all();
   __syncwarp();
 }
@@ -270,24 +275,31 @@ static __device__ __forceinline__ void qmoe_stage_rows(const uint8_t *const *row
 // for which elements a lane takes). G: the last step may be partial (only where NE need not be a multiple of
 // 256, i.e. rows that end inside a step).
 #if 0 && !defined(QMOE_NO_AFFINE)
-// Σ V·x over a run (V + off of 4 elements per word read, expr.lua PACKED; the same f32 values as run_v's), the
-// words read by <q>_run_w4 where the block starts at a multiple of 4 (M = 0), <q>_run_w2 at 2 mod 4 (M = 2), else
-// <q>_run_w (any alignment).
+// The run's words of V + off bytes (expr.lua PACKED), 4 elements each, read by <q>_run_w4 where the block starts
+// at a multiple of 4 (M = 0), <q>_run_w2 at 2 mod 4 (M = 2), else <q>_run_w (any alignment).
+template <int M>
+static __device__ __forceinline__ uint32_t qmoe_run_word(const uint8_t *blk, int ig, int t0) {
+#if 0
+  if constexpr (M == 0) return qmoe_q5_0_run_w4(blk, ig, t0);
+#endif
+#if 0
+  if constexpr (M == 2) return qmoe_q5_0_run_w2(blk, ig, t0);
+#endif
+  return qmoe_q5_0_run_w(blk, ig, t0);
+}
+// The run's UNROLL / 4 words.
+template <int M>
+static __device__ __forceinline__ void qmoe_run_words(const uint8_t *blk, int ig, uint32_t *w) {
+#pragma unroll
+  for (int t0 = 0; t0 < UNROLL; t0 += 4) w[t0 / 4] = qmoe_run_word<M>(blk, ig, t0);
+}
+// Σ V·x over a run (the same f32 values as run_v's).
 template <int M>
 static __device__ __forceinline__ float qmoe_run_sv(const uint8_t *blk, int ig, const float *xr) {
   float vq[UNROLL];
 #pragma unroll
   for (int t0 = 0; t0 < UNROLL; t0 += 4) {
-    uint32_t wq;
-#if 0
-    if constexpr (M == 0) wq = qmoe_q5_0_run_w4(blk, ig, t0);
-    else
-#endif
-#if 0
-    if constexpr (M == 2) wq = qmoe_q5_0_run_w2(blk, ig, t0);
-    else
-#endif
-      wq = qmoe_q5_0_run_w(blk, ig, t0);
+    const uint32_t wq = qmoe_run_word<M>(blk, ig, t0);
 #pragma unroll
     for (int k = 0; k < 4; k++) vq[t0 + k] = qmoe_q_unpack(wq, k, 0.0f);
   }
@@ -520,24 +532,6 @@ static __device__ __forceinline__ void qmoe_q8_block(const float *x, int n, int4
     if (r < nr) rec[r] = q;
   }
 }
-#if 0
-// The run's two words of V + off bytes (as qmoe_run_sv reads them).
-template <int M>
-static __device__ __forceinline__ void qmoe_run_words(const uint8_t *blk, int ig, uint32_t *w) {
-#pragma unroll
-  for (int t0 = 0; t0 < UNROLL; t0 += 4) {
-#if 0
-    if constexpr (M == 0) w[t0 / 4] = qmoe_q5_0_run_w4(blk, ig, t0);
-    else
-#endif
-#if 0
-    if constexpr (M == 2) w[t0 / 4] = qmoe_q5_0_run_w2(blk, ig, t0);
-    else
-#endif
-      w[t0 / 4] = qmoe_q5_0_run_w(blk, ig, t0);
-  }
-}
-#endif
 // qmoe_dot_chunk with x as run records RC (the chunk's first run first): Σ V·x' of a run is 2^e·Σ V·q, summed in
 // integers (dp4a; V = byte - off) where the decode is packed, else in floats (exact either way), then the f32
 // path's A·sv + B·sx: the bits of the f32 rows on x' (and of the many-token path).
@@ -616,21 +610,7 @@ static __device__ __forceinline__ void qmoe_dot_chunk_q8(const uint4 *sh, const 
 template <int R>
 static __device__ __forceinline__ void qmoe_stage_first(const uint8_t *const *rows, int64_t nblocks, uint4 *sh,
                                                         int lane, int *pre) {
-  const int nb = (int)(nblocks < CH_BLOCKS ? nblocks : CH_BLOCKS);
-#pragma unroll
-  for (int r = 0; r < R; r++) {
-    const uint64_t p = (uint64_t)rows[r];
-    const uint64_t a0 = p & ~(uint64_t)15;
-    pre[r] = (int)(p - a0);
-    const int n16 = (pre[r] + nb * QB_BYTES + 15) >> 4;
-    const uint4 *src = (const uint4 *)a0;
-    uint4 *dst = sh + r * STAGE_VECS + STAGE_PAD;
-#pragma unroll
-    for (int u = 0; u < STAGE_U; u++) {
-      const int j = lane + 32 * u;
-      if (j < n16) qmoe_cp_async16(dst + j, src + j);
-    }
-  }
+  qmoe_stage_issue<R>(rows, 0, (int)(nblocks < CH_BLOCKS ? nblocks : CH_BLOCKS), sh, lane, pre);
 }
 // qmoe_row_dots over blocks whose x is the run records REC (REC[0]: the first block's first run). USE_PRE: the
 // first chunk's copies were issued by qmoe_stage_first, which left its offsets in PRE.
