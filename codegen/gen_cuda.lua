@@ -267,6 +267,10 @@ local function binding(st, argname, rename, own_tokens, wait_in_template)
   -- Token: generic kernels of a stage with `tokens` take token blockIdx.z (per-token buffers and advancing
   -- params moved to it); own_tokens kernels and stages without tokens take token 0.
   local generic = st.tokens and not own_tokens
+  -- Kernel experiment (QMOE_CUDA_DEFINES, docs/cuda.md): QMOE_EMPTY_ALL or QMOE_EMPTY_<STAGE> makes the kernel's
+  -- threads exit at once, so a timed decode shows what the launch chain costs without the stage's work.
+  lines[#lines + 1] = string.format("#if defined(QMOE_EMPTY_ALL) || defined(QMOE_EMPTY_%s)\n  asm volatile(\"exit;\");\n#endif",
+                                    st.name:upper())
   lines[#lines + 1] = string.format("  const int64_t qmoe_tokens = %s.tokens;", argname)
   lines[#lines + 1] = generic and "  const int64_t qmoe_tok = blockIdx.z;" or "  const int64_t qmoe_tok = 0;"
   for i, p in ipairs(st.ints) do

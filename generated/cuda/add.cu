@@ -138,6 +138,9 @@ __device__ __forceinline__ acc_t qmoe_block_sum(acc_t v, acc_t *sh) {
 
 // y = a + b (y may be a).
 extern "C" __global__ void __launch_bounds__(256, 4) qmoe_add(const qmoe_args a_) {
+#if defined(QMOE_EMPTY_ALL) || defined(QMOE_EMPTY_ADD)
+  asm volatile("exit;");
+#endif
   const int64_t qmoe_tokens = a_.tokens;
   const int64_t qmoe_tok = 0;
   const int64_t n = a_.p[0];

@@ -141,6 +141,9 @@ __device__ __forceinline__ acc_t qmoe_block_sum(acc_t v, acc_t *sh) {
 // the result equals add followed by rmsnorm bit for bit. y may be a: each thread reads a[i] before it writes
 // y[i], and reads back only the y[i] it wrote itself.
 extern "C" __global__ void __launch_bounds__(256, 1) qmoe_add_rmsnorm__f32(const qmoe_args a_) {
+#if defined(QMOE_EMPTY_ALL) || defined(QMOE_EMPTY_ADD_RMSNORM)
+  asm volatile("exit;");
+#endif
   const int64_t qmoe_tokens = a_.tokens;
   const int64_t qmoe_tok = blockIdx.z;
   const int64_t n = a_.p[0];

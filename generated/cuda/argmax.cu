@@ -160,6 +160,9 @@ static __device__ __forceinline__ void qmoe_argmax_block(float &bv, int64_t &bi,
 }
 
 extern "C" __global__ void __launch_bounds__(256, 4) qmoe_argmax(const qmoe_args a) {
+#if defined(QMOE_EMPTY_ALL) || defined(QMOE_EMPTY_ARGMAX)
+  asm volatile("exit;");
+#endif
   const int64_t qmoe_tokens = a.tokens;
   const int64_t qmoe_tok = 0;
   const int64_t n = a.p[0];

@@ -166,6 +166,9 @@ static __device__ __forceinline__ void qmoe_at_row(const float *row, int64_t D, 
   }
 }
 extern "C" __global__ void __launch_bounds__(128, 2) qmoe_attention__f64(const qmoe_args a) {
+#if defined(QMOE_EMPTY_ALL) || defined(QMOE_EMPTY_ATTENTION)
+  asm volatile("exit;");
+#endif
   const int64_t qmoe_tokens = a.tokens;
   const int64_t qmoe_tok = blockIdx.z;
   const int64_t nh = a.p[0];

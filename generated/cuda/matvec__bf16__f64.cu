@@ -907,6 +907,9 @@ static __device__ __forceinline__ void qmoe_matvec_q8(const uint8_t *W, const fl
 #endif
 template <bool TOK>
 static __device__ __forceinline__ void qmoe_matvec_body(const qmoe_args &a) {
+#if defined(QMOE_EMPTY_ALL) || defined(QMOE_EMPTY_MATVEC)
+  asm volatile("exit;");
+#endif
   const int64_t qmoe_tokens = a.tokens;
   const int64_t qmoe_tok = 0;
   const int64_t rows = a.p[0];

@@ -138,6 +138,9 @@ __device__ __forceinline__ acc_t qmoe_block_sum(acc_t v, acc_t *sh) {
 
 // RMSNorm of each of nh heads of D with the shared weight w: one block per head.
 extern "C" __global__ void __launch_bounds__(128, 4) qmoe_qk_norm__f32(const qmoe_args a) {
+#if defined(QMOE_EMPTY_ALL) || defined(QMOE_EMPTY_QK_NORM)
+  asm volatile("exit;");
+#endif
   const int64_t qmoe_tokens = a.tokens;
   const int64_t qmoe_tok = 0;
   const int64_t nh = a.p[0];

@@ -140,6 +140,9 @@ __device__ __forceinline__ acc_t qmoe_block_sum(acc_t v, acc_t *sh) {
 // are computed in double in every variant (an f32 angle at large pos is an error, not a precision choice);
 // the rotation is done in acc_t. Each thread owns its pairs, so y may be x.
 extern "C" __global__ void __launch_bounds__(64, 4) qmoe_rope_neox__f32(const qmoe_args a) {
+#if defined(QMOE_EMPTY_ALL) || defined(QMOE_EMPTY_ROPE_NEOX)
+  asm volatile("exit;");
+#endif
   const int64_t qmoe_tokens = a.tokens;
   const int64_t qmoe_tok = 0;
   const int64_t nh = a.p[0];
