@@ -1,7 +1,8 @@
 #!/bin/bash
 # The launch chain's floor and each stage's cost inside the decode graph: q8 decode with every kernel, then with
 # QMOE_CUDA_DEFINES=QMOE_EMPTY_ALL (every kernel's threads exit at once: only the graph's launches and PDL edges
-# are left) and with one stage's kernels emptied at a time (QMOE_EMPTY_<STAGE>). Outputs are meaningless in the
+# are left) and with one stage's kernels emptied at a time (QMOE_EMPTY_<STAGE>); v's projection in a lane of its
+# own (3 lanes) against 2 (QMOE_CUDA_LANES=2, v after k as before). Outputs are meaningless in the
 # emptied runs; only their time counts.
 cd "$(dirname "$0")/../.."
 N=resempty; R=${OUT:-/tmp}/$N; rm -rf $R; mkdir -p $R
@@ -15,6 +16,8 @@ run() { n=$1; shift; env "$@" > $R/bench-$n.json 2> $R/bench-$n.err; echo "bench
 for e in none ALL ADD_RMSNORM QK_NORM_ROPE ROUTER_TOPK ATTENTION MOE_DOWN MOE_GATE_UP_SWIGLU MATVEC ARGMAX; do
   run q8-$e QMOE_CUDA_DEFINES=QMOE_EMPTY_$e timeout 100 $B/qmoe bench -m $M --backend cuda --acc q8 -p 16 -n 48 --repeats 3 --json
 done
+run q8-lanes2 QMOE_CUDA_LANES=2 timeout 100 $B/qmoe bench -m $M --backend cuda --acc q8 -p 16 -n 48 --repeats 3 --json
+run q8-lanes3 timeout 100 $B/qmoe bench -m $M --backend cuda --acc q8 -p 16 -n 48 --repeats 3 --json
 run f32-none timeout 100 $B/qmoe bench -m $M --backend cuda -p 16 -n 48 --repeats 3 --json
 run q8-ALL-nopdl QMOE_CUDA_PDL=0 QMOE_CUDA_DEFINES=QMOE_EMPTY_ALL timeout 100 $B/qmoe bench -m $M --backend cuda --acc q8 -p 16 -n 48 --repeats 3 --json
 run q8-ALL-nobranch QMOE_CUDA_NO_BRANCH=1 QMOE_CUDA_DEFINES=QMOE_EMPTY_ALL timeout 100 $B/qmoe bench -m $M --backend cuda --acc q8 -p 16 -n 48 --repeats 3 --json

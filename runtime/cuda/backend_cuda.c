@@ -31,7 +31,8 @@ typedef struct {
   CUfunction fn;
   unsigned gx, gy, gz, threads;
   int uses_ws; /* args.buf[7] is the workspace (a later call of the recording may have moved it) */
-  int32_t dep[2]; /* the recorded launches this one runs after (-1: none; dep[1] >= 0 only at a join) */
+  int32_t dep[QMOE_BRANCH_LANES]; /* the recorded launches this one runs after (-1: none; more than one only at a
+                                   * join) */
   int32_t chain;  /* 1: dep[0] is the launch before it in its chain (with PDL a programmatic edge) */
   const char *entry;
   kernel_args args;
@@ -54,10 +55,10 @@ typedef struct {
   int freed;        /* a buffer the recording uses was freed: graph_end(be, 1) refuses */
   launch_rec *recs; /* the sequence being recorded */
   size_t n, cap;
-  /* backend.branch(): lanes > 0 while two lanes are open (lane: the one being recorded; fork: the launch
-   * before them; last[l]: lane l's last launch); join: the next launch joins them */
+  /* backend.branch(): lanes > 0 while lanes are open (lane: the one being recorded; fork: the launch before
+   * them; last[l]: lane l's last launch, the fork while it has none); join: the next launch joins them */
   int lanes, lane, join;
-  int64_t fork, last[2];
+  int64_t fork, last[QMOE_BRANCH_LANES];
   cached_graph cache[GRAPH_CACHE];
   uint64_t ends;
   qmoe_cuda_graph_stats stats;
@@ -73,6 +74,7 @@ typedef struct {
   CUdeviceptr ws;          /* workspace of split attention (args.buf[7]); zeroed when (re)allocated */
   size_t ws_size;
   int sync_each;           /* QMOE_CUDA_SYNC=1: synchronize after every launch (names a faulting kernel) */
+  int max_lanes;           /* lanes at or past it record into the last one (QMOE_CUDA_LANES; default all) */
   int lane_pdl;            /* the edges at a fork and a join programmatic too (QMOE_CUDA_LANE_PDL=0: plain) */
   int pdl;                 /* on sm_90+ with cuGraphAddDependencies_v2 unless QMOE_CUDA_PDL=0: graph edges are
                             * programmatic (each kernel launches as the one before finishes, and waits in
@@ -298,11 +300,17 @@ static int graph_add(cuda_impl *im, CUfunction fn, unsigned gx, unsigned gy, uns
   r->fn = fn, r->gx = gx, r->gy = gy, r->gz = gz, r->threads = threads, r->entry = entry, r->args = *args;
   r->uses_ws = uses_ws;
   const int64_t i = (int64_t)g->n - 1;
-  r->dep[0] = (int32_t)(i - 1), r->dep[1] = -1, r->chain = i > 0;
-  if (g->join) {
-    r->dep[0] = (int32_t)g->last[0], r->dep[1] = (int32_t)g->last[1], r->chain = 0;
-    if (r->dep[1] == r->dep[0]) r->dep[1] = -1;
-    if (r->dep[0] < 0) r->dep[0] = r->dep[1], r->dep[1] = -1;
+  for (int l = 0; l < QMOE_BRANCH_LANES; l++) r->dep[l] = -1;
+  r->dep[0] = (int32_t)(i - 1), r->chain = i > 0;
+  if (g->join) { /* after each lane's last launch, each once (a lane with none left its last at the fork) */
+    int nd = 0;
+    for (int l = 0; l < QMOE_BRANCH_LANES; l++) {
+      int seen = g->last[l] < 0;
+      for (int j = 0; j < nd; j++) seen |= r->dep[j] == (int32_t)g->last[l];
+      if (!seen) r->dep[nd++] = (int32_t)g->last[l];
+    }
+    for (int j = nd; j < QMOE_BRANCH_LANES; j++) r->dep[j] = -1;
+    r->chain = 0;
     g->join = 0, g->lanes = 0;
   } else if (g->lanes) {
     r->dep[0] = (int32_t)g->last[g->lane];
@@ -315,16 +323,20 @@ static int graph_add(cuda_impl *im, CUfunction fn, unsigned gx, unsigned gy, uns
 static int cu_branch(qmoe_backend *be, int lane) {
   cuda_impl *im = impl_of(be);
   graph_state *g = &im->g;
-  if (lane != 0 && lane != 1 && lane != QMOE_BRANCH_JOIN) {
-    qmoe_set_error("cuda backend: branch(%d): the lanes are 0 and 1, or QMOE_BRANCH_JOIN", lane);
+  if ((lane < 0 || lane >= QMOE_BRANCH_LANES) && lane != QMOE_BRANCH_JOIN) {
+    qmoe_set_error("cuda backend: branch(%d): the lanes are 0 to %d, or QMOE_BRANCH_JOIN", lane, QMOE_BRANCH_LANES - 1);
     return QMOE_EINVAL;
   }
   if (!g->recording) return 0; /* launches on the stream run one after another anyway */
+  if (lane >= im->max_lanes) lane = im->max_lanes - 1;
   if (lane == QMOE_BRANCH_JOIN) {
     g->join = g->lanes;
     return 0;
   }
-  if (!g->lanes) g->lanes = 1, g->fork = (int64_t)g->n - 1, g->last[0] = g->last[1] = g->fork;
+  if (!g->lanes) {
+    g->lanes = 1, g->fork = (int64_t)g->n - 1;
+    for (int l = 0; l < QMOE_BRANCH_LANES; l++) g->last[l] = g->fork;
+  }
   g->lane = lane;
   return 0;
 }
@@ -346,8 +358,8 @@ static void cached_free(const qmoe_cuda_driver *d, cached_graph *c) {
   memset(c, 0, sizeof *c);
 }
 
-/* A graph of the N launches in RECS, each after the launches in its dep[] (one chain, or two lanes between
- * a fork and a join: backend.branch()), instantiated. */
+/* A graph of the N launches in RECS, each after the launches in its dep[] (one chain, or lanes between a fork
+ * and a join: backend.branch()), instantiated. */
 static int graph_build(cuda_impl *im, const launch_rec *recs, size_t n, cached_graph *out) {
   const qmoe_cuda_driver *d = im->ctx.d;
   cached_graph c = {0};
@@ -369,9 +381,9 @@ static int graph_build(cuda_impl *im, const launch_rec *recs, size_t n, cached_g
      * at a lane's start and a join unless QMOE_CUDA_LANE_PDL=0; otherwise plain */
     const launch_rec *r = &c.recs[i];
     const int prog = im->pdl && (r->chain || im->lane_pdl) && r->dep[0] >= 0;
-    CUgraphNode deps[2];
+    CUgraphNode deps[QMOE_BRANCH_LANES];
     size_t nd = 0;
-    for (int j = 0; j < 2 && !prog; j++)
+    for (int j = 0; j < QMOE_BRANCH_LANES && !prog; j++)
       if (r->dep[j] >= 0) deps[nd++] = c.nodes[r->dep[j]];
     rc = qmoe_cuda_check(d, d->GraphAddKernelNode(&c.nodes[i], c.graph, nd ? deps : NULL, nd, &kp),
                          "cuGraphAddKernelNode", r->entry);
@@ -380,7 +392,7 @@ static int graph_build(cuda_impl *im, const launch_rec *recs, size_t n, cached_g
       memset(&e, 0, sizeof e);
       e.from_port = QMOE_CU_GRAPH_KERNEL_NODE_PORT_PROGRAMMATIC;
       e.type = QMOE_CU_GRAPH_DEPENDENCY_TYPE_PROGRAMMATIC;
-      for (int j = 0; j < 2 && !rc; j++)
+      for (int j = 0; j < QMOE_BRANCH_LANES && !rc; j++)
         if (r->dep[j] >= 0)
           rc = qmoe_cuda_check(d, d->GraphAddDependencies2(c.graph, &c.nodes[r->dep[j]], &c.nodes[i], &e, 1),
                                "cuGraphAddDependencies_v2 (programmatic)", r->entry);
@@ -413,8 +425,8 @@ static int cu_graph_begin(qmoe_backend *be) {
 static int same_shape(const cached_graph *c, const launch_rec *r, size_t n) {
   if (c->n != n || !c->exec) return 0;
   for (size_t i = 0; i < n; i++)
-    if (c->recs[i].fn != r[i].fn || c->recs[i].threads != r[i].threads || c->recs[i].dep[0] != r[i].dep[0] ||
-        c->recs[i].dep[1] != r[i].dep[1] || c->recs[i].chain != r[i].chain)
+    if (c->recs[i].fn != r[i].fn || c->recs[i].threads != r[i].threads ||
+        memcmp(c->recs[i].dep, r[i].dep, sizeof r[i].dep) != 0 || c->recs[i].chain != r[i].chain)
       return 0;
   return 1;
 }
@@ -625,6 +637,8 @@ int qmoe_backend_cuda_open(qmoe_backend **out) {
     be->graph_end = cu_graph_end;
     const char *nb = getenv("QMOE_CUDA_NO_BRANCH"); /* one chain (the earlier graphs), for a measurement */
     if (!(nb && nb[0] && strcmp(nb, "0") != 0)) be->branch = cu_branch;
+    const char *nl = getenv("QMOE_CUDA_LANES"); /* fewer lanes (1 to QMOE_BRANCH_LANES), for a measurement */
+    im->max_lanes = nl && nl[0] >= '1' && nl[0] < '1' + QMOE_BRANCH_LANES && !nl[1] ? nl[0] - '0' : QMOE_BRANCH_LANES;
     const char *lp = getenv("QMOE_CUDA_LANE_PDL");
     im->lane_pdl = !(lp && lp[0] && strcmp(lp, "0") == 0);
     const char *pdl = getenv("QMOE_CUDA_PDL");

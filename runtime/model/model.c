@@ -636,7 +636,7 @@ static int layer_forward(qmoe_model *m, int64_t l, int64_t pos, int64_t T) {
   /* xn = attn_norm(h): here for layer 0; for the others the previous layer's last add computed it (below). */
   if (l == 0) STEP(qmoe_call_rmsnorm(&s, H, c->rms_eps, m->h, L->attn_norm.buf, m->xn), NULL);
   TRACE(QMOE_TP_ATTN_NORM, m->xn);
-  /* Two lanes (backend.branch: a backend may run them at once): q, and k and v. o holds the raw q projection
+  /* Three lanes (backend.branch: a backend may run them at once): q, k and v. o holds the raw q projection
    * until attention writes its output there, t the raw k until attn_output does. qk_norm then RoPE: one
    * stage (qk_norm_rope), bit for bit the two. The three projections come first, then the two qk_norm_rope:
    * a backend that orders calls by barriers (Vulkan) needs one between them, not one per step. These
@@ -648,6 +648,7 @@ static int layer_forward(qmoe_model *m, int64_t l, int64_t pos, int64_t T) {
   STEP(qmoe_call_matvec(&s, nh * D, H, L->q.buf, m->xn, m->o), &L->q);
   BRANCH(1);
   STEP(qmoe_call_matvec(&s, nkv * D, H, L->k.buf, m->xn, m->t), &L->k);
+  BRANCH(2);
   qmoe_call_matvec(&s, nkv * D, H, L->v.buf, m->xn, m->vc);
   s.off[QMOE_B_MATVEC_Y] = row_off;
   if ((rc = RUN(&L->v))) return rc;

@@ -76,7 +76,7 @@ int qmoe_stage_check_buffers(const char *who, const qmoe_stage_call *c, const si
 const char *qmoe_qtype_name(int ggml_type);
 
 typedef struct qmoe_backend qmoe_backend;
-enum { QMOE_BRANCH_JOIN = -1 }; /* backend.branch(): the end of two lanes */
+enum { QMOE_BRANCH_JOIN = -1, QMOE_BRANCH_LANES = 3 }; /* backend.branch(): the end of the lanes; how many there may be */
 struct qmoe_backend {
   const char *name; /* "cpu", "vulkan", "cuda" */
   int (*alloc)(qmoe_backend *, size_t bytes, qmoe_buffer **out);
@@ -101,10 +101,10 @@ struct qmoe_backend {
   int (*graph_begin)(qmoe_backend *);
   int (*graph_end)(qmoe_backend *, int submit);
   /* Optional: which earlier calls of a recording the calls that follow depend on, so a backend may run two
-   * chains of calls at once. branch(be, 0) or branch(be, 1) after a call F (the fork): the calls that follow,
-   * until the next branch(), form lane 0 or 1, each after the one before it in its lane and the first after
-   * F; the two lanes may run concurrently, so they must not write what the other reads or writes.
-   * branch(be, QMOE_BRANCH_JOIN): the next call runs after the last call of both lanes, and the calls after it
+   * chains of calls at once. branch(be, l) after a call F (the fork), 0 <= l < QMOE_BRANCH_LANES: the calls
+   * that follow, until the next branch(), form lane l, each after the one before it in its lane and the first
+   * after F; the lanes may run concurrently, so none may write what another reads or writes.
+   * branch(be, QMOE_BRANCH_JOIN): the next call runs after the last call of every lane, and the calls after it
    * form one chain again. A hint: outside a recording, or where a backend runs one call after another, it
    * changes nothing, and the results are the same bits either way. */
   int (*branch)(qmoe_backend *, int lane);
