@@ -319,6 +319,7 @@ local function emit_variant(v, sources)
     Q8_X_MAX = kd.q8_x_max or 4096, -- x elements a q8 block rounds per pass (16 bytes of records per 8)
     ACC_NOTE = v.acc and ("accumulator " .. v.acc) or "this stage does not vary by accumulator",
     ENTRY = v.entry, THREADS = kd.threads, WARPS = WARPS, MIN_BLOCKS = kd.min_blocks or 4,
+    RPB = rpb, -- this variant's rows per block (q8: q8_rows_per_block)
   }
   for k, x in pairs(kd) do -- the kernel line's constants (max_k=64 -> ${MAX_K})
     if type(x) == "number" and k ~= "threads" and k ~= "min_blocks" then vars[k:upper()] = x end
@@ -359,7 +360,9 @@ local function emit_variant(v, sources)
       -- and no more than q8_stage_elems elements: a Qwen3 row of 2,048, no shared memory left unused)
       local sb = acc == "q8" and kd.q8_stage_bytes or STAGE_BYTES
       local ch = math.max(1, sb // bb)
-      if acc == "q8" and kd.q8_stage_elems then ch = math.max(1, math.min(ch, kd.q8_stage_elems // be)) end
+      -- (stage_elems, q8_stage_elems: the same cap for the other accumulators, q8's taking precedence)
+      local se = acc == "q8" and kd.q8_stage_elems or kd.stage_elems
+      if se then ch = math.max(1, math.min(ch, se // be)) end
       local step = 32 * unroll
       if be < step and step % be == 0 and ch > step // be then ch = ch - ch % (step // be) end
       return ch

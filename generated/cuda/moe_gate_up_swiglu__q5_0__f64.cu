@@ -425,15 +425,31 @@ static __device__ __forceinline__ void qmoe_span_table(uint4 *sh, const int *off
 }
 #endif
 
+// The copies of qmoe_stage_rows for the first chunk of R rows of NBLOCKS blocks, without the wait: a kernel issues
+// them before it waits for the kernel before it and rounds x (weights: no kernel writes them), so their trip to
+// memory overlaps both; PRE then holds the offsets for qmoe_row_dots or qmoe_row_dots_q8.
+template <int R>
+static __device__ __forceinline__ void qmoe_stage_first(const uint8_t *const *rows, int64_t nblocks, uint4 *sh,
+                                                        int lane, int *pre) {
+  qmoe_stage_issue<R>(rows, 0, (int)(nblocks < CH_BLOCKS ? nblocks : CH_BLOCKS), sh, lane, pre);
+}
 // acc[r] += Σ_e decode(row r)[e] · x[e] over the NBLOCKS blocks of R rows (per-lane partial sums; the caller
-// reduces across the warp). Weights are decoded from shared memory by the contract's decode function.
+// reduces across the warp). Weights are decoded from shared memory by the contract's decode function. PRE (not
+// null): the first chunk's copies were issued already (qmoe_stage_first, which left its offsets there).
 template <int R>
 static __device__ __forceinline__ void qmoe_row_dots(const uint8_t *const *rows, const float *x, int64_t nblocks,
-                                                     uint4 *sh, int lane, acc_t *acc) {
+                                                     uint4 *sh, int lane, acc_t *acc, const int *pre = nullptr) {
   for (int64_t b0 = 0; b0 < nblocks; b0 += CH_BLOCKS) {
     const int nb = (int)(nblocks - b0 < CH_BLOCKS ? nblocks - b0 : CH_BLOCKS);
     int off[R];
-    qmoe_stage_rows<R>(rows, b0, nb, sh, lane, off);
+    if (b0 == 0 && pre) {
+#pragma unroll
+      for (int r = 0; r < R; r++) off[r] = pre[r];
+      qmoe_cp_async_wait_all();
+      __syncwarp();
+    } else {
+      qmoe_stage_rows<R>(rows, b0, nb, sh, lane, off);
+    }
 #if QMOE_SPAN_TAB
     qmoe_span_table<R>(sh, off, nb, lane);
 #endif
@@ -589,14 +605,6 @@ static __device__ __forceinline__ void qmoe_dot_chunk_q8(const uint4 *sh, const 
       }
     }
   }
-}
-// The copies of qmoe_stage_rows for the first chunk of R rows of NBLOCKS blocks, without the wait: a kernel issues
-// them before it waits for the kernel before it and rounds x (weights: no kernel writes them), so their trip to
-// memory overlaps both; PRE then holds the offsets for qmoe_row_dots_q8.
-template <int R>
-static __device__ __forceinline__ void qmoe_stage_first(const uint8_t *const *rows, int64_t nblocks, uint4 *sh,
-                                                        int lane, int *pre) {
-  qmoe_stage_issue<R>(rows, 0, (int)(nblocks < CH_BLOCKS ? nblocks : CH_BLOCKS), sh, lane, pre);
 }
 // qmoe_row_dots over blocks whose x is the run records REC (REC[0]: the first block's first run). USE_PRE: the
 // first chunk's copies were issued by qmoe_stage_first, which left its offsets in PRE.

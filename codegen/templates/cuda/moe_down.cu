@@ -1,11 +1,11 @@
-// qmoe-kernel: qtype=1 acc=1 threads=128 rows_per_block=2 q8_rows_per_block=8 q8_x_max=8192 q8_stage_elems=768 q8_stage_bytes=2048 max_k=64 own_tokens=1 tok_min_blocks=2 tok_tile=8 tok_rows=4 list_cap=2048 counters=65536
+// qmoe-kernel: qtype=1 acc=1 threads=128 rows_per_block=4 q8_rows_per_block=4 q8_x_max=8192 stage_elems=768 q8_stage_elems=768 q8_stage_bytes=2048 max_k=64 own_tokens=1 tok_min_blocks=2 tok_tile=8 tok_rows=4 list_cap=2048 counters=65536
 // qmoe-limit: K <= MAX_K
 // qmoe-limit: H <= COUNTERS * 4 * TOK_ROWS
 // qmoe-grid: qmoe_cdiv(H, TOKENS > 1 ? 4 * TOK_ROWS : RPB), TOKENS > 1 ? E + 1 : 1, 1
 // qmoe-workspace: TOKENS > 1 ? COUNTERS * 4 + TOKENS * K * H * ACC_BYTES : 0
-// y[r] = Σ_k w[k] · (Wd[ids[k]]·h[k])[r]: each block computes 2 output rows; its warps take the experts
-// k = warp, warp + ${WARPS}, ... and leave each dot product in shared memory; then one thread per row sums
-// over k in order 0..K-1 in acc_t. No atomics: the result does not depend on scheduling. K <= ${MAX_K}.
+// y[r] = Σ_k w[k] · (Wd[ids[k]]·h[k])[r]: each block computes ${RPB} output rows; its warps take the (slot k,
+// row pair) items and leave each dot product in shared memory; then one thread per row sums over k in order
+// 0..K-1 in acc_t. No atomics: the result does not depend on scheduling. K <= ${MAX_K}.
 // T tokens (${TOK_ENTRY}): block (tile of ${WARPS}·${TOK_ROWS} rows, e) finds the (token, k) slots that chose expert e (block y = E: the
 // slots with an invalid id, NaN) and computes the tile's rows of Wd[e]·h[t][k] for them ${TOK_TILE} at a time
 // (the rows staged once per chunk for all), into the workspace: part[t·K + k][r] in acc_t. The last of the E + 1
@@ -17,27 +17,37 @@ ${BIND}
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   const int64_t row_bytes = F / QB_ELEMS * QB_BYTES;
   if constexpr (!TOK) {
+    // ${RPB} rows per block (the kernel line's rows_per_block, q8_rows_per_block for q8). Where a row is one chunk
+    // (Qwen3-30B: F = 768, a whole row of q4_k or q6_k; for q8 also F <= QX_MAX) the block's warps take the (slot,
+    // row pair) items in turn, D at a time: a warp asks for its D items' rows at once (each into its own slice of
+    // its buffer) and waits once for the D. With 4 rows per block (Qwen3-30B: 512 blocks, 8 slots x 2 row pairs, so
+    // 4 items per warp) every warp asks for all its rows at the start, and the blocks of an SM keep about all of
+    // its share of the weights in flight together; q8 rounds h meanwhile, the h of as many slots as fit in one pass
+    // (all 8 of Qwen3's), once per block. With 2 rows per block and the experts k = warp, warp + 4, ... asked one
+    // at a time (f32) or 8 rows and two trips per warp (q8), down took 13.2 and 17.7 us on the H200 (docs/cuda.md).
+    // Otherwise each item stages its rows chunk by chunk (q8: one slot at a time, F in pieces, the first RB/2 warps
+    // a row pair each, their sums carried across the pieces). A row's sum per slot is the one-token order either
+    // way; then one thread per row sums w_k * dot_k over k = 0..K-1 in order (no atomics: deterministic).
+    constexpr int RB = ${RPB}, NP = RB / 2; // rows, row pairs per block
+    static_assert(RB % 2 == 0 && NP <= ${WARPS}, "rows per block of the kernel line: row pairs, at most one per warp");
 #if QMOE_Q8
-    // q8: ${Q8_ROWS_PER_BLOCK} rows per block, 2 per warp. Where F <= QX_MAX and a row is one chunk (Qwen3-30B: F =
-    // 768, q8_stage_elems) the block rounds the h of as many slots as fit in one pass (all 8 of Qwen3's), once, and
-    // its warps take the (slot, row pair) items in turn, D at a time; else one slot at a time, F in pieces, each
-    // warp its row pair (its sums carried across the pieces). A row's sum per slot is the one-token order either
-    // way; the combine is the f32 kernel's.
-    constexpr int RB = 2 * ${WARPS}, NP = ${WARPS}; // rows, row pairs per block
-    static_assert(RB == ${Q8_ROWS_PER_BLOCK}, "q8_rows_per_block of the kernel line");
     __shared__ int4 q8rec[QX_RUNS];
+    constexpr int QREC_BYTES = (int)sizeof(int4) * QX_RUNS;
+    const bool x_one_pass = F <= QX_MAX;
+    const int kp = (int)(QX_MAX / (F > 0 ? F : 1)); // slots per pass
+#else
+    constexpr int QREC_BYTES = 0;
+    const bool x_one_pass = true;
+    const int kp = (int)K;
+#endif
     __shared__ acc_t part[${MAX_K}][RB];
     // D items' slices per warp in what shared memory is left (at least one)
-    constexpr int D0 = (44 * 1024 - (int)sizeof(int4) * QX_RUNS - (int)sizeof(acc_t) * ${MAX_K} * RB) /
-                       (${WARPS} * 2 * QROW_VECS * 16);
+    constexpr int D0 = (44 * 1024 - QREC_BYTES - (int)sizeof(acc_t) * ${MAX_K} * RB) / (${WARPS} * 2 * QROW_VECS * 16);
     constexpr int D = D0 < 1 ? 1 : D0 > 4 ? 4 : D0;
     __shared__ uint4 shd[${WARPS}][D * 2 * QROW_VECS];
     const int64_t rb0 = (int64_t)blockIdx.x * RB;
     const acc_t nan = (acc_t)__int_as_float(0x7fc00000);
-    if (F <= QX_MAX && F / QB_ELEMS <= CH_BLOCKS) {
-      // A warp's items are short (2 rows of F), so it asks for D of them at once (each into its own slice of the
-      // warp's buffer) and waits once for the D: the first D before h is rounded.
-      const int kp = (int)(QX_MAX / F); // slots per pass
+    if (x_one_pass && F / QB_ELEMS <= CH_BLOCKS) {
       uint4 *wsh = shd[warp];
       int pre[D][2];
       const int nk0 = K < kp ? K : kp;
@@ -59,13 +69,13 @@ ${BIND}
       ask(0, nk0, 0);
       for (int k0 = 0; k0 < K; k0 += kp) {
         const int nk = K - k0 < kp ? K - k0 : kp;
+#if QMOE_Q8
         if (k0 > 0) __syncthreads(); // the last pass's records are read
         qmoe_q8_block(h + (int64_t)k0 * F, (int)(nk * F), q8rec);
         __syncthreads();
+#endif
         for (int j0 = 0; warp + j0 * ${WARPS} < nk * NP; j0 += D) {
           if (k0 > 0 || j0 > 0) ask(k0, nk, j0);
-          qmoe_cp_async_wait_all();
-          __syncwarp();
 #pragma unroll
           for (int d = 0; d < D; d++) {
             const int i = warp + (j0 + d) * ${WARPS};
@@ -78,8 +88,12 @@ ${BIND}
             if (e >= 0 && e < E) {
               const uint8_t *base = Wd + (int64_t)e * H * row_bytes;
               const uint8_t *rp[2] = { base + r0 * row_bytes, base + (r0 + 1 < H ? r0 + 1 : r0) * row_bytes };
+#if QMOE_Q8
               qmoe_row_dots_q8<2>(rp, q8rec + (int64_t)(i / NP) * (F / UNROLL), F / QB_ELEMS, wsh + d * 2 * QROW_VECS,
                                   lane, acc, true, pre[d]);
+#else
+              qmoe_row_dots<2>(rp, h + (int64_t)k * F, F / QB_ELEMS, wsh + d * 2 * QROW_VECS, lane, acc, pre[d]);
+#endif
             }
             const acc_t s0 = qmoe_warp_sum(acc[0]), s1 = qmoe_warp_sum(acc[1]);
             if (lane == 0) {
@@ -91,9 +105,10 @@ ${BIND}
         }
       }
     } else {
+#if QMOE_Q8
       const int64_t r0 = rb0 + 2 * warp;
       const int nopre[2] = { 0, 0 };
-      const bool mine = r0 < H;
+      const bool mine = warp < NP && r0 < H;
       const int64_t rr0 = mine ? r0 : 0, rr1 = mine && r0 + 1 < H ? r0 + 1 : rr0;
       for (int k = 0; k < K; k++) {
         const int e = ids[k];
@@ -118,6 +133,27 @@ ${BIND}
           }
         }
       }
+#else
+      for (int i = warp; i < K * NP; i += ${WARPS}) {
+        const int k = i / NP, p = i % NP;
+        const int64_t r0 = rb0 + 2 * p;
+        if (r0 >= H) continue;
+        const int e = ids[k];
+        if (e < 0 || e >= E) {
+          if (lane == 0) part[k][2 * p] = part[k][2 * p + 1] = nan;
+          continue;
+        }
+        const uint8_t *base = Wd + (int64_t)e * H * row_bytes;
+        const uint8_t *rp[2] = { base + r0 * row_bytes, base + (r0 + 1 < H ? r0 + 1 : r0) * row_bytes };
+        acc_t acc[2] = { 0, 0 };
+        qmoe_row_dots<2>(rp, h + (int64_t)k * F, F / QB_ELEMS, shd[warp], lane, acc);
+        const acc_t s0 = qmoe_warp_sum(acc[0]), s1 = qmoe_warp_sum(acc[1]);
+        if (lane == 0) {
+          part[k][2 * p] = s0;
+          part[k][2 * p + 1] = s1;
+        }
+      }
+#endif
     }
     __syncthreads();
     if (threadIdx.x < RB && rb0 + threadIdx.x < H) {
@@ -125,34 +161,6 @@ ${BIND}
       for (int k = 0; k < K; k++) s = qmoe_fma3((acc_t)w[k], part[k][threadIdx.x], s);
       y[rb0 + threadIdx.x] = (float)s;
     }
-#else
-    __shared__ uint4 sh[${WARPS}][2 * QROW_VECS]; // 2 rows' slices, then their span tables
-    __shared__ acc_t part[${MAX_K}][2];
-    const int64_t r0 = (int64_t)blockIdx.x * 2;
-    const int64_t r1 = r0 + 1 < H ? r0 + 1 : r0;
-    for (int k = warp; k < K; k += ${WARPS}) {
-      const int e = ids[k];
-      if (e < 0 || e >= E) {
-        if (lane == 0) part[k][0] = part[k][1] = (acc_t)__int_as_float(0x7fc00000);
-        continue;
-      }
-      const uint8_t *base = Wd + (int64_t)e * H * row_bytes;
-      const uint8_t *rp[2] = { base + r0 * row_bytes, base + r1 * row_bytes };
-      acc_t acc[2] = { 0, 0 };
-      qmoe_row_dots<2>(rp, h + (int64_t)k * F, F / QB_ELEMS, sh[warp], lane, acc);
-      const acc_t s0 = qmoe_warp_sum(acc[0]), s1 = qmoe_warp_sum(acc[1]);
-      if (lane == 0) {
-        part[k][0] = s0;
-        part[k][1] = s1;
-      }
-    }
-    __syncthreads();
-    if (threadIdx.x < 2 && r0 + threadIdx.x < H) {
-      acc_t s = 0;
-      for (int k = 0; k < K; k++) s = qmoe_fma3((acc_t)w[k], part[k][threadIdx.x], s);
-      y[r0 + threadIdx.x] = (float)s;
-    }
-#endif
   } else {
     constexpr int R = ${TOK_ROWS}, N = ${TOK_TILE}, TR = ${WARPS} * ${TOK_ROWS}; // TR rows per tile
     __shared__ uint4 sh[${WARPS}][R * STAGE_VECS];

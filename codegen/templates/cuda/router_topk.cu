@@ -1,4 +1,4 @@
-// qmoe-kernel: acc=1 threads=256 rows_per_block=8 min_blocks=1 max_e=4096 max_k=64 counters=65536 rt_u=8
+// qmoe-kernel: acc=1 threads=32 rows_per_block=1 min_blocks=1 max_e=4096 max_k=64 counters=65536 rt_u=16
 // qmoe-limit: E <= MAX_E
 // qmoe-limit: K <= MAX_K
 // qmoe-limit: TOKENS <= COUNTERS
