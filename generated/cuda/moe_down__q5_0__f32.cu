@@ -99,6 +99,15 @@ __device__ __forceinline__ void qmoe_cp_async16(uint4 *smem, const uint4 *gmem) 
 __device__ __forceinline__ void qmoe_cp_async_wait_all() {
   asm volatile("cp.async.commit_group;\ncp.async.wait_group 0;\n" ::: "memory");
 }
+// The copies issued since the last commit become one group; qmoe_cp_async_wait_pending(N) waits until at most the
+// N groups committed last are still in flight (N from 0 to 3; a constant where the caller's loop is unrolled).
+__device__ __forceinline__ void qmoe_cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::: "memory"); }
+__device__ __forceinline__ void qmoe_cp_async_wait_pending(int n) {
+  if (n <= 0) asm volatile("cp.async.wait_group 0;\n" ::: "memory");
+  else if (n == 1) asm volatile("cp.async.wait_group 1;\n" ::: "memory");
+  else if (n == 2) asm volatile("cp.async.wait_group 2;\n" ::: "memory");
+  else asm volatile("cp.async.wait_group 3;\n" ::: "memory");
+}
 // c + Σ of the 4 byte products of A (unsigned bytes) and B (signed bytes): one dp4a (sm_61+).
 __device__ __forceinline__ int qmoe_dp4a_us(uint32_t a, uint32_t b, int c) {
   int d;
@@ -449,18 +458,22 @@ static __device__ __forceinline__ void qmoe_stage_first(const uint8_t *const *ro
 }
 // acc[r] += Σ_e decode(row r)[e] · x[e] over the NBLOCKS blocks of R rows (per-lane partial sums; the caller
 // reduces across the warp). Weights are decoded from shared memory by the contract's decode function. PRE (not
-// null): the first chunk's copies were issued already (qmoe_stage_first, which left its offsets there).
+// null): the first chunk's copies were issued already (qmoe_stage_first, which left its offsets there), and
+// WAITED: the caller has waited for them too.
 template <int R>
 static __device__ __forceinline__ void qmoe_row_dots(const uint8_t *const *rows, const float *x, int64_t nblocks,
-                                                     uint4 *sh, int lane, acc_t *acc, const int *pre = nullptr) {
+                                                     uint4 *sh, int lane, acc_t *acc, const int *pre = nullptr,
+                                                     bool waited = false) {
   for (int64_t b0 = 0; b0 < nblocks; b0 += CH_BLOCKS) {
     const int nb = (int)(nblocks - b0 < CH_BLOCKS ? nblocks - b0 : CH_BLOCKS);
     int off[R];
     if (b0 == 0 && pre) {
 #pragma unroll
       for (int r = 0; r < R; r++) off[r] = pre[r];
-      qmoe_cp_async_wait_all();
-      __syncwarp();
+      if (!waited) {
+        qmoe_cp_async_wait_all();
+        __syncwarp();
+      }
     } else {
       qmoe_stage_rows<R>(rows, b0, nb, sh, lane, off);
     }
@@ -621,19 +634,22 @@ static __device__ __forceinline__ void qmoe_dot_chunk_q8(const uint4 *sh, const 
   }
 }
 // qmoe_row_dots over blocks whose x is the run records REC (REC[0]: the first block's first run). USE_PRE: the
-// first chunk's copies were issued by qmoe_stage_first, which left its offsets in PRE.
+// first chunk's copies were issued by qmoe_stage_first, which left its offsets in PRE; WAITED: the caller has
+// waited for them too.
 template <int R>
 static __device__ __forceinline__ void qmoe_row_dots_q8(const uint8_t *const *rows, const int4 *rec, int64_t nblocks,
                                                         uint4 *sh, int lane, acc_t *acc, bool use_pre,
-                                                        const int (&pre)[R]) {
+                                                        const int (&pre)[R], bool waited = false) {
   for (int64_t b0 = 0; b0 < nblocks; b0 += CH_BLOCKS) {
     const int nb = (int)(nblocks - b0 < CH_BLOCKS ? nblocks - b0 : CH_BLOCKS);
     int off[R];
     if (b0 == 0 && use_pre) {
 #pragma unroll
       for (int r = 0; r < R; r++) off[r] = pre[r];
-      qmoe_cp_async_wait_all();
-      __syncwarp();
+      if (!waited) {
+        qmoe_cp_async_wait_all();
+        __syncwarp();
+      }
     } else {
       qmoe_stage_rows<R>(rows, b0, nb, sh, lane, off);
     }
@@ -916,11 +932,12 @@ static __device__ __forceinline__ void qmoe_down_body(const qmoe_args &a) {
     // 4 rows per block (the kernel line's rows_per_block, q8_rows_per_block for q8). Where a row is one chunk
     // (Qwen3-30B: F = 768, a whole row of q4_k or q6_k; for q8 also F <= QX_MAX) the block's warps take the (slot,
     // row pair) items in turn, D at a time: a warp asks for its D items' rows at once (each into its own slice of
-    // its buffer) and waits once for the D. With 4 rows per block (Qwen3-30B: 512 blocks, 8 slots x 2 row pairs, so
-    // 4 items per warp) every warp asks for all its rows at the start, and the blocks of an SM keep about all of
-    // its share of the weights in flight together; q8 rounds h meanwhile, the h of as many slots as fit in one pass
-    // (all 8 of Qwen3's), once per block. With 2 rows per block and the experts k = warp, warp + 4, ... asked one
-    // at a time (f32) or 8 rows and two trips per warp (q8), down took 13.2 and 17.7 us on the H200 (docs/cuda.md).
+    // its buffer, each item a cp.async group of its own) and computes each as soon as its own rows are in. With 4
+    // rows per block (Qwen3-30B: 512 blocks, 8 slots x 2 row pairs, so 4 items per warp) every warp asks for all
+    // its rows at the start, and the blocks of an SM keep about all of its share of the weights in flight
+    // together; q8 rounds h meanwhile, the h of as many slots as fit in one pass (all 8 of Qwen3's), once per
+    // block. With 2 rows per block and the experts k = warp, warp + 4, ... asked one at a time (f32) or 8 rows and
+    // two trips per warp (q8), down took 13.2 and 17.7 us on the H200 (docs/cuda.md).
     // Otherwise each item stages its rows chunk by chunk (q8: one slot at a time, F in pieces, the first RB/2 warps
     // a row pair each, their sums carried across the pieces). A row's sum per slot is the one-token order either
     // way; then one thread per row sums w_k * dot_k over k = 0..K-1 in order (no atomics: deterministic).
@@ -952,14 +969,18 @@ static __device__ __forceinline__ void qmoe_down_body(const qmoe_args &a) {
         for (int d = 0; d < D; d++) {
           const int i = warp + (j0 + d) * 4;
           pre[d][0] = pre[d][1] = 0;
-          if (i >= nk * NP) continue;
-          const int k = k0 + i / NP, p = i % NP;
-          const int64_t r0 = rb0 + 2 * p;
-          const int e = ids[k];
-          if (r0 >= H || e < 0 || e >= E) continue;
-          const uint8_t *base = Wd + (int64_t)e * H * row_bytes;
-          const uint8_t *rp[2] = { base + r0 * row_bytes, base + (r0 + 1 < H ? r0 + 1 : r0) * row_bytes };
-          qmoe_stage_first<2>(rp, F / QB_ELEMS, wsh + d * 2 * QROW_VECS, lane, pre[d]);
+          if (i < nk * NP) {
+            const int k = k0 + i / NP, p = i % NP;
+            const int64_t r0 = rb0 + 2 * p;
+            const int e = ids[k];
+            if (r0 < H && e >= 0 && e < E) {
+              const uint8_t *base = Wd + (int64_t)e * H * row_bytes;
+              const uint8_t *rp[2] = { base + r0 * row_bytes, base + (r0 + 1 < H ? r0 + 1 : r0) * row_bytes };
+              qmoe_stage_first<2>(rp, F / QB_ELEMS, wsh + d * 2 * QROW_VECS, lane, pre[d]);
+            }
+          }
+          // item d's group, empty where there is no item: always D groups, so item d waits for its own alone
+          qmoe_cp_async_commit();
         }
       };
       ask(0, nk0, 0);
@@ -981,14 +1002,17 @@ static __device__ __forceinline__ void qmoe_down_body(const qmoe_args &a) {
             if (r0 >= H) continue;
             const int e = ids[k];
             acc_t acc[2] = { 0, 0 };
+            // items d + 1 .. D - 1 may still be in flight while this one is computed
+            qmoe_cp_async_wait_pending(D - 1 - d);
+            __syncwarp();
             if (e >= 0 && e < E) {
               const uint8_t *base = Wd + (int64_t)e * H * row_bytes;
               const uint8_t *rp[2] = { base + r0 * row_bytes, base + (r0 + 1 < H ? r0 + 1 : r0) * row_bytes };
 #if QMOE_Q8
               qmoe_row_dots_q8<2>(rp, q8rec + (int64_t)(i / NP) * (F / UNROLL), F / QB_ELEMS, wsh + d * 2 * QROW_VECS,
-                                  lane, acc, true, pre[d]);
+                                  lane, acc, true, pre[d], true);
 #else
-              qmoe_row_dots<2>(rp, h + (int64_t)k * F, F / QB_ELEMS, wsh + d * 2 * QROW_VECS, lane, acc, pre[d]);
+              qmoe_row_dots<2>(rp, h + (int64_t)k * F, F / QB_ELEMS, wsh + d * 2 * QROW_VECS, lane, acc, pre[d], true);
 #endif
             }
             const acc_t s0 = qmoe_warp_sum(acc[0]), s1 = qmoe_warp_sum(acc[1]);

@@ -99,6 +99,15 @@ __device__ __forceinline__ void qmoe_cp_async16(uint4 *smem, const uint4 *gmem) 
 __device__ __forceinline__ void qmoe_cp_async_wait_all() {
   asm volatile("cp.async.commit_group;\ncp.async.wait_group 0;\n" ::: "memory");
 }
+// The copies issued since the last commit become one group; qmoe_cp_async_wait_pending(N) waits until at most the
+// N groups committed last are still in flight (N from 0 to 3; a constant where the caller's loop is unrolled).
+__device__ __forceinline__ void qmoe_cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::: "memory"); }
+__device__ __forceinline__ void qmoe_cp_async_wait_pending(int n) {
+  if (n <= 0) asm volatile("cp.async.wait_group 0;\n" ::: "memory");
+  else if (n == 1) asm volatile("cp.async.wait_group 1;\n" ::: "memory");
+  else if (n == 2) asm volatile("cp.async.wait_group 2;\n" ::: "memory");
+  else asm volatile("cp.async.wait_group 3;\n" ::: "memory");
+}
 // c + Σ of the 4 byte products of A (unsigned bytes) and B (signed bytes): one dp4a (sm_61+).
 __device__ __forceinline__ int qmoe_dp4a_us(uint32_t a, uint32_t b, int c) {
   int d;
@@ -449,18 +458,22 @@ static __device__ __forceinline__ void qmoe_stage_first(const uint8_t *const *ro
 }
 // acc[r] += Σ_e decode(row r)[e] · x[e] over the NBLOCKS blocks of R rows (per-lane partial sums; the caller
 // reduces across the warp). Weights are decoded from shared memory by the contract's decode function. PRE (not
-// null): the first chunk's copies were issued already (qmoe_stage_first, which left its offsets there).
+// null): the first chunk's copies were issued already (qmoe_stage_first, which left its offsets there), and
+// WAITED: the caller has waited for them too.
 template <int R>
 static __device__ __forceinline__ void qmoe_row_dots(const uint8_t *const *rows, const float *x, int64_t nblocks,
-                                                     uint4 *sh, int lane, acc_t *acc, const int *pre = nullptr) {
+                                                     uint4 *sh, int lane, acc_t *acc, const int *pre = nullptr,
+                                                     bool waited = false) {
   for (int64_t b0 = 0; b0 < nblocks; b0 += CH_BLOCKS) {
     const int nb = (int)(nblocks - b0 < CH_BLOCKS ? nblocks - b0 : CH_BLOCKS);
     int off[R];
     if (b0 == 0 && pre) {
 #pragma unroll
       for (int r = 0; r < R; r++) off[r] = pre[r];
-      qmoe_cp_async_wait_all();
-      __syncwarp();
+      if (!waited) {
+        qmoe_cp_async_wait_all();
+        __syncwarp();
+      }
     } else {
       qmoe_stage_rows<R>(rows, b0, nb, sh, lane, off);
     }
@@ -621,19 +634,22 @@ static __device__ __forceinline__ void qmoe_dot_chunk_q8(const uint4 *sh, const 
   }
 }
 // qmoe_row_dots over blocks whose x is the run records REC (REC[0]: the first block's first run). USE_PRE: the
-// first chunk's copies were issued by qmoe_stage_first, which left its offsets in PRE.
+// first chunk's copies were issued by qmoe_stage_first, which left its offsets in PRE; WAITED: the caller has
+// waited for them too.
 template <int R>
 static __device__ __forceinline__ void qmoe_row_dots_q8(const uint8_t *const *rows, const int4 *rec, int64_t nblocks,
                                                         uint4 *sh, int lane, acc_t *acc, bool use_pre,
-                                                        const int (&pre)[R]) {
+                                                        const int (&pre)[R], bool waited = false) {
   for (int64_t b0 = 0; b0 < nblocks; b0 += CH_BLOCKS) {
     const int nb = (int)(nblocks - b0 < CH_BLOCKS ? nblocks - b0 : CH_BLOCKS);
     int off[R];
     if (b0 == 0 && use_pre) {
 #pragma unroll
       for (int r = 0; r < R; r++) off[r] = pre[r];
-      qmoe_cp_async_wait_all();
-      __syncwarp();
+      if (!waited) {
+        qmoe_cp_async_wait_all();
+        __syncwarp();
+      }
     } else {
       qmoe_stage_rows<R>(rows, b0, nb, sh, lane, off);
     }

@@ -99,6 +99,15 @@ __device__ __forceinline__ void qmoe_cp_async16(uint4 *smem, const uint4 *gmem) 
 __device__ __forceinline__ void qmoe_cp_async_wait_all() {
   asm volatile("cp.async.commit_group;\ncp.async.wait_group 0;\n" ::: "memory");
 }
+// The copies issued since the last commit become one group; qmoe_cp_async_wait_pending(N) waits until at most the
+// N groups committed last are still in flight (N from 0 to 3; a constant where the caller's loop is unrolled).
+__device__ __forceinline__ void qmoe_cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::: "memory"); }
+__device__ __forceinline__ void qmoe_cp_async_wait_pending(int n) {
+  if (n <= 0) asm volatile("cp.async.wait_group 0;\n" ::: "memory");
+  else if (n == 1) asm volatile("cp.async.wait_group 1;\n" ::: "memory");
+  else if (n == 2) asm volatile("cp.async.wait_group 2;\n" ::: "memory");
+  else asm volatile("cp.async.wait_group 3;\n" ::: "memory");
+}
 // c + Σ of the 4 byte products of A (unsigned bytes) and B (signed bytes): one dp4a (sm_61+).
 __device__ __forceinline__ int qmoe_dp4a_us(uint32_t a, uint32_t b, int c) {
   int d;

@@ -202,6 +202,8 @@ static inline float qmoe_cu_f16(uint32_t h) {
   return f;
 }
 static inline void qmoe_cp_async_wait_all() {}
+static inline void qmoe_cp_async_commit() {}
+static inline void qmoe_cp_async_wait_pending(int) {}
 
 /* ---- the launcher, called by the fake driver ------------------------------------------------------- */
 

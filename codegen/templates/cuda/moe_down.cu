@@ -20,11 +20,12 @@ ${BIND}
     // ${RPB} rows per block (the kernel line's rows_per_block, q8_rows_per_block for q8). Where a row is one chunk
     // (Qwen3-30B: F = 768, a whole row of q4_k or q6_k; for q8 also F <= QX_MAX) the block's warps take the (slot,
     // row pair) items in turn, D at a time: a warp asks for its D items' rows at once (each into its own slice of
-    // its buffer) and waits once for the D. With 4 rows per block (Qwen3-30B: 512 blocks, 8 slots x 2 row pairs, so
-    // 4 items per warp) every warp asks for all its rows at the start, and the blocks of an SM keep about all of
-    // its share of the weights in flight together; q8 rounds h meanwhile, the h of as many slots as fit in one pass
-    // (all 8 of Qwen3's), once per block. With 2 rows per block and the experts k = warp, warp + 4, ... asked one
-    // at a time (f32) or 8 rows and two trips per warp (q8), down took 13.2 and 17.7 us on the H200 (docs/cuda.md).
+    // its buffer, each item a cp.async group of its own) and computes each as soon as its own rows are in. With 4
+    // rows per block (Qwen3-30B: 512 blocks, 8 slots x 2 row pairs, so 4 items per warp) every warp asks for all
+    // its rows at the start, and the blocks of an SM keep about all of its share of the weights in flight
+    // together; q8 rounds h meanwhile, the h of as many slots as fit in one pass (all 8 of Qwen3's), once per
+    // block. With 2 rows per block and the experts k = warp, warp + 4, ... asked one at a time (f32) or 8 rows and
+    // two trips per warp (q8), down took 13.2 and 17.7 us on the H200 (docs/cuda.md).
     // Otherwise each item stages its rows chunk by chunk (q8: one slot at a time, F in pieces, the first RB/2 warps
     // a row pair each, their sums carried across the pieces). A row's sum per slot is the one-token order either
     // way; then one thread per row sums w_k * dot_k over k = 0..K-1 in order (no atomics: deterministic).
@@ -56,14 +57,18 @@ ${BIND}
         for (int d = 0; d < D; d++) {
           const int i = warp + (j0 + d) * ${WARPS};
           pre[d][0] = pre[d][1] = 0;
-          if (i >= nk * NP) continue;
-          const int k = k0 + i / NP, p = i % NP;
-          const int64_t r0 = rb0 + 2 * p;
-          const int e = ids[k];
-          if (r0 >= H || e < 0 || e >= E) continue;
-          const uint8_t *base = Wd + (int64_t)e * H * row_bytes;
-          const uint8_t *rp[2] = { base + r0 * row_bytes, base + (r0 + 1 < H ? r0 + 1 : r0) * row_bytes };
-          qmoe_stage_first<2>(rp, F / QB_ELEMS, wsh + d * 2 * QROW_VECS, lane, pre[d]);
+          if (i < nk * NP) {
+            const int k = k0 + i / NP, p = i % NP;
+            const int64_t r0 = rb0 + 2 * p;
+            const int e = ids[k];
+            if (r0 < H && e >= 0 && e < E) {
+              const uint8_t *base = Wd + (int64_t)e * H * row_bytes;
+              const uint8_t *rp[2] = { base + r0 * row_bytes, base + (r0 + 1 < H ? r0 + 1 : r0) * row_bytes };
+              qmoe_stage_first<2>(rp, F / QB_ELEMS, wsh + d * 2 * QROW_VECS, lane, pre[d]);
+            }
+          }
+          // item d's group, empty where there is no item: always D groups, so item d waits for its own alone
+          qmoe_cp_async_commit();
         }
       };
       ask(0, nk0, 0);
@@ -85,14 +90,17 @@ ${BIND}
             if (r0 >= H) continue;
             const int e = ids[k];
             acc_t acc[2] = { 0, 0 };
+            // items d + 1 .. D - 1 may still be in flight while this one is computed
+            qmoe_cp_async_wait_pending(D - 1 - d);
+            __syncwarp();
             if (e >= 0 && e < E) {
               const uint8_t *base = Wd + (int64_t)e * H * row_bytes;
               const uint8_t *rp[2] = { base + r0 * row_bytes, base + (r0 + 1 < H ? r0 + 1 : r0) * row_bytes };
 #if QMOE_Q8
               qmoe_row_dots_q8<2>(rp, q8rec + (int64_t)(i / NP) * (F / UNROLL), F / QB_ELEMS, wsh + d * 2 * QROW_VECS,
-                                  lane, acc, true, pre[d]);
+                                  lane, acc, true, pre[d], true);
 #else
-              qmoe_row_dots<2>(rp, h + (int64_t)k * F, F / QB_ELEMS, wsh + d * 2 * QROW_VECS, lane, acc, pre[d]);
+              qmoe_row_dots<2>(rp, h + (int64_t)k * F, F / QB_ELEMS, wsh + d * 2 * QROW_VECS, lane, acc, pre[d], true);
 #endif
             }
             const acc_t s0 = qmoe_warp_sum(acc[0]), s1 = qmoe_warp_sum(acc[1]);
