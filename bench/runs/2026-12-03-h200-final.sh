@@ -25,6 +25,6 @@ run f32-stages timeout 120 $B/qmoe bench -m $M --backend cuda -p 64 -n 64 --repe
 run q8-a timeout 120 $B/qmoe bench -m $M --backend cuda --acc q8 -p 512 -n 64 --repeats 3 --json
 run f32-a timeout 120 $B/qmoe bench -m $M --backend cuda -p 512 -n 64 --repeats 3 --json
 run q8-ctx4096 timeout 120 $B/qmoe bench -m $M --backend cuda --acc q8 -p 16 -n 64 --depth 4096 --repeats 3 --json
-run f64-b timeout 120 $B/qmoe bench -m $M --backend cuda --acc f64 -p 64 -n 64 --repeats 3 --json
-for t in test_model test_cuda_graph test_router_nan test_cuda_backend; do t1 $t; done
+
+for t in test_model test_cuda_graph test_router_nan; do t1 $t; done
 QMOE_BIN=$B PYTHONUNBUFFERED=1 timeout 200 python3 tests/oracle/check_oracle.py > $R/oracle.log 2>&1; echo "oracle exit $?: $(grep -c '^ok' $R/oracle.log) ok, $(grep -c '^not ok' $R/oracle.log) not ok"; grep -E '^(not ok|skip)' $R/oracle.log | head; save
