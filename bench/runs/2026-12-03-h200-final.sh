@@ -1,7 +1,7 @@
 #!/bin/bash
 # The afternoon's kernels (moe_down 4 rows per block with per-item cp.async groups, router one warp per expert,
 # q8 matvec and gate+up first chunk in two groups, v in its own lane): every GPU test (CUDA and Vulkan), decode
-# f32, q8 and f64 with stages, prefill 512, context 4k, the Hugging Face oracle.
+# f32 and q8 with stages, prefill 512, context 4k, the Hugging Face oracle.
 cd "$(dirname "$0")/../.."
 N=resfinal; R=/tmp/$N; rm -rf $R; mkdir -p $R
 save() { tar -C /tmp -czf ${OUT:-/tmp}/res.tgz $N; }
