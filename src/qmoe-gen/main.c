@@ -14,7 +14,7 @@
 #include "qmoe.h"
 #include "stage_table.h"
 
-/* Written by codegen/embed.lua from build/spv/*.spv (the compiled generated/glsl shaders). */
+/* Written by codegen/embed.lua from the .spv files in build/spv (the compiled generated/glsl shaders). */
 extern const qmoe_embedded qmoe_embedded_spirv[];
 extern const size_t qmoe_embedded_spirv_count;
 
@@ -53,7 +53,7 @@ static const char *acc_str(qmoe_acc a) { return qmoe_acc_name(a); }
 
 static int is_source_dir(const char *dir) {
   char p[PATH_MAX];
-  snprintf(p, sizeof p, "%s/generated/c/qtypes.c", dir);
+  if (snprintf(p, sizeof p, "%s/generated/c/qtypes.c", dir) >= (int)sizeof p) return 0; /* a path too long is not it */
   return access(p, R_OK) == 0;
 }
 
