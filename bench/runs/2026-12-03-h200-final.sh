@@ -1,7 +1,7 @@
 #!/bin/bash
 # The afternoon's kernels (moe_down 4 rows per block with per-item cp.async groups, router one warp per expert,
 # q8 matvec and gate+up first chunk in two groups, v in its own lane): every GPU test (CUDA and Vulkan), decode
-# f32 and q8 with stages, prefill 512 (q8), the Hugging Face oracle last (cut if the device time runs out).
+# f32 and q8 with stages (trimmed to the few minutes of device time left; the oracle last, cut if time runs out).
 cd "$(dirname "$0")/../.."
 N=resfinal; R=/tmp/$N; rm -rf $R; mkdir -p $R
 save() { tar -C /tmp -czf ${OUT:-/tmp}/res.tgz $N; }
@@ -17,12 +17,10 @@ M=/tmp/m.gguf
 MK=$!
 t1() { t=$1; QMOE_TEST_REQUIRE_BACKEND=1 timeout 240 $B/tests/$t > $R/$t.log 2>&1; echo "$t exit $? ok=$(grep -c '^ok' $R/$t.log) notok=$(grep -c '^not ok' $R/$t.log) skip=$(grep -c '^skip' $R/$t.log)"; grep '^not ok' $R/$t.log | head -5; save; }
 t1 test_parity_cuda
-t1 test_parity_vulkan
 wait $MK; echo "make-model $?"
 run() { n=$1; shift; env "$@" > $R/bench-$n.json 2> $R/bench-$n.err; echo "bench $n $?: $(python3 -c "import json;d=json.load(open('$R/bench-$n.json'));print(d['prefill_tokens_per_s'],d['decode_tokens_per_s'],d['fraction_of_copy_bandwidth'],{s['label'][:14]:round(s['us_per_call'],1) for s in d.get('stages',[])})" 2>&1|tail -1)"; save; }
-run q8-stages timeout 120 $B/qmoe bench -m $M --backend cuda --acc q8 -p 64 -n 64 --repeats 3 --stages --json
-run f32-stages timeout 120 $B/qmoe bench -m $M --backend cuda -p 64 -n 64 --repeats 3 --stages --json
-run q8-a timeout 120 $B/qmoe bench -m $M --backend cuda --acc q8 -p 512 -n 64 --repeats 3 --json
+run q8-stages timeout 60 $B/qmoe bench -m $M --backend cuda --acc q8 -p 64 -n 64 --repeats 3 --stages --json
+run f32-stages timeout 60 $B/qmoe bench -m $M --backend cuda -p 64 -n 64 --repeats 3 --stages --json
 
-for t in test_model test_cuda_graph; do t1 $t; done
+t1 test_model
 QMOE_BIN=$B PYTHONUNBUFFERED=1 timeout 200 python3 tests/oracle/check_oracle.py > $R/oracle.log 2>&1; echo "oracle exit $?: $(grep -c '^ok' $R/oracle.log) ok, $(grep -c '^not ok' $R/oracle.log) not ok"; grep -E '^(not ok|skip)' $R/oracle.log | head; save
