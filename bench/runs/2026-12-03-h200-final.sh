@@ -1,6 +1,6 @@
 #!/bin/bash
 # The afternoon's kernels (moe_down 4 rows per block with per-item cp.async groups, router one warp per expert,
-# q8 matvec and gate+up first chunk in two groups, v in its own lane): every GPU test (CUDA and Vulkan), decode
+# q8 matvec and gate+up first chunk in two groups, v in its own lane): the CUDA parity test and test_model, decode
 # f32 and q8 with stages (trimmed to the few minutes of device time left; the oracle last, cut if time runs out).
 cd "$(dirname "$0")/../.."
 N=resfinal; R=/tmp/$N; rm -rf $R; mkdir -p $R
