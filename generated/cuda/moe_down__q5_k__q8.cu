@@ -509,39 +509,10 @@ static __device__ __forceinline__ void qmoe_span_table(uint4 *sh, const int *off
 // The copies of qmoe_stage_rows for the first chunk of R rows of NBLOCKS blocks, without the wait: a kernel issues
 // them before it waits for the kernel before it and rounds x (weights: no kernel writes them), so their trip to
 // memory overlaps both; PRE then holds the offsets for qmoe_row_dots or qmoe_row_dots_q8.
-// NB1 (not null): as two cp.async groups, the vectors the chunk's first *NB1 blocks need (about half of them, in
-// whole steps), then the rest; *NB1 = 0 where the chunk has no such split (one group, not committed).
 template <int R>
 static __device__ __forceinline__ void qmoe_stage_first(const uint8_t *const *rows, int64_t nblocks, uint4 *sh,
-                                                        int lane, int *pre, int *nb1 = nullptr) {
-  const int nb = (int)(nblocks < CH_BLOCKS ? nblocks : CH_BLOCKS);
-  constexpr int SB = 32 * UNROLL >= QB_ELEMS ? 32 * UNROLL / QB_ELEMS : 1; // blocks per step
-  const int h = nb1 ? nb / 2 / SB * SB : 0;
-  if (nb1) *nb1 = h;
-  if (h <= 0 || h >= nb) {
-    if (nb1) *nb1 = 0;
-    qmoe_stage_issue<R>(rows, 0, nb, sh, lane, pre);
-    return;
-  }
-#pragma unroll
-  for (int g = 0; g < 2; g++) {
-#pragma unroll
-    for (int r = 0; r < R; r++) {
-      const uint64_t p = (uint64_t)rows[r];
-      const uint64_t a0 = p & ~(uint64_t)15;
-      pre[r] = (int)(p - a0);
-      const int js = (pre[r] + h * QB_BYTES + 15) >> 4, n16 = (pre[r] + nb * QB_BYTES + 15) >> 4;
-      const int lo = g ? js : 0, hi = g ? n16 : js;
-      const uint4 *src = (const uint4 *)a0;
-      uint4 *dst = sh + r * STAGE_VECS + STAGE_PAD;
-#pragma unroll
-      for (int u = 0; u < STAGE_U; u++) {
-        const int j = lane + 32 * u;
-        if (j >= lo && j < hi) qmoe_cp_async16(dst + j, src + j);
-      }
-    }
-    qmoe_cp_async_commit();
-  }
+                                                        int lane, int *pre) {
+  qmoe_stage_issue<R>(rows, 0, (int)(nblocks < CH_BLOCKS ? nblocks : CH_BLOCKS), sh, lane, pre);
 }
 // acc[r] += Σ_e decode(row r)[e] · x[e] over the NBLOCKS blocks of R rows (per-lane partial sums; the caller
 // reduces across the warp). Weights are decoded from shared memory by the contract's decode function. PRE (not
@@ -720,52 +691,19 @@ static __device__ __forceinline__ void qmoe_dot_chunk_q8(const uint4 *sh, const 
     }
   }
 }
-// Σ over NB staged blocks of R rows (row r's bytes at OFF[r] in its slice) with x as the run records RC.
-template <int R>
-static __device__ __forceinline__ void qmoe_dot_staged_q8(uint4 *sh, const int *off, const int4 *rc, int nb, int lane,
-                                                          acc_t *acc) {
-#if QMOE_SPAN_TAB
-  qmoe_span_table<R>(sh, off, nb, lane);
-#endif
-  const int ne = nb * QB_ELEMS;
-  bool a4 = QB_BYTES % 4 == 0 && QMOE_ROWS_WORDS;
-#pragma unroll
-  for (int r = 0; r < R; r++) a4 = a4 && (off[r] & 3) == 0;
-  if (false && ne % (32 * UNROLL)) {
-    if (a4) qmoe_dot_chunk_q8<R, true, true>(sh, off, rc, ne, lane, acc);
-    else qmoe_dot_chunk_q8<R, true, false>(sh, off, rc, ne, lane, acc);
-  } else {
-    if (a4) qmoe_dot_chunk_q8<R, false, true>(sh, off, rc, ne, lane, acc);
-    else qmoe_dot_chunk_q8<R, false, false>(sh, off, rc, ne, lane, acc);
-  }
-}
 // qmoe_row_dots over blocks whose x is the run records REC (REC[0]: the first block's first run). USE_PRE: the
 // first chunk's copies were issued by qmoe_stage_first, which left its offsets in PRE; WAITED: the caller has
-// waited for them too; NB1 (0 < NB1 < the chunk's blocks): qmoe_stage_first issued them as two groups, blocks
-// [0, NB1) and the rest, so the first part is computed while the rest is still in flight.
+// waited for them too.
 template <int R>
 static __device__ __forceinline__ void qmoe_row_dots_q8(const uint8_t *const *rows, const int4 *rec, int64_t nblocks,
                                                         uint4 *sh, int lane, acc_t *acc, bool use_pre,
-                                                        const int (&pre)[R], bool waited = false, int nb1 = 0) {
+                                                        const int (&pre)[R], bool waited = false) {
   for (int64_t b0 = 0; b0 < nblocks; b0 += CH_BLOCKS) {
     const int nb = (int)(nblocks - b0 < CH_BLOCKS ? nblocks - b0 : CH_BLOCKS);
     int off[R];
-    const int4 *rc = rec + b0 * (QB_ELEMS / UNROLL);
     if (b0 == 0 && use_pre) {
 #pragma unroll
       for (int r = 0; r < R; r++) off[r] = pre[r];
-      if (!waited && nb1 > 0 && nb1 < nb) {
-        qmoe_cp_async_wait_pending(1);
-        __syncwarp();
-        qmoe_dot_staged_q8<R>(sh, off, rc, nb1, lane, acc);
-        qmoe_cp_async_wait_pending(0);
-        __syncwarp(); // the rest is in, and the first part's reads (its span table) are done
-#pragma unroll
-        for (int r = 0; r < R; r++) off[r] += nb1 * QB_BYTES;
-        qmoe_dot_staged_q8<R>(sh, off, rc + nb1 * (QB_ELEMS / UNROLL), nb - nb1, lane, acc);
-        __syncwarp(); // the next chunk overwrites the buffer
-        continue;
-      }
       if (!waited) {
         qmoe_cp_async_wait_all();
         __syncwarp();
@@ -773,7 +711,21 @@ static __device__ __forceinline__ void qmoe_row_dots_q8(const uint8_t *const *ro
     } else {
       qmoe_stage_rows<R>(rows, b0, nb, sh, lane, off);
     }
-    qmoe_dot_staged_q8<R>(sh, off, rc, nb, lane, acc);
+#if QMOE_SPAN_TAB
+    qmoe_span_table<R>(sh, off, nb, lane);
+#endif
+    const int4 *rc = rec + b0 * (QB_ELEMS / UNROLL);
+    const int ne = nb * QB_ELEMS;
+    bool a4 = QB_BYTES % 4 == 0 && QMOE_ROWS_WORDS;
+#pragma unroll
+    for (int r = 0; r < R; r++) a4 = a4 && (off[r] & 3) == 0;
+    if (false && ne % (32 * UNROLL)) {
+      if (a4) qmoe_dot_chunk_q8<R, true, true>(sh, off, rc, ne, lane, acc);
+      else qmoe_dot_chunk_q8<R, true, false>(sh, off, rc, ne, lane, acc);
+    } else {
+      if (a4) qmoe_dot_chunk_q8<R, false, true>(sh, off, rc, ne, lane, acc);
+      else qmoe_dot_chunk_q8<R, false, false>(sh, off, rc, ne, lane, acc);
+    }
     __syncwarp(); // the next chunk overwrites the buffer
   }
 }

@@ -19,11 +19,10 @@ static __device__ __forceinline__ void qmoe_matvec_q8(const uint8_t *W, const fl
   const uint8_t *rp[R];
 #pragma unroll
   for (int r = 0; r < R; r++) rp[r] = W + (mine ? (r0 + r < rows ? r0 + r : r0) : 0) * row_bytes;
-  int pre[R], nb1 = 0; // the first chunk in two groups: its first half computed while the rest is in flight
+  int pre[R];
 #pragma unroll
   for (int r = 0; r < R; r++) pre[r] = 0;
-  if (mine)
-    qmoe_stage_first<R>(rp, cols / QB_ELEMS < QX_MAX / QB_ELEMS ? cols / QB_ELEMS : QX_MAX / QB_ELEMS, sh, lane, pre, &nb1);
+  if (mine) qmoe_stage_first<R>(rp, cols / QB_ELEMS < QX_MAX / QB_ELEMS ? cols / QB_ELEMS : QX_MAX / QB_ELEMS, sh, lane, pre);
   qmoe_grid_wait();
   acc_t acc[R];
 #pragma unroll
@@ -37,7 +36,7 @@ static __device__ __forceinline__ void qmoe_matvec_q8(const uint8_t *W, const fl
     const uint8_t *rc[R];
 #pragma unroll
     for (int r = 0; r < R; r++) rc[r] = rp[r] + c0 / QB_ELEMS * QB_BYTES;
-    qmoe_row_dots_q8<R>(rc, q8rec, n / QB_ELEMS, sh, lane, acc, c0 == 0, pre, false, nb1);
+    qmoe_row_dots_q8<R>(rc, q8rec, n / QB_ELEMS, sh, lane, acc, c0 == 0, pre);
   }
   if (!mine) return;
 #pragma unroll

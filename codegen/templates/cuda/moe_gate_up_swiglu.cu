@@ -27,12 +27,10 @@ ${BIND}
     const bool mine = f0 < F && k < K && e >= 0 && e < E;
     const int64_t at0 = mine ? ((int64_t)e * F + f0) * row_bytes : 0, at1 = mine ? ((int64_t)e * F + f1) * row_bytes : 0;
     // the first chunk is asked for before x is rounded (weights: no kernel writes them)
-    // (in two groups, the first half computed while the second is still in flight)
-    int pre[4] = { 0, 0, 0, 0 }, nb1 = 0;
+    int pre[4] = { 0, 0, 0, 0 };
     if (mine) {
       const uint8_t *rp[4] = { Wg + at0, Wu + at0, Wg + at1, Wu + at1 };
-      qmoe_stage_first<4>(rp, H / QB_ELEMS < QX_MAX / QB_ELEMS ? H / QB_ELEMS : QX_MAX / QB_ELEMS, sh4[warp], lane, pre,
-                          &nb1);
+      qmoe_stage_first<4>(rp, H / QB_ELEMS < QX_MAX / QB_ELEMS ? H / QB_ELEMS : QX_MAX / QB_ELEMS, sh4[warp], lane, pre);
     }
     acc_t acc[4] = { 0, 0, 0, 0 };
     for (int64_t c0 = 0; c0 < H; c0 += QX_MAX) {
@@ -43,7 +41,7 @@ ${BIND}
       if (!mine) continue;
       const int64_t cb = c0 / QB_ELEMS * QB_BYTES;
       const uint8_t *rp[4] = { Wg + at0 + cb, Wu + at0 + cb, Wg + at1 + cb, Wu + at1 + cb };
-      qmoe_row_dots_q8<4>(rp, q8rec, n / QB_ELEMS, sh4[warp], lane, acc, c0 == 0, pre, false, nb1);
+      qmoe_row_dots_q8<4>(rp, q8rec, n / QB_ELEMS, sh4[warp], lane, acc, c0 == 0, pre);
     }
     if (f0 >= F || k >= K) return;
 #pragma unroll
