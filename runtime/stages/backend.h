@@ -100,8 +100,8 @@ struct qmoe_backend {
    * uses a freed buffer is not replayed but recorded anew. */
   int (*graph_begin)(qmoe_backend *);
   int (*graph_end)(qmoe_backend *, int submit);
-  /* Optional: which earlier calls of a recording the calls that follow depend on, so a backend may run two
-   * chains of calls at once. branch(be, l) after a call F (the fork), 0 <= l < QMOE_BRANCH_LANES: the calls
+  /* Optional: which earlier calls of a recording the calls that follow depend on, so a backend may run
+   * several chains of calls at once. branch(be, l) after a call F (the fork), 0 <= l < QMOE_BRANCH_LANES: the calls
    * that follow, until the next branch(), form lane l, each after the one before it in its lane and the first
    * after F; the lanes may run concurrently, so none may write what another reads or writes.
    * branch(be, QMOE_BRANCH_JOIN): the next call runs after the last call of every lane, and the calls after it

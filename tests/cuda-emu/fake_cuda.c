@@ -194,7 +194,7 @@ CUresult cuGraphCreate(graph **g, unsigned flags) {
   return *g ? OK : E_OUT_OF_MEMORY;
 }
 /* A node is its index + 1. Its dependencies must be earlier nodes (qmoe adds nodes in an order that respects
- * them: a chain, or two lanes and their join), so running the nodes in order runs each after its own. */
+ * them: a chain, or lanes and their join), so running the nodes in order runs each after its own. */
 CUresult cuGraphAddKernelNode_v2(uintptr_t *node, graph *g, const uintptr_t *deps, size_t ndeps,
                                  const node_params *p) {
   if (!g || !p || !p->func || !p->kernelParams || !p->kernelParams[0]) return E_INVALID_VALUE;

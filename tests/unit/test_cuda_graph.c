@@ -2,7 +2,8 @@
  * whose params change between runs (rope's position, a buffer offset) gives, through a replayed graph, the
  * same bytes as the same calls launched one by one; a same-shape sequence is built once and replayed with
  * only its changed nodes patched, a new shape is built anew and an old one found again in the cache; nothing
- * may upload, download or sync inside a graph; graph_end(be, 0) runs nothing. Runs on a GPU and on the
+ * may upload, download or sync inside a graph; graph_end(be, 0) runs nothing; three lanes and a join
+ * (backend.branch) give the bytes of launches in order. Runs on a GPU and on the
  * emulator of tests/cuda-emu; elsewhere "skipped: no CUDA device". */
 #include <stdint.h>
 #include <stdio.h>
@@ -39,6 +40,38 @@ static int sequence(qmoe_backend *be, bufs *b, int64_t pos, size_t row, int extr
   }
   qmoe_call_argmax(&c, R, b->z, b->idx);
   return be->run(be, &c);
+}
+
+/* Lanes (backend.branch): xn = rmsnorm(x + row·H); then lane 0: y = W·xn, rope(y, pos); lane 1: y2 = W·xn;
+ * lane 2: y3 = W·xn, y3 = y3 + y3; lane 0 again: y = y + y; joined: z = y + y2, z = z + y3, idx = argmax(z). */
+static int lanes(qmoe_backend *be, bufs *b, qmoe_buffer *y2, qmoe_buffer *y3, int64_t pos, size_t row) {
+  qmoe_stage_call c;
+  int rc;
+#define BR(l) if (be->branch && (rc = be->branch(be, l))) return rc
+  qmoe_call_rmsnorm(&c, H, 1e-6, b->x, b->w, b->xn);
+  c.off[QMOE_B_RMSNORM_X] = row * H * sizeof(float);
+  if ((rc = be->run(be, &c))) return rc;
+  qmoe_buffer *ys[3] = { b->y, y2, y3 };
+  for (int l = 0; l < 3; l++) {
+    BR(l);
+    qmoe_call_matvec(&c, R, H, b->W, b->xn, ys[l]);
+    c.qtype = 0, c.tensor = "W";
+    if ((rc = be->run(be, &c))) return rc;
+    if (l == 0) qmoe_call_rope_neox(&c, NH, D, pos, 10000.0, b->y, b->y);
+    if (l == 2) qmoe_call_add(&c, R, y3, y3, y3);
+    if (l != 1 && (rc = be->run(be, &c))) return rc;
+  }
+  BR(0);
+  qmoe_call_add(&c, R, b->y, b->y, b->y);
+  if ((rc = be->run(be, &c))) return rc;
+  BR(QMOE_BRANCH_JOIN);
+  qmoe_call_add(&c, R, b->y, y2, b->z);
+  if ((rc = be->run(be, &c))) return rc;
+  qmoe_call_add(&c, R, b->z, y3, b->z);
+  if ((rc = be->run(be, &c))) return rc;
+  qmoe_call_argmax(&c, R, b->z, b->idx);
+  return be->run(be, &c);
+#undef BR
 }
 
 static void test_graph(void) {
@@ -129,6 +162,34 @@ static void test_graph(void) {
         qmoe_last_error());
   REQUIRE(be->sync(be) == 0 && be->download(be, b.z, 0, got, sizeof got) == 0, "download: %s", qmoe_last_error());
   CHECK(!memcmp(got, poison, sizeof got), "a graph whose buffer was freed ran (z[0] = %g)", (double)got[0]);
+
+  /* Three lanes and a join, replayed with a new position and row, give the bytes of one-by-one launches; a lane
+   * past QMOE_BRANCH_LANES is refused. */
+  if (be->branch) {
+    qmoe_buffer *y2 = NULL, *y3 = NULL;
+    REQUIRE(!be->alloc(be, R * 4, &y2) && !be->alloc(be, R * 4, &y3), "alloc: %s", qmoe_last_error());
+    for (int i = 0; i < 3; i++) {
+      const int64_t pos = 7 + 11 * i;
+      const size_t row = (size_t)(i + 1) % 4;
+      float zg[R], zd[R];
+      int32_t ig, id;
+      REQUIRE(be->graph_begin(be) == 0 && lanes(be, &b, y2, y3, pos, row) == 0 && be->graph_end(be, 1) == 0,
+              "lanes graph: %s", qmoe_last_error());
+      REQUIRE(!be->download(be, b.z, 0, zg, sizeof zg) && !be->download(be, b.idx, 0, &ig, 4), "download: %s",
+              qmoe_last_error());
+      REQUIRE(lanes(be, &b, y2, y3, pos, row) == 0, "lanes direct: %s", qmoe_last_error());
+      REQUIRE(!be->download(be, b.z, 0, zd, sizeof zd) && !be->download(be, b.idx, 0, &id, 4), "download: %s",
+              qmoe_last_error());
+      CHECK(!memcmp(zg, zd, sizeof zg) && ig == id, "lanes, step %d: the graph's output differs from the launches' "
+            "(z[0] %g vs %g, argmax %d vs %d)", i, (double)zg[0], (double)zd[0], (int)ig, (int)id);
+    }
+    REQUIRE(be->graph_begin(be) == 0, "graph_begin: %s", qmoe_last_error());
+    CHECK(be->branch(be, QMOE_BRANCH_LANES) == QMOE_EINVAL && strstr(qmoe_last_error(), "lanes"),
+          "branch(%d): %s", QMOE_BRANCH_LANES, qmoe_last_error());
+    REQUIRE(be->graph_end(be, 0) == 0, "graph_end(0): %s", qmoe_last_error());
+    be->free_buf(be, y2);
+    be->free_buf(be, y3);
+  }
 
   qmoe_buffer *all[] = { b.x, b.w, b.W, b.xn, b.y, b.z, b.idx };
   for (size_t i = 0; i < sizeof all / sizeof all[0]; i++) be->free_buf(be, all[i]);
