@@ -1,7 +1,8 @@
 #!/bin/bash
-# Where a decode step's time goes inside the graph (b469511): Nsight Systems with graph-node tracing of f32 and q8
-# decode (per-kernel start and end on the GPU, so the gaps between kernels and the PDL overlap show), and Nsight
-# Compute of the q8 moe_down, the router and the small stages (speed of light, warp states, launch stats).
+# Where a decode step's time goes inside the graph (b469511). Planned: Nsight Systems with graph-node tracing of f32
+# and q8 decode; the GPU machine has no nsys ("nsys: command not found"), so docs/gpu-results.md uses the QMOE_EMPTY_*
+# runs instead. What it gave: Nsight Compute of the q8 moe_down, gate+up, the router and the small stages (speed of
+# light, warp states, launch stats, occupancy, memory), bench/results/2026-12-03-h200-b469511-ncu-q8.csv.
 cd "$(dirname "$0")/../.."
 N=resnsys; R=${OUT:-/tmp}/$N; rm -rf $R; mkdir -p $R
 tar -C .dev -xJf .dev/gpu.tar.xz

@@ -1635,6 +1635,14 @@ static __device__ __forceinline__ void qmoe_down_body(const qmoe_args &a) {
     __shared__ uint4 shd[4][D * 2 * QROW_VECS];
     const int64_t rb0 = (int64_t)blockIdx.x * RB;
     const acc_t nan = (acc_t)__int_as_float(0x7fc00000);
+    // item (k, p)'s two row sums into part (NaN for an invalid expert)
+    auto put = [&](int k, int p, const acc_t *acc, bool ok) {
+      const acc_t s0 = qmoe_warp_sum(acc[0]), s1 = qmoe_warp_sum(acc[1]);
+      if (lane == 0) {
+        part[k][2 * p] = ok ? s0 : nan;
+        part[k][2 * p + 1] = ok ? s1 : nan;
+      }
+    };
     if (x_one_pass && F / QB_ELEMS <= CH_BLOCKS) {
       uint4 *wsh = shd[warp];
       int pre[D][2];
@@ -1690,11 +1698,7 @@ static __device__ __forceinline__ void qmoe_down_body(const qmoe_args &a) {
               qmoe_row_dots<2>(rp, h + (int64_t)k * F, F / QB_ELEMS, wsh + d * 2 * QROW_VECS, lane, acc, pre[d], true);
 #endif
             }
-            const acc_t s0 = qmoe_warp_sum(acc[0]), s1 = qmoe_warp_sum(acc[1]);
-            if (lane == 0) {
-              part[k][2 * p] = e >= 0 && e < E ? s0 : nan;
-              part[k][2 * p + 1] = e >= 0 && e < E ? s1 : nan;
-            }
+            put(k, p, acc, e >= 0 && e < E);
           }
           __syncwarp(); // the next items overwrite the slices
         }
@@ -1720,13 +1724,7 @@ static __device__ __forceinline__ void qmoe_down_body(const qmoe_args &a) {
                                    base + rr1 * row_bytes + c0 / QB_ELEMS * QB_BYTES };
           qmoe_row_dots_q8<2>(rp, q8rec, n / QB_ELEMS, shd[warp], lane, acc, false, nopre);
         }
-        if (mine) {
-          const acc_t s0 = qmoe_warp_sum(acc[0]), s1 = qmoe_warp_sum(acc[1]);
-          if (lane == 0) {
-            part[k][2 * warp] = ok ? s0 : nan;
-            part[k][2 * warp + 1] = ok ? s1 : nan;
-          }
-        }
+        if (mine) put(k, warp, acc, ok);
       }
 #else
       for (int i = warp; i < K * NP; i += 4) {
@@ -1734,19 +1732,14 @@ static __device__ __forceinline__ void qmoe_down_body(const qmoe_args &a) {
         const int64_t r0 = rb0 + 2 * p;
         if (r0 >= H) continue;
         const int e = ids[k];
-        if (e < 0 || e >= E) {
-          if (lane == 0) part[k][2 * p] = part[k][2 * p + 1] = nan;
-          continue;
-        }
-        const uint8_t *base = Wd + (int64_t)e * H * row_bytes;
-        const uint8_t *rp[2] = { base + r0 * row_bytes, base + (r0 + 1 < H ? r0 + 1 : r0) * row_bytes };
+        const bool ok = e >= 0 && e < E;
         acc_t acc[2] = { 0, 0 };
-        qmoe_row_dots<2>(rp, h + (int64_t)k * F, F / QB_ELEMS, shd[warp], lane, acc);
-        const acc_t s0 = qmoe_warp_sum(acc[0]), s1 = qmoe_warp_sum(acc[1]);
-        if (lane == 0) {
-          part[k][2 * p] = s0;
-          part[k][2 * p + 1] = s1;
+        if (ok) {
+          const uint8_t *base = Wd + (int64_t)e * H * row_bytes;
+          const uint8_t *rp[2] = { base + r0 * row_bytes, base + (r0 + 1 < H ? r0 + 1 : r0) * row_bytes };
+          qmoe_row_dots<2>(rp, h + (int64_t)k * F, F / QB_ELEMS, shd[warp], lane, acc);
         }
+        put(k, p, acc, ok);
       }
 #endif
     }
