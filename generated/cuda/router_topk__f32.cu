@@ -167,7 +167,6 @@ extern "C" __global__ void __launch_bounds__(32, 1) qmoe_router_topk__f32(const 
   int32_t *const ids = (int32_t *)a.buf[2] + qmoe_tok * (K);
   float *const w = (float *)a.buf[3] + qmoe_tok * (K);
   (void)qmoe_tokens, (void)qmoe_tok, (void)Wr, (void)x, (void)ids, (void)w, (void)H, (void)E, (void)K; // not every kernel reads every contract name
-  qmoe_grid_wait();
   __shared__ acc_t prob[4096];
   __shared__ int sel[64];
   __shared__ acc_t pk[64];
@@ -177,18 +176,30 @@ extern "C" __global__ void __launch_bounds__(32, 1) qmoe_router_topk__f32(const 
   const int64_t ex = (int64_t)blockIdx.x * (32 / 32) + warp;
   unsigned *const done = (unsigned *)a.buf[7] + qmoe_tok;
   acc_t *const logits = (acc_t *)(a.buf[7] + (uint64_t)65536 * 4 + (uint64_t)(qmoe_tok * E * 8));
+  // The warp's first step of its row (weights: no kernel writes them) is asked for before the wait for the kernel
+  // before, so in a graph its trip to memory overlaps that kernel; x after the wait.
+  const float *row = Wr + (ex < E ? ex : 0) * H;
+  const bool vec = ex < E && (((uint64_t)row | (uint64_t)x) & 15) == 0 && (H & 3) == 0;
+  const float4 *r4 = (const float4 *)row, *x4 = (const float4 *)x;
+  const int64_t n4 = H / 4;
+  float4 wv[16];
+  if (vec) {
+#pragma unroll
+    for (int u = 0; u < 16; u++) {
+      const int64_t i = lane + 32 * u;
+      wv[u] = i < n4 ? r4[i] : make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+    }
+  }
+  qmoe_grid_wait();
   if (ex < E) {
-    const float *row = Wr + ex * H;
     acc_t dot = 0;
-    if ((((uint64_t)row | (uint64_t)x) & 15) == 0 && (H & 3) == 0) {
-      const float4 *r4 = (const float4 *)row, *x4 = (const float4 *)x;
-      const int64_t n4 = H / 4;
+    if (vec) {
       for (int64_t i0 = 0; i0 < n4; i0 += 32 * 16) {
-        float4 wv[16], xv[16];
+        float4 xv[16];
 #pragma unroll
         for (int u = 0; u < 16; u++) {
           const int64_t i = i0 + lane + 32 * u;
-          wv[u] = i < n4 ? r4[i] : make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+          if (i0 > 0) wv[u] = i < n4 ? r4[i] : make_float4(0.0f, 0.0f, 0.0f, 0.0f);
           xv[u] = i < n4 ? x4[i] : make_float4(0.0f, 0.0f, 0.0f, 0.0f);
         }
 #pragma unroll
@@ -214,9 +225,21 @@ extern "C" __global__ void __launch_bounds__(32, 1) qmoe_router_topk__f32(const 
   // The whole block brings the logits in (one trip to memory, not one per lane's step), then one warp finishes
   // (no block barriers): lane i holds logits i, i + 32, ... Softmax sum over all E, then top-K by logit (ties:
   // the lower index), then w = p / Σ p over the chosen, all in acc_t.
-  for (int i = threadIdx.x; i < E; i += blockDim.x) {
-    prob[i] = __ldcg(logits + i);
-    taken[i] = 0;
+  for (int i0 = threadIdx.x; i0 < E; i0 += 4 * blockDim.x) { // 4 loads in flight per thread
+    acc_t v[4];
+#pragma unroll
+    for (int u = 0; u < 4; u++) {
+      const int i = i0 + u * blockDim.x;
+      v[u] = i < E ? __ldcg(logits + i) : (acc_t)0;
+    }
+#pragma unroll
+    for (int u = 0; u < 4; u++) {
+      const int i = i0 + u * blockDim.x;
+      if (i < E) {
+        prob[i] = v[u];
+        taken[i] = 0;
+      }
+    }
   }
   __syncthreads();
   if (warp != 0) return;
