@@ -289,12 +289,20 @@ local function binding(st, argname, rename, own_tokens, wait_in_template)
       at = " + qmoe_tok * " .. (#dims > 0 and table.concat(dims, " * ") or "1")
     end
     lines[#lines + 1] = string.format("  %s%s *const %s = (%s%s *)%s.buf[%d]%s;", const, ty, name, const, ty, argname, i - 1, at)
+    -- qmoe_early_<name>: no kernel that may run at the same time writes this input (the backend's args.early), so
+    -- a template may read it before ${GRID_WAIT}
+    if b.__kind == "inputs" then
+      lines[#lines + 1] = string.format("  const bool qmoe_early_%s = ((%s.early >> %d) & 1) != 0;", name, argname, i - 1)
+    end
   end
   for i, p in ipairs(st.floats) do
     lines[#lines + 1] = string.format("  const double %s = %s.f[%d];", rename[p] or p, argname, i - 1)
   end
   local used = { "(void)qmoe_tokens", "(void)qmoe_tok" }
-  for _, b in ipairs(st.bufs) do used[#used + 1] = "(void)" .. (rename[b.name] or b.name) end
+  for _, b in ipairs(st.bufs) do
+    used[#used + 1] = "(void)" .. (rename[b.name] or b.name)
+    if b.__kind == "inputs" then used[#used + 1] = "(void)qmoe_early_" .. (rename[b.name] or b.name) end
+  end
   for _, p in ipairs(st.ints) do used[#used + 1] = "(void)" .. (rename[p] or p) end
   for _, p in ipairs(st.floats) do used[#used + 1] = "(void)" .. (rename[p] or p) end
   lines[#lines + 1] = "  " .. table.concat(used, ", ") .. "; // not every kernel reads every contract name"

@@ -18,6 +18,7 @@ struct qmoe_args {
   int64_t p[8];
   double f[4];
   int64_t tokens; // the call's tokens (>= 1): generic kernels take token blockIdx.z, own_tokens kernels all
+  uint64_t early; // bit i: no kernel that may run at the same time writes buffer i (read it before the grid wait)
 };
 
 typedef float acc_t; // this stage does not vary by accumulator
@@ -154,9 +155,11 @@ extern "C" __global__ void __launch_bounds__(256, 4) qmoe_add(const qmoe_args a_
   const int64_t qmoe_tok = 0;
   const int64_t n = a_.p[0];
   const float *const a = (const float *)a_.buf[0];
+  const bool qmoe_early_a = ((a_.early >> 0) & 1) != 0;
   const float *const b = (const float *)a_.buf[1];
+  const bool qmoe_early_b = ((a_.early >> 1) & 1) != 0;
   float *const y = (float *)a_.buf[2];
-  (void)qmoe_tokens, (void)qmoe_tok, (void)a, (void)b, (void)y, (void)n; // not every kernel reads every contract name
+  (void)qmoe_tokens, (void)qmoe_tok, (void)a, (void)qmoe_early_a, (void)b, (void)qmoe_early_b, (void)y, (void)n; // not every kernel reads every contract name
   qmoe_grid_wait();
   for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t)gridDim.x * blockDim.x)
     y[i] = a[i] + b[i];

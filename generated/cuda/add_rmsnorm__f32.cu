@@ -18,6 +18,7 @@ struct qmoe_args {
   int64_t p[8];
   double f[4];
   int64_t tokens; // the call's tokens (>= 1): generic kernels take token blockIdx.z, own_tokens kernels all
+  uint64_t early; // bit i: no kernel that may run at the same time writes buffer i (read it before the grid wait)
 };
 
 typedef float acc_t; // accumulator f32
@@ -157,12 +158,15 @@ extern "C" __global__ void __launch_bounds__(256, 1) qmoe_add_rmsnorm__f32(const
   const int64_t qmoe_tok = blockIdx.z;
   const int64_t n = a_.p[0];
   const float *const a = (const float *)a_.buf[0] + qmoe_tok * (n);
+  const bool qmoe_early_a = ((a_.early >> 0) & 1) != 0;
   const float *const b = (const float *)a_.buf[1] + qmoe_tok * (n);
+  const bool qmoe_early_b = ((a_.early >> 1) & 1) != 0;
   const float *const w = (const float *)a_.buf[2];
+  const bool qmoe_early_w = ((a_.early >> 2) & 1) != 0;
   float *const y = (float *)a_.buf[3] + qmoe_tok * (n);
   float *const xn = (float *)a_.buf[4] + qmoe_tok * (n);
   const double eps = a_.f[0];
-  (void)qmoe_tokens, (void)qmoe_tok, (void)a, (void)b, (void)w, (void)y, (void)xn, (void)n, (void)eps; // not every kernel reads every contract name
+  (void)qmoe_tokens, (void)qmoe_tok, (void)a, (void)qmoe_early_a, (void)b, (void)qmoe_early_b, (void)w, (void)qmoe_early_w, (void)y, (void)xn, (void)n, (void)eps; // not every kernel reads every contract name
   qmoe_grid_wait();
   __shared__ acc_t red[32];
   // Where n fits ARN_U elements per thread, a, b and w are all read in one pass (one trip to memory, not two)

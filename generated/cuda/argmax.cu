@@ -18,6 +18,7 @@ struct qmoe_args {
   int64_t p[8];
   double f[4];
   int64_t tokens; // the call's tokens (>= 1): generic kernels take token blockIdx.z, own_tokens kernels all
+  uint64_t early; // bit i: no kernel that may run at the same time writes buffer i (read it before the grid wait)
 };
 
 typedef float acc_t; // this stage does not vary by accumulator
@@ -176,8 +177,9 @@ extern "C" __global__ void __launch_bounds__(256, 4) qmoe_argmax(const qmoe_args
   const int64_t qmoe_tok = 0;
   const int64_t n = a.p[0];
   const float *const x = (const float *)a.buf[0];
+  const bool qmoe_early_x = ((a.early >> 0) & 1) != 0;
   int32_t *const idx = (int32_t *)a.buf[1];
-  (void)qmoe_tokens, (void)qmoe_tok, (void)x, (void)idx, (void)n; // not every kernel reads every contract name
+  (void)qmoe_tokens, (void)qmoe_tok, (void)x, (void)qmoe_early_x, (void)idx, (void)n; // not every kernel reads every contract name
   qmoe_grid_wait();
   __shared__ float sv[32];
   __shared__ int64_t si[32];

@@ -18,6 +18,7 @@ struct qmoe_args {
   int64_t p[8];
   double f[4];
   int64_t tokens; // the call's tokens (>= 1): generic kernels take token blockIdx.z, own_tokens kernels all
+  uint64_t early; // bit i: no kernel that may run at the same time writes buffer i (read it before the grid wait)
 };
 
 typedef double acc_t; // accumulator f64
@@ -186,10 +187,13 @@ extern "C" __global__ void __launch_bounds__(128, 2) qmoe_attention__f64(const q
   const int64_t n_kv = a.p[3] + qmoe_tok;
   const int64_t ctx = a.p[4];
   const float *const q = (const float *)a.buf[0] + qmoe_tok * (nh) * (D);
+  const bool qmoe_early_q = ((a.early >> 0) & 1) != 0;
   const float *const Kc = (const float *)a.buf[1];
+  const bool qmoe_early_Kc = ((a.early >> 1) & 1) != 0;
   const float *const Vc = (const float *)a.buf[2];
+  const bool qmoe_early_Vc = ((a.early >> 2) & 1) != 0;
   float *const o_out = (float *)a.buf[3] + qmoe_tok * (nh) * (D);
-  (void)qmoe_tokens, (void)qmoe_tok, (void)q, (void)Kc, (void)Vc, (void)o_out, (void)nh, (void)nkv, (void)D, (void)n_kv, (void)ctx; // not every kernel reads every contract name
+  (void)qmoe_tokens, (void)qmoe_tok, (void)q, (void)qmoe_early_q, (void)Kc, (void)qmoe_early_Kc, (void)Vc, (void)qmoe_early_Vc, (void)o_out, (void)nh, (void)nkv, (void)D, (void)n_kv, (void)ctx; // not every kernel reads every contract name
   qmoe_grid_wait();
   __shared__ acc_t sm_m[4], sm_l[4];
   __shared__ acc_t sm_o[4][256];

@@ -18,6 +18,7 @@ struct qmoe_args {
   int64_t p[8];
   double f[4];
   int64_t tokens; // the call's tokens (>= 1): generic kernels take token blockIdx.z, own_tokens kernels all
+  uint64_t early; // bit i: no kernel that may run at the same time writes buffer i (read it before the grid wait)
 };
 
 typedef float acc_t; // accumulator f32
@@ -918,9 +919,11 @@ extern "C" __global__ void __launch_bounds__(128, 4) qmoe_embed_rows__q4_0__f32(
   const int64_t cols = a.p[0];
   const int64_t rows = a.p[1];
   const uint8_t *const W = (const uint8_t *)a.buf[0];
+  const bool qmoe_early_W = ((a.early >> 0) & 1) != 0;
   const int32_t *const id = (const int32_t *)a.buf[1] + qmoe_tok * 1;
+  const bool qmoe_early_id = ((a.early >> 1) & 1) != 0;
   float *const y = (float *)a.buf[2] + qmoe_tok * (cols);
-  (void)qmoe_tokens, (void)qmoe_tok, (void)W, (void)id, (void)y, (void)cols, (void)rows; // not every kernel reads every contract name
+  (void)qmoe_tokens, (void)qmoe_tok, (void)W, (void)qmoe_early_W, (void)id, (void)qmoe_early_id, (void)y, (void)cols, (void)rows; // not every kernel reads every contract name
   qmoe_grid_wait();
   __shared__ uint8_t sb[QB_BYTES + 64];
   const int32_t r = __ldg(id);

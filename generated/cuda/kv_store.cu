@@ -18,6 +18,7 @@ struct qmoe_args {
   int64_t p[8];
   double f[4];
   int64_t tokens; // the call's tokens (>= 1): generic kernels take token blockIdx.z, own_tokens kernels all
+  uint64_t early; // bit i: no kernel that may run at the same time writes buffer i (read it before the grid wait)
 };
 
 typedef float acc_t; // this stage does not vary by accumulator
@@ -157,10 +158,12 @@ extern "C" __global__ void __launch_bounds__(256, 4) qmoe_kv_store(const qmoe_ar
   const int64_t pos = a.p[2];
   const int64_t ctx = a.p[3];
   const float *const k = (const float *)a.buf[0];
+  const bool qmoe_early_k = ((a.early >> 0) & 1) != 0;
   const float *const v = (const float *)a.buf[1];
+  const bool qmoe_early_v = ((a.early >> 1) & 1) != 0;
   float *const Kc = (float *)a.buf[2];
   float *const Vc = (float *)a.buf[3];
-  (void)qmoe_tokens, (void)qmoe_tok, (void)k, (void)v, (void)Kc, (void)Vc, (void)nkv, (void)D, (void)pos, (void)ctx; // not every kernel reads every contract name
+  (void)qmoe_tokens, (void)qmoe_tok, (void)k, (void)qmoe_early_k, (void)v, (void)qmoe_early_v, (void)Kc, (void)Vc, (void)nkv, (void)D, (void)pos, (void)ctx; // not every kernel reads every contract name
   qmoe_grid_wait();
   const int64_t n = nkv * D;
   const int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;

@@ -18,6 +18,7 @@ struct qmoe_args {
   int64_t p[8];
   double f[4];
   int64_t tokens; // the call's tokens (>= 1): generic kernels take token blockIdx.z, own_tokens kernels all
+  uint64_t early; // bit i: no kernel that may run at the same time writes buffer i (read it before the grid wait)
 };
 
 typedef float acc_t; // accumulator f32
@@ -1681,9 +1682,11 @@ static __device__ __forceinline__ void qmoe_matvec_body(const qmoe_args &a) {
   const int64_t rows = a.p[0];
   const int64_t cols = a.p[1];
   const uint8_t *const W = (const uint8_t *)a.buf[0];
+  const bool qmoe_early_W = ((a.early >> 0) & 1) != 0;
   const float *const x = (const float *)a.buf[1];
+  const bool qmoe_early_x = ((a.early >> 1) & 1) != 0;
   float *const y = (float *)a.buf[2];
-  (void)qmoe_tokens, (void)qmoe_tok, (void)W, (void)x, (void)y, (void)rows, (void)cols; // not every kernel reads every contract name
+  (void)qmoe_tokens, (void)qmoe_tok, (void)W, (void)qmoe_early_W, (void)x, (void)qmoe_early_x, (void)y, (void)rows, (void)cols; // not every kernel reads every contract name
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   const int64_t row_bytes = cols / QB_ELEMS * QB_BYTES;
   if constexpr (!TOK) {

@@ -18,6 +18,7 @@ struct qmoe_args {
   int64_t p[8];
   double f[4];
   int64_t tokens; // the call's tokens (>= 1): generic kernels take token blockIdx.z, own_tokens kernels all
+  uint64_t early; // bit i: no kernel that may run at the same time writes buffer i (read it before the grid wait)
 };
 
 typedef double acc_t; // accumulator f64
@@ -905,12 +906,15 @@ static __device__ __forceinline__ void qmoe_down_body(const qmoe_args &a) {
   const int64_t E = a.p[2];
   const int64_t K = a.p[3];
   const uint8_t *const Wd = (const uint8_t *)a.buf[0];
+  const bool qmoe_early_Wd = ((a.early >> 0) & 1) != 0;
   const float *const h = (const float *)a.buf[1];
+  const bool qmoe_early_h = ((a.early >> 1) & 1) != 0;
   const int32_t *const ids = (const int32_t *)a.buf[2];
+  const bool qmoe_early_ids = ((a.early >> 2) & 1) != 0;
   const float *const w = (const float *)a.buf[3];
+  const bool qmoe_early_w = ((a.early >> 3) & 1) != 0;
   float *const y = (float *)a.buf[4];
-  (void)qmoe_tokens, (void)qmoe_tok, (void)Wd, (void)h, (void)ids, (void)w, (void)y, (void)H, (void)F, (void)E, (void)K; // not every kernel reads every contract name
-  qmoe_grid_wait();
+  (void)qmoe_tokens, (void)qmoe_tok, (void)Wd, (void)qmoe_early_Wd, (void)h, (void)qmoe_early_h, (void)ids, (void)qmoe_early_ids, (void)w, (void)qmoe_early_w, (void)y, (void)H, (void)F, (void)E, (void)K; // not every kernel reads every contract name
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   const int64_t row_bytes = F / QB_ELEMS * QB_BYTES;
   if constexpr (!TOK) {
@@ -965,7 +969,7 @@ static __device__ __forceinline__ void qmoe_down_body(const qmoe_args &a) {
           if (i < nk * NP) {
             const int k = k0 + i / NP, p = i % NP;
             const int64_t r0 = rb0 + 2 * p;
-            const int e = ids[k];
+            const int e = __ldcg(ids + k); // from L2: it may be read before the wait (below)
             if (r0 < H && e >= 0 && e < E) {
               const uint8_t *base = Wd + (int64_t)e * H * row_bytes;
               const uint8_t *rp[2] = { base + r0 * row_bytes, base + (r0 + 1 < H ? r0 + 1 : r0) * row_bytes };
@@ -976,7 +980,13 @@ static __device__ __forceinline__ void qmoe_down_body(const qmoe_args &a) {
           qmoe_cp_async_commit();
         }
       };
+      // The first items' rows are asked for before the wait for the kernel before where no kernel that may still
+      // run writes ids (args.early, set by the backend: in the forward the router wrote them two kernels before,
+      // and gate+up, which this one follows, waited for it), so their trip to memory overlaps gate+up's end;
+      // otherwise after it. The weights themselves no kernel writes.
+      if (!qmoe_early_ids) qmoe_grid_wait();
       ask(0, nk0, 0);
+      if (qmoe_early_ids) qmoe_grid_wait();
       for (int k0 = 0; k0 < K; k0 += kp) {
         const int nk = K - k0 < kp ? K - k0 : kp;
 #if QMOE_Q8
@@ -1014,6 +1024,7 @@ static __device__ __forceinline__ void qmoe_down_body(const qmoe_args &a) {
         }
       }
     } else {
+      qmoe_grid_wait();
 #if QMOE_Q8
       const int64_t r0 = rb0 + 2 * warp;
       const int nopre[2] = { 0, 0 };
@@ -1060,6 +1071,7 @@ static __device__ __forceinline__ void qmoe_down_body(const qmoe_args &a) {
       y[rb0 + threadIdx.x] = (float)s;
     }
   } else {
+    qmoe_grid_wait();
     constexpr int R = 4, N = 8, TR = 4 * 4; // TR rows per tile
     __shared__ uint4 sh[4][R * STAGE_VECS];
     __shared__ int list[2048];

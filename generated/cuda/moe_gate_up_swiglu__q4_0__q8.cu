@@ -18,6 +18,7 @@ struct qmoe_args {
   int64_t p[8];
   double f[4];
   int64_t tokens; // the call's tokens (>= 1): generic kernels take token blockIdx.z, own_tokens kernels all
+  uint64_t early; // bit i: no kernel that may run at the same time writes buffer i (read it before the grid wait)
 };
 
 typedef float acc_t; // accumulator q8
@@ -924,11 +925,15 @@ static __device__ __forceinline__ void qmoe_gate_up_body(const qmoe_args &a) {
   const int64_t E = a.p[2];
   const int64_t K = a.p[3];
   const uint8_t *const Wg = (const uint8_t *)a.buf[0];
+  const bool qmoe_early_Wg = ((a.early >> 0) & 1) != 0;
   const uint8_t *const Wu = (const uint8_t *)a.buf[1];
+  const bool qmoe_early_Wu = ((a.early >> 1) & 1) != 0;
   const float *const x = (const float *)a.buf[2];
+  const bool qmoe_early_x = ((a.early >> 2) & 1) != 0;
   const int32_t *const ids = (const int32_t *)a.buf[3];
+  const bool qmoe_early_ids = ((a.early >> 3) & 1) != 0;
   float *const h = (float *)a.buf[4];
-  (void)qmoe_tokens, (void)qmoe_tok, (void)Wg, (void)Wu, (void)x, (void)ids, (void)h, (void)H, (void)F, (void)E, (void)K; // not every kernel reads every contract name
+  (void)qmoe_tokens, (void)qmoe_tok, (void)Wg, (void)qmoe_early_Wg, (void)Wu, (void)qmoe_early_Wu, (void)x, (void)qmoe_early_x, (void)ids, (void)qmoe_early_ids, (void)h, (void)H, (void)F, (void)E, (void)K; // not every kernel reads every contract name
   qmoe_grid_wait();
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   const int64_t row_bytes = H / QB_ELEMS * QB_BYTES;

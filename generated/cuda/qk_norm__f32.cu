@@ -18,6 +18,7 @@ struct qmoe_args {
   int64_t p[8];
   double f[4];
   int64_t tokens; // the call's tokens (>= 1): generic kernels take token blockIdx.z, own_tokens kernels all
+  uint64_t early; // bit i: no kernel that may run at the same time writes buffer i (read it before the grid wait)
 };
 
 typedef float acc_t; // accumulator f32
@@ -155,10 +156,12 @@ extern "C" __global__ void __launch_bounds__(128, 4) qmoe_qk_norm__f32(const qmo
   const int64_t nh = a.p[0];
   const int64_t D = a.p[1];
   const float *const x = (const float *)a.buf[0];
+  const bool qmoe_early_x = ((a.early >> 0) & 1) != 0;
   const float *const w = (const float *)a.buf[1];
+  const bool qmoe_early_w = ((a.early >> 1) & 1) != 0;
   float *const y = (float *)a.buf[2];
   const double eps = a.f[0];
-  (void)qmoe_tokens, (void)qmoe_tok, (void)x, (void)w, (void)y, (void)nh, (void)D, (void)eps; // not every kernel reads every contract name
+  (void)qmoe_tokens, (void)qmoe_tok, (void)x, (void)qmoe_early_x, (void)w, (void)qmoe_early_w, (void)y, (void)nh, (void)D, (void)eps; // not every kernel reads every contract name
   qmoe_grid_wait();
   __shared__ acc_t red[32];
   const int64_t base = (int64_t)blockIdx.x * D;

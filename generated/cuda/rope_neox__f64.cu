@@ -18,6 +18,7 @@ struct qmoe_args {
   int64_t p[8];
   double f[4];
   int64_t tokens; // the call's tokens (>= 1): generic kernels take token blockIdx.z, own_tokens kernels all
+  uint64_t early; // bit i: no kernel that may run at the same time writes buffer i (read it before the grid wait)
 };
 
 typedef double acc_t; // accumulator f64
@@ -158,9 +159,10 @@ extern "C" __global__ void __launch_bounds__(64, 4) qmoe_rope_neox__f64(const qm
   const int64_t D = a.p[1];
   const int64_t pos = a.p[2];
   const float *const x = (const float *)a.buf[0];
+  const bool qmoe_early_x = ((a.early >> 0) & 1) != 0;
   float *const y = (float *)a.buf[1];
   const double theta = a.f[0];
-  (void)qmoe_tokens, (void)qmoe_tok, (void)x, (void)y, (void)nh, (void)D, (void)pos, (void)theta; // not every kernel reads every contract name
+  (void)qmoe_tokens, (void)qmoe_tok, (void)x, (void)qmoe_early_x, (void)y, (void)nh, (void)D, (void)pos, (void)theta; // not every kernel reads every contract name
   qmoe_grid_wait();
   if (blockIdx.x >= nh) return;
   const int64_t half = D / 2, base = (int64_t)blockIdx.x * D;

@@ -18,6 +18,7 @@ struct qmoe_args {
   int64_t p[8];
   double f[4];
   int64_t tokens; // the call's tokens (>= 1): generic kernels take token blockIdx.z, own_tokens kernels all
+  uint64_t early; // bit i: no kernel that may run at the same time writes buffer i (read it before the grid wait)
 };
 
 typedef double acc_t; // accumulator f64
@@ -163,10 +164,12 @@ extern "C" __global__ void __launch_bounds__(32, 1) qmoe_router_topk__f64(const 
   const int64_t E = a.p[1];
   const int64_t K = a.p[2];
   const float *const Wr = (const float *)a.buf[0];
+  const bool qmoe_early_Wr = ((a.early >> 0) & 1) != 0;
   const float *const x = (const float *)a.buf[1] + qmoe_tok * (H);
+  const bool qmoe_early_x = ((a.early >> 1) & 1) != 0;
   int32_t *const ids = (int32_t *)a.buf[2] + qmoe_tok * (K);
   float *const w = (float *)a.buf[3] + qmoe_tok * (K);
-  (void)qmoe_tokens, (void)qmoe_tok, (void)Wr, (void)x, (void)ids, (void)w, (void)H, (void)E, (void)K; // not every kernel reads every contract name
+  (void)qmoe_tokens, (void)qmoe_tok, (void)Wr, (void)qmoe_early_Wr, (void)x, (void)qmoe_early_x, (void)ids, (void)w, (void)H, (void)E, (void)K; // not every kernel reads every contract name
   __shared__ acc_t prob[4096];
   __shared__ int sel[64];
   __shared__ acc_t pk[64];

@@ -24,6 +24,12 @@ typedef struct {
   int64_t p[QMOE_STAGE_MAX_PARAMS];
   double f[QMOE_STAGE_MAX_FPARAMS];
   int64_t tokens; /* the call's tokens (>= 1) */
+  /* Bit i: no launch that may run at the same time as this one writes buffer i, so the kernel may read it
+   * before its grid wait (qmoe_grid_wait, docs/cuda.md "Graphs"): every input outside a graph (launches on the
+   * stream run one after another); in a graph, the inputs that none of the launches it runs after (dep[])
+   * writes. With programmatic edges a kernel's blocks start once every block of the one before has passed its
+   * own wait, so everything earlier has completed: only the direct predecessors may still run. */
+  uint64_t early;
 } kernel_args;
 
 /* One launch, as run() prepared it. */
@@ -36,6 +42,7 @@ typedef struct {
   int32_t chain;  /* 1: dep[0] is the launch before it in its chain (with PDL a programmatic edge) */
   const char *entry;
   kernel_args args;
+  uint64_t wlo[QMOE_STAGE_MAX_BUFS], whi[QMOE_STAGE_MAX_BUFS]; /* the device bytes it writes: its outputs */
 } launch_rec;
 
 /* A recorded sequence and its instantiated graph: node i launches recs[i]. */
@@ -283,8 +290,17 @@ static int workspace(cuda_impl *im, size_t n, uint64_t *out) {
 
 /* ---- graphs ------------------------------------------------------------------------------------------ */
 
+/* Whether launch R writes any of the device bytes [LO, HI). */
+static int writes(const launch_rec *r, uint64_t lo, uint64_t hi) {
+  for (int i = 0; i < QMOE_STAGE_MAX_BUFS; i++)
+    if (r->whi[i] > r->wlo[i] && r->wlo[i] < hi && lo < r->whi[i]) return 1;
+  return 0;
+}
+
+/* Records one launch of stage SI whose buffer i spans NEED[i] bytes from args->buf[i]. */
 static int graph_add(cuda_impl *im, CUfunction fn, unsigned gx, unsigned gy, unsigned gz, unsigned threads,
-                     const char *entry, int uses_ws, const kernel_args *args) {
+                     const char *entry, int uses_ws, const kernel_args *args, const qmoe_stage_info *si,
+                     const size_t *need) {
   graph_state *g = &im->g;
   if (g->n == g->cap) {
     size_t cap = g->cap ? g->cap * 2 : 1024;
@@ -316,6 +332,15 @@ static int graph_add(cuda_impl *im, CUfunction fn, unsigned gx, unsigned gy, uns
     r->dep[0] = (int32_t)g->last[g->lane];
     r->chain = g->last[g->lane] != g->fork; /* the lane's first launch: a plain edge from the fork */
     g->last[g->lane] = i;
+  }
+  for (int b = si->n_inputs; b < si->n_inputs + si->n_outputs; b++)
+    r->wlo[b] = r->args.buf[b], r->whi[b] = r->args.buf[b] + need[b];
+  r->args.early = 0;
+  for (int b = 0; b < si->n_inputs; b++) {
+    int free_ = 1;
+    for (int j = 0; j < QMOE_BRANCH_LANES && free_; j++)
+      if (r->dep[j] >= 0) free_ = !writes(&g->recs[r->dep[j]], r->args.buf[b], r->args.buf[b] + need[b]);
+    if (free_) r->args.early |= (uint64_t)1 << b;
   }
   return 0;
 }
@@ -495,6 +520,17 @@ int qmoe_cuda_graph_stats_of(qmoe_backend *be, qmoe_cuda_graph_stats *out) {
   return 0;
 }
 
+int qmoe_cuda_graph_early_of(qmoe_backend *be, size_t i, uint64_t *out) {
+  if (!qmoe_backend_cuda_ctx(be)) return QMOE_EINVAL;
+  const graph_state *g = &impl_of(be)->g;
+  if (!g->recording || i >= g->n) {
+    qmoe_set_error("cuda backend: no launch %zu in a recording (%s)", i, g->recording ? "past its end" : "none open");
+    return QMOE_EINVAL;
+  }
+  *out = g->recs[i].args.early;
+  return 0;
+}
+
 static int cu_run(qmoe_backend *be, const qmoe_stage_call *c) {
   cuda_impl *im = impl_of(be);
   const qmoe_stage_info *si = (unsigned)c->stage < QMOE_STAGE_COUNT ? qmoe_stage_info_get(c->stage) : NULL;
@@ -527,6 +563,7 @@ static int cu_run(qmoe_backend *be, const qmoe_stage_call *c) {
   memcpy(args.p, c->p, sizeof args.p);
   memcpy(args.f, c->f, sizeof args.f);
   args.tokens = c->tokens > 1 ? c->tokens : 1;
+  args.early = ~(uint64_t)0; /* launches on the stream: nothing else runs (a graph narrows it, graph_add) */
 
   /* Grid and workspace: the stage's launch function (generated/c/cuda_launch.c). */
   const qmoe_cuda_launch_env env = { v->rows_per_block > 0 ? v->rows_per_block : 1, v->threads,
@@ -550,7 +587,7 @@ static int cu_run(qmoe_backend *be, const qmoe_stage_call *c) {
   if ((rc = get_function(im, vi, tok, &fn))) return rc;
   if (im->g.recording)
     return graph_add(im, fn, (unsigned)gx, (unsigned)gy, (unsigned)gz, (unsigned)v->threads, entry, L.workspace > 0,
-                     &args);
+                     &args, si, need);
   void *params[] = { &args };
   rc = qmoe_cuda_check(im->ctx.d,
                        im->ctx.d->LaunchKernel(fn, (unsigned)gx, (unsigned)gy, (unsigned)gz, (unsigned)v->threads, 1, 1, 0,

@@ -127,6 +127,9 @@ typedef struct {
 typedef struct { uint64_t builds, replays, nodes_patched; } qmoe_cuda_graph_stats;
 struct qmoe_backend;
 int qmoe_cuda_graph_stats_of(struct qmoe_backend *be, qmoe_cuda_graph_stats *out);
+/* For tests: the early bits (kernel_args.early in backend_cuda.c: the inputs launch I may read before its grid
+ * wait) of launch I of the recording in progress. QMOE_EINVAL when no recording is open or I is past its end. */
+int qmoe_cuda_graph_early_of(struct qmoe_backend *be, size_t i, uint64_t *out);
 
 /* Loads the driver (libcuda.so.1) once per process. No driver: QMOE_ENODEV, "no CUDA driver found
  * (libcuda.so.1)". */

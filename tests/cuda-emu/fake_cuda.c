@@ -174,7 +174,7 @@ CUresult cuLaunchKernel(function *f, unsigned gx, unsigned gy, unsigned gz, unsi
 
 /* ---- graphs: a list of launches with copies of their argument (qmoe's one kernel argument, struct qmoe_args:
  * 8 buffer addresses, 8 int and 4 double params and the tokens = 168 bytes), run in order by cuGraphLaunch ---- */
-enum { ARGS_BYTES = 168 };
+enum { ARGS_BYTES = 176 }; /* struct qmoe_args */
 typedef struct {
   function *func;
   unsigned gx, gy, gz, bx, by, bz, smem;

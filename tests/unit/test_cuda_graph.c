@@ -3,7 +3,10 @@
  * same bytes as the same calls launched one by one; a same-shape sequence is built once and replayed with
  * only its changed nodes patched, a new shape is built anew and an old one found again in the cache; nothing
  * may upload, download or sync inside a graph; graph_end(be, 0) runs nothing; three lanes and a join
- * (backend.branch) give the bytes of launches in order. Runs on a GPU and on the
+ * (backend.branch) give the bytes of launches in order; each launch's early bits (the inputs it may read before
+ * its grid wait) leave out exactly what the launch before it writes, and moe_down gives the same bytes in a graph
+ * whether the launch before it wrote its ids (router_topk: read after the wait) or not (gate+up: before it).
+ * Runs on a GPU and on the
  * emulator of tests/cuda-emu; elsewhere "skipped: no CUDA device". */
 #include <stdint.h>
 #include <stdio.h>
@@ -196,8 +199,105 @@ static void test_graph(void) {
   be->close(be);
 }
 
+/* The MoE calls, f32 weights: router_topk, then gate+up when GU, then moe_down. */
+enum { ME = 8, MK = 2, MF = 64 };
+typedef struct {
+  qmoe_buffer *Wr, *x, *ids, *w, *Wg, *Wu, *hb, *Wd, *y;
+} moe_bufs;
+static int moe_calls(qmoe_backend *be, const moe_bufs *m, int gu) {
+  qmoe_stage_call c;
+  int rc;
+  qmoe_call_router_topk(&c, H, ME, MK, m->Wr, m->x, m->ids, m->w);
+  if ((rc = be->run(be, &c))) return rc;
+  if (gu) {
+    qmoe_call_moe_gate_up_swiglu(&c, H, MF, ME, MK, m->Wg, m->Wu, m->x, m->ids, m->hb);
+    c.qtype = 0;
+    if ((rc = be->run(be, &c))) return rc;
+  }
+  qmoe_call_moe_down(&c, H, MF, ME, MK, m->Wd, m->hb, m->ids, m->w, m->y);
+  c.qtype = 0;
+  return be->run(be, &c);
+}
+
+static void test_early(void) {
+  qmoe_backend *be = NULL;
+  if (qmoe_backend_open("cuda", &be)) SKIP("no CUDA device: %s", qmoe_last_error());
+  if (!be->graph_begin) {
+    be->close(be);
+    SKIP("the CUDA driver has no graphs (or QMOE_CUDA_SYNC / QMOE_CUDA_NO_GRAPH is set)");
+  }
+  static float x[4 * H], w[H], W[R * H];
+  for (int i = 0; i < 4 * H; i++) x[i] = (float)t_rand_normal();
+  for (int i = 0; i < H; i++) w[i] = 1.0f + 0.1f * (float)t_rand_normal();
+  for (int i = 0; i < R * H; i++) W[i] = (float)t_rand_normal() * 0.1f;
+  bufs b = {0};
+  REQUIRE(!be->alloc(be, sizeof x, &b.x) && !be->alloc(be, sizeof w, &b.w) && !be->alloc(be, sizeof W, &b.W) &&
+              !be->alloc(be, H * 4, &b.xn) && !be->alloc(be, R * 4, &b.y) && !be->alloc(be, R * 4, &b.z) &&
+              !be->alloc(be, 4, &b.idx),
+          "alloc: %s", qmoe_last_error());
+  REQUIRE(!be->upload(be, b.x, 0, x, sizeof x) && !be->upload(be, b.w, 0, w, sizeof w) &&
+              !be->upload(be, b.W, 0, W, sizeof W),
+          "upload: %s", qmoe_last_error());
+  /* rmsnorm(x, w -> xn), matvec(W, xn -> y), rope(y -> y), add(y, y -> z), argmax(z -> idx): each input is early
+   * unless the launch before it writes it. */
+  REQUIRE(be->graph_begin(be) == 0 && sequence(be, &b, 3, 1, 0) == 0, "recording: %s", qmoe_last_error());
+  const uint64_t want[] = { 0x3, 0x1, 0x0, 0x0, 0x0 };
+  for (size_t i = 0; i < sizeof want / sizeof want[0]; i++) {
+    uint64_t e = ~(uint64_t)0;
+    CHECK(qmoe_cuda_graph_early_of(be, i, &e) == 0 && e == want[i], "launch %zu: early bits %#llx, expected %#llx", i,
+          (unsigned long long)e, (unsigned long long)want[i]);
+  }
+  uint64_t e;
+  CHECK(qmoe_cuda_graph_early_of(be, 5, &e) == QMOE_EINVAL, "launch 5 of 5: not refused");
+  REQUIRE(be->graph_end(be, 0) == 0, "graph_end(0): %s", qmoe_last_error());
+  CHECK(qmoe_cuda_graph_early_of(be, 0, &e) == QMOE_EINVAL, "no recording: not refused");
+  qmoe_buffer *all[] = { b.x, b.w, b.W, b.xn, b.y, b.z, b.idx };
+  for (size_t i = 0; i < sizeof all / sizeof all[0]; i++) be->free_buf(be, all[i]);
+
+  /* moe_down after router_topk (its ids written by the launch before) and after gate+up, as graphs and as
+   * launches on the stream: the same bytes. */
+  static float Wr[ME * H], xm[H], Wg[ME * MF * H], Wu[ME * MF * H], Wd[ME * H * MF];
+  for (int i = 0; i < ME * H; i++) Wr[i] = (float)t_rand_normal() * 0.1f;
+  for (int i = 0; i < H; i++) xm[i] = (float)t_rand_normal();
+  for (int i = 0; i < ME * MF * H; i++) Wg[i] = (float)t_rand_normal() * 0.1f, Wu[i] = (float)t_rand_normal() * 0.1f;
+  for (int i = 0; i < ME * H * MF; i++) Wd[i] = (float)t_rand_normal() * 0.1f;
+  moe_bufs m = {0};
+  REQUIRE(!be->alloc(be, sizeof Wr, &m.Wr) && !be->alloc(be, sizeof xm, &m.x) && !be->alloc(be, MK * 4, &m.ids) &&
+              !be->alloc(be, MK * 4, &m.w) && !be->alloc(be, sizeof Wg, &m.Wg) && !be->alloc(be, sizeof Wu, &m.Wu) &&
+              !be->alloc(be, MK * MF * 4, &m.hb) && !be->alloc(be, sizeof Wd, &m.Wd) && !be->alloc(be, H * 4, &m.y),
+          "alloc: %s", qmoe_last_error());
+  REQUIRE(!be->upload(be, m.Wr, 0, Wr, sizeof Wr) && !be->upload(be, m.x, 0, xm, sizeof xm) &&
+              !be->upload(be, m.Wg, 0, Wg, sizeof Wg) && !be->upload(be, m.Wu, 0, Wu, sizeof Wu) &&
+              !be->upload(be, m.Wd, 0, Wd, sizeof Wd),
+          "upload: %s", qmoe_last_error());
+  for (int gu = 1; gu >= 0; gu--) {
+    static const float poison[H] = { 12345.0f };
+    float yg[H], yd[H];
+    REQUIRE(be->upload(be, m.y, 0, poison, sizeof poison) == 0, "upload: %s", qmoe_last_error());
+    REQUIRE(be->graph_begin(be) == 0 && moe_calls(be, &m, gu) == 0, "moe recording: %s", qmoe_last_error());
+    uint64_t ed = 0;
+    REQUIRE(qmoe_cuda_graph_early_of(be, gu ? 2 : 1, &ed) == 0, "early: %s", qmoe_last_error());
+    CHECK(((ed >> QMOE_B_MOE_DOWN_IDS) & 1) == (uint64_t)gu && ((ed >> QMOE_B_MOE_DOWN_WD) & 1) &&
+              ((ed >> QMOE_B_MOE_DOWN_H) & 1) == (uint64_t)!gu,
+          "moe_down after %s: early bits %#llx", gu ? "gate+up" : "router_topk", (unsigned long long)ed);
+    REQUIRE(be->graph_end(be, 1) == 0 && be->download(be, m.y, 0, yg, sizeof yg) == 0, "moe graph: %s",
+            qmoe_last_error());
+    REQUIRE(be->upload(be, m.y, 0, poison, sizeof poison) == 0 && moe_calls(be, &m, gu) == 0 &&
+                be->download(be, m.y, 0, yd, sizeof yd) == 0,
+            "moe direct: %s", qmoe_last_error());
+    int finite = 1;
+    for (int i = 0; i < H; i++) finite &= yd[i] == yd[i] && yd[i] != 12345.0f;
+    CHECK(finite && !memcmp(yg, yd, sizeof yg), "moe_down after %s: the graph's y differs from the launches' (y[0] %g "
+          "vs %g)", gu ? "gate+up" : "router_topk", (double)yg[0], (double)yd[0]);
+  }
+  qmoe_buffer *mall[] = { m.Wr, m.x, m.ids, m.w, m.Wg, m.Wu, m.hb, m.Wd, m.y };
+  for (size_t i = 0; i < sizeof mall / sizeof mall[0]; i++) be->free_buf(be, mall[i]);
+  be->close(be);
+}
+
 int main(void) {
   t_seed();
   RUN_NAMED("cuda_graph", test_graph);
+  RUN_NAMED("cuda_graph_early", test_early);
   return T_DONE();
 }

@@ -68,7 +68,7 @@ ${BIND}
           if (i < nk * NP) {
             const int k = k0 + i / NP, p = i % NP;
             const int64_t r0 = rb0 + 2 * p;
-            const int e = ids[k];
+            const int e = __ldcg(ids + k); // from L2: it may be read before the wait (below)
             if (r0 < H && e >= 0 && e < E) {
               const uint8_t *base = Wd + (int64_t)e * H * row_bytes;
               const uint8_t *rp[2] = { base + r0 * row_bytes, base + (r0 + 1 < H ? r0 + 1 : r0) * row_bytes };
@@ -79,7 +79,13 @@ ${BIND}
           qmoe_cp_async_commit();
         }
       };
+      // The first items' rows are asked for before the wait for the kernel before where no kernel that may still
+      // run writes ids (args.early, set by the backend: in the forward the router wrote them two kernels before,
+      // and gate+up, which this one follows, waited for it), so their trip to memory overlaps gate+up's end;
+      // otherwise after it. The weights themselves no kernel writes.
+      if (!qmoe_early_ids) ${GRID_WAIT}
       ask(0, nk0, 0);
+      if (qmoe_early_ids) ${GRID_WAIT}
       for (int k0 = 0; k0 < K; k0 += kp) {
         const int nk = K - k0 < kp ? K - k0 : kp;
 #if QMOE_Q8
@@ -117,6 +123,7 @@ ${BIND}
         }
       }
     } else {
+      ${GRID_WAIT}
 #if QMOE_Q8
       const int64_t r0 = rb0 + 2 * warp;
       const int nopre[2] = { 0, 0 };
@@ -163,6 +170,7 @@ ${BIND}
       y[rb0 + threadIdx.x] = (float)s;
     }
   } else {
+    ${GRID_WAIT}
     constexpr int R = ${TOK_ROWS}, N = ${TOK_TILE}, TR = ${WARPS} * ${TOK_ROWS}; // TR rows per tile
     __shared__ uint4 sh[${WARPS}][R * STAGE_VECS];
     __shared__ int list[${LIST_CAP}];
