@@ -42,7 +42,8 @@ typedef struct {
   int32_t chain;  /* 1: dep[0] is the launch before it in its chain (with PDL a programmatic edge) */
   const char *entry;
   kernel_args args;
-  uint64_t wlo[QMOE_STAGE_MAX_BUFS], whi[QMOE_STAGE_MAX_BUFS]; /* the device bytes it writes: its outputs */
+  uint64_t wlo[QMOE_STAGE_MAX_BUFS], whi[QMOE_STAGE_MAX_BUFS]; /* the device bytes it writes: its outputs, */
+  int32_t nw;                                                  /* the first nw of the two arrays */
 } launch_rec;
 
 /* A recorded sequence and its instantiated graph: node i launches recs[i]. */
@@ -292,8 +293,8 @@ static int workspace(cuda_impl *im, size_t n, uint64_t *out) {
 
 /* Whether launch R writes any of the device bytes [LO, HI). */
 static int writes(const launch_rec *r, uint64_t lo, uint64_t hi) {
-  for (int i = 0; i < QMOE_STAGE_MAX_BUFS; i++)
-    if (r->whi[i] > r->wlo[i] && r->wlo[i] < hi && lo < r->whi[i]) return 1;
+  for (int i = 0; i < r->nw; i++)
+    if (r->wlo[i] < hi && lo < r->whi[i]) return 1;
   return 0;
 }
 
@@ -334,7 +335,7 @@ static int graph_add(cuda_impl *im, CUfunction fn, unsigned gx, unsigned gy, uns
     g->last[g->lane] = i;
   }
   for (int b = si->n_inputs; b < si->n_inputs + si->n_outputs; b++)
-    r->wlo[b] = r->args.buf[b], r->whi[b] = r->args.buf[b] + need[b];
+    if (need[b] > 0) r->wlo[r->nw] = r->args.buf[b], r->whi[r->nw++] = r->args.buf[b] + need[b];
   r->args.early = 0;
   for (int b = 0; b < si->n_inputs; b++) {
     int free_ = 1;
