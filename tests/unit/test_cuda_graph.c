@@ -77,6 +77,23 @@ static int lanes(qmoe_backend *be, bufs *b, qmoe_buffer *y2, qmoe_buffer *y3, in
 #undef BR
 }
 
+/* The sequence's buffers, x, w and W filled with fresh random values. */
+static int new_bufs(qmoe_backend *be, bufs *b) {
+  static float x[4 * H], w[H], W[R * H];
+  for (int i = 0; i < 4 * H; i++) x[i] = (float)t_rand_normal();
+  for (int i = 0; i < H; i++) w[i] = 1.0f + 0.1f * (float)t_rand_normal();
+  for (int i = 0; i < R * H; i++) W[i] = (float)t_rand_normal() * 0.1f;
+  int rc;
+  if ((rc = be->alloc(be, sizeof x, &b->x)) || (rc = be->alloc(be, sizeof w, &b->w)) ||
+      (rc = be->alloc(be, sizeof W, &b->W)) || (rc = be->alloc(be, H * 4, &b->xn)) ||
+      (rc = be->alloc(be, R * 4, &b->y)) || (rc = be->alloc(be, R * 4, &b->z)) || (rc = be->alloc(be, 4, &b->idx)))
+    return rc;
+  if ((rc = be->upload(be, b->x, 0, x, sizeof x)) || (rc = be->upload(be, b->w, 0, w, sizeof w)) ||
+      (rc = be->upload(be, b->W, 0, W, sizeof W)))
+    return rc;
+  return 0;
+}
+
 static void test_graph(void) {
   qmoe_backend *be = NULL;
   if (qmoe_backend_open("cuda", &be)) SKIP("no CUDA device: %s", qmoe_last_error());
@@ -84,18 +101,8 @@ static void test_graph(void) {
     be->close(be);
     SKIP("the CUDA driver has no graphs (or QMOE_CUDA_SYNC / QMOE_CUDA_NO_GRAPH is set)");
   }
-  static float x[4 * H], w[H], W[R * H];
-  for (int i = 0; i < 4 * H; i++) x[i] = (float)t_rand_normal();
-  for (int i = 0; i < H; i++) w[i] = 1.0f + 0.1f * (float)t_rand_normal();
-  for (int i = 0; i < R * H; i++) W[i] = (float)t_rand_normal() * 0.1f;
   bufs b = {0};
-  REQUIRE(!be->alloc(be, sizeof x, &b.x) && !be->alloc(be, sizeof w, &b.w) && !be->alloc(be, sizeof W, &b.W) &&
-              !be->alloc(be, H * 4, &b.xn) && !be->alloc(be, R * 4, &b.y) && !be->alloc(be, R * 4, &b.z) &&
-              !be->alloc(be, 4, &b.idx),
-          "alloc: %s", qmoe_last_error());
-  REQUIRE(!be->upload(be, b.x, 0, x, sizeof x) && !be->upload(be, b.w, 0, w, sizeof w) &&
-              !be->upload(be, b.W, 0, W, sizeof W),
-          "upload: %s", qmoe_last_error());
+  REQUIRE(new_bufs(be, &b) == 0, "buffers: %s", qmoe_last_error());
   qmoe_cuda_graph_stats s0, s;
   REQUIRE(qmoe_cuda_graph_stats_of(be, &s0) == 0, "stats");
 
@@ -226,18 +233,8 @@ static void test_early(void) {
     be->close(be);
     SKIP("the CUDA driver has no graphs (or QMOE_CUDA_SYNC / QMOE_CUDA_NO_GRAPH is set)");
   }
-  static float x[4 * H], w[H], W[R * H];
-  for (int i = 0; i < 4 * H; i++) x[i] = (float)t_rand_normal();
-  for (int i = 0; i < H; i++) w[i] = 1.0f + 0.1f * (float)t_rand_normal();
-  for (int i = 0; i < R * H; i++) W[i] = (float)t_rand_normal() * 0.1f;
   bufs b = {0};
-  REQUIRE(!be->alloc(be, sizeof x, &b.x) && !be->alloc(be, sizeof w, &b.w) && !be->alloc(be, sizeof W, &b.W) &&
-              !be->alloc(be, H * 4, &b.xn) && !be->alloc(be, R * 4, &b.y) && !be->alloc(be, R * 4, &b.z) &&
-              !be->alloc(be, 4, &b.idx),
-          "alloc: %s", qmoe_last_error());
-  REQUIRE(!be->upload(be, b.x, 0, x, sizeof x) && !be->upload(be, b.w, 0, w, sizeof w) &&
-              !be->upload(be, b.W, 0, W, sizeof W),
-          "upload: %s", qmoe_last_error());
+  REQUIRE(new_bufs(be, &b) == 0, "buffers: %s", qmoe_last_error());
   /* rmsnorm(x, w -> xn), matvec(W, xn -> y), rope(y -> y), add(y, y -> z), argmax(z -> idx): each input is early
    * unless the launch before it writes it. */
   REQUIRE(be->graph_begin(be) == 0 && sequence(be, &b, 3, 1, 0) == 0, "recording: %s", qmoe_last_error());
