@@ -86,12 +86,16 @@ end
 
 local function header(v, pass, WG)
   local desc = v.stage.description and ascii(v.stage.description):gsub("%s+", " "):gsub(" $", "") or v.stage.name
-  return table.concat({ util.banner("glsl", SCRIPT, v.sources),
-                        fmt("// %s%s: %s", v.what, pass and (" pass " .. pass) or "", desc),
-                        "#version 450",
-                        "#extension GL_KHR_shader_subgroup_basic : require",
-                        "#extension GL_KHR_shader_subgroup_arithmetic : require",
-                        fmt("layout(local_size_x = %d) in;", WG), template.load("glsl/_push.glsl") }, "\n")
+  local lines = { util.banner("glsl", SCRIPT, v.sources), fmt("// %s%s: %s", v.what, pass and (" pass " .. pass) or "", desc),
+                  "#version 450", "#extension GL_KHR_shader_subgroup_basic : require",
+                  "#extension GL_KHR_shader_subgroup_arithmetic : require" }
+  if v.acc == "q8" then -- the q8 records (_qrows.glsl): subgroupShuffleXor, and OpSUDot through spirv_instruction
+    lines[#lines + 1] = "#extension GL_KHR_shader_subgroup_shuffle : require"
+    lines[#lines + 1] = "#extension GL_EXT_spirv_intrinsics : require"
+  end
+  lines[#lines + 1] = fmt("layout(local_size_x = %d) in;", WG)
+  lines[#lines + 1] = template.load("glsl/_push.glsl")
+  return table.concat(lines, "\n")
 end
 
 local function buf(binding, qual, T, name)
@@ -121,7 +125,9 @@ local SGMIN = 4   -- smallest subgroup the shared arrays are sized for (lavapipe
                   -- outputs are NaN, never a read out of bounds
 local MAXK = 32   -- moe_down: experts whose partial sums a workgroup keeps at once (K is done in such chunks)
 
-local function qgeom(q, acc)
+local SHARED_MAX = 32768 -- bytes of shared memory a workgroup may use: lavapipe's limit (NVIDIA's is 48 KiB)
+
+local function qgeom(q, acc, extra)
   local BE, BB = q.block_elements, q.block_bytes
   if BE ~= 1 and BE % 8 ~= 0 then
     error(q.__file .. ": block_elements = " .. BE .. ": the GLSL mat-vec kernels need 1 or a multiple of 8 (lane runs of 8)", 0)
@@ -134,8 +140,13 @@ local function qgeom(q, acc)
   -- mod 16) + data + PADW pad words; at most QWG / SGMIN subgroups
   local PADW, SLACKW = 16, 4
   local words = PADW + QR * (QWG * LB // 4 + (QWG // SGMIN) * (SLACKW + PADW))
-  return { BE = BE, BB = BB, LB = LB, WG = QWG, SW_WORDS = words, RUNS = BE % 8 == 0 and 1 or 0,
-           shared = words * 4 }
+  -- q8: the records of x (_qrows.glsl q8_round) take 1.25 bytes per element (q8w: 1, q8g: 8 per 32) of what is
+  -- left beside sw[] and EXTRA (the kernel's other shared arrays), in whole groups of 256 elements; 0: none fit,
+  -- every call takes the per-lane path
+  local qx = 0
+  if acc == "q8" then qx = math.max(0, (SHARED_MAX - words * 4 - (extra or 0)) * 4 // 5 // 256 * 256) end
+  return { BE = BE, BB = BB, LB = LB, WG = QWG, SW_WORDS = words, RUNS = BE % 8 == 0 and 1 or 0, QX_MAX = qx,
+           shared = words * 4 + qx * 5 // 4 }
 end
 
 local function qcommon(v, g, w0, w1)
@@ -164,6 +175,8 @@ local function qcommon(v, g, w0, w1)
   if RL == 8 then D, dq, info = emit(8) end
   local af = info and info.affine
   local packed = af and af.packed
+  -- q8 with records: integer dot products where the decode is affine and packed over runs of 16
+  local idot = v.acc == "q8" and g.QX_MAX > 0 and af and packed and RL == 16
   -- Not here (measured on the H200, 2026-12-03, docs/vulkan.md "Tried"): the CUDA row kernels' span tables for
   -- A and B and their aligned word reads (docs/cuda.md). With NVIDIA's Vulkan compiler both made these shaders
   -- slower (decode 116.3 -> 92.2 tokens/s with both, 100.9 with the tables alone, 112.6 with the aligned reads
@@ -173,7 +186,8 @@ local function qcommon(v, g, w0, w1)
   local vars = { T = acc_type(v.acc), QNAME = v.q.name, BE = g.BE, BB = g.BB, LB = g.LB, SGMIN = SGMIN, QR = QR,
                  SW_WORDS = g.SW_WORDS, RUNS = g.RUNS, W0 = w0, W1 = w1, NAN = NAN, AFFINE = af and 1 or 0,
                  AFFINE_A = (af and af.a) and 1 or 0, AFFINE_B = (af and af.b) and 1 or 0,
-                 PACKED = packed and 1 or 0, RL = RL, Q8 = v.acc == "q8" and 1 or 0,
+                 PACKED = packed and 1 or 0, RL = RL, Q8 = v.acc == "q8" and 1 or 0, QX_MAX = g.QX_MAX,
+                 Q8_IDOT = idot and 1 or 0,
                  RUN_W_BASE = packed and ("(12582912.0 + float(DQ_RUN_W_OFF))") or "0.0" }
   return table.concat({ fmt("// Decoding of %s, from %s by expr.emit (GLSL dialect over shared sw[]%s%s%s).", v.q.name, v.q.__file,
                             g.RUNS == 1 and (", runs of " .. RL) or "", af and ", affine per run" or "", packed and ", packed" or ""),
@@ -208,7 +222,7 @@ end
 
 
 local function emit_down(v)
-  local g = qgeom(v.q, v.acc)
+  local g = qgeom(v.q, v.acc, MAXK * QR * acc_bytes(v.acc))
   local src = { header(v, nil, g.WG), buf(0, "restrict readonly ", "uvec4", "Wd"), xbufs(1),
                 buf(2, "readonly ", "int", "IDS"), buf(3, "readonly ", "float", "WK"), buf(4, "", "float", "Y"),
                 qcommon(v, g, "Wd", "Wd"), template.render("glsl/moe_down.comp", qvars(v, g)) }

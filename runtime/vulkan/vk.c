@@ -158,7 +158,7 @@ static int vk_fail(VkResult r, const char *fmt, ...) {
 static const char *const feature_names[QMOE_VK_F_COUNT] = {
     "shaderFloat64", "shaderInt64", "shaderInt16", "shaderInt8", "shaderFloat16", "storageBuffer8BitAccess",
     "storageBuffer16BitAccess", "subgroupBasic", "subgroupVote", "subgroupArithmetic", "subgroupBallot",
-    "subgroupShuffle", "subgroupShuffleRelative", "subgroupClustered", "subgroupQuad",
+    "subgroupShuffle", "subgroupShuffleRelative", "subgroupClustered", "subgroupQuad", "shaderIntegerDotProduct",
 };
 
 const char *qmoe_vk_feature_name(int bit) {
@@ -211,6 +211,8 @@ static const struct {
     {68, QMOE_VK_F_SG_QUAD},            /* GroupNonUniformQuad */
     {4433, QMOE_VK_F_SB16},             /* StorageBuffer16BitAccess */
     {4448, QMOE_VK_F_SB8},              /* StorageBuffer8BitAccess */
+    {6018, QMOE_VK_F_INTDOT},           /* DotProductInput4x8BitPacked */
+    {6019, QMOE_VK_F_INTDOT},           /* DotProduct */
 };
 
 int qmoe_vk_spirv_features(const unsigned char *spv, size_t size, const char *what, uint32_t *out) {
@@ -665,7 +667,12 @@ static int create_device(qmoe_vk *vk) {
   vk->max_alloc = m3.maxMemoryAllocationSize;
   vk->subgroup_size = sg.subgroupSize;
 
-  VkPhysicalDeviceVulkan12Features f12 = {.sType = VK_STRUCTURE_TYPE_PHYSICAL_DEVICE_VULKAN_1_2_FEATURES};
+  /* VK_KHR_shader_integer_dot_product (core in 1.3): queried and enabled through the extension's own struct */
+  const int has_idot = has_device_ext(vk, vk->phys, VK_KHR_SHADER_INTEGER_DOT_PRODUCT_EXTENSION_NAME);
+  VkPhysicalDeviceShaderIntegerDotProductFeaturesKHR fid = {
+      .sType = VK_STRUCTURE_TYPE_PHYSICAL_DEVICE_SHADER_INTEGER_DOT_PRODUCT_FEATURES_KHR};
+  VkPhysicalDeviceVulkan12Features f12 = {.sType = VK_STRUCTURE_TYPE_PHYSICAL_DEVICE_VULKAN_1_2_FEATURES,
+                                          .pNext = has_idot ? &fid : NULL};
   VkPhysicalDeviceVulkan11Features f11 = {.sType = VK_STRUCTURE_TYPE_PHYSICAL_DEVICE_VULKAN_1_1_FEATURES, .pNext = &f12};
   VkPhysicalDeviceFeatures2 f2 = {.sType = VK_STRUCTURE_TYPE_PHYSICAL_DEVICE_FEATURES_2, .pNext = &f11};
   vk->f.vkGetPhysicalDeviceFeatures2(vk->phys, &f2);
@@ -677,6 +684,7 @@ static int create_device(qmoe_vk *vk) {
   have |= f12.shaderFloat16 ? QMOE_VK_F_FLOAT16 : 0;
   have |= f12.storageBuffer8BitAccess ? QMOE_VK_F_SB8 : 0;
   have |= f11.storageBuffer16BitAccess ? QMOE_VK_F_SB16 : 0;
+  have |= has_idot && fid.shaderIntegerDotProduct ? QMOE_VK_F_INTDOT : 0;
   if (sg.supportedStages & VK_SHADER_STAGE_COMPUTE_BIT) {
     static const struct { VkSubgroupFeatureFlagBits vk; uint32_t bit; } sgmap[] = {
         {VK_SUBGROUP_FEATURE_BASIC_BIT, QMOE_VK_F_SG_BASIC},
@@ -703,6 +711,9 @@ static int create_device(qmoe_vk *vk) {
   e12.shaderFloat16 = (vk->features & QMOE_VK_F_FLOAT16) != 0;
   e12.storageBuffer8BitAccess = (vk->features & QMOE_VK_F_SB8) != 0;
   e11.storageBuffer16BitAccess = (vk->features & QMOE_VK_F_SB16) != 0;
+  VkPhysicalDeviceShaderIntegerDotProductFeaturesKHR eid = {
+      .sType = VK_STRUCTURE_TYPE_PHYSICAL_DEVICE_SHADER_INTEGER_DOT_PRODUCT_FEATURES_KHR,
+      .shaderIntegerDotProduct = VK_TRUE};
 
   if (!find_compute_family(vk, vk->phys, &vk->queue_family)) { /* checked in select_device */
     qmoe_set_error("device '%s' has no compute queue", vk->devs[vk->dev_index].name);
@@ -711,8 +722,13 @@ static int create_device(qmoe_vk *vk) {
   float prio = 1.0f;
   VkDeviceQueueCreateInfo qci = {.sType = VK_STRUCTURE_TYPE_DEVICE_QUEUE_CREATE_INFO,
                                  .queueFamilyIndex = vk->queue_family, .queueCount = 1, .pQueuePriorities = &prio};
-  const char *exts[2] = {VK_KHR_PUSH_DESCRIPTOR_EXTENSION_NAME};
+  const char *exts[3] = {VK_KHR_PUSH_DESCRIPTOR_EXTENSION_NAME};
   uint32_t next = 1;
+  if (vk->features & QMOE_VK_F_INTDOT) {
+    exts[next++] = VK_KHR_SHADER_INTEGER_DOT_PRODUCT_EXTENSION_NAME;
+    eid.pNext = e12.pNext;
+    e12.pNext = &eid;
+  }
   const char *ps_env = getenv("QMOE_VK_PIPELINE_STATS");
   const int pipe_stats = ps_env && strcmp(ps_env, "1") == 0;
   VkPhysicalDevicePipelineExecutablePropertiesFeaturesKHR pef = {
@@ -720,6 +736,7 @@ static int create_device(qmoe_vk *vk) {
   if (pipe_stats) {
     if (has_device_ext(vk, vk->phys, VK_KHR_PIPELINE_EXECUTABLE_PROPERTIES_EXTENSION_NAME)) {
       exts[next++] = VK_KHR_PIPELINE_EXECUTABLE_PROPERTIES_EXTENSION_NAME;
+      pef.pNext = e12.pNext;
       e12.pNext = &pef;
     } else {
       fprintf(stderr, "qmoe: QMOE_VK_PIPELINE_STATS=1: device '%s' lacks %s; no pipeline statistics\n",
@@ -738,7 +755,7 @@ static int create_device(qmoe_vk *vk) {
   }
   QMOE_VK_DEVICE_FNS(LOAD_DEVICE)
 #undef LOAD_DEVICE
-  if (next > 1) {
+  if (pipe_stats && next > 1 && strcmp(exts[next - 1], VK_KHR_PIPELINE_EXECUTABLE_PROPERTIES_EXTENSION_NAME) == 0) {
     vk->get_exec_props = (PFN_vkGetPipelineExecutablePropertiesKHR)vk->f.vkGetDeviceProcAddr(
         vk->device, "vkGetPipelineExecutablePropertiesKHR");
     vk->get_exec_stats = (PFN_vkGetPipelineExecutableStatisticsKHR)vk->f.vkGetDeviceProcAddr(

@@ -100,7 +100,8 @@ enum {
   QMOE_VK_F_SG_SHUFFLE_REL = 1u << 12,
   QMOE_VK_F_SG_CLUSTERED = 1u << 13,
   QMOE_VK_F_SG_QUAD = 1u << 14,
-  QMOE_VK_F_COUNT = 15
+  QMOE_VK_F_INTDOT = 1u << 15, /* shaderIntegerDotProduct (VK_KHR_shader_integer_dot_product): the q8 row shaders */
+  QMOE_VK_F_COUNT = 16
 };
 /* Vulkan's name of feature bit i ("shaderFloat64", "subgroup arithmetic (compute)", ...). */
 const char *qmoe_vk_feature_name(int bit);

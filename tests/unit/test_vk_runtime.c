@@ -679,7 +679,8 @@ static void run_shape(const shape *sh, qmoe_acc acc) {
   int nbuf = si->n_inputs + si->n_outputs;
   char what[128];
   snprintf(what, sizeof what, "%s/%s/%s p=%lld,%lld,%lld,%lld,%lld", si->name,
-           sh->qtype >= 0 ? qmoe_qtype_by_id(sh->qtype)->name : "-", acc == QMOE_ACC_F64 ? "f64" : "f32",
+           sh->qtype >= 0 ? qmoe_qtype_by_id(sh->qtype)->name : "-",
+           acc == QMOE_ACC_F64 ? "f64" : acc == QMOE_ACC_Q8 ? "q8" : "f32",
            (long long)sh->p[0], (long long)sh->p[1], (long long)sh->p[2], (long long)sh->p[3], (long long)sh->p[4]);
   for (int i = 0; i < nbuf; i++) {
     unsigned char *host = NULL;
@@ -729,6 +730,10 @@ static void test_larger_shapes(void) {
       {QMOE_STAGE_MOE_DOWN, Q6_K, {33, 768, 4, 3}},
       {QMOE_STAGE_MOE_DOWN, Q8_0, {17, 96 * 7, 5, 5}},
       {QMOE_STAGE_MOE_DOWN, Q4_0, {9, 64, 48, 40}},     /* K = 40 > 32: two chunks of experts, in order */
+      /* q8 (docs/q8.md): x longer than a workgroup's shared records (QX_MAX, 8,704 elements for Q4_K) takes the
+       * per-lane path; the shapes above, with q8 too, the records */
+      {QMOE_STAGE_MATVEC, Q4_K, {9, 9216}},
+      {QMOE_STAGE_MOE_DOWN, Q4_K, {8, 1536, 8, 6}},     /* K*F = 9,216 */
       {QMOE_STAGE_ATTENTION, -1, {24, 2, 64, 200, 210}},  /* 12 heads per kv head; 11 splits of 19 */
       {QMOE_STAGE_ATTENTION, -1, {32, 4, 128, 130, 130}}, /* Qwen's GQA 8:1; 8 splits of 17, the last of 11 */
       {QMOE_STAGE_ATTENTION, -1, {32, 4, 128, 1000, 1000}}, /* 8 splits of 125 positions */
@@ -744,6 +749,7 @@ static void test_larger_shapes(void) {
     const qmoe_stage_info *si = qmoe_stage_info_get(shapes[i].stage);
     run_shape(&shapes[i], QMOE_ACC_F32);
     if (si->varies_by_acc) run_shape(&shapes[i], QMOE_ACC_F64);
+    if (shapes[i].qtype >= 0 && qmoe_stage_has_acc(si, shapes[i].qtype, QMOE_ACC_Q8)) run_shape(&shapes[i], QMOE_ACC_Q8);
     if (t_case_skipped) return;
   }
 }

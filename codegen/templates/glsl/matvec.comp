@@ -5,6 +5,7 @@ void main() {
   const uint nblk = cols / BE, row_bytes = nblk * BB;
   const uint woff = pc.o[0], xoff = pc.o[1] >> 2, yoff = pc.o[2] >> 2;
   const uint nsg = gl_NumSubgroups;
+  q8_round(xoff, cols); // q8: x into shared records, once per workgroup (nothing for f32 and f64)
   for (uint r0 = (gl_WorkGroupID.x * nsg + gl_SubgroupID) * R; r0 < rows; r0 += gl_NumWorkGroups.x * nsg * R) {
     const uint r1 = min(r0 + 1u, rows - 1u);
     ${T} acc[R] = ${T}[R](${T}(0), ${T}(0));

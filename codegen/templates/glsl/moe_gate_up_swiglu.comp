@@ -9,6 +9,7 @@ void main() {
   const int eid = IDS[(pc.o[3] >> 2) + k];
   const bool bad = eid < 0 || uint(eid) >= E; // uniform over the workgroup
   const uint nsg = gl_NumSubgroups;
+  q8_round(xoff, H); // q8: x into shared records, once per workgroup (nothing for f32 and f64)
   for (uint f = gl_WorkGroupID.x * nsg + gl_SubgroupID; f < F; f += gl_NumWorkGroups.x * nsg) {
     if (bad) {
       if (subgroupElect()) Hout[hoff + f] = ${NAN};
