@@ -4,6 +4,8 @@
 #version 450
 #extension GL_KHR_shader_subgroup_basic : require
 #extension GL_KHR_shader_subgroup_arithmetic : require
+#extension GL_KHR_shader_subgroup_shuffle : require
+#extension GL_EXT_spirv_intrinsics : require
 layout(local_size_x = 128) in;
 struct QmoeParams {
   uint p[8];
@@ -105,10 +107,72 @@ uvec4 qmoe_ld(uint r, uint q) {
 
 #if 1
 // q8 variant (docs/q8.md): the f32 rows on Q8(x). Groups of 32 start at multiples of 32 from the vector's first
-// element, Q8_X0 (qmoe_row_dots' xi; moe_down's slots are F apart, F a multiple of 32), and a lane's run lies in
-// one group (runs start at multiples of RL from Q8_X0). Each run reads its whole group for the scale: x is
-// small next to the weights, and speed on Vulkan is not what q8 is for.
-uint Q8_X0;
+// element, and a lane's run lies in one group (runs start at multiples of RL from it; moe_down's slots are F
+// apart, F a multiple of 32).
+//
+// Records (QX_MAX > 0): the whole workgroup rounds x once, at the top of the kernel (q8_round), into shared
+// memory: per element its 8-bit q (q8w, 4 to a word), per group of 32 the bits of 2^e and the Σq of its two
+// halves of 16 (q8g). A packed affine decode then sums each run in integers, V·q four at a time with
+// OpSUDot (VK_KHR_shader_integer_dot_product; V = byte - DQ_RUN_W_OFF, so Σ V·q = Σ byte·q - OFF·Σq), and
+// 2^e·Σ V·q is exactly the f32 rows' Σ V·x' (integers times a power of two, under 2^24): the same bits as the
+// per-lane path below, which a vector too long for the records (or not 16-byte aligned) takes.
+const uint QX_MAX = 8960u; // elements of x whose records fit beside sw[] in 32 KiB (lavapipe's limit)
+uint Q8_X0;    // the per-lane path's vector start (qmoe_row_dots' xi)
+uint Q8_BASE;  // the records' first element of X
+bool Q8_REC;   // the call's x is in the records
+#if 8960 > 0
+shared uint q8w[QX_MAX / 4u];
+shared uvec2 q8g[QX_MAX / 32u];
+#endif
+#if 1
+spirv_instruction(extensions = ["SPV_KHR_integer_dot_product"], capabilities = [6019, 6018], id = 4452)
+int qmoe_sudot(uint q_signed, uint w_unsigned, spirv_literal int packed_4x8); // OpSUDot, PackedVectorFormat4x8Bit
+#endif
+
+// Rounds X[x0 .. x0+n) into the records, by every invocation of the workgroup (a barrier inside: call it from
+// uniform control flow). Invocation i takes the run of 8 elements i (+ 128 per pass); the 4 runs of a group are
+// 4 neighbouring lanes, which exchange their largest |x| and their Σq with subgroupShuffleXor.
+void q8_round(uint x0, uint n) {
+  Q8_BASE = x0;
+  Q8_REC = QX_MAX > 0u && n <= QX_MAX && (x0 & 3u) == 0u && (n & 31u) == 0u;
+#if 8960 > 0
+  if (!Q8_REC) return; // uniform: push parameters only
+  const uint nr = n / 8u;
+  for (uint r0 = 0u; r0 < nr; r0 += gl_WorkGroupSize.x) { // the same trip count for every lane (shuffles)
+    const uint r = r0 + gl_LocalInvocationIndex;
+    vec4 a = vec4(0.0), b = vec4(0.0);
+    if (r < nr) a = X4[(x0 >> 2) + 2u * r], b = X4[(x0 >> 2) + 2u * r + 1u];
+    const uvec4 ua = floatBitsToUint(a) & 0x7fffffffu, ub = floatBitsToUint(b) & 0x7fffffffu;
+    uint m = max(max(max(ua.x, ua.y), max(ua.z, ua.w)), max(max(ub.x, ub.y), max(ub.z, ub.w)));
+    m = max(m, subgroupShuffleXor(m, 1u)); // NaN and inf compare highest
+    m = max(m, subgroupShuffleXor(m, 2u));
+    const int e = max(int(m >> 23) - 133 + ((m & 0x7fffffu) > 0x7e0000u ? 1 : 0), -126);
+    const float inv = uintBitsToFloat(uint(127 - e) << 23);
+    const ivec4 qa = ivec4(roundEven(a * inv)), qb = ivec4(roundEven(b * inv)); // exact products, one rounding
+    int s = qa.x + qa.y + qa.z + qa.w + qb.x + qb.y + qb.z + qb.w;
+    s += subgroupShuffleXor(s, 1u); // Σq of this half of the group (runs 2j, 2j+1)
+    const int s2 = subgroupShuffleXor(s, 2u);
+    if (r < nr) {
+      const uvec4 ma = uvec4(qa) & 0xffu, mb = uvec4(qb) & 0xffu;
+      q8w[2u * r] = ma.x | (ma.y << 8) | (ma.z << 16) | (ma.w << 24);
+      q8w[2u * r + 1u] = mb.x | (mb.y << 8) | (mb.z << 16) | (mb.w << 24);
+      if ((r & 3u) == 0u)
+        q8g[r >> 2] = uvec2(m >= 0x7f800000u ? 0x7fc00000u : uint(127 + e) << 23,
+                            (uint(s) & 0xffffu) | (uint(s2) << 16));
+    }
+  }
+  barrier();
+#endif
+}
+
+// x'[i .. i+RL) from the records (i - Q8_BASE a multiple of RL).
+void q8_rec_run(uint i, out float xr[RL]) {
+#if 8960 > 0
+  const uint j = i - Q8_BASE;
+  const float s = uintBitsToFloat(q8g[j >> 5].x);
+  for (uint t = 0u; t < RL; t++) xr[t] = float(bitfieldExtract(int(q8w[(j + t) >> 2]), int(8u * ((j + t) & 3u)), 8)) * s;
+#endif
+}
 
 // (2^-e, 2^e) of the group of 32 that starts at element G0 of X; (NaN, NaN) when it holds an inf or NaN.
 vec2 q8_scales(uint g0) {
@@ -126,16 +190,24 @@ vec2 q8_scales(uint g0) {
   return vec2(uintBitsToFloat(uint(127 - e) << 23), uintBitsToFloat(uint(127 + e) << 23));
 }
 
-// x[i .. i+RL) -> Q8 of them: x * 2^-e is exact (a power of two, no overflow), so roundEven is the one rounding,
-// and the integer times 2^e is exact again.
+// The per-lane path: x[i .. i+RL) -> Q8 of them, each run reading its whole group for the scale. x * 2^-e is
+// exact (a power of two, no overflow), so roundEven is the one rounding, and the integer times 2^e is exact.
 void q8_run(uint i, inout float xr[RL]) {
   const vec2 s = q8_scales(Q8_X0 + ((i - Q8_X0) & ~31u));
   for (uint t = 0u; t < RL; t++) xr[t] = roundEven(xr[t] * s.x) * s.y;
 }
+#else
+void q8_round(uint x0, uint n) {} // f32 and f64 variants read x as it is
 #endif
 
 // x[i .. i+RL), all in range: RL/4 16-byte loads where i is a multiple of 4 (q8 variants: Q8 of them).
 void x_runl(uint i, out float xr[RL]) {
+#if 1
+  if (Q8_REC) {
+    q8_rec_run(i, xr);
+    return;
+  }
+#endif
   if ((i & 3u) == 0u) {
     for (uint u = 0u; u < RL / 4u; u++) {
       const vec4 a = X4[(i >> 2) + u];
@@ -170,8 +242,7 @@ uint qmoe_slice(uint r) {
 // U = LB/16 + 1 vectors per row: all its loads are issued before the first store (one memory latency per
 // chunk, not one per vector).
 const uint U = LB / 16u + 1u;
-void qmoe_stage_rows(const uint p[R], uint nb, out uint at[R]) {
-  uvec4 v[R][U];
+void qmoe_stage_load(const uint p[R], uint nb, out uvec4 v[R][U]) {
   for (uint r = 0u; r < R; r++) {
     const uint q0 = p[r] >> 4, n16 = ((p[r] & 15u) + nb * BB + 15u) >> 4;
     for (uint u = 0u; u < U; u++) {
@@ -179,6 +250,8 @@ void qmoe_stage_rows(const uint p[R], uint nb, out uint at[R]) {
       v[r][u] = j < n16 ? qmoe_ld(r, q0 + j) : uvec4(0u);
     }
   }
+}
+void qmoe_stage_store(const uint p[R], uint nb, const uvec4 v[R][U], out uint at[R]) {
   for (uint r = 0u; r < R; r++) {
     const uint s = qmoe_slice(r), n16 = ((p[r] & 15u) + nb * BB + 15u) >> 4;
     at[r] = s * 4u + (p[r] & 15u);
@@ -196,9 +269,76 @@ void qmoe_stage_rows(const uint p[R], uint nb, out uint at[R]) {
   subgroupBarrier();
 }
 
+// Blocks per chunk, >= 1 (SGMIN * LB >= BB), whole steps of the lanes' runs where a step spans several blocks.
+uint qmoe_chunk_blocks() {
+  uint nbc = gl_SubgroupSize * LB / BB;
+  const uint step = (1 == 1 ? RL : 8u) * gl_SubgroupSize;
+  if (BE < step && step % BE == 0u && nbc >= step / BE) nbc -= nbc % (step / BE);
+  return nbc;
+}
+
+#if 1
+// q8: a subgroup's first chunk of its first rows, loaded into registers by qmoe_prefetch before q8_round, so
+// that its trip to memory overlaps the workgroup's reading and rounding of x; qmoe_row_dots stores it when it
+// starts on those rows.
+uvec4 PRE_V[R][U];
+uint PRE_P[R];
+bool PRE_ON = false;
+void qmoe_prefetch(const uint p[R], uint nblocks) {
+  if (gl_SubgroupSize < SGMIN) return;
+  qmoe_stage_load(p, min(qmoe_chunk_blocks(), nblocks), PRE_V);
+  PRE_P = p;
+  PRE_ON = true;
+}
+#else
+void qmoe_prefetch(const uint p[R], uint nblocks) {} // f32 and f64: nothing to overlap
+#endif
+
+#if 1
+// qmoe_dot_chunk with x in the records, for a packed affine decode over runs of 16: a run's Σ V·x' is
+// 2^e·(Σ byte·q - OFF·Σq), four bytes per OpSUDot, then the f32 rows' A·sv + B·sx (the same bits).
+void qmoe_dot_chunk_q8(const uint at[R], uint xi, uint ne, inout float acc[R]) {
+  const uint step = RL * gl_SubgroupSize;
+  for (uint e = RL * gl_SubgroupInvocationID; e < ne; e += step) {
+    const int ig = int(e % BE);
+    const uint j = xi + e - Q8_BASE; // a multiple of 16
+    const uvec2 gs = q8g[j >> 5];
+    const float s = uintBitsToFloat(gs.x);
+    const int sq = int(gs.y << (16u - (j & 16u))) >> 16; // this half's Σq, sign-extended
+    const uint w = j >> 2;
+    const uint q0 = q8w[w], q1 = q8w[w + 1u], q2 = q8w[w + 2u], q3 = q8w[w + 3u];
+#if 1
+    const float sx = float(sq) * s; // Σ x' over the run (exact)
+#endif
+    for (uint r = 0u; r < R; r++) {
+      const uint b = at[r] + (e / BE) * BB;
+      int iv = qmoe_sudot(q0, dq_run_w(b, ig, 0), 0);
+      iv += qmoe_sudot(q1, dq_run_w(b, ig, 4), 0);
+      iv += qmoe_sudot(q2, dq_run_w(b, ig, 8), 0);
+      iv += qmoe_sudot(q3, dq_run_w(b, ig, 12), 0);
+      const float sv = float(iv - DQ_RUN_W_OFF * sq) * s;
+#if 1
+      acc[r] += dq_run_a(b, ig) * sv;
+#else
+      acc[r] += sv;
+#endif
+#if 1
+      acc[r] += dq_run_b(b, ig) * sx;
+#endif
+    }
+  }
+}
+#endif
+
 // acc[r] += sum over the staged chunk's NE elements of decode(row r)[e] * x[XI + e]; lane l takes the run
 // of elements e0 + RL*l .. e0 + RL*l + RL-1 of each step of RL * gl_SubgroupSize.
 void qmoe_dot_chunk(const uint at[R], uint xi, uint ne, inout float acc[R]) {
+#if 1
+  if (Q8_REC) {
+    qmoe_dot_chunk_q8(at, xi, ne, acc);
+    return;
+  }
+#endif
 #if 1 // blocks of a multiple of RL elements: whole runs, each inside one block
   const uint step = RL * gl_SubgroupSize;
   // x one step ahead: the next run's loads are in flight while this run is decoded
@@ -283,15 +423,29 @@ void qmoe_row_dots(const uint p[R], uint xi, uint nblocks, inout float acc[R]) {
     for (uint r = 0u; r < R; r++) acc[r] = float(uintBitsToFloat(0x7FC00000u));
     return;
   }
-  uint nbc = gl_SubgroupSize * LB / BB; // blocks per chunk, >= 1 (SGMIN * LB >= BB)
-  const uint step = (1 == 1 ? RL : 8u) * gl_SubgroupSize;
-  if (BE < step && step % BE == 0u && nbc >= step / BE) nbc -= nbc % (step / BE); // whole steps
+  const uint nbc = qmoe_chunk_blocks();
   for (uint b0 = 0u; b0 < nblocks; b0 += nbc) {
     const uint nb = min(nbc, nblocks - b0);
     uint at[R];
     uint pc_[R];
     for (uint r = 0u; r < R; r++) pc_[r] = p[r] + b0 * BB;
-    qmoe_stage_rows(pc_, nb, at);
+    bool pre = false;
+#if 1
+    if (b0 == 0u && PRE_ON) {
+      pre = true;
+      for (uint r = 0u; r < R; r++) pre = pre && PRE_P[r] == p[r];
+      PRE_ON = false;
+    }
+#endif
+    if (pre) {
+#if 1
+      qmoe_stage_store(pc_, nb, PRE_V, at);
+#endif
+    } else {
+      uvec4 v[R][U];
+      qmoe_stage_load(pc_, nb, v);
+      qmoe_stage_store(pc_, nb, v, at);
+    }
     qmoe_dot_chunk(at, xi + b0 * BE, nb * BE, acc);
     subgroupBarrier(); // the next chunk overwrites the slices
   }
@@ -308,6 +462,11 @@ void main() {
   const int eid = IDS[(pc.o[3] >> 2) + k];
   const bool bad = eid < 0 || uint(eid) >= E; // uniform over the workgroup
   const uint nsg = gl_NumSubgroups;
+  { // q8: the first rows' first chunk asked for, then x into shared records once per workgroup (f32, f64: nothing)
+    const uint f = gl_WorkGroupID.x * nsg + gl_SubgroupID, at = (uint(eid) * F + f) * row_bytes;
+    if (!bad && f < F) qmoe_prefetch(uint[R](goff + at, uoff + at), nblk);
+    q8_round(xoff, H);
+  }
   for (uint f = gl_WorkGroupID.x * nsg + gl_SubgroupID; f < F; f += gl_NumWorkGroups.x * nsg) {
     if (bad) {
       if (subgroupElect()) Hout[hoff + f] = uintBitsToFloat(0x7FC00000u);

@@ -159,8 +159,7 @@ uint qmoe_slice(uint r) {
 // U = LB/16 + 1 vectors per row: all its loads are issued before the first store (one memory latency per
 // chunk, not one per vector).
 const uint U = LB / 16u + 1u;
-void qmoe_stage_rows(const uint p[R], uint nb, out uint at[R]) {
-  uvec4 v[R][U];
+void qmoe_stage_load(const uint p[R], uint nb, out uvec4 v[R][U]) {
   for (uint r = 0u; r < R; r++) {
     const uint q0 = p[r] >> 4, n16 = ((p[r] & 15u) + nb * BB + 15u) >> 4;
     for (uint u = 0u; u < U; u++) {
@@ -168,6 +167,8 @@ void qmoe_stage_rows(const uint p[R], uint nb, out uint at[R]) {
       v[r][u] = j < n16 ? qmoe_ld(r, q0 + j) : uvec4(0u);
     }
   }
+}
+void qmoe_stage_store(const uint p[R], uint nb, const uvec4 v[R][U], out uint at[R]) {
   for (uint r = 0u; r < R; r++) {
     const uint s = qmoe_slice(r), n16 = ((p[r] & 15u) + nb * BB + 15u) >> 4;
     at[r] = s * 4u + (p[r] & 15u);
@@ -184,6 +185,31 @@ void qmoe_stage_rows(const uint p[R], uint nb, out uint at[R]) {
   subgroupMemoryBarrierShared();
   subgroupBarrier();
 }
+
+// Blocks per chunk, >= 1 (SGMIN * LB >= BB), whole steps of the lanes' runs where a step spans several blocks.
+uint qmoe_chunk_blocks() {
+  uint nbc = gl_SubgroupSize * LB / BB;
+  const uint step = (${RUNS} == 1 ? RL : 8u) * gl_SubgroupSize;
+  if (BE < step && step % BE == 0u && nbc >= step / BE) nbc -= nbc % (step / BE);
+  return nbc;
+}
+
+#if ${Q8}
+// q8: a subgroup's first chunk of its first rows, loaded into registers by qmoe_prefetch before q8_round, so
+// that its trip to memory overlaps the workgroup's reading and rounding of x; qmoe_row_dots stores it when it
+// starts on those rows.
+uvec4 PRE_V[R][U];
+uint PRE_P[R];
+bool PRE_ON = false;
+void qmoe_prefetch(const uint p[R], uint nblocks) {
+  if (gl_SubgroupSize < SGMIN) return;
+  qmoe_stage_load(p, min(qmoe_chunk_blocks(), nblocks), PRE_V);
+  PRE_P = p;
+  PRE_ON = true;
+}
+#else
+void qmoe_prefetch(const uint p[R], uint nblocks) {} // f32 and f64: nothing to overlap
+#endif
 
 #if ${Q8_IDOT}
 // qmoe_dot_chunk with x in the records, for a packed affine decode over runs of 16: a run's Σ V·x' is
@@ -314,15 +340,29 @@ void qmoe_row_dots(const uint p[R], uint xi, uint nblocks, inout ${T} acc[R]) {
     for (uint r = 0u; r < R; r++) acc[r] = ${T}(${NAN});
     return;
   }
-  uint nbc = gl_SubgroupSize * LB / BB; // blocks per chunk, >= 1 (SGMIN * LB >= BB)
-  const uint step = (${RUNS} == 1 ? RL : 8u) * gl_SubgroupSize;
-  if (BE < step && step % BE == 0u && nbc >= step / BE) nbc -= nbc % (step / BE); // whole steps
+  const uint nbc = qmoe_chunk_blocks();
   for (uint b0 = 0u; b0 < nblocks; b0 += nbc) {
     const uint nb = min(nbc, nblocks - b0);
     uint at[R];
     uint pc_[R];
     for (uint r = 0u; r < R; r++) pc_[r] = p[r] + b0 * BB;
-    qmoe_stage_rows(pc_, nb, at);
+    bool pre = false;
+#if ${Q8}
+    if (b0 == 0u && PRE_ON) {
+      pre = true;
+      for (uint r = 0u; r < R; r++) pre = pre && PRE_P[r] == p[r];
+      PRE_ON = false;
+    }
+#endif
+    if (pre) {
+#if ${Q8}
+      qmoe_stage_store(pc_, nb, PRE_V, at);
+#endif
+    } else {
+      uvec4 v[R][U];
+      qmoe_stage_load(pc_, nb, v);
+      qmoe_stage_store(pc_, nb, v, at);
+    }
     qmoe_dot_chunk(at, xi + b0 * BE, nb * BE, acc);
     subgroupBarrier(); // the next chunk overwrites the slices
   }

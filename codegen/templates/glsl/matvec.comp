@@ -5,7 +5,11 @@ void main() {
   const uint nblk = cols / BE, row_bytes = nblk * BB;
   const uint woff = pc.o[0], xoff = pc.o[1] >> 2, yoff = pc.o[2] >> 2;
   const uint nsg = gl_NumSubgroups;
-  q8_round(xoff, cols); // q8: x into shared records, once per workgroup (nothing for f32 and f64)
+  { // q8: the first rows' first chunk asked for, then x into shared records once per workgroup (f32, f64: nothing)
+    const uint r0 = (gl_WorkGroupID.x * nsg + gl_SubgroupID) * R;
+    if (r0 < rows) qmoe_prefetch(uint[R](woff + r0 * row_bytes, woff + min(r0 + 1u, rows - 1u) * row_bytes), nblk);
+    q8_round(xoff, cols);
+  }
   for (uint r0 = (gl_WorkGroupID.x * nsg + gl_SubgroupID) * R; r0 < rows; r0 += gl_NumWorkGroups.x * nsg * R) {
     const uint r1 = min(r0 + 1u, rows - 1u);
     ${T} acc[R] = ${T}[R](${T}(0), ${T}(0));

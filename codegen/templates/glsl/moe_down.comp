@@ -12,7 +12,14 @@ void main() {
   const uint tid = gl_LocalInvocationIndex, nsg = gl_NumSubgroups;
   bool bad = false;
   for (uint k = 0u; k < K; k++) { int e = IDS[ioff + k]; bad = bad || e < 0 || uint(e) >= E; }
-  q8_round(hoff, K * F); // q8: every slot's h into shared records, once per workgroup (nothing for f32 and f64)
+  { // q8: the first item's rows' first chunk asked for, then every slot's h into shared records once per workgroup
+    const uint r0 = gl_WorkGroupID.x * R, k = gl_SubgroupID; // (f32, f64: nothing)
+    if (!bad && r0 < H && k < min(MAXK, K)) {
+      const uint base = woff + uint(IDS[ioff + k]) * H * row_bytes;
+      qmoe_prefetch(uint[R](base + r0 * row_bytes, base + min(r0 + 1u, H - 1u) * row_bytes), nblk);
+    }
+    q8_round(hoff, K * F);
+  }
   for (uint r0 = gl_WorkGroupID.x * R; r0 < H; r0 += gl_NumWorkGroups.x * R) {
     const uint r1 = min(r0 + 1u, H - 1u);
     ${T} s = ${T}(0); // invocation tid < R: row r0 + tid

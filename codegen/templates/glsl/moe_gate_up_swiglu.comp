@@ -9,7 +9,11 @@ void main() {
   const int eid = IDS[(pc.o[3] >> 2) + k];
   const bool bad = eid < 0 || uint(eid) >= E; // uniform over the workgroup
   const uint nsg = gl_NumSubgroups;
-  q8_round(xoff, H); // q8: x into shared records, once per workgroup (nothing for f32 and f64)
+  { // q8: the first rows' first chunk asked for, then x into shared records once per workgroup (f32, f64: nothing)
+    const uint f = gl_WorkGroupID.x * nsg + gl_SubgroupID, at = (uint(eid) * F + f) * row_bytes;
+    if (!bad && f < F) qmoe_prefetch(uint[R](goff + at, uoff + at), nblk);
+    q8_round(xoff, H);
+  }
   for (uint f = gl_WorkGroupID.x * nsg + gl_SubgroupID; f < F; f += gl_NumWorkGroups.x * nsg) {
     if (bad) {
       if (subgroupElect()) Hout[hoff + f] = ${NAN};
