@@ -203,11 +203,24 @@ local function xbufs(binding)
   return buf(binding, "readonly ", "float", "X") .. "\n" .. buf(binding, "readonly ", "vec4", "X4")
 end
 
+-- q8: rows per workgroup are multiplied by Q8X[stage] (the kernels stride over their rows, and a workgroup
+-- rounds x once for all of them). Experiment switch: QMOE_GLSL_Q8_ROWS="<matvec>,<gate_up>,<down>".
+local Q8X = { 1, 1, 1 }
+do
+  local e = os.getenv("QMOE_GLSL_Q8_ROWS")
+  if e and e ~= "" then
+    local i = 0
+    for n in e:gmatch("%d+") do i = i + 1; Q8X[i] = tonumber(n) end
+  end
+end
+local function q8x(v, i) return v.acc == "q8" and Q8X[i] or 1 end
+
 local function emit_matvec(v)
   local g = qgeom(v.q, v.acc)
   local src = { header(v, nil, g.WG), buf(0, "restrict readonly ", "uvec4", "W"), xbufs(1),
                 buf(2, "", "float", "Y"), qcommon(v, g, "W", "W"), template.render("glsl/matvec.comp", qvars(v, g)) }
-  return table.concat(src, "\n"), { { shader = v.name, wg = g.WG, shared = g.shared } }, { rows = QR * (QWG // 32) }
+  return table.concat(src, "\n"), { { shader = v.name, wg = g.WG, shared = g.shared } },
+         { rows = QR * (QWG // 32) * q8x(v, 1) }
 end
 
 
@@ -217,7 +230,7 @@ local function emit_gate_up(v)
                 xbufs(2), buf(3, "readonly ", "int", "IDS"), buf(4, "", "float", "Hout"),
                 v.acc == "f64" and template.load("glsl/_f64_exp.glsl") or "", qcommon(v, g, "Wg", "Wu"),
                 template.render("glsl/moe_gate_up_swiglu.comp", qvars(v, g)) }
-  return table.concat(src, "\n"), { { shader = v.name, wg = g.WG, shared = g.shared } }, { rows = QWG // 32 }
+  return table.concat(src, "\n"), { { shader = v.name, wg = g.WG, shared = g.shared } }, { rows = QWG // 32 * q8x(v, 2) }
 end
 
 
@@ -227,7 +240,7 @@ local function emit_down(v)
                 buf(2, "readonly ", "int", "IDS"), buf(3, "readonly ", "float", "WK"), buf(4, "", "float", "Y"),
                 qcommon(v, g, "Wd", "Wd"), template.render("glsl/moe_down.comp", qvars(v, g)) }
   return table.concat(src, "\n"), { { shader = v.name, wg = g.WG, shared = g.shared + MAXK * QR * acc_bytes(v.acc) } },
-         { rows = QR }
+         { rows = QR * q8x(v, 3) }
 end
 
 ---------------------------------------------------------------------------------------------------------------

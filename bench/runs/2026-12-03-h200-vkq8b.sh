@@ -1,13 +1,14 @@
 #!/bin/bash
 # Vulkan q8 with the first chunk loaded before x is rounded (qmoe_prefetch; packed as .dev/gpu.tar.xz by
-# bench/pack-gpu.sh): test_parity_vulkan on NVIDIA's driver, then Vulkan decode on the qwen3-30b-a3b preset, q8
-# (with --stages, then twice more) alternated with f32.
+# bench/pack-gpu.sh), and the same with 2x and 4x the rows per workgroup in the q8 row kernels (.dev/q8x2, q8x4:
+# build/qmoe generated with QMOE_GLSL_Q8_ROWS=2,2,2 and 4,4,4): test_parity_vulkan on NVIDIA's driver, then Vulkan
+# decode on the qwen3-30b-a3b preset, q8 with --stages for each, f32, and q8 again for each.
 cd "$(dirname "$0")/../.."
 N=resvkq8b; R=/tmp/$N; rm -rf $R; mkdir -p $R
 save() { tar -C /tmp -czf ${OUT:-/tmp}/res.tgz $N; }
 for f in .gl/*.deb; do dpkg -x "$f" / >/dev/null 2>&1; done; ldconfig
 export VK_DRIVER_FILES=/usr/local/nvidia/share/vulkan/icd.d/nvidia_icd.json
-tar -C .dev -xJf .dev/gpu.tar.xz; A=.dev/gpu
+tar -C .dev -xJf .dev/gpu.tar.xz; A=.dev/gpu; for x in 2 4; do tar -C .dev -xJf .dev/q8x$x.tar.xz; done
 export QMOE_CUDA_CACHE=$(mktemp -d)
 { date -u; nvidia-smi --query-gpu=name,driver_version --format=csv,noheader; } | tee $R/env.txt
 M=/tmp/m.gguf
@@ -22,8 +23,11 @@ run() { n=$1; shift; env "$@" > $R/bench-$n.json 2> $R/bench-$n.err; echo "bench
 V="--backend vulkan -p 8 -n 32 --repeats 3 --json"
 C="--backend cuda -p 64 -n 64 --repeats 3 --json"
 run vk-q8-stages timeout 150 $A/qmoe bench -m $M $V --acc q8 --stages
-run vk-q8-a timeout 100 $A/qmoe bench -m $M $V --acc q8
+run vk-q8x2-stages timeout 150 .dev/q8x2/qmoe bench -m $M $V --acc q8 --stages
+run vk-q8x4-stages timeout 150 .dev/q8x4/qmoe bench -m $M $V --acc q8 --stages
 run vk-f32-a timeout 100 $A/qmoe bench -m $M $V
-run vk-q8-b timeout 100 $A/qmoe bench -m $M $V --acc q8
+run vk-q8-a timeout 100 $A/qmoe bench -m $M $V --acc q8
+run vk-q8x2-a timeout 100 .dev/q8x2/qmoe bench -m $M $V --acc q8
+run vk-q8x4-a timeout 100 .dev/q8x4/qmoe bench -m $M $V --acc q8
 run vk-f32-b timeout 100 $A/qmoe bench -m $M $V
 ls -la $R | head -3; save
