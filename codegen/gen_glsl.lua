@@ -121,7 +121,7 @@ local NAN = "uintBitsToFloat(0x7FC00000u)"
 
 local QWG = 128   -- invocations per workgroup of the family
 local QR = 2      -- rows per subgroup
-local SGMIN = 4   -- smallest subgroup the shared arrays are sized for (lavapipe's is 4 or 8); below it the
+local SGMIN = tonumber(os.getenv("QMOE_GLSL_SGMIN") or "") or 4 -- (experiment switch) smallest subgroup the shared arrays are sized for (lavapipe's is 4 or 8); below it the
                   -- outputs are NaN, never a read out of bounds
 local MAXK = 32   -- moe_down: experts whose partial sums a workgroup keeps at once (K is done in such chunks)
 
@@ -134,7 +134,7 @@ local function qgeom(q, acc, extra)
   end
   -- LB bytes per lane per row in a slice: at least 64 (2 KiB per row for 32 lanes, CUDA's STAGE_BYTES), and
   -- enough that the smallest subgroup's slice holds one block
-  local LB = 64
+  local LB = tonumber(os.getenv("QMOE_GLSL_LB") or "") or 64 -- (experiment switch)
   while SGMIN * LB < BB do LB = LB + 16 end
   -- slices (subgroup, row): PADW pad words, then per slice 4 slack words (a chunk starts at its byte offset
   -- mod 16) + data + PADW pad words; at most QWG / SGMIN subgroups
