@@ -121,10 +121,16 @@ local NAN = "uintBitsToFloat(0x7FC00000u)"
 
 local QWG = 128   -- invocations per workgroup of the family
 local QR = 2      -- rows per subgroup
-local SGMIN = tonumber(os.getenv("QMOE_GLSL_SGMIN") or "") or 4 -- (experiment switch) smallest subgroup the shared arrays are sized for (lavapipe's is 4 or 8); below it the
+local SGMIN = 4   -- smallest subgroup the shared arrays are sized for (lavapipe's is 4 or 8); below it the
                   -- outputs are NaN, never a read out of bounds
 local MAXK = 32   -- moe_down: experts whose partial sums a workgroup keeps at once (K is done in such chunks)
 
+-- Bytes per lane per row of a staged chunk, at least. 32 (1 KiB per row for 32 lanes), not 64: NVIDIA's driver
+-- runs the row kernels faster with less shared memory per workgroup (2026-12-03, H200, docs/vulkan.md: 8.7
+-- KiB against 21.5 took decode from 114 to 138 tokens/s; 17 KiB, the pads for 4-lane subgroups dropped, changed
+-- nothing).
+local LB0 = 32
+local QX_CAP = 8192      -- q8 records: at most this many elements of x (10 KiB: Qwen3-30B-A3B's moe_down needs 6,144)
 local SHARED_MAX = 32768 -- bytes of shared memory a workgroup may use: lavapipe's limit (NVIDIA's is 48 KiB)
 
 local function qgeom(q, acc, extra)
@@ -132,9 +138,11 @@ local function qgeom(q, acc, extra)
   if BE ~= 1 and BE % 8 ~= 0 then
     error(q.__file .. ": block_elements = " .. BE .. ": the GLSL mat-vec kernels need 1 or a multiple of 8 (lane runs of 8)", 0)
   end
-  -- LB bytes per lane per row in a slice: at least 64 (2 KiB per row for 32 lanes, CUDA's STAGE_BYTES), and
-  -- enough that the smallest subgroup's slice holds one block
-  local LB = tonumber(os.getenv("QMOE_GLSL_LB") or "") or 64 -- (experiment switch)
+  -- LB bytes per lane per row in a slice: the smallest multiple of 16, at least LB0, with which the subgroup's
+  -- slice holds one block. The shaders compute it and size sw[] for the device's subgroup size (specialization
+  -- constant QMOE_SG, set by vk.c; SGMIN unspecialized); these numbers are the largest, SGMIN's, for the
+  -- variant table's shared bytes (checked against the device's limit) and the q8 records' room.
+  local LB = LB0
   while SGMIN * LB < BB do LB = LB + 16 end
   -- slices (subgroup, row): PADW pad words, then per slice 4 slack words (a chunk starts at its byte offset
   -- mod 16) + data + PADW pad words; at most QWG / SGMIN subgroups
@@ -144,7 +152,7 @@ local function qgeom(q, acc, extra)
   -- left beside sw[] and EXTRA (the kernel's other shared arrays), in whole groups of 256 elements; 0: none fit,
   -- every call takes the per-lane path
   local qx = 0
-  if acc == "q8" then qx = math.max(0, (SHARED_MAX - words * 4 - (extra or 0)) * 4 // 5 // 256 * 256) end
+  if acc == "q8" then qx = math.min(QX_CAP, math.max(0, (SHARED_MAX - words * 4 - (extra or 0)) * 4 // 5 // 256 * 256)) end
   return { BE = BE, BB = BB, LB = LB, WG = QWG, SW_WORDS = words, RUNS = BE % 8 == 0 and 1 or 0, QX_MAX = qx,
            shared = words * 4 + qx * 5 // 4 }
 end
@@ -191,7 +199,13 @@ local function qcommon(v, g, w0, w1)
                  RUN_W_BASE = packed and ("(12582912.0 + float(DQ_RUN_W_OFF))") or "0.0" }
   return table.concat({ fmt("// Decoding of %s, from %s by expr.emit (GLSL dialect over shared sw[]%s%s%s).", v.q.name, v.q.__file,
                             g.RUNS == 1 and (", runs of " .. RL) or "", af and ", affine per run" or "", packed and ", packed" or ""),
-                        "shared uint sw[" .. g.SW_WORDS .. "];",
+                        "// The subgroup size sw[] is sized for: the device's (runtime/vulkan/vk.c sets it when it creates the",
+                        "// pipeline; a smaller subgroup gets NaN rows, never a read out of bounds), " .. SGMIN .. " unspecialized.",
+                        "layout(constant_id = 0) const uint QMOE_SG = " .. SGMIN .. "u;",
+                        fmt("const uint LB_MIN = ((%du + QMOE_SG - 1u) / QMOE_SG + 15u) / 16u * 16u; // a block per slice", g.BB),
+                        fmt("const uint LB = LB_MIN > %du ? LB_MIN : %du; // bytes per lane per row of a chunk", LB0, LB0),
+                        fmt("shared uint sw[%du + %du * (%du * LB / 4u + (%du / QMOE_SG) * %du)]; // %d words for %d lanes",
+                            16, QR, QWG, QWG, 20, g.SW_WORDS, SGMIN),
                         expr.prelude(D), dq, template.render("glsl/_qrows.glsl", vars) }, "\n")
 end
 

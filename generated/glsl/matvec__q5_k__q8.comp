@@ -24,7 +24,12 @@ layout(std430, binding = 1) readonly buffer BX { float X[]; };
 layout(std430, binding = 1) readonly buffer BX4 { vec4 X4[]; };
 layout(std430, binding = 2) buffer BY { float Y[]; };
 // Decoding of q5_k, from contracts/quant/q5_k.yaml by expr.emit (GLSL dialect over shared sw[], runs of 16, affine per run, packed).
-shared uint sw[5392];
+// The subgroup size sw[] is sized for: the device's (runtime/vulkan/vk.c sets it when it creates the
+// pipeline; a smaller subgroup gets NaN rows, never a read out of bounds), 4 unspecialized.
+layout(constant_id = 0) const uint QMOE_SG = 4u;
+const uint LB_MIN = ((176u + QMOE_SG - 1u) / QMOE_SG + 15u) / 16u * 16u; // a block per slice
+const uint LB = LB_MIN > 32u ? LB_MIN : 32u; // bytes per lane per row of a chunk
+shared uint sw[16u + 2u * (128u * LB / 4u + (128u / QMOE_SG) * 20u)]; // 4368 words for 4 lanes
 // Little-endian loads of bytes and 16-bit words at byte offset o of the uint buffer sw.
 int qmoe_q_u8(uint o) { return int((sw[o >> 2] >> ((o & 3u) * 8u)) & 0xFFu); }
 int qmoe_q_u16(uint o) { return qmoe_q_u8(o) | (qmoe_q_u8(o + 1u) << 8); }
@@ -115,7 +120,7 @@ float dq_decode(uint base, int i) { return dq_decode_run(base, i & ~15, i); }
 // decoded once: dq_decode_run, expr.lua's GROUP; f32 variants of a decode that is A.V + B over a run use that
 // form, AFFINE) against x read as two 16-byte loads, and keeps per-lane partial sums, which the caller adds
 // with subgroupAdd. Strides come from gl_SubgroupSize.
-const uint BE = 256u, BB = 176u, R = 2u, LB = 64u, SGMIN = 4u;
+const uint BE = 256u, BB = 176u, R = 2u; // LB, QMOE_SG and sw[]: above
 const uint RL = 16u;  // elements of a lane's run (RUNS): 16 where the f32 decode is affine and packed over 16
 const uint PADW = 16u;   // 64 bytes before the first slice and after each: the ?: arms that a decode evaluates
                          // but does not take read inside sw[]
@@ -143,11 +148,11 @@ uvec4 qmoe_ld(uint r, uint q) {
 // OpSUDot (VK_KHR_shader_integer_dot_product; V = byte - DQ_RUN_W_OFF, so Σ V·q = Σ byte·q - OFF·Σq), and
 // 2^e·Σ V·q is exactly the f32 rows' Σ V·x' (integers times a power of two, under 2^24): the same bits as the
 // per-lane path below, which a vector too long for the records (or not 16-byte aligned) takes.
-const uint QX_MAX = 8960u; // elements of x whose records fit beside sw[] in 32 KiB (lavapipe's limit)
+const uint QX_MAX = 8192u; // elements of x whose records fit beside sw[] in 32 KiB (lavapipe's limit)
 uint Q8_X0;    // the per-lane path's vector start (qmoe_row_dots' xi)
 uint Q8_BASE;  // the records' first element of X
 bool Q8_REC;   // the call's x is in the records
-#if 8960 > 0
+#if 8192 > 0
 shared uint q8w[QX_MAX / 4u];
 shared uvec2 q8g[QX_MAX / 32u];
 #endif
@@ -162,7 +167,7 @@ int qmoe_sudot(uint q_signed, uint w_unsigned, spirv_literal int packed_4x8); //
 void q8_round(uint x0, uint n) {
   Q8_BASE = x0;
   Q8_REC = QX_MAX > 0u && n <= QX_MAX && (x0 & 3u) == 0u && (n & 31u) == 0u;
-#if 8960 > 0
+#if 8192 > 0
   if (!Q8_REC) return; // uniform: push parameters only
   const uint nr = n / 8u;
   for (uint r0 = 0u; r0 < nr; r0 += gl_WorkGroupSize.x) { // the same trip count for every lane (shuffles)
@@ -194,7 +199,7 @@ void q8_round(uint x0, uint n) {
 
 // x'[i .. i+RL) from the records (i - Q8_BASE a multiple of RL).
 void q8_rec_run(uint i, out float xr[RL]) {
-#if 8960 > 0
+#if 8192 > 0
   const uint j = i - Q8_BASE;
   const float s = uintBitsToFloat(q8g[j >> 5].x);
   for (uint t = 0u; t < RL; t++) xr[t] = float(bitfieldExtract(int(q8w[(j + t) >> 2]), int(8u * ((j + t) & 3u)), 8)) * s;
@@ -296,7 +301,7 @@ void qmoe_stage_store(const uint p[R], uint nb, const uvec4 v[R][U], out uint at
   subgroupBarrier();
 }
 
-// Blocks per chunk, >= 1 (SGMIN * LB >= BB), whole steps of the lanes' runs where a step spans several blocks.
+// Blocks per chunk, >= 1 (QMOE_SG * LB >= BB), whole steps of the lanes' runs where a step spans several blocks.
 uint qmoe_chunk_blocks() {
   uint nbc = gl_SubgroupSize * LB / BB;
   const uint step = (1 == 1 ? RL : 8u) * gl_SubgroupSize;
@@ -312,7 +317,7 @@ uvec4 PRE_V[R][U];
 uint PRE_P[R];
 bool PRE_ON = false;
 void qmoe_prefetch(const uint p[R], uint nblocks) {
-  if (gl_SubgroupSize < SGMIN) return;
+  if (gl_SubgroupSize < QMOE_SG) return;
   qmoe_stage_load(p, min(qmoe_chunk_blocks(), nblocks), PRE_V);
   PRE_P = p;
   PRE_ON = true;
@@ -446,7 +451,7 @@ void qmoe_row_dots(const uint p[R], uint xi, uint nblocks, inout float acc[R]) {
 #if 1
   Q8_X0 = xi;
 #endif
-  if (gl_SubgroupSize < SGMIN) { // sw[] is sized for SGMIN or more lanes: a visible NaN, not a wrong read
+  if (gl_SubgroupSize < QMOE_SG) { // sw[] is sized for QMOE_SG or more lanes: a visible NaN, not a wrong read
     for (uint r = 0u; r < R; r++) acc[r] = float(uintBitsToFloat(0x7FC00000u));
     return;
   }

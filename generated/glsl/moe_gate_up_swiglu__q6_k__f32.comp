@@ -25,7 +25,12 @@ layout(std430, binding = 3) readonly buffer BIDS { int IDS[]; };
 layout(std430, binding = 4) buffer BHout { float Hout[]; };
 
 // Decoding of q6_k, from contracts/quant/q6_k.yaml by expr.emit (GLSL dialect over shared sw[], runs of 16, affine per run, packed).
-shared uint sw[5392];
+// The subgroup size sw[] is sized for: the device's (runtime/vulkan/vk.c sets it when it creates the
+// pipeline; a smaller subgroup gets NaN rows, never a read out of bounds), 4 unspecialized.
+layout(constant_id = 0) const uint QMOE_SG = 4u;
+const uint LB_MIN = ((210u + QMOE_SG - 1u) / QMOE_SG + 15u) / 16u * 16u; // a block per slice
+const uint LB = LB_MIN > 32u ? LB_MIN : 32u; // bytes per lane per row of a chunk
+shared uint sw[16u + 2u * (128u * LB / 4u + (128u / QMOE_SG) * 20u)]; // 5392 words for 4 lanes
 // Little-endian loads of bytes and 16-bit words at byte offset o of the uint buffer sw.
 int qmoe_q_u8(uint o) { return int((sw[o >> 2] >> ((o & 3u) * 8u)) & 0xFFu); }
 int qmoe_q_u16(uint o) { return qmoe_q_u8(o) | (qmoe_q_u8(o + 1u) << 8); }
@@ -95,7 +100,7 @@ float dq_decode(uint base, int i) { return dq_decode_run(base, i & ~15, i); }
 // decoded once: dq_decode_run, expr.lua's GROUP; f32 variants of a decode that is A.V + B over a run use that
 // form, AFFINE) against x read as two 16-byte loads, and keeps per-lane partial sums, which the caller adds
 // with subgroupAdd. Strides come from gl_SubgroupSize.
-const uint BE = 256u, BB = 210u, R = 2u, LB = 64u, SGMIN = 4u;
+const uint BE = 256u, BB = 210u, R = 2u; // LB, QMOE_SG and sw[]: above
 const uint RL = 16u;  // elements of a lane's run (RUNS): 16 where the f32 decode is affine and packed over 16
 const uint PADW = 16u;   // 64 bytes before the first slice and after each: the ?: arms that a decode evaluates
                          // but does not take read inside sw[]
@@ -276,7 +281,7 @@ void qmoe_stage_store(const uint p[R], uint nb, const uvec4 v[R][U], out uint at
   subgroupBarrier();
 }
 
-// Blocks per chunk, >= 1 (SGMIN * LB >= BB), whole steps of the lanes' runs where a step spans several blocks.
+// Blocks per chunk, >= 1 (QMOE_SG * LB >= BB), whole steps of the lanes' runs where a step spans several blocks.
 uint qmoe_chunk_blocks() {
   uint nbc = gl_SubgroupSize * LB / BB;
   const uint step = (1 == 1 ? RL : 8u) * gl_SubgroupSize;
@@ -292,7 +297,7 @@ uvec4 PRE_V[R][U];
 uint PRE_P[R];
 bool PRE_ON = false;
 void qmoe_prefetch(const uint p[R], uint nblocks) {
-  if (gl_SubgroupSize < SGMIN) return;
+  if (gl_SubgroupSize < QMOE_SG) return;
   qmoe_stage_load(p, min(qmoe_chunk_blocks(), nblocks), PRE_V);
   PRE_P = p;
   PRE_ON = true;
@@ -426,7 +431,7 @@ void qmoe_row_dots(const uint p[R], uint xi, uint nblocks, inout float acc[R]) {
 #if 0
   Q8_X0 = xi;
 #endif
-  if (gl_SubgroupSize < SGMIN) { // sw[] is sized for SGMIN or more lanes: a visible NaN, not a wrong read
+  if (gl_SubgroupSize < QMOE_SG) { // sw[] is sized for QMOE_SG or more lanes: a visible NaN, not a wrong read
     for (uint r = 0u; r < R; r++) acc[r] = float(uintBitsToFloat(0x7FC00000u));
     return;
   }

@@ -1246,10 +1246,15 @@ int qmoe_vk_pipeline(qmoe_vk *vk, const char *shader, const char *what, uint32_t
     free(code);
     if (r != VK_SUCCESS) return vk_fail(r, "vkCreateShaderModule(%s)", what);
   }
+  /* Specialization constant 0: the device's subgroup size (SPIR-V 1.5 compute shaders run with it), which the
+   * row kernels size their shared staging for (codegen/gen_glsl.lua QMOE_SG); shaders without it ignore it. */
+  const uint32_t sg = vk->subgroup_size;
+  const VkSpecializationMapEntry sme = {.constantID = 0, .offset = 0, .size = sizeof sg};
+  const VkSpecializationInfo spi = {.mapEntryCount = 1, .pMapEntries = &sme, .dataSize = sizeof sg, .pData = &sg};
   VkComputePipelineCreateInfo cpi = {
       .sType = VK_STRUCTURE_TYPE_COMPUTE_PIPELINE_CREATE_INFO,
       .stage = {.sType = VK_STRUCTURE_TYPE_PIPELINE_SHADER_STAGE_CREATE_INFO, .stage = VK_SHADER_STAGE_COMPUTE_BIT,
-                .module = vk->modules[idx], .pName = "main"},
+                .module = vk->modules[idx], .pName = "main", .pSpecializationInfo = sg ? &spi : NULL},
       .layout = vk->layout};
   if (vk->get_exec_stats) cpi.flags |= VK_PIPELINE_CREATE_CAPTURE_STATISTICS_BIT_KHR;
   VkResult r = vk->f.vkCreateComputePipelines(vk->device, VK_NULL_HANDLE, 1, &cpi, NULL, &vk->pipes[idx]);

@@ -5,7 +5,7 @@
 // decoded once: dq_decode_run, expr.lua's GROUP; f32 variants of a decode that is A.V + B over a run use that
 // form, AFFINE) against x read as two 16-byte loads, and keeps per-lane partial sums, which the caller adds
 // with subgroupAdd. Strides come from gl_SubgroupSize.
-const uint BE = ${BE}u, BB = ${BB}u, R = ${QR}u, LB = ${LB}u, SGMIN = ${SGMIN}u;
+const uint BE = ${BE}u, BB = ${BB}u, R = ${QR}u; // LB, QMOE_SG and sw[]: above
 const uint RL = ${RL}u;  // elements of a lane's run (RUNS): 16 where the f32 decode is affine and packed over 16
 const uint PADW = 16u;   // 64 bytes before the first slice and after each: the ?: arms that a decode evaluates
                          // but does not take read inside sw[]
@@ -186,7 +186,7 @@ void qmoe_stage_store(const uint p[R], uint nb, const uvec4 v[R][U], out uint at
   subgroupBarrier();
 }
 
-// Blocks per chunk, >= 1 (SGMIN * LB >= BB), whole steps of the lanes' runs where a step spans several blocks.
+// Blocks per chunk, >= 1 (QMOE_SG * LB >= BB), whole steps of the lanes' runs where a step spans several blocks.
 uint qmoe_chunk_blocks() {
   uint nbc = gl_SubgroupSize * LB / BB;
   const uint step = (${RUNS} == 1 ? RL : 8u) * gl_SubgroupSize;
@@ -202,7 +202,7 @@ uvec4 PRE_V[R][U];
 uint PRE_P[R];
 bool PRE_ON = false;
 void qmoe_prefetch(const uint p[R], uint nblocks) {
-  if (gl_SubgroupSize < SGMIN) return;
+  if (gl_SubgroupSize < QMOE_SG) return;
   qmoe_stage_load(p, min(qmoe_chunk_blocks(), nblocks), PRE_V);
   PRE_P = p;
   PRE_ON = true;
@@ -336,7 +336,7 @@ void qmoe_row_dots(const uint p[R], uint xi, uint nblocks, inout ${T} acc[R]) {
 #if ${Q8}
   Q8_X0 = xi;
 #endif
-  if (gl_SubgroupSize < SGMIN) { // sw[] is sized for SGMIN or more lanes: a visible NaN, not a wrong read
+  if (gl_SubgroupSize < QMOE_SG) { // sw[] is sized for QMOE_SG or more lanes: a visible NaN, not a wrong read
     for (uint r = 0u; r < R; r++) acc[r] = ${T}(${NAN});
     return;
   }
