@@ -129,11 +129,16 @@ local MAXK = 32   -- moe_down: experts whose partial sums a workgroup keeps at o
 -- runs the row kernels faster with less shared memory per workgroup (2026-12-03, H200, docs/vulkan.md: 8.7
 -- KiB against 21.5 took decode from 114 to 138 tokens/s; 17 KiB, the pads for 4-lane subgroups dropped, changed
 -- nothing).
-local LB0 = 32
+local LB0 = tonumber(os.getenv("QMOE_GLSL_LB0") or "") or 32 -- (QMOE_GLSL_LB0: an experiment switch)
 local QX_CAP = 8192      -- q8 records: at most this many elements of x (10 KiB: Qwen3-30B-A3B's moe_down needs 6,144)
+local QX_STAGE = {}      -- (experiment switch QMOE_GLSL_QX="<matvec>,<gate_up>,<down>": per-stage caps)
+do
+  local e, i = os.getenv("QMOE_GLSL_QX"), 0
+  for n in (e or ""):gmatch("%d+") do i = i + 1; QX_STAGE[({ "matvec", "moe_gate_up_swiglu", "moe_down" })[i]] = tonumber(n) end
+end
 local SHARED_MAX = 32768 -- bytes of shared memory a workgroup may use: lavapipe's limit (NVIDIA's is 48 KiB)
 
-local function qgeom(q, acc, extra)
+local function qgeom(q, acc, extra, stage)
   local BE, BB = q.block_elements, q.block_bytes
   if BE ~= 1 and BE % 8 ~= 0 then
     error(q.__file .. ": block_elements = " .. BE .. ": the GLSL mat-vec kernels need 1 or a multiple of 8 (lane runs of 8)", 0)
@@ -152,7 +157,7 @@ local function qgeom(q, acc, extra)
   -- left beside sw[] and EXTRA (the kernel's other shared arrays), in whole groups of 256 elements; 0: none fit,
   -- every call takes the per-lane path
   local qx = 0
-  if acc == "q8" then qx = math.min(QX_CAP, math.max(0, (SHARED_MAX - words * 4 - (extra or 0)) * 4 // 5 // 256 * 256)) end
+  if acc == "q8" then qx = math.min(QX_STAGE[stage] or QX_CAP, math.max(0, (SHARED_MAX - words * 4 - (extra or 0)) * 4 // 5 // 256 * 256)) end
   return { BE = BE, BB = BB, LB = LB, WG = QWG, SW_WORDS = words, RUNS = BE % 8 == 0 and 1 or 0, QX_MAX = qx,
            shared = words * 4 + qx * 5 // 4 }
 end
@@ -230,7 +235,7 @@ end
 local function q8x(v, i) return v.acc == "q8" and Q8X[i] or 1 end
 
 local function emit_matvec(v)
-  local g = qgeom(v.q, v.acc)
+  local g = qgeom(v.q, v.acc, 0, "matvec")
   local src = { header(v, nil, g.WG), buf(0, "restrict readonly ", "uvec4", "W"), xbufs(1),
                 buf(2, "", "float", "Y"), qcommon(v, g, "W", "W"), template.render("glsl/matvec.comp", qvars(v, g)) }
   return table.concat(src, "\n"), { { shader = v.name, wg = g.WG, shared = g.shared } },
@@ -239,7 +244,7 @@ end
 
 
 local function emit_gate_up(v)
-  local g = qgeom(v.q, v.acc)
+  local g = qgeom(v.q, v.acc, 0, "moe_gate_up_swiglu")
   local src = { header(v, nil, g.WG), buf(0, "restrict readonly ", "uvec4", "Wg"), buf(1, "restrict readonly ", "uvec4", "Wu"),
                 xbufs(2), buf(3, "readonly ", "int", "IDS"), buf(4, "", "float", "Hout"),
                 v.acc == "f64" and template.load("glsl/_f64_exp.glsl") or "", qcommon(v, g, "Wg", "Wu"),
@@ -249,7 +254,7 @@ end
 
 
 local function emit_down(v)
-  local g = qgeom(v.q, v.acc, MAXK * QR * acc_bytes(v.acc))
+  local g = qgeom(v.q, v.acc, MAXK * QR * acc_bytes(v.acc), "moe_down")
   local src = { header(v, nil, g.WG), buf(0, "restrict readonly ", "uvec4", "Wd"), xbufs(1),
                 buf(2, "readonly ", "int", "IDS"), buf(3, "readonly ", "float", "WK"), buf(4, "", "float", "Y"),
                 qcommon(v, g, "Wd", "Wd"), template.render("glsl/moe_down.comp", qvars(v, g)) }
