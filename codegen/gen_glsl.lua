@@ -129,13 +129,12 @@ local MAXK = 32   -- moe_down: experts whose partial sums a workgroup keeps at o
 -- runs the row kernels faster with less shared memory per workgroup (2026-12-03, H200, docs/vulkan.md: 8.7
 -- KiB against 21.5 took decode from 114 to 138 tokens/s; 17 KiB, the pads for 4-lane subgroups dropped, changed
 -- nothing).
-local LB0 = tonumber(os.getenv("QMOE_GLSL_LB0") or "") or 32 -- (QMOE_GLSL_LB0: an experiment switch)
-local QX_CAP = 8192      -- q8 records: at most this many elements of x (10 KiB: Qwen3-30B-A3B's moe_down needs 6,144)
-local QX_STAGE = {}      -- (experiment switch QMOE_GLSL_QX="<matvec>,<gate_up>,<down>": per-stage caps)
-do
-  local e, i = os.getenv("QMOE_GLSL_QX"), 0
-  for n in (e or ""):gmatch("%d+") do i = i + 1; QX_STAGE[({ "matvec", "moe_gate_up_swiglu", "moe_down" })[i]] = tonumber(n) end
-end
+local LB0 = 32
+-- q8 records: at most this many elements of x per stage (1.25 bytes each). Less shared memory is faster on
+-- NVIDIA (2026-12-03: caps of 4,096 / 4,096 / 6,144 against 8,192 for all took q8 decode from 122 to 130
+-- tokens/s; lm_head 310 -> 241 us, gate+up 31.8 -> 25.6). Qwen3-30B-A3B needs 2,048 (x), 4,096 (attn_output's x)
+-- and 6,144 (moe_down: K*F = 8*768); a longer x takes the per-lane path (_qrows.glsl).
+local QX_CAP = { matvec = 4096, moe_gate_up_swiglu = 4096, moe_down = 6144 }
 local SHARED_MAX = 32768 -- bytes of shared memory a workgroup may use: lavapipe's limit (NVIDIA's is 48 KiB)
 
 local function qgeom(q, acc, extra, stage)
@@ -157,7 +156,7 @@ local function qgeom(q, acc, extra, stage)
   -- left beside sw[] and EXTRA (the kernel's other shared arrays), in whole groups of 256 elements; 0: none fit,
   -- every call takes the per-lane path
   local qx = 0
-  if acc == "q8" then qx = math.min(QX_STAGE[stage] or QX_CAP, math.max(0, (SHARED_MAX - words * 4 - (extra or 0)) * 4 // 5 // 256 * 256)) end
+  if acc == "q8" then qx = math.min(QX_CAP[stage], math.max(0, (SHARED_MAX - words * 4 - (extra or 0)) * 4 // 5 // 256 * 256)) end
   return { BE = BE, BB = BB, LB = LB, WG = QWG, SW_WORDS = words, RUNS = BE % 8 == 0 and 1 or 0, QX_MAX = qx,
            shared = words * 4 + qx * 5 // 4 }
 end
@@ -222,24 +221,11 @@ local function xbufs(binding)
   return buf(binding, "readonly ", "float", "X") .. "\n" .. buf(binding, "readonly ", "vec4", "X4")
 end
 
--- q8: rows per workgroup are multiplied by Q8X[stage] (the kernels stride over their rows, and a workgroup
--- rounds x once for all of them). Experiment switch: QMOE_GLSL_Q8_ROWS="<matvec>,<gate_up>,<down>".
-local Q8X = { 1, 1, 1 }
-do
-  local e = os.getenv("QMOE_GLSL_Q8_ROWS")
-  if e and e ~= "" then
-    local i = 0
-    for n in e:gmatch("%d+") do i = i + 1; Q8X[i] = tonumber(n) end
-  end
-end
-local function q8x(v, i) return v.acc == "q8" and Q8X[i] or 1 end
-
 local function emit_matvec(v)
   local g = qgeom(v.q, v.acc, 0, "matvec")
   local src = { header(v, nil, g.WG), buf(0, "restrict readonly ", "uvec4", "W"), xbufs(1),
                 buf(2, "", "float", "Y"), qcommon(v, g, "W", "W"), template.render("glsl/matvec.comp", qvars(v, g)) }
-  return table.concat(src, "\n"), { { shader = v.name, wg = g.WG, shared = g.shared } },
-         { rows = QR * (QWG // 32) * q8x(v, 1) }
+  return table.concat(src, "\n"), { { shader = v.name, wg = g.WG, shared = g.shared } }, { rows = QR * (QWG // 32) }
 end
 
 
@@ -249,7 +235,7 @@ local function emit_gate_up(v)
                 xbufs(2), buf(3, "readonly ", "int", "IDS"), buf(4, "", "float", "Hout"),
                 v.acc == "f64" and template.load("glsl/_f64_exp.glsl") or "", qcommon(v, g, "Wg", "Wu"),
                 template.render("glsl/moe_gate_up_swiglu.comp", qvars(v, g)) }
-  return table.concat(src, "\n"), { { shader = v.name, wg = g.WG, shared = g.shared } }, { rows = QWG // 32 * q8x(v, 2) }
+  return table.concat(src, "\n"), { { shader = v.name, wg = g.WG, shared = g.shared } }, { rows = QWG // 32 }
 end
 
 
@@ -259,7 +245,7 @@ local function emit_down(v)
                 buf(2, "readonly ", "int", "IDS"), buf(3, "readonly ", "float", "WK"), buf(4, "", "float", "Y"),
                 qcommon(v, g, "Wd", "Wd"), template.render("glsl/moe_down.comp", qvars(v, g)) }
   return table.concat(src, "\n"), { { shader = v.name, wg = g.WG, shared = g.shared + MAXK * QR * acc_bytes(v.acc) } },
-         { rows = QR * q8x(v, 3) }
+         { rows = QR }
 end
 
 ---------------------------------------------------------------------------------------------------------------

@@ -127,11 +127,11 @@ uvec4 qmoe_ld(uint r, uint q) {
 // OpSUDot (VK_KHR_shader_integer_dot_product; V = byte - DQ_RUN_W_OFF, so Σ V·q = Σ byte·q - OFF·Σq), and
 // 2^e·Σ V·q is exactly the f32 rows' Σ V·x' (integers times a power of two, under 2^24): the same bits as the
 // per-lane path below, which a vector too long for the records (or not 16-byte aligned) takes.
-const uint QX_MAX = 8192u; // elements of x whose records fit beside sw[] in 32 KiB (lavapipe's limit)
+const uint QX_MAX = 4096u; // elements of x whose records fit beside sw[] in 32 KiB (lavapipe's limit)
 uint Q8_X0;    // the per-lane path's vector start (qmoe_row_dots' xi)
 uint Q8_BASE;  // the records' first element of X
 bool Q8_REC;   // the call's x is in the records
-#if 8192 > 0
+#if 4096 > 0
 shared uint q8w[QX_MAX / 4u];
 shared uvec2 q8g[QX_MAX / 32u];
 #endif
@@ -146,7 +146,7 @@ int qmoe_sudot(uint q_signed, uint w_unsigned, spirv_literal int packed_4x8); //
 void q8_round(uint x0, uint n) {
   Q8_BASE = x0;
   Q8_REC = QX_MAX > 0u && n <= QX_MAX && (x0 & 3u) == 0u && (n & 31u) == 0u;
-#if 8192 > 0
+#if 4096 > 0
   if (!Q8_REC) return; // uniform: push parameters only
   const uint nr = n / 8u;
   for (uint r0 = 0u; r0 < nr; r0 += gl_WorkGroupSize.x) { // the same trip count for every lane (shuffles)
@@ -178,7 +178,7 @@ void q8_round(uint x0, uint n) {
 
 // x'[i .. i+RL) from the records (i - Q8_BASE a multiple of RL).
 void q8_rec_run(uint i, out float xr[RL]) {
-#if 8192 > 0
+#if 4096 > 0
   const uint j = i - Q8_BASE;
   const float s = uintBitsToFloat(q8g[j >> 5].x);
   for (uint t = 0u; t < RL; t++) xr[t] = float(bitfieldExtract(int(q8w[(j + t) >> 2]), int(8u * ((j + t) & 3u)), 8)) * s;

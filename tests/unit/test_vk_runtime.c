@@ -730,7 +730,7 @@ static void test_larger_shapes(void) {
       {QMOE_STAGE_MOE_DOWN, Q6_K, {33, 768, 4, 3}},
       {QMOE_STAGE_MOE_DOWN, Q8_0, {17, 96 * 7, 5, 5}},
       {QMOE_STAGE_MOE_DOWN, Q4_0, {9, 64, 48, 40}},     /* K = 40 > 32: two chunks of experts, in order */
-      /* q8 (docs/q8.md): x longer than a workgroup's shared records (QX_MAX, 8,192 elements) takes the
+      /* q8 (docs/q8.md): x longer than a workgroup's shared records (QX_MAX: 4,096 in matvec, 6,144 in moe_down) takes the
        * per-lane path; the shapes above, with q8 too, the records */
       {QMOE_STAGE_MATVEC, Q4_K, {9, 9216}},
       {QMOE_STAGE_MOE_DOWN, Q4_K, {8, 1536, 8, 6}},     /* K*F = 9,216 */
