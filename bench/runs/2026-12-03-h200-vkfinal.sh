@@ -1,6 +1,6 @@
 #!/bin/bash
 # The session's final Vulkan kernels (packed as .dev/gpu.tar.xz by bench/pack-gpu.sh): test_parity_vulkan on
-# NVIDIA's driver, then Vulkan decode on the qwen3-30b-a3b preset, f32 and q8, with --stages and without.
+# NVIDIA's driver, then Vulkan decode on the qwen3-30b-a3b preset, f32 and q8, with --stages and without, and f64.
 cd "$(dirname "$0")/../.."
 N=resvkfinal; R=/tmp/$N; rm -rf $R; mkdir -p $R
 save() { tar -C /tmp -czf ${OUT:-/tmp}/res.tgz $N; }
@@ -20,4 +20,5 @@ run vk-f32-stages timeout 150 $A/qmoe bench -m $M $V --stages
 run vk-q8-stages timeout 150 $A/qmoe bench -m $M $V --stages --acc q8
 run vk-f32 timeout 150 $A/qmoe bench -m $M $V
 run vk-q8 timeout 150 $A/qmoe bench -m $M $V --acc q8
+run vk-f64-stages timeout 150 $A/qmoe bench -m $M --backend vulkan -p 8 -n 16 --repeats 2 --json --stages --acc f64
 ls -la $R | head -3; save
