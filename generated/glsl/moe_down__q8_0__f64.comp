@@ -101,8 +101,9 @@ int qmoe_sudot(uint q_signed, uint w_unsigned, spirv_literal int packed_4x8); //
 #endif
 
 // Rounds X[x0 .. x0+n) into the records, by every invocation of the workgroup (a barrier inside: call it from
-// uniform control flow). Invocation i takes the run of 8 elements i (+ 128 per pass); the 4 runs of a group are
-// 4 neighbouring lanes, which exchange their largest |x| and their Σq with subgroupShuffleXor.
+// uniform control flow). Lane l of subgroup g takes the run of 8 elements i = g * gl_SubgroupSize + l (+ the
+// workgroup size per pass): the 4 runs of a group are 4 neighbouring lanes of one subgroup, which exchange their
+// largest |x| and their Σq with subgroupShuffleXor.
 void q8_round(uint x0, uint n) {
   Q8_BASE = x0;
   Q8_REC = QX_MAX > 0u && n <= QX_MAX && (x0 & 3u) == 0u && (n & 31u) == 0u;
@@ -110,7 +111,7 @@ void q8_round(uint x0, uint n) {
   if (!Q8_REC) return; // uniform: push parameters only
   const uint nr = n / 8u;
   for (uint r0 = 0u; r0 < nr; r0 += gl_WorkGroupSize.x) { // the same trip count for every lane (shuffles)
-    const uint r = r0 + gl_LocalInvocationIndex;
+    const uint r = r0 + gl_SubgroupID * gl_SubgroupSize + gl_SubgroupInvocationID;
     vec4 a = vec4(0.0), b = vec4(0.0);
     if (r < nr) a = X4[(x0 >> 2) + 2u * r], b = X4[(x0 >> 2) + 2u * r + 1u];
     const uvec4 ua = floatBitsToUint(a) & 0x7fffffffu, ub = floatBitsToUint(b) & 0x7fffffffu;
