@@ -897,6 +897,25 @@ static void test_missing_feature(void) {
     be->free_buf(be, b);
     be->close(be);
   }
+  /* Without integer dot products the q8 row variants do not run (OpSUDot, docs/vulkan.md); f32 still does. */
+  set_env("QMOE_VK_DISABLE", "shaderIntegerDotProduct");
+  ok = pair_open(&p);
+  set_env("QMOE_VK_DISABLE", NULL);
+  if (ok) {
+    if (pair_buf(&p, 0, wb, W) && pair_buf(&p, 1, sizeof x, x) && pair_buf(&p, 2, (size_t)rows * 4, NULL)) {
+      qmoe_stage_call c = call(QMOE_STAGE_MATVEC, Q8_0, QMOE_ACC_Q8);
+      c.p[0] = rows, c.p[1] = cols;
+      c.buf[0] = p.vb[0], c.buf[1] = p.vb[1], c.buf[2] = p.vb[2];
+      int rc = p.vk->run(p.vk, &c);
+      CHECK(rc == QMOE_EUNSUPPORTED && strstr(qmoe_last_error(), "lacks shaderIntegerDotProduct, needed by matvec/q8_0/q8"),
+            "q8 variant without integer dot products: %d %s", rc, qmoe_last_error());
+      c = call(QMOE_STAGE_MATVEC, Q8_0, QMOE_ACC_F32);
+      c.p[0] = rows, c.p[1] = cols;
+      c.buf[0] = SLOT(0), c.buf[1] = SLOT(1), c.buf[2] = SLOT(2);
+      if (pair_run(&p, &c)) pair_compare(&p, 2, 0, (size_t)rows, 1e-5, "matvec/q8_0/f32 without integer dot products");
+    }
+    pair_close(&p);
+  }
   set_env("QMOE_VK_DISABLE", "shaderFloat65");
   qmoe_vk *v2 = NULL;
   int rc = qmoe_vk_open(&v2);
