@@ -280,6 +280,21 @@ void qmoe_prefetch(const uint p[R], uint nblocks) {
 void qmoe_prefetch(const uint p[R], uint nblocks) {} // f32 and f64: nothing to overlap
 #endif
 
+#if 1
+// acc += A·sv + B·sx for the run at IG of the block at B (sv = Σ V·x, sx = Σ x over the run): the affine form's
+// two steps, in this order, for the f32 rows and the q8 integer sums alike.
+void qmoe_affine_add(inout float acc, uint b, int ig, float sv, float sx) {
+#if 1
+  acc += dq_run_a(b, ig) * sv;
+#else
+  acc += sv;
+#endif
+#if 0
+  acc += dq_run_b(b, ig) * sx;
+#endif
+}
+#endif
+
 #if 0
 // qmoe_dot_chunk with x in the records, for a packed affine decode over runs of 16: a run's Σ V·x' is
 // 2^e·(Σ byte·q - OFF·Σq), four bytes per OpSUDot, then the f32 rows' A·sv + B·sx (the same bits).
@@ -293,9 +308,7 @@ void qmoe_dot_chunk_q8(const uint at[R], uint xi, uint ne, inout float acc[R]) {
     const int sq = int(gs.y << (16u - (j & 16u))) >> 16; // this half's Σq, sign-extended
     const uint w = j >> 2;
     const uint q0 = q8w[w], q1 = q8w[w + 1u], q2 = q8w[w + 2u], q3 = q8w[w + 3u];
-#if 0
-    const float sx = float(sq) * s; // Σ x' over the run (exact)
-#endif
+    const float sx = float(sq) * s; // Σ x' over the run (exact; unused without B)
     for (uint r = 0u; r < R; r++) {
       const uint b = at[r] + (e / BE) * BB;
       int iv = qmoe_sudot(q0, dq_run_w(b, ig, 0), 0);
@@ -303,14 +316,7 @@ void qmoe_dot_chunk_q8(const uint at[R], uint xi, uint ne, inout float acc[R]) {
       iv += qmoe_sudot(q2, dq_run_w(b, ig, 8), 0);
       iv += qmoe_sudot(q3, dq_run_w(b, ig, 12), 0);
       const float sv = float(iv - DQ_RUN_W_OFF * sq) * s;
-#if 1
-      acc[r] += dq_run_a(b, ig) * sv;
-#else
-      acc[r] += sv;
-#endif
-#if 0
-      acc[r] += dq_run_b(b, ig) * sx;
-#endif
+      qmoe_affine_add(acc[r], b, ig, sv, sx);
     }
   }
 }
@@ -336,8 +342,8 @@ void qmoe_dot_chunk(const uint at[R], uint xi, uint ne, inout float acc[R]) {
     if (e + step < ne) x_runl(xi + e + step, xn);
     const int ig = int(e % BE);
 #if 1 // f32, where the decode is A.V + B over a run (expr.lua AFFINE): A * sum(V x) + B * sum(x)
+    float sx = 0.0; // all R rows (unused, and so not computed, without B)
 #if 0
-    float sx = 0.0; // all R rows
     for (uint t = 0u; t < RL; t++) sx += xr[t];
 #endif
     for (uint r = 0u; r < R; r++) {
@@ -351,14 +357,7 @@ void qmoe_dot_chunk(const uint at[R], uint xi, uint ne, inout float acc[R]) {
 #else
       for (int t = 0; t < int(RL); t++) sv += dq_run_v(b, ig, ig | t) * xr[t];
 #endif
-#if 1
-      acc[r] += dq_run_a(b, ig) * sv;
-#else
-      acc[r] += sv;
-#endif
-#if 0
-      acc[r] += dq_run_b(b, ig) * sx;
-#endif
+      qmoe_affine_add(acc[r], b, ig, sv, sx);
     }
 #else
     for (uint r = 0u; r < R; r++) {
