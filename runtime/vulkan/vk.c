@@ -731,11 +731,13 @@ static int create_device(qmoe_vk *vk) {
   }
   const char *ps_env = getenv("QMOE_VK_PIPELINE_STATS");
   const int pipe_stats = ps_env && strcmp(ps_env, "1") == 0;
+  int stats_ext = 0; /* VK_KHR_pipeline_executable_properties enabled */
   VkPhysicalDevicePipelineExecutablePropertiesFeaturesKHR pef = {
       .sType = VK_STRUCTURE_TYPE_PHYSICAL_DEVICE_PIPELINE_EXECUTABLE_PROPERTIES_FEATURES_KHR, .pipelineExecutableInfo = VK_TRUE};
   if (pipe_stats) {
     if (has_device_ext(vk, vk->phys, VK_KHR_PIPELINE_EXECUTABLE_PROPERTIES_EXTENSION_NAME)) {
       exts[next++] = VK_KHR_PIPELINE_EXECUTABLE_PROPERTIES_EXTENSION_NAME;
+      stats_ext = 1;
       pef.pNext = e12.pNext;
       e12.pNext = &pef;
     } else {
@@ -755,7 +757,7 @@ static int create_device(qmoe_vk *vk) {
   }
   QMOE_VK_DEVICE_FNS(LOAD_DEVICE)
 #undef LOAD_DEVICE
-  if (pipe_stats && next > 1 && strcmp(exts[next - 1], VK_KHR_PIPELINE_EXECUTABLE_PROPERTIES_EXTENSION_NAME) == 0) {
+  if (stats_ext) {
     vk->get_exec_props = (PFN_vkGetPipelineExecutablePropertiesKHR)vk->f.vkGetDeviceProcAddr(
         vk->device, "vkGetPipelineExecutablePropertiesKHR");
     vk->get_exec_stats = (PFN_vkGetPipelineExecutableStatisticsKHR)vk->f.vkGetDeviceProcAddr(

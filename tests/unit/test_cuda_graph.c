@@ -94,15 +94,29 @@ static int new_bufs(qmoe_backend *be, bufs *b) {
   return 0;
 }
 
-static void test_graph(void) {
-  qmoe_backend *be = NULL;
-  if (qmoe_backend_open("cuda", &be)) SKIP("no CUDA device: %s", qmoe_last_error());
-  if (!be->graph_begin) {
-    be->close(be);
-    SKIP("the CUDA driver has no graphs (or QMOE_CUDA_SYNC / QMOE_CUDA_NO_GRAPH is set)");
+/* The CUDA backend with graphs and the sequence's buffers; 0 (the case skipped or failed) where there are none. */
+static int open_graph_backend(qmoe_backend **be, bufs *b) {
+  *be = NULL;
+  if (qmoe_backend_open("cuda", be)) {
+    t_skip("no CUDA device: %s", qmoe_last_error());
+    return 0;
   }
+  if (!(*be)->graph_begin) {
+    (*be)->close(*be);
+    t_skip("the CUDA driver has no graphs (or QMOE_CUDA_SYNC / QMOE_CUDA_NO_GRAPH is set)");
+    return 0;
+  }
+  if (new_bufs(*be, b) != 0) {
+    t_fail(__FILE__, __LINE__, "buffers: %s", qmoe_last_error());
+    return 0;
+  }
+  return 1;
+}
+
+static void test_graph(void) {
+  qmoe_backend *be;
   bufs b = {0};
-  REQUIRE(new_bufs(be, &b) == 0, "buffers: %s", qmoe_last_error());
+  if (!open_graph_backend(&be, &b)) return;
   qmoe_cuda_graph_stats s0, s;
   REQUIRE(qmoe_cuda_graph_stats_of(be, &s0) == 0, "stats");
 
@@ -227,14 +241,9 @@ static int moe_calls(qmoe_backend *be, const moe_bufs *m, int gu) {
 }
 
 static void test_early(void) {
-  qmoe_backend *be = NULL;
-  if (qmoe_backend_open("cuda", &be)) SKIP("no CUDA device: %s", qmoe_last_error());
-  if (!be->graph_begin) {
-    be->close(be);
-    SKIP("the CUDA driver has no graphs (or QMOE_CUDA_SYNC / QMOE_CUDA_NO_GRAPH is set)");
-  }
+  qmoe_backend *be;
   bufs b = {0};
-  REQUIRE(new_bufs(be, &b) == 0, "buffers: %s", qmoe_last_error());
+  if (!open_graph_backend(&be, &b)) return;
   /* rmsnorm(x, w -> xn), matvec(W, xn -> y), rope(y -> y), add(y, y -> z), argmax(z -> idx): each input is early
    * unless the launch before it writes it. */
   REQUIRE(be->graph_begin(be) == 0 && sequence(be, &b, 3, 1, 0) == 0, "recording: %s", qmoe_last_error());
