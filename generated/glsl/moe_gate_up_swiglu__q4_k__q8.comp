@@ -18,6 +18,15 @@ struct QmoeParams {
 layout(std430, binding = 8) readonly restrict buffer QmoeParamTable { QmoeParams qmoe_params[]; };
 layout(push_constant) uniform QmoeSlot { uint i; } qmoe_slot;
 #define pc qmoe_params[qmoe_slot.i]
+// Specialization constant 1 (runtime/vulkan/vk.c, QMOE_VK_EMPTY): true makes the shader return at its first
+// instruction, to measure what dispatches and barriers cost without the work (docs/vulkan.md). The template's
+// main() is renamed qmoe_main and called from this one.
+layout(constant_id = 1) const bool QMOE_EMPTY = false;
+void qmoe_main();
+void main() {
+  if (!QMOE_EMPTY) qmoe_main();
+}
+#define main qmoe_main
 
 layout(std430, binding = 0) restrict readonly buffer BWg { uvec4 Wg[]; };
 layout(std430, binding = 1) restrict readonly buffer BWu { uvec4 Wu[]; };
@@ -454,27 +463,30 @@ void qmoe_row_dots(const uint p[R], uint xi, uint nblocks, inout float acc[R]) {
     return;
   }
   const uint nbc = qmoe_chunk_blocks();
+  // The next chunk is loaded into registers while this one is decoded from sw[]: its trip to memory overlaps
+  // the dot products, and shared memory holds one chunk per row, not two.
+  uvec4 v[R][U];
+  bool pre = false;
+#if 1
+  if (PRE_ON) { // the first chunk, asked for before q8_round
+    pre = true;
+    for (uint r = 0u; r < R; r++) pre = pre && PRE_P[r] == p[r];
+    PRE_ON = false;
+    if (pre) v = PRE_V;
+  }
+#endif
+  if (!pre && nblocks > 0u) qmoe_stage_load(p, min(nbc, nblocks), v);
   for (uint b0 = 0u; b0 < nblocks; b0 += nbc) {
     const uint nb = min(nbc, nblocks - b0);
     uint at[R];
     uint pc_[R];
     for (uint r = 0u; r < R; r++) pc_[r] = p[r] + b0 * BB;
-    bool pre = false;
-#if 1
-    if (b0 == 0u && PRE_ON) {
-      pre = true;
-      for (uint r = 0u; r < R; r++) pre = pre && PRE_P[r] == p[r];
-      PRE_ON = false;
-    }
-#endif
-    if (pre) {
-#if 1
-      qmoe_stage_store(pc_, nb, PRE_V, at);
-#endif
-    } else {
-      uvec4 v[R][U];
-      qmoe_stage_load(pc_, nb, v);
-      qmoe_stage_store(pc_, nb, v, at);
+    qmoe_stage_store(pc_, nb, v, at);
+    const uint b1 = b0 + nbc;
+    if (b1 < nblocks) {
+      uint pn[R];
+      for (uint r = 0u; r < R; r++) pn[r] = p[r] + b1 * BB;
+      qmoe_stage_load(pn, min(nbc, nblocks - b1), v);
     }
     qmoe_dot_chunk(at, xi + b0 * BE, nb * BE, acc);
     subgroupBarrier(); // the next chunk overwrites the slices

@@ -1200,6 +1200,26 @@ int qmoe_vk_buf_read(qmoe_vk *vk, const qmoe_vk_buf *b, size_t off, void *dst, s
 
 /* ---- pipelines ---- */
 
+/* Whether QMOE_VK_EMPTY (`all`, or stage names separated by commas) names the stage of SHADER
+ * (`<stage>__<qtype>__<acc>[.<pass>]`): its pipeline is created with QMOE_EMPTY true, so it does nothing. A
+ * timing hook, like CUDA's QMOE_EMPTY_* defines; the outputs are wrong. */
+static VkBool32 empty_stage(const char *shader) {
+  const char *e0 = getenv("QMOE_VK_EMPTY"), *e = e0;
+  if (!e || !*e) return VK_FALSE;
+  const char *end = strstr(shader, "__");
+  size_t n = end ? (size_t)(end - shader) : strcspn(shader, ".");
+  while (*e) {
+    size_t k = strcspn(e, ",");
+    if ((k == 3 && strncmp(e, "all", 3) == 0) || (k == n && strncmp(e, shader, n) == 0)) {
+      static int warned;
+      if (!warned++) fprintf(stderr, "qmoe: vulkan: QMOE_VK_EMPTY=%s: those stages do nothing (a timing hook); outputs are wrong\n", e0);
+      return VK_TRUE;
+    }
+    e += k + (e[k] == ',');
+  }
+  return VK_FALSE;
+}
+
 int qmoe_vk_pipeline(qmoe_vk *vk, const char *shader, const char *what, uint32_t shared_bytes, uint32_t local_size,
                      VkPipeline *out) {
   *out = VK_NULL_HANDLE;
@@ -1249,14 +1269,17 @@ int qmoe_vk_pipeline(qmoe_vk *vk, const char *shader, const char *what, uint32_t
     if (r != VK_SUCCESS) return vk_fail(r, "vkCreateShaderModule(%s)", what);
   }
   /* Specialization constant 0: the device's subgroup size (SPIR-V 1.5 compute shaders run with it), which the
-   * row kernels size their shared staging for (codegen/gen_glsl.lua QMOE_SG); shaders without it ignore it. */
-  const uint32_t sg = vk->subgroup_size;
-  const VkSpecializationMapEntry sme = {.constantID = 0, .offset = 0, .size = sizeof sg};
-  const VkSpecializationInfo spi = {.mapEntryCount = 1, .pMapEntries = &sme, .dataSize = sizeof sg, .pData = &sg};
+   * row kernels size their shared staging for (codegen/gen_glsl.lua QMOE_SG); shaders without it ignore it.
+   * Constant 1: QMOE_EMPTY (templates/glsl/_push.glsl), true where QMOE_VK_EMPTY names the shader's stage. */
+  const uint32_t spec[2] = {vk->subgroup_size, empty_stage(shader)};
+  const VkSpecializationMapEntry sme[2] = {{.constantID = 0, .offset = 0, .size = 4},
+                                           {.constantID = 1, .offset = 4, .size = 4}};
+  const VkSpecializationInfo spi = {.mapEntryCount = spec[0] ? 2 : 1, .pMapEntries = spec[0] ? sme : sme + 1,
+                                    .dataSize = sizeof spec, .pData = spec};
   VkComputePipelineCreateInfo cpi = {
       .sType = VK_STRUCTURE_TYPE_COMPUTE_PIPELINE_CREATE_INFO,
       .stage = {.sType = VK_STRUCTURE_TYPE_PIPELINE_SHADER_STAGE_CREATE_INFO, .stage = VK_SHADER_STAGE_COMPUTE_BIT,
-                .module = vk->modules[idx], .pName = "main", .pSpecializationInfo = sg ? &spi : NULL},
+                .module = vk->modules[idx], .pName = "main", .pSpecializationInfo = &spi},
       .layout = vk->layout};
   if (vk->get_exec_stats) cpi.flags |= VK_PIPELINE_CREATE_CAPTURE_STATISTICS_BIT_KHR;
   VkResult r = vk->f.vkCreateComputePipelines(vk->device, VK_NULL_HANDLE, 1, &cpi, NULL, &vk->pipes[idx]);

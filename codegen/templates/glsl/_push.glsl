@@ -9,3 +9,12 @@ struct QmoeParams {
 layout(std430, binding = 8) readonly restrict buffer QmoeParamTable { QmoeParams qmoe_params[]; };
 layout(push_constant) uniform QmoeSlot { uint i; } qmoe_slot;
 #define pc qmoe_params[qmoe_slot.i]
+// Specialization constant 1 (runtime/vulkan/vk.c, QMOE_VK_EMPTY): true makes the shader return at its first
+// instruction, to measure what dispatches and barriers cost without the work (docs/vulkan.md). The template's
+// main() is renamed qmoe_main and called from this one.
+layout(constant_id = 1) const bool QMOE_EMPTY = false;
+void qmoe_main();
+void main() {
+  if (!QMOE_EMPTY) qmoe_main();
+}
+#define main qmoe_main
