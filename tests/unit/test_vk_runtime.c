@@ -730,6 +730,8 @@ static void test_larger_shapes(void) {
       {QMOE_STAGE_MOE_DOWN, Q6_K, {33, 768, 4, 3}},
       {QMOE_STAGE_MOE_DOWN, Q8_0, {17, 96 * 7, 5, 5}},
       {QMOE_STAGE_MOE_DOWN, Q4_0, {9, 64, 48, 40}},     /* K = 40 > 32: two chunks of experts, in order */
+      {QMOE_STAGE_MOE_DOWN, Q4_K, {64, 256, 40, 24}},   /* K = 24: subgroups take several experts (the next one's
+                                                         * rows asked for ahead); with q8, K*F in the records */
       /* q8 (docs/q8.md): x longer than a workgroup's shared records (QX_MAX: 4,096 in matvec, 6,144 in moe_down) takes the
        * per-lane path; the shapes above, with q8 too, the records */
       {QMOE_STAGE_MATVEC, Q4_K, {9, 9216}},
