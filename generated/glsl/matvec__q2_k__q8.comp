@@ -304,18 +304,22 @@ uint qmoe_chunk_blocks() {
   return nbc;
 }
 
-// A subgroup's next rows' first chunk, loaded into registers ahead: by qmoe_prefetch (q8: before q8_round, so
-// that its trip to memory overlaps the workgroup's reading and rounding of x), or by qmoe_row_dots while it
-// decodes the last chunk of the rows before; qmoe_row_dots stores it when it starts on those rows.
+#if 1
+// q8: a subgroup's first chunk of its first rows, loaded into registers by qmoe_prefetch before q8_round, so
+// that its trip to memory overlaps the workgroup's reading and rounding of x; qmoe_row_dots stores it when it
+// starts on those rows.
 uvec4 PRE_V[R][U];
 uint PRE_P[R];
 bool PRE_ON = false;
 void qmoe_prefetch(const uint p[R], uint nblocks) {
-  if (gl_SubgroupSize < QMOE_SG || nblocks == 0u) return;
+  if (gl_SubgroupSize < QMOE_SG) return;
   qmoe_stage_load(p, min(qmoe_chunk_blocks(), nblocks), PRE_V);
   PRE_P = p;
   PRE_ON = true;
 }
+#else
+void qmoe_prefetch(const uint p[R], uint nblocks) {} // f32 and f64: nothing to overlap
+#endif
 
 #if 1
 // acc += A·sv + B·sx for the run at IG of the block at B (sv = Σ V·x, sx = Σ x over the run): the affine form's
@@ -436,10 +440,8 @@ void qmoe_dot_chunk(const uint at[R], uint xi, uint ne, inout float acc[R]) {
 }
 
 // acc[r] += decode(row r) . x[XI ..] over NBLOCKS blocks of each row (row r at global byte offset P[r]);
-// per-lane partial sums. PN, NNEXT: the rows this subgroup takes next and their blocks (0: none), whose first
-// chunk is asked for while the last chunk here is decoded. Every lane of the subgroup calls it with the same
-// rows (subgroup barriers inside).
-void qmoe_row_dots(const uint p[R], uint xi, uint nblocks, const uint pn[R], uint nnext, inout float acc[R]) {
+// per-lane partial sums. Every lane of the subgroup calls it with the same rows (subgroup barriers inside).
+void qmoe_row_dots(const uint p[R], uint xi, uint nblocks, inout float acc[R]) {
 #if 1
   Q8_X0 = xi;
 #endif
@@ -448,29 +450,27 @@ void qmoe_row_dots(const uint p[R], uint xi, uint nblocks, const uint pn[R], uin
     return;
   }
   const uint nbc = qmoe_chunk_blocks();
-  // The next chunk is loaded into registers while this one is decoded from sw[]: its trip to memory overlaps
-  // the dot products, and shared memory holds one chunk per row, not two.
-  uvec4 v[R][U];
-  bool pre = PRE_ON;
-  for (uint r = 0u; r < R; r++) pre = pre && PRE_P[r] == p[r];
-  PRE_ON = false;
-  if (pre)
-    v = PRE_V;
-  else if (nblocks > 0u)
-    qmoe_stage_load(p, min(nbc, nblocks), v);
   for (uint b0 = 0u; b0 < nblocks; b0 += nbc) {
     const uint nb = min(nbc, nblocks - b0);
     uint at[R];
     uint pc_[R];
     for (uint r = 0u; r < R; r++) pc_[r] = p[r] + b0 * BB;
-    qmoe_stage_store(pc_, nb, v, at);
-    const uint b1 = b0 + nbc;
-    if (b1 < nblocks) {
-      uint pn_[R];
-      for (uint r = 0u; r < R; r++) pn_[r] = p[r] + b1 * BB;
-      qmoe_stage_load(pn_, min(nbc, nblocks - b1), v);
+    bool pre = false;
+#if 1
+    if (b0 == 0u && PRE_ON) {
+      pre = true;
+      for (uint r = 0u; r < R; r++) pre = pre && PRE_P[r] == p[r];
+      PRE_ON = false;
+    }
+#endif
+    if (pre) {
+#if 1
+      qmoe_stage_store(pc_, nb, PRE_V, at);
+#endif
     } else {
-      qmoe_prefetch(pn, nnext);
+      uvec4 v[R][U];
+      qmoe_stage_load(pc_, nb, v);
+      qmoe_stage_store(pc_, nb, v, at);
     }
     qmoe_dot_chunk(at, xi + b0 * BE, nb * BE, acc);
     subgroupBarrier(); // the next chunk overwrites the slices
@@ -484,7 +484,7 @@ void main() {
   const uint nblk = cols / BE, row_bytes = nblk * BB;
   const uint woff = pc.o[0], xoff = pc.o[1] >> 2, yoff = pc.o[2] >> 2;
   const uint nsg = gl_NumSubgroups;
-  { // the first rows' first chunk asked for; q8: then x into shared records once per workgroup
+  { // q8: the first rows' first chunk asked for, then x into shared records once per workgroup (f32, f64: nothing)
     const uint r0 = (gl_WorkGroupID.x * nsg + gl_SubgroupID) * R;
     if (r0 < rows) qmoe_prefetch(uint[R](woff + r0 * row_bytes, woff + min(r0 + 1u, rows - 1u) * row_bytes), nblk);
     q8_round(xoff, cols);
@@ -492,9 +492,7 @@ void main() {
   for (uint r0 = (gl_WorkGroupID.x * nsg + gl_SubgroupID) * R; r0 < rows; r0 += gl_NumWorkGroups.x * nsg * R) {
     const uint r1 = min(r0 + 1u, rows - 1u);
     float acc[R] = float[R](float(0), float(0));
-    const uint n0 = r0 + gl_NumWorkGroups.x * nsg * R, n1 = min(n0 + 1u, rows - 1u); // the next pair
-    qmoe_row_dots(uint[R](woff + r0 * row_bytes, woff + r1 * row_bytes), xoff, nblk,
-                  uint[R](woff + n0 * row_bytes, woff + n1 * row_bytes), n0 < rows ? nblk : 0u, acc);
+    qmoe_row_dots(uint[R](woff + r0 * row_bytes, woff + r1 * row_bytes), xoff, nblk, acc);
     const float s0 = subgroupAdd(acc[0]), s1 = subgroupAdd(acc[1]);
     if (subgroupElect()) {
       Y[yoff + r0] = float(s0);

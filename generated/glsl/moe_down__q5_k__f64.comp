@@ -266,18 +266,22 @@ uint qmoe_chunk_blocks() {
   return nbc;
 }
 
-// A subgroup's next rows' first chunk, loaded into registers ahead: by qmoe_prefetch (q8: before q8_round, so
-// that its trip to memory overlaps the workgroup's reading and rounding of x), or by qmoe_row_dots while it
-// decodes the last chunk of the rows before; qmoe_row_dots stores it when it starts on those rows.
+#if 0
+// q8: a subgroup's first chunk of its first rows, loaded into registers by qmoe_prefetch before q8_round, so
+// that its trip to memory overlaps the workgroup's reading and rounding of x; qmoe_row_dots stores it when it
+// starts on those rows.
 uvec4 PRE_V[R][U];
 uint PRE_P[R];
 bool PRE_ON = false;
 void qmoe_prefetch(const uint p[R], uint nblocks) {
-  if (gl_SubgroupSize < QMOE_SG || nblocks == 0u) return;
+  if (gl_SubgroupSize < QMOE_SG) return;
   qmoe_stage_load(p, min(qmoe_chunk_blocks(), nblocks), PRE_V);
   PRE_P = p;
   PRE_ON = true;
 }
+#else
+void qmoe_prefetch(const uint p[R], uint nblocks) {} // f32 and f64: nothing to overlap
+#endif
 
 #if 0
 // acc += A·sv + B·sx for the run at IG of the block at B (sv = Σ V·x, sx = Σ x over the run): the affine form's
@@ -398,10 +402,8 @@ void qmoe_dot_chunk(const uint at[R], uint xi, uint ne, inout double acc[R]) {
 }
 
 // acc[r] += decode(row r) . x[XI ..] over NBLOCKS blocks of each row (row r at global byte offset P[r]);
-// per-lane partial sums. PN, NNEXT: the rows this subgroup takes next and their blocks (0: none), whose first
-// chunk is asked for while the last chunk here is decoded. Every lane of the subgroup calls it with the same
-// rows (subgroup barriers inside).
-void qmoe_row_dots(const uint p[R], uint xi, uint nblocks, const uint pn[R], uint nnext, inout double acc[R]) {
+// per-lane partial sums. Every lane of the subgroup calls it with the same rows (subgroup barriers inside).
+void qmoe_row_dots(const uint p[R], uint xi, uint nblocks, inout double acc[R]) {
 #if 0
   Q8_X0 = xi;
 #endif
@@ -410,29 +412,27 @@ void qmoe_row_dots(const uint p[R], uint xi, uint nblocks, const uint pn[R], uin
     return;
   }
   const uint nbc = qmoe_chunk_blocks();
-  // The next chunk is loaded into registers while this one is decoded from sw[]: its trip to memory overlaps
-  // the dot products, and shared memory holds one chunk per row, not two.
-  uvec4 v[R][U];
-  bool pre = PRE_ON;
-  for (uint r = 0u; r < R; r++) pre = pre && PRE_P[r] == p[r];
-  PRE_ON = false;
-  if (pre)
-    v = PRE_V;
-  else if (nblocks > 0u)
-    qmoe_stage_load(p, min(nbc, nblocks), v);
   for (uint b0 = 0u; b0 < nblocks; b0 += nbc) {
     const uint nb = min(nbc, nblocks - b0);
     uint at[R];
     uint pc_[R];
     for (uint r = 0u; r < R; r++) pc_[r] = p[r] + b0 * BB;
-    qmoe_stage_store(pc_, nb, v, at);
-    const uint b1 = b0 + nbc;
-    if (b1 < nblocks) {
-      uint pn_[R];
-      for (uint r = 0u; r < R; r++) pn_[r] = p[r] + b1 * BB;
-      qmoe_stage_load(pn_, min(nbc, nblocks - b1), v);
+    bool pre = false;
+#if 0
+    if (b0 == 0u && PRE_ON) {
+      pre = true;
+      for (uint r = 0u; r < R; r++) pre = pre && PRE_P[r] == p[r];
+      PRE_ON = false;
+    }
+#endif
+    if (pre) {
+#if 0
+      qmoe_stage_store(pc_, nb, PRE_V, at);
+#endif
     } else {
-      qmoe_prefetch(pn, nnext);
+      uvec4 v[R][U];
+      qmoe_stage_load(pc_, nb, v);
+      qmoe_stage_store(pc_, nb, v, at);
     }
     qmoe_dot_chunk(at, xi + b0 * BE, nb * BE, acc);
     subgroupBarrier(); // the next chunk overwrites the slices
@@ -453,8 +453,8 @@ void main() {
   const uint tid = gl_LocalInvocationIndex, nsg = gl_NumSubgroups;
   bool bad = false;
   for (uint k = 0u; k < K; k++) { int e = IDS[ioff + k]; bad = bad || e < 0 || uint(e) >= E; }
-  { // the first item's rows' first chunk asked for; q8: then every slot's h into shared records once per workgroup
-    const uint r0 = gl_WorkGroupID.x * R, k = gl_SubgroupID;
+  { // q8: the first item's rows' first chunk asked for, then every slot's h into shared records once per workgroup
+    const uint r0 = gl_WorkGroupID.x * R, k = gl_SubgroupID; // (f32, f64: nothing)
     if (!bad && r0 < H && k < min(MAXK, K)) {
       const uint base = woff + uint(IDS[ioff + k]) * H * row_bytes;
       qmoe_prefetch(uint[R](base + r0 * row_bytes, base + min(r0 + 1u, H - 1u) * row_bytes), nblk);
@@ -469,10 +469,7 @@ void main() {
       for (uint kk = gl_SubgroupID; kk < nk; kk += nsg) {
         const uint k = k0 + kk, base = woff + uint(IDS[ioff + k]) * H * row_bytes;
         double acc[R] = double[R](double(0), double(0));
-        const uint kn = k + nsg; // the next expert this subgroup takes
-        const uint bn = kk + nsg < nk ? woff + uint(IDS[ioff + kn]) * H * row_bytes : 0u;
-        qmoe_row_dots(uint[R](base + r0 * row_bytes, base + r1 * row_bytes), hoff + k * F, nblk,
-                      uint[R](bn + r0 * row_bytes, bn + r1 * row_bytes), kk + nsg < nk ? nblk : 0u, acc);
+        qmoe_row_dots(uint[R](base + r0 * row_bytes, base + r1 * row_bytes), hoff + k * F, nblk, acc);
         const double s0 = subgroupAdd(acc[0]), s1 = subgroupAdd(acc[1]);
         if (subgroupElect()) {
           part[kk * R] = s0;

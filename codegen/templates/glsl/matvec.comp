@@ -5,7 +5,7 @@ void main() {
   const uint nblk = cols / BE, row_bytes = nblk * BB;
   const uint woff = pc.o[0], xoff = pc.o[1] >> 2, yoff = pc.o[2] >> 2;
   const uint nsg = gl_NumSubgroups;
-  { // the first rows' first chunk asked for; q8: then x into shared records once per workgroup
+  { // q8: the first rows' first chunk asked for, then x into shared records once per workgroup (f32, f64: nothing)
     const uint r0 = (gl_WorkGroupID.x * nsg + gl_SubgroupID) * R;
     if (r0 < rows) qmoe_prefetch(uint[R](woff + r0 * row_bytes, woff + min(r0 + 1u, rows - 1u) * row_bytes), nblk);
     q8_round(xoff, cols);
@@ -13,9 +13,7 @@ void main() {
   for (uint r0 = (gl_WorkGroupID.x * nsg + gl_SubgroupID) * R; r0 < rows; r0 += gl_NumWorkGroups.x * nsg * R) {
     const uint r1 = min(r0 + 1u, rows - 1u);
     ${T} acc[R] = ${T}[R](${T}(0), ${T}(0));
-    const uint n0 = r0 + gl_NumWorkGroups.x * nsg * R, n1 = min(n0 + 1u, rows - 1u); // the next pair
-    qmoe_row_dots(uint[R](woff + r0 * row_bytes, woff + r1 * row_bytes), xoff, nblk,
-                  uint[R](woff + n0 * row_bytes, woff + n1 * row_bytes), n0 < rows ? nblk : 0u, acc);
+    qmoe_row_dots(uint[R](woff + r0 * row_bytes, woff + r1 * row_bytes), xoff, nblk, acc);
     const ${T} s0 = subgroupAdd(acc[0]), s1 = subgroupAdd(acc[1]);
     if (subgroupElect()) {
       Y[yoff + r0] = float(s0);

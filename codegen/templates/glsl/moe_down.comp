@@ -12,8 +12,8 @@ void main() {
   const uint tid = gl_LocalInvocationIndex, nsg = gl_NumSubgroups;
   bool bad = false;
   for (uint k = 0u; k < K; k++) { int e = IDS[ioff + k]; bad = bad || e < 0 || uint(e) >= E; }
-  { // the first item's rows' first chunk asked for; q8: then every slot's h into shared records once per workgroup
-    const uint r0 = gl_WorkGroupID.x * R, k = gl_SubgroupID;
+  { // q8: the first item's rows' first chunk asked for, then every slot's h into shared records once per workgroup
+    const uint r0 = gl_WorkGroupID.x * R, k = gl_SubgroupID; // (f32, f64: nothing)
     if (!bad && r0 < H && k < min(MAXK, K)) {
       const uint base = woff + uint(IDS[ioff + k]) * H * row_bytes;
       qmoe_prefetch(uint[R](base + r0 * row_bytes, base + min(r0 + 1u, H - 1u) * row_bytes), nblk);
@@ -28,10 +28,7 @@ void main() {
       for (uint kk = gl_SubgroupID; kk < nk; kk += nsg) {
         const uint k = k0 + kk, base = woff + uint(IDS[ioff + k]) * H * row_bytes;
         ${T} acc[R] = ${T}[R](${T}(0), ${T}(0));
-        const uint kn = k + nsg; // the next expert this subgroup takes
-        const uint bn = kk + nsg < nk ? woff + uint(IDS[ioff + kn]) * H * row_bytes : 0u;
-        qmoe_row_dots(uint[R](base + r0 * row_bytes, base + r1 * row_bytes), hoff + k * F, nblk,
-                      uint[R](bn + r0 * row_bytes, bn + r1 * row_bytes), kk + nsg < nk ? nblk : 0u, acc);
+        qmoe_row_dots(uint[R](base + r0 * row_bytes, base + r1 * row_bytes), hoff + k * F, nblk, acc);
         const ${T} s0 = subgroupAdd(acc[0]), s1 = subgroupAdd(acc[1]);
         if (subgroupElect()) {
           part[kk * R] = s0;

@@ -9,7 +9,7 @@ void main() {
   const int eid = IDS[(pc.o[3] >> 2) + k];
   const bool bad = eid < 0 || uint(eid) >= E; // uniform over the workgroup
   const uint nsg = gl_NumSubgroups;
-  { // the first rows' first chunk asked for; q8: then x into shared records once per workgroup
+  { // q8: the first rows' first chunk asked for, then x into shared records once per workgroup (f32, f64: nothing)
     const uint f = gl_WorkGroupID.x * nsg + gl_SubgroupID, at = (uint(eid) * F + f) * row_bytes;
     if (!bad && f < F) qmoe_prefetch(uint[R](goff + at, uoff + at), nblk);
     q8_round(xoff, H);
@@ -21,8 +21,7 @@ void main() {
     }
     const uint at = (uint(eid) * F + f) * row_bytes;
     ${T} acc[R] = ${T}[R](${T}(0), ${T}(0));
-    const uint fn = f + gl_NumWorkGroups.x * nsg, atn = (uint(eid) * F + fn) * row_bytes; // the next rows
-    qmoe_row_dots(uint[R](goff + at, uoff + at), xoff, nblk, uint[R](goff + atn, uoff + atn), fn < F ? nblk : 0u, acc);
+    qmoe_row_dots(uint[R](goff + at, uoff + at), xoff, nblk, acc);
     const ${T} g = subgroupAdd(acc[0]), u = subgroupAdd(acc[1]);
     if (subgroupElect()) {
       const ${T} silu = g / (${T}(1) + ${EXP}(-g));
