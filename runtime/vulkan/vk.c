@@ -48,6 +48,7 @@ typedef struct {
   VkPipeline pipe;
   int64_t nb;
   vk_desc d[QMOE_VK_MAX_BINDINGS];
+  uint32_t grid[4]; /* QMOE_VK_GRAPH_DIRECT: the recorded workgroup counts; else zero */
 } vk_shape;
 
 /* A dispatch kept by an open graph: its bindings (looked up at graph_end) and its params slot. */
@@ -81,6 +82,9 @@ struct qmoe_vk {
   uint32_t queue_family;
 
   int staging_mode;           /* device memory is not host-visible: copies go through a staging buffer */
+  /* graph recording hooks for timing (docs/vulkan.md): dispatches with their counts recorded (re-recorded when
+   * they change), barriers between dispatches over the compute stage only, or (with QMOE_VK_EMPTY) none */
+  int g_direct, g_compute_barrier, g_no_barrier;
   uint32_t dev_type, host_type; /* memory types: device buffers, staging buffer */
   qmoe_vk_buf staging;
 
@@ -797,6 +801,9 @@ static int create_objects(qmoe_vk *vk) {
   vk->staging_mode = vk->props.deviceType == VK_PHYSICAL_DEVICE_TYPE_DISCRETE_GPU;
   if (env_is("QMOE_VK_STAGING", "1")) vk->staging_mode = 1;
   if (env_is("QMOE_VK_STAGING", "0")) vk->staging_mode = 0;
+  vk->g_direct = env_is("QMOE_VK_GRAPH_DIRECT", "1");
+  vk->g_compute_barrier = env_is("QMOE_VK_GRAPH_BARRIER", "compute");
+  vk->g_no_barrier = env_is("QMOE_VK_GRAPH_BARRIER", "none");
 
   /* Set 0, all push descriptors: the call's buffers at 0..QMOE_VK_MAX_BINDINGS-1, then the params table.
    * The one push constant is the dispatch's slot in that table (Vulkan guarantees 128 bytes of push
@@ -1116,6 +1123,14 @@ static int stream_begin(qmoe_vk *vk) {
 static void barrier(qmoe_vk *vk, vk_rec *rec, int force) {
   rec->nread = rec->nwritten = 0;
   if (!rec->ncmds && !force) return;
+  if (rec == &vk->graph && !force && (vk->g_no_barrier || vk->g_compute_barrier)) {
+    if (vk->g_no_barrier) return; /* timing only: wrong results unless the stages are empty */
+    VkMemoryBarrier cb = {.sType = VK_STRUCTURE_TYPE_MEMORY_BARRIER, .srcAccessMask = VK_ACCESS_SHADER_WRITE_BIT,
+                          .dstAccessMask = VK_ACCESS_SHADER_READ_BIT | VK_ACCESS_SHADER_WRITE_BIT};
+    vk->f.vkCmdPipelineBarrier(rec->cmd, VK_PIPELINE_STAGE_COMPUTE_SHADER_BIT, VK_PIPELINE_STAGE_COMPUTE_SHADER_BIT, 0,
+                               1, &cb, 0, NULL, 0, NULL);
+    return;
+  }
   VkMemoryBarrier mb = {.sType = VK_STRUCTURE_TYPE_MEMORY_BARRIER,
                         .srcAccessMask = VK_ACCESS_SHADER_WRITE_BIT | VK_ACCESS_TRANSFER_WRITE_BIT,
                         .dstAccessMask = VK_ACCESS_SHADER_READ_BIT | VK_ACCESS_SHADER_WRITE_BIT |
@@ -1476,7 +1491,8 @@ static int record_graph(qmoe_vk *vk, int n) {
   if (r != VK_SUCCESS) return vk_fail(r, "vkBeginCommandBuffer (graph)");
   vk->graph.ncmds = 0;
   barrier(vk, &vk->graph, 1); /* after the stream submitted ahead of it, whatever that wrote */
-  for (int i = 0; i < n; i++) record(vk, &vk->graph, &vk->fresh[i], &vk->gtab, (uint32_t)i, NULL);
+  for (int i = 0; i < n; i++)
+    record(vk, &vk->graph, &vk->fresh[i], &vk->gtab, (uint32_t)i, vk->g_direct ? vk->fresh[i].grid : NULL);
   host_barrier(vk, vk->graph.cmd);
   r = vk->f.vkEndCommandBuffer(vk->graph.cmd);
   if (r != VK_SUCCESS) return vk_fail(r, "vkEndCommandBuffer (graph)");
@@ -1511,7 +1527,10 @@ int qmoe_vk_graph_end(qmoe_vk *vk, int submit_it) {
     }
     vk->capshape = n;
   }
-  for (int i = 0; i < n; i++) resolve(vk, vk->gcalls[i].pipe, vk->gcalls[i].b, vk->gcalls[i].nb, &vk->fresh[i]);
+  for (int i = 0; i < n; i++) {
+    resolve(vk, vk->gcalls[i].pipe, vk->gcalls[i].b, vk->gcalls[i].nb, &vk->fresh[i]);
+    if (vk->g_direct) memcpy(vk->fresh[i].grid, &vk->gcalls[i].slot[QMOE_VK_PUSH_BYTES / 4], 3 * sizeof(uint32_t));
+  }
   const int same = vk->nkept == n && memcmp(vk->kept, vk->fresh, (size_t)n * sizeof *vk->fresh) == 0;
   int rc = wait_in_flight(vk); /* the command buffer and table may be in use */
   if (rc) return rc;
