@@ -258,22 +258,45 @@ end
 
 
 
--- router_topk: pass "logits" (a workgroup per expert row, 16-byte loads), pass "select" (one workgroup: softmax,
--- top K by parallel ranking, weights).
-local function emit_router(v, pass)
+-- Two passes in one dispatch (router_topk, attention): every workgroup runs FIRST; the last workgroup of its group
+-- to finish (a counter in the backend's counters buffer, binding CNT_BINDING, COUNTER its index: the call leaves
+-- it 0 again) then runs SECOND, which reads what all of them wrote. One dispatch and one barrier fewer per call:
+-- on NVIDIA's driver each dispatch and each barrier between dependent dispatches costs about 2 us of a decode
+-- step (docs/vulkan.md). The buffers both passes share are declared coherent by the caller; the first pass's
+-- writes are made visible by memoryBarrierBuffer before the counter's atomicAdd, and read after it.
+local function last_group(first, second, cnt_binding, counter, ngroups)
+  return table.concat({
+    fmt("layout(std430, binding = %d) coherent buffer BCnt { uint CNT[]; };", cnt_binding),
+    "#undef main", "#define main qmoe_first", first, "#undef main", "#define main qmoe_second", second,
+    "#undef main", "#define main qmoe_main",
+    "shared uint qmoe_last;",
+    "void main() {",
+    "  qmoe_first();",
+    "  memoryBarrierBuffer();",
+    "  barrier();",
+    fmt("  const uint c = (pc.o[%d] >> 2) + %s;", cnt_binding, counter),
+    fmt("  if (gl_LocalInvocationIndex == 0u) qmoe_last = atomicAdd(CNT[c], 1u) == %s - 1u ? 1u : 0u;", ngroups),
+    "  barrier();",
+    "  if (qmoe_last == 0u) return; // uniform: shared",
+    "  memoryBarrierBuffer();",
+    "  if (gl_LocalInvocationIndex == 0u) atomicExchange(CNT[c], 0u); // for the next call",
+    "  qmoe_second();",
+    "}" }, "\n")
+end
+
+-- router_topk, one dispatch: "logits" (a workgroup per expert row, 16-byte loads), then in the last workgroup to
+-- finish "select" (softmax, top K by parallel ranking, weights). Bindings: Wr, x, ids, w, scratch (logits),
+-- counters.
+local function emit_router(v)
   local T, WG, ab = acc_type(v.acc), 128, acc_bytes(v.acc)
   local vars = svars(v, WG)
   vars.TV = v.acc == "f64" and "dvec4" or "vec4"
-  local passes = { { shader = v.name .. ".logits", wg = WG, shared = WG * ab },
-                   { shader = v.name .. ".select", wg = WG, shared = 2 * WG * ab } }
-  if pass == "logits" then
-    return table.concat({ header(v, "logits", WG), buf(0, "readonly ", "float", "Wr"),
-                          buf(0, "readonly ", "vec4", "Wr4"), xbufs(1), buf(4, "", T, "LG"), reducers(T, WG),
-                          template.render("glsl/router_topk.logits.comp", vars) }, "\n"), passes, {}
-  end
-  return table.concat({ header(v, "select", WG), buf(2, "", "int", "IDS"), buf(3, "", "float", "WOUT"),
-                        buf(4, "readonly ", T, "LG"), v.acc == "f64" and template.load("glsl/_f64_exp.glsl") or "", reducers(T, WG),
-                        template.render("glsl/router_topk.select.comp", vars) }, "\n"), passes, {}
+  return table.concat({ header(v, nil, WG), buf(0, "readonly ", "float", "Wr"), buf(0, "readonly ", "vec4", "Wr4"),
+                        xbufs(1), buf(2, "", "int", "IDS"), buf(3, "", "float", "WOUT"), buf(4, "coherent ", T, "LG"),
+                        v.acc == "f64" and template.load("glsl/_f64_exp.glsl") or "", reducers(T, WG),
+                        last_group(template.render("glsl/router_topk.logits.comp", vars),
+                                   template.render("glsl/router_topk.select.comp", vars), 5, "0u", "gl_NumWorkGroups.x") },
+                      "\n"), { { shader = v.name, wg = WG, shared = 3 * WG * ab + 4 } }, {}
 end
 
 
@@ -341,21 +364,20 @@ end
 -- cache allows (splits of at least ATT_MINPOS positions), at most ATT_MAXPOS positions per split (the part's
 -- shared score array).
 local ATT_WGS, ATT_MINPOS, ATT_MAXPOS = 256, 16, 256
-local function emit_attention(v, pass)
+local function emit_attention(v)
   local T, WG, ab = acc_type(v.acc), 128, acc_bytes(v.acc)
   local f64 = v.acc == "f64" and template.load("glsl/_f64_exp.glsl") or ""
   local vars = svars(v, WG)
   vars.TV, vars.MAXPOS = v.acc == "f64" and "dvec4" or "vec4", ATT_MAXPOS
-  local passes = { { shader = v.name .. ".part", wg = WG, shared = (WG + ATT_MAXPOS + 4 * WG) * ab },
-                   { shader = v.name .. ".combine", wg = WG, shared = 2 * WG * ab } }
-  if pass == "part" then
-    return table.concat({ header(v, "part", WG), buf(0, "readonly ", "float", "Q"), buf(0, "readonly ", "vec4", "Q4"),
-                          buf(1, "readonly ", "float", "Kc"), buf(1, "readonly ", "vec4", "Kc4"),
-                          buf(2, "readonly ", "float", "Vc"), buf(2, "readonly ", "vec4", "Vc4"), buf(4, "", T, "S"), f64,
-                          reducers(T, WG), template.render("glsl/attention.part.comp", vars) }, "\n"), passes, {}
-  end
-  return table.concat({ header(v, "combine", WG), buf(3, "", "float", "O"), buf(4, "readonly ", T, "S"), f64,
-                        reducers(T, WG), template.render("glsl/attention.combine.comp", vars) }, "\n"), passes, {}
+  -- one dispatch: "part" per (query head, split), then in the last split of each head to finish "combine"
+  return table.concat({ header(v, nil, WG), buf(0, "readonly ", "float", "Q"), buf(0, "readonly ", "vec4", "Q4"),
+                        buf(1, "readonly ", "float", "Kc"), buf(1, "readonly ", "vec4", "Kc4"),
+                        buf(2, "readonly ", "float", "Vc"), buf(2, "readonly ", "vec4", "Vc4"), buf(3, "", "float", "O"),
+                        buf(4, "coherent ", T, "S"), f64, reducers(T, WG),
+                        last_group(template.render("glsl/attention.part.comp", vars),
+                                   template.render("glsl/attention.combine.comp", vars), 5, "gl_WorkGroupID.x",
+                                   "gl_NumWorkGroups.y") }, "\n"),
+         { { shader = v.name, wg = WG, shared = (WG + ATT_MAXPOS + 4 * WG) * ab + 2 * WG * ab + 4 } }, {}
 end
 
 -- Stage name -> { passes = {names} or nil, emit(v, pass) -> text, pass list, geometry }.
@@ -373,20 +395,21 @@ local STAGES = {
                          groups = { { "qmoe_cap0(qmoe_cdiv(F, ROWS))", "K", "1" } } },
   moe_down = { emit = emit_down, groups = { { "qmoe_cap0(qmoe_cdiv(H, ROWS))", "1", "1" } } },
   -- logits into scratch, then one workgroup selects
-  router_topk = { passes = { "logits", "select" }, emit = emit_router, scratch = "E * ACC_BYTES",
-                  groups = { { "qmoe_cap0(E)", "1", "1" }, { "1", "1", "1" } } },
+  router_topk = { emit = emit_router, scratch = "E * ACC_BYTES", counters = "1",
+                  groups = { { "qmoe_cap0(E)", "1", "1" } } },
   rmsnorm = { emit = function(v) return emit_norm(v, false) end, groups = { { "1", "1", "1" } } },
   qk_norm = { emit = function(v) return emit_norm(v, true) end, limits = { { "nh", "DEVG0" } }, -- a workgroup per head
               groups = { { "nh", "1", "1" } } },
   rope_neox = { emit = emit_rope, groups = { { "qmoe_cap0(qmoe_cdiv(nh * (D / 2), WG))", "1", "1" } } },
   kv_store = { emit = emit_kv_store, groups = { { "qmoe_cap0(qmoe_cdiv(nkv * D, WG))", "1", "1" } } },
-  -- (query head, split of at most ATT_MAXPOS positions) into scratch, then one combine per head
-  attention = { passes = { "part", "combine" }, emit = emit_attention,
+  -- (query head, split of at most ATT_MAXPOS positions) into scratch, then the combine of each head by its last
+  -- split to finish
+  attention = { emit = emit_attention,
                 let = { { "ns", fmt("qmoe_min(qmoe_cdiv(n_kv, %d), qmoe_max(qmoe_cdiv(%d, nh), qmoe_cdiv(n_kv, %d)))",
                                     ATT_MINPOS, ATT_WGS, ATT_MAXPOS) } },
                 limits = { { "nh", "DEVG0" }, { "ns", "DEVG1" } },
-                scratch = "nh * ns * (D + 2) * ACC_BYTES", x = { "ns" },
-                groups = { { "nh", "ns", "1" }, { "nh", "1", "1" } } },
+                scratch = "nh * ns * (D + 2) * ACC_BYTES", x = { "ns" }, counters = "nh",
+                groups = { { "nh", "ns", "1" } } },
   add = { emit = emit_add, groups = { { "qmoe_cap0(qmoe_cdiv(n, WG))", "1", "1" } } },
   -- chunks of 16 workgroups' worth (more when that needs too many workgroups) reduced to (value, index)
   -- pairs, then one workgroup
@@ -610,6 +633,7 @@ local function emit_table(ctx, vs)
       for d = 1, 3 do L[#L + 1] = fmt("  l->groups[%d][%d] = %s;", pi - 1, d - 1, cexpr(g[d])) end
     end
     L[#L + 1] = fmt("  l->scratch = %s;", s.scratch and fmt("(size_t)(%s)", cexpr(s.scratch)) or "0")
+    L[#L + 1] = fmt("  l->counters = %s;", s.counters and cexpr(s.counters) or "0")
     for xi, x in ipairs(s.x or {}) do L[#L + 1] = fmt("  l->x[%d] = %s;", xi - 1, cexpr(x)) end
     L[#L + 1] = "#undef qmoe_cap0"
     L[#L + 1] = "  return 0;"

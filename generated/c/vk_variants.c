@@ -116,8 +116,8 @@ const qmoe_vk_variant qmoe_vk_variants[] = {
     {"moe_down__iq4_nl__q8", "moe_down/iq4_nl/q8", QMOE_STAGE_MOE_DOWN, 20, QMOE_ACC_Q8, 1, {{"moe_down__iq4_nl__q8", 128, 21312}}, 2},
     {"moe_down__bf16__f32", "moe_down/bf16/f32", QMOE_STAGE_MOE_DOWN, 30, QMOE_ACC_F32, 1, {{"moe_down__bf16__f32", 128, 13632}}, 2},
     {"moe_down__bf16__f64", "moe_down/bf16/f64", QMOE_STAGE_MOE_DOWN, 30, QMOE_ACC_F64, 1, {{"moe_down__bf16__f64", 128, 13888}}, 2},
-    {"router_topk__f32", "router_topk/f32", QMOE_STAGE_ROUTER_TOPK, -1, QMOE_ACC_F32, 2, {{"router_topk__f32.logits", 128, 512}, {"router_topk__f32.select", 128, 1024}}, 0},
-    {"router_topk__f64", "router_topk/f64", QMOE_STAGE_ROUTER_TOPK, -1, QMOE_ACC_F64, 2, {{"router_topk__f64.logits", 128, 1024}, {"router_topk__f64.select", 128, 2048}}, 0},
+    {"router_topk__f32", "router_topk/f32", QMOE_STAGE_ROUTER_TOPK, -1, QMOE_ACC_F32, 1, {{"router_topk__f32", 128, 1540}}, 0},
+    {"router_topk__f64", "router_topk/f64", QMOE_STAGE_ROUTER_TOPK, -1, QMOE_ACC_F64, 1, {{"router_topk__f64", 128, 3076}}, 0},
     {"rmsnorm__f32", "rmsnorm/f32", QMOE_STAGE_RMSNORM, -1, QMOE_ACC_F32, 1, {{"rmsnorm__f32", 256, 1024}}, 0},
     {"rmsnorm__f64", "rmsnorm/f64", QMOE_STAGE_RMSNORM, -1, QMOE_ACC_F64, 1, {{"rmsnorm__f64", 256, 2048}}, 0},
     {"qk_norm__f32", "qk_norm/f32", QMOE_STAGE_QK_NORM, -1, QMOE_ACC_F32, 1, {{"qk_norm__f32", 128, 512}}, 0},
@@ -125,8 +125,8 @@ const qmoe_vk_variant qmoe_vk_variants[] = {
     {"rope_neox__f32", "rope_neox/f32", QMOE_STAGE_ROPE_NEOX, -1, QMOE_ACC_F32, 1, {{"rope_neox__f32", 256, 0}}, 0},
     {"rope_neox__f64", "rope_neox/f64", QMOE_STAGE_ROPE_NEOX, -1, QMOE_ACC_F64, 1, {{"rope_neox__f64", 256, 0}}, 0},
     {"kv_store", "kv_store", QMOE_STAGE_KV_STORE, -1, -1, 1, {{"kv_store", 256, 0}}, 0},
-    {"attention__f32", "attention/f32", QMOE_STAGE_ATTENTION, -1, QMOE_ACC_F32, 2, {{"attention__f32.part", 128, 3584}, {"attention__f32.combine", 128, 1024}}, 0},
-    {"attention__f64", "attention/f64", QMOE_STAGE_ATTENTION, -1, QMOE_ACC_F64, 2, {{"attention__f64.part", 128, 7168}, {"attention__f64.combine", 128, 2048}}, 0},
+    {"attention__f32", "attention/f32", QMOE_STAGE_ATTENTION, -1, QMOE_ACC_F32, 1, {{"attention__f32", 128, 4612}}, 0},
+    {"attention__f64", "attention/f64", QMOE_STAGE_ATTENTION, -1, QMOE_ACC_F64, 1, {{"attention__f64", 128, 9220}}, 0},
     {"add", "add", QMOE_STAGE_ADD, -1, -1, 1, {{"add", 256, 0}}, 0},
     {"argmax", "argmax", QMOE_STAGE_ARGMAX, -1, -1, 2, {{"argmax.part", 256, 2048}, {"argmax.final", 256, 2048}}, 0},
     {"embed_rows__f32__f32", "embed_rows/f32/f32", QMOE_STAGE_EMBED_ROWS, 0, QMOE_ACC_F32, 1, {{"embed_rows__f32__f32", 64, 0}}, 0},
@@ -177,6 +177,7 @@ static int launch_matvec(const qmoe_vk_launch_env *e, const int64_t *p, qmoe_vk_
   l->groups[0][1] = 1;
   l->groups[0][2] = 1;
   l->scratch = 0;
+  l->counters = 0;
 #undef qmoe_cap0
   return 0;
 }
@@ -197,6 +198,7 @@ static int launch_moe_gate_up_swiglu(const qmoe_vk_launch_env *e, const int64_t 
   l->groups[0][1] = K;
   l->groups[0][2] = 1;
   l->scratch = 0;
+  l->counters = 0;
 #undef qmoe_cap0
   return 0;
 }
@@ -213,6 +215,7 @@ static int launch_moe_down(const qmoe_vk_launch_env *e, const int64_t *p, qmoe_v
   l->groups[0][1] = 1;
   l->groups[0][2] = 1;
   l->scratch = 0;
+  l->counters = 0;
 #undef qmoe_cap0
   return 0;
 }
@@ -223,14 +226,12 @@ static int launch_router_topk(const qmoe_vk_launch_env *e, const int64_t *p, qmo
   const int64_t K = p[2];
   (void)H, (void)E, (void)K;
 #define qmoe_cap0(x) ((x) < 1 ? 1 : (x) > e->maxg[0] ? e->maxg[0] : (x))
-  l->npass = 2;
+  l->npass = 1;
   l->groups[0][0] = qmoe_cap0(E);
   l->groups[0][1] = 1;
   l->groups[0][2] = 1;
-  l->groups[1][0] = 1;
-  l->groups[1][1] = 1;
-  l->groups[1][2] = 1;
   l->scratch = (size_t)(E * e->acc_bytes);
+  l->counters = 1;
 #undef qmoe_cap0
   return 0;
 }
@@ -244,6 +245,7 @@ static int launch_rmsnorm(const qmoe_vk_launch_env *e, const int64_t *p, qmoe_vk
   l->groups[0][1] = 1;
   l->groups[0][2] = 1;
   l->scratch = 0;
+  l->counters = 0;
 #undef qmoe_cap0
   return 0;
 }
@@ -262,6 +264,7 @@ static int launch_qk_norm(const qmoe_vk_launch_env *e, const int64_t *p, qmoe_vk
   l->groups[0][1] = 1;
   l->groups[0][2] = 1;
   l->scratch = 0;
+  l->counters = 0;
 #undef qmoe_cap0
   return 0;
 }
@@ -277,6 +280,7 @@ static int launch_rope_neox(const qmoe_vk_launch_env *e, const int64_t *p, qmoe_
   l->groups[0][1] = 1;
   l->groups[0][2] = 1;
   l->scratch = 0;
+  l->counters = 0;
 #undef qmoe_cap0
   return 0;
 }
@@ -293,6 +297,7 @@ static int launch_kv_store(const qmoe_vk_launch_env *e, const int64_t *p, qmoe_v
   l->groups[0][1] = 1;
   l->groups[0][2] = 1;
   l->scratch = 0;
+  l->counters = 0;
 #undef qmoe_cap0
   return 0;
 }
@@ -314,14 +319,12 @@ static int launch_attention(const qmoe_vk_launch_env *e, const int64_t *p, qmoe_
     qmoe_set_error("vulkan: stage attention: ns = %lld exceeds the device's limit of %lld workgroups (maxComputeWorkGroupCount 1)", (long long)(ns), (long long)(e->devg[1]));
     return QMOE_EUNSUPPORTED;
   }
-  l->npass = 2;
+  l->npass = 1;
   l->groups[0][0] = nh;
   l->groups[0][1] = ns;
   l->groups[0][2] = 1;
-  l->groups[1][0] = nh;
-  l->groups[1][1] = 1;
-  l->groups[1][2] = 1;
   l->scratch = (size_t)(nh * ns * (D + 2) * e->acc_bytes);
+  l->counters = nh;
   l->x[0] = ns;
 #undef qmoe_cap0
   return 0;
@@ -336,6 +339,7 @@ static int launch_add(const qmoe_vk_launch_env *e, const int64_t *p, qmoe_vk_lau
   l->groups[0][1] = 1;
   l->groups[0][2] = 1;
   l->scratch = 0;
+  l->counters = 0;
 #undef qmoe_cap0
   return 0;
 }
@@ -354,6 +358,7 @@ static int launch_argmax(const qmoe_vk_launch_env *e, const int64_t *p, qmoe_vk_
   l->groups[1][1] = 1;
   l->groups[1][2] = 1;
   l->scratch = (size_t)(ng * 8);
+  l->counters = 0;
   l->x[0] = chunk;
   l->x[1] = ng;
 #undef qmoe_cap0
@@ -370,6 +375,7 @@ static int launch_embed_rows(const qmoe_vk_launch_env *e, const int64_t *p, qmoe
   l->groups[0][1] = 1;
   l->groups[0][2] = 1;
   l->scratch = 0;
+  l->counters = 0;
 #undef qmoe_cap0
   return 0;
 }
@@ -389,6 +395,7 @@ static int launch_qk_norm_rope(const qmoe_vk_launch_env *e, const int64_t *p, qm
   l->groups[0][1] = 1;
   l->groups[0][2] = 1;
   l->scratch = 0;
+  l->counters = 0;
 #undef qmoe_cap0
   return 0;
 }
@@ -402,6 +409,7 @@ static int launch_add_rmsnorm(const qmoe_vk_launch_env *e, const int64_t *p, qmo
   l->groups[0][1] = 1;
   l->groups[0][2] = 1;
   l->scratch = 0;
+  l->counters = 0;
 #undef qmoe_cap0
   return 0;
 }

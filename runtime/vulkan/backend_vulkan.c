@@ -20,6 +20,7 @@ typedef struct {
   qmoe_vk *vk;
   qmoe_buffer *live;
   qmoe_vk_buf scratch;  /* router logits, attention partial results, argmax partial results */
+  qmoe_vk_buf counters; /* COUNTERS u32, zero between calls: the last-workgroup passes' (codegen/gen_glsl.lua) */
   uint32_t max_groups;  /* QMOE_VK_MAX_GROUPS (tests): fewer workgroups, so the kernels' strided loops run */
 } vk_backend;
 
@@ -94,6 +95,9 @@ static int ensure_scratch(vk_backend *vb, size_t bytes) {
   qmoe_vk_buf_destroy(vb->vk, &old); /* waits for work that uses it; a kept graph that does is recorded anew */
   return 0;
 }
+
+/* The counters buffer: created zero with the backend, and every call that uses counters leaves them zero. */
+enum { COUNTERS = 1024 };
 
 /* ---- variant lookup ---- */
 
@@ -218,6 +222,12 @@ static int vkb_run(qmoe_backend *be, const qmoe_stage_call *c) {
     if ((rc = ensure_scratch(vb, L.scratch))) return rc;
     bind[nb++] = (qmoe_vk_binding){.buf = &vb->scratch, .off = 0, .writes = 1};
   }
+  if (L.counters > COUNTERS) {
+    qmoe_set_error("vulkan: stage %s needs %lld counters, the backend has %d", si->name, (long long)L.counters,
+                   (int)COUNTERS);
+    return QMOE_EUNSUPPORTED;
+  }
+  if (L.counters > 0) bind[nb++] = (qmoe_vk_binding){.buf = &vb->counters, .off = 0, .writes = 1};
   for (int i = 0; i < 4; i++) pc.x[i] = (uint32_t)L.x[i];
   for (int i = 0; i < L.npass; i++) {
     for (int d = 0; d < 3; d++) {
@@ -261,6 +271,7 @@ static void vkb_close(qmoe_backend *be) {
     if (vb->vk) {
       while (vb->live) vkb_free_buf(be, vb->live);
       qmoe_vk_buf_destroy(vb->vk, &vb->scratch);
+      qmoe_vk_buf_destroy(vb->vk, &vb->counters);
       qmoe_vk_close(vb->vk);
     }
     free(vb);
@@ -282,6 +293,15 @@ int qmoe_backend_vulkan_open(qmoe_backend **out) {
   }
   int rc = qmoe_vk_open(&vb->vk);
   if (rc) {
+    free(be);
+    free(vb);
+    return rc;
+  }
+  static const uint32_t zero[COUNTERS];
+  if ((rc = qmoe_vk_buf_create(vb->vk, sizeof zero, &vb->counters)) ||
+      (rc = qmoe_vk_buf_write(vb->vk, &vb->counters, 0, zero, sizeof zero))) {
+    qmoe_vk_buf_destroy(vb->vk, &vb->counters);
+    qmoe_vk_close(vb->vk);
     free(be);
     free(vb);
     return rc;

@@ -217,6 +217,7 @@ typedef struct {
   int npass;
   int64_t groups[QMOE_VK_MAX_PASSES][3];
   size_t scratch;
+  int64_t counters; /* counters the call uses (last-workgroup passes, codegen/gen_glsl.lua), bound after scratch */
   int64_t x[4];
 } qmoe_vk_launch;
 typedef int (*qmoe_vk_launch_fn)(const qmoe_vk_launch_env *e, const int64_t *p, qmoe_vk_launch *l);

@@ -60,7 +60,7 @@ for f in generated/glsl/*.comp; do
   cmp -s "$TMP/1.comp" "$f" || { ok=0; why="$f differs from what codegen/gen_glsl.lua writes (run ninja)"; break; }
   rm -f "$TMP/1.comp"
 done
-for s in matvec__q4_k__f64 router_topk__f32.select attention__f64.part; do
+for s in matvec__q4_k__f64 router_topk__f32 attention__f64 argmax.final; do
   "$LUA" codegen/gen_glsl.lua --shader "$s" --out "$TMP/1.comp" && "$LUA" codegen/gen_glsl.lua --shader "$s" --out "$TMP/2.comp" &&
     cmp -s "$TMP/1.comp" "$TMP/2.comp" || { ok=0; why="$s: two runs differ"; break; }
 done
