@@ -8,7 +8,7 @@ T=$(mktemp -d)
 mkdir -p "$T/$N/tests" .dev
 cp build/qmoe "$T/$N/"
 for t in test_parity_cuda test_parity_vulkan test_model test_cuda_graph test_cuda_backend test_router_nan test_vk_perf \
-         test_vk_runtime test_embed_rows test_qk_norm_rope test_add_rmsnorm; do
+         test_vk_runtime test_vk_graph test_embed_rows test_qk_norm_rope test_add_rmsnorm; do
   [ -x "build/tests/$t" ] && cp "build/tests/$t" "$T/$N/tests/"
 done
 tar -C "$T" -cJf ".dev/$N.tar.xz" "$N"
