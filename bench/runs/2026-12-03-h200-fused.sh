@@ -23,8 +23,8 @@ run vk-f32-stages-fused timeout 120 $B/qmoe bench -m $M $V --stages
 for i in 1 2; do for x in cur fused; do run vk-f32-$x-$i timeout 60 .dev/$x/qmoe bench -m $M $V; done; done
 for x in cur fused; do run vk-q8-$x timeout 60 .dev/$x/qmoe bench -m $M $V --acc q8; done
 for x in cur fused; do run vk-f32-empty-$x QMOE_VK_EMPTY=all timeout 60 .dev/$x/qmoe bench -m $M $V; done
-run vk-f32-ctx4k-fused timeout 60 $B/qmoe bench -m $M --backend vulkan -p 8 -n 32 --repeats 3 --json --copy-mib 64 --depth 4096
-run vk-f32-ctx4k-cur timeout 60 $A/qmoe bench -m $M --backend vulkan -p 8 -n 32 --repeats 3 --json --copy-mib 64 --depth 4096
+run vk-f32-ctx4k-fused timeout 60 $B/qmoe bench -m $M --backend vulkan -p 8 -n 32 --repeats 3 --json --copy-mib 64 --depth 4096 --ctx 4160
+run vk-f32-ctx4k-cur timeout 60 $A/qmoe bench -m $M --backend vulkan -p 8 -n 32 --repeats 3 --json --copy-mib 64 --depth 4096 --ctx 4160
 run cuda-f32 timeout 60 $B/qmoe bench -m $M --backend cuda -p 64 -n 64 --repeats 3 --json
 run cuda-q8 timeout 60 $B/qmoe bench -m $M --backend cuda -p 64 -n 64 --repeats 3 --json --acc q8
 t1 vk_graph-fused $B/tests/test_vk_graph QMOE_VK_DEVICE=NVIDIA QMOE_TEST_REQUIRE_BACKEND=1
