@@ -1,5 +1,6 @@
 #!/bin/bash
-# NOT RUN YET: written 2026-12-03, when this session had no device time left for it. The first check for the next
+# Not run as such: its check (parity of 444ba20 on NVIDIA, and its decode) ran as the base build of
+# bench/runs/2026-12-03-h200-dbuf.sh. Written 2026-12-03, when that session had no device time left. The first check for the next
 # session: the default build (LB 32 and the capped q8 records together) was measured only as parts (vklb, vklb16).
 # The session's final Vulkan kernels (packed as .dev/gpu.tar.xz by bench/pack-gpu.sh): test_parity_vulkan on
 # NVIDIA's driver, then Vulkan decode on the qwen3-30b-a3b preset, f32 and q8, with --stages and without, and f64.
