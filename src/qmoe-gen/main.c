@@ -28,7 +28,7 @@ static const char *const USAGE =
     "  --target spirv  the SPIR-V module libqmoe embeds (binary: needs -o FILE or a pipe); with --compile,\n"
     "                  compiled now from the GLSL by libshaderc (Vulkan 1.2, optimized, like the build's glslc)\n"
     "  --target c      the qtype's generated C codec (generated/c/quant_<qtype>.c)\n"
-    "  --pass NAME     one shader of a multi-pass Vulkan variant (e.g. router_topk: logits, select)\n"
+    "  --pass NAME     one shader of a multi-pass Vulkan variant (e.g. argmax: part, final)\n"
     "  --list          every variant: stage, qtype, accumulator and the targets that exist\n"
     "Names: qtypes as in the contracts or GGUF (q6_k, q6k, Q6_K); accumulators f32/fp32, f64/fp64, q8\n"
     "(8-bit activations: matvec, moe_gate_up_swiglu and moe_down of integer block formats; docs/q8.md).\n"
