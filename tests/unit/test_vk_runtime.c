@@ -641,6 +641,13 @@ static void test_strided_grids(void) {
     pair_compare(&p, 2, 0, (size_t)H, 1e-5, "moe_down over 2 workgroups");
     p.vk->free_buf(p.vk, vw);
     p.cpu->free_buf(p.cpu, cw);
+    /* the router's logits over 2 workgroups, and select in the last of them to finish (one dispatch) */
+    c = call(QMOE_STAGE_ROUTER_TOPK, -1, QMOE_ACC_F32);
+    c.p[0] = H, c.p[1] = 40, c.p[2] = K; /* Wr: the first 40 x H floats of slot 2 */
+    c.buf[0] = SLOT(2), c.buf[1] = SLOT(1), c.buf[2] = SLOT(6), c.buf[3] = SLOT(7);
+    pair_run(&p, &c);
+    pair_compare(&p, 6, 0, (size_t)K, 0, "router_topk ids over 2 workgroups");
+    pair_compare(&p, 7, 0, (size_t)K, 1e-5, "router_topk weights over 2 workgroups");
     c = call(QMOE_STAGE_ARGMAX, -1, QMOE_ACC_F32); /* chunks grow so that 2 workgroups cover n */
     c.p[0] = n;
     c.buf[0] = SLOT(1), c.buf[1] = SLOT(2);
