@@ -647,7 +647,9 @@ static void test_strided_grids(void) {
     c.buf[0] = SLOT(2), c.buf[1] = SLOT(1), c.buf[2] = SLOT(6), c.buf[3] = SLOT(7);
     pair_run(&p, &c);
     pair_compare(&p, 6, 0, (size_t)K, 0, "router_topk ids over 2 workgroups");
-    pair_compare(&p, 7, 0, (size_t)K, 1e-5, "router_topk weights over 2 workgroups");
+    /* logits of tens (512-long dots of values of a few units): their f32 rounding, in another order than the
+     * CPU's, is a relative error of some 1e-5 in each softmax weight */
+    pair_compare(&p, 7, 0, (size_t)K, 1e-4, "router_topk weights over 2 workgroups");
     c = call(QMOE_STAGE_ARGMAX, -1, QMOE_ACC_F32); /* chunks grow so that 2 workgroups cover n */
     c.p[0] = n;
     c.buf[0] = SLOT(1), c.buf[1] = SLOT(2);
