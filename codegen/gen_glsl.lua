@@ -259,7 +259,7 @@ end
 
 
 -- Two passes in one dispatch (router_topk, attention): every workgroup runs FIRST; the last workgroup of its group
--- to finish (a counter in the backend's counters buffer, binding CNT_BINDING, COUNTER its index: the call leaves
+-- to finish (a counter in the backend's counters buffer, at binding CNT_BINDING and index COUNTER: the call leaves
 -- it 0 again) then runs SECOND, which reads what all of them wrote. One dispatch and one barrier fewer per call:
 -- on NVIDIA's driver each dispatch and each barrier between dependent dispatches costs about 2 us of a decode
 -- step (docs/vulkan.md). The buffers both passes share are declared coherent by the caller; the first pass's
@@ -394,7 +394,7 @@ local STAGES = {
   moe_gate_up_swiglu = { emit = emit_gate_up, limits = { { "K", "DEVG1" } },
                          groups = { { "qmoe_cap0(qmoe_cdiv(F, ROWS))", "K", "1" } } },
   moe_down = { emit = emit_down, groups = { { "qmoe_cap0(qmoe_cdiv(H, ROWS))", "1", "1" } } },
-  -- logits into scratch, then one workgroup selects
+  -- logits into scratch, then the last workgroup to finish selects (last_group)
   router_topk = { emit = emit_router, scratch = "E * ACC_BYTES", counters = "1",
                   groups = { { "qmoe_cap0(E)", "1", "1" } } },
   rmsnorm = { emit = function(v) return emit_norm(v, false) end, groups = { { "1", "1", "1" } } },
