@@ -1,6 +1,6 @@
 #!/bin/bash
 # Vulkan row kernels reading x at each step instead of one step ahead (fewer live registers; .dev/noxa: worktree
-# branch exp-noxa at 6360e41 + an X_AHEAD template switch, generated with QMOE_GLSL_EXP=noxahead) against main's
+# 6360e41 + bench/runs/2026-12-03-h200-noxa.patch, an X_AHEAD template switch, generated with QMOE_GLSL_EXP=noxahead) against main's
 # (.dev/fused, 5f77d3b: the same shaders as 6360e41). Registers per pipeline (QMOE_VK_PIPELINE_STATS=1), parity
 # on NVIDIA for noxa, Vulkan decode alternated, f32 with --stages.
 cd "$(dirname "$0")/../.."
